@@ -1,0 +1,37 @@
+"""The pure core: statuses, the status graph, observations and outcomes.
+
+Nothing in this package performs I/O, reads a clock, or imports from
+``transports``; ``tests/test_architecture.py`` keeps it that way.
+"""
+
+from orderfsm.core.apply import apply
+from orderfsm.core.book import OrderBook
+from orderfsm.core.graph import FINAL_STATUSES, GRAPH, TABLE, mermaid
+from orderfsm.core.records import (
+    Advanced,
+    Conflict,
+    Duplicate,
+    Observation,
+    Outcome,
+    Position,
+    Stale,
+)
+from orderfsm.core.status import Status, parse_status
+
+__all__ = [
+    "FINAL_STATUSES",
+    "GRAPH",
+    "TABLE",
+    "Advanced",
+    "Conflict",
+    "Duplicate",
+    "Observation",
+    "OrderBook",
+    "Outcome",
+    "Position",
+    "Stale",
+    "Status",
+    "apply",
+    "mermaid",
+    "parse_status",
+]

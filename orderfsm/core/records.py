@@ -1,0 +1,127 @@
+"""The records the core reads and returns: observations and outcomes."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import attrs
+
+from orderfsm.core.graph import FINAL_STATUSES
+from orderfsm.core.status import Status, parse_status
+from orderfsm.errors import MalformedObservation
+
+
+def _check_order_id(_: object, __: attrs.Attribute[int], value: object) -> None:
+    if type(value) is not int or value <= 0:
+        raise MalformedObservation(f"order_id must be a positive int, got {value!r}")
+
+
+def _check_source(_: object, __: attrs.Attribute[str], value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise MalformedObservation(f"source must be a non-empty str, got {value!r}")
+
+
+def _check_at(_: object, __: attrs.Attribute[float], value: object) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise MalformedObservation(f"at must be a finite number, got {value!r}")
+
+
+def _check_position(_: object, __: attrs.Attribute[Position | None], value: object) -> None:
+    if value is not None and not isinstance(value, Position):
+        raise MalformedObservation(f"position must be a Position or None, got {value!r}")
+
+
+@attrs.frozen
+class Position:
+    """Where the observation sits in the server's own sequence, when it has one.
+
+    ``offset`` and ``epoch`` come from a Centrifuge stream, ``event_id`` from
+    the Event API.  Transports use them to resume; the core only carries them.
+    """
+
+    offset: int | None = None
+    epoch: str = ""
+    event_id: int | None = None
+
+
+@attrs.frozen
+class Observation:
+    """One sighting of an order's status by one transport, at one moment.
+
+    ``at`` is a number the caller passes in (the supervisor uses the event
+    loop's monotonic clock); the core never reads a clock.  ``raw`` keeps the
+    payload as received, for logs and for the application, and takes no part
+    in equality.
+    """
+
+    order_id: int = attrs.field(validator=_check_order_id)
+    status: Status = attrs.field(converter=parse_status)
+    source: str = attrs.field(validator=_check_source)
+    at: float = attrs.field(validator=_check_at)
+    position: Position | None = attrs.field(default=None, validator=_check_position)
+    raw: Any = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen
+class Advanced:
+    """The order moved forward; this is what an application acts on."""
+
+    observation: Observation
+    previous: Status | None
+    status: Status
+    skipped: tuple[Status, ...]
+
+    @property
+    def order_id(self) -> int:
+        return self.observation.order_id
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+@attrs.frozen
+class Duplicate:
+    """The order already had this status; nothing to do."""
+
+    observation: Observation
+    status: Status
+
+    @property
+    def order_id(self) -> int:
+        return self.observation.order_id
+
+
+@attrs.frozen
+class Stale:
+    """A status from before the current one arrived late; nothing to do."""
+
+    observation: Observation
+    current: Status
+    observed: Status
+
+    @property
+    def order_id(self) -> int:
+        return self.observation.order_id
+
+
+@attrs.frozen
+class Conflict:
+    """The observation contradicts what is known; the state is kept.
+
+    For example ``canceled`` after ``done``.  It is reported rather than
+    dropped because it means one of the sources is wrong, and money may be
+    involved.
+    """
+
+    observation: Observation
+    current: Status
+    observed: Status
+
+    @property
+    def order_id(self) -> int:
+        return self.observation.order_id
+
+
+Outcome = Advanced | Duplicate | Stale | Conflict

@@ -1,0 +1,112 @@
+"""Every exception orderfsm raises on purpose, under one base class.
+
+Applications catch :class:`OrderFsmError` to handle all of them, or a subclass
+to handle one failure.  The layout follows httpcore's: one tree, and the leaf
+names the phase that failed, so a handler never has to parse messages.
+
+This module is pure (no I/O, no third-party imports) so that every layer,
+including the core, can raise from it.
+"""
+
+from __future__ import annotations
+
+
+class OrderFsmError(Exception):
+    """Base class of every error raised by orderfsm."""
+
+
+# --- the core -------------------------------------------------------------
+
+
+class InvalidGraph(OrderFsmError):
+    """The declared status graph breaks a rule; raised when the module loads."""
+
+
+class ObservationError(OrderFsmError, ValueError):
+    """An observation cannot be applied to an order."""
+
+
+class UnknownStatus(ObservationError):
+    """A status string that is not part of the status graph."""
+
+    def __init__(self, status: object) -> None:
+        super().__init__(f"unknown order status {status!r}")
+        self.status = status
+
+
+class MalformedObservation(ObservationError, TypeError):
+    """An observation field has the wrong type or value."""
+
+
+class OrderNotTracked(OrderFsmError, KeyError):
+    """The order book has no entry for this order id."""
+
+    def __init__(self, order_id: object) -> None:
+        super().__init__(order_id)
+        self.order_id = order_id
+
+    def __str__(self) -> str:
+        return f"order {self.order_id!r} is not tracked"
+
+
+class OrderAlreadyTracked(OrderFsmError, ValueError):
+    """The order book already has an entry for this order id."""
+
+    def __init__(self, order_id: object) -> None:
+        super().__init__(f"order {order_id!r} is already tracked")
+        self.order_id = order_id
+
+
+# --- talking to Xsolla (or the emulator) ----------------------------------
+
+
+class TransportError(OrderFsmError):
+    """A transport could not deliver observations; the tracker may fail over."""
+
+
+class ProtocolError(TransportError):
+    """The remote peer sent something the protocol does not allow."""
+
+
+class ConnectionLost(TransportError):
+    """The connection closed or stopped answering."""
+
+
+class TokenRejected(TransportError):
+    """The server refused the user token, even after asking for a fresh one."""
+
+
+class OrderNotFound(TransportError):
+    """Get order kept answering 404 past the grace period."""
+
+
+class ServiceUnavailable(TransportError):
+    """The service answered with errors (5xx, 429) or timed out."""
+
+
+# --- webhooks ---------------------------------------------------------------
+
+
+class WebhookError(OrderFsmError):
+    """A webhook delivery was refused; ``code`` is Xsolla's error code."""
+
+    code = "INVALID_PARAMETER"
+
+
+class InvalidSignature(WebhookError):
+    """The ``Authorization: Signature`` header is missing or wrong."""
+
+    code = "INVALID_SIGNATURE"
+
+
+class InvalidPayload(WebhookError):
+    """The body is not the JSON Xsolla documents."""
+
+    code = "INVALID_PARAMETER"
+
+
+# --- tracking ---------------------------------------------------------------
+
+
+class TrackingTimeout(OrderFsmError, TimeoutError):
+    """No final status arrived before the tracking deadline."""

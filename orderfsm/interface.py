@@ -1,0 +1,59 @@
+"""The contract between transports and whatever consumes their output.
+
+A transport (built in, or written by a user) learns about orders somehow and
+hands two kinds of news to an :class:`ObservationSink`: observations of an
+order's status, and reports on its own health, which the supervisor uses to
+decide when to fail over.  Both calls are synchronous and must not block: a
+sink only records or forwards, so a transport's read loop is never held up by
+the application.
+
+This module is pure: it defines types only.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import attrs
+
+from orderfsm.core.records import Observation
+from orderfsm.errors import OrderFsmError
+
+TokenProvider = Callable[[], Awaitable[str]]
+"""Returns the user's current JWT; called again whenever the server rejects it
+or a connection is re-established, so it may refresh the token."""
+
+WEBSOCKET = "websocket"
+POLLING = "polling"
+WEBHOOK = "webhook"
+EVENTS = "events"
+
+
+class Health(str, enum.Enum):
+    CONNECTING = "connecting"
+    """Starting up; nothing delivered yet."""
+    HEALTHY = "healthy"
+    """Delivering, and caught up: nothing published so far has been missed."""
+    DEGRADED = "degraded"
+    """Trying to recover (reconnecting, backing off); news may be delayed."""
+    FAILED = "failed"
+    """Gave up for good; ``error`` says why.  Nothing more will be delivered."""
+    STOPPED = "stopped"
+    """Closed because it was asked to (or had nothing left to track)."""
+
+
+@attrs.frozen
+class HealthReport:
+    source: str
+    health: Health
+    at: float
+    reason: str = ""
+    error: OrderFsmError | None = attrs.field(default=None, eq=False)
+
+
+class ObservationSink(Protocol):
+    def observe(self, observation: Observation, /) -> None: ...
+
+    def report(self, report: HealthReport, /) -> None: ...
