@@ -34,7 +34,11 @@ class RecordingSink:
         self._changed.set()
         self._changed = anyio.Event()
 
-    async def wait_for(self, predicate: Callable[[RecordingSink], bool], timeout: float = 10.0) -> None:
+    async def wait_for(
+        self,
+        predicate: Callable[[RecordingSink], bool],
+        timeout: float = 10.0,  # noqa: ASYNC109 - a default bound keeps a broken test from hanging
+    ) -> None:
         """Return once ``predicate(self)`` holds; raise ``TimeoutError`` after ``timeout`` s."""
         with anyio.fail_after(timeout):
             while not predicate(self):

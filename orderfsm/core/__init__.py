@@ -6,7 +6,7 @@ Nothing in this package performs I/O, reads a clock, or imports from
 
 from orderfsm.core.apply import apply
 from orderfsm.core.book import OrderBook
-from orderfsm.core.graph import FINAL_STATUSES, GRAPH, TABLE, mermaid
+from orderfsm.core.graph import GRAPH, TABLE, mermaid
 from orderfsm.core.records import (
     Advanced,
     Conflict,
@@ -16,7 +16,7 @@ from orderfsm.core.records import (
     Position,
     Stale,
 )
-from orderfsm.core.status import Status, parse_status
+from orderfsm.core.status import FINAL_STATUSES, Status, parse_status
 
 __all__ = [
     "FINAL_STATUSES",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from orderfsm.core.graph import TABLE, Verdict
-from orderfsm.core.records import Advanced, Conflict, Duplicate, Observation, Outcome, Stale
+from orderfsm.core.graph import TABLE
+from orderfsm.core.records import Observation, Outcome
 from orderfsm.core.status import Status
 from orderfsm.errors import UnknownStatus
 
@@ -13,19 +13,11 @@ def apply(current: Status | None, observation: Observation) -> Outcome:
 
     ``current`` is ``None`` when nothing has been observed yet.  The new
     status, if any, is ``outcome.status`` of an :class:`Advanced`; every other
-    outcome leaves the order as it was.  Nothing is mutated here, so the
-    caller decides where state lives (see :class:`~orderfsm.core.book.OrderBook`).
+    outcome leaves the order as it was.  The outcome is a shared, immutable
+    object from the compiled table: nothing is allocated or mutated here, so
+    the caller decides where state lives (see :class:`OrderBook`).
     """
-    observed = observation.status
-    rule = TABLE[current].get(observed)
-    if rule is None:
-        raise UnknownStatus(observed)
-    verdict = rule.verdict
-    if verdict is Verdict.ADVANCED:
-        return Advanced(observation, current, observed, rule.skipped)
-    assert current is not None  # only the "nothing seen yet" row lacks a status, and it only advances
-    if verdict is Verdict.DUPLICATE:
-        return Duplicate(observation, observed)
-    if verdict is Verdict.STALE:
-        return Stale(observation, current, observed)
-    return Conflict(observation, current, observed)
+    outcome = TABLE[current].get(observation.status)
+    if outcome is None:
+        raise UnknownStatus(observation.status)
+    return outcome

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from orderfsm.core.apply import apply
-from orderfsm.core.graph import FINAL_STATUSES
+from orderfsm.core.graph import TABLE
 from orderfsm.core.records import Advanced, Observation, Outcome
-from orderfsm.core.status import Status
-from orderfsm.errors import OrderAlreadyTracked, OrderNotTracked
+from orderfsm.core.status import FINAL_STATUSES, Status
+from orderfsm.errors import OrderAlreadyTracked, OrderNotTracked, UnknownStatus
 
 _UNSEEN = object()
 
@@ -56,7 +55,10 @@ class OrderBook:
         current = self._status.get(order_id, _UNSEEN)
         if current is _UNSEEN:
             raise OrderNotTracked(order_id)
-        outcome = apply(current, observation)  # type: ignore[arg-type]
+        # apply() inlined: this is the hot path of every transport
+        outcome = TABLE[current].get(observation.status)  # type: ignore[index]
+        if outcome is None:
+            raise UnknownStatus(observation.status)
         if type(outcome) is Advanced:
             self._status[order_id] = outcome.status
         return outcome

@@ -9,17 +9,15 @@ compiled into :data:`TABLE`, which the hot path reads with two dict look-ups.
 
 from __future__ import annotations
 
-import enum
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import attrs
 from transitions import Machine, State
 
-from orderfsm.core.status import Status
+from orderfsm.core.records import Advanced, Conflict, Duplicate, Outcome, Stale
+from orderfsm.core.status import FINAL_STATUSES, Status
 from orderfsm.errors import InvalidGraph
-
-FINAL_STATUSES = frozenset({Status.DONE, Status.CANCELED, Status.EXPIRED})
 
 DECLARATION = Machine(
     model=None,
@@ -105,52 +103,35 @@ def _reachable_from(graph: Graph, start: Status) -> dict[Status, tuple[Status, .
     return paths
 
 
-class Verdict(enum.Enum):
-    """What an observed status means, given the order's current status."""
-
-    ADVANCED = "advanced"
-    DUPLICATE = "duplicate"
-    STALE = "stale"
-    CONFLICT = "conflict"
-
-
-@attrs.frozen
-class Rule:
-    verdict: Verdict
-    skipped: tuple[Status, ...] = ()
-
-
 # ``None`` as a current status means nothing has been observed yet.
-Table = Mapping["Status | None", Mapping[str, Rule]]
+Table = dict["Status | None", dict[str, Outcome]]
 
 
-def compile_table(graph: Graph) -> dict[Status | None, dict[str, Rule]]:
+def compile_table(graph: Graph) -> Table:
     """Decide every (current, observed) pair once, ahead of time.
 
     Forward along the graph is an advance (listing the statuses jumped over);
     the same status is a duplicate; a status that could have come before the
     current one is stale; anything else contradicts what is known: a conflict.
+    Rows are keyed by the status string, which a ``Status`` member also
+    matches, so raw wire values need no conversion.
     """
-    table: dict[Status | None, dict[str, Rule]] = {}
     forward = {s: _reachable_from(graph, s) for s in Status}
+    table: Table = {}
     for current in Status:
-        row: dict[str, Rule] = {}
+        row: dict[str, Outcome] = {}
         for observed in Status:
             if observed is current:
-                row[observed.value] = Rule(Verdict.DUPLICATE)
+                row[observed.value] = Duplicate(observed)
             elif observed in forward[current]:
-                skipped = forward[current][observed][1:]
-                row[observed.value] = Rule(Verdict.ADVANCED, skipped)
+                row[observed.value] = Advanced(current, observed, forward[current][observed][1:])
             elif current in forward[observed]:
-                row[observed.value] = Rule(Verdict.STALE)
+                row[observed.value] = Stale(current, observed)
             else:
-                row[observed.value] = Rule(Verdict.CONFLICT)
+                row[observed.value] = Conflict(current, observed)
         table[current] = row
     from_start = forward[graph.initial]
-    table[None] = {
-        s.value: Rule(Verdict.ADVANCED, from_start[s] if s is not graph.initial else ())
-        for s in Status
-    }
+    table[None] = {s.value: Advanced(None, s, from_start[s]) for s in Status}
     return table
 
 

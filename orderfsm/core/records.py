@@ -7,8 +7,7 @@ from typing import Any
 
 import attrs
 
-from orderfsm.core.graph import FINAL_STATUSES
-from orderfsm.core.status import Status, parse_status
+from orderfsm.core.status import FINAL_STATUSES, Status, parse_status
 from orderfsm.errors import MalformedObservation
 
 
@@ -63,18 +62,23 @@ class Observation:
     raw: Any = attrs.field(default=None, eq=False, repr=False)
 
 
+# Outcomes hold no reference to the observation that caused them: the caller
+# has it in hand.  That lets the compiled table hold one immutable outcome per
+# (current, observed) pair, so applying an observation allocates nothing.
+
+
 @attrs.frozen
 class Advanced:
-    """The order moved forward; this is what an application acts on."""
+    """The order moved forward; this is what an application acts on.
 
-    observation: Observation
+    ``previous`` is ``None`` for the first status seen; ``skipped`` lists the
+    statuses the order must have passed through unseen (``new`` -> ``done``
+    skips ``paid``).
+    """
+
     previous: Status | None
     status: Status
-    skipped: tuple[Status, ...]
-
-    @property
-    def order_id(self) -> int:
-        return self.observation.order_id
+    skipped: tuple[Status, ...] = ()
 
     @property
     def final(self) -> bool:
@@ -85,25 +89,15 @@ class Advanced:
 class Duplicate:
     """The order already had this status; nothing to do."""
 
-    observation: Observation
     status: Status
-
-    @property
-    def order_id(self) -> int:
-        return self.observation.order_id
 
 
 @attrs.frozen
 class Stale:
     """A status from before the current one arrived late; nothing to do."""
 
-    observation: Observation
     current: Status
     observed: Status
-
-    @property
-    def order_id(self) -> int:
-        return self.observation.order_id
 
 
 @attrs.frozen
@@ -115,13 +109,8 @@ class Conflict:
     involved.
     """
 
-    observation: Observation
     current: Status
     observed: Status
-
-    @property
-    def order_id(self) -> int:
-        return self.observation.order_id
 
 
 Outcome = Advanced | Duplicate | Stale | Conflict

@@ -23,12 +23,15 @@ class Status(str, enum.Enum):
         return self.value
 
 
+FINAL_STATUSES = frozenset({Status.DONE, Status.CANCELED, Status.EXPIRED})
+
+
 def parse_status(value: object) -> Status:
     """Turn a wire value into a :class:`Status`, or raise ``UnknownStatus``."""
     from orderfsm.errors import UnknownStatus
 
     try:
-        return _BY_VALUE[value]  # type: ignore[index]
+        return _BY_VALUE[value]
     except (KeyError, TypeError):
         raise UnknownStatus(value) from None
 

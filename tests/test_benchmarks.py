@@ -1,0 +1,45 @@
+"""Each benchmark runs at its ``--quick`` size, so none of them can rot.
+
+These check that a benchmark runs and reports what it promises, not the
+figures themselves: speed is for the benchmark runs recorded in the README.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EXPECTED_KEYS = {
+    "bench_core.py": {
+        "obs_per_s",
+        "transitions_naive_obs_per_s",
+        "statemachine_obs_per_s",
+        "speedup_vs_transitions",
+        "bytes_per_order",
+        "add_cost_ratio",
+    },
+}
+
+
+@pytest.mark.parametrize("script", sorted(EXPECTED_KEYS))
+def test_benchmark_quick_run_prints_one_json_line(script: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1, result.stdout
+    figures = json.loads(lines[0])
+    missing = EXPECTED_KEYS[script] - figures.keys()
+    assert not missing, missing
+    for key in EXPECTED_KEYS[script]:
+        assert isinstance(figures[key], (int, float)) and figures[key] > 0, (key, figures[key])
