@@ -1,0 +1,1 @@
+"""Runs the transports of each tracked order and feeds the core (issue 6)."""

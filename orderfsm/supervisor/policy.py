@@ -1,0 +1,98 @@
+"""When to use which transport: a pure decision, time passed in.
+
+Xsolla's guidance (``xsolla.md`` §2.4): open the WebSocket first, give it at
+most five minutes, fall back to polling Get order every 3 s when it has
+problems or its time is up, stop after ten minutes.  The policy turns that
+into a :class:`Plan` for one order from a :class:`Situation` and ``now``; the
+supervisor carries the plan out and asks again when something changes or at
+``Plan.review_at``.  Because nothing here sleeps or reads a clock, every
+timing rule is tested by passing numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import attrs
+
+from orderfsm.interface import Health
+
+
+@attrs.frozen
+class Situation:
+    """What the supervisor knows about one order's transports."""
+
+    started_at: float
+    """When tracking of the order began."""
+    websocket: Health | None
+    """The shared connection's health, or ``None`` when no WebSocket is configured."""
+    websocket_since: float
+    """When ``websocket`` last changed."""
+    can_poll: bool = True
+    """Whether a Get order poller is configured."""
+
+
+@attrs.frozen
+class Plan:
+    websocket: bool
+    """Keep the order on the user's WebSocket."""
+    poll_interval: float | None
+    """Poll Get order this often, or not at all."""
+    timed_out: bool = False
+    """The deadline has passed: tracking ends with a timeout."""
+    review_at: float | None = None
+    """The plan may change at this time even if nothing else happens."""
+
+
+class Policy(Protocol):
+    """Replaceable: any object with this method can steer the supervisor."""
+
+    def plan(self, situation: Situation, now: float) -> Plan: ...
+
+
+@attrs.frozen
+class DefaultPolicy:
+    websocket_lifespan: float | None = 300.0
+    """How long the WebSocket may take to deliver a final status (``None``: forever)."""
+    deadline: float | None = 600.0
+    """When tracking gives up with a timeout (``None``: never)."""
+    poll_interval: float = 3.0
+    """Polling cadence while the WebSocket cannot be relied on."""
+    safety_poll_interval: float | None = None
+    """A slow poll even while the WebSocket is healthy, to bound the delay when a
+    socket dies silently; off by default (zero extra load)."""
+    connect_grace: float = 10.0
+    """How long a first connection may take before polling starts alongside it."""
+
+    def plan(self, situation: Situation, now: float) -> Plan:
+        reviews: list[float] = []
+        if self.deadline is not None:
+            deadline_at = situation.started_at + self.deadline
+            if now >= deadline_at:
+                return Plan(websocket=False, poll_interval=None, timed_out=True)
+            reviews.append(deadline_at)
+
+        health = situation.websocket
+        websocket = health is not None and health not in (Health.FAILED, Health.STOPPED)
+        if websocket and self.websocket_lifespan is not None:
+            lifespan_ends = situation.started_at + self.websocket_lifespan
+            websocket = now < lifespan_ends
+            if websocket:
+                reviews.append(lifespan_ends)
+
+        poll: float | None = self.poll_interval
+        if websocket:
+            if health is Health.HEALTHY:
+                poll = self.safety_poll_interval
+            elif health is Health.CONNECTING:
+                grace_ends = situation.websocket_since + self.connect_grace
+                if now < grace_ends:
+                    poll = None
+                    reviews.append(grace_ends)
+        if not situation.can_poll:
+            poll = None
+        return Plan(
+            websocket=websocket,
+            poll_interval=poll,
+            review_at=min(reviews) if reviews else None,
+        )
