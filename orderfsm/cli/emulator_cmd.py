@@ -1,0 +1,63 @@
+"""``orderfsm emulator``: serve the Xsolla emulator until stopped.
+
+Prints the base URL on the first line (flushed), so a test or benchmark in
+any language can start it as a subprocess with ``--port 0``, read one line,
+and drive it over its HTTP control surface (``transports/emulator/API.md``).
+It stops on SIGINT, SIGTERM or ``POST /control/shutdown``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "serve the Xsolla emulator (WebSocket, Get order, webhooks) on loopback"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port to bind (default 0: any free)")
+    parser.add_argument("--secret", default="PROJECT_SECRET_KEY", help="webhook signing secret")
+    parser.add_argument("--project-id", type=int, default=12345, help="the emulated project id")
+    parser.add_argument(
+        "--ping", type=float, default=25.0, metavar="SECONDS", help="server ping interval"
+    )
+    parser.add_argument(
+        "--pong-timeout", type=float, default=10.0, metavar="SECONDS", help="pong deadline"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for every random choice")
+    parser.add_argument("--webhook-url", default=None, help="where to send webhooks")
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    import anyio
+
+    from transports.emulator.server import serve
+    from transports.emulator.services import Config
+
+    config = Config(
+        host=args.host,
+        port=args.port,
+        project_id=args.project_id,
+        secret=args.secret,
+        ping_interval=args.ping,
+        pong_timeout=args.pong_timeout,
+        seed=args.seed,
+        webhook_url=args.webhook_url,
+    )
+
+    async def main() -> None:
+        stop = anyio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+        def ready(base_url: str) -> None:
+            print(base_url, flush=True)
+
+        await serve(config, ready=ready, stop=stop)
+
+    anyio.run(main, backend="asyncio")
+    return 0

@@ -1,0 +1,184 @@
+"""The emulator's operations, shared by the control surface and the REST API.
+
+One object per running emulator, living on its asyncio loop: it owns the
+world, the WebSocket hub, the fault tables and the webhook sender, and runs
+background work (scripts, webhook deliveries) in one task group.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup
+
+from transports.emulator.faults import GetOrderFaults
+from transports.emulator.records import Publication
+from transports.emulator.session import Timing
+from transports.emulator.state import StateError, World
+from transports.emulator.webhooks import (
+    DEFAULT_RETRY_INTERVALS,
+    NOTIFICATION_FOR_STATUS,
+    WebhookSender,
+    order_body,
+)
+from transports.emulator.websocket import Hub
+
+
+@attrs.frozen
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 0
+    project_id: int = 12345
+    secret: str = "PROJECT_SECRET_KEY"
+    ping_interval: float = 25.0
+    pong_timeout: float = 10.0
+    stale_timeout: float = 15.0
+    seed: int = 0
+    history_size: int = 300
+    history_limit: int = 300
+    webhook_url: str | None = None
+    webhook_retry_intervals: tuple[float, ...] = DEFAULT_RETRY_INTERVALS
+    webhook_timeout: float = 5.0
+
+
+class Services:
+    def __init__(self, config: Config, background: TaskGroup) -> None:
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.world = World(
+            project_id=config.project_id,
+            secret=config.secret,
+            rng=self.rng,
+            history_size=config.history_size,
+            history_limit=config.history_limit,
+        )
+        timing = Timing(config.ping_interval, config.pong_timeout, config.stale_timeout)
+        self.hub = Hub(self.world, timing, self.rng)
+        self.get_order_faults = GetOrderFaults()
+        self.get_order_log: list[dict[str, Any]] = []
+        self._background = background
+        self.webhooks = WebhookSender(
+            secret=config.secret,
+            url=config.webhook_url,
+            retry_intervals=config.webhook_retry_intervals,
+            timeout=config.webhook_timeout,
+            spawn=self.spawn,
+        )
+        self.base_url = ""
+        self.scripts_running: dict[int, int] = {}
+
+    def spawn(self, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._background.start_soon(job)
+
+    # --- orders -----------------------------------------------------------------
+
+    def create_order(self, raw: dict[str, Any]) -> int:
+        status = raw.get("status", "new")
+        order = self.world.create_order(
+            raw.get("user"),
+            items=raw.get("items"),
+            amount=str(raw.get("amount", "30")),
+            currency=str(raw.get("currency", "USD")),
+            status=status,
+            now=time.time(),
+        )
+        if raw.get("publish", True):
+            self.hub.publish(order.user, {"order_id": order.order_id, "status": order.status})
+        return order.order_id
+
+    def set_status(
+        self, order_id: object, status: object, *, publish: bool = True, webhook: bool = True
+    ) -> Publication | None:
+        order = self.world.order(order_id)
+        if not isinstance(status, str) or not status:
+            raise StateError("status must be a non-empty string")
+        order.status = status
+        pub = None
+        if publish:
+            pub = self.hub.publish(order.user, {"order_id": order.order_id, "status": status})
+        kind = NOTIFICATION_FOR_STATUS.get(status)
+        if webhook and kind is not None and self.webhooks.url is not None:
+            self.send_webhook(order.order_id, kind, copies=1, bad_signature=False)
+        return pub
+
+    def send_webhook(
+        self, order_id: object, kind: object, *, copies: int, bad_signature: bool
+    ) -> list[int]:
+        order = self.world.order(order_id)
+        if kind is None:
+            kind = NOTIFICATION_FOR_STATUS.get(order.status)
+            if kind is None:
+                raise StateError(f"no webhook for status {order.status!r}; pass notification_type")
+        if kind not in ("order_paid", "order_canceled"):
+            raise StateError(f"unsupported notification_type {kind!r}")
+        body = order_body(order, kind, self.config.project_id, time.time())
+        return [
+            self.webhooks.send(body, kind, order.order_id, bad_signature=bad_signature)
+            for _ in range(copies)
+        ]
+
+    def run_script(self, order_id: object, steps: object) -> None:
+        order = self.world.order(order_id)
+        if not isinstance(steps, list):
+            raise StateError("steps must be a list of [delay, status]")
+        parsed: list[tuple[float, str]] = []
+        for step in steps:
+            if (
+                not isinstance(step, (list, tuple))
+                or len(step) != 2
+                or not isinstance(step[0], (int, float))
+                or step[0] < 0
+                or not isinstance(step[1], str)
+            ):
+                raise StateError(f"bad script step {step!r}")
+            parsed.append((float(step[0]), step[1]))
+        oid = order.order_id
+        self.scripts_running[oid] = self.scripts_running.get(oid, 0) + 1
+
+        async def play(script: Sequence[tuple[float, str]] = tuple(parsed)) -> None:
+            try:
+                for delay, status in script:
+                    await anyio.sleep(delay)
+                    self.set_status(oid, status)
+            finally:
+                self.scripts_running[oid] -= 1
+
+        self.spawn(play)
+
+    # --- observation ----------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "connects": self.hub.connects,
+            "open_connections": self.hub.open_counts(),
+            "get_order_requests": {
+                str(oid): list(order.get_order_requests)
+                for oid, order in self.world.orders.items()
+                if order.get_order_requests
+            },
+            "get_order_total": len(self.get_order_log),
+            "publications": len(self.world.publications),
+            "webhook_attempts": len(self.webhooks.attempts),
+        }
+
+    def info(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "base_url": self.base_url,
+            "ws_url": self.base_url.replace("http", "ws", 1) + "/connection/websocket",
+            "api_url": self.base_url + "/api",
+            "project_id": c.project_id,
+            "secret": c.secret,
+            "ping_interval": c.ping_interval,
+            "pong_timeout": c.pong_timeout,
+            "stale_timeout": c.stale_timeout,
+            "seed": c.seed,
+            "history_size": c.history_size,
+            "history_limit": c.history_limit,
+            "webhook_url": self.webhooks.url,
+        }
