@@ -51,6 +51,9 @@ class HealthReport:
     at: float
     reason: str = ""
     error: OrderFsmError | None = attrs.field(default=None, eq=False)
+    gap: bool = False
+    """News may have been lost (e.g. history no longer reaches back far enough):
+    the consumer should check the orders once by other means (a Get order)."""
 
 
 class ObservationSink(Protocol):

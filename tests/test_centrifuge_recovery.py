@@ -1,0 +1,422 @@
+"""Channel positions: history on subscribe, dedup, recovery on reconnect, gaps and epochs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from orderfsm.core import Status
+from transports.centrifuge import (
+    CaughtUp,
+    CentrifugeEngine,
+    EngineConfig,
+    Event,
+    Gap,
+    OrderPublication,
+    Reconnecting,
+    State,
+    Subscribed,
+    Unsubscribed,
+)
+from transports.centrifuge.testing import (
+    batch,
+    commands,
+    connect_reply,
+    disconnect_push,
+    error_reply,
+    history_reply,
+    pub_push,
+    publication,
+    sub_result,
+    subscribe_push,
+    unsubscribe_push,
+)
+
+CH = "orders#42"
+
+
+def pub(offset: int, status: str = "paid", order_id: int = 7) -> dict[str, Any]:
+    return publication(order_id, status, offset=offset)
+
+
+def delivered(events: list[Event]) -> list[tuple[int, str, str]]:
+    """(offset, status, via) of every order publication, in order."""
+    return [(e.offset, e.status.value, e.via) for e in events if isinstance(e, OrderPublication)]
+
+
+def gaps(events: list[Event]) -> list[str]:
+    return [e.reason for e in events if isinstance(e, Gap)]
+
+
+class Session:
+    """An engine plus what it sent, for readable tests."""
+
+    def __init__(self) -> None:
+        self.engine = CentrifugeEngine(EngineConfig(project_id=1), random=lambda: 0.0)
+        self.now = 0.0
+        self.connect_id = 0
+
+    def connect(self, **reply: Any) -> list[Event]:
+        self.connect_id = self.connect_command()["id"]
+        return self.receive(connect_reply(self.connect_id, **reply))
+
+    def connect_command(self) -> dict[str, Any]:
+        [cmd] = commands([self.engine.connect(self.now, "jwt")])
+        return cmd
+
+    def receive(self, text: str) -> list[Event]:
+        self.now += 1.0
+        return self.engine.receive(text, self.now)
+
+    def sent(self) -> list[dict[str, Any]]:
+        return commands(self.engine.data_to_send())
+
+    def history_request(self) -> dict[str, Any]:
+        [cmd] = [c for c in self.sent() if "history" in c]
+        return cmd
+
+    def lose(self, code: int = 1006) -> None:
+        self.now += 1.0
+        [end] = self.engine.connection_lost(code, "", self.now)
+        assert isinstance(end, Reconnecting)
+
+    def live(self, epoch: str = "e", offset: int = 0) -> None:
+        """Connected with CH live at ``offset`` (history read and empty)."""
+        self.connect(subs={CH: sub_result(epoch=epoch, offset=offset)})
+        req = self.history_request()
+        self.receive(history_reply(req["id"], [], epoch=epoch, offset=offset))
+        assert self.engine.caught_up and self.engine.positions() == {CH: (offset, epoch)}
+
+
+# --- history on subscribed ------------------------------------------------------------
+
+
+def test_subscribed_fetches_all_history_since_zero() -> None:
+    s = Session()
+    events = s.connect(subs={CH: sub_result(epoch="e", offset=2)})
+    assert Subscribed(s.now, CH, "e", 2, False) in events
+    assert not s.engine.caught_up
+    req = s.history_request()
+    assert req["history"] == {
+        "channel": CH,
+        "limit": -1,
+        "since": {"offset": 0, "epoch": ""},
+        "reverse": False,
+    }
+    events = s.receive(history_reply(req["id"], [pub(1, "new"), pub(2)], epoch="e", offset=2))
+    assert delivered(events) == [(1, "new", "history"), (2, "paid", "history")]
+    assert events[-1] == CaughtUp(s.now)
+    assert s.engine.positions() == {CH: (2, "e")}
+
+
+def test_live_publications_wait_for_history_and_come_once_in_order() -> None:
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="e", offset=2)})
+    req = s.history_request()
+    assert s.receive(pub_push(CH, pub(3, "done"))) == []  # held until history is read
+    assert s.receive(pub_push(CH, pub(4, "done"))) == []
+    history = history_reply(req["id"], [pub(1, "new"), pub(2), pub(3, "done")], epoch="e", offset=3)
+    events = s.receive(history)
+    assert delivered(events) == [
+        (1, "new", "history"),
+        (2, "paid", "history"),
+        (3, "done", "history"),
+        (4, "done", "push"),
+    ]
+    assert not gaps(events) and isinstance(events[-1], CaughtUp)
+
+
+def test_history_duplicates_of_delivered_offsets_are_dropped() -> None:
+    s = Session()
+    s.live(offset=0)
+    s.receive(pub_push(CH, pub(1, "new")))
+    s.receive(pub_push(CH, pub(2, "paid")))
+    s.receive(subscribe_push(CH, sub_result(epoch="e", offset=3)))  # the server re-subscribes us
+    req = s.history_request()
+    assert req["history"]["since"] == {"offset": 2, "epoch": "e"}
+    events = s.receive(history_reply(req["id"], [pub(2), pub(3, "done")], epoch="e", offset=3))
+    assert delivered(events) == [(3, "done", "history")]
+
+
+def test_a_capped_history_page_is_followed_by_the_next_one() -> None:
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="e", offset=5)})
+    first = s.history_request()
+    # The reply's offset is the stream top (5), not the last item (3): read on.
+    events = s.receive(history_reply(first["id"], [pub(1), pub(2), pub(3)], epoch="e", offset=5))
+    assert [o for o, *_ in delivered(events)] == [1, 2, 3] and not s.engine.caught_up
+    second = s.history_request()
+    assert second["history"]["since"] == {"offset": 3, "epoch": "e"}
+    events = s.receive(history_reply(second["id"], [pub(4), pub(5)], epoch="e", offset=5))
+    assert [o for o, *_ in delivered(events)] == [4, 5] and s.engine.caught_up
+
+
+def test_expired_history_of_a_fresh_channel_is_not_a_gap() -> None:
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="e", offset=9)})
+    req = s.history_request()
+    events = s.receive(history_reply(req["id"], [pub(8), pub(9)], epoch="e", offset=9))
+    assert not gaps(events) and s.engine.caught_up
+
+
+def test_history_not_available_is_a_gap_then_live() -> None:
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="e", offset=2)})
+    req = s.history_request()
+    s.receive(pub_push(CH, pub(3, "done")))
+    events = s.receive(error_reply(req["id"], 108, "not available"))
+    assert gaps(events) == ["history not available: 108 not available"]
+    assert delivered(events) == [(3, "done", "push")] and isinstance(events[-1], CaughtUp)
+
+
+def test_temporary_history_error_is_retried_after_a_delay() -> None:
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="e")})
+    req = s.history_request()
+    assert s.receive(error_reply(req["id"], 111, "too many requests", temporary=True)) == []
+    retry_at = s.engine.next_deadline()
+    assert retry_at is not None and retry_at == s.now + 0.5
+    assert s.engine.handle_timer(retry_at - 0.01) == [] and s.sent() == []
+    s.engine.handle_timer(retry_at)
+    assert s.history_request()["id"] > req["id"]
+
+
+def test_history_timeout_reconnects() -> None:
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="e")})
+    s.history_request()
+    deadline = s.engine.next_deadline()
+    assert deadline == s.now + 10.0  # before the ping deadline (25 + 10)
+    [end] = s.engine.handle_timer(deadline)
+    assert isinstance(end, Reconnecting) and end.reason == "history timeout"
+
+
+def test_history_token_expired_reconnects_with_a_refresh() -> None:
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="e")})
+    [end] = s.receive(error_reply(s.history_request()["id"], 109, "token expired"))
+    assert isinstance(end, Reconnecting) and end.token_expired
+
+
+def test_error_112_resets_and_rereads_from_the_start() -> None:
+    s = Session()
+    s.live(offset=4)
+    s.receive(subscribe_push(CH, sub_result(epoch="e", offset=6)))
+    req = s.history_request()
+    assert req["history"]["since"] == {"offset": 4, "epoch": "e"}
+    events = s.receive(error_reply(req["id"], 112, "unrecoverable position"))
+    assert gaps(events) == ["unrecoverable position (112)"]
+    again = s.history_request()
+    assert again["history"]["since"] == {"offset": 0, "epoch": ""}
+    events = s.receive(history_reply(again["id"], [pub(1, "done")], epoch="f", offset=1))
+    assert delivered(events) == [(1, "done", "history")]
+    assert s.engine.positions() == {CH: (1, "f")}
+
+
+# --- recovery on reconnect ------------------------------------------------------------
+
+
+def test_reconnect_asks_to_recover_each_recoverable_channel_from_its_position() -> None:
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="e", offset=0), "plain": sub_result(recoverable=False)})
+    for req in s.sent():
+        s.receive(
+            history_reply(
+                req["id"], [], epoch="e" if req["history"]["channel"] == CH else "", offset=0
+            )
+        )
+    s.receive(pub_push(CH, pub(1, "new")))
+    s.lose()
+    cmd = s.connect_command()
+    assert cmd["connect"]["subs"] == {CH: {"recover": True, "offset": 1, "epoch": "e"}}
+
+
+def test_recovered_publications_come_in_order_before_later_pushes() -> None:
+    s = Session()
+    s.live(offset=20)
+    s.lose()
+    s.connect_id = s.connect_command()["id"]
+    recovered = sub_result(epoch="e", offset=20, recovered=True, was_recovering=True,
+                           publications=[pub(21, "paid"), pub(22, "done")])  # fmt: skip
+    frame = batch(
+        connect_reply(s.connect_id, subs={CH: recovered}), pub_push(CH, pub(23, "canceled"))
+    )
+    events = s.receive(frame)
+    assert delivered(events) == [
+        (21, "paid", "recovery"),
+        (22, "done", "recovery"),
+        (23, "canceled", "push"),
+    ]
+    assert s.sent() == []  # recovered: no history read needed
+    assert s.engine.caught_up and not gaps(events)
+
+
+def test_recovery_reply_offset_is_the_requested_one_and_must_not_move_us_back() -> None:
+    s = Session()
+    s.live(offset=20)
+    s.lose()
+    s.connect_id = s.connect_command()["id"]
+    # The server reports offset 20 (what we asked for), not the stream top 22.
+    recovered = sub_result(epoch="e", offset=20, recovered=True, was_recovering=True,
+                           publications=[pub(21), pub(22)])  # fmt: skip
+    s.receive(connect_reply(s.connect_id, subs={CH: recovered}))
+    assert s.engine.positions() == {CH: (22, "e")}
+    s.lose()
+    assert s.connect_command()["connect"]["subs"][CH]["offset"] == 22
+
+
+def test_failed_recovery_reads_history_from_the_position() -> None:
+    s = Session()
+    s.live(offset=20)
+    s.lose()
+    s.connect_id = s.connect_command()["id"]
+    failed = sub_result(epoch="e", offset=25, recovered=False, was_recovering=True)
+    s.receive(connect_reply(s.connect_id, subs={CH: failed}))
+    req = s.history_request()
+    assert req["history"]["since"] == {"offset": 20, "epoch": "e"}
+    events = s.receive(
+        history_reply(req["id"], [pub(o) for o in range(21, 26)], epoch="e", offset=25)
+    )
+    assert [o for o, *_ in delivered(events)] == [21, 22, 23, 24, 25]
+    assert not gaps(events) and s.engine.caught_up
+
+
+def test_failed_recovery_with_history_no_longer_reaching_back_is_a_gap() -> None:
+    s = Session()
+    s.live(offset=20)
+    s.lose()
+    s.connect_id = s.connect_command()["id"]
+    failed = sub_result(epoch="e", offset=90, recovered=False, was_recovering=True)
+    s.receive(connect_reply(s.connect_id, subs={CH: failed}))
+    req = s.history_request()
+    events = s.receive(history_reply(req["id"], [pub(89), pub(90)], epoch="e", offset=90))
+    assert gaps(events) == ["offset 89 follows 20"]
+    assert [o for o, *_ in delivered(events)] == [89, 90]
+
+
+def test_failed_recovery_with_empty_history_is_a_gap() -> None:
+    s = Session()
+    s.live(offset=20)
+    s.lose()
+    s.connect_id = s.connect_command()["id"]
+    failed = sub_result(epoch="e", offset=90, recovered=False, was_recovering=True)
+    s.receive(connect_reply(s.connect_id, subs={CH: failed}))
+    events = s.receive(history_reply(s.history_request()["id"], [], epoch="e", offset=90))
+    assert gaps(events) == ["history ends at 20, stream top is 90"]
+    assert s.engine.positions() == {CH: (90, "e")}
+
+
+def test_epoch_change_on_reconnect_resets_and_rereads_everything() -> None:
+    s = Session()
+    s.live(epoch="old", offset=20)
+    s.lose()
+    s.connect_id = s.connect_command()["id"]
+    events = s.receive(connect_reply(s.connect_id, subs={CH: sub_result(epoch="new", offset=2)}))
+    assert gaps(events) == ["epoch changed to 'new'"]
+    req = s.history_request()
+    assert req["history"]["since"] == {"offset": 0, "epoch": ""}
+    events = s.receive(history_reply(req["id"], [pub(1, "new"), pub(2)], epoch="new", offset=2))
+    assert [o for o, *_ in delivered(events)] == [1, 2]
+    assert s.engine.positions() == {CH: (2, "new")}
+
+
+def test_publications_held_by_a_lost_connection_are_read_again_not_lost() -> None:
+    s = Session()
+    s.live(offset=2)
+    s.receive(subscribe_push(CH, sub_result(epoch="e", offset=2)))
+    s.history_request()
+    s.receive(pub_push(CH, pub(3, "done")))  # held while syncing
+    s.lose()
+    assert s.engine.positions() == {CH: (2, "e")}  # not advanced past what was delivered
+    s.connect_id = s.connect_command()["id"]
+    recovered = sub_result(epoch="e", offset=2, recovered=True, was_recovering=True,
+                           publications=[pub(3, "done")])  # fmt: skip
+    events = s.receive(connect_reply(s.connect_id, subs={CH: recovered}))
+    assert delivered(events) == [(3, "done", "recovery")]
+
+
+# --- live stream ----------------------------------------------------------------------
+
+
+def test_duplicate_live_publications_are_dropped() -> None:
+    s = Session()
+    s.live(offset=0)
+    events = [*s.receive(pub_push(CH, pub(1))), *s.receive(pub_push(CH, pub(1)))]
+    assert [o for o, *_ in delivered(events)] == [1]
+
+
+def test_a_live_publication_skipping_ahead_reads_the_hole_from_history() -> None:
+    s = Session()
+    s.live(offset=5)
+    assert s.receive(pub_push(CH, pub(8, "done"))) == []
+    req = s.history_request()
+    assert req["history"]["since"] == {"offset": 5, "epoch": "e"}
+    events = s.receive(
+        history_reply(req["id"], [pub(6, "new"), pub(7), pub(8, "done")], epoch="e", offset=8)
+    )
+    assert [o for o, *_ in delivered(events)] == [6, 7, 8] and not gaps(events)
+
+
+def test_unpositioned_publications_are_delivered_without_dedup() -> None:
+    s = Session()
+    s.live(epoch="", offset=0)
+    events = [
+        *s.receive(pub_push(CH, publication(7, "paid"))),
+        *s.receive(pub_push(CH, publication(7, "paid"))),
+    ]
+    assert [(o, st) for o, st, _ in delivered(events)] == [(0, "paid"), (0, "paid")]
+
+
+# --- subscriptions coming and going ---------------------------------------------------
+
+
+def test_unsubscribe_push_drops_the_channel() -> None:
+    s = Session()
+    s.live(offset=3)
+    events = s.receive(unsubscribe_push(CH, 2000, "server unsubscribe"))
+    assert events == [Unsubscribed(s.now, CH, 2000, "server unsubscribe")]
+    assert s.engine.positions() == {}
+    assert not [e for e in s.receive(pub_push(CH, pub(4))) if isinstance(e, OrderPublication)]
+    s.lose()
+    assert "subs" not in s.connect_command()["connect"]
+
+
+def test_subscribe_push_at_runtime_adds_a_channel_and_reads_its_history() -> None:
+    s = Session()
+    s.connect()
+    assert s.engine.caught_up
+    events = s.receive(subscribe_push("orders#7", sub_result(epoch="z", offset=1)))
+    assert events == [Subscribed(s.now, "orders#7", "z", 1, False)]
+    assert not s.engine.caught_up
+    req = s.history_request()
+    events = s.receive(history_reply(req["id"], [pub(1, "done")], epoch="z", offset=1))
+    assert delivered(events) == [(1, "done", "history")] and isinstance(events[-1], CaughtUp)
+
+
+def test_a_channel_missing_from_the_new_connect_reply_is_gone() -> None:
+    s = Session()
+    s.live(offset=3)
+    s.lose()
+    s.connect_id = s.connect_command()["id"]
+    events = s.receive(connect_reply(s.connect_id, subs={}))
+    assert Unsubscribed(s.now, CH, 0, "not in the connect reply") in events
+    assert s.engine.positions() == {}
+
+
+def test_state_invalidated_drops_positions_and_reports_gaps() -> None:
+    s = Session()
+    s.live(offset=3)
+    events = s.receive(disconnect_push(3014, "state invalidated"))
+    assert gaps(events) == ["state invalidated (3014)"]
+    [end] = [e for e in events if isinstance(e, Reconnecting)]
+    assert end.token_expired and s.engine.positions() == {}
+    assert s.engine.state is State.DISCONNECTED
+
+
+@pytest.mark.parametrize("status", ["new", "paid", "done", "canceled", "expired"])
+def test_every_known_status_is_parsed(status: str) -> None:
+    s = Session()
+    s.live(offset=0)
+    [event] = s.receive(pub_push(CH, pub(1, status)))
+    assert isinstance(event, OrderPublication) and event.status is Status(status)

@@ -1,0 +1,67 @@
+"""Centrifuge protocol v2 (JSON) for Xsolla's order-status WebSocket, sans-io.
+
+:class:`CentrifugeEngine` is pure: text frames in, events out, commands out as
+text, time passed in.  A driver (the I/O shell) runs it like this::
+
+    engine = CentrifugeEngine(EngineConfig(project_id=...))
+    while True:
+        token = await token_provider()
+        first = engine.connect(now(), token)        # starts the connect timeout
+        open the socket at engine.config.endpoint (no subprotocol); if that fails,
+            events = engine.connection_lost(None, "cannot connect", now())
+        else send `first`, then until an end event:
+            on a text frame:  events = engine.receive(text, now())
+            on close:         events = engine.connection_lost(code, reason, now())
+            at next_deadline: events = engine.handle_timer(now())
+            after each call:  send every frame of engine.data_to_send()
+        for each event: OrderPublication -> sink.observe(event.observation) (if tracked);
+            CaughtUp -> healthy; Gap -> check the orders another way;
+            Reconnecting -> degraded: close the socket, sleep until event.reconnect_at;
+            Failed -> failed: close the socket, stop.
+"""
+
+from transports.centrifuge.config import DEFAULT_ENDPOINT, EngineConfig
+from transports.centrifuge.engine import CentrifugeEngine, State
+from transports.centrifuge.errors import (
+    CentrifugeProtocolError,
+    ConfigError,
+    Disconnected,
+    EngineMisuse,
+    InvalidToken,
+    ReplyError,
+)
+from transports.centrifuge.events import (
+    CaughtUp,
+    Connected,
+    Event,
+    Failed,
+    Gap,
+    Ignored,
+    OrderPublication,
+    Reconnecting,
+    Subscribed,
+    Unsubscribed,
+)
+
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "CaughtUp",
+    "CentrifugeEngine",
+    "CentrifugeProtocolError",
+    "ConfigError",
+    "Connected",
+    "Disconnected",
+    "EngineConfig",
+    "EngineMisuse",
+    "Event",
+    "Failed",
+    "Gap",
+    "Ignored",
+    "InvalidToken",
+    "OrderPublication",
+    "Reconnecting",
+    "ReplyError",
+    "State",
+    "Subscribed",
+    "Unsubscribed",
+]

@@ -1,0 +1,424 @@
+"""The sans-io Centrifuge v2 client for Xsolla's order-status WebSocket.
+
+One engine per logical client (endpoint, project, user).  It outlives
+connections: channel positions survive a reconnect and go back to the server
+for recovery.  It performs no I/O and reads no clock; the driver feeds it
+text frames and the time, and carries out what the returned events say (the
+package docstring shows the driver loop).
+
+Connection states::
+
+    DISCONNECTED --connect()--> CONNECTING --connect reply--> CONNECTED
+         ^                          |                             |
+         +---- Reconnecting event --+---- loss, timeout, error ---+
+                                    +---- Failed event ---> FAILED
+    close(), from any state ---> CLOSED
+"""
+
+from __future__ import annotations
+
+import enum
+import random as _random
+from collections.abc import Callable
+
+from orderfsm.errors import TransportError
+from transports.centrifuge import codes
+from transports.centrifuge.backoff import full_jitter
+from transports.centrifuge.channels import Channel, Phase
+from transports.centrifuge.codes import ClientCode, CloseAction, ErrorAction
+from transports.centrifuge.config import EngineConfig
+from transports.centrifuge.errors import (
+    CentrifugeProtocolError,
+    Disconnected,
+    EngineMisuse,
+    InvalidToken,
+    ReplyError,
+)
+from transports.centrifuge.events import (
+    CaughtUp,
+    Connected,
+    Event,
+    Failed,
+    Gap,
+    Ignored,
+    Reconnecting,
+    Unsubscribed,
+)
+from transports.centrifuge.frames import (
+    PONG,
+    UINT32_MAX,
+    ConnectReply,
+    ConnectResult,
+    DisconnectPush,
+    ErrorReply,
+    HistoryReply,
+    OtherPush,
+    Ping,
+    PubPush,
+    ServerMessage,
+    SubscribePush,
+    UnsubscribePush,
+    connect_command,
+    decode_line,
+    history_command,
+    split_frame,
+)
+from transports.centrifuge.timers import SuspensionGrace
+
+
+class State(enum.Enum):
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    FAILED = "failed"
+    CLOSED = "closed"
+
+
+_LIVE_STATES = (State.CONNECTING, State.CONNECTED)
+
+
+class CentrifugeEngine:
+    """Text frames in, events out, commands out as text; time passed in."""
+
+    def __init__(self, config: EngineConfig, *, random: Callable[[], float] = _random.random):
+        self.config = config
+        self._random = random
+        self.state = State.DISCONNECTED
+        self._channels: dict[str, Channel] = {}
+        self._requests: dict[int, str] = {}
+        self._outbox: list[str] = []
+        self._last_id = 0
+        self._connect_id: int | None = None
+        self._connect_deadline: float | None = None
+        self._ping = 0
+        self._pong = False
+        self._ping_deadline: float | None = None
+        self._grace = SuspensionGrace(config.suspension_grace)
+        self._attempts = 0
+        self._token_failures = 0
+        self._caught_up = False
+
+    # --- what the driver can look at --------------------------------------------
+
+    @property
+    def caught_up(self) -> bool:
+        return self._caught_up
+
+    def positions(self) -> dict[str, tuple[int, str]]:
+        """Channel -> (offset, epoch) of the last publication delivered."""
+        return {name: (ch.offset, ch.epoch) for name, ch in self._channels.items()}
+
+    # --- entry points ----------------------------------------------------------------
+
+    def connect(self, now: float, token: str) -> str:
+        """Start an attempt: the ``connect`` command to send once the socket is open.
+
+        Call it when you start opening the socket (the connect timeout runs
+        from ``now``); if the socket cannot be opened, report
+        :meth:`connection_lost`.  Recoverable channels go in ``subs``.
+        """
+        if self.state is not State.DISCONNECTED:
+            raise EngineMisuse(f"connect() while {self.state.value}")
+        if not isinstance(token, str):
+            raise EngineMisuse(f"token must be a str, got {type(token).__name__}")
+        self._reset_connection()
+        self.state = State.CONNECTING
+        self._connect_id = self._next_id()
+        self._connect_deadline = now + self.config.connect_timeout
+        data: dict[str, object] = {"auth": token, "project_id": self.config.project_id}
+        if self.config.user_external_id is not None:
+            data["user_external_id"] = self.config.user_external_id
+        subs = {
+            name: (ch.offset, ch.epoch) for name, ch in self._channels.items() if ch.recoverable
+        }
+        return connect_command(
+            self._connect_id,
+            data,
+            subs=subs,
+            name=self.config.client_name,
+            version=self.config.client_version,
+        )
+
+    def receive(self, text: str | bytes, now: float) -> list[Event]:
+        """One WebSocket frame; never raises for anything the server sends."""
+        if self.state not in _LIVE_STATES:
+            return []  # late data from a connection already given up: drop it
+        if isinstance(text, bytes):
+            try:
+                text = text.decode()
+            except UnicodeDecodeError as exc:
+                return self._bad_protocol(CentrifugeProtocolError(f"not UTF-8: {exc}"), now)
+        if self.state is State.CONNECTED and self._ping:
+            self._arm_ping(now)
+        events: list[Event] = []
+        for line in split_frame(text):
+            try:
+                message = decode_line(line)
+            except CentrifugeProtocolError as exc:
+                return events + self._bad_protocol(exc, now)
+            events += self._dispatch(message, now)
+            if self.state not in _LIVE_STATES:
+                break
+            events += self._after_message(now)
+        return events
+
+    def data_to_send(self) -> list[str]:
+        """Frames to write now, in order (pongs, history commands); empties the queue."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def connection_lost(self, code: int | None, reason: str, now: float) -> list[Event]:
+        """The socket closed (``code`` from the close frame, ``None`` if none) or
+        could not be opened.  Ignored unless an attempt is under way, so it is
+        harmless after the engine itself already ended the connection."""
+        if self.state not in _LIVE_STATES:
+            return []
+        return self._closed(code, reason, now)
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`handle_timer` must run next, or ``None`` for never."""
+        if self.state not in _LIVE_STATES:
+            return None
+        timeouts = self._grace.postpone(self._timeouts())
+        retries = [ch.retry_at for ch in self._channels.values() if ch.retry_at is not None]
+        return min([*timeouts, *retries], default=None)
+
+    def handle_timer(self, now: float) -> list[Event]:
+        """Run what is due at ``now``: timeouts (dead connection, unanswered
+        commands) and history retries."""
+        if self.state not in _LIVE_STATES:
+            return []
+        fired = self._grace.due(self._timeouts(), now)
+        if fired is not None:
+            return self._timed_out(fired, now)
+        for ch in self._channels.values():
+            if ch.retry_at is not None and ch.retry_at <= now:
+                ch.retry_at = None
+        return self._after_message(now)
+
+    def close(self) -> None:
+        """The driver is done with this client: nothing more is sent or reported."""
+        self._reset_connection()
+        self.state = State.CLOSED
+
+    # --- dispatch ------------------------------------------------------------------------
+
+    def _dispatch(self, message: ServerMessage, now: float) -> list[Event]:
+        if isinstance(message, Ping):
+            if self.state is State.CONNECTED and self._pong:
+                self._outbox.append(PONG)
+            return []
+        if isinstance(message, DisconnectPush):
+            return self._closed(message.code, message.reason, now)
+        if isinstance(message, PubPush | SubscribePush | UnsubscribePush | OtherPush):
+            return self._push(message, now)
+        if message.id == self._connect_id:
+            return self._connect_reply(message, now)
+        name = self._requests.pop(message.id, None)
+        ch = self._channels.get(name) if name is not None else None
+        if ch is None or ch.request_id != message.id:
+            return [Ignored(now, f"reply to unknown or abandoned command {message.id}")]
+        if isinstance(message, ErrorReply):
+            return self._history_error(ch, message, now)
+        if isinstance(message, HistoryReply):
+            return ch.on_history(message.result, now)
+        return self._bad_protocol(CentrifugeProtocolError("history reply without a result"), now)
+
+    def _push(
+        self, push: PubPush | SubscribePush | UnsubscribePush | OtherPush, now: float
+    ) -> list[Event]:
+        if isinstance(push, OtherPush) or self.state is not State.CONNECTED:
+            return [Ignored(now, f"{_kind(push)} push", push.channel)]
+        name = push.channel
+        if isinstance(push, SubscribePush) and name:
+            known = name in self._channels
+            new = self._channels.setdefault(name, Channel(name))
+            return new.on_subscribed(push.result, now, known=known)
+        ch = self._channels.get(name)
+        if ch is None:
+            return [Ignored(now, f"{_kind(push)} push for unknown channel", name)]
+        if isinstance(push, PubPush):
+            return ch.on_push(push.pub, now)
+        if isinstance(push, UnsubscribePush):
+            return self._drop(ch, push.code, push.reason, now)
+        return []
+
+    def _connect_reply(self, reply: ServerMessage, now: float) -> list[Event]:
+        self._connect_id = self._connect_deadline = None
+        if isinstance(reply, ErrorReply):
+            return self._connect_error(reply, now)
+        if isinstance(reply, ConnectReply):
+            return self._connected(reply.result, now)
+        return self._bad_protocol(CentrifugeProtocolError("connect reply without a result"), now)
+
+    def _connected(self, result: ConnectResult, now: float) -> list[Event]:
+        self.state = State.CONNECTED
+        self._attempts = self._token_failures = 0
+        self._ping, self._pong = result.ping, result.pong
+        if self._ping:
+            self._arm_ping(now)
+        events: list[Event] = [
+            Connected(
+                now, result.client, result.version, result.ping, result.pong, tuple(result.subs)
+            )
+        ]
+        for ch in [ch for name, ch in self._channels.items() if name not in result.subs]:
+            events += self._drop(ch, 0, "not in the connect reply", now)
+        for name, sub in result.subs.items():
+            known = name in self._channels
+            ch = self._channels.setdefault(name, Channel(name))
+            events += ch.on_subscribed(sub, now, known=known)
+        return events
+
+    def _drop(self, ch: Channel, code: int, reason: str, now: float) -> list[Event]:
+        """The server unsubscribed us: hand out what was held back, then forget the channel."""
+        events = ch.go_live(now)
+        del self._channels[ch.name]
+        self._requests = {i: n for i, n in self._requests.items() if n != ch.name}
+        return [*events, Unsubscribed(now, ch.name, code, reason)]
+
+    def _after_message(self, now: float) -> list[Event]:
+        """Send the history reads channels ask for; report when all are live."""
+        if self.state is not State.CONNECTED:
+            return []
+        for ch in self._channels.values():
+            if ch.wants_history:
+                ch.request_id = self._next_id()
+                ch.deadline = now + self.config.request_timeout
+                self._requests[ch.request_id] = ch.name
+                offset, epoch = ch.since()
+                self._outbox.append(
+                    history_command(ch.request_id, ch.name, since_offset=offset, since_epoch=epoch)
+                )
+        live = all(ch.phase is Phase.LIVE for ch in self._channels.values())
+        if live and not self._caught_up:
+            self._caught_up = True
+            return [CaughtUp(now)]
+        self._caught_up = live
+        return []
+
+    # --- errors and endings ---------------------------------------------------------------
+
+    def _connect_error(self, reply: ErrorReply, now: float) -> list[Event]:
+        """After an error reply to connect the connection is unusable: retry or stop."""
+        code, message = reply.code, reply.message
+        error: TransportError = ReplyError(code, message, temporary=reply.temporary)
+        action = codes.error_action(code, reply.temporary)
+        if action is ErrorAction.REFRESH_TOKEN:
+            self._token_failures += 1
+            if self._token_failures <= self.config.token_refreshes:
+                return self._end(now, code, message, error, reconnect=True, token_expired=True)
+        elif action is ErrorAction.RETRY:
+            return self._end(now, code, message, error, reconnect=True)
+        if code in (codes.UNAUTHORIZED, codes.TOKEN_EXPIRED):
+            error = InvalidToken(code, message)
+        return self._end(now, code, message, error)
+
+    def _history_error(self, ch: Channel, reply: ErrorReply, now: float) -> list[Event]:
+        action = codes.error_action(reply.code, reply.temporary)
+        if action is ErrorAction.REFRESH_TOKEN:
+            error = ReplyError(reply.code, reply.message, temporary=reply.temporary)
+            return self._end(
+                now, reply.code, reply.message, error, reconnect=True, token_expired=True
+            )
+        if action is ErrorAction.RETRY:
+            ch.request_id = ch.deadline = None
+            ch.retry_at = now + self._delay(ch.failures)
+            ch.failures += 1
+            return []
+        if reply.code == codes.UNRECOVERABLE_POSITION:
+            return ch.on_unrecoverable(now)
+        return ch.on_history_unavailable(
+            f"history not available: {reply.code} {reply.message}", now
+        )
+
+    def _bad_protocol(self, exc: CentrifugeProtocolError, now: float) -> list[Event]:
+        return self._end(now, ClientCode.BAD_PROTOCOL, str(exc), exc, reconnect=True)
+
+    def _timed_out(self, deadline: float, now: float) -> list[Event]:
+        if deadline == self._connect_deadline:
+            code, reason = ClientCode.TIMEOUT, "connect timeout"
+        elif deadline == self._ping_deadline:
+            code, reason = ClientCode.NO_PING, "no ping"
+        else:
+            code, reason = ClientCode.TIMEOUT, "history timeout"
+        return self._end(
+            now, code, reason, Disconnected(code, reason, reconnect=True), reconnect=True
+        )
+
+    def _closed(self, code: int | None, reason: str, now: float) -> list[Event]:
+        """A close code or a disconnect push: reconnect or stop, by the code table."""
+        events: list[Event] = []
+        if code == codes.STATE_INVALIDATED:
+            events = [Gap(now, name, "state invalidated (3014)") for name in self._channels]
+            self._channels.clear()
+        if codes.close_action(code) is CloseAction.STOP:
+            error: TransportError = (
+                InvalidToken(code, reason)
+                if code == codes.INVALID_TOKEN
+                else Disconnected(code, reason, reconnect=False)
+            )
+            return events + self._end(now, code, reason, error)
+        expired = code in (codes.CONNECTION_EXPIRED, codes.STATE_INVALIDATED)
+        error = Disconnected(code, reason, reconnect=True)
+        return events + self._end(now, code, reason, error, reconnect=True, token_expired=expired)
+
+    def _end(
+        self,
+        now: float,
+        code: int | None,
+        reason: str,
+        error: TransportError,
+        *,
+        reconnect: bool = False,
+        token_expired: bool = False,
+    ) -> list[Event]:
+        """Tear the connection down first, then say so (centrifuge-js #391)."""
+        self._reset_connection()
+        if not reconnect:
+            self.state = State.FAILED
+            return [Failed(now, code, reason, error)]
+        self.state = State.DISCONNECTED
+        delay = self._delay(self._attempts)
+        self._attempts += 1
+        return [Reconnecting(now, code, reason, delay, now + delay, token_expired, error)]
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _reset_connection(self) -> None:
+        for ch in self._channels.values():
+            ch.abandon()
+        self._requests.clear()
+        self._outbox.clear()
+        self._connect_id = self._connect_deadline = self._ping_deadline = None
+        self._ping, self._pong = 0, False
+        self._grace.reset()
+        self._caught_up = False
+
+    def _timeouts(self) -> list[float]:
+        deadlines = [self._connect_deadline, self._ping_deadline]
+        deadlines += [ch.deadline for ch in self._channels.values()]
+        return [t for t in deadlines if t is not None]
+
+    def _arm_ping(self, now: float) -> None:
+        slack = self.config.max_server_ping_delay
+        self._ping_deadline = now + self._ping + slack if slack > 0 else None
+
+    def _delay(self, attempt: int) -> float:
+        sample = min(max(self._random(), 0.0), 1.0)
+        return full_jitter(
+            attempt,
+            sample,
+            min_delay=self.config.min_reconnect_delay,
+            max_delay=self.config.max_reconnect_delay,
+        )
+
+    def _next_id(self) -> int:
+        self._last_id = self._last_id % UINT32_MAX + 1
+        return self._last_id
+
+
+def _kind(push: PubPush | SubscribePush | UnsubscribePush | OtherPush) -> str:
+    if isinstance(push, OtherPush):
+        return push.kind or "empty"
+    return {PubPush: "pub", SubscribePush: "subscribe", UnsubscribePush: "unsubscribe"}[type(push)]

@@ -1,0 +1,48 @@
+"""When a timeout that is due really fires: on time it does, late it waits once.
+
+A timer noticed much later than it was due usually means the process was
+suspended (laptop asleep, app in the background), and frames that arrived
+meanwhile may still be queued unread.  Declaring the connection dead at once
+would throw a live connection away, so a late timeout gets one grace period
+for the queue to drain (centrifuge-js PR #423; centrifuge-python 0.7.0
+``_TimeoutTimer``).  Each deadline gets the grace at most once, so a timeout
+whose answer never comes still fires.
+"""
+
+from __future__ import annotations
+
+
+class SuspensionGrace:
+    __slots__ = ("_given", "grace")
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        """Both how late counts as suspended and how long the extra wait lasts."""
+        self._given: tuple[float, float] | None = None
+        """(deadline that was late, end of its grace period)."""
+
+    def reset(self) -> None:
+        self._given = None
+
+    def due(self, deadlines: list[float], now: float) -> float | None:
+        """The deadline that fires at ``now``, if any (the earliest one due)."""
+        late = [t for t in deadlines if t <= now]
+        if not late:
+            return None
+        first = min(late)
+        if self._given is not None:
+            deadline, until = self._given
+            if now < until:
+                return None
+            if first <= deadline:
+                return first  # had its grace
+        if now - first >= self.grace:
+            self._given = (first, now + self.grace)
+            return None
+        return first
+
+    def postpone(self, deadlines: list[float]) -> list[float]:
+        """The deadlines as the driver should wait for them (none before a grace ends)."""
+        if self._given is None:
+            return deadlines
+        return [max(t, self._given[1]) for t in deadlines]
