@@ -1,0 +1,37 @@
+"""The interface for custom transports: one async callable per tracked order.
+
+A custom transport is any ``async def transport(order, sink)``: it learns
+about ``order.order_id`` however it likes and calls ``sink.observe(...)``
+(and, optionally, ``sink.report(...)``) as news arrives.  The tracker runs it
+in the order's task group from the start of tracking and cancels it once the
+order is final, so it never needs to know when to stop.  Raising an
+``OrderFsmError`` ends that transport quietly; the others carry on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import attrs
+
+from orderfsm.interface import ObservationSink
+from orderfsm.supervisor.records import User
+
+if TYPE_CHECKING:
+    from transports.http import HttpClient
+
+
+@attrs.frozen
+class OrderContext:
+    """What a custom transport gets to work with for one order."""
+
+    order_id: int
+    project_id: int
+    user: User
+    api_url: str
+    http: HttpClient | None = None
+    """The tracker's shared HTTP client (aiohttp on asyncio, httpx on trio)."""
+
+
+CustomTransport = Callable[[OrderContext, ObservationSink], Awaitable[None]]

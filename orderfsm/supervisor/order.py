@@ -1,0 +1,168 @@
+"""One tracked order: what is known about it and who is waiting for it.
+
+All mutation happens from callbacks on the event loop (transport sinks) and
+from the order's own runner task; nothing here awaits, so no lock is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from orderfsm.core import Advanced, Conflict, Observation, OrderBook
+from orderfsm.errors import OrderFsmError
+from orderfsm.interface import WEBSOCKET, Health, HealthReport
+from orderfsm.supervisor.policy import Situation
+from orderfsm.supervisor.records import Change, ConflictSeen, FinalResult, StatusChange, User
+
+if TYPE_CHECKING:
+    from transports.polling import OrderDetails
+
+logger = logging.getLogger("orderfsm")
+
+
+class TrackedOrder:
+    def __init__(self, order_id: int, user: User, book: OrderBook, now: float, websocket: bool):
+        self.order_id = order_id
+        self.user = user
+        self.book = book
+        self.started_at = now
+        self.websocket: Health | None = Health.CONNECTING if websocket else None
+        self.websocket_since = now
+        self.websocket_error: OrderFsmError | None = None
+        self.polling_error: OrderFsmError | None = None
+        self.check_once = False
+        """A source said news may have been lost: look once with Get order."""
+        self.changes: list[StatusChange] = []
+        self.conflicts: list[ConflictSeen] = []
+        self.final: StatusChange | None = None
+        self.details: OrderDetails | None = None
+        self.result: FinalResult | None = None
+        self.error: OrderFsmError | None = None
+        self.scope = anyio.CancelScope()
+        self.finished = anyio.Event()
+        self._wake = anyio.Event()
+        self._watchers: list[MemoryObjectSendStream[Change]] = []
+
+    # --- news from transports -------------------------------------------
+
+    def observe(self, observation: Observation) -> None:
+        outcome = self.book.apply(observation)
+        if self.finished.is_set():
+            if type(outcome) is Conflict:
+                logger.warning(
+                    "order %s ended %s, but %s now says %s",
+                    self.order_id, outcome.current, observation.source, outcome.observed,
+                )  # fmt: skip
+            return
+        if type(outcome) is Advanced:
+            change = StatusChange(
+                self.order_id,
+                outcome.status,
+                outcome.previous,
+                outcome.skipped,
+                observation.source,
+                observation.at,
+            )
+            self.changes.append(change)
+            if outcome.final:
+                self.final = change
+                self._keep_details(observation)
+                self.wake()
+            self._broadcast(change)
+        elif type(outcome) is Conflict:
+            if all(c.observed is not outcome.observed for c in self.conflicts):
+                conflict = ConflictSeen(
+                    self.order_id,
+                    outcome.current,
+                    outcome.observed,
+                    observation.source,
+                    observation.at,
+                )
+                self.conflicts.append(conflict)
+                self._broadcast(conflict)
+
+    def _keep_details(self, observation: Observation) -> None:
+        from transports.polling import OrderDetails
+
+        if isinstance(observation.raw, OrderDetails):
+            self.details = observation.raw
+
+    def report(self, report: HealthReport) -> None:
+        if report.gap:
+            self.check_once = True
+            self.wake()
+        if report.source != WEBSOCKET or self.websocket is None:
+            return  # pollers' failures reach the runner as exceptions
+        if report.health is not self.websocket:
+            self.websocket = report.health
+            self.websocket_since = report.at
+            if report.health is Health.FAILED:
+                self.websocket_error = report.error
+            self.wake()
+
+    # --- the runner's view ------------------------------------------------
+
+    def situation(self, can_poll: bool) -> Situation:
+        return Situation(
+            started_at=self.started_at,
+            websocket=self.websocket,
+            websocket_since=self.websocket_since,
+            can_poll=can_poll and self.polling_error is None,
+        )
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def sleep_until_news(self, deadline: float | None) -> None:
+        with anyio.CancelScope(deadline=math.inf if deadline is None else deadline):
+            await self._wake.wait()
+        self._wake = anyio.Event()
+
+    # --- listeners ------------------------------------------------------------
+
+    def add_watcher(self, stream: MemoryObjectSendStream[Change]) -> None:
+        """Replay what happened so far, then keep the stream up to date."""
+        for change in self.history():
+            stream.send_nowait(change)
+        if self.finished.is_set():
+            stream.close()
+        else:
+            self._watchers.append(stream)
+
+    def history(self) -> list[Change]:
+        return sorted([*self.changes, *self.conflicts], key=lambda c: c.at)
+
+    def _broadcast(self, change: Change) -> None:
+        for stream in self._watchers:
+            try:
+                stream.send_nowait(change)
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass  # a watcher that stopped reading or left; the others still get it
+
+    def finish(self, result: FinalResult | None, error: OrderFsmError | None) -> None:
+        self.result, self.error = result, error
+        self.finished.set()
+        for stream in self._watchers:
+            stream.close()
+        self._watchers.clear()
+
+
+class SourceSink:
+    """What one transport of one order reports into; drops news after the end."""
+
+    __slots__ = ("_order",)
+
+    def __init__(self, order: TrackedOrder) -> None:
+        self._order = order
+
+    def observe(self, observation: Observation, /) -> None:
+        if observation.order_id == self._order.order_id:
+            self._order.observe(observation)
+
+    def report(self, report: HealthReport, /) -> None:
+        self._order.report(report)
