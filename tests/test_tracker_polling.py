@@ -59,7 +59,7 @@ async def test_watch_yields_each_change_once_then_ends(emu: Emulator) -> None:
         async for change in tracker.watch(order_id):
             assert isinstance(change, StatusChange)
             seen.append(change)
-    assert [c.status for c in seen][0] is Status.NEW
+    assert seen[0].status is Status.NEW
     assert seen[-1].status is Status.CANCELED and seen[-1].final
     assert [c.previous for c in seen[1:]] == [c.status for c in seen[:-1]]
 

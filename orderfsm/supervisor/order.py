@@ -6,6 +6,7 @@ from the order's own runner task; nothing here awaits, so no lock is needed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import TYPE_CHECKING
@@ -74,17 +75,18 @@ class TrackedOrder:
                 self._keep_details(observation)
                 self.wake()
             self._broadcast(change)
-        elif type(outcome) is Conflict:
-            if all(c.observed is not outcome.observed for c in self.conflicts):
-                conflict = ConflictSeen(
-                    self.order_id,
-                    outcome.current,
-                    outcome.observed,
-                    observation.source,
-                    observation.at,
-                )
-                self.conflicts.append(conflict)
-                self._broadcast(conflict)
+        elif type(outcome) is Conflict and all(
+            c.observed is not outcome.observed for c in self.conflicts
+        ):
+            conflict = ConflictSeen(
+                self.order_id,
+                outcome.current,
+                outcome.observed,
+                observation.source,
+                observation.at,
+            )
+            self.conflicts.append(conflict)
+            self._broadcast(conflict)
 
     def _keep_details(self, observation: Observation) -> None:
         from transports.polling import OrderDetails
@@ -139,10 +141,11 @@ class TrackedOrder:
 
     def _broadcast(self, change: Change) -> None:
         for stream in self._watchers:
-            try:
+            # a watcher that stopped reading or left must not cost the others the news
+            with contextlib.suppress(
+                anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError
+            ):
                 stream.send_nowait(change)
-            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass  # a watcher that stopped reading or left; the others still get it
 
     def finish(self, result: FinalResult | None, error: OrderFsmError | None) -> None:
         self.result, self.error = result, error
