@@ -1,0 +1,246 @@
+"""The webhook receiver served for real on loopback: aiohttp.web (asyncio) and ASGI (hypercorn).
+
+``serve_receiver`` is shared with ``test_webhook_emulator``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from orderfsm.testing import RecordingSink
+from transports.backend import on_asyncio
+from transports.http import HttpResponse, open_http_client
+from transports.webhook import (
+    XSOLLA_NETWORKS,
+    OrderPaid,
+    SqliteStore,
+    StoreError,
+    WebhookReceiver,
+    asgi_app,
+    authorization_header,
+)
+
+SECRET = "s3cret"
+KINDS = ["aiohttp", "asgi"]
+
+
+async def _wait_listening(port: int) -> None:
+    with anyio.fail_after(5):
+        while True:
+            try:
+                stream = await anyio.connect_tcp("127.0.0.1", port)
+            except OSError:
+                await anyio.sleep(0.01)
+            else:
+                await stream.aclose()
+                return
+
+
+@asynccontextmanager
+async def serve_asgi(app: Any) -> AsyncIterator[str]:
+    """Serve an ASGI app with hypercorn on the running loop (asyncio or trio)."""
+    from hypercorn.config import Config
+
+    # Bind first, so the port is known and nobody can take it; hypercorn adopts the socket.
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = Config()
+    config.bind = [f"fd://{os.dup(sock.fileno())}"]
+    sock.close()
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 1.0
+    if on_asyncio():
+        from hypercorn.asyncio import serve
+    else:
+        from hypercorn.trio import serve
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(partial(serve, app, config, shutdown_trigger=stop.wait))
+        await _wait_listening(port)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop.set()
+
+
+@asynccontextmanager
+async def serve_aiohttp(app: Any) -> AsyncIterator[str]:
+    from aiohttp import web
+
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        with anyio.CancelScope(shield=True):
+            await runner.cleanup()
+
+
+@asynccontextmanager
+async def serve_receiver(receiver: WebhookReceiver, kind: str) -> AsyncIterator[str]:
+    """The receiver's URL (``.../webhook``), served by aiohttp.web or as ASGI by hypercorn."""
+    if kind == "aiohttp":
+        if not on_asyncio():
+            pytest.skip("aiohttp.web serves on asyncio only; trio uses the ASGI app")
+        from transports.webhook import webhook_app
+
+        async with serve_aiohttp(webhook_app(receiver)) as base:
+            yield base + "/webhook"
+    else:
+        async with serve_asgi(asgi_app(receiver)) as base:
+            yield base + "/webhook"
+
+
+def order_paid(order_id: int) -> bytes:
+    # Odd but valid formatting: the signature covers these exact bytes.
+    head = '{ "notification_type" :"order_paid",\n "order": {"id": '
+    tail = ', "comment": "caf\\u00e9 \u00e9"}, "items": [] }'
+    return (head + str(order_id) + tail).encode()
+
+
+async def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> HttpResponse:
+    async with open_http_client() as http:
+        return await http.request("POST", url, headers or {}, body, timeout=5)
+
+
+async def post_signed(url: str, body: bytes) -> HttpResponse:
+    return await post(url, body, {"Authorization": authorization_header(body, SECRET)})
+
+
+class Handled:
+    def __init__(self) -> None:
+        self.orders: list[int] = []
+
+    async def __call__(self, notification: object) -> None:
+        assert isinstance(notification, OrderPaid)
+        self.orders.append(notification.order_id)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", KINDS)
+async def test_good_duplicate_and_badly_signed_posts(kind: str) -> None:
+    handled = Handled()
+    sink = RecordingSink()
+    receiver = WebhookReceiver(SECRET, handled, sink=sink)
+    async with serve_receiver(receiver, kind) as url:
+        body = order_paid(501)
+        first = await post_signed(url, body)
+        again = await post_signed(url, body)
+        forged = await post(url, body, {"Authorization": "Signature " + "a" * 40})
+        unsigned = await post(url, body)
+        junk = b"{not json"
+        garbage = await post_signed(url, junk)
+    assert (first.status, first.body) == (204, b"")
+    assert (again.status, again.body) == (204, b"")
+    for refused in (forged, unsigned):
+        assert refused.status == 400
+        assert refused.headers["content-type"].startswith("application/json")
+        assert json.loads(refused.body)["error"]["code"] == "INVALID_SIGNATURE"
+    assert garbage.status == 400
+    assert json.loads(garbage.body)["error"]["code"] == "INVALID_PARAMETER"
+    assert handled.orders == [501]
+    assert [(o.order_id, o.status) for o in sink.observations] == [(501, "paid")] * 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_body_over_the_limit_is_413(kind: str) -> None:
+    handled = Handled()
+    receiver = WebhookReceiver(SECRET, handled, max_body_size=64)
+    async with serve_receiver(receiver, kind) as url:
+        body = order_paid(502) + b" " * 100
+        declared = await post_signed(url, body)
+        streamed = await post_chunked(url, body)
+    assert declared.status == 413
+    assert json.loads(declared.body)["error"]["code"] == "INVALID_PARAMETER"
+    assert streamed == 413
+    assert handled.orders == []
+
+
+async def post_chunked(url: str, body: bytes) -> int:
+    """POST without Content-Length, so only counting the bytes can enforce the limit."""
+    host_port, path = url.removeprefix("http://").split("/", 1)
+    host, port = host_port.split(":")
+    chunks = b"".join(
+        b"%x\r\n%s\r\n" % (len(body[i : i + 16]), body[i : i + 16]) for i in range(0, len(body), 16)
+    )
+    head = (
+        f"POST /{path} HTTP/1.1\r\nHost: {host_port}\r\nTransfer-Encoding: chunked\r\n"
+        f"Authorization: {authorization_header(body, SECRET)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    async with await anyio.connect_tcp(host, int(port)) as stream:
+        await stream.send(head + chunks + b"0\r\n\r\n")
+        reader = BufferedByteReceiveStream(stream)
+        status_line = await reader.receive_until(b"\r\n", 1024)
+    return int(status_line.split()[1])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", KINDS)
+async def test_the_allow_list_applies_to_the_real_peer(kind: str) -> None:
+    body = order_paid(503)
+    xsolla_only = WebhookReceiver(SECRET, Handled(), allowed_networks=XSOLLA_NETWORKS)
+    async with serve_receiver(xsolla_only, kind) as url:
+        refused = await post_signed(url, body)
+    assert refused.status == 403
+    assert json.loads(refused.body)["error"]["code"] == "INVALID_CLIENT_IP"
+    loopback = WebhookReceiver(SECRET, Handled(), allowed_networks=["127.0.0.0/8"])
+    async with serve_receiver(loopback, kind) as url:
+        assert (await post_signed(url, body)).status == 204
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", KINDS)
+async def test_only_post_on_the_webhook_path(kind: str) -> None:
+    receiver = WebhookReceiver(SECRET, Handled())
+    async with serve_receiver(receiver, kind) as url, open_http_client() as http:
+        assert (await http.request("GET", url)).status == 405
+        assert (await http.request("POST", url + "/other", body=b"{}")).status == 404
+
+
+@pytest.mark.anyio
+async def test_the_asgi_app_closes_the_store_on_shutdown(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "seen.db")
+    receiver = WebhookReceiver(SECRET, Handled(), store=store)
+    async with serve_asgi(asgi_app(receiver)) as base:
+        assert (await post_signed(base + "/webhook", order_paid(504))).status == 204
+    with pytest.raises(StoreError):
+        await store.get("order_paid:504")
+
+
+@pytest.mark.anyio
+async def test_the_aiohttp_receiver_mounts_in_an_existing_app(anyio_backend: str) -> None:
+    if anyio_backend != "asyncio":
+        pytest.skip("aiohttp.web serves on asyncio only")
+    from aiohttp import web
+
+    from transports.webhook import add_webhook_route, webhook_app
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    handled = Handled()
+    app = web.Application()
+    app.router.add_get("/", hello)
+    add_webhook_route(app, WebhookReceiver(SECRET, handled), "/hooks/xsolla")
+    app.add_subapp("/sub", webhook_app(WebhookReceiver(SECRET, handled)))
+    async with serve_aiohttp(app) as base, open_http_client() as http:
+        assert (await http.request("GET", base + "/")).body == b"hello"
+        assert (await post_signed(base + "/hooks/xsolla", order_paid(505))).status == 204
+        assert (await post_signed(base + "/sub/webhook", order_paid(506))).status == 204
+    assert handled.orders == [505, 506]

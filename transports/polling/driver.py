@@ -1,0 +1,166 @@
+"""The I/O shell around :class:`PollDecider`: sleeps, asks, reports.
+
+Runs on asyncio and trio alike; only the HTTP client differs (see
+:mod:`transports.http`).  Requests never overlap: the next one is scheduled
+from the previous answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import random as _random
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+
+from orderfsm.interface import POLLING, Health, HealthReport, ObservationSink, TokenProvider
+from transports.http import HttpClient, HttpError, HttpResponse, open_http_client
+from transports.polling.answers import Got, Rejected, classify
+from transports.polling.decider import (
+    Fail,
+    Finish,
+    PollConfig,
+    PollDecider,
+    RefreshToken,
+    Step,
+    Wait,
+)
+from transports.polling.errors import TokenProviderFailed
+from transports.polling.order import OrderDetails
+
+DEFAULT_API = "https://store.xsolla.com/api"
+
+logger = logging.getLogger("orderfsm.polling")
+
+
+def order_url(api: str, project_id: int, order_id: int) -> str:
+    return f"{api.rstrip('/')}/v2/project/{int(project_id)}/order/{int(order_id)}"
+
+
+@asynccontextmanager
+async def _client(http: HttpClient | None) -> AsyncIterator[HttpClient]:
+    """The caller's client as is, or a private one closed on the way out."""
+    if http is not None:
+        yield http
+        return
+    async with open_http_client() as own:
+        yield own
+
+
+async def _get_token(token: TokenProvider) -> str:
+    try:
+        value = await token()
+    except TokenProviderFailed:
+        raise
+    except Exception as exc:
+        raise TokenProviderFailed(f"token provider failed: {exc!r}") from exc
+    if not isinstance(value, str) or not value:
+        raise TokenProviderFailed(f"token provider returned {value!r}, not a token")
+    return value
+
+
+async def _get(
+    http: HttpClient,
+    url: str,
+    token: str,
+    timeout: float,  # noqa: ASYNC109 (passed on)
+) -> HttpResponse:
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    return await http.request("GET", url, headers=headers, timeout=timeout)
+
+
+async def poll_order(
+    order_id: int,
+    *,
+    project_id: int,
+    token: TokenProvider,
+    sink: ObservationSink,
+    http: HttpClient | None = None,
+    api: str = DEFAULT_API,
+    config: PollConfig | None = None,
+    random: Callable[[], float] | None = None,
+) -> OrderDetails:
+    """Poll Get order until the order is final, and return its details.
+
+    Observations (``source="polling"``, ``raw`` = :class:`OrderDetails`) and
+    health reports go to ``sink`` as they happen.  A terminal failure is
+    reported as ``FAILED`` and then raised (``TokenRejected``,
+    ``OrderNotFound``, ``ServiceUnavailable`` or ``ProtocolError``).
+    Cancelling the call stops polling and reports ``STOPPED``.
+    """
+    config = config or PollConfig()
+    decider = PollDecider(order_id, config, random or _random.Random().random)
+    url = order_url(api, project_id, order_id)
+    current_token: str | None = None
+    try:
+        async with _client(http) as client:
+            step = decider.start(anyio.current_time())
+            while True:
+                _emit(step, sink)
+                action = step.next
+                if isinstance(action, Finish):
+                    return action.details
+                if isinstance(action, Fail):
+                    raise action.error
+                if isinstance(action, Wait):
+                    await anyio.sleep_until(action.until)
+                if current_token is None or isinstance(action, RefreshToken):
+                    try:
+                        current_token = await _get_token(token)
+                    except TokenProviderFailed as exc:
+                        step = decider.on_token_error(exc, anyio.current_time())
+                        continue
+                try:
+                    response = await _get(client, url, current_token, config.request_timeout)
+                except HttpError as exc:
+                    step = decider.on_error(exc, anyio.current_time())
+                else:
+                    step = decider.on_response(response, anyio.current_time(), time.time())
+    except anyio.get_cancelled_exc_class():
+        if decider.health not in (Health.FAILED, Health.STOPPED):
+            sink.report(HealthReport(POLLING, Health.STOPPED, anyio.current_time(), "cancelled"))
+        raise
+
+
+def _emit(step: Step, sink: ObservationSink) -> None:
+    if step.warning:
+        logger.warning(step.warning)
+    if step.observation is not None:
+        sink.observe(step.observation)
+    if step.health is not None:
+        sink.report(step.health)
+
+
+async def fetch_order(
+    order_id: int,
+    *,
+    project_id: int,
+    token: TokenProvider,
+    http: HttpClient | None = None,
+    api: str = DEFAULT_API,
+    timeout: float = 10.0,  # noqa: ASYNC109 (mapped to RequestTimeout)
+) -> OrderDetails:
+    """Get order once: the full details, typically once an order is final.
+
+    A rejected token is refreshed and the request retried once, as the
+    official SDKs do.  Every other failure raises at once: 404 ->
+    ``OrderNotFound``, 429/5xx -> ``ServerError`` (a ``ServiceUnavailable``),
+    no answer -> ``RequestTimeout`` / ``ConnectFailed``, a bad body ->
+    ``InvalidOrderAnswer``.
+    """
+    url = order_url(api, project_id, order_id)
+    async with _client(http) as client:
+        for attempt in range(2):
+            response = await _get(client, url, await _get_token(token), timeout)
+            verdict = classify(response, order_id, time.time())
+            if isinstance(verdict, Got):
+                return verdict.details
+            if isinstance(verdict, Rejected) and attempt == 0:
+                continue
+            raise verdict.exception(order_id)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+__all__ = ["DEFAULT_API", "fetch_order", "order_url", "poll_order"]

@@ -1,0 +1,99 @@
+"""Receiving Xsolla webhooks: verify, deduplicate, dispatch, answer.
+
+The core (:class:`WebhookReceiver`) knows no web framework; thin adapters
+serve it with ``aiohttp.web`` (:func:`webhook_app`) or as a raw ASGI app
+(:func:`asgi_app`), and the aiohttp one is imported only when asked for.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from transports.webhook.answers import ACCEPTED, WebhookAnswer, error_answer
+from transports.webhook.asgi import WebhookASGIApp, asgi_app
+from transports.webhook.errors import (
+    BodyTooLarge,
+    ForbiddenSource,
+    IncorrectAmount,
+    IncorrectInvoice,
+    InvalidPayload,
+    InvalidSignature,
+    InvalidUser,
+    WebhookError,
+)
+from transports.webhook.networks import XSOLLA_NETWORKS, AllowList
+from transports.webhook.receiver import DEFAULT_MAX_BODY, Handler, WebhookReceiver
+from transports.webhook.records import (
+    Notification,
+    OrderCanceled,
+    OrderPaid,
+    Payment,
+    Refund,
+    Transaction,
+    UnknownNotification,
+    UserValidation,
+    WebhookItem,
+    WebhookOrder,
+    WebhookUser,
+    idempotency_key,
+    parse_notification,
+)
+from transports.webhook.signature import authorization_header, sign, verify
+from transports.webhook.sqlite_store import SqliteStore, StoreError
+from transports.webhook.store import MemoryStore, SeenStore
+
+if TYPE_CHECKING:
+    from transports.webhook.aiohttp_app import add_webhook_route, make_handler, webhook_app
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("webhook_app", "add_webhook_route", "make_handler"):
+        from transports.webhook import aiohttp_app
+
+        return getattr(aiohttp_app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "ACCEPTED",
+    "DEFAULT_MAX_BODY",
+    "XSOLLA_NETWORKS",
+    "AllowList",
+    "BodyTooLarge",
+    "ForbiddenSource",
+    "Handler",
+    "IncorrectAmount",
+    "IncorrectInvoice",
+    "InvalidPayload",
+    "InvalidSignature",
+    "InvalidUser",
+    "MemoryStore",
+    "Notification",
+    "OrderCanceled",
+    "OrderPaid",
+    "Payment",
+    "Refund",
+    "SeenStore",
+    "SqliteStore",
+    "StoreError",
+    "Transaction",
+    "UnknownNotification",
+    "UserValidation",
+    "WebhookASGIApp",
+    "WebhookAnswer",
+    "WebhookError",
+    "WebhookItem",
+    "WebhookOrder",
+    "WebhookReceiver",
+    "WebhookUser",
+    "add_webhook_route",
+    "asgi_app",
+    "authorization_header",
+    "error_answer",
+    "idempotency_key",
+    "make_handler",
+    "parse_notification",
+    "sign",
+    "verify",
+    "webhook_app",
+]

@@ -1,0 +1,99 @@
+"""The receiver as a raw ASGI 3 application, for trio-capable servers such as hypercorn.
+
+No framework: one path, ``POST`` only, lifespan handled so the store is
+closed on shutdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from transports.webhook.answers import WebhookAnswer, error_answer
+from transports.webhook.receiver import WebhookReceiver
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+NOT_FOUND = error_answer(404, "NOT_FOUND", "no webhook endpoint here")
+METHOD_NOT_ALLOWED = error_answer(405, "METHOD_NOT_ALLOWED", "use POST")
+
+
+class WebhookASGIApp:
+    def __init__(
+        self, receiver: WebhookReceiver, path: str = "/webhook", *, close_receiver: bool = True
+    ) -> None:
+        self.receiver = receiver
+        self.path = path
+        self.close_receiver = close_receiver
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+        # Other scope types (websocket) are not served: returning refuses them.
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self.close_receiver:
+                    await self.receiver.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] != self.path:
+            await _reply(send, NOT_FOUND)
+            return
+        if scope["method"] != "POST":
+            await _reply(send, METHOD_NOT_ALLOWED, (("Allow", "POST"),))
+            return
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", ())]
+        client = scope.get("client")
+        peer = str(client[0]) if client else None
+        length = _content_length(headers)
+        refusal = self.receiver.precheck(peer, length)
+        if refusal is not None:
+            await _reply(send, refusal)
+            return
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.receiver.max_body_size:
+                await _reply(send, self.receiver.too_large())
+                return
+            more = bool(message.get("more_body", False))
+        answer = await self.receiver.handle(headers, bytes(body), peer)
+        await _reply(send, answer)
+
+
+def _content_length(headers: list[tuple[str, str]]) -> int | None:
+    values = [v for k, v in headers if k.lower() == "content-length"]
+    if len(values) == 1 and values[0].strip().isdigit():
+        return int(values[0])
+    return None
+
+
+async def _reply(
+    send: Send, answer: WebhookAnswer, extra: tuple[tuple[str, str], ...] = ()
+) -> None:
+    headers = [(k.lower().encode(), v.encode()) for k, v in (*answer.headers, *extra)]
+    headers.append((b"content-length", str(len(answer.body)).encode()))
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})
+
+
+def asgi_app(
+    receiver: WebhookReceiver, path: str = "/webhook", *, close_receiver: bool = True
+) -> WebhookASGIApp:
+    return WebhookASGIApp(receiver, path, close_receiver=close_receiver)

@@ -1,0 +1,58 @@
+"""Refusals the application's handler may raise, and the receiver's own refusals.
+
+Each class carries Xsolla's error ``code`` and the HTTP ``status`` answered.
+Raising one of the 400s from a handler is a deliberate answer: Xsolla does
+not retry it (and, with auto-refund on, refunds an ``order_paid``), and a
+repeated delivery gets the same answer.  Any other exception answers 500 so
+that Xsolla retries.
+"""
+
+from __future__ import annotations
+
+from orderfsm.errors import InvalidPayload, InvalidSignature, WebhookError
+
+
+class InvalidUser(WebhookError):
+    code = "INVALID_USER"
+
+
+class IncorrectAmount(WebhookError):
+    code = "INCORRECT_AMOUNT"
+
+
+class IncorrectInvoice(WebhookError):
+    code = "INCORRECT_INVOICE"
+
+
+class ForbiddenSource(WebhookError):
+    """The peer address is outside the allow-list."""
+
+    code = "INVALID_CLIENT_IP"
+
+
+class BodyTooLarge(WebhookError):
+    code = "INVALID_PARAMETER"
+
+
+STATUS: dict[type[WebhookError], int] = {ForbiddenSource: 403, BodyTooLarge: 413}
+
+
+def status_for(error: WebhookError) -> int:
+    """400 for Xsolla's refusals, unless the class says otherwise."""
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 400
+
+
+__all__ = [
+    "BodyTooLarge",
+    "ForbiddenSource",
+    "IncorrectAmount",
+    "IncorrectInvoice",
+    "InvalidPayload",
+    "InvalidSignature",
+    "InvalidUser",
+    "WebhookError",
+    "status_for",
+]
