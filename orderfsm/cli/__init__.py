@@ -41,9 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"orderfsm.cli.{module_name}")
-        command = sub.add_parser(
-            name, help=module.HELP, description=module.HELP, parents=[common]
-        )
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP, parents=[common])
         module.configure(command)
         command.set_defaults(_run=module.run)
     return parser

@@ -50,7 +50,9 @@ async def _demo(as_json: bool, step: float) -> int:
     async with Emulator(ping_interval=5.0, seed=2026) as emu:
         user = await emu.create_user("player-1")
         order_id = await emu.create_order(
-            user, items=[{"sku": "com.example.sword", "quantity": 1, "amount": "4.99"}], amount="4.99"
+            user,
+            items=[{"sku": "com.example.sword", "quantity": 1, "amount": "4.99"}],
+            amount="4.99",
         )
         if not as_json:
             print(f"orderfsm demo: order {order_id} of player-1, on the emulator at {emu.base_url}")

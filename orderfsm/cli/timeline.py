@@ -13,7 +13,7 @@ import anyio
 from orderfsm.core import Status
 from orderfsm.errors import OrderFsmError, TrackingTimeout
 from orderfsm.interface import HealthReport
-from orderfsm.supervisor.records import Change, ConflictSeen, FinalResult, details_to_json
+from orderfsm.supervisor.records import Change, ConflictSeen, FinalResult
 
 EXIT_DONE, EXIT_ERROR, EXIT_CANCELED, EXIT_EXPIRED, EXIT_TIMEOUT = 0, 1, 3, 4, 5
 EXIT_CODES = {Status.DONE: EXIT_DONE, Status.CANCELED: EXIT_CANCELED, Status.EXPIRED: EXIT_EXPIRED}
@@ -110,6 +110,11 @@ class Timeline:
 
     def failed(self, order_id: int, error: OrderFsmError) -> None:
         self._emit(
-            {"order_id": order_id, "final": False, "error": type(error).__name__, "message": str(error)},
+            {
+                "order_id": order_id,
+                "final": False,
+                "error": type(error).__name__,
+                "message": str(error),
+            },
             f"tracking ended without a final status: {type(error).__name__}: {error}",
         )

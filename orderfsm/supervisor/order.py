@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -27,7 +28,15 @@ logger = logging.getLogger("orderfsm")
 
 
 class TrackedOrder:
-    def __init__(self, order_id: int, user: User, book: OrderBook, now: float, websocket: bool):
+    def __init__(
+        self,
+        order_id: int,
+        user: User,
+        book: OrderBook,
+        now: float,
+        websocket: bool,
+        on_report: Callable[[int, HealthReport], None] | None = None,
+    ):
         self.order_id = order_id
         self.user = user
         self.book = book
@@ -44,6 +53,7 @@ class TrackedOrder:
         self.details: OrderDetails | None = None
         self.result: FinalResult | None = None
         self.error: OrderFsmError | None = None
+        self.on_report = on_report
         self.scope = anyio.CancelScope()
         self.finished = anyio.Event()
         self._wake = anyio.Event()
@@ -95,6 +105,11 @@ class TrackedOrder:
             self.details = observation.raw
 
     def report(self, report: HealthReport) -> None:
+        if self.on_report is not None and not self.finished.is_set():
+            try:
+                self.on_report(self.order_id, report)
+            except Exception:  # an application callback must not break tracking
+                logger.exception("on_report callback failed")
         if report.gap:
             self.check_once = True
             self.wake()

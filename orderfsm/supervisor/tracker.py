@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +68,8 @@ class Tracker:
     ``polling``, ``webhook``: the last means "accept :meth:`observe` calls
     from a webhook receiver and keep waiting for them"); ``extra`` adds custom
     ones (see :class:`~orderfsm.supervisor.custom.CustomTransport`).
+    ``on_report(order_id, report)`` sees every health report of every order's
+    transports, for logs and dashboards; it must not block.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class Tracker:
         details_timeout: float = 10.0,
         websocket_options: dict[str, Any] | None = None,
         http: HttpClient | None = None,
+        on_report: Callable[[int, HealthReport], None] | None = None,
     ) -> None:
         unknown = set(transports) - KNOWN_TRANSPORTS
         if unknown:
@@ -100,6 +103,7 @@ class Tracker:
         self.details_timeout = details_timeout
         self._websocket_options = websocket_options or {}
         self._given_http = http
+        self.on_report = on_report
         self._book = OrderBook()
         self._orders: dict[int, TrackedOrder] = {}
         self._early: OrderedDict[int, list[Observation]] = OrderedDict()
@@ -166,6 +170,7 @@ class Tracker:
             self._book,
             anyio.current_time(),
             websocket=WEBSOCKET in self.transports,
+            on_report=self.on_report,
         )
         self._orders[order_id] = order
         self._tg.start_soon(self._run, order, name=f"orderfsm order {order_id}")
