@@ -47,11 +47,11 @@ class Timeline:
         now = anyio.current_time()
         self._emit(
             {"order_id": order_id, "note": message, "at": self._iso(now)},
-            f"  +{now - self._start:6.2f}s  {'':10} {message}",
+            f"  {now - self._start:6.2f}s  {'':10} {message}",
         )
 
     def report(self, order_id: int, report: HealthReport) -> None:
-        reason = f": {report.reason}" if report.reason else ""
+        reason = f": {report.reason}" if report.reason not in ("", report.health.value) else ""
         self._emit(
             {
                 "order_id": order_id,
@@ -60,7 +60,7 @@ class Timeline:
                 "reason": report.reason,
                 "at": self._iso(report.at),
             },
-            f"  +{report.at - self._start:6.2f}s  {report.source:10} {report.health.value}{reason}",
+            f"  {report.at - self._start:6.2f}s  {report.source:10} {report.health.value}{reason}",
         )
 
     def change(self, change: Change) -> None:
@@ -73,7 +73,7 @@ class Timeline:
                     "source": change.source,
                     "at": self._iso(change.at),
                 },
-                f"  +{change.at - self._start:6.2f}s  CONFLICT   {change.source} says "
+                f"  {change.at - self._start:6.2f}s  CONFLICT   {change.source} says "
                 f"{change.observed} after {change.current}",
             )
             return
@@ -86,7 +86,7 @@ class Timeline:
                 "source": change.source,
                 "at": self._iso(change.at),
             },
-            f"  +{change.at - self._start:6.2f}s  {change.status.value.upper():10} "
+            f"  {change.at - self._start:6.2f}s  {change.status.value.upper():10} "
             f"via {change.source}{skipped}   {self._progress()}",
         )
 

@@ -1,0 +1,124 @@
+"""The command line as a new user meets it: real subprocesses, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from transports.emulator import Emulator
+
+
+def orderfsm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orderfsm", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_demo_json_reaches_done_after_falling_back_to_polling() -> None:
+    result = orderfsm("demo", "--json", "--step", "0.3")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    statuses = [(r["status"], r["source"]) for r in lines if "status" in r and "final" not in r]
+    assert [s for s, _ in statuses] == ["new", "paid", "done"]
+    failed = next(
+        i
+        for i, r in enumerate(lines)
+        if r.get("transport") == "websocket" and r["health"] == "failed"
+    )
+    polling = next(i for i, r in enumerate(lines) if r.get("transport") == "polling")
+    done = next(i for i, r in enumerate(lines) if r.get("status") == "done")
+    assert failed < polling < done
+    assert statuses[-1] == ("done", "polling")
+    final = lines[-1]
+    assert final["final"] is True and final["status"] == "done"
+    assert final["details"]["items"][0]["sku"] == "com.example.sword"
+
+
+def test_demo_runs_on_trio_too() -> None:
+    result = orderfsm("demo", "--backend", "trio", "--step", "0.2")
+    assert result.returncode == 0, result.stderr
+    assert "DONE" in result.stdout and "via polling" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def emu() -> Iterator[Emulator]:
+    with Emulator(seed=5, ping_interval=2.0) as emulator:
+        yield emulator
+
+
+def _watch(emu: Emulator, order_id: int, token: str, *extra: str) -> list[str]:
+    return [
+        "watch",
+        "--project-id",
+        str(emu.project_id),
+        "--order-id",
+        str(order_id),
+        "--token-env",
+        "ORDERFSM_TEST_TOKEN",
+        "--ws-url",
+        emu.ws_url,
+        "--api-url",
+        emu.api_url,
+        "--poll-interval",
+        "0.1",
+        "--json",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("final", "code"), [("done", 0), ("canceled", 3), ("expired", 4), (None, 5)]
+)
+def test_watch_exit_codes_and_json_lines(emu: Emulator, final: str | None, code: int) -> None:
+    import anyio
+
+    async def prepare() -> tuple[int, str]:
+        user = await emu.create_user()
+        order_id = await emu.create_order(user)
+        if final is not None:
+            steps = [(0.5, "paid"), (0.3, final)] if final != "expired" else [(0.5, final)]
+            await emu.run_script(order_id, steps)
+        return order_id, user.token
+
+    order_id, token = anyio.run(prepare)
+    result = orderfsm(
+        *_watch(emu, order_id, token, "--timeout", "2" if final is None else "30"),
+        env={"ORDERFSM_TEST_TOKEN": token},
+    )
+    assert result.returncode == code, (result.stdout, result.stderr)
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    for line in lines[:-1]:
+        assert set(line) == {"order_id", "status", "source", "at"}
+    if final is not None:
+        assert lines[-1]["final"] is True and lines[-1]["status"] == final
+        assert lines[-1]["details"]["order_id"] == order_id
+    else:
+        assert lines[-1]["final"] is False and lines[-1]["error"] == "TrackingTimeout"
+
+
+def test_watch_errors_are_one_line_without_traceback(emu: Emulator) -> None:
+    result = orderfsm(*_watch(emu, 1, "x"), env={"ORDERFSM_TEST_TOKEN": ""})
+    assert result.returncode == 2
+    assert "ORDERFSM_TEST_TOKEN" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_watch_with_a_bad_token_fails_cleanly(emu: Emulator) -> None:
+    result = orderfsm(*_watch(emu, 1, "x"), env={"ORDERFSM_TEST_TOKEN": "not-a-token"})
+    assert result.returncode == 1, result.stdout
+    last = json.loads(result.stdout.splitlines()[-1])
+    assert last["final"] is False and last["error"] in {"InvalidToken", "TokenRejected"}
+    assert "Traceback" not in result.stderr
+
+
+def test_usage_errors_exit_2() -> None:
+    assert orderfsm("watch", "--order-id", "1").returncode == 2
+    assert orderfsm("no-such-command").returncode == 2
