@@ -1,14 +1,21 @@
 """A faithful, scriptable imitation of Xsolla's order-status services.
 
-Serves the Centrifugo WebSocket, Get order and the webhook sender on
-loopback, for orderfsm's tests and for users' own tests.  See ``API.md``.
+Serves the Centrifugo WebSocket, Get order, the Event API and the webhook
+sender on loopback, for orderfsm's tests and for users' own tests.  See ``API.md``.
 """
 
 from __future__ import annotations
 
 from transports.emulator.client import EmulatorClient, EmulatorError
 from transports.emulator.emulator import Emulator
-from transports.emulator.records import ConnectionInfo, Publication, Stats, User, WebhookAttempt
+from transports.emulator.records import (
+    ConnectionInfo,
+    Publication,
+    Stats,
+    StoredEvent,
+    User,
+    WebhookAttempt,
+)
 from transports.emulator.webhooks import DEFAULT_RETRY_INTERVALS, sign
 
 __all__ = [
@@ -19,6 +26,7 @@ __all__ = [
     "EmulatorError",
     "Publication",
     "Stats",
+    "StoredEvent",
     "User",
     "WebhookAttempt",
     "sign",

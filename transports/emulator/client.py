@@ -17,7 +17,14 @@ from typing import Any
 import anyio
 
 from orderfsm.errors import OrderFsmError
-from transports.emulator.records import ConnectionInfo, Publication, Stats, User, WebhookAttempt
+from transports.emulator.records import (
+    ConnectionInfo,
+    Publication,
+    Stats,
+    StoredEvent,
+    User,
+    WebhookAttempt,
+)
 
 UserRef = User | str
 
@@ -58,6 +65,11 @@ class EmulatorClient:
     @property
     def api_url(self) -> str:
         return self.base_url + "/api"
+
+    @property
+    def events_url(self) -> str:
+        """``GET`` it for the Event API (its base URL is :attr:`base_url`)."""
+        return self.base_url + "/events"
 
     @property
     def control_url(self) -> str:
@@ -186,8 +198,10 @@ class EmulatorClient:
         count: int | None = None,
         seconds: float | None = None,
         order_id: int | None = None,
+        service: str = "get_order",
     ) -> int:
         body = {
+            "service": service,
             "kind": kind,
             "status": status,
             "retry_after": retry_after,
@@ -202,6 +216,17 @@ class EmulatorClient:
 
     async def clear_faults(self) -> None:
         await self._call("DELETE", "/faults")
+
+    # --- the Event API ----------------------------------------------------------------
+
+    async def events(self, user: UserRef | None = None) -> list[StoredEvent]:
+        query = "" if user is None else f"?user={_q(_uid(user))}"
+        raw = await self._call("GET", f"/events{query}")
+        return [StoredEvent.from_json(x) for x in raw["events"]]
+
+    async def add_event(self, user: UserRef, data: Any) -> StoredEvent:
+        raw = await self._call("POST", f"/users/{_q(_uid(user))}/events", {"data": data})
+        return StoredEvent.from_json(raw["event"])
 
     # --- webhooks -------------------------------------------------------------------
 

@@ -149,6 +149,17 @@ def routes(s: Services, request_shutdown: Callable[[], None]) -> list[web.RouteD
     async def epoch(request: web.Request) -> web.Response:
         return _ok({"epoch": w.new_epoch(user_of(request))})
 
+    async def add_event(request: web.Request) -> web.Response:
+        body = await _body(request)
+        if "data" not in body:
+            raise StateError("data is required")
+        return _ok({"event": s.add_event(user_of(request), body["data"]).to_json()})
+
+    async def events(request: web.Request) -> web.Response:
+        user = request.query.get("user")
+        external_id = None if user is None else w.user(user).external_id
+        return _ok({"events": [e.to_json() for e in s.events.all(external_id)]})
+
     async def get_order_fault(request: web.Request) -> web.Response:
         fault = s.get_order_faults.add(await _body(request), _clock())
         return _ok({"fault_id": fault.fault_id})
@@ -212,6 +223,8 @@ def routes(s: Services, request_shutdown: Callable[[], None]) -> list[web.RouteD
         web.post("/control/users/{user}/reorder", reorder),
         web.post("/control/users/{user}/epoch", epoch),
         web.post("/control/pings", pings),
+        web.post("/control/users/{user}/events", add_event),
+        web.get("/control/events", events),
         web.post("/control/faults/get_order", get_order_fault),
         web.delete("/control/faults", clear_faults),
         web.post("/control/webhooks/config", webhook_config),

@@ -15,6 +15,8 @@ from transports.emulator.records import Publication
 from transports.emulator.state import StateError
 
 GET_ORDER_FAULT_KINDS = ("error", "rate_limit", "slow")
+FAULT_SERVICES = ("get_order", "events", "any")
+"""Which HTTP service a fault hits: Get order (the default), ``GET /events``, or both."""
 
 
 @attrs.define
@@ -60,6 +62,7 @@ class GetOrderFault:
     remaining: int | None = None
     until: float | None = None
     order_id: int | None = None
+    service: str = "get_order"
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -74,6 +77,11 @@ class GetOrderFaults:
         kind = raw.get("kind")
         if kind not in GET_ORDER_FAULT_KINDS:
             raise StateError(f"kind must be one of {GET_ORDER_FAULT_KINDS}, got {kind!r}")
+        service = raw.get("service", "get_order")
+        if service is None:
+            service = "get_order"
+        if service not in FAULT_SERVICES:
+            raise StateError(f"service must be one of {FAULT_SERVICES}, got {service!r}")
         try:
             count = raw.get("count")
             seconds = raw.get("seconds")
@@ -87,6 +95,7 @@ class GetOrderFaults:
                 remaining=None if count is None else int(count),
                 until=None if seconds is None else now + float(seconds),
                 order_id=None if order_id is None else int(order_id),
+                service=service,
             )
         except (TypeError, ValueError) as exc:
             raise StateError(f"bad fault: {exc}") from None
@@ -97,14 +106,22 @@ class GetOrderFaults:
     def clear(self) -> None:
         self._faults.clear()
 
-    def take(self, order_id: int | None, now: float) -> GetOrderFault | None:
-        """The fault that applies to this request (consuming one of its uses), if any."""
+    def take(
+        self, order_id: int | None, now: float, service: str = "get_order"
+    ) -> GetOrderFault | None:
+        """The fault that applies to this request (consuming one of its uses), if any.
+
+        A ``GET /events`` request is about no one order (``order_id=None``), so
+        only faults without an ``order_id`` reach it.
+        """
         self._faults = [
             f
             for f in self._faults
             if (f.remaining is None or f.remaining > 0) and (f.until is None or now < f.until)
         ]
         for fault in self._faults:
+            if fault.service not in (service, "any"):
+                continue
             if fault.order_id is None or fault.order_id == order_id:
                 if fault.remaining is not None:
                     fault.remaining -= 1

@@ -109,6 +109,8 @@ class Stats:
     get_order_total: int
     publications: int
     webhook_attempts: int
+    events_requests: int = 0
+    """``GET /events`` requests so far, any answer."""
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Stats:
@@ -117,3 +119,30 @@ class Stats:
             int(k): list(v) for k, v in raw.get("get_order_requests", {}).items()
         }
         return cls(**fields)
+
+
+@attrs.frozen
+class StoredEvent:
+    """One Event API event as the emulator keeps it (the control view).
+
+    ``GET /events`` hands out ``{"id", "status", "created_at", "data"}``;
+    this record adds whose event it is and what it is about, for tests.
+    """
+
+    event_id: int
+    user: str
+    notification_type: str
+    """``data.notification_type`` when there is one (``""`` for raw junk)."""
+    order_id: int | None
+    status: str
+    """``new``, or ``processed`` once ``POST /events/{id}/processed`` was called."""
+    created_at: float
+    """Wall clock (``time.time()``)."""
+    data: Any
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> StoredEvent:
+        return cls(**_pick(cls, raw))
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)

@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 from aiohttp import web
 
+from transports.emulator.faults import GetOrderFault
 from transports.emulator.services import Services
 from transports.emulator.state import Order
 
@@ -52,6 +53,26 @@ def order_json(order: Order) -> dict[str, Any]:
     }
 
 
+async def suffer(fault: GetOrderFault | None) -> web.Response | None:
+    """Play an injected fault: the error answer to send, or ``None`` to answer normally."""
+    if fault is None:
+        return None
+    if fault.kind == "rate_limit":
+        response = store_error(429, 1429, _REASONS[429])
+        response.headers["Retry-After"] = str(fault.retry_after)
+        return response
+    if fault.kind == "error":
+        reason = _REASONS.get(fault.status, "Internal server error")
+        return store_error(fault.status, fault.status * 10 + 1, reason)
+    await anyio.sleep(fault.delay)
+    return None
+
+
+def bearer_token(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token if scheme.lower() == "bearer" else None
+
+
 def routes(services: Services) -> list[web.RouteDef]:
     async def get_order(request: web.Request) -> web.StreamResponse:
         raw_id = request.match_info["order_id"]
@@ -63,19 +84,11 @@ def routes(services: Services) -> list[web.RouteDef]:
             order.get_order_requests.append(now)
 
         fault = services.get_order_faults.take(order_id, anyio.current_time())
-        if fault is not None:
-            if fault.kind == "rate_limit":
-                response = store_error(429, 1429, _REASONS[429])
-                response.headers["Retry-After"] = str(fault.retry_after)
-                return response
-            if fault.kind == "error":
-                reason = _REASONS.get(fault.status, "Internal server error")
-                return store_error(fault.status, fault.status * 10 + 1, reason)
-            await anyio.sleep(fault.delay)
+        failed = await suffer(fault)
+        if failed is not None:
+            return failed
 
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        user = services.world.authenticate(token) if scheme.lower() == "bearer" else None
+        user = services.world.authenticate(bearer_token(request))
         if user is None:
             return store_error(401, 1501, "Authorization failed: invalid or expired token")
         if (

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import anyio
 from aiohttp import web
 
-from transports.emulator import control, rest
+from transports.emulator import control, event_api, rest
 from transports.emulator.services import Config, Services
 
 SHUTDOWN_GRACE = 3.0
@@ -35,6 +35,7 @@ async def serve(config: Config, *, ready: Callable[[str], None], stop: anyio.Eve
                 services.spawn(later)
 
             app.add_routes(rest.routes(services))
+            app.add_routes(event_api.routes(services))
             app.add_routes(control.routes(services, request_shutdown))
             app.add_routes([web.get("/connection/websocket", services.hub.handle)])
             try:

@@ -7,6 +7,7 @@ background work (scripts, webhook deliveries) in one task group.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -16,8 +17,9 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
+from transports.emulator.eventlog import EventLog
 from transports.emulator.faults import GetOrderFaults
-from transports.emulator.records import Publication
+from transports.emulator.records import Publication, StoredEvent
 from transports.emulator.session import Timing
 from transports.emulator.state import StateError, World
 from transports.emulator.webhooks import (
@@ -25,6 +27,7 @@ from transports.emulator.webhooks import (
     NOTIFICATION_FOR_STATUS,
     WebhookSender,
     order_body,
+    order_payload,
 )
 from transports.emulator.websocket import Hub
 
@@ -61,6 +64,8 @@ class Services:
         self.hub = Hub(self.world, timing, self.rng)
         self.get_order_faults = GetOrderFaults()
         self.get_order_log: list[dict[str, Any]] = []
+        self.events = EventLog()
+        self.events_requests = 0
         self._background = background
         self.webhooks = WebhookSender(
             secret=config.secret,
@@ -102,9 +107,20 @@ class Services:
         if publish:
             pub = self.hub.publish(order.user, {"order_id": order.order_id, "status": status})
         kind = NOTIFICATION_FOR_STATUS.get(status)
-        if webhook and kind is not None and self.webhooks.url is not None:
-            self.send_webhook(order.order_id, kind, copies=1, bad_signature=False)
+        if webhook and kind is not None:
+            # The Event API records every notification, webhook URL or not.
+            now = time.time()
+            data = order_payload(order, kind, self.config.project_id, now)
+            self.events.add(order.user, data, now)
+            if self.webhooks.url is not None:
+                body = json.dumps(data, separators=(",", ":")).encode()
+                self.webhooks.send(body, kind, order.order_id, bad_signature=False)
         return pub
+
+    def add_event(self, external_id: object, data: Any) -> StoredEvent:
+        """Any JSON value as a user's next event (malformed events for client tests)."""
+        user = self.world.user(external_id)
+        return self.events.add(user.external_id, data, time.time())
 
     def send_webhook(
         self, order_id: object, kind: object, *, copies: int, bad_signature: bool
@@ -164,6 +180,7 @@ class Services:
             "get_order_total": len(self.get_order_log),
             "publications": len(self.world.publications),
             "webhook_attempts": len(self.webhooks.attempts),
+            "events_requests": self.events_requests,
         }
 
     def info(self) -> dict[str, Any]:
@@ -172,6 +189,7 @@ class Services:
             "base_url": self.base_url,
             "ws_url": self.base_url.replace("http", "ws", 1) + "/connection/websocket",
             "api_url": self.base_url + "/api",
+            "events_url": self.base_url + "/events",
             "project_id": c.project_id,
             "secret": c.secret,
             "ping_interval": c.ping_interval,

@@ -38,9 +38,17 @@ def sign(body: bytes, secret: str) -> str:
 
 def order_body(order: Order, notification_type: str, project_id: int, now: float) -> bytes:
     """The raw bytes of an ``order_paid`` / ``order_canceled`` webhook."""
+    body = order_payload(order, notification_type, project_id, now)
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def order_payload(
+    order: Order, notification_type: str, project_id: int, now: float
+) -> dict[str, Any]:
+    """The webhook body as JSON data; the Event API hands out the same object."""
     paid = notification_type == "order_paid"
     payment_date = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S+00:00")
-    body = {
+    return {
         "items": [
             {
                 "sku": item.sku,
@@ -84,7 +92,6 @@ def order_body(order: Order, notification_type: str, project_id: int, now: float
             },
         },
     }
-    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def _number(amount: str) -> float | str:

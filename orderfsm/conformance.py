@@ -1,0 +1,448 @@
+"""Conformance checks for custom transports, shipped for users' tests too.
+
+In the spirit of ``trio.testing.check_one_way_stream``: one call runs a
+transport through everything the tracker relies on, and fails with an
+``AssertionError`` that says which promise was broken::
+
+    @pytest.mark.anyio
+    async def test_my_transport_conforms() -> None:
+        async with Emulator() as emu:
+            await check_transport(my_transport, EmulatorWorld(emu))
+
+The transport is driven through a :class:`World`: something that creates
+orders and changes their statuses in whatever the transport reads.
+:class:`EmulatorWorld` is one for transports that read the emulator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup
+
+from orderfsm.core import Observation
+from orderfsm.errors import OrderFsmError
+from orderfsm.interface import Health, HealthReport
+from orderfsm.supervisor.custom import CustomTransport, OrderContext
+from orderfsm.supervisor.records import User
+
+if TYPE_CHECKING:
+    from transports.emulator import EmulatorClient
+    from transports.http import HttpClient
+
+UNKNOWN_STATUS = "refunded"
+"""A status outside the graph, which a transport must survive without reporting it."""
+
+
+class World(Protocol):
+    """The source a transport reads from, as the checks drive it.
+
+    Orders from one world should share whatever the transport shares (the
+    same user, the same stream), so that "never reports another order" means
+    something.
+    """
+
+    async def new_order(self) -> OrderContext:
+        """A new order in status ``new``, and what the transport gets for it."""
+        ...
+
+    async def set_status(self, order_id: int, status: str) -> None:
+        """Change the order's status as the real service would announce it.
+
+        ``status`` may be outside the graph (:data:`UNKNOWN_STATUS`); a world
+        that cannot express that may do nothing.
+        """
+        ...
+
+    async def disturb(self, order_id: int) -> None:
+        """Feed the transport junk about this order: malformed data, errors."""
+        ...
+
+
+class EmulatorWorld:
+    """A :class:`World` on the project's emulator, for transports that read it.
+
+    Every order belongs to one emulator user.  ``disturb`` publishes
+    malformed WebSocket publications and Event API events and makes the next
+    HTTP request (Get order or ``/events``, within a second) answer 500.
+    """
+
+    def __init__(self, emulator: EmulatorClient, *, http: HttpClient | None = None) -> None:
+        self.emulator = emulator
+        self.http = http
+        self._user: str | None = None
+        self._token = ""
+        self._project_id: int | None = None
+
+    async def _provide_token(self) -> str:
+        return self._token
+
+    async def new_order(self) -> OrderContext:
+        if self._user is None or self._project_id is None:
+            self._project_id = int((await self.emulator.info())["project_id"])
+            user = await self.emulator.create_user()
+            self._user, self._token = user.external_id, user.token
+        order_id = await self.emulator.create_order(self._user)
+        return OrderContext(
+            order_id=order_id,
+            project_id=self._project_id,
+            user=User(self._provide_token, self._user),
+            api_url=self.emulator.api_url,
+            http=self.http,
+        )
+
+    async def set_status(self, order_id: int, status: str) -> None:
+        await self.emulator.set_status(order_id, status)
+
+    async def disturb(self, order_id: int) -> None:
+        assert self._user is not None, "disturb() before new_order()"
+        emu, user = self.emulator, self._user
+        for junk in ("garbage", {"order_id": order_id, "status": 42}, {"order_id": str(order_id)}):
+            await emu.publish_raw(user, junk)
+        for data in (
+            "garbage",
+            {"notification_type": "order_paid", "order": {"id": "not-an-id"}},
+            {"notification_type": "order_refunded", "order": {"id": order_id}},
+        ):
+            await emu.add_event(user, data)
+        await emu.get_order_fault("error", status=500, count=1, seconds=1.0, service="any")
+
+
+@attrs.frozen
+class Limits:
+    timeout: float = 5.0
+    """Longest wait for one expected observation."""
+    settle: float = 0.2
+    """Time a transport gets to start up before the first status change."""
+    cancel_within: float = 1.0
+    """Longest time from cancellation to the transport's return."""
+    max_block: float = 0.5
+    """Longest time the event loop may go without running other tasks."""
+
+
+async def check_transport(
+    transport: CustomTransport,
+    world: World,
+    *,
+    timeout: float = 5.0,  # noqa: ASYNC109 (a per-step limit, not the whole call's)
+    settle: float = 0.2,
+    cancel_within: float = 1.0,
+    max_block: float = 0.5,
+) -> None:
+    """Run every check; the first broken promise raises ``AssertionError``."""
+    limits = Limits(timeout, settle, cancel_within, max_block)
+    await check_delivers_changes(transport, world, limits)
+    await check_ignores_other_orders(transport, world, limits)
+    await check_survives_junk(transport, world, limits)
+    await check_stops_when_cancelled(transport, world, limits)
+
+
+async def check_delivers_changes(
+    transport: CustomTransport, world: World, limits: Limits = Limits()
+) -> None:
+    """``paid`` then ``canceled`` are each delivered as well-formed observations."""
+    check = "delivers status changes"
+
+    async def body(session: _Session) -> None:
+        run = session.start(await world.new_order())
+        await anyio.sleep(limits.settle)
+        for status in ("paid", "canceled"):
+            await session.change(world, run, status)
+            await session.wait_for(run, status)
+
+    await _Session.run(check, transport, limits, body)
+
+
+async def check_ignores_other_orders(
+    transport: CustomTransport, world: World, limits: Limits = Limits()
+) -> None:
+    """Two instances at once each report only their own order; a third order is silent."""
+    check = "reports only its own order"
+
+    async def body(session: _Session) -> None:
+        first = session.start(await world.new_order())
+        second = session.start(await world.new_order())
+        bystander = await world.new_order()
+        await anyio.sleep(limits.settle)
+        await world.set_status(bystander.order_id, "paid")
+        await world.set_status(bystander.order_id, "canceled")
+        await session.change(world, first, "paid")
+        await session.change(world, second, "canceled")
+        await session.wait_for(first, "paid")
+        await session.wait_for(second, "canceled")
+        await anyio.sleep(limits.settle)  # room for stragglers to show up
+
+    await _Session.run(check, transport, limits, body)
+
+
+async def check_survives_junk(
+    transport: CustomTransport, world: World, limits: Limits = Limits()
+) -> None:
+    """An unknown status and malformed data neither stop nor break the transport."""
+    check = "survives junk"
+
+    async def body(session: _Session) -> None:
+        run = session.start(await world.new_order())
+        await anyio.sleep(limits.settle)
+        await world.set_status(run.order_id, UNKNOWN_STATUS)
+        await world.disturb(run.order_id)
+        await anyio.sleep(limits.settle)
+        await session.change(world, run, "paid")
+        await session.wait_for(run, "paid")
+
+    await _Session.run(check, transport, limits, body)
+
+
+async def check_stops_when_cancelled(
+    transport: CustomTransport, world: World, limits: Limits = Limits()
+) -> None:
+    """Cancelled mid-flight, it returns within ``cancel_within`` and leaves no task behind."""
+
+    async def body(session: _Session) -> None:
+        session.start(await world.new_order())
+        await anyio.sleep(limits.settle)
+
+    await _Session.run("stops when cancelled", transport, limits, body)
+
+
+# --- the harness ------------------------------------------------------------------
+
+
+class _Run:
+    """One transport instance for one order, with a sink that checks every call."""
+
+    def __init__(self, session: _Session, context: OrderContext) -> None:
+        self.session = session
+        self.context = context
+        self.order_id = context.order_id
+        self.allowed = {"new"}
+        self.observations: list[Observation] = []
+        self.scope = anyio.CancelScope()
+        self.done = anyio.Event()
+        self.started_at = anyio.current_time()
+        self.ended_at: float | None = None
+        self.returned = False
+        self.error: OrderFsmError | None = None
+        self.crash: BaseException | None = None
+
+    async def main(self, transport: CustomTransport) -> None:
+        try:
+            with self.scope:
+                await transport(self.context, self)
+                self.returned = True
+        except OrderFsmError as exc:
+            self.error = exc
+        except Exception as exc:  # what the checks are for
+            self.crash = exc
+        finally:
+            self.ended_at = anyio.current_time()
+            self.done.set()
+            self.session.wake()
+
+    def ending(self) -> str:
+        if self.crash is not None:
+            return f"crashed with {self.crash!r} (only OrderFsmError may escape a transport)"
+        if self.error is not None:
+            return f"gave up with {self.error!r}"
+        return "returned" if self.returned else "stopped"
+
+    # --- the sink -----------------------------------------------------------
+
+    def observe(self, observation: Observation, /) -> None:
+        now = self._now("observe")
+        if now is None:
+            return
+        if not isinstance(observation, Observation):
+            self._violate(f"observe() got {observation!r}, not an orderfsm Observation")
+        elif observation.order_id != self.order_id:
+            self._violate(
+                f"the transport for order {self.order_id} reported order "
+                f"{observation.order_id} ({observation.status})"
+            )
+        elif observation.status.value not in self.allowed:
+            self._violate(
+                f"order {self.order_id} was reported {observation.status} but never had "
+                f"that status (another order's news?)"
+            )
+        else:
+            self._check_time("observation", observation.at, now)
+            self.observations.append(observation)
+        self.session.wake()
+
+    def report(self, report: HealthReport, /) -> None:
+        now = self._now("report")
+        if now is None:
+            return
+        if not isinstance(report, HealthReport) or not isinstance(report.health, Health):
+            self._violate(f"report() got {report!r}, not a HealthReport with a Health")
+        elif not isinstance(report.source, str) or not report.source:
+            self._violate(f"health report with source {report.source!r}: name the transport")
+        elif report.health is Health.FAILED and report.error is None:
+            self._violate("a FAILED health report must carry the error that ended it")
+        else:
+            self._check_time("health report", report.at, now)
+        self.session.wake()
+
+    def _now(self, method: str) -> float | None:
+        try:
+            return anyio.current_time()
+        except Exception:
+            self.session.violations.append(
+                f"{method}() was called outside the event loop's thread; "
+                f"sinks are not thread-safe (use anyio.from_thread)"
+            )
+            return None
+
+    def _check_time(self, what: str, at: object, now: float) -> None:
+        if not isinstance(at, (int, float)) or not math.isfinite(at):
+            self._violate(f"{what} has at={at!r}, not a finite number")
+        elif at > now or at < self.started_at:
+            self._violate(
+                f"{what} has at={at:.3f}, but anyio.current_time() was {self.started_at:.3f} "
+                f"at the start and {now:.3f} now: take `at` from anyio.current_time()"
+            )
+
+    def _violate(self, message: str) -> None:
+        self.session.violations.append(message)
+
+
+class _Session:
+    """One check: runs transports in a task group, watches the loop, judges the end."""
+
+    def __init__(self, check: str, transport: CustomTransport, limits: Limits) -> None:
+        self.check = check
+        self.transport = transport
+        self.limits = limits
+        self.runs: list[_Run] = []
+        self.violations: list[str] = []
+        self.max_lag = 0.0
+        self._changed = anyio.Event()
+        self._tg: TaskGroup | None = None
+
+    @classmethod
+    async def run(
+        cls,
+        check: str,
+        transport: CustomTransport,
+        limits: Limits,
+        body: Callable[[_Session], Awaitable[None]],
+    ) -> None:
+        session = cls(check, transport, limits)
+        failure: BaseException | None = None
+        async with anyio.create_task_group() as tg:
+            session._tg = tg
+            tg.start_soon(session._watch_the_loop)
+            baseline = {task.id for task in anyio.get_running_tasks()}
+            try:
+                await body(session)
+                session.raise_violations()
+                await session._stop_all()
+            except Exception as exc:  # raised after the task group, never wrapped in a group
+                failure = exc
+            tg.cancel_scope.cancel()
+        if failure is None:
+            failure = await session._leftovers(baseline)
+        if failure is None and session.max_lag > limits.max_block:
+            failure = session.fail(
+                f"the event loop was blocked for {session.max_lag:.2f} s "
+                f"(limit {limits.max_block:g} s): blocking I/O or CPU work in async code?"
+            )
+        if failure is not None:
+            raise failure
+
+    def fail(self, message: str) -> AssertionError:
+        return AssertionError(f"check_transport: {self.check}: {message}")
+
+    def start(self, context: OrderContext) -> _Run:
+        assert self._tg is not None
+        run = _Run(self, context)
+        self.runs.append(run)
+        self._tg.start_soon(run.main, self.transport, name=f"transport for {context.order_id}")
+        return run
+
+    def wake(self) -> None:
+        self._changed.set()
+
+    def raise_violations(self) -> None:
+        if self.violations:
+            raise self.fail(self.violations[0])
+
+    async def change(self, world: World, run: _Run, status: str) -> None:
+        run.allowed.add(status)  # before the world acts: news may beat its return
+        await world.set_status(run.order_id, status)
+
+    async def wait_for(self, run: _Run, status: str) -> None:
+        what = f"'{status}' for order {run.order_id}"
+        with anyio.move_on_after(self.limits.timeout):
+            while True:
+                self.raise_violations()
+                if any(o.status.value == status for o in run.observations):
+                    return
+                if run.done.is_set():
+                    raise self.fail(f"the transport {run.ending()} before reporting {what}")
+                # bounded: a sink called from another thread cannot wake us
+                with anyio.move_on_after(0.1):
+                    await self._changed.wait()
+                self._changed = anyio.Event()
+        self.raise_violations()
+        seen = [str(o.status) for o in run.observations]
+        raise self.fail(
+            f"no {what} within {self.limits.timeout:g} s (reported so far: {seen or 'nothing'})"
+        )
+
+    async def _stop_all(self) -> None:
+        for run in self.runs:
+            if run.crash is not None:
+                raise self.fail(f"the transport for order {run.order_id} {run.ending()}")
+        running = [run for run in self.runs if not run.done.is_set()]
+        cancelled_at = anyio.current_time()
+        for run in running:
+            run.scope.cancel()
+        for run in running:
+            await run.done.wait()
+            assert run.ended_at is not None
+            took = run.ended_at - cancelled_at
+            if run.crash is not None:
+                raise self.fail(f"when cancelled, the transport {run.ending()}")
+            if took > self.limits.cancel_within:
+                raise self.fail(
+                    f"the transport took {took:.2f} s to stop after cancellation "
+                    f"(limit {self.limits.cancel_within:g} s): a shielded scope or a "
+                    f"blocking call?"
+                )
+        self.raise_violations()
+
+    async def _leftovers(self, baseline: set[int]) -> AssertionError | None:
+        """Tasks started by the transport that outlived it (e.g. ``asyncio.create_task``)."""
+        with anyio.move_on_after(self.limits.cancel_within):
+            while True:
+                extra = [t for t in anyio.get_running_tasks() if t.id not in baseline]
+                if not extra:
+                    return None
+                await anyio.sleep(0.01)
+        names = ", ".join(sorted(str(t.name) for t in extra))
+        return self.fail(f"tasks left behind after the transport ended: {names}")
+
+    async def _watch_the_loop(self) -> None:
+        tick = 0.01
+        while True:
+            before = anyio.current_time()
+            await anyio.sleep(tick)
+            self.max_lag = max(self.max_lag, anyio.current_time() - before - tick)
+
+
+__all__ = [
+    "UNKNOWN_STATUS",
+    "EmulatorWorld",
+    "Limits",
+    "World",
+    "check_delivers_changes",
+    "check_ignores_other_orders",
+    "check_stops_when_cancelled",
+    "check_survives_junk",
+    "check_transport",
+]

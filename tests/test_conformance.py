@@ -1,0 +1,251 @@
+"""The conformance suite passes good custom transports and catches broken ones."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import anyio
+import attrs
+import pytest
+
+from orderfsm.conformance import (
+    EmulatorWorld,
+    Limits,
+    check_stops_when_cancelled,
+    check_transport,
+)
+from orderfsm.core import Observation
+from orderfsm.errors import ServiceUnavailable
+from orderfsm.interface import HealthReport, ObservationSink
+from orderfsm.supervisor.custom import CustomTransport, OrderContext
+from transports.backend import on_asyncio
+from transports.emulator import Emulator
+from transports.events import event_api
+from transports.http import HttpClient, open_http_client
+from transports.polling import PollConfig, poll_order
+
+pytestmark = pytest.mark.anyio
+
+FAST = {"timeout": 3.0, "settle": 0.15}
+
+
+@pytest.fixture(scope="module")
+def emu() -> Iterator[Emulator]:
+    with Emulator(ping_interval=0, seed=29) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[HttpClient]:
+    async with open_http_client() as client:
+        yield client
+
+
+def events(emu: Emulator) -> CustomTransport:
+    return event_api(base_url=emu.base_url, interval=0.05)
+
+
+def polling(interval: float = 0.05) -> CustomTransport:
+    """Get order polling as a custom transport: the built-in poller, wrapped."""
+
+    async def transport(order: OrderContext, sink: ObservationSink) -> None:
+        await poll_order(
+            order.order_id,
+            project_id=order.project_id,
+            token=order.user.token,
+            sink=sink,
+            http=order.http,
+            api=order.api_url,
+            config=PollConfig(interval=interval),
+        )
+
+    return transport
+
+
+# --- good transports pass ------------------------------------------------------------
+
+
+async def test_the_event_api_transport_conforms(emu: Emulator, http: HttpClient) -> None:
+    await check_transport(events(emu), EmulatorWorld(emu, http=http), **FAST)
+
+
+async def test_a_polling_transport_conforms(emu: Emulator, http: HttpClient) -> None:
+    await check_transport(polling(), EmulatorWorld(emu, http=http), **FAST)
+
+
+# --- broken transports are caught ----------------------------------------------------
+
+
+class Forwarding:
+    """A sink that passes everything on, to be bent by subclasses."""
+
+    def __init__(self, sink: ObservationSink) -> None:
+        self.sink = sink
+
+    def observe(self, observation: Observation, /) -> None:
+        self.sink.observe(observation)
+
+    def report(self, report: HealthReport, /) -> None:
+        self.sink.report(report)
+
+
+def bent(inner: CustomTransport, sink_type: type[Forwarding]) -> CustomTransport:
+    async def transport(order: OrderContext, sink: ObservationSink) -> None:
+        await inner(order, sink_type(sink))
+
+    return transport
+
+
+async def expect_failure(transport: CustomTransport, emu: Emulator, *phrases: str) -> str:
+    with pytest.raises(AssertionError) as info:
+        await check_transport(transport, EmulatorWorld(emu), **FAST)
+    message = str(info.value)
+    assert message.startswith("check_transport: ")
+    for phrase in phrases:
+        assert phrase in message
+    return message
+
+
+async def test_the_wrong_order_id_is_caught(emu: Emulator) -> None:
+    class WrongOrder(Forwarding):
+        def observe(self, observation: Observation, /) -> None:
+            self.sink.observe(attrs.evolve(observation, order_id=observation.order_id + 1000))
+
+    await expect_failure(bent(events(emu), WrongOrder), emu, "reported order")
+
+
+async def test_another_orders_news_passed_off_as_this_ones_is_caught(
+    emu: Emulator, http: HttpClient
+) -> None:
+    async def careless(order: OrderContext, sink: ObservationSink) -> None:
+        """Reads the user's Event API stream but forgets to check the order id."""
+        assert order.http is not None
+        token = await order.user.token()
+        after = 0
+        while True:
+            url = f"{emu.events_url}?after_id={after}"
+            answer = await order.http.request(
+                "GET", url, headers={"Authorization": f"Bearer {token}"}
+            )
+            for event in json.loads(answer.body)["events"]:
+                after = event["id"]
+                kind = event["data"]["notification_type"]
+                status = {"order_paid": "paid", "order_canceled": "canceled"}[kind]
+                sink.observe(Observation(order.order_id, status, "events", anyio.current_time()))
+            await anyio.sleep(0.05)
+
+    world = EmulatorWorld(emu, http=http)
+    with pytest.raises(
+        AssertionError, match=r"reports only its own order: .*never had that status"
+    ):
+        await check_transport(careless, world, **FAST)
+
+
+async def test_ignoring_cancellation_is_caught(emu: Emulator) -> None:
+    inner = events(emu)
+
+    async def stubborn(order: OrderContext, sink: ObservationSink) -> None:
+        try:
+            await inner(order, sink)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(1.3)
+
+    await expect_failure(stubborn, emu, "to stop after cancellation")
+
+
+async def test_a_crash_on_junk_is_caught(emu: Emulator) -> None:
+    class Fragile(Forwarding):
+        def report(self, report: HealthReport, /) -> None:
+            if report.health.value == "degraded":
+                raise KeyError("unexpected answer")
+            self.sink.report(report)
+
+    message = await expect_failure(bent(events(emu), Fragile), emu, "survives junk", "KeyError")
+    assert "only OrderFsmError may escape" in message
+
+
+async def test_giving_up_on_junk_is_caught(emu: Emulator) -> None:
+    class Quitter(Forwarding):
+        def report(self, report: HealthReport, /) -> None:
+            if report.health.value == "degraded":
+                raise ServiceUnavailable("one 500 is enough for me")
+            self.sink.report(report)
+
+    await expect_failure(bent(events(emu), Quitter), emu, "survives junk", "gave up")
+
+
+async def test_a_wall_clock_at_is_caught(emu: Emulator) -> None:
+    class WallClock(Forwarding):
+        def observe(self, observation: Observation, /) -> None:
+            self.sink.observe(attrs.evolve(observation, at=time.time()))
+
+    await expect_failure(bent(events(emu), WallClock), emu, "anyio.current_time()")
+
+
+async def test_returning_at_once_is_caught(emu: Emulator) -> None:
+    async def lazy(order: OrderContext, sink: ObservationSink) -> None:
+        return None
+
+    await expect_failure(lazy, emu, "returned before reporting 'paid'")
+
+
+async def test_an_exception_group_is_caught(emu: Emulator) -> None:
+    async def grouped(order: OrderContext, sink: ObservationSink) -> None:
+        async def fail() -> None:
+            raise ServiceUnavailable("down")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(fail)
+
+    await expect_failure(grouped, emu, "ExceptionGroup")
+
+
+async def test_blocking_the_event_loop_is_caught(emu: Emulator) -> None:
+    inner = events(emu)
+
+    async def blocking(order: OrderContext, sink: ObservationSink) -> None:
+        time.sleep(0.7)  # noqa: ASYNC251 - the point of the test
+        await inner(order, sink)
+
+    await expect_failure(blocking, emu, "blocked for")
+
+
+async def test_calling_the_sink_from_a_thread_is_caught(emu: Emulator) -> None:
+    inner = events(emu)
+
+    async def threaded(order: OrderContext, sink: ObservationSink) -> None:
+        class FromThread(Forwarding):
+            def observe(self, observation: Observation, /) -> None:
+                thread = threading.Thread(target=self.sink.observe, args=(observation,))
+                thread.start()
+                thread.join()
+
+        await inner(order, FromThread(sink))
+
+    await expect_failure(threaded, emu, "outside the event loop")
+
+
+async def test_a_task_left_behind_is_caught(emu: Emulator) -> None:
+    inner = events(emu)
+
+    async def forever() -> None:
+        await anyio.sleep(3)
+
+    async def leaky(order: OrderContext, sink: ObservationSink) -> None:
+        if on_asyncio():
+            import asyncio
+
+            asyncio.get_running_loop().create_task(forever(), name="orphan")
+        else:
+            import trio
+
+            trio.lowlevel.spawn_system_task(forever, name="orphan")
+        await inner(order, sink)
+
+    limits = Limits(timeout=3.0, settle=0.1, cancel_within=0.3)
+    with pytest.raises(AssertionError, match=r"tasks left behind.*orphan"):
+        await check_stops_when_cancelled(leaky, EmulatorWorld(emu), limits)

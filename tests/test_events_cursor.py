@@ -1,0 +1,301 @@
+"""The sans-io Event API cursor and page parser, driven with plain numbers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orderfsm.core import Position, Status
+from orderfsm.errors import ServiceUnavailable, TokenRejected
+from orderfsm.interface import Health
+from transports.events import (
+    EventCursor,
+    EventsConfig,
+    Fail,
+    Finish,
+    InvalidEventsAnswer,
+    RefreshToken,
+    Step,
+    Wait,
+    parse_page,
+)
+from transports.http import HttpResponse, RequestTimeout
+from transports.polling import ServerError, TokenProviderFailed, UnexpectedAnswer
+
+ORDER = 656
+OTHER = 657
+
+
+def event(event_id: Any, order_id: Any = ORDER, kind: Any = "order_paid") -> dict[str, Any]:
+    data = {"notification_type": kind, "order": {"id": order_id, "status": "paid"}, "items": []}
+    return {
+        "id": event_id,
+        "status": "new",
+        "created_at": "2026-11-24T10:00:00+00:00",
+        "data": data,
+    }
+
+
+def page(*events: Any) -> HttpResponse:
+    body = json.dumps({"events": list(events)}).encode()
+    return HttpResponse(200, {"Content-Type": "application/json"}, body)
+
+
+def error(status: int, headers: dict[str, str] | None = None) -> HttpResponse:
+    body = json.dumps({"statusCode": status, "errorCode": 1, "errorMessage": f"e{status}"})
+    return HttpResponse(status, headers or {}, body.encode())
+
+
+def cursor(**config: Any) -> EventCursor:
+    config.setdefault("jitter", 0.0)
+    return EventCursor(ORDER, EventsConfig(**config), lambda: 0.5, project_id=12345)
+
+
+def started(**config: Any) -> EventCursor:
+    c = cursor(**config)
+    c.start(0.0)
+    return c
+
+
+def statuses(step: Step) -> list[Status]:
+    return [o.status for o in step.observations]
+
+
+def test_start_reports_connecting_and_asks_from_the_start_of_history() -> None:
+    c = cursor(first_delay=0.5)
+    step = c.start(10.0)
+    assert step.next == Wait(10.5)
+    assert step.health is not None and step.health.health is Health.CONNECTING
+    assert step.health.source == "events"
+    assert c.query() == {
+        "after_id": "0",
+        "types": "order_paid,order_canceled",
+        "project_id": "12345",
+    }
+    quiet = EventCursor(ORDER, EventsConfig(types=(), send_project_id=False, start_after=42), float)
+    assert quiet.query() == {"after_id": "42"}
+
+
+def test_the_orders_events_become_observations_and_the_cursor_moves_past_everything() -> None:
+    c = started(interval=3.0)
+    step = c.on_response(page(event(5), event(6, OTHER), event(7, OTHER, "order_canceled")), 1.0)
+    assert statuses(step) == [Status.PAID]
+    [paid] = step.observations
+    assert paid.order_id == ORDER and paid.source == "events" and paid.at == 1.0
+    assert paid.position == Position(event_id=5)
+    assert paid.raw == event(5)
+    assert c.after_id == 7 and c.query()["after_id"] == "7"
+    assert step.next == Wait(4.0)
+    assert step.health is not None and step.health.health is Health.HEALTHY
+    quiet = c.on_response(page(), 4.0)
+    assert quiet.observations == () and quiet.health is None and quiet.next == Wait(7.0)
+
+
+def test_a_final_status_finishes_and_the_cursor_refuses_more() -> None:
+    c = started()
+    step = c.on_response(page(event(1), event(2, kind="order_canceled"), event(3)), 1.0)
+    assert statuses(step) == [Status.PAID, Status.CANCELED]
+    assert isinstance(step.next, Finish) and step.next.observation.status is Status.CANCELED
+    assert step.health is not None and step.health.health is Health.STOPPED
+    with pytest.raises(RuntimeError):
+        c.on_response(page(), 2.0)
+
+
+def test_repeated_ids_are_reported_once_and_late_lower_ids_still_count() -> None:
+    c = started()
+    first = c.on_response(page(event(9), event(9), event(4, OTHER)), 1.0)
+    assert [o.position for o in first.observations] == [Position(event_id=9)]
+    again = c.on_response(page(event(9), event(8)), 2.0)  # 8 arrives late, below the cursor
+    assert [o.position for o in again.observations] == [Position(event_id=8)]
+    assert c.after_id == 9
+
+
+def test_a_page_is_read_in_id_order() -> None:
+    c = started()
+    step = c.on_response(page(event(12, kind="order_canceled"), event(11)), 1.0)
+    assert statuses(step) == [Status.PAID, Status.CANCELED]
+
+
+def test_unknown_notifications_and_bad_entries_are_skipped_with_warnings() -> None:
+    c = started()
+    step = c.on_response(
+        page(
+            "junk",
+            {"id": "x"},
+            {"id": -3, "data": {}},
+            {"id": True, "data": {}},
+            event(20, kind="order_refunded"),
+            {"id": 21, "data": "not an object"},
+            event(22, order_id="656"),  # a digit string is read leniently
+        ),
+        1.0,
+    )
+    assert [o.position for o in step.observations] == [Position(event_id=22)]
+    assert len(step.warnings) == 5
+    assert any("order_refunded" in w for w in step.warnings)
+    assert c.after_id == 22
+
+
+@pytest.mark.parametrize(
+    "body", [b"not json", b"[]", b'{"events": {}}', b'{"data": []}', b"\xff", b""]
+)
+def test_a_malformed_page_is_a_passing_failure(body: bytes) -> None:
+    c = started(interval=1.0)
+    step = c.on_response(HttpResponse(200, {}, body), 5.0)
+    assert step.next == Wait(6.0)
+    assert step.health is not None and step.health.health is Health.DEGRADED
+    assert isinstance(step.health.error, InvalidEventsAnswer)
+    good = c.on_response(page(event(1)), 6.0)
+    assert good.health is not None and good.health.health is Health.HEALTHY
+
+
+def test_429_honours_retry_after() -> None:
+    c = started(interval=1.0)
+    step = c.on_response(error(429, {"Retry-After": "7"}), 2.0)
+    assert step.next == Wait(9.0)
+    assert step.health is not None and step.health.health is Health.DEGRADED
+    assert isinstance(step.health.error, ServerError) and step.health.error.status == 429
+
+
+def test_server_errors_back_off_doubling_up_to_the_cap_and_recover() -> None:
+    c = started(interval=1.0, backoff_max=5.0)
+    waits = []
+    now = 0.0
+    for status in (500, 502, 503, 504, 500):
+        step = c.on_response(error(status), now)
+        assert isinstance(step.next, Wait)
+        waits.append(step.next.until - now)
+        now = step.next.until
+    assert waits == [1.0, 2.0, 4.0, 5.0, 5.0]
+    recovered = c.on_response(page(), now)
+    assert recovered.next == Wait(now + 1.0)
+    after = c.on_response(error(500), now + 1.0)
+    assert after.next == Wait(now + 2.0)  # the count started again
+
+
+def test_no_answer_is_a_passing_failure() -> None:
+    c = started(interval=1.0)
+    step = c.on_error(RequestTimeout("slow"), 3.0)
+    assert step.next == Wait(4.0)
+    assert step.health is not None and isinstance(step.health.error, RequestTimeout)
+
+
+def test_give_up_after_turns_a_long_outage_into_service_unavailable() -> None:
+    c = started(interval=1.0, give_up_after=10.0)
+    assert isinstance(c.on_response(error(503), 0.0).next, Wait)
+    step = c.on_response(error(503), 10.0)
+    assert isinstance(step.next, Fail) and isinstance(step.next.error, ServiceUnavailable)
+    assert step.health is not None and step.health.health is Health.FAILED
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_rejected_token_is_refreshed_once_then_fails(status: int) -> None:
+    c = started()
+    assert c.on_response(error(status), 1.0).next == RefreshToken()
+    step = c.on_response(error(status), 1.1)
+    assert isinstance(step.next, Fail) and isinstance(step.next.error, TokenRejected)
+    assert step.health is not None and step.health.health is Health.FAILED
+
+
+def test_a_refresh_that_works_allows_a_later_refresh() -> None:
+    c = started()
+    assert c.on_response(error(401), 1.0).next == RefreshToken()
+    assert isinstance(c.on_response(page(), 1.1).next, Wait)
+    assert c.on_response(error(401), 5.0).next == RefreshToken()
+
+
+def test_a_failing_token_provider_fails_as_a_token_rejection() -> None:
+    step = started().on_token_error(LookupError("vault down"), 0.0)
+    assert isinstance(step.next, Fail) and isinstance(step.next.error, TokenProviderFailed)
+    assert isinstance(step.next.error.__cause__, LookupError)
+
+
+@pytest.mark.parametrize("status", [400, 404, 405, 302])
+def test_an_answer_with_no_rule_fails_at_once(status: int) -> None:
+    step = started().on_response(error(status), 1.0)
+    assert isinstance(step.next, Fail) and isinstance(step.next.error, UnexpectedAnswer)
+    assert step.next.error.status == status
+
+
+def test_a_full_page_is_followed_at_once_and_is_not_yet_healthy() -> None:
+    c = started(page_size=3, interval=2.0)
+    full = c.on_response(page(event(1, OTHER), event(2, OTHER), event(3)), 1.0)
+    assert full.next == Wait(1.0) and full.health is None
+    assert statuses(full) == [Status.PAID]
+    rest = c.on_response(page(event(4, OTHER)), 1.2)
+    assert rest.next == Wait(3.2)
+    assert rest.health is not None and rest.health.health is Health.HEALTHY
+
+
+def test_mark_processed_acknowledges_only_the_orders_news() -> None:
+    step = started(mark_processed=True).on_response(
+        page(event(1), event(2, OTHER), event(3, kind="order_refunded")), 1.0
+    )
+    assert step.acknowledge == (1,)
+    assert started().on_response(page(event(1)), 1.0).acknowledge == ()
+
+
+def test_config_is_validated() -> None:
+    for bad in (
+        {"interval": 0},
+        {"jitter": 1.0},
+        {"first_delay": -1},
+        {"page_size": 0},
+        {"start_after": -1},
+        {"dedupe_window": 0},
+        {"give_up_after": float("nan")},
+    ):
+        with pytest.raises(ValueError):
+            EventsConfig(**bad)
+
+
+def test_parse_page_keeps_raw_entries_and_counts_skipped_ones() -> None:
+    parsed = parse_page(json.dumps({"events": [event(2), "junk", event(1)]}))
+    assert [e.event_id for e in parsed.events] == [1, 2]
+    assert parsed.events[0].raw == event(1) and parsed.size == 3
+    with pytest.raises(InvalidEventsAnswer):
+        parse_page(b'{"events": null}')
+
+
+entries = st.tuples(
+    st.integers(min_value=1, max_value=40),
+    st.sampled_from([ORDER, OTHER]),
+    st.sampled_from(["order_paid", "order_refunded", "payment"]),
+)
+
+
+@given(st.lists(st.lists(entries, max_size=8), max_size=8))
+def test_every_event_of_the_order_is_reported_exactly_once(
+    pages: list[list[tuple[int, int, str]]],
+) -> None:
+    """Whatever the server repeats, reorders or mixes in, each of the order's
+    news events (by id) is reported once, nothing else is, and the cursor
+    ends at the highest id seen."""
+    c = started()
+    reported: list[int] = []
+    kind_of: dict[int, tuple[int, str]] = {}
+    for number, entries_ in enumerate(pages):
+        # the same id always names the same event
+        events = [event(i, *kind_of.setdefault(i, (o, k))) for i, o, k in entries_]
+        step = c.on_response(page(*events), float(number))
+        assert all(o.order_id == ORDER for o in step.observations)
+        reported += [
+            o.position.event_id
+            for o in step.observations
+            if o.position is not None and o.position.event_id is not None
+        ]
+    news = {i for i, (o, k) in kind_of.items() if o == ORDER and k == "order_paid"}
+    assert sorted(reported) == sorted(news)
+    assert c.after_id == max(kind_of, default=0)
+
+
+def test_the_dedupe_memory_is_bounded() -> None:
+    c = started(dedupe_window=10, page_size=1000)
+    for start in range(0, 100, 20):
+        c.on_response(page(*[event(i, OTHER) for i in range(start + 1, start + 21)]), 1.0)
+    assert len(c._seen) == 10  # the window, not the history
+    assert c.after_id == 100

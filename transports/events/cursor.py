@@ -1,0 +1,308 @@
+"""Reading an order's news from the Event API: a sans-io cursor.
+
+The cursor reads no clock and opens no socket.  It knows where the user's
+event stream was read up to (``after_id``), which event ids it has seen, and
+how the service has been behaving; the driver tells it what happened and
+when, and gets back a :class:`Step`: what to report, which events to mark
+processed, and what to do next.  Tests drive it with plain numbers.
+
+An event is news for the order when ``data.order.id`` is the order's id and
+``data.notification_type`` is ``order_paid`` (-> ``paid``) or
+``order_canceled`` (-> ``canceled``), whatever ``data.order.status`` says
+(inside ``order_canceled`` it is unconfirmed, xsolla.md §5.2).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+
+import attrs
+
+from orderfsm.core import FINAL_STATUSES, Observation, Position
+from orderfsm.errors import OrderFsmError, ServiceUnavailable, TransportError
+from orderfsm.interface import EVENTS, Health, HealthReport
+from transports.events.page import (
+    STATUS_FOR_NOTIFICATION,
+    Busy,
+    Malformed,
+    Page,
+    Rejected,
+    Unexpected,
+    classify,
+)
+from transports.http.base import HttpResponse
+from transports.polling.decider import Fail, RefreshToken, Wait
+from transports.polling.errors import TokenProviderFailed
+
+
+def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{attribute.name} must be a positive number, got {value!r}")
+
+
+def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{attribute.name} must be a non-negative number, got {value!r}")
+
+
+def _fraction(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (isinstance(value, (int, float)) and 0 <= value < 1):
+        raise ValueError(f"{attribute.name} must be in [0, 1), got {value!r}")
+
+
+def _optional_positive(_: object, attribute: attrs.Attribute[float | None], value: object) -> None:
+    if value is not None:
+        _positive(_, attribute, value)  # type: ignore[arg-type]
+
+
+def _count(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if type(value) is not int or value < 1:
+        raise ValueError(f"{attribute.name} must be a positive int, got {value!r}")
+
+
+def _cursor(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{attribute.name} must be a non-negative int, got {value!r}")
+
+
+@attrs.frozen
+class EventsConfig:
+    """Timing and options; the defaults follow Xsolla's Unity SDK (a request every 3 s)."""
+
+    interval: float = attrs.field(default=3.0, validator=_positive)
+    """Seconds from one answer to the next request, while nothing is wrong."""
+    jitter: float = attrs.field(default=0.1, validator=_fraction)
+    """Each wait is stretched or shrunk by up to this fraction."""
+    first_delay: float = attrs.field(default=0.0, validator=_non_negative)
+    backoff_max: float = attrs.field(default=60.0, validator=_positive)
+    """Longest wait after repeated failures (it doubles from ``interval``)."""
+    give_up_after: float | None = attrs.field(default=None, validator=_optional_positive)
+    """Fail with ``ServiceUnavailable`` after failing this long; ``None``: keep trying."""
+    request_timeout: float = attrs.field(default=10.0, validator=_positive)
+    types: tuple[str, ...] = attrs.field(default=tuple(STATUS_FOR_NOTIFICATION), converter=tuple)
+    """Sent as ``types`` so the server leaves out notifications that carry no status;
+    empty: ask for everything."""
+    send_project_id: bool = True
+    """Send ``project_id`` as the Unity SDK does."""
+    start_after: int = attrs.field(default=0, validator=_cursor)
+    """The first ``after_id``.  0 reads the user's whole retained history, so a
+    status that changed before tracking began is still seen."""
+    page_size: int = attrs.field(default=100, validator=_count)
+    """A page with this many entries is taken to be full: the next one is asked at once."""
+    mark_processed: bool = False
+    """``POST /events/{id}/processed`` for each event that was news for the order.
+    Off by default: marking belongs to whoever fulfils orders, not to a tracker."""
+    dedupe_window: int = attrs.field(default=4096, validator=_count)
+    """How many recent event ids are remembered to drop repeats."""
+
+
+@attrs.frozen
+class Finish:
+    """The order reached a final status; ``observation`` is the one that said so."""
+
+    observation: Observation
+
+
+Next = Wait | RefreshToken | Finish | Fail
+
+
+@attrs.frozen
+class Step:
+    next: Next
+    observations: tuple[Observation, ...] = ()
+    """News for the order, oldest first; ``raw`` is the event as received."""
+    health: HealthReport | None = None
+    """Set only when the health changes."""
+    warnings: tuple[str, ...] = ()
+    """Worth logging, changes nothing (a skipped entry, an unknown notification)."""
+    acknowledge: tuple[int, ...] = ()
+    """Event ids to mark processed (only with ``mark_processed``)."""
+
+
+class EventCursor:
+    """One order's reader of the user's event stream, between answers."""
+
+    def __init__(
+        self,
+        order_id: int,
+        config: EventsConfig,
+        random: Callable[[], float],
+        project_id: int | None = None,
+    ) -> None:
+        self.order_id = order_id
+        self.project_id = project_id
+        self.config = config
+        self._random = random
+        self._after_id = config.start_after
+        self._seen: set[int] = set()
+        self._seen_order: deque[int] = deque()
+        self._health: Health | None = None
+        self._just_refreshed = False
+        self._failing_since: float | None = None
+        self._failures = 0
+        self._over = False
+
+    @property
+    def after_id(self) -> int:
+        """The highest event id read so far (the next request's ``after_id``)."""
+        return self._after_id
+
+    @property
+    def health(self) -> Health | None:
+        return self._health
+
+    def query(self) -> dict[str, str]:
+        """The next request's query parameters."""
+        query = {"after_id": str(self._after_id)}
+        if self.config.types:
+            query["types"] = ",".join(self.config.types)
+        if self.config.send_project_id and self.project_id is not None:
+            query["project_id"] = str(self.project_id)
+        return query
+
+    def start(self, now: float) -> Step:
+        return Step(
+            Wait(now + self.config.first_delay),
+            health=self._set_health(Health.CONNECTING, now, "reading the Event API"),
+        )
+
+    def on_response(
+        self, response: HttpResponse, now: float, wall_now: float | None = None
+    ) -> Step:
+        """An answer arrived at ``now``; ``wall_now`` (Unix time) reads a dated ``Retry-After``."""
+        self._check_running()
+        verdict = classify(response, wall_now)
+        if isinstance(verdict, Rejected):
+            if self._just_refreshed:
+                return self._fail(verdict.exception(self.order_id), now)
+            self._just_refreshed = True
+            return Step(RefreshToken())
+        self._just_refreshed = False
+        if isinstance(verdict, Page):
+            return self._read(verdict, now)
+        if isinstance(verdict, Busy):
+            return self._failed_attempt(verdict.exception(self.order_id), now, verdict.retry_after)
+        if isinstance(verdict, Malformed):
+            return self._failed_attempt(verdict.error, now)
+        assert isinstance(verdict, Unexpected)
+        return self._fail(verdict.exception(self.order_id), now)
+
+    def on_error(self, error: TransportError, now: float) -> Step:
+        """No answer: a timeout, a refused or dropped connection, a broken response."""
+        self._check_running()
+        self._just_refreshed = False
+        return self._failed_attempt(error, now)
+
+    def on_token_error(self, error: BaseException, now: float) -> Step:
+        """The caller's token callable raised (or returned a non-token)."""
+        self._check_running()
+        if isinstance(error, TokenProviderFailed):
+            failure = error
+        else:
+            failure = TokenProviderFailed(
+                f"order {self.order_id}: token provider failed: {error!r}"
+            )
+            failure.__cause__ = error
+        return self._fail(failure, now)
+
+    # --- internals ----------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self._over:
+            raise RuntimeError("the event reader already finished or failed")
+
+    def _read(self, page: Page, now: float) -> Step:
+        self._failing_since = None
+        self._failures = 0
+        warnings = list(page.warnings)
+        news: list[Observation] = []
+        matched: list[int] = []
+        for event in page.events:
+            if not self._remember(event.event_id):
+                continue  # a repeat: already reported
+            if event.order_id != self.order_id:
+                continue
+            status = STATUS_FOR_NOTIFICATION.get(event.notification_type or "")
+            if status is None:
+                warnings.append(
+                    f"order {self.order_id}: ignoring event {event.event_id} "
+                    f"of type {event.notification_type!r}"
+                )
+                continue
+            matched.append(event.event_id)
+            news.append(
+                Observation(
+                    self.order_id,
+                    status,
+                    source=EVENTS,
+                    at=now,
+                    position=Position(event_id=event.event_id),
+                    raw=event.raw,
+                )
+            )
+            if status in FINAL_STATUSES:
+                break
+        acknowledge = tuple(matched) if self.config.mark_processed else ()
+        if news and news[-1].status in FINAL_STATUSES:
+            self._over = True
+            health = self._set_health(Health.STOPPED, now, f"final status {news[-1].status}")
+            return Step(Finish(news[-1]), tuple(news), health, tuple(warnings), acknowledge)
+        if page.size >= self.config.page_size:
+            # Catching up on a backlog: not "caught up" yet, so not HEALTHY either.
+            return Step(Wait(now), tuple(news), None, tuple(warnings), acknowledge)
+        health = self._set_health(Health.HEALTHY, now, "Event API answered")
+        next_at = now + self._jittered(self.config.interval)
+        return Step(Wait(next_at), tuple(news), health, tuple(warnings), acknowledge)
+
+    def _remember(self, event_id: int) -> bool:
+        """Note an event id; False if it was seen already."""
+        if event_id in self._seen:
+            return False
+        self._seen.add(event_id)
+        self._seen_order.append(event_id)
+        while len(self._seen_order) > self.config.dedupe_window:
+            self._seen.discard(self._seen_order.popleft())
+        self._after_id = max(self._after_id, event_id)
+        return True
+
+    def _failed_attempt(
+        self, error: OrderFsmError, now: float, retry_after: float | None = None
+    ) -> Step:
+        if self._failing_since is None:
+            self._failing_since = now
+        self._failures += 1
+        limit = self.config.give_up_after
+        if limit is not None and now - self._failing_since >= limit:
+            gave_up = ServiceUnavailable(
+                f"order {self.order_id}: no good Event API answer for "
+                f"{now - self._failing_since:g} s; last: {error}"
+            )
+            gave_up.__cause__ = error
+            return self._fail(gave_up, now)
+        backoff = min(
+            self.config.backoff_max, self.config.interval * 2 ** min(self._failures - 1, 32)
+        )
+        delay = self._jittered(backoff)
+        if retry_after is not None:
+            # Never earlier than asked; spread upwards only.
+            delay = max(delay, retry_after * (1 + self.config.jitter * self._random()))
+        health = self._set_health(Health.DEGRADED, now, str(error), error)
+        return Step(Wait(now + delay), health=health)
+
+    def _fail(self, error: OrderFsmError, now: float) -> Step:
+        self._over = True
+        health = self._set_health(Health.FAILED, now, str(error), error)
+        return Step(Fail(error), health=health)
+
+    def _jittered(self, delay: float) -> float:
+        return delay * (1 + self.config.jitter * (2 * self._random() - 1))
+
+    def _set_health(
+        self, health: Health, now: float, reason: str, error: OrderFsmError | None = None
+    ) -> HealthReport | None:
+        if health is self._health:
+            return None
+        self._health = health
+        return HealthReport(EVENTS, health, now, reason, error)
