@@ -45,6 +45,8 @@ class TrackedOrder:
         self.websocket_since = now
         self.websocket_error: OrderFsmError | None = None
         self.polling_error: OrderFsmError | None = None
+        self.custom_running = 0
+        self.custom_errors: list[OrderFsmError] = []
         self.check_once = False
         """A source said news may have been lost: look once with Get order."""
         self.changes: list[StatusChange] = []

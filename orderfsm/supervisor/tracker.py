@@ -12,6 +12,7 @@ whichever transport saw it first.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
@@ -30,6 +31,8 @@ from orderfsm.supervisor.records import Change, FinalResult, User
 
 if TYPE_CHECKING:
     from transports.http import HttpClient
+
+logger = logging.getLogger("orderfsm")
 
 DEFAULT_WS_URL = "wss://ws-store.xsolla.com/connection/websocket"
 DEFAULT_API_URL = "https://store.xsolla.com/api"
@@ -278,6 +281,7 @@ class Tracker:
         error: OrderFsmError | None = None
         async with anyio.create_task_group() as tg:
             for transport in self.extra:
+                order.custom_running += 1  # counted now, so no check runs before it starts
                 tg.start_soon(self._run_custom, transport, order)
             try:
                 while order.final is None:
@@ -329,9 +333,11 @@ class Tracker:
 
     def _no_source_error(self, order: TrackedOrder) -> OrderFsmError | None:
         """Fail now rather than at the deadline when nothing can deliver news."""
-        if WEBHOOK in self.transports or self.extra:
+        if WEBHOOK in self.transports or order.custom_running:
             return None
         cause = order.polling_error or order.websocket_error
+        if cause is None and order.custom_errors:
+            cause = order.custom_errors[0]
         return cause or NoSourceLeft(f"order {order.order_id}: no transport left to follow it")
 
     async def _poll(self, order: TrackedOrder, interval: float, scope: anyio.CancelScope) -> None:
@@ -386,8 +392,16 @@ class Tracker:
             api_url=self.api_url,
             http=self.http,
         )
-        with contextlib.suppress(OrderFsmError):
+        try:
             await transport(context, SourceSink(order))
+        except OrderFsmError as exc:
+            order.custom_errors.append(exc)
+        except Exception as exc:  # a bug in user code (or an exception group) must not end tracking
+            logger.exception("custom transport %r failed", transport)
+            order.custom_errors.append(TransportError(f"custom transport failed: {exc!r}"))
+        finally:
+            order.custom_running -= 1
+            order.wake()
 
     async def _finish(self, order: TrackedOrder) -> None:
         final = order.final

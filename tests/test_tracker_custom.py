@@ -1,0 +1,75 @@
+"""Custom transports inside the tracker: their news counts, their failures do not crash it."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from orderfsm import Observation, Status
+from orderfsm.errors import TokenRejected, TransportError
+from orderfsm.interface import ObservationSink
+from orderfsm.supervisor.custom import OrderContext
+from orderfsm.supervisor.policy import DefaultPolicy
+from orderfsm.supervisor.tracker import Tracker
+
+pytestmark = pytest.mark.anyio
+
+
+def custom_tracker(*extra: object) -> Tracker:
+    return Tracker(
+        project_id=1,
+        token="unused",
+        transports=(),
+        extra=extra,  # type: ignore[arg-type]
+        fetch_details=False,
+        policy=DefaultPolicy(deadline=30.0),
+    )
+
+
+async def test_a_custom_transport_alone_follows_an_order() -> None:
+    async def scripted(order: OrderContext, sink: ObservationSink) -> None:
+        for status in ("new", "paid", "paid", "done"):
+            await anyio.sleep(0.01)
+            sink.observe(Observation(order.order_id, status, "scripted", anyio.current_time()))
+        await anyio.sleep_forever()
+
+    async with custom_tracker(scripted) as tracker:
+        result = await tracker.wait(42)
+    assert result.status is Status.DONE and result.source == "scripted"
+    assert [c.status for c in result.changes] == [Status.NEW, Status.PAID, Status.DONE]
+
+
+async def test_when_every_custom_transport_gave_up_wait_fails_at_once() -> None:
+    async def refused(order: OrderContext, sink: ObservationSink) -> None:
+        raise TokenRejected("no")
+
+    async with custom_tracker(refused) as tracker:
+        with anyio.fail_after(2), pytest.raises(TokenRejected):
+            await tracker.wait(42)
+
+
+async def test_a_buggy_custom_transport_does_not_crash_the_tracker() -> None:
+    async def buggy(order: OrderContext, sink: ObservationSink) -> None:
+        async with anyio.create_task_group():
+            raise KeyError("bug")
+
+    async def fine(order: OrderContext, sink: ObservationSink) -> None:
+        await anyio.sleep(0.2)
+        sink.observe(Observation(order.order_id, "canceled", "fine", anyio.current_time()))
+        await anyio.sleep_forever()
+
+    async with custom_tracker(buggy, fine) as tracker:
+        result = await tracker.wait(7)
+        assert result.status is Status.CANCELED
+    async with custom_tracker(buggy) as tracker:
+        with anyio.fail_after(2), pytest.raises(TransportError):
+            await tracker.wait(8)
+
+
+async def test_webhook_style_observations_before_tracking_are_not_lost() -> None:
+    async with Tracker(project_id=1, transports=("webhook",), fetch_details=False) as tracker:
+        tracker.observe(Observation(99, "paid", "webhook", anyio.current_time()))
+        tracker.observe(Observation(99, "canceled", "webhook", anyio.current_time()))
+        result = await tracker.wait(99)
+    assert result.status is Status.CANCELED
+    assert [c.status for c in result.changes] == [Status.PAID, Status.CANCELED]
