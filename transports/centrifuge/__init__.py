@@ -18,9 +18,19 @@ text, time passed in.  A driver (the I/O shell) runs it like this::
             CaughtUp -> healthy; Gap -> check the orders another way;
             Reconnecting -> degraded: close the socket, sleep until event.reconnect_at;
             Failed -> failed: close the socket, stop.
+
+That loop is implemented by :class:`~transports.centrifuge.connection.Connection`
+over a small socket adapter (aiohttp on asyncio, httpx-ws on trio), and
+:class:`WebSocketPool` shares one connection per user among tracked orders.
 """
 
 from transports.centrifuge.config import DEFAULT_ENDPOINT, EngineConfig
+from transports.centrifuge.connection import (
+    Attachment,
+    ConnectionInfo,
+    DriverCrashed,
+    TokenUnavailable,
+)
 from transports.centrifuge.engine import CentrifugeEngine, State
 from transports.centrifuge.errors import (
     CentrifugeProtocolError,
@@ -42,15 +52,28 @@ from transports.centrifuge.events import (
     Subscribed,
     Unsubscribed,
 )
+from transports.centrifuge.pool import DEFAULT_WS_URL, PoolClosed, WebSocketPool
+from transports.centrifuge.socket import (
+    SocketClosed,
+    SocketFactory,
+    SocketOpenFailed,
+    WebSocket,
+    default_socket_factory,
+    open_socket,
+)
 
 __all__ = [
     "DEFAULT_ENDPOINT",
+    "DEFAULT_WS_URL",
+    "Attachment",
     "CaughtUp",
     "CentrifugeEngine",
     "CentrifugeProtocolError",
     "ConfigError",
     "Connected",
+    "ConnectionInfo",
     "Disconnected",
+    "DriverCrashed",
     "EngineConfig",
     "EngineMisuse",
     "Event",
@@ -59,9 +82,18 @@ __all__ = [
     "Ignored",
     "InvalidToken",
     "OrderPublication",
+    "PoolClosed",
     "Reconnecting",
     "ReplyError",
+    "SocketClosed",
+    "SocketFactory",
+    "SocketOpenFailed",
     "State",
     "Subscribed",
+    "TokenUnavailable",
     "Unsubscribed",
+    "WebSocket",
+    "WebSocketPool",
+    "default_socket_factory",
+    "open_socket",
 ]

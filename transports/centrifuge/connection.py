@@ -1,0 +1,442 @@
+"""One user's Centrifuge client over real sockets: the anyio driver around the engine.
+
+A :class:`Connection` runs one :class:`~transports.centrifuge.engine.CentrifugeEngine`
+(one per endpoint, project and user, kept across reconnects so channel
+positions survive and go back to the server for recovery) and hands what it
+learns to the sinks of the orders attached to it.
+
+Each connection attempt is one task group with two tasks:
+
+* the reader receives frames, feeds them to the engine, delivers the events
+  synchronously and writes what the engine wants sent (pongs, history reads);
+* the timer sleeps until the engine's next deadline (connect, history and
+  dead-connection timeouts, history retries) and calls ``handle_timer``.
+
+The reader never runs under a per-frame cancel scope: a receive is cancelled
+only when the attempt is abandoned, so no frame can be lost to a timeout
+racing its arrival, and the hot path allocates no timer per message.  The
+reader tells the timer when a deadline moved earlier by adjusting the timer's
+scope.  When the engine says the connection is over, the attempt's scope is
+cancelled and the socket is closed (shielded, bounded) before the next one
+opens: exactly one live socket per connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random as _random
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+
+import anyio
+import attrs
+
+from orderfsm.core import FINAL_STATUSES, Observation
+from orderfsm.errors import OrderFsmError, TokenRejected, TransportError
+from orderfsm.interface import WEBSOCKET, Health, HealthReport, ObservationSink, TokenProvider
+from transports.centrifuge.backoff import full_jitter
+from transports.centrifuge.engine import CentrifugeEngine
+from transports.centrifuge.events import (
+    CaughtUp,
+    Connected,
+    Event,
+    Failed,
+    Gap,
+    Ignored,
+    OrderPublication,
+    Reconnecting,
+)
+from transports.centrifuge.socket import SocketClosed, SocketFactory, WebSocket
+
+logger = logging.getLogger("orderfsm.websocket")
+
+REMEMBERED_ORDERS = 1_000
+"""Order ids whose statuses a connection keeps, for orders attached after the news."""
+TOKEN_ATTEMPTS = 5
+"""Token provider failures in a row before the connection gives up."""
+
+
+class TokenUnavailable(TransportError):
+    """The token provider kept failing (raised, timed out, or returned no string);
+    ``__cause__`` is the last failure."""
+
+
+class DriverCrashed(TransportError):
+    """The connection driver hit an unexpected error and stopped (a bug: please
+    report it); ``__cause__`` is the error.  Other connections go on."""
+
+
+@attrs.frozen
+class ConnectionInfo:
+    """A snapshot of one connection, for tests, benchmarks and diagnostics."""
+
+    key: tuple[Hashable, ...]
+    health: Health
+    reason: str
+    state: str
+    """The engine's state: connecting, connected, disconnected (between attempts), ..."""
+    orders: int
+    attachments: int
+    sockets_opened: int
+    """Sockets successfully opened so far (1 + the reconnects that got a socket)."""
+    generation: int
+    """Connection attempts so far."""
+
+
+class Attachment:
+    """One order's interest in its user's connection; :meth:`detach` ends it."""
+
+    __slots__ = ("_connection", "detached", "order_id", "sink")
+
+    def __init__(self, connection: Connection, order_id: int, sink: ObservationSink) -> None:
+        self._connection = connection
+        self.order_id = order_id
+        self.sink = sink
+        self.detached = False
+
+    def detach(self) -> None:
+        """Stop delivering to this sink (idempotent).  The connection closes when
+        its last attachment detaches; that also happens by itself after a final
+        status was delivered."""
+        if not self.detached:
+            self.detached = True
+            self._connection.release(self)
+
+
+def _token_from(token: TokenProvider | str) -> TokenProvider:
+    if isinstance(token, str):
+        value = token
+
+        async def fixed() -> str:
+            return value
+
+        return fixed
+    return token
+
+
+class Connection:
+    """One key's engine, its attachments and the task that drives them.
+
+    Statuses seen are remembered per order id (the last
+    :data:`REMEMBERED_ORDERS` ids), because an order is often attached after
+    its first statuses went by on an already caught-up connection.
+    """
+
+    def __init__(
+        self,
+        key: tuple[Hashable, ...],
+        engine: CentrifugeEngine,
+        token: TokenProvider | str,
+        sockets: SocketFactory,
+        *,
+        on_idle: Callable[[Connection], None],
+        on_closed: Callable[[Connection], None],
+        label: str = "",
+        after: anyio.Event | None = None,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        self.key = key
+        self.label = label or f"user {engine.config.user_external_id}"
+        """For logs; never the token."""
+        self.engine = engine
+        self.url = engine.config.endpoint
+        self._token = _token_from(token)
+        self._sockets = sockets
+        self._on_idle = on_idle
+        self._on_closed = on_closed
+        self._after = after
+        self._random = random
+        self.health = Health.CONNECTING
+        self.reason = "connecting"
+        self.error: OrderFsmError | None = None
+        self.sockets_opened = 0
+        self.generation = 0
+        self.closed = anyio.Event()
+        self._orders: dict[int, list[Attachment]] = {}
+        self._attachments = 0
+        self._seen: OrderedDict[int, tuple[Observation, ...]] = OrderedDict()
+        self._scope = anyio.CancelScope()
+        self._attempt_scope: anyio.CancelScope | None = None
+        self._timer: anyio.CancelScope | None = None
+        self._ws: WebSocket | None = None
+        self._send_lock = anyio.Lock()
+        self._end: Reconnecting | Failed | None = None
+
+    # --- what the pool calls ------------------------------------------------------
+
+    def attach(self, order_id: int, sink: ObservationSink) -> Attachment:
+        """Report the current health to ``sink`` and replay what was seen for the order."""
+        attachment = Attachment(self, order_id, sink)
+        self._orders.setdefault(order_id, []).append(attachment)
+        self._attachments += 1
+        report = HealthReport(WEBSOCKET, self.health, anyio.current_time(), self.reason, self.error)
+        self._report(attachment, report)
+        for observation in self._seen.get(order_id, ()):
+            if attachment.detached:
+                break
+            self._observe(attachment, observation)
+        return attachment
+
+    def release(self, attachment: Attachment) -> None:
+        attachments = self._orders.get(attachment.order_id)
+        if attachments is None or attachment not in attachments:
+            return
+        attachments.remove(attachment)
+        if not attachments:
+            del self._orders[attachment.order_id]
+        self._attachments -= 1
+        if self._attachments == 0:
+            self._on_idle(self)
+
+    def stop(self) -> None:
+        """Close on purpose: the socket is closed gracefully (shielded), sinks
+        still attached get STOPPED."""
+        self._scope.cancel()
+
+    def info(self) -> ConnectionInfo:
+        return ConnectionInfo(
+            key=self.key,
+            health=self.health,
+            reason=self.reason,
+            state=self.engine.state.value,
+            orders=len(self._orders),
+            attachments=self._attachments,
+            sockets_opened=self.sockets_opened,
+            generation=self.generation,
+        )
+
+    async def run(self) -> None:
+        """The connection's one long-lived task; returns when stopped or failed."""
+        try:
+            with self._scope:
+                if self._after is not None:
+                    await self._after.wait()  # the previous connection of this key is closing
+                await self._serve()
+        except Exception as exc:
+            logger.exception("websocket driver for %r crashed", self.label)
+            error = DriverCrashed(f"websocket driver crashed: {exc!r}")
+            error.__cause__ = exc
+            self._set_health(Health.FAILED, str(error), error)
+        finally:
+            self.engine.close()
+            self._ws = self._timer = self._attempt_scope = None
+            if self.health is not Health.FAILED:
+                self._set_health(Health.STOPPED, "closed")
+            self.closed.set()
+            self._on_closed(self)
+
+    # --- the connection loop --------------------------------------------------------
+
+    async def _serve(self) -> None:
+        engine = self.engine
+        while True:
+            token = await self._fetch_token()
+            if token is None:
+                return
+            first = engine.connect(anyio.current_time(), token)
+            end = await self._attempt(first)
+            if isinstance(end, Failed):
+                return
+            await anyio.sleep_until(end.reconnect_at)
+
+    async def _fetch_token(self) -> str | None:
+        """Ask the provider for a token (every attempt: it may refresh); back off on failures."""
+        config = self.engine.config
+        failures = 0
+        while True:
+            try:
+                with anyio.fail_after(config.request_timeout):
+                    token = await self._token()
+                if isinstance(token, str) and token:
+                    return token
+                raise TypeError(f"token provider returned {token!r}, not a non-empty str")
+            except TokenRejected as exc:
+                self._set_health(Health.FAILED, f"token rejected by the provider: {exc}", exc)
+                return None
+            except Exception as exc:
+                failures += 1
+                if failures >= TOKEN_ATTEMPTS:
+                    error = TokenUnavailable(f"token provider failed {failures} times: {exc!r}")
+                    error.__cause__ = exc
+                    self._set_health(Health.FAILED, str(error), error)
+                    return None
+                delay = full_jitter(
+                    failures - 1,
+                    min(max(self._random(), 0.0), 1.0),
+                    min_delay=config.min_reconnect_delay,
+                    max_delay=config.max_reconnect_delay,
+                )
+                error = TokenUnavailable(f"token provider failed: {exc!r}")
+                self._set_health(Health.DEGRADED, f"{error}; retrying in {delay:.2f} s", error)
+                await anyio.sleep(delay)
+
+    async def _attempt(self, first: str) -> Reconnecting | Failed:
+        """One socket, from opening to the engine's verdict."""
+        self._end = None
+        self.generation += 1
+        try:
+            async with anyio.create_task_group() as tg:
+                self._attempt_scope = tg.cancel_scope
+                tg.start_soon(self._run_timer)
+                await self._run_socket(first)
+                tg.cancel_scope.cancel()
+        finally:
+            self._attempt_scope = self._timer = None
+        if self._end is None:
+            raise RuntimeError("the socket ended but the engine gave no verdict")
+        return self._end
+
+    async def _run_socket(self, first: str) -> None:
+        timeout = self.engine.config.connect_timeout
+        try:
+            async with self._sockets.connect(self.url, open_timeout=timeout) as ws:
+                self.sockets_opened += 1
+                self._ws = ws
+                try:
+                    await self._read(ws, first)
+                except SocketClosed as exc:
+                    self._lost(exc)
+                finally:
+                    self._ws = None
+        except SocketClosed as exc:
+            self._lost(exc)
+
+    async def _read(self, ws: WebSocket, first: str) -> None:
+        engine = self.engine
+        await ws.send(first)
+        while self._end is None:
+            frame = await ws.receive()
+            events = engine.receive(frame, anyio.current_time())
+            if events:
+                self._handle(events)
+            frames = engine.data_to_send()
+            if frames:
+                await self._send(frames)
+            timer = self._timer
+            if timer is not None:
+                deadline = engine.next_deadline()
+                if deadline is not None and deadline < timer.deadline:
+                    timer.deadline = deadline
+
+    async def _run_timer(self) -> None:
+        engine = self.engine
+        while self._end is None:
+            deadline = engine.next_deadline()
+            with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as timer:
+                self._timer = timer
+                await anyio.sleep_forever()
+            self._timer = None
+            events = engine.handle_timer(anyio.current_time())
+            if events:
+                self._handle(events)
+            frames = engine.data_to_send()
+            if frames:
+                try:
+                    await self._send(frames)
+                except SocketClosed as exc:
+                    self._lost(exc)
+
+    async def _send(self, frames: list[str]) -> None:
+        ws = self._ws
+        if ws is None:
+            return  # no socket yet or any more: the engine has ended this attempt
+        async with self._send_lock:
+            for frame in frames:
+                await ws.send(frame)
+
+    def _lost(self, exc: SocketClosed) -> None:
+        events = self.engine.connection_lost(exc.code, exc.reason, anyio.current_time())
+        if events:
+            self._handle(events)
+
+    # --- events -> sinks ---------------------------------------------------------------
+
+    def _handle(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, OrderPublication):
+                self._deliver(event)
+            elif isinstance(event, CaughtUp):
+                self._set_health(Health.HEALTHY, "caught up")
+            elif isinstance(event, Gap):
+                reason = f"news may be lost on {event.channel}: {event.reason}"
+                self._set_health(Health.DEGRADED, reason, gap=True)
+            elif isinstance(event, Reconnecting):
+                self._over(event)
+                reason = _describe(event.code, event.reason)
+                reason = f"{reason}; reconnecting in {event.delay:.2f} s"
+                self._set_health(Health.DEGRADED, reason, event.error)
+            elif isinstance(event, Failed):
+                self._over(event)
+                self._set_health(Health.FAILED, _describe(event.code, event.reason), event.error)
+            elif isinstance(event, Ignored):
+                logger.info("websocket %r ignored: %s", self.label, event.reason)
+            elif isinstance(event, Connected):
+                logger.debug("websocket %r connected: %r", self.label, event)
+        if self.engine.caught_up and self.health is not Health.HEALTHY:
+            self._set_health(Health.HEALTHY, "caught up")  # after a gap while live
+
+    def _over(self, end: Reconnecting | Failed) -> None:
+        self._end = end
+        if self._attempt_scope is not None:
+            self._attempt_scope.cancel()
+
+    def _deliver(self, publication: OrderPublication) -> None:
+        observation = publication.observation
+        order_id = observation.order_id
+        seen = self._seen
+        kept = seen.get(order_id)
+        if kept is None:
+            seen[order_id] = (observation,)
+            if len(seen) > REMEMBERED_ORDERS:
+                seen.popitem(last=False)
+        else:
+            seen.move_to_end(order_id)
+            status = observation.status
+            if all(old.status is not status for old in kept):
+                seen[order_id] = (*kept, observation)
+        attachments = self._orders.get(order_id)
+        if attachments is not None:
+            for attachment in tuple(attachments):
+                if not attachment.detached:
+                    self._observe(attachment, observation)
+
+    def _observe(self, attachment: Attachment, observation: Observation) -> None:
+        try:
+            attachment.sink.observe(observation)
+        except Exception:
+            logger.exception("sink of order %s raised on observe", attachment.order_id)
+        if observation.status in FINAL_STATUSES:
+            attachment.detach()
+
+    def _set_health(
+        self,
+        health: Health,
+        reason: str,
+        error: OrderFsmError | None = None,
+        *,
+        gap: bool = False,
+    ) -> None:
+        changed = health is not self.health
+        self.health, self.reason, self.error = health, reason, error
+        if not (changed or gap):
+            return
+        report = HealthReport(WEBSOCKET, health, anyio.current_time(), reason, error, gap)
+        for attachments in list(self._orders.values()):
+            for attachment in tuple(attachments):
+                if not attachment.detached:
+                    self._report(attachment, report)
+
+    def _report(self, attachment: Attachment, report: HealthReport) -> None:
+        try:
+            attachment.sink.report(report)
+        except Exception:
+            logger.exception("sink of order %s raised on report", attachment.order_id)
+
+
+def _describe(code: int | None, reason: str) -> str:
+    if code is None:
+        return f"connection lost ({reason})" if reason else "connection lost"
+    if code < 100:
+        return reason  # the engine's own verdict: "no ping", "connect timeout", ...
+    return f"closed {code} {reason}".rstrip()
