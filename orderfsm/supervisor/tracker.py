@@ -108,6 +108,7 @@ class Tracker:
         self._given_http = http
         self.on_report = on_report
         self._book = OrderBook()
+        self._users: dict[tuple[TokenProvider | str, str | None], User] = {}
         self._orders: dict[int, TrackedOrder] = {}
         self._early: OrderedDict[int, list[Observation]] = OrderedDict()
         self._stack: contextlib.AsyncExitStack | None = None
@@ -163,7 +164,9 @@ class Tracker:
             raise RuntimeError("use the Tracker inside 'async with'")
         if order_id in self._orders:
             return
-        user = user or (User(_as_provider(token), user_id) if token is not None else self.user)
+        if user is None and token is not None:
+            user = self._user_for(token, user_id)
+        user = user or self.user
         if user is None and (self.transports & {WEBSOCKET, POLLING} or self.fetch_details):
             raise ValueError("a token is needed: pass token= to Tracker() or track()")
         self._book.track(order_id, known_status)
@@ -179,6 +182,14 @@ class Tracker:
         self._tg.start_soon(self._run, order, name=f"orderfsm order {order_id}")
         for observation in self._early.pop(order_id, ()):
             order.observe(observation)
+
+    def _user_for(self, token: TokenProvider | str, user_id: str | None) -> User:
+        """The same ``User`` for the same token, so a player's orders share one socket."""
+        key = (token, user_id)
+        user = self._users.get(key)
+        if user is None:
+            user = self._users[key] = User(_as_provider(token), user_id)
+        return user
 
     async def wait(self, order_id: int, **track_kwargs: Any) -> FinalResult:
         """Track the order if needed and return how it ended.

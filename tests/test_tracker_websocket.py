@@ -1,0 +1,160 @@
+"""The tracker with its default transports, on the emulator, on asyncio and trio.
+
+Failover and fail-back, the WebSocket's lifespan, the final status seen first
+by each transport in turn, sharing one socket per user, and nothing left
+running afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import anyio
+import pytest
+from test_webhook_http import serve_receiver
+
+from orderfsm import Status
+from orderfsm.interface import Health
+from orderfsm.supervisor.policy import DefaultPolicy
+from orderfsm.supervisor.tracker import Tracker
+from orderfsm.testing import RecordingSink
+from transports.centrifuge import EngineConfig
+from transports.emulator import Emulator, User
+from transports.webhook import WebhookReceiver
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "tracker-webhooks"
+
+
+@pytest.fixture(scope="module")
+def emu() -> Iterator[Emulator]:
+    with Emulator(seed=17, ping_interval=1.0, pong_timeout=1.0, secret=SECRET) as emulator:
+        yield emulator
+
+
+def tracker(
+    emu: Emulator, user: User, policy: DefaultPolicy | None = None, **kw: object
+) -> Tracker:
+    return Tracker(
+        project_id=emu.project_id,
+        token=user.token,
+        user_id=user.external_id,
+        ws_url=emu.ws_url,
+        api_url=emu.api_url,
+        policy=policy or DefaultPolicy(poll_interval=0.05, deadline=20.0),
+        websocket_options={
+            "config": EngineConfig(
+                project_id=emu.project_id,
+                user_external_id=user.external_id,
+                min_reconnect_delay=0.05,
+                max_reconnect_delay=0.2,
+                max_server_ping_delay=0.5,
+            )
+        },
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def requests_for(emu: Emulator, order_id: int) -> int:
+    return len((await emu.stats()).get_order_requests.get(order_id, []))
+
+
+async def test_websocket_alone_delivers_and_details_cost_one_request(emu: Emulator) -> None:
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    async with tracker(emu, user) as t:
+        await emu.run_script(order_id, [(0.2, "paid"), (0.2, "done")])
+        result = await t.wait(order_id)
+    assert [(c.status, c.source) for c in result.changes] == [
+        (Status.NEW, "websocket"),
+        (Status.PAID, "websocket"),
+        (Status.DONE, "websocket"),
+    ]
+    assert result.details is not None and result.details.status == "done"
+    assert await requests_for(emu, order_id) == 1  # no polling, one Get order for the details
+
+
+async def test_fails_over_to_polling_and_back(emu: Emulator) -> None:
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    sink = RecordingSink()
+    reports = sink.reports
+
+    def websocket_health(_: object = None) -> list[Health]:
+        return [r.health for r in reports if r.source == "websocket"]
+
+    async with tracker(emu, user, on_report=lambda _, r: sink.report(r)) as t:
+        t.track(order_id)
+        await sink.wait_for(lambda _: Health.HEALTHY in websocket_health())
+        assert await requests_for(emu, order_id) == 0
+        await emu.drop_connections(user)  # a dead TCP connection: reconnect, poll meanwhile
+        await sink.wait_for(lambda _: Health.DEGRADED in websocket_health())
+        await sink.wait_for(lambda _: websocket_health()[-1] is Health.HEALTHY)
+        await anyio.sleep(0.1)  # a request already on its way may still land
+        polled = await requests_for(emu, order_id)
+        await anyio.sleep(0.4)  # back on the WebSocket: polling has stopped
+        assert await requests_for(emu, order_id) == polled
+        await emu.set_status(order_id, "paid")
+        await emu.set_status(order_id, "done")
+        result = await t.wait(order_id)
+    websocket = [r.health for r in reports if r.source == "websocket"]
+    assert Health.DEGRADED in websocket and websocket[-1] is Health.HEALTHY
+    assert polled >= 1
+    assert result.status is Status.DONE
+
+
+async def test_the_websocket_lifespan_ends_in_polling(emu: Emulator) -> None:
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    policy = DefaultPolicy(poll_interval=0.05, websocket_lifespan=0.3, deadline=20.0)
+    async with tracker(emu, user, policy) as t:
+        t.track(order_id)
+        await anyio.sleep(0.6)
+        assert (await emu.stats()).open_connections.get(user.external_id, 0) == 0
+        assert await requests_for(emu, order_id) >= 1
+        await emu.set_status(order_id, "canceled")
+        result = await t.wait(order_id)
+    assert result.status is Status.CANCELED and result.source == "polling"
+
+
+async def test_final_status_seen_first_by_polling(emu: Emulator) -> None:
+    """The WebSocket never hears of it (not published); the safety poll finds it."""
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    policy = DefaultPolicy(poll_interval=0.05, safety_poll_interval=0.1, deadline=20.0)
+    async with tracker(emu, user, policy) as t:
+        t.track(order_id)
+        await emu.set_status(order_id, "done", publish=False)
+        result = await t.wait(order_id)
+    assert result.status is Status.DONE and result.source == "polling"
+
+
+async def test_final_status_seen_first_by_a_webhook(emu: Emulator) -> None:
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    async with tracker(emu, user, transports=("websocket", "polling", "webhook")) as t:
+        receiver = WebhookReceiver(SECRET, sink=t)
+        async with serve_receiver(receiver, "asgi") as url:
+            await emu.configure_webhooks(url)
+            t.track(order_id)
+            await emu.set_status(order_id, "canceled", publish=False)
+            result = await t.wait(order_id)
+            await emu.configure_webhooks(None)  # type: ignore[arg-type]
+    assert result.status is Status.CANCELED and result.source == "webhook"
+
+
+async def test_orders_of_one_user_share_one_socket_and_nothing_is_left(emu: Emulator) -> None:
+    user = await emu.create_user()
+    orders = [await emu.create_order(user) for _ in range(12)]
+    async with tracker(emu, user) as t:
+        for order_id in orders:
+            t.track(order_id, token=user.token, user_id=user.external_id)
+        await emu.wait_connected(user)
+        for i, order_id in enumerate(orders):
+            await emu.run_script(order_id, [(0.01 * i, "paid"), (0.05, "done")])
+        results = [await t.wait(order_id) for order_id in orders]
+        assert all(r.status is Status.DONE for r in results)
+    connections = await emu.connections(user)
+    assert len(connections) == 1
+    assert all(c.state == "closed" for c in connections)
