@@ -110,3 +110,11 @@ class InvalidPayload(WebhookError):
 
 class TrackingTimeout(OrderFsmError, TimeoutError):
     """No final status arrived before the tracking deadline."""
+
+
+class TrackerClosed(OrderFsmError):
+    """The tracker was closed, or the order untracked, before a final status."""
+
+
+class NoSourceLeft(TransportError):
+    """Every configured transport failed for good before a final status."""

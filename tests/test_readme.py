@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
@@ -22,15 +24,19 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert test_command in ci_lines
 
 
-def test_python_examples_run_and_print_what_they_say() -> None:
-    for block in code_blocks("python"):
-        expected = [line.split("# ", 1)[1] for line in block.splitlines() if line.startswith("# ")]
-        result = subprocess.run(
-            [sys.executable, "-c", block], capture_output=True, text=True, check=True, cwd=ROOT
-        )
-        if expected:
-            printed = " / ".join(result.stdout.strip().splitlines())
-            assert printed == " / ".join(expected)
+EXAMPLES = code_blocks("python")
+
+
+@pytest.mark.parametrize("block", EXAMPLES, ids=[f"example-{i}" for i in range(len(EXAMPLES))])
+def test_python_examples_run_and_print_what_they_say(block: str, tmp_path: Path) -> None:
+    """Each example runs as a new user would run it, in an empty folder."""
+    expected = [line.split("# ", 1)[1] for line in block.splitlines() if line.startswith("# ")]
+    result = subprocess.run(
+        [sys.executable, "-c", block], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    if expected:
+        assert result.stdout.strip().splitlines() == expected
 
 
 def test_readme_diagram_is_the_generated_one() -> None:

@@ -176,6 +176,11 @@ async def fake_server(after_handshake: bytes | None) -> AsyncIterator[str]:
     ``after_handshake`` verbatim (``None``: never answers the handshake)."""
 
     async def handle(stream: SocketStream) -> None:
+        # a client may hang up at any point (the pool closing mid-reconnect): not a test failure
+        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+            await _handshake_then_send(stream)
+
+    async def _handshake_then_send(stream: SocketStream) -> None:
         async with stream:
             request = b""
             while b"\r\n\r\n" not in request:
@@ -253,7 +258,7 @@ async def test_the_pool_turns_bad_input_into_a_typed_degraded_report(
         ) as pool:
             sink = RecordingSink()
             pool.attach(1, sink, token="t", user_id="u")
-            with anyio.fail_after(3):
+            with anyio.fail_after(10):  # a hang guard, generous for a loaded machine
                 # it keeps trying, and nothing crashes
                 while pool.connections()[0].generation < 2:  # noqa: ASYNC110 (a snapshot)
                     await anyio.sleep(0.01)

@@ -51,6 +51,8 @@ class TrackedOrder:
         """A source said news may have been lost: look once with Get order."""
         self.changes: list[StatusChange] = []
         self.conflicts: list[ConflictSeen] = []
+        self._log: list[Change] = []
+        """Changes and conflicts in the order they were applied, for late watchers."""
         self.final: StatusChange | None = None
         self.details: OrderDetails | None = None
         self.result: FinalResult | None = None
@@ -82,6 +84,7 @@ class TrackedOrder:
                 observation.at,
             )
             self.changes.append(change)
+            self._log.append(change)
             if outcome.final:
                 self.final = change
                 self._keep_details(observation)
@@ -98,6 +101,7 @@ class TrackedOrder:
                 observation.at,
             )
             self.conflicts.append(conflict)
+            self._log.append(conflict)
             self._broadcast(conflict)
 
     def _keep_details(self, observation: Observation) -> None:
@@ -154,7 +158,9 @@ class TrackedOrder:
             self._watchers.append(stream)
 
     def history(self) -> list[Change]:
-        return sorted([*self.changes, *self.conflicts], key=lambda c: c.at)
+        # Application order, not ``at`` order: a socket replaying what it saw
+        # before the order was attached delivers an older ``at`` after newer news.
+        return list(self._log)
 
     def _broadcast(self, change: Change) -> None:
         for stream in self._watchers:

@@ -22,7 +22,13 @@ import anyio
 from anyio.abc import TaskGroup
 
 from orderfsm.core import Observation, OrderBook, Status
-from orderfsm.errors import OrderFsmError, TrackingTimeout, TransportError
+from orderfsm.errors import (
+    NoSourceLeft,
+    OrderFsmError,
+    TrackerClosed,
+    TrackingTimeout,
+    TransportError,
+)
 from orderfsm.interface import POLLING, WEBHOOK, WEBSOCKET, Health, HealthReport, TokenProvider
 from orderfsm.supervisor.custom import CustomTransport, OrderContext
 from orderfsm.supervisor.order import SourceSink, TrackedOrder
@@ -38,14 +44,6 @@ DEFAULT_WS_URL = "wss://ws-store.xsolla.com/connection/websocket"
 DEFAULT_API_URL = "https://store.xsolla.com/api"
 KNOWN_TRANSPORTS = frozenset({WEBSOCKET, POLLING, WEBHOOK})
 EARLY_OBSERVATIONS_KEPT = 10_000
-
-
-class TrackerClosed(OrderFsmError):
-    """The tracker was closed, or the order untracked, before a final status."""
-
-
-class NoSourceLeft(TransportError):
-    """Every configured transport failed for good; ``__cause__`` says why."""
 
 
 def _as_provider(token: TokenProvider | str) -> TokenProvider:
