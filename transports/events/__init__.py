@@ -18,7 +18,7 @@ from transports.events.driver import (
 )
 from transports.events.errors import InvalidEventsAnswer
 from transports.events.page import STATUS_FOR_NOTIFICATION, Event, Page, classify, parse_page
-from transports.polling.decider import Fail, RefreshToken, Wait
+from transports.http.pacing import Fail, RefreshToken, Wait
 
 __all__ = [
     "DEFAULT_BASE_URL",

@@ -4,7 +4,9 @@ The cursor reads no clock and opens no socket.  It knows where the user's
 event stream was read up to (``after_id``), which event ids it has seen, and
 how the service has been behaving; the driver tells it what happened and
 when, and gets back a :class:`Step`: what to report, which events to mark
-processed, and what to do next.  Tests drive it with plain numbers.
+processed, and what to do next.  Tests drive it with plain numbers.  How
+it behaves when answers go wrong is shared with the Get order poller through
+:class:`~transports.http.pacing.Pacing`.
 
 An event is news for the order when ``data.order.id`` is the order's id and
 ``data.notification_type`` is ``order_paid`` (-> ``paid``) or
@@ -14,14 +16,13 @@ An event is news for the order when ``data.order.id`` is the order's id and
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable
 
 import attrs
 
 from orderfsm.core import FINAL_STATUSES, Observation, Position
-from orderfsm.errors import OrderFsmError, ServiceUnavailable, TransportError
+from orderfsm.errors import TransportError
 from orderfsm.interface import EVENTS, Health, HealthReport
 from transports.events.page import (
     STATUS_FOR_NOTIFICATION,
@@ -33,28 +34,18 @@ from transports.events.page import (
     classify,
 )
 from transports.http.base import HttpResponse
-from transports.polling.decider import Fail, RefreshToken, Wait
-from transports.polling.errors import TokenProviderFailed
-
-
-def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be a positive number, got {value!r}")
-
-
-def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"{attribute.name} must be a non-negative number, got {value!r}")
-
-
-def _fraction(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not (isinstance(value, (int, float)) and 0 <= value < 1):
-        raise ValueError(f"{attribute.name} must be in [0, 1), got {value!r}")
-
-
-def _optional_positive(_: object, attribute: attrs.Attribute[float | None], value: object) -> None:
-    if value is not None:
-        _positive(_, attribute, value)  # type: ignore[arg-type]
+from transports.http.pacing import (
+    Fail,
+    Outcome,
+    Pacing,
+    PacingConfig,
+    RefreshToken,
+    Wait,
+    fraction,
+    non_negative,
+    optional_positive,
+    positive,
+)
 
 
 def _count(_: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -71,16 +62,16 @@ def _cursor(_: object, attribute: attrs.Attribute[int], value: int) -> None:
 class EventsConfig:
     """Timing and options; the defaults follow Xsolla's Unity SDK (a request every 3 s)."""
 
-    interval: float = attrs.field(default=3.0, validator=_positive)
+    interval: float = attrs.field(default=3.0, validator=positive)
     """Seconds from one answer to the next request, while nothing is wrong."""
-    jitter: float = attrs.field(default=0.1, validator=_fraction)
+    jitter: float = attrs.field(default=0.1, validator=fraction)
     """Each wait is stretched or shrunk by up to this fraction."""
-    first_delay: float = attrs.field(default=0.0, validator=_non_negative)
-    backoff_max: float = attrs.field(default=60.0, validator=_positive)
+    first_delay: float = attrs.field(default=0.0, validator=non_negative)
+    backoff_max: float = attrs.field(default=60.0, validator=positive)
     """Longest wait after repeated failures (it doubles from ``interval``)."""
-    give_up_after: float | None = attrs.field(default=None, validator=_optional_positive)
+    give_up_after: float | None = attrs.field(default=None, validator=optional_positive)
     """Fail with ``ServiceUnavailable`` after failing this long; ``None``: keep trying."""
-    request_timeout: float = attrs.field(default=10.0, validator=_positive)
+    request_timeout: float = attrs.field(default=10.0, validator=positive)
     types: tuple[str, ...] = attrs.field(default=tuple(STATUS_FOR_NOTIFICATION), converter=tuple)
     """Sent as ``types`` so the server leaves out notifications that carry no status;
     empty: ask for everything."""
@@ -122,7 +113,11 @@ class Step:
 
 
 class EventCursor:
-    """One order's reader of the user's event stream, between answers."""
+    """One order's reader of the user's event stream, between answers.
+
+    What a page means is decided here; when to ask again after a failure is
+    the shared :class:`~transports.http.pacing.Pacing` policy.
+    """
 
     def __init__(
         self,
@@ -134,15 +129,16 @@ class EventCursor:
         self.order_id = order_id
         self.project_id = project_id
         self.config = config
-        self._random = random
+        self._pacing = Pacing(
+            PacingConfig.of(config),
+            random,
+            source=EVENTS,
+            subject=f"order {order_id}",
+            answer="Event API answer",
+        )
         self._after_id = config.start_after
         self._seen: set[int] = set()
         self._seen_order: deque[int] = deque()
-        self._health: Health | None = None
-        self._just_refreshed = False
-        self._failing_since: float | None = None
-        self._failures = 0
-        self._over = False
 
     @property
     def after_id(self) -> int:
@@ -151,7 +147,7 @@ class EventCursor:
 
     @property
     def health(self) -> Health | None:
-        return self._health
+        return self._pacing.health
 
     def query(self) -> dict[str, str]:
         """The next request's query parameters."""
@@ -165,7 +161,7 @@ class EventCursor:
     def start(self, now: float) -> Step:
         return Step(
             Wait(now + self.config.first_delay),
-            health=self._set_health(Health.CONNECTING, now, "reading the Event API"),
+            health=self._pacing.report(Health.CONNECTING, now, "reading the Event API"),
         )
 
     def on_response(
@@ -174,48 +170,33 @@ class EventCursor:
         """An answer arrived at ``now``; ``wall_now`` (Unix time) reads a dated ``Retry-After``."""
         self._check_running()
         verdict = classify(response, wall_now)
-        if isinstance(verdict, Rejected):
-            if self._just_refreshed:
-                return self._fail(verdict.exception(self.order_id), now)
-            self._just_refreshed = True
-            return Step(RefreshToken())
-        self._just_refreshed = False
-        if isinstance(verdict, Page):
-            return self._read(verdict, now)
-        if isinstance(verdict, Busy):
-            return self._failed_attempt(verdict.exception(self.order_id), now, verdict.retry_after)
+        if isinstance(verdict, (Rejected, Busy, Unexpected)):
+            return self._paced(self._pacing.judge(verdict, self.order_id, now))
         if isinstance(verdict, Malformed):
-            return self._failed_attempt(verdict.error, now)
-        assert isinstance(verdict, Unexpected)
-        return self._fail(verdict.exception(self.order_id), now)
+            return self._paced(self._pacing.unusable(verdict.error, now))
+        return self._read(verdict, now)
 
     def on_error(self, error: TransportError, now: float) -> Step:
         """No answer: a timeout, a refused or dropped connection, a broken response."""
         self._check_running()
-        self._just_refreshed = False
-        return self._failed_attempt(error, now)
+        return self._paced(self._pacing.unusable(error, now))
 
     def on_token_error(self, error: BaseException, now: float) -> Step:
         """The caller's token callable raised (or returned a non-token)."""
         self._check_running()
-        if isinstance(error, TokenProviderFailed):
-            failure = error
-        else:
-            failure = TokenProviderFailed(
-                f"order {self.order_id}: token provider failed: {error!r}"
-            )
-            failure.__cause__ = error
-        return self._fail(failure, now)
+        return self._paced(self._pacing.token_failed(error, now))
 
     # --- internals ----------------------------------------------------------
 
     def _check_running(self) -> None:
-        if self._over:
+        if self._pacing.over:
             raise RuntimeError("the event reader already finished or failed")
 
+    def _paced(self, outcome: Outcome) -> Step:
+        return Step(outcome.next, health=outcome.health)
+
     def _read(self, page: Page, now: float) -> Step:
-        self._failing_since = None
-        self._failures = 0
+        self._pacing.recovered()
         warnings = list(page.warnings)
         news: list[Observation] = []
         matched: list[int] = []
@@ -246,14 +227,13 @@ class EventCursor:
                 break
         acknowledge = tuple(matched) if self.config.mark_processed else ()
         if news and news[-1].status in FINAL_STATUSES:
-            self._over = True
-            health = self._set_health(Health.STOPPED, now, f"final status {news[-1].status}")
+            health = self._pacing.finish(now, f"final status {news[-1].status}")
             return Step(Finish(news[-1]), tuple(news), health, tuple(warnings), acknowledge)
         if page.size >= self.config.page_size:
             # Catching up on a backlog: not "caught up" yet, so not HEALTHY either.
             return Step(Wait(now), tuple(news), None, tuple(warnings), acknowledge)
-        health = self._set_health(Health.HEALTHY, now, "Event API answered")
-        next_at = now + self._jittered(self.config.interval)
+        health = self._pacing.report(Health.HEALTHY, now, "Event API answered")
+        next_at = self._pacing.next_poll(now)
         return Step(Wait(next_at), tuple(news), health, tuple(warnings), acknowledge)
 
     def _remember(self, event_id: int) -> bool:
@@ -267,42 +247,5 @@ class EventCursor:
         self._after_id = max(self._after_id, event_id)
         return True
 
-    def _failed_attempt(
-        self, error: OrderFsmError, now: float, retry_after: float | None = None
-    ) -> Step:
-        if self._failing_since is None:
-            self._failing_since = now
-        self._failures += 1
-        limit = self.config.give_up_after
-        if limit is not None and now - self._failing_since >= limit:
-            gave_up = ServiceUnavailable(
-                f"order {self.order_id}: no good Event API answer for "
-                f"{now - self._failing_since:g} s; last: {error}"
-            )
-            gave_up.__cause__ = error
-            return self._fail(gave_up, now)
-        backoff = min(
-            self.config.backoff_max, self.config.interval * 2 ** min(self._failures - 1, 32)
-        )
-        delay = self._jittered(backoff)
-        if retry_after is not None:
-            # Never earlier than asked; spread upwards only.
-            delay = max(delay, retry_after * (1 + self.config.jitter * self._random()))
-        health = self._set_health(Health.DEGRADED, now, str(error), error)
-        return Step(Wait(now + delay), health=health)
 
-    def _fail(self, error: OrderFsmError, now: float) -> Step:
-        self._over = True
-        health = self._set_health(Health.FAILED, now, str(error), error)
-        return Step(Fail(error), health=health)
-
-    def _jittered(self, delay: float) -> float:
-        return delay * (1 + self.config.jitter * (2 * self._random() - 1))
-
-    def _set_health(
-        self, health: Health, now: float, reason: str, error: OrderFsmError | None = None
-    ) -> HealthReport | None:
-        if health is self._health:
-            return None
-        self._health = health
-        return HealthReport(EVENTS, health, now, reason, error)
+__all__ = ["EventCursor", "EventsConfig", "Fail", "Finish", "Next", "RefreshToken", "Step", "Wait"]

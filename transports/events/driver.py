@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import logging
 import random as _random
-import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 import anyio
 import attrs
 
 from orderfsm.core import Observation
-from orderfsm.interface import EVENTS, Health, HealthReport, ObservationSink, TokenProvider
-from transports.events.cursor import EventCursor, EventsConfig, Finish, Step
-from transports.http import HttpClient, HttpError, open_http_client
-from transports.polling.decider import Fail, RefreshToken, Wait
-from transports.polling.errors import TokenProviderFailed
+from orderfsm.interface import EVENTS, ObservationSink, TokenProvider
+from transports.events.cursor import EventCursor, EventsConfig, Fail, Finish, Step
+from transports.http import HttpClient, HttpError, HttpResponse
+from transports.http.shell import ask, client_for, report_cancelled, send
 
 DEFAULT_BASE_URL = "https://getupdate.xsolla.com"
 
@@ -64,32 +61,6 @@ def events_url(base_url: str, query: Mapping[str, str] | None = None) -> str:
     return f"{url}?{urllib.parse.urlencode(query)}" if query else url
 
 
-@asynccontextmanager
-async def _client(http: HttpClient | None) -> AsyncIterator[HttpClient]:
-    """The caller's client as is, or a private one closed on the way out."""
-    if http is not None:
-        yield http
-        return
-    async with open_http_client() as own:
-        yield own
-
-
-async def _get_token(token: TokenProvider) -> str:
-    try:
-        value = await token()
-    except TokenProviderFailed:
-        raise
-    except Exception as exc:
-        raise TokenProviderFailed(f"token provider failed: {exc!r}") from exc
-    if not isinstance(value, str) or not value:
-        raise TokenProviderFailed(f"token provider returned {value!r}, not a token")
-    return value
-
-
-def _headers(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-
-
 async def follow_events(
     order_id: int,
     *,
@@ -113,7 +84,13 @@ async def follow_events(
     cursor = EventCursor(order_id, config, random or _random.Random().random, project_id)
     current_token: str | None = None
     try:
-        async with _client(http) as client:
+        async with client_for(http) as client:
+
+            async def get(bearer: str) -> HttpResponse:
+                # The query is built at request time: it carries the latest after_id.
+                url = events_url(base_url, cursor.query())
+                return await send(client, "GET", url, bearer, config.request_timeout)
+
             step = cursor.start(anyio.current_time())
             while True:
                 _emit(step, sink)
@@ -124,26 +101,9 @@ async def follow_events(
                     return action.observation
                 if isinstance(action, Fail):
                     raise action.error
-                if isinstance(action, Wait):
-                    await anyio.sleep_until(action.until)
-                if current_token is None or isinstance(action, RefreshToken):
-                    try:
-                        current_token = await _get_token(token)
-                    except TokenProviderFailed as exc:
-                        step = cursor.on_token_error(exc, anyio.current_time())
-                        continue
-                url = events_url(base_url, cursor.query())
-                try:
-                    response = await client.request(
-                        "GET", url, headers=_headers(current_token), timeout=config.request_timeout
-                    )
-                except HttpError as exc:
-                    step = cursor.on_error(exc, anyio.current_time())
-                else:
-                    step = cursor.on_response(response, anyio.current_time(), time.time())
+                current_token, step = await ask(cursor, action, current_token, token, get)
     except anyio.get_cancelled_exc_class():
-        if cursor.health not in (Health.FAILED, Health.STOPPED):
-            sink.report(HealthReport(EVENTS, Health.STOPPED, anyio.current_time(), "cancelled"))
+        report_cancelled(sink, EVENTS, cursor.health)
         raise
 
 
@@ -163,9 +123,7 @@ async def _acknowledge(
     for event_id in ids:
         url = f"{events_url(base_url)}/{event_id}/processed"
         try:
-            response = await client.request(
-                "POST", url, headers=_headers(token), timeout=config.request_timeout
-            )
+            response = await send(client, "POST", url, token, config.request_timeout)
         except HttpError as exc:
             logger.warning("could not mark event %s processed: %s", event_id, exc)
             continue

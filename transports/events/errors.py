@@ -8,7 +8,7 @@ so one handler covers both of Xsolla's HTTP services.
 from __future__ import annotations
 
 from orderfsm.errors import ProtocolError, ServiceUnavailable, TokenRejected
-from transports.polling.errors import ServerError, TokenProviderFailed, UnexpectedAnswer
+from transports.http.errors import ServerError, TokenProviderFailed, UnexpectedAnswer
 
 
 class InvalidEventsAnswer(ProtocolError):

@@ -1,8 +1,9 @@
 """What one ``GET /events`` answer says: a verdict, and the events in it.
 
-Pure: a response in, a verdict out.  Error answers are read with the Get
-order helpers (the two services share Xsolla's error shapes and
-``Retry-After``), so both transports agree on every status code.
+Pure: a response in, a verdict out.  Only the 200 is the Event API's own;
+every other status is read as Get order's are (see
+:mod:`transports.http.answers`: the two services share Xsolla's error
+shapes and ``Retry-After``), so both transports agree on every status code.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from typing import Any
 import attrs
 
 from orderfsm.core import Status
-from orderfsm.errors import OrderFsmError, TokenRejected
-from transports.events.errors import InvalidEventsAnswer, ServerError, UnexpectedAnswer
+from transports.events.errors import InvalidEventsAnswer
+from transports.http.answers import Busy, Rejected, Service, Unexpected, classify_failure
 from transports.http.base import HttpResponse
-from transports.polling.answers import RETRYABLE, XsollaError, parse_retry_after, read_error
+
+EVENT_API = Service("Event API", rejected="Event API rejected the token")
 
 STATUS_FOR_NOTIFICATION = {"order_paid": Status.PAID, "order_canceled": Status.CANCELED}
 """The notifications that carry an order's status (webhook bodies, xsolla.md §5.2)."""
@@ -56,71 +58,20 @@ class Page:
 
 
 @attrs.frozen
-class Rejected:
-    """401/403: the token is invalid or expired."""
-
-    status: int
-    error: XsollaError
-
-    def exception(self, order_id: int) -> OrderFsmError:
-        return TokenRejected(
-            f"order {order_id}: Event API rejected the token with {self.status}: "
-            f"{self.error.message}"
-        )
-
-
-@attrs.frozen
-class Busy:
-    """A passing failure: ask again later, no sooner than ``retry_after`` if given."""
-
-    status: int
-    error: XsollaError
-    retry_after: float | None
-
-    def exception(self, order_id: int) -> OrderFsmError:
-        return ServerError(
-            f"order {order_id}: Event API answered {self.status}: {self.error.message}",
-            self.status,
-            self.error.error_code,
-        )
-
-
-@attrs.frozen
 class Malformed:
     error: InvalidEventsAnswer
-
-
-@attrs.frozen
-class Unexpected:
-    """A status with no rule (400, 404, a redirect): asking again would get the same."""
-
-    status: int
-    error: XsollaError
-
-    def exception(self, order_id: int) -> OrderFsmError:
-        return UnexpectedAnswer(
-            f"order {order_id}: Event API answered {self.status}: {self.error.message}",
-            self.status,
-            self.error.error_code,
-        )
 
 
 Verdict = Page | Rejected | Busy | Malformed | Unexpected
 
 
 def classify(response: HttpResponse, wall_now: float | None = None) -> Verdict:
-    status = response.status
-    if status == 200:
+    if response.status == 200:
         try:
             return parse_page(response.body)
         except InvalidEventsAnswer as exc:
             return Malformed(exc)
-    if status in (401, 403):
-        return Rejected(status, read_error(response))
-    if status in RETRYABLE or 500 <= status <= 599:
-        retry_after = parse_retry_after(response.headers.get("retry-after"), wall_now)
-        return Busy(status, read_error(response), retry_after)
-    return Unexpected(status, read_error(response))
+    return classify_failure(response, EVENT_API, wall_now)
 
 
 def _event_id(value: object) -> int | None:
@@ -155,3 +106,18 @@ def parse_page(body: bytes | str) -> Page:
         events.append(Event(event_id, entry.get("data"), entry))
     events.sort(key=lambda e: e.event_id)
     return Page(tuple(events), len(entries), tuple(warnings))
+
+
+__all__ = [
+    "EVENT_API",
+    "STATUS_FOR_NOTIFICATION",
+    "Busy",
+    "Event",
+    "Malformed",
+    "Page",
+    "Rejected",
+    "Unexpected",
+    "Verdict",
+    "classify",
+    "parse_page",
+]

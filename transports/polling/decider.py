@@ -4,77 +4,57 @@ The decider reads no clock and opens no socket.  The driver tells it what
 happened (an answer, a transport error, a token failure) and the time, and
 gets back a :class:`Step`: what to report, and what to do next (wait until a
 moment, fetch a fresh token and ask again at once, finish, or fail).  Tests
-drive it with plain numbers.
+drive it with plain numbers.  How to behave when answers go wrong (backoff,
+jitter, giving up, one token refresh) is shared with the Event API reader
+through :class:`~transports.http.pacing.Pacing`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import attrs
 
 from orderfsm.core import FINAL_STATUSES, Observation
-from orderfsm.errors import OrderFsmError, ServiceUnavailable, TransportError
+from orderfsm.errors import TransportError
 from orderfsm.interface import POLLING, Health, HealthReport
 from transports.http.base import HttpResponse
-from transports.polling.answers import Busy, Got, Malformed, NotFound, Rejected, classify
-from transports.polling.errors import TokenProviderFailed
+from transports.http.pacing import (
+    Fail,
+    Outcome,
+    Pacing,
+    PacingConfig,
+    RefreshToken,
+    Wait,
+    fraction,
+    non_negative,
+    optional_positive,
+    positive,
+)
+from transports.polling.answers import Busy, Got, Malformed, Rejected, Unexpected, classify
 from transports.polling.order import OrderDetails
-
-
-def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{attribute.name} must be a positive number, got {value!r}")
-
-
-def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"{attribute.name} must be a non-negative number, got {value!r}")
-
-
-def _fraction(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not (isinstance(value, (int, float)) and 0 <= value < 1):
-        raise ValueError(f"{attribute.name} must be in [0, 1), got {value!r}")
-
-
-def _optional_positive(_: object, attribute: attrs.Attribute[float | None], value: object) -> None:
-    if value is not None:
-        _positive(_, attribute, value)  # type: ignore[arg-type]
 
 
 @attrs.frozen
 class PollConfig:
     """Timing of the poller; the defaults follow Xsolla's advice (3 s between requests)."""
 
-    interval: float = attrs.field(default=3.0, validator=_positive)
+    interval: float = attrs.field(default=3.0, validator=positive)
     """Seconds from one answer to the next request."""
-    jitter: float = attrs.field(default=0.1, validator=_fraction)
+    jitter: float = attrs.field(default=0.1, validator=fraction)
     """Each wait is stretched or shrunk by up to this fraction, so that many
     trackers started together drift apart instead of polling in lockstep."""
-    first_delay: float = attrs.field(default=0.0, validator=_non_negative)
+    first_delay: float = attrs.field(default=0.0, validator=non_negative)
     """Seconds before the first request."""
-    not_found_grace: float = attrs.field(default=60.0, validator=_non_negative)
+    not_found_grace: float = attrs.field(default=60.0, validator=non_negative)
     """How long 404 is taken to mean "not visible yet" before it means "no such order"."""
-    backoff_max: float = attrs.field(default=60.0, validator=_positive)
+    backoff_max: float = attrs.field(default=60.0, validator=positive)
     """Longest wait after repeated failures (it doubles from ``interval``)."""
-    give_up_after: float | None = attrs.field(default=None, validator=_optional_positive)
+    give_up_after: float | None = attrs.field(default=None, validator=optional_positive)
     """Fail with ``ServiceUnavailable`` after failing this long without a good
     answer; ``None`` keeps trying and leaves the decision to the supervisor."""
-    request_timeout: float = attrs.field(default=10.0, validator=_positive)
+    request_timeout: float = attrs.field(default=10.0, validator=positive)
     """Seconds for one whole request."""
-
-
-@attrs.frozen
-class Wait:
-    """Ask again at ``until`` (on the same clock as ``now``), with the current token."""
-
-    until: float
-
-
-@attrs.frozen
-class RefreshToken:
-    """Fetch a fresh token and ask again at once."""
 
 
 @attrs.frozen
@@ -82,13 +62,6 @@ class Finish:
     """The order reached a final status; polling is over."""
 
     details: OrderDetails
-
-
-@attrs.frozen
-class Fail:
-    """Polling cannot go on; ``error`` says why."""
-
-    error: OrderFsmError
 
 
 Next = Wait | RefreshToken | Finish | Fail
@@ -106,28 +79,29 @@ class Step:
 
 
 class PollDecider:
-    """The state of one order's poller, between answers."""
+    """The state of one order's poller, between answers.
+
+    What an answer means is decided here; when to ask again after a failure
+    is the shared :class:`~transports.http.pacing.Pacing` policy.
+    """
 
     def __init__(self, order_id: int, config: PollConfig, random: Callable[[], float]) -> None:
         self.order_id = order_id
         self.config = config
-        self._random = random
-        self._health: Health | None = None
+        self._pacing = Pacing(
+            PacingConfig.of(config), random, source=POLLING, subject=f"order {order_id}"
+        )
         self._reported_status: str | None = None
-        self._just_refreshed = False
         self._not_found_since: float | None = None
-        self._failing_since: float | None = None
-        self._failures = 0
-        self._over = False
 
     @property
     def health(self) -> Health | None:
-        return self._health
+        return self._pacing.health
 
     def start(self, now: float) -> Step:
         return Step(
             Wait(now + self.config.first_delay),
-            health=self._set_health(Health.CONNECTING, now, "polling Get order"),
+            health=self._pacing.report(Health.CONNECTING, now, "polling Get order"),
         )
 
     def on_response(
@@ -136,54 +110,41 @@ class PollDecider:
         """An answer arrived at ``now``; ``wall_now`` (Unix time) reads a dated ``Retry-After``."""
         self._check_running()
         verdict = classify(response, self.order_id, wall_now)
-        if isinstance(verdict, Rejected):
-            if self._just_refreshed:
-                return self._fail(verdict.exception(self.order_id), now)
-            self._just_refreshed = True
-            return Step(RefreshToken())
-        self._just_refreshed = False
+        if isinstance(verdict, (Rejected, Busy, Unexpected)):
+            return self._paced(self._pacing.judge(verdict, self.order_id, now))
+        if isinstance(verdict, Malformed):
+            return self._paced(self._pacing.unusable(verdict.error, now))
         if isinstance(verdict, Got):
             return self._got(verdict.details, now)
-        if isinstance(verdict, NotFound):
-            if self._not_found_since is None:
-                self._not_found_since = now
-            if now - self._not_found_since >= self.config.not_found_grace:
-                return self._fail(verdict.exception(self.order_id), now)
-            return Step(Wait(now + self._jittered(self.config.interval)))
-        if isinstance(verdict, Busy):
-            return self._failed_attempt(verdict.exception(self.order_id), now, verdict.retry_after)
-        if isinstance(verdict, Malformed):
-            return self._failed_attempt(verdict.error, now)
-        return self._fail(verdict.exception(self.order_id), now)
+        self._pacing.not_rejected()
+        if self._not_found_since is None:
+            self._not_found_since = now
+        if now - self._not_found_since >= self.config.not_found_grace:
+            return self._paced(self._pacing.fail(verdict.exception(self.order_id), now))
+        return Step(Wait(self._pacing.next_poll(now)))
 
     def on_error(self, error: TransportError, now: float) -> Step:
         """No answer: a timeout, a refused or dropped connection, a broken response."""
         self._check_running()
-        self._just_refreshed = False
-        return self._failed_attempt(error, now)
+        return self._paced(self._pacing.unusable(error, now))
 
     def on_token_error(self, error: BaseException, now: float) -> Step:
         """The caller's token callable raised (or returned a non-token)."""
         self._check_running()
-        if isinstance(error, TokenProviderFailed):
-            failure = error
-        else:
-            failure = TokenProviderFailed(
-                f"order {self.order_id}: token provider failed: {error!r}"
-            )
-            failure.__cause__ = error
-        return self._fail(failure, now)
+        return self._paced(self._pacing.token_failed(error, now))
 
     # --- internals ----------------------------------------------------------
 
     def _check_running(self) -> None:
-        if self._over:
+        if self._pacing.over:
             raise RuntimeError("the poller already finished or failed")
+
+    def _paced(self, outcome: Outcome) -> Step:
+        return Step(outcome.next, health=outcome.health)
 
     def _got(self, details: OrderDetails, now: float) -> Step:
         self._not_found_since = None
-        self._failing_since = None
-        self._failures = 0
+        self._pacing.recovered()
         status = details.known_status
         warning = None
         observation = None
@@ -193,50 +154,10 @@ class PollDecider:
             self._reported_status = details.status
             observation = Observation(self.order_id, status, source=POLLING, at=now, raw=details)
         if status in FINAL_STATUSES:
-            self._over = True
-            health = self._set_health(Health.STOPPED, now, f"final status {status}")
+            health = self._pacing.finish(now, f"final status {status}")
             return Step(Finish(details), observation, health, warning)
-        health = self._set_health(Health.HEALTHY, now, "Get order answered")
-        next_at = now + self._jittered(self.config.interval)
-        return Step(Wait(next_at), observation, health, warning)
+        health = self._pacing.report(Health.HEALTHY, now, "Get order answered")
+        return Step(Wait(self._pacing.next_poll(now)), observation, health, warning)
 
-    def _failed_attempt(
-        self, error: OrderFsmError, now: float, retry_after: float | None = None
-    ) -> Step:
-        if self._failing_since is None:
-            self._failing_since = now
-        self._failures += 1
-        limit = self.config.give_up_after
-        if limit is not None and now - self._failing_since >= limit:
-            gave_up = ServiceUnavailable(
-                f"order {self.order_id}: no good answer for {now - self._failing_since:g} s; "
-                f"last: {error}"
-            )
-            gave_up.__cause__ = error
-            return self._fail(gave_up, now)
-        backoff = min(
-            self.config.backoff_max, self.config.interval * 2 ** min(self._failures - 1, 32)
-        )
-        delay = self._jittered(backoff)
-        if retry_after is not None:
-            # Never earlier than asked; spread upwards only, so the crowd told
-            # to come back at the same second does not return in one burst.
-            delay = max(delay, retry_after * (1 + self.config.jitter * self._random()))
-        health = self._set_health(Health.DEGRADED, now, str(error), error)
-        return Step(Wait(now + delay), health=health)
 
-    def _fail(self, error: OrderFsmError, now: float) -> Step:
-        self._over = True
-        health = self._set_health(Health.FAILED, now, str(error), error)
-        return Step(Fail(error), health=health)
-
-    def _jittered(self, delay: float) -> float:
-        return delay * (1 + self.config.jitter * (2 * self._random() - 1))
-
-    def _set_health(
-        self, health: Health, now: float, reason: str, error: OrderFsmError | None = None
-    ) -> HealthReport | None:
-        if health is self._health:
-            return None
-        self._health = health
-        return HealthReport(POLLING, health, now, reason, error)
+__all__ = ["Fail", "Finish", "Next", "PollConfig", "PollDecider", "RefreshToken", "Step", "Wait"]

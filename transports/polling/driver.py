@@ -10,24 +10,15 @@ from __future__ import annotations
 import logging
 import random as _random
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 import anyio
 
-from orderfsm.interface import POLLING, Health, HealthReport, ObservationSink, TokenProvider
-from transports.http import HttpClient, HttpError, HttpResponse, open_http_client
+from orderfsm.interface import POLLING, ObservationSink, TokenProvider
+from transports.http import HttpClient, HttpResponse
+from transports.http.shell import ask, client_for, get_token, report_cancelled, send
 from transports.polling.answers import Got, Rejected, classify
-from transports.polling.decider import (
-    Fail,
-    Finish,
-    PollConfig,
-    PollDecider,
-    RefreshToken,
-    Step,
-    Wait,
-)
-from transports.polling.errors import TokenProviderFailed
+from transports.polling.decider import Fail, Finish, PollConfig, PollDecider, Step
 from transports.polling.order import OrderDetails
 
 DEFAULT_API = "https://store.xsolla.com/api"
@@ -37,38 +28,6 @@ logger = logging.getLogger("orderfsm.polling")
 
 def order_url(api: str, project_id: int, order_id: int) -> str:
     return f"{api.rstrip('/')}/v2/project/{int(project_id)}/order/{int(order_id)}"
-
-
-@asynccontextmanager
-async def _client(http: HttpClient | None) -> AsyncIterator[HttpClient]:
-    """The caller's client as is, or a private one closed on the way out."""
-    if http is not None:
-        yield http
-        return
-    async with open_http_client() as own:
-        yield own
-
-
-async def _get_token(token: TokenProvider) -> str:
-    try:
-        value = await token()
-    except TokenProviderFailed:
-        raise
-    except Exception as exc:
-        raise TokenProviderFailed(f"token provider failed: {exc!r}") from exc
-    if not isinstance(value, str) or not value:
-        raise TokenProviderFailed(f"token provider returned {value!r}, not a token")
-    return value
-
-
-async def _get(
-    http: HttpClient,
-    url: str,
-    token: str,
-    timeout: float,  # noqa: ASYNC109 (passed on)
-) -> HttpResponse:
-    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-    return await http.request("GET", url, headers=headers, timeout=timeout)
 
 
 async def poll_order(
@@ -95,7 +54,11 @@ async def poll_order(
     url = order_url(api, project_id, order_id)
     current_token: str | None = None
     try:
-        async with _client(http) as client:
+        async with client_for(http) as client:
+
+            async def get(bearer: str) -> HttpResponse:
+                return await send(client, "GET", url, bearer, config.request_timeout)
+
             step = decider.start(anyio.current_time())
             while True:
                 _emit(step, sink)
@@ -104,23 +67,9 @@ async def poll_order(
                     return action.details
                 if isinstance(action, Fail):
                     raise action.error
-                if isinstance(action, Wait):
-                    await anyio.sleep_until(action.until)
-                if current_token is None or isinstance(action, RefreshToken):
-                    try:
-                        current_token = await _get_token(token)
-                    except TokenProviderFailed as exc:
-                        step = decider.on_token_error(exc, anyio.current_time())
-                        continue
-                try:
-                    response = await _get(client, url, current_token, config.request_timeout)
-                except HttpError as exc:
-                    step = decider.on_error(exc, anyio.current_time())
-                else:
-                    step = decider.on_response(response, anyio.current_time(), time.time())
+                current_token, step = await ask(decider, action, current_token, token, get)
     except anyio.get_cancelled_exc_class():
-        if decider.health not in (Health.FAILED, Health.STOPPED):
-            sink.report(HealthReport(POLLING, Health.STOPPED, anyio.current_time(), "cancelled"))
+        report_cancelled(sink, POLLING, decider.health)
         raise
 
 
@@ -151,9 +100,9 @@ async def fetch_order(
     ``InvalidOrderAnswer``.
     """
     url = order_url(api, project_id, order_id)
-    async with _client(http) as client:
+    async with client_for(http) as client:
         for attempt in range(2):
-            response = await _get(client, url, await _get_token(token), timeout)
+            response = await send(client, "GET", url, await get_token(token), timeout)
             verdict = classify(response, order_id, time.time())
             if isinstance(verdict, Got):
                 return verdict.details

@@ -2,6 +2,8 @@
 
 Catch the shared classes (``TokenRejected``, ``OrderNotFound``,
 ``ServiceUnavailable``, ``ProtocolError``) unless the finer reason matters.
+The status errors are shared with the Event API (see
+:mod:`transports.http.errors`) and re-exported here under their old names.
 """
 
 from __future__ import annotations
@@ -12,35 +14,11 @@ from orderfsm.errors import (
     ServiceUnavailable,
     TokenRejected,
 )
+from transports.http.errors import ServerError, TokenProviderFailed, UnexpectedAnswer
 
 
 class InvalidOrderAnswer(ProtocolError):
     """A 200 answer whose body is not the order JSON Xsolla documents."""
-
-
-class UnexpectedAnswer(ProtocolError):
-    """An HTTP status the poller has no rule for (400, 405, a redirect...).
-
-    Asking again would get the same answer, so polling stops.
-    """
-
-    def __init__(self, message: str, status: int, error_code: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_code = error_code
-
-
-class ServerError(ServiceUnavailable):
-    """Get order answered 429 or a server error; ``status`` is the HTTP status."""
-
-    def __init__(self, message: str, status: int, error_code: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_code = error_code
-
-
-class TokenProviderFailed(TokenRejected):
-    """The caller's token callable raised, or returned something that is not a token."""
 
 
 __all__ = [
