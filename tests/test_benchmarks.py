@@ -24,6 +24,34 @@ EXPECTED_KEYS = {
         "bytes_per_order",
         "add_cost_ratio",
     },
+    "bench_latency.py": {
+        "p50_ms",
+        "p99_ms",
+        "centrifuge_python_p50_ms",
+        "centrifuge_python_p99_ms",
+        "ratio_p50",
+        "ratio_p99",
+    },
+    "bench_failover.py": {
+        "close_to_first_poll_ms",
+        "stall_detect_s",
+        "final_latency_p99_ms",
+        "centrifuge_python_stall_detect_s",
+        "centrifuge_python_final_latency_p99_ms",
+    },
+    "bench_scale.py": {
+        "orders",
+        "peak_rss_mb",
+        "cpu_s",
+        "events_per_s",
+        "centrifuge_python_peak_rss_mb",
+        "centrifuge_python_events_per_s",
+    },
+}
+NOTHING_LOST = {
+    "bench_latency.py": ("lost", "centrifuge_python_lost"),
+    "bench_failover.py": ("lost",),
+    "bench_scale.py": ("lost",),
 }
 
 
@@ -43,3 +71,6 @@ def test_benchmark_quick_run_prints_one_json_line(script: str) -> None:
     assert not missing, missing
     for key in EXPECTED_KEYS[script]:
         assert isinstance(figures[key], (int, float)) and figures[key] > 0, (key, figures[key])
+    for key in NOTHING_LOST.get(script, ()):
+        assert figures[key] == 0, (key, figures[key])
+    assert set(figures["floors_met"]) <= figures.keys()

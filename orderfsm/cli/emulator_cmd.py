@@ -19,7 +19,7 @@ import argparse
 HELP = "serve the Xsolla emulator (WebSocket, Get order, webhooks) on loopback"
 
 GC_MODES = ("default", "frozen", "off")
-FROZEN_THRESHOLDS = (100_000, 50, 1_000)
+FROZEN_THRESHOLDS = (700, 10, 10_000)
 """Young-generation passes every 100,000 net allocations (not 700), older ones rarer still."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,8 @@ class TrackedOrder:
         self.custom_errors: list[OrderFsmError] = []
         self.check_once = False
         """A source said news may have been lost: look once with Get order."""
+        self.seen_on_websocket = False
+        """The user's socket delivered (or replayed) something about this order."""
         self.changes: list[StatusChange] = []
         self.conflicts: list[ConflictSeen] = []
         self._log: list[Change] = []
@@ -62,10 +65,14 @@ class TrackedOrder:
         self.finished = anyio.Event()
         self._wake = anyio.Event()
         self._watchers: list[MemoryObjectSendStream[Change]] = []
+        self._news: anyio.Event | None = None
+        """Set on the next change or at the end; created only while a watcher waits."""
 
     # --- news from transports -------------------------------------------
 
     def observe(self, observation: Observation) -> None:
+        if observation.source == WEBSOCKET:
+            self.seen_on_websocket = True
         outcome = self.book.apply(observation)
         if self.finished.is_set():
             if type(outcome) is Conflict:
@@ -85,11 +92,13 @@ class TrackedOrder:
             )
             self.changes.append(change)
             self._log.append(change)
+            # Watchers first: woken before the runner, they see the change
+            # before the runner's end-of-tracking work takes the loop.
+            self._broadcast(change)
             if outcome.final:
                 self.final = change
                 self._keep_details(observation)
                 self.wake()
-            self._broadcast(change)
         elif type(outcome) is Conflict and all(
             c.observed is not outcome.observed for c in self.conflicts
         ):
@@ -105,9 +114,11 @@ class TrackedOrder:
             self._broadcast(conflict)
 
     def _keep_details(self, observation: Observation) -> None:
-        from transports.polling import OrderDetails
-
-        if isinstance(observation.raw, OrderDetails):
+        # Details only ever come from Get order: if that module was never loaded,
+        # nothing can hold any, and importing it here would stall the loop on the
+        # first final status of a WebSocket-only run.
+        polling = sys.modules.get("transports.polling.order")
+        if polling is not None and isinstance(observation.raw, polling.OrderDetails):
             self.details = observation.raw
 
     def report(self, report: HealthReport) -> None:
@@ -148,6 +159,28 @@ class TrackedOrder:
 
     # --- listeners ------------------------------------------------------------
 
+    @property
+    def log(self) -> list[Change]:
+        """Changes and conflicts in the order they were applied (read it, do not change it)."""
+        return self._log
+
+    async def news_after(self, seen: int) -> None:
+        """Return once the log holds more than ``seen`` entries or the order is finished.
+
+        Watchers read the log at their own pace and wait here: no per-watcher
+        queue to fill up or to feed on every change.
+        """
+        if len(self._log) > seen or self.finished.is_set():
+            return
+        if self._news is None:
+            self._news = anyio.Event()
+        await self._news.wait()
+
+    def _tell_watchers(self) -> None:
+        news, self._news = self._news, None
+        if news is not None:
+            news.set()
+
     def add_watcher(self, stream: MemoryObjectSendStream[Change]) -> None:
         """Replay what happened so far, then keep the stream up to date."""
         for change in self.history():
@@ -163,6 +196,7 @@ class TrackedOrder:
         return list(self._log)
 
     def _broadcast(self, change: Change) -> None:
+        self._tell_watchers()
         for stream in self._watchers:
             # a watcher that stopped reading or left must not cost the others the news
             with contextlib.suppress(
@@ -173,6 +207,7 @@ class TrackedOrder:
     def finish(self, result: FinalResult | None, error: OrderFsmError | None) -> None:
         self.result, self.error = result, error
         self.finished.set()
+        self._tell_watchers()
         for stream in self._watchers:
             stream.close()
         self._watchers.clear()

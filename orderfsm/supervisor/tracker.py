@@ -25,6 +25,8 @@ from orderfsm.core import Observation, OrderBook, Status
 from orderfsm.errors import (
     NoSourceLeft,
     OrderFsmError,
+    OrderNotFound,
+    TokenRejected,
     TrackerClosed,
     TrackingTimeout,
     TransportError,
@@ -44,6 +46,8 @@ DEFAULT_WS_URL = "wss://ws-store.xsolla.com/connection/websocket"
 DEFAULT_API_URL = "https://store.xsolla.com/api"
 KNOWN_TRANSPORTS = frozenset({WEBSOCKET, POLLING, WEBHOOK})
 EARLY_OBSERVATIONS_KEPT = 10_000
+CHECK_RETRY_MIN, CHECK_RETRY_MAX = 0.5, 30.0
+"""Backoff (seconds) of the Get order that follows a gap, while it fails."""
 
 
 def _as_provider(token: TokenProvider | str) -> TokenProvider:
@@ -124,6 +128,10 @@ class Tracker:
                 from transports.http import open_http_client
 
                 self.http = await stack.enter_async_context(open_http_client())
+            if POLLING in self.transports or self.fetch_details:
+                # Loaded now: importing it on the first failover would hold the
+                # event loop (tens of ms) exactly when polling should start.
+                import transports.polling  # noqa: F401
             if WEBSOCKET in self.transports:
                 from transports.centrifuge import WebSocketPool
 
@@ -144,7 +152,10 @@ class Tracker:
         assert self._stack is not None and self._tg is not None
         self._tg.cancel_scope.cancel()
         stack, self._stack, self._tg = self._stack, None, None
-        return await stack.__aexit__(exc_type, exc, tb)
+        # The body's exception (a TrackingTimeout from wait(), say) propagates
+        # as it is: told about it, the task group would wrap it in a group.
+        await stack.__aexit__(None, None, None)
+        return None
 
     # --- tracking ---------------------------------------------------------------
 
@@ -218,11 +229,14 @@ class Tracker:
         """
         self.track(order_id, **track_kwargs)
         order = self._orders[order_id]
-        send, receive = anyio.create_memory_object_stream[Change](max_buffer_size=32)
-        with send, receive:
-            order.add_watcher(send)
-            async for change in receive:
-                yield change
+        log, seen = order.log, 0
+        while True:
+            while seen < len(log):
+                seen += 1
+                yield log[seen - 1]
+            if order.finished.is_set():
+                break
+            await order.news_after(seen)
         if order.error is not None:
             raise order.error
 
@@ -288,6 +302,7 @@ class Tracker:
         attachment: Any = None
         poller: tuple[anyio.CancelScope, float] | None = None
         error: OrderFsmError | None = None
+        unseen_checked = False
         async with anyio.create_task_group() as tg:
             for transport in self.extra:
                 order.custom_running += 1  # counted now, so no check runs before it starts
@@ -315,9 +330,20 @@ class Tracker:
                         scope = anyio.CancelScope()
                         tg.start_soon(self._poll, order, plan.poll_interval, scope)
                         poller = (scope, plan.poll_interval)
+                    if (
+                        attachment is not None
+                        and order.websocket is Health.HEALTHY
+                        and not order.seen_on_websocket
+                        and not unseen_checked
+                    ):
+                        # Caught up, yet the socket has no record of the order: its
+                        # statuses may predate what the history still holds.
+                        unseen_checked = order.check_once = True
                     if order.check_once:
                         order.check_once = False
-                        if poller is None and can_poll:
+                        if can_poll:
+                            # Even beside a poller: the poller stops as soon as the
+                            # socket is healthy again, perhaps before a good answer.
                             tg.start_soon(self._check_once, order)
                     if attachment is None and poller is None:
                         error = self._no_source_error(order)
@@ -371,17 +397,29 @@ class Tracker:
                     order.wake()
 
     async def _check_once(self, order: TrackedOrder) -> None:
-        """One Get order after a source admitted it may have missed something."""
+        """Get order after a source admitted it may have missed something.
+
+        Asked again, backing off, until one good answer: after a failed request
+        the gap would stay open with nothing else looking (soak seed 257).
+        """
         from transports.polling import fetch_order
 
-        with contextlib.suppress(OrderFsmError):
-            details = await fetch_order(
-                order.order_id,
-                project_id=self.project_id,
-                token=order.user.token,
-                http=self.http,
-                api=self.api_url,
-            )
+        delay = CHECK_RETRY_MIN
+        while order.final is None:
+            try:
+                details = await fetch_order(
+                    order.order_id,
+                    project_id=self.project_id,
+                    token=order.user.token,
+                    http=self.http,
+                    api=self.api_url,
+                )
+            except (TokenRejected, OrderNotFound):
+                return  # will not get better; the poller or the deadline says so
+            except OrderFsmError:
+                await anyio.sleep(delay)
+                delay = min(2 * delay, CHECK_RETRY_MAX)
+                continue
             if details.known_status is not None:
                 order.observe(
                     Observation(
@@ -392,6 +430,7 @@ class Tracker:
                         raw=details,
                     )
                 )
+            return
 
     async def _run_custom(self, transport: CustomTransport, order: TrackedOrder) -> None:
         context = OrderContext(

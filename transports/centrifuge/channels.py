@@ -22,8 +22,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from orderfsm.core import parse_status
-from orderfsm.errors import UnknownStatus
+from orderfsm.core import Status
 from transports.centrifuge.events import Event, Gap, Ignored, OrderPublication, Subscribed
 from transports.centrifuge.frames import HistoryResult, Publication, SubscribeResult
 
@@ -50,6 +49,9 @@ class Channel:
     retry_at: float | None = None
     """When to ask again after a temporary history error."""
     failures: int = 0
+    positioned: bool = False
+    """``offset`` is a position the server confirmed (history read to the top, or
+    recovered), even when it is 0."""
 
     @property
     def wants_history(self) -> bool:
@@ -104,8 +106,10 @@ class Channel:
         return self.deliver(pub, "push", at)
 
     def _skips_ahead(self, pub: Publication) -> bool:
-        # Without a delivered offset there is nothing to be contiguous with.
-        return self.offset > 0 and pub.offset > self.offset + 1
+        # Without a position there is nothing to be contiguous with.  Once the
+        # stream top was read, offset 0 is one too (an empty stream): 2 before 1
+        # is then a hole, not a start.
+        return (self.offset > 0 or self.positioned) and pub.offset > self.offset + 1
 
     # --- subscription results ----------------------------------------------------
 
@@ -133,6 +137,7 @@ class Channel:
         self.epoch = result.epoch
         if result.recovered:
             self.request_id = self.deadline = self.retry_at = None
+            self.positioned = True
             events += self.deliver_all(sorted(result.publications, key=_offset), "recovery", at)
             return events + self.go_live(at)
         self.start_sync()
@@ -156,6 +161,7 @@ class Channel:
                 reason = f"history ends at {self.offset}, stream top is {result.offset}"
                 events.append(Gap(at, self.name, reason))
             self.offset = result.offset
+        self.positioned = True
         return events + self.go_live(at)
 
     def _new_epoch(self, epoch: str, at: float) -> list[Event]:
@@ -165,7 +171,7 @@ class Channel:
         subscription when its stream breaks, so they all predate the reset.
         """
         lost = self.offset > 0 or bool(self.held)
-        self.epoch, self.offset = epoch, 0
+        self.epoch, self.offset, self.positioned = epoch, 0, False
         self.held.clear()
         return [Gap(at, self.name, f"epoch changed to {epoch!r}")] if lost else []
 
@@ -177,7 +183,7 @@ class Channel:
     def on_unrecoverable(self, at: float) -> list[Event]:
         """Error 112: our epoch is gone; read again from the start of the new one."""
         self.request_id = self.deadline = None
-        self.epoch, self.offset = "", 0
+        self.epoch, self.offset, self.positioned = "", 0, False
         return [Gap(at, self.name, "unrecoverable position (112)")]
 
     def go_live(self, at: float) -> list[Event]:
@@ -189,6 +195,10 @@ class Channel:
 
 def _offset(pub: Publication) -> int:
     return pub.offset
+
+
+_STATUSES: dict[str, Status] = {s.value: s for s in Status}
+"""Status by wire value; a miss (unknown, or not a string) makes the publication ignorable."""
 
 
 def order_event(
@@ -203,8 +213,8 @@ def order_event(
         return Ignored(
             at, "publication has no positive integer order_id", channel, pub.offset, data
         )
-    try:
-        status = parse_status(data.get("status"))
-    except UnknownStatus:
+    wire = data.get("status")
+    status = _STATUSES.get(wire) if type(wire) is str else None
+    if status is None:
         return Ignored(at, f"unknown status {data.get('status')!r}", channel, pub.offset, data)
     return OrderPublication(at, channel, pub.offset, epoch, order_id, status, via, data)

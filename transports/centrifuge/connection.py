@@ -23,6 +23,7 @@ opens: exactly one live socket per connection.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import random as _random
@@ -35,6 +36,7 @@ import attrs
 from orderfsm.core import FINAL_STATUSES, Observation
 from orderfsm.errors import OrderFsmError, TokenRejected, TransportError
 from orderfsm.interface import WEBSOCKET, Health, HealthReport, ObservationSink, TokenProvider
+from transports.backend import on_asyncio
 from transports.centrifuge.backoff import full_jitter
 from transports.centrifuge.engine import CentrifugeEngine
 from transports.centrifuge.events import (
@@ -53,6 +55,8 @@ logger = logging.getLogger("orderfsm.websocket")
 
 REMEMBERED_ORDERS = 1_000
 """Order ids whose statuses a connection keeps, for orders attached after the news."""
+TIMER_SLACK_MARGIN = 0.002
+"""Wake this fraction of the remaining time early (see :func:`_wake_at`)."""
 TOKEN_ATTEMPTS = 5
 """Token provider failures in a row before the connection gives up."""
 
@@ -304,26 +308,29 @@ class Connection:
 
     async def _read(self, ws: WebSocket, first: str) -> None:
         engine = self.engine
+        clock = _loop_clock()
         await ws.send(first)
         while self._end is None:
             frame = await ws.receive()
-            events = engine.receive(frame, anyio.current_time())
+            now = clock()
+            events = engine.receive(frame, now)
+            # Timer first, delivery next: whoever the delivery wakes runs sooner.
+            timer = self._timer
+            if timer is not None:
+                deadline = engine.next_deadline()
+                if deadline is not None and deadline < timer.deadline:
+                    timer.deadline = _wake_at(deadline, now)
             if events:
                 self._handle(events)
             frames = engine.data_to_send()
             if frames:
                 await self._send(frames)
-            timer = self._timer
-            if timer is not None:
-                deadline = engine.next_deadline()
-                if deadline is not None and deadline < timer.deadline:
-                    timer.deadline = deadline
 
     async def _run_timer(self) -> None:
         engine = self.engine
         while self._end is None:
-            deadline = engine.next_deadline()
-            with anyio.CancelScope(deadline=math.inf if deadline is None else deadline) as timer:
+            wake_at = _wake_at(engine.next_deadline(), anyio.current_time())
+            with anyio.CancelScope(deadline=wake_at) as timer:
                 self._timer = timer
                 await anyio.sleep_forever()
             self._timer = None
@@ -393,7 +400,10 @@ class Connection:
         else:
             seen.move_to_end(order_id)
             status = observation.status
-            if all(old.status is not status for old in kept):
+            for old in kept:
+                if old.status is status:
+                    break
+            else:
                 seen[order_id] = (*kept, observation)
         attachments = self._orders.get(order_id)
         if attachments is not None:
@@ -432,6 +442,26 @@ class Connection:
             attachment.sink.report(report)
         except Exception:
             logger.exception("sink of order %s raised on report", attachment.order_id)
+
+
+def _wake_at(deadline: float | None, now: float) -> float:
+    """When the timer should wake for ``deadline``.
+
+    Linux lets a sleep of T seconds end up to T/1000 late (timer slack), so a
+    35 s dead-connection timeout would fire up to 35 ms late.  Waking early by
+    twice that and sleeping again for the rest (handling the timer early does
+    nothing) keeps the timeout within a fraction of a millisecond.
+    """
+    if deadline is None:
+        return math.inf
+    return deadline - max(deadline - now, 0.0) * TIMER_SLACK_MARGIN
+
+
+def _loop_clock() -> Callable[[], float]:
+    """``anyio.current_time`` without its per-call backend lookup (a hot path)."""
+    if on_asyncio():
+        return asyncio.get_running_loop().time  # what anyio reads on asyncio
+    return anyio.current_time
 
 
 def _describe(code: int | None, reason: str) -> str:

@@ -54,6 +54,7 @@ from transports.centrifuge.frames import (
     HistoryReply,
     OtherPush,
     Ping,
+    Publication,
     PubPush,
     ServerMessage,
     SubscribePush,
@@ -61,6 +62,7 @@ from transports.centrifuge.frames import (
     connect_command,
     decode_line,
     history_command,
+    publication_line,
     split_frame,
 )
 from transports.centrifuge.timers import SuspensionGrace
@@ -141,6 +143,10 @@ class CentrifugeEngine:
 
     def receive(self, text: str | bytes, now: float) -> list[Event]:
         """One WebSocket frame; never raises for anything the server sends."""
+        if self.state is State.CONNECTED and type(text) is str and "\n" not in text:
+            quick = self._live_publication(text, now)
+            if quick is not None:
+                return quick
         if self.state not in _LIVE_STATES:
             return []  # late data from a connection already given up: drop it
         if isinstance(text, bytes):
@@ -151,7 +157,8 @@ class CentrifugeEngine:
         if self.state is State.CONNECTED and self._ping:
             self._arm_ping(now)
         events: list[Event] = []
-        for line in split_frame(text):
+        lines = ([text] if text.strip() else []) if "\n" not in text else split_frame(text)
+        for line in lines:
             try:
                 message = decode_line(line)
             except CentrifugeProtocolError as exc:
@@ -159,6 +166,24 @@ class CentrifugeEngine:
             events += self._dispatch(message, now)
             if self.state not in _LIVE_STATES:
                 break
+            events += self._after_message(now)
+        return events
+
+    def _live_publication(self, line: str, now: float) -> list[Event] | None:
+        """A lone publication for a channel that is live and caught up: the frame
+        nearly every one is, taken in one step.  ``None`` for anything else,
+        which :meth:`receive` then reads the general way, with the same result."""
+        fields = publication_line(line)
+        if fields is None or not self._caught_up:
+            return None
+        channel, offset, data = fields
+        ch = self._channels.get(channel)
+        if ch is None or ch.phase is not Phase.LIVE:
+            return None
+        if self._ping:
+            self._arm_ping(now)
+        events = ch.on_push(Publication(offset, data), now)
+        if ch.phase is not Phase.LIVE:  # it skipped ahead: read the history in between
             events += self._after_message(now)
         return events
 
@@ -179,9 +204,23 @@ class CentrifugeEngine:
         """When :meth:`handle_timer` must run next, or ``None`` for never."""
         if self.state not in _LIVE_STATES:
             return None
-        timeouts = self._grace.postpone(self._timeouts())
-        retries = [ch.retry_at for ch in self._channels.values() if ch.retry_at is not None]
-        return min([*timeouts, *retries], default=None)
+        # Called after every frame, so one pass and no lists.  Postponing is
+        # monotonic: postponing the earliest timeout is the earliest postponed one.
+        timeout = self._ping_deadline
+        connect = self._connect_deadline
+        if connect is not None and (timeout is None or connect < timeout):
+            timeout = connect
+        retry: float | None = None
+        for ch in self._channels.values():
+            if ch.deadline is not None and (timeout is None or ch.deadline < timeout):
+                timeout = ch.deadline
+            if ch.retry_at is not None and (retry is None or ch.retry_at < retry):
+                retry = ch.retry_at
+        if timeout is not None:
+            timeout = self._grace.postpone(timeout)
+        if retry is None or (timeout is not None and timeout <= retry):
+            return timeout
+        return retry
 
     def handle_timer(self, now: float) -> list[Event]:
         """Run what is due at ``now``: timeouts (dead connection, unanswered
@@ -204,6 +243,10 @@ class CentrifugeEngine:
     # --- dispatch ------------------------------------------------------------------------
 
     def _dispatch(self, message: ServerMessage, now: float) -> list[Event]:
+        if type(message) is PubPush:  # nearly every message: straight to its channel
+            ch = self._channels.get(message.channel)
+            if ch is not None and self.state is State.CONNECTED:
+                return ch.on_push(message.pub, now)
         if isinstance(message, Ping):
             if self.state is State.CONNECTED and self._pong:
                 self._outbox.append(PONG)
@@ -281,7 +324,11 @@ class CentrifugeEngine:
         """Send the history reads channels ask for; report when all are live."""
         if self.state is not State.CONNECTED:
             return []
+        live = True
         for ch in self._channels.values():
+            if ch.phase is Phase.LIVE:
+                continue
+            live = False
             if ch.wants_history:
                 ch.request_id = self._next_id()
                 ch.deadline = now + self.config.request_timeout
@@ -290,7 +337,6 @@ class CentrifugeEngine:
                 self._outbox.append(
                     history_command(ch.request_id, ch.name, since_offset=offset, since_epoch=epoch)
                 )
-        live = all(ch.phase is Phase.LIVE for ch in self._channels.values())
         if live and not self._caught_up:
             self._caught_up = True
             return [CaughtUp(now)]

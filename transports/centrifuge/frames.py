@@ -152,19 +152,62 @@ def decode_frame(text: str) -> list[ServerMessage]:
 def decode_line(line: str) -> ServerMessage:
     """One server message, by the dispatch rule: ``id > 0`` reply, else push, else ping."""
     try:
-        obj = json.loads(line, parse_constant=_reject_constant)
+        obj = _DECODER.decode(line)
     except CentrifugeProtocolError as exc:
         raise CentrifugeProtocolError(str(exc), line) from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, int digit limit, nesting
         raise CentrifugeProtocolError(f"not JSON: {exc}", line) from None
+    pub_push = _pub_push(obj)
+    if pub_push is not None:
+        return pub_push
     try:
         return _message(_object(obj, "message"))
     except CentrifugeProtocolError as exc:
         raise CentrifugeProtocolError(str(exc), line) from None
 
 
+def publication_line(line: str) -> tuple[str, int, Any] | None:
+    """``(channel, offset, data)`` if the line is a well-formed publication push.
+
+    The line nearly every frame is, read with the fewest steps; ``None`` for
+    anything else, including what is not JSON: :func:`decode_line` then reads
+    it the general way and reaches the same message or the error.
+    """
+    if not line.startswith('{"push"'):
+        return None  # replies and pings: not worth decoding twice
+    try:
+        obj = _DECODER.decode(line)
+    except (CentrifugeProtocolError, ValueError, RecursionError):
+        return None
+    return _publication_fields(obj)
+
+
+def _pub_push(obj: object) -> PubPush | None:
+    fields = _publication_fields(obj)
+    return None if fields is None else PubPush(fields[0], Publication(fields[1], fields[2]))
+
+
+def _publication_fields(obj: object) -> tuple[str, int, Any] | None:
+    if type(obj) is not dict or obj.get("id") is not None:
+        return None
+    push = obj.get("push")
+    if type(push) is not dict:
+        return None
+    channel, pub = push.get("channel"), push.get("pub")
+    if type(channel) is not str or type(pub) is not dict:
+        return None
+    offset = pub.get("offset", 0)
+    if type(offset) is not int or not 0 <= offset <= UINT64_MAX:
+        return None
+    return channel, offset, pub.get("data")
+
+
 def _reject_constant(name: str) -> Any:
     raise CentrifugeProtocolError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+"""One decoder for every line: ``json.loads`` with a hook builds a new one per call."""
 
 
 def _message(obj: Mapping[str, Any]) -> ServerMessage:

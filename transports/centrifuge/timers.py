@@ -41,8 +41,6 @@ class SuspensionGrace:
             return None
         return first
 
-    def postpone(self, deadlines: list[float]) -> list[float]:
-        """The deadlines as the driver should wait for them (none before a grace ends)."""
-        if self._given is None:
-            return deadlines
-        return [max(t, self._given[1]) for t in deadlines]
+    def postpone(self, deadline: float) -> float:
+        """One deadline as the driver should wait for it (not before a grace ends)."""
+        return deadline if self._given is None else max(deadline, self._given[1])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from transports.emulator.client import EmulatorClient, EmulatorError
 from transports.emulator.emulator import Emulator
+from transports.emulator.process import EmulatorProcess
 from transports.emulator.records import (
     ConnectionInfo,
     Publication,
@@ -24,6 +25,7 @@ __all__ = [
     "Emulator",
     "EmulatorClient",
     "EmulatorError",
+    "EmulatorProcess",
     "Publication",
     "Stats",
     "StoredEvent",

@@ -263,8 +263,10 @@ class Hub:
             delay = math.inf if deadline is None else deadline - anyio.current_time()
             with anyio.move_on_after(max(delay, 0.0)):
                 await conn.wake.wait()
-            conn.wake = anyio.Event()
             conn.emit(conn.session.handle_timer(anyio.current_time()))
+            # Reset after emit, which sets the event: the timer's own output must not
+            # wake it again at once (that made every idle socket spin the loop).
+            conn.wake = anyio.Event()
 
     async def _writer(
         self,

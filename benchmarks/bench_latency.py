@@ -1,0 +1,201 @@
+"""Publish -> receive latency over WebSocket, against the official centrifuge-python client.
+
+One emulator in its own process (``--gc frozen``, the same for both clients)
+publishes, for 1,000 orders of 100 users, ``paid`` then ``done`` for every
+order: 2,000 publications spread evenly at 500 per second, scheduled inside
+the emulator (scripts started before the first one is due), after every
+connection is up and caught up.
+
+* ours: one ``Tracker`` (``fetch_details=False``, as the other client fetches
+  nothing); an order's status counts as received when ``tracker.watch``
+  yields the change to the application;
+* centrifuge-python: one ``Client`` per user connecting with Xsolla's connect
+  data (the channel is a server-side subscription); received when its
+  ``on_publication`` handler runs.
+
+The clients take turns on the same emulator, never at the same time, with
+fresh users and orders each turn, in the order centrifuge-python, ours, ours,
+centrifuge-python (``--quick``: one turn each), so that drift in the machine
+or the emulator weighs on both alike; each client's latencies are pooled.
+Before publishing, each turn collects the garbage of its warm-up
+(``gc.collect()``), the same for both.  Latency = the application's
+``time.time()`` minus the emulator's ``published_at``.  Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+from typing import Any
+
+import anyio
+from _common import (
+    CentrifugeFleet,
+    HealthBoard,
+    Key,
+    Orders,
+    create_orders,
+    emit,
+    even_schedule,
+    latencies_ms,
+    ms,
+    percentile,
+    publications_of,
+    publish_rate,
+    publish_start,
+    run,
+    run_schedule,
+)
+
+from orderfsm.supervisor.records import StatusChange
+from orderfsm.supervisor.tracker import Tracker
+from transports.emulator import EmulatorClient, EmulatorProcess, Publication
+
+FLOORS = {"p99_ms": ("<=", 5.0), "ratio_p50": ("<=", 1.0)}
+STATUSES = ("paid", "done")
+EMULATOR_GC = "frozen"
+FULL_TURNS = ("theirs", "ours", "ours", "theirs", "ours", "theirs", "theirs", "ours")
+QUICK_TURNS = ("theirs", "ours")
+
+
+class Received:
+    """Receive times by (order id, status); wakes the turn when every final is in."""
+
+    def __init__(self, finals: int) -> None:
+        self.at: dict[Key, float] = {}
+        self.finals_left = finals
+        self.all_final = anyio.Event()
+
+    def record(self, order_id: int, status: str) -> None:
+        key = (order_id, status)
+        if key in self.at:
+            return
+        self.at[key] = time.time()
+        if status == STATUSES[-1]:
+            self.finals_left -= 1
+            if self.finals_left == 0:
+                self.all_final.set()
+
+
+async def publish_and_wait(
+    emu: EmulatorClient, orders: Orders, received: Received, rate: float
+) -> float:
+    """Publish on schedule, wait for every final (bounded); return the scripts' lateness."""
+    gc.collect()  # the warm-up's garbage, not the measurement's
+    ids = orders.ids
+    plan = even_schedule(ids, STATUSES, rate, publish_start(len(ids)))
+    late = await run_schedule(emu, plan)
+    last = max(at for steps in plan.values() for at, _ in steps)
+    with anyio.move_on_after(max(last - time.time(), 0.0) + 10.0):
+        await received.all_final.wait()
+    return late
+
+
+async def ours(emu: EmulatorClient, project_id: int, orders: Orders, rate: float) -> Received:
+    ids = orders.ids
+    owner = orders.owner()
+    received = Received(len(ids))
+    board = HealthBoard(ids)
+    async with Tracker(
+        project_id=project_id,
+        ws_url=emu.ws_url,
+        api_url=emu.api_url,
+        fetch_details=False,
+        on_report=board,
+    ) as tracker:
+
+        async def watch(order_id: int) -> None:
+            user = owner[order_id]
+            changes = tracker.watch(order_id, token=user.token, user_id=user.external_id)
+            async for change in changes:
+                if isinstance(change, StatusChange):
+                    received.record(order_id, change.status.value)
+
+        async with anyio.create_task_group() as tg:
+            for order_id in ids:
+                tg.start_soon(watch, order_id)
+            await board.wait()
+            await publish_and_wait(emu, orders, received, rate)
+            tg.cancel_scope.cancel()
+    return received
+
+
+async def theirs(emu: EmulatorClient, project_id: int, orders: Orders, rate: float) -> Received:
+    received = Received(len(orders.ids))
+
+    def on_publication(data: dict[str, Any]) -> None:
+        received.record(data["order_id"], data["status"])
+
+    async with CentrifugeFleet(emu, project_id, orders.users, on_publication=on_publication):
+        await publish_and_wait(emu, orders, received, rate)
+    return received
+
+
+def figures(
+    label: str, turns: list[tuple[Orders, Received]], pubs: dict[Key, Publication]
+) -> dict[str, Any]:
+    values: list[float] = []
+    lost = 0
+    for orders, received in turns:
+        keys = [(oid, s) for oid in orders.ids for s in STATUSES]
+        turn_values, turn_lost = latencies_ms(pubs, received.at, keys)
+        values += turn_values
+        lost += turn_lost
+    return {
+        f"{label}p50_ms": ms(percentile(values, 50)),
+        f"{label}p90_ms": ms(percentile(values, 90)),
+        f"{label}p99_ms": ms(percentile(values, 99)),
+        f"{label}max_ms": ms(max(values, default=float("nan"))),
+        f"{label}lost": lost,
+    }
+
+
+async def measure(users: int, per_user: int, rate: float, turns: tuple[str, ...]) -> dict[str, Any]:
+    done: dict[str, list[tuple[Orders, Received]]] = {"ours": [], "theirs": []}
+    async with EmulatorProcess(gc=EMULATOR_GC) as emu:
+        project_id = int((await emu.info())["project_id"])
+        for number, client in enumerate(turns):
+            orders = await create_orders(emu, f"{client}-{number}", users, per_user)
+            body = ours if client == "ours" else theirs
+            done[client].append((orders, await body(emu, project_id, orders, rate)))
+        all_ids = [oid for runs in done.values() for orders, _ in runs for oid in orders.ids]
+        pubs = await publications_of(emu, all_ids)
+    result: dict[str, Any] = {
+        "benchmark": "latency",
+        "orders": users * per_user,
+        "users": users,
+        "publications": len(STATUSES) * users * per_user,
+        "target_rate_per_s": rate,
+        "achieved_rate_per_s": round(
+            min(
+                publish_rate(pubs[(oid, s)] for oid in orders.ids for s in STATUSES)
+                for runs in done.values()
+                for orders, _ in runs
+            )
+        ),
+        **figures("", done["ours"], pubs),
+        **figures("centrifuge_python_", done["theirs"], pubs),
+        "turns": "-".join("centrifuge-python" if t == "theirs" else t for t in turns),
+        "emulator": "separate process",
+        "emulator_gc": EMULATOR_GC,
+        "client_gc": "default; gc.collect() after each warm-up",
+        "fetch_details": False,
+    }
+    result["ratio_p50"] = round(result["p50_ms"] / result["centrifuge_python_p50_ms"], 3)
+    result["ratio_p99"] = round(result["p99_ms"] / result["centrifuge_python_p99_ms"], 3)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for the test suite")
+    args = parser.parse_args(argv)
+    users, per_user, turns = (20, 5, QUICK_TURNS) if args.quick else (100, 10, FULL_TURNS)
+    result = anyio.run(measure, users, per_user, 500.0, turns, backend="asyncio")
+    result["quick"] = args.quick
+    return emit(result, FLOORS, args.quick)
+
+
+if __name__ == "__main__":
+    run(main)

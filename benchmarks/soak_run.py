@@ -1,0 +1,304 @@
+"""Run one schedule: a tracker against the emulator while the schedule's faults happen.
+
+The application side is what a real one does: ``track`` each order, read
+``watch`` and ``wait`` for it, and route webhooks to the tracker.  The
+emulator side plays the schedule (status steps and faults at their times).
+Once every order has ended, the tracker is closed and the schedule's tasks
+and WebSocket connections must be gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncGenerator
+from typing import cast
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup
+from soak_env import SCHEDULE, TaskProbe, WebhookRouter, settle
+from soak_faults import Player
+from soak_judge import Seen, Truth, Verdict, judge
+from soak_schedule import Schedule
+
+from orderfsm.core import Observation
+from orderfsm.interface import HealthReport
+from orderfsm.supervisor.policy import DefaultPolicy
+from orderfsm.supervisor.records import Change, FinalResult, StatusChange
+from orderfsm.supervisor.tracker import Tracker
+from transports.centrifuge import EngineConfig
+from transports.emulator import EmulatorClient, User
+
+SABOTAGES = ("wrong", "lost", "leak")
+"""Deliberately broken runs, to show the soak catches each kind of failure:
+``wrong`` tells the tracker a status the first order never has; ``lost``
+hides the first order's final status from every transport; ``leak`` leaves a
+task and a socket behind."""
+
+CLOSE_GRACE = 1.5
+"""How long the emulator may take to see a closed socket closed."""
+HANG_MARGIN = 20.0
+"""A schedule still running this long after its deadline is hung."""
+
+
+@attrs.define
+class Harness:
+    """What schedules share; built by ``soak.py``."""
+
+    emu: EmulatorClient
+    router: WebhookRouter
+    probe: TaskProbe
+    project_id: int
+    background: TaskGroup
+    """Outlives the schedules (used only by the ``leak`` sabotage)."""
+    sabotage: str | None = None
+
+
+@attrs.frozen
+class OrderOutcome:
+    order_id: int
+    index: int
+    """The order's place in the schedule."""
+    truth: Truth
+    verdict: Verdict
+    trail: tuple[str, ...] = ()
+    """The order's health reports and changes, for a failure's diagnosis."""
+
+
+@attrs.frozen
+class Outcome:
+    seed: int
+    orders: tuple[OrderOutcome, ...]
+    leaked_tasks: tuple[str, ...]
+    leaked_sockets: tuple[str, ...]
+    """WebSocket connections the emulator still sees open for the schedule's users."""
+    lingering_tasks: int
+    """Tasks still running when the tracker had closed, that ended moments later."""
+    harness_errors: tuple[str, ...]
+    faults: tuple[str, ...]
+    socket_ends: tuple[str, ...]
+    """How each of the users' WebSocket connections ended, as the emulator saw it."""
+    seconds: float
+
+
+@attrs.define
+class _Order:
+    index: int
+    order_id: int
+    user: User
+    path: list[str]
+    watched: list[Change] = attrs.Factory(list)
+    watch_error: str | None = None
+    late: list[Change] = attrs.Factory(list)
+    late_error: str | None = None
+    result: FinalResult | None = None
+    wait_error: str | None = None
+    reports: list[str] = attrs.Factory(list)
+
+
+def _policy(schedule: Schedule, sabotage: str | None) -> DefaultPolicy:
+    t = schedule.timings
+    return DefaultPolicy(
+        poll_interval=t.poll_interval,
+        deadline=3.0 if sabotage == "lost" else t.deadline,
+        websocket_lifespan=t.websocket_lifespan,
+        safety_poll_interval=t.safety_poll_interval,
+        connect_grace=t.connect_grace,
+    )
+
+
+def _brief(change: Change) -> str:
+    if isinstance(change, StatusChange):
+        return f"change {change.previous} -> {change.status} via {change.source}"
+    return f"conflict {change.current} then {change.observed} via {change.source}"
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+async def run_schedule(h: Harness, schedule: Schedule) -> Outcome:
+    started = time.perf_counter()
+    emu = h.emu
+    errors: list[str] = []
+    users = [await emu.create_user() for _ in range(schedule.users)]
+    orders: list[_Order] = []
+    for index, plan in enumerate(schedule.orders):
+        user = users[plan.user]
+        order_id = await emu.create_order(user, publish=plan.publish_new)
+        orders.append(_Order(index, order_id, user, ["new"]))
+    tracker = Tracker(
+        project_id=h.project_id,
+        ws_url=emu.ws_url,
+        api_url=emu.api_url,
+        transports=("websocket", "polling", "webhook"),
+        policy=_policy(schedule, h.sabotage),
+        websocket_options={
+            "config": EngineConfig(
+                project_id=h.project_id,
+                min_reconnect_delay=0.02,
+                max_reconnect_delay=0.1,
+                max_server_ping_delay=0.2,
+                connect_timeout=1.0,
+                request_timeout=1.0,
+            )
+        },
+        fetch_details=True,
+        details_timeout=1.0,
+    )
+    for order in orders:
+        h.router.register(order.order_id, tracker)
+    start = anyio.current_time()
+    by_id = {order.order_id: order for order in orders}
+
+    def on_report(order_id: int, report: HealthReport) -> None:
+        gap = " gap" if report.gap else ""
+        by_id[order_id].reports.append(
+            f"{report.at - start:.3f} {report.source} {report.health.value}{gap} {report.reason}"
+        )
+
+    tracker.on_report = on_report
+    player = Player(
+        emu,
+        schedule,
+        [o.order_id for o in orders],
+        users,
+        [o.path for o in orders],
+        start,
+        sabotage=h.sabotage,
+    )
+    tag = SCHEDULE.set(schedule.seed)
+    try:
+        with anyio.fail_after(schedule.timings.deadline + HANG_MARGIN):
+            async with tracker, anyio.create_task_group() as driver:
+                driver.start_soon(player.play)
+                async with anyio.create_task_group() as followers:
+                    for order in orders:
+                        followers.start_soon(_follow, h, schedule, tracker, order, start)
+                driver.cancel_scope.cancel()  # faults planned after the last final
+    except TimeoutError:
+        errors.append(f"hung: still running {schedule.timings.deadline + HANG_MARGIN} s in")
+    finally:
+        errors += player.errors
+        SCHEDULE.reset(tag)
+        for order in orders:
+            h.router.unregister(order.order_id)
+
+    # Leaks: a tracker that has closed leaves no task and no socket behind.
+    lingering = h.probe.alive(schedule.seed)
+    leaked_tasks = await settle(lambda: h.probe.alive(schedule.seed), within=0.5)
+    h.probe.forget(schedule.seed)
+    leaked_sockets, socket_ends = await _open_connections(emu, users)
+
+    outcomes = []
+    for order in orders:
+        final = str((await emu.order(order.order_id))["status"])
+        truth = Truth(tuple(order.path), final)
+        verdict = judge(
+            truth, Seen(tuple(order.watched), order.watch_error, order.result, order.wait_error)
+        )
+        late_watch = [*order.late] if order.late_error is None else None
+        if late_watch is not None and late_watch != order.watched:
+            verdict = attrs.evolve(
+                verdict,
+                wrong=True,
+                reasons=(
+                    *verdict.reasons,
+                    f"a later watch replayed {[str(c) for c in late_watch]}, "
+                    f"the first saw {[str(c) for c in order.watched]}",
+                ),
+            )
+        trail: tuple[str, ...] = ()
+        if not verdict.ok:
+            changes = [f"{c.at - start:.3f} {_brief(c)}" for c in order.watched]
+            trail = (*order.reports, *changes)
+        outcomes.append(OrderOutcome(order.order_id, order.index, truth, verdict, trail))
+    return Outcome(
+        seed=schedule.seed,
+        orders=tuple(outcomes),
+        leaked_tasks=tuple(leaked_tasks),
+        leaked_sockets=tuple(leaked_sockets),
+        lingering_tasks=len(lingering),
+        harness_errors=tuple(errors),
+        faults=tuple(player.applied),
+        socket_ends=socket_ends,
+        seconds=time.perf_counter() - started,
+    )
+
+
+async def _open_connections(
+    emu: EmulatorClient, users: list[User]
+) -> tuple[list[str], tuple[str, ...]]:
+    """The users' WebSocket connections the emulator still has open (stalled ones
+    are the emulator's own doing: it stopped reading them on purpose), and how
+    every one of their connections ended (close code and reason), for the report."""
+
+    async def look() -> tuple[list[str], tuple[str, ...]]:
+        found, ends = [], []
+        for user in users:
+            for conn in await emu.connections(user):
+                if conn.state in ("connecting", "connected"):
+                    found.append(f"emulator conn {conn.conn_id} of {user.external_id} {conn.state}")
+                else:
+                    ends.append(f"{conn.close_code} {conn.close_reason}".strip())
+        return found, tuple(ends)
+
+    found, ends = await look()
+    with contextlib.suppress(TimeoutError), anyio.fail_after(CLOSE_GRACE):
+        while found:
+            await anyio.sleep(0.05)
+            found, ends = await look()
+    return found, ends
+
+
+async def _follow(
+    h: Harness, schedule: Schedule, tracker: Tracker, order: _Order, start: float
+) -> None:
+    """What the application does for one order: track it, then watch and wait."""
+    plan = schedule.orders[order.index]
+    await anyio.sleep_until(start + plan.track_at)
+    tracker.track(order.order_id, token=order.user.token, user_id=order.user.external_id)
+    if h.sabotage == "wrong" and order.index == 0:
+        lie = next(s for s in ("expired", "canceled") if s not in plan.path)
+        tracker.observe(
+            Observation(order.order_id, lie, source="sabotage", at=anyio.current_time())
+        )
+    if h.sabotage == "leak" and order.index == 0:
+        h.background.start_soon(_leak, h.emu.base_url)
+
+    async def first_watch() -> None:
+        order.watch_error = await _watch(tracker, order.order_id, order.watched)
+
+    async def late_watch() -> None:
+        await anyio.sleep_until(start + plan.late_watch_at)
+        order.late_error = await _watch(tracker, order.order_id, order.late)
+
+    async def wait() -> None:
+        try:
+            order.result = await tracker.wait(order.order_id)
+        except Exception as exc:
+            order.wait_error = _describe(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first_watch)
+        tg.start_soon(wait)
+        tg.start_soon(late_watch)
+
+
+async def _watch(tracker: Tracker, order_id: int, into: list[Change]) -> str | None:
+    try:
+        watch = cast("AsyncGenerator[Change, None]", tracker.watch(order_id))
+        async with contextlib.aclosing(watch) as changes:
+            async for change in changes:
+                into.append(change)
+    except Exception as exc:
+        return _describe(exc)
+    return None
+
+
+async def _leak(base_url: str) -> None:
+    """The ``leak`` sabotage: a task and a socket that outlive their tracker."""
+    port = int(base_url.rsplit(":", 1)[1])
+    async with await anyio.connect_tcp("127.0.0.1", port):
+        await anyio.sleep_forever()
