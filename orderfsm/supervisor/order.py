@@ -6,7 +6,6 @@ from the order's own runner task; nothing here awaits, so no lock is needed.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import sys
@@ -14,7 +13,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 
 from orderfsm.core import Advanced, Conflict, Observation, OrderBook
 from orderfsm.errors import OrderFsmError
@@ -64,7 +62,6 @@ class TrackedOrder:
         self.scope = anyio.CancelScope()
         self.finished = anyio.Event()
         self._wake = anyio.Event()
-        self._watchers: list[MemoryObjectSendStream[Change]] = []
         self._news: anyio.Event | None = None
         """Set on the next change or at the end; created only while a watcher waits."""
 
@@ -94,7 +91,7 @@ class TrackedOrder:
             self._log.append(change)
             # Watchers first: woken before the runner, they see the change
             # before the runner's end-of-tracking work takes the loop.
-            self._broadcast(change)
+            self._tell_watchers()
             if outcome.final:
                 self.final = change
                 self._keep_details(observation)
@@ -111,7 +108,7 @@ class TrackedOrder:
             )
             self.conflicts.append(conflict)
             self._log.append(conflict)
-            self._broadcast(conflict)
+            self._tell_watchers()
 
     def _keep_details(self, observation: Observation) -> None:
         # Details only ever come from Get order: if that module was never loaded,
@@ -161,7 +158,11 @@ class TrackedOrder:
 
     @property
     def log(self) -> list[Change]:
-        """Changes and conflicts in the order they were applied (read it, do not change it)."""
+        """Changes and conflicts in the order they were applied (read it, do not change it).
+
+        Application order, not ``at`` order: a socket replaying what it saw
+        before the order was attached delivers an older ``at`` after newer news.
+        """
         return self._log
 
     async def news_after(self, seen: int) -> None:
@@ -181,36 +182,10 @@ class TrackedOrder:
         if news is not None:
             news.set()
 
-    def add_watcher(self, stream: MemoryObjectSendStream[Change]) -> None:
-        """Replay what happened so far, then keep the stream up to date."""
-        for change in self.history():
-            stream.send_nowait(change)
-        if self.finished.is_set():
-            stream.close()
-        else:
-            self._watchers.append(stream)
-
-    def history(self) -> list[Change]:
-        # Application order, not ``at`` order: a socket replaying what it saw
-        # before the order was attached delivers an older ``at`` after newer news.
-        return list(self._log)
-
-    def _broadcast(self, change: Change) -> None:
-        self._tell_watchers()
-        for stream in self._watchers:
-            # a watcher that stopped reading or left must not cost the others the news
-            with contextlib.suppress(
-                anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError
-            ):
-                stream.send_nowait(change)
-
     def finish(self, result: FinalResult | None, error: OrderFsmError | None) -> None:
         self.result, self.error = result, error
         self.finished.set()
         self._tell_watchers()
-        for stream in self._watchers:
-            stream.close()
-        self._watchers.clear()
 
 
 class SourceSink:
