@@ -56,6 +56,9 @@ FLOORS = {"peak_rss_mb": ("<=", 400.0)}
 STATUSES = ("paid", "done")
 EMULATOR_GC = "frozen"
 DRAIN_TIMEOUT = 60.0
+CLIENTS = (("ours", ""), ("ours-frozen", "gc_frozen_"), ("theirs", "centrifuge_python_"))
+"""Child runs, in order: ours; ours again with ``gc.freeze()`` once connected;
+centrifuge-python.  Figures of the latter two carry the prefix."""
 
 
 # --- the child: one client under test --------------------------------------------
@@ -94,10 +97,17 @@ class GcPauses:
             self.pauses.append(time.perf_counter() - self._started)
 
 
-async def tell_parent_and_wait(counter: Deliveries) -> dict[str, Any]:
-    """Say ``ready``, wait for ``go`` on stdin, then for every change (bounded)."""
-    rss_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+async def tell_parent_and_wait(counter: Deliveries, freeze: bool = False) -> dict[str, Any]:
+    """Say ``ready``, wait for ``go`` on stdin, then for every change (bounded).
+
+    ``freeze``: first move everything alive (the connected tracker) out of
+    the collector's sight with ``gc.freeze()``, as an application can.
+    """
     tracked = len(gc.get_objects())
+    if freeze:
+        gc.collect()
+        gc.freeze()
+    rss_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     pauses = GcPauses()
     gc.callbacks.append(pauses)
     print("ready", flush=True)
@@ -121,7 +131,7 @@ async def tell_parent_and_wait(counter: Deliveries) -> dict[str, Any]:
 
 
 async def child_ours(
-    emu: EmulatorClient, users: list[User], by_user: dict[str, list[int]]
+    emu: EmulatorClient, users: list[User], by_user: dict[str, list[int]], freeze: bool = False
 ) -> dict[str, Any]:
     project_id = int((await emu.info())["project_id"])
     owner = {oid: u for u in users for oid in by_user[u.external_id]}
@@ -146,7 +156,7 @@ async def child_ours(
             for order_id in owner:
                 tg.start_soon(watch, order_id)
             await board.wait(CONNECT_TIMEOUT)
-            result = await tell_parent_and_wait(counter)
+            result = await tell_parent_and_wait(counter, freeze)
             tg.cancel_scope.cancel()
     return result
 
@@ -170,8 +180,11 @@ def child_main(which: str, base_url: str, plan_file: str) -> int:
     users = [User(**u) for u in plan["users"]]
     by_user = {k: list(v) for k, v in plan["by_user"].items()}
     emu = EmulatorClient(base_url)
-    body = child_ours if which == "ours" else child_theirs
-    result = anyio.run(body, emu, users, by_user, backend="asyncio")
+    if which == "theirs":
+        result = anyio.run(child_theirs, emu, users, by_user, backend="asyncio")
+    else:
+        freeze = which == "ours-frozen"
+        result = anyio.run(child_ours, emu, users, by_user, freeze, backend="asyncio")
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["cpu_s"] = round(
         usage.ru_utime + usage.ru_stime, 3
@@ -244,10 +257,11 @@ async def measure(users: int, per_user: int, rate: float) -> dict[str, Any]:
         "emulator": "separate process",
         "emulator_gc": EMULATOR_GC,
         "fetch_details": False,
-        "clients": "each in its own child process; centrifuge-python after ours",
+        "clients": "each in its own child process, in turn: ours, ours with gc.freeze() "
+        "once connected, centrifuge-python",
     }
     async with EmulatorProcess(gc=EMULATOR_GC) as emu:
-        for which, prefix in (("ours", ""), ("theirs", "centrifuge_python_")):
+        for which, prefix in CLIENTS:
             orders = await create_orders(emu, f"scale-{which}", users, per_user)
             plan_file = write_plan(orders)
             try:
@@ -287,7 +301,7 @@ async def measure(users: int, per_user: int, rate: float) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for the test suite")
-    parser.add_argument("--child", choices=("ours", "theirs"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=[c for c, _ in CLIENTS], help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     parser.add_argument("--plan", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -288,6 +288,33 @@ def test_two_before_one_on_an_empty_stream_is_a_hole_not_a_start() -> None:
     assert delivered == [(1, "done"), (2, "canceled")]
 
 
+def test_an_epoch_change_after_an_empty_stream_is_a_gap() -> None:
+    """Soak seed 8160: caught up on an empty stream (offset 0), the socket
+    dropped; two statuses were published and the epoch changed before it came
+    back.  Offset 0 passed for "no position", so the new epoch was not
+    reported as a gap and no one looked the orders up."""
+    from transports.centrifuge.config import EngineConfig
+    from transports.centrifuge.engine import CentrifugeEngine
+    from transports.centrifuge.events import Gap
+    from transports.centrifuge.testing import (
+        commands,
+        connect_reply,
+        history_reply,
+        sub_result,
+    )
+
+    engine = CentrifugeEngine(EngineConfig(project_id=1))
+    engine.connect(0.0, "jwt")
+    engine.receive(connect_reply(1, subs={"c": sub_result(epoch="a")}), 0.0)
+    [history] = commands(engine.data_to_send())
+    engine.receive(history_reply(history["id"], [], epoch="a", offset=0), 0.0)
+    engine.connection_lost(None, "dropped", 1.0)  # reconnect later
+    [connect] = commands([engine.connect(2.0, "jwt")])
+    assert connect["connect"]["subs"]["c"] == {"recover": True, "offset": 0, "epoch": "a"}
+    events = engine.receive(connect_reply(connect["id"], subs={"c": sub_result(epoch="b")}), 2.0)
+    assert any(isinstance(e, Gap) for e in events), events
+
+
 @pytest.mark.anyio
 async def test_an_order_the_socket_has_no_record_of_is_looked_up_once() -> None:
     """Soak seed 1797: the final status was published, then the stream was reset

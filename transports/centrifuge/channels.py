@@ -170,7 +170,8 @@ class Channel:
         Held publications carry no epoch; the server ends a positioned
         subscription when its stream breaks, so they all predate the reset.
         """
-        lost = self.offset > 0 or bool(self.held)
+        # A confirmed position, even 0, means publications after it may be gone.
+        lost = self.offset > 0 or self.positioned or bool(self.held)
         self.epoch, self.offset, self.positioned = epoch, 0, False
         self.held.clear()
         return [Gap(at, self.name, f"epoch changed to {epoch!r}")] if lost else []
