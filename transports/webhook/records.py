@@ -133,8 +133,8 @@ class UserValidation:
 
 
 @attrs.frozen
-class OrderPaid:
-    """The order is paid.  Not delivered: ``done`` comes later, through the other channels."""
+class OrderNotification:
+    """What ``order_paid`` and ``order_canceled`` share: the order, its items, its user."""
 
     order: WebhookOrder
     items: tuple[WebhookItem, ...] = ()
@@ -142,7 +142,6 @@ class OrderPaid:
     billing: Payment | None = None
     custom_parameters: dict[str, Any] | None = attrs.field(default=None, eq=False)
     raw: Any = attrs.field(default=None, eq=False, repr=False)
-    notification_type = "order_paid"
 
     @property
     def order_id(self) -> int:
@@ -150,18 +149,15 @@ class OrderPaid:
 
 
 @attrs.frozen
-class OrderCanceled:
-    order: WebhookOrder
-    items: tuple[WebhookItem, ...] = ()
-    user: WebhookUser | None = None
-    billing: Payment | None = None
-    custom_parameters: dict[str, Any] | None = attrs.field(default=None, eq=False)
-    raw: Any = attrs.field(default=None, eq=False, repr=False)
-    notification_type = "order_canceled"
+class OrderPaid(OrderNotification):
+    """The order is paid.  Not delivered: ``done`` comes later, through the other channels."""
 
-    @property
-    def order_id(self) -> int:
-        return self.order.id
+    notification_type = "order_paid"
+
+
+@attrs.frozen
+class OrderCanceled(OrderNotification):
+    notification_type = "order_canceled"
 
 
 @attrs.frozen
