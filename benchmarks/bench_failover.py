@@ -22,7 +22,9 @@ One emulator in its own process (server ping 25 s, as Xsolla's Centrifugo;
   publication to the tracker's watcher getting it (by whichever transport);
   then the same plan on fresh users with centrifuge-python (one ``Client``
   per user: reconnects and recovers, never polls).  ``lost`` counts finals
-  never received.
+  never received.  The tail is mostly reconnect backoff: both clients draw
+  full jitter, ours from 0.5 s (centrifuge-js's default), centrifuge-python
+  from 0.1 s; the JSON says which.
 
 Prints one JSON line.
 """
@@ -68,6 +70,8 @@ CLOSE_CODE = 3000
 RECONNECT_CODES = (3000, 3001, 3008, 3012, 4000)
 FAULT_WEIGHTS = {"close": 3, "drop": 2, "stall": 1, "duplicate": 2, "reorder": 2}
 FAULT_PERIOD = 0.1
+THEIR_MIN_RECONNECT_DELAY = 0.1
+"""centrifuge-python's default (ours, like centrifuge-js, starts at 0.5 s)."""
 NO_PING_CODE = 2
 """centrifuge-python's connecting code for a missed server ping."""
 SEED = 7
@@ -375,6 +379,8 @@ async def measure(size: Size) -> dict[str, Any]:
         "emulator": "separate process",
         "emulator_gc": EMULATOR_GC,
         "policy": "DefaultPolicy() (poll every 3 s while the WebSocket is not healthy)",
+        "min_reconnect_delay_s": EngineConfig(project_id=1).min_reconnect_delay,
+        "centrifuge_python_min_reconnect_delay_s": THEIR_MIN_RECONNECT_DELAY,
     }
 
 
