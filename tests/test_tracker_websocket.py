@@ -13,7 +13,7 @@ import anyio
 import pytest
 from test_webhook_http import serve_receiver
 
-from orderfsm import Status
+from orderfsm import Change, Status, StatusChange
 from orderfsm.interface import Health
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.supervisor.tracker import Tracker
@@ -158,3 +158,34 @@ async def test_orders_of_one_user_share_one_socket_and_nothing_is_left(emu: Emul
     connections = await emu.connections(user)
     assert len(connections) == 1
     assert all(c.state == "closed" for c in connections)
+
+
+async def test_on_change_sees_every_change_once_before_wait_resumes(emu: Emulator) -> None:
+    """One callback for all orders, as a UI or a queue would use it: no task per order.
+
+    A raising callback is logged and changes nothing for the others.
+    """
+    users = [await emu.create_user() for _ in range(2)]
+    orders = {oid: u for u in users for oid in [await emu.create_order(u) for _ in range(4)]}
+    seen: list[Change] = []
+
+    def on_change(change: Change) -> None:
+        seen.append(change)
+        if change.order_id == next(iter(orders)):
+            raise RuntimeError("a bug in the application's callback")
+
+    async with tracker(emu, users[0], on_change=on_change, fetch_details=False) as t:
+        for order_id, user in orders.items():
+            t.track(order_id, token=user.token, user_id=user.external_id)
+        for user in users:
+            await emu.wait_connected(user)
+        for order_id in orders:
+            await emu.run_script(order_id, [(0.01, "paid"), (0.02, "done")])
+        for order_id in orders:
+            result = await t.wait(order_id)
+            # Told before wait() resumed: the final change is already in.
+            assert [c for c in seen if c.order_id == order_id] == list(result.changes)
+    assert all(isinstance(c, StatusChange) for c in seen)
+    for order_id in orders:
+        statuses = [c.status for c in seen if c.order_id == order_id]
+        assert statuses == [Status.NEW, Status.PAID, Status.DONE]

@@ -1,16 +1,18 @@
 """One tracked order: what is known about it and who is waiting for it.
 
 All mutation happens from callbacks on the event loop (transport sinks) and
-from the order's own runner task; nothing here awaits, so no lock is needed.
+from the tracker's scheduler; nothing here awaits except the waiters, so no
+lock is needed.  An order that is only waiting for news owns no task, no
+cancel scope and no event: those are made when something needs them, so ten
+thousand idle orders cost the garbage collector little (``bench_scale``).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -25,8 +27,42 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("orderfsm")
 
+ChangeHook = Callable[[Change], None]
+ReportHook = Callable[[int, HealthReport], None]
+
 
 class TrackedOrder:
+    __slots__ = (
+        "_done",
+        "_news",
+        "attachment",
+        "book",
+        "check_once",
+        "custom_errors",
+        "custom_running",
+        "details",
+        "ended",
+        "error",
+        "final",
+        "helpers",
+        "log",
+        "on_change",
+        "on_report",
+        "order_id",
+        "poller",
+        "polling_error",
+        "result",
+        "review_at",
+        "seen_on_websocket",
+        "started_at",
+        "unseen_checked",
+        "user",
+        "wake",
+        "websocket",
+        "websocket_error",
+        "websocket_since",
+    )
+
     def __init__(
         self,
         order_id: int,
@@ -34,7 +70,10 @@ class TrackedOrder:
         book: OrderBook,
         now: float,
         websocket: bool,
-        on_report: Callable[[int, HealthReport], None] | None = None,
+        *,
+        wake: Callable[[TrackedOrder], None] | None = None,
+        on_change: ChangeHook | None = None,
+        on_report: ReportHook | None = None,
     ):
         self.order_id = order_id
         self.user = user
@@ -50,18 +89,29 @@ class TrackedOrder:
         """A source said news may have been lost: look once with Get order."""
         self.seen_on_websocket = False
         """The user's socket delivered (or replayed) something about this order."""
-        self.changes: list[StatusChange] = []
-        self.conflicts: list[ConflictSeen] = []
-        self._log: list[Change] = []
-        """Changes and conflicts in the order they were applied, for late watchers."""
+        self.log: list[Change] = []
+        """Changes and conflicts in the order they were applied (read it, do not
+        change it).  Application order, not ``at`` order: a socket replaying what
+        it saw before the order was attached delivers an older ``at`` after newer
+        news, and a late ``watch`` must replay what earlier ones saw."""
         self.final: StatusChange | None = None
         self.details: OrderDetails | None = None
         self.result: FinalResult | None = None
         self.error: OrderFsmError | None = None
+        self.ended = False
+        """No transport runs for it any more; ``result`` or ``error`` may still be coming."""
+        self.wake = wake or _nobody
+        """Asks the scheduler to look at this order again soon."""
+        self.on_change = on_change
         self.on_report = on_report
-        self.scope = anyio.CancelScope()
-        self.finished = anyio.Event()
-        self._wake = anyio.Event()
+        # The scheduler's bookkeeping: what it set up for the order.
+        self.attachment: Any = None
+        self.poller: tuple[anyio.CancelScope, float] | None = None
+        self.helpers: set[anyio.CancelScope] | None = None
+        """Scopes of the order's running custom transports and Get order checks."""
+        self.unseen_checked = False
+        self.review_at: float | None = None
+        self._done: anyio.Event | None = None
         self._news: anyio.Event | None = None
         """Set on the next change or at the end; created only while a watcher waits."""
 
@@ -71,7 +121,7 @@ class TrackedOrder:
         if observation.source == WEBSOCKET:
             self.seen_on_websocket = True
         outcome = self.book.apply(observation)
-        if self.finished.is_set():
+        if self.is_finished:
             if type(outcome) is Conflict:
                 logger.warning(
                     "order %s ended %s, but %s now says %s",
@@ -87,28 +137,34 @@ class TrackedOrder:
                 observation.source,
                 observation.at,
             )
-            self.changes.append(change)
-            self._log.append(change)
-            # Watchers first: woken before the runner, they see the change
-            # before the runner's end-of-tracking work takes the loop.
-            self._tell_watchers()
+            self._record(change)
             if outcome.final:
                 self.final = change
                 self._keep_details(observation)
-                self.wake()
+                self.wake(self)
         elif type(outcome) is Conflict and all(
-            c.observed is not outcome.observed for c in self.conflicts
+            type(c) is not ConflictSeen or c.observed is not outcome.observed for c in self.log
         ):
-            conflict = ConflictSeen(
-                self.order_id,
-                outcome.current,
-                outcome.observed,
-                observation.source,
-                observation.at,
+            self._record(
+                ConflictSeen(
+                    self.order_id,
+                    outcome.current,
+                    outcome.observed,
+                    observation.source,
+                    observation.at,
+                )
             )
-            self.conflicts.append(conflict)
-            self._log.append(conflict)
-            self._tell_watchers()
+
+    def _record(self, change: Change) -> None:
+        self.log.append(change)
+        # Listeners first: told before the scheduler's end-of-tracking work
+        # takes the loop, they see a final status with the least delay.
+        if self.on_change is not None:
+            try:
+                self.on_change(change)
+            except Exception:  # an application callback must not break tracking
+                logger.exception("on_change callback failed")
+        self._tell_watchers()
 
     def _keep_details(self, observation: Observation) -> None:
         # Details only ever come from Get order: if that module was never loaded,
@@ -119,24 +175,24 @@ class TrackedOrder:
             self.details = observation.raw
 
     def report(self, report: HealthReport) -> None:
-        if self.on_report is not None and not self.finished.is_set():
+        if self.on_report is not None and not self.is_finished:
             try:
                 self.on_report(self.order_id, report)
             except Exception:  # an application callback must not break tracking
                 logger.exception("on_report callback failed")
         if report.gap:
             self.check_once = True
-            self.wake()
+            self.wake(self)
         if report.source != WEBSOCKET or self.websocket is None:
-            return  # pollers' failures reach the runner as exceptions
+            return  # pollers' failures reach the scheduler as exceptions
         if report.health is not self.websocket:
             self.websocket = report.health
             self.websocket_since = report.at
             if report.health is Health.FAILED:
                 self.websocket_error = report.error
-            self.wake()
+            self.wake(self)
 
-    # --- the runner's view ------------------------------------------------
+    # --- the scheduler's view ------------------------------------------------
 
     def situation(self, can_poll: bool) -> Situation:
         return Situation(
@@ -146,24 +202,27 @@ class TrackedOrder:
             can_poll=can_poll and self.polling_error is None,
         )
 
-    def wake(self) -> None:
-        self._wake.set()
+    @property
+    def changes(self) -> list[StatusChange]:
+        return [c for c in self.log if type(c) is StatusChange]
 
-    async def sleep_until_news(self, deadline: float | None) -> None:
-        with anyio.CancelScope(deadline=math.inf if deadline is None else deadline):
-            await self._wake.wait()
-        self._wake = anyio.Event()
+    @property
+    def conflicts(self) -> list[ConflictSeen]:
+        return [c for c in self.log if type(c) is ConflictSeen]
 
     # --- listeners ------------------------------------------------------------
 
     @property
-    def log(self) -> list[Change]:
-        """Changes and conflicts in the order they were applied (read it, do not change it).
+    def is_finished(self) -> bool:
+        return self.result is not None or self.error is not None
 
-        Application order, not ``at`` order: a socket replaying what it saw
-        before the order was attached delivers an older ``at`` after newer news.
-        """
-        return self._log
+    async def finished(self) -> None:
+        """Return once the order has its result or its error."""
+        if self.is_finished:
+            return
+        if self._done is None:
+            self._done = anyio.Event()
+        await self._done.wait()
 
     async def news_after(self, seen: int) -> None:
         """Return once the log holds more than ``seen`` entries or the order is finished.
@@ -171,7 +230,7 @@ class TrackedOrder:
         Watchers read the log at their own pace and wait here: no per-watcher
         queue to fill up or to feed on every change.
         """
-        if len(self._log) > seen or self.finished.is_set():
+        if len(self.log) > seen or self.is_finished:
             return
         if self._news is None:
             self._news = anyio.Event()
@@ -184,8 +243,14 @@ class TrackedOrder:
 
     def finish(self, result: FinalResult | None, error: OrderFsmError | None) -> None:
         self.result, self.error = result, error
-        self.finished.set()
+        self.ended = True
+        if self._done is not None:
+            self._done.set()
         self._tell_watchers()
+
+
+def _nobody(order: TrackedOrder) -> None:
+    """The wake-up of an order no scheduler looks after (a test's, say)."""
 
 
 class SourceSink:

@@ -113,6 +113,9 @@ class Hub:
         self.timing = timing
         self.rng = rng
         self.connections: list[Connection] = []
+        self._by_user: dict[str, list[Connection]] = {}
+        """Connections that authenticated and are not closed yet, by user: a publication
+        looks up its user's sockets without scanning every socket ever opened."""
         self.connects = 0
         self.pings_off_for_all = False
         self.pings_off: set[str] = set()
@@ -125,7 +128,7 @@ class Hub:
     # --- queries --------------------------------------------------------------
 
     def open_for(self, user: str) -> list[Connection]:
-        return [c for c in self.connections if c.closed_at is None and c.user == user]
+        return [c for c in self._by_user.get(user, ()) if c.closed_at is None]
 
     def connected(self, user: str) -> list[Connection]:
         return [
@@ -243,6 +246,10 @@ class Hub:
             if msg.type is WSMsgType.TEXT:
                 was = conn.session.phase
                 actions = conn.session.receive_text(msg.data, anyio.current_time())
+                if was is Phase.CONNECTING and conn.user is not None:
+                    mine = self._by_user.setdefault(conn.user, [])
+                    if conn not in mine:
+                        mine.append(conn)
                 if was is Phase.CONNECTING and conn.session.phase is Phase.CONNECTED:
                     self.connects += 1
                     self._apply_pings(conn)
@@ -305,3 +312,9 @@ class Hub:
             conn.close_code = ws.close_code
         conn.closed_at = time.time()
         conn.session.phase = Phase.CLOSED
+        user = conn.user
+        mine = self._by_user.get(user) if user is not None else None
+        if user is not None and mine is not None and conn in mine:
+            mine.remove(conn)
+            if not mine:
+                del self._by_user[user]

@@ -1,0 +1,345 @@
+"""The scheduler: carries out the policy's plans for every tracked order.
+
+One task serves all orders.  An order is looked at again when a transport
+wakes it (news, a health change, a gap) or when its plan's review time comes,
+kept in a heap; in between it owns no task.  Tasks are spawned only for work
+that waits on the network: a poller, a one-shot Get order check, a custom
+transport, the details of a final order.  With ten thousand orders waiting on
+their WebSockets, that is the difference between one task and ten thousand
+(each with its task group, cancel scopes and events for the garbage collector
+to walk).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from orderfsm.core import Observation
+from orderfsm.errors import (
+    NoSourceLeft,
+    OrderFsmError,
+    OrderNotFound,
+    TokenRejected,
+    TrackerClosed,
+    TrackingTimeout,
+    TransportError,
+)
+from orderfsm.interface import POLLING, Health
+from orderfsm.supervisor.custom import CustomTransport, OrderContext
+from orderfsm.supervisor.order import SourceSink, TrackedOrder
+from orderfsm.supervisor.policy import Policy
+from orderfsm.supervisor.records import FinalResult
+
+if TYPE_CHECKING:
+    from transports.http import HttpClient
+
+logger = logging.getLogger("orderfsm")
+
+CHECK_RETRY_MIN, CHECK_RETRY_MAX = 0.5, 30.0
+"""Backoff (seconds) of the Get order that follows a gap, while it fails."""
+
+
+class Scheduler:
+    def __init__(
+        self,
+        tg: TaskGroup,
+        *,
+        project_id: int,
+        api_url: str,
+        policy: Policy,
+        can_poll: bool,
+        webhooks: bool,
+        extra: Sequence[CustomTransport],
+        fetch_details: bool,
+        details_timeout: float,
+        http: HttpClient | None,
+        pool: Any,
+    ) -> None:
+        self._tg = tg
+        self.project_id = project_id
+        self.api_url = api_url
+        self.policy = policy
+        self.can_poll = can_poll
+        self.webhooks = webhooks
+        self.extra = tuple(extra)
+        self.fetch_details = fetch_details
+        self.details_timeout = details_timeout
+        self.http = http
+        self._pool = pool
+        self._due: list[tuple[float, int, TrackedOrder]] = []
+        self._pushed = 0
+        self._dirty: dict[int, TrackedOrder] = {}
+        self._kick = anyio.Event()
+
+    # --- what the tracker calls -------------------------------------------------------
+
+    def start(self, order: TrackedOrder) -> None:
+        for transport in self.extra:
+            order.custom_running += 1  # counted now, so no check runs before it starts
+            self._spawn_helper(order, self._run_custom, transport, order)
+        self.wake(order)
+
+    def wake(self, order: TrackedOrder) -> None:
+        if not order.ended:
+            self._dirty[order.order_id] = order
+            self._kick.set()
+
+    def stop(self, order: TrackedOrder, error: OrderFsmError) -> None:
+        """End tracking now, without a final status (untracked, timed out, no source)."""
+        if not order.ended:
+            self._end(order)
+            order.finish(None, error)
+
+    def close(self, orders: Iterable[TrackedOrder]) -> None:
+        """The tracker is closing: whoever still waits learns it now."""
+        for order in orders:
+            if not order.is_finished:
+                self._end(order)
+                order.finish(None, TrackerClosed(f"order {order.order_id}: the tracker closed"))
+
+    async def run(self) -> None:
+        while True:
+            kick = self._kick = anyio.Event()
+            now = anyio.current_time()
+            due = self._due
+            while due and due[0][0] <= now:
+                at, _, order = heapq.heappop(due)
+                if order.review_at == at:
+                    order.review_at = None  # in the heap no more
+                    self._dirty[order.order_id] = order
+            dirty, self._dirty = self._dirty, {}
+            for order in dirty.values():
+                if not order.ended:
+                    self._step(order, now)
+            wake_at = due[0][0] if due else math.inf
+            with anyio.CancelScope(deadline=wake_at):
+                await kick.wait()
+
+    # --- one order ------------------------------------------------------------------
+
+    def _step(self, order: TrackedOrder, now: float) -> None:
+        """Bring the order's transports in line with the policy's current plan."""
+        if order.final is not None:
+            self._end(order)
+            self._spawn(order, self._finish, order)
+            return
+        plan = self.policy.plan(order.situation(self.can_poll), now)
+        if plan.timed_out:
+            self.stop(
+                order,
+                TrackingTimeout(
+                    f"order {order.order_id}: no final status after "
+                    f"{now - order.started_at:.1f} s "
+                    f"(last seen: {order.book.status(order.order_id)})"
+                ),
+            )
+            return
+        if plan.websocket and order.attachment is None and order.websocket is not None:
+            order.attachment = self._pool.attach(
+                order.order_id,
+                SourceSink(order),
+                token=order.user.token,
+                user_id=order.user.external_id,
+                user_key=order.user,
+            )
+        elif not plan.websocket and order.attachment is not None:
+            order.attachment.detach()
+            order.attachment = None
+        poller = order.poller
+        if poller is not None and poller[1] != plan.poll_interval:
+            poller[0].cancel()
+            poller = order.poller = None
+        if plan.poll_interval is not None and poller is None:
+            scope = anyio.CancelScope()
+            order.poller = (scope, plan.poll_interval)
+            self._spawn(order, self._poll, order, plan.poll_interval, scope)
+        if (
+            order.attachment is not None
+            and order.websocket is Health.HEALTHY
+            and not order.seen_on_websocket
+            and not order.unseen_checked
+        ):
+            # Caught up, yet the socket has no record of the order: its
+            # statuses may predate what the history still holds.
+            order.unseen_checked = order.check_once = True
+        if order.check_once:
+            order.check_once = False
+            if self.can_poll:
+                # Even beside a poller: the poller stops as soon as the socket
+                # is healthy again, perhaps before a good answer.
+                self._spawn_helper(order, self._check_once, order)
+        if order.attachment is None and order.poller is None:
+            error = self._no_source_error(order)
+            if error is not None:
+                self.stop(order, error)
+                return
+        if plan.review_at != order.review_at:
+            order.review_at = plan.review_at
+            if plan.review_at is not None:
+                self._pushed += 1
+                heapq.heappush(self._due, (plan.review_at, self._pushed, order))
+
+    def _end(self, order: TrackedOrder) -> None:
+        order.ended = True
+        order.review_at = None
+        self._dirty.pop(order.order_id, None)
+        if order.attachment is not None:
+            order.attachment.detach()
+            order.attachment = None
+        if order.poller is not None:
+            order.poller[0].cancel()
+            order.poller = None
+        for scope in tuple(order.helpers or ()):
+            scope.cancel()
+
+    def _no_source_error(self, order: TrackedOrder) -> OrderFsmError | None:
+        """Fail now rather than at the deadline when nothing can deliver news."""
+        if self.webhooks or order.custom_running:
+            return None
+        cause = order.polling_error or order.websocket_error
+        if cause is None and order.custom_errors:
+            cause = order.custom_errors[0]
+        return cause or NoSourceLeft(f"order {order.order_id}: no transport left to follow it")
+
+    # --- tasks ----------------------------------------------------------------------
+
+    def _spawn(self, order: TrackedOrder, func: Any, *args: Any) -> None:
+        self._tg.start_soon(func, *args, name=f"orderfsm {func.__name__} {order.order_id}")
+
+    def _spawn_helper(self, order: TrackedOrder, func: Any, *args: Any) -> None:
+        """Run ``func`` under the order's helper scope, cancelled when the order ends."""
+        scope = anyio.CancelScope()
+        helpers = order.helpers
+        if helpers is None:
+            helpers = order.helpers = set()
+        helpers.add(scope)
+
+        async def helper() -> None:
+            try:
+                with scope:
+                    await func(*args)
+            finally:
+                helpers.discard(scope)
+
+        self._tg.start_soon(helper, name=f"orderfsm {func.__name__} {order.order_id}")
+
+    async def _poll(self, order: TrackedOrder, interval: float, scope: anyio.CancelScope) -> None:
+        from transports.polling import PollConfig, poll_order
+
+        healthy = order.websocket is Health.HEALTHY
+        config = PollConfig(interval=interval, first_delay=interval if healthy else 0.0)
+        with scope:
+            try:
+                await poll_order(
+                    order.order_id,
+                    project_id=self.project_id,
+                    token=order.user.token,
+                    sink=SourceSink(order),
+                    http=self.http,
+                    api=self.api_url,
+                    config=config,
+                )
+            except OrderFsmError as exc:
+                if order.final is None:
+                    order.polling_error = exc
+            finally:
+                if order.poller is not None and order.poller[0] is scope:
+                    order.poller = None
+                self.wake(order)
+
+    async def _check_once(self, order: TrackedOrder) -> None:
+        """Get order after a source admitted it may have missed something.
+
+        Asked again, backing off, until one good answer: after a failed request
+        the gap would stay open with nothing else looking (soak seed 257).
+        """
+        from transports.polling import fetch_order
+
+        delay = CHECK_RETRY_MIN
+        while order.final is None:
+            try:
+                details = await fetch_order(
+                    order.order_id,
+                    project_id=self.project_id,
+                    token=order.user.token,
+                    http=self.http,
+                    api=self.api_url,
+                )
+            except (TokenRejected, OrderNotFound):
+                return  # will not get better; the poller or the deadline says so
+            except OrderFsmError:
+                await anyio.sleep(delay)
+                delay = min(2 * delay, CHECK_RETRY_MAX)
+                continue
+            if details.known_status is not None:
+                order.observe(
+                    Observation(
+                        order.order_id,
+                        details.known_status,
+                        source=POLLING,
+                        at=anyio.current_time(),
+                        raw=details,
+                    )
+                )
+            return
+
+    async def _run_custom(self, transport: CustomTransport, order: TrackedOrder) -> None:
+        context = OrderContext(
+            order_id=order.order_id,
+            project_id=self.project_id,
+            user=order.user,
+            api_url=self.api_url,
+            http=self.http,
+        )
+        try:
+            await transport(context, SourceSink(order))
+        except OrderFsmError as exc:
+            order.custom_errors.append(exc)
+        except Exception as exc:  # a bug in user code (or an exception group) must not end tracking
+            logger.exception("custom transport %r failed", transport)
+            order.custom_errors.append(TransportError(f"custom transport failed: {exc!r}"))
+        finally:
+            order.custom_running -= 1
+            self.wake(order)
+
+    async def _finish(self, order: TrackedOrder) -> None:
+        final = order.final
+        assert final is not None
+        details_error: OrderFsmError | None = None
+        if order.details is None and self.fetch_details:
+            from transports.polling import fetch_order
+
+            with anyio.move_on_after(self.details_timeout) as timeout:
+                try:
+                    order.details = await fetch_order(
+                        order.order_id,
+                        project_id=self.project_id,
+                        token=order.user.token,
+                        http=self.http,
+                        api=self.api_url,
+                        timeout=self.details_timeout,
+                    )
+                except OrderFsmError as exc:
+                    details_error = exc
+            if timeout.cancelled_caught:
+                details_error = TrackingTimeout("order details did not arrive in time")
+        if order.is_finished:
+            return  # the tracker closed while the details were on their way
+        result = FinalResult(
+            order_id=order.order_id,
+            status=final.status,
+            source=final.source,
+            at=final.at,
+            changes=tuple(order.changes),
+            conflicts=tuple(order.conflicts),
+            details=order.details,
+            details_error=details_error,
+        )
+        order.finish(result, None)
