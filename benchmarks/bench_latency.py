@@ -7,16 +7,20 @@ the emulator (scripts started before the first one is due), after every
 connection is up and caught up.
 
 * ours: one ``Tracker`` (``fetch_details=False``, as the other client fetches
-  nothing); an order's status counts as received when ``tracker.watch``
-  yields the change to the application;
+  nothing); a status counts as received when the tracker's ``on_change``
+  hook is called with it: like the other client's handler, a callback run as
+  the frame is read (``p50_ms``, ``p99_ms``, the floors);
+* ours through ``tracker.watch``, one watching task per order: received when
+  the async iterator yields the change, one task switch later
+  (``watch_p50_ms``, ``watch_p99_ms``);
 * centrifuge-python: one ``Client`` per user connecting with Xsolla's connect
   data (the channel is a server-side subscription); received when its
   ``on_publication`` handler runs.
 
 The clients take turns on the same emulator, never at the same time, with
-fresh users and orders each turn, in the order centrifuge-python, ours, ours,
-centrifuge-python (``--quick``: one turn each), so that drift in the machine
-or the emulator weighs on both alike; each client's latencies are pooled.
+fresh users and orders each turn, in a balanced order (``FULL_TURNS``;
+``--quick``: one turn each), so that drift in the machine or the emulator
+weighs on all alike; each client's latencies are pooled.
 Before publishing, each turn collects the garbage of its warm-up
 (``gc.collect()``), the same for both.  Latency = the application's
 ``time.time()`` minus the emulator's ``published_at``.  Prints one JSON line.
@@ -48,15 +52,19 @@ from _common import (
     run_schedule,
 )
 
-from orderfsm.supervisor.records import StatusChange
+from orderfsm.supervisor.records import Change, StatusChange
 from orderfsm.supervisor.tracker import Tracker
 from transports.emulator import EmulatorClient, EmulatorProcess, Publication
 
 FLOORS = {"p99_ms": ("<=", 5.0), "ratio_p50": ("<=", 1.0)}
 STATUSES = ("paid", "done")
 EMULATOR_GC = "frozen"
-FULL_TURNS = ("theirs", "ours", "ours", "theirs", "ours", "theirs", "theirs", "ours")
-QUICK_TURNS = ("theirs", "ours")
+FULL_TURNS = (
+    *("theirs", "ours", "watch", "watch", "ours", "theirs"),
+    *("ours", "theirs", "watch", "theirs", "watch", "ours"),
+)
+QUICK_TURNS = ("theirs", "ours", "watch")
+TURN_NAMES = {"theirs": "centrifuge-python", "ours": "on_change", "watch": "watch"}
 
 
 class Received:
@@ -92,29 +100,39 @@ async def publish_and_wait(
     return late
 
 
-async def ours(emu: EmulatorClient, project_id: int, orders: Orders, rate: float) -> Received:
+async def ours(
+    emu: EmulatorClient, project_id: int, orders: Orders, rate: float, *, via_watch: bool
+) -> Received:
     ids = orders.ids
     owner = orders.owner()
     received = Received(len(ids))
     board = HealthBoard(ids)
+
+    def on_change(change: Change) -> None:
+        if isinstance(change, StatusChange):
+            received.record(change.order_id, change.status.value)
+
     async with Tracker(
         project_id=project_id,
         ws_url=emu.ws_url,
         api_url=emu.api_url,
         fetch_details=False,
+        on_change=None if via_watch else on_change,
         on_report=board,
     ) as tracker:
 
         async def watch(order_id: int) -> None:
             user = owner[order_id]
-            changes = tracker.watch(order_id, token=user.token, user_id=user.external_id)
-            async for change in changes:
-                if isinstance(change, StatusChange):
-                    received.record(order_id, change.status.value)
+            async for change in tracker.watch(order_id, token=user.token, user_id=user.external_id):
+                on_change(change)
 
         async with anyio.create_task_group() as tg:
             for order_id in ids:
-                tg.start_soon(watch, order_id)
+                if via_watch:
+                    tg.start_soon(watch, order_id)
+                else:
+                    user = owner[order_id]
+                    tracker.track(order_id, token=user.token, user_id=user.external_id)
             await board.wait()
             await publish_and_wait(emu, orders, received, rate)
             tg.cancel_scope.cancel()
@@ -152,13 +170,16 @@ def figures(
 
 
 async def measure(users: int, per_user: int, rate: float, turns: tuple[str, ...]) -> dict[str, Any]:
-    done: dict[str, list[tuple[Orders, Received]]] = {"ours": [], "theirs": []}
+    done: dict[str, list[tuple[Orders, Received]]] = {"ours": [], "watch": [], "theirs": []}
     async with EmulatorProcess(gc=EMULATOR_GC) as emu:
         project_id = int((await emu.info())["project_id"])
         for number, client in enumerate(turns):
             orders = await create_orders(emu, f"{client}-{number}", users, per_user)
-            body = ours if client == "ours" else theirs
-            done[client].append((orders, await body(emu, project_id, orders, rate)))
+            if client == "theirs":
+                received = await theirs(emu, project_id, orders, rate)
+            else:
+                received = await ours(emu, project_id, orders, rate, via_watch=client == "watch")
+            done[client].append((orders, received))
         all_ids = [oid for runs in done.values() for orders, _ in runs for oid in orders.ids]
         pubs = await publications_of(emu, all_ids)
     result: dict[str, Any] = {
@@ -175,8 +196,9 @@ async def measure(users: int, per_user: int, rate: float, turns: tuple[str, ...]
             )
         ),
         **figures("", done["ours"], pubs),
+        **figures("watch_", done["watch"], pubs),
         **figures("centrifuge_python_", done["theirs"], pubs),
-        "turns": "-".join("centrifuge-python" if t == "theirs" else t for t in turns),
+        "turns": "-".join(TURN_NAMES[t] for t in turns),
         "emulator": "separate process",
         "emulator_gc": EMULATOR_GC,
         "client_gc": "default; gc.collect() after each warm-up",
@@ -184,6 +206,9 @@ async def measure(users: int, per_user: int, rate: float, turns: tuple[str, ...]
     }
     result["ratio_p50"] = round(result["p50_ms"] / result["centrifuge_python_p50_ms"], 3)
     result["ratio_p99"] = round(result["p99_ms"] / result["centrifuge_python_p99_ms"], 3)
+    result["watch_ratio_p50"] = round(
+        result["watch_p50_ms"] / result["centrifuge_python_p50_ms"], 3
+    )
     return result
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 
+from orderfsm.errors import UnknownStatus
+
 
 class Status(str, enum.Enum):
     """An order status, spelled exactly as Xsolla spells it on the wire.
@@ -28,8 +30,6 @@ FINAL_STATUSES = frozenset({Status.DONE, Status.CANCELED, Status.EXPIRED})
 
 def parse_status(value: object) -> Status:
     """Turn a wire value into a :class:`Status`, or raise ``UnknownStatus``."""
-    from orderfsm.errors import UnknownStatus
-
     try:
         return _BY_VALUE[value]
     except (KeyError, TypeError):

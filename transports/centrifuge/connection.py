@@ -314,14 +314,13 @@ class Connection:
             frame = await ws.receive()
             now = clock()
             events = engine.receive(frame, now)
-            # Timer first, delivery next: whoever the delivery wakes runs sooner.
+            if events:  # first: the application hears of a status before any bookkeeping
+                self._handle(events)
             timer = self._timer
             if timer is not None:
                 deadline = engine.next_deadline()
                 if deadline is not None and deadline < timer.deadline:
                     timer.deadline = _wake_at(deadline, now)
-            if events:
-                self._handle(events)
             frames = engine.data_to_send()
             if frames:
                 await self._send(frames)
