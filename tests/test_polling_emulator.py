@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import anyio
 import pytest
-from test_http_loopback import Request, free_port_url, http_response, loopback_server
+from support_http import Request, free_port_url, http_response, loopback_server
 
 from orderfsm.errors import OrderNotFound, ServiceUnavailable, TokenRejected
 from orderfsm.interface import Health, HealthReport, TokenProvider

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from test_webhook_http import serve_receiver
+from support_webhook import serve_receiver
 
 from orderfsm import Status, StatusChange, Tracker
 from transports.emulator import Emulator

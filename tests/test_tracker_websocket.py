@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import anyio
 import pytest
-from test_webhook_http import serve_receiver
+from support_webhook import serve_receiver
 
 from orderfsm import Change, Status, StatusChange
 from orderfsm.interface import Health

@@ -8,11 +8,10 @@ real sockets.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import anyio
 import pytest
-from test_webhook_signature import VECTORS
+from support_webhook import SECRET, VECTORS, Recorder, order_paid, signed
 
 from orderfsm.testing import RecordingSink
 from transports.webhook import (
@@ -34,66 +33,10 @@ from transports.webhook import (
     parse_notification,
 )
 
-SECRET = "PROJECT_SECRET_KEY"
-
-
-def order_paid(order_id: int = 689810880, kind: str = "order_paid", **extra: Any) -> bytes:
-    # Key order as in a real capture: items first, not notification_type.
-    body = {
-        "items": [
-            {
-                "sku": "com.xsolla.item_1",
-                "type": "virtual_good",
-                "quantity": 1,
-                "amount": "1.99",
-                "promotions": [],
-                "is_pre_order": False,
-                "is_free": "false",
-            }
-        ],
-        "notification_type": kind,
-        "order": {
-            "id": order_id,
-            "mode": "sandbox",
-            "currency_type": "real",
-            "currency": "USD",
-            "amount": "1.9900",
-            "status": "paid",
-            "platform": "xsolla",
-            "comment": None,
-            "invoice_id": "1234567890",
-        },
-        "user": {"external_id": "user-1", "email": "a@example.com", "country": "US"},
-        **extra,
-    }
-    return json.dumps(body, separators=(",", ":")).encode()
-
-
-def signed(body: bytes, secret: str = SECRET) -> dict[str, str]:
-    return {"Authorization": authorization_header(body, secret), "Content-Type": "application/json"}
-
 
 def error_code(answer: WebhookAnswer) -> str:
     code: str = json.loads(answer.body)["error"]["code"]
     return code
-
-
-class Recorder:
-    """An application handler that remembers what it handled, failing on demand."""
-
-    def __init__(self, fail_times: int = 0, delay: float = 0.0) -> None:
-        self.fail_times = fail_times
-        self.delay = delay
-        self.handled: list[Notification] = []
-        self.calls = 0
-
-    async def __call__(self, notification: Notification) -> None:
-        self.calls += 1
-        await anyio.sleep(self.delay)
-        if self.fail_times:
-            self.fail_times -= 1
-            raise RuntimeError("database is down")
-        self.handled.append(notification)
 
 
 # --- parsing ------------------------------------------------------------------------

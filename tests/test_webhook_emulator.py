@@ -13,7 +13,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from test_webhook_http import KINDS, serve_receiver
+from support_webhook import KINDS, serve_receiver
 
 from orderfsm.testing import RecordingSink
 from transports.emulator import Emulator, WebhookAttempt

@@ -1,25 +1,16 @@
-"""The webhook receiver served for real on loopback: aiohttp.web (asyncio) and ASGI (hypercorn).
-
-``serve_receiver`` is shared with ``test_webhook_emulator``.
-"""
+"""The webhook receiver served for real on loopback: aiohttp.web (asyncio) and ASGI (hypercorn)."""
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
+from support_webhook import KINDS, serve_aiohttp, serve_asgi, serve_receiver
 
 from orderfsm.testing import RecordingSink
-from transports.backend import on_asyncio
 from transports.http import HttpResponse, open_http_client
 from transports.webhook import (
     XSOLLA_NETWORKS,
@@ -32,78 +23,6 @@ from transports.webhook import (
 )
 
 SECRET = "s3cret"
-KINDS = ["aiohttp", "asgi"]
-
-
-async def _wait_listening(port: int) -> None:
-    with anyio.fail_after(5):
-        while True:
-            try:
-                stream = await anyio.connect_tcp("127.0.0.1", port)
-            except OSError:
-                await anyio.sleep(0.01)
-            else:
-                await stream.aclose()
-                return
-
-
-@asynccontextmanager
-async def serve_asgi(app: Any) -> AsyncIterator[str]:
-    """Serve an ASGI app with hypercorn on the running loop (asyncio or trio)."""
-    from hypercorn.config import Config
-
-    # Bind first, so the port is known and nobody can take it; hypercorn adopts the socket.
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = Config()
-    config.bind = [f"fd://{os.dup(sock.fileno())}"]
-    sock.close()
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 1.0
-    if on_asyncio():
-        from hypercorn.asyncio import serve
-    else:
-        from hypercorn.trio import serve
-    stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(partial(serve, app, config, shutdown_trigger=stop.wait))
-        await _wait_listening(port)
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            stop.set()
-
-
-@asynccontextmanager
-async def serve_aiohttp(app: Any) -> AsyncIterator[str]:
-    from aiohttp import web
-
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        with anyio.CancelScope(shield=True):
-            await runner.cleanup()
-
-
-@asynccontextmanager
-async def serve_receiver(receiver: WebhookReceiver, kind: str) -> AsyncIterator[str]:
-    """The receiver's URL (``.../webhook``), served by aiohttp.web or as ASGI by hypercorn."""
-    if kind == "aiohttp":
-        if not on_asyncio():
-            pytest.skip("aiohttp.web serves on asyncio only; trio uses the ASGI app")
-        from transports.webhook import webhook_app
-
-        async with serve_aiohttp(webhook_app(receiver)) as base:
-            yield base + "/webhook"
-    else:
-        async with serve_asgi(asgi_app(receiver)) as base:
-            yield base + "/webhook"
 
 
 def order_paid(order_id: int) -> bytes:

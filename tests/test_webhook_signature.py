@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support_webhook import SECRET, VECTORS
 
 from orderfsm.errors import InvalidSignature
 from transports.webhook import (
@@ -12,17 +13,6 @@ from transports.webhook import (
     sign,
     verify,
 )
-
-SECRET = "PROJECT_SECRET_KEY"
-
-# xsolla.md §5.4: sha1(body + "PROJECT_SECRET_KEY"), bodies exactly as shown.
-VECTORS = [
-    (b'{"notification_type": "order_paid"}', "7a26ac37af1c6225a34c3657c4b56e7c16cfe651"),
-    (b'{"notification_type": "order_canceled"}', "6adc79ede9f19b2d78831468c82ef3e53ef12b32"),
-    (b'{"notification_type": "payment"}', "89404631c86da9f508954da7b50799199a6b1d3a"),
-    (b'{"notification_type": "user_validation"}', "aa484089c3488897042406bb6b5666d585e10620"),
-    (b"", "78143a5ac4b892a68ce8b0b8b49e26667db0fa07"),
-]
 
 
 @pytest.mark.parametrize(("body", "digest"), VECTORS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_webhook_core import SECRET, Recorder, order_paid, signed
+from support_webhook import SECRET, Recorder, order_paid, signed
 
 from transports.webhook import (
     InvalidUser,

@@ -195,7 +195,7 @@ def routes(s: Services, request_shutdown: Callable[[], None]) -> list[web.RouteD
 
     async def connections(request: web.Request) -> web.Response:
         user = request.query.get("user")
-        conns = [c.to_json() for c in hub.connections if user is None or c.user == user]
+        conns = [c.to_json() for c in (hub.connections if user is None else hub.of_user(user))]
         return _ok({"connections": conns})
 
     async def stats(request: web.Request) -> web.Response:

@@ -113,9 +113,11 @@ class Hub:
         self.timing = timing
         self.rng = rng
         self.connections: list[Connection] = []
+        self._open: dict[int, Connection] = {}
         self._by_user: dict[str, list[Connection]] = {}
-        """Connections that authenticated and are not closed yet, by user: a publication
-        looks up its user's sockets without scanning every socket ever opened."""
+        """Every connection that named its user, by user: a publication or a control
+        query looks up one user's sockets without scanning every socket ever opened
+        (a long soak opens hundreds of thousands)."""
         self.connects = 0
         self.pings_off_for_all = False
         self.pings_off: set[str] = set()
@@ -126,6 +128,9 @@ class Hub:
         self._all_gone.set()
 
     # --- queries --------------------------------------------------------------
+
+    def of_user(self, user: str) -> list[Connection]:
+        return list(self._by_user.get(user, ()))
 
     def open_for(self, user: str) -> list[Connection]:
         return [c for c in self._by_user.get(user, ()) if c.closed_at is None]
@@ -139,8 +144,8 @@ class Hub:
 
     def open_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for c in self.connections:
-            if c.closed_at is None and c.user is not None:
+        for c in self._open.values():
+            if c.user is not None:
                 counts[c.user] = counts.get(c.user, 0) + 1
         return counts
 
@@ -182,9 +187,8 @@ class Hub:
             self.pings_off.discard(user)
         else:
             self.pings_off.add(user)
-        for conn in self.connections:
-            if conn.closed_at is None:
-                self._apply_pings(conn)
+        for conn in self._open.values():
+            self._apply_pings(conn)
 
     def faults_for(self, user: str) -> DeliveryFaults:
         self.world.user(user)
@@ -198,7 +202,7 @@ class Hub:
     async def shutdown(self, grace: float) -> None:
         """Close every socket with 3001 and wait (bounded) for their handlers to end."""
         self.shutting_down.set()
-        for conn in self.connections:
+        for conn in list(self._open.values()):
             if conn.closed_at is None:
                 conn.session.close(p.SHUTDOWN)
                 conn.finish(Close(p.SHUTDOWN, "shutdown"))
@@ -220,6 +224,7 @@ class Hub:
         session = Session(self.world, self.timing, self.rng, anyio.current_time())
         conn = Connection(len(self.connections) + 1, session, time.time(), send)
         self.connections.append(conn)
+        self._open[conn.conn_id] = conn
         self._live += 1
         self._all_gone = anyio.Event() if self._live == 1 else self._all_gone
         self._apply_pings(conn)
@@ -233,11 +238,14 @@ class Hub:
                     await self._reader(conn, ws)
                     tg.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._finish(conn, ws, transport)
-            self._live -= 1
-            if self._live == 0:
-                self._all_gone.set()
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._finish(conn, ws, transport)
+            finally:
+                self._open.pop(conn.conn_id, None)
+                self._live -= 1
+                if self._live == 0:
+                    self._all_gone.set()
         return ws
 
     async def _reader(self, conn: Connection, ws: web.WebSocketResponse) -> None:
@@ -312,9 +320,3 @@ class Hub:
             conn.close_code = ws.close_code
         conn.closed_at = time.time()
         conn.session.phase = Phase.CLOSED
-        user = conn.user
-        mine = self._by_user.get(user) if user is not None else None
-        if user is not None and mine is not None and conn in mine:
-            mine.remove(conn)
-            if not mine:
-                del self._by_user[user]
