@@ -1,24 +1,15 @@
-"""Conformance checks for custom transports, shipped for users' tests too.
+"""Runs a custom transport for an order and records what it does.
 
-In the spirit of ``trio.testing.check_one_way_stream``: one call runs a
-transport through everything the tracker relies on, and fails with an
-``AssertionError`` that says which promise was broken::
-
-    @pytest.mark.anyio
-    async def test_my_transport_conforms() -> None:
-        async with Emulator() as emu:
-            await check_transport(my_transport, EmulatorWorld(emu))
-
-The transport is driven through a :class:`World`: something that creates
-orders and changes their statuses in whatever the transport reads.
-:class:`EmulatorWorld` is one for transports that read the emulator.
+Every call into the sink is checked as it happens; the session judges the
+end: how the transport stopped, what it left behind, how long it blocked the
+event loop.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import anyio
 import attrs
@@ -28,88 +19,9 @@ from orderfsm.core import Observation
 from orderfsm.errors import OrderFsmError
 from orderfsm.interface import Health, HealthReport
 from orderfsm.supervisor.custom import CustomTransport, OrderContext
-from orderfsm.supervisor.records import User
 
 if TYPE_CHECKING:
-    from transports.emulator import EmulatorClient
-    from transports.http import HttpClient
-
-UNKNOWN_STATUS = "refunded"
-"""A status outside the graph, which a transport must survive without reporting it."""
-
-
-class World(Protocol):
-    """The source a transport reads from, as the checks drive it.
-
-    Orders from one world should share whatever the transport shares (the
-    same user, the same stream), so that "never reports another order" means
-    something.
-    """
-
-    async def new_order(self) -> OrderContext:
-        """A new order in status ``new``, and what the transport gets for it."""
-        ...
-
-    async def set_status(self, order_id: int, status: str) -> None:
-        """Change the order's status as the real service would announce it.
-
-        ``status`` may be outside the graph (:data:`UNKNOWN_STATUS`); a world
-        that cannot express that may do nothing.
-        """
-        ...
-
-    async def disturb(self, order_id: int) -> None:
-        """Feed the transport junk about this order: malformed data, errors."""
-        ...
-
-
-class EmulatorWorld:
-    """A :class:`World` on the project's emulator, for transports that read it.
-
-    Every order belongs to one emulator user.  ``disturb`` publishes
-    malformed WebSocket publications and Event API events and makes the next
-    HTTP request (Get order or ``/events``, within a second) answer 500.
-    """
-
-    def __init__(self, emulator: EmulatorClient, *, http: HttpClient | None = None) -> None:
-        self.emulator = emulator
-        self.http = http
-        self._user: str | None = None
-        self._token = ""
-        self._project_id: int | None = None
-
-    async def _provide_token(self) -> str:
-        return self._token
-
-    async def new_order(self) -> OrderContext:
-        if self._user is None or self._project_id is None:
-            self._project_id = int((await self.emulator.info())["project_id"])
-            user = await self.emulator.create_user()
-            self._user, self._token = user.external_id, user.token
-        order_id = await self.emulator.create_order(self._user)
-        return OrderContext(
-            order_id=order_id,
-            project_id=self._project_id,
-            user=User(self._provide_token, self._user),
-            api_url=self.emulator.api_url,
-            http=self.http,
-        )
-
-    async def set_status(self, order_id: int, status: str) -> None:
-        await self.emulator.set_status(order_id, status)
-
-    async def disturb(self, order_id: int) -> None:
-        assert self._user is not None, "disturb() before new_order()"
-        emu, user = self.emulator, self._user
-        for junk in ("garbage", {"order_id": order_id, "status": 42}, {"order_id": str(order_id)}):
-            await emu.publish_raw(user, junk)
-        for data in (
-            "garbage",
-            {"notification_type": "order_paid", "order": {"id": "not-an-id"}},
-            {"notification_type": "order_refunded", "order": {"id": order_id}},
-        ):
-            await emu.add_event(user, data)
-        await emu.get_order_fault("error", status=500, count=1, seconds=1.0, service="any")
+    from orderfsm.conformance.world import World
 
 
 @attrs.frozen
@@ -124,98 +36,10 @@ class Limits:
     """Longest time the event loop may go without running other tasks."""
 
 
-async def check_transport(
-    transport: CustomTransport,
-    world: World,
-    *,
-    timeout: float = 5.0,  # noqa: ASYNC109 (a per-step limit, not the whole call's)
-    settle: float = 0.2,
-    cancel_within: float = 1.0,
-    max_block: float = 0.5,
-) -> None:
-    """Run every check; the first broken promise raises ``AssertionError``."""
-    limits = Limits(timeout, settle, cancel_within, max_block)
-    await check_delivers_changes(transport, world, limits)
-    await check_ignores_other_orders(transport, world, limits)
-    await check_survives_junk(transport, world, limits)
-    await check_stops_when_cancelled(transport, world, limits)
-
-
-async def check_delivers_changes(
-    transport: CustomTransport, world: World, limits: Limits = Limits()
-) -> None:
-    """``paid`` then ``canceled`` are each delivered as well-formed observations."""
-    check = "delivers status changes"
-
-    async def body(session: _Session) -> None:
-        run = session.start(await world.new_order())
-        await anyio.sleep(limits.settle)
-        for status in ("paid", "canceled"):
-            await session.change(world, run, status)
-            await session.wait_for(run, status)
-
-    await _Session.run(check, transport, limits, body)
-
-
-async def check_ignores_other_orders(
-    transport: CustomTransport, world: World, limits: Limits = Limits()
-) -> None:
-    """Two instances at once each report only their own order; a third order is silent."""
-    check = "reports only its own order"
-
-    async def body(session: _Session) -> None:
-        first = session.start(await world.new_order())
-        second = session.start(await world.new_order())
-        bystander = await world.new_order()
-        await anyio.sleep(limits.settle)
-        await world.set_status(bystander.order_id, "paid")
-        await world.set_status(bystander.order_id, "canceled")
-        await session.change(world, first, "paid")
-        await session.change(world, second, "canceled")
-        await session.wait_for(first, "paid")
-        await session.wait_for(second, "canceled")
-        await anyio.sleep(limits.settle)  # room for stragglers to show up
-
-    await _Session.run(check, transport, limits, body)
-
-
-async def check_survives_junk(
-    transport: CustomTransport, world: World, limits: Limits = Limits()
-) -> None:
-    """An unknown status and malformed data neither stop nor break the transport."""
-    check = "survives junk"
-
-    async def body(session: _Session) -> None:
-        run = session.start(await world.new_order())
-        await anyio.sleep(limits.settle)
-        await world.set_status(run.order_id, UNKNOWN_STATUS)
-        await world.disturb(run.order_id)
-        await anyio.sleep(limits.settle)
-        await session.change(world, run, "paid")
-        await session.wait_for(run, "paid")
-
-    await _Session.run(check, transport, limits, body)
-
-
-async def check_stops_when_cancelled(
-    transport: CustomTransport, world: World, limits: Limits = Limits()
-) -> None:
-    """Cancelled mid-flight, it returns within ``cancel_within`` and leaves no task behind."""
-
-    async def body(session: _Session) -> None:
-        session.start(await world.new_order())
-        await anyio.sleep(limits.settle)
-
-    await _Session.run("stops when cancelled", transport, limits, body)
-
-
-# --- the harness ------------------------------------------------------------------
-
-
-class _Run:
+class Run:
     """One transport instance for one order, with a sink that checks every call."""
 
-    def __init__(self, session: _Session, context: OrderContext) -> None:
+    def __init__(self, session: Session, context: OrderContext) -> None:
         self.session = session
         self.context = context
         self.order_id = context.order_id
@@ -310,14 +134,14 @@ class _Run:
         self.session.violations.append(message)
 
 
-class _Session:
+class Session:
     """One check: runs transports in a task group, watches the loop, judges the end."""
 
     def __init__(self, check: str, transport: CustomTransport, limits: Limits) -> None:
         self.check = check
         self.transport = transport
         self.limits = limits
-        self.runs: list[_Run] = []
+        self.runs: list[Run] = []
         self.violations: list[str] = []
         self.max_lag = 0.0
         self._changed = anyio.Event()
@@ -329,7 +153,7 @@ class _Session:
         check: str,
         transport: CustomTransport,
         limits: Limits,
-        body: Callable[[_Session], Awaitable[None]],
+        body: Callable[[Session], Awaitable[None]],
     ) -> None:
         session = cls(check, transport, limits)
         failure: BaseException | None = None
@@ -357,9 +181,9 @@ class _Session:
     def fail(self, message: str) -> AssertionError:
         return AssertionError(f"check_transport: {self.check}: {message}")
 
-    def start(self, context: OrderContext) -> _Run:
+    def start(self, context: OrderContext) -> Run:
         assert self._tg is not None
-        run = _Run(self, context)
+        run = Run(self, context)
         self.runs.append(run)
         self._tg.start_soon(run.main, self.transport, name=f"transport for {context.order_id}")
         return run
@@ -371,11 +195,11 @@ class _Session:
         if self.violations:
             raise self.fail(self.violations[0])
 
-    async def change(self, world: World, run: _Run, status: str) -> None:
+    async def change(self, world: World, run: Run, status: str) -> None:
         run.allowed.add(status)  # before the world acts: news may beat its return
         await world.set_status(run.order_id, status)
 
-    async def wait_for(self, run: _Run, status: str) -> None:
+    async def wait_for(self, run: Run, status: str) -> None:
         what = f"'{status}' for order {run.order_id}"
         with anyio.move_on_after(self.limits.timeout):
             while True:
@@ -433,16 +257,3 @@ class _Session:
             before = anyio.current_time()
             await anyio.sleep(tick)
             self.max_lag = max(self.max_lag, anyio.current_time() - before - tick)
-
-
-__all__ = [
-    "UNKNOWN_STATUS",
-    "EmulatorWorld",
-    "Limits",
-    "World",
-    "check_delivers_changes",
-    "check_ignores_other_orders",
-    "check_stops_when_cancelled",
-    "check_survives_junk",
-    "check_transport",
-]
