@@ -3,7 +3,8 @@
 A :class:`Connection` runs one :class:`~transports.centrifuge.engine.CentrifugeEngine`
 (one per endpoint, project and user, kept across reconnects so channel
 positions survive and go back to the server for recovery) and hands what it
-learns to the sinks of the orders attached to it.
+learns to its :class:`~transports.centrifuge.subscribers.Subscribers`, which
+turn it into calls on the sinks of the orders attached to it.
 
 Each connection attempt is one task group with two tasks:
 
@@ -24,16 +25,15 @@ opens: exactly one live socket per connection.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import random as _random
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
 import anyio
 import attrs
 
-from orderfsm.core import FINAL_STATUSES, Observation
 from orderfsm.errors import OrderFsmError, TokenRejected, TransportError
 from orderfsm.interface import WEBSOCKET, Health, HealthReport, ObservationSink, TokenProvider
 from transports.backend import on_asyncio
@@ -50,11 +50,13 @@ from transports.centrifuge.events import (
     Reconnecting,
 )
 from transports.centrifuge.socket import SocketClosed, SocketFactory, WebSocket
+from transports.centrifuge.subscribers import (
+    Attachment as Attachment,  # re-exported: the pool and the package import it from here
+)
+from transports.centrifuge.subscribers import Subscribers
 
 logger = logging.getLogger("orderfsm.websocket")
 
-REMEMBERED_ORDERS = 1_000
-"""Order ids whose statuses a connection keeps, for orders attached after the news."""
 TIMER_SLACK_MARGIN = 0.002
 """Wake this fraction of the remaining time early (see :func:`_wake_at`)."""
 TOKEN_ATTEMPTS = 5
@@ -88,26 +90,6 @@ class ConnectionInfo:
     """Connection attempts so far."""
 
 
-class Attachment:
-    """One order's interest in its user's connection; :meth:`detach` ends it."""
-
-    __slots__ = ("_connection", "detached", "order_id", "sink")
-
-    def __init__(self, connection: Connection, order_id: int, sink: ObservationSink) -> None:
-        self._connection = connection
-        self.order_id = order_id
-        self.sink = sink
-        self.detached = False
-
-    def detach(self) -> None:
-        """Stop delivering to this sink (idempotent).  The connection closes when
-        its last attachment detaches; that also happens by itself after a final
-        status was delivered."""
-        if not self.detached:
-            self.detached = True
-            self._connection.release(self)
-
-
 def _token_from(token: TokenProvider | str) -> TokenProvider:
     if isinstance(token, str):
         value = token
@@ -120,12 +102,7 @@ def _token_from(token: TokenProvider | str) -> TokenProvider:
 
 
 class Connection:
-    """One key's engine, its attachments and the task that drives them.
-
-    Statuses seen are remembered per order id (the last
-    :data:`REMEMBERED_ORDERS` ids), because an order is often attached after
-    its first statuses went by on an already caught-up connection.
-    """
+    """One key's engine, its subscribers and the task that drives them."""
 
     def __init__(
         self,
@@ -157,9 +134,8 @@ class Connection:
         self.sockets_opened = 0
         self.generation = 0
         self.closed = anyio.Event()
-        self._orders: dict[int, list[Attachment]] = {}
-        self._attachments = 0
-        self._seen: OrderedDict[int, tuple[Observation, ...]] = OrderedDict()
+        self._subscribers = Subscribers(functools.partial(on_idle, self))
+        self._deliver = self._subscribers.deliver  # bound once: a publication's hot path
         self._scope = anyio.CancelScope()
         self._attempt_scope: anyio.CancelScope | None = None
         self._timer: anyio.CancelScope | None = None
@@ -171,27 +147,11 @@ class Connection:
 
     def attach(self, order_id: int, sink: ObservationSink) -> Attachment:
         """Report the current health to ``sink`` and replay what was seen for the order."""
-        attachment = Attachment(self, order_id, sink)
-        self._orders.setdefault(order_id, []).append(attachment)
-        self._attachments += 1
         report = HealthReport(WEBSOCKET, self.health, anyio.current_time(), self.reason, self.error)
-        self._report(attachment, report)
-        for observation in self._seen.get(order_id, ()):
-            if attachment.detached:
-                break
-            self._observe(attachment, observation)
-        return attachment
+        return self._subscribers.attach(order_id, sink, report)
 
     def release(self, attachment: Attachment) -> None:
-        attachments = self._orders.get(attachment.order_id)
-        if attachments is None or attachment not in attachments:
-            return
-        attachments.remove(attachment)
-        if not attachments:
-            del self._orders[attachment.order_id]
-        self._attachments -= 1
-        if self._attachments == 0:
-            self._on_idle(self)
+        self._subscribers.release(attachment)
 
     def stop(self) -> None:
         """Close on purpose: the socket is closed gracefully (shielded), sinks
@@ -204,8 +164,8 @@ class Connection:
             health=self.health,
             reason=self.reason,
             state=self.engine.state.value,
-            orders=len(self._orders),
-            attachments=self._attachments,
+            orders=self._subscribers.order_count,
+            attachments=self._subscribers.attachment_count,
             sockets_opened=self.sockets_opened,
             generation=self.generation,
         )
@@ -356,7 +316,7 @@ class Connection:
         if events:
             self._handle(events)
 
-    # --- events -> sinks ---------------------------------------------------------------
+    # --- events -> subscribers ---------------------------------------------------------
 
     def _handle(self, events: list[Event]) -> None:
         for event in events:
@@ -387,37 +347,6 @@ class Connection:
         if self._attempt_scope is not None:
             self._attempt_scope.cancel()
 
-    def _deliver(self, publication: OrderPublication) -> None:
-        observation = publication.observation
-        order_id = observation.order_id
-        seen = self._seen
-        kept = seen.get(order_id)
-        if kept is None:
-            seen[order_id] = (observation,)
-            if len(seen) > REMEMBERED_ORDERS:
-                seen.popitem(last=False)
-        else:
-            seen.move_to_end(order_id)
-            status = observation.status
-            for old in kept:
-                if old.status is status:
-                    break
-            else:
-                seen[order_id] = (*kept, observation)
-        attachments = self._orders.get(order_id)
-        if attachments is not None:
-            for attachment in tuple(attachments):
-                if not attachment.detached:
-                    self._observe(attachment, observation)
-
-    def _observe(self, attachment: Attachment, observation: Observation) -> None:
-        try:
-            attachment.sink.observe(observation)
-        except Exception:
-            logger.exception("sink of order %s raised on observe", attachment.order_id)
-        if observation.status in FINAL_STATUSES:
-            attachment.detach()
-
     def _set_health(
         self,
         health: Health,
@@ -428,19 +357,9 @@ class Connection:
     ) -> None:
         changed = health is not self.health
         self.health, self.reason, self.error = health, reason, error
-        if not (changed or gap):
-            return
-        report = HealthReport(WEBSOCKET, health, anyio.current_time(), reason, error, gap)
-        for attachments in list(self._orders.values()):
-            for attachment in tuple(attachments):
-                if not attachment.detached:
-                    self._report(attachment, report)
-
-    def _report(self, attachment: Attachment, report: HealthReport) -> None:
-        try:
-            attachment.sink.report(report)
-        except Exception:
-            logger.exception("sink of order %s raised on report", attachment.order_id)
+        if changed or gap:
+            report = HealthReport(WEBSOCKET, health, anyio.current_time(), reason, error, gap)
+            self._subscribers.broadcast(report)
 
 
 def _wake_at(deadline: float | None, now: float) -> float:

@@ -1,0 +1,143 @@
+"""Who hears about what on one connection: the orders attached and their sinks.
+
+A :class:`~transports.centrifuge.connection.Connection` reads the socket and
+runs the engine; it hands each status to :meth:`Subscribers.deliver` and each
+health change to :meth:`Subscribers.broadcast`, and this module turns them into
+sink calls.  Kept apart from the I/O loop so that the bookkeeping (attach,
+detach, replay, the final-status detach) reads and changes in one place.
+
+Statuses seen are remembered per order id (the last :data:`REMEMBERED_ORDERS`
+ids), because an order is often attached after its first statuses went by on
+an already caught-up connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Protocol
+
+from orderfsm.core import FINAL_STATUSES, Observation
+from orderfsm.interface import HealthReport, ObservationSink
+from transports.centrifuge.events import OrderPublication
+
+logger = logging.getLogger("orderfsm.websocket")
+
+REMEMBERED_ORDERS = 1_000
+"""Order ids whose statuses a connection keeps, for orders attached after the news."""
+
+
+class _Owner(Protocol):
+    def release(self, attachment: Attachment) -> None: ...
+
+
+class Attachment:
+    """One order's interest in its user's connection; :meth:`detach` ends it."""
+
+    __slots__ = ("_owner", "detached", "order_id", "sink")
+
+    def __init__(self, owner: _Owner, order_id: int, sink: ObservationSink) -> None:
+        self._owner = owner
+        self.order_id = order_id
+        self.sink = sink
+        self.detached = False
+
+    def detach(self) -> None:
+        """Stop delivering to this sink (idempotent).  The connection closes when
+        its last attachment detaches; that also happens by itself after a final
+        status was delivered."""
+        if not self.detached:
+            self.detached = True
+            self._owner.release(self)
+
+
+class Subscribers:
+    """The attachments of one connection, by order id, and what they were told.
+
+    ``on_idle`` is called (with no argument) when the last attachment goes.
+    """
+
+    __slots__ = ("_attachments", "_on_idle", "_orders", "_seen")
+
+    def __init__(self, on_idle: Callable[[], None]) -> None:
+        self._on_idle = on_idle
+        self._orders: dict[int, list[Attachment]] = {}
+        self._attachments = 0
+        self._seen: OrderedDict[int, tuple[Observation, ...]] = OrderedDict()
+
+    @property
+    def order_count(self) -> int:
+        return len(self._orders)
+
+    @property
+    def attachment_count(self) -> int:
+        return self._attachments
+
+    def attach(self, order_id: int, sink: ObservationSink, health: HealthReport) -> Attachment:
+        """Report ``health`` to ``sink`` and replay what was seen for the order."""
+        attachment = Attachment(self, order_id, sink)
+        self._orders.setdefault(order_id, []).append(attachment)
+        self._attachments += 1
+        self._report(attachment, health)
+        for observation in self._seen.get(order_id, ()):
+            if attachment.detached:
+                break
+            self._observe(attachment, observation)
+        return attachment
+
+    def release(self, attachment: Attachment) -> None:
+        attachments = self._orders.get(attachment.order_id)
+        if attachments is None or attachment not in attachments:
+            return
+        attachments.remove(attachment)
+        if not attachments:
+            del self._orders[attachment.order_id]
+        self._attachments -= 1
+        if self._attachments == 0:
+            self._on_idle()
+
+    def deliver(self, publication: OrderPublication) -> None:
+        """Remember the status, then hand it to the order's sinks (the hot path)."""
+        observation = publication.observation
+        order_id = observation.order_id
+        seen = self._seen
+        kept = seen.get(order_id)
+        if kept is None:
+            seen[order_id] = (observation,)
+            if len(seen) > REMEMBERED_ORDERS:
+                seen.popitem(last=False)
+        else:
+            seen.move_to_end(order_id)
+            status = observation.status
+            for old in kept:
+                if old.status is status:
+                    break
+            else:
+                seen[order_id] = (*kept, observation)
+        attachments = self._orders.get(order_id)
+        if attachments is not None:
+            for attachment in tuple(attachments):
+                if not attachment.detached:
+                    self._observe(attachment, observation)
+
+    def broadcast(self, report: HealthReport) -> None:
+        """Tell every attached sink about a health change (or a gap)."""
+        for attachments in list(self._orders.values()):
+            for attachment in tuple(attachments):
+                if not attachment.detached:
+                    self._report(attachment, report)
+
+    def _observe(self, attachment: Attachment, observation: Observation) -> None:
+        try:
+            attachment.sink.observe(observation)
+        except Exception:
+            logger.exception("sink of order %s raised on observe", attachment.order_id)
+        if observation.status in FINAL_STATUSES:
+            attachment.detach()
+
+    def _report(self, attachment: Attachment, report: HealthReport) -> None:
+        try:
+            attachment.sink.report(report)
+        except Exception:
+            logger.exception("sink of order %s raised on report", attachment.order_id)
