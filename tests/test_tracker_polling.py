@@ -7,10 +7,10 @@ from collections.abc import Iterator
 import anyio
 import pytest
 
-from orderfsm import Status
+from orderfsm import Observation, Status
 from orderfsm.errors import TokenRejected, TrackingTimeout
 from orderfsm.supervisor.policy import DefaultPolicy
-from orderfsm.supervisor.records import StatusChange
+from orderfsm.supervisor.records import FinalResult, StatusChange
 from orderfsm.supervisor.tracker import Tracker, TrackerClosed
 from transports.emulator import Emulator
 
@@ -127,3 +127,53 @@ async def test_many_orders_at_once(emu: Emulator) -> None:
     assert {o: r.status for o, r in results.items()} == {
         o: Status.DONE if i % 3 else Status.CANCELED for i, o in enumerate(orders)
     }
+
+
+async def test_closing_while_details_are_on_their_way_keeps_the_final_status(
+    emu: Emulator,
+) -> None:
+    """A waiter outside the tracker learns the final status it saw, not only
+    that the tracker closed: the details request it cut short is the error."""
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    await emu.get_order_fault("slow", delay=5.0, order_id=order_id)
+    results: list[FinalResult] = []
+
+    async def waiter(tracker: Tracker) -> None:
+        results.append(await tracker.wait(order_id))
+
+    async with (
+        anyio.create_task_group() as tg,
+        Tracker(
+            project_id=emu.project_id,
+            token=user.token,
+            api_url=emu.api_url,
+            transports=("webhook",),
+        ) as tracker,
+    ):
+        tracker.track(order_id)
+        tg.start_soon(waiter, tracker)
+        tracker.observe(Observation(order_id, "done", "webhook", anyio.current_time()))
+        await anyio.sleep(0.2)  # the details request is in flight, slowed down
+        assert not results
+    [result] = results
+    assert result.status is Status.DONE and result.details is None
+    assert isinstance(result.details_error, TrackerClosed)
+
+
+async def test_ended_orders_do_not_stay_in_the_schedulers_heap() -> None:
+    """Each order waits on a review (its deadline); a thousand orders that
+    ended long before it must not keep a thousand entries alive."""
+    async with Tracker(project_id=1, transports=("webhook",), fetch_details=False) as tracker:
+        for order_id in range(1, 1001):
+            tracker.track(order_id)
+        await anyio.sleep(0.05)
+        scheduler = tracker._scheduler
+        assert scheduler is not None and len(scheduler._due) == 1000
+        for order_id in range(1, 1001):
+            tracker.observe(Observation(order_id, "canceled", "webhook", anyio.current_time()))
+            await tracker.wait(order_id)
+            tracker.forget(order_id)
+        tracker.track(5000)  # a scheduler pass
+        await anyio.sleep(0.05)
+        assert len(scheduler._due) <= 64 + 2

@@ -75,6 +75,8 @@ class Scheduler:
         self._pool = pool
         self._due: list[tuple[float, int, TrackedOrder]] = []
         self._pushed = 0
+        self._reviews = 0
+        """Orders with a review time: the live entries of ``_due``."""
         self._dirty: dict[int, TrackedOrder] = {}
         self._kick = anyio.Event()
 
@@ -98,11 +100,20 @@ class Scheduler:
             order.finish(None, error)
 
     def close(self, orders: Iterable[TrackedOrder]) -> None:
-        """The tracker is closing: whoever still waits learns it now."""
+        """The tracker is closing: whoever still waits learns it now.
+
+        An order already final gets its result, without the details still on
+        their way: a final status, once seen, is never dropped.
+        """
         for order in orders:
-            if not order.is_finished:
-                self._end(order)
-                order.finish(None, TrackerClosed(f"order {order.order_id}: the tracker closed"))
+            if order.is_finished:
+                continue
+            self._end(order)
+            closed = TrackerClosed(f"order {order.order_id}: the tracker closed")
+            if order.final is None:
+                order.finish(None, closed)
+            else:
+                order.finish(_result(order, closed), None)
 
     async def run(self) -> None:
         while True:
@@ -113,11 +124,17 @@ class Scheduler:
                 at, _, order = heapq.heappop(due)
                 if order.review_at == at:
                     order.review_at = None  # in the heap no more
+                    self._reviews -= 1
                     self._dirty[order.order_id] = order
             dirty, self._dirty = self._dirty, {}
             for order in dirty.values():
                 if not order.ended:
                     self._step(order, now)
+            if len(due) > 2 * self._reviews + 64:
+                # Orders that ended or moved their review leave entries behind;
+                # dropped in bulk so the heap does not keep old orders alive.
+                due[:] = [entry for entry in due if entry[2].review_at == entry[0]]
+                heapq.heapify(due)
             wake_at = due[0][0] if due else math.inf
             with anyio.CancelScope(deadline=wake_at):
                 await kick.wait()
@@ -181,6 +198,7 @@ class Scheduler:
                 self.stop(order, error)
                 return
         if plan.review_at != order.review_at:
+            self._reviews += (plan.review_at is not None) - (order.review_at is not None)
             order.review_at = plan.review_at
             if plan.review_at is not None:
                 self._pushed += 1
@@ -188,7 +206,9 @@ class Scheduler:
 
     def _end(self, order: TrackedOrder) -> None:
         order.ended = True
-        order.review_at = None
+        if order.review_at is not None:
+            order.review_at = None
+            self._reviews -= 1
         self._dirty.pop(order.order_id, None)
         if order.attachment is not None:
             order.attachment.detach()
@@ -310,8 +330,6 @@ class Scheduler:
             self.wake(order)
 
     async def _finish(self, order: TrackedOrder) -> None:
-        final = order.final
-        assert final is not None
         details_error: OrderFsmError | None = None
         if order.details is None and self.fetch_details:
             from transports.polling import fetch_order
@@ -330,16 +348,20 @@ class Scheduler:
                     details_error = exc
             if timeout.cancelled_caught:
                 details_error = TrackingTimeout("order details did not arrive in time")
-        if order.is_finished:
-            return  # the tracker closed while the details were on their way
-        result = FinalResult(
-            order_id=order.order_id,
-            status=final.status,
-            source=final.source,
-            at=final.at,
-            changes=tuple(order.changes),
-            conflicts=tuple(order.conflicts),
-            details=order.details,
-            details_error=details_error,
-        )
-        order.finish(result, None)
+        if not order.is_finished:  # else the tracker closed while the details were coming
+            order.finish(_result(order, details_error), None)
+
+
+def _result(order: TrackedOrder, details_error: OrderFsmError | None) -> FinalResult:
+    final = order.final
+    assert final is not None
+    return FinalResult(
+        order_id=order.order_id,
+        status=final.status,
+        source=final.source,
+        at=final.at,
+        changes=tuple(order.changes),
+        conflicts=tuple(order.conflicts),
+        details=order.details,
+        details_error=details_error,
+    )
