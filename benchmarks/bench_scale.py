@@ -5,8 +5,11 @@ process of its own, so its peak RSS (``ru_maxrss``) and CPU time are its
 alone:
 
 * ours: one ``Tracker`` (``fetch_details=False``: no Get order per finished
-  order, so only the WebSocket path is measured) and one ``tracker.watch``
-  consumer per order, as an application waiting on each order would have;
+  order, so only the WebSocket path is measured) counting changes in its
+  ``on_change`` hook, as the other client counts in its handler (the plain
+  figures: ``peak_rss_mb``, the floor, and the rest);
+* ours again with one ``tracker.watch`` consumer task per order, as an
+  application waiting on each order would have (``watch_`` figures);
 * centrifuge-python: the naive alternative, one ``Client`` per user, counting
   publications in ``on_publication`` (it has no notion of orders, so it
   holds less: a floor to compare with, not an equal).
@@ -48,7 +51,7 @@ from _common import (
     run_schedule,
 )
 
-from orderfsm.supervisor.records import StatusChange
+from orderfsm.supervisor.records import Change, StatusChange
 from orderfsm.supervisor.tracker import Tracker
 from transports.emulator import EmulatorClient, EmulatorProcess, User
 
@@ -56,9 +59,9 @@ FLOORS = {"peak_rss_mb": ("<=", 400.0)}
 STATUSES = ("paid", "done")
 EMULATOR_GC = "frozen"
 DRAIN_TIMEOUT = 60.0
-CLIENTS = (("ours", ""), ("ours-frozen", "gc_frozen_"), ("theirs", "centrifuge_python_"))
-"""Child runs, in order: ours; ours again with ``gc.freeze()`` once connected;
-centrifuge-python.  Figures of the latter two carry the prefix."""
+CLIENTS = (("ours", ""), ("ours-watch", "watch_"), ("theirs", "centrifuge_python_"))
+"""Child runs, in order: ours (``on_change``); ours with a ``watch`` task per
+order; centrifuge-python.  Figures of the latter two carry the prefix."""
 
 
 # --- the child: one client under test --------------------------------------------
@@ -97,16 +100,10 @@ class GcPauses:
             self.pauses.append(time.perf_counter() - self._started)
 
 
-async def tell_parent_and_wait(counter: Deliveries, freeze: bool = False) -> dict[str, Any]:
-    """Say ``ready``, wait for ``go`` on stdin, then for every change (bounded).
-
-    ``freeze``: first move everything alive (the connected tracker) out of
-    the collector's sight with ``gc.freeze()``, as an application can.
-    """
+async def tell_parent_and_wait(counter: Deliveries) -> dict[str, Any]:
+    """Say ``ready``, wait for ``go`` on stdin, then for every change (bounded)."""
+    gc.collect()
     tracked = len(gc.get_objects())
-    if freeze:
-        gc.collect()
-        gc.freeze()
     rss_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     pauses = GcPauses()
     gc.callbacks.append(pauses)
@@ -131,32 +128,39 @@ async def tell_parent_and_wait(counter: Deliveries, freeze: bool = False) -> dic
 
 
 async def child_ours(
-    emu: EmulatorClient, users: list[User], by_user: dict[str, list[int]], freeze: bool = False
+    emu: EmulatorClient, users: list[User], by_user: dict[str, list[int]], via_watch: bool
 ) -> dict[str, Any]:
     project_id = int((await emu.info())["project_id"])
     owner = {oid: u for u in users for oid in by_user[u.external_id]}
     counter = Deliveries(len(owner) * len(STATUSES))
     board = HealthBoard(owner)
+
+    def on_change(change: Change) -> None:
+        if isinstance(change, StatusChange) and change.status.value in STATUSES:
+            counter.hit()
+
     async with Tracker(
         project_id=project_id,
         ws_url=emu.ws_url,
         api_url=emu.api_url,
         fetch_details=False,
+        on_change=None if via_watch else on_change,
         on_report=board,
     ) as tracker:
 
         async def watch(order_id: int) -> None:
             user = owner[order_id]
-            changes = tracker.watch(order_id, token=user.token, user_id=user.external_id)
-            async for change in changes:
-                if isinstance(change, StatusChange) and change.status.value in STATUSES:
-                    counter.hit()
+            async for change in tracker.watch(order_id, token=user.token, user_id=user.external_id):
+                on_change(change)
 
         async with anyio.create_task_group() as tg:
-            for order_id in owner:
-                tg.start_soon(watch, order_id)
+            for order_id, user in owner.items():
+                if via_watch:
+                    tg.start_soon(watch, order_id)
+                else:
+                    tracker.track(order_id, token=user.token, user_id=user.external_id)
             await board.wait(CONNECT_TIMEOUT)
-            result = await tell_parent_and_wait(counter, freeze)
+            result = await tell_parent_and_wait(counter)
             tg.cancel_scope.cancel()
     return result
 
@@ -183,8 +187,8 @@ def child_main(which: str, base_url: str, plan_file: str) -> int:
     if which == "theirs":
         result = anyio.run(child_theirs, emu, users, by_user, backend="asyncio")
     else:
-        freeze = which == "ours-frozen"
-        result = anyio.run(child_ours, emu, users, by_user, freeze, backend="asyncio")
+        via_watch = which == "ours-watch"
+        result = anyio.run(child_ours, emu, users, by_user, via_watch, backend="asyncio")
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["cpu_s"] = round(
         usage.ru_utime + usage.ru_stime, 3
@@ -257,8 +261,8 @@ async def measure(users: int, per_user: int, rate: float) -> dict[str, Any]:
         "emulator": "separate process",
         "emulator_gc": EMULATOR_GC,
         "fetch_details": False,
-        "clients": "each in its own child process, in turn: ours, ours with gc.freeze() "
-        "once connected, centrifuge-python",
+        "clients": "each in its own child process, in turn: ours (on_change), "
+        "ours (a watch task per order), centrifuge-python",
     }
     async with EmulatorProcess(gc=EMULATOR_GC) as emu:
         for which, prefix in CLIENTS:
