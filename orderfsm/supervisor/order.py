@@ -38,7 +38,7 @@ class TrackedOrder:
         "attachment",
         "book",
         "check_once",
-        "custom_errors",
+        "custom_error",
         "custom_running",
         "details",
         "ended",
@@ -84,7 +84,8 @@ class TrackedOrder:
         self.websocket_error: OrderFsmError | None = None
         self.polling_error: OrderFsmError | None = None
         self.custom_running = 0
-        self.custom_errors: list[OrderFsmError] = []
+        self.custom_error: OrderFsmError | None = None
+        """The first error a custom transport ended with."""
         self.check_once = False
         """A source said news may have been lost: look once with Get order."""
         self.seen_on_websocket = False

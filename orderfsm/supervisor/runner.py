@@ -223,9 +223,7 @@ class Scheduler:
         """Fail now rather than at the deadline when nothing can deliver news."""
         if self.webhooks or order.custom_running:
             return None
-        cause = order.polling_error or order.websocket_error
-        if cause is None and order.custom_errors:
-            cause = order.custom_errors[0]
+        cause = order.polling_error or order.websocket_error or order.custom_error
         return cause or NoSourceLeft(f"order {order.order_id}: no transport left to follow it")
 
     # --- tasks ----------------------------------------------------------------------
@@ -321,10 +319,11 @@ class Scheduler:
         try:
             await transport(context, SourceSink(order))
         except OrderFsmError as exc:
-            order.custom_errors.append(exc)
+            order.custom_error = order.custom_error or exc
         except Exception as exc:  # a bug in user code (or an exception group) must not end tracking
             logger.exception("custom transport %r failed", transport)
-            order.custom_errors.append(TransportError(f"custom transport failed: {exc!r}"))
+            error = TransportError(f"custom transport failed: {exc!r}")
+            order.custom_error = order.custom_error or error
         finally:
             order.custom_running -= 1
             self.wake(order)

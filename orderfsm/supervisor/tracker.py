@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -109,6 +109,7 @@ class Tracker:
         self._early: OrderedDict[int, list[Observation]] = OrderedDict()
         self._stack: contextlib.AsyncExitStack | None = None
         self._scheduler: Scheduler | None = None
+        self._wake: Callable[[TrackedOrder], None] | None = None
         self._tg: TaskGroup | None = None
         self._pool: Any = None
         self.http: HttpClient | None = None
@@ -149,6 +150,7 @@ class Tracker:
                 pool=self._pool,
             )
             tg.start_soon(self._scheduler.run, name="orderfsm scheduler")
+            self._wake = self._scheduler.wake  # one bound method, shared by every order
             self._stack = stack.pop_all()
         return self
 
@@ -193,11 +195,11 @@ class Tracker:
         self._book.track(order_id, known_status)
         order = TrackedOrder(
             order_id,
-            user or User(_no_token),
+            user or _ANONYMOUS,
             self._book,
             anyio.current_time(),
             websocket=WEBSOCKET in self.transports,
-            wake=scheduler.wake,
+            wake=self._wake,
             on_change=self.on_change,
             on_report=self.on_report,
         )
@@ -294,3 +296,7 @@ class Tracker:
 
 async def _no_token() -> str:
     raise TransportError("no token was given for this order")
+
+
+_ANONYMOUS = User(_no_token)
+"""The user of orders tracked without a token (webhooks and custom transports only)."""
