@@ -45,6 +45,7 @@ class TrackedOrder:
         "error",
         "final",
         "helpers",
+        "is_finished",
         "log",
         "on_change",
         "on_report",
@@ -99,6 +100,8 @@ class TrackedOrder:
         self.details: OrderDetails | None = None
         self.result: FinalResult | None = None
         self.error: OrderFsmError | None = None
+        self.is_finished = False
+        """It has its ``result`` or its ``error``: waiters may return."""
         self.ended = False
         """No transport runs for it any more; ``result`` or ``error`` may still be coming."""
         self.wake = wake or _nobody
@@ -213,10 +216,6 @@ class TrackedOrder:
 
     # --- listeners ------------------------------------------------------------
 
-    @property
-    def is_finished(self) -> bool:
-        return self.result is not None or self.error is not None
-
     async def finished(self) -> None:
         """Return once the order has its result or its error."""
         if self.is_finished:
@@ -244,7 +243,7 @@ class TrackedOrder:
 
     def finish(self, result: FinalResult | None, error: OrderFsmError | None) -> None:
         self.result, self.error = result, error
-        self.ended = True
+        self.is_finished = self.ended = True
         if self._done is not None:
             self._done.set()
         self._tell_watchers()

@@ -145,7 +145,10 @@ class Scheduler:
         """Bring the order's transports in line with the policy's current plan."""
         if order.final is not None:
             self._end(order)
-            self._spawn(order, self._finish, order)
+            if order.details is None and self.fetch_details:
+                self._spawn(order, self._finish, order)
+            else:  # nothing to wait for: no task
+                order.finish(_result(order, None), None)
             return
         plan = self.policy.plan(order.situation(self.can_poll), now)
         if plan.timed_out:
@@ -161,7 +164,7 @@ class Scheduler:
         if plan.websocket and order.attachment is None and order.websocket is not None:
             order.attachment = self._pool.attach(
                 order.order_id,
-                SourceSink(order),
+                order,  # the pool delivers only this order's news: no filter needed
                 token=order.user.token,
                 user_id=order.user.external_id,
                 user_key=order.user,
@@ -329,24 +332,24 @@ class Scheduler:
             self.wake(order)
 
     async def _finish(self, order: TrackedOrder) -> None:
-        details_error: OrderFsmError | None = None
-        if order.details is None and self.fetch_details:
-            from transports.polling import fetch_order
+        """Get order once for the details of a final order, then finish it."""
+        from transports.polling import fetch_order
 
-            with anyio.move_on_after(self.details_timeout) as timeout:
-                try:
-                    order.details = await fetch_order(
-                        order.order_id,
-                        project_id=self.project_id,
-                        token=order.user.token,
-                        http=self.http,
-                        api=self.api_url,
-                        timeout=self.details_timeout,
-                    )
-                except OrderFsmError as exc:
-                    details_error = exc
-            if timeout.cancelled_caught:
-                details_error = TrackingTimeout("order details did not arrive in time")
+        details_error: OrderFsmError | None = None
+        with anyio.move_on_after(self.details_timeout) as timeout:
+            try:
+                order.details = await fetch_order(
+                    order.order_id,
+                    project_id=self.project_id,
+                    token=order.user.token,
+                    http=self.http,
+                    api=self.api_url,
+                    timeout=self.details_timeout,
+                )
+            except OrderFsmError as exc:
+                details_error = exc
+        if timeout.cancelled_caught:
+            details_error = TrackingTimeout("order details did not arrive in time")
         if not order.is_finished:  # else the tracker closed while the details were coming
             order.finish(_result(order, details_error), None)
 

@@ -339,7 +339,7 @@ class Connection:
                 logger.info("websocket %r ignored: %s", self.label, event.reason)
             elif isinstance(event, Connected):
                 logger.debug("websocket %r connected: %r", self.label, event)
-        if self.engine.caught_up and self.health is not Health.HEALTHY:
+        if self.health is not Health.HEALTHY and self.engine.caught_up:
             self._set_health(Health.HEALTHY, "caught up")  # after a gap while live
 
     def _over(self, end: Reconnecting | Failed) -> None:

@@ -98,9 +98,18 @@ class Subscribers:
             self._on_idle()
 
     def deliver(self, publication: OrderPublication) -> None:
-        """Remember the status, then hand it to the order's sinks (the hot path)."""
+        """Hand the status to the order's sinks, then remember it (the hot path:
+        the application hears first, the bookkeeping waits)."""
         observation = publication.observation
         order_id = observation.order_id
+        attachments = self._orders.get(order_id)
+        if attachments is not None:
+            if len(attachments) == 1:
+                self._observe(attachments[0], observation)
+            else:
+                for attachment in tuple(attachments):  # a final status detaches them
+                    if not attachment.detached:
+                        self._observe(attachment, observation)
         seen = self._seen
         kept = seen.get(order_id)
         if kept is None:
@@ -115,11 +124,6 @@ class Subscribers:
                     break
             else:
                 seen[order_id] = (*kept, observation)
-        attachments = self._orders.get(order_id)
-        if attachments is not None:
-            for attachment in tuple(attachments):
-                if not attachment.detached:
-                    self._observe(attachment, observation)
 
     def broadcast(self, report: HealthReport) -> None:
         """Tell every attached sink about a health change (or a gap)."""
