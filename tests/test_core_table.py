@@ -7,9 +7,12 @@ here.
 
 from __future__ import annotations
 
+import attrs
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from orderfsm import Advanced, Conflict, Duplicate, Observation, Stale, Status, apply
+from orderfsm import Advanced, Conflict, Duplicate, Observation, Position, Stale, Status, apply
 from orderfsm.errors import MalformedObservation, UnknownStatus
 
 N, P, D, C, E = Status.NEW, Status.PAID, Status.DONE, Status.CANCELED, Status.EXPIRED
@@ -77,6 +80,24 @@ def test_malformed_observation_is_a_typed_error(fields: dict[str, object]) -> No
     good: dict[str, object] = {"order_id": 7, "status": "paid", "source": "test", "at": 0.0}
     with pytest.raises(MalformedObservation):
         Observation(**{**good, **fields})  # type: ignore[arg-type]
+
+
+@given(
+    order_id=st.integers(min_value=1),
+    status=st.sampled_from(Status),
+    source=st.text(min_size=1),
+    at=st.floats(allow_nan=False, allow_infinity=False) | st.integers(),
+    position=st.none() | st.builds(Position, st.none() | st.integers(0), st.text()),
+    raw=st.none() | st.dictionaries(st.text(), st.integers()),
+)
+def test_a_trusted_observation_is_the_one_the_validators_build(
+    order_id: int, status: Status, source: str, at: float, position: Position | None, raw: object
+) -> None:
+    """The engine's unchecked constructor is only a shortcut: same fields, same value."""
+    checked = Observation(order_id, status, source, at, position, raw)
+    trusted = Observation.trusted(order_id, status, source, at, position, raw)
+    assert trusted == checked and hash(trusted) == hash(checked)
+    assert attrs.asdict(trusted, recurse=False) == attrs.asdict(checked, recurse=False)
 
 
 def test_errors_share_one_base_class_and_builtin_meaning() -> None:

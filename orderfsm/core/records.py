@@ -61,6 +61,34 @@ class Observation:
     position: Position | None = attrs.field(default=None, validator=_check_position)
     raw: Any = attrs.field(default=None, eq=False, repr=False)
 
+    @classmethod
+    def trusted(
+        cls,
+        order_id: int,
+        status: Status,
+        source: str,
+        at: float,
+        position: Position | None = None,
+        raw: Any = None,
+    ) -> Observation:
+        """Build one from fields the caller has already checked, skipping the checks.
+
+        For a protocol engine's hot path only (every WebSocket status passes
+        here): the fields must be what the validators would accept.
+        """
+        observation = _new(cls)
+        _set(observation, "order_id", order_id)
+        _set(observation, "status", status)
+        _set(observation, "source", source)
+        _set(observation, "at", at)
+        _set(observation, "position", position)
+        _set(observation, "raw", raw)
+        return observation
+
+
+_new = object.__new__
+_set = object.__setattr__
+
 
 # Outcomes hold no reference to the observation that caused them: the caller
 # has it in hand.  That lets the compiled table hold one immutable outcome per

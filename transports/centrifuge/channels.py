@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
+from typing import Any
 
 import attrs
 
@@ -83,7 +84,7 @@ class Channel:
             if pub.offset <= self.offset:
                 return []
             self.offset = pub.offset
-        return [order_event(self.name, pub, self.epoch, via, at)]
+        return [order_event(self.name, pub.offset, pub.data, self.epoch, via, at)]
 
     def deliver_all(self, pubs: Iterable[Publication], via: str, at: float) -> list[Event]:
         """Deliver in offset order, reporting (not repairing) a hole before a publication."""
@@ -203,19 +204,16 @@ _STATUSES: dict[str, Status] = {s.value: s for s in Status}
 
 
 def order_event(
-    channel: str, pub: Publication, epoch: str, via: str, at: float
+    channel: str, offset: int, data: Any, epoch: str, via: str, at: float
 ) -> OrderPublication | Ignored:
     """Parse Xsolla's ``{order_id: int, status: str}``; anything else is ignorable."""
-    data = pub.data
     if not isinstance(data, dict):
-        return Ignored(at, "publication is not an object", channel, pub.offset, data)
+        return Ignored(at, "publication is not an object", channel, offset, data)
     order_id = data.get("order_id")
     if type(order_id) is not int or order_id <= 0:
-        return Ignored(
-            at, "publication has no positive integer order_id", channel, pub.offset, data
-        )
+        return Ignored(at, "publication has no positive integer order_id", channel, offset, data)
     wire = data.get("status")
     status = _STATUSES.get(wire) if type(wire) is str else None
     if status is None:
-        return Ignored(at, f"unknown status {data.get('status')!r}", channel, pub.offset, data)
-    return OrderPublication(at, channel, pub.offset, epoch, order_id, status, via, data)
+        return Ignored(at, f"unknown status {data.get('status')!r}", channel, offset, data)
+    return OrderPublication(at, channel, offset, epoch, order_id, status, via, data)

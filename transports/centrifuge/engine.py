@@ -24,7 +24,7 @@ from collections.abc import Callable
 from orderfsm.errors import TransportError
 from transports.centrifuge import codes
 from transports.centrifuge.backoff import full_jitter
-from transports.centrifuge.channels import Channel, Phase
+from transports.centrifuge.channels import Channel, Phase, order_event
 from transports.centrifuge.codes import ClientCode, CloseAction, ErrorAction
 from transports.centrifuge.config import EngineConfig
 from transports.centrifuge.errors import (
@@ -182,6 +182,9 @@ class CentrifugeEngine:
             return None
         if self._ping:
             self._arm_ping(now)
+        if offset == ch.offset + 1:  # the next one, as nearly always: deliver it now
+            ch.offset = offset
+            return [order_event(channel, offset, data, ch.epoch, "push", now)]
         events = ch.on_push(Publication(offset, data), now)
         if ch.phase is not Phase.LIVE:  # it skipped ahead: read the history in between
             events += self._after_message(now)

@@ -98,13 +98,9 @@ class OrderPublication:
     @property
     def observation(self) -> Observation:
         position = Position(offset=self.offset or None, epoch=self.epoch)
-        return Observation(
-            self.order_id,
-            self.status,
-            source=WEBSOCKET,
-            at=self.at,
-            position=position,
-            raw=self.data,
+        # Checked when the publication was parsed (order_event): no second time.
+        return Observation.trusted(
+            self.order_id, self.status, WEBSOCKET, self.at, position, self.data
         )
 
 
