@@ -3,7 +3,7 @@
 A custom transport is any ``async def transport(order, sink)``: it learns
 about ``order.order_id`` however it likes and calls ``sink.observe(...)``
 (and, optionally, ``sink.report(...)``) as news arrives.  The tracker runs it
-in the order's task group from the start of tracking and cancels it once the
+in a task of its own from the start of tracking and cancels it once the
 order is final, so it never needs to know when to stop.  Raising an
 ``OrderFsmError`` ends that transport quietly; the others carry on.
 """
