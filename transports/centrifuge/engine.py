@@ -21,27 +21,17 @@ import enum
 import random as _random
 from collections.abc import Callable
 
-from orderfsm.errors import TransportError
-from transports.centrifuge import codes
+from transports.centrifuge import codes, endings
 from transports.centrifuge.backoff import full_jitter
 from transports.centrifuge.channels import Channel, Phase, order_event
-from transports.centrifuge.codes import ClientCode, CloseAction, ErrorAction
 from transports.centrifuge.config import EngineConfig
-from transports.centrifuge.errors import (
-    CentrifugeProtocolError,
-    Disconnected,
-    EngineMisuse,
-    InvalidToken,
-    ReplyError,
-)
+from transports.centrifuge.errors import CentrifugeProtocolError, EngineMisuse
 from transports.centrifuge.events import (
     CaughtUp,
     Connected,
     Event,
-    Failed,
     Gap,
     Ignored,
-    Reconnecting,
     Unsubscribed,
 )
 from transports.centrifuge.frames import (
@@ -232,7 +222,8 @@ class CentrifugeEngine:
             return []
         fired = self._grace.due(self._timeouts(), now)
         if fired is not None:
-            return self._timed_out(fired, now)
+            ending = endings.timed_out(fired, self._connect_deadline, self._ping_deadline)
+            return self._end(now, ending)
         for ch in self._channels.values():
             if ch.retry_at is not None and ch.retry_at <= now:
                 ch.retry_at = None
@@ -265,7 +256,8 @@ class CentrifugeEngine:
         if ch is None or ch.request_id != message.id:
             return [Ignored(now, f"reply to unknown or abandoned command {message.id}")]
         if isinstance(message, ErrorReply):
-            return self._history_error(ch, message, now)
+            outcome = endings.history_error(ch, message, now, self._delay)
+            return outcome if isinstance(outcome, list) else self._end(now, outcome)
         if isinstance(message, HistoryReply):
             return ch.on_history(message.result, now)
         return self._bad_protocol(CentrifugeProtocolError("history reply without a result"), now)
@@ -292,7 +284,10 @@ class CentrifugeEngine:
     def _connect_reply(self, reply: ServerMessage, now: float) -> list[Event]:
         self._connect_id = self._connect_deadline = None
         if isinstance(reply, ErrorReply):
-            return self._connect_error(reply, now)
+            ending, self._token_failures = endings.connect_error(
+                reply, self._token_failures, self.config.token_refreshes
+            )
+            return self._end(now, ending)
         if isinstance(reply, ConnectReply):
             return self._connected(reply.result, now)
         return self._bad_protocol(CentrifugeProtocolError("connect reply without a result"), now)
@@ -348,89 +343,27 @@ class CentrifugeEngine:
 
     # --- errors and endings ---------------------------------------------------------------
 
-    def _connect_error(self, reply: ErrorReply, now: float) -> list[Event]:
-        """After an error reply to connect the connection is unusable: retry or stop."""
-        code, message = reply.code, reply.message
-        error: TransportError = ReplyError(code, message, temporary=reply.temporary)
-        action = codes.error_action(code, reply.temporary)
-        if action is ErrorAction.REFRESH_TOKEN:
-            self._token_failures += 1
-            if self._token_failures <= self.config.token_refreshes:
-                return self._end(now, code, message, error, reconnect=True, token_expired=True)
-        elif action is ErrorAction.RETRY:
-            return self._end(now, code, message, error, reconnect=True)
-        if code in (codes.UNAUTHORIZED, codes.TOKEN_EXPIRED):
-            error = InvalidToken(code, message)
-        return self._end(now, code, message, error)
-
-    def _history_error(self, ch: Channel, reply: ErrorReply, now: float) -> list[Event]:
-        action = codes.error_action(reply.code, reply.temporary)
-        if action is ErrorAction.REFRESH_TOKEN:
-            error = ReplyError(reply.code, reply.message, temporary=reply.temporary)
-            return self._end(
-                now, reply.code, reply.message, error, reconnect=True, token_expired=True
-            )
-        if action is ErrorAction.RETRY:
-            ch.request_id = ch.deadline = None
-            ch.retry_at = now + self._delay(ch.failures)
-            ch.failures += 1
-            return []
-        if reply.code == codes.UNRECOVERABLE_POSITION:
-            return ch.on_unrecoverable(now)
-        return ch.on_history_unavailable(
-            f"history not available: {reply.code} {reply.message}", now
-        )
-
     def _bad_protocol(self, exc: CentrifugeProtocolError, now: float) -> list[Event]:
-        return self._end(now, ClientCode.BAD_PROTOCOL, str(exc), exc, reconnect=True)
-
-    def _timed_out(self, deadline: float, now: float) -> list[Event]:
-        if deadline == self._connect_deadline:
-            code, reason = ClientCode.TIMEOUT, "connect timeout"
-        elif deadline == self._ping_deadline:
-            code, reason = ClientCode.NO_PING, "no ping"
-        else:
-            code, reason = ClientCode.TIMEOUT, "history timeout"
-        return self._end(
-            now, code, reason, Disconnected(code, reason, reconnect=True), reconnect=True
-        )
+        return self._end(now, endings.bad_protocol(exc))
 
     def _closed(self, code: int | None, reason: str, now: float) -> list[Event]:
-        """A close code or a disconnect push: reconnect or stop, by the code table."""
+        """3014 also voids every channel position: report each as a gap and forget it."""
         events: list[Event] = []
         if code == codes.STATE_INVALIDATED:
             events = [Gap(now, name, "state invalidated (3014)") for name in self._channels]
             self._channels.clear()
-        if codes.close_action(code) is CloseAction.STOP:
-            error: TransportError = (
-                InvalidToken(code, reason)
-                if code == codes.INVALID_TOKEN
-                else Disconnected(code, reason, reconnect=False)
-            )
-            return events + self._end(now, code, reason, error)
-        expired = code in (codes.CONNECTION_EXPIRED, codes.STATE_INVALIDATED)
-        error = Disconnected(code, reason, reconnect=True)
-        return events + self._end(now, code, reason, error, reconnect=True, token_expired=expired)
+        return events + self._end(now, endings.closed(code, reason))
 
-    def _end(
-        self,
-        now: float,
-        code: int | None,
-        reason: str,
-        error: TransportError,
-        *,
-        reconnect: bool = False,
-        token_expired: bool = False,
-    ) -> list[Event]:
+    def _end(self, now: float, ending: endings.Ending) -> list[Event]:
         """Tear the connection down first, then say so (centrifuge-js #391)."""
         self._reset_connection()
-        if not reconnect:
+        if not ending.reconnect:
             self.state = State.FAILED
-            return [Failed(now, code, reason, error)]
+            return [ending.failed(now)]
         self.state = State.DISCONNECTED
         delay = self._delay(self._attempts)
         self._attempts += 1
-        return [Reconnecting(now, code, reason, delay, now + delay, token_expired, error)]
+        return [ending.reconnecting(now, delay)]
 
     # --- helpers --------------------------------------------------------------------------
 

@@ -1,0 +1,125 @@
+"""What errors, close codes and timeouts mean for a Centrifuge connection.
+
+Kept out of the engine so it reads as entry points and dispatch.  Most of
+them end the connection: the decisions here return an :class:`Ending`, and
+the engine tears the connection down and reports it as a ``Reconnecting`` or
+``Failed`` event.  A failed history read usually costs only its channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+
+from orderfsm.errors import TransportError
+from transports.centrifuge import codes
+from transports.centrifuge.channels import Channel
+from transports.centrifuge.codes import ClientCode, CloseAction, ErrorAction
+from transports.centrifuge.errors import (
+    CentrifugeProtocolError,
+    Disconnected,
+    InvalidToken,
+    ReplyError,
+)
+from transports.centrifuge.events import Event, Failed, Reconnecting
+from transports.centrifuge.frames import ErrorReply
+
+
+@attrs.frozen
+class Ending:
+    """What to report for a connection that is over: ``reconnect`` says whether
+    to try again, ``token_expired`` whether to refresh the token first."""
+
+    code: int | None
+    reason: str
+    error: TransportError = attrs.field(eq=False)
+    reconnect: bool = False
+    token_expired: bool = False
+
+    def failed(self, now: float) -> Failed:
+        return Failed(now, self.code, self.reason, self.error)
+
+    def reconnecting(self, now: float, delay: float) -> Reconnecting:
+        return Reconnecting(
+            now, self.code, self.reason, delay, now + delay, self.token_expired, self.error
+        )
+
+
+def token_expired(reply: ErrorReply) -> Ending:
+    """The server wants a fresh token: reconnect with one."""
+    error = ReplyError(reply.code, reply.message, temporary=reply.temporary)
+    return Ending(reply.code, reply.message, error, reconnect=True, token_expired=True)
+
+
+def connect_error(
+    reply: ErrorReply, token_failures: int, token_refreshes: int
+) -> tuple[Ending, int]:
+    """After an error reply to connect the connection is unusable: retry or stop.
+
+    ``token_failures`` counts attempts refused for the token since the last
+    success; it comes back updated.  Past ``token_refreshes`` of them a new
+    token is not going to help, so the client stops.
+    """
+    code, message = reply.code, reply.message
+    error: TransportError = ReplyError(code, message, temporary=reply.temporary)
+    action = codes.error_action(code, reply.temporary)
+    if action is ErrorAction.REFRESH_TOKEN:
+        token_failures += 1
+        if token_failures <= token_refreshes:
+            return token_expired(reply), token_failures
+    elif action is ErrorAction.RETRY:
+        return Ending(code, message, error, reconnect=True), token_failures
+    if code in (codes.UNAUTHORIZED, codes.TOKEN_EXPIRED):
+        error = InvalidToken(code, message)
+    return Ending(code, message, error), token_failures
+
+
+def history_error(
+    ch: Channel, reply: ErrorReply, now: float, delay: Callable[[int], float]
+) -> Ending | list[Event]:
+    """An error reply to ``ch``'s history read: the connection ends only when the
+    token has to be refreshed; otherwise the read is retried after ``delay``
+    (by the channel's failure count) or the channel gives up on recovering."""
+    action = codes.error_action(reply.code, reply.temporary)
+    if action is ErrorAction.REFRESH_TOKEN:
+        return token_expired(reply)
+    if action is ErrorAction.RETRY:
+        ch.request_id = ch.deadline = None
+        ch.retry_at = now + delay(ch.failures)
+        ch.failures += 1
+        return []
+    if reply.code == codes.UNRECOVERABLE_POSITION:
+        return ch.on_unrecoverable(now)
+    return ch.on_history_unavailable(f"history not available: {reply.code} {reply.message}", now)
+
+
+def bad_protocol(exc: CentrifugeProtocolError) -> Ending:
+    return Ending(ClientCode.BAD_PROTOCOL, str(exc), exc, reconnect=True)
+
+
+def timed_out(
+    deadline: float, connect_deadline: float | None, ping_deadline: float | None
+) -> Ending:
+    """``deadline`` passed; which one it was names the reason."""
+    if deadline == connect_deadline:
+        code, reason = ClientCode.TIMEOUT, "connect timeout"
+    elif deadline == ping_deadline:
+        code, reason = ClientCode.NO_PING, "no ping"
+    else:
+        code, reason = ClientCode.TIMEOUT, "history timeout"
+    return Ending(code, reason, Disconnected(code, reason, reconnect=True), reconnect=True)
+
+
+def closed(code: int | None, reason: str) -> Ending:
+    """A close code or a disconnect push: reconnect or stop, by the code table."""
+    if codes.close_action(code) is CloseAction.STOP:
+        error: TransportError = (
+            InvalidToken(code, reason)
+            if code == codes.INVALID_TOKEN
+            else Disconnected(code, reason, reconnect=False)
+        )
+        return Ending(code, reason, error)
+    expired = code in (codes.CONNECTION_EXPIRED, codes.STATE_INVALIDATED)
+    error = Disconnected(code, reason, reconnect=True)
+    return Ending(code, reason, error, reconnect=True, token_expired=expired)
