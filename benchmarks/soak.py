@@ -53,12 +53,12 @@ from typing import Any
 
 import anyio
 import attrs
-from soak_env import TaskProbe, WebhookRouter, serve_webhooks, settle, sockets_towards
+from soak_env import TaskProbe, WebhookRouter, settle, sockets_towards
 from soak_run import SABOTAGES, Harness, Outcome, run_schedule
 from soak_schedule import make_schedule
 
 from transports.emulator.process import EmulatorProcess
-from transports.webhook import WebhookReceiver
+from transports.webhook import WebhookReceiver, serve_receiver
 
 SECRET = "soak-webhook-secret"
 PING_INTERVAL = 1.0
@@ -183,7 +183,7 @@ async def run_soak(options: Options) -> dict[str, Any]:
     router = WebhookRouter()
     receiver = WebhookReceiver(SECRET, sink=router)
     seeds = list(options.seeds)
-    async with serve_webhooks(receiver) as webhook_url, anyio.create_task_group() as background:
+    async with serve_receiver(receiver) as webhook_url, anyio.create_task_group() as background:
         with TaskProbe() as probe:
             for at in range(0, len(seeds), options.recycle):
                 await _one_emulator(

@@ -18,12 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import os
-import socket
 import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
-from functools import partial
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -33,7 +29,6 @@ from orderfsm.core import Observation
 from orderfsm.interface import HealthReport
 from orderfsm.supervisor.tracker import Tracker
 from transports.backend import on_asyncio
-from transports.webhook import WebhookReceiver, asgi_app
 
 SCHEDULE: contextvars.ContextVar[int | None] = contextvars.ContextVar("soak_schedule", default=None)
 """The seed of the schedule whose code is running; tasks inherit it."""
@@ -61,47 +56,6 @@ class WebhookRouter:
 
     def report(self, report: HealthReport, /) -> None:
         """The receiver reports nothing that steers an order."""
-
-
-@asynccontextmanager
-async def serve_webhooks(receiver: WebhookReceiver) -> AsyncIterator[str]:
-    """Serve ``receiver`` on 127.0.0.1; yields its URL."""
-    if on_asyncio():
-        from aiohttp import web
-
-        from transports.webhook import webhook_app
-
-        runner = web.AppRunner(webhook_app(receiver), access_log=None)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            yield f"http://127.0.0.1:{runner.addresses[0][1]}/webhook"
-        finally:
-            with anyio.CancelScope(shield=True):
-                await runner.cleanup()
-        return
-    from hypercorn.config import Config
-    from hypercorn.trio import serve
-
-    # Bind first so the port is known; hypercorn adopts a duplicate of the socket.
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = Config()
-    config.bind = [f"fd://{os.dup(sock.fileno())}"]
-    sock.close()
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 1.0
-    stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        app: Any = asgi_app(receiver)  # hypercorn's ASGI type is narrower than the app's
-        tg.start_soon(partial(serve, app, config, shutdown_trigger=stop.wait))
-        try:
-            yield f"http://127.0.0.1:{port}/webhook"
-        finally:
-            stop.set()
 
 
 class TaskProbe:

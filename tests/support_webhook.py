@@ -1,24 +1,22 @@
 """Webhook test helpers: Xsolla's reference data, and a receiver served for real on loopback.
 
 ``serve_receiver`` runs aiohttp.web (asyncio only) or the ASGI app under
-hypercorn (asyncio and trio).
+hypercorn (asyncio and trio), through the shipped ``transports.webhook.serve``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import pytest
 
 from transports.backend import on_asyncio
-from transports.webhook import Notification, WebhookReceiver, asgi_app, authorization_header
+from transports.webhook import Notification, WebhookReceiver, authorization_header
+from transports.webhook import serve_receiver as serve_webhooks
 
 KINDS = ["aiohttp", "asgi"]
 
@@ -89,72 +87,11 @@ class Recorder:
         self.handled.append(notification)
 
 
-async def _wait_listening(port: int) -> None:
-    with anyio.fail_after(5):
-        while True:
-            try:
-                stream = await anyio.connect_tcp("127.0.0.1", port)
-            except OSError:
-                await anyio.sleep(0.01)
-            else:
-                await stream.aclose()
-                return
-
-
-@asynccontextmanager
-async def serve_asgi(app: Any) -> AsyncIterator[str]:
-    """Serve an ASGI app with hypercorn on the running loop (asyncio or trio)."""
-    from hypercorn.config import Config
-
-    # Bind first, so the port is known and nobody can take it; hypercorn adopts the socket.
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = Config()
-    config.bind = [f"fd://{os.dup(sock.fileno())}"]
-    sock.close()
-    config.accesslog = None
-    config.errorlog = None
-    config.graceful_timeout = 1.0
-    if on_asyncio():
-        from hypercorn.asyncio import serve
-    else:
-        from hypercorn.trio import serve
-    stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(partial(serve, app, config, shutdown_trigger=stop.wait))
-        await _wait_listening(port)
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            stop.set()
-
-
-@asynccontextmanager
-async def serve_aiohttp(app: Any) -> AsyncIterator[str]:
-    from aiohttp import web
-
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        with anyio.CancelScope(shield=True):
-            await runner.cleanup()
-
-
 @asynccontextmanager
 async def serve_receiver(receiver: WebhookReceiver, kind: str) -> AsyncIterator[str]:
     """The receiver's URL (``.../webhook``), served by aiohttp.web or as ASGI by hypercorn."""
-    if kind == "aiohttp":
-        if not on_asyncio():
-            pytest.skip("aiohttp.web serves on asyncio only; trio uses the ASGI app")
-        from transports.webhook import webhook_app
-
-        async with serve_aiohttp(webhook_app(receiver)) as base:
-            yield base + "/webhook"
-    else:
-        async with serve_asgi(asgi_app(receiver)) as base:
-            yield base + "/webhook"
+    if kind == "aiohttp" and not on_asyncio():
+        pytest.skip("aiohttp.web serves on asyncio only; trio uses the ASGI app")
+    server: Literal["aiohttp", "asgi"] = "aiohttp" if kind == "aiohttp" else "asgi"
+    async with serve_webhooks(receiver, server=server) as url:
+        yield url

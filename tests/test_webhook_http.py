@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
-from support_webhook import KINDS, serve_aiohttp, serve_asgi, serve_receiver
+from support_webhook import KINDS, serve_receiver
 
 from orderfsm.testing import RecordingSink
 from transports.http import HttpResponse, open_http_client
@@ -20,6 +20,8 @@ from transports.webhook import (
     WebhookReceiver,
     asgi_app,
     authorization_header,
+    serve_aiohttp_app,
+    serve_asgi_app,
 )
 
 SECRET = "s3cret"
@@ -136,7 +138,7 @@ async def test_only_post_on_the_webhook_path(kind: str) -> None:
 async def test_the_asgi_app_closes_the_store_on_shutdown(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "seen.db")
     receiver = WebhookReceiver(SECRET, Handled(), store=store)
-    async with serve_asgi(asgi_app(receiver)) as base:
+    async with serve_asgi_app(asgi_app(receiver)) as base:
         assert (await post_signed(base + "/webhook", order_paid(504))).status == 204
     with pytest.raises(StoreError):
         await store.get("order_paid:504")
@@ -158,7 +160,7 @@ async def test_the_aiohttp_receiver_mounts_in_an_existing_app(anyio_backend: str
     app.router.add_get("/", hello)
     add_webhook_route(app, WebhookReceiver(SECRET, handled), "/hooks/xsolla")
     app.add_subapp("/sub", webhook_app(WebhookReceiver(SECRET, handled)))
-    async with serve_aiohttp(app) as base, open_http_client() as http:
+    async with serve_aiohttp_app(app) as base, open_http_client() as http:
         assert (await http.request("GET", base + "/")).body == b"hello"
         assert (await post_signed(base + "/hooks/xsolla", order_paid(505))).status == 204
         assert (await post_signed(base + "/sub/webhook", order_paid(506))).status == 204

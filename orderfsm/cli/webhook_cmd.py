@@ -57,7 +57,6 @@ def summary(notification: Notification) -> dict[str, Any]:
 
 async def serve(args: argparse.Namespace) -> None:
     import anyio
-    from aiohttp import web
 
     from transports.webhook import (
         DEFAULT_MAX_BODY,
@@ -66,7 +65,7 @@ async def serve(args: argparse.Namespace) -> None:
         SeenStore,
         SqliteStore,
         WebhookReceiver,
-        webhook_app,
+        serve_receiver,
     )
 
     async def handler(notification: Notification) -> None:
@@ -80,20 +79,13 @@ async def serve(args: argparse.Namespace) -> None:
         max_body_size=args.max_body or DEFAULT_MAX_BODY,
         allowed_networks=XSOLLA_NETWORKS if args.xsolla_only else None,
     )
-    runner = web.AppRunner(webhook_app(receiver, args.path), access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, args.host, args.port)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        shown = f"[{host}]" if ":" in host else host
-        print(f"http://{shown}:{port}{args.path}", flush=True)
+    async with serve_receiver(
+        receiver, host=args.host, port=args.port, path=args.path, server="aiohttp"
+    ) as url:
+        print(url, flush=True)
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:
                 break
-    finally:
-        with anyio.CancelScope(shield=True):
-            await runner.cleanup()
 
 
 def run(args: argparse.Namespace) -> int:

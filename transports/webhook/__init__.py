@@ -38,6 +38,7 @@ from transports.webhook.records import (
     idempotency_key,
     parse_notification,
 )
+from transports.webhook.serve import serve_aiohttp_app, serve_asgi_app, serve_receiver
 from transports.webhook.signature import authorization_header, sign, verify
 from transports.webhook.sqlite_store import SqliteStore, StoreError
 from transports.webhook.store import MemoryStore, SeenStore
@@ -93,6 +94,9 @@ __all__ = [
     "idempotency_key",
     "make_handler",
     "parse_notification",
+    "serve_aiohttp_app",
+    "serve_asgi_app",
+    "serve_receiver",
     "sign",
     "verify",
     "webhook_app",
