@@ -14,13 +14,24 @@ import math
 import platform
 import sys
 import time
-from collections.abc import Callable, Coroutine, Hashable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Hashable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import attrs
 
 from orderfsm.interface import Health, HealthReport
+from orderfsm.supervisor.records import Change
+from orderfsm.supervisor.tracker import Tracker
 from transports.emulator import EmulatorClient, Publication, User
 
 Floors = Mapping[str, tuple[str, float]]
@@ -217,6 +228,48 @@ class HealthBoard:
     async def wait(self, seconds: float = 60.0) -> None:
         """Until every order's connection has been healthy (connected and caught up)."""
         await self.healthy.wait(seconds, "orders connected and caught up")
+
+
+@asynccontextmanager
+async def following(
+    emu: EmulatorClient,
+    project_id: int,
+    owner: Mapping[int, User],
+    on_change: Callable[[Change], None],
+    *,
+    via_watch: bool,
+) -> AsyncIterator[Tracker]:
+    """Our tracker following every order of ``owner`` over WebSocket, news to ``on_change``.
+
+    Either the tracker calls ``on_change`` itself, or (``via_watch``) one task
+    per order iterates ``tracker.watch`` and calls it, as an application
+    waiting on each order would.  Entered once every order's connection is
+    healthy (connected and caught up); ``fetch_details=False``, as the other
+    client fetches nothing.
+    """
+    board = HealthBoard(owner)
+    async with Tracker(
+        project_id=project_id,
+        ws_url=emu.ws_url,
+        api_url=emu.api_url,
+        fetch_details=False,
+        on_change=None if via_watch else on_change,
+        on_report=board,
+    ) as tracker:
+
+        async def watch(order_id: int, user: User) -> None:
+            async for change in tracker.watch(order_id, token=user.token, user_id=user.external_id):
+                on_change(change)
+
+        async with anyio.create_task_group() as tg:
+            for order_id, user in owner.items():
+                if via_watch:
+                    tg.start_soon(watch, order_id, user)
+                else:
+                    tracker.track(order_id, token=user.token, user_id=user.external_id)
+            await board.wait(CONNECT_TIMEOUT)
+            yield tracker
+            tg.cancel_scope.cancel()
 
 
 class CentrifugeFleet:

@@ -36,12 +36,12 @@ from typing import Any
 import anyio
 from _common import (
     CentrifugeFleet,
-    HealthBoard,
     Key,
     Orders,
     create_orders,
     emit,
     even_schedule,
+    following,
     latencies_ms,
     ms,
     percentile,
@@ -53,7 +53,6 @@ from _common import (
 )
 
 from orderfsm.supervisor.records import Change, StatusChange
-from orderfsm.supervisor.tracker import Tracker
 from transports.emulator import EmulatorClient, EmulatorProcess, Publication
 
 FLOORS = {"p99_ms": ("<=", 5.0), "ratio_p50": ("<=", 1.0)}
@@ -110,39 +109,14 @@ async def publish_and_wait(
 async def ours(
     emu: EmulatorClient, project_id: int, orders: Orders, rate: float, *, via_watch: bool
 ) -> Received:
-    ids = orders.ids
-    owner = orders.owner()
-    received = Received(len(ids))
-    board = HealthBoard(ids)
+    received = Received(len(orders.ids))
 
     def on_change(change: Change) -> None:
         if isinstance(change, StatusChange):
             received.record(change.order_id, change.status.value)
 
-    async with Tracker(
-        project_id=project_id,
-        ws_url=emu.ws_url,
-        api_url=emu.api_url,
-        fetch_details=False,
-        on_change=None if via_watch else on_change,
-        on_report=board,
-    ) as tracker:
-
-        async def watch(order_id: int) -> None:
-            user = owner[order_id]
-            async for change in tracker.watch(order_id, token=user.token, user_id=user.external_id):
-                on_change(change)
-
-        async with anyio.create_task_group() as tg:
-            for order_id in ids:
-                if via_watch:
-                    tg.start_soon(watch, order_id)
-                else:
-                    user = owner[order_id]
-                    tracker.track(order_id, token=user.token, user_id=user.external_id)
-            await board.wait()
-            await publish_and_wait(emu, orders, received, rate)
-            tg.cancel_scope.cancel()
+    async with following(emu, project_id, orders.owner(), on_change, via_watch=via_watch):
+        await publish_and_wait(emu, orders, received, rate)
     return received
 
 

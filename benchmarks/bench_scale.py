@@ -39,11 +39,11 @@ import attrs
 from _common import (
     CONNECT_TIMEOUT,
     CentrifugeFleet,
-    HealthBoard,
     Orders,
     create_orders,
     emit,
     even_schedule,
+    following,
     publications_of,
     publish_rate,
     publish_start,
@@ -52,7 +52,6 @@ from _common import (
 )
 
 from orderfsm.supervisor.records import Change, StatusChange
-from orderfsm.supervisor.tracker import Tracker
 from transports.emulator import EmulatorClient, EmulatorProcess, User
 
 FLOORS = {"peak_rss_mb": ("<=", 400.0)}
@@ -133,36 +132,13 @@ async def child_ours(
     project_id = int((await emu.info())["project_id"])
     owner = {oid: u for u in users for oid in by_user[u.external_id]}
     counter = Deliveries(len(owner) * len(STATUSES))
-    board = HealthBoard(owner)
 
     def on_change(change: Change) -> None:
         if isinstance(change, StatusChange) and change.status.value in STATUSES:
             counter.hit()
 
-    async with Tracker(
-        project_id=project_id,
-        ws_url=emu.ws_url,
-        api_url=emu.api_url,
-        fetch_details=False,
-        on_change=None if via_watch else on_change,
-        on_report=board,
-    ) as tracker:
-
-        async def watch(order_id: int) -> None:
-            user = owner[order_id]
-            async for change in tracker.watch(order_id, token=user.token, user_id=user.external_id):
-                on_change(change)
-
-        async with anyio.create_task_group() as tg:
-            for order_id, user in owner.items():
-                if via_watch:
-                    tg.start_soon(watch, order_id)
-                else:
-                    tracker.track(order_id, token=user.token, user_id=user.external_id)
-            await board.wait(CONNECT_TIMEOUT)
-            result = await tell_parent_and_wait(counter)
-            tg.cancel_scope.cancel()
-    return result
+    async with following(emu, project_id, owner, on_change, via_watch=via_watch):
+        return await tell_parent_and_wait(counter)
 
 
 async def child_theirs(
