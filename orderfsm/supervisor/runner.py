@@ -75,8 +75,8 @@ class Scheduler:
         self._pool = pool
         self._due: list[tuple[float, int, TrackedOrder]] = []
         self._pushed = 0
-        self._reviews = 0
-        """Orders with a review time: the live entries of ``_due``."""
+        self._live = 0
+        """Orders started and not ended: each has one live entry in ``_due`` at most."""
         self._dirty: dict[int, TrackedOrder] = {}
         self._kick = anyio.Event()
 
@@ -85,7 +85,8 @@ class Scheduler:
     def start(self, order: TrackedOrder) -> None:
         for transport in self.extra:
             order.custom_running += 1  # counted now, so no check runs before it starts
-            self._spawn_helper(order, self._run_custom, transport, order)
+            self._spawn_helper(self._run_custom, order, transport)
+        self._live += 1
         self.wake(order)
 
     def wake(self, order: TrackedOrder) -> None:
@@ -124,13 +125,12 @@ class Scheduler:
                 at, _, order = heapq.heappop(due)
                 if order.review_at == at:
                     order.review_at = None  # in the heap no more
-                    self._reviews -= 1
                     self._dirty[order.order_id] = order
             dirty, self._dirty = self._dirty, {}
             for order in dirty.values():
                 if not order.ended:
                     self._step(order, now)
-            if len(due) > 2 * self._reviews + 64:
+            if len(due) > 2 * self._live + 64:
                 # Orders that ended or moved their review leave entries behind;
                 # dropped in bulk so the heap does not keep old orders alive.
                 due[:] = [entry for entry in due if entry[2].review_at == entry[0]]
@@ -146,7 +146,7 @@ class Scheduler:
         if order.final is not None:
             self._end(order)
             if order.details is None and self.fetch_details:
-                self._spawn(order, self._finish, order)
+                self._spawn(self._finish, order)
             else:  # nothing to wait for: no task
                 order.finish(_result(order, None), None)
             return
@@ -179,7 +179,7 @@ class Scheduler:
         if plan.poll_interval is not None and poller is None:
             scope = anyio.CancelScope()
             order.poller = (scope, plan.poll_interval)
-            self._spawn(order, self._poll, order, plan.poll_interval, scope)
+            self._spawn(self._poll, order, plan.poll_interval, scope)
         if (
             order.attachment is not None
             and order.websocket is Health.HEALTHY
@@ -194,24 +194,24 @@ class Scheduler:
             if self.can_poll:
                 # Even beside a poller: the poller stops as soon as the socket
                 # is healthy again, perhaps before a good answer.
-                self._spawn_helper(order, self._check_once, order)
+                self._spawn_helper(self._check_once, order)
         if order.attachment is None and order.poller is None:
             error = self._no_source_error(order)
             if error is not None:
                 self.stop(order, error)
                 return
         if plan.review_at != order.review_at:
-            self._reviews += (plan.review_at is not None) - (order.review_at is not None)
             order.review_at = plan.review_at
             if plan.review_at is not None:
                 self._pushed += 1
                 heapq.heappush(self._due, (plan.review_at, self._pushed, order))
 
     def _end(self, order: TrackedOrder) -> None:
+        if order.ended:
+            return  # a closing tracker meets orders whose details are on their way
         order.ended = True
-        if order.review_at is not None:
-            order.review_at = None
-            self._reviews -= 1
+        order.review_at = None
+        self._live -= 1
         self._dirty.pop(order.order_id, None)
         if order.attachment is not None:
             order.attachment.detach()
@@ -231,10 +231,11 @@ class Scheduler:
 
     # --- tasks ----------------------------------------------------------------------
 
-    def _spawn(self, order: TrackedOrder, func: Any, *args: Any) -> None:
-        self._tg.start_soon(func, *args, name=f"orderfsm {func.__name__} {order.order_id}")
+    def _spawn(self, func: Any, order: TrackedOrder, *args: Any) -> None:
+        name = f"orderfsm {func.__name__} {order.order_id}"
+        self._tg.start_soon(func, order, *args, name=name)
 
-    def _spawn_helper(self, order: TrackedOrder, func: Any, *args: Any) -> None:
+    def _spawn_helper(self, func: Any, order: TrackedOrder, *args: Any) -> None:
         """Run ``func`` under the order's helper scope, cancelled when the order ends."""
         scope = anyio.CancelScope()
         helpers = order.helpers
@@ -245,7 +246,7 @@ class Scheduler:
         async def helper() -> None:
             try:
                 with scope:
-                    await func(*args)
+                    await func(order, *args)
             finally:
                 helpers.discard(scope)
 
@@ -311,7 +312,7 @@ class Scheduler:
                 )
             return
 
-    async def _run_custom(self, transport: CustomTransport, order: TrackedOrder) -> None:
+    async def _run_custom(self, order: TrackedOrder, transport: CustomTransport) -> None:
         context = OrderContext(
             order_id=order.order_id,
             project_id=self.project_id,
