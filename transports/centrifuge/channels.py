@@ -177,6 +177,12 @@ class Channel:
         self.held.clear()
         return [Gap(at, self.name, f"epoch changed to {epoch!r}")] if lost else []
 
+    def retry_history(self, at: float) -> None:
+        """The history read failed for now: read again at ``at``."""
+        self.request_id = self.deadline = None
+        self.retry_at = at
+        self.failures += 1
+
     def on_history_unavailable(self, reason: str, at: float) -> list[Event]:
         """History cannot be read (permanent error): report the gap, go live anyway."""
         self.request_id = self.deadline = None

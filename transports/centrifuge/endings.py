@@ -85,9 +85,7 @@ def history_error(
     if action is ErrorAction.REFRESH_TOKEN:
         return token_expired(reply)
     if action is ErrorAction.RETRY:
-        ch.request_id = ch.deadline = None
-        ch.retry_at = now + delay(ch.failures)
-        ch.failures += 1
+        ch.retry_history(now + delay(ch.failures))
         return []
     if reply.code == codes.UNRECOVERABLE_POSITION:
         return ch.on_unrecoverable(now)
