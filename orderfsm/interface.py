@@ -25,6 +25,19 @@ TokenProvider = Callable[[], Awaitable[str]]
 """Returns the user's current JWT; called again whenever the server rejects it
 or a connection is re-established, so it may refresh the token."""
 
+
+def token_provider(token: TokenProvider | str) -> TokenProvider:
+    """A fixed token as a provider (one that can never refresh); a provider as it is."""
+    if not isinstance(token, str):
+        return token
+    value = token
+
+    async def fixed() -> str:
+        return value
+
+    return fixed
+
+
 WEBSOCKET = "websocket"
 POLLING = "polling"
 WEBHOOK = "webhook"

@@ -21,7 +21,14 @@ from anyio.abc import TaskGroup
 
 from orderfsm.core import Observation, OrderBook, Status
 from orderfsm.errors import TrackerClosed, TransportError
-from orderfsm.interface import POLLING, WEBHOOK, WEBSOCKET, HealthReport, TokenProvider
+from orderfsm.interface import (
+    POLLING,
+    WEBHOOK,
+    WEBSOCKET,
+    HealthReport,
+    TokenProvider,
+    token_provider,
+)
 from orderfsm.supervisor.custom import CustomTransport
 from orderfsm.supervisor.order import ChangeHook, ReportHook, TrackedOrder
 from orderfsm.supervisor.policy import DefaultPolicy, Policy
@@ -37,17 +44,6 @@ DEFAULT_WS_URL = "wss://ws-store.xsolla.com/connection/websocket"
 DEFAULT_API_URL = "https://store.xsolla.com/api"
 KNOWN_TRANSPORTS = frozenset({WEBSOCKET, POLLING, WEBHOOK})
 EARLY_OBSERVATIONS_KEPT = 10_000
-
-
-def _as_provider(token: TokenProvider | str) -> TokenProvider:
-    if isinstance(token, str):
-        value = token
-
-        async def fixed() -> str:
-            return value
-
-        return fixed
-    return token
 
 
 class Tracker:
@@ -91,7 +87,7 @@ class Tracker:
         if unknown:
             raise ValueError(f"unknown transports: {', '.join(sorted(unknown))}")
         self.project_id = project_id
-        self.user = None if token is None else User(_as_provider(token), user_id)
+        self.user = None if token is None else User(token_provider(token), user_id)
         self.ws_url = ws_url
         self.api_url = api_url
         self.transports = frozenset(transports)
@@ -213,7 +209,7 @@ class Tracker:
         key = (token, user_id)
         user = self._users.get(key)
         if user is None:
-            user = self._users[key] = User(_as_provider(token), user_id)
+            user = self._users[key] = User(token_provider(token), user_id)
         return user
 
     async def wait(self, order_id: int, **track_kwargs: Any) -> FinalResult:

@@ -35,7 +35,14 @@ import anyio
 import attrs
 
 from orderfsm.errors import OrderFsmError, TokenRejected, TransportError
-from orderfsm.interface import WEBSOCKET, Health, HealthReport, ObservationSink, TokenProvider
+from orderfsm.interface import (
+    WEBSOCKET,
+    Health,
+    HealthReport,
+    ObservationSink,
+    TokenProvider,
+    token_provider,
+)
 from transports.backend import on_asyncio
 from transports.centrifuge.backoff import full_jitter
 from transports.centrifuge.engine import CentrifugeEngine
@@ -90,17 +97,6 @@ class ConnectionInfo:
     """Connection attempts so far."""
 
 
-def _token_from(token: TokenProvider | str) -> TokenProvider:
-    if isinstance(token, str):
-        value = token
-
-        async def fixed() -> str:
-            return value
-
-        return fixed
-    return token
-
-
 class Connection:
     """One key's engine, its subscribers and the task that drives them."""
 
@@ -122,7 +118,7 @@ class Connection:
         """For logs; never the token."""
         self.engine = engine
         self.url = engine.config.endpoint
-        self._token = _token_from(token)
+        self._token = token_provider(token)
         self._sockets = sockets
         self._on_idle = on_idle
         self._on_closed = on_closed
