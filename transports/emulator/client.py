@@ -30,12 +30,17 @@ UserRef = User | str
 
 
 class EmulatorError(OrderFsmError):
-    """The emulator refused a control request (unknown user or order, bad argument)."""
+    """The emulator refused a control request (unknown user or order, bad argument).
 
-    def __init__(self, status: int, message: str) -> None:
+    ``error_code`` is the Xsolla error code of the refusal when it has one (the
+    answer's ``errorCode``): 2002 for a payment the life cycle refuses.
+    """
+
+    def __init__(self, status: int, message: str, error_code: int | None = None) -> None:
         super().__init__(f"emulator answered {status}: {message}")
         self.status = status
         self.message = message
+        self.error_code = error_code
 
 
 def _uid(user: UserRef) -> str:
@@ -44,6 +49,16 @@ def _uid(user: UserRef) -> str:
 
 def _q(part: object) -> str:
     return urllib.parse.quote(str(part), safe="")
+
+
+def _refusal(status: int, raw: bytes) -> EmulatorError:
+    try:
+        body = json.loads(raw)
+        message = str(body.get("error", raw))
+    except (ValueError, AttributeError):
+        return EmulatorError(status, raw.decode("utf-8", "replace"))
+    code = body.get("errorCode")
+    return EmulatorError(status, message, code if isinstance(code, int) else None)
 
 
 class EmulatorClient:
@@ -94,11 +109,7 @@ class EmulatorClient:
         except urllib.error.HTTPError as exc:
             raw = exc.read()
             exc.close()
-            try:
-                message = str(json.loads(raw).get("error", raw))
-            except (ValueError, AttributeError):
-                message = raw.decode("utf-8", "replace")
-            raise EmulatorError(exc.code, message) from None
+            raise _refusal(exc.code, raw) from None
         except (urllib.error.URLError, OSError) as exc:
             raise EmulatorError(0, f"cannot reach the emulator at {url}: {exc}") from exc
 
@@ -149,6 +160,26 @@ class EmulatorClient:
         body = {"status": status, "publish": publish, "webhook": webhook}
         raw = (await self._call("POST", f"/orders/{_q(order_id)}/status", body))["publication"]
         return None if raw is None else Publication.from_json(raw)
+
+    async def pay(self, order_id: int) -> Publication:
+        """The payment completes: ``new``/``expired`` -> ``paid``, within the purchase limit."""
+        return await self._move(order_id, "pay")
+
+    async def deliver(self, order_id: int) -> Publication:
+        """``paid`` -> ``done``."""
+        return await self._move(order_id, "deliver")
+
+    async def refund(self, order_id: int) -> Publication:
+        """``paid``/``done`` -> ``canceled`` (sends ``order_canceled``)."""
+        return await self._move(order_id, "refund")
+
+    async def expire(self, order_id: int) -> Publication:
+        """``new`` -> ``expired`` (no webhook, no event)."""
+        return await self._move(order_id, "expire")
+
+    async def _move(self, order_id: int, action: str) -> Publication:
+        raw = await self._call("POST", f"/orders/{_q(order_id)}/{action}", {})
+        return Publication.from_json(raw["publication"])
 
     async def run_script(self, order_id: int, steps: Sequence[tuple[float, str]]) -> None:
         body = {"steps": [[delay, status] for delay, status in steps]}

@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 from aiohttp import web
 
+from transports.emulator.lifecycle import MOVES
 from transports.emulator.services import Services
 from transports.emulator.state import StateError
 
@@ -58,7 +59,10 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except StateError as exc:
-        return web.json_response({"error": str(exc)}, status=exc.status)
+        body: dict[str, Any] = {"error": str(exc)}
+        if exc.error_code is not None:
+            body["errorCode"] = exc.error_code
+        return web.json_response(body, status=exc.status)
 
 
 def routes(s: Services, request_shutdown: Callable[[], None]) -> list[web.RouteDef]:
@@ -97,6 +101,13 @@ def routes(s: Services, request_shutdown: Callable[[], None]) -> list[web.RouteD
             webhook=bool(body.get("webhook", True)),
         )
         return _ok({"publication": None if pub is None else pub.to_json()})
+
+    def move(action: str) -> Handler:
+        async def handler(request: web.Request) -> web.Response:
+            pub = s.move(request.match_info["order_id"], action)
+            return _ok({"publication": None if pub is None else pub.to_json()})
+
+        return handler
 
     async def script(request: web.Request) -> web.Response:
         s.run_script(request.match_info["order_id"], (await _body(request)).get("steps"))
@@ -215,6 +226,7 @@ def routes(s: Services, request_shutdown: Callable[[], None]) -> list[web.RouteD
         web.post("/control/orders/{order_id}/status", set_status),
         web.post("/control/orders/{order_id}/script", script),
         web.post("/control/orders/{order_id}/webhook", send_webhook),
+        *(web.post(f"/control/orders/{{order_id}}/{action}", move(action)) for action in MOVES),
         web.post("/control/users/{user}/publish", publish),
         web.post("/control/users/{user}/close", close),
         web.post("/control/users/{user}/drop", drop),

@@ -19,6 +19,7 @@ from anyio.abc import TaskGroup
 
 from transports.emulator.eventlog import EventLog
 from transports.emulator.faults import GetOrderFaults
+from transports.emulator.lifecycle import MOVES, superseded, target
 from transports.emulator.records import Publication, StoredEvent
 from transports.emulator.session import Timing
 from transports.emulator.state import StateError, World
@@ -83,6 +84,7 @@ class Services:
     # --- orders -----------------------------------------------------------------
 
     def create_order(self, raw: dict[str, Any]) -> int:
+        """A new order; with a limited item it expires the user's earlier unpaid ones."""
         status = raw.get("status", "new")
         order = self.world.create_order(
             raw.get("user"),
@@ -92,8 +94,11 @@ class Services:
             status=status,
             now=time.time(),
         )
-        if raw.get("publish", True):
+        publish = bool(raw.get("publish", True))
+        if publish:
             self.hub.publish(order.user, {"order_id": order.order_id, "status": order.status})
+        for earlier in superseded(order, self.world.orders_of(order.user)):
+            self.set_status(earlier.order_id, "expired", publish=publish)
         return order.order_id
 
     def set_status(
@@ -117,6 +122,16 @@ class Services:
                 self.webhooks.send(body, kind, order.order_id, bad_signature=False)
         return pub
 
+    def move(self, order_id: object, action: str) -> Publication | None:
+        """A checked life-cycle move (``pay``, ``deliver``, ``refund``, ``expire``).
+
+        Refused with a :class:`StateError` when the life cycle does not allow it;
+        otherwise exactly a ``set_status`` to the move's target status.
+        """
+        order = self.world.order(order_id)
+        status = target(action, order, self.world.orders_of(order.user))
+        return self.set_status(order.order_id, status)
+
     def add_event(self, external_id: object, data: Any) -> StoredEvent:
         """Any JSON value as a user's next event (malformed events for client tests)."""
         user = self.world.user(external_id)
@@ -139,9 +154,15 @@ class Services:
         ]
 
     def run_script(self, order_id: object, steps: object) -> None:
+        """Play ``[delay, status or action]`` steps in the background.
+
+        A raw status is a ``set_status``; an action named in ``MOVES`` is the
+        checked move, and a refused one ends the script (the reason goes to the
+        order's ``script_errors``).
+        """
         order = self.world.order(order_id)
         if not isinstance(steps, list):
-            raise StateError("steps must be a list of [delay, status]")
+            raise StateError("steps must be a list of [delay, status or action]")
         parsed: list[tuple[float, str]] = []
         for step in steps:
             if (
@@ -150,6 +171,7 @@ class Services:
                 or not isinstance(step[0], (int, float))
                 or step[0] < 0
                 or not isinstance(step[1], str)
+                or not step[1]
             ):
                 raise StateError(f"bad script step {step!r}")
             parsed.append((float(step[0]), step[1]))
@@ -158,9 +180,16 @@ class Services:
 
         async def play(script: Sequence[tuple[float, str]] = tuple(parsed)) -> None:
             try:
-                for delay, status in script:
+                for delay, step in script:
                     await anyio.sleep(delay)
-                    self.set_status(oid, status)
+                    if step not in MOVES:
+                        self.set_status(oid, step)
+                        continue
+                    try:
+                        self.move(oid, step)
+                    except StateError as exc:
+                        order.script_errors.append(str(exc))
+                        return
             finally:
                 self.scripts_running[oid] -= 1
 

@@ -26,11 +26,16 @@ CHANNEL_PREFIX = "orders#"
 
 
 class StateError(Exception):
-    """A control request refers to something that does not exist or is invalid."""
+    """A control request refers to something that does not exist or is invalid.
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    ``error_code`` is an Xsolla error code the answer carries as ``errorCode``
+    (2002 for a refused payment), for the few refusals Xsolla gives a code to.
+    """
+
+    def __init__(self, message: str, status: int = 400, error_code: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.error_code = error_code
 
 
 @attrs.define
@@ -66,20 +71,35 @@ class Item:
     quantity: int = 1
     amount: str = "30"
     type: str = "virtual_good"
+    limit: int | None = None
+    """Set for a limited item (limited SKU, promo code, promotion): how many paid
+    orders with it one user may hold. ``None``: not limited."""
 
     @classmethod
     def from_json(cls, raw: object) -> Item:
         if not isinstance(raw, Mapping):
             raise StateError(f"an item must be an object, got {raw!r}")
+        limit = raw.get("limit")
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
+            raise StateError(f"bad item {raw!r}: limit must be a positive integer or null")
         try:
             return cls(
                 sku=str(raw.get("sku", cls.sku)),
                 quantity=int(raw.get("quantity", 1)),
                 amount=str(raw.get("amount", "30")),
                 type=str(raw.get("type", "virtual_good")),
+                limit=limit,
             )
         except (TypeError, ValueError) as exc:
             raise StateError(f"bad item {raw!r}: {exc}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        raw = attrs.asdict(self)
+        if self.limit is None:
+            del raw["limit"]
+        return raw
 
 
 @attrs.define
@@ -93,18 +113,25 @@ class Order:
     invoice_id: str
     created_at: float
     get_order_requests: list[float] = attrs.field(factory=list)
+    script_errors: list[str] = attrs.field(factory=list)
+    """Why a checked step of a ``run_script`` was refused (the script stopped there)."""
+
+    @property
+    def skus(self) -> frozenset[str]:
+        return frozenset(item.sku for item in self.items)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "order_id": self.order_id,
             "user": self.user,
             "status": self.status,
-            "items": [attrs.asdict(i) for i in self.items],
+            "items": [i.to_json() for i in self.items],
             "amount": self.amount,
             "currency": self.currency,
             "invoice_id": self.invoice_id,
             "created_at": self.created_at,
             "get_order_requests": list(self.get_order_requests),
+            "script_errors": list(self.script_errors),
         }
 
 
@@ -136,6 +163,7 @@ class World:
         self.tokens: dict[str, str] = {}  # token -> external id
         self.revoked: set[str] = set()
         self.orders: dict[int, Order] = {}
+        self._orders_by_user: dict[str, list[Order]] = {}
         self.streams: dict[str, Stream] = {}
         self.publications: list[Publication] = []
         self._next_order_id = 59614241
@@ -222,7 +250,12 @@ class World:
             order_id, user.external_id, status, parsed, str(amount), str(currency), invoice, now
         )
         self.orders[order_id] = order
+        self._orders_by_user.setdefault(user.external_id, []).append(order)
         return order
+
+    def orders_of(self, external_id: str) -> list[Order]:
+        """One user's orders, oldest first (the life-cycle rules look at no one else's)."""
+        return list(self._orders_by_user.get(external_id, ()))
 
     def order(self, order_id: object) -> Order:
         try:
