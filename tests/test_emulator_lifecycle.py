@@ -1,9 +1,9 @@
-"""The emulator's order life cycle as Xsolla documents it (xsolla.md §1).
+"""The emulator's order life cycle as Xsolla documents it (xsolla.md §1), and the host suspend.
 
 Limited items expire the user's earlier unpaid orders; ``pay`` / ``deliver`` /
 ``refund`` / ``expire`` are the checked moves (an expired order is paid only
-within the purchase limit, else error 2002).  Everything over real loopback
-sockets, on asyncio and trio.
+within the purchase limit, else error 2002); ``suspend`` black-holes a user's
+sockets.  Everything over real loopback sockets, on asyncio and trio.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support_webhook import Recorder, serve_receiver
+from test_emulator_faults import expect_silence
 
 from transports.emulator import Emulator, EmulatorClient, EmulatorError, User
 from transports.emulator.raw import RawSocket, raw_socket
@@ -243,6 +244,48 @@ async def test_a_script_runs_checked_moves_and_stops_at_a_refused_one(emu: Emula
     assert view["status"] == "new" and [s for o, s in statuses if o == stuck] == ["new"]
     assert view["script_errors"] == [view["script_errors"][0]]
     assert f"cannot deliver order {stuck}" in view["script_errors"][0]
+
+
+async def test_a_suspended_host_hears_nothing_and_is_not_closed() -> None:
+    # Pings every 0.2 s with a 0.2 s pong timeout: a socket that were merely
+    # unanswered would be closed 3012 within the silence below.
+    async with Emulator(ping_interval=0.2, pong_timeout=0.2, seed=2) as emu:
+        user = await emu.create_user("sleeper")
+        order = await emu.create_order(user)
+        async with raw_socket(emu.ws_url) as asleep:
+            reply = (await asleep.connect(user.token, emu.project_id))["connect"]
+            position = reply["subs"][user.channel]
+            assert await emu.suspend(user) == 1
+            await emu.pay(order)
+            await asleep.send({"id": 2, "history": {"channel": user.channel, "limit": -1}})
+            await asleep.send_text("{}")  # a pong nobody asked for, not punished either
+            async with raw_socket(emu.ws_url) as opened_meanwhile:
+                data = {"auth": user.token, "project_id": emu.project_id}
+                await opened_meanwhile.send({"id": 1, "connect": {"data": data}})
+                await expect_silence(asleep, 0.8)
+                await expect_silence(opened_meanwhile, 0.1)
+                states = [c.state for c in await emu.connections(user)]
+                assert states == ["suspended", "suspended"]
+                await emu.resume(user)
+                # Sockets opened after the resume work, and recover what was published.
+                async with raw_socket(emu.ws_url) as awake:
+                    recover = {"recover": True, **position}
+                    reply = await awake.connect(
+                        user.token, emu.project_id, subs={user.channel: recover}
+                    )
+                    sub = reply["connect"]["subs"][user.channel]
+                    assert sub["recovered"] is True
+                    assert [p["data"] for p in sub["publications"]] == [
+                        {"order_id": order, "status": "paid"}
+                    ]
+                await expect_silence(asleep, 0.3)  # the old ones stay dead
+        # Once the client hangs up, the server lets the silenced sockets go.
+
+        async def all_closed() -> bool:
+            return all(c.state == "closed" for c in await emu.connections(user))
+
+        await until(all_closed)
+        assert (await emu.stats()).connects == 2  # not the one opened while suspended
 
 
 # --- the invariant, for any sequence of operations ------------------------------------

@@ -204,6 +204,14 @@ class EmulatorClient:
         body = {"seconds": seconds}
         return int((await self._call("POST", f"/users/{_q(_uid(user))}/stall", body))["count"])
 
+    async def suspend(self, user: UserRef) -> int:
+        """The user's host sleeps: their sockets (and any opened meanwhile) go silent, unclosed."""
+        return int((await self._call("POST", f"/users/{_q(_uid(user))}/suspend", {}))["count"])
+
+    async def resume(self, user: UserRef) -> None:
+        """Sockets opened from now on work; the silenced ones stay silent."""
+        await self._call("POST", f"/users/{_q(_uid(user))}/resume", {})
+
     async def set_pings(self, enabled: bool, user: UserRef | None = None) -> None:
         body = {"enabled": enabled, "user": None if user is None else _uid(user)}
         await self._call("POST", "/pings", body)

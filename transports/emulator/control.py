@@ -135,6 +135,13 @@ def routes(s: Services, request_shutdown: Callable[[], None]) -> list[web.RouteD
         seconds = _seconds((await _body(request)).get("seconds"), "seconds")
         return _ok({"count": hub.stall_user(user_of(request), seconds)})
 
+    async def suspend(request: web.Request) -> web.Response:
+        return _ok({"count": hub.suspend(user_of(request))})
+
+    async def resume(request: web.Request) -> web.Response:
+        hub.resume(user_of(request))
+        return _ok()
+
     async def pings(request: web.Request) -> web.Response:
         body = await _body(request)
         enabled = body.get("enabled")
@@ -231,6 +238,8 @@ def routes(s: Services, request_shutdown: Callable[[], None]) -> list[web.RouteD
         web.post("/control/users/{user}/close", close),
         web.post("/control/users/{user}/drop", drop),
         web.post("/control/users/{user}/stall", stall),
+        web.post("/control/users/{user}/suspend", suspend),
+        web.post("/control/users/{user}/resume", resume),
         web.post("/control/users/{user}/duplicate", duplicate),
         web.post("/control/users/{user}/reorder", reorder),
         web.post("/control/users/{user}/epoch", epoch),

@@ -85,7 +85,7 @@ class ConnectionInfo:
     user: str | None
     client: str
     state: str
-    """``connecting``, ``connected``, ``stalled`` or ``closed``."""
+    """``connecting``, ``connected``, ``stalled``, ``suspended`` (a host suspend) or ``closed``."""
     opened_at: float
     closed_at: float | None
     close_code: int | None

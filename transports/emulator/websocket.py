@@ -31,6 +31,8 @@ OUTBOX_SIZE = 1024
 CLOSE_HANDSHAKE_TIMEOUT = 2.0
 MAX_MESSAGE_SIZE = 65536
 """Centrifugo's default client message limit; aiohttp closes bigger frames with 1009."""
+PEER_CHECK_INTERVAL = 0.25
+"""How often a silent (stalled or suspended) socket looks whether the client hung up."""
 
 
 @attrs.frozen
@@ -40,7 +42,14 @@ class Drop:
 
 @attrs.frozen
 class Stall:
+    """Go silent without closing: read nothing, write nothing, ping nobody.
+
+    ``suspended``: the silence is a host suspend (``Hub.suspend``), which the
+    connection's state shows as ``suspended`` rather than ``stalled``.
+    """
+
     seconds: float | None
+    suspended: bool = False
 
 
 Final = Close | Drop | Stall
@@ -56,6 +65,7 @@ class Connection:
     wake: anyio.Event = attrs.field(factory=anyio.Event)
     final: Final | None = None
     stalled: bool = False
+    suspended: bool = False
     closed_at: float | None = None
     close_code: int | None = None
     close_reason: str = ""
@@ -69,7 +79,7 @@ class Connection:
         if self.closed_at is not None:
             return "closed"
         if self.stalled:
-            return "stalled"
+            return "suspended" if self.suspended else "stalled"
         return self.session.phase.value
 
     def emit(self, actions: Iterable[Action]) -> None:
@@ -121,6 +131,8 @@ class Hub:
         self.connects = 0
         self.pings_off_for_all = False
         self.pings_off: set[str] = set()
+        self.suspended: set[str] = set()
+        """Users whose host sleeps: their sockets, open or opened later, are black holes."""
         self.delivery: dict[str, DeliveryFaults] = {}
         self.shutting_down = anyio.Event()
         self._live = 0
@@ -178,6 +190,24 @@ class Hub:
         for conn in conns:
             conn.finish(Stall(seconds))
         return len(conns)
+
+    def suspend(self, user: str) -> int:
+        """The user's host goes to sleep: every socket of theirs goes silent, unclosed.
+
+        Reuses the stall: a socket that connects while the user is suspended is
+        stalled before its connect reply is sent.
+        """
+        self.world.user(user)
+        self.suspended.add(user)
+        conns = self.connected(user)
+        for conn in conns:
+            conn.finish(Stall(None, suspended=True))
+        return len(conns)
+
+    def resume(self, user: str) -> None:
+        """Sockets opened from now on work; the ones already silenced stay silent."""
+        self.world.user(user)
+        self.suspended.discard(user)
 
     def set_pings(self, enabled: bool, user: str | None) -> None:
         if user is None:
@@ -259,6 +289,9 @@ class Hub:
                     if conn not in mine:
                         mine.append(conn)
                 if was is Phase.CONNECTING and conn.session.phase is Phase.CONNECTED:
+                    if conn.user in self.suspended:
+                        conn.finish(Stall(None, suspended=True))  # the reply is never sent
+                        return
                     self.connects += 1
                     self._apply_pings(conn)
                 conn.emit(actions)
@@ -300,12 +333,23 @@ class Hub:
                 conn.finish(Drop())
                 return
 
+    async def _silent(self, transport: Any) -> None:
+        """Return at shutdown, or once the client has hung up (nothing is read meanwhile).
+
+        Without the second check a socket the client gave up on would stay open
+        on this side until shutdown, one file descriptor per stall or suspend.
+        """
+        while transport is not None and not transport.is_closing():
+            with anyio.move_on_after(PEER_CHECK_INTERVAL):
+                await self.shutting_down.wait()
+                return
+
     async def _finish(self, conn: Connection, ws: web.WebSocketResponse, transport: Any) -> None:
         final = conn.final
         if isinstance(final, Stall):
-            conn.stalled = True
+            conn.stalled, conn.suspended = True, final.suspended
             with anyio.move_on_after(math.inf if final.seconds is None else final.seconds):
-                await self.shutting_down.wait()
+                await self._silent(transport)
             final = Drop()
         if isinstance(final, Close) and not ws.closed:
             conn.close_code, conn.close_reason = final.code, final.reason
