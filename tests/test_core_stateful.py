@@ -24,8 +24,18 @@ from orderfsm import Advanced, Conflict, Duplicate, Observation, OrderBook, Stal
 from orderfsm.errors import OrderNotTracked
 
 N, P, D, C, E = Status.NEW, Status.PAID, Status.DONE, Status.CANCELED, Status.EXPIRED
-LEGAL_PATHS = [(N, P, D), (N, P, C), (N, C), (N, E)]
-FINAL = {D, C, E}
+# Written from Xsolla's "Order life cycle" page: expired can still be paid,
+# and a refund (canceled) can follow payment or delivery.
+LEGAL_PATHS = [
+    (N, P, D),
+    (N, P, D, C),
+    (N, P, C),
+    (N, E),
+    (N, E, P, D),
+    (N, E, P, D, C),
+    (N, E, P, C),
+]
+FINAL = {C}
 
 
 def reference(current: Status | None, observed: Status) -> str:

@@ -16,11 +16,14 @@ from orderfsm.core.records import (
     Position,
     Stale,
 )
-from orderfsm.core.status import FINAL_STATUSES, Status, parse_status
+from orderfsm.core.settle import GOALS, Verdict, verdict
+from orderfsm.core.status import FINAL_STATUSES, LAPSED_STATUSES, Status, parse_status
 
 __all__ = [
     "FINAL_STATUSES",
+    "GOALS",
     "GRAPH",
+    "LAPSED_STATUSES",
     "TABLE",
     "Advanced",
     "Conflict",
@@ -31,7 +34,9 @@ __all__ = [
     "Position",
     "Stale",
     "Status",
+    "Verdict",
     "apply",
     "mermaid",
     "parse_status",
+    "verdict",
 ]

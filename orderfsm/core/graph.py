@@ -22,11 +22,14 @@ from orderfsm.errors import InvalidGraph
 DECLARATION = Machine(
     model=None,
     states=[State(s.value, final=s in FINAL_STATUSES) for s in Status],
+    # Xsolla's "Order life cycle" (xsolla.md §1).  A ``canceled`` seen right
+    # after ``new`` is an advance that skips ``paid``: only a paid order can be
+    # refunded, so no edge says otherwise.
     transitions=[
-        {"trigger": "pay", "source": "new", "dest": "paid"},
-        {"trigger": "deliver", "source": "paid", "dest": "done"},
-        {"trigger": "cancel", "source": ["new", "paid"], "dest": "canceled"},
+        {"trigger": "pay", "source": ["new", "expired"], "dest": "paid"},
         {"trigger": "expire", "source": "new", "dest": "expired"},
+        {"trigger": "deliver", "source": "paid", "dest": "done"},
+        {"trigger": "refund", "source": ["paid", "done"], "dest": "canceled"},
     ],
     initial="new",
     auto_transitions=False,
@@ -79,9 +82,9 @@ def validate(graph: Graph, states: Iterable[Status] = tuple(Status)) -> None:
         if edge.source in graph.finals:
             raise InvalidGraph(f"final state {edge.source} has an outgoing edge to {edge.dest}")
     for edge in graph.edges:
-        if edge.source in _reachable_from(graph, edge.dest):
+        if edge.source in reachable_from(graph, edge.dest):
             raise InvalidGraph(f"cycle through {edge.source} -> {edge.dest}: status could go back")
-    reachable = _reachable_from(graph, graph.initial)
+    reachable = reachable_from(graph, graph.initial)
     unreachable = [s for s in states if s not in reachable]
     if unreachable:
         raise InvalidGraph(f"unreachable states: {', '.join(map(str, unreachable))}")
@@ -90,7 +93,7 @@ def validate(graph: Graph, states: Iterable[Status] = tuple(Status)) -> None:
         raise InvalidGraph(f"non-final states with no way out: {', '.join(map(str, dead_ends))}")
 
 
-def _reachable_from(graph: Graph, start: Status) -> dict[Status, tuple[Status, ...]]:
+def reachable_from(graph: Graph, start: Status) -> dict[Status, tuple[Status, ...]]:
     """Breadth-first: each reachable state with the shortest path of states before it."""
     paths: dict[Status, tuple[Status, ...]] = {start: ()}
     queue = deque([start])
@@ -116,7 +119,7 @@ def compile_table(graph: Graph) -> Table:
     Rows are keyed by the status string, which a ``Status`` member also
     matches, so raw wire values need no conversion.
     """
-    forward = {s: _reachable_from(graph, s) for s in Status}
+    forward = {s: reachable_from(graph, s) for s in Status}
     table: Table = {}
     for current in Status:
         row: dict[str, Outcome] = {}

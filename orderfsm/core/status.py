@@ -25,7 +25,13 @@ class Status(str, enum.Enum):
         return self.value
 
 
-FINAL_STATUSES = frozenset({Status.DONE, Status.CANCELED, Status.EXPIRED})
+FINAL_STATUSES = frozenset({Status.CANCELED})
+"""Statuses an order never leaves.  Only ``canceled`` (a refund): ``done`` can
+still be refunded, and ``expired`` can still be paid (``xsolla.md`` §1)."""
+
+LAPSED_STATUSES = frozenset({Status.EXPIRED})
+"""A failure only once a grace period is over: a payment already under way when
+the order expired can still complete and move it to ``paid``."""
 
 
 def parse_status(value: object) -> Status:
