@@ -2,7 +2,10 @@
 
 Xsolla's guidance (``xsolla.md`` §2.4): open the WebSocket first, give it at
 most five minutes, fall back to polling Get order every 3 s when it has
-problems or its time is up, stop after ten minutes.  The policy turns that
+problems or its time is up, stop after ten minutes.  One rule is ours: an
+``expired`` order is given a grace period (a payment already under way can
+still move it to ``paid``), on the cheapest sources, before it counts as a
+failure.  The policy turns that
 into a :class:`Plan` for one order from a :class:`Situation` and ``now``; the
 supervisor carries the plan out and asks again when something changes or at
 ``Plan.review_at``.  Because nothing here sleeps or reads a clock, every
@@ -30,6 +33,8 @@ class Situation:
     """When ``websocket`` last changed."""
     can_poll: bool = True
     """Whether a Get order poller is configured."""
+    lapsed_since: float | None = None
+    """When the order was seen ``expired``; ``None`` unless that is its status now."""
 
 
 @attrs.frozen
@@ -42,6 +47,9 @@ class Plan:
     """The deadline has passed: tracking ends with a timeout."""
     review_at: float | None = None
     """The plan may change at this time even if nothing else happens."""
+    lapsed: bool = False
+    """The order stayed ``expired`` through its grace (or until the deadline): it
+    settles as expired, a failure."""
 
 
 class Policy(Protocol):
@@ -53,7 +61,7 @@ class Policy(Protocol):
 @attrs.frozen
 class DefaultPolicy:
     websocket_lifespan: float | None = 300.0
-    """How long the WebSocket may take to deliver a final status (``None``: forever)."""
+    """How long the WebSocket may take to settle the order (``None``: forever)."""
     deadline: float | None = 600.0
     """When tracking gives up with a timeout (``None``: never)."""
     poll_interval: float = 3.0
@@ -63,11 +71,26 @@ class DefaultPolicy:
     socket dies silently; off by default (zero extra load)."""
     connect_grace: float = 10.0
     """How long a first connection may take before polling starts alongside it."""
+    expired_grace: float = 600.0
+    """How long an ``expired`` order is still followed before it counts as a failure:
+    long enough for a payment already under way (a bank's 3-D Secure page, say) to
+    complete; the deadline, if sooner, ends it too."""
+    expired_poll_interval: float = 15.0
+    """Polling cadence during the grace, when polling is needed at all: a payment
+    after expiry is rare, so it is not worth Xsolla's 3 s cadence."""
 
     def plan(self, situation: Situation, now: float) -> Plan:
         reviews: list[float] = []
-        if self.deadline is not None:
-            deadline_at = situation.started_at + self.deadline
+        deadline_at = None if self.deadline is None else situation.started_at + self.deadline
+        lapsed_since = situation.lapsed_since
+        if lapsed_since is not None:
+            grace_ends = lapsed_since + self.expired_grace
+            if deadline_at is not None and deadline_at < grace_ends:
+                grace_ends = deadline_at
+            if now >= grace_ends:
+                return Plan(websocket=False, poll_interval=None, lapsed=True)
+            reviews.append(grace_ends)
+        elif deadline_at is not None:
             if now >= deadline_at:
                 return Plan(websocket=False, poll_interval=None, timed_out=True)
             reviews.append(deadline_at)
@@ -85,12 +108,14 @@ class DefaultPolicy:
             if health is Health.HEALTHY:
                 poll = self.safety_poll_interval
             elif health is Health.CONNECTING:
-                grace_ends = situation.websocket_since + self.connect_grace
-                if now < grace_ends:
+                connected_by = situation.websocket_since + self.connect_grace
+                if now < connected_by:
                     poll = None
-                    reviews.append(grace_ends)
+                    reviews.append(connected_by)
         if not situation.can_poll:
             poll = None
+        elif poll is not None and lapsed_since is not None:
+            poll = max(poll, self.expired_poll_interval)
         return Plan(
             websocket=websocket,
             poll_interval=poll,
