@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from orderfsm.core import Observation, Position, Status
 from orderfsm.errors import ConnectionLost, ProtocolError, TokenRejected
@@ -414,13 +416,31 @@ def test_backoff_grows_while_attempts_fail_and_resets_after_a_connect() -> None:
     assert delays == [1.0, 1.5, 2.5, 4.5]
     e.connect(10.0, "jwt")
     e.receive(connect_reply(5), 10.0)
-    [end] = e.connection_lost(3001, "shutdown", 11.0)
+    [end] = e.connection_lost(3001, "shutdown", 10.5)  # up for less than stable_after
     assert isinstance(end, Reconnecting) and end.delay == 1.0
 
 
+def test_a_connection_that_was_up_a_while_reconnects_at_once_then_backs_off() -> None:
+    """A working socket that drops is most likely a passing fault, and news waits
+    for it: the first try is within ``first_reconnect_delay``; a failing one backs off."""
+    e = engine(sample=1.0)
+    e.connect(0.0, "jwt")
+    e.receive(connect_reply(1), 0.0)
+    [end] = e.connection_lost(1006, "", CONFIG.stable_after)
+    assert isinstance(end, Reconnecting) and end.delay == CONFIG.first_reconnect_delay == 0.1
+    e.connect(end.reconnect_at, "jwt")
+    [again] = e.connection_lost(1006, "", end.reconnect_at + 0.01)  # the retry failed
+    assert isinstance(again, Reconnecting) and again.delay >= CONFIG.min_reconnect_delay
+
+
 def test_server_advised_reconnect_still_waits() -> None:
-    e = connected()
-    [end] = e.receive(disconnect_push(3011, "force reconnect"), 1.0)
+    """centrifuge-js #408: a disconnect push during connect made a zero-delay loop."""
+    e = engine()
+    e.connect(0.0, "jwt")
+    [end] = e.receive(disconnect_push(3011, "force reconnect"), 0.5)
+    assert isinstance(end, Reconnecting) and end.delay >= CONFIG.min_reconnect_delay
+    e = connected()  # caught up, but for less than stable_after
+    [end] = e.receive(disconnect_push(3011, "force reconnect"), CONFIG.stable_after / 2)
     assert isinstance(end, Reconnecting) and end.delay >= CONFIG.min_reconnect_delay
 
 
@@ -433,3 +453,25 @@ def test_close_stops_everything() -> None:
     assert e.receive(PING, 2.0) == [] and e.connection_lost(1006, "", 2.0) == []
     with pytest.raises(EngineMisuse):
         e.connect(3.0, "jwt")
+
+
+@given(
+    up_for=st.floats(min_value=0.0, max_value=5.0),
+    caught_up=st.booleans(),
+    sample=st.floats(min_value=0.0, max_value=1.0),
+)
+def test_only_a_connection_that_stayed_up_is_retried_at_once(
+    up_for: float, caught_up: bool, sample: float
+) -> None:
+    """Whatever the server does, a socket that did not stay caught up for
+    ``stable_after`` is retried no sooner than the backoff allows: no fast loop."""
+    e = engine(sample=sample)
+    e.connect(0.0, "jwt")
+    if caught_up:
+        e.receive(connect_reply(1), 0.0)
+    [end] = e.connection_lost(1006, "", up_for)
+    assert isinstance(end, Reconnecting)
+    if caught_up and up_for >= CONFIG.stable_after:
+        assert end.delay <= CONFIG.first_reconnect_delay
+    else:
+        assert end.delay >= CONFIG.min_reconnect_delay

@@ -39,6 +39,8 @@ class ClientCode(enum.IntEnum):
     NO_PING = 2
     TIMEOUT = 3
     BAD_PROTOCOL = 10
+    RESTART = 20
+    """Asked to reconnect now (the host slept: the socket may be dead without knowing)."""
 
 
 # Close codes (WebSocket close frame or ``push.disconnect``).

@@ -42,7 +42,13 @@ class EngineConfig:
     client_name: str = "orderfsm"
     client_version: str = ""
     min_reconnect_delay: float = attrs.field(default=0.5, validator=_positive)
+    """Backoff after failed attempts starts here (centrifuge-js's default) and doubles."""
     max_reconnect_delay: float = attrs.field(default=20.0, validator=_positive)
+    first_reconnect_delay: float = attrs.field(default=0.1, validator=_seconds)
+    """The first reconnect after a connection that was up for ``stable_after`` waits
+    a random time below this: the drop is most likely passing, and news waits."""
+    stable_after: float = attrs.field(default=1.0, validator=_seconds)
+    """How long a connection must have been caught up for its loss to be retried at once."""
     max_server_ping_delay: float = attrs.field(default=10.0, validator=_seconds)
     """Slack after the server's ping interval before the connection counts as dead; 0 disables."""
     connect_timeout: float = attrs.field(default=10.0, validator=_positive)

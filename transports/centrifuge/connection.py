@@ -138,6 +138,7 @@ class Connection:
         self._ws: WebSocket | None = None
         self._send_lock = anyio.Lock()
         self._end: Reconnecting | Failed | None = None
+        self._backoff: anyio.CancelScope | None = None
 
     # --- what the pool calls ------------------------------------------------------
 
@@ -153,6 +154,14 @@ class Connection:
         """Close on purpose: the socket is closed gracefully (shielded), sinks
         still attached get STOPPED."""
         self._scope.cancel()
+
+    def reconnect_now(self, reason: str) -> None:
+        """Drop the socket and connect again at once, or cut a backoff wait short."""
+        events = self.engine.restart(reason, anyio.current_time())
+        if events:
+            self._handle(events)
+        elif self._backoff is not None:
+            self._backoff.cancel()
 
     def info(self) -> ConnectionInfo:
         return ConnectionInfo(
@@ -198,7 +207,9 @@ class Connection:
             end = await self._attempt(first)
             if isinstance(end, Failed):
                 return
-            await anyio.sleep_until(end.reconnect_at)
+            with anyio.CancelScope() as self._backoff:
+                await anyio.sleep_until(end.reconnect_at)
+            self._backoff = None
 
     async def _fetch_token(self) -> str | None:
         """Ask the provider for a token (every attempt: it may refresh); back off on failures."""

@@ -109,6 +109,12 @@ def timed_out(
     return Ending(code, reason, Disconnected(code, reason, reconnect=True), reconnect=True)
 
 
+def restart(reason: str) -> Ending:
+    """Reconnect on our own initiative; not a failure, so no backoff step."""
+    code = ClientCode.RESTART
+    return Ending(code, reason, Disconnected(code, reason, reconnect=True), reconnect=True)
+
+
 def closed(code: int | None, reason: str) -> Ending:
     """A close code or a disconnect push: reconnect or stop, by the code table."""
     if codes.close_action(code) is CloseAction.STOP:

@@ -89,6 +89,8 @@ class CentrifugeEngine:
         self._attempts = 0
         self._token_failures = 0
         self._caught_up = False
+        self._up_since: float | None = None
+        """When this connection first caught up (``None`` before, and between connections)."""
 
     # --- what the driver can look at --------------------------------------------
 
@@ -192,6 +194,19 @@ class CentrifugeEngine:
         if self.state not in _LIVE_STATES:
             return []
         return self._closed(code, reason, now)
+
+    def restart(self, reason: str, now: float) -> list[Event]:
+        """End the live connection and reconnect at once, keeping channel positions.
+
+        For a host that slept: its socket may be dead without either side having
+        said so, and waiting for the missed ping takes up to ping + slack.  The
+        backoff does not grow, since nothing failed.
+        """
+        if self.state not in _LIVE_STATES:
+            return []
+        self._reset_connection()
+        self.state = State.DISCONNECTED
+        return [endings.restart(reason).reconnecting(now, 0.0)]
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must run next, or ``None`` for never."""
@@ -337,6 +352,8 @@ class CentrifugeEngine:
                 )
         if live and not self._caught_up:
             self._caught_up = True
+            if self._up_since is None:
+                self._up_since = now
             return [CaughtUp(now)]
         self._caught_up = live
         return []
@@ -356,12 +373,22 @@ class CentrifugeEngine:
 
     def _end(self, now: float, ending: endings.Ending) -> list[Event]:
         """Tear the connection down first, then say so (centrifuge-js #391)."""
+        up_since = self._up_since
         self._reset_connection()
         if not ending.reconnect:
             self.state = State.FAILED
             return [ending.failed(now)]
         self.state = State.DISCONNECTED
-        delay = self._delay(self._attempts)
+        config = self.config
+        if up_since is not None and now - up_since >= config.stable_after:
+            # A connection that worked for a while dropped: most likely a passing
+            # fault, and an order's news waits for the reconnect, so the first try
+            # is at once (within a little jitter, as SignalR's first retry); only
+            # a failing one backs off.  Short-lived connections never get here, so
+            # a server that accepts and then drops cannot make a fast loop.
+            delay = min(max(self._random(), 0.0), 1.0) * config.first_reconnect_delay
+        else:
+            delay = self._delay(self._attempts)
         self._attempts += 1
         return [ending.reconnecting(now, delay)]
 
@@ -376,6 +403,7 @@ class CentrifugeEngine:
         self._ping, self._pong = 0, False
         self._grace.reset()
         self._caught_up = False
+        self._up_since = None
 
     def _timeouts(self) -> list[float]:
         deadlines = [self._connect_deadline, self._ping_deadline]

@@ -131,6 +131,15 @@ class WebSocketPool:
             connection = self._start(key, token, user_id)
         return connection.attach(order_id, sink)
 
+    def reconnect_all(self, reason: str) -> None:
+        """Reconnect every open connection at once, recovering what it missed.
+
+        For a host that slept: a socket can be dead without knowing it, and the
+        missed server ping would tell only after ping + slack (35 s).
+        """
+        for connection in self._live.values():
+            connection.reconnect_now(reason)
+
     def connections(self) -> list[ConnectionInfo]:
         """The open connections (closing ones excluded)."""
         return [connection.info() for connection in self._live.values()]
