@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import time
+from collections.abc import Awaitable, Callable
 
 import anyio
 
@@ -43,3 +45,41 @@ class RecordingSink:
         with anyio.fail_after(timeout):
             while not predicate(self):
                 await self._changed.wait()
+
+
+async def eventually(
+    condition: Callable[[], object | Awaitable[object]],
+    timeout: float = 10.0,  # noqa: ASYNC109 - a default bound keeps a broken test from hanging
+    interval: float = 0.01,
+) -> None:
+    """Return once ``condition()`` (sync or async) is true, asking every ``interval`` s.
+
+    For state no event announces (what an emulator has recorded, say): a test
+    waits for the fact itself, with a generous bound, instead of sleeping for
+    a guessed duration that a loaded machine overruns.
+    """
+    with anyio.fail_after(timeout):
+        while True:
+            result = condition()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return
+            await anyio.sleep(interval)
+
+
+class SteppedClock:
+    """A clock that counts time asleep, for ``Tracker(sleep_clock=...)`` in tests.
+
+    It runs with the monotonic clock; ``step(seconds)`` makes it look as if the
+    host had just slept that long, which the tracker notices within a second.
+    """
+
+    def __init__(self) -> None:
+        self._slept = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self._slept
+
+    def step(self, seconds: float) -> None:
+        self._slept += seconds

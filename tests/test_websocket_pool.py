@@ -117,18 +117,19 @@ async def test_statuses_arrive_with_positions_and_health(
         await sink.wait_for(lambda s: Health.HEALTHY in healths(s))
         await emu.set_status(order, "paid")
         await emu.set_status(order, "done")
-        await sink.wait_for(has("new", "paid", "done"))
+        await emu.set_status(order, "canceled")  # a refund after delivery
+        await sink.wait_for(has("new", "paid", "done", "canceled"))
         pubs = await emu.publications(user)
         assert [(o.position.offset, o.position.epoch) for o in sink.observations if o.position] == [
             (p.offset, p.epoch) for p in pubs
         ]
         assert all(o.source == WEBSOCKET and o.order_id == order for o in sink.observations)
-        assert sink.observations[-1].raw == {"order_id": order, "status": "done"}
+        assert sink.observations[-1].raw == {"order_id": order, "status": "canceled"}
         assert healths(sink) == [Health.CONNECTING, Health.HEALTHY]
-        # the final status ended the only attachment, so the socket closes by itself
+        # the final status (only a refund is) ended the only attachment: the socket closes
         await wait_closed(emu, "alice", 1)
         assert pool.connections() == []
-    assert statuses(sink) == ["new", "paid", "done"]
+    assert statuses(sink) == ["new", "paid", "done", "canceled"]
 
 
 async def test_history_delivers_statuses_published_before_connect(
@@ -319,8 +320,8 @@ async def test_last_detach_closes_the_socket_and_a_new_attach_reopens(
         again = RecordingSink()
         pool.attach(first, again, token=tokens, user_id="alice")  # while the old one closes
         await again.wait_for(has("new"))
-        await emu.set_status(first, "done")
-        await again.wait_for(has("new", "done"))
+        await emu.set_status(first, "canceled")
+        await again.wait_for(has("new", "canceled"))
         await wait_closed(emu, "alice", 2)
         old, new = await emu.connections(user)
         assert old.closed_at is not None and new.opened_at >= old.closed_at

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from orderfsm.core import Advanced, Conflict, Observation, OrderBook
+from orderfsm.core import LAPSED_STATUSES, Advanced, Conflict, Observation, OrderBook, Status
+from orderfsm.core.settle import VERDICTS
 from orderfsm.errors import OrderFsmError
 from orderfsm.interface import WEBSOCKET, Health, HealthReport
 from orderfsm.supervisor.policy import Situation
@@ -38,26 +39,30 @@ class TrackedOrder:
         "attachment",
         "book",
         "check_once",
+        "checking",
         "custom_error",
         "custom_running",
         "details",
         "ended",
         "error",
-        "final",
         "helpers",
         "is_finished",
+        "lapsed",
         "log",
         "on_change",
         "on_report",
         "order_id",
         "poller",
         "polling_error",
+        "released",
         "result",
         "review_at",
-        "seen_on_websocket",
+        "settled",
+        "settled_count",
         "started_at",
-        "unseen_checked",
+        "until",
         "user",
+        "verdicts",
         "wake",
         "websocket",
         "websocket_error",
@@ -72,6 +77,7 @@ class TrackedOrder:
         now: float,
         websocket: bool,
         *,
+        until: Status = Status.DONE,
         wake: Callable[[TrackedOrder], None] | None = None,
         on_change: ChangeHook | None = None,
         on_report: ReportHook | None = None,
@@ -80,6 +86,8 @@ class TrackedOrder:
         self.user = user
         self.book = book
         self.started_at = now
+        self.until = until
+        self.verdicts = VERDICTS[until]
         self.websocket: Health | None = Health.CONNECTING if websocket else None
         self.websocket_since = now
         self.websocket_error: OrderFsmError | None = None
@@ -88,15 +96,21 @@ class TrackedOrder:
         self.custom_error: OrderFsmError | None = None
         """The first error a custom transport ended with."""
         self.check_once = False
-        """A source said news may have been lost: look once with Get order."""
-        self.seen_on_websocket = False
-        """The user's socket delivered (or replayed) something about this order."""
+        """Something may have been missed: ask Get order once (a gap, a socket back
+        after an outage, a host that slept, the start of tracking)."""
+        self.checking = False
+        """A Get order check is under way; a new doubt waits for it, then checks again."""
         self.log: list[Change] = []
         """Changes and conflicts in the order they were applied (read it, do not
         change it).  Application order, not ``at`` order: a socket replaying what
         it saw before the order was attached delivers an older ``at`` after newer
         news, and a late ``watch`` must replay what earlier ones saw."""
-        self.final: StatusChange | None = None
+        self.lapsed: StatusChange | None = None
+        """The ``expired`` change, while that is the order's status and it is not settled."""
+        self.settled: StatusChange | None = None
+        """The change that settled the order (for an expired one, its ``expired``)."""
+        self.settled_count: int | None = None
+        """How much of ``log`` led up to the settlement; what follows came later."""
         self.details: OrderDetails | None = None
         self.result: FinalResult | None = None
         self.error: OrderFsmError | None = None
@@ -104,6 +118,8 @@ class TrackedOrder:
         """It has its ``result`` or its ``error``: waiters may return."""
         self.ended = False
         """No transport runs for it any more; ``result`` or ``error`` may still be coming."""
+        self.released = False
+        """Untracked, or the tracker closed: nothing more will be applied."""
         self.wake = wake or _nobody
         """Asks the scheduler to look at this order again soon."""
         self.on_change = on_change
@@ -113,7 +129,6 @@ class TrackedOrder:
         self.poller: tuple[anyio.CancelScope, float] | None = None
         self.helpers: set[anyio.CancelScope] | None = None
         """Scopes of the order's running custom transports and Get order checks."""
-        self.unseen_checked = False
         self.review_at: float | None = None
         self._done: anyio.Event | None = None
         self._news: anyio.Event | None = None
@@ -122,30 +137,28 @@ class TrackedOrder:
     # --- news from transports -------------------------------------------
 
     def observe(self, observation: Observation) -> None:
-        if observation.source == WEBSOCKET:
-            self.seen_on_websocket = True
-        outcome = self.book.apply(observation)
-        if self.is_finished:
-            if type(outcome) is Conflict:
-                logger.warning(
-                    "order %s ended %s, but %s now says %s",
-                    self.order_id, outcome.current, observation.source, outcome.observed,
-                )  # fmt: skip
+        if self.released:
             return
+        outcome = self.book.apply(observation)
         if type(outcome) is Advanced:
+            status = outcome.status
+            settles = self.settled is None and self.verdicts[status].settled
             change = StatusChange(
                 self.order_id,
-                outcome.status,
+                status,
                 outcome.previous,
                 outcome.skipped,
                 observation.source,
                 observation.at,
+                settles,
             )
-            self._record(change)
-            if outcome.final:
-                self.final = change
+            if settles:
+                self.settled, self.lapsed = change, None
+                self.settled_count = len(self.log) + 1
                 self._keep_details(observation)
-                self.wake(self)
+            self._record(change)
+            if settles or (self.settled is None and self._lapses(change, observation)):
+                self.wake(self)  # the plan changes: end tracking, or start or end a grace
         elif type(outcome) is Conflict and all(
             type(c) is not ConflictSeen or c.observed is not outcome.observed for c in self.log
         ):
@@ -159,10 +172,26 @@ class TrackedOrder:
                 )
             )
 
+    def _lapses(self, change: StatusChange, observation: Observation) -> bool:
+        """Note whether the order is expired now; True if that changed."""
+        was = self.lapsed
+        if change.status in LAPSED_STATUSES:
+            self.lapsed = change
+            self._keep_details(observation)
+            return True
+        self.lapsed, self.details = None, None
+        return was is not None
+
+    def settle_lapsed(self) -> None:
+        """The order stayed expired through its grace: that is its answer now."""
+        assert self.lapsed is not None
+        self.settled, self.lapsed = self.lapsed, None
+        self.settled_count = len(self.log)
+
     def _record(self, change: Change) -> None:
         self.log.append(change)
         # Listeners first: told before the scheduler's end-of-tracking work
-        # takes the loop, they see a final status with the least delay.
+        # takes the loop, they see a settled status with the least delay.
         if self.on_change is not None:
             try:
                 self.on_change(change)
@@ -171,12 +200,16 @@ class TrackedOrder:
         self._tell_watchers()
 
     def _keep_details(self, observation: Observation) -> None:
+        """Keep the observation's Get order details, or forget older ones: details
+        must match the status that may settle the order."""
         # Details only ever come from Get order: if that module was never loaded,
         # nothing can hold any, and importing it here would stall the loop on the
-        # first final status of a WebSocket-only run.
+        # first settled status of a WebSocket-only run.
         polling = sys.modules.get("transports.polling.order")
-        if polling is not None and isinstance(observation.raw, polling.OrderDetails):
-            self.details = observation.raw
+        raw = observation.raw
+        self.details = (
+            raw if polling is not None and isinstance(raw, polling.OrderDetails) else None
+        )
 
     def report(self, report: HealthReport) -> None:
         if self.on_report is not None and not self.is_finished:
@@ -185,30 +218,41 @@ class TrackedOrder:
             except Exception:  # an application callback must not break tracking
                 logger.exception("on_report callback failed")
         if report.gap:
-            self.check_once = True
-            self.wake(self)
+            self.doubt()
         if report.source != WEBSOCKET or self.websocket is None:
             return  # pollers' failures reach the scheduler as exceptions
         if report.health is not self.websocket:
+            if report.health is Health.HEALTHY and self.websocket is Health.DEGRADED:
+                # Back after an outage: recovery is best effort (centrifugo#165),
+                # so the order's status is asked for once as well.
+                self.check_once = True
             self.websocket = report.health
             self.websocket_since = report.at
             if report.health is Health.FAILED:
                 self.websocket_error = report.error
             self.wake(self)
 
+    def doubt(self) -> None:
+        """News may have been missed: the scheduler asks Get order once."""
+        if self.settled is None:
+            self.check_once = True
+            self.wake(self)
+
     # --- the scheduler's view ------------------------------------------------
 
     def situation(self, can_poll: bool) -> Situation:
+        lapsed = self.lapsed
         return Situation(
             started_at=self.started_at,
             websocket=self.websocket,
             websocket_since=self.websocket_since,
             can_poll=can_poll and self.polling_error is None,
+            lapsed_since=None if lapsed is None else lapsed.at,
         )
 
-    @property
-    def changes(self) -> list[StatusChange]:
-        return [c for c in self.log if type(c) is StatusChange]
+    def changes(self, count: int | None = None) -> list[StatusChange]:
+        """The status changes among the first ``count`` log entries (all by default)."""
+        return [c for c in self.log[:count] if type(c) is StatusChange]
 
     @property
     def conflicts(self) -> list[ConflictSeen]:
@@ -225,12 +269,12 @@ class TrackedOrder:
         await self._done.wait()
 
     async def news_after(self, seen: int) -> None:
-        """Return once the log holds more than ``seen`` entries or the order is finished.
+        """Return once the log holds more than ``seen`` entries, or nothing more can come.
 
         Watchers read the log at their own pace and wait here: no per-watcher
         queue to fill up or to feed on every change.
         """
-        if len(self.log) > seen or self.is_finished:
+        if len(self.log) > seen or self.released:
             return
         if self._news is None:
             self._news = anyio.Event()
@@ -246,6 +290,11 @@ class TrackedOrder:
         self.is_finished = self.ended = True
         if self._done is not None:
             self._done.set()
+        self._tell_watchers()
+
+    def release(self) -> None:
+        """Untracked or closed: watchers that follow past the settlement stop too."""
+        self.released = True
         self._tell_watchers()
 
 

@@ -59,6 +59,7 @@ class Scheduler:
         extra: Sequence[CustomTransport],
         fetch_details: bool,
         details_timeout: float,
+        not_found_grace: float,
         http: HttpClient | None,
         pool: Any,
     ) -> None:
@@ -71,6 +72,7 @@ class Scheduler:
         self.extra = tuple(extra)
         self.fetch_details = fetch_details
         self.details_timeout = details_timeout
+        self.not_found_grace = not_found_grace
         self.http = http
         self._pool = pool
         self._due: list[tuple[float, int, TrackedOrder]] = []
@@ -87,6 +89,9 @@ class Scheduler:
             order.custom_running += 1  # counted now, so no check runs before it starts
             self._spawn_helper(self._run_custom, order, transport)
         self._live += 1
+        # One Get order at once, beside the WebSocket: a status from before the
+        # socket's history, and a wrong order id, are known in seconds.
+        order.check_once = self.can_poll
         self.wake(order)
 
     def wake(self, order: TrackedOrder) -> None:
@@ -95,7 +100,7 @@ class Scheduler:
             self._kick.set()
 
     def stop(self, order: TrackedOrder, error: OrderFsmError) -> None:
-        """End tracking now, without a final status (untracked, timed out, no source)."""
+        """End tracking now, unsettled (untracked, timed out, no source, no such order)."""
         if not order.ended:
             self._end(order)
             order.finish(None, error)
@@ -103,15 +108,16 @@ class Scheduler:
     def close(self, orders: Iterable[TrackedOrder]) -> None:
         """The tracker is closing: whoever still waits learns it now.
 
-        An order already final gets its result, without the details still on
-        their way: a final status, once seen, is never dropped.
+        An order already settled gets its result, without the details still on
+        their way: a settled status, once seen, is never dropped.
         """
         for order in orders:
+            order.release()
             if order.is_finished:
                 continue
             self._end(order)
             closed = TrackerClosed(f"order {order.order_id}: the tracker closed")
-            if order.final is None:
+            if order.settled is None:
                 order.finish(None, closed)
             else:
                 order.finish(_result(order, closed), None)
@@ -143,23 +149,27 @@ class Scheduler:
 
     def _step(self, order: TrackedOrder, now: float) -> None:
         """Bring the order's transports in line with the policy's current plan."""
-        if order.final is not None:
+        if order.settled is None:
+            plan = self.policy.plan(order.situation(self.can_poll), now)
+            if plan.lapsed:
+                order.settle_lapsed()
+            elif plan.timed_out:
+                status = order.book.status(order.order_id)
+                seen = "nothing seen yet" if status is None else f"last seen: {status}"
+                self.stop(
+                    order,
+                    TrackingTimeout(
+                        f"order {order.order_id}: not settled after "
+                        f"{now - order.started_at:.1f} s ({seen})"
+                    ),
+                )
+                return
+        if order.settled is not None:
             self._end(order)
             if order.details is None and self.fetch_details:
                 self._spawn(self._finish, order)
             else:  # nothing to wait for: no task
                 order.finish(_result(order, None), None)
-            return
-        plan = self.policy.plan(order.situation(self.can_poll), now)
-        if plan.timed_out:
-            self.stop(
-                order,
-                TrackingTimeout(
-                    f"order {order.order_id}: no final status after "
-                    f"{now - order.started_at:.1f} s "
-                    f"(last seen: {order.book.status(order.order_id)})"
-                ),
-            )
             return
         if plan.websocket and order.attachment is None and order.websocket is not None:
             order.attachment = self._pool.attach(
@@ -180,20 +190,12 @@ class Scheduler:
             scope = anyio.CancelScope()
             order.poller = (scope, plan.poll_interval)
             self._spawn(self._poll, order, plan.poll_interval, scope)
-        if (
-            order.attachment is not None
-            and order.websocket is Health.HEALTHY
-            and not order.seen_on_websocket
-            and not order.unseen_checked
-        ):
-            # Caught up, yet the socket has no record of the order: its
-            # statuses may predate what the history still holds.
-            order.unseen_checked = order.check_once = True
-        if order.check_once:
+        if order.check_once and not order.checking:
             order.check_once = False
             if self.can_poll:
                 # Even beside a poller: the poller stops as soon as the socket
                 # is healthy again, perhaps before a good answer.
+                order.checking = True
                 self._spawn_helper(self._check_once, order)
         if order.attachment is None and order.poller is None:
             error = self._no_source_error(order)
@@ -256,7 +258,12 @@ class Scheduler:
         from transports.polling import PollConfig, poll_order
 
         healthy = order.websocket is Health.HEALTHY
-        config = PollConfig(interval=interval, first_delay=interval if healthy else 0.0)
+        config = PollConfig(
+            interval=interval,
+            first_delay=interval if healthy else 0.0,
+            not_found_grace=self.not_found_grace,
+            until=order.until,
+        )
         with scope:
             try:
                 await poll_order(
@@ -269,7 +276,7 @@ class Scheduler:
                     config=config,
                 )
             except OrderFsmError as exc:
-                if order.final is None:
+                if order.settled is None:
                     order.polling_error = exc
             finally:
                 if order.poller is not None and order.poller[0] is scope:
@@ -277,40 +284,59 @@ class Scheduler:
                 self.wake(order)
 
     async def _check_once(self, order: TrackedOrder) -> None:
-        """Get order after a source admitted it may have missed something.
+        """Get order once, because something may have been missed.
 
         Asked again, backing off, until one good answer: after a failed request
-        the gap would stay open with nothing else looking (soak seed 257).
+        the doubt would stay with nothing else looking (soak seed 257).  A 404
+        for an order nothing has been seen of is asked again until the
+        not-found grace (from the start of tracking) is over, then it ends the
+        tracking: a wrong order id is named in seconds, not after the socket's
+        five minutes.
         """
         from transports.polling import fetch_order
 
         delay = CHECK_RETRY_MIN
-        while order.final is None:
-            try:
-                details = await fetch_order(
-                    order.order_id,
-                    project_id=self.project_id,
-                    token=order.user.token,
-                    http=self.http,
-                    api=self.api_url,
-                )
-            except (TokenRejected, OrderNotFound):
-                return  # will not get better; the poller or the deadline says so
-            except OrderFsmError:
-                await anyio.sleep(delay)
-                delay = min(2 * delay, CHECK_RETRY_MAX)
-                continue
-            if details.known_status is not None:
-                order.observe(
-                    Observation(
+        try:
+            while order.settled is None:
+                try:
+                    details = await fetch_order(
                         order.order_id,
-                        details.known_status,
-                        source=POLLING,
-                        at=anyio.current_time(),
-                        raw=details,
+                        project_id=self.project_id,
+                        token=order.user.token,
+                        http=self.http,
+                        api=self.api_url,
                     )
-                )
-            return
+                except OrderNotFound as exc:
+                    if order.book.status(order.order_id) is not None:
+                        return  # visible elsewhere already: Get order lags behind
+                    left = order.started_at + self.not_found_grace - anyio.current_time()
+                    if left <= 0:
+                        self.stop(order, exc)
+                        return
+                    await anyio.sleep(min(delay, left))
+                    delay = min(2 * delay, CHECK_RETRY_MAX)
+                    continue
+                except TokenRejected as exc:
+                    order.polling_error = exc  # the poller would meet the same refusal
+                    return
+                except OrderFsmError:
+                    await anyio.sleep(delay)
+                    delay = min(2 * delay, CHECK_RETRY_MAX)
+                    continue
+                if details.known_status is not None:
+                    order.observe(
+                        Observation(
+                            order.order_id,
+                            details.known_status,
+                            source=POLLING,
+                            at=anyio.current_time(),
+                            raw=details,
+                        )
+                    )
+                return
+        finally:
+            order.checking = False
+            self.wake(order)  # a doubt raised meanwhile is checked next
 
     async def _run_custom(self, order: TrackedOrder, transport: CustomTransport) -> None:
         context = OrderContext(
@@ -333,13 +359,18 @@ class Scheduler:
             self.wake(order)
 
     async def _finish(self, order: TrackedOrder) -> None:
-        """Get order once for the details of a final order, then finish it."""
+        """Get order once for the details of a settled order, then finish it.
+
+        The answer is news too: a status that moved on meanwhile (a refund
+        already, a payment after the expired grace) reaches the listeners as
+        the change it is.
+        """
         from transports.polling import fetch_order
 
         details_error: OrderFsmError | None = None
         with anyio.move_on_after(self.details_timeout) as timeout:
             try:
-                order.details = await fetch_order(
+                details = order.details = await fetch_order(
                     order.order_id,
                     project_id=self.project_id,
                     token=order.user.token,
@@ -349,6 +380,12 @@ class Scheduler:
                 )
             except OrderFsmError as exc:
                 details_error = exc
+            else:
+                if details.known_status is not None:
+                    at = anyio.current_time()
+                    order.observe(
+                        Observation(order.order_id, details.known_status, POLLING, at, raw=details)
+                    )
         if timeout.cancelled_caught:
             details_error = TrackingTimeout("order details did not arrive in time")
         if not order.is_finished:  # else the tracker closed while the details were coming
@@ -356,15 +393,16 @@ class Scheduler:
 
 
 def _result(order: TrackedOrder, details_error: OrderFsmError | None) -> FinalResult:
-    final = order.final
-    assert final is not None
+    settled = order.settled
+    assert settled is not None
     return FinalResult(
         order_id=order.order_id,
-        status=final.status,
-        source=final.source,
-        at=final.at,
-        changes=tuple(order.changes),
+        status=settled.status,
+        source=settled.source,
+        at=settled.at,
+        changes=tuple(order.changes(order.settled_count)),
         conflicts=tuple(order.conflicts),
         details=order.details,
         details_error=details_error,
+        until=order.until,
     )

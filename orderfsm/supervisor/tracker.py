@@ -20,6 +20,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from orderfsm.core import Observation, OrderBook, Status
+from orderfsm.core.settle import check_goal
 from orderfsm.errors import TrackerClosed, TransportError
 from orderfsm.interface import (
     POLLING,
@@ -34,6 +35,7 @@ from orderfsm.supervisor.order import ChangeHook, ReportHook, TrackedOrder
 from orderfsm.supervisor.policy import DefaultPolicy, Policy
 from orderfsm.supervisor.records import Change, FinalResult, User
 from orderfsm.supervisor.runner import Scheduler
+from orderfsm.supervisor.sleep import SLEEP_CHECK_INTERVAL, SleepDetector, default_sleep_clock
 
 if TYPE_CHECKING:
     from transports.http import HttpClient
@@ -63,6 +65,14 @@ class Tracker:
     way to route all orders' news to one place (a UI, a queue) with no task
     per order.  ``on_report(order_id, report)`` sees every health report of
     every order's transports, for logs and dashboards.  Neither may block.
+
+    ``until`` is what settles an order as a success: ``done`` (delivered, what
+    Xsolla's client SDKs wait for) or ``paid`` (the item may be granted: what a
+    server granting on ``order_paid`` waits for; no webhook ever says ``done``).
+    ``canceled`` settles it as a failure, and ``expired`` does once the
+    policy's grace is over.  ``sleep_clock`` is a clock that keeps counting
+    while the host sleeps, compared with the event loop's to notice a suspend
+    (see :mod:`orderfsm.supervisor.sleep`); tests pass one they can step.
     """
 
     def __init__(
@@ -82,10 +92,16 @@ class Tracker:
         http: HttpClient | None = None,
         on_change: ChangeHook | None = None,
         on_report: ReportHook | None = None,
+        until: Status | str = Status.DONE,
+        not_found_grace: float = 60.0,
+        sleep_clock: Callable[[], float] | None = None,
     ) -> None:
         unknown = set(transports) - KNOWN_TRANSPORTS
         if unknown:
             raise ValueError(f"unknown transports: {', '.join(sorted(unknown))}")
+        self.until = check_goal(until)
+        self.not_found_grace = not_found_grace
+        self._sleep_clock = sleep_clock or default_sleep_clock()
         self.project_id = project_id
         self.user = None if token is None else User(token_provider(token), user_id)
         self.ws_url = ws_url
@@ -142,10 +158,12 @@ class Tracker:
                 extra=self.extra,
                 fetch_details=self.fetch_details,
                 details_timeout=self.details_timeout,
+                not_found_grace=self.not_found_grace,
                 http=self.http,
                 pool=self._pool,
             )
             tg.start_soon(self._scheduler.run, name="orderfsm scheduler")
+            tg.start_soon(self._notice_sleep, name="orderfsm sleep detector")
             self._wake = self._scheduler.wake  # one bound method, shared by every order
             self._stack = stack.pop_all()
         return self
@@ -166,6 +184,29 @@ class Tracker:
         await stack.__aexit__(None, None, None)
         return None
 
+    async def _notice_sleep(self) -> None:
+        detector = SleepDetector()
+        while True:
+            slept = detector.sample(anyio.current_time(), self._sleep_clock())
+            if slept is not None:
+                logger.info("the host slept for %.1f s: reconnecting and checking orders", slept)
+                self.host_resumed()
+            await anyio.sleep(SLEEP_CHECK_INTERVAL)
+
+    def host_resumed(self) -> None:
+        """The host woke from a sleep: reconnect now and ask Get order for every
+        unsettled order.
+
+        Called by the tracker itself when its clocks disagree; an application
+        that hears of a resume from its platform (a power event) may call it
+        first.
+        """
+        if self._pool is not None:
+            self._pool.reconnect_all("the host slept")
+        for order in self._orders.values():
+            if not order.ended:
+                order.doubt()
+
     # --- tracking ---------------------------------------------------------------
 
     def track(
@@ -176,12 +217,24 @@ class Tracker:
         user_id: str | None = None,
         user: User | None = None,
         known_status: Status | None = None,
+        until: Status | str | None = None,
     ) -> None:
-        """Start following an order (no-op if it already is); returns at once."""
+        """Start following an order (no-op if it already is); returns at once.
+
+        ``until`` overrides the tracker's goal for this order.  An order has one
+        goal while it is tracked: naming another for it raises ``ValueError``.
+        """
         scheduler = self._scheduler
         if scheduler is None:
             raise RuntimeError("use the Tracker inside 'async with'")
-        if order_id in self._orders:
+        goal = self.until if until is None else check_goal(until)
+        existing = self._orders.get(order_id)
+        if existing is not None:
+            if until is not None and goal is not existing.until:
+                raise ValueError(
+                    f"order {order_id} is tracked until {existing.until}, not {goal}; "
+                    "watch() and on_change show every change either way"
+                )
             return
         if user is None and token is not None:
             user = self._user_for(token, user_id)
@@ -195,6 +248,7 @@ class Tracker:
             self._book,
             anyio.current_time(),
             websocket=WEBSOCKET in self.transports,
+            until=goal,
             wake=self._wake,
             on_change=self.on_change,
             on_report=self.on_report,
@@ -213,7 +267,7 @@ class Tracker:
         return user
 
     async def wait(self, order_id: int, **track_kwargs: Any) -> FinalResult:
-        """Track the order if needed and return how it ended.
+        """Track the order if needed (see :meth:`track`) and return how it settled.
 
         Raises ``TrackingTimeout`` past the policy's deadline, the transports'
         typed error when none of them can go on, ``TrackerClosed`` when the
@@ -234,30 +288,46 @@ class Tracker:
         assert order.result is not None
         return order.result
 
-    async def watch(self, order_id: int, **track_kwargs: Any) -> AsyncIterator[Change]:
+    async def watch(
+        self, order_id: int, *, follow: bool = False, **track_kwargs: Any
+    ) -> AsyncIterator[Change]:
         """Each status change (and conflict) of the order, from the first one seen.
 
-        Ends after the final status, or raises like :meth:`wait`.
+        Ends once the order is settled, or raises like :meth:`wait`.  With
+        ``follow=True`` it goes on past the settlement with what comes later (a
+        refund after ``done``, a payment after the expired grace; by then only
+        webhooks and :meth:`observe` bring news) until the order is ``canceled``
+        or untracked, or the tracker closes.
         """
         self.track(order_id, **track_kwargs)
         order = self._orders[order_id]
         log, seen = order.log, 0
         while True:
-            while seen < len(log):
+            settled = order.settled_count
+            end = len(log) if follow or settled is None else settled
+            while seen < end:
                 seen += 1
                 yield log[seen - 1]
-            if order.is_finished:
+            if settled is not None and not follow:
+                break
+            if order.is_finished and (
+                order.error is not None or order.released or order.book.is_final(order_id)
+            ):
+                break
+            if order.released:
                 break
             await order.news_after(seen)
+        await order.finished()  # an unsettled order that was released has its error
         if order.error is not None:
             raise order.error
 
     def untrack(self, order_id: int) -> None:
-        """Stop following an order; its waiters get ``TrackerClosed``."""
+        """Stop following an order; its waiters get ``TrackerClosed`` if it was not settled."""
         order = self._orders.get(order_id)
         if order is not None and self._scheduler is not None:
-            error = TrackerClosed(f"order {order_id} was untracked before a final status")
+            error = TrackerClosed(f"order {order_id} was untracked before it settled")
             self._scheduler.stop(order, error)
+            order.release()
 
     def forget(self, order_id: int) -> None:
         """Untrack and drop everything known about a finished order."""

@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 import attrs
 
-from orderfsm.core import FINAL_STATUSES, Observation
+from orderfsm.core import Observation, Status
+from orderfsm.core.settle import check_goal, verdict
 from orderfsm.errors import TransportError
 from orderfsm.interface import POLLING, Health, HealthReport
 from transports.http.base import HttpResponse
@@ -55,11 +56,15 @@ class PollConfig:
     answer; ``None`` keeps trying and leaves the decision to the supervisor."""
     request_timeout: float = attrs.field(default=10.0, validator=positive)
     """Seconds for one whole request."""
+    until: Status = attrs.field(default=Status.DONE, converter=check_goal)
+    """Polling ends once the order is settled for this goal (``done``, or ``paid``
+    for a server that grants on payment) or refunded.  An ``expired`` order is
+    polled on: a payment under way can still complete (stop it when you give up)."""
 
 
 @attrs.frozen
 class Finish:
-    """The order reached a final status; polling is over."""
+    """The order is settled (see ``PollConfig.until``); polling is over."""
 
     details: OrderDetails
 
@@ -153,8 +158,8 @@ class PollDecider:
         elif details.status != self._reported_status:
             self._reported_status = details.status
             observation = Observation(self.order_id, status, source=POLLING, at=now, raw=details)
-        if status in FINAL_STATUSES:
-            health = self._pacing.finish(now, f"final status {status}")
+        if status is not None and verdict(status, self.config.until).settled:
+            health = self._pacing.finish(now, f"settled: {status}")
             return Step(Finish(details), observation, health, warning)
         health = self._pacing.report(Health.HEALTHY, now, "Get order answered")
         return Step(Wait(self._pacing.next_poll(now)), observation, health, warning)

@@ -41,7 +41,7 @@ async def poll_order(
     config: PollConfig | None = None,
     random: Callable[[], float] | None = None,
 ) -> OrderDetails:
-    """Poll Get order until the order is final, and return its details.
+    """Poll Get order until the order is settled (``config.until``), and return its details.
 
     Observations (``source="polling"``, ``raw`` = :class:`OrderDetails`) and
     health reports go to ``sink`` as they happen.  A terminal failure is
