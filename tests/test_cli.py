@@ -5,17 +5,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
+from support_cli import COMMAND, watch_args
 
 from transports.emulator import Emulator
 
 
 def orderfsm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "orderfsm", *args],
+        [*COMMAND, *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -56,23 +56,7 @@ def emu() -> Iterator[Emulator]:
 
 
 def _watch(emu: Emulator, order_id: int, token: str, *extra: str) -> list[str]:
-    return [
-        "watch",
-        "--project-id",
-        str(emu.project_id),
-        "--order-id",
-        str(order_id),
-        "--token-env",
-        "ORDERFSM_TEST_TOKEN",
-        "--ws-url",
-        emu.ws_url,
-        "--api-url",
-        emu.api_url,
-        "--poll-interval",
-        "0.1",
-        "--json",
-        *extra,
-    ]
+    return watch_args(emu, order_id, "--token-env", "ORDERFSM_TEST_TOKEN", *extra)
 
 
 @pytest.mark.parametrize(

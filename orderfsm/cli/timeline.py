@@ -22,7 +22,7 @@ PATH = (Status.NEW, Status.PAID, Status.DONE)
 
 def exit_code(result: FinalResult | None, error: BaseException | None) -> int:
     if result is not None:
-        return EXIT_CODES.get(result.status, EXIT_ERROR)
+        return EXIT_DONE if result.succeeded else EXIT_CODES.get(result.status, EXIT_ERROR)
     return EXIT_TIMEOUT if isinstance(error, TrackingTimeout) else EXIT_ERROR
 
 

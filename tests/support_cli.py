@@ -1,0 +1,41 @@
+"""Running the ``orderfsm`` command as a new user does: a real process, real exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from transports.emulator import Emulator
+
+COMMAND = [sys.executable, "-m", "orderfsm"]
+
+
+def watch_args(emu: Emulator, order_id: int, *extra: str) -> list[str]:
+    """``watch`` on the emulator, fast polling, JSON lines (arguments after ``COMMAND``)."""
+    return [
+        "watch",
+        "--project-id",
+        str(emu.project_id),
+        "--order-id",
+        str(order_id),
+        "--ws-url",
+        emu.ws_url,
+        "--api-url",
+        emu.api_url,
+        "--poll-interval",
+        "0.1",
+        "--json",
+        *extra,
+    ]
+
+
+def start(args: list[str], **env: str) -> subprocess.Popen[str]:
+    """``orderfsm ARGS`` with its output piped and ``env`` added to this environment."""
+    return subprocess.Popen(
+        [*COMMAND, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
