@@ -292,8 +292,12 @@ class EmulatorClient:
         raw = await self._call("POST", f"/orders/{_q(order_id)}/webhook", body)
         return [int(x) for x in raw["delivery_ids"]]
 
-    async def webhook_deliveries(self) -> list[WebhookAttempt]:
-        raw = await self._call("GET", "/webhooks")
+    async def webhook_deliveries(
+        self, order_ids: Sequence[int] | None = None
+    ) -> list[WebhookAttempt]:
+        """Every webhook attempt so far, or only those for ``order_ids``."""
+        query = "" if order_ids is None else "?order_id=" + ",".join(map(str, order_ids))
+        raw = await self._call("GET", f"/webhooks{query}")
         return [WebhookAttempt.from_json(x) for x in raw["deliveries"]]
 
     # --- observation -----------------------------------------------------------------

@@ -203,7 +203,15 @@ def routes(s: Services, request_shutdown: Callable[[], None]) -> list[web.RouteD
         return _ok({"delivery_ids": ids})
 
     async def webhooks(request: web.Request) -> web.Response:
-        return _ok({"deliveries": [a.to_json() for a in s.webhooks.attempts]})
+        wanted = request.query.get("order_id")
+        try:
+            order_ids = None if wanted is None else [int(x) for x in wanted.split(",")]
+        except ValueError:
+            raise StateError(
+                f"order_id must be integers separated by commas, got {wanted!r}"
+            ) from None
+        attempts = s.webhooks.attempts_for(order_ids)
+        return _ok({"deliveries": [a.to_json() for a in attempts]})
 
     async def publications(request: web.Request) -> web.Response:
         user = request.query.get("user")

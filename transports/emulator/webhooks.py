@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -116,6 +116,7 @@ class WebhookSender:
         self.retry_intervals = tuple(retry_intervals)
         self.timeout = timeout
         self.attempts: list[WebhookAttempt] = []
+        self._by_order: dict[int, list[WebhookAttempt]] = {}
         self._spawn = spawn
         self._next_id = 1
         self._http: aiohttp.ClientSession | None = None
@@ -130,6 +131,13 @@ class WebhookSender:
                 raise StateError("retry_intervals must be a list of non-negative numbers")
             self.retry_intervals = tuple(float(x) for x in retry_intervals)
         self.url = url
+
+    def attempts_for(self, order_ids: Iterable[int] | None) -> list[WebhookAttempt]:
+        """Every attempt, or those for these orders (indexed: a long soak asks often)."""
+        if order_ids is None:
+            return list(self.attempts)
+        found = [a for oid in order_ids for a in self._by_order.get(oid, ())]
+        return sorted(found, key=lambda a: (a.sent_at, a.delivery_id, a.attempt))
 
     def send(
         self, body: bytes, notification_type: str, order_id: int, *, bad_signature: bool
@@ -180,22 +188,22 @@ class WebhookSender:
                     response = (await resp.read()).decode("utf-8", "replace")
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
-            self.attempts.append(
-                WebhookAttempt(
-                    delivery_id,
-                    attempt,
-                    notification_type,
-                    order_id,
-                    url,
-                    body.decode(),
-                    signature,
-                    signature == good,
-                    sent_at,
-                    status,
-                    response,
-                    error,
-                )
+            record = WebhookAttempt(
+                delivery_id,
+                attempt,
+                notification_type,
+                order_id,
+                url,
+                body.decode(),
+                signature,
+                signature == good,
+                sent_at,
+                status,
+                response,
+                error,
             )
+            self.attempts.append(record)
+            self._by_order.setdefault(order_id, []).append(record)
             if status is not None and (200 <= status < 300 or status in NO_RETRY_STATUSES):
                 return
             if attempt <= len(self.retry_intervals):
