@@ -1,16 +1,23 @@
 """Compare what the application received for one order with the emulator's truth.
 
-Pure.  The rules, per order:
+Pure.  The tracker answers "did this purchase succeed?" for its goal
+(``until``): the order *settles* on the first status that answers it (the goal
+reached, or a refund), or as ``expired`` once an expired order's grace is over.
+It may settle on a later status of the true path than the first that answers
+(it looked late: a refund already happened), never on an earlier one.  The
+rules, per order:
 
-* lost: the true final status never reached the application (``wait`` raised,
-  or ``watch`` ended without a final change);
-* duplicated: one status change delivered twice (by ``watch``, or listed twice
-  in the result);
+* lost: the order never settled (``wait`` raised, or ``watch`` ended without
+  settling), or a change after the settlement that a webhook announced never
+  reached a ``watch(follow=True)``;
+* duplicated: one status change delivered twice (by a ``watch``, or listed
+  twice in the result);
 * wrong: a status the order never had, statuses in an order the order did not
   go through, a change whose ``previous`` is not the change before it, a
-  conflict reported although every source told the truth, a final status other
-  than the true one, ``watch`` and ``wait`` disagreeing, or Get order details
-  that contradict the final status.
+  conflict reported although every source told the truth, a settlement the
+  truth does not allow, ``watch`` and ``wait`` disagreeing, a following watch
+  that does not start with what ``watch`` saw, or Get order details older
+  than the settlement.
 
 Intermediate statuses may be skipped (a transport can see ``new`` then
 ``done``); that is not a loss.  Each category counts an order at most once.
@@ -22,6 +29,8 @@ from collections.abc import Sequence
 
 import attrs
 
+from orderfsm.core import Status
+from orderfsm.core import verdict as answer
 from orderfsm.supervisor.records import Change, ConflictSeen, FinalResult, StatusChange
 
 
@@ -31,6 +40,19 @@ class Truth:
     """Every status the emulator gave the order, in order."""
     final: str
     """What the emulator says the order ended as."""
+    until: str = "done"
+    """The tracker's goal."""
+    webhooked: frozenset[str] = frozenset()
+    """Statuses a (real, well signed) webhook announced."""
+
+    @property
+    def settlements(self) -> tuple[str, ...]:
+        """The statuses the tracker may settle on."""
+        goal = Status(self.until)
+        for i, status in enumerate(self.path):
+            if answer(Status(status), goal).settled:
+                return self.path[i:]
+        return ("expired",) if self.path[-1] == "expired" else ()
 
 
 @attrs.frozen
@@ -42,6 +64,8 @@ class Seen:
     """``repr`` of the exception ``watch`` raised, if any."""
     result: FinalResult | None
     wait_error: str | None
+    followed: tuple[Change, ...] | None = None
+    """What a ``watch(follow=True)`` got until the tracker closed (``None``: not run)."""
 
 
 @attrs.frozen
@@ -63,36 +87,30 @@ def judge(truth: Truth, seen: Seen) -> Verdict:
     wrong: list[str] = []
     if truth.path[-1] != truth.final:
         wrong.append(f"harness: emulator says {truth.final}, the plan ended {truth.path[-1]}")
+    allowed = truth.settlements
 
-    changes = [c for c in seen.watched if isinstance(c, StatusChange)]
-    conflicts = [c for c in seen.watched if isinstance(c, ConflictSeen)]
+    changes = _check_changes("watch", seen.watched, truth, duplicated, wrong)
     statuses = [c.status.value for c in changes]
-    _check_sequence("watch", statuses, truth, duplicated, wrong)
-    previous = None
-    for change in changes:
-        if change.previous is not previous:
-            wrong.append(
-                f"watch: {change.status} says it came after {change.previous}, not {previous}"
-            )
-        previous = change.status
-        for skipped in change.skipped:
-            if skipped.value not in truth.path:
-                wrong.append(f"watch: {change.status} skipped {skipped}, never a status")
-    for conflict in conflicts:
-        wrong.append(f"conflict reported: {conflict.current} then {conflict.observed}")
-
-    finals = [c for c in changes if c.final]
-    if not finals:
-        lost.append(f"watch ended without a final status ({seen.watch_error or 'no error'})")
-    elif finals[-1].status.value != truth.final:
-        wrong.append(f"watch: final {finals[-1].status}, truth {truth.final}")
+    settling = [c for c in changes if c.settled]
+    if len(settling) > 1 or (settling and settling[-1] is not changes[-1]):
+        wrong.append(f"watch: {statuses} settles more than once, or goes on after it")
+    settled_by_watch = settling[-1].status.value if settling else None
+    if settled_by_watch is None and statuses[-1:] == ["expired"] and seen.watch_error is None:
+        settled_by_watch = "expired"  # settled by the end of its grace, not by a change
+    if settled_by_watch is None:
+        lost.append(f"watch ended unsettled ({seen.watch_error or 'no error'})")
+    elif settled_by_watch not in allowed:
+        wrong.append(f"watch settled {settled_by_watch}, the truth allows {list(allowed)}")
 
     result = seen.result
     if result is None:
         lost.append(f"wait raised {seen.wait_error}")
     else:
-        if result.status.value != truth.final:
-            wrong.append(f"wait: final {result.status}, truth {truth.final}")
+        settled = result.status.value
+        if settled not in allowed:
+            wrong.append(f"wait: settled {settled}, the truth allows {list(allowed)}")
+        if settled_by_watch is not None and settled != settled_by_watch:
+            wrong.append(f"wait settled {settled}, watch {settled_by_watch}")
         listed = [c.status.value for c in result.changes]
         _check_sequence("result", listed, truth, duplicated, wrong)
         if tuple(result.changes) != tuple(changes):
@@ -100,8 +118,10 @@ def judge(truth: Truth, seen: Seen) -> Verdict:
         if result.conflicts:
             wrong.append(f"result lists conflicts {list(result.conflicts)}")
         details = result.details
-        if details is not None and details.status != truth.final:
-            wrong.append(f"details say {details.status}, truth {truth.final}")
+        if details is not None and details.status not in truth.path[_index(truth, settled) :]:
+            wrong.append(f"details say {details.status}, settled {settled}, truth {truth.path}")
+        if seen.followed is not None:
+            _check_followed(seen.followed, changes, settled, truth, lost, duplicated, wrong)
 
     return Verdict(
         lost=bool(lost),
@@ -110,6 +130,55 @@ def judge(truth: Truth, seen: Seen) -> Verdict:
         reasons=(*lost, *duplicated, *wrong),
         final_source=None if result is None else result.source,
     )
+
+
+def _check_changes(
+    label: str,
+    watched: Sequence[Change],
+    truth: Truth,
+    duplicated: list[str],
+    wrong: list[str],
+) -> list[StatusChange]:
+    """Each change true, once, in order, chained to the one before it; no conflicts."""
+    changes = [c for c in watched if isinstance(c, StatusChange)]
+    _check_sequence(label, [c.status.value for c in changes], truth, duplicated, wrong)
+    previous = None
+    for change in changes:
+        if change.previous is not previous:
+            wrong.append(
+                f"{label}: {change.status} says it came after {change.previous}, not {previous}"
+            )
+        previous = change.status
+        for skipped in change.skipped:
+            if skipped.value not in truth.path:
+                wrong.append(f"{label}: {change.status} skipped {skipped}, never a status")
+    for conflict in watched:
+        if isinstance(conflict, ConflictSeen):
+            wrong.append(f"{label}: conflict {conflict.current} then {conflict.observed}")
+    return changes
+
+
+def _check_followed(
+    followed: Sequence[Change],
+    changes: Sequence[StatusChange],
+    settled: str,
+    truth: Truth,
+    lost: list[str],
+    duplicated: list[str],
+    wrong: list[str],
+) -> None:
+    """What comes after the settlement is heard once; a refund announced by webhook, surely."""
+    after = _check_changes("follow", followed, truth, duplicated, wrong)
+    if after[: len(changes)] != list(changes):
+        wrong.append(f"follow began {after[: len(changes)]}, watch saw {list(changes)}")
+    heard = {c.status.value for c in after}
+    for status in truth.path[_index(truth, settled) + 1 :]:
+        if status in truth.webhooked and status not in heard:
+            lost.append(f"follow: {status} came by webhook after the settlement, never heard")
+
+
+def _index(truth: Truth, status: str) -> int:
+    return truth.path.index(status) if status in truth.path else len(truth.path)
 
 
 def _check_sequence(

@@ -27,6 +27,7 @@ from orderfsm.interface import HealthReport
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.supervisor.records import Change, FinalResult, StatusChange
 from orderfsm.supervisor.tracker import Tracker
+from orderfsm.testing import SteppedClock, eventually
 from transports.centrifuge import EngineConfig
 from transports.emulator import EmulatorClient, User
 
@@ -40,6 +41,8 @@ CLOSE_GRACE = 1.5
 """How long the emulator may take to see a closed socket closed."""
 HANG_MARGIN = 20.0
 """A schedule still running this long after its deadline is hung."""
+WEBHOOK_GRACE = 5.0
+"""How long webhook deliveries may take to be answered before the tracker closes anyway."""
 
 
 @attrs.define
@@ -92,6 +95,8 @@ class _Order:
     watch_error: str | None = None
     late: list[Change] = attrs.Factory(list)
     late_error: str | None = None
+    followed: list[Change] = attrs.Factory(list)
+    follow_error: str | None = None
     result: FinalResult | None = None
     wait_error: str | None = None
     reports: list[str] = attrs.Factory(list)
@@ -105,6 +110,8 @@ def _policy(schedule: Schedule, sabotage: str | None) -> DefaultPolicy:
         websocket_lifespan=t.websocket_lifespan,
         safety_poll_interval=t.safety_poll_interval,
         connect_grace=t.connect_grace,
+        expired_grace=t.expired_grace,
+        expired_poll_interval=t.expired_poll_interval,
     )
 
 
@@ -146,6 +153,8 @@ async def run_schedule(h: Harness, schedule: Schedule) -> Outcome:
         },
         fetch_details=True,
         details_timeout=1.0,
+        until=schedule.timings.until,
+        sleep_clock=(clock := SteppedClock()),
     )
     for order in orders:
         h.router.register(order.order_id, tracker)
@@ -166,17 +175,28 @@ async def run_schedule(h: Harness, schedule: Schedule) -> Outcome:
         users,
         [o.path for o in orders],
         start,
+        clock,
         sabotage=h.sabotage,
     )
     tag = SCHEDULE.set(schedule.seed)
     try:
         with anyio.fail_after(schedule.timings.deadline + HANG_MARGIN):
-            async with tracker, anyio.create_task_group() as driver:
+            # Watches that follow past the settlement end when the tracker closes,
+            # so their task group is outside it.
+            async with (
+                anyio.create_task_group() as following,
+                tracker,
+                anyio.create_task_group() as driver,
+            ):
                 driver.start_soon(player.play)
                 async with anyio.create_task_group() as followers:
                     for order in orders:
-                        followers.start_soon(_follow, h, schedule, tracker, order, start)
-                driver.cancel_scope.cancel()  # faults planned after the last final
+                        followers.start_soon(_follow, h, schedule, tracker, order, start, following)
+                # What comes after the settlements (a refund) must be heard too:
+                # every step played, every webhook sent so far answered.
+                await player.steps_played.wait()
+                await _webhooks_answered(emu, [o.order_id for o in orders], player)
+                driver.cancel_scope.cancel()  # faults planned after the last step
     except TimeoutError:
         errors.append(f"hung: still running {schedule.timings.deadline + HANG_MARGIN} s in")
     finally:
@@ -194,10 +214,17 @@ async def run_schedule(h: Harness, schedule: Schedule) -> Outcome:
     outcomes = []
     for order in orders:
         final = str((await emu.order(order.order_id))["status"])
-        truth = Truth(tuple(order.path), final)
-        verdict = judge(
-            truth, Seen(tuple(order.watched), order.watch_error, order.result, order.wait_error)
+        webhooked = frozenset(player.webhooked.get(order.index, ()))
+        truth = Truth(tuple(order.path), final, schedule.timings.until, webhooked)
+        followed = tuple(order.followed) if order.follow_error is None else None
+        if order.follow_error is not None and order.wait_error is None:
+            errors.append(
+                f"order {order.order_id}: the following watch raised {order.follow_error}"
+            )
+        seen = Seen(
+            tuple(order.watched), order.watch_error, order.result, order.wait_error, followed
         )
+        verdict = judge(truth, seen)
         late_watch = [*order.late] if order.late_error is None else None
         if late_watch is not None and late_watch != order.watched:
             verdict = attrs.evolve(
@@ -252,15 +279,33 @@ async def _open_connections(
     return found, ends
 
 
+async def _webhooks_answered(emu: EmulatorClient, order_ids: list[int], player: Player) -> None:
+    """Until the emulator has an answered attempt for every delivery sent so far (bounded)."""
+
+    async def answered() -> bool:
+        return len(await emu.webhook_deliveries(order_ids)) >= player.webhooks_sent
+
+    with contextlib.suppress(TimeoutError):
+        await eventually(answered, timeout=WEBHOOK_GRACE, interval=0.02)
+
+
 async def _follow(
-    h: Harness, schedule: Schedule, tracker: Tracker, order: _Order, start: float
+    h: Harness,
+    schedule: Schedule,
+    tracker: Tracker,
+    order: _Order,
+    start: float,
+    following: TaskGroup,
 ) -> None:
-    """What the application does for one order: track it, then watch and wait."""
+    """What the application does for one order: track it, then watch and wait, and
+    follow it past its settlement (a refund after delivery) until the tracker closes."""
     plan = schedule.orders[order.index]
     await anyio.sleep_until(start + plan.track_at)
     tracker.track(order.order_id, token=order.user.token, user_id=order.user.external_id)
     if h.sabotage == "wrong" and order.index == 0:
-        lie = next(s for s in ("expired", "canceled") if s not in plan.path)
+        # The latest status the order never has: an earlier one would be stale
+        # (dropped, and rightly) if a later true one is already known.
+        lie = next(s for s in ("canceled", "done", "paid", "expired") if s not in plan.path)
         tracker.observe(
             Observation(order.order_id, lie, source="sabotage", at=anyio.current_time())
         )
@@ -280,15 +325,21 @@ async def _follow(
         except Exception as exc:
             order.wait_error = _describe(exc)
 
+    async def follow() -> None:
+        order.follow_error = await _watch(tracker, order.order_id, order.followed, follow=True)
+
+    following.start_soon(follow)
     async with anyio.create_task_group() as tg:
         tg.start_soon(first_watch)
         tg.start_soon(wait)
         tg.start_soon(late_watch)
 
 
-async def _watch(tracker: Tracker, order_id: int, into: list[Change]) -> str | None:
+async def _watch(
+    tracker: Tracker, order_id: int, into: list[Change], *, follow: bool = False
+) -> str | None:
     try:
-        watch = cast("AsyncGenerator[Change, None]", tracker.watch(order_id))
+        watch = cast("AsyncGenerator[Change, None]", tracker.watch(order_id, follow=follow))
         async with contextlib.aclosing(watch) as changes:
             async for change in changes:
                 into.append(change)

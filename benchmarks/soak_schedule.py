@@ -19,13 +19,18 @@ from typing import Any
 
 import attrs
 
+from orderfsm.core import Status, verdict
+
 PATHS: tuple[tuple[str, ...], ...] = (
     ("new", "paid", "done"),
-    ("new", "canceled"),
     ("new", "paid", "canceled"),
     ("new", "expired"),
+    ("new", "expired", "paid", "done"),
+    ("new", "paid", "done", "canceled"),
+    ("new", "expired", "paid", "canceled"),
 )
-"""Every path of the status graph from ``new`` to a final status."""
+"""Xsolla's life cycles (xsolla.md §1): delivered, refunded before delivery, expired
+for good, expired then paid after all, refunded after delivery."""
 
 WEBHOOK_FOR = {"paid": "order_paid", "canceled": "order_canceled"}
 """Statuses Xsolla sends a webhook for (and the notification type)."""
@@ -41,6 +46,7 @@ HORIZON = 1.0
 """Statuses and faults happen within this many seconds of the start."""
 
 FAULT_KINDS = (
+    "suspend",
     "close",
     "drop",
     "stall",
@@ -58,7 +64,13 @@ FAULT_KINDS = (
 """Drawn at random; ``flush`` (junk publications that release held ones) ends
 WebSocket-strict schedules."""
 
-FINALS = frozenset({"done", "canceled", "expired"})
+GOALS = ("done", "done", "done", "paid")
+"""What the tracker waits for (``until``): mostly delivery, as a client does; some
+schedules are a server granting on payment."""
+EXPIRED_GRACE = 1.6
+"""Longer than every status step takes (``HORIZON``): a payment after expiry
+always comes inside the grace, so an order settles ``expired`` only when that
+is how it ends."""
 STRICT_SHARE = 0.35
 """The share of WebSocket-strict schedules (see :func:`make_schedule`)."""
 FLUSH = 4
@@ -117,7 +129,7 @@ class Fault:
     code: int | None = None
     """Close code (``close``) or HTTP status (``get_order_error``)."""
     seconds: float | None = None
-    """How long it lasts (stall, pings off, Get order faults)."""
+    """How long it lasts (suspend, stall, pings off, Get order faults)."""
     count: int | None = None
     """How many publications are duplicated / reordered, webhook copies; the
     index into :data:`JUNK` of a junk publication."""
@@ -135,8 +147,11 @@ class Timings:
     websocket_lifespan: float | None
     safety_poll_interval: float | None
     """``None`` in a WebSocket-strict schedule."""
+    until: str = "done"
     poll_interval: float = 0.05
     connect_grace: float = 0.3
+    expired_grace: float = EXPIRED_GRACE
+    expired_poll_interval: float = 0.1
 
 
 @attrs.frozen
@@ -156,14 +171,16 @@ def make_schedule(seed: int) -> Schedule:
     """The schedule for ``seed``; the same seed always gives the same schedule.
 
     About a third of the schedules are *WebSocket-strict*: no safety poll, and
-    final statuses are published and sent by no webhook, so while the
-    WebSocket says it is healthy it alone must deliver them; a publication it
-    loses without noticing becomes a lost order instead of being papered over
-    by polling.  Statuses the emulator holds back for a reorder are flushed at
-    the end (a real server never holds them forever).
+    the statuses that settle an order are published and sent by no webhook, so
+    while the WebSocket says it is healthy it alone must deliver them (Get
+    order is asked only when tracking starts and after an outage the socket
+    reported); a publication it loses without noticing becomes a lost order
+    instead of being papered over by polling.  Statuses the emulator holds back
+    for a reorder are flushed at the end (a real server never holds them forever).
     """
     rng = random.Random(seed)
     strict = rng.random() < STRICT_SHARE
+    until = rng.choice(GOALS)
     users = rng.randint(1, 3)
     orders: list[OrderPlan] = []
     steps: list[Step] = []
@@ -180,8 +197,10 @@ def make_schedule(seed: int) -> Schedule:
             )
         )
         times = sorted(round(rng.uniform(0.02, HORIZON), 3) for _ in path[1:])
-        for at, status in zip(times, path[1:], strict=True):
-            hide = strict and status in FINALS
+        for i, (at, status) in enumerate(zip(times, path[1:], strict=True), start=1):
+            # In a strict schedule what settles the order, and where it ends
+            # (an expiry for good), is the WebSocket's alone to tell.
+            hide = strict and (settles(status, until) or i == len(path) - 1)
             steps.append(
                 Step(
                     at=at,
@@ -204,8 +223,14 @@ def make_schedule(seed: int) -> Schedule:
         deadline=8.0,
         websocket_lifespan=round(rng.uniform(0.3, 1.5), 3) if rng.random() < 0.15 else None,
         safety_poll_interval=None if strict else rng.choice((0.2, 0.3)),
+        until=until,
     )
     return Schedule(seed, users, tuple(orders), tuple(steps), tuple(faults), timings)
+
+
+def settles(status: str, until: str) -> bool:
+    """Whether ``status`` answers the tracker's question (its goal reached, or a refund)."""
+    return verdict(Status(status), Status(until)).settled
 
 
 def _no_reorder_across_epochs(faults: list[Fault]) -> list[Fault]:
@@ -238,6 +263,10 @@ def _fault(rng: random.Random, users: int, orders: Sequence[OrderPlan], steps: l
     at = round(rng.uniform(0.0, HORIZON), 3)
     user = rng.randrange(users)
     order = rng.randrange(len(orders))
+    if kind == "suspend":
+        # The host (every user's socket at once) sleeps this long, then wakes
+        # with its sleep-counting clock that much ahead.
+        return Fault(at, kind, seconds=round(rng.uniform(0.1, 0.8), 3))
     if kind == "close":
         codes = TERMINAL_CODES if rng.random() < 0.25 else RECONNECT_CODES
         return Fault(at, kind, user=user, code=rng.choice(codes))

@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import anyio
+import attrs
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +33,7 @@ from soak_schedule import (  # noqa: E402
     Fault,
     Step,
     make_schedule,
+    settles,
 )
 
 from orderfsm.core import Status  # noqa: E402
@@ -84,9 +86,14 @@ def test_a_few_hundred_seeds_cover_every_fault_and_hidden_finals() -> None:
     for seed in range(300):
         schedule = make_schedule(seed)
         if schedule.timings.safety_poll_interval is None:
-            # WebSocket-strict: the socket alone must bring every final status
+            # WebSocket-strict: the socket alone must bring what settles an order
             strict += 1
-            finals = [s for s in schedule.steps if s.status in ("done", "canceled", "expired")]
+            ends = {(i, o.path[-1]) for i, o in enumerate(schedule.orders)}
+            finals = [
+                s
+                for s in schedule.steps
+                if settles(s.status, schedule.timings.until) or (s.order, s.status) in ends
+            ]
             assert all(s.publish and not s.webhook for s in finals)
             assert {f.user for f in schedule.faults if f.kind == "flush"} == set(
                 range(schedule.users)
@@ -95,29 +102,63 @@ def test_a_few_hundred_seeds_cover_every_fault_and_hidden_finals() -> None:
         faults.update(f.kind for f in schedule.faults)
         terminal += sum(f.kind == "close" and f.code in TERMINAL_CODES for f in schedule.faults)
         hidden_finals += sum(
-            not s.publish and s.status in ("done", "canceled", "expired") for s in schedule.steps
+            not s.publish and settles(s.status, schedule.timings.until) for s in schedule.steps
         )
     assert set(faults) == set(FAULT_KINDS)
     assert terminal > 0 and hidden_finals > 0 and 50 < strict < 200
 
 
+def test_a_few_hundred_seeds_cover_every_life_cycle_and_both_goals() -> None:
+    """Expired then paid, refunds after delivery, and servers that settle at paid."""
+    paths: Counter[tuple[str, ...]] = Counter()
+    goals: Counter[str] = Counter()
+    for seed in range(300):
+        schedule = make_schedule(seed)
+        paths.update(o.path for o in schedule.orders)
+        goals[schedule.timings.until] += 1
+    assert set(paths) == set(PATHS)
+    assert ("new", "expired", "paid", "done") in paths and (
+        "new",
+        "paid",
+        "done",
+        "canceled",
+    ) in paths
+    assert goals["paid"] > 30 and goals["done"] > 150
+
+
 # --- the judge ----------------------------------------------------------------------
 
 
-def change(status: str, previous: str | None, source: str = "websocket") -> StatusChange:
+def change(
+    status: str, previous: str | None, source: str = "websocket", settled: bool = False
+) -> StatusChange:
     skipped: tuple[Status, ...] = ()
-    return StatusChange(
-        ORDER, Status(status), None if previous is None else Status(previous), skipped, source, 1.0
-    )
+    before = None if previous is None else Status(previous)
+    return StatusChange(ORDER, Status(status), before, skipped, source, 1.0, settled)
 
 
-def seen(*changes: StatusChange | ConflictSeen, final: bool = True) -> Seen:
-    status_changes = tuple(c for c in changes if isinstance(c, StatusChange))
+def seen(
+    *changes: StatusChange | ConflictSeen,
+    final: bool = True,
+    followed: tuple[StatusChange, ...] | None = None,
+    until: str = "done",
+) -> Seen:
+    """What a tracker delivers: with ``final``, its last change settled the order
+    (unless it is ``expired``: that settles by the end of its grace, not a change)."""
+    watched = list(changes)
+    status_changes = [c for c in watched if isinstance(c, StatusChange)]
     result = None
     if final:
         last = status_changes[-1]
-        result = FinalResult(ORDER, last.status, last.source, last.at, status_changes)
-    return Seen(tuple(changes), None, result, None if final else "TrackingTimeout: late")
+        if last.status is not Status.EXPIRED:
+            last = attrs.evolve(last, settled=True)
+            watched[watched.index(status_changes[-1])] = last
+            status_changes[-1] = last
+        result = FinalResult(
+            ORDER, last.status, last.source, last.at, tuple(status_changes), until=Status(until)
+        )
+    error = None if final else "TrackingTimeout: late"
+    return Seen(tuple(watched), error, result, error, followed)
 
 
 TRUTH = Truth(("new", "paid", "done"), "done")
@@ -148,6 +189,29 @@ def test_the_judge_catches_each_kind_of_failure(
         kind == "duplicated",
         kind == "wrong",
     ), verdict.reasons
+
+
+def test_the_judge_allows_what_settles_the_order_and_nothing_earlier() -> None:
+    refunded = Truth(("new", "paid", "done", "canceled"), "canceled")
+    assert judge(refunded, seen(change("new", None), change("done", "new"))).ok
+    assert judge(refunded, seen(change("new", None), change("canceled", "new"))).ok  # looked late
+    server = Truth(("new", "expired", "paid", "done"), "done", until="paid")
+    assert judge(server, seen(change("new", None), change("paid", "new"), until="paid")).ok
+    assert judge(server, seen(change("new", None), change("expired", "new"), until="paid")).wrong
+    lapsed = Truth(("new", "expired"), "expired")
+    assert judge(lapsed, seen(change("new", None), change("expired", "new"))).ok
+
+
+def test_the_judge_wants_a_refund_announced_by_webhook_heard_once_after_settling() -> None:
+    truth = Truth(
+        ("new", "paid", "done", "canceled"), "canceled", webhooked=frozenset({"canceled"})
+    )
+    watched = (change("new", None), change("paid", "new"), change("done", "paid", settled=True))
+    refund = change("canceled", "done", "webhook")
+    assert judge(truth, seen(*watched, followed=(*watched, refund))).ok
+    assert judge(truth, seen(*watched, followed=watched)).lost
+    assert judge(truth, seen(*watched, followed=(*watched, refund, refund))).duplicated
+    assert judge(truth, seen(*watched, followed=(refund,))).wrong
 
 
 def test_the_judge_counts_a_conflict_and_a_final_other_than_the_truth_as_wrong() -> None:
@@ -183,7 +247,7 @@ async def test_a_late_watch_replays_changes_in_the_order_they_were_applied() -> 
     order.observe(Observation(ORDER, "done", source="websocket", at=1.0))
     replayed = list(order.log)  # what a watch started now replays
     assert [c.status for c in replayed if isinstance(c, StatusChange)] == ["paid", "done"]
-    assert replayed == order.changes
+    assert replayed == order.changes()
 
 
 @pytest.mark.anyio
