@@ -1,20 +1,23 @@
-"""Failover: how fast polling takes over, how fast a silent stall is seen, and
-what random WebSocket faults cost the final status.
+"""Failover: how fast polling takes over, how fast a silent stall is seen, what
+random WebSocket faults cost the settling status, and how fast a host that
+slept knows its orders' true status.
 
 One emulator in its own process (server ping 25 s, as Xsolla's Centrifugo;
-``--quick``: 1 s) serves three measurements:
+``--quick``: 1 s) serves four measurements:
 
 * ``close_to_first_poll_ms``: the emulator closes a user's socket with the
   reconnectable code 3000; the tracker reports the WebSocket DEGRADED and
   starts polling at once.  From the emulator's ``closed_at`` to its first Get
-  order request for the order, both wall-clock times in the emulator process;
-  the worst of several users (and the median).
+  order request for the order after it, both wall-clock times in the
+  emulator process; the worst of several users (and the median).  Its floor
+  is a physical one measured in the same run: a few times a bare Get order's
+  round trip (``get_order_rtt_ms``) from this process.
 * ``stall_detect_s``: right after a user's connection is caught up, the
   emulator stalls it (no data, no pings, no close).  From just before the
   stall request to the tracker's ``on_report`` saying DEGRADED "no ping"
-  (default ``max_server_ping_delay`` 10 s: the worst case is ping + 10 =
-  35 s).  centrifuge-python (same delay) is stalled alongside; its time is
-  when it reports reconnecting with its "no ping" code.
+  (default ``max_server_ping_delay`` 10 s: ping + 10 = 35 s).
+  centrifuge-python (same delay) is stalled alongside; its time is when it
+  reports reconnecting with its "no ping" code.  The floor is the ratio.
 * ``final_latency_p99_ms``: 1,000 orders of 100 users go new -> paid ->
   done (publications spread over 8 s) while a seeded random fault hits a
   user every 100 ms: closes with reconnectable codes, TCP drops, stalls of
@@ -22,16 +25,24 @@ One emulator in its own process (server ping 25 s, as Xsolla's Centrifugo;
   publication to the tracker's watcher getting it (by whichever transport);
   then the same plan on fresh users with centrifuge-python (one ``Client``
   per user: reconnects and recovers, never polls).  ``lost`` counts finals
-  never received.  The tail is mostly reconnect backoff: both clients draw
-  full jitter, ours from 0.5 s (centrifuge-js's default), centrifuge-python
-  from 0.1 s; the JSON says which.
+  never received.  The tail is the reconnect: ours retries a connection that
+  was up at once (below ``first_reconnect_delay``), then backs off from
+  0.5 s; centrifuge-python backs off from its ``min_reconnect_delay`` (read
+  from the library).  ``final_latency_p99_ratio`` is ours / theirs.
+* ``resume_to_status_ms``: every socket of several users goes silent (a host
+  asleep: no close, no ping) while each user's order becomes ``done``; then
+  the host wakes, which the tracker learns from its sleep clock jumping
+  ahead.  From the wake to the order's ``done`` on the tracker (a Get order
+  at once, and a reconnect), over a few wakes; without it a dead socket is
+  found by the missed ping, up to ping + slack later.
 
-Prints one JSON line.
+Prints one JSON line.  ``lost`` must be 0, ``--quick`` or not.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import random
 import statistics
 import time
@@ -59,19 +70,25 @@ from _common import (
 )
 
 from orderfsm.interface import Health, HealthReport
-from orderfsm.supervisor.records import StatusChange
+from orderfsm.supervisor.records import Change, StatusChange
+from orderfsm.supervisor.sleep import SLEEP_CHECK_INTERVAL
 from orderfsm.supervisor.tracker import Tracker
+from orderfsm.testing import SteppedClock
 from transports.centrifuge import EngineConfig
 from transports.emulator import EmulatorClient, EmulatorProcess, User
+from transports.http import open_http_client
 
-FLOORS = {"close_to_first_poll_ms": ("<=", 100.0), "stall_detect_s": ("<=", 35.0)}
+FLOORS = {
+    "close_to_first_poll_ratio_to_rtt": ("<=", 4.0),
+    "stall_detect_ratio": ("<=", 1.05),
+    "final_latency_p99_ratio": ("<=", 1.0),
+}
+MUST_BE_ZERO = ("lost", "centrifuge_python_lost")
 EMULATOR_GC = "frozen"
 CLOSE_CODE = 3000
 RECONNECT_CODES = (3000, 3001, 3008, 3012, 4000)
 FAULT_WEIGHTS = {"close": 3, "drop": 2, "stall": 1, "duplicate": 2, "reorder": 2}
 FAULT_PERIOD = 0.1
-THEIR_MIN_RECONNECT_DELAY = 0.1
-"""centrifuge-python's default (ours, like centrifuge-js, starts at 0.5 s)."""
 NO_PING_CODE = 2
 """centrifuge-python's connecting code for a missed server ping."""
 SEED = 7
@@ -87,6 +104,14 @@ class Size:
         self.fault_users, self.fault_per_user = (10, 5) if quick else (100, 10)
         self.publish_window = 2.0 if quick else 8.0
         self.drain = 20.0 if quick else 60.0
+        self.sleepers, self.wakes = (5, 2) if quick else (20, 5)
+
+
+def their_min_reconnect_delay() -> float:
+    """centrifuge-python's own default, as installed."""
+    from centrifuge import Client  # type: ignore[import-untyped]
+
+    return float(inspect.signature(Client).parameters["min_reconnect_delay"].default)
 
 
 def tracker_for(emu: EmulatorClient, project_id: int, size: Size, **options: Any) -> Tracker:
@@ -285,7 +310,7 @@ async def faults_ours(
         async def watch(order_id: int) -> None:
             user = owner[order_id]
             async for change in tracker.watch(order_id, token=user.token, user_id=user.external_id):
-                if isinstance(change, StatusChange) and change.final:
+                if isinstance(change, StatusChange) and change.settled:
                     finals.record(order_id, change.source)
 
         async with anyio.create_task_group() as tg:
@@ -337,6 +362,64 @@ async def final_figures(
     return figures
 
 
+# --- a host that slept -> the true status -------------------------------------------
+
+
+async def resume_to_status(emu: EmulatorClient, project_id: int, size: Size) -> list[float]:
+    """Per order and wake: seconds from the wake to the tracker's ``done``."""
+    delays: list[float] = []
+    for wake in range(size.wakes):
+        delays += await one_wake(emu, project_id, size, f"sleep-{wake}")
+    return delays
+
+
+async def one_wake(emu: EmulatorClient, project_id: int, size: Size, label: str) -> list[float]:
+    orders = await create_orders(emu, label, size.sleepers, 1)
+    board = HealthBoard(orders.ids)
+    clock = SteppedClock()
+    done: dict[int, float] = {}
+    all_done = Countdown(len(orders.ids))
+
+    def on_change(change: Change) -> None:
+        if isinstance(change, StatusChange) and change.settled:
+            done.setdefault(change.order_id, time.time())
+            all_done.hit(change.order_id)
+
+    async with tracker_for(
+        emu, project_id, size, on_report=board, on_change=on_change, sleep_clock=clock
+    ) as tracker:
+        track_all(tracker, orders)
+        await board.wait()
+        for user in orders.users:
+            await emu.suspend(user)
+        for order_id in orders.ids:
+            await emu.set_status(order_id, "done")  # into the history, not to the socket
+        for user in orders.users:
+            await emu.resume(user)
+        # A host wakes at any moment of the tracker's sleep checks.
+        await anyio.sleep(random.uniform(0.0, SLEEP_CHECK_INTERVAL))
+        woke = time.time()
+        clock.step(3600.0)
+        await all_done.wait(size.ping + size.ping_slack + 15.0, "orders after a wake")
+    return [done[oid] - woke for oid in orders.ids]
+
+
+async def get_order_rtt(emu: EmulatorClient, project_id: int) -> list[float]:
+    """Bare Get order round trips from this process: the floor under any failover."""
+    orders = await create_orders(emu, "rtt", 1, 1)
+    (order_id,) = orders.ids
+    (user,) = orders.users
+    url = f"{emu.api_url}/v2/project/{project_id}/order/{order_id}"
+    headers = {"Authorization": f"Bearer {user.token}"}
+    times = []
+    async with open_http_client() as http:
+        for _ in range(30):
+            start = time.perf_counter()
+            await http.request("GET", url, headers=headers, timeout=10.0)
+            times.append(time.perf_counter() - start)
+    return times
+
+
 # --- all together ------------------------------------------------------------------
 
 
@@ -353,24 +436,38 @@ async def measure(size: Size) -> dict[str, Any]:
             # the busy fault test after them, so that no load delays the timers.
             tg.start_soon(stall, "ours", stall_ours)
             tg.start_soon(stall, "theirs", stall_theirs)
+            rtt = await get_order_rtt(emu, project_id)
             closes = await close_to_first_poll(emu, project_id, size)
+            resumes = await resume_to_status(emu, project_id, size)
         ours = await final_figures(emu, "", await faults_ours(emu, project_id, size))
         theirs = await final_figures(
             emu, "centrifuge_python_", await faults_theirs(emu, project_id, size)
         )
+    rtt_p50_ms = statistics.median(rtt) * 1000.0
+    stall_detect, their_stall_detect = max(stalls["ours"]), max(stalls["theirs"])
     return {
         "benchmark": "failover",
         "close_to_first_poll_ms": ms(max(closes)),
         "close_to_first_poll_p50_ms": ms(statistics.median(closes)),
+        "get_order_rtt_ms": ms(rtt_p50_ms),
+        "close_to_first_poll_ratio_to_rtt": round(statistics.median(closes) / rtt_p50_ms, 2),
         "close_samples": len(closes),
         "close_code": CLOSE_CODE,
-        "stall_detect_s": round(max(stalls["ours"]), 3),
-        "centrifuge_python_stall_detect_s": round(max(stalls["theirs"]), 3),
+        "stall_detect_s": round(stall_detect, 3),
+        "centrifuge_python_stall_detect_s": round(their_stall_detect, 3),
+        "stall_detect_ratio": round(stall_detect / their_stall_detect, 3),
         "stall_samples": len(stalls["ours"]),
+        "resume_to_status_ms": ms(percentile([r * 1000.0 for r in resumes], 50)),
+        "resume_to_status_max_ms": ms(max(resumes) * 1000.0),
+        "resume_samples": len(resumes),
+        "sleep_check_interval_s": SLEEP_CHECK_INTERVAL,
         "server_ping_s": size.ping,
         "max_server_ping_delay_s": size.ping_slack,
         **ours,
         **theirs,
+        "final_latency_p99_ratio": round(
+            ours["final_latency_p99_ms"] / theirs["centrifuge_python_final_latency_p99_ms"], 3
+        ),
         "fault_orders": size.fault_users * size.fault_per_user,
         "fault_users": size.fault_users,
         "publish_window_s": size.publish_window,
@@ -380,7 +477,8 @@ async def measure(size: Size) -> dict[str, Any]:
         "emulator_gc": EMULATOR_GC,
         "policy": "DefaultPolicy() (poll every 3 s while the WebSocket is not healthy)",
         "min_reconnect_delay_s": EngineConfig(project_id=1).min_reconnect_delay,
-        "centrifuge_python_min_reconnect_delay_s": THEIR_MIN_RECONNECT_DELAY,
+        "first_reconnect_delay_s": EngineConfig(project_id=1).first_reconnect_delay,
+        "centrifuge_python_min_reconnect_delay_s": their_min_reconnect_delay(),
     }
 
 
@@ -390,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = anyio.run(measure, Size(args.quick), backend="asyncio")
     result["quick"] = args.quick
-    return emit(result, FLOORS, args.quick)
+    code = emit(result, FLOORS, args.quick)
+    return code or int(any(result[key] for key in MUST_BE_ZERO))
 
 
 if __name__ == "__main__":
