@@ -310,11 +310,9 @@ class Tracker:
                 yield log[seen - 1]
             if settled is not None and not follow:
                 break
-            if order.is_finished and (
-                order.error is not None or order.released or order.book.is_final(order_id)
+            if order.released or (
+                order.is_finished and (order.error is not None or order.book.is_final(order_id))
             ):
-                break
-            if order.released:
                 break
             await order.news_after(seen)
         await order.finished()  # an unsettled order that was released has its error
