@@ -65,3 +65,88 @@ def test_transports_depend_only_on_the_core_and_the_contract(path: Path) -> None
                 name == allowed or name.startswith(allowed + ".")
                 for allowed in TRANSPORTS_MAY_IMPORT
             ), f"{path.relative_to(ROOT)} imports {name}"
+
+
+# --- no import cycles, lazy imports included ----------------------------------------
+
+PACKAGES = ("orderfsm", "transports")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {
+    module_name(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))
+}
+
+
+def import_edges(name: str, path: Path) -> set[str]:
+    """The modules of ours that ``name`` imports, at module level or inside a function.
+
+    ``from a.b import c`` counts as importing ``a.b.c`` when that is a module,
+    else ``a.b``.  A package's ``__init__`` importing its parent is not implied:
+    only what is written counts.
+    """
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text(), filename=str(path))
+    targets: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            for alias in node.names:
+                child = f"{base}.{alias.name}"
+                targets.add(child if child in MODULES else base)
+    return {t for t in targets if t in MODULES and t != name}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycle_not_even_a_lazy_one() -> None:
+    """Even lazily: a cycle means two modules that cannot be understood apart."""
+    graph = {name: import_edges(name, path) for name, path in MODULES.items()}
+    assert cycles(graph) == []
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []

@@ -31,12 +31,8 @@ from transports.centrifuge import (
 )
 from transports.centrifuge.aiohttp_socket import AiohttpSocketFactory
 from transports.centrifuge.httpx_socket import HttpxSocketFactory
-from transports.centrifuge.socket import (
-    CLOSE_TIMEOUT,
-    MakeSocketFactory,
-    WebSocket,
-    default_socket_factory,
-)
+from transports.centrifuge.shells import default_socket_factory
+from transports.centrifuge.socket import CLOSE_TIMEOUT, MakeSocketFactory, WebSocket
 from transports.emulator import Emulator, User
 
 pytestmark = pytest.mark.anyio

@@ -53,13 +53,12 @@ from transports.centrifuge.events import (
     Unsubscribed,
 )
 from transports.centrifuge.pool import DEFAULT_WS_URL, PoolClosed, WebSocketPool
+from transports.centrifuge.shells import default_socket_factory, open_socket
 from transports.centrifuge.socket import (
     SocketClosed,
     SocketFactory,
     SocketOpenFailed,
     WebSocket,
-    default_socket_factory,
-    open_socket,
 )
 
 __all__ = [

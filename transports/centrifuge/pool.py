@@ -25,7 +25,8 @@ from orderfsm.interface import ObservationSink, TokenProvider
 from transports.centrifuge.config import DEFAULT_ENDPOINT, EngineConfig
 from transports.centrifuge.connection import Attachment, Connection, ConnectionInfo
 from transports.centrifuge.engine import CentrifugeEngine
-from transports.centrifuge.socket import MakeSocketFactory, SocketFactory, default_socket_factory
+from transports.centrifuge.shells import default_socket_factory
+from transports.centrifuge.socket import MakeSocketFactory, SocketFactory
 
 DEFAULT_WS_URL = DEFAULT_ENDPOINT
 

@@ -4,6 +4,7 @@ The driver sends text, receives frames and must learn the close code; it never
 touches a library's API.  Two shells implement this: aiohttp on asyncio
 (:mod:`~transports.centrifuge.aiohttp_socket`) and httpx-ws wherever anyio runs
 (:mod:`~transports.centrifuge.httpx_socket`), so trio gets the same driver.
+Which one runs is chosen in :mod:`~transports.centrifuge.shells`.
 A :class:`SocketFactory` owns what sockets share (one HTTP client and its
 connection pool) for as long as it is entered; each socket it opens is an async
 context manager, so closing is structured and happens in the task that opened
@@ -16,13 +17,12 @@ Centrifuge's reconnect rules depend on it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Protocol
 
 from orderfsm.errors import ConnectionLost
-from transports.backend import on_asyncio
 
 MAX_MESSAGE_SIZE = 16 * 2**20
 """Largest frame accepted from the server: recovery and history replies carry up
@@ -91,31 +91,6 @@ class SocketFactory(Protocol):
 MakeSocketFactory = Callable[[], SocketFactory]
 """What a pool takes to build its factory (e.g. the class ``HttpxSocketFactory``),
 called inside the running event loop."""
-
-
-def default_socket_factory() -> SocketFactory:
-    """aiohttp on asyncio, httpx-ws elsewhere (trio): decided by the running loop."""
-    if on_asyncio():
-        from transports.centrifuge.aiohttp_socket import AiohttpSocketFactory
-
-        return AiohttpSocketFactory()
-    from transports.centrifuge.httpx_socket import HttpxSocketFactory
-
-    return HttpxSocketFactory()
-
-
-@asynccontextmanager
-async def open_socket(
-    url: str, *, open_timeout: float = 10.0, factory: MakeSocketFactory | None = None
-) -> AsyncIterator[WebSocket]:
-    """One socket with a private client, for one-off use and tests.
-
-    Long-lived code should enter a :class:`SocketFactory` once and open many
-    sockets from it (a pool does), so connections share one client.
-    """
-    async with (factory or default_socket_factory)() as sockets:  # noqa: SIM117 - two lifetimes
-        async with sockets.connect(url, open_timeout=open_timeout) as ws:
-            yield ws
 
 
 def leaf_exceptions(exc: BaseException) -> list[BaseException]:
