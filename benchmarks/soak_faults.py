@@ -40,6 +40,9 @@ class Player:
     """Control calls the emulator refused (a bug of the harness)."""
     steps_played: anyio.Event = attrs.Factory(anyio.Event)
     """Every status step has happened (faults may still be pending)."""
+    asked_at: dict[int, dict[str, float]] = attrs.Factory(dict)
+    """By order index: when (event loop clock) the emulator was asked for each status:
+    the earliest moment any transport could have seen it."""
     webhooked: dict[int, set[str]] = attrs.Factory(dict)
     """By order index: the statuses a real, well-signed webhook was sent for."""
     webhooks_sent: int = 0
@@ -61,6 +64,9 @@ class Player:
                 await anyio.sleep_until(self.start + event.at)
                 try:
                     if isinstance(event, Step):
+                        self.asked_at.setdefault(event.order, {})[event.status] = (
+                            anyio.current_time()
+                        )
                         await self.emu.set_status(
                             self.order_ids[event.order],
                             event.status,

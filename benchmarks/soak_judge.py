@@ -25,7 +25,8 @@ Intermediate statuses may be skipped (a transport can see ``new`` then
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 
 import attrs
 
@@ -44,15 +45,30 @@ class Truth:
     """The tracker's goal."""
     webhooked: frozenset[str] = frozenset()
     """Statuses a (real, well signed) webhook announced."""
+    asked_at: Mapping[str, float] = attrs.field(factory=dict)
+    """When (event loop clock) the emulator was asked for each status."""
+    expired_grace: float = 0.0
 
-    @property
-    def settlements(self) -> tuple[str, ...]:
-        """The statuses the tracker may settle on."""
+    def settlements(self, expired_seen_at: float | None = None) -> tuple[str, ...]:
+        """The statuses the tracker may settle on.
+
+        ``expired`` too when the tracker saw the order expire (at
+        ``expired_seen_at``) and the payment came only after its grace: under
+        load the harness can be that late, and then expired is the right answer.
+        """
         goal = Status(self.until)
+        allowed: tuple[str, ...] = ()
         for i, status in enumerate(self.path):
             if answer(Status(status), goal).settled:
-                return self.path[i:]
-        return ("expired",) if self.path[-1] == "expired" else ()
+                allowed = self.path[i:]
+                break
+        if self.path[-1] == "expired":
+            return ("expired",)
+        if expired_seen_at is not None and "expired" in self.path:
+            after = self.path[self.path.index("expired") + 1]
+            if expired_seen_at + self.expired_grace <= self.asked_at.get(after, -math.inf):
+                allowed = ("expired", *allowed)
+        return allowed
 
 
 @attrs.frozen
@@ -87,7 +103,10 @@ def judge(truth: Truth, seen: Seen) -> Verdict:
     wrong: list[str] = []
     if truth.path[-1] != truth.final:
         wrong.append(f"harness: emulator says {truth.final}, the plan ended {truth.path[-1]}")
-    allowed = truth.settlements
+    expired = [
+        c for c in seen.watched if isinstance(c, StatusChange) and c.status.value == "expired"
+    ]
+    allowed = truth.settlements(expired[0].at if expired else None)
 
     changes = _check_changes("watch", seen.watched, truth, duplicated, wrong)
     statuses = [c.status.value for c in changes]

@@ -215,7 +215,14 @@ async def run_schedule(h: Harness, schedule: Schedule) -> Outcome:
     for order in orders:
         final = str((await emu.order(order.order_id))["status"])
         webhooked = frozenset(player.webhooked.get(order.index, ()))
-        truth = Truth(tuple(order.path), final, schedule.timings.until, webhooked)
+        truth = Truth(
+            tuple(order.path),
+            final,
+            schedule.timings.until,
+            webhooked,
+            asked_at=player.asked_at.get(order.index, {}),
+            expired_grace=schedule.timings.expired_grace,
+        )
         followed = tuple(order.followed) if order.follow_error is None else None
         if order.follow_error is not None and order.wait_error is None:
             errors.append(

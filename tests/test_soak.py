@@ -200,6 +200,11 @@ def test_the_judge_allows_what_settles_the_order_and_nothing_earlier() -> None:
     assert judge(server, seen(change("new", None), change("expired", "new"), until="paid")).wrong
     lapsed = Truth(("new", "expired"), "expired")
     assert judge(lapsed, seen(change("new", None), change("expired", "new"))).ok
+    # paid only after the grace the tracker gave the expired order (seen at 1.0): expired is right
+    late = Truth(server.path, "done", asked_at={"paid": 4.0}, expired_grace=2.0)
+    assert judge(late, seen(change("new", None), change("expired", "new"))).ok
+    early = attrs.evolve(late, asked_at={"paid": 2.5})
+    assert judge(early, seen(change("new", None), change("expired", "new"))).wrong
 
 
 def test_the_judge_wants_a_refund_announced_by_webhook_heard_once_after_settling() -> None:

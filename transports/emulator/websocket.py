@@ -248,7 +248,10 @@ class Hub:
             timeout=CLOSE_HANDSHAKE_TIMEOUT,
             compress=False,
         )
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except ConnectionResetError:  # the client gave up during the handshake
+            return ws
         transport = request.transport
         send, receive = anyio.create_memory_object_stream[Action](OUTBOX_SIZE)
         session = Session(self.world, self.timing, self.rng, anyio.current_time())
