@@ -5,6 +5,7 @@ follows these decisions; the webhook receiver and, later, the tracker use it.
 """
 
 from orderfsm.journal.config import (
+    DAY,
     JournalSettings,
     MemoryConfig,
     PostgresConfig,
@@ -14,6 +15,7 @@ from orderfsm.journal.config import (
 )
 from orderfsm.journal.decisions import (
     Busy,
+    ReplayPlan,
     Reply,
     TryAgain,
     Verdict,
@@ -24,10 +26,12 @@ from orderfsm.journal.decisions import (
     may_record,
     may_take,
     outcome_of,
+    plan_replay,
     poll_delay,
     prunable,
     prune_cutoff,
     prune_due,
+    reopened,
     settled,
     take,
 )
@@ -43,6 +47,7 @@ from orderfsm.journal.records import (
 from orderfsm.journal.schema import SCHEMA_VERSION, Migrate, schema_plan
 
 __all__ = [
+    "DAY",
     "SCHEMA_VERSION",
     "Answer",
     "Busy",
@@ -56,6 +61,7 @@ __all__ = [
     "NewDelivery",
     "Outcome",
     "PostgresConfig",
+    "ReplayPlan",
     "Reply",
     "SqliteConfig",
     "StoreConfig",
@@ -69,10 +75,12 @@ __all__ = [
     "may_take",
     "outcome_of",
     "parse_store_url",
+    "plan_replay",
     "poll_delay",
     "prunable",
     "prune_cutoff",
     "prune_due",
+    "reopened",
     "schema_plan",
     "settled",
     "take",

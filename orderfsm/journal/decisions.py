@@ -148,3 +148,46 @@ def prunable(claim: Claim, cutoff: float) -> bool:
 
 def prune_due(last_pruned: float | None, now: float, every: float) -> bool:
     return last_pruned is None or now - last_pruned >= every
+
+
+# --- replay ----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ReplayPlan:
+    """Whether to run a stored delivery's handler again, and why (said to the operator)."""
+
+    run: bool
+    reason: str
+    reopen: int | None = None
+    """The answered attempt to reopen first (``--force``), fenced like any record."""
+
+
+def plan_replay(claim: Claim | None, force: bool, now: float) -> ReplayPlan:
+    """Replays re-run what failed or died; what was handled (2xx) or refused (4xx)
+    runs again only when forced, and what someone is working on never."""
+    if claim is None:
+        return ReplayPlan(True, "no claim is recorded for it (never claimed, or pruned)")
+    if claim.state is ClaimState.RELEASED:
+        return ReplayPlan(True, f"its last attempt ({claim.attempt}) failed")
+    if claim.state is ClaimState.RUNNING:
+        if claim.lease_until > now:
+            return ReplayPlan(
+                False,
+                f"attempt {claim.attempt} is at work on it (its lease runs "
+                f"{claim.lease_until - now:.0f} s more)",
+            )
+        return ReplayPlan(True, f"its last attempt ({claim.attempt}) died before answering")
+    assert claim.answer is not None
+    verb = "handled" if claim.answer.ok else "refused"
+    said = f"already {verb} (answered {claim.answer.status}, attempt {claim.attempt})"
+    if not force:
+        return ReplayPlan(False, f"{said}; --force runs it again")
+    return ReplayPlan(True, f"{said}; forced", reopen=claim.attempt)
+
+
+def reopened(claim: Claim, attempt: int) -> Claim | None:
+    """The row after a forced replay reopens ``attempt``; ``None`` if it moved on meanwhile."""
+    if claim.state is not ClaimState.ANSWERED or claim.attempt != attempt:
+        return None
+    return attrs.evolve(claim, state=ClaimState.RELEASED, answer=None)

@@ -18,7 +18,7 @@ from orderfsm.journal import (
     Reply,
 )
 from transports.journal.base import Store
-from transports.journal.core import SyncJournal, Taken
+from transports.journal.core import Ran, SyncJournal, Taken
 from transports.journal.journal import Journal
 from transports.journal.memory import MemoryStore
 from transports.journal.opening import StoreUrl, open_journal, store_for
@@ -34,6 +34,7 @@ __all__ = [
     "MemoryStore",
     "NewDelivery",
     "Outcome",
+    "Ran",
     "Reply",
     "Store",
     "StoreUrl",

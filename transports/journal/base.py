@@ -136,6 +136,9 @@ class Store(Protocol):
         still recorded, in a transaction of its own.
         """
 
+    def reopen(self, key: str, attempt: int, deadline: float) -> bool:
+        """Release an answered claim for a forced replay, if ``attempt`` still holds it."""
+
     def deliveries(self, selection: DeliveryFilter, deadline: float) -> list[Delivery]: ...
 
     def delivery(self, delivery_id: int, deadline: float) -> Delivery | None: ...

@@ -53,6 +53,13 @@ class Taken:
     delivery_id: int
 
 
+@attrs.frozen
+class Ran:
+    """The transactional handler ran as the key's owner and this is its answer."""
+
+    answer: Answer
+
+
 def new_owner() -> str:
     """Names this process in the claims it takes (informative only)."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -186,7 +193,7 @@ class SyncJournal:
 
     def run_steps(
         self, delivery: NewDelivery, work: Work, busy: Answer
-    ) -> Generator[float, None, Answer]:
+    ) -> Generator[float, None, Ran | Reply]:
         """Claim, run ``work`` on the open connection and record, in one transaction."""
         self.open()
         deadline = self.clock() + self.settings.wait
@@ -203,17 +210,17 @@ class SyncJournal:
             )
             if worked.answer is not None:
                 self._maybe_prune()
-                return worked.answer
+                return Ran(worked.answer)
             if worked.claim is not None and worked.claim.answer is not None:
-                return worked.claim.answer  # recorded as a duplicate already
+                return Reply(worked.claim.answer)  # recorded as a duplicate already
             logged = worked.delivery_id
             if worked.busy:
                 self.store.finish(logged, busy, Outcome.BUSY, None, self.clock(), self._deadline())
-                return busy
+                return Reply(busy)
             assert delivery.key is not None
             outcome = yield from self._await_key(delivery.key, worked.claim, logged, deadline, busy)
             if outcome is not None:
-                return outcome.answer
+                return outcome
 
     # --- reading, replaying, pruning ------------------------------------------------------
 
@@ -228,6 +235,10 @@ class SyncJournal:
     def claims(self, keys: Sequence[str]) -> dict[str, Claim]:
         self.open()
         return self.store.claims(keys, self._deadline())
+
+    def reopen(self, key: str, attempt: int) -> bool:
+        self.open()
+        return self.store.reopen(key, attempt, self._deadline())
 
     def prune(self) -> tuple[int, int]:
         """Delete what is older than the retention now; returns (claims, deliveries) deleted."""
@@ -262,7 +273,7 @@ class SyncJournal:
     def begin(self, delivery: NewDelivery, busy: Answer) -> Taken | Reply:
         return drive(self.begin_steps(delivery, busy))
 
-    def run(self, delivery: NewDelivery, work: Work, busy: Answer) -> Answer:
+    def run(self, delivery: NewDelivery, work: Work, busy: Answer) -> Ran | Reply:
         return drive(self.run_steps(delivery, work, busy))
 
 

@@ -26,7 +26,7 @@ from orderfsm.journal import (
     Reply,
 )
 from transports.journal.base import Store, Work
-from transports.journal.core import SyncJournal, Taken, advance
+from transports.journal.core import Ran, SyncJournal, Taken, advance
 
 T = TypeVar("T")
 
@@ -101,7 +101,7 @@ class Journal:
     async def settle(self, taken: Taken, answer: Answer, error: str | None, busy: Answer) -> Answer:
         return await self._call(self.sync.settle, taken, answer, error, busy)
 
-    async def run(self, delivery: NewDelivery, work: Work, busy: Answer) -> Answer:
+    async def run(self, delivery: NewDelivery, work: Work, busy: Answer) -> Ran | Reply:
         """Claim, run ``work`` (a worker thread, the transaction open) and record, atomically."""
         return await self._drive(self.sync.run_steps(delivery, work, busy))
 
@@ -113,6 +113,9 @@ class Journal:
 
     async def claims(self, keys: Sequence[str]) -> dict[str, Claim]:
         return await self._call(self.sync.claims, keys)
+
+    async def reopen(self, key: str, attempt: int) -> bool:
+        return await self._call(self.sync.reopen, key, attempt)
 
     async def prune(self) -> tuple[int, int]:
         return await self._call(self.sync.prune)

@@ -173,6 +173,15 @@ class MemoryStore:
             "a transactional handler needs a database: open the journal on SQLite or PostgreSQL"
         )
 
+    def reopen(self, key: str, attempt: int, deadline: float) -> bool:
+        with self._lock:
+            current = self._claims.get(key)
+            after = None if current is None else decisions.reopened(current, attempt)
+            if after is None:
+                return False
+            self._claims[key] = after
+            return True
+
     def deliveries(self, selection: DeliveryFilter, deadline: float) -> list[Delivery]:
         with self._lock:
             found = [d for d in reversed(self._deliveries.values()) if _selected(d, selection)]

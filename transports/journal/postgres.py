@@ -195,6 +195,11 @@ FINISH = """
 UPDATE orderfsm_deliveries SET status = %s, outcome = %s, error = %s, finished_at = %s WHERE id = %s
 """
 
+REOPEN = """
+UPDATE orderfsm_claims SET state = 'released', status = NULL, body = NULL, content_type = NULL
+WHERE key = %s AND attempt = %s AND state = 'answered'
+"""
+
 READ_CLAIM = f"SELECT {CLAIM_COLUMNS} FROM orderfsm_claims WHERE key = %s"
 
 PRUNE_CLAIMS = """
@@ -469,6 +474,10 @@ class PostgresStore:
             finished_at=now,
         )
         return Worked(ident, answer)
+
+    def reopen(self, key: str, attempt: int, deadline: float) -> bool:
+        with self._connection(deadline) as db:
+            return db.execute(REOPEN, (key, attempt)).rowcount == 1
 
     def deliveries(self, selection: DeliveryFilter, deadline: float) -> list[Delivery]:
         where, args = filter_sql(selection, "%s")

@@ -143,6 +143,11 @@ FINISH = """
 UPDATE orderfsm_deliveries SET status = ?, outcome = ?, error = ?, finished_at = ? WHERE id = ?
 """
 
+REOPEN = """
+UPDATE orderfsm_claims SET state = 'released', status = NULL, body = NULL, content_type = NULL
+WHERE key = ? AND attempt = ? AND state = 'answered'
+"""
+
 READ_CLAIM = f"SELECT {CLAIM_COLUMNS} FROM orderfsm_claims WHERE key = ?"
 
 
@@ -420,6 +425,12 @@ class SqliteStore:
             return Worked(ident, answer)
 
         return self._write(unit, deadline)
+
+    def reopen(self, key: str, attempt: int, deadline: float) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            return db.execute(REOPEN, (key, attempt)).rowcount == 1
+
+        return self._write(work, deadline)
 
     def deliveries(self, selection: DeliveryFilter, deadline: float) -> list[Delivery]:
         where, args = filter_sql(selection)

@@ -25,7 +25,7 @@ from orderfsm.core import Observation
 from orderfsm.errors import InvalidPayload, InvalidSignature, JournalError, WebhookError
 from orderfsm.interface import WEBHOOK, ObservationSink
 from orderfsm.journal import NewDelivery, Reply
-from transports.journal import Journal, open_journal
+from transports.journal import Journal, Ran, open_journal
 from transports.webhook.answers import (
     ACCEPTED,
     HANDLER_FAILED,
@@ -195,23 +195,29 @@ class WebhookReceiver:
         if isinstance(notification, UnknownNotification):
             logger.info("ignored a %r notification", notification.notification_type)
             return ACCEPTED
+        answer, _ = await self.handle_verified(checked)
+        return answer
+
+    async def handle_verified(self, checked: Verified) -> tuple[WebhookAnswer, bool]:
+        """The journal's part: claim, run the handler once, record; returns the answer
+        and whether the handler ran for this delivery (a replay reports it)."""
         if self.transactional is not None:
             return await self._handle_in_transaction(checked)
         try:
             begun = await self.journal.begin(checked.delivery, STORE_FAILED)
         except JournalError as exc:
             logger.error("the journal failed before the handler: %s", exc)
-            return STORE_FAILED
+            return STORE_FAILED, False
         if isinstance(begun, Reply):
-            return begun.answer
-        answer, error = await self._dispatch(notification)
+            return begun.answer, False
+        answer, error = await self._dispatch(checked.notification)
         try:
-            return await self.journal.settle(begun, answer, error, STORE_FAILED)
+            return await self.journal.settle(begun, answer, error, STORE_FAILED), True
         except JournalError as exc:
             # The handler ran, but its answer is not recorded: the retry runs it
             # again once the lease runs out (the transactional handler avoids this).
             logger.error("the journal failed to record the answer: %s", exc)
-            return STORE_FAILED
+            return STORE_FAILED, True
 
     async def _dispatch(self, notification: Notification) -> tuple[WebhookAnswer, str | None]:
         if self.handler is None:
@@ -225,7 +231,7 @@ class WebhookReceiver:
             return HANDLER_FAILED, failure_text()
         return ACCEPTED, None
 
-    async def _handle_in_transaction(self, checked: Verified) -> WebhookAnswer:
+    async def _handle_in_transaction(self, checked: Verified) -> tuple[WebhookAnswer, bool]:
         transactional = self.transactional
         assert transactional is not None
         notification = checked.notification
@@ -241,10 +247,15 @@ class WebhookReceiver:
             return ACCEPTED, None
 
         try:
-            return await self.journal.run(checked.delivery, work, STORE_FAILED)
+            result = await self.journal.run(checked.delivery, work, STORE_FAILED)
         except JournalError as exc:
             logger.error("the journal failed: %s", exc)
-            return STORE_FAILED
+            return STORE_FAILED, False
+        return result.answer, isinstance(result, Ran)
+
+    @property
+    def secret(self) -> str | bytes:
+        return self._secret
 
     def _observe(self, notification: Notification) -> None:
         if self.sink is None:
