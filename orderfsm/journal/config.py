@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import re
+
 import attrs
 
 from orderfsm.errors import BadStoreUrl, JournalConfigError
@@ -49,6 +51,7 @@ class PostgresConfig:
 StoreConfig = MemoryConfig | SqliteConfig | PostgresConfig
 
 _POSTGRES = ("postgresql", "postgres")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
 
 
 def parse_store_url(url: str | None) -> StoreConfig:
@@ -56,11 +59,17 @@ def parse_store_url(url: str | None) -> StoreConfig:
     if url is None or url.strip() in ("", "memory:", ":memory:"):
         return MemoryConfig()
     text = url.strip()
-    scheme, sep, rest = text.partition("://")
-    if not sep or len(scheme) == 1 or "/" in scheme or "\\" in scheme:
+    head = _SCHEME.match(text)
+    if head is None:
         # No scheme (or a Windows drive letter): a path to an SQLite file.
         return SqliteConfig(text)
-    scheme = scheme.lower()
+    scheme = head[1].lower()
+    rest = text[head.end() :]
+    if not rest.startswith("//"):
+        raise BadStoreUrl(
+            f"{text!r}: a URL needs '//' after '{scheme}:' (a file path with a colon: ./{text})"
+        )
+    rest = rest[2:]
     if scheme == "sqlite":
         # sqlite:///relative and sqlite:////absolute, as SQLAlchemy spells them.
         if not rest.startswith("/") or len(rest) < 2:
