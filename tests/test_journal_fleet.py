@@ -235,7 +235,7 @@ async def test_postgres_stopped_for_ten_seconds_answers_5xx_then_each_is_granted
     stopped, started = down
     during = [a for a in sender.answers if a[2] >= stopped and a[3] <= started]
     assert len(during) > 50 and all(a[1] >= 500 for a in during)
-    assert max(a[3] - a[2] for a in during) < 3.0  # answered in time, never a hang
+    assert max(a[3] - a[2] for a in during) < 3.0  # within Xsolla's 3 s: never a hang
     assert not [a for a in sender.answers if 400 <= a[1] < 500]
     finals = Counter(o for o, s, _, _ in sender.answers if s == 204)
     assert sorted(finals) == orders and all(n == 2 for n in finals.values())

@@ -16,6 +16,7 @@ import anyio
 import anyio.to_thread
 import sniffio
 
+from orderfsm.errors import JournalUnavailable
 from orderfsm.journal import (
     Answer,
     Claim,
@@ -38,7 +39,7 @@ class Journal:
         self, store: Store, settings: JournalSettings | None = None, *, owner: str | None = None
     ) -> None:
         self.sync = SyncJournal(store, settings, owner=owner)
-        self._limiters: dict[str, anyio.CapacityLimiter] = {}
+        self._limiters: dict[str, tuple[anyio.CapacityLimiter, anyio.CapacityLimiter]] = {}
 
     @property
     def store(self) -> Store:
@@ -57,13 +58,33 @@ class Journal:
         return f"Journal({self.display!r})"
 
     async def _call(self, function: Callable[..., T], *args: Any) -> T:
+        """Run ``function`` in a worker thread, waiting at most ``wait`` for one.
+
+        The wait for a thread is bounded (an outage must not queue deliveries
+        behind each other past their answer); once started, a call runs to
+        its end, so what it did (a claim taken) is never lost to a cancel.
+        """
         if not self.store.blocking:
             return function(*args)
         backend = sniffio.current_async_library()
-        limiter = self._limiters.get(backend)
-        if limiter is None:
-            limiter = self._limiters[backend] = anyio.CapacityLimiter(self.store.threads)
-        return await anyio.to_thread.run_sync(function, *args, limiter=limiter)
+        limiters = self._limiters.get(backend)
+        if limiters is None:
+            size = self.store.threads
+            limiters = self._limiters[backend] = (
+                anyio.CapacityLimiter(size),
+                anyio.CapacityLimiter(size),
+            )
+        gate, threads = limiters
+        acquired = False
+        with anyio.move_on_after(self.settings.wait):
+            await gate.acquire()
+            acquired = True
+        if not acquired:
+            raise JournalUnavailable(f"{self.display}: every journal thread stayed busy")
+        try:
+            return await anyio.to_thread.run_sync(function, *args, limiter=threads)
+        finally:
+            gate.release()
 
     async def _drive(self, steps: Generator[float, None, T]) -> T:
         while True:
