@@ -212,12 +212,20 @@ class PlainReceivers(Receivers):
             self.clock.now += LEASE + 1
             for order_id in range(1, ORDERS + 1):
                 for receiver in itertools.cycle(range(RECEIVERS)):
-                    begun = self.journals[receiver].begin(self.delivery(order_id), BUSY)
+                    try:  # the background pruner may hold the writer for a moment
+                        begun = self.journals[receiver].begin(self.delivery(order_id), BUSY)
+                    except JournalError:
+                        continue
                     if isinstance(begun, Reply):
+                        if begun.answer == BUSY:
+                            continue
                         assert begun.answer == OK
                         break
                     self.completed[order_id] += 1
-                    self.journals[receiver].settle(begun, OK, None, BUSY)
+                    try:
+                        self.journals[receiver].settle(begun, OK, None, BUSY)
+                    except JournalError:
+                        self.clock.now += LEASE + 1  # its lease must run out first
             records = self.journals[0].deliveries()
             handled = Counter(d.order_id for d in records if d.outcome is Outcome.HANDLED)
             assert handled == Counter(range(1, ORDERS + 1))  # each answer recorded once

@@ -26,11 +26,12 @@ MAX_BATCH = 64
 
 
 class _Job(Generic[T]):
-    __slots__ = ("deadline", "done", "error", "finished", "result", "work")
+    __slots__ = ("deadline", "done", "durable", "error", "finished", "result", "work")
 
-    def __init__(self, work: Callable[[], T], deadline: float) -> None:
+    def __init__(self, work: Callable[[], T], deadline: float, durable: bool) -> None:
         self.work = work
         self.deadline = deadline
+        self.durable = durable
         self.done = threading.Event()
         self.finished = False
         self.result: Any = None
@@ -46,12 +47,15 @@ class _Job(Generic[T]):
 class GroupCommit:
     """``run(work, deadline)`` runs ``work`` in a transaction, maybe beside others.
 
-    ``begin(deadline)`` opens a write transaction (raising
-    :class:`JournalUnavailable` past the deadline), ``execute(sql)`` runs a
-    statement without parameters (savepoints, commit, rollback).
+    ``begin(deadline, durable)`` opens a write transaction (raising
+    :class:`JournalUnavailable` past the deadline) whose commit waits for the
+    disk when any of its work asked for it; ``execute(sql)`` runs a statement
+    without parameters (savepoints, commit, rollback).
     """
 
-    def __init__(self, begin: Callable[[float], None], execute: Callable[[str], object]) -> None:
+    def __init__(
+        self, begin: Callable[[float, bool], None], execute: Callable[[str], object]
+    ) -> None:
         self._begin = begin
         self._execute = execute
         self._lock = threading.Lock()
@@ -60,8 +64,8 @@ class GroupCommit:
         self.batches = 0
         self.jobs = 0
 
-    def run(self, work: Callable[[], T], deadline: float) -> T:
-        job: _Job[T] = _Job(work, deadline)
+    def run(self, work: Callable[[], T], deadline: float, durable: bool = True) -> T:
+        job: _Job[T] = _Job(work, deadline, durable)
         with self._queue_lock:
             self._queue.append(job)
         while not job.finished:
@@ -91,7 +95,7 @@ class GroupCommit:
 
     def _run_batch(self, batch: list[_Job[Any]]) -> None:
         try:
-            self._begin(min(job.deadline for job in batch))
+            self._begin(min(job.deadline for job in batch), any(job.durable for job in batch))
         except BaseException as exc:
             for job in batch:
                 job.error = exc

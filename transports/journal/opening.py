@@ -26,7 +26,7 @@ def store_for(url: StoreUrl, settings: JournalSettings | None = None) -> Store:
     if isinstance(config, SqliteConfig):
         from transports.journal.sqlite import SqliteStore
 
-        return SqliteStore(config.path, threads=settings.pool_size)
+        return SqliteStore(config.path, threads=settings.pool_size, read_timeout=settings.wait)
     assert isinstance(config, PostgresConfig)
     from transports.journal.postgres import PostgresStore
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import queue
+import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -59,8 +60,11 @@ from transports.journal.groupcommit import GroupCommit
 
 T = TypeVar("T")
 
-BUSY_SLICE = 0.05
-"""Seconds SQLite's own busy handler may wait before we try again ourselves."""
+BUSY_SLICE = 0.002
+"""Seconds SQLite's own busy handler may wait before we try again ourselves: its
+sleeps grow (1, 2, 5, 10, 15, 20, 25 ms...), so a long busy timeout polls ever
+more slowly and misses the openings other processes leave; short slices keep
+polling every millisecond or two until the operation's deadline."""
 
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS orderfsm_schema (
@@ -190,7 +194,9 @@ class SqliteStore:
     kind = "sqlite"
     blocking = True
 
-    def __init__(self, path: str | os.PathLike[str], *, threads: int = 8) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, threads: int = 8, read_timeout: float = 2.0
+    ) -> None:
         self.path = os.fspath(path)
         self.display = f"sqlite:///{self.path}"
         self.threads = threads
@@ -198,12 +204,14 @@ class SqliteStore:
         self._group: GroupCommit | None = None
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._closed = False
+        self._durable = True
+        self.read_timeout = read_timeout
 
     # --- connections ---------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, busy_timeout: float = BUSY_SLICE) -> sqlite3.Connection:
         connection = sqlite3.connect(
-            self.path, timeout=BUSY_SLICE, isolation_level=None, check_same_thread=False
+            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
         )
         try:
             mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -222,11 +230,14 @@ class SqliteStore:
         if not os.path.isdir(directory):
             raise JournalOpenFailed(f"{self.display}: directory {directory} does not exist")
         try:
-            writer = self._connect()
+            # Patient at start: switching a new file to WAL and creating the schema
+            # take the lock for a moment while other processes start too.
+            writer = self._connect(busy_timeout=30.0)
         except sqlite3.DatabaseError as exc:
             raise self._open_error(exc) from None
         try:
             self._migrate(writer, time.monotonic() + 30.0)
+            writer.execute(f"PRAGMA busy_timeout = {int(BUSY_SLICE * 1000)}")
         except sqlite3.DatabaseError as exc:
             writer.close()
             raise self._open_error(exc) from None
@@ -284,11 +295,21 @@ class SqliteStore:
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc) or time.monotonic() >= deadline:
                     raise
-            time.sleep(0.001)
+            time.sleep(random.uniform(0.0002, 0.001))
 
-    def _begin(self, deadline: float) -> None:
+    def _begin(self, deadline: float, durable: bool) -> None:
+        """Open a batch's transaction.  Only batches that record an answer (or run the
+        transactional handler) wait for the disk at commit (``FULL``); a batch of
+        claims alone commits with ``NORMAL``, visible to every process at once and
+        made durable by the next ``FULL`` commit, which writes the log in order.
+        A claim lost to a power cut costs nothing: the handler it was for had not
+        answered, and runs again on the retry."""
         assert self._writer is not None
         try:
+            if durable != self._durable:
+                mode = "FULL" if durable else "NORMAL"
+                self._writer.execute(f"PRAGMA synchronous={mode}")
+                self._durable = durable
             self._begin_on(self._writer, deadline)
         except sqlite3.Error as exc:
             raise unavailable(self.display, exc) from None
@@ -301,7 +322,7 @@ class SqliteStore:
             connection = self._readers.get_nowait()
         except queue.Empty:
             try:
-                connection = self._connect()
+                connection = self._connect(self.read_timeout)
             except sqlite3.Error as exc:
                 raise unavailable(self.display, exc) from None
         try:
@@ -314,12 +335,14 @@ class SqliteStore:
             raise
         self._readers.put(connection)
 
-    def _write(self, work: Callable[[sqlite3.Connection], T], deadline: float) -> T:
+    def _write(
+        self, work: Callable[[sqlite3.Connection], T], deadline: float, durable: bool = True
+    ) -> T:
         if self._closed or self._group is None or self._writer is None:
             raise JournalClosed(f"{self.display} is closed")
         writer = self._writer
         try:
-            return self._group.run(lambda: work(writer), deadline)
+            return self._group.run(lambda: work(writer), deadline, durable)
         except sqlite3.Error as exc:
             raise unavailable(self.display, exc) from None
 
@@ -349,7 +372,7 @@ class SqliteStore:
         def work(db: sqlite3.Connection) -> Claimed:
             return _claim(db, delivery, owner, now, lease, logged)
 
-        return self._write(work, deadline)
+        return self._write(work, deadline, durable=False)
 
     def read_claim(self, key: str, deadline: float) -> Claim | None:
         with self._reader() as db:
@@ -382,7 +405,8 @@ class SqliteStore:
         def work(db: sqlite3.Connection) -> None:
             db.execute(FINISH, (answer.status, outcome.value, error_text(error), now, delivery_id))
 
-        self._write(work, deadline)
+        # What a duplicate was answered: a record only, the answer it repeats is durable.
+        self._write(work, deadline, durable=False)
 
     def run_in_claim(
         self,
