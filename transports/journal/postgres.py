@@ -111,7 +111,6 @@ SCHEMA = [
     )""",
     "CREATE INDEX IF NOT EXISTS orderfsm_deliveries_received ON orderfsm_deliveries (received_at)",
     "CREATE INDEX IF NOT EXISTS orderfsm_deliveries_order ON orderfsm_deliveries (order_id)",
-    "CREATE INDEX IF NOT EXISTS orderfsm_deliveries_key ON orderfsm_deliveries (key)",
 ]
 
 _TAKE = """
