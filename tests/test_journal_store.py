@@ -351,3 +351,33 @@ async def test_a_receiver_whose_database_is_down_at_start_answers_5xx_then_opens
 def test_the_store_errors_are_journal_errors() -> None:
     assert issubclass(JournalUnavailable, Exception)
     assert is_postgres("postgresql://x") and not is_postgres("x.db")
+
+
+@on_databases
+def test_an_extra_write_commits_with_the_claim_or_not_at_all(backend: str, tmp_path: Path) -> None:
+    """What the tracker will use to record an order's status in the webhook's claim."""
+    url = url_for(backend, tmp_path)
+    db = connect(url)
+    db.execute("CREATE TABLE statuses (order_id BIGINT, status TEXT)")
+    insert = f"INSERT INTO statuses VALUES ({mark(url)}, 'paid')"
+    clock = Clock()
+    journal = sync_journal(url, clock)
+    try:
+
+        def record(connection: object, claimed: object) -> None:
+            connection.execute(insert, (1,))  # type: ignore[attr-defined]
+
+        taken = journal.begin(delivery(1, clock), BUSY, also=record)
+        assert isinstance(taken, Taken)
+
+        def broken(connection: object, claimed: object) -> None:
+            connection.execute(insert, (2,))  # type: ignore[attr-defined]
+            raise RuntimeError("the status could not be written")
+
+        with pytest.raises(RuntimeError):
+            journal.begin(delivery(2, clock), BUSY, also=broken)
+        assert db.execute("SELECT order_id FROM statuses").fetchall() == [(1,)]
+        assert sorted(journal.claims(["order_paid:1", "order_paid:2"])) == ["order_paid:1"]
+    finally:
+        journal.close()
+        db.close()

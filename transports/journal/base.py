@@ -39,6 +39,11 @@ class Claimed:
     """The key's row was locked by another transaction past the wait (PostgreSQL)."""
 
 
+Also = Callable[[Any, Claimed], None]
+"""An extra write in the claim's own transaction, given the connection (``None`` in
+memory) and what the claim gave: the tracker records an order's status from a
+webhook this way, so the status and the claim commit together."""
+
 Work = Callable[[Any, int], tuple[Answer, str | None]]
 """The transactional handler's part: given the open connection and the attempt,
 returns the answer and an error text; the writes are kept only with a 2xx."""
@@ -81,6 +86,7 @@ class Store(Protocol):
         lease: float,
         deadline: float,
         logged: int | None = None,
+        also: Also | None = None,
     ) -> Claimed:
         """Record the delivery and try to take its key (insert first, never check first).
 
@@ -88,6 +94,7 @@ class Store(Protocol):
         runs).  When the key is answered, the delivery is recorded as a
         duplicate with the stored answer in the same transaction.  ``logged``
         is the id of this delivery's record when it tries again after waiting.
+        ``also`` runs in the same transaction; if it raises, nothing is kept.
         """
 
     def read_claim(self, key: str, deadline: float) -> Claim | None: ...

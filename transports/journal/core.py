@@ -37,7 +37,7 @@ from orderfsm.journal import (
     prune_cutoff,
     prune_due,
 )
-from transports.journal.base import Store, Work
+from transports.journal.base import Also, Store, Work
 
 logger = logging.getLogger("orderfsm.journal")
 
@@ -116,7 +116,7 @@ class SyncJournal:
     # --- the plain handler's path: begin, (handler), settle --------------------------------
 
     def begin_steps(
-        self, delivery: NewDelivery, busy: Answer
+        self, delivery: NewDelivery, busy: Answer, also: Also | None = None
     ) -> Generator[float, None, Taken | Reply]:
         """Claim the delivery's key or wait for its owner: ends :class:`Taken` or answered."""
         self.open()
@@ -125,7 +125,7 @@ class SyncJournal:
         while True:
             now = self.clock()
             claimed = self.store.claim(
-                delivery, self.owner, now, self.settings.lease, self._deadline(), logged
+                delivery, self.owner, now, self.settings.lease, self._deadline(), logged, also
             )
             if claimed.attempt is not None:
                 return Taken(delivery.key, claimed.attempt, claimed.delivery_id)
@@ -270,8 +270,8 @@ class SyncJournal:
 
     # --- synchronous drivers ---------------------------------------------------------------
 
-    def begin(self, delivery: NewDelivery, busy: Answer) -> Taken | Reply:
-        return drive(self.begin_steps(delivery, busy))
+    def begin(self, delivery: NewDelivery, busy: Answer, also: Also | None = None) -> Taken | Reply:
+        return drive(self.begin_steps(delivery, busy, also))
 
     def run(self, delivery: NewDelivery, work: Work, busy: Answer) -> Ran | Reply:
         return drive(self.run_steps(delivery, work, busy))

@@ -26,7 +26,7 @@ from orderfsm.journal import (
     NewDelivery,
     Reply,
 )
-from transports.journal.base import Store, Work
+from transports.journal.base import Also, Store, Work
 from transports.journal.core import Ran, SyncJournal, Taken, advance
 
 T = TypeVar("T")
@@ -115,9 +115,11 @@ class Journal:
     ) -> None:
         await self.aclose()
 
-    async def begin(self, delivery: NewDelivery, busy: Answer) -> Taken | Reply:
+    async def begin(
+        self, delivery: NewDelivery, busy: Answer, also: Also | None = None
+    ) -> Taken | Reply:
         """Claim the key, or wait (on the loop) for its owner's answer; see :class:`SyncJournal`."""
-        return await self._drive(self.sync.begin_steps(delivery, busy))
+        return await self._drive(self.sync.begin_steps(delivery, busy, also))
 
     async def settle(self, taken: Taken, answer: Answer, error: str | None, busy: Answer) -> Answer:
         return await self._call(self.sync.settle, taken, answer, error, busy)

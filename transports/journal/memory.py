@@ -25,7 +25,7 @@ from orderfsm.journal import (
     Outcome,
     decisions,
 )
-from transports.journal.base import Claimed, Work, Worked, error_text
+from transports.journal.base import Also, Claimed, Work, Worked, error_text
 
 
 class MemoryStore:
@@ -87,28 +87,37 @@ class MemoryStore:
         lease: float,
         deadline: float,
         logged: int | None = None,
+        also: Also | None = None,
     ) -> Claimed:
         with self._lock:
-            if delivery.key is None:
-                return Claimed(self._log(delivery, logged, attempt=0).id, 0, None)
-            prior = self._claims.get(delivery.key)
-            if decisions.may_take(prior, now):
-                taken = decisions.take(prior, delivery.key, owner, now, lease)
-                self._put(taken)
-                record = self._log(delivery, logged, attempt=taken.attempt)
-                return Claimed(record.id, taken.attempt, None)
-            assert prior is not None
-            if prior.answer is not None:
-                record = self._log(
-                    delivery,
-                    logged,
-                    status=prior.answer.status,
-                    outcome=Outcome.DUPLICATE,
-                    finished_at=now,
-                )
-            else:
-                record = self._log(delivery, logged)
-            return Claimed(record.id, None, prior)
+            claimed = self._claim(delivery, owner, now, lease, logged)
+            if also is not None:
+                also(None, claimed)  # no transaction to share: it runs under the lock
+            return claimed
+
+    def _claim(
+        self, delivery: NewDelivery, owner: str, now: float, lease: float, logged: int | None
+    ) -> Claimed:
+        if delivery.key is None:
+            return Claimed(self._log(delivery, logged, attempt=0).id, 0, None)
+        prior = self._claims.get(delivery.key)
+        if decisions.may_take(prior, now):
+            taken = decisions.take(prior, delivery.key, owner, now, lease)
+            self._put(taken)
+            record = self._log(delivery, logged, attempt=taken.attempt)
+            return Claimed(record.id, taken.attempt, None)
+        assert prior is not None
+        if prior.answer is not None:
+            record = self._log(
+                delivery,
+                logged,
+                status=prior.answer.status,
+                outcome=Outcome.DUPLICATE,
+                finished_at=now,
+            )
+        else:
+            record = self._log(delivery, logged)
+        return Claimed(record.id, None, prior)
 
     def read_claim(self, key: str, deadline: float) -> Claim | None:
         with self._lock:

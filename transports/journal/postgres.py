@@ -46,6 +46,7 @@ from orderfsm.journal import (
 from transports.journal.base import (
     CLAIM_COLUMNS,
     DELIVERY_COLUMNS,
+    Also,
     Claimed,
     Work,
     Worked,
@@ -391,10 +392,16 @@ class PostgresStore:
         lease: float,
         deadline: float,
         logged: int | None = None,
+        also: Also | None = None,
     ) -> Claimed:
         try:
             with self._connection(deadline) as db:
-                return self._claim_on(db, delivery, owner, now, lease, logged, fast=True)
+                if also is None:
+                    return self._claim_on(db, delivery, owner, now, lease, logged, fast=True)
+                with db.transaction():
+                    claimed = self._claim_on(db, delivery, owner, now, lease, logged)
+                    also(db, claimed)
+                    return claimed
         except psycopg.errors.LockNotAvailable:
             # Another transaction holds the key (a transactional handler at work).
             ident = self._log_apart(delivery, logged, deadline)

@@ -48,6 +48,7 @@ from orderfsm.journal import (
 from transports.journal.base import (
     CLAIM_COLUMNS,
     DELIVERY_COLUMNS,
+    Also,
     Claimed,
     Work,
     Worked,
@@ -367,9 +368,13 @@ class SqliteStore:
         lease: float,
         deadline: float,
         logged: int | None = None,
+        also: Also | None = None,
     ) -> Claimed:
         def work(db: sqlite3.Connection) -> Claimed:
-            return _claim(db, delivery, owner, now, lease, logged)
+            claimed = _claim(db, delivery, owner, now, lease, logged)
+            if also is not None:
+                also(db, claimed)
+            return claimed
 
         return self._write(work, deadline, durable=False)
 
