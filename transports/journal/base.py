@@ -156,6 +156,86 @@ class Store(Protocol):
         """Delete claims and deliveries older than ``cutoff``; returns how many of each."""
 
 
+# --- SQL shared by the SQL backends -------------------------------------------------
+
+_TYPES = {
+    "sqlite": {"real": "REAL", "blob": "BLOB", "bigint": "INTEGER", "bool": "INTEGER",
+               "false": "0", "identity": "INTEGER PRIMARY KEY"},
+    "postgresql": {"real": "DOUBLE PRECISION", "blob": "BYTEA", "bigint": "BIGINT",
+                   "bool": "BOOLEAN", "false": "FALSE",
+                   "identity": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"},
+}  # fmt: skip
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS orderfsm_schema (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        version INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS orderfsm_claims (
+        key TEXT PRIMARY KEY,
+        attempt INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        lease_until {real} NOT NULL,
+        claimed_at {real} NOT NULL,
+        answered_at {real},
+        status INTEGER,
+        body {blob},
+        content_type TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS orderfsm_claims_claimed ON orderfsm_claims (claimed_at)",
+    """CREATE TABLE IF NOT EXISTS orderfsm_deliveries (
+        id {identity},
+        kind TEXT NOT NULL,
+        key TEXT,
+        order_id {bigint},
+        body {blob} NOT NULL,
+        headers TEXT NOT NULL,
+        peer TEXT,
+        received_at {real} NOT NULL,
+        attempt INTEGER,
+        status INTEGER,
+        outcome TEXT,
+        error TEXT,
+        finished_at {real},
+        replay {bool} NOT NULL DEFAULT {false}
+    )""",
+    "CREATE INDEX IF NOT EXISTS orderfsm_deliveries_received ON orderfsm_deliveries (received_at)",
+    "CREATE INDEX IF NOT EXISTS orderfsm_deliveries_order ON orderfsm_deliveries (order_id)",
+]
+
+
+def schema(dialect: str) -> list[str]:
+    """The tables of schema version 1, in ``sqlite`` or ``postgresql`` types."""
+    return [statement.format(**_TYPES[dialect]) for statement in _SCHEMA]
+
+
+PRUNE_CLAIMS = """
+DELETE FROM orderfsm_claims
+WHERE claimed_at < {m}
+  AND (CASE WHEN state = 'running' THEN lease_until
+       ELSE coalesce(answered_at, claimed_at) END) < {m}
+"""
+"""Mirrors :func:`orderfsm.journal.prunable` (answered_at, when set, is never before claimed_at)."""
+
+_FILTERS: tuple[tuple[str, Callable[[DeliveryFilter], Any]], ...] = (
+    ("order_id = {m}", lambda s: s.order_id),
+    ("kind = {m}", lambda s: s.kind),
+    ("outcome = {m}", lambda s: None if s.outcome is None else s.outcome.value),
+    ("received_at >= {m}", lambda s: s.since),
+    ("received_at < {m}", lambda s: s.until),
+)
+
+
+def filter_sql(selection: DeliveryFilter, mark: str) -> tuple[str, list[Any]]:
+    """The WHERE clause of a delivery listing (the same test as the memory backend's)."""
+    where = [c.format(m=mark) for c, value in _FILTERS if value(selection) is not None]
+    args = [value(selection) for _, value in _FILTERS if value(selection) is not None]
+    if selection.unfinished:
+        where.append("outcome IS NULL")
+    return (" WHERE " + " AND ".join(where)) if where else "", args
+
+
 # --- rows <-> records, shared by the SQL backends ---------------------------------------
 
 CLAIM_COLUMNS = (

@@ -54,8 +54,12 @@ from transports.journal.base import (
     delivery_from_row,
     encode_headers,
     error_text,
+    filter_sql,
+    schema,
 )
-from transports.journal.sqlite import filter_sql
+from transports.journal.base import (
+    PRUNE_CLAIMS as PRUNE_CLAIMS_SQL,
+)
 
 try:
     import psycopg
@@ -76,43 +80,7 @@ MIGRATION_LOCK = 0x6F72646572667336
 CONNECT_TIMEOUT = 5
 """Seconds libpq waits for a server, unless the URL says otherwise."""
 
-SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS orderfsm_schema (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        version INTEGER NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS orderfsm_claims (
-        key TEXT PRIMARY KEY,
-        attempt INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        owner TEXT NOT NULL,
-        lease_until DOUBLE PRECISION NOT NULL,
-        claimed_at DOUBLE PRECISION NOT NULL,
-        answered_at DOUBLE PRECISION,
-        status INTEGER,
-        body BYTEA,
-        content_type TEXT
-    )""",
-    "CREATE INDEX IF NOT EXISTS orderfsm_claims_claimed ON orderfsm_claims (claimed_at)",
-    """CREATE TABLE IF NOT EXISTS orderfsm_deliveries (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        kind TEXT NOT NULL,
-        key TEXT,
-        order_id BIGINT,
-        body BYTEA NOT NULL,
-        headers TEXT NOT NULL,
-        peer TEXT,
-        received_at DOUBLE PRECISION NOT NULL,
-        attempt INTEGER,
-        status INTEGER,
-        outcome TEXT,
-        error TEXT,
-        finished_at DOUBLE PRECISION,
-        replay BOOLEAN NOT NULL DEFAULT FALSE
-    )""",
-    "CREATE INDEX IF NOT EXISTS orderfsm_deliveries_received ON orderfsm_deliveries (received_at)",
-    "CREATE INDEX IF NOT EXISTS orderfsm_deliveries_order ON orderfsm_deliveries (order_id)",
-]
+SCHEMA = schema("postgresql")
 
 _TAKE = """
 taken AS (
@@ -213,11 +181,7 @@ WHERE key = %s AND attempt = %s AND state = 'answered'
 
 READ_CLAIM = f"SELECT {CLAIM_COLUMNS} FROM orderfsm_claims WHERE key = %s"
 
-PRUNE_CLAIMS = """
-DELETE FROM orderfsm_claims
-WHERE claimed_at < %s
-  AND (CASE WHEN state = 'running' THEN lease_until ELSE coalesce(answered_at, claimed_at) END) < %s
-"""
+PRUNE_CLAIMS = PRUNE_CLAIMS_SQL.format(m="%s")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -25,7 +25,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from orderfsm.errors import (
     JournalClosed,
@@ -56,6 +56,11 @@ from transports.journal.base import (
     delivery_from_row,
     encode_headers,
     error_text,
+    filter_sql,
+    schema,
+)
+from transports.journal.base import (
+    PRUNE_CLAIMS as PRUNE_CLAIMS_SQL,
 )
 from transports.journal.groupcommit import GroupCommit
 
@@ -67,43 +72,7 @@ sleeps grow (1, 2, 5, 10, 15, 20, 25 ms...), so a long busy timeout polls ever
 more slowly and misses the openings other processes leave; short slices keep
 polling every millisecond or two until the operation's deadline."""
 
-SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS orderfsm_schema (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        version INTEGER NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS orderfsm_claims (
-        key TEXT PRIMARY KEY,
-        attempt INTEGER NOT NULL,
-        state TEXT NOT NULL,
-        owner TEXT NOT NULL,
-        lease_until REAL NOT NULL,
-        claimed_at REAL NOT NULL,
-        answered_at REAL,
-        status INTEGER,
-        body BLOB,
-        content_type TEXT
-    )""",
-    "CREATE INDEX IF NOT EXISTS orderfsm_claims_claimed ON orderfsm_claims (claimed_at)",
-    """CREATE TABLE IF NOT EXISTS orderfsm_deliveries (
-        id INTEGER PRIMARY KEY,
-        kind TEXT NOT NULL,
-        key TEXT,
-        order_id INTEGER,
-        body BLOB NOT NULL,
-        headers TEXT NOT NULL,
-        peer TEXT,
-        received_at REAL NOT NULL,
-        attempt INTEGER,
-        status INTEGER,
-        outcome TEXT,
-        error TEXT,
-        finished_at REAL,
-        replay INTEGER NOT NULL DEFAULT 0
-    )""",
-    "CREATE INDEX IF NOT EXISTS orderfsm_deliveries_received ON orderfsm_deliveries (received_at)",
-    "CREATE INDEX IF NOT EXISTS orderfsm_deliveries_order ON orderfsm_deliveries (order_id)",
-]
+SCHEMA = schema("sqlite")
 
 # The answers of the store this journal replaces (``SqliteStore``, before the
 # journal) become answered claims, so an upgrade forgets nothing.
@@ -163,31 +132,6 @@ def _is_busy(exc: sqlite3.Error) -> bool:
 
 def unavailable(display: str, exc: sqlite3.Error) -> JournalUnavailable:
     return JournalUnavailable(f"{display}: {exc}")
-
-
-def filter_sql(selection: DeliveryFilter, mark: str = "?") -> tuple[str, list[Any]]:
-    """The WHERE clause of a delivery listing (shared with PostgreSQL, which marks ``%s``)."""
-    where: list[str] = []
-    args: list[Any] = []
-    if selection.order_id is not None:
-        where.append(f"order_id = {mark}")
-        args.append(selection.order_id)
-    if selection.kind is not None:
-        where.append(f"kind = {mark}")
-        args.append(selection.kind)
-    if selection.outcome is not None:
-        where.append(f"outcome = {mark}")
-        args.append(selection.outcome.value)
-    if selection.unfinished:
-        where.append("outcome IS NULL")
-    if selection.since is not None:
-        where.append(f"received_at >= {mark}")
-        args.append(selection.since)
-    if selection.until is not None:
-        where.append(f"received_at < {mark}")
-        args.append(selection.until)
-    clause = (" WHERE " + " AND ".join(where)) if where else ""
-    return clause, args
 
 
 class SqliteStore:
@@ -461,7 +405,7 @@ class SqliteStore:
         return self._write(work, deadline)
 
     def deliveries(self, selection: DeliveryFilter, deadline: float) -> list[Delivery]:
-        where, args = filter_sql(selection)
+        where, args = filter_sql(selection, "?")
         sql = f"SELECT {DELIVERY_COLUMNS} FROM orderfsm_deliveries{where} ORDER BY id DESC LIMIT ?"
         with self._reader() as db:
             rows = db.execute(sql, (*args, selection.limit)).fetchall()
@@ -493,11 +437,7 @@ class SqliteStore:
         return self._write(work, deadline)
 
 
-PRUNE_CLAIMS = """
-DELETE FROM orderfsm_claims
-WHERE claimed_at < ?
-  AND (CASE WHEN state = 'running' THEN lease_until ELSE coalesce(answered_at, claimed_at) END) < ?
-"""
+PRUNE_CLAIMS = PRUNE_CLAIMS_SQL.format(m="?")
 
 
 def _log(
