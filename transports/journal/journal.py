@@ -75,12 +75,17 @@ class Journal:
                 anyio.CapacityLimiter(size),
             )
         gate, threads = limiters
-        acquired = False
-        with anyio.move_on_after(self.settings.wait):
-            await gate.acquire()
-            acquired = True
-        if not acquired:
-            raise JournalUnavailable(f"{self.display}: every journal thread stayed busy")
+        try:
+            gate.acquire_nowait()  # the common case: a thread is free, no timer needed
+        except anyio.WouldBlock:
+            acquired = False
+            with anyio.move_on_after(self.settings.wait):
+                await gate.acquire()
+                acquired = True
+            if not acquired:
+                raise JournalUnavailable(
+                    f"{self.display}: every journal thread stayed busy"
+                ) from None
         try:
             return await anyio.to_thread.run_sync(function, *args, limiter=threads)
         finally:
