@@ -118,3 +118,50 @@ class TrackerClosed(OrderFsmError):
 
 class NoSourceLeft(TransportError):
     """Every configured transport failed for good before a final status."""
+
+
+# --- the journal ------------------------------------------------------------
+
+
+class JournalError(OrderFsmError):
+    """The journal (the durable record of claims and deliveries) failed."""
+
+
+class JournalConfigError(JournalError, ValueError):
+    """A journal setting is out of range; raised before anything is opened."""
+
+
+class BadStoreUrl(JournalConfigError):
+    """The store URL is neither a path, ``sqlite:///...`` nor ``postgresql://...``."""
+
+
+class JournalUnavailable(JournalError):
+    """The database cannot be reached, is locked, full or timed out: a passing trouble.
+
+    A webhook delivery that meets it is answered 5xx, so Xsolla retries.
+    """
+
+
+class JournalOpenFailed(JournalError):
+    """The journal could not be opened at all (start-up): unreachable server, bad
+    credentials, an unusable file or directory."""
+
+
+class JournalCorrupt(JournalOpenFailed):
+    """The SQLite file is not a database (or is damaged)."""
+
+
+class SchemaTooNew(JournalOpenFailed):
+    """The database was created by a newer orderfsm; this code refuses to touch it."""
+
+    def __init__(self, found: int, supported: int) -> None:
+        super().__init__(
+            f"the journal's schema is version {found}, newer than this orderfsm "
+            f"understands ({supported}); upgrade orderfsm"
+        )
+        self.found = found
+        self.supported = supported
+
+
+class JournalClosed(JournalError):
+    """The journal was used after it was closed."""

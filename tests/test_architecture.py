@@ -14,9 +14,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The pure layer: the core, the error tree and the transport contract.
+# The pure layer: the core, the journal's decisions, the error tree and the transport contract.
 PURE = [
     *sorted((ROOT / "orderfsm" / "core").glob("*.py")),
+    *sorted((ROOT / "orderfsm" / "journal").glob("*.py")),
     ROOT / "orderfsm" / "errors.py",
     ROOT / "orderfsm" / "interface.py",
 ]
@@ -26,7 +27,12 @@ PURE_STDLIB_FORBIDDEN = {
     "random", "urllib", "http", "sqlite3", "os", "io",
 }  # fmt: skip
 # What transports may use from the orderfsm package.
-TRANSPORTS_MAY_IMPORT = {"orderfsm.core", "orderfsm.errors", "orderfsm.interface"}
+TRANSPORTS_MAY_IMPORT = {
+    "orderfsm.core",
+    "orderfsm.errors",
+    "orderfsm.interface",
+    "orderfsm.journal",
+}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -49,7 +55,7 @@ def test_the_pure_core_imports_no_io_and_no_transports(path: Path) -> None:
             continue
         assert top in PURE_MAY_IMPORT, f"{path.name} imports {name}"
         if top == "orderfsm":
-            assert name.startswith(("orderfsm.core", "orderfsm.errors")), (
+            assert name.startswith(("orderfsm.core", "orderfsm.errors", "orderfsm.journal")), (
                 f"{path.name} imports {name}"
             )
 

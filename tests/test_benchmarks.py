@@ -39,6 +39,20 @@ EXPECTED_KEYS = {
         "centrifuge_python_stall_detect_s",
         "centrifuge_python_final_latency_p99_ms",
     },
+    "bench_journal.py": {
+        "ceiling_deliveries_per_s",
+        "pg_deliveries_per_s_3",
+        "pg_p99_ms_3",
+        "pg_ratio_to_ceiling_3",
+        "sqlite_deliveries_per_s_3",
+        "sqlite_p99_ms_3",
+        "sqlite_ratio_to_ceiling_3",
+        "memory_deliveries_per_s_1",
+        "pg_floor_tx_per_s_3",
+        "sqlite_floor_tx_per_s_3",
+        "pg_sync_cpu_ms_per_tx",
+        "pg_async_cpu_ms_per_tx",
+    },
     "bench_scale.py": {
         "orders",
         "peak_rss_mb",
@@ -49,6 +63,8 @@ EXPECTED_KEYS = {
     },
 }
 NOTHING_LOST = {
+    # every notification handled once, none answered 4xx, all 2xx in the end
+    "bench_journal.py": ("lost", "duplicated", "answered_4xx", "final_not_2xx"),
     "bench_latency.py": ("lost", "centrifuge_python_lost"),
     "bench_failover.py": ("lost",),
     "bench_scale.py": ("lost",),

@@ -18,12 +18,9 @@ from support_webhook import KINDS, serve_receiver
 from orderfsm.testing import RecordingSink
 from transports.emulator import Emulator, WebhookAttempt
 from transports.webhook import (
-    MemoryStore,
     Notification,
     OrderCanceled,
     OrderPaid,
-    SeenStore,
-    SqliteStore,
     WebhookReceiver,
 )
 
@@ -168,27 +165,26 @@ async def test_a_handler_failure_is_retried_by_xsolla_and_then_handled_once(
 
 
 @pytest.mark.anyio
-async def test_the_sqlite_store_answers_a_redelivery_after_a_restart(
+async def test_the_sqlite_journal_answers_a_redelivery_after_a_restart(
     emu: Emulator, tmp_path: Path
 ) -> None:
-    path = tmp_path / "seen.sqlite"
+    path = tmp_path / "journal.sqlite3"
     app = App()
     order_id = await paid_order(emu)
     await emu.set_status(order_id, "paid", webhook=False)
     for round_ in (1, 2):
-        store: SeenStore = SqliteStore(path)
-        async with serve_receiver(WebhookReceiver(SECRET, app, store=store), "asgi") as url:
+        receiver = WebhookReceiver(SECRET, app, store=path)
+        async with serve_receiver(receiver, "asgi") as url:
             await emu.configure_webhooks(url, RETRIES)
             await emu.send_webhook(order_id)
             attempts = await attempts_for(emu, order_id, answered(round_))
     assert [a.status for a in attempts] == [204, 204]
     assert app.calls == 1
 
-    # The in-memory store, by contrast, forgets on restart.
+    # The in-memory journal, by contrast, forgets on restart.
     forgetful = App()
     for round_ in (3, 4):
-        memory: SeenStore = MemoryStore()
-        async with serve_receiver(WebhookReceiver(SECRET, forgetful, store=memory), "asgi") as url:
+        async with serve_receiver(WebhookReceiver(SECRET, forgetful), "asgi") as url:
             await emu.configure_webhooks(url, RETRIES)
             await emu.send_webhook(order_id)
             await attempts_for(emu, order_id, answered(round_))

@@ -10,13 +10,12 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 from support_webhook import KINDS, serve_receiver
 
+from orderfsm.errors import JournalClosed
 from orderfsm.testing import RecordingSink
 from transports.http import HttpResponse, open_http_client
 from transports.webhook import (
     XSOLLA_NETWORKS,
     OrderPaid,
-    SqliteStore,
-    StoreError,
     WebhookReceiver,
     asgi_app,
     authorization_header,
@@ -135,13 +134,12 @@ async def test_only_post_on_the_webhook_path(kind: str) -> None:
 
 
 @pytest.mark.anyio
-async def test_the_asgi_app_closes_the_store_on_shutdown(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "seen.db")
-    receiver = WebhookReceiver(SECRET, Handled(), store=store)
+async def test_the_asgi_app_closes_the_journal_on_shutdown(tmp_path: Path) -> None:
+    receiver = WebhookReceiver(SECRET, Handled(), store=tmp_path / "journal.sqlite3")
     async with serve_asgi_app(asgi_app(receiver)) as base:
         assert (await post_signed(base + "/webhook", order_paid(504))).status == 204
-    with pytest.raises(StoreError):
-        await store.get("order_paid:504")
+    with pytest.raises(JournalClosed):
+        await receiver.journal.deliveries()
 
 
 @pytest.mark.anyio

@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "graph": "graph_cmd",
     "emulator": "emulator_cmd",
     "webhook-server": "webhook_cmd",
+    "webhooks": "webhooks_cmd",
     "watch": "watch_cmd",
     "demo": "demo_cmd",
 }

@@ -1,23 +1,81 @@
-"""``orderfsm webhook-server``: receive Xsolla webhooks and print what was accepted.
+"""``orderfsm webhook-server``: receive Xsolla webhooks, each handled once across instances.
 
-It prints the URL to configure first, then one JSON line per notification
-it accepted (a repeated delivery is answered from the store and not
-printed again).  Useful to try the receiver against Xsolla's webhook tester
-through a tunnel, or as the starting point of a real endpoint.
+It prints the URL to configure first, then (with the default handler) one
+JSON line per notification it accepted.  Several processes on one host share
+an SQLite file (``--store journal.sqlite3``), a fleet shares a PostgreSQL
+database (``--store postgresql://...``): each notification reaches a handler
+once.  ``--handler`` / ``--transactional`` plug in the application's own
+code, which makes this a real endpoint.  Start-up problems (a bad store URL,
+an unreachable database, a handler that cannot be imported, a port in use)
+print one line on stderr and exit with 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import signal
 import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from transports.webhook import Notification
+    from orderfsm.journal import JournalSettings
+    from transports.webhook import Notification, WebhookReceiver
 
-HELP = "serve the Xsolla webhook receiver and print each accepted notification as JSON"
+HELP = "serve the Xsolla webhook receiver; each notification is handled once across instances"
+
+EXIT_STARTUP = 2
+
+
+class StartupFailed(Exception):
+    """Raised before serving; the message is the one line printed."""
+
+
+def add_store_options(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        required=required,
+        help="the journal: a file path or sqlite:///path (one host), postgresql://... "
+        "(a fleet); default: memory (one process, forgotten on exit)",
+    )
+    parser.add_argument(
+        "--lease",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long a claim's owner may work before another instance takes over (60)",
+    )
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how long a duplicate waits for the first delivery's answer before 5xx (2)",
+    )
+    parser.add_argument(
+        "--retention-days",
+        type=float,
+        default=14.0,
+        metavar="DAYS",
+        help="how long claims and deliveries are kept (14)",
+    )
+
+
+def add_handler_options(parser: argparse.ArgumentParser) -> None:
+    handler = parser.add_mutually_exclusive_group()
+    handler.add_argument(
+        "--handler",
+        metavar="MODULE:NAME",
+        help="your async handler(notification); default: print each one as a JSON line",
+    )
+    handler.add_argument(
+        "--transactional",
+        metavar="MODULE:NAME",
+        help="your handler(notification, connection), run in the journal's transaction "
+        "(SQLite or PostgreSQL store)",
+    )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -27,11 +85,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--port", type=int, default=8000, help="port to bind (default 8000; 0 picks a free one)"
     )
     parser.add_argument("--path", default="/webhook", help="URL path (default /webhook)")
-    parser.add_argument(
-        "--store",
-        metavar="PATH",
-        help="SQLite file remembering answered notifications across restarts (default: memory)",
-    )
+    add_store_options(parser)
+    add_handler_options(parser)
     parser.add_argument(
         "--max-body", type=int, default=None, help="largest accepted body, bytes (413 past it)"
     )
@@ -39,6 +94,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--xsolla-only",
         action="store_true",
         help="accept deliveries only from Xsolla's published networks",
+    )
+    parser.add_argument(
+        "--backend", choices=("asyncio", "trio"), default="asyncio", help="event loop to run on"
     )
 
 
@@ -55,37 +113,94 @@ def summary(notification: Notification) -> dict[str, Any]:
     return line
 
 
+async def print_notification(notification: Notification) -> None:
+    print(json.dumps(summary(notification), sort_keys=True), flush=True)
+
+
+def load(spec: str) -> Any:
+    """``package.module:name`` -> the object; :class:`StartupFailed` with the reason."""
+    module_name, sep, name = spec.partition(":")
+    if not sep or not module_name or not name:
+        raise StartupFailed(f"{spec!r}: write MODULE:NAME, e.g. myapp.hooks:on_notification")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in name.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as exc:
+        raise StartupFailed(f"cannot load {spec}: {exc}") from None
+    if not callable(found):
+        raise StartupFailed(f"{spec} is not callable")
+    return found
+
+
+def settings_from(args: argparse.Namespace) -> JournalSettings:
+    from orderfsm.errors import JournalConfigError
+    from orderfsm.journal import DAY, JournalSettings
+
+    try:
+        return JournalSettings(
+            lease=args.lease, wait=args.wait, retention=args.retention_days * DAY
+        )
+    except JournalConfigError as exc:
+        raise StartupFailed(str(exc)) from None
+
+
+async def open_receiver(args: argparse.Namespace, **options: Any) -> WebhookReceiver:
+    """The receiver the options describe, its journal open; :class:`StartupFailed` otherwise."""
+    from orderfsm.errors import JournalError
+    from transports.journal import open_journal
+    from transports.webhook import WebhookReceiver
+
+    handler = load(args.handler) if args.handler else None
+    transactional = load(args.transactional) if args.transactional else None
+    if handler is None and transactional is None:
+        handler = print_notification
+    try:
+        journal = open_journal(args.store, settings_from(args))
+    except JournalError as exc:
+        raise StartupFailed(str(exc)) from None
+    try:
+        receiver = WebhookReceiver(
+            args.secret,
+            handler,
+            transactional=transactional,
+            store=journal,
+            **options,
+        )
+    except ValueError as exc:
+        raise StartupFailed(str(exc)) from None
+    try:
+        await journal.open()
+    except JournalError as exc:
+        raise StartupFailed(str(exc)) from None
+    return receiver
+
+
 async def serve(args: argparse.Namespace) -> None:
     import anyio
 
-    from transports.webhook import (
-        DEFAULT_MAX_BODY,
-        XSOLLA_NETWORKS,
-        MemoryStore,
-        SeenStore,
-        SqliteStore,
-        WebhookReceiver,
-        serve_receiver,
-    )
+    from transports.webhook import DEFAULT_MAX_BODY, XSOLLA_NETWORKS, serve_receiver
 
-    async def handler(notification: Notification) -> None:
-        print(json.dumps(summary(notification), sort_keys=True), flush=True)
-
-    store: SeenStore = SqliteStore(args.store) if args.store else MemoryStore()
-    receiver = WebhookReceiver(
-        args.secret,
-        handler,
-        store=store,
+    receiver = await open_receiver(
+        args,
         max_body_size=args.max_body or DEFAULT_MAX_BODY,
         allowed_networks=XSOLLA_NETWORKS if args.xsolla_only else None,
     )
-    async with serve_receiver(
-        receiver, host=args.host, port=args.port, path=args.path, server="aiohttp"
-    ) as url:
-        print(url, flush=True)
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for _ in signals:
-                break
+    try:
+        try:
+            serving = serve_receiver(receiver, host=args.host, port=args.port, path=args.path)
+            url = await serving.__aenter__()
+        except OSError as exc:
+            raise StartupFailed(f"cannot listen on {args.host}:{args.port}: {exc}") from None
+        try:
+            print(url, flush=True)
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    break
+        finally:
+            await serving.__aexit__(None, None, None)
+    finally:
+        await receiver.journal.aclose()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,6 +208,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.secret:
         print("orderfsm webhook-server: --secret must not be empty", file=sys.stderr)
-        return 2
-    anyio.run(serve, args, backend="asyncio")
+        return EXIT_STARTUP
+    try:
+        anyio.run(serve, args, backend=args.backend)
+    except StartupFailed as exc:
+        print(f"orderfsm webhook-server: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
     return 0

@@ -3,6 +3,8 @@
 The core (:class:`WebhookReceiver`) knows no web framework; thin adapters
 serve it with ``aiohttp.web`` (:func:`webhook_app`) or as a raw ASGI app
 (:func:`asgi_app`), and the aiohttp one is imported only when asked for.
+Deduplication across processes and hosts is the journal's
+(``transports.journal``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,14 @@ from transports.webhook.errors import (
     WebhookError,
 )
 from transports.webhook.networks import XSOLLA_NETWORKS, AllowList
-from transports.webhook.receiver import DEFAULT_MAX_BODY, Handler, WebhookReceiver
+from transports.webhook.receiver import (
+    DEFAULT_MAX_BODY,
+    Handler,
+    TransactionalHandler,
+    Verified,
+    WebhookReceiver,
+    verified,
+)
 from transports.webhook.records import (
     Notification,
     OrderCanceled,
@@ -36,12 +45,11 @@ from transports.webhook.records import (
     WebhookOrder,
     WebhookUser,
     idempotency_key,
+    order_id_of,
     parse_notification,
 )
 from transports.webhook.serve import serve_aiohttp_app, serve_asgi_app, serve_receiver
 from transports.webhook.signature import authorization_header, sign, verify
-from transports.webhook.sqlite_store import SqliteStore, StoreError
-from transports.webhook.store import MemoryStore, SeenStore
 
 if TYPE_CHECKING:
     from transports.webhook.aiohttp_app import add_webhook_route, make_handler, webhook_app
@@ -68,18 +76,16 @@ __all__ = [
     "InvalidPayload",
     "InvalidSignature",
     "InvalidUser",
-    "MemoryStore",
     "Notification",
     "OrderCanceled",
     "OrderPaid",
     "Payment",
     "Refund",
-    "SeenStore",
-    "SqliteStore",
-    "StoreError",
     "Transaction",
+    "TransactionalHandler",
     "UnknownNotification",
     "UserValidation",
+    "Verified",
     "WebhookASGIApp",
     "WebhookAnswer",
     "WebhookError",
@@ -93,11 +99,13 @@ __all__ = [
     "error_answer",
     "idempotency_key",
     "make_handler",
+    "order_id_of",
     "parse_notification",
     "serve_aiohttp_app",
     "serve_asgi_app",
     "serve_receiver",
     "sign",
+    "verified",
     "verify",
     "webhook_app",
 ]

@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import json
 
-import attrs
+from orderfsm.journal import Answer
 
 JSON = "application/json"
 
-
-@attrs.frozen
-class WebhookAnswer:
-    """Status, body and content type: everything an adapter needs to reply."""
-
-    status: int
-    body: bytes = b""
-    content_type: str | None = None
-
-    @property
-    def headers(self) -> tuple[tuple[str, str], ...]:
-        if self.content_type is None:
-            return ()
-        return (("Content-Type", self.content_type),)
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
+WebhookAnswer = Answer
+"""Status, body and content type: everything an adapter needs to reply, and what
+the journal stores to repeat to duplicates."""
 
 
 ACCEPTED = WebhookAnswer(204)
@@ -39,3 +24,5 @@ def error_answer(status: int, code: str, message: str) -> WebhookAnswer:
 
 HANDLER_FAILED = error_answer(500, "SERVER_ERROR", "temporary failure, please retry")
 STORE_FAILED = error_answer(500, "SERVER_ERROR", "temporary failure, please retry")
+"""The journal could not be used, or another delivery of the same notification is
+still at work: never a 4xx, which Xsolla would not retry (and might refund)."""

@@ -2,22 +2,30 @@
 
 The order of checks is the safe one: the peer and the size before reading
 anything, the signature before parsing, and the application's handler before
-any 2xx.  A notification already answered is answered again from the store,
-without the handler; two concurrent deliveries of one notification run the
-handler once, because each key has its own lock.
+any 2xx.  Which delivery runs the handler, and what every other delivery of
+the same notification answers, is the journal's business
+(``transports.journal``): one claim per notification across every process
+and host sharing the journal, the first answer stored and repeated.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+import os
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any
 
 import anyio
+import attrs
 
 from orderfsm.core import Observation
-from orderfsm.errors import InvalidPayload, InvalidSignature, WebhookError
+from orderfsm.errors import InvalidPayload, InvalidSignature, JournalError, WebhookError
 from orderfsm.interface import WEBHOOK, ObservationSink
+from orderfsm.journal import NewDelivery, Reply
+from transports.journal import Journal, Ran, open_journal
 from transports.webhook.answers import (
     ACCEPTED,
     HANDLER_FAILED,
@@ -33,59 +41,97 @@ from transports.webhook.records import (
     OrderPaid,
     UnknownNotification,
     idempotency_key,
+    order_id_of,
     parse_notification,
 )
 from transports.webhook.signature import verify
-from transports.webhook.store import MemoryStore, SeenStore
 
 Handler = Callable[[Notification], Awaitable[None]]
-"""The application's reaction to a verified notification.  Returning means
-success (204).  Raising a :class:`~orderfsm.errors.WebhookError` answers 400
-with its code (a deliberate, final refusal); raising anything else answers
-500, and Xsolla delivers again later."""
+"""The application's reaction to a verified notification, run with no database lock
+held.  Returning means success (204).  Raising a
+:class:`~orderfsm.errors.WebhookError` answers 400 with its code (a deliberate,
+final refusal); raising anything else answers 500, and Xsolla delivers again
+later."""
+
+TransactionalHandler = Callable[[Notification, Any], None]
+"""The exactly-once form: a synchronous function given the notification and the
+journal's open DB-API connection (``sqlite3.Connection`` or
+``psycopg.Connection``), run in a worker thread inside the transaction that
+records the answer.  Its writes commit with the answer, or not at all; they
+are kept only when it returns (a refusal rolls them back).  It must not
+commit or roll back itself."""
 
 Headers = Mapping[str, str] | Iterable[tuple[str, str]]
+Store = Journal | str | os.PathLike[str] | None
 
 DEFAULT_MAX_BODY = 256 * 1024
 """Real notifications are a few kilobytes; bundles with many items stay far below this."""
 
+KEPT_HEADERS = ("authorization", "content-type")
+"""What a stored delivery keeps of its headers: enough to verify it again."""
+
 logger = logging.getLogger("orderfsm.webhook")
+
+
+def _pairs(headers: Headers) -> Iterable[tuple[str, str]]:
+    return headers.items() if isinstance(headers, Mapping) else headers
 
 
 def _header(headers: Headers, name: str) -> str | None:
     """The single value of ``name``, case-insensitively; two values count as none."""
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
-    found = [value for key, value in pairs if key.lower() == name]
+    found = [value for key, value in _pairs(headers) if key.lower() == name]
     return found[0] if len(found) == 1 else None
 
 
-def _refusal(error: WebhookError) -> WebhookAnswer:
+def refusal(error: WebhookError) -> WebhookAnswer:
     return error_answer(status_for(error), error.code, str(error) or error.code)
 
 
-class _KeyedLocks:
-    """One lock per key, alive only while someone holds or waits for it."""
+def failure_text() -> str:
+    """The current exception, as a delivery record keeps it."""
+    return traceback.format_exc()
 
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[anyio.Lock, int]] = {}
 
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key) or (anyio.Lock(), 0)
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
+@attrs.frozen
+class Verified:
+    """A delivery that passed every check: what the handler and the journal need."""
+
+    notification: Notification
+    delivery: NewDelivery
+
+
+def verified(
+    secret: str | bytes, headers: Headers, body: bytes, peer: str | None
+) -> Verified | WebhookAnswer:
+    """Verify and parse one delivery: the record to handle, or the refusal to answer."""
+    try:
+        verify(_header(headers, "authorization"), body, secret)
+        notification = parse_notification(body)
+    except (InvalidSignature, InvalidPayload) as exc:
+        logger.info("refused a webhook from %s: %s", peer, exc)
+        return refusal(exc)
+    kept = tuple((k, v) for k, v in _pairs(headers) if k.lower() in KEPT_HEADERS)
+    delivery = NewDelivery(
+        kind=notification.notification_type,
+        key=idempotency_key(notification, body),
+        order_id=order_id_of(notification),
+        body=body,
+        headers=kept,
+        peer=peer,
+        received_at=time.time(),
+    )
+    return Verified(notification, delivery)
 
 
 class WebhookReceiver:
-    """Verifies, deduplicates and dispatches Xsolla notifications.
+    """Verifies, deduplicates (through the journal) and dispatches Xsolla notifications.
+
+    ``store`` is a :class:`~transports.journal.Journal`, or a URL for one
+    (a path or ``sqlite:///...`` for SQLite, ``postgresql://...``); without
+    it the journal is in memory (one process, forgotten on restart).  A
+    journal given as a URL is opened on first use (or by ``async with
+    receiver``) and closed by :meth:`aclose`; a journal object stays the
+    caller's to close.
 
     ``sink`` (optional) receives an :class:`Observation` for every verified
     ``order_paid`` (status ``paid``) and ``order_canceled`` (``canceled``),
@@ -97,20 +143,29 @@ class WebhookReceiver:
         secret: str | bytes,
         handler: Handler | None = None,
         *,
-        store: SeenStore | None = None,
+        transactional: TransactionalHandler | None = None,
+        store: Store = None,
         sink: ObservationSink | None = None,
         max_body_size: int = DEFAULT_MAX_BODY,
         allowed_networks: Iterable[str | Network] | None = None,
     ) -> None:
         if not secret:
             raise ValueError("the webhook secret must not be empty")
+        if handler is not None and transactional is not None:
+            raise ValueError("give either handler or transactional, not both")
         self._secret = secret
         self.handler = handler
-        self.store: SeenStore = store if store is not None else MemoryStore()
+        self.transactional = transactional
+        self._owns_journal = not isinstance(store, Journal)
+        self.journal: Journal = store if isinstance(store, Journal) else open_journal(store)
+        if transactional is not None and not self.journal.store.blocking:
+            raise ValueError(
+                "a transactional handler needs a database: pass store='sqlite:///...' "
+                "or store='postgresql://...'"
+            )
         self.sink = sink
         self.max_body_size = max_body_size
         self.allow_list = AllowList(allowed_networks) if allowed_networks is not None else None
-        self._locks = _KeyedLocks()
 
     def precheck(self, peer: str | None, content_length: int | None) -> WebhookAnswer | None:
         """A refusal that needs no body (peer not allowed, declared size too big), or None.
@@ -118,60 +173,89 @@ class WebhookReceiver:
         Adapters call it before reading the body; :meth:`handle` repeats it.
         """
         if self.allow_list is not None and not self.allow_list.allows(peer):
-            return _refusal(ForbiddenSource(f"source address {peer} is not allowed"))
+            return refusal(ForbiddenSource(f"source address {peer} is not allowed"))
         if content_length is not None and content_length > self.max_body_size:
             return self.too_large()
         return None
 
     def too_large(self) -> WebhookAnswer:
-        return _refusal(BodyTooLarge(f"body exceeds {self.max_body_size} bytes"))
+        return refusal(BodyTooLarge(f"body exceeds {self.max_body_size} bytes"))
 
     async def handle(self, headers: Headers, body: bytes, peer: str | None = None) -> WebhookAnswer:
-        """Answer one delivery.  Never raises for anything the sender controls."""
-        refusal = self.precheck(peer, len(body))
-        if refusal is not None:
-            return refusal
-        try:
-            verify(_header(headers, "authorization"), body, self._secret)
-            notification = parse_notification(body)
-        except (InvalidSignature, InvalidPayload) as exc:
-            logger.info("refused a webhook from %s: %s", peer, exc)
-            return _refusal(exc)
+        """Answer one delivery.  Never raises for anything the sender controls, and
+        never answers 4xx for a trouble of ours (the journal's): that is a 5xx."""
+        early = self.precheck(peer, len(body))
+        if early is not None:
+            return early
+        checked = verified(self._secret, headers, body, peer)
+        if not isinstance(checked, Verified):
+            return checked
+        notification = checked.notification
         self._observe(notification)
         if isinstance(notification, UnknownNotification):
             logger.info("ignored a %r notification", notification.notification_type)
             return ACCEPTED
-        key = idempotency_key(notification, body)
-        if key is None:
-            return await self._dispatch(notification)
-        async with self._locks.hold(key):
-            try:
-                stored = await self.store.get(key)
-            except Exception:
-                logger.exception("the webhook store failed to read %s", key)
-                return STORE_FAILED
-            if stored is not None:
-                return stored
-            answer = await self._dispatch(notification)
-            if answer.status < 500:
-                try:
-                    await self.store.put(key, answer)
-                except Exception:
-                    # The handler has run: answering 500 would make Xsolla run it again.
-                    logger.exception("the webhook store failed to record %s", key)
-            return answer
+        answer, _ = await self.handle_verified(checked)
+        return answer
 
-    async def _dispatch(self, notification: Notification) -> WebhookAnswer:
+    async def handle_verified(self, checked: Verified) -> tuple[WebhookAnswer, bool]:
+        """The journal's part: claim, run the handler once, record; returns the answer
+        and whether the handler ran for this delivery (a replay reports it)."""
+        if self.transactional is not None:
+            return await self._handle_in_transaction(checked)
+        try:
+            begun = await self.journal.begin(checked.delivery, STORE_FAILED)
+        except JournalError as exc:
+            logger.error("the journal failed before the handler: %s", exc)
+            return STORE_FAILED, False
+        if isinstance(begun, Reply):
+            return begun.answer, False
+        answer, error = await self._dispatch(checked.notification)
+        try:
+            return await self.journal.settle(begun, answer, error, STORE_FAILED), True
+        except JournalError as exc:
+            # The handler ran, but its answer is not recorded: the retry runs it
+            # again once the lease runs out (the transactional handler avoids this).
+            logger.error("the journal failed to record the answer: %s", exc)
+            return STORE_FAILED, True
+
+    async def _dispatch(self, notification: Notification) -> tuple[WebhookAnswer, str | None]:
         if self.handler is None:
-            return ACCEPTED
+            return ACCEPTED, None
         try:
             await self.handler(notification)
         except WebhookError as exc:
-            return _refusal(exc)
+            return refusal(exc), f"{type(exc).__name__}: {exc}"
         except Exception:
             logger.exception("the webhook handler failed on %s", notification.notification_type)
-            return HANDLER_FAILED
-        return ACCEPTED
+            return HANDLER_FAILED, failure_text()
+        return ACCEPTED, None
+
+    async def _handle_in_transaction(self, checked: Verified) -> tuple[WebhookAnswer, bool]:
+        transactional = self.transactional
+        assert transactional is not None
+        notification = checked.notification
+
+        def work(connection: Any, attempt: int) -> tuple[WebhookAnswer, str | None]:
+            try:
+                transactional(notification, connection)
+            except WebhookError as exc:
+                return refusal(exc), f"{type(exc).__name__}: {exc}"
+            except Exception:
+                logger.exception("the transactional handler failed on %s", notification)
+                return HANDLER_FAILED, failure_text()
+            return ACCEPTED, None
+
+        try:
+            result = await self.journal.run(checked.delivery, work, STORE_FAILED)
+        except JournalError as exc:
+            logger.error("the journal failed: %s", exc)
+            return STORE_FAILED, False
+        return result.answer, isinstance(result, Ran)
+
+    @property
+    def secret(self) -> str | bytes:
+        return self._secret
 
     def _observe(self, notification: Notification) -> None:
         if self.sink is None:
@@ -191,5 +275,22 @@ class WebhookReceiver:
             # The sink's trouble must not turn into an answer that makes Xsolla retry.
             logger.exception("the observation sink failed on %s", observation)
 
+    async def open(self) -> None:
+        """Open the journal now, so start-up problems raise here rather than answer 5xx."""
+        await self.journal.open()
+
     async def aclose(self) -> None:
-        await self.store.aclose()
+        if self._owns_journal:
+            await self.journal.aclose()
+
+    async def __aenter__(self) -> WebhookReceiver:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

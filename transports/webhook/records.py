@@ -293,3 +293,10 @@ def idempotency_key(notification: Notification, body: bytes) -> str | None:
             return f"partial_refund:{notification.transaction.id}:{digest}"
         return f"refund:{notification.transaction.id}"
     return None
+
+
+def order_id_of(notification: Notification) -> int | None:
+    """The order a notification is about, when it names one."""
+    if isinstance(notification, (OrderPaid, OrderCanceled)):
+        return notification.order.id
+    return None

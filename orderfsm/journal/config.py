@@ -1,0 +1,117 @@
+"""Which journal a URL names, and the settings every backend shares.
+
+| URL | journal |
+|---|---|
+| ``None``, ``""``, ``memory:`` | in memory, one process, forgets on restart |
+| ``webhooks.sqlite3``, ``/var/lib/app/webhooks.sqlite3`` | SQLite file (a plain path) |
+| ``sqlite:///relative.sqlite3``, ``sqlite:////abs/path.sqlite3`` | SQLite (SQLAlchemy's way) |
+| ``postgresql://user:pass@host:5432/db?sslmode=require``, ``postgres://...`` | PostgreSQL |
+"""
+
+from __future__ import annotations
+
+import re
+
+import attrs
+
+from orderfsm.errors import BadStoreUrl, JournalConfigError
+
+DAY = 86400.0
+
+
+@attrs.frozen
+class MemoryConfig:
+    def display(self) -> str:
+        return "memory:"
+
+
+@attrs.frozen
+class SqliteConfig:
+    path: str
+
+    def display(self) -> str:
+        return f"sqlite:///{self.path}"  # an absolute path gives the four slashes
+
+
+@attrs.frozen
+class PostgresConfig:
+    conninfo: str = attrs.field(repr=False)
+    """Handed to libpq as is (it understands both URLs and ``key=value`` strings)."""
+
+    def display(self) -> str:
+        """The URL with its password hidden, for messages and logs."""
+        scheme, sep, rest = self.conninfo.partition("://")
+        userinfo, at, host = rest.rpartition("@")
+        if not sep or not at or ":" not in userinfo:
+            return self.conninfo
+        user = userinfo.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+
+
+StoreConfig = MemoryConfig | SqliteConfig | PostgresConfig
+
+_POSTGRES = ("postgresql", "postgres")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
+
+
+def parse_store_url(url: str | None) -> StoreConfig:
+    """Read a store URL; raise :class:`BadStoreUrl` for anything else."""
+    if url is None or url.strip() in ("", "memory:", ":memory:"):
+        return MemoryConfig()
+    text = url.strip()
+    head = _SCHEME.match(text)
+    if head is None:
+        # No scheme (or a Windows drive letter): a path to an SQLite file.
+        return SqliteConfig(text)
+    scheme = head[1].lower()
+    rest = text[head.end() :]
+    if not rest.startswith("//"):
+        raise BadStoreUrl(
+            f"{text!r}: a URL needs '//' after '{scheme}:' (a file path with a colon: ./{text})"
+        )
+    rest = rest[2:]
+    if scheme == "sqlite":
+        # sqlite:///relative and sqlite:////absolute, as SQLAlchemy spells them.
+        if not rest.startswith("/") or len(rest) < 2:
+            raise BadStoreUrl(
+                f"{text!r}: write sqlite:///relative/path or sqlite:////absolute/path"
+            )
+        return SqliteConfig(rest[1:].split("?", 1)[0])
+    if scheme in _POSTGRES:
+        return PostgresConfig(text)
+    raise BadStoreUrl(
+        f"{text!r}: unknown scheme {scheme!r}; use a file path, sqlite:///path or postgresql://..."
+    )
+
+
+@attrs.frozen
+class JournalSettings:
+    """Timing and size settings; the defaults fit Xsolla's rules (xsolla.md §5.5, §5.6)."""
+
+    lease: float = 60.0
+    """How long a claim's owner may work before another instance may take the key
+    over.  Well under Xsolla's first retry (5 min) and far over a handler that
+    answers within Xsolla's recommended 3 s."""
+    wait: float = 2.0
+    """How long a delivery waits for a busy key or a locked database before
+    answering 5xx: under Xsolla's 3 s, so a wait never turns into a timeout."""
+    retention: float = 14 * DAY
+    """How long claims and deliveries are kept: far past Xsolla's 12 h of retries."""
+    prune_every: float = 3600.0
+    """How often expired rows are deleted (in a background thread)."""
+    pool_size: int = 8
+    """Database connections per process (PostgreSQL) and worker threads for the journal."""
+
+    def __attrs_post_init__(self) -> None:
+        if not self.lease > 0:
+            raise JournalConfigError(f"lease must be positive, got {self.lease}")
+        if not self.wait >= 0:
+            raise JournalConfigError(f"wait must not be negative, got {self.wait}")
+        if not self.retention > self.lease:
+            raise JournalConfigError(
+                f"retention ({self.retention} s) must be longer than the lease ({self.lease} s)"
+            )
+        if not self.prune_every > 0:
+            raise JournalConfigError(f"prune_every must be positive, got {self.prune_every}")
+        if self.pool_size < 1:
+            raise JournalConfigError(f"pool_size must be at least 1, got {self.pool_size}")

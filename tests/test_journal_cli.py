@@ -1,0 +1,145 @@
+"""``orderfsm webhooks list|show|replay`` and ``webhook-server``'s start-up errors, as a user
+types them: real processes, a real journal."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from support_journal import on_databases, url_for
+from support_webhook import SECRET, order_paid, signed
+
+from transports.journal import open_journal
+from transports.webhook import WebhookReceiver
+
+TESTS = Path(__file__).resolve().parent
+
+
+def orderfsm(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "orderfsm", *args]
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+
+
+async def fill(url: str) -> None:
+    """Order 1 handled, order 2 failed once then handled, order 3 failed."""
+    failures = {2: 1, 3: 1}
+
+    async def handler(notification: object) -> None:
+        order_id = notification.order_id  # type: ignore[attr-defined]
+        if failures.get(order_id):
+            failures[order_id] -= 1
+            raise RuntimeError(f"the grant service is down for {order_id}")
+
+    async with open_journal(url) as journal:
+        receiver = WebhookReceiver(SECRET, handler, store=journal)
+        for order_id in (1, 2, 2, 3, 1):
+            await receiver.handle(signed(order_paid(order_id)), order_paid(order_id), "10.0.0.7")
+
+
+@on_databases
+def test_list_show_and_replay_say_what_the_journal_holds_and_did(
+    backend: str, tmp_path: Path
+) -> None:
+    url = url_for(backend, tmp_path)
+    anyio.run(fill, url)
+
+    listed = orderfsm("webhooks", "list", "--store", url)
+    assert listed.returncode == 0, listed.stderr
+    header, *rows = listed.stdout.splitlines()
+    assert header.split()[:3] == ["ID", "RECEIVED", "(UTC)"] and len(rows) == 5
+    failed = orderfsm("webhooks", "list", "--store", url, "--outcome", "failed", "--json")
+    lines = [json.loads(line) for line in failed.stdout.splitlines()]
+    assert [(d["order_id"], d["outcome"], d["status"]) for d in lines] == [
+        (3, "failed", 500),
+        (2, "failed", 500),
+    ]
+    only_1 = orderfsm("webhooks", "list", "--store", url, "--order", "1", "--json")
+    assert [json.loads(x)["outcome"] for x in only_1.stdout.splitlines()] == [
+        "duplicate",
+        "handled",
+    ]
+    future = orderfsm("webhooks", "list", "--store", url, "--since", "2999-01-01")
+    assert future.stdout == "" and "no deliveries" in future.stderr
+
+    shown = orderfsm("webhooks", "show", "--store", url, str(lines[0]["id"]))
+    assert shown.returncode == 0, shown.stderr
+    assert "the grant service is down for 3" in shown.stdout
+    assert "claim: released, attempt 1" in shown.stdout
+    assert '"id": 3' in shown.stdout and "Authorization: Signature " in shown.stdout
+    assert orderfsm("webhooks", "show", "--store", url, "999").returncode == 1
+
+    # Replay the failures: order 3 runs again (the default handler prints it);
+    # order 2 was handled since, and is skipped with the reason.
+    replayed = orderfsm(
+        "webhooks", "replay", "--store", url, "--secret", SECRET, "--outcome", "failed"
+    )
+    assert replayed.returncode == 0, replayed.stderr
+    printed = [json.loads(x) for x in replayed.stdout.splitlines() if x.startswith("{")]
+    said = [x for x in replayed.stdout.splitlines() if x.startswith("delivery")]
+    assert [p["order_id"] for p in printed] == [3]
+    assert said[0].endswith("replayed (its last attempt (1) failed): answered 204")
+    assert "skipped: already handled (answered 204, attempt 2); --force" in said[1]
+    assert "replayed 1 of 2" in replayed.stderr
+    again = orderfsm("webhooks", "replay", "--store", url, "--secret", SECRET, "--order", "3")
+    assert "skipped: already handled" in again.stdout and "replayed 0 of" in again.stderr
+    forced = orderfsm(
+        "webhooks", "replay", "--store", url, "--secret", SECRET, "--order", "3", "--force"
+    )
+    assert "forced): answered 204" in forced.stdout
+    wrong = orderfsm("webhooks", "replay", "--store", url, "--secret", "nope", "--order", "3")
+    assert "signature does not verify" in wrong.stdout
+
+
+@pytest.mark.parametrize(
+    ("store", "message"),
+    [
+        ("mysql://db/x", "unknown scheme 'mysql'"),
+        ("{tmp}/missing/j.sqlite3", "does not exist"),
+        ("{tmp}/corrupt.sqlite3", "not a database"),
+        ("postgresql://postgres@127.0.0.1:9/x", "cannot connect"),
+    ],
+)
+def test_start_up_problems_are_one_line_and_exit_2(
+    store: str, message: str, tmp_path: Path
+) -> None:
+    (tmp_path / "corrupt.sqlite3").write_bytes(b"not a database at all " * 100)
+    store = store.format(tmp=tmp_path)
+    for command in (
+        ["webhook-server", "--secret", "s", "--port", "0", "--store", store],
+        ["webhooks", "list", "--store", store],
+    ):
+        result = orderfsm(*command)
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+
+
+def test_a_handler_that_cannot_be_loaded_is_a_start_up_problem() -> None:
+    result = orderfsm("webhook-server", "--secret", "s", "--port", "0", "--handler", "nope:x")
+    assert result.returncode == 2 and "cannot load nope:x" in result.stderr
+
+
+def test_a_read_only_directory_is_a_start_up_problem(tmp_path: Path) -> None:
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    # Root writes through permission bits; the immutable flag stops even root.
+    root = os.geteuid() == 0
+    if root:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+    else:
+        folder.chmod(0o555)
+    try:
+        result = orderfsm(
+            "webhook-server", "--secret", "s", "--port", "0", "--store", str(folder / "j.db")
+        )
+    finally:
+        if root:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+    assert result.returncode == 2, result.stderr
+    assert "cannot write here" in result.stderr and result.stderr.count("\n") == 1

@@ -1,0 +1,383 @@
+"""The backends under the exactly-once path: leases, fencing, the schema, start-up errors,
+outages and pruning, on SQLite and PostgreSQL (and memory where it applies).
+
+The synchronous journal (what a WSGI view or a script uses) is driven here with a
+clock of the test's own, so a lease runs out without waiting for it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support_journal import (
+    BACKENDS,
+    connect,
+    is_postgres,
+    mark,
+    on_databases,
+    on_every_backend,
+    url_for,
+)
+from support_postgres import postgres_server
+from support_webhook import SECRET, order_paid, signed
+
+from orderfsm.errors import (
+    JournalCorrupt,
+    JournalOpenFailed,
+    JournalUnavailable,
+    SchemaTooNew,
+)
+from orderfsm.journal import (
+    SCHEMA_VERSION,
+    Answer,
+    Claim,
+    ClaimState,
+    JournalSettings,
+    NewDelivery,
+    Outcome,
+    Reply,
+    may_take,
+    take,
+)
+from transports.journal import SyncJournal, Taken, open_journal, store_for
+from transports.webhook import WebhookReceiver
+
+OK = Answer(204)
+BUSY = Answer(500, b"busy")
+
+
+class Clock:
+    """Real time passing, plus whatever the test adds to ``now`` to skip ahead."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.start = start
+        self.began = time.monotonic()
+        self.skipped = 0.0
+
+    @property
+    def now(self) -> float:
+        return self.start + self.skipped + (time.monotonic() - self.began)
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self.skipped += value - self.now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def sync_journal(url: str, clock: Clock, **settings: float) -> SyncJournal:
+    config = JournalSettings(**{"lease": 10.0, "wait": 0.3, **settings})  # type: ignore[arg-type]
+    journal = SyncJournal(store_for(url, config), config, clock=clock)
+    journal.open()
+    return journal
+
+
+_ids = itertools.count(1)
+
+
+def delivery(order_id: int, clock: Clock) -> NewDelivery:
+    body = order_paid(order_id)
+    return NewDelivery(
+        "order_paid", f"order_paid:{order_id}", order_id, body, (), "test", clock.now
+    )
+
+
+@on_every_backend
+def test_an_abandoned_claim_is_taken_over_after_its_lease_and_its_owner_is_fenced(
+    backend: str, tmp_path: Path
+) -> None:
+    url = url_for(backend, tmp_path)
+    clock = Clock()
+    first = sync_journal(url, clock)
+    second = first if backend == "memory" else sync_journal(url, clock)
+    try:
+        taken = first.begin(delivery(1, clock), BUSY)
+        assert isinstance(taken, Taken) and taken.attempt == 1
+        # The owner goes quiet (dies, or hangs).  Within its lease a duplicate waits, then 5xx.
+        clock.now += 5
+        assert second.begin(delivery(1, clock), BUSY) == Reply(BUSY)
+        clock.now += 6  # the lease ran out: judged from the row, no sweeper
+        again = second.begin(delivery(1, clock), BUSY)
+        assert isinstance(again, Taken) and again.attempt == 2
+        # The old owner comes back: its answer is refused; it repeats the newer one
+        # once there is one, and asks for a retry before.
+        assert first.settle(taken, Answer(202), None, BUSY) == BUSY
+        assert second.settle(again, OK, None, BUSY) == OK
+        assert first.settle(taken, Answer(202), None, BUSY) == OK
+        assert second.begin(delivery(1, clock), BUSY) == Reply(OK)
+        outcomes = [d.outcome for d in first.deliveries()]
+        assert outcomes.count(Outcome.FENCED) == 1 and outcomes.count(Outcome.HANDLED) == 1
+        assert outcomes.count(Outcome.BUSY) == 1
+    finally:
+        first.close()
+        if second is not first:
+            second.close()
+
+
+@st.composite
+def rows(draw: st.DrawFn) -> Claim:
+    state = draw(st.sampled_from(ClaimState))
+    answer = Answer(draw(st.sampled_from([204, 400]))) if state is ClaimState.ANSWERED else None
+    lease_until = draw(st.floats(0, 100, allow_nan=False))
+    return Claim("k", draw(st.integers(1, 9)), state, "o", lease_until, 0.0, None, answer)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_sql_takes_a_key_exactly_when_the_pure_decision_says(
+    backend: str, tmp_path: Path
+) -> None:
+    url = url_for(backend, tmp_path)
+    clock = Clock()
+    journal = sync_journal(url, clock)
+    db = connect(url)
+    m = mark(url)
+    insert = (
+        "INSERT INTO orderfsm_claims (key, attempt, state, owner, lease_until, claimed_at, "
+        f"answered_at, status, body, content_type) VALUES ({', '.join([m] * 10)})"
+    )
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(prior=st.none() | rows(), now=st.floats(0, 100, allow_nan=False))
+    def agree(prior: Claim | None, now: float) -> None:
+        key = f"order_paid:{next(_ids)}"
+        if prior is not None:
+            answer = prior.answer
+            db.execute(
+                insert,
+                (key, prior.attempt, prior.state.value, "o", prior.lease_until, 0.0, None,
+                 None if answer is None else answer.status, None if answer is None else b"",
+                 None),
+            )  # fmt: skip
+        new = NewDelivery("order_paid", key, 1, b"{}", (), None, now)
+        claimed = journal.store.claim(new, "me", now, 5.0, 10**9)
+        assert (claimed.attempt is not None) == may_take(prior, now)
+        if claimed.attempt is not None:
+            assert claimed.attempt == take(prior, key, "me", now, 5.0).attempt
+
+    try:
+        agree()
+    finally:
+        db.close()
+        journal.close()
+
+
+@on_databases
+def test_a_newer_schema_refuses_to_start(backend: str, tmp_path: Path) -> None:
+    url = url_for(backend, tmp_path)
+    sync_journal(url, Clock()).close()
+    db = connect(url)
+    db.execute(f"UPDATE orderfsm_schema SET version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(SchemaTooNew, match="upgrade orderfsm"):
+        sync_journal(url, Clock())
+
+
+@on_databases
+def test_concurrent_first_starts_create_the_schema_once(backend: str, tmp_path: Path) -> None:
+    url = url_for(backend, tmp_path)
+    errors: list[BaseException] = []
+    journals: list[SyncJournal] = []
+    start = threading.Barrier(6)
+
+    def open_one() -> None:
+        try:
+            start.wait()
+            journals.append(sync_journal(url, Clock()))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for journal in journals:
+        journal.close()
+    assert errors == [] and len(journals) == 6
+    db = connect(url)
+    assert db.execute("SELECT version FROM orderfsm_schema").fetchall() == [(SCHEMA_VERSION,)]
+    db.close()
+
+
+def test_sqlite_start_up_problems_are_typed_and_say_what_is_wrong(tmp_path: Path) -> None:
+    with pytest.raises(JournalOpenFailed, match="does not exist"):
+        sync_journal(str(tmp_path / "missing" / "j.db"), Clock())
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this is not a database, but a text file of some length" * 100)
+    with pytest.raises(JournalCorrupt, match="not a database"):
+        sync_journal(str(corrupt), Clock())
+
+
+def test_postgres_start_up_problems_are_typed_and_say_what_is_wrong() -> None:
+    server = postgres_server()
+    with pytest.raises(JournalOpenFailed, match="cannot connect"):
+        sync_journal(f"postgresql://postgres@127.0.0.1:{_closed_port()}/postgres", Clock())
+    stranger = f"postgresql://stranger:wrong@127.0.0.1:{server.port}/postgres"
+    with pytest.raises(JournalOpenFailed, match="stranger") as caught:
+        sync_journal(stranger, Clock())
+    assert "wrong" not in str(caught.value)  # the password never shows
+
+
+def _closed_port() -> int:
+    from support_postgres import free_port
+
+    return free_port()
+
+
+def test_an_old_sqlite_store_file_is_adopted(tmp_path: Path) -> None:
+    path = tmp_path / "seen.sqlite"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE webhook_answers (key TEXT PRIMARY KEY, status INTEGER NOT NULL, "
+        "body BLOB NOT NULL, content_type TEXT, stored_at REAL NOT NULL)"
+    )
+    old.execute("INSERT INTO webhook_answers VALUES ('order_paid:5', 204, x'', NULL, 1.0)")
+    old.commit()
+    old.close()
+    clock = Clock()
+    journal = sync_journal(str(path), clock)
+    try:
+        assert journal.begin(delivery(5, clock), BUSY) == Reply(OK)
+    finally:
+        journal.close()
+
+
+@on_every_backend
+def test_pruning_forgets_what_is_older_than_the_retention(backend: str, tmp_path: Path) -> None:
+    url = url_for(backend, tmp_path)
+    clock = Clock()
+    journal = sync_journal(url, clock, retention=100.0, lease=10.0)
+    try:
+        old = journal.begin(delivery(1, clock), BUSY)
+        assert isinstance(old, Taken)
+        journal.settle(old, OK, None, BUSY)
+        held = journal.begin(delivery(2, clock), BUSY)  # never settled: held until its lease
+        clock.now += 50
+        young = journal.begin(delivery(3, clock), BUSY)
+        assert isinstance(young, Taken) and isinstance(held, Taken)
+        journal.settle(young, OK, None, BUSY)
+        clock.now += 60
+        assert journal.prune() == (2, 2)  # 1 (answered) and 2 (lease long gone), with deliveries
+        assert sorted(journal.claims(["order_paid:1", "order_paid:2", "order_paid:3"])) == [
+            "order_paid:3"
+        ]
+        assert [d.order_id for d in journal.deliveries()] == [3]
+    finally:
+        journal.close()
+
+
+# --- outages: 5xx within the wait, no hang, recovery by itself --------------------------
+
+
+@pytest.mark.anyio
+async def test_a_sqlite_file_locked_by_another_program_answers_5xx_then_recovers(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "journal.sqlite3"
+    handled: list[int] = []
+
+    async def handler(notification: object) -> None:
+        handled.append(1)
+
+    settings_ = JournalSettings(wait=0.3)
+    async with open_journal(path, settings_) as journal:
+        receiver = WebhookReceiver(SECRET, handler, store=journal)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")  # another program holds the write lock
+        start = anyio.current_time()
+        locked = [await receiver.handle(signed(order_paid(i)), order_paid(i)) for i in (1, 2)]
+        elapsed = anyio.current_time() - start
+        other.execute("ROLLBACK")
+        other.close()
+        after = [await receiver.handle(signed(order_paid(i)), order_paid(i)) for i in (1, 2)]
+    assert [a.status for a in locked] == [500, 500] and elapsed < 2.0
+    assert [a.status for a in after] == [204, 204] and len(handled) == 2
+
+
+@pytest.mark.anyio
+async def test_postgres_stopped_answers_5xx_and_the_journal_recovers_by_itself(
+    tmp_path: Path,
+) -> None:
+    server = postgres_server()
+    url = server.url()
+    handled: list[int] = []
+
+    async def handler(notification: object) -> None:
+        handled.append(1)
+
+    async with open_journal(url, JournalSettings(wait=0.5)) as journal:
+        receiver = WebhookReceiver(SECRET, handler, store=journal)
+        assert (await receiver.handle(signed(order_paid(1)), order_paid(1))).status == 204
+        await anyio.to_thread.run_sync(server.stop)
+        try:
+            start = anyio.current_time()
+            down = [await receiver.handle(signed(order_paid(i)), order_paid(i)) for i in (2, 3)]
+            elapsed = anyio.current_time() - start
+        finally:
+            await anyio.to_thread.run_sync(server.start)
+        assert [a.status for a in down] == [500, 500] and elapsed < 4.0
+        with anyio.fail_after(30):  # as Xsolla would: retry until answered 2xx
+            for _ in itertools.count():
+                if (await receiver.handle(signed(order_paid(2)), order_paid(2))).status == 204:
+                    break
+                await anyio.sleep(0.1)
+        assert (await receiver.handle(signed(order_paid(3)), order_paid(3))).status == 204
+    assert len(handled) == 3
+
+
+@pytest.mark.anyio
+async def test_a_receiver_whose_database_is_down_at_start_answers_5xx_then_opens(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "later"
+    receiver = WebhookReceiver(SECRET, store=missing / "journal.sqlite3")
+    try:
+        assert (await receiver.handle(signed(order_paid(1)), order_paid(1))).status == 500
+        missing.mkdir()
+        assert (await receiver.handle(signed(order_paid(1)), order_paid(1))).status == 204
+    finally:
+        await receiver.aclose()
+
+
+def test_the_store_errors_are_journal_errors() -> None:
+    assert issubclass(JournalUnavailable, Exception)
+    assert is_postgres("postgresql://x") and not is_postgres("x.db")
+
+
+@on_databases
+def test_an_extra_write_commits_with_the_claim_or_not_at_all(backend: str, tmp_path: Path) -> None:
+    """What the tracker will use to record an order's status in the webhook's claim."""
+    url = url_for(backend, tmp_path)
+    db = connect(url)
+    db.execute("CREATE TABLE statuses (order_id BIGINT, status TEXT)")
+    insert = f"INSERT INTO statuses VALUES ({mark(url)}, 'paid')"
+    clock = Clock()
+    journal = sync_journal(url, clock)
+    try:
+
+        def record(connection: object, claimed: object) -> None:
+            connection.execute(insert, (1,))  # type: ignore[attr-defined]
+
+        taken = journal.begin(delivery(1, clock), BUSY, also=record)
+        assert isinstance(taken, Taken)
+
+        def broken(connection: object, claimed: object) -> None:
+            connection.execute(insert, (2,))  # type: ignore[attr-defined]
+            raise RuntimeError("the status could not be written")
+
+        with pytest.raises(RuntimeError):
+            journal.begin(delivery(2, clock), BUSY, also=broken)
+        assert db.execute("SELECT order_id FROM statuses").fetchall() == [(1,)]
+        assert sorted(journal.claims(["order_paid:1", "order_paid:2"])) == ["order_paid:1"]
+    finally:
+        journal.close()
+        db.close()

@@ -1,0 +1,305 @@
+"""What every journal backend provides: a handful of synchronous, thread-safe operations.
+
+Each operation is one short unit of work on the database (one transaction,
+often one statement).  They are plain synchronous code on a DB-API
+connection, so the async journal drives them through worker threads on
+asyncio and trio alike, and synchronous callers (a WSGI view, a script) call
+them directly.  The decisions they carry out are in ``orderfsm.journal``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import attrs
+
+from orderfsm.journal import (
+    Answer,
+    Claim,
+    ClaimState,
+    Delivery,
+    DeliveryFilter,
+    NewDelivery,
+    Outcome,
+)
+
+
+@attrs.frozen
+class Claimed:
+    """What trying to claim a delivery's key gave."""
+
+    delivery_id: int
+    attempt: int | None
+    """The attempt number taken, or ``None`` when someone else has the key."""
+    claim: Claim | None
+    """When not taken: the row as it was seen (``None`` if it could not be seen yet)."""
+    busy: bool = False
+    """The key's row was locked by another transaction past the wait (PostgreSQL)."""
+
+
+Also = Callable[[Any, Claimed], None]
+"""An extra write in the claim's own transaction, given the connection (``None`` in
+memory) and what the claim gave: the tracker records an order's status from a
+webhook this way, so the status and the claim commit together."""
+
+Work = Callable[[Any, int], tuple[Answer, str | None]]
+"""The transactional handler's part: given the open connection and the attempt,
+returns the answer and an error text; the writes are kept only with a 2xx."""
+
+
+@attrs.frozen
+class Worked:
+    """What running work inside the claim's transaction gave."""
+
+    delivery_id: int
+    answer: Answer | None
+    """The answer recorded (2xx, 4xx) or given (5xx); ``None`` when the key was not taken."""
+    claim: Claim | None = None
+    """When not taken: the row as seen, for :func:`orderfsm.journal.judge`."""
+    busy: bool = False
+    """The key's row was locked by another transaction past the wait (PostgreSQL)."""
+
+
+class Store(Protocol):
+    """One backend.  Every method may raise :class:`~orderfsm.errors.JournalUnavailable`."""
+
+    display: str
+    kind: str
+    """``memory``, ``sqlite`` or ``postgresql``."""
+    blocking: bool
+    """Whether calls wait on I/O (run them in a worker thread) or not (memory)."""
+    threads: int
+    """How many calls may usefully run at once (the connection pool's size)."""
+
+    def open(self) -> None:
+        """Connect and create or migrate the schema; raises ``JournalOpenFailed`` subclasses."""
+
+    def close(self) -> None: ...
+
+    def claim(
+        self,
+        delivery: NewDelivery,
+        owner: str,
+        now: float,
+        lease: float,
+        deadline: float,
+        logged: int | None = None,
+        also: Also | None = None,
+    ) -> Claimed:
+        """Record the delivery and try to take its key (insert first, never check first).
+
+        A delivery without a key is only recorded (``attempt`` 0: it always
+        runs).  When the key is answered, the delivery is recorded as a
+        duplicate with the stored answer in the same transaction.  ``logged``
+        is the id of this delivery's record when it tries again after waiting.
+        ``also`` runs in the same transaction; if it raises, nothing is kept.
+        """
+
+    def read_claim(self, key: str, deadline: float) -> Claim | None: ...
+
+    def settle(
+        self,
+        key: str | None,
+        attempt: int,
+        answer: Answer,
+        delivery_id: int,
+        error: str | None,
+        now: float,
+        deadline: float,
+    ) -> bool:
+        """Record the answer of ``attempt`` (or release the key on a 5xx), fenced.
+
+        Returns False, and changes nothing of the claim, when a newer
+        attempt took the key over.
+        """
+
+    def finish(
+        self,
+        delivery_id: int,
+        answer: Answer,
+        outcome: Outcome,
+        error: str | None,
+        now: float,
+        deadline: float,
+    ) -> None:
+        """Write what became of a delivery that did not (or no longer) own its key."""
+
+    def run_in_claim(
+        self,
+        delivery: NewDelivery,
+        work: Work,
+        owner: str,
+        now: float,
+        lease: float,
+        deadline: float,
+        logged: int | None = None,
+    ) -> Worked:
+        """Claim, run ``work`` and record its answer in one transaction.
+
+        Whatever instant the process dies, the application's writes and the
+        answer are both committed or neither.  A failed work's delivery is
+        still recorded, in a transaction of its own.
+        """
+
+    def reopen(self, key: str, attempt: int, deadline: float) -> bool:
+        """Release an answered claim for a forced replay, if ``attempt`` still holds it."""
+
+    def deliveries(self, selection: DeliveryFilter, deadline: float) -> list[Delivery]: ...
+
+    def delivery(self, delivery_id: int, deadline: float) -> Delivery | None: ...
+
+    def claims(self, keys: Sequence[str], deadline: float) -> dict[str, Claim]: ...
+
+    def prune(self, cutoff: float, deadline: float) -> tuple[int, int]:
+        """Delete claims and deliveries older than ``cutoff``; returns how many of each."""
+
+
+# --- SQL shared by the SQL backends -------------------------------------------------
+
+_TYPES = {
+    "sqlite": {"real": "REAL", "blob": "BLOB", "bigint": "INTEGER", "bool": "INTEGER",
+               "false": "0", "identity": "INTEGER PRIMARY KEY"},
+    "postgresql": {"real": "DOUBLE PRECISION", "blob": "BYTEA", "bigint": "BIGINT",
+                   "bool": "BOOLEAN", "false": "FALSE",
+                   "identity": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"},
+}  # fmt: skip
+
+_SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS orderfsm_schema (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        version INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS orderfsm_claims (
+        key TEXT PRIMARY KEY,
+        attempt INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        lease_until {real} NOT NULL,
+        claimed_at {real} NOT NULL,
+        answered_at {real},
+        status INTEGER,
+        body {blob},
+        content_type TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS orderfsm_claims_claimed ON orderfsm_claims (claimed_at)",
+    """CREATE TABLE IF NOT EXISTS orderfsm_deliveries (
+        id {identity},
+        kind TEXT NOT NULL,
+        key TEXT,
+        order_id {bigint},
+        body {blob} NOT NULL,
+        headers TEXT NOT NULL,
+        peer TEXT,
+        received_at {real} NOT NULL,
+        attempt INTEGER,
+        status INTEGER,
+        outcome TEXT,
+        error TEXT,
+        finished_at {real},
+        replay {bool} NOT NULL DEFAULT {false}
+    )""",
+    "CREATE INDEX IF NOT EXISTS orderfsm_deliveries_received ON orderfsm_deliveries (received_at)",
+    "CREATE INDEX IF NOT EXISTS orderfsm_deliveries_order ON orderfsm_deliveries (order_id)",
+]
+
+
+def schema(dialect: str) -> list[str]:
+    """The tables of schema version 1, in ``sqlite`` or ``postgresql`` types."""
+    return [statement.format(**_TYPES[dialect]) for statement in _SCHEMA]
+
+
+PRUNE_CLAIMS = """
+DELETE FROM orderfsm_claims
+WHERE claimed_at < {m}
+  AND (CASE WHEN state = 'running' THEN lease_until
+       ELSE coalesce(answered_at, claimed_at) END) < {m}
+"""
+"""Mirrors :func:`orderfsm.journal.prunable` (answered_at, when set, is never before claimed_at)."""
+
+_FILTERS: tuple[tuple[str, Callable[[DeliveryFilter], Any]], ...] = (
+    ("order_id = {m}", lambda s: s.order_id),
+    ("kind = {m}", lambda s: s.kind),
+    ("outcome = {m}", lambda s: None if s.outcome is None else s.outcome.value),
+    ("received_at >= {m}", lambda s: s.since),
+    ("received_at < {m}", lambda s: s.until),
+)
+
+
+def filter_sql(selection: DeliveryFilter, mark: str) -> tuple[str, list[Any]]:
+    """The WHERE clause of a delivery listing (the same test as the memory backend's)."""
+    where = [c.format(m=mark) for c, value in _FILTERS if value(selection) is not None]
+    args = [value(selection) for _, value in _FILTERS if value(selection) is not None]
+    if selection.unfinished:
+        where.append("outcome IS NULL")
+    return (" WHERE " + " AND ".join(where)) if where else "", args
+
+
+# --- rows <-> records, shared by the SQL backends ---------------------------------------
+
+CLAIM_COLUMNS = (
+    "key, attempt, state, owner, lease_until, claimed_at, answered_at, status, body, content_type"
+)
+DELIVERY_COLUMNS = (
+    "id, kind, key, order_id, body, headers, peer, received_at, attempt, status, outcome, "
+    "error, finished_at, replay"
+)
+
+
+def claim_from_row(row: Sequence[Any] | None) -> Claim | None:
+    if row is None or row[0] is None:
+        return None
+    key, attempt, state, owner, lease_until, claimed_at, answered_at, status, body, ctype = row
+    answer = Answer(int(status), bytes(body or b""), ctype) if status is not None else None
+    return Claim(
+        key,
+        int(attempt),
+        ClaimState(state),
+        owner,
+        float(lease_until),
+        float(claimed_at),
+        None if answered_at is None else float(answered_at),
+        answer,
+    )
+
+
+def delivery_from_row(row: Sequence[Any]) -> Delivery:
+    (ident, kind, key, order_id, body, headers, peer, received_at, attempt, status, outcome) = row[
+        :11
+    ]
+    error, finished_at, replay = row[11:14]
+    return Delivery(
+        id=int(ident),
+        kind=kind,
+        key=key,
+        order_id=None if order_id is None else int(order_id),
+        body=bytes(body),
+        headers=decode_headers(headers),
+        peer=peer,
+        received_at=float(received_at),
+        attempt=None if attempt is None else int(attempt),
+        status=None if status is None else int(status),
+        outcome=None if outcome is None else Outcome(outcome),
+        error=error,
+        finished_at=None if finished_at is None else float(finished_at),
+        replay=bool(replay),
+    )
+
+
+def encode_headers(headers: Sequence[tuple[str, str]]) -> str:
+    return json.dumps([list(pair) for pair in headers])
+
+
+def decode_headers(text: str) -> tuple[tuple[str, str], ...]:
+    return tuple((str(name), str(value)) for name, value in json.loads(text))
+
+
+MAX_ERROR_TEXT = 8000
+"""Error texts (tracebacks) are cut to this many characters."""
+
+
+def error_text(error: str | None) -> str | None:
+    if error is None or len(error) <= MAX_ERROR_TEXT:
+        return error
+    return error[: MAX_ERROR_TEXT // 2] + "\n...\n" + error[-MAX_ERROR_TEXT // 2 :]

@@ -1,0 +1,298 @@
+"""The journal's exactly-once path, written once as synchronous steps over a store.
+
+:class:`SyncJournal` is what a synchronous caller (a WSGI view, a script, the
+CLI) uses directly; :class:`~transports.journal.journal.Journal` drives the
+same steps from asyncio or trio, running each store call in a worker thread
+and each wait on the event loop.  The steps are generators that yield the
+seconds to wait, so neither side copies the logic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Generator, Sequence
+from typing import TypeVar
+
+import attrs
+
+from orderfsm.journal import (
+    Answer,
+    Busy,
+    Claim,
+    Delivery,
+    DeliveryFilter,
+    JournalSettings,
+    NewDelivery,
+    Outcome,
+    Reply,
+    TryAgain,
+    Wait,
+    after_fencing,
+    judge,
+    prune_cutoff,
+    prune_due,
+)
+from transports.journal.base import Also, Store, Work
+
+logger = logging.getLogger("orderfsm.journal")
+
+T = TypeVar("T")
+
+
+@attrs.frozen
+class Taken:
+    """This delivery owns its key as ``attempt``: run the handler, then :meth:`settle`."""
+
+    key: str | None
+    attempt: int
+    delivery_id: int
+
+
+@attrs.frozen
+class Ran:
+    """The transactional handler ran as the key's owner and this is its answer."""
+
+    answer: Answer
+
+
+def new_owner() -> str:
+    """Names this process in the claims it takes (informative only)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class SyncJournal:
+    """The exactly-once steps on one store; thread-safe."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: JournalSettings | None = None,
+        *,
+        owner: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.settings = settings or JournalSettings()
+        self.owner = owner or new_owner()
+        self.clock = clock
+        self._open_lock = threading.Lock()
+        self._opened = False
+        self._closed = False
+        self._last_pruned: float | None = None
+        self._pruner: threading.Thread | None = None
+
+    @property
+    def display(self) -> str:
+        return self.store.display
+
+    # --- life ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Connect and create or migrate the schema; idempotent."""
+        if self._opened:
+            return
+        with self._open_lock:
+            if not self._opened:
+                self.store.open()
+                self._opened = True
+                self._last_pruned = None
+
+    def close(self) -> None:
+        self._closed = True
+        pruner = self._pruner
+        if pruner is not None:
+            pruner.join(timeout=self.settings.wait * 4)
+        with self._open_lock:
+            self.store.close()
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.settings.wait
+
+    # --- the plain handler's path: begin, (handler), settle --------------------------------
+
+    def begin_steps(
+        self, delivery: NewDelivery, busy: Answer, also: Also | None = None
+    ) -> Generator[float, None, Taken | Reply]:
+        """Claim the delivery's key or wait for its owner: ends :class:`Taken` or answered."""
+        self.open()
+        deadline = self.clock() + self.settings.wait
+        logged: int | None = None
+        while True:
+            now = self.clock()
+            claimed = self.store.claim(
+                delivery, self.owner, now, self.settings.lease, self._deadline(), logged, also
+            )
+            if claimed.attempt is not None:
+                return Taken(delivery.key, claimed.attempt, claimed.delivery_id)
+            if claimed.claim is not None and claimed.claim.answer is not None:
+                return Reply(claimed.claim.answer)  # recorded as a duplicate already
+            logged = claimed.delivery_id
+            if claimed.busy:
+                self.store.finish(logged, busy, Outcome.BUSY, None, self.clock(), self._deadline())
+                return Reply(busy)
+            assert delivery.key is not None
+            outcome = yield from self._await_key(
+                delivery.key, claimed.claim, logged, deadline, busy
+            )
+            if outcome is not None:
+                return outcome
+
+    def _await_key(
+        self, key: str, claim: Claim | None, logged: int, deadline: float, busy: Answer
+    ) -> Generator[float, None, Reply | None]:
+        """Wait for the owner of ``key``; ``None`` means the key may be taken now."""
+        polls = 0
+        while True:
+            verdict = judge(claim, self.clock(), deadline, polls)
+            if isinstance(verdict, TryAgain):
+                return None
+            if isinstance(verdict, Reply):
+                self.store.finish(
+                    logged, verdict.answer, Outcome.DUPLICATE, None, self.clock(), self._deadline()
+                )
+                return verdict
+            if isinstance(verdict, Busy):
+                self.store.finish(logged, busy, Outcome.BUSY, None, self.clock(), self._deadline())
+                return Reply(busy)
+            assert isinstance(verdict, Wait)
+            yield verdict.delay
+            polls += 1
+            claim = self.store.read_claim(key, self._deadline())
+
+    def settle(self, taken: Taken, answer: Answer, error: str | None, busy: Answer) -> Answer:
+        """Record the handler's answer (or release the key on 5xx); returns the answer to give."""
+        recorded = self.store.settle(
+            taken.key,
+            taken.attempt,
+            answer,
+            taken.delivery_id,
+            error,
+            self.clock(),
+            self._deadline(),
+        )
+        self._maybe_prune()
+        if recorded or taken.key is None:
+            return answer
+        logger.warning(
+            "attempt %d of %s was taken over before it answered", taken.attempt, taken.key
+        )
+        verdict = after_fencing(self.store.read_claim(taken.key, self._deadline()))
+        final = verdict.answer if isinstance(verdict, Reply) else busy
+        if final != answer:
+            self.store.finish(
+                taken.delivery_id, final, Outcome.FENCED, error, self.clock(), self._deadline()
+            )
+        return final
+
+    # --- the transactional handler's path ------------------------------------------------
+
+    def run_steps(
+        self, delivery: NewDelivery, work: Work, busy: Answer
+    ) -> Generator[float, None, Ran | Reply]:
+        """Claim, run ``work`` on the open connection and record, in one transaction."""
+        self.open()
+        deadline = self.clock() + self.settings.wait
+        logged: int | None = None
+        while True:
+            worked = self.store.run_in_claim(
+                delivery,
+                work,
+                self.owner,
+                self.clock(),
+                self.settings.lease,
+                self._deadline(),
+                logged,
+            )
+            if worked.answer is not None:
+                self._maybe_prune()
+                return Ran(worked.answer)
+            if worked.claim is not None and worked.claim.answer is not None:
+                return Reply(worked.claim.answer)  # recorded as a duplicate already
+            logged = worked.delivery_id
+            if worked.busy:
+                self.store.finish(logged, busy, Outcome.BUSY, None, self.clock(), self._deadline())
+                return Reply(busy)
+            assert delivery.key is not None
+            outcome = yield from self._await_key(delivery.key, worked.claim, logged, deadline, busy)
+            if outcome is not None:
+                return outcome
+
+    # --- reading, replaying, pruning ------------------------------------------------------
+
+    def deliveries(self, selection: DeliveryFilter | None = None) -> list[Delivery]:
+        self.open()
+        return self.store.deliveries(selection or DeliveryFilter(), self._deadline())
+
+    def delivery(self, delivery_id: int) -> Delivery | None:
+        self.open()
+        return self.store.delivery(delivery_id, self._deadline())
+
+    def claims(self, keys: Sequence[str]) -> dict[str, Claim]:
+        self.open()
+        return self.store.claims(keys, self._deadline())
+
+    def reopen(self, key: str, attempt: int) -> bool:
+        self.open()
+        return self.store.reopen(key, attempt, self._deadline())
+
+    def prune(self) -> tuple[int, int]:
+        """Delete what is older than the retention now; returns (claims, deliveries) deleted."""
+        self.open()
+        now = self.clock()
+        self._last_pruned = now
+        cutoff = prune_cutoff(now, self.settings.retention)
+        return self.store.prune(cutoff, time.monotonic() + 60.0)
+
+    def _maybe_prune(self) -> None:
+        """Start a background prune when one is due; never on the answer's path."""
+        now = self.clock()
+        if self._closed or not prune_due(self._last_pruned, now, self.settings.prune_every):
+            return
+        if self._pruner is not None and self._pruner.is_alive():
+            return
+        self._last_pruned = now
+
+        def prune() -> None:
+            try:
+                claims, deliveries = self.prune()
+                if claims or deliveries:
+                    logger.info("pruned %d claims and %d deliveries", claims, deliveries)
+            except Exception:
+                logger.exception("pruning the journal failed; it is tried again later")
+
+        self._pruner = threading.Thread(target=prune, name="orderfsm-journal-prune", daemon=True)
+        self._pruner.start()
+
+    # --- synchronous drivers ---------------------------------------------------------------
+
+    def begin(self, delivery: NewDelivery, busy: Answer, also: Also | None = None) -> Taken | Reply:
+        return drive(self.begin_steps(delivery, busy, also))
+
+    def run(self, delivery: NewDelivery, work: Work, busy: Answer) -> Ran | Reply:
+        return drive(self.run_steps(delivery, work, busy))
+
+
+def drive(steps: Generator[float, None, T]) -> T:
+    """Run steps to the end in this thread, sleeping where they wait."""
+    try:
+        delay = next(steps)
+        while True:
+            time.sleep(delay)
+            delay = steps.send(None)
+    except StopIteration as stop:
+        result: T = stop.value
+        return result
+
+
+def advance(steps: Generator[float, None, T]) -> tuple[bool, float | T]:
+    """One step: ``(False, seconds to wait)`` or ``(True, result)`` (StopIteration must not
+    cross a thread or a future)."""
+    try:
+        return False, next(steps)
+    except StopIteration as stop:
+        return True, stop.value

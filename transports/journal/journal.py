@@ -1,0 +1,149 @@
+"""The journal on an event loop: the synchronous steps, driven from asyncio or trio.
+
+Each store call runs in a worker thread (``anyio.to_thread``, with a limiter
+the size of the connection pool) and each wait is an ``anyio.sleep`` on the
+loop, so both loops run the same code and nothing blocks the loop.  The
+in-memory store does no I/O and is called inline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import sniffio
+
+from orderfsm.errors import JournalUnavailable
+from orderfsm.journal import (
+    Answer,
+    Claim,
+    Delivery,
+    DeliveryFilter,
+    JournalSettings,
+    NewDelivery,
+    Reply,
+)
+from transports.journal.base import Also, Store, Work
+from transports.journal.core import Ran, SyncJournal, Taken, advance
+
+T = TypeVar("T")
+
+
+class Journal:
+    """A journal for async code; ``journal.sync`` is the same journal for synchronous code."""
+
+    def __init__(
+        self, store: Store, settings: JournalSettings | None = None, *, owner: str | None = None
+    ) -> None:
+        self.sync = SyncJournal(store, settings, owner=owner)
+        self._limiters: dict[str, tuple[anyio.CapacityLimiter, anyio.CapacityLimiter]] = {}
+
+    @property
+    def store(self) -> Store:
+        return self.sync.store
+
+    @property
+    def settings(self) -> JournalSettings:
+        return self.sync.settings
+
+    @property
+    def display(self) -> str:
+        """The store's URL, without its password."""
+        return self.sync.display
+
+    def __repr__(self) -> str:
+        return f"Journal({self.display!r})"
+
+    async def _call(self, function: Callable[..., T], *args: Any) -> T:
+        """Run ``function`` in a worker thread, waiting at most ``wait`` for one.
+
+        The wait for a thread is bounded (an outage must not queue deliveries
+        behind each other past their answer); once started, a call runs to
+        its end, so what it did (a claim taken) is never lost to a cancel.
+        """
+        if not self.store.blocking:
+            return function(*args)
+        backend = sniffio.current_async_library()
+        limiters = self._limiters.get(backend)
+        if limiters is None:
+            size = self.store.threads
+            limiters = self._limiters[backend] = (
+                anyio.CapacityLimiter(size),
+                anyio.CapacityLimiter(size),
+            )
+        gate, threads = limiters
+        try:
+            gate.acquire_nowait()  # the common case: a thread is free, no timer needed
+        except anyio.WouldBlock:
+            acquired = False
+            with anyio.move_on_after(self.settings.wait):
+                await gate.acquire()
+                acquired = True
+            if not acquired:
+                raise JournalUnavailable(
+                    f"{self.display}: every journal thread stayed busy"
+                ) from None
+        try:
+            return await anyio.to_thread.run_sync(function, *args, limiter=threads)
+        finally:
+            gate.release()
+
+    async def _drive(self, steps: Generator[float, None, T]) -> T:
+        while True:
+            done, value = await self._call(advance, steps)
+            if done:
+                result: T = value  # type: ignore[assignment]
+                return result
+            assert isinstance(value, float)
+            await anyio.sleep(value)
+
+    async def open(self) -> None:
+        """Connect and create or migrate the schema (idempotent); raises a typed error."""
+        await self._call(self.sync.open)
+
+    async def aclose(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self._call(self.sync.close)
+
+    async def __aenter__(self) -> Journal:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def begin(
+        self, delivery: NewDelivery, busy: Answer, also: Also | None = None
+    ) -> Taken | Reply:
+        """Claim the key, or wait (on the loop) for its owner's answer; see :class:`SyncJournal`."""
+        return await self._drive(self.sync.begin_steps(delivery, busy, also))
+
+    async def settle(self, taken: Taken, answer: Answer, error: str | None, busy: Answer) -> Answer:
+        return await self._call(self.sync.settle, taken, answer, error, busy)
+
+    async def run(self, delivery: NewDelivery, work: Work, busy: Answer) -> Ran | Reply:
+        """Claim, run ``work`` (a worker thread, the transaction open) and record, atomically."""
+        return await self._drive(self.sync.run_steps(delivery, work, busy))
+
+    async def deliveries(self, selection: DeliveryFilter | None = None) -> list[Delivery]:
+        return await self._call(self.sync.deliveries, selection)
+
+    async def delivery(self, delivery_id: int) -> Delivery | None:
+        return await self._call(self.sync.delivery, delivery_id)
+
+    async def claims(self, keys: Sequence[str]) -> dict[str, Claim]:
+        return await self._call(self.sync.claims, keys)
+
+    async def reopen(self, key: str, attempt: int) -> bool:
+        return await self._call(self.sync.reopen, key, attempt)
+
+    async def prune(self) -> tuple[int, int]:
+        return await self._call(self.sync.prune)

@@ -1,0 +1,520 @@
+"""The SQLite journal: several processes on one host share one file.
+
+* WAL mode, so readers never wait for the writer and the writer never waits
+  for readers.
+* ``synchronous=FULL``: a commit returns only once it is on disk, so an
+  answer given after it (a 2xx to Xsolla, a grant committed by the
+  transactional handler) survives a power loss, not only a crash.  Its cost
+  (one fsync per commit) is paid once per *batch*: concurrent deliveries
+  of a process are committed together (:mod:`transports.journal.groupcommit`).
+* Writers queue on one lock, and SQLite's busy handler is unfair (a waiter
+  sleeps and polls, and can miss every opening for seconds): each attempt to
+  begin waits at most ``BUSY_SLICE`` and is retried, quickly, until the
+  operation's deadline, after which the delivery is answered 5xx.  Nothing
+  ever hangs past the answer's deadline.
+* The plain handler runs with no lock held; the transactional handler runs
+  inside the write transaction, so it should be short.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TypeVar
+
+from orderfsm.errors import (
+    JournalClosed,
+    JournalCorrupt,
+    JournalError,
+    JournalOpenFailed,
+    JournalUnavailable,
+)
+from orderfsm.journal import (
+    SCHEMA_VERSION,
+    Answer,
+    Claim,
+    Delivery,
+    DeliveryFilter,
+    NewDelivery,
+    Outcome,
+    decisions,
+    schema_plan,
+)
+from transports.journal.base import (
+    CLAIM_COLUMNS,
+    DELIVERY_COLUMNS,
+    Also,
+    Claimed,
+    Work,
+    Worked,
+    claim_from_row,
+    delivery_from_row,
+    encode_headers,
+    error_text,
+    filter_sql,
+    schema,
+)
+from transports.journal.base import (
+    PRUNE_CLAIMS as PRUNE_CLAIMS_SQL,
+)
+from transports.journal.groupcommit import GroupCommit
+
+T = TypeVar("T")
+
+BUSY_SLICE = 0.002
+"""Seconds SQLite's own busy handler may wait before we try again ourselves: its
+sleeps grow (1, 2, 5, 10, 15, 20, 25 ms...), so a long busy timeout polls ever
+more slowly and misses the openings other processes leave; short slices keep
+polling every millisecond or two until the operation's deadline."""
+
+SCHEMA = schema("sqlite")
+
+# The answers of the store this journal replaces (``SqliteStore``, before the
+# journal) become answered claims, so an upgrade forgets nothing.
+ADOPT_OLD_ANSWERS = """
+INSERT OR IGNORE INTO orderfsm_claims
+    (key, attempt, state, owner, lease_until, claimed_at, answered_at, status, body, content_type)
+SELECT key, 1, 'answered', 'migrated', stored_at, stored_at, stored_at, status, body, content_type
+FROM webhook_answers
+"""
+
+TAKE = """
+INSERT INTO orderfsm_claims (key, attempt, state, owner, lease_until, claimed_at)
+VALUES (?, 1, 'running', ?, ?, ?)
+ON CONFLICT (key) DO UPDATE SET
+    attempt = attempt + 1, state = 'running', owner = excluded.owner,
+    lease_until = excluded.lease_until, claimed_at = excluded.claimed_at,
+    answered_at = NULL, status = NULL, body = NULL, content_type = NULL
+WHERE state = 'released' OR (state = 'running' AND lease_until <= ?)
+RETURNING attempt
+"""
+
+SETTLE = """
+UPDATE orderfsm_claims SET state = ?, answered_at = ?, status = ?, body = ?, content_type = ?
+WHERE key = ? AND attempt = ? AND state = 'running'
+"""
+
+LOG = """
+INSERT INTO orderfsm_deliveries
+    (kind, key, order_id, body, headers, peer, received_at, attempt, status, outcome,
+     error, finished_at, replay)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+RELOG = """
+UPDATE orderfsm_deliveries SET attempt = coalesce(?, attempt), status = ?, outcome = ?,
+    error = ?, finished_at = ?
+WHERE id = ?
+"""
+
+FINISH = """
+UPDATE orderfsm_deliveries SET status = ?, outcome = ?, error = ?, finished_at = ? WHERE id = ?
+"""
+
+REOPEN = """
+UPDATE orderfsm_claims SET state = 'released', status = NULL, body = NULL, content_type = NULL
+WHERE key = ? AND attempt = ? AND state = 'answered'
+"""
+
+READ_CLAIM = f"SELECT {CLAIM_COLUMNS} FROM orderfsm_claims WHERE key = ?"
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or "busy" in str(exc)
+    )
+
+
+def unavailable(display: str, exc: sqlite3.Error) -> JournalUnavailable:
+    return JournalUnavailable(f"{display}: {exc}")
+
+
+class SqliteStore:
+    kind = "sqlite"
+    blocking = True
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, threads: int = 8, read_timeout: float = 2.0
+    ) -> None:
+        self.path = os.fspath(path)
+        self.display = f"sqlite:///{self.path}"
+        self.threads = threads
+        self._writer: sqlite3.Connection | None = None
+        self._group: GroupCommit | None = None
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._closed = False
+        self._durable = True
+        self.read_timeout = read_timeout
+
+    # --- connections ---------------------------------------------------------------------
+
+    def _connect(self, busy_timeout: float = BUSY_SLICE) -> sqlite3.Connection:
+        connection = sqlite3.connect(
+            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise JournalOpenFailed(f"{self.display}: cannot use WAL mode (got {mode})")
+            connection.execute("PRAGMA synchronous=FULL")
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def open(self) -> None:
+        if self._writer is not None:
+            return
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise JournalOpenFailed(f"{self.display}: directory {directory} does not exist")
+        try:
+            # Patient at start: switching a new file to WAL and creating the schema
+            # take the lock for a moment while other processes start too.
+            writer = self._connect(busy_timeout=30.0)
+        except sqlite3.DatabaseError as exc:
+            raise self._open_error(exc) from None
+        try:
+            self._migrate(writer, time.monotonic() + 30.0)
+            writer.execute(f"PRAGMA busy_timeout = {int(BUSY_SLICE * 1000)}")
+        except sqlite3.DatabaseError as exc:
+            writer.close()
+            raise self._open_error(exc) from None
+        except BaseException:
+            writer.close()
+            raise
+        self._writer = writer
+        self._group = GroupCommit(self._begin, writer.execute)
+
+    def _open_error(self, exc: sqlite3.DatabaseError) -> JournalError:
+        text = str(exc)
+        if "not a database" in text or "malformed" in text:
+            return JournalCorrupt(f"{self.display}: {text}")
+        if "readonly" in text or "read-only" in text or "unable to open" in text:
+            return JournalOpenFailed(f"{self.display}: cannot write here ({text})")
+        return JournalOpenFailed(f"{self.display}: {text}")
+
+    def _migrate(self, connection: sqlite3.Connection, deadline: float) -> None:
+        self._begin_on(connection, deadline)
+        try:
+            exists = connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'orderfsm_schema'"
+            ).fetchone()
+            found = None
+            if exists:
+                row = connection.execute("SELECT version FROM orderfsm_schema").fetchone()
+                found = row[0] if row else None
+            plan = schema_plan(found)
+            if plan is not None:
+                for step in plan.steps:
+                    if step == 1:
+                        for statement in SCHEMA:
+                            connection.execute(statement)
+                        old = connection.execute(
+                            "SELECT 1 FROM sqlite_master WHERE name = 'webhook_answers'"
+                        ).fetchone()
+                        if old:
+                            connection.execute(ADOPT_OLD_ANSWERS)
+                connection.execute(
+                    "INSERT INTO orderfsm_schema (id, version) VALUES (1, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+                    (SCHEMA_VERSION,),
+                )
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+    def _begin_on(self, connection: sqlite3.Connection, deadline: float) -> None:
+        """BEGIN IMMEDIATE, retried in short slices until ``deadline`` (monotonic)."""
+        while True:
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(random.uniform(0.0002, 0.001))
+
+    def _begin(self, deadline: float, durable: bool) -> None:
+        """Open a batch's transaction.  Only batches that record an answer (or run the
+        transactional handler) wait for the disk at commit (``FULL``); a batch of
+        claims alone commits with ``NORMAL``, visible to every process at once and
+        made durable by the next ``FULL`` commit, which writes the log in order.
+        A claim lost to a power cut costs nothing: the handler it was for had not
+        answered, and runs again on the retry."""
+        assert self._writer is not None
+        try:
+            if durable != self._durable:
+                mode = "FULL" if durable else "NORMAL"
+                self._writer.execute(f"PRAGMA synchronous={mode}")
+                self._durable = durable
+            self._begin_on(self._writer, deadline)
+        except sqlite3.Error as exc:
+            raise unavailable(self.display, exc) from None
+
+    @contextmanager
+    def _reader(self) -> Iterator[sqlite3.Connection]:
+        if self._closed or self._writer is None:
+            raise JournalClosed(f"{self.display} is closed")
+        try:
+            connection = self._readers.get_nowait()
+        except queue.Empty:
+            try:
+                connection = self._connect(self.read_timeout)
+            except sqlite3.Error as exc:
+                raise unavailable(self.display, exc) from None
+        try:
+            yield connection
+        except sqlite3.Error as exc:
+            connection.close()
+            raise unavailable(self.display, exc) from None
+        except BaseException:
+            connection.close()
+            raise
+        self._readers.put(connection)
+
+    def _write(
+        self, work: Callable[[sqlite3.Connection], T], deadline: float, durable: bool = True
+    ) -> T:
+        if self._closed or self._group is None or self._writer is None:
+            raise JournalClosed(f"{self.display} is closed")
+        writer = self._writer
+        try:
+            return self._group.run(lambda: work(writer), deadline, durable)
+        except sqlite3.Error as exc:
+            raise unavailable(self.display, exc) from None
+
+    def close(self) -> None:
+        self._closed = True
+        if self._writer is not None and self._group is not None:
+            # Wait for a batch in flight, then close.
+            with self._group._lock:
+                self._writer.close()
+        while True:
+            try:
+                self._readers.get_nowait().close()
+            except queue.Empty:
+                break
+
+    # --- operations --------------------------------------------------------------------
+
+    def claim(
+        self,
+        delivery: NewDelivery,
+        owner: str,
+        now: float,
+        lease: float,
+        deadline: float,
+        logged: int | None = None,
+        also: Also | None = None,
+    ) -> Claimed:
+        def work(db: sqlite3.Connection) -> Claimed:
+            claimed = _claim(db, delivery, owner, now, lease, logged)
+            if also is not None:
+                also(db, claimed)
+            return claimed
+
+        return self._write(work, deadline, durable=False)
+
+    def read_claim(self, key: str, deadline: float) -> Claim | None:
+        with self._reader() as db:
+            return claim_from_row(db.execute(READ_CLAIM, (key,)).fetchone())
+
+    def settle(
+        self,
+        key: str | None,
+        attempt: int,
+        answer: Answer,
+        delivery_id: int,
+        error: str | None,
+        now: float,
+        deadline: float,
+    ) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            return _settle(db, key, attempt, answer, delivery_id, error, now)
+
+        return self._write(work, deadline)
+
+    def finish(
+        self,
+        delivery_id: int,
+        answer: Answer,
+        outcome: Outcome,
+        error: str | None,
+        now: float,
+        deadline: float,
+    ) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(FINISH, (answer.status, outcome.value, error_text(error), now, delivery_id))
+
+        # What a duplicate was answered: a record only, the answer it repeats is durable.
+        self._write(work, deadline, durable=False)
+
+    def run_in_claim(
+        self,
+        delivery: NewDelivery,
+        work: Work,
+        owner: str,
+        now: float,
+        lease: float,
+        deadline: float,
+        logged: int | None = None,
+    ) -> Worked:
+        def unit(db: sqlite3.Connection) -> Worked:
+            db.execute("SAVEPOINT claim")
+            try:
+                claimed = _claim(db, delivery, owner, now, lease, logged)
+                if claimed.attempt is None:
+                    db.execute("RELEASE claim")
+                    return Worked(claimed.delivery_id, None, claimed.claim)
+                db.execute("SAVEPOINT handler")
+                answer, error = work(db, claimed.attempt)
+                if not answer.ok:
+                    db.execute("ROLLBACK TO handler")
+                db.execute("RELEASE handler")
+                if decisions.keeps(answer):
+                    _settle(
+                        db, delivery.key, claimed.attempt, answer, claimed.delivery_id, error, now
+                    )
+                    db.execute("RELEASE claim")
+                    return Worked(claimed.delivery_id, answer)
+            except BaseException:
+                db.execute("ROLLBACK TO claim")
+                db.execute("RELEASE claim")
+                raise
+            # A failure: nothing of this attempt stays but the record of the delivery.
+            db.execute("ROLLBACK TO claim")
+            db.execute("RELEASE claim")
+            ident = _log(
+                db, delivery, logged, None, answer, decisions.outcome_of(answer), error, now
+            )
+            return Worked(ident, answer)
+
+        return self._write(unit, deadline)
+
+    def reopen(self, key: str, attempt: int, deadline: float) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            return db.execute(REOPEN, (key, attempt)).rowcount == 1
+
+        return self._write(work, deadline)
+
+    def deliveries(self, selection: DeliveryFilter, deadline: float) -> list[Delivery]:
+        where, args = filter_sql(selection, "?")
+        sql = f"SELECT {DELIVERY_COLUMNS} FROM orderfsm_deliveries{where} ORDER BY id DESC LIMIT ?"
+        with self._reader() as db:
+            rows = db.execute(sql, (*args, selection.limit)).fetchall()
+        return [delivery_from_row(row) for row in rows]
+
+    def delivery(self, delivery_id: int, deadline: float) -> Delivery | None:
+        sql = f"SELECT {DELIVERY_COLUMNS} FROM orderfsm_deliveries WHERE id = ?"
+        with self._reader() as db:
+            row = db.execute(sql, (delivery_id,)).fetchone()
+        return None if row is None else delivery_from_row(row)
+
+    def claims(self, keys: Sequence[str], deadline: float) -> dict[str, Claim]:
+        found: dict[str, Claim] = {}
+        with self._reader() as db:
+            for key in keys:
+                claim = claim_from_row(db.execute(READ_CLAIM, (key,)).fetchone())
+                if claim is not None:
+                    found[key] = claim
+        return found
+
+    def prune(self, cutoff: float, deadline: float) -> tuple[int, int]:
+        def work(db: sqlite3.Connection) -> tuple[int, int]:
+            claims = db.execute(PRUNE_CLAIMS, (cutoff, cutoff)).rowcount
+            deliveries = db.execute(
+                "DELETE FROM orderfsm_deliveries WHERE received_at < ?", (cutoff,)
+            ).rowcount
+            return claims, deliveries
+
+        return self._write(work, deadline)
+
+
+PRUNE_CLAIMS = PRUNE_CLAIMS_SQL.format(m="?")
+
+
+def _log(
+    db: sqlite3.Connection,
+    delivery: NewDelivery,
+    logged: int | None,
+    attempt: int | None,
+    answer: Answer | None,
+    outcome: Outcome | None,
+    error: str | None,
+    now: float,
+) -> int:
+    status = None if answer is None else answer.status
+    state = None if outcome is None else outcome.value
+    finished = None if outcome is None else now
+    if logged is not None:
+        db.execute(RELOG, (attempt, status, state, error_text(error), finished, logged))
+        return logged
+    cursor = db.execute(
+        LOG,
+        (
+            delivery.kind,
+            delivery.key,
+            delivery.order_id,
+            delivery.body,
+            encode_headers(delivery.headers),
+            delivery.peer,
+            delivery.received_at,
+            attempt,
+            status,
+            state,
+            error_text(error),
+            finished,
+            int(delivery.replay),
+        ),
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+def _claim(
+    db: sqlite3.Connection,
+    delivery: NewDelivery,
+    owner: str,
+    now: float,
+    lease: float,
+    logged: int | None,
+) -> Claimed:
+    if delivery.key is None:
+        return Claimed(_log(db, delivery, logged, 0, None, None, None, now), 0, None)
+    row = db.execute(TAKE, (delivery.key, owner, now + lease, now, now)).fetchone()
+    if row is not None:
+        attempt = int(row[0])
+        return Claimed(_log(db, delivery, logged, attempt, None, None, None, now), attempt, None)
+    claim = claim_from_row(db.execute(READ_CLAIM, (delivery.key,)).fetchone())
+    stored = claim.answer if claim is not None else None
+    outcome = Outcome.DUPLICATE if stored is not None else None
+    return Claimed(_log(db, delivery, logged, None, stored, outcome, None, now), None, claim)
+
+
+def _settle(
+    db: sqlite3.Connection,
+    key: str | None,
+    attempt: int,
+    answer: Answer,
+    delivery_id: int,
+    error: str | None,
+    now: float,
+) -> bool:
+    recorded = True
+    if key is not None:
+        values: tuple[object, ...]
+        if decisions.keeps(answer):
+            values = ("answered", now, answer.status, answer.body, answer.content_type)
+        else:
+            values = ("released", now, None, None, None)
+        recorded = db.execute(SETTLE, (*values, key, attempt)).rowcount == 1
+    outcome = decisions.outcome_of(answer) if recorded else Outcome.FENCED
+    db.execute(FINISH, (answer.status, outcome.value, error_text(error), now, delivery_id))
+    return recorded

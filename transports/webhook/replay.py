@@ -1,0 +1,59 @@
+"""Run the handler again on stored deliveries (after a handler bug is fixed), saying what
+was done with each one: replayed with its answer, or skipped and why."""
+
+from __future__ import annotations
+
+import time
+
+import attrs
+
+from orderfsm.journal import Delivery, plan_replay
+from transports.webhook.answers import WebhookAnswer
+from transports.webhook.receiver import Verified, WebhookReceiver, verified
+
+
+@attrs.frozen
+class Replayed:
+    delivery: Delivery
+    ran: bool
+    """Whether the handler ran (as a new attempt of the delivery's key)."""
+    reason: str
+    answer: WebhookAnswer | None = None
+
+    def describe(self) -> str:
+        """One line for the operator."""
+        what = f"delivery {self.delivery.id} ({self.delivery.kind}"
+        what += f" {self.delivery.order_id})" if self.delivery.order_id is not None else ")"
+        if not self.ran:
+            return f"{what}: skipped: {self.reason}"
+        assert self.answer is not None
+        return f"{what}: replayed ({self.reason}): answered {self.answer.status}"
+
+
+async def replay(receiver: WebhookReceiver, delivery: Delivery, *, force: bool = False) -> Replayed:
+    """Replay one stored delivery through ``receiver`` (its handler, its journal).
+
+    The body is verified again with the receiver's secret; the run is a new
+    attempt of the key, recorded like a delivery (marked as a replay), so
+    the journal's rules hold: it never runs beside another attempt, and a
+    handled or refused notification runs again only with ``force``.
+    """
+    checked = verified(receiver.secret, delivery.headers, delivery.body, "replay")
+    if not isinstance(checked, Verified):
+        return Replayed(delivery, False, "its signature does not verify with this secret")
+    key = checked.delivery.key
+    if key is None:
+        return Replayed(delivery, False, f"{delivery.kind} is never deduplicated nor replayed")
+    claim = (await receiver.journal.claims([key])).get(key)
+    plan = plan_replay(claim, force, time.time())
+    if not plan.run:
+        return Replayed(delivery, False, plan.reason)
+    if plan.reopen is not None and not await receiver.journal.reopen(key, plan.reopen):
+        return Replayed(delivery, False, "another attempt took the key meanwhile; look again")
+    again = Verified(checked.notification, attrs.evolve(checked.delivery, replay=True))
+    answer, ran = await receiver.handle_verified(again)
+    if not ran:
+        return Replayed(
+            delivery, False, f"another delivery answered it meanwhile ({answer.status})"
+        )
+    return Replayed(delivery, True, plan.reason, answer)
