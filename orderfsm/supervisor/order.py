@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
@@ -32,6 +32,14 @@ ChangeHook = Callable[[Change], None]
 ReportHook = Callable[[int, HealthReport], None]
 
 
+class FleetHook(Protocol):
+    """What a tracker in a fleet hears of its orders (``orderfsm.supervisor.fleet``)."""
+
+    def advanced(self, order: TrackedOrder, change: StatusChange, raw: object) -> None: ...
+
+    def ended(self, order: TrackedOrder) -> None: ...
+
+
 class TrackedOrder:
     __slots__ = (
         "_done",
@@ -45,6 +53,7 @@ class TrackedOrder:
         "details",
         "ended",
         "error",
+        "fleet",
         "helpers",
         "is_finished",
         "lapsed",
@@ -52,6 +61,7 @@ class TrackedOrder:
         "on_change",
         "on_report",
         "order_id",
+        "owned",
         "poller",
         "polling_error",
         "released",
@@ -124,6 +134,10 @@ class TrackedOrder:
         """Asks the scheduler to look at this order again soon."""
         self.on_change = on_change
         self.on_report = on_report
+        self.fleet: FleetHook | None = None
+        """The journal link of a tracker in a fleet: told each change applied here."""
+        self.owned = True
+        """This instance follows the order through Xsolla (in a fleet: it holds the lease)."""
         # The scheduler's bookkeeping: what it set up for the order.
         self.attachment: Any = None
         self.poller: tuple[anyio.CancelScope, float] | None = None
@@ -157,6 +171,8 @@ class TrackedOrder:
                 self.settled_count = len(self.log) + 1
                 self._keep_details(observation)
             self._record(change)
+            if self.fleet is not None:
+                self.fleet.advanced(self, change, observation.raw)
             if settles or (self.settled is None and self._lapses(change, observation)):
                 self.wake(self)  # the plan changes: end tracking, or start or end a grace
         elif type(outcome) is Conflict and all(
@@ -248,6 +264,7 @@ class TrackedOrder:
             websocket_since=self.websocket_since,
             can_poll=can_poll and self.polling_error is None,
             lapsed_since=None if lapsed is None else lapsed.at,
+            owned=self.owned,
         )
 
     def changes(self, count: int | None = None) -> list[StatusChange]:

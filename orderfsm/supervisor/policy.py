@@ -35,6 +35,9 @@ class Situation:
     """Whether a Get order poller is configured."""
     lapsed_since: float | None = None
     """When the order was seen ``expired``; ``None`` unless that is its status now."""
+    owned: bool = True
+    """This instance follows the order through Xsolla; in a fleet another one may,
+    and this one follows the journal only."""
 
 
 @attrs.frozen
@@ -94,6 +97,10 @@ class DefaultPolicy:
             if now >= deadline_at:
                 return Plan(websocket=False, poll_interval=None, timed_out=True)
             reviews.append(deadline_at)
+
+        if not situation.owned:
+            review = min(reviews) if reviews else None
+            return Plan(websocket=False, poll_interval=None, review_at=review)
 
         health = situation.websocket
         websocket = health is not None and health not in (Health.FAILED, Health.STOPPED)

@@ -56,6 +56,7 @@ class Scheduler:
         policy: Policy,
         can_poll: bool,
         webhooks: bool,
+        journal: bool,
         extra: Sequence[CustomTransport],
         fetch_details: bool,
         details_timeout: float,
@@ -69,6 +70,8 @@ class Scheduler:
         self.policy = policy
         self.can_poll = can_poll
         self.webhooks = webhooks
+        self.journal = journal
+        """Orders also learn from a journal (the others of a fleet, its receivers)."""
         self.extra = tuple(extra)
         self.fetch_details = fetch_details
         self.details_timeout = details_timeout
@@ -113,6 +116,7 @@ class Scheduler:
         """
         for order in orders:
             order.release()
+            order.fleet = None  # closing is not giving up: a journal keeps it to resume
             if order.is_finished:
                 continue
             self._end(order)
@@ -192,7 +196,7 @@ class Scheduler:
             self._spawn(self._poll, order, plan.poll_interval, scope)
         if order.check_once and not order.checking:
             order.check_once = False
-            if self.can_poll:
+            if self.can_poll and order.owned:
                 # Even beside a poller: the poller stops as soon as the socket
                 # is healthy again, perhaps before a good answer.
                 order.checking = True
@@ -212,6 +216,8 @@ class Scheduler:
         if order.ended:
             return  # a closing tracker meets orders whose details are on their way
         order.ended = True
+        if order.fleet is not None:
+            order.fleet.ended(order)
         order.review_at = None
         self._live -= 1
         self._dirty.pop(order.order_id, None)
@@ -226,7 +232,7 @@ class Scheduler:
 
     def _no_source_error(self, order: TrackedOrder) -> OrderFsmError | None:
         """Fail now rather than at the deadline when nothing can deliver news."""
-        if self.webhooks or order.custom_running:
+        if self.webhooks or self.journal or order.custom_running:
             return None
         cause = order.polling_error or order.websocket_error or order.custom_error
         return cause or NoSourceLeft(f"order {order.order_id}: no transport left to follow it")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
@@ -31,6 +32,7 @@ from orderfsm.interface import (
     token_provider,
 )
 from orderfsm.supervisor.custom import CustomTransport
+from orderfsm.supervisor.fleet import LEASE, FleetLink, SettledHandler
 from orderfsm.supervisor.order import ChangeHook, ReportHook, TrackedOrder
 from orderfsm.supervisor.policy import DefaultPolicy, Policy
 from orderfsm.supervisor.records import Change, FinalResult, User
@@ -39,13 +41,17 @@ from orderfsm.supervisor.sleep import SLEEP_CHECK_INTERVAL, SleepDetector, defau
 
 if TYPE_CHECKING:
     from transports.http import HttpClient
+    from transports.journal import Journal
 
 logger = logging.getLogger("orderfsm")
 
 DEFAULT_WS_URL = "wss://ws-store.xsolla.com/connection/websocket"
 DEFAULT_API_URL = "https://store.xsolla.com/api"
-KNOWN_TRANSPORTS = frozenset({WEBSOCKET, POLLING, WEBHOOK})
+JOURNAL = "journal"
+KNOWN_TRANSPORTS = frozenset({WEBSOCKET, POLLING, WEBHOOK, JOURNAL})
 EARLY_OBSERVATIONS_KEPT = 10_000
+FLUSH_ON_CLOSE = 5.0
+"""Seconds a closing tracker waits for its journal writes (a database outage)."""
 
 
 class Tracker:
@@ -73,6 +79,15 @@ class Tracker:
     policy's grace is over.  ``sleep_clock`` is a clock that keeps counting
     while the host sleeps, compared with the event loop's to notice a suspend
     (see :mod:`orderfsm.supervisor.sleep`); tests pass one they can step.
+
+    ``journal`` (a SQLite path or URL, a PostgreSQL URL, or an open
+    ``Journal``) makes the tracker one of a fleet (:mod:`orderfsm.supervisor.fleet`):
+    what any instance or webhook receiver learns reaches every instance's
+    waiters, one instance follows each order through Xsolla under a lease,
+    and orders not settled are resumed after a restart, each with the token
+    ``token_for(order_id, user_id)`` gives (no token is ever written to the
+    journal).  ``on_settled`` is then called once per settled order (and later
+    refund) across the fleet, until it returns without raising.
     """
 
     def __init__(
@@ -95,10 +110,21 @@ class Tracker:
         until: Status | str = Status.DONE,
         not_found_grace: float = 60.0,
         sleep_clock: Callable[[], float] | None = None,
+        journal: str | os.PathLike[str] | Journal | None = None,
+        on_settled: SettledHandler | None = None,
+        token_for: Callable[[int, str | None], TokenProvider | str] | None = None,
+        lease: float = LEASE,
     ) -> None:
         unknown = set(transports) - KNOWN_TRANSPORTS
         if unknown:
             raise ValueError(f"unknown transports: {', '.join(sorted(unknown))}")
+        if journal is None and (JOURNAL in transports or on_settled is not None):
+            raise ValueError("the journal transport and on_settled need journal=URL")
+        self.journal = journal
+        self.on_settled = on_settled
+        self.token_for = token_for
+        self.lease = lease
+        self.fleet: FleetLink | None = None
         self.until = check_goal(until)
         self.not_found_grace = not_found_grace
         self._sleep_clock = sleep_clock or default_sleep_clock()
@@ -147,6 +173,7 @@ class Tracker:
                     project_id=self.project_id, url=self.ws_url, **self._websocket_options
                 )
                 self._pool = await stack.enter_async_context(pool)
+            fleet = await self._join_fleet(stack)
             tg = self._tg = await stack.enter_async_context(anyio.create_task_group())
             self._scheduler = Scheduler(
                 tg,
@@ -155,6 +182,7 @@ class Tracker:
                 policy=self.policy,
                 can_poll=POLLING in self.transports,
                 webhooks=WEBHOOK in self.transports,
+                journal=fleet is not None,
                 extra=self.extra,
                 fetch_details=self.fetch_details,
                 details_timeout=self.details_timeout,
@@ -165,8 +193,43 @@ class Tracker:
             tg.start_soon(self._scheduler.run, name="orderfsm scheduler")
             tg.start_soon(self._notice_sleep, name="orderfsm sleep detector")
             self._wake = self._scheduler.wake  # one bound method, shared by every order
+            if fleet is not None:
+                tg.start_soon(fleet.run, name="orderfsm fleet")
+                await self._resume(fleet)
             self._stack = stack.pop_all()
         return self
+
+    async def _join_fleet(self, stack: contextlib.AsyncExitStack) -> FleetLink | None:
+        """Open the journal, if any, and the link to the rest of the fleet."""
+        if self.journal is None:
+            return None
+        from transports.journal import Journal, open_journal
+        from transports.journal.order_log import OrderLog
+
+        journal = self.journal
+        if not isinstance(journal, Journal):
+            journal = await stack.enter_async_context(open_journal(journal))
+        self.fleet = FleetLink(
+            OrderLog(journal),
+            self._orders,
+            follows_xsolla=bool(self.transports & {WEBSOCKET, POLLING}),
+            on_settled=self.on_settled,
+            lease=self.lease,
+        )
+        return self.fleet
+
+    async def _resume(self, fleet: FleetLink) -> None:
+        """Follow again the orders some instance was following and that did not settle."""
+        for row in await fleet.log.tracking():
+            if row.order_id in self._orders:
+                continue
+            token: TokenProvider | str | None = None
+            if self.token_for is not None:
+                token = self.token_for(row.order_id, row.user_id)
+            try:
+                self.track(row.order_id, token=token, user_id=row.user_id, until=row.until)
+            except ValueError as exc:  # no token for it here: another instance may have one
+                logger.warning("not resuming order %s: %s", row.order_id, exc)
 
     async def __aexit__(
         self,
@@ -175,6 +238,9 @@ class Tracker:
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._stack is not None and self._scheduler is not None
+        if self.fleet is not None:
+            with anyio.CancelScope(shield=True):
+                await self.fleet.flush(FLUSH_ON_CLOSE)
         self._scheduler.close(list(self._orders.values()))
         assert self._tg is not None
         self._tg.cancel_scope.cancel()
@@ -254,6 +320,9 @@ class Tracker:
             on_report=self.on_report,
         )
         self._orders[order_id] = order
+        if self.fleet is not None:
+            order.fleet = self.fleet
+            self.fleet.tracked(order)
         scheduler.start(order)
         for observation in self._early.pop(order_id, ()):
             order.observe(observation)
@@ -332,6 +401,8 @@ class Tracker:
         self.untrack(order_id)
         if self._orders.pop(order_id, None) is not None:
             self._book.forget(order_id)
+            if self.fleet is not None:
+                self.fleet.cursors.pop(order_id, None)
 
     def status(self, order_id: int) -> Status | None:
         return self._book.status(order_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import attrs
 
@@ -24,6 +24,8 @@ from orderfsm.journal import (
     NewDelivery,
     Outcome,
 )
+
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -156,6 +158,16 @@ class Store(Protocol):
         """Delete claims and deliveries older than ``cutoff``; returns how many of each."""
 
 
+class SqlStore(Store, Protocol):
+    """A backend with tables of its own (SQLite, PostgreSQL): other tables of the
+    journal (the fleet tracker's orders) run their units of work through it."""
+
+    def write(self, work: Callable[[Any], T], deadline: float, durable: bool = True) -> T:
+        """Run ``work(connection)`` in a write transaction; committed once it returns."""
+
+    def read(self, work: Callable[[Any], T], deadline: float) -> T: ...
+
+
 # --- SQL shared by the SQL backends -------------------------------------------------
 
 _TYPES = {
@@ -205,9 +217,48 @@ _SCHEMA = [
 ]
 
 
-def schema(dialect: str) -> list[str]:
-    """The tables of schema version 1, in ``sqlite`` or ``postgresql`` types."""
-    return [statement.format(**_TYPES[dialect]) for statement in _SCHEMA]
+_ORDERS = [
+    # One row per order every instance of a fleet follows (orderfsm.journal.orders).
+    """CREATE TABLE IF NOT EXISTS orderfsm_orders (
+        order_id {bigint} PRIMARY KEY,
+        status TEXT,
+        version INTEGER NOT NULL,
+        until TEXT NOT NULL,
+        user_id TEXT,
+        tracking {bool} NOT NULL,
+        tracked_at {real},
+        owner TEXT,
+        lease_until {real} NOT NULL,
+        fence INTEGER NOT NULL,
+        updated_at {real} NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS orderfsm_orders_tracking ON orderfsm_orders (tracking)",
+    # ``seq`` orders commits only where writers are serialized (SQLite); PostgreSQL
+    # instances read by (order_id, version), which no late commit can skip.
+    """CREATE TABLE IF NOT EXISTS orderfsm_changes (
+        seq {identity},
+        order_id {bigint} NOT NULL,
+        version INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        previous TEXT,
+        source TEXT NOT NULL,
+        at {real} NOT NULL,
+        UNIQUE (order_id, version)
+    )""",
+]
+
+
+def migrations(dialect: str) -> dict[int, list[str]]:
+    """Each schema version's statements, in ``sqlite`` or ``postgresql`` types.
+
+    Version 1: claims and deliveries (the webhook inbox); version 2: orders and
+    their changes (the fleet tracker).
+    """
+    types = _TYPES[dialect]
+    return {
+        1: [statement.format(**types) for statement in _SCHEMA],
+        2: [statement.format(**types) for statement in _ORDERS],
+    }
 
 
 PRUNE_CLAIMS = """

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -55,11 +55,12 @@ from transports.journal.base import (
     encode_headers,
     error_text,
     filter_sql,
-    schema,
+    migrations,
 )
 from transports.journal.base import (
     PRUNE_CLAIMS as PRUNE_CLAIMS_SQL,
 )
+from transports.journal.orders import CHANNEL, channel_for
 
 try:
     import psycopg
@@ -80,7 +81,7 @@ MIGRATION_LOCK = 0x6F72646572667336
 CONNECT_TIMEOUT = 5
 """Seconds libpq waits for a server, unless the URL says otherwise."""
 
-SCHEMA = schema("postgresql")
+MIGRATIONS = migrations("postgresql")
 
 _TAKE = """
 taken AS (
@@ -217,6 +218,9 @@ class PostgresStore:
         self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] | None = None
         self._closed = False
         self._checking = threading.Lock()
+        self._listener: psycopg.Connection[Any] | None = None
+        self.channel = CHANNEL
+        """Where changes of this journal's orders are announced (set on open)."""
 
     # --- connections ---------------------------------------------------------------------
 
@@ -242,6 +246,8 @@ class PostgresStore:
             raise JournalOpenFailed(f"{self.display}: cannot connect: {_one_line(exc)}") from None
         try:
             self._migrate(connection)
+            row = connection.execute("SELECT current_schema()").fetchone()
+            self.channel = channel_for(row[0] if row and row[0] else "public")
         except psycopg.Error as exc:
             raise JournalOpenFailed(f"{self.display}: {_one_line(exc)}") from None
         finally:
@@ -275,17 +281,59 @@ class PostgresStore:
             if plan is None:
                 return
             for step in plan.steps:
-                if step == 1:
-                    for statement in SCHEMA:
-                        connection.execute(statement)
+                for statement in MIGRATIONS[step]:
+                    connection.execute(statement)
             connection.execute(
                 "INSERT INTO orderfsm_schema (id, version) VALUES (1, %s) "
                 "ON CONFLICT (id) DO UPDATE SET version = excluded.version",
                 (SCHEMA_VERSION,),
             )
 
+    # --- for other tables of the journal (the fleet tracker's orders) ----------------
+
+    def write(self, work: Callable[[Any], T], deadline: float, durable: bool = True) -> T:
+        """Run ``work`` in a transaction of its own."""
+        with self._connection(deadline) as db, db.transaction():
+            return work(db)
+
+    def read(self, work: Callable[[Any], T], deadline: float) -> T:
+        with self._connection(deadline) as db:
+            return work(db)
+
+    def listen(self, timeout: float) -> list[int] | None:
+        """Block until changes are announced or ``timeout`` s pass: the order ids
+        announced (``[]`` for none), or ``None`` when some may have been missed (the
+        first call, after a reconnect, a payload too long to carry them).
+
+        On a connection of its own, LISTENing before the caller catches up, as the
+        LISTEN reference page advises; notifications are only a hint.
+        """
+        connection = self._listener
+        if connection is None:
+            try:
+                connection = psycopg.connect(self.config.conninfo, **self._kwargs())
+                connection.execute(f"LISTEN {self.channel}")
+            except psycopg.Error as exc:
+                raise JournalUnavailable(f"{self.display}: {_one_line(exc)}") from None
+            self._listener = connection
+            return None
+        ids: set[int] = set()
+        try:
+            for note in connection.notifies(timeout=timeout, stop_after=1):
+                if not note.payload:
+                    return None
+                ids.update(int(part) for part in note.payload.split(","))
+        except psycopg.Error as exc:
+            self._listener = None
+            connection.close()
+            raise JournalUnavailable(f"{self.display}: {_one_line(exc)}") from None
+        return sorted(ids)
+
     def close(self) -> None:
         self._closed = True
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close(timeout=self.settings.wait)

@@ -57,7 +57,7 @@ from transports.journal.base import (
     encode_headers,
     error_text,
     filter_sql,
-    schema,
+    migrations,
 )
 from transports.journal.base import (
     PRUNE_CLAIMS as PRUNE_CLAIMS_SQL,
@@ -72,7 +72,10 @@ sleeps grow (1, 2, 5, 10, 15, 20, 25 ms...), so a long busy timeout polls ever
 more slowly and misses the openings other processes leave; short slices keep
 polling every millisecond or two until the operation's deadline."""
 
-SCHEMA = schema("sqlite")
+MIGRATIONS = migrations("sqlite")
+
+WATCH_INTERVAL = 0.004
+"""Seconds between two looks at ``PRAGMA data_version`` while waiting for a commit."""
 
 # The answers of the store this journal replaces (``SqliteStore``, before the
 # journal) become answered claims, so an upgrade forgets nothing.
@@ -149,6 +152,7 @@ class SqliteStore:
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._closed = False
         self._durable = True
+        self._watcher: sqlite3.Connection | None = None
         self.read_timeout = read_timeout
 
     # --- connections ---------------------------------------------------------------------
@@ -212,9 +216,9 @@ class SqliteStore:
             plan = schema_plan(found)
             if plan is not None:
                 for step in plan.steps:
+                    for statement in MIGRATIONS[step]:
+                        connection.execute(statement)
                     if step == 1:
-                        for statement in SCHEMA:
-                            connection.execute(statement)
                         old = connection.execute(
                             "SELECT 1 FROM sqlite_master WHERE name = 'webhook_answers'"
                         ).fetchone()
@@ -290,8 +294,45 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise unavailable(self.display, exc) from None
 
+    # --- for other tables of the journal (the fleet tracker's orders) ----------------
+
+    def write(
+        self, work: Callable[[sqlite3.Connection], T], deadline: float, durable: bool = True
+    ) -> T:
+        """Run ``work`` in a write transaction (committed with others of this process)."""
+        return self._write(work, deadline, durable)
+
+    def read(self, work: Callable[[sqlite3.Connection], T], deadline: float) -> T:
+        with self._reader() as db:
+            return work(db)
+
+    def wait_for_commit(self, seen: int | None, timeout: float) -> int:
+        """Block until another connection commits (``PRAGMA data_version`` moves from
+        ``seen``) or ``timeout`` s pass; returns the version now.  Checked every few
+        ms on a connection of its own: a cross-process wake-up without a socket."""
+        connection = self._watcher
+        if connection is None:
+            try:
+                connection = self._watcher = self._connect(self.read_timeout)
+            except sqlite3.Error as exc:
+                raise unavailable(self.display, exc) from None
+        end = time.monotonic() + timeout
+        try:
+            while True:
+                version = int(connection.execute("PRAGMA data_version").fetchone()[0])
+                if seen is None or version != seen or time.monotonic() >= end:
+                    return version
+                time.sleep(WATCH_INTERVAL)
+        except sqlite3.Error as exc:
+            self._watcher = None
+            connection.close()
+            raise unavailable(self.display, exc) from None
+
     def close(self) -> None:
         self._closed = True
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.close()
         if self._writer is not None and self._group is not None:
             # Wait for a batch in flight, then close.
             with self._group._lock:

@@ -21,11 +21,12 @@ from typing import Any
 import anyio
 import attrs
 
-from orderfsm.core import Observation
+from orderfsm.core import Observation, Status
 from orderfsm.errors import InvalidPayload, InvalidSignature, JournalError, WebhookError
 from orderfsm.interface import WEBHOOK, ObservationSink
 from orderfsm.journal import NewDelivery, Reply
 from transports.journal import Journal, Ran, open_journal
+from transports.journal.orders import CHANNEL, Note, record
 from transports.webhook.answers import (
     ACCEPTED,
     HANDLER_FAILED,
@@ -135,7 +136,10 @@ class WebhookReceiver:
 
     ``sink`` (optional) receives an :class:`Observation` for every verified
     ``order_paid`` (status ``paid``) and ``order_canceled`` (``canceled``),
-    so trackers in the same process learn from webhooks too.
+    so trackers in the same process learn from webhooks too.  With a SQLite or
+    PostgreSQL journal the order's status is also recorded in the journal's
+    orders, in the claim's own transaction (``record_orders``), so trackers
+    of a fleet sharing the journal learn it on any host.
     """
 
     def __init__(
@@ -148,6 +152,7 @@ class WebhookReceiver:
         sink: ObservationSink | None = None,
         max_body_size: int = DEFAULT_MAX_BODY,
         allowed_networks: Iterable[str | Network] | None = None,
+        record_orders: bool = True,
     ) -> None:
         if not secret:
             raise ValueError("the webhook secret must not be empty")
@@ -164,6 +169,7 @@ class WebhookReceiver:
                 "or store='postgresql://...'"
             )
         self.sink = sink
+        self.record_orders = record_orders and self.journal.store.kind != "memory"
         self.max_body_size = max_body_size
         self.allow_list = AllowList(allowed_networks) if allowed_networks is not None else None
 
@@ -204,7 +210,8 @@ class WebhookReceiver:
         if self.transactional is not None:
             return await self._handle_in_transaction(checked)
         try:
-            begun = await self.journal.begin(checked.delivery, STORE_FAILED)
+            also = self._order_note(checked.notification)
+            begun = await self.journal.begin(checked.delivery, STORE_FAILED, also)
         except JournalError as exc:
             logger.error("the journal failed before the handler: %s", exc)
             return STORE_FAILED, False
@@ -236,7 +243,11 @@ class WebhookReceiver:
         assert transactional is not None
         notification = checked.notification
 
+        note = self._order_note(notification)
+
         def work(connection: Any, attempt: int) -> tuple[WebhookAnswer, str | None]:
+            if note is not None:
+                note(connection, None)  # rolled back with the handler if it fails: retried
             try:
                 transactional(notification, connection)
             except WebhookError as exc:
@@ -253,22 +264,29 @@ class WebhookReceiver:
             return STORE_FAILED, False
         return result.answer, isinstance(result, Ran)
 
+    def _order_note(self, notification: Notification) -> Callable[[Any, Any], None] | None:
+        """The journal write of the order's status, for the claim's transaction."""
+        told = _status_of(notification)
+        if told is None or not self.record_orders:
+            return None
+        note = Note(*told, WEBHOOK, time.time())
+        dialect = self.journal.store.kind
+        channel = str(getattr(self.journal.store, "channel", CHANNEL))
+
+        def record_status(db: Any, _: Any) -> None:
+            record(db, dialect, [note], time.time(), channel)
+
+        return record_status
+
     @property
     def secret(self) -> str | bytes:
         return self._secret
 
     def _observe(self, notification: Notification) -> None:
-        if self.sink is None:
+        told = _status_of(notification)
+        if self.sink is None or told is None:
             return
-        if isinstance(notification, OrderPaid):
-            status = "paid"
-        elif isinstance(notification, OrderCanceled):
-            status = "canceled"
-        else:
-            return
-        observation = Observation(
-            notification.order_id, status, source=WEBHOOK, at=anyio.current_time(), raw=notification
-        )
+        observation = Observation(*told, source=WEBHOOK, at=anyio.current_time(), raw=notification)
         try:
             self.sink.observe(observation)
         except Exception:
@@ -294,3 +312,12 @@ class WebhookReceiver:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _status_of(notification: Notification) -> tuple[int, Status] | None:
+    """The order and status a notification tells: ``paid``, or ``canceled`` (a refund)."""
+    if isinstance(notification, OrderPaid):
+        return notification.order_id, Status.PAID
+    if isinstance(notification, OrderCanceled):
+        return notification.order_id, Status.CANCELED
+    return None

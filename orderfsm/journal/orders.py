@@ -1,0 +1,93 @@
+"""Orders in the journal: what every instance of a fleet knows about an order.
+
+One row per order holds its status and a *version*, the number of changes it
+has had.  Each change is also a row of its own, keyed by (order, version), so
+an instance that missed a wake-up catches up by asking, per order, for the
+versions after the last one it applied: a cursor that cannot skip a change
+whose transaction committed late (a global sequence can, issue 15).  A change
+is written under the order's row lock, by the same pure core every instance
+applies, so the journal's sequence of an order is legal, each change once.
+
+An order is *owned* by the instance that follows it through Xsolla (socket,
+polling) under a lease, with a fencing number; the others follow through
+the journal.  The lease is judged from the row alone, like a claim's.
+
+Pure: no I/O, no clock (``now`` is seconds since the epoch, passed in, since
+leases are shared by hosts).
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from orderfsm.core import Advanced, Observation, Status, apply, verdict
+
+
+@attrs.frozen
+class OrderRow:
+    """One order's row."""
+
+    order_id: int
+    status: Status | None
+    version: int
+    until: Status = Status.DONE
+    user_id: str | None = None
+    """The player's external id, so a resumed order can ask the app for a token
+    (a token itself is never written to the journal)."""
+    tracking: bool = False
+    """An instance tracks it and it has not settled yet: resumed after a restart."""
+    owner: str | None = None
+    lease_until: float = 0.0
+    fence: int = 0
+    """Grows by one with every new owner: an old owner's writes can be told apart."""
+
+
+@attrs.frozen
+class ChangeRow:
+    """One change of one order, as the journal keeps it."""
+
+    order_id: int
+    version: int
+    status: Status
+    previous: Status | None
+    source: str
+    at: float
+    """Wall-clock seconds (the instances' loop clocks are not comparable)."""
+
+
+def advance(current: Status | None, status: Status) -> Advanced | None:
+    """What writing ``status`` over ``current`` does: an advance, or nothing (stale or repeated).
+
+    The same core every instance applies, so the journal never holds a
+    sequence an instance would refuse.
+    """
+    outcome = apply(current, Observation.trusted(1, status, "journal", 0.0))
+    return outcome if type(outcome) is Advanced else None
+
+
+def settles(row: OrderRow) -> bool:
+    """Whether the order's status answers its goal (it needs no more following)."""
+    return row.status is not None and verdict(row.status, row.until).settled
+
+
+def may_lease(row: OrderRow, owner: str, now: float) -> bool:
+    """May ``owner`` follow the order through Xsolla?  From the row alone.
+
+    Yes when nobody holds it, when ``owner`` does already (a renewal), or when
+    the holder's lease ran out (it died or hangs): no worker table and no
+    sweeper.  Never for an order nobody tracks any more, or that is settled.
+    """
+    if not row.tracking or settles(row):
+        return False
+    return row.owner is None or row.owner == owner or row.lease_until <= now
+
+
+def leased(row: OrderRow, owner: str, now: float, lease: float) -> OrderRow:
+    """The row after ``owner`` takes or renews its lease; a new owner gets a new fence."""
+    fence = row.fence if row.owner == owner and row.lease_until > now else row.fence + 1
+    return attrs.evolve(row, owner=owner, lease_until=now + lease, fence=fence)
+
+
+def settled_key(order_id: int, status: Status) -> str:
+    """The claim key of the durable settled handler's call for one order and status."""
+    return f"settled:{order_id}:{status.value}"

@@ -1,0 +1,352 @@
+"""One tracker among many: what it tells the journal and what it learns from it.
+
+A journal-backed tracker writes every change it applies (from any of its
+sources) to the journal's orders, and applies every change the others wrote,
+through the same core, so each instance's ``watch`` / ``wait`` / ``on_change``
+sees each change once whatever instance saw it first.  The wake-up is only a
+hint (a PostgreSQL NOTIFY, SQLite's ``data_version``); the tables are the
+truth: after each wake-up, and after every reconnect, the instance reads the
+changes past its per-order cursors, and a slow backstop read covers anything
+else.
+
+The instance that follows an order through Xsolla holds a lease on it; the
+others follow the journal.  A lease that runs out (its owner was SIGKILLed)
+is taken over by whoever looks next, with a Get order at once.  On start,
+orders tracked and not settled are resumed.  ``on_settled`` is called once
+per order and settled status across the fleet (claims in the journal).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup
+
+from orderfsm.core import Observation, Status, Verdict, verdict
+from orderfsm.errors import OrderFsmError
+from orderfsm.journal.orders import ChangeRow, settled_key
+from orderfsm.supervisor.records import StatusChange
+
+if TYPE_CHECKING:
+    from orderfsm.supervisor.order import TrackedOrder
+    from transports.journal.order_log import OrderLog
+
+logger = logging.getLogger("orderfsm.fleet")
+
+LEASE = 15.0
+"""Seconds an owner holds an order without renewing: how long a SIGKILLed
+instance's orders wait for another to take over (Xsolla's clients give a
+status up to 3 s late by polling; a few lease periods are no loss)."""
+BACKSTOP = 3.0
+"""Seconds between two reads of every followed order when no wake-up came."""
+BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
+"""Retries of a journal call that failed (the database is down, say)."""
+BATCH = 256
+"""Changes written in one transaction, at most."""
+SETTLED_AT_ONCE = 8
+"""``on_settled`` calls running at once in one instance."""
+SETTLED_RETRY_MAX = 30.0
+"""The longest wait between two tries of one ``on_settled`` call."""
+SWEEP_WINDOW = 24 * 3600.0
+"""How far back the sweep looks for settlements nobody handled."""
+
+
+@attrs.frozen
+class Settled:
+    """What ``on_settled`` is told: an order settled (or a later change of it, a refund).
+
+    Fleet-wide, once per order and status: whichever instance learns of it
+    first runs the handler, and a failed or interrupted one runs again.
+    """
+
+    order_id: int
+    status: Status
+    until: Status
+    succeeded: bool
+    """The goal was reached (``False`` for a refund, an expired order)."""
+    later: bool = False
+    """It followed an earlier settlement (a refund after ``done``)."""
+
+
+SettledHandler = Callable[[Settled], Awaitable[None]]
+
+
+class FleetLink:
+    """Links one tracker's orders with the journal; run :meth:`run` in a task."""
+
+    def __init__(
+        self,
+        log: OrderLog,
+        orders: dict[int, TrackedOrder],
+        *,
+        follows_xsolla: bool,
+        on_settled: SettledHandler | None = None,
+        lease: float = LEASE,
+        backstop: float = BACKSTOP,
+    ) -> None:
+        self.log = log
+        self._orders = orders
+        self.follows_xsolla = follows_xsolla
+        """Whether this instance can follow orders through Xsolla (socket, polling)."""
+        self.on_settled = on_settled
+        self.lease = lease
+        self.backstop = backstop
+        self.cursors: dict[int, int] = {}
+        """The last journal version applied here, per order followed."""
+        self._notes: list[Any] = []
+        self._news = anyio.Event()
+        self._settled: list[Settled] = []
+        self._settled_news = anyio.Event()
+        self._lease_now = anyio.Event()
+        self._writing = False
+        """Something is queued or being written."""
+        self._flushed = anyio.Event()
+        self.up = True
+        """The journal answered the last call (``False`` during an outage)."""
+
+    # --- what the tracker calls --------------------------------------------------------
+
+    def tracked(self, order: TrackedOrder) -> None:
+        """A new order here: follow it in the journal, and ask for its lease."""
+        self.cursors.setdefault(order.order_id, 0)
+        order.owned = not self.follows_xsolla  # nothing to own: the journal is all it follows
+        self._queue(("track", order.order_id, order.until, order.user.external_id))
+        self._lease_now.set()
+
+    def advanced(self, order: TrackedOrder, change: StatusChange, raw: object) -> None:
+        """A change applied here; written unless it came from the journal."""
+        if type(raw) is not ChangeRow:
+            self._queue(("note", order.order_id, change.status, change.source, time.time()))
+        if self.on_settled is not None and (change.settled or order.settled is not None):
+            self._settle(order, change)
+
+    def ended(self, order: TrackedOrder) -> None:
+        """The order settled here, or was given up (untracked, timed out): no one needs
+        to resume it.  (A closing tracker leaves its orders to be resumed.)"""
+        self._queue(("untrack", order.order_id))
+        settled = order.settled
+        if self.on_settled is not None and settled is not None and not settled.settled:
+            self._settle(order, settled)  # expired, settled by its grace
+
+    def _settle(self, order: TrackedOrder, change: StatusChange) -> None:
+        status = change.status
+        succeeded = verdict(status, order.until) is Verdict.SUCCEEDED
+        later = change is not order.settled
+        self._settled.append(Settled(order.order_id, status, order.until, succeeded, later))
+        self._settled_news.set()
+
+    def _queue(self, note: Any) -> None:
+        self._notes.append(note)
+        self._writing = True
+        self._news.set()
+
+    async def flush(self, within: float) -> bool:
+        """Wait (at most ``within`` s) until everything queued is written: a tracker
+        that closes leaves the journal knowing what it knew.  False if it could not."""
+        with anyio.move_on_after(within):
+            while self._writing:
+                self._flushed = anyio.Event()
+                await self._flushed.wait()
+            return True
+        logger.warning("closing with %d journal writes not done", len(self._notes))
+        return False
+
+    # --- the link's tasks -------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._write, name="orderfsm fleet writer")
+            tg.start_soon(self._follow, name="orderfsm fleet follower")
+            tg.start_soon(self._hold_leases, name="orderfsm fleet leases")
+            if self.on_settled is not None:
+                tg.start_soon(self._call_settled, tg, name="orderfsm fleet settled")
+                tg.start_soon(self._sweep, name="orderfsm fleet sweep")
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """``call()`` until it succeeds: a database outage delays, never drops, a write."""
+        delay = BACKOFF_MIN
+        while True:
+            try:
+                result = await call()
+            except OrderFsmError as exc:
+                if self.up:
+                    logger.warning("journal unavailable (%s): %s", what, exc)
+                self.up = False
+                await anyio.sleep(delay)
+                delay = min(2 * delay, BACKOFF_MAX)
+                continue
+            if not self.up:
+                logger.info("journal back (%s)", what)
+            self.up = True
+            return result
+
+    async def _write(self) -> None:
+        """Write what was queued, in order, in batches, retrying until done."""
+        from transports.journal.orders import Note
+
+        log = self.log
+        while True:
+            if not self._notes:
+                self._writing = False
+                self._flushed.set()
+                await self._news.wait()
+            self._news = anyio.Event()
+            while self._notes:
+                batch, self._notes = self._notes[:BATCH], self._notes[BATCH:]
+                for item in batch:
+                    if item[0] == "track":
+                        await self._retrying("track", functools.partial(log.track, *item[1:]))
+                notes = [Note(*item[1:]) for item in batch if item[0] == "note"]
+                if notes:
+                    await self._retrying("record", functools.partial(log.record, notes))
+                done = [item[1] for item in batch if item[0] == "untrack"]
+                if done:
+                    await self._retrying("untrack", functools.partial(log.untrack, done))
+
+    async def _follow(self) -> None:
+        """Apply what others wrote: after each wake-up, and at least every ``backstop`` s."""
+        everything = True
+        while True:
+            try:
+                news = await self.log.wait_for_news(self.backstop)
+            except OrderFsmError as exc:
+                logger.warning("journal wake-ups unavailable: %s", exc)
+                await anyio.sleep(BACKOFF_MIN)
+                everything = True
+                continue
+            full = everything or news.everything
+            if news.order_ids is not None and not full:
+                targets = {i: self.cursors[i] for i in news.order_ids if i in self.cursors}
+            else:
+                targets = dict(self.cursors)  # a reconnect, a SQLite commit, the backstop
+            if targets:
+                try:
+                    changes = await self.log.changes(targets, everything=full)
+                except OrderFsmError as exc:
+                    logger.warning("journal unavailable (reading changes): %s", exc)
+                    everything = True
+                    await anyio.sleep(BACKOFF_MIN)
+                    continue
+                self._apply(changes)
+            everything = False
+
+    def _apply(self, changes: list[ChangeRow]) -> None:
+        now = anyio.current_time()
+        cursors = self.cursors
+        for change in changes:
+            order = self._orders.get(change.order_id)
+            cursor = cursors.get(change.order_id)
+            if order is None or cursor is None:
+                continue
+            if change.version > cursor:
+                cursors[change.order_id] = change.version
+            observation = Observation.trusted(
+                change.order_id, change.status, change.source, now, None, change
+            )
+            order.observe(observation)
+
+    async def _hold_leases(self) -> None:
+        """Take, renew and lose the leases of the orders followed through Xsolla."""
+        if not self.follows_xsolla:
+            return
+        while True:
+            with anyio.move_on_after(self.lease / 3):
+                await self._lease_now.wait()
+            self._lease_now = anyio.Event()
+            live = [o for o in self._orders.values() if not o.ended]
+            if not live:
+                continue
+            try:
+                held: dict[int, int] | None = await self.log.lease(
+                    [o.order_id for o in live], self.lease
+                )
+            except OrderFsmError as exc:
+                logger.warning("journal unavailable (leases): %s", exc)
+                held = None
+            for order in live:
+                # Without the journal an instance follows its own orders itself: news
+                # twice (two pollers) costs less than news lost.
+                owned = True if held is None else order.order_id in held
+                if owned is not order.owned:
+                    order.owned = owned
+                    if owned:
+                        order.doubt()  # taken over: a status may have moved meanwhile
+                    order.wake(order)
+
+    # --- on_settled, once per order and status, fleet-wide --------------------------------
+
+    async def _call_settled(self, tg: TaskGroup) -> None:
+        limiter = anyio.CapacityLimiter(SETTLED_AT_ONCE)
+        running: set[tuple[int, Status]] = set()
+        while True:
+            await self._settled_news.wait()
+            self._settled_news = anyio.Event()
+            events, self._settled = self._settled, []
+            for event in events:
+                key = (event.order_id, event.status)
+                if key not in running:
+                    running.add(key)
+                    tg.start_soon(self._handle_settled, event, limiter, running)
+
+    async def _handle_settled(
+        self, event: Settled, limiter: anyio.CapacityLimiter, running: set[tuple[int, Status]]
+    ) -> None:
+        """Claim the event in the journal, run the handler, record it; retried until
+        it is recorded here or elsewhere (a failed handler, an outage, a busy owner)."""
+        from transports.journal import Answer, NewDelivery, Reply
+
+        assert self.on_settled is not None
+        journal = self.log.journal
+        busy = Answer(503)
+        body = json.dumps(attrs.asdict(event), default=str).encode()
+        delivery = NewDelivery(
+            "settled", settled_key(event.order_id, event.status), event.order_id,
+            body, (), None, time.time(),
+        )  # fmt: skip
+        delay = BACKOFF_MIN
+        try:
+            while True:
+                try:
+                    async with limiter:
+                        taken = await journal.begin(delivery, busy)
+                        if isinstance(taken, Reply):
+                            if taken.answer.ok:
+                                return  # done already, here or elsewhere
+                        else:
+                            try:
+                                await self.on_settled(event)
+                            except Exception as exc:
+                                logger.exception("on_settled failed for %s", event)
+                                await journal.settle(taken, Answer(500), repr(exc), busy)
+                            else:
+                                await journal.settle(taken, Answer(204), None, busy)
+                                return
+                except OrderFsmError as exc:
+                    logger.warning("on_settled for order %s waits: %s", event.order_id, exc)
+                await anyio.sleep(delay)
+                delay = min(2 * delay, SETTLED_RETRY_MAX)
+        finally:
+            running.discard((event.order_id, event.status))
+
+    async def _sweep(self) -> None:
+        """Settlements whose handler never got recorded (their instance died): run them."""
+        while True:
+            await anyio.sleep(self.lease)
+            try:
+                found = await self.log.unhandled(time.time() - SWEEP_WINDOW)
+            except OrderFsmError as exc:
+                logger.warning("journal unavailable (settled sweep): %s", exc)
+                continue
+            for order_id, status, until in found:
+                succeeded = verdict(status, until) is Verdict.SUCCEEDED
+                later = status is Status.CANCELED and until is not Status.CANCELED
+                self._settled.append(Settled(order_id, status, until, succeeded, later))
+            if found:
+                self._settled_news.set()

@@ -1,0 +1,221 @@
+"""Trackers sharing a journal, in one process: what any instance learns reaches every waiter.
+
+Each "instance" is a ``Tracker`` with a journal of its own on the same
+database (SQLite file or PostgreSQL schema), so they meet only through the
+database, as separate hosts would.  Every test runs on both databases and
+both event loops; ``tests/test_fleet_processes.py`` does the same with real
+processes and SIGKILL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from support_journal import on_databases, url_for
+from support_webhook import serve_receiver
+
+from orderfsm import Status
+from orderfsm.supervisor.fleet import Settled
+from orderfsm.supervisor.policy import DefaultPolicy
+from orderfsm.supervisor.tracker import Tracker
+from orderfsm.testing import eventually
+from transports.centrifuge import EngineConfig
+from transports.emulator import Emulator, User
+from transports.journal import open_journal
+from transports.webhook import WebhookReceiver
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "fleet-secret"
+FAST = DefaultPolicy(poll_interval=0.05, deadline=30.0)
+
+
+@pytest.fixture(scope="module")
+def emu() -> Iterator[Emulator]:
+    with Emulator(seed=41, ping_interval=2.0, secret=SECRET) as emulator:
+        yield emulator
+
+
+def instance(url: str, emu: Emulator, user: User | None = None, **kw: Any) -> Tracker:
+    """One instance of the fleet: its own journal connection on the shared database."""
+    options: dict[str, Any] = {"policy": FAST, "lease": 1.0}
+    options.update(kw)
+    return Tracker(
+        project_id=emu.project_id,
+        token=None if user is None else user.token,
+        user_id=None if user is None else user.external_id,
+        ws_url=emu.ws_url,
+        api_url=emu.api_url,
+        journal=url,
+        websocket_options={
+            "config": EngineConfig(
+                project_id=emu.project_id, min_reconnect_delay=0.05, max_reconnect_delay=0.2
+            )
+        },
+        **options,
+    )
+
+
+@asynccontextmanager
+async def receiver_for(url: str, emu: Emulator) -> AsyncIterator[None]:
+    """A webhook receiver of the fleet (on its own journal connection), fed by the emulator."""
+    async with open_journal(url) as journal:
+        receiver = WebhookReceiver(SECRET, store=journal)
+        async with serve_receiver(receiver, "asgi") as served:
+            await emu.configure_webhooks(served)
+            try:
+                yield
+            finally:
+                await emu.configure_webhooks(None)
+
+
+@on_databases
+async def test_a_webhook_on_one_instance_finishes_a_wait_on_another(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """No Xsolla connection on B: the receiver's claim writes the status, B hears it."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    async with (
+        instance(url, emu, transports=("journal",), until="paid", fetch_details=False) as b,
+        receiver_for(url, emu),
+    ):
+        b.track(order_id)
+        await emu.set_status(order_id, "paid")  # order_paid to the receiver
+        with anyio.fail_after(10):
+            result = await b.wait(order_id)
+    assert (result.status, result.source, result.succeeded) == (Status.PAID, "webhook", True)
+
+
+@on_databases
+async def test_one_instance_follows_xsolla_the_others_hear_each_change_once(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    async with instance(url, emu, user) as a, instance(url, emu, user) as b:
+        a.track(order_id)
+        b.track(order_id)
+        owners = lambda: [t._orders[order_id].owned for t in (a, b)]  # noqa: E731
+        await eventually(lambda: sorted(owners()) == [False, True])
+        await emu.run_script(order_id, [(0.1, "paid"), (0.1, "done")])
+        results = [await t.wait(order_id) for t in (a, b)]
+        assert sorted(owners()) == [False, True]  # one owner throughout, never both
+    for result in results:
+        assert [c.status for c in result.changes] == [Status.NEW, Status.PAID, Status.DONE]
+        assert result.status is Status.DONE
+
+
+@on_databases
+async def test_when_the_owner_stops_renewing_another_takes_the_order_over(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    async with instance(url, emu, user) as b:
+        async with instance(url, emu, user) as a:
+            a.track(order_id)
+            await eventually(lambda: a._orders[order_id].owned)
+            b.track(order_id)
+            await anyio.sleep(0.3)
+            assert not b._orders[order_id].owned
+        # a closed without giving up: its lease runs out (1 s here) and b takes over
+        await emu.set_status(order_id, "done", publish=False)  # Get order alone knows
+        with anyio.fail_after(15):
+            result = await b.wait(order_id)
+        assert b._orders[order_id].owned
+    assert (result.status, result.source) == (Status.DONE, "polling")
+
+
+@on_databases
+async def test_a_restarted_instance_resumes_what_was_not_settled(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    settled, pending = await emu.create_order(user), await emu.create_order(user)
+    async with instance(url, emu, user) as first:
+        first.track(settled)
+        first.track(pending)
+        await emu.set_status(settled, "done")
+        await first.wait(settled)
+    # the process is gone; the order moved on meanwhile, where only Get order sees it
+    await emu.set_status(pending, "done", publish=False)
+    asked: list[tuple[int, str | None]] = []
+
+    def token_for(order_id: int, user_id: str | None) -> str:
+        asked.append((order_id, user_id))
+        return user.token
+
+    async with instance(url, emu, None, token_for=token_for) as second:
+        assert set(second._orders) == {pending}  # the settled one is not resumed
+        with anyio.fail_after(10):
+            result = await second.wait(pending)
+    assert asked == [(pending, user.external_id)]
+    assert (result.status, result.source) == (Status.DONE, "polling")
+    assert not _tokens_in_database(url, user.token)
+
+
+@on_databases
+async def test_on_settled_runs_once_across_the_fleet(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    orders = [await emu.create_order(user) for _ in range(3)]
+    calls: list[tuple[str, Settled]] = []
+    failed_once: set[int] = set()
+
+    def handler(name: str) -> Any:
+        async def on_settled(event: Settled) -> None:
+            if event.order_id not in failed_once:  # the first try fails: it is retried
+                failed_once.add(event.order_id)
+                raise RuntimeError("the game's database hiccuped")
+            calls.append((name, event))
+
+        return on_settled
+
+    async with (
+        instance(url, emu, user, on_settled=handler("a")) as a,
+        instance(url, emu, user, on_settled=handler("b")) as b,
+        receiver_for(url, emu),  # after delivery, a refund comes by webhook only
+    ):
+        for order_id in orders:
+            a.track(order_id)
+            b.track(order_id)
+        for order_id in orders:
+            await emu.run_script(order_id, [(0.05, "paid"), (0.05, "done")])
+        for order_id in orders:
+            await a.wait(order_id)
+            await b.wait(order_id)
+        await eventually(lambda: len(calls) >= len(orders), timeout=20)
+        await emu.set_status(orders[0], "canceled")  # a refund, later: once more
+        await eventually(lambda: len(calls) >= len(orders) + 1, timeout=20)
+        await anyio.sleep(0.5)  # time for a second call, which must not come
+    events = sorted((e.order_id, e.status) for _, e in calls)
+    expected = sorted([*((o, Status.DONE) for o in orders), (orders[0], Status.CANCELED)])
+    assert events == expected
+    refund = next(e for _, e in calls if e.status is Status.CANCELED)
+    assert refund.later and not refund.succeeded
+
+
+def _tokens_in_database(url: str, token: str) -> bool:
+    from support_journal import connect
+
+    db = connect(url)
+    try:
+        for table in ("orderfsm_orders", "orderfsm_changes", "orderfsm_claims"):
+            for row in db.execute(f"SELECT * FROM {table}").fetchall():
+                if any(token in str(value) for value in row):
+                    return True
+        return False
+    finally:
+        db.close()

@@ -1,0 +1,196 @@
+"""The journal's orders (the fleet tracker's tables) against real SQLite and PostgreSQL.
+
+The two traps issue 15 names are provoked here: a catch-up cursor over a
+global sequence skips a change whose transaction commits late (the per-order
+version does not), and NOTIFY costs a cluster-wide lock through commit (so
+there is one per transaction, and none when nothing changed).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support_journal import connect, on_databases, url_for
+from support_postgres import postgres_server
+
+from orderfsm import Status
+from orderfsm.journal.orders import OrderRow, leased, may_lease
+from transports.journal import open_journal
+from transports.journal import orders as sql
+from transports.journal.order_log import OrderLog
+from transports.journal.orders import Note
+
+pytestmark = pytest.mark.anyio
+
+P, D, N, E, C = Status.PAID, Status.DONE, Status.NEW, Status.EXPIRED, Status.CANCELED
+
+
+def note(order_id: int, status: Status, source: str = "test") -> Note:
+    return Note(order_id, status, source, time.time())
+
+
+@on_databases
+async def test_a_change_is_written_once_and_only_when_it_advances(
+    backend: str, tmp_path: Path
+) -> None:
+    async with open_journal(url_for(backend, tmp_path)) as journal:
+        log = OrderLog(journal)
+        await log.track(7, D, "player-7")
+        written = [await log.record([note(7, s)]) for s in (N, P, P, N, E, D, C, D)]
+        changes = await log.changes({7: 0}, everything=True)
+        (row,) = (await log.orders([7])).values()
+    assert [len(w) for w in written] == [1, 1, 0, 0, 0, 1, 1, 0]  # repeats and stale news: none
+    assert [(c.version, c.status, c.previous) for c in changes] == [
+        (1, N, None), (2, P, N), (3, D, P), (4, C, D)
+    ]  # fmt: skip
+    assert (row.status, row.version, row.user_id, row.tracking) == (C, 4, "player-7", False)
+
+
+@on_databases
+async def test_concurrent_writers_leave_one_legal_sequence(backend: str, tmp_path: Path) -> None:
+    """Three instances writing what they saw, in any order: each change once, in order."""
+    url = url_for(backend, tmp_path)
+    seen = [N, E, P, D, C]
+    async with open_journal(url) as j1, open_journal(url) as j2, open_journal(url) as j3:
+        logs = [OrderLog(j) for j in (j1, j2, j3)]
+        async with anyio.create_task_group() as tg:
+            for i, log in enumerate(logs):
+                for order_id in range(1, 6):
+                    statuses = seen[i:] + seen[:i]  # each instance sees them in its own order
+                    tg.start_soon(_write_all, log, order_id, statuses)
+        changes = await logs[0].changes({i: 0 for i in range(1, 6)}, everything=True)
+    for order_id in range(1, 6):
+        mine = [c for c in changes if c.order_id == order_id]
+        assert [c.version for c in mine] == list(range(1, len(mine) + 1))
+        order = [c.status for c in mine]
+        assert order == sorted(set(order), key=seen.index) and order[-1] is C
+        assert [c.previous for c in mine[1:]] == order[:-1]
+
+
+async def _write_all(log: OrderLog, order_id: int, statuses: list[Status]) -> None:
+    for status in statuses:
+        await log.record([note(order_id, status)])
+
+
+async def test_a_late_commit_is_missed_by_a_sequence_cursor_not_by_per_order_versions() -> None:
+    """The trap: T1 writes order 1's change first but commits last.  A reader that
+    remembers the highest sequence number it saw skips it for good; the listener,
+    woken by T1's commit and reading order 1 past its version, does not."""
+    url = postgres_server().url()
+    async with open_journal(url) as journal:
+        log = OrderLog(journal)
+        for order_id in (1, 2):
+            await log.track(order_id, D, None)
+        assert (await log.wait_for_news(0.01)).everything  # LISTENing from here on
+        first, second = connect(url), connect(url)
+        try:
+            first.autocommit = second.autocommit = False
+            sql.record(first, "postgresql", [note(1, P)], time.time(), log.channel)
+            sql.record(second, "postgresql", [note(2, P)], time.time(), log.channel)
+            second.commit()
+            naive = second.execute("SELECT max(seq) FROM orderfsm_changes").fetchone()[0]
+            first.commit()
+            missed = second.execute(
+                "SELECT order_id FROM orderfsm_changes WHERE seq > %s", (naive,)
+            ).fetchall()
+            second.commit()
+        finally:
+            first.close()
+            second.close()
+        heard: set[int] = set()
+        with anyio.fail_after(5):
+            while heard != {1, 2}:
+                news = await log.wait_for_news(1.0)
+                heard.update(news.order_ids or ())
+        changes = await log.changes({1: 0, 2: 0}, everything=False)
+    assert missed == []  # the sequence cursor lost order 1's change
+    assert {(c.order_id, c.status) for c in changes} == {(1, P), (2, P)}
+
+
+async def test_one_notify_per_transaction_and_none_when_nothing_changed() -> None:
+    url = postgres_server().url()
+    async with open_journal(url) as journal:
+        log = OrderLog(journal)
+        for order_id in (1, 2, 3):
+            await log.track(order_id, D, None)
+        await log.record([note(1, D)])
+        assert (await log.wait_for_news(0.01)).everything
+        await log.record([note(1, P)])  # stale: no write, no NOTIFY
+        assert (await log.wait_for_news(0.3)).quiet
+        await log.record([note(2, P), note(3, P), note(2, D)])
+        news = await log.wait_for_news(2.0)
+        assert sorted(news.order_ids or ()) == [2, 3]
+        assert (await log.wait_for_news(0.3)).quiet  # one notification, not three
+
+
+async def test_sqlite_wakes_another_process_on_commit(tmp_path: Path) -> None:
+    url = url_for("sqlite", tmp_path)
+    async with open_journal(url) as mine, open_journal(url) as theirs:
+        watcher, writer = OrderLog(mine), OrderLog(theirs)
+        await writer.track(5, D, None)
+        assert (await watcher.wait_for_news(0.01)).everything
+        assert (await watcher.wait_for_news(0.05)).quiet
+        started = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.record, [note(5, P)])
+            news = await watcher.wait_for_news(5.0)
+        assert not news.quiet and time.monotonic() - started < 1.0
+        assert [c.status for c in await watcher.changes({5: 0}, everything=False)] == [P]
+
+
+@on_databases
+async def test_leases_one_owner_a_new_fence_on_takeover(backend: str, tmp_path: Path) -> None:
+    url = url_for(backend, tmp_path)
+    async with open_journal(url, owner="a") as ja, open_journal(url, owner="b") as jb:
+        a, b = OrderLog(ja), OrderLog(jb)
+        await a.track(1, D, None)
+        await a.track(2, D, None)
+        first = await a.lease([1, 2], 0.5)
+        assert sorted(first) == [1, 2] and await b.lease([1, 2], 0.5) == {}
+        assert await a.lease([1, 2], 0.5) == first  # a renewal keeps the fence
+        await a.record([note(2, D)])  # settled: nobody needs to own it
+        await anyio.sleep(0.6)
+        taken = await b.lease([1, 2], 5.0)
+        assert list(taken) == [1] and taken[1] == first[1] + 1
+        assert await a.lease([1], 5.0) == {}
+        await b.untrack([1])
+        assert await a.lease([1], 5.0) == {}  # given up: nobody resumes it
+
+
+@given(
+    owner=st.sampled_from([None, "a", "b"]),
+    status=st.sampled_from([None, *Status]),
+    tracking=st.booleans(),
+    lease_left=st.floats(-10, 10),
+    asker=st.sampled_from(["a", "b"]),
+)
+@settings(max_examples=200)
+def test_the_sql_lease_is_the_pure_decision(
+    owner: str | None, status: Status | None, tracking: bool, lease_left: float, asker: str
+) -> None:
+    """Row by row, the UPDATE takes exactly the leases ``may_lease`` allows, with its fence."""
+    import sqlite3
+
+    from transports.journal.base import migrations
+
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    for step in migrations("sqlite").values():
+        for statement in step:
+            db.execute(statement)
+    now = 1000.0
+    row = OrderRow(9, status, 1, D, None, tracking, owner, now + lease_left, 3)
+    db.execute(
+        "INSERT INTO orderfsm_orders (order_id, status, version, until, tracking, owner,"
+        " lease_until, fence, updated_at) VALUES (9, ?, 1, 'done', ?, ?, ?, 3, 0)",
+        (None if status is None else status.value, tracking, owner, now + lease_left),
+    )
+    held = sql.lease(db, "sqlite", [9], asker, now, 30.0)
+    if may_lease(row, asker, now):
+        assert held == {9: leased(row, asker, now, 30.0).fence}
+    else:
+        assert held == {}

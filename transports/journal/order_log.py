@@ -1,0 +1,144 @@
+"""The journal's orders for async code: the fleet tracker's one way to them.
+
+Every call is one unit of work in a worker thread (the journal's own limiter,
+bounded by its wait), so both event loops run the same SQL.  Waiting for the
+next change (``wait_for_news``) blocks a thread of its own: a PostgreSQL
+LISTEN, or SQLite's ``data_version`` watched every few ms.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Mapping, Sequence
+from typing import cast
+
+import anyio
+import anyio.to_thread
+import attrs
+
+from orderfsm.core import Status
+from orderfsm.errors import JournalError
+from orderfsm.journal.orders import ChangeRow, OrderRow
+from transports.journal import orders as sql
+from transports.journal.base import SqlStore
+from transports.journal.journal import Journal
+from transports.journal.orders import Note
+
+
+@attrs.frozen
+class News:
+    """What a wait for news found."""
+
+    everything: bool = False
+    """Something may have been missed (the first wait, a reconnect): reread every order."""
+    order_ids: tuple[int, ...] | None = None
+    """The orders announced (PostgreSQL); ``None``: any (SQLite saw a commit)."""
+    quiet: bool = False
+    """Nothing came before the timeout."""
+
+
+class OrderLog:
+    """The orders of one journal (SQLite or PostgreSQL: the memory journal has no fleet)."""
+
+    def __init__(self, journal: Journal) -> None:
+        store = journal.store
+        if store.kind not in ("sqlite", "postgresql"):
+            raise JournalError(
+                f"{journal.display}: a fleet of trackers needs a SQLite or PostgreSQL journal"
+            )
+        self.journal = journal
+        self.dialect = store.kind
+        self.owner = journal.sync.owner
+        self._store = cast(SqlStore, store)
+        self._seq: int | None = None
+        """SQLite: the last change read (writers take turns there, see ``changes_since``)."""
+        self._data_version: int | None = None
+        self._waiter = anyio.CapacityLimiter(1)
+
+    @property
+    def channel(self) -> str:
+        """PostgreSQL's notification channel for these orders (known once the journal is open)."""
+        return str(getattr(self._store, "channel", sql.CHANNEL))
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.journal.settings.wait
+
+    # --- writes -------------------------------------------------------------------
+
+    async def track(self, order_id: int, until: Status, user_id: str | None) -> OrderRow:
+        work = functools.partial(
+            sql.track, dialect=self.dialect, order_id=order_id, until=until, user_id=user_id,
+            now=time.time(),
+        )  # fmt: skip
+        return await self.journal._call(self._store.write, work, self._deadline())
+
+    async def record(self, notes: Sequence[Note]) -> list[ChangeRow]:
+        work = functools.partial(
+            sql.record, dialect=self.dialect, notes=notes, now=time.time(), channel=self.channel
+        )
+        return await self.journal._call(self._store.write, work, self._deadline())
+
+    async def untrack(self, order_ids: Sequence[int]) -> None:
+        work = functools.partial(
+            sql.untrack, dialect=self.dialect, order_ids=order_ids, owner=self.owner
+        )
+        await self.journal._call(self._store.write, work, self._deadline())
+
+    async def lease(self, order_ids: Sequence[int], seconds: float) -> dict[int, int]:
+        work = functools.partial(
+            sql.lease, dialect=self.dialect, order_ids=order_ids, owner=self.owner,
+            now=time.time(), seconds=seconds,
+        )  # fmt: skip
+        return await self.journal._call(self._store.write, work, self._deadline())
+
+    # --- reads --------------------------------------------------------------------
+
+    async def orders(self, order_ids: Sequence[int]) -> dict[int, OrderRow]:
+        work = functools.partial(sql.orders, dialect=self.dialect, order_ids=order_ids)
+        return await self.journal._call(self._store.read, work, self._deadline())
+
+    async def tracking(self, limit: int = 100_000) -> list[OrderRow]:
+        work = functools.partial(sql.tracking, dialect=self.dialect, limit=limit)
+        return await self.journal._call(self._store.read, work, self._deadline())
+
+    async def unhandled(self, since: float, limit: int = 1000) -> list[tuple[int, Status, Status]]:
+        work = functools.partial(sql.unhandled, dialect=self.dialect, since=since, limit=limit)
+        return await self.journal._call(self._store.read, work, self._deadline())
+
+    async def changes(self, cursors: Mapping[int, int], everything: bool) -> list[ChangeRow]:
+        """Changes of the orders in ``cursors`` past their cursors.
+
+        On SQLite, cheaply, everything committed since the last read (filtered
+        here); ``everything`` also rereads per order there (after a restart of
+        the watch, say).  On PostgreSQL always per order.
+        """
+        if self.dialect == "sqlite" and not everything and self._seq is not None:
+            since = functools.partial(sql.changes_since, after_seq=self._seq)
+            found, self._seq = await self.journal._call(self._store.read, since, self._deadline())
+            return [c for c in found if c.order_id in cursors and c.version > cursors[c.order_id]]
+        if self.dialect == "sqlite":
+            # The mark first: a commit in between is read twice (the cursors drop it),
+            # never skipped.
+            self._seq = await self.journal._call(self._store.read, sql.last_seq, self._deadline())
+        work = functools.partial(sql.changes_after, dialect=self.dialect, cursors=dict(cursors))
+        return await self.journal._call(self._store.read, work, self._deadline())
+
+    async def wait_for_news(self, within: float) -> News:
+        """Until something may have changed, or ``within`` s."""
+        if self.dialect == "postgresql":
+            listen = self._store.listen  # type: ignore[attr-defined]
+            ids: list[int] | None = await anyio.to_thread.run_sync(
+                listen, within, limiter=self._waiter, abandon_on_cancel=True
+            )
+            if ids is None:
+                return News(everything=True)
+            return News(order_ids=tuple(ids)) if ids else News(quiet=True)
+        wait = self._store.wait_for_commit  # type: ignore[attr-defined]
+        seen = self._data_version
+        self._data_version = await anyio.to_thread.run_sync(
+            wait, seen, within, limiter=self._waiter, abandon_on_cancel=True
+        )
+        if seen is None:
+            return News(everything=True)
+        return News() if self._data_version != seen else News(quiet=True)

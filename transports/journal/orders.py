@@ -1,0 +1,327 @@
+"""Orders and their changes in the journal: the SQL of the fleet tracker, both backends.
+
+Each function is one unit of work on a DB-API connection inside a transaction
+the store opened (``store.write``) or a read (``store.read``); the decisions
+are :mod:`orderfsm.journal.orders`'s and the core's.  A change is written
+under the order's row lock (``FOR UPDATE`` on PostgreSQL; SQLite has one
+writer at a time), after the same core an instance applies said it advances,
+and announced in the same transaction: PostgreSQL NOTIFYs once per
+transaction, only when something changed, with the order ids as the payload
+(a hint: the listener reads the rows); SQLite's readers notice a commit by
+``PRAGMA data_version``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from orderfsm.core import GOALS, Status, verdict
+from orderfsm.journal.orders import ChangeRow, OrderRow, advance
+
+CHANNEL = "orderfsm_orders"
+"""The PostgreSQL notification channel's prefix; the database schema's name follows,
+since a channel is shared by every schema of a database."""
+NOTIFY_LIMIT = 7000
+"""Bytes of order ids in one NOTIFY payload (PostgreSQL allows 8,000); past it the
+payload is empty, meaning "read everything you follow"."""
+CHUNK = 500
+"""Order ids per statement when a list is long."""
+
+ORDER_COLUMNS = "order_id, status, version, until, user_id, tracking, owner, lease_until, fence"
+CHANGE_COLUMNS = "order_id, version, status, previous, source, at"
+
+
+@attrs.frozen
+class Note:
+    """What to write: an order's status as one instance (or a receiver) learned it."""
+
+    order_id: int
+    status: Status
+    source: str
+    at: float
+    """Wall-clock seconds."""
+
+
+def _sql(dialect: str, text: str) -> str:
+    return text if dialect == "postgresql" else text.replace("%s", "?")
+
+
+def _settled_statuses(until: Status) -> list[str]:
+    return [s.value for s in Status if verdict(s, until).settled]
+
+
+def order_from_row(row: Sequence[Any]) -> OrderRow:
+    order_id, status, version, until, user_id, tracking, owner, lease_until, fence = row
+    return OrderRow(
+        int(order_id),
+        None if status is None else Status(status),
+        int(version),
+        Status(until),
+        user_id,
+        bool(tracking),
+        owner,
+        float(lease_until),
+        int(fence),
+    )
+
+
+def change_from_row(row: Sequence[Any]) -> ChangeRow:
+    order_id, version, status, previous, source, at = row
+    before = None if previous is None else Status(previous)
+    return ChangeRow(int(order_id), int(version), Status(status), before, source, float(at))
+
+
+def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
+    for start in range(0, len(ids), CHUNK):
+        yield ids[start : start + CHUNK]
+
+
+def _marks(count: int, dialect: str) -> str:
+    return ", ".join(["?" if dialect == "sqlite" else "%s"] * count)
+
+
+# --- writes ----------------------------------------------------------------------------
+
+
+def track(
+    db: Any, dialect: str, order_id: int, until: Status, user_id: str | None, now: float
+) -> OrderRow:
+    """Say an instance follows the order; the row as it is now.
+
+    An order first met here gets a row; one already settled for this goal is
+    not marked tracked again (there is nothing to resume).
+    """
+    settled = _settled_statuses(until)
+    db.execute(
+        _sql(
+            dialect,
+            "INSERT INTO orderfsm_orders (order_id, status, version, until, user_id, tracking,"
+            " tracked_at, owner, lease_until, fence, updated_at)"
+            " VALUES (%s, NULL, 0, %s, %s, %s, %s, NULL, 0, 0, %s)"
+            " ON CONFLICT (order_id) DO NOTHING",
+        ),
+        (order_id, until.value, user_id, True, now, now),
+    )
+    db.execute(
+        _sql(
+            dialect,
+            f"UPDATE orderfsm_orders SET until = %s, user_id = coalesce(%s, user_id),"
+            f" tracking = (status IS NULL OR status NOT IN ({_marks(len(settled), dialect)})),"
+            f" tracked_at = coalesce(tracked_at, %s), updated_at = %s WHERE order_id = %s",
+        ),
+        (until.value, user_id, *settled, now, now, order_id),
+    )
+    row = db.execute(
+        _sql(dialect, f"SELECT {ORDER_COLUMNS} FROM orderfsm_orders WHERE order_id = %s"),
+        (order_id,),
+    ).fetchone()
+    return order_from_row(row)
+
+
+def channel_for(schema: str) -> str:
+    """The channel of the orders in ``schema`` (an identifier: only [a-z0-9_] kept)."""
+    safe = "".join(c for c in schema.lower() if c.isalnum() or c == "_")
+    return f"{CHANNEL}_{safe}"[:63]
+
+
+def record(
+    db: Any, dialect: str, notes: Sequence[Note], now: float, channel: str = CHANNEL
+) -> list[ChangeRow]:
+    """Write what advances an order; returns the changes written (stale and repeated
+    news write nothing).  One NOTIFY for the whole transaction, when anything changed."""
+    written: list[ChangeRow] = []
+    lock = " FOR UPDATE" if dialect == "postgresql" else ""
+    for note in notes:
+        db.execute(
+            _sql(
+                dialect,
+                "INSERT INTO orderfsm_orders (order_id, status, version, until, tracking,"
+                " lease_until, fence, updated_at) VALUES (%s, NULL, 0, %s, %s, 0, 0, %s)"
+                " ON CONFLICT (order_id) DO NOTHING",
+            ),
+            (note.order_id, Status.DONE.value, False, now),
+        )
+        row = db.execute(
+            _sql(
+                dialect,
+                f"SELECT status, version, until FROM orderfsm_orders WHERE order_id = %s{lock}",
+            ),
+            (note.order_id,),
+        ).fetchone()
+        current = None if row[0] is None else Status(row[0])
+        change = advance(current, note.status)
+        if change is None:
+            continue
+        version = int(row[1]) + 1
+        written.append(
+            ChangeRow(note.order_id, version, note.status, current, note.source, note.at)
+        )
+        db.execute(
+            _sql(
+                dialect,
+                f"INSERT INTO orderfsm_changes ({CHANGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+            ),
+            (
+                note.order_id,
+                version,
+                note.status.value,
+                None if current is None else current.value,
+                note.source,
+                note.at,
+            ),
+        )
+        tracking = not verdict(note.status, Status(row[2])).settled
+        db.execute(
+            _sql(
+                dialect,
+                "UPDATE orderfsm_orders SET status = %s, version = %s,"
+                " tracking = (tracking AND %s), updated_at = %s WHERE order_id = %s",
+            ),
+            (note.status.value, version, tracking, now, note.order_id),
+        )
+    if written and dialect == "postgresql":
+        payload = ",".join(dict.fromkeys(str(c.order_id) for c in written))
+        payload = "" if len(payload) > NOTIFY_LIMIT else payload
+        db.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+    return written
+
+
+def untrack(db: Any, dialect: str, order_ids: Sequence[int], owner: str) -> None:
+    """Nobody needs to resume these any more (settled, or given up); drop ``owner``'s lease."""
+    for chunk in _chunks(order_ids):
+        marks = _marks(len(chunk), dialect)
+        db.execute(
+            _sql(
+                dialect,
+                f"UPDATE orderfsm_orders SET tracking = %s,"
+                f" owner = CASE WHEN owner = %s THEN NULL ELSE owner END,"
+                f" lease_until = CASE WHEN owner = %s THEN 0 ELSE lease_until END"
+                f" WHERE order_id IN ({marks})",
+            ),
+            (False, owner, owner, *chunk),
+        )
+
+
+def lease(
+    db: Any, dialect: str, order_ids: Sequence[int], owner: str, now: float, seconds: float
+) -> dict[int, int]:
+    """Take or renew the lease on each order that :func:`~orderfsm.journal.orders.may_lease`
+    allows; the orders ``owner`` holds now, with their fences."""
+    held: dict[int, int] = {}
+    for goal in GOALS:
+        settled = _settled_statuses(goal)
+        for chunk in _chunks(order_ids):
+            rows = db.execute(
+                _sql(
+                    dialect,
+                    f"UPDATE orderfsm_orders SET"
+                    f" fence = CASE WHEN owner = %s AND lease_until > %s THEN fence"
+                    f" ELSE fence + 1 END,"
+                    f" owner = %s, lease_until = %s"
+                    f" WHERE order_id IN ({_marks(len(chunk), dialect)}) AND until = %s"
+                    f" AND tracking AND (status IS NULL"
+                    f" OR status NOT IN ({_marks(len(settled), dialect)}))"
+                    f" AND (owner IS NULL OR owner = %s OR lease_until <= %s)"
+                    f" RETURNING order_id, fence",
+                ),
+                (owner, now, owner, now + seconds, *chunk, goal.value, *settled, owner, now),
+            ).fetchall()
+            held.update((int(order_id), int(fence)) for order_id, fence in rows)
+    return held
+
+
+# --- reads -----------------------------------------------------------------------------
+
+
+def orders(db: Any, dialect: str, order_ids: Sequence[int]) -> dict[int, OrderRow]:
+    found: dict[int, OrderRow] = {}
+    for chunk in _chunks(order_ids):
+        rows = db.execute(
+            _sql(
+                dialect,
+                f"SELECT {ORDER_COLUMNS} FROM orderfsm_orders"
+                f" WHERE order_id IN ({_marks(len(chunk), dialect)})",
+            ),
+            tuple(chunk),
+        ).fetchall()
+        found.update((int(r[0]), order_from_row(r)) for r in rows)
+    return found
+
+
+def tracking(db: Any, dialect: str, limit: int) -> list[OrderRow]:
+    """Orders some instance was following and that have not settled: to resume."""
+    rows = db.execute(
+        _sql(
+            dialect,
+            f"SELECT {ORDER_COLUMNS} FROM orderfsm_orders WHERE tracking"
+            f" ORDER BY order_id LIMIT %s",
+        ),
+        (limit,),
+    ).fetchall()
+    return [order_from_row(r) for r in rows]
+
+
+def changes_after(db: Any, dialect: str, cursors: Mapping[int, int]) -> list[ChangeRow]:
+    """Every change past each order's cursor (its last version applied), in order."""
+    found: list[ChangeRow] = []
+    ids = sorted(cursors)
+    for chunk in _chunks(ids):
+        low = min(cursors[i] for i in chunk)
+        rows = db.execute(
+            _sql(
+                dialect,
+                f"SELECT {CHANGE_COLUMNS} FROM orderfsm_changes"
+                f" WHERE order_id IN ({_marks(len(chunk), dialect)}) AND version > %s"
+                f" ORDER BY order_id, version",
+            ),
+            (*chunk, low),
+        ).fetchall()
+        found += [c for c in map(change_from_row, rows) if c.version > cursors[c.order_id]]
+    return found
+
+
+def unhandled(db: Any, dialect: str, since: float, limit: int) -> list[tuple[int, Status, Status]]:
+    """Tracked orders whose status settles them (or refunds them) since ``since``, with no
+    answered ``on_settled`` claim: (order id, status, goal).  Whoever settled them may
+    have died before its handler ran."""
+    key = (
+        "'settled:' || CAST(o.order_id AS TEXT) || ':' || o.status"
+        if dialect == "postgresql"
+        else "'settled:' || o.order_id || ':' || o.status"
+    )
+    rows = db.execute(
+        _sql(
+            dialect,
+            f"SELECT o.order_id, o.status, o.until FROM orderfsm_orders o"
+            f" LEFT JOIN orderfsm_claims c ON c.key = {key}"
+            f" WHERE o.tracked_at IS NOT NULL AND o.updated_at >= %s AND o.status IS NOT NULL"
+            f" AND (c.state IS NULL OR c.state <> 'answered')"
+            f" ORDER BY o.updated_at LIMIT %s",
+        ),
+        (since, limit),
+    ).fetchall()
+    found = [(int(r[0]), Status(r[1]), Status(r[2])) for r in rows]
+    return [(i, status, until) for i, status, until in found if verdict(status, until).settled]
+
+
+def changes_since(db: Any, after_seq: int) -> tuple[list[ChangeRow], int]:
+    """SQLite only: changes committed after ``after_seq``, and the new mark.
+
+    Safe there because writers take turns: a row's ``seq`` is given and
+    committed before the next writer begins, so no later commit can land
+    behind the mark.  PostgreSQL's writers overlap: there, read per order.
+    """
+    rows = db.execute(
+        f"SELECT seq, {CHANGE_COLUMNS} FROM orderfsm_changes WHERE seq > ? ORDER BY seq",
+        (after_seq,),
+    ).fetchall()
+    mark = int(rows[-1][0]) if rows else after_seq
+    return [change_from_row(r[1:]) for r in rows], mark
+
+
+def last_seq(db: Any) -> int:
+    row = db.execute("SELECT coalesce(max(seq), 0) FROM orderfsm_changes").fetchone()
+    return int(row[0])
