@@ -10,7 +10,7 @@ HELP = (
     "track one order until it settles "
     "(exit 0 success, 3 canceled, 4 expired, 5 timeout, 1 error, 2 usage)"
 )
-TRANSPORTS = ("websocket", "polling", "webhook")
+TRANSPORTS = ("websocket", "polling", "webhook", "journal")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +27,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--transports",
         default="websocket,polling",
-        help="comma-separated, from websocket,polling,webhook (default websocket,polling)",
+        help="comma-separated, from websocket,polling,webhook,journal (default websocket,polling)",
+    )
+    parser.add_argument(
+        "--journal",
+        metavar="URL",
+        help="a fleet's journal (SQLite path or URL, postgresql://...): what other instances "
+        "and webhook receivers learn reaches this watch too",
     )
     parser.add_argument(
         "--until",
@@ -115,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         )
     token = _token(args, transports)
     secret = _webhook_secret(args) if "webhook" in transports else None
+    if "journal" in transports and not args.journal:
+        raise UsageError("--transports journal needs --journal URL")
     if args.poll_interval <= 0 or args.timeout < 0 or args.expired_grace < 0:
         raise UsageError("--poll-interval must be > 0, --timeout and --expired-grace >= 0")
     policy = DefaultPolicy(
@@ -137,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
                     policy=policy,
                     until=args.until,
                     not_found_grace=args.not_found_grace,
+                    journal=args.journal,
                     fetch_details=token is not None,
                     on_report=None if args.json else timeline.report,
                 )

@@ -76,6 +76,10 @@ class Settled:
 
 
 SettledHandler = Callable[[Settled], Awaitable[None]]
+"""Called once per order and settled status across the fleet, until it returns."""
+SettledInTransaction = Callable[[Settled, Any], None]
+"""The exactly-once form: given the event and the journal's open connection (the
+grant written in the transaction that records the call), in a worker thread."""
 
 
 class FleetLink:
@@ -88,6 +92,7 @@ class FleetLink:
         *,
         follows_xsolla: bool,
         on_settled: SettledHandler | None = None,
+        on_settled_transactional: SettledInTransaction | None = None,
         lease: float = LEASE,
         backstop: float = BACKSTOP,
     ) -> None:
@@ -96,6 +101,8 @@ class FleetLink:
         self.follows_xsolla = follows_xsolla
         """Whether this instance can follow orders through Xsolla (socket, polling)."""
         self.on_settled = on_settled
+        self.on_settled_transactional = on_settled_transactional
+        self.calls_settled = on_settled is not None or on_settled_transactional is not None
         self.lease = lease
         self.backstop = backstop
         self.cursors: dict[int, int] = {}
@@ -103,6 +110,8 @@ class FleetLink:
         self._notes: list[Any] = []
         self._news = anyio.Event()
         self._settled: list[Settled] = []
+        self._told: dict[int, Verdict] = {}
+        """The answer each order's last ``on_settled`` event gave."""
         self._settled_news = anyio.Event()
         self._lease_now = anyio.Event()
         self._writing = False
@@ -124,20 +133,30 @@ class FleetLink:
         """A change applied here; written unless it came from the journal."""
         if type(raw) is not ChangeRow:
             self._queue(("note", order.order_id, change.status, change.source, time.time()))
-        if self.on_settled is not None and (change.settled or order.settled is not None):
-            self._settle(order, change)
+        if self.calls_settled and order.settled is not None:
+            answer = verdict(change.status, order.until)
+            # The settlement, then only what changes the answer: a refund after
+            # delivery; a success after the expired grace (not each step of it).
+            if change.settled or (answer.settled and answer is not self._told.get(order.order_id)):
+                self._settle(order, change)
 
     def ended(self, order: TrackedOrder) -> None:
         """The order settled here, or was given up (untracked, timed out): no one needs
         to resume it.  (A closing tracker leaves its orders to be resumed.)"""
         self._queue(("untrack", order.order_id))
         settled = order.settled
-        if self.on_settled is not None and settled is not None and not settled.settled:
+        if self.calls_settled and settled is not None and not settled.settled:
             self._settle(order, settled)  # expired, settled by its grace
+
+    def forget(self, order_id: int) -> None:
+        """The tracker dropped the order: nothing more is read or told of it."""
+        self.cursors.pop(order_id, None)
+        self._told.pop(order_id, None)
 
     def _settle(self, order: TrackedOrder, change: StatusChange) -> None:
         status = change.status
-        succeeded = verdict(status, order.until) is Verdict.SUCCEEDED
+        answer = self._told[order.order_id] = verdict(status, order.until)
+        succeeded = answer is Verdict.SUCCEEDED
         later = change is not order.settled
         self._settled.append(Settled(order.order_id, status, order.until, succeeded, later))
         self._settled_news.set()
@@ -165,7 +184,7 @@ class FleetLink:
             tg.start_soon(self._write, name="orderfsm fleet writer")
             tg.start_soon(self._follow, name="orderfsm fleet follower")
             tg.start_soon(self._hold_leases, name="orderfsm fleet leases")
-            if self.on_settled is not None:
+            if self.calls_settled:
                 tg.start_soon(self._call_settled, tg, name="orderfsm fleet settled")
                 tg.start_soon(self._sweep, name="orderfsm fleet sweep")
 
@@ -202,7 +221,8 @@ class FleetLink:
                 batch, self._notes = self._notes[:BATCH], self._notes[BATCH:]
                 for item in batch:
                     if item[0] == "track":
-                        await self._retrying("track", functools.partial(log.track, *item[1:]))
+                        row = await self._retrying("track", functools.partial(log.track, *item[1:]))
+                        await self._catch_up(row.order_id, row.version)
                 notes = [Note(*item[1:]) for item in batch if item[0] == "note"]
                 if notes:
                     await self._retrying("record", functools.partial(log.record, notes))
@@ -236,6 +256,16 @@ class FleetLink:
                     continue
                 self._apply(changes)
             everything = False
+
+    async def _catch_up(self, order_id: int, version: int) -> None:
+        """A newly followed order's past, read at once (the wake-ups only tell of news)."""
+        cursor = self.cursors.get(order_id)
+        if cursor is None or version <= cursor:
+            return
+        changes = await self._retrying(
+            "catch-up", functools.partial(self.log.catch_up, {order_id: cursor})
+        )
+        self._apply(changes)
 
     def _apply(self, changes: list[ChangeRow]) -> None:
         now = anyio.current_time()
@@ -300,11 +330,8 @@ class FleetLink:
     ) -> None:
         """Claim the event in the journal, run the handler, record it; retried until
         it is recorded here or elsewhere (a failed handler, an outage, a busy owner)."""
-        from transports.journal import Answer, NewDelivery, Reply
+        from transports.journal import NewDelivery
 
-        assert self.on_settled is not None
-        journal = self.log.journal
-        busy = Answer(503)
         body = json.dumps(attrs.asdict(event), default=str).encode()
         delivery = NewDelivery(
             "settled", settled_key(event.order_id, event.status), event.order_id,
@@ -315,25 +342,46 @@ class FleetLink:
             while True:
                 try:
                     async with limiter:
-                        taken = await journal.begin(delivery, busy)
-                        if isinstance(taken, Reply):
-                            if taken.answer.ok:
-                                return  # done already, here or elsewhere
-                        else:
-                            try:
-                                await self.on_settled(event)
-                            except Exception as exc:
-                                logger.exception("on_settled failed for %s", event)
-                                await journal.settle(taken, Answer(500), repr(exc), busy)
-                            else:
-                                await journal.settle(taken, Answer(204), None, busy)
-                                return
+                        if await self._settle_once(event, delivery):
+                            return
                 except OrderFsmError as exc:
                     logger.warning("on_settled for order %s waits: %s", event.order_id, exc)
                 await anyio.sleep(delay)
                 delay = min(2 * delay, SETTLED_RETRY_MAX)
         finally:
             running.discard((event.order_id, event.status))
+
+    async def _settle_once(self, event: Settled, delivery: Any) -> bool:
+        """One try; True once the call is recorded (by this instance or another)."""
+        from transports.journal import Answer, Reply
+
+        journal = self.log.journal
+        busy = Answer(503)
+        transactional = self.on_settled_transactional
+        if transactional is not None:
+
+            def work(connection: Any, attempt: int) -> tuple[Any, str | None]:
+                try:
+                    transactional(event, connection)
+                except Exception as exc:
+                    logger.exception("on_settled_transactional failed for %s", event)
+                    return Answer(500), repr(exc)
+                return Answer(204), None
+
+            ran = await journal.run(delivery, work, busy)
+            return ran.answer.ok
+        assert self.on_settled is not None
+        taken = await journal.begin(delivery, busy)
+        if isinstance(taken, Reply):
+            return taken.answer.ok  # done already, here or elsewhere; or still running
+        try:
+            await self.on_settled(event)
+        except Exception as exc:
+            logger.exception("on_settled failed for %s", event)
+            await journal.settle(taken, Answer(500), repr(exc), busy)
+            return False
+        await journal.settle(taken, Answer(204), None, busy)
+        return True
 
     async def _sweep(self) -> None:
         """Settlements whose handler never got recorded (their instance died): run them."""

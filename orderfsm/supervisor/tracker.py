@@ -32,7 +32,7 @@ from orderfsm.interface import (
     token_provider,
 )
 from orderfsm.supervisor.custom import CustomTransport
-from orderfsm.supervisor.fleet import LEASE, FleetLink, SettledHandler
+from orderfsm.supervisor.fleet import LEASE, FleetLink, SettledHandler, SettledInTransaction
 from orderfsm.supervisor.order import ChangeHook, ReportHook, TrackedOrder
 from orderfsm.supervisor.policy import DefaultPolicy, Policy
 from orderfsm.supervisor.records import Change, FinalResult, User
@@ -87,7 +87,10 @@ class Tracker:
     and orders not settled are resumed after a restart, each with the token
     ``token_for(order_id, user_id)`` gives (no token is ever written to the
     journal).  ``on_settled`` is then called once per settled order (and later
-    refund) across the fleet, until it returns without raising.
+    refund) across the fleet, until it returns without raising;
+    ``on_settled_transactional(event, connection)`` instead writes the
+    application's effect in the same transaction that records the call, so it
+    happens exactly once whatever instant a process dies.
     """
 
     def __init__(
@@ -112,16 +115,21 @@ class Tracker:
         sleep_clock: Callable[[], float] | None = None,
         journal: str | os.PathLike[str] | Journal | None = None,
         on_settled: SettledHandler | None = None,
+        on_settled_transactional: SettledInTransaction | None = None,
         token_for: Callable[[int, str | None], TokenProvider | str] | None = None,
         lease: float = LEASE,
     ) -> None:
         unknown = set(transports) - KNOWN_TRANSPORTS
         if unknown:
             raise ValueError(f"unknown transports: {', '.join(sorted(unknown))}")
-        if journal is None and (JOURNAL in transports or on_settled is not None):
+        if on_settled is not None and on_settled_transactional is not None:
+            raise ValueError("give either on_settled or on_settled_transactional, not both")
+        settled = on_settled is not None or on_settled_transactional is not None
+        if journal is None and (JOURNAL in transports or settled):
             raise ValueError("the journal transport and on_settled need journal=URL")
         self.journal = journal
         self.on_settled = on_settled
+        self.on_settled_transactional = on_settled_transactional
         self.token_for = token_for
         self.lease = lease
         self.fleet: FleetLink | None = None
@@ -214,6 +222,7 @@ class Tracker:
             self._orders,
             follows_xsolla=bool(self.transports & {WEBSOCKET, POLLING}),
             on_settled=self.on_settled,
+            on_settled_transactional=self.on_settled_transactional,
             lease=self.lease,
         )
         return self.fleet
@@ -402,7 +411,7 @@ class Tracker:
         if self._orders.pop(order_id, None) is not None:
             self._book.forget(order_id)
             if self.fleet is not None:
-                self.fleet.cursors.pop(order_id, None)
+                self.fleet.forget(order_id)
 
     def status(self, order_id: int) -> Status | None:
         return self._book.status(order_id)

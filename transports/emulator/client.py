@@ -270,10 +270,13 @@ class EmulatorClient:
     # --- webhooks -------------------------------------------------------------------
 
     async def configure_webhooks(
-        self, url: str | None, retry_intervals: Sequence[float] | None = None
+        self, url: str | Sequence[str] | None, retry_intervals: Sequence[float] | None = None
     ) -> None:
+        """Where webhooks go: a URL, several (attempts go round them, as behind a
+        load balancer), or ``None``; and the retry schedule."""
         intervals = None if retry_intervals is None else list(retry_intervals)
-        body = {"url": url, "retry_intervals": intervals}
+        urls = url if url is None or isinstance(url, str) else list(url)
+        body = {"url": urls, "retry_intervals": intervals}
         await self._call("POST", "/webhooks/config", body)
 
     async def send_webhook(

@@ -112,7 +112,10 @@ class WebhookSender:
         spawn: Spawn,
     ) -> None:
         self.secret = secret
-        self.url = url
+        self.urls: tuple[str, ...] = () if url is None else (url,)
+        """Where to deliver: one after the other, attempt by attempt, as a load
+        balancer in front of several receivers would spread them."""
+        self._turn = 0
         self.retry_intervals = tuple(retry_intervals)
         self.timeout = timeout
         self.attempts: list[WebhookAttempt] = []
@@ -121,16 +124,24 @@ class WebhookSender:
         self._next_id = 1
         self._http: aiohttp.ClientSession | None = None
 
+    @property
+    def url(self) -> str | None:
+        return self.urls[0] if self.urls else None
+
     def configure(self, url: object, retry_intervals: object) -> None:
-        if url is not None and not isinstance(url, str):
-            raise StateError("url must be a string or null")
+        """``url``: one URL, a list of them (attempts go round them), or null (none)."""
+        urls = [url] if isinstance(url, str) else url
+        if urls is not None and (
+            not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls)
+        ):
+            raise StateError("url must be a string, a non-empty list of strings, or null")
         if retry_intervals is not None:
             if not isinstance(retry_intervals, list) or not all(
                 isinstance(x, (int, float)) and x >= 0 for x in retry_intervals
             ):
                 raise StateError("retry_intervals must be a list of non-negative numbers")
             self.retry_intervals = tuple(float(x) for x in retry_intervals)
-        self.url = url
+        self.urls = () if urls is None else tuple(urls)
 
     def attempts_for(self, order_ids: Iterable[int] | None) -> list[WebhookAttempt]:
         """Every attempt, or those for these orders (indexed: a long soak asks often)."""
@@ -143,17 +154,17 @@ class WebhookSender:
         self, body: bytes, notification_type: str, order_id: int, *, bad_signature: bool
     ) -> int:
         """Start one delivery (with its retries) in the background; returns its id."""
-        if self.url is None:
+        if not self.urls:
             raise StateError("no webhook URL configured")
         delivery_id = self._next_id
         self._next_id += 1
         good = sign(body, self.secret)
         signature = sign(body, self.secret + "-wrong") if bad_signature else good
-        url = self.url
+        urls = self.urls
 
         async def deliver() -> None:
             await self._deliver(
-                delivery_id, url, body, signature, good, notification_type, order_id
+                delivery_id, urls, body, signature, good, notification_type, order_id
             )
 
         self._spawn(deliver)
@@ -167,7 +178,7 @@ class WebhookSender:
     async def _deliver(
         self,
         delivery_id: int,
-        url: str,
+        urls: tuple[str, ...],
         body: bytes,
         signature: str,
         good: str,
@@ -178,6 +189,8 @@ class WebhookSender:
             self._http = aiohttp.ClientSession()
         headers = {"Content-Type": "application/json", "Authorization": f"Signature {signature}"}
         for attempt in range(1, len(self.retry_intervals) + 2):
+            url = urls[self._turn % len(urls)]
+            self._turn += 1
             sent_at = time.time()
             status: int | None = None
             response, error = "", None

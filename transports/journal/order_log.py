@@ -114,6 +114,8 @@ class OrderLog:
         the watch, say).  On PostgreSQL always per order.
         """
         if self.dialect == "sqlite" and not everything and self._seq is not None:
+            # Only news since the last read: an order followed since then is caught up
+            # by itself (``everything``), not here.
             since = functools.partial(sql.changes_since, after_seq=self._seq)
             found, self._seq = await self.journal._call(self._store.read, since, self._deadline())
             return [c for c in found if c.order_id in cursors and c.version > cursors[c.order_id]]
@@ -121,6 +123,11 @@ class OrderLog:
             # The mark first: a commit in between is read twice (the cursors drop it),
             # never skipped.
             self._seq = await self.journal._call(self._store.read, sql.last_seq, self._deadline())
+        return await self.catch_up(cursors)
+
+    async def catch_up(self, cursors: Mapping[int, int]) -> list[ChangeRow]:
+        """These orders' changes past their cursors, read per order (a newly followed
+        order's past: wake-ups only tell of news)."""
         work = functools.partial(sql.changes_after, dialect=self.dialect, cursors=dict(cursors))
         return await self.journal._call(self._store.read, work, self._deadline())
 

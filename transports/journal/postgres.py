@@ -219,6 +219,7 @@ class PostgresStore:
         self._closed = False
         self._checking = threading.Lock()
         self._listener: psycopg.Connection[Any] | None = None
+        self._listening = threading.Lock()
         self.channel = CHANNEL
         """Where changes of this journal's orders are announced (set on open)."""
 
@@ -306,10 +307,22 @@ class PostgresStore:
         first call, after a reconnect, a payload too long to carry them).
 
         On a connection of its own, LISTENing before the caller catches up, as the
-        LISTEN reference page advises; notifications are only a hint.
+        LISTEN reference page advises; notifications are only a hint.  One caller
+        at a time; a journal closed meanwhile has its connection closed here.
         """
+        with self._listening:
+            try:
+                return self._listen(timeout)
+            finally:
+                if self._closed and self._listener is not None:
+                    self._listener.close()
+                    self._listener = None
+
+    def _listen(self, timeout: float) -> list[int] | None:
         connection = self._listener
         if connection is None:
+            if self._closed:
+                raise JournalClosed(f"{self.display} is closed")
             try:
                 connection = psycopg.connect(self.config.conninfo, **self._kwargs())
                 connection.execute(f"LISTEN {self.channel}")
@@ -331,9 +344,13 @@ class PostgresStore:
 
     def close(self) -> None:
         self._closed = True
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.close()
+        if self._listening.acquire(blocking=False):  # else its listener closes it
+            try:
+                listener, self._listener = self._listener, None
+                if listener is not None:
+                    listener.close()
+            finally:
+                self._listening.release()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close(timeout=self.settings.wait)

@@ -22,6 +22,7 @@ import os
 import queue
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -153,6 +154,7 @@ class SqliteStore:
         self._closed = False
         self._durable = True
         self._watcher: sqlite3.Connection | None = None
+        self._watching = threading.Lock()
         self.read_timeout = read_timeout
 
     # --- connections ---------------------------------------------------------------------
@@ -309,16 +311,28 @@ class SqliteStore:
     def wait_for_commit(self, seen: int | None, timeout: float) -> int:
         """Block until another connection commits (``PRAGMA data_version`` moves from
         ``seen``) or ``timeout`` s pass; returns the version now.  Checked every few
-        ms on a connection of its own: a cross-process wake-up without a socket."""
+        ms on a connection of its own: a cross-process wake-up without a socket.
+        One caller at a time; a journal closed meanwhile has its connection closed here."""
+        with self._watching:
+            try:
+                return self._wait_for_commit(seen, timeout)
+            finally:
+                if self._closed and self._watcher is not None:
+                    self._watcher.close()
+                    self._watcher = None
+
+    def _wait_for_commit(self, seen: int | None, timeout: float) -> int:
         connection = self._watcher
         if connection is None:
+            if self._closed:
+                raise JournalClosed(f"{self.display} is closed")
             try:
                 connection = self._watcher = self._connect(self.read_timeout)
             except sqlite3.Error as exc:
                 raise unavailable(self.display, exc) from None
         end = time.monotonic() + timeout
         try:
-            while True:
+            while not self._closed:
                 version = int(connection.execute("PRAGMA data_version").fetchone()[0])
                 if seen is None or version != seen or time.monotonic() >= end:
                     return version
@@ -327,12 +341,17 @@ class SqliteStore:
             self._watcher = None
             connection.close()
             raise unavailable(self.display, exc) from None
+        raise JournalClosed(f"{self.display} is closed")
 
     def close(self) -> None:
         self._closed = True
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            watcher.close()
+        if self._watching.acquire(blocking=False):  # else its watcher closes it
+            try:
+                watcher, self._watcher = self._watcher, None
+                if watcher is not None:
+                    watcher.close()
+            finally:
+                self._watching.release()
         if self._writer is not None and self._group is not None:
             # Wait for a batch in flight, then close.
             with self._group._lock:
