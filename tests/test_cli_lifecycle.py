@@ -6,6 +6,7 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -139,3 +140,37 @@ def test_webhook_transport_needs_a_secret_from_env_or_file(emu: Emulator) -> Non
     )
     assert result.returncode == 2
     assert "--webhook-secret-env or --webhook-secret-file" in result.stderr
+
+
+def test_watch_on_the_journal_hears_a_webhook_another_process_received(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    """No Xsolla connection at all: ``orderfsm webhook-server --store URL`` receives
+    the order_paid, the journal tells ``orderfsm watch --journal URL``."""
+    journal = str(tmp_path / "fleet.sqlite3")
+    order_id, _ = new_order(emu)
+    server = start(["webhook-server", "--secret", SECRET, "--port", "0", "--store", journal])
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().strip()
+        anyio.run(emu.configure_webhooks, url)
+        watch = start(
+            [
+                *watch_args(emu, order_id),
+                "--journal",
+                journal,
+                "--transports",
+                "journal",
+                "--until",
+                "paid",
+            ]
+        )
+        anyio.run(emu.set_status, order_id, "paid")
+        out, err = watch.communicate(timeout=60)
+    finally:
+        server.kill()
+        server.communicate()
+        anyio.run(emu.configure_webhooks, None)
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert watch.returncode == 0, (lines, err)
+    assert [(x["status"], x["source"]) for x in lines if "final" not in x] == [("paid", "webhook")]

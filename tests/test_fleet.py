@@ -219,3 +219,36 @@ def _tokens_in_database(url: str, token: str) -> bool:
         return False
     finally:
         db.close()
+
+
+async def test_postgres_restarted_every_listener_catches_up(emu: Emulator) -> None:
+    """The database goes away under two instances and comes back: the one that heard
+    statuses meanwhile writes them once it can, the other's listener reconnects and
+    catches up; nothing is missed and no instance is restarted."""
+    from support_postgres import postgres_server
+
+    server = postgres_server()
+    url = server.url()
+    user = await emu.create_user()
+    orders = [await emu.create_order(user) for _ in range(3)]
+    async with (
+        instance(url, emu, user) as a,
+        instance(url, emu, transports=("journal",), fetch_details=False) as b,
+    ):
+        for order_id in orders:
+            a.track(order_id)
+            b.track(order_id)
+        await eventually(lambda: all(a._orders[o].owned for o in orders))
+        await anyio.to_thread.run_sync(server.stop)
+        try:
+            for order_id in orders:  # a hears these over its socket; b only through the journal
+                await emu.set_status(order_id, "paid")
+                await emu.set_status(order_id, "done")
+            await eventually(lambda: all(a._orders[o].settled for o in orders))
+            await anyio.sleep(1.0)  # an outage, not a blip
+        finally:
+            await anyio.to_thread.run_sync(server.start)
+        with anyio.fail_after(30):
+            results = [await b.wait(order_id) for order_id in orders]
+    assert [r.status for r in results] == [Status.DONE] * 3
+    assert all([c.status for c in r.changes][-1] is Status.DONE for r in results)
