@@ -20,6 +20,7 @@ from orderfsm.core import LAPSED_STATUSES, Advanced, Conflict, Observation, Orde
 from orderfsm.core.settle import VERDICTS
 from orderfsm.errors import OrderFsmError
 from orderfsm.interface import WEBSOCKET, Health, HealthReport
+from orderfsm.metrics.counters import NO_COUNTERS, TrackerCounters, outcome, unsettled_reason
 from orderfsm.supervisor.policy import Situation
 from orderfsm.supervisor.records import Change, ConflictSeen, FinalResult, StatusChange, User
 
@@ -48,6 +49,7 @@ class TrackedOrder:
         "book",
         "check_once",
         "checking",
+        "counters",
         "custom_error",
         "custom_running",
         "details",
@@ -91,6 +93,7 @@ class TrackedOrder:
         wake: Callable[[TrackedOrder], None] | None = None,
         on_change: ChangeHook | None = None,
         on_report: ReportHook | None = None,
+        counters: TrackerCounters = NO_COUNTERS,
     ):
         self.order_id = order_id
         self.user = user
@@ -138,6 +141,7 @@ class TrackedOrder:
         """The journal link of a tracker in a fleet: told each change applied here."""
         self.owned = True
         """This instance follows the order through Xsolla (in a fleet: it holds the lease)."""
+        self.counters = counters
         # The scheduler's bookkeeping: what it set up for the order.
         self.attachment: Any = None
         self.poller: tuple[anyio.CancelScope, float] | None = None
@@ -155,6 +159,7 @@ class TrackedOrder:
             return
         outcome = self.book.apply(observation)
         if type(outcome) is Advanced:
+            self.counters.changes[observation.source] += 1
             status = outcome.status
             settles = self.settled is None and self.verdicts[status].settled
             change = StatusChange(
@@ -178,6 +183,7 @@ class TrackedOrder:
         elif type(outcome) is Conflict and all(
             type(c) is not ConflictSeen or c.observed is not outcome.observed for c in self.log
         ):
+            self.counters.conflicts += 1
             self._record(
                 ConflictSeen(
                     self.order_id,
@@ -303,6 +309,11 @@ class TrackedOrder:
             news.set()
 
     def finish(self, result: FinalResult | None, error: OrderFsmError | None) -> None:
+        if result is not None:
+            label = outcome(result.status, result.until)
+        else:
+            label = "error" if error is None else unsettled_reason(error)
+        self.counters.order_finished(self.order_id, label, settled=result is not None)
         self.result, self.error = result, error
         self.is_finished = self.ended = True
         if self._done is not None:

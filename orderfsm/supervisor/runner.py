@@ -32,6 +32,7 @@ from orderfsm.errors import (
     TransportError,
 )
 from orderfsm.interface import POLLING, Health
+from orderfsm.metrics.counters import TrackerCounters
 from orderfsm.supervisor.custom import CustomTransport, OrderContext
 from orderfsm.supervisor.order import SourceSink, TrackedOrder
 from orderfsm.supervisor.policy import Policy
@@ -62,7 +63,9 @@ class Scheduler:
         details_timeout: float,
         not_found_grace: float,
         http: HttpClient | None,
+        get_order_http: HttpClient | None,
         pool: Any,
+        counters: TrackerCounters,
     ) -> None:
         self._tg = tg
         self.project_id = project_id
@@ -77,7 +80,10 @@ class Scheduler:
         self.details_timeout = details_timeout
         self.not_found_grace = not_found_grace
         self.http = http
+        self.get_order_http = get_order_http
+        """The same client, counting Get order's answers."""
         self._pool = pool
+        self._counters = counters
         self._due: list[tuple[float, int, TrackedOrder]] = []
         self._pushed = 0
         self._live = 0
@@ -270,6 +276,7 @@ class Scheduler:
             not_found_grace=self.not_found_grace,
             until=order.until,
         )
+        self._counters.polling += 1
         with scope:
             try:
                 await poll_order(
@@ -277,7 +284,7 @@ class Scheduler:
                     project_id=self.project_id,
                     token=order.user.token,
                     sink=SourceSink(order),
-                    http=self.http,
+                    http=self.get_order_http,
                     api=self.api_url,
                     config=config,
                 )
@@ -285,6 +292,7 @@ class Scheduler:
                 if order.settled is None:
                     order.polling_error = exc
             finally:
+                self._counters.polling -= 1
                 if order.poller is not None and order.poller[0] is scope:
                     order.poller = None
                 self.wake(order)
@@ -302,6 +310,7 @@ class Scheduler:
         from transports.polling import fetch_order
 
         delay = CHECK_RETRY_MIN
+        self._counters.checks += 1
         try:
             while order.settled is None:
                 try:
@@ -309,7 +318,7 @@ class Scheduler:
                         order.order_id,
                         project_id=self.project_id,
                         token=order.user.token,
-                        http=self.http,
+                        http=self.get_order_http,
                         api=self.api_url,
                     )
                 except OrderNotFound as exc:
@@ -380,7 +389,7 @@ class Scheduler:
                     order.order_id,
                     project_id=self.project_id,
                     token=order.user.token,
-                    http=self.http,
+                    http=self.get_order_http,
                     api=self.api_url,
                     timeout=self.details_timeout,
                 )

@@ -31,6 +31,9 @@ from orderfsm.interface import (
     TokenProvider,
     token_provider,
 )
+from orderfsm.metrics.counters import TrackerCounters
+from orderfsm.metrics.http import CountedHttp
+from orderfsm.metrics.records import TrackerStats
 from orderfsm.supervisor.custom import CustomTransport
 from orderfsm.supervisor.fleet import LEASE, FleetLink, SettledHandler, SettledInTransaction
 from orderfsm.supervisor.order import ChangeHook, ReportHook, TrackedOrder
@@ -150,6 +153,7 @@ class Tracker:
         self.on_change = on_change
         self.on_report = on_report
         self._book = OrderBook()
+        self._counters = TrackerCounters()
         self._users: dict[tuple[TokenProvider | str, str | None], User] = {}
         self._orders: dict[int, TrackedOrder] = {}
         self._early: OrderedDict[int, list[Observation]] = OrderedDict()
@@ -196,7 +200,11 @@ class Tracker:
                 details_timeout=self.details_timeout,
                 not_found_grace=self.not_found_grace,
                 http=self.http,
+                get_order_http=None
+                if self.http is None
+                else CountedHttp(self.http, self._counters),
                 pool=self._pool,
+                counters=self._counters,
             )
             tg.start_soon(self._scheduler.run, name="orderfsm scheduler")
             tg.start_soon(self._notice_sleep, name="orderfsm sleep detector")
@@ -264,6 +272,7 @@ class Tracker:
         while True:
             slept = detector.sample(anyio.current_time(), self._sleep_clock())
             if slept is not None:
+                self._counters.host_sleeps += 1
                 logger.info("the host slept for %.1f s: reconnecting and checking orders", slept)
                 self.host_resumed()
             await anyio.sleep(SLEEP_CHECK_INTERVAL)
@@ -327,7 +336,9 @@ class Tracker:
             wake=self._wake,
             on_change=self.on_change,
             on_report=self.on_report,
+            counters=self._counters,
         )
+        self._counters.order_tracked(order_id)
         self._orders[order_id] = order
         if self.fleet is not None:
             order.fleet = self.fleet
@@ -415,6 +426,15 @@ class Tracker:
 
     def status(self, order_id: int) -> Status | None:
         return self._book.status(order_id)
+
+    def stats(self) -> TrackerStats:
+        """What the tracker has done since it opened, and its connections now.
+
+        Built when called from counts kept as things happen, so calling it
+        (a metrics scrape) costs the tracked orders nothing; it also works
+        after the tracker closed.
+        """
+        return self._counters.snapshot(None if self._pool is None else self._pool.stats())
 
     # --- a sink for webhooks and other process-wide sources ---------------------
 

@@ -31,6 +31,7 @@ from transports.centrifuge.connection import (
     DriverCrashed,
     TokenUnavailable,
 )
+from transports.centrifuge.counters import WebSocketStats
 from transports.centrifuge.engine import CentrifugeEngine, State
 from transports.centrifuge.errors import (
     CentrifugeProtocolError,
@@ -93,6 +94,7 @@ __all__ = [
     "Unsubscribed",
     "WebSocket",
     "WebSocketPool",
+    "WebSocketStats",
     "default_socket_factory",
     "open_socket",
 ]

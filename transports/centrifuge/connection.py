@@ -45,6 +45,7 @@ from orderfsm.interface import (
 )
 from transports.backend import on_asyncio
 from transports.centrifuge.backoff import full_jitter
+from transports.centrifuge.counters import ConnectionCounters
 from transports.centrifuge.engine import CentrifugeEngine
 from transports.centrifuge.events import (
     CaughtUp,
@@ -112,6 +113,7 @@ class Connection:
         label: str = "",
         after: anyio.Event | None = None,
         random: Callable[[], float] = _random.random,
+        counters: ConnectionCounters | None = None,
     ) -> None:
         self.key = key
         self.label = label or f"user {engine.config.user_external_id}"
@@ -126,6 +128,8 @@ class Connection:
         self._random = random
         self.health = Health.CONNECTING
         self.reason = "connecting"
+        self._counters = counters if counters is not None else ConnectionCounters()
+        self._counters.moved(None, Health.CONNECTING)
         self.error: OrderFsmError | None = None
         self.sockets_opened = 0
         self.generation = 0
@@ -192,6 +196,7 @@ class Connection:
             self._ws = self._timer = self._attempt_scope = None
             if self.health is not Health.FAILED:
                 self._set_health(Health.STOPPED, "closed")
+            self._counters.moved(self.health, None)
             self.closed.set()
             self._on_closed(self)
 
@@ -223,6 +228,7 @@ class Connection:
                     return token
                 raise TypeError(f"token provider returned {token!r}, not a non-empty str")
             except TokenRejected as exc:
+                self._counters.gave_up()
                 self._set_health(Health.FAILED, f"token rejected by the provider: {exc}", exc)
                 return None
             except Exception as exc:
@@ -230,6 +236,7 @@ class Connection:
                 if failures >= TOKEN_ATTEMPTS:
                     error = TokenUnavailable(f"token provider failed {failures} times: {exc!r}")
                     error.__cause__ = exc
+                    self._counters.gave_up()
                     self._set_health(Health.FAILED, str(error), error)
                     return None
                 delay = full_jitter(
@@ -263,6 +270,7 @@ class Connection:
         try:
             async with self._sockets.connect(self.url, open_timeout=timeout) as ws:
                 self.sockets_opened += 1
+                self._counters.sockets_opened += 1
                 self._ws = ws
                 try:
                     await self._read(ws, first)
@@ -336,11 +344,13 @@ class Connection:
                 self._set_health(Health.DEGRADED, reason, gap=True)
             elif isinstance(event, Reconnecting):
                 self._over(event)
+                self._counters.ended(event.code, retried=True)
                 reason = _describe(event.code, event.reason)
                 reason = f"{reason}; reconnecting in {event.delay:.2f} s"
                 self._set_health(Health.DEGRADED, reason, event.error)
             elif isinstance(event, Failed):
                 self._over(event)
+                self._counters.ended(event.code, retried=False)
                 self._set_health(Health.FAILED, _describe(event.code, event.reason), event.error)
             elif isinstance(event, Ignored):
                 logger.info("websocket %r ignored: %s", self.label, event.reason)
@@ -363,6 +373,8 @@ class Connection:
         gap: bool = False,
     ) -> None:
         changed = health is not self.health
+        if changed:
+            self._counters.moved(self.health, health)
         self.health, self.reason, self.error = health, reason, error
         if changed or gap:
             report = HealthReport(WEBSOCKET, health, anyio.current_time(), reason, error, gap)

@@ -24,6 +24,7 @@ from orderfsm.errors import OrderFsmError
 from orderfsm.interface import ObservationSink, TokenProvider
 from transports.centrifuge.config import DEFAULT_ENDPOINT, EngineConfig
 from transports.centrifuge.connection import Attachment, Connection, ConnectionInfo
+from transports.centrifuge.counters import ConnectionCounters, WebSocketStats
 from transports.centrifuge.engine import CentrifugeEngine
 from transports.centrifuge.shells import default_socket_factory
 from transports.centrifuge.socket import MakeSocketFactory, SocketFactory
@@ -72,6 +73,7 @@ class WebSocketPool:
         self._live: dict[tuple[Hashable, ...], Connection] = {}
         self._closing: dict[tuple[Hashable, ...], Connection] = {}
         self._numbers = itertools.count(1)
+        self._counters = ConnectionCounters()
 
     async def __aenter__(self) -> WebSocketPool:
         sockets = self._make_sockets()
@@ -141,6 +143,10 @@ class WebSocketPool:
         for connection in self._live.values():
             connection.reconnect_now(reason)
 
+    def stats(self) -> WebSocketStats:
+        """The connections by health now, and what they did since the pool started."""
+        return self._counters.snapshot()
+
     def connections(self) -> list[ConnectionInfo]:
         """The open connections (closing ones excluded)."""
         return [connection.info() for connection in self._live.values()]
@@ -164,6 +170,7 @@ class WebSocketPool:
             label=f"#{number} user {user_id}" if user_id is not None else f"#{number}",
             after=None if predecessor is None else predecessor.closed,
             random=self._random,
+            counters=self._counters,
         )
         self._live[key] = connection
         self._tg.start_soon(connection.run, name=f"orderfsm websocket #{number}")
