@@ -156,3 +156,23 @@ def test_no_import_cycle_not_even_a_lazy_one() -> None:
 def test_the_cycle_finder_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+# --- optional extras stay optional -------------------------------------------------------
+
+OPTIONAL = ("prometheus_client", "opentelemetry", "rich")
+
+
+def test_importing_orderfsm_imports_no_optional_extra() -> None:
+    """The extras (``orderfsm[prometheus]``, ``[otel]``, ``[cli]``) load only when asked for."""
+    import subprocess
+
+    code = (
+        "import sys, orderfsm, orderfsm.metrics, orderfsm.cli, orderfsm.supervisor.tracker;"
+        "orderfsm.cli.build_parser();"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(OPTIONAL)!r}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -31,7 +31,7 @@ from orderfsm.interface import (
     TokenProvider,
     token_provider,
 )
-from orderfsm.metrics.counters import TrackerCounters
+from orderfsm.metrics.counters import Listener, TrackerCounters
 from orderfsm.metrics.http import CountedHttp
 from orderfsm.metrics.records import TrackerStats
 from orderfsm.supervisor.custom import CustomTransport
@@ -435,6 +435,12 @@ class Tracker:
         after the tracker closed.
         """
         return self._counters.snapshot(None if self._pool is None else self._pool.stats())
+
+    def instrument(self, listener: Listener | None) -> None:
+        """Tell ``listener`` when each order's tracking starts and ends, and about each
+        Get order request (what :mod:`orderfsm.metrics.otel` makes spans of); ``None``
+        stops it.  One listener at a time; its calls come from the loop and must not block."""
+        self._counters.listener = listener
 
     # --- a sink for webhooks and other process-wide sources ---------------------
 
