@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 
-import anyio
 import pytest
 from support_tracker import emulator_tracker
 
@@ -47,8 +46,9 @@ async def test_stats_match_what_happened(emu: Emulator) -> None:
         await sink.wait_for(lambda _: Health.HEALTHY in websocket_health())
         await emu.close_connections(user, 3000, "shutdown")  # one reconnect
         await sink.wait_for(
-            lambda _: Health.DEGRADED in websocket_health()
-            and websocket_health()[-1] is Health.HEALTHY
+            lambda _: (
+                Health.DEGRADED in websocket_health() and websocket_health()[-1] is Health.HEALTHY
+            )
         )
         await emu.run_script(done, [(0.05, "paid"), (0.05, "done")])
         await emu.run_script(refunded, [(0.05, "paid"), (0.05, "canceled")])
@@ -68,7 +68,8 @@ async def test_stats_match_what_happened(emu: Emulator) -> None:
     answered = sum(len(asked.get(order_id, [])) for order_id in (done, refunded))
     assert stats.get_order.get("200", 0) == answered, (stats, trail)
     assert stats.get_order.get("404", 0) == emulated.get_order_total - asked_before - answered >= 1
-    assert stats.checks >= 3, stats  # one per order when tracking starts, one per order after the outage
+    # One per order when tracking starts, one per order after the outage.
+    assert stats.checks >= 3, stats
     websocket = stats.websocket
     assert websocket is not None
     assert websocket.reconnects == 1 and websocket.closes == {"3000": 1}, (stats, trail)
@@ -77,7 +78,6 @@ async def test_stats_match_what_happened(emu: Emulator) -> None:
     assert websocket.sockets_opened == len(await emu.connections(user)) == 3
     assert websocket.failures == 0
     assert stats.polling == 0 and stats.host_sleeps == 0
-    await anyio.sleep(0)
     closed = tracker.stats().websocket
     assert closed is not None and closed.connections == {}  # the pool closed with the tracker
 
