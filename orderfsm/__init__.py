@@ -28,6 +28,7 @@ from orderfsm.errors import (
     TrackerClosed,
     TrackingTimeout,
     TransportError,
+    WrongEndpoint,
 )
 from orderfsm.interface import Health, HealthReport, ObservationSink, TokenProvider
 from orderfsm.supervisor.custom import CustomTransport, OrderContext
@@ -74,6 +75,7 @@ __all__ = [
     "TrackingTimeout",
     "TransportError",
     "User",
+    "WrongEndpoint",
     "__version__",
     "apply",
 ]

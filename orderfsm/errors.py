@@ -68,6 +68,11 @@ class ProtocolError(TransportError):
     """The remote peer sent something the protocol does not allow."""
 
 
+class WrongEndpoint(ProtocolError):
+    """Something answered at the configured URL, but not the Xsolla service expected there
+    (a 404 page that is not Xsolla's): the URL is wrong, and asking again cannot help."""
+
+
 class ConnectionLost(TransportError):
     """The connection closed or stopped answering."""
 

@@ -39,3 +39,14 @@ def start(args: list[str], **env: str) -> subprocess.Popen[str]:
         text=True,
         env={**os.environ, **env},
     )
+
+
+def run(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
+    """``orderfsm ARGS`` to its end, output captured, ``env`` added to this environment."""
+    return subprocess.run(
+        [*COMMAND, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env},
+    )

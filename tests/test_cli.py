@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
 
 import pytest
-from support_cli import COMMAND, watch_args
+from support_cli import run, watch_args
 
 from transports.emulator import Emulator
 
 
 def orderfsm(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*COMMAND, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
+    return run(*args, **(env or {}))
 
 
 def test_demo_json_reaches_done_after_falling_back_to_polling() -> None:
@@ -80,8 +73,12 @@ def test_watch_exit_codes_and_json_lines(emu: Emulator, final: str | None, code:
     )
     assert result.returncode == code, (result.stdout, result.stderr)
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    for line in lines[:-1]:
-        assert set(line) == {"order_id", "status", "source", "at"}
+    for line in lines[:-1]:  # status changes and the transports' health, as plain lines show
+        assert set(line) in (
+            {"order_id", "status", "source", "at"},
+            {"order_id", "transport", "health", "reason", "at"},
+        )
+    assert any("transport" in line for line in lines)
     if final is not None:
         assert lines[-1]["final"] is True and lines[-1]["status"] == final
         assert lines[-1]["details"]["order_id"] == order_id
@@ -89,20 +86,3 @@ def test_watch_exit_codes_and_json_lines(emu: Emulator, final: str | None, code:
         assert lines[-1]["final"] is False and lines[-1]["error"] == "TrackingTimeout"
 
 
-def test_watch_errors_are_one_line_without_traceback(emu: Emulator) -> None:
-    result = orderfsm(*_watch(emu, 1, "x"), env={"ORDERFSM_TEST_TOKEN": ""})
-    assert result.returncode == 2
-    assert "ORDERFSM_TEST_TOKEN" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_watch_with_a_bad_token_fails_cleanly(emu: Emulator) -> None:
-    result = orderfsm(*_watch(emu, 1, "x"), env={"ORDERFSM_TEST_TOKEN": "not-a-token"})
-    assert result.returncode == 1, result.stdout
-    last = json.loads(result.stdout.splitlines()[-1])
-    assert last["final"] is False and last["error"] in {"InvalidToken", "TokenRejected"}
-    assert "Traceback" not in result.stderr
-
-
-def test_usage_errors_exit_2() -> None:
-    assert orderfsm("watch", "--order-id", "1").returncode == 2
-    assert orderfsm("no-such-command").returncode == 2

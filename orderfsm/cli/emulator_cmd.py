@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 
+from orderfsm.cli import options
+
 HELP = "serve the Xsolla emulator (WebSocket, Get order, webhooks) on loopback"
 
 GC_MODES = ("default", "frozen", "off")
@@ -26,18 +28,40 @@ over a busy emulator's heap stops it for tens of milliseconds.  (A young thresho
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="port to bind (default 0: any free)")
-    parser.add_argument("--secret", default="PROJECT_SECRET_KEY", help="webhook signing secret")
-    parser.add_argument("--project-id", type=int, default=12345, help="the emulated project id")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument(
-        "--ping", type=float, default=25.0, metavar="SECONDS", help="server ping interval"
+        "--port", type=options.port, default=0, help="port to listen on (0 picks a free one)"
     )
     parser.add_argument(
-        "--pong-timeout", type=float, default=10.0, metavar="SECONDS", help="pong deadline"
+        "--secret",
+        default="PROJECT_SECRET_KEY",
+        help="the webhook signing secret the emulator plays with (a test value, not yours)",
+    )
+    parser.add_argument(
+        "--project-id", type=options.positive_int, default=12345, help="the emulated project id"
+    )
+    parser.add_argument(
+        "--ping",
+        type=options.seconds,
+        default=25.0,
+        metavar="SECONDS",
+        help="server ping interval (0: no pings)",
+    )
+    parser.add_argument(
+        "--pong-timeout",
+        type=options.positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a client may take to answer a ping",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for every random choice")
-    parser.add_argument("--webhook-url", default=None, help="where to send webhooks")
+    parser.add_argument(
+        "--webhook-url",
+        type=options.url("http", "https"),
+        default=None,
+        metavar="URL",
+        help="where to send webhooks",
+    )
     parser.add_argument(
         "--gc",
         choices=GC_MODES,
@@ -67,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
     import anyio
 
+    from orderfsm.cli.failures import listening
     from transports.emulator.server import serve
     from transports.emulator.services import Config
 
@@ -93,5 +118,6 @@ def run(args: argparse.Namespace) -> int:
 
         await serve(config, ready=ready, stop=stop)
 
-    anyio.run(main, backend="asyncio")
+    with listening("the emulator", args.host, args.port):
+        anyio.run(main, backend="asyncio")
     return 0

@@ -31,7 +31,7 @@ from orderfsm.errors import (
     TrackingTimeout,
     TransportError,
 )
-from orderfsm.interface import POLLING, Health
+from orderfsm.interface import POLLING, Health, HealthReport
 from orderfsm.metrics.counters import TrackerCounters
 from orderfsm.supervisor.custom import CustomTransport, OrderContext
 from orderfsm.supervisor.order import SourceSink, TrackedOrder
@@ -305,9 +305,12 @@ class Scheduler:
         for an order nothing has been seen of is asked again until the
         not-found grace (from the start of tracking) is over, then it ends the
         tracking: a wrong order id is named in seconds, not after the socket's
-        five minutes.
+        five minutes; sooner still when the WebSocket refused the token that Get
+        order accepted (a wrong project id).  An answer that asking again cannot
+        change (a page that is not Xsolla's: a wrong API URL) ends polling for the
+        order, reported as failed.
         """
-        from transports.polling import fetch_order
+        from transports.polling import UnexpectedAnswer, fetch_order
 
         delay = CHECK_RETRY_MIN
         self._counters.checks += 1
@@ -324,6 +327,10 @@ class Scheduler:
                 except OrderNotFound as exc:
                     if order.book.status(order.order_id) is not None:
                         return  # visible elsewhere already: Get order lags behind
+                    refused = order.websocket_error
+                    if isinstance(refused, TokenRejected):
+                        self.stop(order, self._elsewhere(order, exc, refused))
+                        return
                     left = order.started_at + self.not_found_grace - anyio.current_time()
                     if left <= 0:
                         self.stop(order, exc)
@@ -333,6 +340,11 @@ class Scheduler:
                     continue
                 except TokenRejected as exc:
                     order.polling_error = exc  # the poller would meet the same refusal
+                    return
+                except UnexpectedAnswer as exc:
+                    order.polling_error = exc
+                    now = anyio.current_time()
+                    order.report(HealthReport(POLLING, Health.FAILED, now, str(exc), exc))
                     return
                 except OrderFsmError:
                     await anyio.sleep(delay)
@@ -352,6 +364,20 @@ class Scheduler:
         finally:
             order.checking = False
             self.wake(order)  # a doubt raised meanwhile is checked next
+
+    def _elsewhere(
+        self, order: TrackedOrder, missing: OrderNotFound, refused: TokenRejected
+    ) -> OrderNotFound:
+        """Get order took the token and knows no such order, the WebSocket refused the
+        token for this project: the two agree only if the project id is wrong (or the
+        order is someone else's).  Polling on could only repeat the 404."""
+        error = OrderNotFound(
+            f"{missing}; the WebSocket refused the same token for project "
+            f"{self.project_id} ({refused}) though Get order accepted it: "
+            "the project id is probably wrong"
+        )
+        error.__cause__ = missing
+        return error
 
     async def _run_custom(self, order: TrackedOrder, transport: CustomTransport) -> None:
         context = OrderContext(

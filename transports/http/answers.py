@@ -18,7 +18,7 @@ import attrs
 
 from orderfsm.errors import OrderFsmError, TokenRejected
 from transports.http.base import HttpResponse
-from transports.http.errors import ServerError, UnexpectedAnswer
+from transports.http.errors import NotXsolla, ServerError, UnexpectedAnswer
 
 RETRYABLE = frozenset({408, 409, 422, 425, 429})
 """4xx answers that describe a passing state (422 is Xsolla's "Exception with
@@ -31,10 +31,16 @@ class XsollaError:
 
     error_code: int | None
     message: str
+    shaped: bool = True
+    """The body had the Store API's error shape: Xsolla's service answered."""
+
+
+STORE_ERROR_KEYS = frozenset({"statusCode", "errorCode", "errorMessage"})
 
 
 def read_error(response: HttpResponse) -> XsollaError:
-    """Best effort: a proxy's HTML page or an empty body still gives a message."""
+    """Best effort: a proxy's HTML page or an empty body still gives a message (and
+    ``shaped=False``: something other than the Store API answered)."""
     try:
         data = json.loads(response.body)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -48,9 +54,10 @@ def read_error(response: HttpResponse) -> XsollaError:
         return XsollaError(
             code if type(code) is int else None,
             str(message) if message is not None else f"HTTP {response.status}",
+            not STORE_ERROR_KEYS.isdisjoint(data),
         )
-    text = response.body[:200].decode("utf-8", "replace").strip()
-    return XsollaError(None, text or f"HTTP {response.status}")
+    text = " ".join(response.body[:200].decode("utf-8", "replace").split())
+    return XsollaError(None, text or f"HTTP {response.status}", False)
 
 
 def parse_retry_after(value: str | None, wall_now: float | None) -> float | None:
@@ -99,6 +106,25 @@ class Rejected:
     def exception(self, order_id: int) -> OrderFsmError:
         return TokenRejected(
             f"order {order_id}: {self.service.rejected} with {self.status}: {self.error.message}"
+        )
+
+
+@attrs.frozen
+class Misdirected:
+    """A 404 that is not the Store API's (an HTML page, another JSON shape): the
+    configured URL does not lead to Xsolla's service (an API URL without ``/api``)."""
+
+    status: int
+    error: XsollaError
+    service: Service
+
+    def exception(self, order_id: int) -> OrderFsmError:
+        return NotXsolla(
+            f"order {order_id}: {self.service.name} answered {self.status} with something "
+            f"that is not Xsolla's Store API ({self.error.message[:80]!r}): the API URL is "
+            "probably wrong (Xsolla's is https://store.xsolla.com/api)",
+            self.status,
+            self.error.error_code,
         )
 
 
@@ -155,6 +181,7 @@ def classify_failure(
 __all__ = [
     "RETRYABLE",
     "Busy",
+    "Misdirected",
     "Rejected",
     "Service",
     "Unexpected",

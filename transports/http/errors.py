@@ -9,7 +9,7 @@ transport imports the other.  ``transports.polling`` and
 
 from __future__ import annotations
 
-from orderfsm.errors import ProtocolError, ServiceUnavailable, TokenRejected
+from orderfsm.errors import ProtocolError, ServiceUnavailable, TokenRejected, WrongEndpoint
 
 
 class UnexpectedAnswer(ProtocolError):
@@ -22,6 +22,11 @@ class UnexpectedAnswer(ProtocolError):
         super().__init__(message)
         self.status = status
         self.error_code = error_code
+
+
+class NotXsolla(UnexpectedAnswer, WrongEndpoint):
+    """An error answer whose body is not the Store API's error shape (an HTML page,
+    another JSON shape): not Xsolla's service, so the URL is wrong."""
 
 
 class ServerError(ServiceUnavailable):
@@ -37,4 +42,4 @@ class TokenProviderFailed(TokenRejected):
     """The caller's token callable raised, or returned something that is not a token."""
 
 
-__all__ = ["ServerError", "TokenProviderFailed", "UnexpectedAnswer"]
+__all__ = ["NotXsolla", "ServerError", "TokenProviderFailed", "UnexpectedAnswer"]

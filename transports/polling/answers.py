@@ -14,6 +14,7 @@ from orderfsm.errors import OrderFsmError, OrderNotFound
 from transports.http.answers import (
     RETRYABLE,
     Busy,
+    Misdirected,
     Rejected,
     Service,
     Unexpected,
@@ -53,7 +54,7 @@ class Malformed:
         return self.error
 
 
-Verdict = Got | Rejected | NotFound | Busy | Malformed | Unexpected
+Verdict = Got | Rejected | NotFound | Busy | Malformed | Unexpected | Misdirected
 
 
 def classify(response: HttpResponse, order_id: int, wall_now: float | None = None) -> Verdict:
@@ -69,7 +70,10 @@ def classify(response: HttpResponse, order_id: int, wall_now: float | None = Non
             )
         return Got(details)
     if status == 404:
-        return NotFound(read_error(response))
+        error = read_error(response)
+        # Xsolla's Get order answers 404 in the Store error shape (xsolla.md 3.3); a page
+        # in any other shape is some other server's: waiting out the grace cannot help.
+        return NotFound(error) if error.shaped else Misdirected(status, error, GET_ORDER)
     return classify_failure(response, GET_ORDER, wall_now)
 
 
@@ -79,6 +83,7 @@ __all__ = [
     "Busy",
     "Got",
     "Malformed",
+    "Misdirected",
     "NotFound",
     "Rejected",
     "Unexpected",

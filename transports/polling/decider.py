@@ -32,7 +32,15 @@ from transports.http.pacing import (
     optional_positive,
     positive,
 )
-from transports.polling.answers import Busy, Got, Malformed, Rejected, Unexpected, classify
+from transports.polling.answers import (
+    Busy,
+    Got,
+    Malformed,
+    Misdirected,
+    Rejected,
+    Unexpected,
+    classify,
+)
 from transports.polling.order import OrderDetails
 
 
@@ -119,6 +127,8 @@ class PollDecider:
             return self._paced(self._pacing.judge(verdict, self.order_id, now))
         if isinstance(verdict, Malformed):
             return self._paced(self._pacing.unusable(verdict.error, now))
+        if isinstance(verdict, Misdirected):
+            return self._paced(self._pacing.fail(verdict.exception(self.order_id), now))
         if isinstance(verdict, Got):
             return self._got(verdict.details, now)
         self._pacing.not_rejected()
