@@ -138,10 +138,11 @@ class LiveView:
 
     def _render(self) -> RenderableType:
         elapsed = anyio.current_time() - self._start
-        table = Table(title=f"{self._title}  ({elapsed:.1f} s)", title_justify="left")
+        title = Text(f"{self._title}  ({elapsed:.1f} s)", "bold")
+        table = Table(title=title, title_justify="left")
         table.add_column("order", justify="right")
         table.add_column("status")
-        table.add_column("path")
+        table.add_column("path", no_wrap=True)
         table.add_column("via")
         for name in self._transports:
             table.add_column(name)
@@ -152,10 +153,10 @@ class LiveView:
                 last = order.reached[-1]
                 status = Text(last.value.upper(), STATUS_STYLE.get(last, ""))
             cells: list[RenderableType] = [
-                str(order_id),
+                Text(str(order_id)),
                 status,
-                progress(order.reached),
-                order.via,
+                Text(progress(order.reached)),  # Text: "[x]" is not markup
+                Text(order.via),
             ]
             for name in self._transports:
                 health = order.transports.get(name)
