@@ -24,6 +24,8 @@ FIELDS = (
     "status",
     "health",
     "code",
+    "outcome",
+    "reason",
     "answer",
     "notification_type",
     "peer",

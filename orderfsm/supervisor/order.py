@@ -218,7 +218,10 @@ class TrackedOrder:
             try:
                 self.on_change(change)
             except Exception:  # an application callback must not break tracking
-                logger.exception("on_change callback failed")
+                logger.exception(
+                    "on_change callback failed",
+                    extra={"event": "callback.failed", "order_id": self.order_id},
+                )
         self._tell_watchers()
 
     def _keep_details(self, observation: Observation) -> None:
@@ -238,7 +241,10 @@ class TrackedOrder:
             try:
                 self.on_report(self.order_id, report)
             except Exception:  # an application callback must not break tracking
-                logger.exception("on_report callback failed")
+                logger.exception(
+                    "on_report callback failed",
+                    extra={"event": "callback.failed", "order_id": self.order_id},
+                )
         if report.gap:
             self.doubt()
         if report.source != WEBSOCKET or self.websocket is None:
@@ -314,6 +320,27 @@ class TrackedOrder:
         else:
             label = "error" if error is None else unsettled_reason(error)
         self.counters.order_finished(self.order_id, label, settled=result is not None)
+        if result is not None:
+            logger.info(
+                "order %s settled: %s (first seen by %s)",
+                self.order_id,
+                result.status,
+                result.source,
+                extra={
+                    "event": "order.settled",
+                    "order_id": self.order_id,
+                    "status": result.status.value,
+                    "source": result.source,
+                    "outcome": label,
+                },
+            )
+        else:
+            logger.info(
+                "order %s: tracking ended unsettled: %s",
+                self.order_id,
+                error,
+                extra={"event": "order.ended", "order_id": self.order_id, "outcome": label},
+            )
         self.result, self.error = result, error
         self.is_finished = self.ended = True
         if self._done is not None:

@@ -314,6 +314,11 @@ class Scheduler:
 
         delay = CHECK_RETRY_MIN
         self._counters.checks += 1
+        logger.debug(
+            "order %s: asking Get order once",
+            order.order_id,
+            extra={"event": "get_order.check", "order_id": order.order_id},
+        )
         try:
             while order.settled is None:
                 try:
@@ -392,7 +397,11 @@ class Scheduler:
         except OrderFsmError as exc:
             order.custom_error = order.custom_error or exc
         except Exception as exc:  # a bug in user code (or an exception group) must not end tracking
-            logger.exception("custom transport %r failed", transport)
+            logger.exception(
+                "custom transport %r failed",
+                transport,
+                extra={"event": "transport.failed", "order_id": order.order_id},
+            )
             error = TransportError(f"custom transport failed: {exc!r}")
             order.custom_error = order.custom_error or error
         finally:

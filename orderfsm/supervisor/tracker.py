@@ -273,7 +273,11 @@ class Tracker:
             slept = detector.sample(anyio.current_time(), self._sleep_clock())
             if slept is not None:
                 self._counters.host_sleeps += 1
-                logger.info("the host slept for %.1f s: reconnecting and checking orders", slept)
+                logger.info(
+                    "the host slept for %.1f s: reconnecting and checking orders",
+                    slept,
+                    extra={"event": "host.slept", "seconds": round(slept, 1)},
+                )
                 self.host_resumed()
             await anyio.sleep(SLEEP_CHECK_INTERVAL)
 
@@ -339,6 +343,17 @@ class Tracker:
             counters=self._counters,
         )
         self._counters.order_tracked(order_id)
+        logger.debug(
+            "tracking order %s until %s",
+            order_id,
+            goal,
+            extra={
+                "event": "order.tracked",
+                "order_id": order_id,
+                "user": order.user.external_id,
+                "status": goal.value,
+            },
+        )
         self._orders[order_id] = order
         if self.fleet is not None:
             order.fleet = self.fleet

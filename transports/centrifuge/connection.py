@@ -45,7 +45,7 @@ from orderfsm.interface import (
 )
 from transports.backend import on_asyncio
 from transports.centrifuge.backoff import full_jitter
-from transports.centrifuge.counters import ConnectionCounters
+from transports.centrifuge.counters import ConnectionCounters, close_label
 from transports.centrifuge.engine import CentrifugeEngine
 from transports.centrifuge.events import (
     CaughtUp,
@@ -187,7 +187,11 @@ class Connection:
                     await self._after.wait()  # the previous connection of this key is closing
                 await self._serve()
         except Exception as exc:
-            logger.exception("websocket driver for %r crashed", self.label)
+            logger.exception(
+                "websocket %s: the driver crashed",
+                self.label,
+                extra={"event": "websocket.crashed"},
+            )
             error = DriverCrashed(f"websocket driver crashed: {exc!r}")
             error.__cause__ = exc
             self._set_health(Health.FAILED, str(error), error)
@@ -253,6 +257,7 @@ class Connection:
         """One socket, from opening to the engine's verdict."""
         self._end = None
         self.generation += 1
+        self._log(logging.DEBUG, "websocket.connecting", f"attempt {self.generation}")
         try:
             async with anyio.create_task_group() as tg:
                 self._attempt_scope = tg.cancel_scope
@@ -341,23 +346,38 @@ class Connection:
                 self._set_health(Health.HEALTHY, "caught up")
             elif isinstance(event, Gap):
                 reason = f"news may be lost on {event.channel}: {event.reason}"
+                self._log(logging.INFO, "websocket.gap", reason)
                 self._set_health(Health.DEGRADED, reason, gap=True)
             elif isinstance(event, Reconnecting):
                 self._over(event)
                 self._counters.ended(event.code, retried=True)
                 reason = _describe(event.code, event.reason)
                 reason = f"{reason}; reconnecting in {event.delay:.2f} s"
+                self._log(logging.INFO, "websocket.reconnect", reason, event.code)
                 self._set_health(Health.DEGRADED, reason, event.error)
             elif isinstance(event, Failed):
                 self._over(event)
                 self._counters.ended(event.code, retried=False)
-                self._set_health(Health.FAILED, _describe(event.code, event.reason), event.error)
+                reason = _describe(event.code, event.reason)
+                self._log(logging.INFO, "websocket.failed", reason, event.code)
+                self._set_health(Health.FAILED, reason, event.error)
             elif isinstance(event, Ignored):
-                logger.info("websocket %r ignored: %s", self.label, event.reason)
+                self._log(logging.INFO, "websocket.ignored", event.reason)
             elif isinstance(event, Connected):
-                logger.debug("websocket %r connected: %r", self.label, event)
+                self._log(logging.DEBUG, "websocket.connected", f"client {event.client}")
         if self.health is not Health.HEALTHY and self.engine.caught_up:
             self._set_health(Health.HEALTHY, "caught up")  # after a gap while live
+
+    def _log(self, level: int, event: str, message: str, code: int | None = None) -> None:
+        """A stable ``event`` name and the connection's label (never its token)."""
+        if logger.isEnabledFor(level):
+            extra: dict[str, object] = {"event": event}
+            user = self.engine.config.user_external_id
+            if user is not None:
+                extra["user"] = user
+            if code is not None:
+                extra["code"] = close_label(code)
+            logger.log(level, "websocket %s: %s", self.label, message, extra=extra)
 
     def _over(self, end: Reconnecting | Failed) -> None:
         self._end = end

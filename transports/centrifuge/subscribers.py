@@ -136,7 +136,11 @@ class Subscribers:
         try:
             attachment.sink.observe(observation)
         except Exception:
-            logger.exception("sink of order %s raised on observe", attachment.order_id)
+            logger.exception(
+                "sink of order %s raised on observe",
+                attachment.order_id,
+                extra={"event": "sink.failed", "order_id": attachment.order_id},
+            )
         if observation.status in FINAL_STATUSES:
             attachment.detach()
 
@@ -144,4 +148,8 @@ class Subscribers:
         try:
             attachment.sink.report(report)
         except Exception:
-            logger.exception("sink of order %s raised on report", attachment.order_id)
+            logger.exception(
+                "sink of order %s raised on report",
+                attachment.order_id,
+                extra={"event": "sink.failed", "order_id": attachment.order_id},
+            )

@@ -109,7 +109,7 @@ async def follow_events(
 
 def _emit(step: Step, sink: ObservationSink) -> None:
     for warning in step.warnings:
-        logger.warning(warning)
+        logger.warning(warning, extra={"event": "events.warning"})
     for observation in step.observations:
         sink.observe(observation)
     if step.health is not None:
@@ -125,10 +125,20 @@ async def _acknowledge(
         try:
             response = await send(client, "POST", url, token, config.request_timeout)
         except HttpError as exc:
-            logger.warning("could not mark event %s processed: %s", event_id, exc)
+            logger.warning(
+                "could not mark event %s processed: %s",
+                event_id,
+                exc,
+                extra={"event": "events.ack_failed"},
+            )
             continue
         if not 200 <= response.status < 300:
-            logger.warning("marking event %s processed answered %s", event_id, response.status)
+            logger.warning(
+                "marking event %s processed answered %s",
+                event_id,
+                response.status,
+                extra={"event": "events.ack_failed", "code": response.status},
+            )
 
 
 def event_api(

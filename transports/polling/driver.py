@@ -57,11 +57,13 @@ async def poll_order(
         async with client_for(http) as client:
 
             async def get(bearer: str) -> HttpResponse:
-                return await send(client, "GET", url, bearer, config.request_timeout)
+                response = await send(client, "GET", url, bearer, config.request_timeout)
+                _answered(order_id, response)
+                return response
 
             step = decider.start(anyio.current_time())
             while True:
-                _emit(step, sink)
+                _emit(order_id, step, sink)
                 action = step.next
                 if isinstance(action, Finish):
                     return action.details
@@ -73,9 +75,29 @@ async def poll_order(
         raise
 
 
-def _emit(step: Step, sink: ObservationSink) -> None:
+def _answered(order_id: int, response: HttpResponse) -> None:
+    logger.debug(
+        "order %s: Get order answered %s",
+        order_id,
+        response.status,
+        extra={"event": "get_order.answer", "order_id": order_id, "code": response.status},
+    )
+
+
+def _emit(order_id: int, step: Step, sink: ObservationSink) -> None:
     if step.warning:
-        logger.warning(step.warning)
+        logger.warning(
+            step.warning, extra={"event": "polling.unknown_status", "order_id": order_id}
+        )
+    health = step.health
+    if health is not None:
+        logger.debug(
+            "order %s: polling %s: %s",
+            order_id,
+            health.health.value,
+            health.reason,
+            extra={"event": "polling.health", "order_id": order_id, "health": health.health.value},
+        )
     if step.observation is not None:
         sink.observe(step.observation)
     if step.health is not None:
@@ -103,6 +125,7 @@ async def fetch_order(
     async with client_for(http) as client:
         for attempt in range(2):
             response = await send(client, "GET", url, await get_token(token), timeout)
+            _answered(order_id, response)
             verdict = classify(response, order_id, time.time())
             if isinstance(verdict, Got):
                 return verdict.details
