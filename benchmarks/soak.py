@@ -69,7 +69,15 @@ PONG_TIMEOUT = 0.8
 """Below the ping interval, as Centrifuge requires: with a longer one a server
 pings again while a pong is outstanding, and a slow client's second pong then
 counts as unsolicited (3501, terminal)."""
-MUST_BE_ZERO = ("lost", "duplicated", "wrong", "leaked_tasks", "leaked_sockets", "harness_errors")
+MUST_BE_ZERO = (
+    "lost",
+    "duplicated",
+    "wrong",
+    "leaked_tasks",
+    "leaked_sockets",
+    "harness_errors",
+    "stats_mismatches",
+)
 FAILURES_SHOWN = 20
 
 
@@ -100,6 +108,7 @@ class Tally:
     leaked_tasks: int = 0
     leaked_sockets: int = 0
     harness_errors: int = 0
+    stats_mismatches: int = 0
     lingering_tasks: int = 0
     failing_seeds: set[int] = attrs.Factory(set)
     failures: list[dict[str, Any]] = attrs.Factory(list)
@@ -107,6 +116,9 @@ class Tally:
     final_sources: Counter[str] = attrs.Factory(Counter)
     socket_ends: Counter[str] = attrs.Factory(Counter)
     errors: Counter[str] = attrs.Factory(Counter)
+    get_order_answers: Counter[str] = attrs.Factory(Counter)
+    websocket_closes: Counter[str] = attrs.Factory(Counter)
+    """As the tracker counted them (``tracker.stats()``)."""
     schedule_seconds: list[float] = attrs.Factory(list)
 
     def add(self, outcome: Outcome) -> None:
@@ -119,7 +131,11 @@ class Tally:
         self.leaked_tasks += len(outcome.leaked_tasks)
         self.leaked_sockets += len(outcome.leaked_sockets)
         self.harness_errors += len(outcome.harness_errors)
-        problems: list[str] = [*outcome.harness_errors]
+        self.stats_mismatches += len(outcome.stats_mismatches)
+        self.get_order_answers.update(outcome.stats.get_order)
+        if outcome.stats.websocket is not None:
+            self.websocket_closes.update(outcome.stats.websocket.closes)
+        problems: list[str] = [*outcome.harness_errors, *outcome.stats_mismatches]
         problems += [f"leaked task {t}" for t in outcome.leaked_tasks]
         problems += [f"leaked socket: {s}" for s in outcome.leaked_sockets]
         for order in outcome.orders:
@@ -156,6 +172,7 @@ class Tally:
             "leaked_tasks": self.leaked_tasks,
             "leaked_sockets": self.leaked_sockets,
             "harness_errors": self.harness_errors,
+            "stats_mismatches": self.stats_mismatches,
             "failing_seeds": sorted(self.failing_seeds),
             "seconds": round(seconds, 2),
             "schedules_per_s": round(self.schedules / seconds, 3) if seconds else 0.0,
@@ -169,6 +186,8 @@ class Tally:
             "websocket_connections": sum(self.socket_ends.values()),
             "websocket_ends": dict(self.socket_ends.most_common(12)),
             "errors": dict(sorted(self.errors.items())),
+            "get_order_answers": dict(sorted(self.get_order_answers.items())),
+            "websocket_closes_by_tracker": dict(self.websocket_closes.most_common(12)),
             "lingering_tasks": self.lingering_tasks,
             "failures": self.failures,
         }

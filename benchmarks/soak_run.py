@@ -21,9 +21,11 @@ from soak_env import SCHEDULE, TaskProbe, WebhookRouter, settle
 from soak_faults import Player
 from soak_judge import Seen, Truth, Verdict, judge
 from soak_schedule import Schedule
+from soak_stats import Counted, stats_mismatches
 
 from orderfsm.core import Observation
 from orderfsm.interface import HealthReport
+from orderfsm.metrics import TrackerStats
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.supervisor.records import Change, FinalResult, StatusChange
 from orderfsm.supervisor.tracker import Tracker
@@ -79,6 +81,9 @@ class Outcome:
     lingering_tasks: int
     """Tasks still running when the tracker had closed, that ended moments later."""
     harness_errors: tuple[str, ...]
+    stats_mismatches: tuple[str, ...]
+    """Where ``tracker.stats()`` disagrees with what the application counted."""
+    stats: TrackerStats
     faults: tuple[str, ...]
     socket_ends: tuple[str, ...]
     """How each of the users' WebSocket connections ended, as the emulator saw it."""
@@ -99,6 +104,7 @@ class _Order:
     follow_error: str | None = None
     result: FinalResult | None = None
     wait_error: str | None = None
+    wait_exception: BaseException | None = None
     reports: list[str] = attrs.Factory(list)
 
 
@@ -205,6 +211,10 @@ async def run_schedule(h: Harness, schedule: Schedule) -> Outcome:
         for order in orders:
             h.router.unregister(order.order_id)
 
+    counted = [Counted(o.result, o.wait_exception, tuple(o.followed)) for o in orders]
+    stats = tracker.stats()
+    mismatches = stats_mismatches(stats, counted)
+
     # Leaks: a tracker that has closed leaves no task and no socket behind.
     lingering = h.probe.alive(schedule.seed)
     leaked_tasks = await settle(lambda: h.probe.alive(schedule.seed), within=0.5)
@@ -255,6 +265,8 @@ async def run_schedule(h: Harness, schedule: Schedule) -> Outcome:
         leaked_sockets=tuple(leaked_sockets),
         lingering_tasks=len(lingering),
         harness_errors=tuple(errors),
+        stats_mismatches=tuple(mismatches),
+        stats=stats,
         faults=tuple(player.applied),
         socket_ends=socket_ends,
         seconds=time.perf_counter() - started,
@@ -331,6 +343,7 @@ async def _follow(
             order.result = await tracker.wait(order.order_id)
         except Exception as exc:
             order.wait_error = _describe(exc)
+            order.wait_exception = exc
 
     async def follow() -> None:
         order.follow_error = await _watch(tracker, order.order_id, order.followed, follow=True)

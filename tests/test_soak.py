@@ -35,8 +35,11 @@ from soak_schedule import (  # noqa: E402
     make_schedule,
     settles,
 )
+from soak_stats import Counted, stats_mismatches  # noqa: E402
 
 from orderfsm.core import Status  # noqa: E402
+from orderfsm.errors import TrackingTimeout  # noqa: E402
+from orderfsm.metrics import TrackerStats  # noqa: E402
 from orderfsm.supervisor.records import ConflictSeen, FinalResult, StatusChange  # noqa: E402
 
 ORDER = 7
@@ -228,6 +231,36 @@ def test_the_judge_counts_a_conflict_and_a_final_other_than_the_truth_as_wrong()
     assert judge(
         Truth(("new", "expired"), "expired"), seen(change("new", None), change("done", "new"))
     ).wrong
+
+
+def test_the_stats_check_names_each_number_the_application_counted_otherwise() -> None:
+    done = seen(change("new", None), change("paid", "new"), change("done", "paid", "polling"))
+    assert done.result is not None
+    orders = [
+        Counted(done.result, None, done.watched),
+        Counted(None, TrackingTimeout("late"), (change("new", None),)),
+    ]
+    right = TrackerStats(
+        orders_tracked=2,
+        orders_active=0,
+        settled={"succeeded": 1},
+        unsettled={"timed_out": 1},
+        changes={"websocket": 3, "polling": 1},
+        conflicts=0,
+        polling=0,
+        checks=5,
+        get_order={"200": 4},
+        host_sleeps=0,
+        websocket=None,
+    )
+    assert stats_mismatches(right, orders) == []
+    wrong = attrs.evolve(right, changes={"websocket": 4}, unsettled={}, orders_active=1)
+    found = stats_mismatches(wrong, orders)
+    assert [line.split(" is ")[0] for line in found] == [
+        "tracker.stats().orders_active",
+        "tracker.stats().unsettled",
+        "tracker.stats().changes",
+    ]
 
 
 # --- what the soak found -------------------------------------------------------------
