@@ -3,8 +3,11 @@ OpenTelemetry read back through the SDK's in-memory reader and span exporter."""
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from collections.abc import Iterator
 
+import anyio
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -13,6 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from support_cli import start, watch_args
 from support_tracker import emulator_tracker
 
 from orderfsm.metrics.otel import instrument_tracker
@@ -111,3 +115,25 @@ async def test_opentelemetry_metrics_and_spans(emu: Emulator) -> None:
     )
     meters.shutdown()
     tracers.shutdown()
+
+
+def test_watch_serves_its_metrics(emu: Emulator) -> None:
+    """``orderfsm watch --metrics-port 0`` says where, and the scrape parses."""
+    async def prepare() -> tuple[int, str]:
+        user = await emu.create_user()
+        return await emu.create_order(user), user.token
+
+    order_id, token = anyio.run(prepare)
+    args = watch_args(emu, order_id, "--token-env", "T", "--metrics-port", "0", "--timeout", "60")
+    process = start(args, T=token)
+    try:
+        assert process.stdout is not None
+        note = json.loads(process.stdout.readline())["note"]
+        assert note.startswith("metrics: http://127.0.0.1:")
+        with urllib.request.urlopen(note.removeprefix("metrics: "), timeout=10) as answer:
+            scraped = answer.read().decode()
+    finally:
+        process.kill()
+        process.communicate()
+    names = {f.name for f in text_string_to_metric_families(scraped)}
+    assert {"orderfsm_orders_tracked", "orderfsm_websocket_connections"} <= names
