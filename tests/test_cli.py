@@ -84,5 +84,3 @@ def test_watch_exit_codes_and_json_lines(emu: Emulator, final: str | None, code:
         assert lines[-1]["details"]["order_id"] == order_id
     else:
         assert lines[-1]["final"] is False and lines[-1]["error"] == "TrackingTimeout"
-
-

@@ -119,6 +119,7 @@ async def test_opentelemetry_metrics_and_spans(emu: Emulator) -> None:
 
 def test_watch_serves_its_metrics(emu: Emulator) -> None:
     """``orderfsm watch --metrics-port 0`` says where, and the scrape parses."""
+
     async def prepare() -> tuple[int, str]:
         user = await emu.create_user()
         return await emu.create_order(user), user.token
