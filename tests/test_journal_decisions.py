@@ -189,6 +189,22 @@ def test_a_postgres_password_never_shows() -> None:
     assert "s3cret" not in repr(PostgresConfig("postgresql://app:s3cret@h/db"))
 
 
+@pytest.mark.parametrize(
+    "conninfo",
+    [
+        "postgresql://app:p%40ss%20word@db/game",
+        "postgresql://app@db/game?sslmode=require&password=p@ss word",
+        "host=db user=app password='p@ss word'",
+    ],
+)
+def test_a_password_is_scrubbed_from_what_libpq_quotes(conninfo: str) -> None:
+    """libpq's parse errors quote the URL; whatever form the password takes, it goes."""
+    config = PostgresConfig(conninfo)
+    said = f'invalid URI: "{conninfo}"; unexpected spaces found in "p@ss word"'
+    for text in (config.display(), config.scrub(said)):
+        assert "p@ss" not in text and "p%40ss" not in text and "***" in text
+
+
 def test_settings_are_checked() -> None:
     for bad in (dict(lease=0), dict(wait=-1), dict(retention=10, lease=60), dict(pool_size=0)):
         with pytest.raises(JournalConfigError):

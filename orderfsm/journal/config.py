@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 import attrs
 
@@ -36,21 +37,38 @@ class SqliteConfig:
 @attrs.frozen
 class PostgresConfig:
     conninfo: str = attrs.field(repr=False)
-    """Handed to libpq as is (it understands both URLs and ``key=value`` strings)."""
+    """Handed to libpq as is (it understands both URLs and ``key=value`` strings).
+    Better without a password: libpq reads ``PGPASSWORD`` and ``~/.pgpass`` itself."""
+
+    def passwords(self) -> tuple[str, ...]:
+        """The password written in ``conninfo`` (in the user part, a ``password=``
+        query parameter or key), as written and decoded; none for a URL without one."""
+        found: list[str] = []
+        _, sep, rest = self.conninfo.partition("://")
+        if sep:
+            userinfo, at, _ = rest.rpartition("@")
+            if at and ":" in userinfo:
+                found.append(userinfo.split(":", 1)[1])
+        found += [m[1] or m[2] for m in _PASSWORD_KEY.finditer(self.conninfo)]
+        decoded = [unquote(p) for p in found]
+        return tuple(p for p in dict.fromkeys([*found, *decoded]) if p)
+
+    def scrub(self, text: str) -> str:
+        """``text`` (a driver's error message, which may quote the URL) without the password."""
+        for password in sorted(self.passwords(), key=len, reverse=True):
+            text = text.replace(password, "***")
+        return text
 
     def display(self) -> str:
         """The URL with its password hidden, for messages and logs."""
-        scheme, sep, rest = self.conninfo.partition("://")
-        userinfo, at, host = rest.rpartition("@")
-        if not sep or not at or ":" not in userinfo:
-            return self.conninfo
-        user = userinfo.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
+        return self.scrub(self.conninfo)
 
 
 StoreConfig = MemoryConfig | SqliteConfig | PostgresConfig
 
 _POSTGRES = ("postgresql", "postgres")
+_PASSWORD_KEY = re.compile(r"password\s*=\s*(?:'((?:[^'\\]|\\.)*)'|([^\s&']+))")
+"""``password=...`` as a URL query parameter or a ``key=value`` conninfo entry."""
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
 
 

@@ -244,13 +244,13 @@ class PostgresStore:
         try:
             connection = psycopg.connect(self.config.conninfo, **self._kwargs())
         except psycopg.Error as exc:
-            raise JournalOpenFailed(f"{self.display}: cannot connect: {_one_line(exc)}") from None
+            raise JournalOpenFailed(f"{self.display}: cannot connect: {self._said(exc)}") from None
         try:
             self._migrate(connection)
             row = connection.execute("SELECT current_schema()").fetchone()
             self.channel = channel_for(row[0] if row and row[0] else "public")
         except psycopg.Error as exc:
-            raise JournalOpenFailed(f"{self.display}: {_one_line(exc)}") from None
+            raise JournalOpenFailed(f"{self.display}: {self._said(exc)}") from None
         finally:
             connection.close()
         pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] = psycopg_pool.ConnectionPool(
@@ -369,9 +369,13 @@ class PostgresStore:
             raise
         except psycopg.OperationalError as exc:
             self._recheck(pool)
-            raise JournalUnavailable(f"{self.display}: {_one_line(exc)}") from None
+            raise JournalUnavailable(f"{self.display}: {self._said(exc)}") from None
         except psycopg.Error as exc:
-            raise JournalUnavailable(f"{self.display}: {_one_line(exc)}") from None
+            raise JournalUnavailable(f"{self.display}: {self._said(exc)}") from None
+
+    def _said(self, exc: BaseException) -> str:
+        """libpq's message, one line, without the password (a malformed URL is quoted)."""
+        return self.config.scrub(_one_line(exc))
 
     def _recheck(self, pool: psycopg_pool.ConnectionPool[Any]) -> None:
         """After a connection failed, check the idle ones too (in the pool's own workers),

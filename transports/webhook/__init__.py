@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from transports.webhook.answers import ACCEPTED, WebhookAnswer, error_answer
 from transports.webhook.asgi import WebhookASGIApp, asgi_app
+from transports.webhook.checks import Verified, verified
+from transports.webhook.counters import DELIVERY_OUTCOMES, ReceiverStats
+from transports.webhook.endpoints import Endpoint, health_endpoints
 from transports.webhook.errors import (
     BodyTooLarge,
     ForbiddenSource,
@@ -28,9 +31,7 @@ from transports.webhook.receiver import (
     DEFAULT_MAX_BODY,
     Handler,
     TransactionalHandler,
-    Verified,
     WebhookReceiver,
-    verified,
 )
 from transports.webhook.records import (
     Notification,
@@ -66,9 +67,11 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ACCEPTED",
     "DEFAULT_MAX_BODY",
+    "DELIVERY_OUTCOMES",
     "XSOLLA_NETWORKS",
     "AllowList",
     "BodyTooLarge",
+    "Endpoint",
     "ForbiddenSource",
     "Handler",
     "IncorrectAmount",
@@ -80,6 +83,7 @@ __all__ = [
     "OrderCanceled",
     "OrderPaid",
     "Payment",
+    "ReceiverStats",
     "Refund",
     "Transaction",
     "TransactionalHandler",
@@ -97,6 +101,7 @@ __all__ = [
     "asgi_app",
     "authorization_header",
     "error_answer",
+    "health_endpoints",
     "idempotency_key",
     "make_handler",
     "order_id_of",

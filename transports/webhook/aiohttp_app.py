@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from transports.webhook.answers import WebhookAnswer
+from transports.webhook.endpoints import Endpoint, Endpoints
 from transports.webhook.receiver import WebhookReceiver
 
 DEFAULT_PATH = "/webhook"
@@ -38,6 +39,14 @@ def make_handler(
     return handle
 
 
+def _get(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def get(request: web.Request) -> web.StreamResponse:
+        del request
+        return _response(await endpoint())
+
+    return get
+
+
 def add_webhook_route(
     app: web.Application, receiver: WebhookReceiver, path: str = DEFAULT_PATH
 ) -> None:
@@ -46,14 +55,21 @@ def add_webhook_route(
 
 
 def webhook_app(
-    receiver: WebhookReceiver, path: str = DEFAULT_PATH, *, close_receiver: bool = True
+    receiver: WebhookReceiver,
+    path: str = DEFAULT_PATH,
+    *,
+    close_receiver: bool = True,
+    endpoints: Endpoints | None = None,
 ) -> web.Application:
     """A standalone application (or a sub-app for ``app.add_subapp``).
 
     With ``close_receiver`` the receiver's store is closed on cleanup.
+    ``endpoints`` are served at ``GET path`` (health, readiness, metrics).
     """
     app = web.Application()
     add_webhook_route(app, receiver, path)
+    for where, endpoint in (endpoints or {}).items():
+        app.router.add_get(where, _get(endpoint))
     if close_receiver:
 
         async def close(_: web.Application) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from transports.webhook.answers import WebhookAnswer, error_answer
+from transports.webhook.endpoints import Endpoints
 from transports.webhook.receiver import WebhookReceiver
 
 Scope = MutableMapping[str, Any]
@@ -23,11 +24,18 @@ METHOD_NOT_ALLOWED = error_answer(405, "METHOD_NOT_ALLOWED", "use POST")
 
 class WebhookASGIApp:
     def __init__(
-        self, receiver: WebhookReceiver, path: str = "/webhook", *, close_receiver: bool = True
+        self,
+        receiver: WebhookReceiver,
+        path: str = "/webhook",
+        *,
+        close_receiver: bool = True,
+        endpoints: Endpoints | None = None,
     ) -> None:
         self.receiver = receiver
         self.path = path
         self.close_receiver = close_receiver
+        self.endpoints = dict(endpoints or {})
+        """``GET`` paths beside the webhook (health, readiness, metrics)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -48,6 +56,10 @@ class WebhookASGIApp:
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self.endpoints.get(scope["path"])
+        if endpoint is not None and scope["method"] in ("GET", "HEAD"):
+            await _reply(send, await endpoint())
+            return
         if scope["path"] != self.path:
             await _reply(send, NOT_FOUND)
             return
@@ -94,6 +106,10 @@ async def _reply(
 
 
 def asgi_app(
-    receiver: WebhookReceiver, path: str = "/webhook", *, close_receiver: bool = True
+    receiver: WebhookReceiver,
+    path: str = "/webhook",
+    *,
+    close_receiver: bool = True,
+    endpoints: Endpoints | None = None,
 ) -> WebhookASGIApp:
-    return WebhookASGIApp(receiver, path, close_receiver=close_receiver)
+    return WebhookASGIApp(receiver, path, close_receiver=close_receiver, endpoints=endpoints)

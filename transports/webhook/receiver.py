@@ -14,17 +14,16 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any
 
 import anyio
-import attrs
 
 from orderfsm.core import Observation, Status
-from orderfsm.errors import InvalidPayload, InvalidSignature, JournalError, WebhookError
+from orderfsm.errors import JournalError, WebhookError
 from orderfsm.interface import WEBHOOK, ObservationSink
-from orderfsm.journal import NewDelivery, Reply
+from orderfsm.journal import Reply
 from transports.journal import Journal, Ran, open_journal
 from transports.journal.orders import CHANNEL, Note, record
 from transports.webhook.answers import (
@@ -32,20 +31,18 @@ from transports.webhook.answers import (
     HANDLER_FAILED,
     STORE_FAILED,
     WebhookAnswer,
-    error_answer,
 )
-from transports.webhook.errors import BodyTooLarge, ForbiddenSource, status_for
+from transports.webhook.checks import Headers, Verified, refusal, verified
+from transports.webhook.counters import DeliveryListener, ReceiverCounters, ReceiverStats
+from transports.webhook.errors import BodyTooLarge, ForbiddenSource
+from transports.webhook.events import journal_failed, log_answer
 from transports.webhook.networks import AllowList, Network
 from transports.webhook.records import (
     Notification,
     OrderCanceled,
     OrderPaid,
     UnknownNotification,
-    idempotency_key,
-    order_id_of,
-    parse_notification,
 )
-from transports.webhook.signature import verify
 
 Handler = Callable[[Notification], Awaitable[None]]
 """The application's reaction to a verified notification, run with no database lock
@@ -62,66 +59,17 @@ records the answer.  Its writes commit with the answer, or not at all; they
 are kept only when it returns (a refusal rolls them back).  It must not
 commit or roll back itself."""
 
-Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 Store = Journal | str | os.PathLike[str] | None
 
 DEFAULT_MAX_BODY = 256 * 1024
 """Real notifications are a few kilobytes; bundles with many items stay far below this."""
 
-KEPT_HEADERS = ("authorization", "content-type")
-"""What a stored delivery keeps of its headers: enough to verify it again."""
-
 logger = logging.getLogger("orderfsm.webhook")
-
-
-def _pairs(headers: Headers) -> Iterable[tuple[str, str]]:
-    return headers.items() if isinstance(headers, Mapping) else headers
-
-
-def _header(headers: Headers, name: str) -> str | None:
-    """The single value of ``name``, case-insensitively; two values count as none."""
-    found = [value for key, value in _pairs(headers) if key.lower() == name]
-    return found[0] if len(found) == 1 else None
-
-
-def refusal(error: WebhookError) -> WebhookAnswer:
-    return error_answer(status_for(error), error.code, str(error) or error.code)
 
 
 def failure_text() -> str:
     """The current exception, as a delivery record keeps it."""
     return traceback.format_exc()
-
-
-@attrs.frozen
-class Verified:
-    """A delivery that passed every check: what the handler and the journal need."""
-
-    notification: Notification
-    delivery: NewDelivery
-
-
-def verified(
-    secret: str | bytes, headers: Headers, body: bytes, peer: str | None
-) -> Verified | WebhookAnswer:
-    """Verify and parse one delivery: the record to handle, or the refusal to answer."""
-    try:
-        verify(_header(headers, "authorization"), body, secret)
-        notification = parse_notification(body)
-    except (InvalidSignature, InvalidPayload) as exc:
-        logger.info("refused a webhook from %s: %s", peer, exc)
-        return refusal(exc)
-    kept = tuple((k, v) for k, v in _pairs(headers) if k.lower() in KEPT_HEADERS)
-    delivery = NewDelivery(
-        kind=notification.notification_type,
-        key=idempotency_key(notification, body),
-        order_id=order_id_of(notification),
-        body=body,
-        headers=kept,
-        peer=peer,
-        received_at=time.time(),
-    )
-    return Verified(notification, delivery)
 
 
 class WebhookReceiver:
@@ -172,97 +120,186 @@ class WebhookReceiver:
         self.record_orders = record_orders and self.journal.store.kind != "memory"
         self.max_body_size = max_body_size
         self.allow_list = AllowList(allowed_networks) if allowed_networks is not None else None
+        self._counters = ReceiverCounters()
+        self._listener: DeliveryListener | None = None
+
+    def stats(self) -> ReceiverStats:
+        """Deliveries by outcome and by answer, the handler's and the journal's time, the
+        journal's outages: counted as deliveries are answered, copied out now."""
+        return self._counters.snapshot(self.journal.display)
+
+    def instrument(self, listener: DeliveryListener | None) -> None:
+        """Tell ``listener`` about each delivery answered through :meth:`handle` (what
+        :mod:`orderfsm.metrics.otel` makes spans of); ``None`` stops it."""
+        self._listener = listener
 
     def precheck(self, peer: str | None, content_length: int | None) -> WebhookAnswer | None:
         """A refusal that needs no body (peer not allowed, declared size too big), or None.
 
         Adapters call it before reading the body; :meth:`handle` repeats it.
         """
+        early = self._precheck(peer, content_length)
+        if early is None:
+            return None
+        answer, outcome = early
+        self._counters.answered(outcome, answer.status)
+        return answer
+
+    def _precheck(
+        self, peer: str | None, content_length: int | None
+    ) -> tuple[WebhookAnswer, str] | None:
         if self.allow_list is not None and not self.allow_list.allows(peer):
-            return refusal(ForbiddenSource(f"source address {peer} is not allowed"))
+            forbidden = ForbiddenSource(f"source address {peer} is not allowed")
+            return refusal(forbidden), "forbidden"
         if content_length is not None and content_length > self.max_body_size:
-            return self.too_large()
+            return self._too_large(), "too_large"
         return None
 
     def too_large(self) -> WebhookAnswer:
+        """The 413 for a body found too large while reading it."""
+        answer = self._too_large()
+        self._counters.answered("too_large", answer.status)
+        return answer
+
+    def _too_large(self) -> WebhookAnswer:
         return refusal(BodyTooLarge(f"body exceeds {self.max_body_size} bytes"))
 
     async def handle(self, headers: Headers, body: bytes, peer: str | None = None) -> WebhookAnswer:
         """Answer one delivery.  Never raises for anything the sender controls, and
         never answers 4xx for a trouble of ours (the journal's): that is a 5xx."""
-        early = self.precheck(peer, len(body))
+        listener = self._listener
+        if listener is None:
+            answer, outcome = await self._answer(headers, body, peer)
+        else:
+            with listener.delivery() as span:
+                answer, outcome = await self._answer(headers, body, peer)
+                span.answered(outcome, answer.status)
+        self._counters.answered(outcome, answer.status)
+        return answer
+
+    async def _answer(
+        self, headers: Headers, body: bytes, peer: str | None
+    ) -> tuple[WebhookAnswer, str]:
+        """The answer and the delivery's outcome (one of ``DELIVERY_OUTCOMES``)."""
+        early = self._precheck(peer, len(body))
         if early is not None:
             return early
         checked = verified(self._secret, headers, body, peer)
         if not isinstance(checked, Verified):
-            return checked
+            return checked.answer, checked.outcome
         notification = checked.notification
         self._observe(notification)
         if isinstance(notification, UnknownNotification):
-            logger.info("ignored a %r notification", notification.notification_type)
-            return ACCEPTED
-        answer, _ = await self.handle_verified(checked)
-        return answer
+            answer, outcome = ACCEPTED, "ignored"
+        else:
+            answer, _, outcome = await self._handle_verified(checked)
+        log_answer(checked, answer, outcome, peer)
+        return answer, outcome
 
     async def handle_verified(self, checked: Verified) -> tuple[WebhookAnswer, bool]:
         """The journal's part: claim, run the handler once, record; returns the answer
         and whether the handler ran for this delivery (a replay reports it)."""
+        answer, ran, _ = await self._handle_verified(checked)
+        return answer, ran
+
+    async def _handle_verified(self, checked: Verified) -> tuple[WebhookAnswer, bool, str]:
+        """The answer, whether the handler ran, and the delivery's outcome."""
         if self.transactional is not None:
             return await self._handle_in_transaction(checked)
+        started = time.perf_counter()
         try:
             also = self._order_note(checked.notification)
             begun = await self.journal.begin(checked.delivery, STORE_FAILED, also)
         except JournalError as exc:
-            logger.error("the journal failed before the handler: %s", exc)
-            return STORE_FAILED, False
+            self._journal_used(started, failed=True)
+            journal_failed("before the handler", exc, checked)
+            return STORE_FAILED, False, "journal_failed"
         if isinstance(begun, Reply):
-            return begun.answer, False
+            self._journal_used(started, failed=False)
+            return begun.answer, False, "duplicate"
+        lag = time.perf_counter() - started
         answer, error = await self._dispatch(checked.notification)
+        started = time.perf_counter() - lag
         try:
-            return await self.journal.settle(begun, answer, error, STORE_FAILED), True
+            recorded = await self.journal.settle(begun, answer, error, STORE_FAILED)
         except JournalError as exc:
+            self._journal_used(started, failed=True)
             # The handler ran, but its answer is not recorded: the retry runs it
             # again once the lease runs out (the transactional handler avoids this).
-            logger.error("the journal failed to record the answer: %s", exc)
-            return STORE_FAILED, True
+            journal_failed("recording the answer", exc, checked)
+            return STORE_FAILED, True, "journal_failed"
+        self._journal_used(started, failed=False)
+        return recorded, True, _ran(recorded)
+
+    def _journal_used(self, started: float, *, failed: bool) -> None:
+        self._counters.journal_used(time.perf_counter() - started, failed=failed)
 
     async def _dispatch(self, notification: Notification) -> tuple[WebhookAnswer, str | None]:
         if self.handler is None:
             return ACCEPTED, None
+        started = time.perf_counter()
         try:
             await self.handler(notification)
         except WebhookError as exc:
             return refusal(exc), f"{type(exc).__name__}: {exc}"
         except Exception:
-            logger.exception("the webhook handler failed on %s", notification.notification_type)
+            logger.exception(
+                "the webhook handler failed on %s",
+                notification.notification_type,
+                extra={
+                    "event": "webhook.handler_failed",
+                    "notification_type": notification.notification_type,
+                },
+            )
             return HANDLER_FAILED, failure_text()
+        finally:
+            self._counters.handler_ran(time.perf_counter() - started)
         return ACCEPTED, None
 
-    async def _handle_in_transaction(self, checked: Verified) -> tuple[WebhookAnswer, bool]:
+    async def _handle_in_transaction(self, checked: Verified) -> tuple[WebhookAnswer, bool, str]:
         transactional = self.transactional
         assert transactional is not None
         notification = checked.notification
+        handler_seconds: list[float] = []
+        """Measured in the worker thread, counted back on the loop."""
 
         note = self._order_note(notification)
 
         def work(connection: Any, attempt: int) -> tuple[WebhookAnswer, str | None]:
             if note is not None:
                 note(connection, None)  # rolled back with the handler if it fails: retried
+            started = time.perf_counter()
             try:
                 transactional(notification, connection)
             except WebhookError as exc:
                 return refusal(exc), f"{type(exc).__name__}: {exc}"
             except Exception:
-                logger.exception("the transactional handler failed on %s", notification)
+                logger.exception(
+                    "the transactional handler failed on %s",
+                    notification.notification_type,
+                    extra={
+                        "event": "webhook.handler_failed",
+                        "notification_type": notification.notification_type,
+                    },
+                )
                 return HANDLER_FAILED, failure_text()
+            finally:
+                handler_seconds.append(time.perf_counter() - started)
             return ACCEPTED, None
 
+        started = time.perf_counter()
         try:
             result = await self.journal.run(checked.delivery, work, STORE_FAILED)
         except JournalError as exc:
-            logger.error("the journal failed: %s", exc)
-            return STORE_FAILED, False
-        return result.answer, isinstance(result, Ran)
+            self._journal_used(started + sum(handler_seconds), failed=True)
+            journal_failed("around the transactional handler", exc, checked)
+            return STORE_FAILED, False, "journal_failed"
+        for seconds in handler_seconds:
+            self._counters.handler_ran(seconds)
+        self._journal_used(started + sum(handler_seconds), failed=False)
+        if isinstance(result, Ran):
+            return result.answer, True, _ran(result.answer)
+        return result.answer, False, "duplicate"
 
     def _order_note(self, notification: Notification) -> Callable[[Any, Any], None] | None:
         """The journal write of the order's status, for the claim's transaction."""
@@ -291,7 +328,11 @@ class WebhookReceiver:
             self.sink.observe(observation)
         except Exception:
             # The sink's trouble must not turn into an answer that makes Xsolla retry.
-            logger.exception("the observation sink failed on %s", observation)
+            logger.exception(
+                "the observation sink failed on %s",
+                observation,
+                extra={"event": "sink.failed", "order_id": notification.order_id},
+            )
 
     async def open(self) -> None:
         """Open the journal now, so start-up problems raise here rather than answer 5xx."""
@@ -321,3 +362,10 @@ def _status_of(notification: Notification) -> tuple[int, Status] | None:
     if isinstance(notification, OrderCanceled):
         return notification.order_id, Status.CANCELED
     return None
+
+
+def _ran(answer: WebhookAnswer) -> str:
+    """The outcome of a delivery whose handler ran."""
+    if answer.status < 300:
+        return "handled"
+    return "refused" if answer.status < 500 else "failed"

@@ -9,7 +9,8 @@ import attrs
 
 from orderfsm.journal import Delivery, plan_replay
 from transports.webhook.answers import WebhookAnswer
-from transports.webhook.receiver import Verified, WebhookReceiver, verified
+from transports.webhook.checks import Verified, verified
+from transports.webhook.receiver import WebhookReceiver
 
 
 @attrs.frozen

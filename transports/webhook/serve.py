@@ -18,6 +18,7 @@ import anyio
 
 from transports.backend import on_asyncio
 from transports.webhook.asgi import asgi_app
+from transports.webhook.endpoints import Endpoints
 from transports.webhook.receiver import WebhookReceiver
 
 Server = Literal["auto", "aiohttp", "asgi"]
@@ -32,19 +33,24 @@ async def serve_receiver(
     port: int = 0,
     path: str = "/webhook",
     server: Server = "auto",
+    endpoints: Endpoints | None = None,
 ) -> AsyncIterator[str]:
     """Serve ``receiver`` at ``path`` until the block ends; yields the URL to give Xsolla.
 
     ``port=0`` picks a free port.  ``server="auto"`` is aiohttp.web on asyncio
-    and the ASGI app under hypercorn otherwise.
+    and the ASGI app under hypercorn otherwise.  ``endpoints`` are served at
+    ``GET`` beside it (:func:`~transports.webhook.endpoints.health_endpoints`,
+    a metrics endpoint).
     """
     if server == "aiohttp" or (server == "auto" and on_asyncio()):
         from transports.webhook.aiohttp_app import webhook_app
 
-        async with serve_aiohttp_app(webhook_app(receiver, path), host, port) as base:
+        app = webhook_app(receiver, path, endpoints=endpoints)
+        async with serve_aiohttp_app(app, host, port) as base:
             yield base + path
     else:
-        async with serve_asgi_app(asgi_app(receiver, path), host, port) as base:
+        asgi = asgi_app(receiver, path, endpoints=endpoints)
+        async with serve_asgi_app(asgi, host, port) as base:
             yield base + path
 
 
