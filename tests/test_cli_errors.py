@@ -169,7 +169,7 @@ def test_a_busy_webhook_port_is_named(emu: Emulator) -> None:
             "--webhook-port",
             str(port),
         )
-    assert code == 1
+    assert code == 2  # a start-up problem: nothing started
     assert f"cannot listen on 127.0.0.1:{port}: address in use" in one_error_line(err)
 
 
@@ -179,7 +179,7 @@ def test_a_busy_emulator_port_is_named() -> None:
         busy.listen()
         port = busy.getsockname()[1]
         result = run("emulator", "--port", str(port), timeout=NAMED_WITHIN)
-    assert result.returncode == 1 and result.stdout == ""
+    assert result.returncode == 2 and result.stdout == ""
     line = one_error_line(result.stderr, "emulator")
     assert f"the emulator cannot listen on 127.0.0.1:{port}: address in use" in line
 

@@ -65,7 +65,8 @@ def describe(exc: BaseException) -> tuple[str, ...]:
 @contextmanager
 def listening(what: str, host: str, port: int) -> Iterator[None]:
     """A server that cannot listen (a busy port, an address not on this host) is
-    named with its address, not as the exception group its task group raised."""
+    named with its address, not as the exception group its task group raised;
+    like every start-up problem, it exits 2."""
     try:
         yield
     except Exception as exc:
@@ -75,5 +76,6 @@ def listening(what: str, host: str, port: int) -> Iterator[None]:
                     reason = "address in use (another process listens there; 0 picks a free port)"
                 else:
                     reason = leaf.strerror or str(leaf)
-                raise CommandError(f"{what} cannot listen on {host}:{port}: {reason}") from exc
+                message = f"{what} cannot listen on {host}:{port}: {reason}"
+                raise CommandError(message, code=EXIT_USAGE) from exc
         raise

@@ -8,16 +8,25 @@ once.  ``--handler`` / ``--transactional`` plug in the application's own
 code, which makes this a real endpoint.  Start-up problems (a bad store URL,
 an unreachable database, a handler that cannot be imported, a port in use)
 print one line on stderr and exit with 2.
+
+Beside ``POST --path`` it answers ``GET /healthz`` (alive), ``GET /readyz``
+(the journal answers) and, with ``orderfsm[prometheus]``, ``GET /metrics``.
+The secret comes from ``--secret-env VAR`` or ``--secret-file PATH``, so it
+is not in ``ps``; the database password from ``PGPASSWORD`` or ``~/.pgpass``
+(libpq reads them), not from the URL.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import signal
-import sys
 from typing import TYPE_CHECKING, Any
+
+from orderfsm.cli import options
+from orderfsm.cli.failures import CommandError
 
 if TYPE_CHECKING:
     from orderfsm.journal import JournalSettings
@@ -28,8 +37,33 @@ HELP = "serve the Xsolla webhook receiver; each notification is handled once acr
 EXIT_STARTUP = 2
 
 
-class StartupFailed(Exception):
-    """Raised before serving; the message is the one line printed."""
+class StartupFailed(CommandError):
+    """Raised before serving; the message is the one line printed (exit 2)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code=EXIT_STARTUP)
+
+
+def add_secret_options(parser: argparse.ArgumentParser) -> None:
+    secret = parser.add_mutually_exclusive_group(required=True)
+    secret.add_argument(
+        "--secret-env", metavar="VAR", help="read the project's webhook secret from this variable"
+    )
+    secret.add_argument("--secret-file", metavar="PATH", help="read the secret from this file")
+    secret.add_argument(
+        "--secret",
+        metavar="S",
+        help="the secret itself (visible to every local user in ps: prefer --secret-env)",
+    )
+
+
+def secret_of(args: argparse.Namespace) -> str:
+    secret: str | None = args.secret or options.secret_from(
+        "--secret-env", args.secret_env, "--secret-file", args.secret_file
+    )
+    if not secret:
+        raise options.UsageError("--secret", "the webhook secret must not be empty")
+    return secret
 
 
 def add_store_options(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
@@ -42,24 +76,24 @@ def add_store_options(parser: argparse.ArgumentParser, *, required: bool = False
     )
     parser.add_argument(
         "--lease",
-        type=float,
+        type=options.positive_seconds,
         default=60.0,
         metavar="SECONDS",
-        help="how long a claim's owner may work before another instance takes over (60)",
+        help="how long a claim's owner may work before another instance takes over",
     )
     parser.add_argument(
         "--wait",
-        type=float,
+        type=options.seconds,
         default=2.0,
         metavar="SECONDS",
-        help="how long a duplicate waits for the first delivery's answer before 5xx (2)",
+        help="how long a duplicate waits for the first delivery's answer before 5xx",
     )
     parser.add_argument(
         "--retention-days",
-        type=float,
+        type=options.positive_seconds,
         default=14.0,
         metavar="DAYS",
-        help="how long claims and deliveries are kept (14)",
+        help="how long claims and deliveries are kept",
     )
 
 
@@ -79,16 +113,20 @@ def add_handler_options(parser: argparse.ArgumentParser) -> None:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--secret", required=True, help="the project's webhook secret key")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    add_secret_options(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument(
-        "--port", type=int, default=8000, help="port to bind (default 8000; 0 picks a free one)"
+        "--port", type=options.port, default=8000, help="port to listen on (0 picks a free one)"
     )
-    parser.add_argument("--path", default="/webhook", help="URL path (default /webhook)")
+    parser.add_argument("--path", default="/webhook", help="the webhook's URL path")
     add_store_options(parser)
     add_handler_options(parser)
     parser.add_argument(
-        "--max-body", type=int, default=None, help="largest accepted body, bytes (413 past it)"
+        "--max-body",
+        type=options.positive_int,
+        default=None,
+        metavar="BYTES",
+        help="largest accepted body (413 past it; default 256 KiB)",
     )
     parser.add_argument(
         "--xsolla-only",
@@ -96,7 +134,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="accept deliveries only from Xsolla's published networks",
     )
     parser.add_argument(
-        "--backend", choices=("asyncio", "trio"), default="asyncio", help="event loop to run on"
+        "--backend", choices=options.BACKENDS, default="asyncio", help="event loop to run on"
     )
 
 
@@ -161,7 +199,7 @@ async def open_receiver(args: argparse.Namespace, **options: Any) -> WebhookRece
         raise StartupFailed(str(exc)) from None
     try:
         receiver = WebhookReceiver(
-            args.secret,
+            secret_of(args),
             handler,
             transactional=transactional,
             store=journal,
@@ -176,9 +214,26 @@ async def open_receiver(args: argparse.Namespace, **options: Any) -> WebhookRece
     return receiver
 
 
+def endpoints(receiver: WebhookReceiver) -> dict[str, Any]:
+    """``/healthz`` and ``/readyz``, and ``/metrics`` when prometheus_client is there."""
+    from transports.webhook import health_endpoints
+
+    found: dict[str, Any] = health_endpoints(receiver)
+    if importlib.util.find_spec("prometheus_client") is not None:
+        from prometheus_client import CollectorRegistry
+
+        from orderfsm.metrics.prometheus import metrics_endpoint, register_receiver
+
+        registry = CollectorRegistry()
+        register_receiver(receiver, registry)
+        found["/metrics"] = metrics_endpoint(registry)
+    return found
+
+
 async def serve(args: argparse.Namespace) -> None:
     import anyio
 
+    from orderfsm.cli.failures import listening
     from transports.webhook import DEFAULT_MAX_BODY, XSOLLA_NETWORKS, serve_receiver
 
     receiver = await open_receiver(
@@ -187,11 +242,15 @@ async def serve(args: argparse.Namespace) -> None:
         allowed_networks=XSOLLA_NETWORKS if args.xsolla_only else None,
     )
     try:
-        try:
-            serving = serve_receiver(receiver, host=args.host, port=args.port, path=args.path)
+        serving = serve_receiver(
+            receiver,
+            host=args.host,
+            port=args.port,
+            path=args.path,
+            endpoints=endpoints(receiver),
+        )
+        with listening("the webhook server", args.host, args.port):
             url = await serving.__aenter__()
-        except OSError as exc:
-            raise StartupFailed(f"cannot listen on {args.host}:{args.port}: {exc}") from None
         try:
             print(url, flush=True)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -206,12 +265,7 @@ async def serve(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     import anyio
 
-    if not args.secret:
-        print("orderfsm webhook-server: --secret must not be empty", file=sys.stderr)
-        return EXIT_STARTUP
-    try:
-        anyio.run(serve, args, backend=args.backend)
-    except StartupFailed as exc:
-        print(f"orderfsm webhook-server: {exc}", file=sys.stderr)
-        return EXIT_STARTUP
+    options.check_backend(args.backend)
+    secret_of(args)  # a missing or empty secret is named before anything starts
+    anyio.run(serve, args, backend=args.backend)
     return 0

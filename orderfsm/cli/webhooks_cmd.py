@@ -18,9 +18,9 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from orderfsm.cli.webhook_cmd import (
-    EXIT_STARTUP,
     StartupFailed,
     add_handler_options,
+    add_secret_options,
     add_store_options,
     open_receiver,
     settings_from,
@@ -82,7 +82,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "replay", help="run the handler again on stored deliveries (new attempts)"
     )
     add_store_options(replay, required=True)
-    replay.add_argument("--secret", required=True, help="verifies each stored body again")
+    add_secret_options(replay)  # each stored body is verified again
     replay.add_argument("--id", type=int, action="append", help="this delivery (repeatable)")
     add_filters(replay)
     replay.add_argument(
@@ -262,9 +262,5 @@ async def replay(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     import anyio
 
-    try:
-        code: int = anyio.run(run_verb, args)
-    except StartupFailed as exc:
-        print(f"orderfsm webhooks: {exc}", file=sys.stderr)
-        return EXIT_STARTUP
+    code: int = anyio.run(run_verb, args)
     return code

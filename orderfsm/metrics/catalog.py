@@ -18,6 +18,7 @@ from orderfsm.metrics.records import OUTCOMES, UNSETTLED, TrackerStats
 
 if TYPE_CHECKING:
     from transports.centrifuge import WebSocketStats
+    from transports.webhook import ReceiverStats
 
 StatsT = TypeVar("StatsT")
 Reading = int | float | Mapping[str, int] | Mapping[str, float] | None
@@ -159,6 +160,83 @@ TRACKER: tuple[MetricSpec[TrackerStats], ...] = (
         _ws(lambda w: w.closes),
         "code",
         unit="{connection}",
+    ),
+)
+
+
+DELIVERY_OUTCOMES = (
+    "handled",
+    "refused",
+    "failed",
+    "duplicate",
+    "journal_failed",
+    "forged",
+    "invalid",
+    "ignored",
+    "forbidden",
+    "too_large",
+)
+"""The receiver's outcomes (``transports.webhook.DELIVERY_OUTCOMES``; a test keeps them equal)."""
+
+RECEIVER: tuple[MetricSpec[ReceiverStats], ...] = (
+    MetricSpec(
+        "webhook_deliveries",
+        "counter",
+        "Webhook deliveries by outcome.",
+        lambda s: s.deliveries,
+        "outcome",
+        DELIVERY_OUTCOMES,
+        "{delivery}",
+    ),
+    MetricSpec(
+        "webhook_answers",
+        "counter",
+        "Webhook deliveries by the HTTP status answered.",
+        lambda s: s.answers,
+        "code",
+        unit="{delivery}",
+    ),
+    MetricSpec(
+        "webhook_handler_runs",
+        "counter",
+        "Runs of the application's webhook handler.",
+        lambda s: s.handler_runs,
+        unit="{run}",
+    ),
+    MetricSpec(
+        "webhook_handler_seconds",
+        "counter",
+        "Time spent in the application's webhook handler.",
+        lambda s: s.handler_seconds,
+        unit="s",
+    ),
+    MetricSpec(
+        "webhook_journal_calls",
+        "counter",
+        "Deliveries that went through the journal.",
+        lambda s: s.journal_calls,
+        unit="{delivery}",
+    ),
+    MetricSpec(
+        "webhook_journal_seconds",
+        "counter",
+        "Time deliveries spent in the journal (claim, wait for a first answer, record).",
+        lambda s: s.journal_seconds,
+        unit="s",
+    ),
+    MetricSpec(
+        "webhook_journal_failures",
+        "counter",
+        "Journal calls that failed (answered 5xx).",
+        lambda s: s.journal_failures,
+        unit="{failure}",
+    ),
+    MetricSpec(
+        "webhook_journal_outage_seconds",
+        "counter",
+        "Time from a journal failure until the next call that worked.",
+        lambda s: s.journal_outage_seconds,
+        unit="s",
     ),
 )
 

@@ -18,15 +18,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
-from orderfsm.metrics.catalog import TRACKER, MetricSpec, samples
+from orderfsm.metrics.catalog import RECEIVER, TRACKER, MetricSpec, samples
 from orderfsm.metrics.counters import Listener
 from orderfsm.metrics.records import UNSETTLED, TrackerStats
+
+if TYPE_CHECKING:
+    from transports.webhook import ReceiverStats
+    from transports.webhook.counters import DeliveryListener
 
 NAME = "orderfsm"
 StatsT = TypeVar("StatsT")
@@ -125,3 +129,50 @@ def instrument_tracker(
     if spans:
         tracer = trace.get_tracer(NAME, _version(), tracer_provider=tracer_provider)
         tracker.instrument(TrackerSpans(tracer))
+
+
+class _Delivery:
+    __slots__ = ("_span",)
+
+    def __init__(self, span: Span) -> None:
+        self._span = span
+
+    def answered(self, outcome: str, status: int) -> None:
+        self._span.set_attribute("http.response.status_code", status)
+        self._span.set_attribute(f"{NAME}.outcome", outcome)
+        if status >= 500:
+            self._span.set_status(Status(StatusCode.ERROR, outcome))
+
+
+class ReceiverSpans:
+    """A receiver listener that makes a server span of each webhook delivery."""
+
+    def __init__(self, tracer: Tracer) -> None:
+        self._tracer = tracer
+
+    @contextmanager
+    def delivery(self) -> Iterator[_Delivery]:
+        with self._tracer.start_as_current_span(f"{NAME}.webhook", kind=SpanKind.SERVER) as span:
+            yield _Delivery(span)
+
+
+class InstrumentableReceiver(Protocol):
+    def stats(self) -> ReceiverStats: ...
+
+    def instrument(self, listener: DeliveryListener | None) -> None: ...
+
+
+def instrument_receiver(
+    receiver: InstrumentableReceiver,
+    *,
+    meter_provider: Any = None,
+    tracer_provider: Any = None,
+    spans: bool = True,
+) -> None:
+    """Publish a webhook receiver's ``stats()`` as OpenTelemetry instruments and, with
+    ``spans``, trace each delivery (``orderfsm.webhook``, with its status and outcome)."""
+    meter = metrics.get_meter(NAME, _version(), meter_provider=meter_provider)
+    register_instruments(meter, RECEIVER, receiver.stats)
+    if spans:
+        tracer = trace.get_tracer(NAME, _version(), tracer_provider=tracer_provider)
+        receiver.instrument(ReceiverSpans(tracer))

@@ -19,15 +19,19 @@ codes), never an order id or a user::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
-from orderfsm.metrics.catalog import TRACKER, MetricSpec, samples
+from orderfsm.journal import Answer
+from orderfsm.metrics.catalog import RECEIVER, TRACKER, MetricSpec, samples
 from orderfsm.metrics.records import TrackerStats
+
+if TYPE_CHECKING:
+    from transports.webhook import ReceiverStats
 
 PREFIX = "orderfsm"
 StatsT = TypeVar("StatsT")
@@ -35,6 +39,10 @@ StatsT = TypeVar("StatsT")
 
 class HasStats(Protocol):
     def stats(self) -> TrackerStats: ...
+
+
+class HasReceiverStats(Protocol):
+    def stats(self) -> ReceiverStats: ...
 
 
 def families(
@@ -75,6 +83,27 @@ def register_tracker(
     collector = StatsCollector(tracker.stats, TRACKER, prefix)
     registry.register(collector)
     return collector
+
+
+def register_receiver(
+    receiver: HasReceiverStats, registry: CollectorRegistry = REGISTRY, *, prefix: str = PREFIX
+) -> StatsCollector[ReceiverStats]:
+    """Export a webhook receiver's ``stats()`` on ``registry``."""
+    collector = StatsCollector(receiver.stats, RECEIVER, prefix)
+    registry.register(collector)
+    return collector
+
+
+def metrics_endpoint(
+    registry: CollectorRegistry = REGISTRY,
+) -> Callable[[], Awaitable[Answer]]:
+    """``GET /metrics`` for the webhook server (``serve_receiver(..., endpoints=...)``)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    async def metrics() -> Answer:
+        return Answer(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+
+    return metrics
 
 
 @asynccontextmanager

@@ -1,0 +1,316 @@
+"""Operating the webhook server: its stats and ``/metrics``, ``/healthz`` and ``/readyz``,
+a journal outage, and secrets that stay out of ``ps`` and the logs (the webhook secret
+from the environment, the database password from ``PGPASSWORD`` or ``.pgpass``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+from prometheus_client.parser import text_string_to_metric_families
+from support_postgres import postgres_server
+
+from orderfsm.metrics.catalog import DELIVERY_OUTCOMES as CATALOGUED
+from orderfsm.testing import eventually
+from transports.http import open_http_client
+from transports.journal.testing import TemporaryPostgres
+from transports.webhook import (
+    DELIVERY_OUTCOMES,
+    WebhookReceiver,
+    authorization_header,
+    health_endpoints,
+    serve_receiver,
+)
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "ops-test-webhook-secret-1357"
+PAID = b'{"notification_type": "order_paid", "order": {"id": 77}, "items": []}'
+UNKNOWN = b'{"notification_type": "something_new"}'
+
+
+def signed(body: bytes) -> dict[str, str]:
+    return {"Authorization": authorization_header(body, SECRET)}
+
+
+FORGED = {"Authorization": "Signature " + "0" * 40}
+
+
+def test_the_catalog_knows_every_delivery_outcome() -> None:
+    assert CATALOGUED == DELIVERY_OUTCOMES
+
+
+async def test_receiver_stats_count_each_outcome_once() -> None:
+    ran: list[int] = []
+
+    async def handler(notification: object) -> None:
+        ran.append(1)
+        if len(ran) == 2:
+            raise RuntimeError("the game's database is down")
+
+    receiver = WebhookReceiver(SECRET, handler, max_body_size=1000)
+    async with receiver:
+        answers = [
+            (await receiver.handle(signed(PAID), PAID)).status,  # handled
+            (await receiver.handle(signed(PAID), PAID)).status,  # a repeat: from the journal
+            (await receiver.handle(FORGED, PAID)).status,  # forged
+            (await receiver.handle(signed(b"[]"), b"[]")).status,  # signed, not a notification
+            (await receiver.handle(signed(UNKNOWN), UNKNOWN)).status,  # ignored
+            (await receiver.handle({}, b"x" * 1001)).status,  # too large
+        ]
+        other = PAID.replace(b"77", b"78")
+        answers.append((await receiver.handle(signed(other), other)).status)  # handler fails
+        stats = receiver.stats()
+    assert answers == [204, 204, 400, 400, 204, 413, 500]
+    assert stats.deliveries == {
+        "handled": 1,
+        "duplicate": 1,
+        "forged": 1,
+        "invalid": 1,
+        "ignored": 1,
+        "too_large": 1,
+        "failed": 1,
+    }
+    assert stats.answers == {"204": 3, "400": 2, "413": 1, "500": 1}
+    assert stats.handler_runs == 2 and stats.handler_seconds > 0
+    assert stats.journal_calls == 3 and stats.journal_failures == 0  # handled, repeat, failed
+    assert stats.journal == "memory:"
+
+
+async def test_a_journal_outage_is_counted_and_readiness_follows_it() -> None:
+    """A real PostgreSQL server of its own, stopped and started under the receiver."""
+    postgres_server()  # skips without the binaries
+    server = TemporaryPostgres()
+    try:
+        receiver = WebhookReceiver(SECRET, store=server.url())
+        ready = health_endpoints(receiver)["/readyz"]
+        async with receiver:
+            assert (await receiver.handle(signed(PAID), PAID)).status == 204
+            up = await ready()
+            await anyio.to_thread.run_sync(server.stop)
+            down = await ready()
+            other = PAID.replace(b"77", b"79")
+            assert (await receiver.handle(signed(other), other)).status == 500  # retried later
+            during = receiver.stats()
+            await anyio.to_thread.run_sync(server.start)
+
+            async def redelivered() -> bool:  # as Xsolla retries, until the pool reconnected
+                return (await receiver.handle(signed(other), other)).status == 204
+
+            await eventually(redelivered, timeout=30, interval=0.1)
+            back = await ready()
+            after = receiver.stats()
+    finally:
+        server.close()
+    assert up.status == 200 and json.loads(up.body)["status"] == "ready"
+    body = json.loads(down.body)
+    assert down.status == 503 and body["status"] == "unavailable" and body["error"]
+    assert body["journal"].startswith("postgresql://postgres@127.0.0.1")
+    assert back.status == 200
+    assert during.deliveries["journal_failed"] == 1 and during.journal_failures == 1
+    assert during.journal_outage_seconds > 0  # still going on: counted up to now
+    assert after.deliveries["handled"] == 2
+    assert after.journal_outage_seconds >= during.journal_outage_seconds
+
+
+async def test_health_endpoints_are_served_beside_the_webhook() -> None:
+    receiver = WebhookReceiver(SECRET)
+    endpoints = health_endpoints(receiver)
+    async with serve_receiver(receiver, endpoints=endpoints) as url, open_http_client() as http:
+        base = url.removesuffix("/webhook")
+        alive = await http.request("GET", base + "/healthz")
+        ready = await http.request("GET", base + "/readyz")
+        nothing = await http.request("GET", base + "/nothing")
+        webhook = await http.request("GET", url)
+    assert alive.status == 200 and json.loads(alive.body) == {"status": "ok"}
+    assert ready.status == 200 and json.loads(ready.body) == {
+        "status": "ready",
+        "journal": "memory:",
+    }
+    assert nothing.status == 404 and webhook.status == 405  # the webhook is POST only
+    assert receiver.stats().deliveries == {}  # probes are not deliveries
+
+
+# --- the command ------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def webhook_server(
+    *args: str, **env: str
+) -> AsyncIterator[tuple[Process, BufferedByteReceiveStream, str]]:
+    command = [sys.executable, "-m", "orderfsm", "--log-level", "debug", "webhook-server"]
+    process = await anyio.open_process(
+        [*command, "--port", "0", *args],
+        env={**os.environ, **env},
+    )
+    try:
+        assert process.stdout is not None
+        reader = BufferedByteReceiveStream(process.stdout)
+        with anyio.fail_after(30):
+            url = (await reader.receive_until(b"\n", 1 << 20)).decode()
+        yield process, reader, url
+    finally:
+        with anyio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+            await process.aclose()
+
+
+async def stop(process: Process) -> str:
+    """SIGTERM, then everything the process wrote on stderr."""
+    process.send_signal(signal.SIGTERM)
+    assert process.stderr is not None
+    err = b""
+    with anyio.fail_after(15):
+        async for chunk in process.stderr:
+            err += chunk
+        assert await process.wait() == 0
+    return err.decode()
+
+
+def command_line(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+async def test_metrics_after_a_signed_a_duplicate_and_a_forged_delivery(
+    tmp_path: Path, backend: str
+) -> None:
+    store = f"sqlite:///{tmp_path / 'journal.sqlite3'}"
+    async with webhook_server(
+        "--secret-env", "S", "--store", store, "--backend", backend, S=SECRET
+    ) as (process, _, url):
+        seen_by_ps = command_line(process.pid)
+        base = url.removesuffix("/webhook")
+        async with open_http_client() as http:
+            statuses = [
+                (await http.request("POST", url, signed(PAID), PAID)).status,
+                (await http.request("POST", url, signed(PAID), PAID)).status,
+                (await http.request("POST", url, FORGED, PAID)).status,
+            ]
+            scraped = await http.request("GET", base + "/metrics")
+            alive = await http.request("GET", base + "/healthz")
+            ready = await http.request("GET", base + "/readyz")
+        err = await stop(process)
+    assert statuses == [204, 204, 400]
+    assert SECRET not in seen_by_ps and "--secret-env S" in seen_by_ps
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(scraped.body.decode())
+        for s in family.samples
+    }
+    delivered = "orderfsm_webhook_deliveries_total"
+    assert samples[(delivered, (("outcome", "handled"),))] == 1
+    assert samples[(delivered, (("outcome", "duplicate"),))] == 1
+    assert samples[(delivered, (("outcome", "forged"),))] == 1
+    assert samples[(delivered, (("outcome", "journal_failed"),))] == 0
+    assert samples[("orderfsm_webhook_answers_total", (("code", "204"),))] == 2
+    assert samples[("orderfsm_webhook_answers_total", (("code", "400"),))] == 1
+    assert samples[("orderfsm_webhook_handler_runs_total", ())] == 1
+    assert json.loads(alive.body) == {"status": "ok"}
+    assert json.loads(ready.body) == {"status": "ready", "journal": store}
+    # At DEBUG every delivery was logged, and nothing secret with it.
+    assert "event=webhook.answered" in err and "event=webhook.refused" in err
+    assert "/healthz" not in err and "/metrics" not in err  # probes are not logged
+    for leak in (SECRET, authorization_header(PAID, SECRET), "Signature 0000"):
+        assert leak not in err
+
+
+# --- the database password --------------------------------------------------------------
+
+PASSWORD = "pg-pass-for-the-test-2468"
+
+
+@pytest.fixture(scope="module")
+def guarded_postgres() -> TemporaryPostgres:
+    """A cluster of its own that asks TCP clients for a password."""
+    postgres_server()  # skips without the binaries
+    server = TemporaryPostgres()
+    import psycopg
+
+    with psycopg.connect(server.base, autocommit=True) as connection:
+        connection.execute(f"ALTER USER postgres PASSWORD '{PASSWORD}'")
+    hba = server.data / "pg_hba.conf"
+    rules = re.sub(r"(host\s+\S+\s+\S+\s+\S+\s+)trust", r"\1scram-sha-256", hba.read_text())
+    hba.write_text(rules)
+    server.stop()
+    server.start()
+    yield server
+    server.close()
+
+
+def run_server_briefly(store: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``webhook-server`` at DEBUG with ``store``, asked for readiness, then stopped."""
+
+    async def main() -> tuple[int, str, str, str, str]:
+        async with webhook_server("--secret-env", "S", "--store", store, S=SECRET, **env) as (
+            process,
+            _,
+            url,
+        ):
+            seen_by_ps = command_line(process.pid)
+            async with open_http_client() as http:
+                ready = await http.request("GET", url.removesuffix("/webhook") + "/readyz")
+            err = await stop(process)
+        return ready.status, ready.body.decode(), seen_by_ps, err, url
+
+    status, body, seen_by_ps, err, url = anyio.run(main)
+    return subprocess.CompletedProcess(seen_by_ps, status, body, err + url)
+
+
+@pytest.mark.parametrize("way", ["PGPASSWORD", "pgpass"])
+def test_the_database_password_from_libpq_s_own_places(
+    guarded_postgres: TemporaryPostgres, way: str, tmp_path: Path
+) -> None:
+    store = f"postgresql://postgres@127.0.0.1:{guarded_postgres.port}/postgres"
+    if way == "PGPASSWORD":
+        env = {"PGPASSWORD": PASSWORD}
+    else:
+        pgpass = tmp_path / "pgpass"
+        pgpass.write_text(f"127.0.0.1:{guarded_postgres.port}:*:postgres:{PASSWORD}\n")
+        pgpass.chmod(0o600)  # libpq ignores a file others can read
+        env = {"PGPASSFILE": str(pgpass)}
+    ran = run_server_briefly(store, **env)
+    assert ran.returncode == 200, ran.stdout
+    assert json.loads(ran.stdout) == {"status": "ready", "journal": store}
+    assert PASSWORD not in ran.args and PASSWORD not in ran.stderr
+
+
+def test_a_password_in_the_url_is_never_shown(guarded_postgres: TemporaryPostgres) -> None:
+    """Not recommended, but it works, and neither a failure nor the logs show it."""
+    port = guarded_postgres.port
+    good = f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/postgres"
+    ran = run_server_briefly(good)
+    assert ran.returncode == 200
+    assert (
+        json.loads(ran.stdout)["journal"] == f"postgresql://postgres:***@127.0.0.1:{port}/postgres"
+    )
+    assert PASSWORD not in ran.stdout and PASSWORD not in ran.stderr
+    wrong = f"postgresql://postgres:{PASSWORD}x@127.0.0.1:{port}/postgres"
+    malformed = f"postgresql://postgres:{PASSWORD} x@[::1/postgres"  # libpq quotes these
+    for store in (wrong, malformed):
+        result = subprocess.run(
+            [
+                *(sys.executable, "-m", "orderfsm", "--log-level", "debug", "webhook-server"),
+                *("--secret-env", "S", "--port", "0", "--store", store),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "S": SECRET},
+        )
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "postgres:***@" in result.stderr or "***" in result.stderr
+        assert PASSWORD not in result.stderr + result.stdout
