@@ -111,7 +111,7 @@ def run_part(mode: str, spec: dict[str, Any], folder: Path) -> dict[str, Any]:
 @contextmanager
 def servers(commands: list[list[str]]) -> Iterator[list[str]]:
     """Start each command (it prints its URL first); yields the URLs, kills them after."""
-    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    env = {**os.environ, "PYTHONPATH": str(HERE), "SECRET": SECRET}
     processes = [
         subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         for c in commands
@@ -131,7 +131,7 @@ def servers(commands: list[list[str]]) -> Iterator[list[str]]:
 
 
 def receivers(store: str, count: int) -> list[list[str]]:
-    command = [sys.executable, "-m", "orderfsm", "webhook-server", "--secret", SECRET,
+    command = [sys.executable, "-m", "orderfsm", "webhook-server", "--secret-env", "SECRET",
                "--port", "0", "--store", store, "--handler", "_journal_load:noop"]  # fmt: skip
     return [command] * count
 

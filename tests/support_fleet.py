@@ -87,9 +87,9 @@ class Fleet:
     retired: list[Receiver] = attrs.field(factory=list)
 
     async def start(self, env: dict[str, str] | None = None) -> Receiver:
-        command = [sys.executable, "-m", "orderfsm", "webhook-server", "--secret", SECRET]
+        command = [sys.executable, "-m", "orderfsm", "webhook-server", "--secret-env", "SECRET"]
         command += ["--port", "0", "--store", self.store, "--backend", self.backend]
-        environment = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
+        environment = {**os.environ, "PYTHONPATH": str(TESTS), "SECRET": SECRET, **(env or {})}
         process = await anyio.open_process(
             [*command, *self.options], stderr=subprocess.DEVNULL, env=environment
         )
