@@ -21,7 +21,6 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from prometheus_client.parser import text_string_to_metric_families
 from support_postgres import postgres_server
 
-from orderfsm.metrics.catalog import DELIVERY_OUTCOMES as CATALOGUED
 from orderfsm.testing import eventually
 from transports.http import open_http_client
 from transports.journal.testing import TemporaryPostgres
@@ -47,10 +46,6 @@ def signed(body: bytes) -> dict[str, str]:
 FORGED = {"Authorization": "Signature " + "0" * 40}
 
 
-def test_the_catalog_knows_every_delivery_outcome() -> None:
-    assert CATALOGUED == DELIVERY_OUTCOMES
-
-
 async def test_receiver_stats_count_each_outcome_once() -> None:
     ran: list[int] = []
 
@@ -73,7 +68,8 @@ async def test_receiver_stats_count_each_outcome_once() -> None:
         answers.append((await receiver.handle(signed(other), other)).status)  # handler fails
         stats = receiver.stats()
     assert answers == [204, 204, 400, 400, 204, 413, 500]
-    assert stats.deliveries == {
+    assert set(stats.deliveries) == set(DELIVERY_OUTCOMES)
+    assert {outcome: n for outcome, n in stats.deliveries.items() if n} == {
         "handled": 1,
         "duplicate": 1,
         "forged": 1,
@@ -139,7 +135,7 @@ async def test_health_endpoints_are_served_beside_the_webhook() -> None:
         "journal": "memory:",
     }
     assert nothing.status == 404 and webhook.status == 405  # the webhook is POST only
-    assert receiver.stats().deliveries == {}  # probes are not deliveries
+    assert not any(receiver.stats().deliveries.values())  # probes are not deliveries
 
 
 # --- the command ------------------------------------------------------------------------

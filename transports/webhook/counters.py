@@ -50,7 +50,7 @@ class ReceiverStats:
     """Counts since the receiver was made; seconds as sums (with their counts)."""
 
     deliveries: Mapping[str, int]
-    """Deliveries by outcome (:data:`DELIVERY_OUTCOMES`)."""
+    """Deliveries by outcome: every one of :data:`DELIVERY_OUTCOMES`, zeros included."""
     answers: Mapping[str, int]
     """Deliveries by the HTTP status answered ("204", "400", "500", ...)."""
     handler_runs: int
@@ -118,7 +118,7 @@ class ReceiverCounters:
         since = self._failing_since
         ongoing = 0.0 if since is None else time.monotonic() - since
         return ReceiverStats(
-            deliveries=dict(self.deliveries),
+            deliveries={**dict.fromkeys(DELIVERY_OUTCOMES, 0), **dict(self.deliveries)},
             answers=dict(self.answers),
             handler_runs=self.handler_runs,
             handler_seconds=self.handler_seconds,
