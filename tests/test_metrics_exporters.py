@@ -19,11 +19,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from support_cli import start, watch_args
 from support_tracker import emulator_tracker
 
-from orderfsm.metrics.otel import instrument_tracker
+from orderfsm.metrics.otel import instrument_receiver, instrument_tracker
 from orderfsm.metrics.prometheus import register_tracker, serve_metrics
 from orderfsm.supervisor.tracker import Tracker
 from transports.emulator import Emulator
 from transports.http import open_http_client
+from transports.webhook import WebhookReceiver, authorization_header
 
 pytestmark = pytest.mark.anyio
 
@@ -138,3 +139,35 @@ def test_watch_serves_its_metrics(emu: Emulator) -> None:
         process.communicate()
     names = {f.name for f in text_string_to_metric_families(scraped)}
     assert {"orderfsm_orders_tracked", "orderfsm_websocket_connections"} <= names
+
+
+async def test_opentelemetry_for_a_webhook_receiver() -> None:
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    spans = InMemorySpanExporter()
+    tracers = TracerProvider()
+    tracers.add_span_processor(SimpleSpanProcessor(spans))
+    receiver = WebhookReceiver("otel-secret")
+    instrument_receiver(receiver, meter_provider=meters, tracer_provider=tracers)
+    body = b'{"notification_type": "order_paid", "order": {"id": 5}, "items": []}'
+    async with receiver:
+        await receiver.handle({"Authorization": authorization_header(body, "otel-secret")}, body)
+        await receiver.handle({"Authorization": "Signature " + "0" * 40}, body)
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = {
+        (metric.name, tuple(sorted((point.attributes or {}).items()))): point.value
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        for point in metric.data.data_points
+    }
+    assert points[("orderfsm.webhook_deliveries", (("outcome", "handled"),))] == 1
+    assert points[("orderfsm.webhook_deliveries", (("outcome", "forged"),))] == 1
+    delivered = [s for s in spans.get_finished_spans() if s.name == "orderfsm.webhook"]
+    assert [s.attributes and s.attributes["http.response.status_code"] for s in delivered] == [
+        204,
+        400,
+    ]
+    meters.shutdown()
+    tracers.shutdown()

@@ -41,7 +41,10 @@ COMMANDS: dict[str, str] = {
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-EXIT_CODES = "exit codes: 0 success, 1 error, 2 usage error, 130 interrupted (Ctrl-C)"
+EXIT_CODES = (
+    "exit codes: 0 success, 1 error, 2 usage error or a start-up problem (nothing started), "
+    "130 interrupted (Ctrl-C)"
+)
 
 __all__ = ["EXIT_ERROR", "EXIT_USAGE", "CommandError", "UsageError", "build_parser", "main"]
 

@@ -14,7 +14,7 @@ exit codes:
   4    expired (past --expired-grace or --timeout)
   5    timed out (--timeout)
   1    error (refused token, unknown order, wrong URL, ...): one line on stderr
-  2    usage error
+  2    usage error, or a start-up problem (a port in use): nothing started
   130  interrupted (Ctrl-C)
 With several --order-id: 0 when every order succeeded, else the code of the
 first order (in the order given) that did not."""
