@@ -8,6 +8,7 @@ it took.  Each command's error path is here.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 
 import anyio
 import pytest
-from support_cli import run, watch_args
+from support_cli import run, start, watch_args
 
 from transports.emulator import Emulator
 
@@ -268,3 +269,18 @@ def test_verbose_shows_the_traceback(emu: Emulator) -> None:
     order_id, _ = new_order(emu)
     result = run(*watch_args(emu, order_id, "--token-env", "T", "--verbose"), T="not-a-token")
     assert result.returncode == 1 and "Traceback" in result.stderr
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_ctrl_c_exits_130_quietly(emu: Emulator, backend: str) -> None:
+    order_id, token = new_order(emu)
+    process = start(watch_args(emu, order_id, "--token-env", "T", "--backend", backend), T=token)
+    try:
+        assert process.stdout is not None
+        process.stdout.readline()  # it is following the order
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
