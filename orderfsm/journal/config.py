@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import unquote
 
 import attrs
 
@@ -50,7 +49,7 @@ class PostgresConfig:
             if at and ":" in userinfo:
                 found.append(userinfo.split(":", 1)[1])
         found += [m[1] or m[2] for m in _PASSWORD_KEY.finditer(self.conninfo)]
-        decoded = [unquote(p) for p in found]
+        decoded = [_percent_decoded(p) for p in found]
         return tuple(p for p in dict.fromkeys([*found, *decoded]) if p)
 
     def scrub(self, text: str) -> str:
@@ -62,6 +61,12 @@ class PostgresConfig:
     def display(self) -> str:
         """The URL with its password hidden, for messages and logs."""
         return self.scrub(self.conninfo)
+
+
+def _percent_decoded(text: str) -> str:
+    """``%40`` -> ``@``: how a URL's password reads once libpq decodes it (pure, no urllib)."""
+    raw = re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes([int(m[1], 16)]), text.encode())
+    return raw.decode("utf-8", "replace")
 
 
 StoreConfig = MemoryConfig | SqliteConfig | PostgresConfig
