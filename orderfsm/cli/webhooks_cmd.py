@@ -17,6 +17,7 @@ import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from orderfsm.cli import options
 from orderfsm.cli.webhook_cmd import (
     StartupFailed,
     add_handler_options,
@@ -60,27 +61,34 @@ def iso(moment: float | None) -> str:
 
 
 def add_filters(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--order", type=int, metavar="ID", help="only this order's deliveries")
+    parser.add_argument(
+        "--order", type=options.positive_int, metavar="ID", help="only this order's deliveries"
+    )
     parser.add_argument("--type", metavar="TYPE", help="only this notification type")
     parser.add_argument("--outcome", choices=OUTCOMES, help="only deliveries that ended so")
     parser.add_argument("--since", type=when, metavar="TIME", help="received at or after")
     parser.add_argument("--until", type=when, metavar="TIME", help="received before")
-    parser.add_argument("--limit", type=int, default=50, help="at most this many (50)")
+    parser.add_argument(
+        "--limit", type=options.positive_int, default=50, metavar="N", help="at most this many"
+    )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    listing = verbs.add_parser("list", help="the latest deliveries, newest first")
+    def verb(name: str, help: str) -> argparse.ArgumentParser:
+        return verbs.add_parser(
+            name, help=help, formatter_class=parser.formatter_class, epilog=parser.epilog
+        )
+
+    listing = verb("list", "the latest deliveries, newest first")
     add_store_options(listing, required=True)
     add_filters(listing)
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
-    show = verbs.add_parser("show", help="one delivery, whole")
+    show = verb("show", "one delivery, whole")
     add_store_options(show, required=True)
     show.add_argument("id", type=int, help="the delivery's id (from list)")
     show.add_argument("--json", action="store_true", help="as one JSON object")
-    replay = verbs.add_parser(
-        "replay", help="run the handler again on stored deliveries (new attempts)"
-    )
+    replay = verb("replay", "run the handler again on stored deliveries (new attempts)")
     add_store_options(replay, required=True)
     add_secret_options(replay)  # each stored body is verified again
     replay.add_argument("--id", type=int, action="append", help="this delivery (repeatable)")
