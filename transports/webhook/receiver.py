@@ -331,7 +331,7 @@ class WebhookReceiver:
             logger.exception(
                 "the observation sink failed on %s",
                 observation,
-                extra={"event": "sink.failed", "order_id": notification.order_id},
+                extra={"event": "sink.failed", "order_id": observation.order_id},
             )
 
     async def open(self) -> None:
