@@ -68,9 +68,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--transports",
         type=options.transports,
-        default=("websocket", "polling"),
+        default="websocket,polling",  # argparse converts a string default with the type
         metavar="LIST",
-        help=f"comma-separated, from {','.join(options.TRANSPORTS)} (default: websocket,polling)",
+        help=f"comma-separated, from {','.join(options.TRANSPORTS)}",
     )
     parser.add_argument(
         "--journal",

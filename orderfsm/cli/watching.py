@@ -46,6 +46,7 @@ class Watch:
                         ),
                         until=args.until,
                         not_found_grace=args.not_found_grace,
+                        journal=args.journal,
                         fetch_details=self.token is not None,
                         on_report=misconfigured.report,
                     )
