@@ -26,6 +26,8 @@ from orderfsm.errors import InvalidPayload, InvalidSignature, JournalError, Webh
 from orderfsm.interface import WEBHOOK, ObservationSink
 from orderfsm.journal import NewDelivery, Reply
 from transports.journal import Journal, Ran, open_journal
+from transports.journal.base import Store as JournalStore
+from transports.journal.base import Work
 from transports.journal.orders import CHANNEL, Note, record
 from transports.webhook.answers import (
     ACCEPTED,
@@ -124,7 +126,145 @@ def verified(
     return Verified(notification, delivery)
 
 
-class WebhookReceiver:
+class ReceiverBase:
+    """What every receiver shares, whatever its journal and its loop (none, for
+    :class:`~transports.webhook.sync.SyncWebhookReceiver`): the secret, the
+    limits, the sink, and the checks a delivery passes before the journal."""
+
+    def __init__(
+        self,
+        secret: str | bytes,
+        *,
+        sink: ObservationSink | None = None,
+        max_body_size: int = DEFAULT_MAX_BODY,
+        allowed_networks: Iterable[str | Network] | None = None,
+        record_orders: bool = True,
+    ) -> None:
+        if not secret:
+            raise ValueError("the webhook secret must not be empty")
+        self._secret = secret
+        self.record_orders = record_orders
+        self.sink = sink
+        self.max_body_size = max_body_size
+        self.allow_list = AllowList(allowed_networks) if allowed_networks is not None else None
+
+    def precheck(self, peer: str | None, content_length: int | None) -> WebhookAnswer | None:
+        """A refusal that needs no body (peer not allowed, declared size too big), or None.
+
+        Adapters call it before reading the body; :meth:`handle` repeats it.
+        """
+        if self.allow_list is not None and not self.allow_list.allows(peer):
+            return refusal(ForbiddenSource(f"source address {peer} is not allowed"))
+        if content_length is not None and content_length > self.max_body_size:
+            return self.too_large()
+        return None
+
+    def too_large(self) -> WebhookAnswer:
+        return refusal(BodyTooLarge(f"body exceeds {self.max_body_size} bytes"))
+
+    def check(
+        self, headers: Headers, body: bytes, peer: str | None, at: float
+    ) -> Verified | WebhookAnswer:
+        """Everything before the journal: the answer when there is nothing for the
+        handler (a refusal, a type we ignore), else the verified delivery.  A
+        verified ``order_paid`` / ``order_canceled`` goes to the sink, stamped ``at``."""
+        early = self.precheck(peer, len(body))
+        if early is not None:
+            return early
+        checked = verified(self._secret, headers, body, peer)
+        if not isinstance(checked, Verified):
+            return checked
+        self._observe(checked.notification, at)
+        if isinstance(checked.notification, UnknownNotification):
+            logger.info("ignored a %r notification", checked.notification.notification_type)
+            return ACCEPTED
+        return checked
+
+    @property
+    def secret(self) -> str | bytes:
+        return self._secret
+
+    def _observe(self, notification: Notification, at: float) -> None:
+        told = _status_of(notification)
+        if self.sink is None or told is None:
+            return
+        observation = Observation(*told, source=WEBHOOK, at=at, raw=notification)
+        try:
+            self.sink.observe(observation)
+        except Exception:
+            # The sink's trouble must not turn into an answer that makes Xsolla retry.
+            logger.exception("the observation sink failed on %s", observation)
+
+    def _order_note(
+        self, notification: Notification, store: JournalStore
+    ) -> Callable[[Any, Any], None] | None:
+        """The journal write of the order's status, for the claim's transaction: trackers
+        of a fleet sharing the journal learn it on any host (not in memory)."""
+        told = _status_of(notification)
+        if told is None or not self.record_orders or store.kind == "memory":
+            return None
+        note = Note(*told, WEBHOOK, time.time())
+        dialect = store.kind
+        channel = str(getattr(store, "channel", CHANNEL))
+
+        def record_status(db: Any, _: Any) -> None:
+            record(db, dialect, [note], time.time(), channel)
+
+        return record_status
+
+
+def _status_of(notification: Notification) -> tuple[int, Status] | None:
+    """The order and status a notification tells: ``paid``, or ``canceled`` (a refund)."""
+    if isinstance(notification, OrderPaid):
+        return notification.order_id, Status.PAID
+    if isinstance(notification, OrderCanceled):
+        return notification.order_id, Status.CANCELED
+    return None
+
+
+def check_handlers(handler: object | None, transactional: object | None, blocking: bool) -> None:
+    """One handler at most, and the transactional one only over a database."""
+    if handler is not None and transactional is not None:
+        raise ValueError("give either handler or transactional, not both")
+    if transactional is not None and not blocking:
+        raise ValueError(
+            "a transactional handler needs a database: pass store='sqlite:///...' "
+            "or store='postgresql://...'"
+        )
+
+
+def handler_failed(exc: Exception, notification: Notification) -> tuple[WebhookAnswer, str]:
+    """The answer to a handler that raised ``exc`` (call it in the ``except`` block): a
+    :class:`WebhookError` is a deliberate refusal (400, stored, not retried), anything
+    else a 500 that Xsolla retries."""
+    if isinstance(exc, WebhookError):
+        return refusal(exc), f"{type(exc).__name__}: {exc}"
+    logger.exception("the webhook handler failed on %s", notification.notification_type)
+    return HANDLER_FAILED, failure_text()
+
+
+def transactional_work(
+    transactional: TransactionalHandler,
+    notification: Notification,
+    note: Callable[[Any, Any], None] | None,
+) -> Work:
+    """The journal's unit of work for a transactional handler: its answer and error text.
+    ``note`` (the order's status) is written first, rolled back with the handler's writes
+    if it fails: the retry writes it again."""
+
+    def work(connection: Any, attempt: int) -> tuple[WebhookAnswer, str | None]:
+        if note is not None:
+            note(connection, None)
+        try:
+            transactional(notification, connection)
+        except Exception as exc:
+            return handler_failed(exc, notification)
+        return ACCEPTED, None
+
+    return work
+
+
+class WebhookReceiver(ReceiverBase):
     """Verifies, deduplicates (through the journal) and dispatches Xsolla notifications.
 
     ``store`` is a :class:`~transports.journal.Journal`, or a URL for one
@@ -154,53 +294,25 @@ class WebhookReceiver:
         allowed_networks: Iterable[str | Network] | None = None,
         record_orders: bool = True,
     ) -> None:
-        if not secret:
-            raise ValueError("the webhook secret must not be empty")
-        if handler is not None and transactional is not None:
-            raise ValueError("give either handler or transactional, not both")
-        self._secret = secret
+        super().__init__(
+            secret,
+            sink=sink,
+            max_body_size=max_body_size,
+            allowed_networks=allowed_networks,
+            record_orders=record_orders,
+        )
         self.handler = handler
         self.transactional = transactional
         self._owns_journal = not isinstance(store, Journal)
         self.journal: Journal = store if isinstance(store, Journal) else open_journal(store)
-        if transactional is not None and not self.journal.store.blocking:
-            raise ValueError(
-                "a transactional handler needs a database: pass store='sqlite:///...' "
-                "or store='postgresql://...'"
-            )
-        self.sink = sink
-        self.record_orders = record_orders and self.journal.store.kind != "memory"
-        self.max_body_size = max_body_size
-        self.allow_list = AllowList(allowed_networks) if allowed_networks is not None else None
-
-    def precheck(self, peer: str | None, content_length: int | None) -> WebhookAnswer | None:
-        """A refusal that needs no body (peer not allowed, declared size too big), or None.
-
-        Adapters call it before reading the body; :meth:`handle` repeats it.
-        """
-        if self.allow_list is not None and not self.allow_list.allows(peer):
-            return refusal(ForbiddenSource(f"source address {peer} is not allowed"))
-        if content_length is not None and content_length > self.max_body_size:
-            return self.too_large()
-        return None
-
-    def too_large(self) -> WebhookAnswer:
-        return refusal(BodyTooLarge(f"body exceeds {self.max_body_size} bytes"))
+        check_handlers(handler, transactional, self.journal.store.blocking)
 
     async def handle(self, headers: Headers, body: bytes, peer: str | None = None) -> WebhookAnswer:
         """Answer one delivery.  Never raises for anything the sender controls, and
         never answers 4xx for a trouble of ours (the journal's): that is a 5xx."""
-        early = self.precheck(peer, len(body))
-        if early is not None:
-            return early
-        checked = verified(self._secret, headers, body, peer)
+        checked = self.check(headers, body, peer, anyio.current_time())
         if not isinstance(checked, Verified):
             return checked
-        notification = checked.notification
-        self._observe(notification)
-        if isinstance(notification, UnknownNotification):
-            logger.info("ignored a %r notification", notification.notification_type)
-            return ACCEPTED
         answer, _ = await self.handle_verified(checked)
         return answer
 
@@ -210,7 +322,7 @@ class WebhookReceiver:
         if self.transactional is not None:
             return await self._handle_in_transaction(checked)
         try:
-            also = self._order_note(checked.notification)
+            also = self._order_note(checked.notification, self.journal.store)
             begun = await self.journal.begin(checked.delivery, STORE_FAILED, also)
         except JournalError as exc:
             logger.error("the journal failed before the handler: %s", exc)
@@ -231,67 +343,20 @@ class WebhookReceiver:
             return ACCEPTED, None
         try:
             await self.handler(notification)
-        except WebhookError as exc:
-            return refusal(exc), f"{type(exc).__name__}: {exc}"
-        except Exception:
-            logger.exception("the webhook handler failed on %s", notification.notification_type)
-            return HANDLER_FAILED, failure_text()
+        except Exception as exc:
+            return handler_failed(exc, notification)
         return ACCEPTED, None
 
     async def _handle_in_transaction(self, checked: Verified) -> tuple[WebhookAnswer, bool]:
-        transactional = self.transactional
-        assert transactional is not None
-        notification = checked.notification
-
-        note = self._order_note(notification)
-
-        def work(connection: Any, attempt: int) -> tuple[WebhookAnswer, str | None]:
-            if note is not None:
-                note(connection, None)  # rolled back with the handler if it fails: retried
-            try:
-                transactional(notification, connection)
-            except WebhookError as exc:
-                return refusal(exc), f"{type(exc).__name__}: {exc}"
-            except Exception:
-                logger.exception("the transactional handler failed on %s", notification)
-                return HANDLER_FAILED, failure_text()
-            return ACCEPTED, None
-
+        assert self.transactional is not None
+        note = self._order_note(checked.notification, self.journal.store)
+        work = transactional_work(self.transactional, checked.notification, note)
         try:
             result = await self.journal.run(checked.delivery, work, STORE_FAILED)
         except JournalError as exc:
             logger.error("the journal failed: %s", exc)
             return STORE_FAILED, False
         return result.answer, isinstance(result, Ran)
-
-    def _order_note(self, notification: Notification) -> Callable[[Any, Any], None] | None:
-        """The journal write of the order's status, for the claim's transaction."""
-        told = _status_of(notification)
-        if told is None or not self.record_orders:
-            return None
-        note = Note(*told, WEBHOOK, time.time())
-        dialect = self.journal.store.kind
-        channel = str(getattr(self.journal.store, "channel", CHANNEL))
-
-        def record_status(db: Any, _: Any) -> None:
-            record(db, dialect, [note], time.time(), channel)
-
-        return record_status
-
-    @property
-    def secret(self) -> str | bytes:
-        return self._secret
-
-    def _observe(self, notification: Notification) -> None:
-        told = _status_of(notification)
-        if self.sink is None or told is None:
-            return
-        observation = Observation(*told, source=WEBHOOK, at=anyio.current_time(), raw=notification)
-        try:
-            self.sink.observe(observation)
-        except Exception:
-            # The sink's trouble must not turn into an answer that makes Xsolla retry.
-            logger.exception("the observation sink failed on %s", observation)
 
     async def open(self) -> None:
         """Open the journal now, so start-up problems raise here rather than answer 5xx."""
@@ -312,12 +377,3 @@ class WebhookReceiver:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-def _status_of(notification: Notification) -> tuple[int, Status] | None:
-    """The order and status a notification tells: ``paid``, or ``canceled`` (a refund)."""
-    if isinstance(notification, OrderPaid):
-        return notification.order_id, Status.PAID
-    if isinstance(notification, OrderCanceled):
-        return notification.order_id, Status.CANCELED
-    return None
