@@ -156,3 +156,18 @@ def test_no_import_cycle_not_even_a_lazy_one() -> None:
 def test_the_cycle_finder_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+# --- web frameworks: only orderfsm.contrib imports them ------------------------------
+
+FRAMEWORKS = {"django", "flask", "werkzeug", "fastapi", "starlette", "uvicorn", "gunicorn"}
+
+
+@pytest.mark.parametrize("name", sorted(MODULES), ids=str)
+def test_only_the_contrib_modules_import_a_framework(name: str) -> None:
+    used = {m.split(".")[0] for m in imported_modules(MODULES[name])} & FRAMEWORKS
+    if name.startswith("orderfsm.contrib."):
+        own = name.split(".")[2]
+        assert used <= {own, "werkzeug" if own == "flask" else own}, f"{name} imports {used}"
+    else:
+        assert not used, f"{name} imports {used}"
