@@ -67,15 +67,18 @@ def wait_until_serving(server: Server, path: str) -> None:
 
 
 @contextmanager
-def serving(command: Sequence[str], env: dict[str, str], tmp: Path, path: str) -> Iterator[Server]:
-    """Run ``command`` (given ``{port}``) until the block ends; its output goes to a log."""
+def serving(
+    command: Sequence[str], env: dict[str, str], tmp: Path, path: str, cwd: Path = APPS
+) -> Iterator[Server]:
+    """Run ``command`` (given ``{port}``) in ``cwd`` until the block ends; its output goes to
+    a log."""
     port = free_port()
     log = tmp / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [part.format(port=port) for part in command],
             env={**os.environ, **env},
-            cwd=APPS,
+            cwd=cwd,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
