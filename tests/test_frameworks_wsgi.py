@@ -61,12 +61,15 @@ def test_django_under_gunicorn_grants_each_order_once_with_the_orm(
     db = connect(url)
     try:
         rows = db.execute("SELECT order_id, sku, attempt FROM djangogame_grant").fetchall()
+        told = db.execute("SELECT order_id, status FROM orderfsm_changes").fetchall()
     finally:
         db.close()
     assert sorted(Counter(row[0] for row in rows).items()) == [(o, 1) for o in ORDERS]
     # The attempt that died with its grant written left nothing, not even its claim: every
     # grant was written by a first attempt, seen from inside its uncommitted claim.
     assert {row[2] for row in rows} == {1}
+    # The order's status for a fleet's trackers, written in the same transaction, once.
+    assert sorted((int(o), s) for o, s in told) == [(o, "paid") for o in ORDERS]
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support_journal import create_grants, grants, mark, on_databases, on_every_backend, url_for
+from support_journal import (
+    connect,
+    create_grants,
+    grants,
+    mark,
+    on_databases,
+    on_every_backend,
+    url_for,
+)
 from support_webhook import SECRET, order_paid, signed
 
 from orderfsm.journal import JournalSettings, Outcome
@@ -165,3 +173,28 @@ def test_the_journal_down_answers_500_never_4xx(tmp_path: Path) -> None:
     body = order_paid(9)
     assert receiver.handle(signed(body), body).status == 500
     receiver.close()
+
+
+@on_databases
+@pytest.mark.parametrize("form", ["plain", "transactional"])
+def test_the_order_status_is_recorded_once_in_the_claims_transaction(
+    backend: str, form: str, tmp_path: Path
+) -> None:
+    """As the async receiver does: a fleet's trackers sharing the journal learn of it."""
+    url = url_for(backend, tmp_path)
+
+    def nothing(notification: Notification, connection: Any = None) -> None: ...
+
+    kind = {"handler": nothing} if form == "plain" else {"transactional": nothing}
+    with receivers(url, **kind) as made:
+        assert deliver_all(made, [order_paid(n) for n in (7, 8)], copies=3) == [204] * 6
+    assert changes_in(url) == [(7, "paid"), (8, "paid")]
+
+
+def changes_in(url: str) -> list[tuple[int, str]]:
+    db = connect(url)
+    try:
+        rows = db.execute("SELECT order_id, status FROM orderfsm_changes ORDER BY order_id")
+        return [(int(order_id), str(status)) for order_id, status in rows.fetchall()]
+    finally:
+        db.close()

@@ -17,8 +17,8 @@ code, and a background thread must not borrow a request's connection.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 from django.db import DatabaseError, connections, transaction
 
@@ -38,11 +38,14 @@ from transports.journal.base import (
     Also,
     Claimed,
     Dialect,
-    Store,
+    SqlStore,
     Work,
     Worked,
     run_in_transaction,
 )
+from transports.journal.orders import CHANNEL
+
+T = TypeVar("T")
 
 
 class DjangoStore:
@@ -52,7 +55,7 @@ class DjangoStore:
 
     blocking = True
 
-    def __init__(self, alias: str, inner: Store, settings: JournalSettings) -> None:
+    def __init__(self, alias: str, inner: SqlStore, settings: JournalSettings) -> None:
         self.alias = alias
         self.inner = inner
         self.settings = settings
@@ -60,6 +63,11 @@ class DjangoStore:
         self.display = f"{inner.display} (Django database {alias!r})"
         self.threads = inner.threads
         self.dialect = _dialect(inner.kind)
+
+    @property
+    def channel(self) -> str:
+        """Where the orders' changes are announced (PostgreSQL): the inner store's."""
+        return str(getattr(self.inner, "channel", CHANNEL))
 
     def open(self) -> None:
         self.inner.open()
@@ -150,6 +158,14 @@ class DjangoStore:
     def prune(self, cutoff: float, deadline: float) -> tuple[int, int]:
         return self.inner.prune(cutoff, deadline)
 
+    # --- the fleet tracker's tables (SqlStore), on the journal's own connections ---------
+
+    def write(self, work: Callable[[Any], T], deadline: float, durable: bool = True) -> T:
+        return self.inner.write(work, deadline, durable)
+
+    def read(self, work: Callable[[Any], T], deadline: float) -> T:
+        return self.inner.read(work, deadline)
+
 
 class _Statements:
     """Django's cursor with a DB-API connection's ``execute`` (returning the cursor),
@@ -176,7 +192,7 @@ def _dialect(kind: str) -> Dialect:
     raise JournalConfigError(f"the journal cannot live in a {kind} database")
 
 
-def own_store(alias: str, settings: JournalSettings) -> Store:
+def own_store(alias: str, settings: JournalSettings) -> SqlStore:
     """The journal's own store on Django's database ``alias`` (SQLite or PostgreSQL)."""
     connection = connections[alias]
     if connection.vendor == "sqlite":
@@ -185,7 +201,7 @@ def own_store(alias: str, settings: JournalSettings) -> Store:
             raise JournalConfigError(
                 f"Django database {alias!r} is in memory: the journal needs a file"
             )
-        return store_for(name, settings)
+        return cast(SqlStore, store_for(name, settings))
     if connection.vendor == "postgresql":
         from transports.journal.postgres import PostgresStore
 
