@@ -22,6 +22,7 @@ import queue as queues
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, TypeVar
@@ -152,7 +153,7 @@ class Tracker:
         ``QTimer``).  A callback that calls ``dispatch`` again runs nothing more.
         """
         callback = self.on_change
-        if callback is None or getattr(self._dispatching, "active", False):
+        if callback is None or not self._can_dispatch():
             return 0
         ran = 0
         self._dispatching.active = True
@@ -167,6 +168,10 @@ class Tracker:
         finally:
             self._dispatching.active = False
 
+    def _can_dispatch(self) -> bool:
+        """Callbacks may run here: there are some, and this thread is not inside one."""
+        return self.on_change is not None and not getattr(self._dispatching, "active", False)
+
     def _block(self, ready: Callable[[], bool], timeout: float | None, what: str) -> None:
         """Until ``ready()`` (checked under the lock its producers notify), running the
         callbacks due meanwhile; ``WaitTimeout`` after ``timeout`` seconds."""
@@ -176,7 +181,7 @@ class Tracker:
             with self._news:
                 if ready() or self._closed:
                     return
-                if self._pending and self.on_change is not None:
+                if self._pending and self._can_dispatch():
                     continue
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -194,12 +199,18 @@ class Tracker:
     def wait(self, order_id: int, *, timeout: float | None = None, **options: Any) -> FinalResult:
         """Track the order if needed and block until it settles.
 
-        Raises what :meth:`orderfsm.Tracker.wait` raises, or :class:`WaitTimeout`
+        Raises what :meth:`orderfsm.Tracker.wait` raises (``TrackerClosed`` when
+        the tracker is closed before, or while, it waits), or :class:`WaitTimeout`
         after ``timeout`` seconds (the order stays tracked: wait again, or
         ``untrack`` it).
         """
-        self.track(order_id, **options)
-        future = self._portal.start_task_soon(self._tracker.wait, order_id)
+        try:
+            self.track(order_id, **options)
+            future = self._portal.start_task_soon(self._tracker.wait, order_id)
+        except RuntimeError:
+            if self._closed:  # closed before the wait began
+                raise self._closed_error(order_id) from None
+            raise
         future.add_done_callback(self._notify)
         try:
             self._block(future.done, timeout, f"order {order_id}")
@@ -208,9 +219,18 @@ class Tracker:
             raise
         if not future.done():  # closed meanwhile
             future.cancel()
-            raise TrackerClosed(f"the tracker closed before order {order_id} settled")
-        result: FinalResult = future.result()
+            raise self._closed_error(order_id)
+        try:
+            result: FinalResult = future.result()
+        except (RuntimeError, CancelledError):
+            if self._closed:  # the async tracker closed as the wait began
+                raise self._closed_error(order_id) from None
+            raise
         return result
+
+    @staticmethod
+    def _closed_error(order_id: int) -> TrackerClosed:
+        return TrackerClosed(f"the tracker closed before order {order_id} settled")
 
     def changes(
         self,

@@ -143,3 +143,23 @@ def test_a_sync_receiver_feeds_it_from_a_wsgi_thread() -> None:
         result = tracker.wait(4242, timeout=30)
         worker.join(30)
     assert result.status is Status.PAID and result.source == "webhook"
+
+
+def test_a_callback_may_block_on_the_tracker_and_later_callbacks_wait_for_it(
+    xsolla: Emulator,
+) -> None:
+    user, order_id = new_order(xsolla)
+    seen: list[str] = []
+
+    def on_change(change: StatusChange) -> None:
+        seen.append(str(change.status))
+        if change.status is Status.PAID:  # e.g. a launcher that waits for the delivery here
+            seen.append(f"waited: {tracker.wait(order_id, timeout=30).status}")
+
+    with tracker_for(xsolla, user, on_change=on_change) as tracker:
+        tracker.track(order_id)
+        anyio.run(xsolla.wait_connected, user)
+        anyio.run(xsolla.run_script, order_id, STEPS)
+        tracker.wait(order_id, timeout=30)
+        tracker.dispatch()
+    assert seen == ["new", "paid", "waited: done", "done"]
