@@ -176,3 +176,18 @@ def test_importing_orderfsm_imports_no_optional_extra() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+# --- web frameworks: only orderfsm.contrib imports them ------------------------------
+
+FRAMEWORKS = {"django", "flask", "werkzeug", "fastapi", "starlette", "uvicorn", "gunicorn"}
+
+
+@pytest.mark.parametrize("name", sorted(MODULES), ids=str)
+def test_only_the_contrib_modules_import_a_framework(name: str) -> None:
+    used = {m.split(".")[0] for m in imported_modules(MODULES[name])} & FRAMEWORKS
+    if name.startswith("orderfsm.contrib."):
+        own = name.split(".")[2]
+        assert used <= {own, "werkzeug" if own == "flask" else own}, f"{name} imports {used}"
+    else:
+        assert not used, f"{name} imports {used}"

@@ -75,6 +75,7 @@ def add_filters(parser: argparse.ArgumentParser) -> None:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
     def verb(name: str, help: str) -> argparse.ArgumentParser:
         return verbs.add_parser(
             name, help=help, formatter_class=parser.formatter_class, epilog=parser.epilog

@@ -9,6 +9,7 @@ them directly.  The decisions they carry out are in ``orderfsm.journal``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
@@ -23,6 +24,7 @@ from orderfsm.journal import (
     DeliveryFilter,
     NewDelivery,
     Outcome,
+    decisions,
 )
 
 T = TypeVar("T")
@@ -62,6 +64,63 @@ class Worked:
     """When not taken: the row as seen, for :func:`orderfsm.journal.judge`."""
     busy: bool = False
     """The key's row was locked by another transaction past the wait (PostgreSQL)."""
+
+
+@attrs.frozen
+class Dialect:
+    """A SQL backend's statements on a connection already inside a transaction."""
+
+    claim: Callable[[Any, NewDelivery, str, float, float, int | None], Claimed]
+    """``(db, delivery, owner, now, lease, logged)``: record the delivery, try to take its key."""
+    settle: Callable[[Any, str | None, int, Answer, int, str | None, float], bool]
+    """``(db, key, attempt, answer, delivery_id, error, now)``: record the answer, fenced."""
+    log: Callable[[Any, NewDelivery, int | None, Answer, Outcome, str | None, float], int]
+    """``(db, delivery, logged, answer, outcome, error, now)``: record a finished delivery."""
+
+
+def run_in_transaction(
+    db: Any,
+    dialect: Dialect,
+    delivery: NewDelivery,
+    work: Work,
+    owner: str,
+    now: float,
+    lease: float,
+    logged: int | None,
+) -> Worked:
+    """Claim, run ``work`` and record its answer inside a transaction the caller opened
+    and commits: the store's own, or an application's (Django's, so the ORM's writes
+    commit with the claim).  Only SQL savepoints, so it nests in either.
+
+    ``work``'s writes are kept only with a 2xx; on a 5xx nothing of the attempt stays
+    but the record of the delivery.
+    """
+    db.execute("SAVEPOINT orderfsm_claim")
+    try:
+        claimed = dialect.claim(db, delivery, owner, now, lease, logged)
+        if claimed.attempt is None:
+            db.execute("RELEASE SAVEPOINT orderfsm_claim")
+            return Worked(claimed.delivery_id, None, claimed.claim)
+        db.execute("SAVEPOINT orderfsm_handler")
+        answer, error = work(db, claimed.attempt)
+        if not answer.ok:
+            db.execute("ROLLBACK TO SAVEPOINT orderfsm_handler")
+        db.execute("RELEASE SAVEPOINT orderfsm_handler")
+        if decisions.keeps(answer):
+            dialect.settle(
+                db, delivery.key, claimed.attempt, answer, claimed.delivery_id, error, now
+            )
+            db.execute("RELEASE SAVEPOINT orderfsm_claim")
+            return Worked(claimed.delivery_id, answer)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the caller rolls the whole transaction back
+            db.execute("ROLLBACK TO SAVEPOINT orderfsm_claim")
+            db.execute("RELEASE SAVEPOINT orderfsm_claim")
+        raise
+    db.execute("ROLLBACK TO SAVEPOINT orderfsm_claim")
+    db.execute("RELEASE SAVEPOINT orderfsm_claim")
+    ident = dialect.log(db, delivery, logged, answer, decisions.outcome_of(answer), error, now)
+    return Worked(ident, answer)
 
 
 class Store(Protocol):

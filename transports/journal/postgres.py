@@ -48,6 +48,7 @@ from transports.journal.base import (
     DELIVERY_COLUMNS,
     Also,
     Claimed,
+    Dialect,
     Work,
     Worked,
     claim_from_row,
@@ -56,6 +57,7 @@ from transports.journal.base import (
     error_text,
     filter_sql,
     migrations,
+    run_in_transaction,
 )
 from transports.journal.base import (
     PRUNE_CLAIMS as PRUNE_CLAIMS_SQL,
@@ -394,29 +396,6 @@ class PostgresStore:
 
     # --- operations --------------------------------------------------------------------
 
-    def _claim_on(
-        self,
-        db: psycopg.Connection[Any],
-        delivery: NewDelivery,
-        owner: str,
-        now: float,
-        lease: float,
-        logged: int | None,
-        fast: bool = False,
-    ) -> Claimed:
-        params = _delivery_params(delivery)
-        if delivery.key is None:
-            return Claimed(_log(db, params, logged, attempt=0), 0, None)
-        params.update(owner=owner, now=now, lease_until=now + lease, logged=logged)
-        sql = RECLAIM if logged is not None else CLAIM_FAST if fast else CLAIM
-        row = db.execute(sql, params).fetchone()
-        assert row is not None
-        ident = int(row[0]) if row[0] is not None else logged
-        assert ident is not None
-        if row[1] is not None:
-            return Claimed(ident, int(row[1]), None)
-        return Claimed(ident, None, claim_from_row(row[2:]))
-
     def claim(
         self,
         delivery: NewDelivery,
@@ -430,9 +409,9 @@ class PostgresStore:
         try:
             with self._connection(deadline) as db:
                 if also is None:
-                    return self._claim_on(db, delivery, owner, now, lease, logged, fast=True)
+                    return _claim_on(db, delivery, owner, now, lease, logged, fast=True)
                 with db.transaction():
-                    claimed = self._claim_on(db, delivery, owner, now, lease, logged)
+                    claimed = _claim_on(db, delivery, owner, now, lease, logged)
                     also(db, claimed)
                     return claimed
         except psycopg.errors.LockNotAvailable:
@@ -483,49 +462,11 @@ class PostgresStore:
         logged: int | None = None,
     ) -> Worked:
         try:
-            with self._connection(deadline) as db:
-                return self._run_on(db, delivery, work, owner, now, lease, logged)
+            with self._connection(deadline) as db, db.transaction():
+                return run_in_transaction(db, DIALECT, delivery, work, owner, now, lease, logged)
         except psycopg.errors.LockNotAvailable:
             ident = self._log_apart(delivery, logged, deadline)
             return Worked(ident, None, None, busy=True)
-
-    def _run_on(
-        self,
-        db: psycopg.Connection[Any],
-        delivery: NewDelivery,
-        work: Work,
-        owner: str,
-        now: float,
-        lease: float,
-        logged: int | None,
-    ) -> Worked:
-        failure: tuple[Answer, str | None] | None = None
-        with db.transaction() as outer:
-            claimed = self._claim_on(db, delivery, owner, now, lease, logged)
-            if claimed.attempt is None:
-                return Worked(claimed.delivery_id, None, claimed.claim)
-            with db.transaction() as handler:
-                answer, error = work(db, claimed.attempt)
-                if not answer.ok:
-                    raise psycopg.Rollback(handler)
-            if decisions.keeps(answer):
-                _settle(db, delivery.key, claimed.attempt, answer, claimed.delivery_id, error, now)
-                return Worked(claimed.delivery_id, answer)
-            failure = (answer, error)
-            raise psycopg.Rollback(outer)
-        # A failure: nothing of this attempt stays but the record of the delivery.
-        assert failure is not None
-        answer, error = failure
-        ident = _log(
-            db,
-            _delivery_params(delivery),
-            logged,
-            status=answer.status,
-            outcome=decisions.outcome_of(answer).value,
-            error=error_text(error),
-            finished_at=now,
-        )
-        return Worked(ident, answer)
 
     def reopen(self, key: str, attempt: int, deadline: float) -> bool:
         with self._connection(deadline) as db:
@@ -557,6 +498,29 @@ class PostgresStore:
                 "DELETE FROM orderfsm_deliveries WHERE received_at < %s", (cutoff,)
             ).rowcount
         return claims, deliveries
+
+
+def _claim_on(
+    db: psycopg.Connection[Any],
+    delivery: NewDelivery,
+    owner: str,
+    now: float,
+    lease: float,
+    logged: int | None,
+    fast: bool = False,
+) -> Claimed:
+    params = _delivery_params(delivery)
+    if delivery.key is None:
+        return Claimed(_log(db, params, logged, attempt=0), 0, None)
+    params.update(owner=owner, now=now, lease_until=now + lease, logged=logged)
+    sql = RECLAIM if logged is not None else CLAIM_FAST if fast else CLAIM
+    row = db.execute(sql, params).fetchone()
+    assert row is not None
+    ident = int(row[0]) if row[0] is not None else logged
+    assert ident is not None
+    if row[1] is not None:
+        return Claimed(ident, int(row[1]), None)
+    return Claimed(ident, None, claim_from_row(row[2:]))
 
 
 def _log(
@@ -615,3 +579,27 @@ def _settle(
         },
     ).fetchone()
     return bool(row and row[0])
+
+
+def _log_finished(
+    db: psycopg.Connection[Any],
+    delivery: NewDelivery,
+    logged: int | None,
+    answer: Answer,
+    outcome: Outcome,
+    error: str | None,
+    now: float,
+) -> int:
+    return _log(
+        db,
+        _delivery_params(delivery),
+        logged,
+        status=answer.status,
+        outcome=outcome.value,
+        error=error_text(error),
+        finished_at=now,
+    )
+
+
+DIALECT = Dialect(_claim_on, _settle, _log_finished)
+"""The statements :func:`~transports.journal.base.run_in_transaction` runs on PostgreSQL."""

@@ -51,6 +51,7 @@ from transports.journal.base import (
     DELIVERY_COLUMNS,
     Also,
     Claimed,
+    Dialect,
     Work,
     Worked,
     claim_from_row,
@@ -59,6 +60,7 @@ from transports.journal.base import (
     error_text,
     filter_sql,
     migrations,
+    run_in_transaction,
 )
 from transports.journal.base import (
     PRUNE_CLAIMS as PRUNE_CLAIMS_SQL,
@@ -427,34 +429,7 @@ class SqliteStore:
         logged: int | None = None,
     ) -> Worked:
         def unit(db: sqlite3.Connection) -> Worked:
-            db.execute("SAVEPOINT claim")
-            try:
-                claimed = _claim(db, delivery, owner, now, lease, logged)
-                if claimed.attempt is None:
-                    db.execute("RELEASE claim")
-                    return Worked(claimed.delivery_id, None, claimed.claim)
-                db.execute("SAVEPOINT handler")
-                answer, error = work(db, claimed.attempt)
-                if not answer.ok:
-                    db.execute("ROLLBACK TO handler")
-                db.execute("RELEASE handler")
-                if decisions.keeps(answer):
-                    _settle(
-                        db, delivery.key, claimed.attempt, answer, claimed.delivery_id, error, now
-                    )
-                    db.execute("RELEASE claim")
-                    return Worked(claimed.delivery_id, answer)
-            except BaseException:
-                db.execute("ROLLBACK TO claim")
-                db.execute("RELEASE claim")
-                raise
-            # A failure: nothing of this attempt stays but the record of the delivery.
-            db.execute("ROLLBACK TO claim")
-            db.execute("RELEASE claim")
-            ident = _log(
-                db, delivery, logged, None, answer, decisions.outcome_of(answer), error, now
-            )
-            return Worked(ident, answer)
+            return run_in_transaction(db, DIALECT, delivery, work, owner, now, lease, logged)
 
         return self._write(unit, deadline)
 
@@ -578,3 +553,19 @@ def _settle(
     outcome = decisions.outcome_of(answer) if recorded else Outcome.FENCED
     db.execute(FINISH, (answer.status, outcome.value, error_text(error), now, delivery_id))
     return recorded
+
+
+def _log_finished(
+    db: sqlite3.Connection,
+    delivery: NewDelivery,
+    logged: int | None,
+    answer: Answer,
+    outcome: Outcome,
+    error: str | None,
+    now: float,
+) -> int:
+    return _log(db, delivery, logged, None, answer, outcome, error, now)
+
+
+DIALECT = Dialect(_claim, _settle, _log_finished)
+"""The statements :func:`~transports.journal.base.run_in_transaction` runs on SQLite."""

@@ -3,6 +3,7 @@
 The core (:class:`WebhookReceiver`) knows no web framework; thin adapters
 serve it with ``aiohttp.web`` (:func:`webhook_app`) or as a raw ASGI app
 (:func:`asgi_app`), and the aiohttp one is imported only when asked for.
+:class:`SyncWebhookReceiver` is the same for synchronous code (WSGI views).
 Deduplication across processes and hosts is the journal's
 (``transports.journal``).
 """
@@ -51,6 +52,7 @@ from transports.webhook.records import (
 )
 from transports.webhook.serve import serve_aiohttp_app, serve_asgi_app, serve_receiver
 from transports.webhook.signature import authorization_header, sign, verify
+from transports.webhook.sync import SyncHandler, SyncWebhookReceiver
 
 if TYPE_CHECKING:
     from transports.webhook.aiohttp_app import add_webhook_route, make_handler, webhook_app
@@ -85,6 +87,8 @@ __all__ = [
     "Payment",
     "ReceiverStats",
     "Refund",
+    "SyncHandler",
+    "SyncWebhookReceiver",
     "Transaction",
     "TransactionalHandler",
     "UnknownNotification",

@@ -56,11 +56,12 @@ class WebhookASGIApp:
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = self.endpoints.get(scope["path"])
+        path = _local_path(scope)
+        endpoint = self.endpoints.get(path)
         if endpoint is not None and scope["method"] in ("GET", "HEAD"):
             await _reply(send, await endpoint())
             return
-        if scope["path"] != self.path:
+        if path != self.path:
             await _reply(send, NOT_FOUND)
             return
         if scope["method"] != "POST":
@@ -87,6 +88,16 @@ class WebhookASGIApp:
             more = bool(message.get("more_body", False))
         answer = await self.receiver.handle(headers, bytes(body), peer)
         await _reply(send, answer)
+
+
+def _local_path(scope: Scope) -> str:
+    """The path below the app's mount point: servers and frameworks differ on whether
+    ``path`` still holds ``root_path`` (Starlette's ``Mount`` keeps it there)."""
+    path = str(scope["path"])
+    root = str(scope.get("root_path") or "")
+    if root and path.startswith(root) and path[len(root) :].startswith("/"):
+        return path[len(root) :]
+    return path
 
 
 def _content_length(headers: list[tuple[str, str]]) -> int | None:

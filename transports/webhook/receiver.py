@@ -25,6 +25,8 @@ from orderfsm.errors import JournalError, WebhookError
 from orderfsm.interface import WEBHOOK, ObservationSink
 from orderfsm.journal import Reply
 from transports.journal import Journal, Ran, open_journal
+from transports.journal.base import Store as JournalStore
+from transports.journal.base import Work
 from transports.journal.orders import CHANNEL, Note, record
 from transports.webhook.answers import (
     ACCEPTED,
@@ -32,7 +34,7 @@ from transports.webhook.answers import (
     STORE_FAILED,
     WebhookAnswer,
 )
-from transports.webhook.checks import Headers, Verified, refusal, verified
+from transports.webhook.checks import Headers, Refused, Verified, refusal, verified
 from transports.webhook.counters import DeliveryListener, ReceiverCounters, ReceiverStats
 from transports.webhook.errors import BodyTooLarge, ForbiddenSource
 from transports.webhook.events import journal_failed, log_answer
@@ -72,7 +74,189 @@ def failure_text() -> str:
     return traceback.format_exc()
 
 
-class WebhookReceiver:
+IGNORED = Refused(ACCEPTED, "ignored")
+"""What a verified notification of a type we do not handle gets: 204, nothing else."""
+
+
+class ReceiverBase:
+    """What every receiver shares, whatever its journal and its loop (none, for
+    :class:`~transports.webhook.sync.SyncWebhookReceiver`): the secret, the
+    limits, the sink, the checks a delivery passes before the journal, and the
+    counters behind :meth:`stats`."""
+
+    journal: Any
+    """The receiver's journal (async or synchronous face); both have ``display``."""
+
+    def __init__(
+        self,
+        secret: str | bytes,
+        *,
+        sink: ObservationSink | None = None,
+        max_body_size: int = DEFAULT_MAX_BODY,
+        allowed_networks: Iterable[str | Network] | None = None,
+        record_orders: bool = True,
+    ) -> None:
+        if not secret:
+            raise ValueError("the webhook secret must not be empty")
+        self._secret = secret
+        self.record_orders = record_orders
+        self.sink = sink
+        self.max_body_size = max_body_size
+        self.allow_list = AllowList(allowed_networks) if allowed_networks is not None else None
+        self._counters = ReceiverCounters()
+        self._listener: DeliveryListener | None = None
+
+    def stats(self) -> ReceiverStats:
+        """Deliveries by outcome and by answer, the handler's and the journal's time, the
+        journal's outages: counted as deliveries are answered, copied out now."""
+        return self._counters.snapshot(self.journal.display)
+
+    def instrument(self, listener: DeliveryListener | None) -> None:
+        """Tell ``listener`` about each delivery answered through ``handle`` (what
+        :mod:`orderfsm.metrics.otel` makes spans of); ``None`` stops it."""
+        self._listener = listener
+
+    def precheck(self, peer: str | None, content_length: int | None) -> WebhookAnswer | None:
+        """A refusal that needs no body (peer not allowed, declared size too big), or None.
+
+        Adapters call it before reading the body; ``handle`` repeats it.
+        """
+        early = self._precheck(peer, content_length)
+        if early is None:
+            return None
+        self._counters.answered(early.outcome, early.answer.status)
+        return early.answer
+
+    def _precheck(self, peer: str | None, content_length: int | None) -> Refused | None:
+        if self.allow_list is not None and not self.allow_list.allows(peer):
+            forbidden = ForbiddenSource(f"source address {peer} is not allowed")
+            return Refused(refusal(forbidden), "forbidden")
+        if content_length is not None and content_length > self.max_body_size:
+            return Refused(self._too_large(), "too_large")
+        return None
+
+    def too_large(self) -> WebhookAnswer:
+        """The 413 for a body found too large while reading it."""
+        answer = self._too_large()
+        self._counters.answered("too_large", answer.status)
+        return answer
+
+    def _too_large(self) -> WebhookAnswer:
+        return refusal(BodyTooLarge(f"body exceeds {self.max_body_size} bytes"))
+
+    def check(
+        self, headers: Headers, body: bytes, peer: str | None, at: float
+    ) -> Verified | Refused:
+        """Everything before the journal: the answer when there is nothing for the
+        handler (a refusal, a type we ignore), else the verified delivery.  A
+        verified ``order_paid`` / ``order_canceled`` goes to the sink, stamped ``at``."""
+        early = self._precheck(peer, len(body))
+        if early is not None:
+            return early
+        checked = verified(self._secret, headers, body, peer)
+        if not isinstance(checked, Verified):
+            return checked
+        self._observe(checked.notification, at)
+        if isinstance(checked.notification, UnknownNotification):
+            log_answer(checked, IGNORED.answer, IGNORED.outcome, peer)
+            return IGNORED
+        return checked
+
+    @property
+    def secret(self) -> str | bytes:
+        return self._secret
+
+    def _observe(self, notification: Notification, at: float) -> None:
+        told = _status_of(notification)
+        if self.sink is None or told is None:
+            return
+        observation = Observation(*told, source=WEBHOOK, at=at, raw=notification)
+        try:
+            self.sink.observe(observation)
+        except Exception:
+            # The sink's trouble must not turn into an answer that makes Xsolla retry.
+            logger.exception(
+                "the observation sink failed on %s",
+                observation,
+                extra={"event": "sink.failed", "order_id": observation.order_id},
+            )
+
+    def _order_note(
+        self, notification: Notification, store: JournalStore
+    ) -> Callable[[Any, Any], None] | None:
+        """The journal write of the order's status, for the claim's transaction: trackers
+        of a fleet sharing the journal learn it on any host (not in memory)."""
+        told = _status_of(notification)
+        if told is None or not self.record_orders or store.kind == "memory":
+            return None
+        note = Note(*told, WEBHOOK, time.time())
+        dialect = store.kind
+        channel = str(getattr(store, "channel", CHANNEL))
+
+        def record_status(db: Any, _: Any) -> None:
+            record(db, dialect, [note], time.time(), channel)
+
+        return record_status
+
+    def _journal_used(self, started: float, *, failed: bool) -> None:
+        self._counters.journal_used(time.perf_counter() - started, failed=failed)
+
+
+def check_handlers(handler: object | None, transactional: object | None, blocking: bool) -> None:
+    """One handler at most, and the transactional one only over a database."""
+    if handler is not None and transactional is not None:
+        raise ValueError("give either handler or transactional, not both")
+    if transactional is not None and not blocking:
+        raise ValueError(
+            "a transactional handler needs a database: pass store='sqlite:///...' "
+            "or store='postgresql://...'"
+        )
+
+
+def handler_failed(exc: Exception, notification: Notification) -> tuple[WebhookAnswer, str]:
+    """The answer to a handler that raised ``exc`` (call it in the ``except`` block): a
+    :class:`WebhookError` is a deliberate refusal (400, stored, not retried), anything
+    else a 500 that Xsolla retries."""
+    if isinstance(exc, WebhookError):
+        return refusal(exc), f"{type(exc).__name__}: {exc}"
+    logger.exception(
+        "the webhook handler failed on %s",
+        notification.notification_type,
+        extra={
+            "event": "webhook.handler_failed",
+            "notification_type": notification.notification_type,
+        },
+    )
+    return HANDLER_FAILED, failure_text()
+
+
+def transactional_work(
+    transactional: TransactionalHandler,
+    notification: Notification,
+    note: Callable[[Any, Any], None] | None,
+    timing: list[float] | None = None,
+) -> Work:
+    """The journal's unit of work for a transactional handler: its answer and error text.
+    ``note`` (the order's status) is written first, rolled back with the handler's writes
+    if it fails: the retry writes it again.  ``timing`` gets the handler's seconds."""
+
+    def work(connection: Any, attempt: int) -> tuple[WebhookAnswer, str | None]:
+        if note is not None:
+            note(connection, None)
+        started = time.perf_counter()
+        try:
+            transactional(notification, connection)
+        except Exception as exc:
+            return handler_failed(exc, notification)
+        finally:
+            if timing is not None:
+                timing.append(time.perf_counter() - started)
+        return ACCEPTED, None
+
+    return work
+
+
+class WebhookReceiver(ReceiverBase):
     """Verifies, deduplicates (through the journal) and dispatches Xsolla notifications.
 
     ``store`` is a :class:`~transports.journal.Journal`, or a URL for one
@@ -102,67 +286,18 @@ class WebhookReceiver:
         allowed_networks: Iterable[str | Network] | None = None,
         record_orders: bool = True,
     ) -> None:
-        if not secret:
-            raise ValueError("the webhook secret must not be empty")
-        if handler is not None and transactional is not None:
-            raise ValueError("give either handler or transactional, not both")
-        self._secret = secret
+        super().__init__(
+            secret,
+            sink=sink,
+            max_body_size=max_body_size,
+            allowed_networks=allowed_networks,
+            record_orders=record_orders,
+        )
         self.handler = handler
         self.transactional = transactional
         self._owns_journal = not isinstance(store, Journal)
         self.journal: Journal = store if isinstance(store, Journal) else open_journal(store)
-        if transactional is not None and not self.journal.store.blocking:
-            raise ValueError(
-                "a transactional handler needs a database: pass store='sqlite:///...' "
-                "or store='postgresql://...'"
-            )
-        self.sink = sink
-        self.record_orders = record_orders and self.journal.store.kind != "memory"
-        self.max_body_size = max_body_size
-        self.allow_list = AllowList(allowed_networks) if allowed_networks is not None else None
-        self._counters = ReceiverCounters()
-        self._listener: DeliveryListener | None = None
-
-    def stats(self) -> ReceiverStats:
-        """Deliveries by outcome and by answer, the handler's and the journal's time, the
-        journal's outages: counted as deliveries are answered, copied out now."""
-        return self._counters.snapshot(self.journal.display)
-
-    def instrument(self, listener: DeliveryListener | None) -> None:
-        """Tell ``listener`` about each delivery answered through :meth:`handle` (what
-        :mod:`orderfsm.metrics.otel` makes spans of); ``None`` stops it."""
-        self._listener = listener
-
-    def precheck(self, peer: str | None, content_length: int | None) -> WebhookAnswer | None:
-        """A refusal that needs no body (peer not allowed, declared size too big), or None.
-
-        Adapters call it before reading the body; :meth:`handle` repeats it.
-        """
-        early = self._precheck(peer, content_length)
-        if early is None:
-            return None
-        answer, outcome = early
-        self._counters.answered(outcome, answer.status)
-        return answer
-
-    def _precheck(
-        self, peer: str | None, content_length: int | None
-    ) -> tuple[WebhookAnswer, str] | None:
-        if self.allow_list is not None and not self.allow_list.allows(peer):
-            forbidden = ForbiddenSource(f"source address {peer} is not allowed")
-            return refusal(forbidden), "forbidden"
-        if content_length is not None and content_length > self.max_body_size:
-            return self._too_large(), "too_large"
-        return None
-
-    def too_large(self) -> WebhookAnswer:
-        """The 413 for a body found too large while reading it."""
-        answer = self._too_large()
-        self._counters.answered("too_large", answer.status)
-        return answer
-
-    def _too_large(self) -> WebhookAnswer:
-        return refusal(BodyTooLarge(f"body exceeds {self.max_body_size} bytes"))
+        check_handlers(handler, transactional, self.journal.store.blocking)
 
     async def handle(self, headers: Headers, body: bytes, peer: str | None = None) -> WebhookAnswer:
         """Answer one delivery.  Never raises for anything the sender controls, and
@@ -181,18 +316,10 @@ class WebhookReceiver:
         self, headers: Headers, body: bytes, peer: str | None
     ) -> tuple[WebhookAnswer, str]:
         """The answer and the delivery's outcome (one of ``DELIVERY_OUTCOMES``)."""
-        early = self._precheck(peer, len(body))
-        if early is not None:
-            return early
-        checked = verified(self._secret, headers, body, peer)
+        checked = self.check(headers, body, peer, anyio.current_time())
         if not isinstance(checked, Verified):
             return checked.answer, checked.outcome
-        notification = checked.notification
-        self._observe(notification)
-        if isinstance(notification, UnknownNotification):
-            answer, outcome = ACCEPTED, "ignored"
-        else:
-            answer, _, outcome = await self._handle_verified(checked)
+        answer, _, outcome = await self._handle_verified(checked)
         log_answer(checked, answer, outcome, peer)
         return answer, outcome
 
@@ -208,7 +335,7 @@ class WebhookReceiver:
             return await self._handle_in_transaction(checked)
         started = time.perf_counter()
         try:
-            also = self._order_note(checked.notification)
+            also = self._order_note(checked.notification, self.journal.store)
             begun = await self.journal.begin(checked.delivery, STORE_FAILED, also)
         except JournalError as exc:
             self._journal_used(started, failed=True)
@@ -231,27 +358,14 @@ class WebhookReceiver:
         self._journal_used(started, failed=False)
         return recorded, True, _ran(recorded)
 
-    def _journal_used(self, started: float, *, failed: bool) -> None:
-        self._counters.journal_used(time.perf_counter() - started, failed=failed)
-
     async def _dispatch(self, notification: Notification) -> tuple[WebhookAnswer, str | None]:
         if self.handler is None:
             return ACCEPTED, None
         started = time.perf_counter()
         try:
             await self.handler(notification)
-        except WebhookError as exc:
-            return refusal(exc), f"{type(exc).__name__}: {exc}"
-        except Exception:
-            logger.exception(
-                "the webhook handler failed on %s",
-                notification.notification_type,
-                extra={
-                    "event": "webhook.handler_failed",
-                    "notification_type": notification.notification_type,
-                },
-            )
-            return HANDLER_FAILED, failure_text()
+        except Exception as exc:
+            return handler_failed(exc, notification)
         finally:
             self._counters.handler_ran(time.perf_counter() - started)
         return ACCEPTED, None
@@ -263,29 +377,8 @@ class WebhookReceiver:
         handler_seconds: list[float] = []
         """Measured in the worker thread, counted back on the loop."""
 
-        note = self._order_note(notification)
-
-        def work(connection: Any, attempt: int) -> tuple[WebhookAnswer, str | None]:
-            if note is not None:
-                note(connection, None)  # rolled back with the handler if it fails: retried
-            started = time.perf_counter()
-            try:
-                transactional(notification, connection)
-            except WebhookError as exc:
-                return refusal(exc), f"{type(exc).__name__}: {exc}"
-            except Exception:
-                logger.exception(
-                    "the transactional handler failed on %s",
-                    notification.notification_type,
-                    extra={
-                        "event": "webhook.handler_failed",
-                        "notification_type": notification.notification_type,
-                    },
-                )
-                return HANDLER_FAILED, failure_text()
-            finally:
-                handler_seconds.append(time.perf_counter() - started)
-            return ACCEPTED, None
+        note = self._order_note(notification, self.journal.store)
+        work = transactional_work(transactional, notification, note, handler_seconds)
 
         started = time.perf_counter()
         try:
@@ -300,39 +393,6 @@ class WebhookReceiver:
         if isinstance(result, Ran):
             return result.answer, True, _ran(result.answer)
         return result.answer, False, "duplicate"
-
-    def _order_note(self, notification: Notification) -> Callable[[Any, Any], None] | None:
-        """The journal write of the order's status, for the claim's transaction."""
-        told = _status_of(notification)
-        if told is None or not self.record_orders:
-            return None
-        note = Note(*told, WEBHOOK, time.time())
-        dialect = self.journal.store.kind
-        channel = str(getattr(self.journal.store, "channel", CHANNEL))
-
-        def record_status(db: Any, _: Any) -> None:
-            record(db, dialect, [note], time.time(), channel)
-
-        return record_status
-
-    @property
-    def secret(self) -> str | bytes:
-        return self._secret
-
-    def _observe(self, notification: Notification) -> None:
-        told = _status_of(notification)
-        if self.sink is None or told is None:
-            return
-        observation = Observation(*told, source=WEBHOOK, at=anyio.current_time(), raw=notification)
-        try:
-            self.sink.observe(observation)
-        except Exception:
-            # The sink's trouble must not turn into an answer that makes Xsolla retry.
-            logger.exception(
-                "the observation sink failed on %s",
-                observation,
-                extra={"event": "sink.failed", "order_id": observation.order_id},
-            )
 
     async def open(self) -> None:
         """Open the journal now, so start-up problems raise here rather than answer 5xx."""

@@ -1,0 +1,52 @@
+"""The webhook view: Django's request in, the receiver's answer out.
+
+Not in the request's transaction (``ATOMIC_REQUESTS``): the receiver opens
+its own, outermost, so the claim, the handler's ORM writes and the answer are
+committed before Xsolla gets a 2xx.  CSRF-exempt: the signature is the check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from django.db import transaction
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from orderfsm.contrib.django.conf import receiver
+from transports.webhook import WebhookAnswer
+from transports.webhook.asgi import METHOD_NOT_ALLOWED
+
+
+def _response(answer: WebhookAnswer, *extra: tuple[str, str]) -> HttpResponse:
+    response = HttpResponse(answer.body, status=answer.status)
+    if answer.content_type is None:
+        del response["Content-Type"]
+    for name, value in (*answer.headers, *extra):
+        response[name] = value
+    return response
+
+
+def _content_length(request: HttpRequest) -> int | None:
+    value = str(request.META.get("CONTENT_LENGTH") or "")
+    return int(value) if value.strip().isdigit() else None
+
+
+def _webhook(request: HttpRequest) -> HttpResponse:
+    if request.method != "POST":
+        return _response(METHOD_NOT_ALLOWED, ("Allow", "POST"))
+    current = receiver()
+    peer = request.META.get("REMOTE_ADDR")
+    refusal = current.precheck(peer, _content_length(request))
+    if refusal is not None:
+        return _response(refusal)
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        return _response(current.too_large())
+    return _response(current.handle(request.headers.items(), body, peer))
+
+
+webhook: Any = csrf_exempt(transaction.non_atomic_requests(_webhook))
+"""``POST`` Xsolla's notifications here; ``orderfsm.contrib.django.urls`` routes it."""

@@ -1,0 +1,165 @@
+"""The blocking tracker, from plain synchronous code, against the emulator on loopback.
+
+No test here runs an event loop of its own: the tracker brings its own thread
+(and the emulator its own); the emulator is driven through ``anyio.run``, as
+a script would.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import anyio
+import psutil
+import pytest
+from support_webhook import SECRET, order_paid, signed
+
+from orderfsm import Status, StatusChange, TrackerClosed
+from orderfsm.blocking import Tracker, WaitTimeout
+from transports.emulator import Emulator
+from transports.emulator.records import User
+from transports.webhook import SyncWebhookReceiver
+
+STEPS = [(0.05, "paid"), (0.05, "done")]
+
+
+@pytest.fixture(scope="module")
+def xsolla() -> Iterator[Emulator]:
+    with Emulator() as emulator:
+        yield emulator
+
+
+def new_order(xsolla: Emulator) -> tuple[User, int]:
+    user = anyio.run(xsolla.create_user)
+    return user, anyio.run(xsolla.create_order, user)
+
+
+def tracker_for(xsolla: Emulator, user: User, **options: object) -> Tracker:
+    return Tracker(
+        project_id=xsolla.project_id,
+        token=user.token,
+        ws_url=xsolla.ws_url,
+        api_url=xsolla.api_url,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def sockets_to(xsolla: Emulator) -> int:
+    """This process's connections to the emulator (the emulator's own side excluded)."""
+    port = urlsplit(xsolla.base_url).port
+    return sum(1 for c in psutil.Process().net_connections() if c.raddr and c.raddr.port == port)
+
+
+def test_wait_changes_callbacks_and_queue_and_nothing_left_behind(xsolla: Emulator) -> None:
+    user, order_id = new_order(xsolla)
+    threads_before = set(threading.enumerate())
+    called_in: list[tuple[int, str]] = []
+    drained: queue.Queue[StatusChange] = queue.Queue()
+
+    def on_change(change: StatusChange) -> None:
+        called_in.append((threading.get_ident(), str(change.status)))
+
+    with tracker_for(xsolla, user, on_change=on_change, queue=drained) as tracker:
+        tracker.track(order_id)
+        anyio.run(xsolla.wait_connected, user)
+        assert sockets_to(xsolla) >= 1  # its WebSocket, while it runs
+        anyio.run(xsolla.run_script, order_id, STEPS)
+        seen = [str(change.status) for change in tracker.changes(order_id, timeout=30)]
+        result = tracker.wait(order_id, timeout=30)
+    assert seen == ["new", "paid", "done"]
+    assert result.status is Status.DONE and result.succeeded
+    # Every callback ran in this thread, in order; the queue got every change too.
+    assert called_in == [(threading.get_ident(), s) for s in seen]
+    assert [str(drained.get_nowait().status) for _ in seen] == seen and drained.empty()
+    assert set(threading.enumerate()) - threads_before == set()  # no thread of its own left
+    assert sockets_to(xsolla) == 0
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_wait_that_times_out_leaves_the_order_tracked(xsolla: Emulator, backend: str) -> None:
+    user, order_id = new_order(xsolla)
+    with tracker_for(xsolla, user, backend=backend) as tracker:
+        with pytest.raises(WaitTimeout):
+            tracker.wait(order_id, timeout=0.3)
+        assert tracker.status(order_id) is Status.NEW
+        anyio.run(xsolla.run_script, order_id, STEPS)
+        assert tracker.wait(order_id, timeout=30).status is Status.DONE
+
+
+def test_closing_ends_a_wait_in_another_thread_with_tracker_closed(xsolla: Emulator) -> None:
+    user, order_id = new_order(xsolla)
+    tracker = tracker_for(xsolla, user)
+    outcome: list[BaseException] = []
+    started = threading.Event()
+
+    def waiter() -> None:
+        tracker.track(order_id)
+        started.set()
+        try:
+            tracker.wait(order_id)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    assert started.wait(30)
+    tracker.close()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], TrackerClosed)
+
+
+def test_a_sync_token_function_and_a_closed_tracker_refusing_calls(xsolla: Emulator) -> None:
+    user, order_id = new_order(xsolla)
+    asked: list[str] = []
+
+    def token() -> str:  # a plain function (it may fetch a fresh JWT with blocking I/O)
+        asked.append(threading.current_thread().name)
+        return user.token
+
+    tracker = Tracker(
+        project_id=xsolla.project_id, token=token, ws_url=xsolla.ws_url, api_url=xsolla.api_url
+    )
+    with tracker:
+        anyio.run(xsolla.run_script, order_id, STEPS)
+        assert tracker.wait(order_id, timeout=30).status is Status.DONE
+    assert asked and threading.current_thread().name not in asked
+    with pytest.raises(RuntimeError, match="closed"):
+        tracker.track(order_id)
+
+
+def test_a_sync_receiver_feeds_it_from_a_wsgi_thread() -> None:
+    """A WSGI app's receiver (no loop) tells the tracker of its process: webhooks alone."""
+    with Tracker(
+        project_id=1, transports=("webhook",), until="paid", fetch_details=False
+    ) as tracker:
+        receiver = SyncWebhookReceiver(SECRET, sink=tracker)
+        body = order_paid(4242)
+        worker = threading.Thread(target=receiver.handle, args=(signed(body), body))
+        worker.start()
+        result = tracker.wait(4242, timeout=30)
+        worker.join(30)
+    assert result.status is Status.PAID and result.source == "webhook"
+
+
+def test_a_callback_may_block_on_the_tracker_and_later_callbacks_wait_for_it(
+    xsolla: Emulator,
+) -> None:
+    user, order_id = new_order(xsolla)
+    seen: list[str] = []
+
+    def on_change(change: StatusChange) -> None:
+        seen.append(str(change.status))
+        if change.status is Status.PAID:  # e.g. a launcher that waits for the delivery here
+            seen.append(f"waited: {tracker.wait(order_id, timeout=30).status}")
+
+    with tracker_for(xsolla, user, on_change=on_change) as tracker:
+        tracker.track(order_id)
+        anyio.run(xsolla.wait_connected, user)
+        anyio.run(xsolla.run_script, order_id, STEPS)
+        tracker.wait(order_id, timeout=30)
+        tracker.dispatch()
+    assert seen == ["new", "paid", "waited: done", "done"]

@@ -1,0 +1,200 @@
+"""The synchronous receiver: the async receiver's rules from plain threads, no event loop.
+
+Several ``SyncWebhookReceiver`` objects on one URL are several instances (their
+own connections); threads deliver at once, as a threaded WSGI server would.
+Every test runs in memory (where it applies), on SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support_journal import (
+    connect,
+    create_grants,
+    grants,
+    mark,
+    on_databases,
+    on_every_backend,
+    url_for,
+)
+from support_webhook import SECRET, order_paid, signed
+
+from orderfsm.journal import JournalSettings, Outcome
+from transports.journal import open_journal
+from transports.webhook import InvalidUser, Notification, OrderPaid
+from transports.webhook.sync import SyncWebhookReceiver
+
+FAST = JournalSettings(lease=5.0, wait=1.0)
+
+
+@contextmanager
+def receivers(url: str, count: int = 3, **kwargs: Any) -> Iterator[list[SyncWebhookReceiver]]:
+    """``count`` instances on ``url`` (sharing one journal when it is in memory)."""
+    with ExitStack() as stack:
+        if url == "memory:":
+            journal = open_journal(url, FAST).sync
+            stack.callback(journal.close)
+            made = [SyncWebhookReceiver(SECRET, store=journal, **kwargs) for _ in range(count)]
+        else:
+            made = [
+                SyncWebhookReceiver(SECRET, store=url, settings=FAST, **kwargs)
+                for _ in range(count)
+            ]
+        for receiver in made:
+            stack.enter_context(receiver)
+        yield made
+
+
+def deliver_all(made: list[SyncWebhookReceiver], bodies: list[bytes], copies: int) -> list[int]:
+    """Every body ``copies`` times, all at once, round robin over the instances."""
+    jobs = [(made[i % len(made)], body) for body in bodies for i in range(copies)]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = pool.map(lambda job: job[0].handle(signed(job[1]), job[1], "185.30.20.1"), jobs)
+        return [answer.status for answer in answers]
+
+
+class Handler:
+    """A plain function handler that records what it was handed, from any thread."""
+
+    def __init__(self, fail_first: int = 0) -> None:
+        self.lock = threading.Lock()
+        self.handled: list[int] = []
+        self.fail_first = fail_first
+        self.loops: list[bool] = []
+
+    def __call__(self, notification: Notification) -> None:
+        try:
+            asyncio.get_running_loop()
+            self.loops.append(True)
+        except RuntimeError:
+            self.loops.append(False)
+        with self.lock:
+            if self.fail_first:
+                self.fail_first -= 1
+                raise RuntimeError("the game's database hiccuped")
+            assert isinstance(notification, OrderPaid)
+            self.handled.append(notification.order_id)
+
+
+@on_every_backend
+def test_each_notification_runs_the_plain_handler_once_from_threads_without_a_loop(
+    backend: str, tmp_path: Path
+) -> None:
+    handler = Handler()
+    with receivers(url_for(backend, tmp_path), handler=handler) as made:
+        answers = deliver_all(made, [order_paid(n) for n in range(1, 11)], copies=4)
+        records = made[0].journal.deliveries()
+    assert answers == [204] * 40
+    assert sorted(handler.handled) == list(range(1, 11))
+    assert not any(handler.loops)  # no event loop anywhere on the handler's path
+    outcomes = [r.outcome for r in records]
+    assert outcomes.count(Outcome.HANDLED) == 10
+    assert len(records) == 40
+
+
+@on_databases
+def test_the_transactional_handler_grants_each_order_once(backend: str, tmp_path: Path) -> None:
+    url = url_for(backend, tmp_path)
+    create_grants(url)
+    m = mark(url)
+
+    def grant(notification: Notification, connection: Any) -> None:
+        assert isinstance(notification, OrderPaid)
+        connection.execute(
+            f"INSERT INTO grants (order_id, sku) VALUES ({m}, {m})",
+            (notification.order_id, notification.items[0].sku),
+        )
+
+    with receivers(url, transactional=grant) as made:
+        answers = deliver_all(made, [order_paid(n) for n in range(1, 9)], copies=3)
+    assert answers == [204] * 24
+    assert sorted(grants(url)) == list(range(1, 9))
+
+
+@on_every_backend
+def test_a_failure_answers_500_and_the_retry_runs_it_a_refusal_is_repeated(
+    backend: str, tmp_path: Path
+) -> None:
+    handler = Handler(fail_first=1)
+
+    def refuse_odd(notification: Notification) -> None:
+        assert isinstance(notification, OrderPaid)
+        if notification.order_id % 2:
+            raise InvalidUser("no such player")
+        handler(notification)
+
+    with receivers(url_for(backend, tmp_path), 1, handler=refuse_odd) as (receiver,):
+        body = order_paid(2)
+        first = receiver.handle(signed(body), body)
+        second = receiver.handle(signed(body), body)
+        refused = [receiver.handle(signed(order_paid(3)), order_paid(3)) for _ in range(2)]
+    assert (first.status, second.status) == (500, 204)
+    assert handler.handled == [2]
+    assert [a.status for a in refused] == [400, 400]
+    assert refused[0] == refused[1] and b"INVALID_USER" in refused[0].body
+
+
+def test_bad_signatures_and_bodies_are_refused_before_the_journal(tmp_path: Path) -> None:
+    handler = Handler()
+    store = str(tmp_path / "journal.sqlite3")
+    with SyncWebhookReceiver(SECRET, handler, store=store, max_body_size=100_000) as receiver:
+        body = order_paid(5)
+        forged = receiver.handle({"Authorization": "Signature " + "0" * 40}, body)
+        junk = receiver.handle(signed(b"[1, 2]"), b"[1, 2]")
+        large = receiver.handle(signed(b"x" * 100_001), b"x" * 100_001)
+        kept = receiver.journal.deliveries()
+    assert (forged.status, junk.status, large.status) == (400, 400, 413)
+    assert handler.handled == [] and kept == []
+
+
+def test_one_handler_at_most_and_the_transactional_one_needs_a_database() -> None:
+    def plain(notification: Notification) -> None: ...
+
+    def transactional(notification: Notification, connection: Any) -> None: ...
+
+    with pytest.raises(ValueError, match="either"):
+        SyncWebhookReceiver(SECRET, plain, transactional=transactional, store="x.sqlite3")
+    with pytest.raises(ValueError, match="needs a database"):
+        SyncWebhookReceiver(SECRET, transactional=transactional)
+
+
+def test_the_journal_down_answers_500_never_4xx(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir" / "journal.sqlite3"
+    handler: Callable[[Notification], None] = Handler()
+    receiver = SyncWebhookReceiver(SECRET, handler, store=str(missing))
+    body = order_paid(9)
+    assert receiver.handle(signed(body), body).status == 500
+    receiver.close()
+
+
+@on_databases
+@pytest.mark.parametrize("form", ["plain", "transactional"])
+def test_the_order_status_is_recorded_once_in_the_claims_transaction(
+    backend: str, form: str, tmp_path: Path
+) -> None:
+    """As the async receiver does: a fleet's trackers sharing the journal learn of it."""
+    url = url_for(backend, tmp_path)
+
+    def nothing(notification: Notification, connection: Any = None) -> None: ...
+
+    kind = {"handler": nothing} if form == "plain" else {"transactional": nothing}
+    with receivers(url, **kind) as made:
+        assert deliver_all(made, [order_paid(n) for n in (7, 8)], copies=3) == [204] * 6
+    assert changes_in(url) == [(7, "paid"), (8, "paid")]
+
+
+def changes_in(url: str) -> list[tuple[int, str]]:
+    db = connect(url)
+    try:
+        rows = db.execute("SELECT order_id, status FROM orderfsm_changes ORDER BY order_id")
+        return [(int(order_id), str(status)) for order_id, status in rows.fetchall()]
+    finally:
+        db.close()

@@ -1,0 +1,167 @@
+"""The webhook receiver for synchronous code: a WSGI view (Django, Flask), a script.
+
+The same checks, journal steps and answers as
+:class:`~transports.webhook.receiver.WebhookReceiver`, called from plain
+threads: the journal's synchronous steps
+(:class:`~transports.journal.SyncJournal`), a plain-function handler, and no
+event loop, so a worker process pays no loop start per delivery and nothing
+is bound to a loop that a request does not own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from types import TracebackType
+
+from orderfsm.errors import JournalError
+from orderfsm.interface import ObservationSink
+from orderfsm.journal import JournalSettings, Reply
+from transports.journal import Journal, Ran, SyncJournal, open_journal
+from transports.webhook.answers import ACCEPTED, STORE_FAILED, WebhookAnswer
+from transports.webhook.checks import Headers, Verified
+from transports.webhook.events import log_answer
+from transports.webhook.networks import Network
+from transports.webhook.receiver import (
+    DEFAULT_MAX_BODY,
+    ReceiverBase,
+    TransactionalHandler,
+    _ran,
+    check_handlers,
+    handler_failed,
+    transactional_work,
+)
+from transports.webhook.records import Notification
+
+SyncHandler = Callable[[Notification], None]
+"""A plain function: returning means 204; a ``WebhookError`` answers 400 (a refusal,
+stored); anything else 500, and Xsolla delivers again.  At least once, like the async
+receiver's plain handler; the transactional form is exactly once."""
+
+SyncStore = SyncJournal | Journal | str | os.PathLike[str] | None
+
+logger = logging.getLogger("orderfsm.webhook")
+
+
+class SyncWebhookReceiver(ReceiverBase):
+    """``receiver.handle(headers, body, peer)`` from any thread, answered like the async one.
+
+    ``store`` is a URL (memory by default, a path or ``sqlite:///...``,
+    ``postgresql://...``), a :class:`~transports.journal.SyncJournal`, or a
+    :class:`~transports.journal.Journal` (its ``.sync`` face is used).  A URL's
+    journal is opened on the first delivery (in each worker process, after a
+    pre-forking server forks) or by :meth:`open`, and closed by :meth:`close`.
+
+    ``sink`` receives the same observations as the async receiver's, stamped
+    with ``time.monotonic()`` (asyncio's clock): hand it a thread-safe sink,
+    such as :class:`orderfsm.blocking.Tracker`, which stamps them again on its
+    own loop.  With a SQLite or PostgreSQL journal the order's status is also
+    recorded in the journal's orders in the claim's transaction
+    (``record_orders``), as the async receiver does, for a fleet's trackers.
+    """
+
+    def __init__(
+        self,
+        secret: str | bytes,
+        handler: SyncHandler | None = None,
+        *,
+        transactional: TransactionalHandler | None = None,
+        store: SyncStore = None,
+        settings: JournalSettings | None = None,
+        sink: ObservationSink | None = None,
+        max_body_size: int = DEFAULT_MAX_BODY,
+        allowed_networks: Iterable[str | Network] | None = None,
+        record_orders: bool = True,
+    ) -> None:
+        super().__init__(
+            secret,
+            sink=sink,
+            max_body_size=max_body_size,
+            allowed_networks=allowed_networks,
+            record_orders=record_orders,
+        )
+        self.handler = handler
+        self.transactional = transactional
+        if isinstance(store, Journal):
+            store = store.sync
+        self._owns_journal = not isinstance(store, SyncJournal)
+        self.journal: SyncJournal = (
+            store if isinstance(store, SyncJournal) else open_journal(store, settings).sync
+        )
+        check_handlers(handler, transactional, self.journal.store.blocking)
+
+    def handle(self, headers: Headers, body: bytes, peer: str | None = None) -> WebhookAnswer:
+        """Answer one delivery; like :meth:`WebhookReceiver.handle`, never raises for what
+        the sender controls and never answers 4xx for a trouble of the journal's."""
+        checked = self.check(headers, body, peer, time.monotonic())
+        if not isinstance(checked, Verified):
+            self._counters.answered(checked.outcome, checked.answer.status)
+            return checked.answer
+        answer, ran = self.handle_verified(checked)
+        if ran:
+            outcome = _ran(answer)
+        else:
+            outcome = "journal_failed" if answer is STORE_FAILED else "duplicate"
+        self._counters.answered(outcome, answer.status)
+        log_answer(checked, answer, outcome, peer)
+        return answer
+
+    def handle_verified(self, checked: Verified) -> tuple[WebhookAnswer, bool]:
+        """Claim, run the handler once, record; the answer and whether the handler ran."""
+        if self.transactional is not None:
+            note = self._order_note(checked.notification, self.journal.store)
+            work = transactional_work(self.transactional, checked.notification, note)
+            try:
+                result = self.journal.run(checked.delivery, work, STORE_FAILED)
+            except JournalError as exc:
+                logger.error("the journal failed: %s", exc)
+                return STORE_FAILED, False
+            return result.answer, isinstance(result, Ran)
+        try:
+            also = self._order_note(checked.notification, self.journal.store)
+            begun = self.journal.begin(checked.delivery, STORE_FAILED, also)
+        except JournalError as exc:
+            logger.error("the journal failed before the handler: %s", exc)
+            return STORE_FAILED, False
+        if isinstance(begun, Reply):
+            return begun.answer, False
+        answer, error = self._dispatch(checked.notification)
+        try:
+            return self.journal.settle(begun, answer, error, STORE_FAILED), True
+        except JournalError as exc:
+            logger.error("the journal failed to record the answer: %s", exc)
+            return STORE_FAILED, True
+
+    def _dispatch(self, notification: Notification) -> tuple[WebhookAnswer, str | None]:
+        if self.handler is None:
+            return ACCEPTED, None
+        try:
+            self.handler(notification)
+        except Exception as exc:
+            return handler_failed(exc, notification)
+        return ACCEPTED, None
+
+    def open(self) -> None:
+        """Open the journal now, so start-up problems raise here rather than answer 5xx."""
+        self.journal.open()
+
+    def close(self) -> None:
+        if self._owns_journal:
+            self.journal.close()
+
+    def __enter__(self) -> SyncWebhookReceiver:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+__all__ = ["SyncHandler", "SyncStore", "SyncWebhookReceiver"]
