@@ -104,7 +104,7 @@ async def saturate(
 
 
 async def open_loop(
-    urls: list[str], payloads: list[tuple[bytes, str]], rate: float
+    urls: list[str], payloads: list[tuple[bytes, str]], rate: float, report: dict[str, Any]
 ) -> tuple[list[int], list[float]]:
     statuses = [0] * len(payloads)
     latencies = [0.0] * len(payloads)
@@ -125,6 +125,8 @@ async def open_loop(
 
     loop = asyncio.get_running_loop()
     start = time.perf_counter() + 0.05
+    # When send i was due, on the wall clock other processes read: start + i / rate.
+    report["wall_start"] = time.time() + (start - time.perf_counter())
     for i in range(len(payloads)):
         due = start + i / rate
         delay = due - time.perf_counter()
@@ -171,7 +173,7 @@ def loadgen(spec: dict[str, Any]) -> dict[str, Any]:
         statuses, elapsed = asyncio.run(saturate(urls, payloads, spec["per_url"]))
         result["per_s"] = len(payloads) / elapsed
     else:
-        statuses, latencies = asyncio.run(open_loop(urls, payloads, spec["rate"]))
+        statuses, latencies = asyncio.run(open_loop(urls, payloads, spec["rate"], result))
         ordered = sorted(latencies)
         result["p50_ms"] = ordered[len(ordered) // 2] * 1000
         result["p99_ms"] = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000

@@ -69,6 +69,8 @@ def test_watch_exit_codes_and_json_lines(emu: Emulator, final: str | None, code:
     order_id, token = anyio.run(prepare)
     result = orderfsm(
         *_watch(emu, order_id, token, "--timeout", "2" if final is None else "30"),
+        "--expired-grace",  # an expired order is given no time for a late payment here
+        "0.5",
         env={"ORDERFSM_TEST_TOKEN": token},
     )
     assert result.returncode == code, (result.stdout, result.stderr)
