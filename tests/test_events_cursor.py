@@ -293,6 +293,17 @@ def test_every_event_of_the_order_is_reported_exactly_once(
     assert c.after_id == max(kind_of, default=0)
 
 
+def test_a_repeat_the_window_has_forgotten_is_not_reported_again() -> None:
+    """Regression: once ``dedupe_window`` newer ids pushed an id out of memory,
+    a server repeating it had it reported a second time."""
+    c = started(dedupe_window=2, page_size=1000)
+    first = c.on_response(page(event(1), event(2, OTHER), event(3, OTHER)), 1.0)
+    assert [o.position for o in first.observations] == [Position(event_id=1)]
+    again = c.on_response(page(event(1), event(4)), 2.0)
+    assert [o.position for o in again.observations] == [Position(event_id=4)]
+    assert c.after_id == 4
+
+
 def test_the_dedupe_memory_is_bounded() -> None:
     c = started(dedupe_window=10, page_size=1000)
     for start in range(0, 100, 20):
