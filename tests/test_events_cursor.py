@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orderfsm.core import Position, Status
@@ -261,36 +261,80 @@ def test_parse_page_keeps_raw_entries_and_counts_skipped_ones() -> None:
         parse_page(b'{"events": null}')
 
 
-entries = st.tuples(
-    st.integers(min_value=1, max_value=40),
-    st.sampled_from([ORDER, OTHER]),
-    st.sampled_from(["order_paid", "order_refunded", "payment"]),
-)
+KINDS = ["order_paid", "order_paid", "order_canceled", "order_refunded", "payment"]
+"""Weighted so that a final (``order_canceled``) turns up in most runs, but not at once."""
 
 
-@given(st.lists(st.lists(entries, max_size=8), max_size=8))
-def test_every_event_of_the_order_is_reported_exactly_once(
-    pages: list[list[tuple[int, int, str]]],
-) -> None:
-    """Whatever the server repeats, reorders or mixes in, each of the order's
-    news events (by id) is reported once, nothing else is, and the cursor
-    ends at the highest id seen."""
-    c = started()
-    reported: list[int] = []
+@st.composite
+def served_pages(draw: st.DrawFn) -> tuple[int, list[list[tuple[int, int, str]]]]:
+    """A dedupe window of a few ids, and pages that go far past it.
+
+    Ids run to 60 against a window of 1-8, so repeats of ids the window has
+    long forgotten are the common case; an id always names the same event.
+    """
+    window = draw(st.integers(min_value=1, max_value=8))
+    ids = st.integers(min_value=1, max_value=60)
     kind_of: dict[int, tuple[int, str]] = {}
+
+    def entry(event_id: int) -> tuple[int, int, str]:
+        if event_id not in kind_of:
+            kind_of[event_id] = (draw(st.sampled_from([ORDER, OTHER])), draw(st.sampled_from(KINDS)))
+        return (event_id, *kind_of[event_id])
+
+    pages = [
+        [entry(i) for i in draw(st.lists(ids, max_size=10))]
+        for _ in range(draw(st.integers(min_value=0, max_value=10)))
+    ]
+    return window, pages
+
+
+@settings(max_examples=300)
+@given(served_pages())
+def test_every_event_of_the_order_is_reported_exactly_once(
+    served: tuple[int, list[list[tuple[int, int, str]]]],
+) -> None:
+    """Whatever the server repeats, reorders or mixes in, even long after the
+    dedupe window forgot an id, no event is reported twice; every news event
+    above the cursor is reported, in id order; the first final ends it all
+    (reported last, in ``Finish``, nothing after it); the cursor never moves back.
+
+    Breakages this catches: forgetting an id past the window and reporting its
+    repeat again; dropping the dedupe; reading on past a final; a page read out
+    of id order.
+    """
+    window, pages = served
+    c = started(dedupe_window=window, page_size=1000)
+    reported: list[int] = []
+    finished = False
     for number, entries_ in enumerate(pages):
-        # the same id always names the same event
-        events = [event(i, *kind_of.setdefault(i, (o, k))) for i, o, k in entries_]
-        step = c.on_response(page(*events), float(number))
+        cursor_before = c.after_id
+        step = c.on_response(page(*[event(i, o, k) for i, o, k in entries_]), float(number))
+        ids = [o.position.event_id for o in step.observations if o.position is not None]
+        assert len(ids) == len(step.observations) and ids == sorted(ids)
         assert all(o.order_id == ORDER for o in step.observations)
-        reported += [
-            o.position.event_id
-            for o in step.observations
-            if o.position is not None and o.position.event_id is not None
-        ]
-    news = {i for i, (o, k) in kind_of.items() if o == ORDER and k == "order_paid"}
-    assert sorted(reported) == sorted(news)
-    assert c.after_id == max(kind_of, default=0)
+        assert not set(ids) & set(reported), f"reported again: {set(ids) & set(reported)}"
+        reported += [i for i in ids if i is not None]
+        news = {
+            (i, k)
+            for i, o, k in entries_
+            if o == ORDER and k in ("order_paid", "order_canceled") and i > cursor_before
+        }
+        finishes = isinstance(step.next, Finish)
+        # A final above the cursor always ends the reading (a late one below may end it first).
+        assert finishes or all(k == "order_paid" for _, k in news)
+        stop = ids[-1] if finishes and ids else None
+        expected_here = {i for i, _ in news if stop is None or i <= stop}
+        assert expected_here <= set(ids), f"news above the cursor missed: {expected_here - set(ids)}"
+        assert c.after_id >= cursor_before
+        if finishes:
+            assert step.observations[-1].status is Status.CANCELED
+            assert step.next.observation == step.observations[-1]
+            finished = True
+            break
+        assert all(o.status is Status.PAID for o in step.observations)
+    if finished:
+        with pytest.raises(RuntimeError):
+            c.on_response(page(), 99.0)
 
 
 def test_a_repeat_the_window_has_forgotten_is_not_reported_again() -> None:
