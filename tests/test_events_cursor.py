@@ -278,7 +278,10 @@ def served_pages(draw: st.DrawFn) -> tuple[int, list[list[tuple[int, int, str]]]
 
     def entry(event_id: int) -> tuple[int, int, str]:
         if event_id not in kind_of:
-            kind_of[event_id] = (draw(st.sampled_from([ORDER, OTHER])), draw(st.sampled_from(KINDS)))
+            kind_of[event_id] = (
+                draw(st.sampled_from([ORDER, OTHER])),
+                draw(st.sampled_from(KINDS)),
+            )
         return (event_id, *kind_of[event_id])
 
     pages = [
@@ -324,7 +327,9 @@ def test_every_event_of_the_order_is_reported_exactly_once(
         assert finishes or all(k == "order_paid" for _, k in news)
         stop = ids[-1] if finishes and ids else None
         expected_here = {i for i, _ in news if stop is None or i <= stop}
-        assert expected_here <= set(ids), f"news above the cursor missed: {expected_here - set(ids)}"
+        assert expected_here <= set(ids), (
+            f"news above the cursor missed: {expected_here - set(ids)}"
+        )
         assert c.after_id >= cursor_before
         if finishes:
             assert step.observations[-1].status is Status.CANCELED
