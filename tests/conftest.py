@@ -1,6 +1,14 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Hypothesis times each example (a 200 ms deadline) and its data generation
+# (the too_slow health check) by the wall clock: on a loaded 2-core machine
+# those fail tests whose properties hold.  What a property proves does not
+# depend on speed, so neither check is kept; speed is for benchmarks/.
+settings.register_profile("orderfsm", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("orderfsm")
 
 
 @pytest.fixture(params=["asyncio", "trio"])
