@@ -89,7 +89,7 @@ async def test_no_answer_in_time_is_a_request_timeout() -> None:
         start = anyio.current_time()
         with pytest.raises(RequestTimeout) as caught:
             await http.request("GET", server.url, timeout=0.2)
-        assert anyio.current_time() - start < 2
+        assert anyio.current_time() - start < 4  # the timeout, not the 5 s answer
     assert isinstance(caught.value, ServiceUnavailable)
 
 
