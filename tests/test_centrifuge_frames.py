@@ -332,7 +332,13 @@ ids = st.one_of(
     st.none(), st.just(0), st.just(1), uint32, uint32, st.integers(), st.text(max_size=2)
 )
 offsets = st.one_of(
-    st.none(), uint64, uint64, uint64, st.integers(), st.floats(), st.text(max_size=2)
+    st.none(),
+    uint64,
+    uint64,
+    uint64,
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=2),
 )
 
 
