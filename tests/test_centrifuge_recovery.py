@@ -420,3 +420,101 @@ def test_every_known_status_is_parsed(status: str) -> None:
     s.live(offset=0)
     [event] = s.receive(pub_push(CH, pub(1, status)))
     assert isinstance(event, OrderPublication) and event.status is Status(status)
+
+
+# --- when an epoch change is a gap, and what a gap says (found by the mutation run) ---
+
+
+def published(events: list[Event]) -> list[tuple[int, float]]:
+    return [(e.offset, e.at) for e in events if isinstance(e, OrderPublication)]
+
+
+def test_a_new_epoch_before_any_position_is_not_a_gap_nor_is_its_first_offset() -> None:
+    """Nothing was delivered or held: nothing can have been lost, and history of
+    the new epoch that starts at 3 is a start, not a hole (no spurious Get order)."""
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="a")})
+    req = s.history_request()
+    events = s.receive(history_reply(req["id"], [pub(3), pub(4, "done")], epoch="b", offset=4))
+    assert gaps(events) == [] and delivered(events) == [
+        (3, "paid", "history"),
+        (4, "done", "history"),
+    ]
+    assert s.engine.positions() == {CH: (4, "b")}
+
+
+def test_a_new_epoch_drops_what_was_held_and_says_so() -> None:
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="a")})
+    req = s.history_request()
+    s.receive(pub_push(CH, pub(1)))  # held while history is read
+    events = s.receive(history_reply(req["id"], [], epoch="b", offset=0))
+    assert [e for e in events if isinstance(e, Gap)] == [Gap(s.now, CH, "epoch changed to 'b'")]
+    assert delivered(events) == []
+
+
+def test_a_new_epoch_after_live_offsets_without_history_is_a_gap() -> None:
+    """History was unavailable, so the channel went live unpositioned; offset 1
+    delivered since is still a position that a new epoch loses."""
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="a")})
+    req = s.history_request()
+    unavailable = s.receive(error_reply(req["id"], 108, "not available"))
+    assert [e for e in unavailable if isinstance(e, Gap)] == [
+        Gap(s.now, CH, "history not available: 108 not available")
+    ]
+    ping_deadline = s.engine.next_deadline()
+    assert ping_deadline == s.now + 25 + 10  # no history request left pending
+    assert delivered(s.receive(pub_push(CH, pub(1)))) == [(1, "paid", "push")]
+    events = s.receive(subscribe_push(CH, sub_result(epoch="b", offset=1)))
+    assert [e for e in events if isinstance(e, Gap)] == [Gap(s.now, CH, "epoch changed to 'b'")]
+
+
+def test_history_unavailable_releases_what_was_held_at_that_moment() -> None:
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="a", offset=2)})
+    req = s.history_request()
+    s.receive(pub_push(CH, pub(3, "done")))
+    events = s.receive(error_reply(req["id"], 108, "not available"))
+    assert published(events) == [(3, s.now)]
+
+
+def test_after_112_the_new_epoch_starts_unpositioned() -> None:
+    """The 112 is the one gap: the re-read history of the new epoch, starting at
+    3, is neither an epoch-change gap nor a hole."""
+    s = Session()
+    s.live(offset=4)
+    s.receive(subscribe_push(CH, sub_result(epoch="e", offset=6)))
+    events = s.receive(error_reply(s.history_request()["id"], 112, "unrecoverable position"))
+    assert [e for e in events if isinstance(e, Gap)] == [
+        Gap(s.now, CH, "unrecoverable position (112)")
+    ]
+    again = s.history_request()
+    events = s.receive(history_reply(again["id"], [pub(3), pub(4)], epoch="f", offset=4))
+    assert gaps(events) == [] and delivered(events) == [
+        (3, "paid", "history"),
+        (4, "paid", "history"),
+    ]
+
+
+def test_temporary_history_errors_back_off_by_the_channels_failure_count() -> None:
+    """Full jitter with the sample at its top: 0.5 + 0.5 * 2**failures, reset by a
+    good page (random=0.0, as elsewhere in this file, would hide the count)."""
+    s = Session()
+    s.engine = CentrifugeEngine(EngineConfig(project_id=1), random=lambda: 1.0)
+    s.connect(subs={CH: sub_result(epoch="e", offset=1)})
+    waits = []
+    for _ in range(4):
+        req = s.history_request()
+        s.receive(error_reply(req["id"], 111, "too many requests", temporary=True))
+        retry_at = s.engine.next_deadline()
+        assert retry_at is not None
+        waits.append(retry_at - s.now)
+        s.now = retry_at
+        s.engine.handle_timer(retry_at)
+    assert waits == [1.0, 1.5, 2.5, 4.5]
+    req = s.history_request()
+    s.receive(history_reply(req["id"], [pub(1)], epoch="e", offset=1))
+    s.receive(subscribe_push(CH, sub_result(epoch="e", offset=3)))  # read again from 1
+    s.receive(error_reply(s.history_request()["id"], 111, "too many", temporary=True))
+    assert s.engine.next_deadline() == s.now + 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 from typing import Any
 
@@ -359,3 +360,83 @@ def test_the_dedupe_memory_is_bounded() -> None:
         c.on_response(page(*[event(i, OTHER) for i in range(start + 1, start + 21)]), 1.0)
     assert len(c._seen) == 10  # the window, not the history
     assert c.after_id == 100
+
+
+# --- what the reports, warnings and errors say (the mutation run found these unchecked)
+
+
+def said(step: Step) -> tuple[Health, str, float, str]:
+    assert step.health is not None, step
+    return step.health.health, step.health.source, step.health.at, step.health.reason
+
+
+def test_each_health_report_names_the_source_the_moment_and_the_reason() -> None:
+    c = cursor(interval=1.0)
+    assert said(c.start(10.0)) == (Health.CONNECTING, "events", 10.0, "reading the Event API")
+    assert said(c.on_response(page(), 11.0)) == (
+        Health.HEALTHY,
+        "events",
+        11.0,
+        "Event API answered",
+    )
+    assert said(c.on_response(error(503), 12.0))[:3] == (Health.DEGRADED, "events", 12.0)
+    final = c.on_response(page(event(1, kind="order_canceled")), 13.0)
+    assert said(final) == (Health.STOPPED, "events", 13.0, "final status canceled")
+
+
+def test_the_last_page_and_a_full_page_keep_their_warnings_and_acknowledgements() -> None:
+    """The driver logs every warning and marks every acknowledged id, whichever
+    way the page ends: following a backlog, or finishing."""
+    c = started(page_size=3, mark_processed=True)
+    full = c.on_response(page("junk", event(1), event(2, OTHER)), 1.0)
+    assert full.next == Wait(1.0)
+    assert len(full.warnings) == 1 and full.acknowledge == (1,)
+    final = c.on_response(page({"id": "x"}, event(3, kind="order_canceled")), 2.0)
+    assert isinstance(final.next, Finish)
+    assert len(final.warnings) == 1 and final.acknowledge == (3,)
+
+
+def test_project_id_is_sent_only_when_asked_for() -> None:
+    c = EventCursor(ORDER, EventsConfig(send_project_id=False), float, project_id=12345)
+    assert "project_id" not in c.query()
+
+
+def test_429_honours_a_dated_retry_after() -> None:
+    c = started(interval=1.0)
+    wall = 1_800_000_000.0
+    date = email.utils.formatdate(wall + 30, usegmt=True)
+    step = c.on_response(error(429, {"Retry-After": date}), 5.0, wall_now=wall)
+    assert step.next == Wait(35.0)
+
+
+def test_errors_name_the_order_and_the_service() -> None:
+    rejected = started()
+    assert rejected.on_response(error(401), 1.0).next == RefreshToken()
+    step = rejected.on_response(error(401), 1.5)
+    assert isinstance(step.next, Fail) and f"order {ORDER}" in str(step.next.error)
+    assert said(step)[:3] == (Health.FAILED, "events", 1.5)
+
+    outage = started(interval=1.0, give_up_after=2.0)
+    outage.on_response(error(503), 0.0)
+    step = outage.on_response(error(503), 3.0)
+    assert isinstance(step.next, Fail)
+    assert f"order {ORDER}: no good Event API answer" in str(step.next.error)
+
+    token = started().on_token_error(LookupError("vault down"), 4.0)
+    assert said(token)[:3] == (Health.FAILED, "events", 4.0)
+    assert isinstance(token.next, Fail) and f"order {ORDER}" in str(token.next.error)
+
+
+def test_a_finished_reader_says_so_when_used_again() -> None:
+    c = started()
+    c.on_response(page(event(1, kind="order_canceled")), 1.0)
+    with pytest.raises(RuntimeError, match="already finished or failed"):
+        c.on_response(page(), 2.0)
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"), [({"page_size": 0}, "page_size"), ({"start_after": -1}, "start_after")]
+)
+def test_config_errors_name_the_field(bad: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        EventsConfig(**bad)
