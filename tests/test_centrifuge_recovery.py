@@ -518,3 +518,70 @@ def test_temporary_history_errors_back_off_by_the_channels_failure_count() -> No
     s.receive(subscribe_push(CH, sub_result(epoch="e", offset=3)))  # read again from 1
     s.receive(error_reply(s.history_request()["id"], 111, "too many", temporary=True))
     assert s.engine.next_deadline() == s.now + 1.0
+
+
+# --- the next deadline, and what ends and drops carry (found by the mutation run) ------
+
+CH2 = "orders#43"
+
+
+def history_request_of(sent: list[dict[str, Any]], channel: str) -> dict[str, Any]:
+    [cmd] = [c for c in sent if c.get("history", {}).get("channel") == channel]
+    return cmd
+
+
+def test_the_next_deadline_is_the_earliest_pending_one() -> None:
+    # a ping deadline earlier than the history timeout wins
+    s = Session()
+    s.engine = CentrifugeEngine(EngineConfig(project_id=1, request_timeout=30.0), random=float)
+    s.connect(ping=1, subs={CH: sub_result(epoch="e")})
+    assert s.engine.next_deadline() == s.now + 1 + 10
+    # without pings, the history timeout is the only one
+    s = Session()
+    s.connect(ping=0, subs={CH: sub_result(epoch="e")})
+    assert s.engine.next_deadline() == s.now + 10.0
+    # a retry later than the ping deadline waits for it
+    s = Session()
+    config = EngineConfig(project_id=1, min_reconnect_delay=20.0, max_reconnect_delay=20.0)
+    s.engine = CentrifugeEngine(config, random=lambda: 0.0)
+    s.connect(ping=1, subs={CH: sub_result(epoch="e")})
+    s.receive(error_reply(s.history_request()["id"], 111, "busy", temporary=True))
+    assert s.engine.next_deadline() == s.now + 1 + 10
+
+
+def test_one_channel_retrying_beside_one_that_is_not() -> None:
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="e"), CH2: sub_result(epoch="f")})
+    sent = s.sent()
+    first, second = history_request_of(sent, CH), history_request_of(sent, CH2)
+    s.receive(error_reply(first["id"], 111, "busy", temporary=True))
+    retry_at = s.now + 0.5
+    s.receive(history_reply(second["id"], [], epoch="f", offset=0))
+    assert s.engine.next_deadline() == retry_at
+
+
+def test_dropping_a_syncing_channel_keeps_the_others_requests_and_its_held_news() -> None:
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="e", offset=2), CH2: sub_result(epoch="f", offset=1)})
+    other = history_request_of(s.sent(), CH2)
+    s.receive(pub_push(CH, pub(3, "done")))  # held: CH is reading its history
+    events = s.receive(unsubscribe_push(CH, 2000, "server unsubscribe"))
+    assert published(events) == [(3, s.now)]
+    events = s.receive(history_reply(other["id"], [pub(1, order_id=8)], epoch="f", offset=1))
+    assert delivered(events) == [(1, "paid", "history")]
+
+
+def test_an_end_keeps_the_reason_it_was_given() -> None:
+    s = Session()
+    s.live(offset=3)
+    s.now += 1.0
+    [end] = s.engine.connection_lost(1006, "going away", s.now)
+    assert isinstance(end, Reconnecting) and (end.code, end.reason) == (1006, "going away")
+    s.connect_id = s.connect_command()["id"]
+    s.receive(connect_reply(s.connect_id, subs={CH: sub_result(epoch="e", offset=3)}))
+    events = s.receive(disconnect_push(3014, "state invalidated"))
+    assert [e for e in events if isinstance(e, Gap)] == [
+        Gap(s.now, CH, "state invalidated (3014)")
+    ]
+    [end] = [e for e in events if isinstance(e, Reconnecting)]
+    assert (end.code, end.reason) == (3014, "state invalidated")
