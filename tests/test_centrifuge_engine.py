@@ -433,3 +433,38 @@ def test_close_stops_everything() -> None:
     assert e.receive(PING, 2.0) == [] and e.connection_lost(1006, "", 2.0) == []
     with pytest.raises(EngineMisuse):
         e.connect(3.0, "jwt")
+
+
+# --- what the events say (found by the mutation run) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "reason", "channel"),
+    [
+        ('{"push":{"channel":"c"}}', "empty push", "c"),
+        ('{"push":{"subscribe":{}}}', "subscribe push for unknown channel", ""),
+        (
+            '{"push":{"channel":"nobody","unsubscribe":{}}}',
+            "unsubscribe push for unknown channel",
+            "nobody",
+        ),
+    ],
+)
+def test_ignored_pushes_say_what_they_were(line: str, reason: str, channel: str) -> None:
+    assert connected().receive(line, 1.0) == [Ignored(1.0, reason, channel)]
+
+
+def test_a_terminal_close_fails_at_the_moment_it_came() -> None:
+    e = connected()
+    [end] = e.connection_lost(3500, "invalid token", 7.0)
+    assert isinstance(end, Failed)
+    assert (end.at, end.code, end.reason) == (7.0, 3500, "invalid token")
+
+
+def test_a_random_source_out_of_range_is_clamped_not_fatal() -> None:
+    for sample, delay in ((7.0, 1.0), (-3.0, 0.5)):  # full jitter at the top / at the bottom
+        e = engine(sample=sample)
+        e.connect(0.0, "jwt")
+        e.receive(connect_reply(1), 0.0)
+        [end] = e.connection_lost(1006, "", 2.0)
+        assert isinstance(end, Reconnecting) and end.delay == delay
