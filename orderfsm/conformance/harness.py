@@ -16,7 +16,7 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
-from orderfsm.conformance.stalls import ProcessStalls
+from orderfsm.conformance.stalls import ProcessStalls, run_queue_wait
 from orderfsm.core import Observation
 from orderfsm.errors import OrderFsmError
 from orderfsm.interface import Health, HealthReport
@@ -234,12 +234,14 @@ class Session:
                 raise self.fail(f"the transport for order {run.order_id} {run.ending()}")
         running = [run for run in self.runs if not run.done.is_set()]
         cancelled_at, cancelled_mono = anyio.current_time(), time.monotonic()
+        waited_before = run_queue_wait()
         for run in running:
             run.scope.cancel()
         for run in running:
             await run.done.wait()
             assert run.ended_at is not None
-            stalled = self.stalls.during(cancelled_mono, run.ended_mono)
+            waited = run_queue_wait() - waited_before
+            stalled = max(self.stalls.during(cancelled_mono, run.ended_mono), waited)
             took = run.ended_at - cancelled_at - stalled
             if run.crash is not None:
                 raise self.fail(f"when cancelled, the transport {run.ending()}")
@@ -263,11 +265,11 @@ class Session:
         return self.fail(f"tasks left behind after the transport ended: {names}")
 
     async def _watch_the_loop(self) -> None:
-        """The loop's lateness, less the time the whole process was not running."""
+        """The loop's lateness, less the time the machine did not let it run."""
         tick = 0.01
         while True:
-            before = time.monotonic()
+            before, waited_before = time.monotonic(), run_queue_wait()
             await anyio.sleep(tick)
-            after = time.monotonic()
-            lag = after - before - tick - self.stalls.during(before, after)
-            self.max_lag = max(self.max_lag, lag)
+            after, waited = time.monotonic(), run_queue_wait() - waited_before
+            stalled = max(self.stalls.during(before, after), waited)
+            self.max_lag = max(self.max_lag, after - before - tick - stalled)

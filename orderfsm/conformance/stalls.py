@@ -1,12 +1,19 @@
-"""Time the whole process was not running: a loaded machine, not a blocked loop.
+"""Time the event loop could not run for reasons of the machine, not of the code.
 
 The harness judges "the transport blocked the event loop" by how late the
 loop's own timer fires.  On a busy machine the operating system also leaves
-the process waiting, and that lateness is nobody's fault.  A watcher thread
-that only sleeps and looks at the clock is late exactly then, and not when
-the loop blocks in ``time.sleep`` or blocking I/O (the GIL is released) or
-in Python code (the interpreter hands the GIL over every few milliseconds).
-Its lateness, subtracted from the loop's, leaves what the transport did.
+the process waiting, and that lateness is nobody's fault.  Two measures of it:
+
+* :class:`ProcessStalls`: a watcher thread that only sleeps and looks at the
+  clock is late when the whole process is not run (stopped, or starved), and
+  not when the loop blocks in ``time.sleep`` or blocking I/O (the GIL is
+  released) or in Python code (the GIL is handed over every few milliseconds);
+* :func:`run_queue_wait`: how long the calling thread was ready to run but
+  waiting for a CPU (Linux ``schedstat``), which stretches CPU work on a
+  loaded machine: 0.3 s of work takes 1 s with a third of a core.
+
+Subtracted from the loop's lateness, the larger of the two leaves what the
+transport did.
 """
 
 from __future__ import annotations
@@ -18,6 +25,22 @@ TICK = 0.005
 """How often the watcher looks at the clock."""
 NOTICED = 0.02
 """Lateness below this is scheduling noise, not a stall."""
+
+
+_SCHEDSTAT = "/proc/thread-self/schedstat"
+
+
+def run_queue_wait() -> float:
+    """Seconds the calling thread has spent runnable but not running, so far.
+
+    0.0 where the kernel does not say (not Linux, or no scheduler statistics):
+    then only :class:`ProcessStalls` corrects for load.
+    """
+    try:
+        with open(_SCHEDSTAT) as stats:
+            return int(stats.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 class ProcessStalls:
@@ -55,4 +78,4 @@ class ProcessStalls:
                 self._spans.append((before + TICK, after))
 
 
-__all__ = ["ProcessStalls"]
+__all__ = ["ProcessStalls", "run_queue_wait"]
