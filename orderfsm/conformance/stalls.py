@@ -51,6 +51,8 @@ class ProcessStalls:
 
     def __init__(self) -> None:
         self._spans: list[tuple[float, float]] = []
+        self._awake_at = time.monotonic()
+        """When the watcher last woke; long ago means a stall it has not woken from yet."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="orderfsm-stalls", daemon=True)
 
@@ -63,19 +65,25 @@ class ProcessStalls:
         self._thread.join()
 
     def during(self, start: float, end: float) -> float:
-        """How long, between ``start`` and ``end``, the process was seen stalled."""
-        total = 0.0
-        for begun, ended in list(self._spans):  # a copy: the watcher appends meanwhile
-            total += max(0.0, min(ended, end) - max(begun, start))
-        return total
+        """How long, between ``start`` and ``end``, the process was seen stalled.
+
+        A stall the watcher has not woken from yet counts too: after a stop the
+        loop's thread may well run before the watcher's.
+        """
+        spans = list(self._spans)  # a copy: the watcher appends meanwhile
+        awake_at = self._awake_at
+        if end - awake_at > TICK + NOTICED:
+            spans.append((awake_at + TICK, end))
+        return sum(max(0.0, min(ended, end) - max(begun, start)) for begun, ended in spans)
 
     def _watch(self) -> None:
         while not self._stop.is_set():
-            before = time.monotonic()
+            before = self._awake_at = time.monotonic()
             time.sleep(TICK)
             after = time.monotonic()
             if after - before - TICK > NOTICED:
                 self._spans.append((before + TICK, after))
+            self._awake_at = after
 
 
 __all__ = ["ProcessStalls", "run_queue_wait"]
