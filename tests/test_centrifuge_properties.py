@@ -241,6 +241,12 @@ class EngineAgainstModelServer(RuleBasedStateMachine):
 
     def check(self, events: list[Event]) -> None:
         for event in events:
+            # every event is stamped with the moment it was made, on a channel we know
+            assert event.at == self.now, f"{event} is not stamped {self.now}"
+            if isinstance(event, (Gap, OrderPublication)):
+                assert event.channel in CHANNELS, event
+            if isinstance(event, OrderPublication):
+                assert event.data == {"order_id": 1, "status": "paid"}, event
             if isinstance(event, Gap):
                 self.chain = {k: v for k, v in self.chain.items() if k[0] != event.channel}
             elif isinstance(event, OrderPublication):

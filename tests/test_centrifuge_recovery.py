@@ -13,12 +13,14 @@ from transports.centrifuge import (
     EngineConfig,
     Event,
     Gap,
+    Ignored,
     OrderPublication,
     Reconnecting,
     State,
     Subscribed,
     Unsubscribed,
 )
+from transports.centrifuge.channels import order_event
 from transports.centrifuge.testing import (
     batch,
     commands,
@@ -580,8 +582,103 @@ def test_an_end_keeps_the_reason_it_was_given() -> None:
     s.connect_id = s.connect_command()["id"]
     s.receive(connect_reply(s.connect_id, subs={CH: sub_result(epoch="e", offset=3)}))
     events = s.receive(disconnect_push(3014, "state invalidated"))
-    assert [e for e in events if isinstance(e, Gap)] == [
-        Gap(s.now, CH, "state invalidated (3014)")
-    ]
+    assert [e for e in events if isinstance(e, Gap)] == [Gap(s.now, CH, "state invalidated (3014)")]
     [end] = [e for e in events if isinstance(e, Reconnecting)]
     assert (end.code, end.reason) == (3014, "state invalidated")
+
+
+# --- holes, positions and what a publication carries (found by the mutation run) ------
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ("not an object", "publication is not an object"),
+        ({"order_id": 0, "status": "paid"}, "publication has no positive integer order_id"),
+        ({"order_id": "7", "status": "paid"}, "publication has no positive integer order_id"),
+        ({"order_id": 7, "status": "refunded"}, "unknown status 'refunded'"),
+        ({"order_id": 7}, "unknown status None"),
+    ],
+)
+def test_a_publication_that_is_not_an_order_status_is_ignored_with_everything_known(
+    data: Any, reason: str
+) -> None:
+    ignored = order_event(CH, 5, data, "e", "push", 9.0)
+    assert ignored == Ignored(9.0, reason, CH, 5)
+    assert isinstance(ignored, Ignored) and ignored.data == data
+
+
+def test_an_order_publication_keeps_the_raw_data() -> None:
+    data = {"order_id": 7, "status": "paid", "extra": [1]}
+    event = order_event(CH, 5, data, "e", "history", 9.0)
+    assert isinstance(event, OrderPublication) and event.data == data
+    assert (event.at, event.channel, event.offset, event.epoch, event.via) == (
+        9.0,
+        CH,
+        5,
+        "e",
+        "history",
+    )
+
+
+def test_a_hole_after_offset_1_delivered_without_a_position_is_read_from_history() -> None:
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="e")})
+    s.receive(error_reply(s.history_request()["id"], 108, "not available"))
+    assert delivered(s.receive(pub_push(CH, pub(1)))) == [(1, "paid", "push")]
+    assert delivered(s.receive(pub_push(CH, pub(3)))) == []  # held: 2 is missing
+    assert s.history_request()["history"]["since"] == {"offset": 1, "epoch": "e"}
+
+
+def test_a_hole_of_one_offset_is_read_from_history() -> None:
+    s = Session()
+    s.live(offset=2)
+    assert delivered(s.receive(pub_push(CH, pub(4)))) == []
+    assert s.history_request()["history"]["since"] == {"offset": 2, "epoch": "e"}
+
+
+def test_an_empty_stream_is_a_position_after_history_and_after_recovery() -> None:
+    """Offset 0 read to the top (or recovered) is a position: 2 before 1 is a hole."""
+    s = Session()
+    s.live(offset=0)
+    assert delivered(s.receive(pub_push(CH, pub(2)))) == []
+    assert s.history_request()["history"]["since"] == {"offset": 0, "epoch": ""}
+
+    s = Session()
+    s.live(offset=0)
+    s.lose()
+    s.connect_id = s.connect_command()["id"]
+    recovered = sub_result(epoch="e", offset=0, recovered=True, was_recovering=True)
+    events = s.receive(connect_reply(s.connect_id, subs={CH: recovered}))
+    assert Subscribed(s.now, CH, "e", 0, True) in events
+    assert delivered(s.receive(pub_push(CH, pub(2)))) == []
+    assert s.history_request()["history"]["since"] == {"offset": 0, "epoch": ""}
+
+
+def test_publications_in_a_subscribe_result_are_read_in_offset_order() -> None:
+    s = Session()
+    s.connect()
+    result = sub_result(epoch="z", offset=2, publications=[pub(2, "done"), pub(1, "new")])
+    s.receive(subscribe_push("orders#7", result))
+    req = s.history_request()
+    events = s.receive(history_reply(req["id"], [], epoch="z", offset=0))
+    assert delivered(events) == [(1, "new", "push"), (2, "done", "push")]
+    assert gaps(events) == []
+
+
+def test_an_epoch_change_on_subscribe_reports_the_subscription_too() -> None:
+    s = Session()
+    s.live(offset=3)
+    events = s.receive(subscribe_push(CH, sub_result(epoch="f", offset=1)))
+    assert Subscribed(s.now, CH, "f", 1, False) in events
+    assert gaps(events) == ["epoch changed to 'f'"]
+
+
+def test_history_that_stops_at_our_position_short_of_the_top_is_a_gap() -> None:
+    s = Session()
+    s.live(offset=3)
+    s.receive(subscribe_push(CH, sub_result(epoch="e", offset=6)))
+    req = s.history_request()
+    events = s.receive(history_reply(req["id"], [pub(3)], epoch="e", offset=6))
+    assert gaps(events) == ["history ends at 3, stream top is 6"]
+    assert s.engine.caught_up and s.engine.positions() == {CH: (6, "e")}
