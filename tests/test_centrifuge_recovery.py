@@ -680,5 +680,16 @@ def test_history_that_stops_at_our_position_short_of_the_top_is_a_gap() -> None:
     s.receive(subscribe_push(CH, sub_result(epoch="e", offset=6)))
     req = s.history_request()
     events = s.receive(history_reply(req["id"], [pub(3)], epoch="e", offset=6))
-    assert gaps(events) == ["history ends at 3, stream top is 6"]
+    assert [e for e in events if isinstance(e, Gap)] == [
+        Gap(s.now, CH, "history ends at 3, stream top is 6")
+    ]
     assert s.engine.caught_up and s.engine.positions() == {CH: (6, "e")}
+
+
+def test_what_waited_for_history_is_released_at_the_moment_history_ends() -> None:
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="e", offset=2)})
+    req = s.history_request()
+    s.receive(pub_push(CH, pub(3, "done")))
+    events = s.receive(history_reply(req["id"], [pub(1, "new"), pub(2)], epoch="e", offset=2))
+    assert published(events) == [(1, s.now), (2, s.now), (3, s.now)]
