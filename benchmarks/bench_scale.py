@@ -7,7 +7,7 @@ alone:
 * ours: one ``Tracker`` (``fetch_details=False``: no Get order per finished
   order, so only the WebSocket path is measured) counting changes in its
   ``on_change`` hook, as the other client counts in its handler (the plain
-  figures: ``peak_rss_mb``, the floor, and the rest);
+  figures: ``peak_rss_mb``, ``cpu_us_per_event`` and the rest);
 * ours again with one ``tracker.watch`` consumer task per order, as an
   application waiting on each order would have (``watch_`` figures);
 * centrifuge-python: the naive alternative, one ``Client`` per user, counting
@@ -18,8 +18,11 @@ Every order is created ``new`` (published before anyone connects: ours reads
 it from history); once every client is connected and caught up, the
 emulator publishes ``paid`` then ``done`` for every order at a high rate.
 ``events_per_s`` counts status changes delivered to the application per wall
-second, from the first of those publications to the last delivery.  Prints one
-JSON line.
+second, from the first of those publications to the last delivery.  The
+floors compare ours with centrifuge-python in the same run (``rss_ratio``,
+``cpu_ratio``) and with the publication rate (``keeps_up``); any run, even
+``--quick``, fails when a change is lost or delivered twice.  Prints one JSON
+line.
 """
 
 from __future__ import annotations
@@ -54,7 +57,10 @@ from _common import (
 from orderfsm.supervisor.records import Change, StatusChange
 from transports.emulator import EmulatorClient, EmulatorProcess, User
 
-FLOORS = {"peak_rss_mb": ("<=", 400.0)}
+FLOORS = {"rss_ratio": ("<=", 1.2), "cpu_ratio": ("<=", 1.5), "keeps_up": (">=", 0.95)}
+"""Against the other client in the same run (measured: 0.82 and 0.95, so doubling
+our memory per order or our CPU per change fails them) and against the
+publication rate, the physical limit of ``events_per_s``."""
 STATUSES = ("paid", "done")
 EMULATOR_GC = "frozen"
 DRAIN_TIMEOUT = 60.0
@@ -70,17 +76,19 @@ class Deliveries:
     def __init__(self, expected: int) -> None:
         self.expected = expected
         self.count = 0
+        self.keys: set[tuple[Any, Any]] = set()
         self.first = 0.0
         self.last = 0.0
         self.complete = anyio.Event()
 
-    def hit(self) -> None:
+    def hit(self, key: tuple[Any, Any]) -> None:
         now = time.time()
         if not self.count:
             self.first = now
         self.count += 1
+        self.keys.add(key)
         self.last = now
-        if self.count == self.expected:
+        if len(self.keys) == self.expected:
             self.complete.set()
 
 
@@ -120,7 +128,8 @@ async def tell_parent_and_wait(counter: Deliveries) -> dict[str, Any]:
         "window_cpu_s": round(time.process_time() - cpu, 3),
         "window_gc_s": round(sum(pauses.pauses), 3),
         "gc_max_pause_ms": round(max(pauses.pauses, default=0.0) * 1000, 1),
-        "delivered": counter.count,
+        "delivered": len(counter.keys),
+        "duplicated": counter.count - len(counter.keys),
         "first_delivery": counter.first,
         "last_delivery": counter.last,
     }
@@ -135,7 +144,7 @@ async def child_ours(
 
     def on_change(change: Change) -> None:
         if isinstance(change, StatusChange) and change.status.value in STATUSES:
-            counter.hit()
+            counter.hit((change.order_id, change.status.value))
 
     async with following(emu, project_id, owner, on_change, via_watch=via_watch):
         return await tell_parent_and_wait(counter)
@@ -149,7 +158,7 @@ async def child_theirs(
 
     def on_publication(data: dict[str, Any]) -> None:
         if data.get("status") in STATUSES:
-            counter.hit()
+            counter.hit((data.get("order_id"), data["status"]))
 
     async with CentrifugeFleet(emu, project_id, users, on_publication=on_publication):
         return await tell_parent_and_wait(counter)
@@ -270,11 +279,16 @@ async def measure(users: int, per_user: int, rate: float) -> dict[str, Any]:
                     ),
                     f"{prefix}events": figures["delivered"],
                     f"{prefix}lost": expected - figures["delivered"],
+                    f"{prefix}duplicated": figures["duplicated"],
                     f"{prefix}events_per_s": round(figures["delivered"] / span) if span > 0 else 0,
                     f"{prefix}achieved_publish_rate_per_s": round(publish_rate(pubs)),
                     f"{prefix}scripts_late_s": round(late, 3),
                 }
             )
+    theirs = "centrifuge_python_"
+    result["rss_ratio"] = round(result["peak_rss_mb"] / result[f"{theirs}peak_rss_mb"], 3)
+    result["cpu_ratio"] = round(result["cpu_us_per_event"] / result[f"{theirs}cpu_us_per_event"], 3)
+    result["keeps_up"] = round(result["events_per_s"] / result["achieved_publish_rate_per_s"], 3)
     return result
 
 

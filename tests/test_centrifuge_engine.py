@@ -253,13 +253,6 @@ def test_bytes_are_read_as_utf8_and_invalid_utf8_is_a_protocol_error() -> None:
     assert isinstance(end, Reconnecting) and isinstance(end.error, CentrifugeProtocolError)
 
 
-def test_a_reply_without_its_result_is_a_protocol_error() -> None:
-    e = engine()
-    e.connect(0.0, "jwt")
-    [end] = e.receive('{"id":1}', 0.1)
-    assert isinstance(end, Reconnecting) and isinstance(end.error, CentrifugeProtocolError)
-
-
 # --- dead connection and timeouts -----------------------------------------------------
 
 
@@ -463,8 +456,9 @@ def test_close_stops_everything() -> None:
 def test_only_a_connection_that_stayed_up_is_retried_at_once(
     up_for: float, caught_up: bool, sample: float
 ) -> None:
-    """Whatever the server does, a socket that did not stay caught up for
-    ``stable_after`` is retried no sooner than the backoff allows: no fast loop."""
+    """Whatever the server does, a socket that never caught up waits the full
+    backoff, and one that did but not for ``stable_after`` waits at least the first
+    reconnect delay: no fast loop."""
     e = engine(sample=sample)
     e.connect(0.0, "jwt")
     if caught_up:
@@ -475,3 +469,104 @@ def test_only_a_connection_that_stayed_up_is_retried_at_once(
         assert end.delay <= CONFIG.first_reconnect_delay
     else:
         assert end.delay >= CONFIG.min_reconnect_delay
+
+
+# --- what the events say (found by the mutation run) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "reason", "channel"),
+    [
+        ('{"push":{"channel":"c"}}', "empty push", "c"),
+        ('{"push":{"subscribe":{}}}', "subscribe push for unknown channel", ""),
+        (
+            '{"push":{"channel":"nobody","unsubscribe":{}}}',
+            "unsubscribe push for unknown channel",
+            "nobody",
+        ),
+    ],
+)
+def test_ignored_pushes_say_what_they_were(line: str, reason: str, channel: str) -> None:
+    assert connected().receive(line, 1.0) == [Ignored(1.0, reason, channel)]
+
+
+def test_a_terminal_close_fails_at_the_moment_it_came() -> None:
+    e = connected()
+    [end] = e.connection_lost(3500, "invalid token", 7.0)
+    assert isinstance(end, Failed)
+    assert (end.at, end.code, end.reason) == (7.0, 3500, "invalid token")
+
+
+def test_a_random_source_out_of_range_is_clamped_not_fatal() -> None:
+    for sample, delay in ((7.0, 1.0), (-3.0, 0.5)):  # full jitter at the top / at the bottom
+        e = engine(sample=sample)
+        e.connect(0.0, "jwt")  # never connected, so the ordinary backoff applies
+        [end] = e.connection_lost(1006, "", 0.5)
+        assert isinstance(end, Reconnecting) and end.delay == delay
+
+
+def test_a_fresh_engine_is_not_caught_up_and_misuse_says_why() -> None:
+    e = engine()
+    assert not e.caught_up and e.next_deadline() is None
+    with pytest.raises(EngineMisuse, match="token must be a str, got int"):
+        e.connect(0.0, 5)  # type: ignore[arg-type]
+    e.connect(0.0, "jwt")
+    with pytest.raises(EngineMisuse, match="connect\\(\\) while connecting"):
+        e.connect(0.0, "jwt")
+
+
+def test_the_connect_command_names_the_client() -> None:
+    e = engine(EngineConfig(project_id=1, client_name="shop", client_version="2.1"))
+    [cmd] = commands([e.connect(0.0, "jwt")])
+    assert (cmd["connect"]["name"], cmd["connect"]["version"]) == ("shop", "2.1")
+
+
+def test_a_blank_frame_is_nothing() -> None:
+    e = connected()
+    assert e.receive("  \t ", 1.0) == [] and e.state is State.CONNECTED
+
+
+def test_a_small_ping_slack_still_arms_the_dead_connection_timer() -> None:
+    e = engine(EngineConfig(project_id=1, max_server_ping_delay=0.5))
+    e.connect(0.0, "jwt")
+    e.receive(connect_reply(1, ping=25), 2.0)
+    assert e.next_deadline() == 2.0 + 25 + 0.5
+
+
+def test_a_reply_to_an_unknown_command_is_ignored_and_says_so() -> None:
+    e = connected()
+    assert e.receive(error_reply(99, 100, "internal"), 3.0) == [
+        Ignored(3.0, "reply to unknown or abandoned command 99")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        ('{{"id":{connect}}}', "connect reply without a result"),
+        ('{{"id":{history}}}', "history reply without a result"),
+    ],
+)
+def test_a_reply_without_its_result_is_a_protocol_error(reply: str, message: str) -> None:
+    e = engine()
+    [cmd] = commands([e.connect(0.0, "jwt")])
+    if "history" in message:
+        e.receive(connect_reply(cmd["id"], subs={"c": {}}), 1.0)
+        [history] = [c for c in commands(e.data_to_send()) if "history" in c]
+        line = reply.format(history=history["id"])
+    else:
+        line = reply.format(connect=cmd["id"])
+    [end] = e.receive(line, 2.0)
+    assert isinstance(end, Reconnecting) and end.at == 2.0
+    assert isinstance(end.error, CentrifugeProtocolError) and message in str(end.error)
+
+
+def test_a_reconnect_that_drops_a_channel_still_says_it_connected() -> None:
+    e = engine()
+    e.connect(0.0, "jwt")
+    e.receive(connect_reply(1, subs={"a": {}, "b": {}}), 0.0)
+    e.connection_lost(1006, "", 1.0)
+    [cmd] = commands([e.connect(2.0, "jwt")])
+    events = e.receive(connect_reply(cmd["id"], subs={"b": {"epoch": "e"}}), 3.0)
+    kinds = [type(x).__name__ for x in events]
+    assert kinds[0] == "Connected" and "Unsubscribed" in kinds and "Subscribed" in kinds

@@ -7,6 +7,8 @@
   that reports the requested offset, epoch resets, dropped connections):
   offsets only move forward, no offset is delivered twice, nothing is skipped
   without a Gap event, and when caught up everything published was delivered.
+  The server also pushes retained publications again, so a channel that stops
+  dropping duplicates (or moves its offset back) fails in every run.
 """
 
 from __future__ import annotations
@@ -239,6 +241,12 @@ class EngineAgainstModelServer(RuleBasedStateMachine):
 
     def check(self, events: list[Event]) -> None:
         for event in events:
+            # every event is stamped with the moment it was made, on a channel we know
+            assert event.at == self.now, f"{event} is not stamped {self.now}"
+            if isinstance(event, (Gap, OrderPublication)):
+                assert event.channel in CHANNELS, event
+            if isinstance(event, OrderPublication):
+                assert event.data == {"order_id": 1, "status": "paid"}, event
             if isinstance(event, Gap):
                 self.chain = {k: v for k, v in self.chain.items() if k[0] != event.channel}
             elif isinstance(event, OrderPublication):
@@ -280,6 +288,20 @@ class EngineAgainstModelServer(RuleBasedStateMachine):
                 self.feed(disconnect_push(3010, "insufficient state"))
             else:
                 self.feed(pub_push(name, publication(1, "paid", offset=offset)))
+
+    @precondition(lambda self: self.connected)
+    @rule(name=st.sampled_from(CHANNELS), data=st.data())
+    def push_again(self, name: str, data: st.DataObject) -> None:
+        """The server pushes a retained publication again (a duplicate, or late).
+
+        The client has usually delivered that offset already, so it must drop
+        it: this is the rule that catches a ``deliver`` without its duplicate
+        check, or one that moves the offset back.
+        """
+        stream = self.streams[name]
+        if stream.kept and name not in self.broken:
+            offset = data.draw(st.sampled_from(stream.kept))
+            self.feed(pub_push(name, publication(1, "paid", offset=offset)))
 
     @precondition(lambda self: bool(self.pending))
     @rule(data=st.data())

@@ -13,12 +13,14 @@ from transports.centrifuge import (
     EngineConfig,
     Event,
     Gap,
+    Ignored,
     OrderPublication,
     Reconnecting,
     State,
     Subscribed,
     Unsubscribed,
 )
+from transports.centrifuge.channels import order_event
 from transports.centrifuge.testing import (
     batch,
     commands,
@@ -420,3 +422,274 @@ def test_every_known_status_is_parsed(status: str) -> None:
     s.live(offset=0)
     [event] = s.receive(pub_push(CH, pub(1, status)))
     assert isinstance(event, OrderPublication) and event.status is Status(status)
+
+
+# --- when an epoch change is a gap, and what a gap says (found by the mutation run) ---
+
+
+def published(events: list[Event]) -> list[tuple[int, float]]:
+    return [(e.offset, e.at) for e in events if isinstance(e, OrderPublication)]
+
+
+def test_a_new_epoch_before_any_position_is_not_a_gap_nor_is_its_first_offset() -> None:
+    """Nothing was delivered or held: nothing can have been lost, and history of
+    the new epoch that starts at 3 is a start, not a hole (no spurious Get order)."""
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="a")})
+    req = s.history_request()
+    events = s.receive(history_reply(req["id"], [pub(3), pub(4, "done")], epoch="b", offset=4))
+    assert gaps(events) == [] and delivered(events) == [
+        (3, "paid", "history"),
+        (4, "done", "history"),
+    ]
+    assert s.engine.positions() == {CH: (4, "b")}
+
+
+def test_a_new_epoch_drops_what_was_held_and_says_so() -> None:
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="a")})
+    req = s.history_request()
+    s.receive(pub_push(CH, pub(1)))  # held while history is read
+    events = s.receive(history_reply(req["id"], [], epoch="b", offset=0))
+    assert [e for e in events if isinstance(e, Gap)] == [Gap(s.now, CH, "epoch changed to 'b'")]
+    assert delivered(events) == []
+
+
+def test_a_new_epoch_after_live_offsets_without_history_is_a_gap() -> None:
+    """History was unavailable, so the channel went live unpositioned; offset 1
+    delivered since is still a position that a new epoch loses."""
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="a")})
+    req = s.history_request()
+    unavailable = s.receive(error_reply(req["id"], 108, "not available"))
+    assert [e for e in unavailable if isinstance(e, Gap)] == [
+        Gap(s.now, CH, "history not available: 108 not available")
+    ]
+    ping_deadline = s.engine.next_deadline()
+    assert ping_deadline == s.now + 25 + 10  # no history request left pending
+    assert delivered(s.receive(pub_push(CH, pub(1)))) == [(1, "paid", "push")]
+    events = s.receive(subscribe_push(CH, sub_result(epoch="b", offset=1)))
+    assert [e for e in events if isinstance(e, Gap)] == [Gap(s.now, CH, "epoch changed to 'b'")]
+
+
+def test_history_unavailable_releases_what_was_held_at_that_moment() -> None:
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="a", offset=2)})
+    req = s.history_request()
+    s.receive(pub_push(CH, pub(3, "done")))
+    events = s.receive(error_reply(req["id"], 108, "not available"))
+    assert published(events) == [(3, s.now)]
+
+
+def test_after_112_the_new_epoch_starts_unpositioned() -> None:
+    """The 112 is the one gap: the re-read history of the new epoch, starting at
+    3, is neither an epoch-change gap nor a hole."""
+    s = Session()
+    s.live(offset=4)
+    s.receive(subscribe_push(CH, sub_result(epoch="e", offset=6)))
+    events = s.receive(error_reply(s.history_request()["id"], 112, "unrecoverable position"))
+    assert [e for e in events if isinstance(e, Gap)] == [
+        Gap(s.now, CH, "unrecoverable position (112)")
+    ]
+    again = s.history_request()
+    events = s.receive(history_reply(again["id"], [pub(3), pub(4)], epoch="f", offset=4))
+    assert gaps(events) == [] and delivered(events) == [
+        (3, "paid", "history"),
+        (4, "paid", "history"),
+    ]
+
+
+def test_temporary_history_errors_back_off_by_the_channels_failure_count() -> None:
+    """Full jitter with the sample at its top: 0.5 + 0.5 * 2**failures, reset by a
+    good page (random=0.0, as elsewhere in this file, would hide the count)."""
+    s = Session()
+    s.engine = CentrifugeEngine(EngineConfig(project_id=1), random=lambda: 1.0)
+    s.connect(subs={CH: sub_result(epoch="e", offset=1)})
+    waits = []
+    for _ in range(4):
+        req = s.history_request()
+        s.receive(error_reply(req["id"], 111, "too many requests", temporary=True))
+        retry_at = s.engine.next_deadline()
+        assert retry_at is not None
+        waits.append(retry_at - s.now)
+        s.now = retry_at
+        s.engine.handle_timer(retry_at)
+    assert waits == [1.0, 1.5, 2.5, 4.5]
+    req = s.history_request()
+    s.receive(history_reply(req["id"], [pub(1)], epoch="e", offset=1))
+    s.receive(subscribe_push(CH, sub_result(epoch="e", offset=3)))  # read again from 1
+    s.receive(error_reply(s.history_request()["id"], 111, "too many", temporary=True))
+    assert s.engine.next_deadline() == s.now + 1.0
+
+
+# --- the next deadline, and what ends and drops carry (found by the mutation run) ------
+
+CH2 = "orders#43"
+
+
+def history_request_of(sent: list[dict[str, Any]], channel: str) -> dict[str, Any]:
+    [cmd] = [c for c in sent if c.get("history", {}).get("channel") == channel]
+    return cmd
+
+
+def test_the_next_deadline_is_the_earliest_pending_one() -> None:
+    # a ping deadline earlier than the history timeout wins
+    s = Session()
+    s.engine = CentrifugeEngine(EngineConfig(project_id=1, request_timeout=30.0), random=float)
+    s.connect(ping=1, subs={CH: sub_result(epoch="e")})
+    assert s.engine.next_deadline() == s.now + 1 + 10
+    # without pings, the history timeout is the only one
+    s = Session()
+    s.connect(ping=0, subs={CH: sub_result(epoch="e")})
+    assert s.engine.next_deadline() == s.now + 10.0
+    # a retry later than the ping deadline waits for it
+    s = Session()
+    config = EngineConfig(project_id=1, min_reconnect_delay=20.0, max_reconnect_delay=20.0)
+    s.engine = CentrifugeEngine(config, random=lambda: 0.0)
+    s.connect(ping=1, subs={CH: sub_result(epoch="e")})
+    s.receive(error_reply(s.history_request()["id"], 111, "busy", temporary=True))
+    assert s.engine.next_deadline() == s.now + 1 + 10
+
+
+def test_one_channel_retrying_beside_one_that_is_not() -> None:
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="e"), CH2: sub_result(epoch="f")})
+    sent = s.sent()
+    first, second = history_request_of(sent, CH), history_request_of(sent, CH2)
+    s.receive(error_reply(first["id"], 111, "busy", temporary=True))
+    retry_at = s.now + 0.5
+    s.receive(history_reply(second["id"], [], epoch="f", offset=0))
+    assert s.engine.next_deadline() == retry_at
+
+
+def test_dropping_a_syncing_channel_keeps_the_others_requests_and_its_held_news() -> None:
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="e", offset=2), CH2: sub_result(epoch="f", offset=1)})
+    other = history_request_of(s.sent(), CH2)
+    s.receive(pub_push(CH, pub(3, "done")))  # held: CH is reading its history
+    events = s.receive(unsubscribe_push(CH, 2000, "server unsubscribe"))
+    assert published(events) == [(3, s.now)]
+    events = s.receive(history_reply(other["id"], [pub(1, order_id=8)], epoch="f", offset=1))
+    assert delivered(events) == [(1, "paid", "history")]
+
+
+def test_an_end_keeps_the_reason_it_was_given() -> None:
+    s = Session()
+    s.live(offset=3)
+    s.now += 1.0
+    [end] = s.engine.connection_lost(1006, "going away", s.now)
+    assert isinstance(end, Reconnecting) and (end.code, end.reason) == (1006, "going away")
+    s.connect_id = s.connect_command()["id"]
+    s.receive(connect_reply(s.connect_id, subs={CH: sub_result(epoch="e", offset=3)}))
+    events = s.receive(disconnect_push(3014, "state invalidated"))
+    assert [e for e in events if isinstance(e, Gap)] == [Gap(s.now, CH, "state invalidated (3014)")]
+    [end] = [e for e in events if isinstance(e, Reconnecting)]
+    assert (end.code, end.reason) == (3014, "state invalidated")
+
+
+# --- holes, positions and what a publication carries (found by the mutation run) ------
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ("not an object", "publication is not an object"),
+        ({"order_id": 0, "status": "paid"}, "publication has no positive integer order_id"),
+        ({"order_id": "7", "status": "paid"}, "publication has no positive integer order_id"),
+        ({"order_id": 7, "status": "refunded"}, "unknown status 'refunded'"),
+        ({"order_id": 7}, "unknown status None"),
+    ],
+)
+def test_a_publication_that_is_not_an_order_status_is_ignored_with_everything_known(
+    data: Any, reason: str
+) -> None:
+    ignored = order_event(CH, 5, data, "e", "push", 9.0)
+    assert ignored == Ignored(9.0, reason, CH, 5)
+    assert isinstance(ignored, Ignored) and ignored.data == data
+
+
+def test_an_order_publication_keeps_the_raw_data() -> None:
+    data = {"order_id": 7, "status": "paid", "extra": [1]}
+    event = order_event(CH, 5, data, "e", "history", 9.0)
+    assert isinstance(event, OrderPublication) and event.data == data
+    assert (event.at, event.channel, event.offset, event.epoch, event.via) == (
+        9.0,
+        CH,
+        5,
+        "e",
+        "history",
+    )
+
+
+def test_a_hole_after_offset_1_delivered_without_a_position_is_read_from_history() -> None:
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="e")})
+    s.receive(error_reply(s.history_request()["id"], 108, "not available"))
+    assert delivered(s.receive(pub_push(CH, pub(1)))) == [(1, "paid", "push")]
+    assert delivered(s.receive(pub_push(CH, pub(3)))) == []  # held: 2 is missing
+    assert s.history_request()["history"]["since"] == {"offset": 1, "epoch": "e"}
+
+
+def test_a_hole_of_one_offset_is_read_from_history() -> None:
+    s = Session()
+    s.live(offset=2)
+    assert delivered(s.receive(pub_push(CH, pub(4)))) == []
+    assert s.history_request()["history"]["since"] == {"offset": 2, "epoch": "e"}
+
+
+def test_an_empty_stream_is_a_position_after_history_and_after_recovery() -> None:
+    """Offset 0 read to the top (or recovered) is a position: 2 before 1 is a hole."""
+    s = Session()
+    s.live(offset=0)
+    assert delivered(s.receive(pub_push(CH, pub(2)))) == []
+    assert s.history_request()["history"]["since"] == {"offset": 0, "epoch": ""}
+
+    s = Session()
+    s.live(offset=0)
+    s.lose()
+    s.connect_id = s.connect_command()["id"]
+    recovered = sub_result(epoch="e", offset=0, recovered=True, was_recovering=True)
+    events = s.receive(connect_reply(s.connect_id, subs={CH: recovered}))
+    assert Subscribed(s.now, CH, "e", 0, True) in events
+    assert delivered(s.receive(pub_push(CH, pub(2)))) == []
+    assert s.history_request()["history"]["since"] == {"offset": 0, "epoch": ""}
+
+
+def test_publications_in_a_subscribe_result_are_read_in_offset_order() -> None:
+    s = Session()
+    s.connect()
+    result = sub_result(epoch="z", offset=2, publications=[pub(2, "done"), pub(1, "new")])
+    s.receive(subscribe_push("orders#7", result))
+    req = s.history_request()
+    events = s.receive(history_reply(req["id"], [], epoch="z", offset=0))
+    assert delivered(events) == [(1, "new", "push"), (2, "done", "push")]
+    assert gaps(events) == []
+
+
+def test_an_epoch_change_on_subscribe_reports_the_subscription_too() -> None:
+    s = Session()
+    s.live(offset=3)
+    events = s.receive(subscribe_push(CH, sub_result(epoch="f", offset=1)))
+    assert Subscribed(s.now, CH, "f", 1, False) in events
+    assert gaps(events) == ["epoch changed to 'f'"]
+
+
+def test_history_that_stops_at_our_position_short_of_the_top_is_a_gap() -> None:
+    s = Session()
+    s.live(offset=3)
+    s.receive(subscribe_push(CH, sub_result(epoch="e", offset=6)))
+    req = s.history_request()
+    events = s.receive(history_reply(req["id"], [pub(3)], epoch="e", offset=6))
+    assert [e for e in events if isinstance(e, Gap)] == [
+        Gap(s.now, CH, "history ends at 3, stream top is 6")
+    ]
+    assert s.engine.caught_up and s.engine.positions() == {CH: (6, "e")}
+
+
+def test_what_waited_for_history_is_released_at_the_moment_history_ends() -> None:
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="e", offset=2)})
+    req = s.history_request()
+    s.receive(pub_push(CH, pub(3, "done")))
+    events = s.receive(history_reply(req["id"], [pub(1, "new"), pub(2)], epoch="e", offset=2))
+    assert published(events) == [(1, s.now), (2, s.now), (3, s.now)]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orderfsm.core import Position, Status
@@ -261,36 +262,96 @@ def test_parse_page_keeps_raw_entries_and_counts_skipped_ones() -> None:
         parse_page(b'{"events": null}')
 
 
-entries = st.tuples(
-    st.integers(min_value=1, max_value=40),
-    st.sampled_from([ORDER, OTHER]),
-    st.sampled_from(["order_paid", "order_refunded", "payment"]),
-)
+KINDS = ["order_paid", "order_paid", "order_canceled", "order_refunded", "payment"]
+"""Weighted so that a final (``order_canceled``) turns up in most runs, but not at once."""
 
 
-@given(st.lists(st.lists(entries, max_size=8), max_size=8))
-def test_every_event_of_the_order_is_reported_exactly_once(
-    pages: list[list[tuple[int, int, str]]],
-) -> None:
-    """Whatever the server repeats, reorders or mixes in, each of the order's
-    news events (by id) is reported once, nothing else is, and the cursor
-    ends at the highest id seen."""
-    c = started()
-    reported: list[int] = []
+@st.composite
+def served_pages(draw: st.DrawFn) -> tuple[int, list[list[tuple[int, int, str]]]]:
+    """A dedupe window of a few ids, and pages that go far past it.
+
+    Ids run to 60 against a window of 1-8, so repeats of ids the window has
+    long forgotten are the common case; an id always names the same event.
+    """
+    window = draw(st.integers(min_value=1, max_value=8))
+    ids = st.integers(min_value=1, max_value=60)
     kind_of: dict[int, tuple[int, str]] = {}
+
+    def entry(event_id: int) -> tuple[int, int, str]:
+        if event_id not in kind_of:
+            kind_of[event_id] = (
+                draw(st.sampled_from([ORDER, OTHER])),
+                draw(st.sampled_from(KINDS)),
+            )
+        return (event_id, *kind_of[event_id])
+
+    pages = [
+        [entry(i) for i in draw(st.lists(ids, max_size=10))]
+        for _ in range(draw(st.integers(min_value=0, max_value=10)))
+    ]
+    return window, pages
+
+
+@settings(max_examples=300)
+@given(served_pages())
+def test_every_event_of_the_order_is_reported_exactly_once(
+    served: tuple[int, list[list[tuple[int, int, str]]]],
+) -> None:
+    """Whatever the server repeats, reorders or mixes in, even long after the
+    dedupe window forgot an id, no event is reported twice; every news event
+    above the cursor is reported, in id order; the first final ends it all
+    (reported last, in ``Finish``, nothing after it); the cursor never moves back.
+
+    Breakages this catches: forgetting an id past the window and reporting its
+    repeat again; dropping the dedupe; reading on past a final; a page read out
+    of id order.
+    """
+    window, pages = served
+    c = started(dedupe_window=window, page_size=1000)
+    reported: list[int] = []
+    finished = False
     for number, entries_ in enumerate(pages):
-        # the same id always names the same event
-        events = [event(i, *kind_of.setdefault(i, (o, k))) for i, o, k in entries_]
-        step = c.on_response(page(*events), float(number))
+        cursor_before = c.after_id
+        step = c.on_response(page(*[event(i, o, k) for i, o, k in entries_]), float(number))
+        ids = [o.position.event_id for o in step.observations if o.position is not None]
+        assert len(ids) == len(step.observations) and ids == sorted(ids)
         assert all(o.order_id == ORDER for o in step.observations)
-        reported += [
-            o.position.event_id
-            for o in step.observations
-            if o.position is not None and o.position.event_id is not None
-        ]
-    news = {i for i, (o, k) in kind_of.items() if o == ORDER and k == "order_paid"}
-    assert sorted(reported) == sorted(news)
-    assert c.after_id == max(kind_of, default=0)
+        assert not set(ids) & set(reported), f"reported again: {set(ids) & set(reported)}"
+        reported += [i for i in ids if i is not None]
+        news = {
+            (i, k)
+            for i, o, k in entries_
+            if o == ORDER and k in ("order_paid", "order_canceled") and i > cursor_before
+        }
+        finishes = isinstance(step.next, Finish)
+        # A final above the cursor always ends the reading (a late one below may end it first).
+        assert finishes or all(k == "order_paid" for _, k in news)
+        stop = ids[-1] if finishes and ids else None
+        expected_here = {i for i, _ in news if stop is None or i <= stop}
+        assert expected_here <= set(ids), (
+            f"news above the cursor missed: {expected_here - set(ids)}"
+        )
+        assert c.after_id >= cursor_before
+        if finishes:
+            assert step.observations[-1].status is Status.CANCELED
+            assert step.next.observation == step.observations[-1]
+            finished = True
+            break
+        assert all(o.status is Status.PAID for o in step.observations)
+    if finished:
+        with pytest.raises(RuntimeError):
+            c.on_response(page(), 99.0)
+
+
+def test_a_repeat_the_window_has_forgotten_is_not_reported_again() -> None:
+    """Regression: once ``dedupe_window`` newer ids pushed an id out of memory,
+    a server repeating it had it reported a second time."""
+    c = started(dedupe_window=2, page_size=1000)
+    first = c.on_response(page(event(1), event(2, OTHER), event(3, OTHER)), 1.0)
+    assert [o.position for o in first.observations] == [Position(event_id=1)]
+    again = c.on_response(page(event(1), event(4)), 2.0)
+    assert [o.position for o in again.observations] == [Position(event_id=4)]
+    assert c.after_id == 4
 
 
 def test_the_dedupe_memory_is_bounded() -> None:
@@ -299,3 +360,83 @@ def test_the_dedupe_memory_is_bounded() -> None:
         c.on_response(page(*[event(i, OTHER) for i in range(start + 1, start + 21)]), 1.0)
     assert len(c._seen) == 10  # the window, not the history
     assert c.after_id == 100
+
+
+# --- what the reports, warnings and errors say (the mutation run found these unchecked)
+
+
+def said(step: Step) -> tuple[Health, str, float, str]:
+    assert step.health is not None, step
+    return step.health.health, step.health.source, step.health.at, step.health.reason
+
+
+def test_each_health_report_names_the_source_the_moment_and_the_reason() -> None:
+    c = cursor(interval=1.0)
+    assert said(c.start(10.0)) == (Health.CONNECTING, "events", 10.0, "reading the Event API")
+    assert said(c.on_response(page(), 11.0)) == (
+        Health.HEALTHY,
+        "events",
+        11.0,
+        "Event API answered",
+    )
+    assert said(c.on_response(error(503), 12.0))[:3] == (Health.DEGRADED, "events", 12.0)
+    final = c.on_response(page(event(1, kind="order_canceled")), 13.0)
+    assert said(final) == (Health.STOPPED, "events", 13.0, "final status canceled")
+
+
+def test_the_last_page_and_a_full_page_keep_their_warnings_and_acknowledgements() -> None:
+    """The driver logs every warning and marks every acknowledged id, whichever
+    way the page ends: following a backlog, or finishing."""
+    c = started(page_size=3, mark_processed=True)
+    full = c.on_response(page("junk", event(1), event(2, OTHER)), 1.0)
+    assert full.next == Wait(1.0)
+    assert len(full.warnings) == 1 and full.acknowledge == (1,)
+    final = c.on_response(page({"id": "x"}, event(3, kind="order_canceled")), 2.0)
+    assert isinstance(final.next, Finish)
+    assert len(final.warnings) == 1 and final.acknowledge == (3,)
+
+
+def test_project_id_is_sent_only_when_asked_for() -> None:
+    c = EventCursor(ORDER, EventsConfig(send_project_id=False), float, project_id=12345)
+    assert "project_id" not in c.query()
+
+
+def test_429_honours_a_dated_retry_after() -> None:
+    c = started(interval=1.0)
+    wall = 1_800_000_000.0
+    date = email.utils.formatdate(wall + 30, usegmt=True)
+    step = c.on_response(error(429, {"Retry-After": date}), 5.0, wall_now=wall)
+    assert step.next == Wait(35.0)
+
+
+def test_errors_name_the_order_and_the_service() -> None:
+    rejected = started()
+    assert rejected.on_response(error(401), 1.0).next == RefreshToken()
+    step = rejected.on_response(error(401), 1.5)
+    assert isinstance(step.next, Fail) and f"order {ORDER}" in str(step.next.error)
+    assert said(step)[:3] == (Health.FAILED, "events", 1.5)
+
+    outage = started(interval=1.0, give_up_after=2.0)
+    outage.on_response(error(503), 0.0)
+    step = outage.on_response(error(503), 3.0)
+    assert isinstance(step.next, Fail)
+    assert f"order {ORDER}: no good Event API answer" in str(step.next.error)
+
+    token = started().on_token_error(LookupError("vault down"), 4.0)
+    assert said(token)[:3] == (Health.FAILED, "events", 4.0)
+    assert isinstance(token.next, Fail) and f"order {ORDER}" in str(token.next.error)
+
+
+def test_a_finished_reader_says_so_when_used_again() -> None:
+    c = started()
+    c.on_response(page(event(1, kind="order_canceled")), 1.0)
+    with pytest.raises(RuntimeError, match="already finished or failed"):
+        c.on_response(page(), 2.0)
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"), [({"page_size": 0}, "page_size"), ({"start_after": -1}, "start_after")]
+)
+def test_config_errors_name_the_field(bad: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        EventsConfig(**bad)

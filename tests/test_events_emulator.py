@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Iterator
 
 import anyio
@@ -124,9 +125,10 @@ async def test_server_errors_degrade_then_recover(emu: Emulator, http: HttpClien
     await emu.get_order_fault("error", status=503, count=2, service="events")
     sink = RecordingSink()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(emu.run_script, order_id, [(0.3, "canceled")])
-        await follow(emu, user, order_id, sink, http)
-    assert healths(sink)[:3] == [Health.CONNECTING, Health.DEGRADED, Health.HEALTHY]
+        tg.start_soon(follow, emu, user, order_id, sink, http)
+        await sink.wait_for(lambda s: Health.HEALTHY in healths(s))
+        await emu.set_status(order_id, "canceled")
+    assert healths(sink) == [Health.CONNECTING, Health.DEGRADED, Health.HEALTHY, Health.STOPPED]
     degraded = [r for r in sink.reports if r.health is Health.DEGRADED]
     assert "503" in degraded[0].reason
     assert sink.observations[-1].status is Status.CANCELED
@@ -140,12 +142,15 @@ async def test_retry_after_is_honoured(emu: Emulator, http: HttpClient) -> None:
     sink = RecordingSink()
     async with anyio.create_task_group() as tg:
         tg.start_soon(follow, emu, user, order_id, sink, http)
-        await sink.wait_for(lambda s: Health.DEGRADED in healths(s))
-        await anyio.sleep(0.6)
-        assert (await emu.stats()).events_requests - before == 1  # no retry before 1 s
         await sink.wait_for(lambda s: Health.HEALTHY in healths(s))
+        assert (await emu.stats()).events_requests - before >= 2
         await emu.set_status(order_id, "canceled")
     assert sink.observations[-1].status is Status.CANCELED
+    [degraded] = [r for r in sink.reports if r.health is Health.DEGRADED]
+    [healthy] = [r for r in sink.reports if r.health is Health.HEALTHY]
+    # the 429 came with the DEGRADED report, the next answer with HEALTHY: no retry
+    # went out before Retry-After (1 s); on a loaded machine the gap only grows
+    assert healthy.at - degraded.at >= 1.0
 
 
 async def test_a_revoked_token_is_refreshed_through_the_provider(
@@ -214,10 +219,21 @@ async def test_an_unreachable_service_degrades_instead_of_raising(http: HttpClie
     async def token() -> str:
         return "t"
 
-    with anyio.move_on_after(0.5):
-        await follow_events(
-            1, token=token, sink=sink, http=http, base_url="http://127.0.0.1:9", config=FAST
-        )
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                functools.partial(
+                    follow_events,
+                    1,
+                    token=token,
+                    sink=sink,
+                    http=http,
+                    base_url="http://127.0.0.1:9",
+                    config=FAST,
+                )
+            )
+            await sink.wait_for(lambda s: Health.DEGRADED in healths(s))
+            tg.cancel_scope.cancel()
     degraded = [r for r in sink.reports if r.health is Health.DEGRADED]
     assert degraded and isinstance(degraded[0].error, ConnectFailed)
     assert healths(sink)[-1] is Health.STOPPED
@@ -234,7 +250,7 @@ async def test_cancelling_stops_promptly_and_reports_stopped(
         await sink.wait_for(lambda s: Health.HEALTHY in healths(s))
         cancelled_at = anyio.current_time()
         tg.cancel_scope.cancel()
-    assert anyio.current_time() - cancelled_at < 0.5
+    assert anyio.current_time() - cancelled_at < 5.0  # not the 30 s interval
     last: HealthReport = sink.reports[-1]
     assert last.health is Health.STOPPED and last.reason == "cancelled"
 

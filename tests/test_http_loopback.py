@@ -89,7 +89,7 @@ async def test_no_answer_in_time_is_a_request_timeout() -> None:
         start = anyio.current_time()
         with pytest.raises(RequestTimeout) as caught:
             await http.request("GET", server.url, timeout=0.2)
-        assert anyio.current_time() - start < 2
+        assert anyio.current_time() - start < 4  # the timeout, not the 5 s answer
     assert isinstance(caught.value, ServiceUnavailable)
 
 
@@ -190,17 +190,22 @@ async def test_a_closed_client_refuses_requests() -> None:
 @pytest.mark.anyio
 async def test_cancelling_a_request_leaves_the_client_usable() -> None:
     calls = 0
+    arrived = anyio.Event()
 
     async def slow_first(request: Request) -> bytes:
         nonlocal calls
         del request
         calls += 1
         if calls == 1:
+            arrived.set()
             await anyio.sleep(5)
         return http_response(200, "second")
 
     async with loopback_server(slow_first) as server, open_http_client() as http:
-        with anyio.move_on_after(0.1):
-            await http.request("GET", server.url)
-        answer = await http.request("GET", server.url, timeout=2)
-    assert answer.body == b"second"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(http.request, "GET", server.url)
+            with anyio.fail_after(10):
+                await arrived.wait()  # in flight at the server: now cancel it
+            tg.cancel_scope.cancel()
+        answer = await http.request("GET", server.url, timeout=10)
+    assert answer.body == b"second" and calls == 2

@@ -383,3 +383,71 @@ def test_invalid_config_is_refused() -> None:
         PollConfig(jitter=1.0)
     with pytest.raises(ValueError):
         PollConfig(give_up_after=-1)
+
+
+# --- what the reports and errors say (the mutation run found these unchecked) --------
+
+
+def said(step: Step) -> tuple[Health, str, float, str]:
+    assert step.health is not None, step
+    return step.health.health, step.health.source, step.health.at, step.health.reason
+
+
+def test_each_health_report_names_the_source_the_moment_and_the_reason() -> None:
+    """The demo and the CLI print these; a report timed ``None`` or from another
+    source would mislead every consumer."""
+    d = decider(interval=1.0)
+    assert said(d.start(10.0)) == (Health.CONNECTING, "polling", 10.0, "polling Get order")
+    answered = said(d.on_response(ok("new"), 11.0))
+    assert answered == (Health.HEALTHY, "polling", 11.0, "Get order answered")
+    busy = d.on_response(error(503), 12.0)
+    assert said(busy)[:3] == (Health.DEGRADED, "polling", 12.0)
+    d.on_response(ok("new"), 13.0)
+    assert said(d.on_response(ok("done"), 14.0)) == (
+        Health.STOPPED,
+        "polling",
+        14.0,
+        "final status done",
+    )
+
+
+def test_a_failing_token_provider_is_reported_with_its_cause_and_time() -> None:
+    d = decider()
+    d.start(0.0)
+    cause = KeyError("no session")
+    step = d.on_token_error(cause, 5.0)
+    assert said(step)[:3] == (Health.FAILED, "polling", 5.0)
+    assert isinstance(step.next, Fail) and "no session" in str(step.next.error)
+    assert f"order {ORDER}" in str(step.next.error)
+
+
+def test_errors_name_the_order() -> None:
+    rejected = decider()
+    rejected.start(0.0)
+    assert isinstance(rejected.on_response(error(401), 1.0).next, RefreshToken)
+    step = rejected.on_response(error(401), 1.1)
+    assert isinstance(step.next, Fail) and f"order {ORDER}" in str(step.next.error)
+    assert said(step)[:3] == (Health.FAILED, "polling", 1.1)
+    unexpected = decider()
+    unexpected.start(0.0)
+    step = unexpected.on_response(error(400), 2.0)
+    assert isinstance(step.next, Fail) and f"order {ORDER}" in str(step.next.error)
+
+
+def test_404_fails_exactly_when_the_grace_period_is_over() -> None:
+    d = decider(interval=1.0, not_found_grace=5.0)
+    d.start(0.0)
+    assert isinstance(d.on_response(error(404), 0.0).next, Wait)
+    assert isinstance(d.on_response(error(404), 4.999).next, Wait)
+    step = d.on_response(error(404), 5.0)
+    assert isinstance(step.next, Fail) and isinstance(step.next.error, OrderNotFound)
+    assert f"order {ORDER}" in str(step.next.error)
+    assert said(step)[:3] == (Health.FAILED, "polling", 5.0)
+
+
+def test_a_finished_poller_says_so_when_used_again() -> None:
+    d = decider()
+    d.start(0.0)
+    d.on_response(ok("done"), 1.0)
+    with pytest.raises(RuntimeError, match="already finished or failed"):
+        d.on_response(ok("done"), 2.0)

@@ -56,7 +56,9 @@ def shell(backend_and_shell: tuple[str, MakeSocketFactory | None]) -> MakeSocket
 
 @pytest.fixture
 def emu() -> Iterator[Emulator]:
-    with Emulator(ping_interval=1.0, pong_timeout=0.5, seed=3) as emulator:
+    # Pings every second keep ping/pong in play; a pong may take 10 s (the
+    # emulator's default), so a late one on a loaded machine is not a 3012 close.
+    with Emulator(ping_interval=1.0, pong_timeout=10.0, seed=3) as emulator:
         yield emulator
 
 

@@ -37,7 +37,9 @@ FAST = {
     "request_timeout": 2.0,
 }
 PING = 1.0
-PING_SLACK = 0.5
+PING_SLACK = 1.0
+"""The client's ``max_server_ping_delay`` in the stall test: one late ping from
+the emulator's thread on a loaded machine must not pass for a stall."""
 
 
 @pytest.fixture(params=SHELLS)
@@ -58,7 +60,7 @@ def shell(backend_and_shell: tuple[str, MakeSocketFactory | None]) -> MakeSocket
 
 @pytest.fixture
 def emu() -> Iterator[Emulator]:
-    with Emulator(ping_interval=PING, pong_timeout=0.5, seed=4) as emulator:
+    with Emulator(ping_interval=PING, pong_timeout=10.0, seed=4) as emulator:
         yield emulator
 
 
@@ -94,6 +96,18 @@ def statuses(sink: RecordingSink) -> list[str]:
 
 def reports_of(sink: RecordingSink, health: Health) -> list[HealthReport]:
     return [r for r in sink.reports if r.health is health]
+
+
+async def until_closed(pool: WebSocketPool) -> None:
+    """Until the only connection's driver task has returned (its engine is closed).
+
+    A failed connection stays in the pool to tell newcomers; once its engine is
+    closed, nothing can open another socket for it, so what the emulator saw
+    by then is all it will ever see.
+    """
+    with anyio.fail_after(10):
+        while pool.connections()[0].state != "closed":  # noqa: ASYNC110 (a snapshot)
+            await anyio.sleep(0.01)
 
 
 def healthy_again(sink: RecordingSink) -> bool:
@@ -171,8 +185,9 @@ async def test_a_silent_stall_is_detected_within_ping_plus_slack_and_recovered(
         [degraded] = reports_of(sink, Health.DEGRADED)
         assert degraded.reason.startswith("no ping")
         # the engine re-arms on every frame, so detection takes at most ping + slack
-        # after the last frame (+ scheduling noise); the requirement is ping + 10 s
-        assert degraded.at - stalled_at <= PING + PING_SLACK + 0.5
+        # after the last frame, plus scheduling noise (up to 3 s allowed, for a loaded
+        # machine); the default slack (10 s) or no detection would take far longer
+        assert degraded.at - stalled_at <= PING + PING_SLACK + 3.0
         await sink.wait_for(lambda s: statuses(s) == ["new", "paid"] and healthy_again(s))
         assert len(await emu.connections(user)) == 2
 
@@ -193,10 +208,10 @@ async def test_invalid_token_fails_for_good_without_a_reconnect_loop(
         [failed] = reports_of(sink, Health.FAILED)
         assert isinstance(failed.error, TokenRejected)
         assert "3500" in failed.reason
-        await anyio.sleep(0.5)  # > the backoff ceiling: a loop would have shown by now
+        await until_closed(pool)  # the driver has ended: no reconnect can follow
         rejected = await emu.connections()  # the refused one never became alice's
         assert [c.close_code for c in rejected] == [3000, 3500]
-        assert tokens.calls == 2
+        assert tokens.calls == 2 and pool.connections()[0].sockets_opened == 2
         # a FAILED connection tells newcomers at once
         late = RecordingSink()
         pool.attach(order, late, token=tokens, user_id="alice")
@@ -218,7 +233,8 @@ async def test_a_terminal_close_code_stops_without_reconnecting(
         [failed] = reports_of(sink, Health.FAILED)
         assert failed.reason == "closed 3503 force disconnect"
         assert isinstance(failed.error, ConnectionLost)
-        await anyio.sleep(0.3)
+        await until_closed(pool)  # the driver has ended: no reconnect can follow
+        assert pool.connections()[0].sockets_opened == 1
         assert len(await emu.connections(user)) == 1
 
 

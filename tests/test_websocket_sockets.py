@@ -143,7 +143,8 @@ async def test_closing_a_stalled_peer_is_bounded(emu: Emulator, shell: MakeSocke
         await connect(ws, user, emu.project_id)
         await emu.stall_connections(user)
         started = anyio.current_time()
-    assert anyio.current_time() - started <= CLOSE_TIMEOUT + 0.5
+    # bounded by the close timeout (a hang would not be), plus room for a loaded machine
+    assert anyio.current_time() - started <= CLOSE_TIMEOUT + 3.0
 
 
 async def test_a_refused_handshake_is_an_open_failure_with_the_status(

@@ -8,6 +8,7 @@ event loop.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
+from orderfsm.conformance.stalls import ProcessStalls, run_queue_wait
 from orderfsm.core import Observation
 from orderfsm.errors import OrderFsmError
 from orderfsm.interface import Health, HealthReport
@@ -49,6 +51,8 @@ class Run:
         self.done = anyio.Event()
         self.started_at = anyio.current_time()
         self.ended_at: float | None = None
+        self.ended_mono = 0.0
+        """When it ended, on ``time.monotonic()`` (the clock of :class:`ProcessStalls`)."""
         self.returned = False
         self.error: OrderFsmError | None = None
         self.crash: BaseException | None = None
@@ -64,6 +68,7 @@ class Run:
             self.crash = exc
         finally:
             self.ended_at = anyio.current_time()
+            self.ended_mono = time.monotonic()
             self.done.set()
             self.session.wake()
 
@@ -137,10 +142,14 @@ class Run:
 class Session:
     """One check: runs transports in a task group, watches the loop, judges the end."""
 
-    def __init__(self, check: str, transport: CustomTransport, limits: Limits) -> None:
+    def __init__(
+        self, check: str, transport: CustomTransport, limits: Limits, stalls: ProcessStalls
+    ) -> None:
         self.check = check
         self.transport = transport
         self.limits = limits
+        self.stalls = stalls
+        """Lateness of the whole process (a loaded machine): not charged to the transport."""
         self.runs: list[Run] = []
         self.violations: list[str] = []
         self.max_lag = 0.0
@@ -155,19 +164,20 @@ class Session:
         limits: Limits,
         body: Callable[[Session], Awaitable[None]],
     ) -> None:
-        session = cls(check, transport, limits)
-        failure: BaseException | None = None
-        async with anyio.create_task_group() as tg:
-            session._tg = tg
-            tg.start_soon(session._watch_the_loop)
-            baseline = {task.id for task in anyio.get_running_tasks()}
-            try:
-                await body(session)
-                session.raise_violations()
-                await session._stop_all()
-            except Exception as exc:  # raised after the task group, never wrapped in a group
-                failure = exc
-            tg.cancel_scope.cancel()
+        with ProcessStalls() as stalls:
+            session = cls(check, transport, limits, stalls)
+            failure: BaseException | None = None
+            async with anyio.create_task_group() as tg:
+                session._tg = tg
+                tg.start_soon(session._watch_the_loop)
+                baseline = {task.id for task in anyio.get_running_tasks()}
+                try:
+                    await body(session)
+                    session.raise_violations()
+                    await session._stop_all()
+                except Exception as exc:  # raised after the task group, never wrapped in a group
+                    failure = exc
+                tg.cancel_scope.cancel()
         if failure is None:
             failure = await session._leftovers(baseline)
         if failure is None and session.max_lag > limits.max_block:
@@ -223,13 +233,16 @@ class Session:
             if run.crash is not None:
                 raise self.fail(f"the transport for order {run.order_id} {run.ending()}")
         running = [run for run in self.runs if not run.done.is_set()]
-        cancelled_at = anyio.current_time()
+        cancelled_at, cancelled_mono = anyio.current_time(), time.monotonic()
+        waited_before = run_queue_wait()
         for run in running:
             run.scope.cancel()
         for run in running:
             await run.done.wait()
             assert run.ended_at is not None
-            took = run.ended_at - cancelled_at
+            waited = run_queue_wait() - waited_before
+            stalled = max(self.stalls.during(cancelled_mono, run.ended_mono), waited)
+            took = run.ended_at - cancelled_at - stalled
             if run.crash is not None:
                 raise self.fail(f"when cancelled, the transport {run.ending()}")
             if took > self.limits.cancel_within:
@@ -252,8 +265,11 @@ class Session:
         return self.fail(f"tasks left behind after the transport ended: {names}")
 
     async def _watch_the_loop(self) -> None:
+        """The loop's lateness, less the time the machine did not let it run."""
         tick = 0.01
         while True:
-            before = anyio.current_time()
+            before, waited_before = time.monotonic(), run_queue_wait()
             await anyio.sleep(tick)
-            self.max_lag = max(self.max_lag, anyio.current_time() - before - tick)
+            after, waited = time.monotonic(), run_queue_wait() - waited_before
+            stalled = max(self.stalls.during(before, after), waited)
+            self.max_lag = max(self.max_lag, after - before - tick - stalled)

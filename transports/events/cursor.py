@@ -16,7 +16,7 @@ An event is news for the order when ``data.order.id`` is the order's id and
 
 from __future__ import annotations
 
-from collections import deque
+import heapq
 from collections.abc import Callable
 
 import attrs
@@ -86,7 +86,8 @@ class EventsConfig:
     """``POST /events/{id}/processed`` for each event that was news for the order.
     Off by default: marking belongs to whoever fulfils orders, not to a tracker."""
     dedupe_window: int = attrs.field(default=4096, validator=_count)
-    """How many recent event ids are remembered to drop repeats."""
+    """How many of the highest event ids seen are remembered to drop repeats; an
+    id below all of them is taken for a repeat and dropped too."""
 
 
 @attrs.frozen
@@ -138,7 +139,10 @@ class EventCursor:
         )
         self._after_id = config.start_after
         self._seen: set[int] = set()
-        self._seen_order: deque[int] = deque()
+        self._lowest: list[int] = []
+        """``_seen`` as a min-heap: the window forgets its lowest id first."""
+        self._forgotten = 0
+        """The highest id the window forgot; nothing at or below it is news any more."""
 
     @property
     def after_id(self) -> int:
@@ -237,13 +241,21 @@ class EventCursor:
         return Step(Wait(next_at), tuple(news), health, tuple(warnings), acknowledge)
 
     def _remember(self, event_id: int) -> bool:
-        """Note an event id; False if it was seen already."""
-        if event_id in self._seen:
+        """Note an event id; False if it was seen already, or may have been.
+
+        The window keeps the highest ids and forgets the lowest first, so a
+        forgotten id sits below every remembered one: an id at or below the
+        highest forgotten one is dropped as a repeat rather than reported a
+        second time (a late event that old is given up: "exactly once" wins).
+        """
+        if event_id in self._seen or event_id <= self._forgotten:
             return False
         self._seen.add(event_id)
-        self._seen_order.append(event_id)
-        while len(self._seen_order) > self.config.dedupe_window:
-            self._seen.discard(self._seen_order.popleft())
+        heapq.heappush(self._lowest, event_id)
+        while len(self._lowest) > self.config.dedupe_window:
+            forgotten = heapq.heappop(self._lowest)
+            self._seen.discard(forgotten)
+            self._forgotten = max(self._forgotten, forgotten)
         self._after_id = max(self._after_id, event_id)
         return True
 
