@@ -25,10 +25,12 @@ One emulator in its own process (server ping 25 s, as Xsolla's Centrifugo;
   publication to the tracker's watcher getting it (by whichever transport);
   then the same plan on fresh users with centrifuge-python (one ``Client``
   per user: reconnects and recovers, never polls).  ``lost`` counts finals
-  never received.  The tail is the reconnect: ours retries a connection that
-  was up at once (below ``first_reconnect_delay``), then backs off from
-  0.5 s; centrifuge-python backs off from its ``min_reconnect_delay`` (read
-  from the library).  ``final_latency_p99_ratio`` is ours / theirs.
+  never received.  The tail is stalls, held-back publications and
+  reconnects: ours retries a connection that was up a while at once (below
+  ``first_reconnect_delay``), one lost soon after catching up from
+  ``first_reconnect_delay`` doubling, one that never connected from 0.5 s;
+  centrifuge-python backs off from its ``min_reconnect_delay`` (read from
+  the library).  ``final_latency_p99_ratio`` is ours / theirs.
 * ``resume_to_status_ms``: every socket of several users goes silent (a host
   asleep: no close, no ping) while each user's order becomes ``done``; then
   the host wakes, which the tracker learns from its sleep clock jumping

@@ -410,7 +410,7 @@ def test_backoff_grows_while_attempts_fail_and_resets_after_a_connect() -> None:
     e.connect(10.0, "jwt")
     e.receive(connect_reply(5), 10.0)
     [end] = e.connection_lost(3001, "shutdown", 10.5)  # up for less than stable_after
-    assert isinstance(end, Reconnecting) and end.delay == 1.0
+    assert isinstance(end, Reconnecting) and end.delay == 2 * CONFIG.first_reconnect_delay
 
 
 def test_a_connection_that_was_up_a_while_reconnects_at_once_then_backs_off() -> None:
@@ -434,7 +434,31 @@ def test_server_advised_reconnect_still_waits() -> None:
     assert isinstance(end, Reconnecting) and end.delay >= CONFIG.min_reconnect_delay
     e = connected()  # caught up, but for less than stable_after
     [end] = e.receive(disconnect_push(3011, "force reconnect"), CONFIG.stable_after / 2)
-    assert isinstance(end, Reconnecting) and end.delay >= CONFIG.min_reconnect_delay
+    assert isinstance(end, Reconnecting) and end.delay >= CONFIG.first_reconnect_delay > 0
+
+
+def test_connections_lost_soon_after_catching_up_back_off_until_one_stays() -> None:
+    """An accept-then-drop server meets doubling waits, never below the first
+    reconnect delay; a connection that then stays up earns the quick retry again."""
+    e = engine(sample=1.0)
+    delays, now = [], 0.0
+    for k in range(5):
+        e.connect(now, "jwt")
+        e.receive(connect_reply(k + 1), now)
+        [end] = e.connection_lost(3001, "shutdown", now + 0.2)
+        assert isinstance(end, Reconnecting)
+        delays.append(round(end.delay, 9))
+        now = end.reconnect_at
+    base = CONFIG.first_reconnect_delay
+    assert delays == [round(base * (1 + 2**k), 9) for k in range(5)]  # 0.2, 0.3, 0.5, 0.9, 1.7
+    e.connect(now, "jwt")
+    e.receive(connect_reply(6), now)
+    [end] = e.connection_lost(1006, "", now + CONFIG.stable_after)
+    assert isinstance(end, Reconnecting) and end.delay == base
+    e.connect(end.reconnect_at, "jwt")
+    e.receive(connect_reply(7), end.reconnect_at)
+    [end] = e.connection_lost(1006, "", end.reconnect_at + 0.1)  # the count started over
+    assert isinstance(end, Reconnecting) and end.delay == 2 * base
 
 
 def test_close_stops_everything() -> None:
@@ -467,6 +491,8 @@ def test_only_a_connection_that_stayed_up_is_retried_at_once(
     assert isinstance(end, Reconnecting)
     if caught_up and up_for >= CONFIG.stable_after:
         assert end.delay <= CONFIG.first_reconnect_delay
+    elif caught_up:
+        assert CONFIG.first_reconnect_delay <= end.delay <= 2 * CONFIG.first_reconnect_delay
     else:
         assert end.delay >= CONFIG.min_reconnect_delay
 

@@ -87,6 +87,8 @@ class CentrifugeEngine:
         self._ping_deadline: float | None = None
         self._grace = SuspensionGrace(config.suspension_grace)
         self._attempts = 0
+        self._short_lived = 0
+        """Caught-up connections in a row that were lost before ``stable_after``."""
         self._token_failures = 0
         self._caught_up = False
         self._up_since: float | None = None
@@ -380,15 +382,22 @@ class CentrifugeEngine:
             return [ending.failed(now)]
         self.state = State.DISCONNECTED
         config = self.config
-        if up_since is not None and now - up_since >= config.stable_after:
+        sample = self._sample()
+        if up_since is None:
+            delay = self._backoff(self._attempts, config.min_reconnect_delay, sample)
+        elif now - up_since >= config.stable_after:
             # A connection that worked for a while dropped: most likely a passing
             # fault, and an order's news waits for the reconnect, so the first try
-            # is at once (within a little jitter, as SignalR's first retry); only
-            # a failing one backs off.  Short-lived connections never get here, so
-            # a server that accepts and then drops cannot make a fast loop.
-            delay = min(max(self._random(), 0.0), 1.0) * config.first_reconnect_delay
+            # is at once (within a little jitter, as SignalR's first retry).
+            self._short_lived = 0
+            delay = sample * config.first_reconnect_delay
         else:
-            delay = self._delay(self._attempts)
+            # Caught up, then lost soon (a server shedding load, a proxy cycling):
+            # never sooner than first_reconnect_delay, and doubling while it goes
+            # on, so an accept-then-drop server cannot make a fast loop
+            # (centrifuge-js #408), yet one extra close does not cost a full backoff.
+            delay = self._backoff(self._short_lived, config.first_reconnect_delay, sample)
+            self._short_lived += 1
         self._attempts += 1
         return [ending.reconnecting(now, delay)]
 
@@ -415,13 +424,15 @@ class CentrifugeEngine:
         self._ping_deadline = now + self._ping + slack if slack > 0 else None
 
     def _delay(self, attempt: int) -> float:
-        sample = min(max(self._random(), 0.0), 1.0)
+        return self._backoff(attempt, self.config.min_reconnect_delay, self._sample())
+
+    def _backoff(self, attempt: int, min_delay: float, sample: float) -> float:
         return full_jitter(
-            attempt,
-            sample,
-            min_delay=self.config.min_reconnect_delay,
-            max_delay=self.config.max_reconnect_delay,
+            attempt, sample, min_delay=min_delay, max_delay=self.config.max_reconnect_delay
         )
+
+    def _sample(self) -> float:
+        return min(max(self._random(), 0.0), 1.0)
 
     def _next_id(self) -> int:
         self._last_id = self._last_id % UINT32_MAX + 1
