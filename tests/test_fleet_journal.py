@@ -126,6 +126,15 @@ async def test_one_notify_per_transaction_and_none_when_nothing_changed() -> Non
         news = await log.wait_for_news(2.0)
         assert sorted(news.order_ids or ()) == [2, 3]
         assert (await log.wait_for_news(0.3)).quiet  # one notification, not three
+        changes = await log.changes({2: 0, 3: 0}, everything=True)
+        rows = await log.orders([2, 3])
+    # two changes of one order in one transaction: both written, the row at the last
+    assert [(c.order_id, c.version, c.status, c.previous) for c in changes] == [
+        (2, 1, P, None), (2, 2, D, P), (3, 1, P, None)
+    ]  # fmt: skip
+    assert [(rows[i].status, rows[i].version, rows[i].tracking) for i in (2, 3)] == [
+        (D, 2, False), (P, 1, True)
+    ]  # fmt: skip
 
 
 async def test_sqlite_wakes_another_process_on_commit(tmp_path: Path) -> None:

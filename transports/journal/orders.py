@@ -131,62 +131,108 @@ def record(
     db: Any, dialect: str, notes: Sequence[Note], now: float, channel: str = CHANNEL
 ) -> list[ChangeRow]:
     """Write what advances an order; returns the changes written (stale and repeated
-    news write nothing).  One NOTIFY for the whole transaction, when anything changed."""
+    news write nothing).  One NOTIFY for the whole transaction, when anything changed.
+
+    This runs inside every webhook claim, so round trips count: one per order to
+    lock and read it, then (PostgreSQL) one statement for all the writes and the
+    NOTIFY.
+    """
     written: list[ChangeRow] = []
-    lock = " FOR UPDATE" if dialect == "postgresql" else ""
+    rows: dict[int, _Pending] = {}
     for note in notes:
-        db.execute(
-            _sql(
-                dialect,
-                "INSERT INTO orderfsm_orders (order_id, status, version, until, tracking,"
-                " lease_until, fence, updated_at) VALUES (%s, NULL, 0, %s, %s, 0, 0, %s)"
-                " ON CONFLICT (order_id) DO NOTHING",
-            ),
-            (note.order_id, Status.DONE.value, False, now),
-        )
-        row = db.execute(
-            _sql(
-                dialect,
-                f"SELECT status, version, until FROM orderfsm_orders WHERE order_id = %s{lock}",
-            ),
-            (note.order_id,),
-        ).fetchone()
-        current = None if row[0] is None else Status(row[0])
-        change = advance(current, note.status)
+        row = rows.get(note.order_id) or _lock(db, dialect, note.order_id, now)
+        rows[note.order_id] = row
+        change = advance(row.status, note.status)
         if change is None:
             continue
-        version = int(row[1]) + 1
+        row.version += 1
         written.append(
-            ChangeRow(note.order_id, version, note.status, current, note.source, note.at)
+            ChangeRow(note.order_id, row.version, note.status, row.status, note.source, note.at)
         )
-        db.execute(
-            _sql(
-                dialect,
-                f"INSERT INTO orderfsm_changes ({CHANGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
-            ),
-            (
-                note.order_id,
-                version,
-                note.status.value,
-                None if current is None else current.value,
-                note.source,
-                note.at,
-            ),
-        )
-        tracking = not verdict(note.status, Status(row[2])).settled
-        db.execute(
-            _sql(
-                dialect,
-                "UPDATE orderfsm_orders SET status = %s, version = %s,"
-                " tracking = (tracking AND %s), updated_at = %s WHERE order_id = %s",
-            ),
-            (note.status.value, version, tracking, now, note.order_id),
-        )
-    if written and dialect == "postgresql":
-        payload = ",".join(dict.fromkeys(str(c.order_id) for c in written))
-        payload = "" if len(payload) > NOTIFY_LIMIT else payload
-        db.execute("SELECT pg_notify(%s, %s)", (channel, payload))
+        row.status = note.status
+        row.keep_tracking = row.keep_tracking and not verdict(note.status, row.until).settled
+    if written:
+        _write(db, dialect, written, [r for r in rows.values() if r.changed], now, channel)
     return written
+
+
+@attrs.define
+class _Pending:
+    """An order's row as this transaction leaves it, before the write."""
+
+    order_id: int
+    status: Status | None
+    version: int
+    until: Status
+    first_version: int = attrs.field(init=False)
+    keep_tracking: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        self.first_version = self.version
+
+    @property
+    def changed(self) -> bool:
+        return self.version != self.first_version
+
+
+def _lock(db: Any, dialect: str, order_id: int, now: float) -> _Pending:
+    """Make the row if the order is new, lock it and read it, in one statement: the
+    no-op update on conflict takes the row lock as ``FOR UPDATE`` would."""
+    status, version, until = db.execute(
+        _sql(
+            dialect,
+            "INSERT INTO orderfsm_orders (order_id, status, version, until, tracking,"
+            " lease_until, fence, updated_at) VALUES (%s, NULL, 0, %s, %s, 0, 0, %s)"
+            " ON CONFLICT (order_id) DO UPDATE SET order_id = excluded.order_id"
+            " RETURNING status, version, until",
+        ),
+        (order_id, Status.DONE.value, False, now),
+    ).fetchone()
+    return _Pending(
+        order_id, None if status is None else Status(status), int(version), Status(until)
+    )
+
+
+def _write(
+    db: Any,
+    dialect: str,
+    changes: Sequence[ChangeRow],
+    rows: Sequence[_Pending],
+    now: float,
+    channel: str,
+) -> None:
+    statements: list[tuple[str, tuple[Any, ...]]] = [
+        (
+            f"INSERT INTO orderfsm_changes ({CHANGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+            (
+                c.order_id,
+                c.version,
+                c.status.value,
+                None if c.previous is None else c.previous.value,
+                c.source,
+                c.at,
+            ),
+        )
+        for c in changes
+    ]
+    # One update per order: a statement may not update the same row twice.
+    statements += [
+        (
+            "UPDATE orderfsm_orders SET status = %s, version = %s,"
+            " tracking = (tracking AND %s), updated_at = %s WHERE order_id = %s",
+            (r.status.value if r.status else None, r.version, r.keep_tracking, now, r.order_id),
+        )
+        for r in rows
+    ]
+    if dialect != "postgresql":
+        for text, values in statements:
+            db.execute(_sql(dialect, text), values)
+        return
+    payload = ",".join(dict.fromkeys(str(c.order_id) for c in changes))
+    payload = "" if len(payload) > NOTIFY_LIMIT else payload
+    ctes = ", ".join(f"w{i} AS ({text})" for i, (text, _) in enumerate(statements))
+    values = tuple(v for _, vs in statements for v in vs)
+    db.execute(f"WITH {ctes} SELECT pg_notify(%s, %s)", (*values, channel, payload))
 
 
 def untrack(db: Any, dialect: str, order_ids: Sequence[int], owner: str) -> None:
