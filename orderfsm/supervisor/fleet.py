@@ -22,7 +22,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -109,6 +109,8 @@ class FleetLink:
         """The last journal version applied here, per order followed."""
         self._notes: list[Any] = []
         self._news = anyio.Event()
+        self._resumed: set[int] = set()
+        """Orders about to be tracked again from the journal's own rows (nothing to write)."""
         self._settled: list[Settled] = []
         self._told: dict[int, Verdict] = {}
         """The answer each order's last ``on_settled`` event gave."""
@@ -122,11 +124,21 @@ class FleetLink:
 
     # --- what the tracker calls --------------------------------------------------------
 
+    def resuming(self, order_id: int) -> None:
+        """The order is about to be tracked from the journal's row: the row says so
+        already, so only its past is read (a restart with thousands is quick)."""
+        self._resumed.add(order_id)
+
     def tracked(self, order: TrackedOrder) -> None:
         """A new order here: follow it in the journal, and ask for its lease."""
-        self.cursors.setdefault(order.order_id, 0)
+        order_id = order.order_id
+        self.cursors.setdefault(order_id, 0)
         order.owned = not self.follows_xsolla  # nothing to own: the journal is all it follows
-        self._queue(("track", order.order_id, order.until, order.user.external_id))
+        if order_id in self._resumed:
+            self._resumed.discard(order_id)
+            self._queue(("catch-up", order_id))
+        else:
+            self._queue(("track", order_id, order.until, order.user.external_id))
         self._lease_now.set()
 
     def advanced(self, order: TrackedOrder, change: StatusChange, raw: object) -> None:
@@ -152,6 +164,7 @@ class FleetLink:
         """The tracker dropped the order: nothing more is read or told of it."""
         self.cursors.pop(order_id, None)
         self._told.pop(order_id, None)
+        self._resumed.discard(order_id)
 
     def _settle(self, order: TrackedOrder, change: StatusChange) -> None:
         status = change.status
@@ -219,10 +232,13 @@ class FleetLink:
             self._news = anyio.Event()
             while self._notes:
                 batch, self._notes = self._notes[:BATCH], self._notes[BATCH:]
-                for item in batch:
-                    if item[0] == "track":
-                        row = await self._retrying("track", functools.partial(log.track, *item[1:]))
-                        await self._catch_up(row.order_id, row.version)
+                tracks = [item[1:] for item in batch if item[0] == "track"]
+                past = {item[1]: 0 for item in batch if item[0] == "catch-up"}
+                if tracks:
+                    rows = await self._retrying("track", functools.partial(log.track_many, tracks))
+                    past.update({row.order_id: 0 for row in rows if row.version})
+                if past:
+                    await self._catch_up(past)
                 notes = [Note(*item[1:]) for item in batch if item[0] == "note"]
                 if notes:
                     await self._retrying("record", functools.partial(log.record, notes))
@@ -257,15 +273,14 @@ class FleetLink:
                 self._apply(changes)
             everything = False
 
-    async def _catch_up(self, order_id: int, version: int) -> None:
-        """A newly followed order's past, read at once (the wake-ups only tell of news)."""
-        cursor = self.cursors.get(order_id)
-        if cursor is None or version <= cursor:
-            return
-        changes = await self._retrying(
-            "catch-up", functools.partial(self.log.catch_up, {order_id: cursor})
-        )
-        self._apply(changes)
+    async def _catch_up(self, orders: Iterable[int]) -> None:
+        """Newly followed orders' past, read at once (the wake-ups only tell of news)."""
+        cursors = {i: self.cursors[i] for i in orders if i in self.cursors}
+        if cursors:
+            changes = await self._retrying(
+                "catch-up", functools.partial(self.log.catch_up, cursors)
+            )
+            self._apply(changes)
 
     def _apply(self, changes: list[ChangeRow]) -> None:
         now = anyio.current_time()

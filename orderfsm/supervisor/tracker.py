@@ -243,9 +243,11 @@ class Tracker:
             token: TokenProvider | str | None = None
             if self.token_for is not None:
                 token = self.token_for(row.order_id, row.user_id)
+            fleet.resuming(row.order_id)
             try:
                 self.track(row.order_id, token=token, user_id=row.user_id, until=row.until)
             except ValueError as exc:  # no token for it here: another instance may have one
+                fleet.forget(row.order_id)
                 logger.warning("not resuming order %s: %s", row.order_id, exc)
 
     async def __aexit__(

@@ -73,6 +73,13 @@ class OrderLog:
         )  # fmt: skip
         return await self.journal._call(self._store.write, work, self._deadline())
 
+    async def track_many(self, entries: Sequence[tuple[int, Status, str | None]]) -> list[OrderRow]:
+        """:meth:`track` for many orders in one transaction (one commit, one thread hop)."""
+        work = functools.partial(
+            sql.track_many, dialect=self.dialect, entries=entries, now=time.time()
+        )
+        return await self.journal._call(self._store.write, work, self._deadline())
+
     async def record(self, notes: Sequence[Note]) -> list[ChangeRow]:
         work = functools.partial(
             sql.record, dialect=self.dialect, notes=notes, now=time.time(), channel=self.channel

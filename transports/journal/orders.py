@@ -121,6 +121,18 @@ def track(
     return order_from_row(row)
 
 
+def track_many(
+    db: Any,
+    dialect: str,
+    entries: Sequence[tuple[int, Status, str | None]],
+    now: float,
+) -> list[OrderRow]:
+    """:func:`track` for each (order id, goal, user id), in the one transaction."""
+    return [
+        track(db, dialect, order_id, until, user_id, now) for order_id, until, user_id in entries
+    ]
+
+
 def channel_for(schema: str) -> str:
     """The channel of the orders in ``schema`` (an identifier: only [a-z0-9_] kept)."""
     safe = "".join(c for c in schema.lower() if c.isalnum() or c == "_")
