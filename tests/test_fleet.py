@@ -9,6 +9,7 @@ processes and SIGKILL.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -252,3 +253,42 @@ async def test_postgres_restarted_every_listener_catches_up(emu: Emulator) -> No
             results = [await b.wait(order_id) for order_id in orders]
     assert [r.status for r in results] == [Status.DONE] * 3
     assert all([c.status for c in r.changes][-1] is Status.DONE for r in results)
+
+
+async def test_without_listen_a_polling_instance_still_hears_the_webhook(emu: Emulator) -> None:
+    """``journal_poll``: behind PgBouncer's transaction pooling a LISTEN hears nothing,
+    so the instance reads the journal on a timer; no session of it LISTENs."""
+    from support_postgres import postgres_server
+
+    url = postgres_server().url()
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    options = {"transports": ("journal",), "until": "paid", "fetch_details": False}
+    async with (
+        instance(url, emu, journal_poll=0.2, **options) as b,
+        receiver_for(url, emu),
+        open_journal(url) as probe,
+    ):
+        b.track(order_id)
+        await emu.set_status(order_id, "paid")
+        with anyio.fail_after(10):
+            result = await b.wait(order_id)
+
+        def listening(db: Any) -> int:
+            found = db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'LISTEN%'"
+            ).fetchone()
+            return int(found[0])
+
+        listeners = await anyio.to_thread.run_sync(
+            probe.store.read,  # type: ignore[attr-defined]
+            listening,
+            time.monotonic() + 5,
+        )
+    assert (result.status, result.source) == (Status.PAID, "webhook")
+    assert listeners == 0
+
+
+def test_a_journal_poll_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="journal_poll must be a positive"):
+        Tracker(project_id=1, journal="x.sqlite3", journal_poll=0.0)

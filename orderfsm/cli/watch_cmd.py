@@ -79,6 +79,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "and webhook receivers learn reaches this watch too",
     )
     parser.add_argument(
+        "--journal-poll",
+        type=options.positive_seconds,
+        metavar="S",
+        help="read the journal every S seconds instead of LISTENing "
+        "(PostgreSQL through PgBouncer in transaction pooling mode)",
+    )
+    parser.add_argument(
         "--until",
         choices=("done", "paid"),
         default="done",

@@ -47,6 +47,7 @@ class Watch:
                         until=args.until,
                         not_found_grace=args.not_found_grace,
                         journal=args.journal,
+                        journal_poll=args.journal_poll,
                         fetch_details=self.token is not None,
                         on_report=misconfigured.report,
                     )

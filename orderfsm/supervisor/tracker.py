@@ -93,7 +93,9 @@ class Tracker:
     refund) across the fleet, until it returns without raising;
     ``on_settled_transactional(event, connection)`` instead writes the
     application's effect in the same transaction that records the call, so it
-    happens exactly once whatever instant a process dies.
+    happens exactly once whatever instant a process dies.  ``journal_poll``
+    (seconds) reads the journal that often instead of LISTENing on PostgreSQL,
+    for a connection through PgBouncer in transaction pooling mode.
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class Tracker:
         on_settled_transactional: SettledInTransaction | None = None,
         token_for: Callable[[int, str | None], TokenProvider | str] | None = None,
         lease: float = LEASE,
+        journal_poll: float | None = None,
     ) -> None:
         unknown = set(transports) - KNOWN_TRANSPORTS
         if unknown:
@@ -130,11 +133,16 @@ class Tracker:
         settled = on_settled is not None or on_settled_transactional is not None
         if journal is None and (JOURNAL in transports or settled):
             raise ValueError("the journal transport and on_settled need journal=URL")
+        if journal_poll is not None and not journal_poll > 0:
+            raise ValueError(
+                f"journal_poll must be a positive number of seconds, got {journal_poll!r}"
+            )
         self.journal = journal
         self.on_settled = on_settled
         self.on_settled_transactional = on_settled_transactional
         self.token_for = token_for
         self.lease = lease
+        self.journal_poll = journal_poll
         self.fleet: FleetLink | None = None
         self.until = check_goal(until)
         self.not_found_grace = not_found_grace
@@ -226,7 +234,7 @@ class Tracker:
         if not isinstance(journal, Journal):
             journal = await stack.enter_async_context(open_journal(journal))
         self.fleet = FleetLink(
-            OrderLog(journal),
+            OrderLog(journal, poll=self.journal_poll),
             self._orders,
             follows_xsolla=bool(self.transports & {WEBSOCKET, POLLING}),
             on_settled=self.on_settled,

@@ -41,7 +41,7 @@ class News:
 class OrderLog:
     """The orders of one journal (SQLite or PostgreSQL: the memory journal has no fleet)."""
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, *, poll: float | None = None) -> None:
         store = journal.store
         if store.kind not in ("sqlite", "postgresql"):
             raise JournalError(
@@ -55,6 +55,9 @@ class OrderLog:
         """SQLite: the last change read (writers take turns there, see ``changes_since``)."""
         self._data_version: int | None = None
         self._waiter = anyio.CapacityLimiter(1)
+        self.poll = poll
+        """Seconds between reads of every followed order instead of PostgreSQL's LISTEN:
+        behind PgBouncer in transaction pooling a LISTEN hears nothing."""
 
     @property
     def channel(self) -> str:
@@ -140,6 +143,9 @@ class OrderLog:
 
     async def wait_for_news(self, within: float) -> News:
         """Until something may have changed, or ``within`` s."""
+        if self.poll is not None and self.dialect == "postgresql":
+            await anyio.sleep(min(self.poll, within))
+            return News(everything=True)
         if self.dialect == "postgresql":
             listen = self._store.listen  # type: ignore[attr-defined]
             ids: list[int] | None = await anyio.to_thread.run_sync(
