@@ -42,7 +42,7 @@ from bench_journal import SECRET, body, run_part, servers
 
 from orderfsm import Status
 from orderfsm.supervisor.policy import DefaultPolicy
-from orderfsm.supervisor.records import Change
+from orderfsm.supervisor.records import Change, StatusChange
 from orderfsm.supervisor.tracker import Tracker
 from orderfsm.testing import eventually
 from transports.journal import open_journal
@@ -80,7 +80,7 @@ async def send_to_waiters(
     done = anyio.Event()
 
     def on_change(change: Change) -> None:
-        if change.status is Status.PAID:
+        if isinstance(change, StatusChange) and change.status is Status.PAID:
             told.setdefault(change.order_id, time.time())
             if len(told) == count:
                 done.set()
