@@ -81,8 +81,12 @@ EXPECTED_KEYS = {
         "events_per_s",
         "centrifuge_python_peak_rss_mb",
         "centrifuge_python_events_per_s",
+        "raw_cpu_us_per_change",
+        "cpu_us_per_change",
+        "cpu_spread",
         "rss_ratio",
-        "cpu_ratio",
+        "cpu_ratio_to_peer",
+        "cpu_ratio_to_floor",
         "keeps_up",
     },
 }
@@ -99,7 +103,11 @@ NOTHING_LOST = {
         "centrifuge_python_lost",
     ),
     "bench_failover.py": ("lost",),
-    "bench_scale.py": ("lost", "duplicated", "watch_lost", "watch_duplicated"),
+    "bench_scale.py": tuple(
+        f"{client}{what}"
+        for client in ("", "watch_", "raw_", "centrifuge_python_")
+        for what in ("lost", "duplicated")
+    ),
 }
 
 
