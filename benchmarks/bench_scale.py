@@ -17,7 +17,7 @@ alone:
   pings, split lines, ``json.loads`` and count, nothing else.
 
 Ours, centrifuge-python and the raw floor run in every order once (six
-turns; ``--quick``: one), each turn on fresh users and orders, and their CPU
+turns; ``--quick``: two), each turn on fresh users and orders, and their CPU
 per change (``cpu_us_per_change``: CPU time over the publishing window per
 change delivered) is pooled over the turns; ``cpu_spread`` is the spread of
 the turns' own figures over the pooled one.  ``cpu_ratio_to_peer`` is ours /
@@ -87,7 +87,8 @@ CLIENTS = {"ours": "", "ours-watch": "watch_", "theirs": "centrifuge_python_", "
 """The clients and their figures' prefixes: ours (``on_change``); ours with a
 ``watch`` task per order; centrifuge-python; the raw aiohttp floor."""
 CPU_TURNS = list(itertools.permutations(("ours", "theirs", "raw")))
-"""Every order of the three once (``--quick``: the first): one child run's CPU per
+"""Every order of the three once (``--quick``: the first and the last, so the spread
+is still measured): one child run's CPU per
 change moves by a quarter from the next on a shared machine, so the ratios come
 from pooled, balanced turns, as in bench_latency."""
 
@@ -267,10 +268,10 @@ def write_plan(orders: Orders) -> str:
 
 
 async def one_run(
-    which: str, emu: EmulatorClient, users: int, per_user: int, rate: float
+    which: str, turn: int, emu: EmulatorClient, users: int, per_user: int, rate: float
 ) -> dict[str, Any]:
     """One client's child run on fresh users and orders: its figures, unprefixed."""
-    orders = await create_orders(emu, f"scale-{which}", users, per_user)
+    orders = await create_orders(emu, f"scale-{which}-{turn}", users, per_user)
     plan_file = write_plan(orders)
     try:
         figures, late = await run_child(which, emu, orders, rate, plan_file)
@@ -331,7 +332,7 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def measure(users: int, per_user: int, rate: float, quick: bool) -> dict[str, Any]:
-    turns = CPU_TURNS[:1] if quick else CPU_TURNS
+    turns = [CPU_TURNS[0], CPU_TURNS[-1]] if quick else CPU_TURNS
     result: dict[str, Any] = {
         "benchmark": "scale",
         "orders": users * per_user,
@@ -346,9 +347,9 @@ async def measure(users: int, per_user: int, rate: float, quick: bool) -> dict[s
     }
     runs: dict[str, list[dict[str, Any]]] = {which: [] for which in CLIENTS}
     async with EmulatorProcess(gc=EMULATOR_GC) as emu:
-        for turn in [*turns, ("ours-watch",)]:
+        for number, turn in enumerate([*turns, ("ours-watch",)]):
             for which in turn:
-                runs[which].append(await one_run(which, emu, users, per_user, rate))
+                runs[which].append(await one_run(which, number, emu, users, per_user, rate))
     for which, prefix in CLIENTS.items():
         result.update({f"{prefix}{k}": v for k, v in pooled(runs[which]).items()})
     theirs, raw = CLIENTS["theirs"], CLIENTS["raw"]

@@ -9,6 +9,7 @@ processes and SIGKILL.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -261,11 +262,12 @@ async def test_without_listen_a_polling_instance_still_hears_the_webhook(emu: Em
     from support_postgres import postgres_server
 
     url = postgres_server().url()
+    tag = f"no-listen-{secrets.token_hex(4)}"
     user = await emu.create_user()
     order_id = await emu.create_order(user)
     options = {"transports": ("journal",), "until": "paid", "fetch_details": False}
     async with (
-        instance(url, emu, journal_poll=0.2, **options) as b,
+        instance(f"{url}&application_name={tag}", emu, journal_poll=0.2, **options) as b,
         receiver_for(url, emu),
         open_journal(url) as probe,
     ):
@@ -274,18 +276,22 @@ async def test_without_listen_a_polling_instance_still_hears_the_webhook(emu: Em
         with anyio.fail_after(10):
             result = await b.wait(order_id)
 
-        def listening(db: Any) -> int:
+        def sessions_of_b(db: Any) -> tuple[int, int]:
+            # Only B's sessions: other tests' trackers may still be closing theirs.
             found = db.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE query ILIKE 'LISTEN%'"
+                "SELECT count(*), count(*) FILTER (WHERE query ILIKE 'LISTEN%%')"
+                " FROM pg_stat_activity WHERE application_name = %s",
+                (tag,),
             ).fetchone()
-            return int(found[0])
+            return int(found[0]), int(found[1])
 
-        listeners = await anyio.to_thread.run_sync(
+        sessions, listeners = await anyio.to_thread.run_sync(
             probe.store.read,  # type: ignore[attr-defined]
-            listening,
+            sessions_of_b,
             time.monotonic() + 5,
         )
     assert (result.status, result.source) == (Status.PAID, "webhook")
+    assert sessions > 0, "the tag must find B's sessions, or the next check proves nothing"
     assert listeners == 0
 
 

@@ -407,7 +407,7 @@ def test_each_health_report_names_the_source_the_moment_and_the_reason() -> None
         Health.STOPPED,
         "polling",
         14.0,
-        "final status done",
+        "settled: done",
     )
 
 
