@@ -64,11 +64,16 @@ def emu() -> Iterator[Emulator]:
 
 @asynccontextmanager
 async def open_pool(
-    emu: Emulator, shell: MakeSocketFactory | None, **config: Any
+    emu: Emulator, shell: MakeSocketFactory | None, linger: float = 0.0, **config: Any
 ) -> AsyncIterator[WebSocketPool]:
+    """``linger=0`` unless a test is about lingering: a socket closes with its last order."""
     settings = EngineConfig(project_id=emu.project_id, **{**FAST, **config})
     async with WebSocketPool(
-        project_id=emu.project_id, url=emu.ws_url, config=settings, socket_factory=shell
+        project_id=emu.project_id,
+        url=emu.ws_url,
+        config=settings,
+        socket_factory=shell,
+        linger=linger,
     ) as pool:
         yield pool
 
@@ -329,6 +334,113 @@ async def test_last_detach_closes_the_socket_and_a_new_attach_reopens(
         assert old.closed_at is not None and new.opened_at >= old.closed_at
         assert old.close_code == 1000
     assert len(one.observations) == 1 and len(two.observations) == 1  # nothing after detach
+
+
+async def test_an_idle_socket_lingers_and_the_same_players_next_order_reuses_it(
+    emu: Emulator, shell: MakeSocketFactory | None
+) -> None:
+    """The player buys again soon: no second socket, no reconnect, no history read."""
+    user = await emu.create_user("alice")
+    first = await emu.create_order(user)
+    async with open_pool(emu, shell, linger=60.0) as pool:
+        tokens = Tokens(user.token)
+        one = RecordingSink()
+        pool.attach(first, one, token=tokens, user_id="alice")
+        await one.wait_for(has("new"))
+        await emu.set_status(first, "canceled")
+        await one.wait_for(has("new", "canceled"))  # a final status: the order let go
+        [idle] = pool.connections()
+        assert (idle.orders, idle.attachments, idle.health) == (0, 0, Health.HEALTHY)
+        second = await emu.create_order(user)  # published on the idle socket
+        two = RecordingSink()
+        pool.attach(second, two, token=tokens, user_id="alice")
+        await two.wait_for(has("new"))
+        await emu.set_status(second, "paid")
+        await two.wait_for(has("new", "paid"))
+        [conn] = await emu.connections(user)
+        assert conn.state != "closed"
+        assert [(i.orders, i.sockets_opened) for i in pool.connections()] == [(1, 1)]
+        assert tokens.calls == 1
+
+
+async def test_a_lingering_socket_closes_after_linger_unless_an_order_came_back(
+    emu: Emulator, shell: MakeSocketFactory | None
+) -> None:
+    user = await emu.create_user("alice")
+    first, second = await emu.create_order(user), await emu.create_order(user)
+    async with open_pool(emu, shell, linger=0.3) as pool:
+        a = pool.attach(first, RecordingSink(), token=user.token, user_id="alice")
+        a.detach()  # idle: closes in 0.3 s unless an order comes back
+        two = RecordingSink()
+        b = pool.attach(second, two, token=user.token, user_id="alice")
+        await anyio.sleep(0.6)  # past the first idle spell, with an order attached
+        [conn] = await emu.connections(user)
+        assert conn.state != "closed" and pool.connections()[0].attachments == 1
+        await emu.set_status(second, "paid")
+        await two.wait_for(has("new", "paid"))
+        b.detach()
+        await wait_closed(emu, "alice", 1)
+        assert pool.connections() == []
+        [conn] = await emu.connections(user)
+        assert conn.close_code == 1000
+
+
+async def test_leaving_the_pool_closes_lingering_sockets_at_once(
+    emu: Emulator, shell: MakeSocketFactory | None
+) -> None:
+    user = await emu.create_user("alice")
+    order = await emu.create_order(user)
+    with anyio.fail_after(5):  # not the hour of lingering
+        async with open_pool(emu, shell, linger=3600.0) as pool:
+            sink = RecordingSink()
+            attachment = pool.attach(order, sink, token=user.token, user_id="alice")
+            await sink.wait_for(has("new"))
+            attachment.detach()
+            assert len(pool.connections()) == 1
+    await wait_closed(emu, "alice", 1)
+
+
+async def test_a_socket_given_up_closes_without_lingering(
+    emu: Emulator, shell: MakeSocketFactory | None
+) -> None:
+    """``detach(linger=False)``: the tracker gives the socket up (its lifespan is over)."""
+    user = await emu.create_user("alice")
+    order = await emu.create_order(user)
+    async with open_pool(emu, shell, linger=3600.0) as pool:
+        sink = RecordingSink()
+        attachment = pool.attach(order, sink, token=user.token, user_id="alice")
+        await sink.wait_for(has("new"))
+        attachment.detach(linger=False)
+        assert pool.connections() == []
+        await wait_closed(emu, "alice", 1)
+
+
+async def test_a_lingering_socket_that_fails_is_not_handed_to_the_next_order(
+    emu: Emulator, shell: MakeSocketFactory | None
+) -> None:
+    user = await emu.create_user("alice")
+    first, second = await emu.create_order(user), await emu.create_order(user)
+    async with open_pool(emu, shell, linger=3600.0) as pool:
+        one = RecordingSink()
+        pool.attach(first, one, token=user.token, user_id="alice").detach()
+        with anyio.fail_after(5):
+            while pool.connections()[0].health is not Health.HEALTHY:  # noqa: ASYNC110 (a snapshot)
+                await anyio.sleep(0.02)
+        await emu.close_connections(user, 3503, "force disconnect")  # no reconnect
+        await wait_closed(emu, "alice", 1)
+        with anyio.fail_after(5):
+            while pool.connections():  # noqa: ASYNC110 (a snapshot)
+                await anyio.sleep(0.02)
+        two = RecordingSink()
+        pool.attach(second, two, token=user.token, user_id="alice")
+        await two.wait_for(has("new"))
+        assert healths(two) == [Health.CONNECTING, Health.HEALTHY]
+        assert len(await emu.connections(user)) == 2
+
+
+def test_linger_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="linger"):
+        WebSocketPool(project_id=1, linger=-1.0)
 
 
 async def test_leaving_the_pool_stops_every_connection(

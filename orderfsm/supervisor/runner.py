@@ -190,7 +190,9 @@ class Scheduler:
                 user_key=order.user,
             )
         elif not plan.websocket and order.attachment is not None:
-            order.attachment.detach()
+            # The socket is given up (its lifespan is over, or it failed), not
+            # done with: it closes now rather than lingering for a next order.
+            order.attachment.detach(linger=False)
             order.attachment = None
         poller = order.poller
         if poller is not None and poller[1] != plan.poll_interval:

@@ -108,7 +108,7 @@ class Connection:
         token: TokenProvider | str,
         sockets: SocketFactory,
         *,
-        on_idle: Callable[[Connection], None],
+        on_idle: Callable[[Connection, bool], None],
         on_closed: Callable[[Connection], None],
         label: str = "",
         after: anyio.Event | None = None,
@@ -151,8 +151,8 @@ class Connection:
         report = HealthReport(WEBSOCKET, self.health, anyio.current_time(), self.reason, self.error)
         return self._subscribers.attach(order_id, sink, report)
 
-    def release(self, attachment: Attachment) -> None:
-        self._subscribers.release(attachment)
+    def release(self, attachment: Attachment, linger: bool = True) -> None:
+        self._subscribers.release(attachment, linger)
 
     def stop(self) -> None:
         """Close on purpose: the socket is closed gracefully (shielded), sinks

@@ -3,10 +3,11 @@
 Xsolla publishes every order status of a user on that user's channel, so one
 socket serves all of the user's tracked orders.  The pool starts a user's
 :class:`~transports.centrifuge.connection.Connection` on the first
-:meth:`WebSocketPool.attach` and closes it when the last attachment goes
-(detached, or its order reached a final status).  A connection of the same
-key that is still closing delays its successor's first socket, so a user
-never has two sockets open because of us.
+:meth:`WebSocketPool.attach` and closes it ``linger`` seconds after the last
+attachment goes (detached, or its order reached a final status), unless an
+attach came back in between.  A connection of the same key that is still
+closing delays its successor's first socket, so a user never has two sockets
+open because of us.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from transports.centrifuge.shells import default_socket_factory
 from transports.centrifuge.socket import MakeSocketFactory, SocketFactory
 
 DEFAULT_WS_URL = DEFAULT_ENDPOINT
+DEFAULT_LINGER = 30.0
+"""Seconds a user's socket stays open after their last order ends: a player who
+buys again soon (common) reuses it, with no reconnect and no history read."""
 
 
 class PoolClosed(OrderFsmError, RuntimeError):
@@ -50,7 +54,9 @@ class WebSocketPool:
     ``endpoint`` are replaced by the pool's, its ``user_external_id`` by each
     attach's ``user_id``).  ``random`` draws the reconnect jitter.
     ``socket_factory`` forces a shell (e.g. ``HttpxSocketFactory`` on asyncio);
-    by default aiohttp runs on asyncio and httpx-ws elsewhere.
+    by default aiohttp runs on asyncio and httpx-ws elsewhere.  ``linger``: how
+    long an idle user's socket stays open (0: close at once); leaving the pool
+    closes every socket at once, lingering or not.
     """
 
     def __init__(
@@ -61,7 +67,10 @@ class WebSocketPool:
         config: EngineConfig | None = None,
         random: Callable[[], float] | None = None,
         socket_factory: MakeSocketFactory | None = None,
+        linger: float = DEFAULT_LINGER,
     ) -> None:
+        if not linger >= 0:
+            raise ValueError(f"linger must not be negative, got {linger}")
         base = config if config is not None else EngineConfig(project_id=project_id)
         self.project_id = project_id
         self.url = url
@@ -72,6 +81,11 @@ class WebSocketPool:
         self._tg: TaskGroup | None = None
         self._live: dict[tuple[Hashable, ...], Connection] = {}
         self._closing: dict[tuple[Hashable, ...], Connection] = {}
+        self.linger = linger
+        self._lingering: dict[Connection, int] = {}
+        """Idle connections, each with the number of the idle spell its timer ends."""
+        self._spells = itertools.count()
+        self._leaving: anyio.Event | None = None
         self._numbers = itertools.count(1)
         self._counters = ConnectionCounters()
 
@@ -85,6 +99,7 @@ class WebSocketPool:
             await sockets.__aexit__(type(exc), exc, exc.__traceback__)
             raise
         self._sockets, self._tg = sockets, tg
+        self._leaving = anyio.Event()
         return self
 
     async def __aexit__(
@@ -95,6 +110,9 @@ class WebSocketPool:
     ) -> None:
         tg, sockets = self._tg, self._sockets
         self._tg = None  # no more attaches
+        if self._leaving is not None:
+            self._leaving.set()  # lingering ends now
+        self._lingering.clear()
         for connection in [*self._live.values(), *self._closing.values()]:
             connection.stop()
         self._live.clear()
@@ -132,6 +150,8 @@ class WebSocketPool:
         connection = self._live.get(key)
         if connection is None:
             connection = self._start(key, token, user_id)
+        elif self._lingering:
+            self._lingering.pop(connection, None)
         return connection.attach(order_id, sink)
 
     def reconnect_all(self, reason: str) -> None:
@@ -176,7 +196,24 @@ class WebSocketPool:
         self._tg.start_soon(connection.run, name=f"orderfsm websocket #{number}")
         return connection
 
-    def _idle(self, connection: Connection) -> None:
+    def _idle(self, connection: Connection, linger: bool) -> None:
+        tg, leaving = self._tg, self._leaving
+        lingers = linger and self.linger > 0 and not connection.closed.is_set()
+        if tg is None or leaving is None or not lingers:  # (a closed one failed)
+            self._close(connection)
+            return
+        spell = next(self._spells)
+        self._lingering[connection] = spell
+        tg.start_soon(self._linger, connection, spell, leaving)
+
+    async def _linger(self, connection: Connection, spell: int, leaving: anyio.Event) -> None:
+        with anyio.move_on_after(self.linger):
+            await leaving.wait()
+        if self._lingering.get(connection) == spell:  # not attached again, pool still open
+            del self._lingering[connection]
+            self._close(connection)
+
+    def _close(self, connection: Connection) -> None:
         if self._live.get(connection.key) is connection:
             del self._live[connection.key]
         if not connection.closed.is_set():
@@ -186,3 +223,7 @@ class WebSocketPool:
     def _closed(self, connection: Connection) -> None:
         if self._closing.get(connection.key) is connection:
             del self._closing[connection.key]
+        lingered = self._lingering.pop(connection, None) is not None
+        if lingered and self._live.get(connection.key) is connection:
+            # It ended on its own (failed) while idle: the next attach starts afresh.
+            del self._live[connection.key]

@@ -29,7 +29,7 @@ REMEMBERED_ORDERS = 1_000
 
 
 class _Owner(Protocol):
-    def release(self, attachment: Attachment) -> None: ...
+    def release(self, attachment: Attachment, linger: bool = True) -> None: ...
 
 
 class Attachment:
@@ -43,24 +43,26 @@ class Attachment:
         self.sink = sink
         self.detached = False
 
-    def detach(self) -> None:
+    def detach(self, *, linger: bool = True) -> None:
         """Stop delivering to this sink (idempotent).  The connection closes when
-        its last attachment detaches; that also happens by itself after a final
-        status was delivered."""
+        its last attachment detaches (after the pool's ``linger``, or at once with
+        ``linger=False``: the socket is given up, not just done with); that also
+        happens by itself after a final status was delivered."""
         if not self.detached:
             self.detached = True
-            self._owner.release(self)
+            self._owner.release(self, linger)
 
 
 class Subscribers:
     """The attachments of one connection, by order id, and what they were told.
 
-    ``on_idle`` is called (with no argument) when the last attachment goes.
+    ``on_idle`` is called when the last attachment goes, with the ``linger`` of
+    that last detach.
     """
 
     __slots__ = ("_attachments", "_on_idle", "_orders", "_seen")
 
-    def __init__(self, on_idle: Callable[[], None]) -> None:
+    def __init__(self, on_idle: Callable[[bool], None]) -> None:
         self._on_idle = on_idle
         self._orders: dict[int, list[Attachment]] = {}
         self._attachments = 0
@@ -86,7 +88,7 @@ class Subscribers:
             self._observe(attachment, observation)
         return attachment
 
-    def release(self, attachment: Attachment) -> None:
+    def release(self, attachment: Attachment, linger: bool = True) -> None:
         attachments = self._orders.get(attachment.order_id)
         if attachments is None or attachment not in attachments:
             return
@@ -95,7 +97,7 @@ class Subscribers:
             del self._orders[attachment.order_id]
         self._attachments -= 1
         if self._attachments == 0:
-            self._on_idle()
+            self._on_idle(linger)
 
     def deliver(self, publication: OrderPublication) -> None:
         """Hand the status to the order's sinks, then remember it (the hot path:
