@@ -38,9 +38,11 @@ line.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gc
 import itertools
 import json
+import pstats
 import resource
 import statistics
 import sys
@@ -66,6 +68,7 @@ from _common import (
     run,
     run_schedule,
 )
+from _profile import by_layer
 from _raw_client import RawFleet
 
 from orderfsm.supervisor.records import Change, StatusChange
@@ -81,6 +84,7 @@ FLOORS = {
 limit of ``events_per_s``).  The CPU floors are issue 19's targets: below
 centrifuge-python by 15%, and within 1.7x of the raw floor (about 2.3 when set)."""
 STATUSES = ("paid", "done")
+PROFILE_KEYS = ("profiled_s", "layer_share", "calls_per_change", "busiest", "gc_share")
 EMULATOR_GC = "frozen"
 DRAIN_TIMEOUT = 60.0
 CLIENTS = {"ours": "", "ours-watch": "watch_", "theirs": "centrifuge_python_", "raw": "raw_"}
@@ -131,8 +135,9 @@ class GcPauses:
             self.pauses.append(time.perf_counter() - self._started)
 
 
-async def tell_parent_and_wait(counter: Deliveries) -> dict[str, Any]:
-    """Say ``ready``, wait for ``go`` on stdin, then for every change (bounded)."""
+async def tell_parent_and_wait(counter: Deliveries, profile: bool = False) -> dict[str, Any]:
+    """Say ``ready``, wait for ``go`` on stdin, then for every change (bounded);
+    with ``profile``, the window runs under cProfile and the figures say by layer."""
     gc.collect()
     tracked = len(gc.get_objects())
     rss_ready = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -140,16 +145,27 @@ async def tell_parent_and_wait(counter: Deliveries) -> dict[str, Any]:
     gc.callbacks.append(pauses)
     print("ready", flush=True)
     await anyio.to_thread.run_sync(sys.stdin.readline)
+    # CPU time, not wall time: waiting in epoll is not a cost.
+    profiler = cProfile.Profile(time.process_time) if profile else None
     cpu = time.process_time()
     pauses.recording = True
+    if profiler is not None:
+        profiler.enable()
     with anyio.move_on_after(DRAIN_TIMEOUT):
         await counter.complete.wait()
+    if profiler is not None:
+        profiler.disable()
     pauses.recording = False
     gc.callbacks.remove(pauses)
-    return {
+    window_cpu = time.process_time() - cpu
+    layers = {}
+    if profiler is not None:
+        layers = by_layer(pstats.Stats(profiler), len(counter.keys))
+        layers["gc_share"] = round(sum(pauses.pauses) / window_cpu, 3) if window_cpu else 0.0
+    return layers | {
         "rss_ready_mb": round(rss_ready, 1),
         "gc_objects": tracked,
-        "window_cpu_s": round(time.process_time() - cpu, 3),
+        "window_cpu_s": round(window_cpu, 3),
         "window_gc_s": round(sum(pauses.pauses), 3),
         "gc_max_pause_ms": round(max(pauses.pauses, default=0.0) * 1000, 1),
         "delivered": len(counter.keys),
@@ -160,7 +176,11 @@ async def tell_parent_and_wait(counter: Deliveries) -> dict[str, Any]:
 
 
 async def child_ours(
-    emu: EmulatorClient, users: list[User], by_user: dict[str, list[int]], via_watch: bool
+    emu: EmulatorClient,
+    users: list[User],
+    by_user: dict[str, list[int]],
+    via_watch: bool,
+    profile: bool,
 ) -> dict[str, Any]:
     project_id = int((await emu.info())["project_id"])
     owner = {oid: u for u in users for oid in by_user[u.external_id]}
@@ -171,7 +191,7 @@ async def child_ours(
             counter.hit((change.order_id, change.status.value))
 
     async with following(emu, project_id, owner, on_change, via_watch=via_watch):
-        return await tell_parent_and_wait(counter)
+        return await tell_parent_and_wait(counter, profile)
 
 
 async def child_peer(
@@ -194,7 +214,7 @@ async def child_peer(
         return await tell_parent_and_wait(counter)
 
 
-def child_main(which: str, base_url: str, plan_file: str) -> int:
+def child_main(which: str, base_url: str, plan_file: str, profile: bool) -> int:
     plan = json.loads(Path(plan_file).read_text())
     users = [User(**u) for u in plan["users"]]
     by_user = {k: list(v) for k, v in plan["by_user"].items()}
@@ -203,7 +223,7 @@ def child_main(which: str, base_url: str, plan_file: str) -> int:
         result = anyio.run(child_peer, emu, users, by_user, which == "raw", backend="asyncio")
     else:
         via_watch = which == "ours-watch"
-        result = anyio.run(child_ours, emu, users, by_user, via_watch, backend="asyncio")
+        result = anyio.run(child_ours, emu, users, by_user, via_watch, profile, backend="asyncio")
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["cpu_s"] = round(
         usage.ru_utime + usage.ru_stime, 3
@@ -217,7 +237,7 @@ def child_main(which: str, base_url: str, plan_file: str) -> int:
 
 
 async def run_child(
-    which: str, emu: EmulatorClient, orders: Orders, rate: float, plan_file: str
+    which: str, emu: EmulatorClient, orders: Orders, rate: float, plan_file: str, profile: bool
 ) -> tuple[dict[str, Any], float]:
     """Start the child, publish once it is ready, return its figures and the lateness."""
     command = [
@@ -229,6 +249,7 @@ async def run_child(
         emu.base_url,
         "--plan",
         plan_file,
+        *(["--profile"] if profile else []),
     ]
     async with await anyio.open_process(command, stderr=None) as process:
         assert process.stdin is not None and process.stdout is not None
@@ -268,13 +289,19 @@ def write_plan(orders: Orders) -> str:
 
 
 async def one_run(
-    which: str, turn: int, emu: EmulatorClient, users: int, per_user: int, rate: float
+    which: str,
+    turn: int,
+    emu: EmulatorClient,
+    users: int,
+    per_user: int,
+    rate: float,
+    profile: bool = False,
 ) -> dict[str, Any]:
     """One client's child run on fresh users and orders: its figures, unprefixed."""
     orders = await create_orders(emu, f"scale-{which}-{turn}", users, per_user)
     plan_file = write_plan(orders)
     try:
-        figures, late = await run_child(which, emu, orders, rate, plan_file)
+        figures, late = await run_child(which, emu, orders, rate, plan_file, profile)
     finally:
         await anyio.Path(plan_file).unlink()
     pubs = [
@@ -300,7 +327,7 @@ async def one_run(
         "events_per_s": round(figures["delivered"] / span) if span > 0 else 0,
         "achieved_publish_rate_per_s": round(publish_rate(pubs)),
         "scripts_late_s": round(late, 3),
-    }
+    } | {k: figures[k] for k in PROFILE_KEYS if k in figures}
 
 
 def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -360,16 +387,31 @@ async def measure(users: int, per_user: int, rate: float, quick: bool) -> dict[s
     return result
 
 
+async def profile_ours(users: int, per_user: int, rate: float) -> dict[str, Any]:
+    async with EmulatorProcess(gc=EMULATOR_GC) as emu:
+        figures = await one_run("ours", 0, emu, users, per_user, rate, profile=True)
+    return {"benchmark": "scale-profile", "orders": users * per_user} | figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for the test suite")
     parser.add_argument("--child", choices=list(CLIENTS), help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     parser.add_argument("--plan", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="one turn of ours under cProfile: where its CPU goes, by layer (one JSON line)",
+    )
     args = parser.parse_args(argv)
     if args.child:
-        return child_main(args.child, args.base_url, args.plan)
+        return child_main(args.child, args.base_url, args.plan, args.profile)
     users, per_user, rate = (50, 10, 1000.0) if args.quick else (1000, 10, 5000.0)
+    if args.profile:
+        figures = anyio.run(profile_ours, users, per_user, rate, backend="asyncio")
+        print(json.dumps(figures), flush=True)
+        return 0 if figures["lost"] == figures["duplicated"] == 0 else 1
     result = anyio.run(measure, users, per_user, rate, args.quick, backend="asyncio")
     result["quick"] = args.quick
     return emit(result, FLOORS, args.quick)

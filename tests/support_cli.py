@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -31,14 +32,22 @@ def watch_args(emu: Emulator, order_id: int, *extra: str) -> list[str]:
 
 
 def start(args: list[str], **env: str) -> subprocess.Popen[str]:
-    """``orderfsm ARGS`` with its output piped and ``env`` added to this environment."""
+    """``orderfsm ARGS`` with its output piped and ``env`` added to this environment.
+
+    Ctrl-C acts as in a terminal even when the suite runs as a background job
+    (whose shell ignores SIGINT, which its children would inherit)."""
     return subprocess.Popen(
         [*COMMAND, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **env},
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:

@@ -140,3 +140,22 @@ def test_benchmark_quick_run_prints_one_json_line(script: str) -> None:
         assert figures[key] == 0, (key, figures[key])
     assert set(figures["floors_met"]) <= figures.keys()
     assert figures.get("honest_failures", {}) == {}
+
+
+def test_the_scale_profile_says_where_our_cpu_goes_by_layer() -> None:
+    """The README's profile by layer comes from this flag, so it must cover our layers."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--quick", "--profile"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    [line] = result.stdout.strip().splitlines()
+    figures = json.loads(line)
+    shares = figures["layer_share"]
+    assert abs(sum(shares.values()) - 1) < 0.01, shares
+    for layer in ("centrifuge engine (sans-io)", "websocket driver", "supervisor", "core"):
+        assert shares.get(layer, 0) > 0, (layer, shares)
+    assert figures["calls_per_change"] > 0 and figures["lost"] == figures["duplicated"] == 0
