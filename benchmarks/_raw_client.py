@@ -40,7 +40,8 @@ class RawFleet:
         self._tg: TaskGroup | None = None
 
     async def __aenter__(self) -> RawFleet:
-        self._session = aiohttp.ClientSession()
+        # No connection limit: each WebSocket holds one (aiohttp's default is 100).
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         for user in self.users:

@@ -43,12 +43,15 @@ What counts as a leak:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -92,6 +95,9 @@ class Options:
     sabotage: str | None = None
     verbose: bool = False
     progress: bool = False
+    fleet: str | None = None
+    """``sqlite`` or ``postgresql``: each schedule's tracker writes a journal of
+    its own, and a second, journal-only tracker follows the same orders."""
 
     @property
     def seeds(self) -> range:
@@ -179,6 +185,7 @@ class Tally:
             "schedule_seconds_mean": round(sum(durations) / len(durations), 3),
             "schedule_seconds_p99": round(durations[math.ceil(0.99 * len(durations)) - 1], 3),
             "backend": backend,
+            "fleet": options.fleet,
             "concurrency": options.concurrency,
             "first_seed": options.first_seed,
             "faults": dict(sorted(self.faults.items())),
@@ -202,7 +209,11 @@ async def run_soak(options: Options) -> dict[str, Any]:
     router = WebhookRouter()
     receiver = WebhookReceiver(SECRET, sink=router)
     seeds = list(options.seeds)
-    async with serve_receiver(receiver) as webhook_url, anyio.create_task_group() as background:
+    async with (
+        serve_receiver(receiver) as webhook_url,
+        anyio.create_task_group() as background,
+        _journals(options.fleet) as journal,
+    ):
         with TaskProbe() as probe:
             for at in range(0, len(seeds), options.recycle):
                 await _one_emulator(
@@ -211,12 +222,38 @@ async def run_soak(options: Options) -> dict[str, Any]:
                     tally,
                     webhook_url,
                     lambda emu: Harness(
-                        emu, router, probe, 12345, background, sabotage=options.sabotage
+                        emu,
+                        router,
+                        probe,
+                        12345,
+                        background,
+                        sabotage=options.sabotage,
+                        journal=journal,
                     ),
                 )
         background.cancel_scope.cancel()
     backend = "asyncio" if on_asyncio() else "trio"
     return tally.report(options, backend, time.perf_counter() - started)
+
+
+@contextlib.asynccontextmanager
+async def _journals(fleet: str | None) -> AsyncIterator[Callable[[int], str] | None]:
+    """A new journal per schedule: SQLite files in a temporary folder, or schemas
+    of a temporary PostgreSQL server (started in a thread: it takes seconds)."""
+    if fleet is None:
+        yield None
+    elif fleet == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="soak-fleet-") as folder:
+            yield lambda seed: str(Path(folder) / f"journal-{seed}.sqlite3")
+    else:
+        from transports.journal.testing import TemporaryPostgres
+
+        # Two trackers per schedule, each with a connection pool and a listener.
+        server = await anyio.to_thread.run_sync(TemporaryPostgres, "max_connections=1000")
+        try:
+            yield lambda seed: server.url()
+        finally:
+            await anyio.to_thread.run_sync(server.close)
 
 
 async def _one_emulator(
@@ -281,6 +318,13 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Options, str]:
     parser.add_argument("--recycle", type=int, default=1000, help=argparse.SUPPRESS)
     parser.add_argument("--verbose", action="store_true", help="print each schedule (stderr)")
     parser.add_argument("--progress", action="store_true", help="progress lines (stderr)")
+    parser.add_argument(
+        "--fleet",
+        choices=("sqlite", "postgresql"),
+        default=None,
+        help="a journal per schedule, and a second (journal-only) tracker that must see "
+        "what the first saw",
+    )
     parser.add_argument("--sabotage", choices=SABOTAGES, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     options = Options(
@@ -292,6 +336,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Options, str]:
         sabotage=args.sabotage,
         verbose=args.verbose,
         progress=args.progress,
+        fleet=args.fleet,
     )
     if args.seed is not None:
         options = attrs.evolve(options, schedules=1, first_seed=args.seed, concurrency=1)

@@ -218,3 +218,25 @@ def _check_sequence(
             positions.append(truth.path.index(status))
     if positions != sorted(positions):
         wrong.append(f"{label}: {statuses} goes against the truth {list(truth.path)}")
+
+
+def fleet_verdict(truth: Truth, mine: Verdict, seen: Seen, peer: Seen) -> Verdict:
+    """``--fleet``: another instance followed the order through the journal alone.
+
+    It is judged against the truth by the same rules, and must settle as this
+    instance did: the journal carries every change one instance applies to all.
+    """
+    theirs = judge(truth, peer)
+    reasons = [f"peer: {r}" for r in theirs.reasons]
+    here, there = seen.result, peer.result
+    differ = False
+    if here is not None and there is not None and here.status is not there.status:
+        differ = True
+        reasons.append(f"peer: settled {there.status}, this instance {here.status}")
+    return Verdict(
+        lost=mine.lost or theirs.lost,
+        duplicated=mine.duplicated or theirs.duplicated,
+        wrong=mine.wrong or theirs.wrong or differ,
+        reasons=(*mine.reasons, *reasons),
+        final_source=mine.final_source,
+    )

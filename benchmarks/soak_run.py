@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import cast
 
 import anyio
@@ -19,7 +19,7 @@ import attrs
 from anyio.abc import TaskGroup
 from soak_env import SCHEDULE, TaskProbe, WebhookRouter, settle
 from soak_faults import Player
-from soak_judge import Seen, Truth, Verdict, judge
+from soak_judge import Seen, Truth, Verdict, fleet_verdict, judge
 from soak_schedule import Schedule
 from soak_stats import Counted, stats_mismatches
 
@@ -58,6 +58,10 @@ class Harness:
     background: TaskGroup
     """Outlives the schedules (used only by the ``leak`` sabotage)."""
     sabotage: str | None = None
+    journal: Callable[[int], str] | None = None
+    """``--fleet``: a new journal URL for a schedule's seed.  A second tracker
+    (another instance: journal only, no transport of its own) follows the same
+    orders, and must see what the first one saw (``fleet_verdict``)."""
 
 
 @attrs.frozen
@@ -106,6 +110,11 @@ class _Order:
     wait_error: str | None = None
     wait_exception: BaseException | None = None
     reports: list[str] = attrs.Factory(list)
+    peer_watched: list[Change] = attrs.Factory(list)
+    """The other instance's ``watch`` (``--fleet``)."""
+    peer_watch_error: str | None = None
+    peer_result: FinalResult | None = None
+    peer_wait_error: str | None = None
 
 
 def _policy(schedule: Schedule, sabotage: str | None) -> DefaultPolicy:
@@ -141,11 +150,13 @@ async def run_schedule(h: Harness, schedule: Schedule) -> Outcome:
         user = users[plan.user]
         order_id = await emu.create_order(user, publish=plan.publish_new)
         orders.append(_Order(index, order_id, user, ["new"]))
+    journal = None if h.journal is None else h.journal(schedule.seed)
     tracker = Tracker(
         project_id=h.project_id,
         ws_url=emu.ws_url,
         api_url=emu.api_url,
         transports=("websocket", "polling", "webhook"),
+        journal=journal,
         policy=_policy(schedule, h.sabotage),
         websocket_options={
             "config": EngineConfig(
@@ -161,6 +172,18 @@ async def run_schedule(h: Harness, schedule: Schedule) -> Outcome:
         details_timeout=1.0,
         until=schedule.timings.until,
         sleep_clock=(clock := SteppedClock()),
+    )
+    peer = (
+        None
+        if journal is None
+        else Tracker(
+            project_id=h.project_id,
+            transports=("journal",),
+            journal=journal,
+            policy=_policy(schedule, h.sabotage),
+            fetch_details=False,
+            until=schedule.timings.until,
+        )
     )
     for order in orders:
         h.router.register(order.order_id, tracker)
@@ -192,12 +215,15 @@ async def run_schedule(h: Harness, schedule: Schedule) -> Outcome:
             async with (
                 anyio.create_task_group() as following,
                 tracker,
+                contextlib.nullcontext() if peer is None else peer,
                 anyio.create_task_group() as driver,
             ):
                 driver.start_soon(player.play)
                 async with anyio.create_task_group() as followers:
                     for order in orders:
                         followers.start_soon(_follow, h, schedule, tracker, order, start, following)
+                        if peer is not None:
+                            followers.start_soon(_follow_peer, schedule, peer, order, start)
                 # What comes after the settlements (a refund) must be heard too:
                 # every step played, every webhook sent so far answered.
                 await player.steps_played.wait()
@@ -253,6 +279,15 @@ async def run_schedule(h: Harness, schedule: Schedule) -> Outcome:
                     f"the first saw {[str(c) for c in order.watched]}",
                 ),
             )
+        if peer is not None:
+            peer_seen = Seen(
+                tuple(order.peer_watched),
+                order.peer_watch_error,
+                order.peer_result,
+                order.peer_wait_error,
+                None,
+            )
+            verdict = fleet_verdict(truth, verdict, seen, peer_seen)
         trail: tuple[str, ...] = ()
         if not verdict.ok:
             changes = [f"{c.at - start:.3f} {_brief(c)}" for c in order.watched]
@@ -339,11 +374,9 @@ async def _follow(
         order.late_error = await _watch(tracker, order.order_id, order.late)
 
     async def wait() -> None:
-        try:
-            order.result = await tracker.wait(order.order_id)
-        except Exception as exc:
-            order.wait_error = _describe(exc)
-            order.wait_exception = exc
+        order.result, order.wait_exception = await _wait(tracker, order.order_id)
+        if order.wait_exception is not None:
+            order.wait_error = _describe(order.wait_exception)
 
     async def follow() -> None:
         order.follow_error = await _watch(tracker, order.order_id, order.followed, follow=True)
@@ -353,6 +386,31 @@ async def _follow(
         tg.start_soon(first_watch)
         tg.start_soon(wait)
         tg.start_soon(late_watch)
+
+
+async def _follow_peer(schedule: Schedule, peer: Tracker, order: _Order, start: float) -> None:
+    """The same order on another instance, which hears only the journal."""
+    await anyio.sleep_until(start + schedule.orders[order.index].track_at)
+    peer.track(order.order_id)
+
+    async def watch() -> None:
+        order.peer_watch_error = await _watch(peer, order.order_id, order.peer_watched)
+
+    async def wait() -> None:
+        order.peer_result, error = await _wait(peer, order.order_id)
+        if error is not None:
+            order.peer_wait_error = _describe(error)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        tg.start_soon(wait)
+
+
+async def _wait(tracker: Tracker, order_id: int) -> tuple[FinalResult | None, Exception | None]:
+    try:
+        return await tracker.wait(order_id), None
+    except Exception as exc:
+        return None, exc
 
 
 async def _watch(

@@ -112,6 +112,48 @@ async def test_a_late_commit_is_missed_by_a_sequence_cursor_not_by_per_order_ver
     assert {(c.order_id, c.status) for c in changes} == {(1, P), (2, P)}
 
 
+@pytest.mark.parametrize("write", ["record", "track_many"])
+async def test_rows_are_locked_in_order_id_order_whatever_order_the_news_comes_in(
+    write: str,
+) -> None:
+    """Two writers over the same orders, in opposite orders, would each hold one row and
+    wait for the other's (PostgreSQL then fails one with a deadlock: seen in the fleet
+    soak).  Held: order 1.  A writer of [2, 1] must wait for 1 before it takes 2."""
+    url = postgres_server().url()
+    async with open_journal(url) as journal:
+        log = OrderLog(journal)
+        for order_id in (1, 2):
+            await log.track(order_id, D, None)
+    holder, writer, prober = connect(url), connect(url), connect(url)
+    try:
+        holder.autocommit = writer.autocommit = prober.autocommit = False
+        holder.execute("SELECT 1 FROM orderfsm_orders WHERE order_id = 1 FOR UPDATE")
+
+        def write_two_then_one() -> None:
+            if write == "record":
+                sql.record(writer, "postgresql", [note(2, P), note(1, P)], time.time())
+            else:
+                sql.track_many(writer, "postgresql", [(2, D, None), (1, D, None)], time.time())
+            writer.commit()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, write_two_then_one)
+            with anyio.fail_after(5):
+                waiting = "SELECT count(*) FROM pg_locks WHERE pid = %s AND NOT granted"
+                pid = (writer.info.backend_pid,)
+                while not holder.execute(waiting, pid).fetchone()[0]:  # noqa: ASYNC110 (in the database)
+                    await anyio.sleep(0.01)  # the writer waits for order 1 now
+            free = prober.execute(
+                "SELECT order_id FROM orderfsm_orders WHERE order_id = 2 FOR UPDATE SKIP LOCKED"
+            ).fetchall()
+            prober.rollback()
+            holder.rollback()  # the writer goes on
+    finally:
+        for db in (holder, writer, prober):
+            db.close()
+    assert free == [(2,)], "the writer took order 2 before order 1"
+
+
 async def test_one_notify_per_transaction_and_none_when_nothing_changed() -> None:
     url = postgres_server().url()
     async with open_journal(url) as journal:

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from soak import MUST_BE_ZERO, Options, run_soak  # noqa: E402
-from soak_judge import Seen, Truth, judge  # noqa: E402
+from soak_judge import Seen, Truth, fleet_verdict, judge  # noqa: E402
 from soak_schedule import (  # noqa: E402
     FAULT_KINDS,
     HORIZON,
@@ -447,6 +447,38 @@ async def test_an_order_the_socket_has_no_record_of_is_looked_up_once() -> None:
 
 
 # --- the soak itself ------------------------------------------------------------------
+
+
+def test_the_fleet_judge_wants_the_peer_to_see_what_this_instance_saw() -> None:
+    here = seen(change("new", None), change("paid", "new"), change("done", "paid"))
+    mine = judge(TRUTH, here)
+    assert fleet_verdict(TRUTH, mine, here, here).ok
+    skipped = seen(change("new", None), change("done", "new", "journal"))  # caught up late
+    assert fleet_verdict(TRUTH, mine, here, skipped).ok
+    unsettled = seen(change("new", None), change("paid", "new"), final=False)
+    assert fleet_verdict(TRUTH, mine, here, unsettled).lost
+    twice = seen(change("new", None), change("paid", "new"), change("paid", "paid"))
+    assert fleet_verdict(TRUTH, mine, here, twice).duplicated
+    refunded = Truth(("new", "paid", "done", "canceled"), "canceled")
+    late = seen(change("new", None), change("canceled", "new"))  # allowed alone...
+    verdict = fleet_verdict(refunded, judge(refunded, here), here, late)
+    assert verdict.wrong and "this instance" in verdict.reasons[-1]  # ...not beside done
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fleet", ["sqlite", "postgresql"])
+async def test_a_second_instance_on_the_journal_sees_what_the_first_saw(fleet: str) -> None:
+    if fleet == "postgresql":
+        from support_postgres import postgres_server
+
+        postgres_server()  # skips with the reason when PostgreSQL is not installed
+    report = await run_soak(
+        Options(schedules=12, first_seed=2400, concurrency=12, drain_every=12, fleet=fleet)
+    )
+    assert report["schedules"] == 12 and report["fleet"] == fleet
+    assert {key: report[key] for key in MUST_BE_ZERO} == dict.fromkeys(MUST_BE_ZERO, 0), report[
+        "failures"
+    ]
 
 
 @pytest.mark.anyio

@@ -75,6 +75,8 @@ def change_from_row(row: Sequence[Any]) -> ChangeRow:
 
 
 def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
+    """In ascending order: rows are locked in order id order everywhere (see track_many)."""
+    ids = sorted(ids)
     for start in range(0, len(ids), CHUNK):
         yield ids[start : start + CHUNK]
 
@@ -127,10 +129,16 @@ def track_many(
     entries: Sequence[tuple[int, Status, str | None]],
     now: float,
 ) -> list[OrderRow]:
-    """:func:`track` for each (order id, goal, user id), in the one transaction."""
-    return [
-        track(db, dialect, order_id, until, user_id, now) for order_id, until, user_id in entries
-    ]
+    """:func:`track` for each (order id, goal, user id), in the one transaction.
+
+    Rows are locked in order id order, as :func:`record` locks them: two
+    transactions over the same orders then never wait for each other in a circle
+    (a deadlock PostgreSQL would break by failing one of them)."""
+    by_id = {
+        order_id: track(db, dialect, order_id, until, user_id, now)
+        for order_id, until, user_id in sorted(entries, key=lambda entry: entry[0])
+    }
+    return [by_id[order_id] for order_id, _, _ in entries]
 
 
 def channel_for(schema: str) -> str:
@@ -150,10 +158,10 @@ def record(
     NOTIFY.
     """
     written: list[ChangeRow] = []
-    rows: dict[int, _Pending] = {}
+    # Locked in order id order, whatever order the notes come in (see track_many).
+    rows = {i: _lock(db, dialect, i, now) for i in sorted({n.order_id for n in notes})}
     for note in notes:
-        row = rows.get(note.order_id) or _lock(db, dialect, note.order_id, now)
-        rows[note.order_id] = row
+        row = rows[note.order_id]
         change = advance(row.status, note.status)
         if change is None:
             continue
