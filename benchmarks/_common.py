@@ -245,8 +245,8 @@ async def following(
     Either the tracker calls ``on_change`` itself, or (``via_watch``) one task
     per order iterates ``tracker.watch`` and calls it, as an application
     waiting on each order would.  Entered once every order's connection is
-    healthy (connected and caught up); ``fetch_details=False``, as the other
-    client fetches nothing.
+    healthy (connected and caught up) and its one-shot Get order answered;
+    ``fetch_details=False``, as the other client fetches nothing.
     """
     board = HealthBoard(owner)
     async with Tracker(
@@ -269,8 +269,17 @@ async def following(
                 else:
                     tracker.track(order_id, token=user.token, user_id=user.external_id)
             await board.wait(CONNECT_TIMEOUT)
+            await _checked(tracker, len(owner))
             yield tracker
             tg.cancel_scope.cancel()
+
+
+async def _checked(tracker: Tracker, orders: int) -> None:
+    """Until every order's one-shot Get order check has its answer: a start-up cost
+    (one request per order, a few at a time), not part of any change's cost."""
+    with anyio.fail_after(CONNECT_TIMEOUT):
+        while sum(tracker.stats().get_order.values()) < orders:  # noqa: ASYNC110 (a count)
+            await anyio.sleep(0.05)
 
 
 class CentrifugeFleet:

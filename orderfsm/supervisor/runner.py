@@ -45,6 +45,11 @@ logger = logging.getLogger("orderfsm")
 
 CHECK_RETRY_MIN, CHECK_RETRY_MAX = 0.5, 30.0
 """Backoff (seconds) of the Get order that follows a gap, while it fails."""
+CHECKS_AT_ONCE = 32
+"""One-shot Get order checks in flight at once; the rest wait their turn.  Ten
+thousand orders tracked at once (a backend resuming after a restart) would
+otherwise be ten thousand requests at once: a herd for Xsolla's API, and over a
+million objects of half-done requests for our garbage collector to walk."""
 
 
 class Scheduler:
@@ -90,6 +95,7 @@ class Scheduler:
         """Orders started and not ended: each has one live entry in ``_due`` at most."""
         self._dirty: dict[int, TrackedOrder] = {}
         self._kick = anyio.Event()
+        self._checks_at_once = anyio.Semaphore(CHECKS_AT_ONCE)
 
     # --- what the tracker calls -------------------------------------------------------
 
@@ -324,13 +330,14 @@ class Scheduler:
         try:
             while order.settled is None:
                 try:
-                    details = await fetch_order(
-                        order.order_id,
-                        project_id=self.project_id,
-                        token=order.user.token,
-                        http=self.get_order_http,
-                        api=self.api_url,
-                    )
+                    async with self._checks_at_once:
+                        details = await fetch_order(
+                            order.order_id,
+                            project_id=self.project_id,
+                            token=order.user.token,
+                            http=self.get_order_http,
+                            api=self.api_url,
+                        )
                 except OrderNotFound as exc:
                     if order.book.status(order.order_id) is not None:
                         return  # visible elsewhere already: Get order lags behind
