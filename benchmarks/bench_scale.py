@@ -148,18 +148,34 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def tell_parent_and_wait(counter: Deliveries, profile: bool = False) -> dict[str, Any]:
-    """Say ``ready``, wait for ``go`` on stdin, then for every change (bounded);
-    with ``profile``, the window runs under cProfile and the figures say by layer."""
+@attrs.frozen
+class Instruments:
+    """What a child of ours does beside counting (``--profile``, ``--gc-freeze``)."""
+
+    profile: bool = False
+    """The window runs under cProfile; the figures say where the CPU went, by layer."""
+    gc_freeze: bool = False
+    """``gc.freeze()`` once connected, as an application following many orders may."""
+
+    def flags(self) -> list[str]:
+        return [f for f, on in (("--profile", self.profile), ("--gc-freeze", self.gc_freeze)) if on]
+
+
+async def tell_parent_and_wait(
+    counter: Deliveries, instruments: Instruments = Instruments()
+) -> dict[str, Any]:
+    """Say ``ready``, wait for ``go`` on stdin, then for every change (bounded)."""
     gc.collect()
     tracked = len(gc.get_objects())
+    if instruments.gc_freeze:
+        gc.freeze()  # frozen objects are tracked still, but never collected
     rss_ready = peak_rss_mb()
     pauses = GcPauses()
     gc.callbacks.append(pauses)
     print("ready", flush=True)
     await anyio.to_thread.run_sync(sys.stdin.readline)
     # CPU time, not wall time: waiting in epoll is not a cost.
-    profiler = cProfile.Profile(time.process_time) if profile else None
+    profiler = cProfile.Profile(time.process_time) if instruments.profile else None
     cpu = time.process_time()
     pauses.recording = True
     if profiler is not None:
@@ -193,7 +209,7 @@ async def child_ours(
     users: list[User],
     by_user: dict[str, list[int]],
     via_watch: bool,
-    profile: bool,
+    instruments: Instruments,
 ) -> dict[str, Any]:
     project_id = int((await emu.info())["project_id"])
     owner = {oid: u for u in users for oid in by_user[u.external_id]}
@@ -205,7 +221,7 @@ async def child_ours(
             counter.hit((change.order_id, change.status))
 
     async with following(emu, project_id, owner, on_change, via_watch=via_watch):
-        return await tell_parent_and_wait(counter, profile)
+        return await tell_parent_and_wait(counter, instruments)
 
 
 async def child_peer(
@@ -228,7 +244,7 @@ async def child_peer(
         return await tell_parent_and_wait(counter)
 
 
-def child_main(which: str, base_url: str, plan_file: str, profile: bool) -> int:
+def child_main(which: str, base_url: str, plan_file: str, instruments: Instruments) -> int:
     plan = json.loads(Path(plan_file).read_text())
     users = [User(**u) for u in plan["users"]]
     by_user = {k: list(v) for k, v in plan["by_user"].items()}
@@ -237,7 +253,9 @@ def child_main(which: str, base_url: str, plan_file: str, profile: bool) -> int:
         result = anyio.run(child_peer, emu, users, by_user, which == "raw", backend="asyncio")
     else:
         via_watch = which == "ours-watch"
-        result = anyio.run(child_ours, emu, users, by_user, via_watch, profile, backend="asyncio")
+        result = anyio.run(
+            child_ours, emu, users, by_user, via_watch, instruments, backend="asyncio"
+        )
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result["cpu_s"] = round(
         usage.ru_utime + usage.ru_stime, 3
@@ -251,7 +269,12 @@ def child_main(which: str, base_url: str, plan_file: str, profile: bool) -> int:
 
 
 async def run_child(
-    which: str, emu: EmulatorClient, orders: Orders, rate: float, plan_file: str, profile: bool
+    which: str,
+    emu: EmulatorClient,
+    orders: Orders,
+    rate: float,
+    plan_file: str,
+    instruments: Instruments,
 ) -> tuple[dict[str, Any], float]:
     """Start the child, publish once it is ready, return its figures and the lateness."""
     command = [
@@ -263,7 +286,7 @@ async def run_child(
         emu.base_url,
         "--plan",
         plan_file,
-        *(["--profile"] if profile else []),
+        *instruments.flags(),
     ]
     async with await anyio.open_process(command, stderr=None) as process:
         assert process.stdin is not None and process.stdout is not None
@@ -309,13 +332,13 @@ async def one_run(
     users: int,
     per_user: int,
     rate: float,
-    profile: bool = False,
+    instruments: Instruments = Instruments(),
 ) -> dict[str, Any]:
     """One client's child run on fresh users and orders: its figures, unprefixed."""
     orders = await create_orders(emu, f"scale-{which}-{turn}", users, per_user)
     plan_file = write_plan(orders)
     try:
-        figures, late = await run_child(which, emu, orders, rate, plan_file, profile)
+        figures, late = await run_child(which, emu, orders, rate, plan_file, instruments)
     finally:
         await anyio.Path(plan_file).unlink()
     pubs = [
@@ -401,10 +424,12 @@ async def measure(users: int, per_user: int, rate: float, quick: bool) -> dict[s
     return result
 
 
-async def profile_ours(users: int, per_user: int, rate: float) -> dict[str, Any]:
+async def profile_ours(users: int, per_user: int, rate: float, gc_freeze: bool) -> dict[str, Any]:
+    instruments = Instruments(profile=True, gc_freeze=gc_freeze)
     async with EmulatorProcess(gc=EMULATOR_GC) as emu:
-        figures = await one_run("ours", 0, emu, users, per_user, rate, profile=True)
-    return {"benchmark": "scale-profile", "orders": users * per_user} | figures
+        figures = await one_run("ours", 0, emu, users, per_user, rate, instruments)
+    header = {"benchmark": "scale-profile", "orders": users * per_user, "gc_freeze": gc_freeze}
+    return header | figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -418,12 +443,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="one turn of ours under cProfile: where its CPU goes, by layer (one JSON line)",
     )
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="with --profile: gc.freeze() once connected, to see what it saves",
+    )
     args = parser.parse_args(argv)
     if args.child:
-        return child_main(args.child, args.base_url, args.plan, args.profile)
+        instruments = Instruments(profile=args.profile, gc_freeze=args.gc_freeze)
+        return child_main(args.child, args.base_url, args.plan, instruments)
     users, per_user, rate = (50, 10, 1000.0) if args.quick else (1000, 10, 5000.0)
     if args.profile:
-        figures = anyio.run(profile_ours, users, per_user, rate, backend="asyncio")
+        figures = anyio.run(profile_ours, users, per_user, rate, args.gc_freeze, backend="asyncio")
         print(json.dumps(figures), flush=True)
         return 0 if figures["lost"] == figures["duplicated"] == 0 else 1
     result = anyio.run(measure, users, per_user, rate, args.quick, backend="asyncio")
