@@ -142,10 +142,12 @@ def test_benchmark_quick_run_prints_one_json_line(script: str) -> None:
     assert figures.get("honest_failures", {}) == {}
 
 
-def test_the_scale_profile_says_where_our_cpu_goes_by_layer() -> None:
+@pytest.mark.parametrize("freeze", [[], ["--gc-freeze"]])
+def test_the_scale_profile_says_where_our_cpu_goes_by_layer(freeze: list[str]) -> None:
     """The README's profile by layer comes from this flag, so it must cover our layers."""
+    script = str(ROOT / "benchmarks" / "bench_scale.py")
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--quick", "--profile"],
+        [sys.executable, script, "--quick", "--profile", *freeze],
         capture_output=True,
         text=True,
         timeout=600,
@@ -159,3 +161,4 @@ def test_the_scale_profile_says_where_our_cpu_goes_by_layer() -> None:
     for layer in ("centrifuge engine (sans-io)", "websocket driver", "supervisor", "core"):
         assert shares.get(layer, 0) > 0, (layer, shares)
     assert figures["calls_per_change"] > 0 and figures["lost"] == figures["duplicated"] == 0
+    assert figures["gc_freeze"] is bool(freeze) and figures["gc_tracked_objects"] > 0
