@@ -1,7 +1,7 @@
 """Run one schedule: a tracker against the emulator while the schedule's faults happen.
 
-The application side is what a real one does: ``track`` each order, read
-``watch`` and ``wait`` for it, and route webhooks to the tracker.  The
+The application side (``soak_app.py``) is what a real one does: ``track`` each
+order, read ``watch`` and ``wait`` for it, and route webhooks to the tracker.  The
 emulator side plays the schedule (status steps and faults at their times).
 Once every order has ended, the tracker is closed and the schedule's tasks
 and WebSocket connections must be gone.
@@ -11,23 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Callable
-from typing import cast
+from collections.abc import Callable
 
 import anyio
 import attrs
 from anyio.abc import TaskGroup
+from soak_app import AppOrder, follow, follow_peer
 from soak_env import SCHEDULE, TaskProbe, WebhookRouter, settle
 from soak_faults import Player
 from soak_judge import Seen, Truth, Verdict, fleet_verdict, judge
 from soak_schedule import Schedule
 from soak_stats import Counted, stats_mismatches
 
-from orderfsm.core import Observation
 from orderfsm.interface import HealthReport
 from orderfsm.metrics import TrackerStats
 from orderfsm.supervisor.policy import DefaultPolicy
-from orderfsm.supervisor.records import Change, FinalResult, StatusChange
+from orderfsm.supervisor.records import Change, StatusChange
 from orderfsm.supervisor.tracker import Tracker
 from orderfsm.testing import SteppedClock, eventually
 from transports.centrifuge import EngineConfig
@@ -94,29 +93,6 @@ class Outcome:
     seconds: float
 
 
-@attrs.define
-class _Order:
-    index: int
-    order_id: int
-    user: User
-    path: list[str]
-    watched: list[Change] = attrs.Factory(list)
-    watch_error: str | None = None
-    late: list[Change] = attrs.Factory(list)
-    late_error: str | None = None
-    followed: list[Change] = attrs.Factory(list)
-    follow_error: str | None = None
-    result: FinalResult | None = None
-    wait_error: str | None = None
-    wait_exception: BaseException | None = None
-    reports: list[str] = attrs.Factory(list)
-    peer_watched: list[Change] = attrs.Factory(list)
-    """The other instance's ``watch`` (``--fleet``)."""
-    peer_watch_error: str | None = None
-    peer_result: FinalResult | None = None
-    peer_wait_error: str | None = None
-
-
 def _policy(schedule: Schedule, sabotage: str | None) -> DefaultPolicy:
     t = schedule.timings
     return DefaultPolicy(
@@ -136,20 +112,16 @@ def _brief(change: Change) -> str:
     return f"conflict {change.current} then {change.observed} via {change.source}"
 
 
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
-
-
 async def run_schedule(h: Harness, schedule: Schedule) -> Outcome:
     started = time.perf_counter()
     emu = h.emu
     errors: list[str] = []
     users = [await emu.create_user() for _ in range(schedule.users)]
-    orders: list[_Order] = []
+    orders: list[AppOrder] = []
     for index, plan in enumerate(schedule.orders):
         user = users[plan.user]
         order_id = await emu.create_order(user, publish=plan.publish_new)
-        orders.append(_Order(index, order_id, user, ["new"]))
+        orders.append(AppOrder(index, order_id, user, ["new"]))
     journal = None if h.journal is None else h.journal(schedule.seed)
     tracker = Tracker(
         project_id=h.project_id,
@@ -221,9 +193,9 @@ async def run_schedule(h: Harness, schedule: Schedule) -> Outcome:
                 driver.start_soon(player.play)
                 async with anyio.create_task_group() as followers:
                     for order in orders:
-                        followers.start_soon(_follow, h, schedule, tracker, order, start, following)
+                        followers.start_soon(follow, h, schedule, tracker, order, start, following)
                         if peer is not None:
-                            followers.start_soon(_follow_peer, schedule, peer, order, start)
+                            followers.start_soon(follow_peer, schedule, peer, order, start)
                 # What comes after the settlements (a refund) must be heard too:
                 # every step played, every webhook sent so far answered.
                 await player.steps_played.wait()
@@ -341,93 +313,3 @@ async def _webhooks_answered(emu: EmulatorClient, order_ids: list[int], player: 
 
     with contextlib.suppress(TimeoutError):
         await eventually(answered, timeout=WEBHOOK_GRACE, interval=0.02)
-
-
-async def _follow(
-    h: Harness,
-    schedule: Schedule,
-    tracker: Tracker,
-    order: _Order,
-    start: float,
-    following: TaskGroup,
-) -> None:
-    """What the application does for one order: track it, then watch and wait, and
-    follow it past its settlement (a refund after delivery) until the tracker closes."""
-    plan = schedule.orders[order.index]
-    await anyio.sleep_until(start + plan.track_at)
-    tracker.track(order.order_id, token=order.user.token, user_id=order.user.external_id)
-    if h.sabotage == "wrong" and order.index == 0:
-        # The latest status the order never has: an earlier one would be stale
-        # (dropped, and rightly) if a later true one is already known.
-        lie = next(s for s in ("canceled", "done", "paid", "expired") if s not in plan.path)
-        tracker.observe(
-            Observation(order.order_id, lie, source="sabotage", at=anyio.current_time())
-        )
-    if h.sabotage == "leak" and order.index == 0:
-        h.background.start_soon(_leak, h.emu.base_url)
-
-    async def first_watch() -> None:
-        order.watch_error = await _watch(tracker, order.order_id, order.watched)
-
-    async def late_watch() -> None:
-        await anyio.sleep_until(start + plan.late_watch_at)
-        order.late_error = await _watch(tracker, order.order_id, order.late)
-
-    async def wait() -> None:
-        order.result, order.wait_exception = await _wait(tracker, order.order_id)
-        if order.wait_exception is not None:
-            order.wait_error = _describe(order.wait_exception)
-
-    async def follow() -> None:
-        order.follow_error = await _watch(tracker, order.order_id, order.followed, follow=True)
-
-    following.start_soon(follow)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(first_watch)
-        tg.start_soon(wait)
-        tg.start_soon(late_watch)
-
-
-async def _follow_peer(schedule: Schedule, peer: Tracker, order: _Order, start: float) -> None:
-    """The same order on another instance, which hears only the journal."""
-    await anyio.sleep_until(start + schedule.orders[order.index].track_at)
-    peer.track(order.order_id)
-
-    async def watch() -> None:
-        order.peer_watch_error = await _watch(peer, order.order_id, order.peer_watched)
-
-    async def wait() -> None:
-        order.peer_result, error = await _wait(peer, order.order_id)
-        if error is not None:
-            order.peer_wait_error = _describe(error)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch)
-        tg.start_soon(wait)
-
-
-async def _wait(tracker: Tracker, order_id: int) -> tuple[FinalResult | None, Exception | None]:
-    try:
-        return await tracker.wait(order_id), None
-    except Exception as exc:
-        return None, exc
-
-
-async def _watch(
-    tracker: Tracker, order_id: int, into: list[Change], *, follow: bool = False
-) -> str | None:
-    try:
-        watch = cast("AsyncGenerator[Change, None]", tracker.watch(order_id, follow=follow))
-        async with contextlib.aclosing(watch) as changes:
-            async for change in changes:
-                into.append(change)
-    except Exception as exc:
-        return _describe(exc)
-    return None
-
-
-async def _leak(base_url: str) -> None:
-    """The ``leak`` sabotage: a task and a socket that outlive their tracker."""
-    port = int(base_url.rsplit(":", 1)[1])
-    async with await anyio.connect_tcp("127.0.0.1", port):
-        await anyio.sleep_forever()
