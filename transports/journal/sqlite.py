@@ -181,14 +181,13 @@ class SqliteStore:
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
             raise JournalOpenFailed(f"{self.display}: directory {directory} does not exist")
+        deadline = time.monotonic() + 30.0
         try:
-            # Patient at start: switching a new file to WAL and creating the schema
-            # take the lock for a moment while other processes start too.
-            writer = self._connect(busy_timeout=30.0)
+            writer = self._first_connect(deadline)
         except sqlite3.DatabaseError as exc:
             raise self._open_error(exc) from None
         try:
-            self._migrate(writer, time.monotonic() + 30.0)
+            self._migrate(writer, deadline)
             writer.execute(f"PRAGMA busy_timeout = {int(BUSY_SLICE * 1000)}")
         except sqlite3.DatabaseError as exc:
             writer.close()
@@ -198,6 +197,18 @@ class SqliteStore:
             raise
         self._writer = writer
         self._group = GroupCommit(self._begin, writer.execute)
+
+    def _first_connect(self, deadline: float) -> sqlite3.Connection:
+        """Patient at start: switching a new file to WAL takes the lock for a moment
+        while other processes start too, and SQLite may answer "locked" at once,
+        without its busy handler (seen with six first starts at once): ask again."""
+        while True:
+            try:
+                return self._connect(busy_timeout=max(deadline - time.monotonic(), 0.0))
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(random.uniform(0.001, 0.005))
 
     def _open_error(self, exc: sqlite3.DatabaseError) -> JournalError:
         text = str(exc)
