@@ -66,7 +66,10 @@ async def test_stats_match_what_happened(emu: Emulator) -> None:
     emulated = await emu.stats()
     asked = emulated.get_order_requests
     answered = sum(len(asked.get(order_id, [])) for order_id in (done, refunded))
-    assert stats.get_order.get("200", 0) == answered, (stats, trail)
+    # A poll cancelled when its order settles may have been answered by the emulator
+    # and never read by us: at most one such request per order, never more counted.
+    counted = stats.get_order.get("200", 0)
+    assert answered - 2 <= counted <= answered, (stats, trail)
     assert stats.get_order.get("404", 0) == emulated.get_order_total - asked_before - answered >= 1
     # One per order when tracking starts, one per order after the outage.
     assert stats.checks >= 3, stats
