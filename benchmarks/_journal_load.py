@@ -238,7 +238,7 @@ def drivers(spec: dict[str, Any]) -> dict[str, Any]:
 
     from orderfsm.journal import NewDelivery
     from transports.journal import store_for
-    from transports.journal.postgres import CLAIM, _delivery_params
+    from transports.journal.postgres_sql import CLAIM, delivery_params
 
     url, count = str(spec["url"]), int(spec["count"])
     store_for(url).open()  # the schema
@@ -246,7 +246,7 @@ def drivers(spec: dict[str, Any]) -> dict[str, Any]:
     def params(prefix: str, i: int) -> dict[str, Any]:
         now = time.time()
         new = NewDelivery("order_paid", f"{prefix}:{i}", i, b"{}", (), None, now)
-        return {**_delivery_params(new), "owner": "bench", "now": now, "lease_until": now + 60}
+        return {**delivery_params(new), "owner": "bench", "now": now, "lease_until": now + 60}
 
     result: dict[str, Any] = {}
     with psycopg.connect(url, autocommit=True) as connection:

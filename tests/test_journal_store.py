@@ -29,8 +29,10 @@ from support_journal import (
 from support_postgres import postgres_server
 from support_webhook import SECRET, order_paid, signed
 
+from orderfsm.core import Status
 from orderfsm.errors import (
     JournalCorrupt,
+    JournalError,
     JournalOpenFailed,
     JournalUnavailable,
     SchemaTooNew,
@@ -48,6 +50,7 @@ from orderfsm.journal import (
     take,
 )
 from transports.journal import SyncJournal, Taken, open_journal, store_for
+from transports.journal.orders import Note
 from transports.webhook import WebhookReceiver
 
 OK = Answer(204)
@@ -354,29 +357,38 @@ def test_the_store_errors_are_journal_errors() -> None:
 
 
 @on_databases
-def test_an_extra_write_commits_with_the_claim_or_not_at_all(backend: str, tmp_path: Path) -> None:
-    """What the tracker will use to record an order's status in the webhook's claim."""
+def test_an_orders_status_commits_with_the_claim_or_not_at_all(
+    backend: str, tmp_path: Path
+) -> None:
+    """A webhook's order status is written in its claim's transaction: a failure of
+    that write (here a database trigger refusing order 2) keeps neither."""
     url = url_for(backend, tmp_path)
-    db = connect(url)
-    db.execute("CREATE TABLE statuses (order_id BIGINT, status TEXT)")
-    insert = f"INSERT INTO statuses VALUES ({mark(url)}, 'paid')"
     clock = Clock()
     journal = sync_journal(url, clock)
+    db = connect(url)
     try:
-
-        def record(connection: object, claimed: object) -> None:
-            connection.execute(insert, (1,))  # type: ignore[attr-defined]
-
-        taken = journal.begin(delivery(1, clock), BUSY, also=record)
+        journal.open()
+        if backend == "sqlite":
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON orderfsm_orders WHEN NEW.order_id = 2"
+                " BEGIN SELECT RAISE(ABORT, 'order 2 refused'); END"
+            )
+        else:
+            db.execute(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                " IF NEW.order_id = 2 THEN RAISE EXCEPTION 'order 2 refused'; END IF;"
+                " RETURN NEW; END $$"
+            )
+            db.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON orderfsm_orders"
+                " FOR EACH ROW EXECUTE FUNCTION refuse()"
+            )
+        taken = journal.begin(delivery(1, clock), BUSY, [Note(1, Status.PAID, "webhook", 1.0)])
         assert isinstance(taken, Taken)
-
-        def broken(connection: object, claimed: object) -> None:
-            connection.execute(insert, (2,))  # type: ignore[attr-defined]
-            raise RuntimeError("the status could not be written")
-
-        with pytest.raises(RuntimeError):
-            journal.begin(delivery(2, clock), BUSY, also=broken)
-        assert db.execute("SELECT order_id FROM statuses").fetchall() == [(1,)]
+        with pytest.raises(JournalError):
+            journal.begin(delivery(2, clock), BUSY, [Note(2, Status.PAID, "webhook", 1.0)])
+        rows = db.execute("SELECT order_id, status FROM orderfsm_orders").fetchall()
+        assert [tuple(row) for row in rows] == [(1, "paid")]
         assert sorted(journal.claims(["order_paid:1", "order_paid:2"])) == ["order_paid:1"]
     finally:
         journal.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
@@ -26,6 +26,7 @@ from orderfsm.journal import (
     Outcome,
     decisions,
 )
+from transports.journal.orders import Note
 
 T = TypeVar("T")
 
@@ -42,11 +43,6 @@ class Claimed:
     busy: bool = False
     """The key's row was locked by another transaction past the wait (PostgreSQL)."""
 
-
-Also = Callable[[Any, Claimed], None]
-"""An extra write in the claim's own transaction, given the connection (``None`` in
-memory) and what the claim gave: the tracker records an order's status from a
-webhook this way, so the status and the claim commit together."""
 
 Work = Callable[[Any, int], tuple[Answer, str | None]]
 """The transactional handler's part: given the open connection and the attempt,
@@ -147,7 +143,7 @@ class Store(Protocol):
         lease: float,
         deadline: float,
         logged: int | None = None,
-        also: Also | None = None,
+        notes: Sequence[Note] = (),
     ) -> Claimed:
         """Record the delivery and try to take its key (insert first, never check first).
 
@@ -155,7 +151,8 @@ class Store(Protocol):
         runs).  When the key is answered, the delivery is recorded as a
         duplicate with the stored answer in the same transaction.  ``logged``
         is the id of this delivery's record when it tries again after waiting.
-        ``also`` runs in the same transaction; if it raises, nothing is kept.
+        ``notes`` (orders' statuses a webhook told) are recorded in the same
+        transaction, whatever the claim gives: if that fails, nothing is kept.
         """
 
     def read_claim(self, key: str, deadline: float) -> Claim | None: ...
@@ -225,6 +222,47 @@ class SqlStore(Store, Protocol):
         """Run ``work(connection)`` in a write transaction; committed once it returns."""
 
     def read(self, work: Callable[[Any], T], deadline: float) -> T: ...
+
+
+@attrs.frozen
+class ClaimRequest:
+    """One delivery's claim, for :meth:`Batches.claim_many`."""
+
+    delivery: NewDelivery
+    notes: Sequence[Note] = ()
+
+
+@attrs.frozen
+class SettleRequest:
+    """One answer to record, for :meth:`Batches.settle_many`."""
+
+    key: str | None
+    attempt: int
+    answer: Answer
+    delivery_id: int
+    error: str | None
+
+
+@runtime_checkable
+class Batches(Protocol):
+    """A backend that writes several deliveries' claims (or answers) in one transaction:
+    on PostgreSQL each statement and each commit costs far more CPU than a row, so
+    deliveries arriving together share them.  Each returns one result per request,
+    in order, or ``None`` when the batch met a lock it must not wait on (then each
+    goes alone); a failure of the database raises, for the whole batch."""
+
+    def claim_many(
+        self,
+        requests: Sequence[ClaimRequest],
+        owner: str,
+        now: float,
+        lease: float,
+        deadline: float,
+    ) -> list[Claimed] | None: ...
+
+    def settle_many(
+        self, requests: Sequence[SettleRequest], now: float, deadline: float
+    ) -> list[bool] | None: ...
 
 
 # --- SQL shared by the SQL backends -------------------------------------------------

@@ -37,7 +37,8 @@ from orderfsm.journal import (
     prune_cutoff,
     prune_due,
 )
-from transports.journal.base import Also, Store, Work
+from transports.journal.base import Batches, Claimed, ClaimRequest, SettleRequest, Store, Work
+from transports.journal.orders import Note
 
 logger = logging.getLogger("orderfsm.journal")
 
@@ -116,21 +117,31 @@ class SyncJournal:
     # --- the plain handler's path: begin, (handler), settle --------------------------------
 
     def begin_steps(
-        self, delivery: NewDelivery, busy: Answer, also: Also | None = None
+        self,
+        delivery: NewDelivery,
+        busy: Answer,
+        notes: Sequence[Note] = (),
+        claimed: Claimed | None = None,
     ) -> Generator[float, None, Taken | Reply]:
-        """Claim the delivery's key or wait for its owner: ends :class:`Taken` or answered."""
+        """Claim the delivery's key or wait for its owner: ends :class:`Taken` or answered.
+        ``claimed``: the first claim, already tried (in a batch with others)."""
         self.open()
         deadline = self.clock() + self.settings.wait
         logged: int | None = None
         while True:
-            now = self.clock()
-            claimed = self.store.claim(
-                delivery, self.owner, now, self.settings.lease, self._deadline(), logged, also
-            )
-            if claimed.attempt is not None:
-                return Taken(delivery.key, claimed.attempt, claimed.delivery_id)
-            if claimed.claim is not None and claimed.claim.answer is not None:
-                return Reply(claimed.claim.answer)  # recorded as a duplicate already
+            if claimed is None:
+                claimed = self.store.claim(
+                    delivery,
+                    self.owner,
+                    self.clock(),
+                    self.settings.lease,
+                    self._deadline(),
+                    logged,
+                    notes,
+                )
+            decided = decided_by(delivery, claimed)
+            if decided is not None:
+                return decided
             logged = claimed.delivery_id
             if claimed.busy:
                 self.store.finish(logged, busy, Outcome.BUSY, None, self.clock(), self._deadline())
@@ -141,6 +152,34 @@ class SyncJournal:
             )
             if outcome is not None:
                 return outcome
+            claimed = None
+
+    def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claimed | None]:
+        """First claims of several deliveries, together when the store batches; ``None``
+        for one that must go alone (:meth:`begin_steps` claims it)."""
+        self.open()
+        now, lease, deadline = self.clock(), self.settings.lease, self._deadline()
+        store = self.store
+        if len(requests) == 1 or not isinstance(store, Batches):
+            return [
+                store.claim(r.delivery, self.owner, now, lease, deadline, None, r.notes)
+                for r in requests
+            ]
+        claimed = store.claim_many(requests, self.owner, now, lease, deadline)
+        return [None] * len(requests) if claimed is None else list(claimed)
+
+    def settle_many(self, requests: Sequence[SettleRequest]) -> list[bool | None]:
+        """Several answers' writes, together when the store batches; ``None`` for one
+        that must go alone (:meth:`settle` writes it); then :meth:`settled`."""
+        now, deadline = self.clock(), self._deadline()
+        store = self.store
+        if len(requests) == 1 or not isinstance(store, Batches):
+            return [
+                store.settle(r.key, r.attempt, r.answer, r.delivery_id, r.error, now, deadline)
+                for r in requests
+            ]
+        recorded = store.settle_many(requests, now, deadline)
+        return [None] * len(requests) if recorded is None else list(recorded)
 
     def _await_key(
         self, key: str, claim: Claim | None, logged: int, deadline: float, busy: Answer
@@ -175,6 +214,12 @@ class SyncJournal:
             self.clock(),
             self._deadline(),
         )
+        return self.settled(taken, answer, error, busy, recorded)
+
+    def settled(
+        self, taken: Taken, answer: Answer, error: str | None, busy: Answer, recorded: bool
+    ) -> Answer:
+        """After the answer's write: the answer to give (another's, when fenced)."""
         self._maybe_prune()
         if recorded or taken.key is None:
             return answer
@@ -270,11 +315,23 @@ class SyncJournal:
 
     # --- synchronous drivers ---------------------------------------------------------------
 
-    def begin(self, delivery: NewDelivery, busy: Answer, also: Also | None = None) -> Taken | Reply:
-        return drive(self.begin_steps(delivery, busy, also))
+    def begin(
+        self, delivery: NewDelivery, busy: Answer, notes: Sequence[Note] = ()
+    ) -> Taken | Reply:
+        return drive(self.begin_steps(delivery, busy, notes))
 
     def run(self, delivery: NewDelivery, work: Work, busy: Answer) -> Ran | Reply:
         return drive(self.run_steps(delivery, work, busy))
+
+
+def decided_by(delivery: NewDelivery, claimed: Claimed) -> Taken | Reply | None:
+    """What a claim decides by itself: taken, or a duplicate of an answered delivery
+    (recorded as such already); ``None`` when its owner must be waited for."""
+    if claimed.attempt is not None:
+        return Taken(delivery.key, claimed.attempt, claimed.delivery_id)
+    if claimed.claim is not None and claimed.claim.answer is not None:
+        return Reply(claimed.claim.answer)
+    return None
 
 
 def drive(steps: Generator[float, None, T]) -> T:

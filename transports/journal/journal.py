@@ -3,7 +3,10 @@
 Each store call runs in a worker thread (``anyio.to_thread``, with a limiter
 the size of the connection pool) and each wait is an ``anyio.sleep`` on the
 loop, so both loops run the same code and nothing blocks the loop.  The
-in-memory store does no I/O and is called inline.
+in-memory store does no I/O and is called inline.  On a store that
+:class:`~transports.journal.base.Batches` (PostgreSQL), the claims of
+deliveries arriving together share one transaction and one thread hop, and so
+do their answers (:mod:`~transports.journal.batching`).
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ from orderfsm.journal import (
     NewDelivery,
     Reply,
 )
-from transports.journal.base import Also, Store, Work
-from transports.journal.core import Ran, SyncJournal, Taken, advance
+from transports.journal.base import Batches, Claimed, ClaimRequest, SettleRequest, Store, Work
+from transports.journal.batching import Batcher
+from transports.journal.core import Ran, SyncJournal, Taken, advance, decided_by
+from transports.journal.orders import Note
 
 T = TypeVar("T")
 
@@ -40,6 +45,9 @@ class Journal:
     ) -> None:
         self.sync = SyncJournal(store, settings, owner=owner)
         self._limiters: dict[str, tuple[anyio.CapacityLimiter, anyio.CapacityLimiter]] = {}
+        self._batchers: dict[str, _Batchers] = {}
+        self.batches = isinstance(store, Batches)
+        """Whether concurrent claims and answers are written together."""
 
     @property
     def store(self) -> Store:
@@ -121,13 +129,35 @@ class Journal:
         await self.aclose()
 
     async def begin(
-        self, delivery: NewDelivery, busy: Answer, also: Also | None = None
+        self, delivery: NewDelivery, busy: Answer, notes: Sequence[Note] = ()
     ) -> Taken | Reply:
-        """Claim the key, or wait (on the loop) for its owner's answer; see :class:`SyncJournal`."""
-        return await self._drive(self.sync.begin_steps(delivery, busy, also))
+        """Claim the key, or wait (on the loop) for its owner's answer; see :class:`SyncJournal`.
+        ``notes``: orders' statuses to record in the claim's transaction."""
+        claimed: Claimed | None = None
+        if self.batches:
+            claimed = await self._batched().claims.submit(ClaimRequest(delivery, notes))
+            decided = None if claimed is None else decided_by(delivery, claimed)
+            if decided is not None:
+                return decided
+        return await self._drive(self.sync.begin_steps(delivery, busy, notes, claimed))
 
     async def settle(self, taken: Taken, answer: Answer, error: str | None, busy: Answer) -> Answer:
-        return await self._call(self.sync.settle, taken, answer, error, busy)
+        if not self.batches:
+            return await self._call(self.sync.settle, taken, answer, error, busy)
+        request = SettleRequest(taken.key, taken.attempt, answer, taken.delivery_id, error)
+        recorded = await self._batched().settles.submit(request)
+        if recorded is None:
+            return await self._call(self.sync.settle, taken, answer, error, busy)
+        if recorded:
+            return self.sync.settled(taken, answer, error, busy, recorded)
+        return await self._call(self.sync.settled, taken, answer, error, busy, recorded)
+
+    def _batched(self) -> _Batchers:
+        backend = sniffio.current_async_library()
+        batchers = self._batchers.get(backend)
+        if batchers is None:
+            batchers = self._batchers[backend] = _Batchers(self)
+        return batchers
 
     async def run(self, delivery: NewDelivery, work: Work, busy: Answer) -> Ran | Reply:
         """Claim, run ``work`` (a worker thread, the transaction open) and record, atomically."""
@@ -147,3 +177,19 @@ class Journal:
 
     async def prune(self) -> tuple[int, int]:
         return await self._call(self.sync.prune)
+
+
+class _Batchers:
+    """A journal's batches on one event loop: claims, and answers."""
+
+    def __init__(self, journal: Journal) -> None:
+        sync = journal.sync
+
+        async def claim(requests: list[ClaimRequest]) -> list[Claimed | None]:
+            return await journal._call(sync.claim_many, requests)
+
+        async def settle(requests: list[SettleRequest]) -> list[bool | None]:
+            return await journal._call(sync.settle_many, requests)
+
+        self.claims: Batcher[ClaimRequest, Claimed | None] = Batcher(claim)
+        self.settles: Batcher[SettleRequest, bool | None] = Batcher(settle)

@@ -25,7 +25,8 @@ from orderfsm.journal import (
     Outcome,
     decisions,
 )
-from transports.journal.base import Also, Claimed, Work, Worked, error_text
+from transports.journal.base import Claimed, Work, Worked, error_text
+from transports.journal.orders import Note
 
 
 class MemoryStore:
@@ -87,13 +88,12 @@ class MemoryStore:
         lease: float,
         deadline: float,
         logged: int | None = None,
-        also: Also | None = None,
+        notes: Sequence[Note] = (),
     ) -> Claimed:
+        if notes:
+            raise ValueError("the in-memory journal keeps no orders: record notes in SQL")
         with self._lock:
-            claimed = self._claim(delivery, owner, now, lease, logged)
-            if also is not None:
-                also(None, claimed)  # no transaction to share: it runs under the lock
-            return claimed
+            return self._claim(delivery, owner, now, lease, logged)
 
     def _claim(
         self, delivery: NewDelivery, owner: str, now: float, lease: float, logged: int | None

@@ -2,10 +2,13 @@
 
 Each operation is one statement in autocommit where it can be (the claim,
 its delivery record and the read of the row as it was, in one round trip;
-the answer and the delivery's outcome in another), so a delivery costs two
-round trips and two commits, which PostgreSQL groups across connections.
-The transactional handler's path is one transaction: claim, the
-application's writes (in a savepoint, kept only with a 2xx), the answer.
+the answer and the delivery's outcome in another; the statements are
+:mod:`~transports.journal.postgres_sql`'s).  Deliveries arriving together
+share one pipelined transaction for their claims and one for their answers
+(``claim_many``, ``settle_many``): each statement, commit and round trip
+costs far more CPU than its rows, and a receiver's CPU is its limit.  The
+transactional handler's path is one transaction: claim, the application's
+writes (in a savepoint, kept only with a 2xx), the answer.
 
 A duplicate that meets a claim still inside another transaction waits on
 the row's lock at most ``wait`` (``lock_timeout``), then answers 5xx.  A
@@ -40,29 +43,24 @@ from orderfsm.journal import (
     NewDelivery,
     Outcome,
     PostgresConfig,
-    decisions,
     schema_plan,
 )
 from transports.journal.base import (
     CLAIM_COLUMNS,
     DELIVERY_COLUMNS,
-    Also,
     Claimed,
-    Dialect,
+    ClaimRequest,
+    SettleRequest,
     Work,
     Worked,
     claim_from_row,
     delivery_from_row,
-    encode_headers,
     error_text,
     filter_sql,
     migrations,
     run_in_transaction,
 )
-from transports.journal.base import (
-    PRUNE_CLAIMS as PRUNE_CLAIMS_SQL,
-)
-from transports.journal.orders import CHANNEL, channel_for
+from transports.journal.orders import CHANNEL, Note, channel_for, record
 
 try:
     import psycopg
@@ -73,9 +71,12 @@ except ImportError as exc:  # pragma: no cover - depends on the install
         "the PostgreSQL journal needs psycopg: pip install 'orderfsm[postgres]'"
     ) from exc
 
+from transports.journal import postgres_sql as sql
+
 logger = logging.getLogger("orderfsm.journal")
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 MIGRATION_LOCK = 0x6F72646572667336
 """The advisory lock that makes concurrent first starts create the schema once."""
@@ -85,107 +86,6 @@ CONNECT_TIMEOUT = 5
 
 MIGRATIONS = migrations("postgresql")
 
-_TAKE = """
-taken AS (
-    INSERT INTO orderfsm_claims AS c (key, attempt, state, owner, lease_until, claimed_at)
-    VALUES (%(key)s, 1, 'running', %(owner)s, %(lease_until)s, %(now)s)
-    ON CONFLICT (key) DO UPDATE SET
-        attempt = c.attempt + 1, state = 'running', owner = excluded.owner,
-        lease_until = excluded.lease_until, claimed_at = excluded.claimed_at,
-        answered_at = NULL, status = NULL, body = NULL, content_type = NULL
-    WHERE c.state = 'released' OR (c.state = 'running' AND c.lease_until <= %(now)s)
-    RETURNING c.attempt
-)"""
-
-# What the delivery record says, from the take and the row as it was before it.
-_STATUS = """CASE WHEN EXISTS (SELECT 1 FROM taken) THEN NULL
-    ELSE (SELECT status FROM prior WHERE state = 'answered') END"""
-_OUTCOME = """CASE WHEN EXISTS (SELECT 1 FROM taken) THEN NULL
-    WHEN EXISTS (SELECT 1 FROM prior WHERE state = 'answered') THEN 'duplicate' END"""
-_FINISHED = """CASE WHEN EXISTS (SELECT 1 FROM taken) THEN NULL
-    WHEN EXISTS (SELECT 1 FROM prior WHERE state = 'answered') THEN %(now)s END"""
-
-_PRIOR = f"prior AS (SELECT {CLAIM_COLUMNS} FROM orderfsm_claims WHERE key = %(key)s)"
-
-_RESULT = f"""
-SELECT (SELECT id FROM logged), (SELECT attempt FROM taken), {
-    ", ".join("p." + c.strip() for c in CLAIM_COLUMNS.split(","))
-}
-FROM (SELECT 1) AS one LEFT JOIN prior AS p ON TRUE"""
-
-# The plain handler's claim commits without waiting for the disk (this statement's
-# transaction only): visible to every instance at once, made durable by the answer's
-# commit, which flushes the log in order.  A claim lost to a database crash costs
-# nothing the plain handler does not allow: its retry runs the handler again.
-_ASYNC_COMMIT = ", fast AS (SELECT set_config('synchronous_commit', 'off', true) AS x)"
-_ASYNC_RESULT = _RESULT.replace("AS p ON TRUE", "AS p ON TRUE, fast")
-
-CLAIM = f"""
-WITH {_PRIOR}, {_TAKE}, logged AS (
-    INSERT INTO orderfsm_deliveries
-        (kind, key, order_id, body, headers, peer, received_at, attempt, status, outcome,
-         finished_at, replay)
-    SELECT %(kind)s, %(key)s, %(order_id)s, %(body)s, %(headers)s, %(peer)s, %(received_at)s,
-        (SELECT attempt FROM taken), {_STATUS}, {_OUTCOME}, {_FINISHED}, %(replay)s
-    RETURNING id
-){_RESULT}"""
-
-CLAIM_FAST = CLAIM.replace("), logged AS", f"){_ASYNC_COMMIT}, logged AS", 1).replace(
-    _RESULT, _ASYNC_RESULT
-)
-
-RECLAIM = f"""
-WITH {_PRIOR}, {_TAKE}, logged AS (
-    UPDATE orderfsm_deliveries SET attempt = (SELECT attempt FROM taken),
-        status = {_STATUS}, outcome = {_OUTCOME}, finished_at = {_FINISHED}
-    WHERE id = %(logged)s
-    RETURNING id
-){_RESULT}"""
-
-LOG = """
-INSERT INTO orderfsm_deliveries
-    (kind, key, order_id, body, headers, peer, received_at, attempt, status, outcome,
-     error, finished_at, replay)
-VALUES (%(kind)s, %(key)s, %(order_id)s, %(body)s, %(headers)s, %(peer)s, %(received_at)s,
-    %(attempt)s, %(status)s, %(outcome)s, %(error)s, %(finished_at)s, %(replay)s)
-RETURNING id
-"""
-
-RELOG = """
-UPDATE orderfsm_deliveries SET attempt = coalesce(%(attempt)s, attempt), status = %(status)s,
-    outcome = %(outcome)s, error = %(error)s, finished_at = %(finished_at)s
-WHERE id = %(logged)s
-RETURNING id
-"""
-
-SETTLE = """
-WITH s AS (
-    UPDATE orderfsm_claims SET state = %(state)s, answered_at = %(now)s, status = %(status)s,
-        body = %(body)s, content_type = %(content_type)s
-    WHERE key = %(key)s AND attempt = %(attempt)s AND state = 'running'
-    RETURNING 1
-), d AS (
-    UPDATE orderfsm_deliveries SET status = %(given)s,
-        outcome = CASE WHEN EXISTS (SELECT 1 FROM s) THEN %(outcome)s ELSE 'fenced' END,
-        error = %(error)s, finished_at = %(now)s
-    WHERE id = %(id)s
-)
-SELECT EXISTS (SELECT 1 FROM s)
-"""
-
-FINISH = """
-UPDATE orderfsm_deliveries SET status = %s, outcome = %s, error = %s, finished_at = %s WHERE id = %s
-"""
-
-REOPEN = """
-UPDATE orderfsm_claims SET state = 'released', status = NULL, body = NULL, content_type = NULL
-WHERE key = %s AND attempt = %s AND state = 'answered'
-"""
-
-READ_CLAIM = f"SELECT {CLAIM_COLUMNS} FROM orderfsm_claims WHERE key = %s"
-
-PRUNE_CLAIMS = PRUNE_CLAIMS_SQL.format(m="%s")
-
 
 def _one_line(exc: BaseException) -> str:
     """libpq's messages span lines ("connection failed: ... FATAL: ..."): keep the telling part."""
@@ -193,19 +93,6 @@ def _one_line(exc: BaseException) -> str:
     if not lines:
         return type(exc).__name__
     return "; ".join(lines[-2:]) if len(lines) > 1 else lines[0]
-
-
-def _delivery_params(delivery: NewDelivery) -> dict[str, Any]:
-    return {
-        "kind": delivery.kind,
-        "key": delivery.key,
-        "order_id": delivery.order_id,
-        "body": delivery.body,
-        "headers": encode_headers(delivery.headers),
-        "peer": delivery.peer,
-        "received_at": delivery.received_at,
-        "replay": delivery.replay,
-    }
 
 
 class PostgresStore:
@@ -404,30 +291,86 @@ class PostgresStore:
         lease: float,
         deadline: float,
         logged: int | None = None,
-        also: Also | None = None,
+        notes: Sequence[Note] = (),
     ) -> Claimed:
         try:
             with self._connection(deadline) as db:
-                if also is None:
-                    return _claim_on(db, delivery, owner, now, lease, logged, fast=True)
-                with db.transaction():
-                    # Not waiting for the disk, like the fast claim: the answer's
-                    # durable commit flushes the log up to here before any 2xx.
-                    db.execute("SET LOCAL synchronous_commit = off")
-                    claimed = _claim_on(db, delivery, owner, now, lease, logged)
-                    also(db, claimed)
-                    return claimed
+                if not notes:
+                    return sql.claim_on(db, delivery, owner, now, lease, logged, fast=True)
+                # Pipelined: BEGIN, the claim and the order's lock travel together,
+                # its write and COMMIT together (two round trips, not six).  The
+                # fast claim's setting holds for the whole transaction.
+                with db.pipeline(), db.transaction():
+                    claimed = sql.send_claim(db, delivery, owner, now, lease, logged, fast=True)
+                    record(db, self.kind, notes, now, self.channel)
+                    return claimed()
         except psycopg.errors.LockNotAvailable:
             # Another transaction holds the key (a transactional handler at work).
             ident = self._log_apart(delivery, logged, deadline)
             return Claimed(ident, None, None, busy=True)
 
+    def claim_many(
+        self,
+        requests: Sequence[ClaimRequest],
+        owner: str,
+        now: float,
+        lease: float,
+        deadline: float,
+    ) -> list[Claimed] | None:
+        """The claims, then every order's status, in one pipelined transaction."""
+        notes = [note for request in requests for note in request.notes]
+
+        def send(db: psycopg.Connection[Any], i: int) -> Callable[[], Claimed]:
+            return sql.send_claim(db, requests[i].delivery, owner, now, lease, None, fast=True)
+
+        def then(db: psycopg.Connection[Any]) -> None:
+            if notes:
+                record(db, self.kind, notes, now, self.channel)
+
+        keys = [request.delivery.key for request in requests]
+        return self._together(keys, send, deadline, then)
+
+    def settle_many(
+        self, requests: Sequence[SettleRequest], now: float, deadline: float
+    ) -> list[bool] | None:
+        """The answers in one pipelined transaction, one durable commit."""
+
+        def send(db: psycopg.Connection[Any], i: int) -> Callable[[], bool]:
+            return sql.send_settle(db, requests[i], now)
+
+        return self._together([request.key for request in requests], send, deadline)
+
+    def _together(
+        self,
+        keys: Sequence[str | None],
+        send: Callable[[psycopg.Connection[Any], int], Callable[[], R]],
+        deadline: float,
+        then: Callable[[psycopg.Connection[Any]], None] | None = None,
+    ) -> list[R] | None:
+        """Send each request's statement (``send(db, index)``), then ``then``'s, then
+        read every result, in one pipelined transaction.  Claim rows are locked in
+        key order (then order rows in id order, as every writer does), so batches
+        of several processes never deadlock; a row locked past a short wait (a
+        transactional handler's) gives ``None``: every request goes alone."""
+        order = sorted(range(len(keys)), key=lambda i: keys[i] or "")
+        with self._connection(deadline) as db:
+            try:
+                with db.pipeline(), db.transaction():
+                    db.execute(sql.BATCH_LOCK_TIMEOUT)
+                    sent = {i: send(db, i) for i in order}
+                    if then is not None:
+                        then(db)
+                    got = {i: read() for i, read in sent.items()}
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
+                return None
+        return [got[i] for i in range(len(keys))]
+
     def _log_apart(self, delivery: NewDelivery, logged: int | None, deadline: float) -> int:
         with self._connection(deadline) as db:
-            return _log(db, _delivery_params(delivery), logged)
+            return sql.log(db, sql.delivery_params(delivery), logged)
 
     def read_claim(self, key: str, deadline: float) -> Claim | None:
-        return claim_from_row(self._one(READ_CLAIM, (key,), deadline))
+        return claim_from_row(self._one(sql.READ_CLAIM, (key,), deadline))
 
     def settle(
         self,
@@ -440,7 +383,7 @@ class PostgresStore:
         deadline: float,
     ) -> bool:
         with self._connection(deadline) as db:
-            return _settle(db, key, attempt, answer, delivery_id, error, now)
+            return sql.settle(db, key, attempt, answer, delivery_id, error, now)
 
     def finish(
         self,
@@ -452,7 +395,9 @@ class PostgresStore:
         deadline: float,
     ) -> None:
         with self._connection(deadline) as db:
-            db.execute(FINISH, (answer.status, outcome.value, error_text(error), now, delivery_id))
+            db.execute(
+                sql.FINISH, (answer.status, outcome.value, error_text(error), now, delivery_id)
+            )
 
     def run_in_claim(
         self,
@@ -466,14 +411,16 @@ class PostgresStore:
     ) -> Worked:
         try:
             with self._connection(deadline) as db, db.transaction():
-                return run_in_transaction(db, DIALECT, delivery, work, owner, now, lease, logged)
+                return run_in_transaction(
+                    db, sql.DIALECT, delivery, work, owner, now, lease, logged
+                )
         except psycopg.errors.LockNotAvailable:
             ident = self._log_apart(delivery, logged, deadline)
             return Worked(ident, None, None, busy=True)
 
     def reopen(self, key: str, attempt: int, deadline: float) -> bool:
         with self._connection(deadline) as db:
-            return db.execute(REOPEN, (key, attempt)).rowcount == 1
+            return db.execute(sql.REOPEN, (key, attempt)).rowcount == 1
 
     def deliveries(self, selection: DeliveryFilter, deadline: float) -> list[Delivery]:
         where, args = filter_sql(selection, "%s")
@@ -496,113 +443,8 @@ class PostgresStore:
 
     def prune(self, cutoff: float, deadline: float) -> tuple[int, int]:
         with self._connection(deadline) as db, db.transaction():
-            claims = db.execute(PRUNE_CLAIMS, (cutoff, cutoff)).rowcount
+            claims = db.execute(sql.PRUNE_CLAIMS, (cutoff, cutoff)).rowcount
             deliveries = db.execute(
                 "DELETE FROM orderfsm_deliveries WHERE received_at < %s", (cutoff,)
             ).rowcount
         return claims, deliveries
-
-
-def _claim_on(
-    db: psycopg.Connection[Any],
-    delivery: NewDelivery,
-    owner: str,
-    now: float,
-    lease: float,
-    logged: int | None,
-    fast: bool = False,
-) -> Claimed:
-    params = _delivery_params(delivery)
-    if delivery.key is None:
-        return Claimed(_log(db, params, logged, attempt=0), 0, None)
-    params.update(owner=owner, now=now, lease_until=now + lease, logged=logged)
-    sql = RECLAIM if logged is not None else CLAIM_FAST if fast else CLAIM
-    row = db.execute(sql, params).fetchone()
-    assert row is not None
-    ident = int(row[0]) if row[0] is not None else logged
-    assert ident is not None
-    if row[1] is not None:
-        return Claimed(ident, int(row[1]), None)
-    return Claimed(ident, None, claim_from_row(row[2:]))
-
-
-def _log(
-    db: psycopg.Connection[Any],
-    params: dict[str, Any],
-    logged: int | None,
-    *,
-    attempt: int | None = None,
-    status: int | None = None,
-    outcome: str | None = None,
-    error: str | None = None,
-    finished_at: float | None = None,
-) -> int:
-    params = {
-        **params,
-        "attempt": attempt,
-        "status": status,
-        "outcome": outcome,
-        "error": error,
-        "finished_at": finished_at,
-        "logged": logged,
-    }
-    row = db.execute(LOG if logged is None else RELOG, params).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def _settle(
-    db: psycopg.Connection[Any],
-    key: str | None,
-    attempt: int,
-    answer: Answer,
-    delivery_id: int,
-    error: str | None,
-    now: float,
-) -> bool:
-    outcome = decisions.outcome_of(answer).value
-    if key is None:
-        db.execute(FINISH, (answer.status, outcome, error_text(error), now, delivery_id))
-        return True
-    keep = decisions.keeps(answer)
-    row = db.execute(
-        SETTLE,
-        {
-            "state": "answered" if keep else "released",
-            "now": now,
-            "status": answer.status if keep else None,
-            "body": answer.body if keep else None,
-            "content_type": answer.content_type if keep else None,
-            "key": key,
-            "attempt": attempt,
-            "given": answer.status,
-            "outcome": outcome,
-            "error": error_text(error),
-            "id": delivery_id,
-        },
-    ).fetchone()
-    return bool(row and row[0])
-
-
-def _log_finished(
-    db: psycopg.Connection[Any],
-    delivery: NewDelivery,
-    logged: int | None,
-    answer: Answer,
-    outcome: Outcome,
-    error: str | None,
-    now: float,
-) -> int:
-    return _log(
-        db,
-        _delivery_params(delivery),
-        logged,
-        status=answer.status,
-        outcome=outcome.value,
-        error=error_text(error),
-        finished_at=now,
-    )
-
-
-DIALECT = Dialect(_claim_on, _settle, _log_finished)
-"""The statements :func:`~transports.journal.base.run_in_transaction` runs on PostgreSQL."""

@@ -49,7 +49,6 @@ from orderfsm.journal import (
 from transports.journal.base import (
     CLAIM_COLUMNS,
     DELIVERY_COLUMNS,
-    Also,
     Claimed,
     Dialect,
     Work,
@@ -66,6 +65,7 @@ from transports.journal.base import (
     PRUNE_CLAIMS as PRUNE_CLAIMS_SQL,
 )
 from transports.journal.groupcommit import GroupCommit
+from transports.journal.orders import Note, record
 
 T = TypeVar("T")
 
@@ -385,12 +385,12 @@ class SqliteStore:
         lease: float,
         deadline: float,
         logged: int | None = None,
-        also: Also | None = None,
+        notes: Sequence[Note] = (),
     ) -> Claimed:
         def work(db: sqlite3.Connection) -> Claimed:
             claimed = _claim(db, delivery, owner, now, lease, logged)
-            if also is not None:
-                also(db, claimed)
+            if notes:
+                record(db, self.kind, notes, now)
             return claimed
 
         return self._write(work, deadline, durable=False)

@@ -181,22 +181,13 @@ class ReceiverBase:
                 extra={"event": "sink.failed", "order_id": observation.order_id},
             )
 
-    def _order_note(
-        self, notification: Notification, store: JournalStore
-    ) -> Callable[[Any, Any], None] | None:
-        """The journal write of the order's status, for the claim's transaction: trackers
-        of a fleet sharing the journal learn it on any host (not in memory)."""
+    def _order_notes(self, notification: Notification, store: JournalStore) -> tuple[Note, ...]:
+        """The order's status, to record in the claim's transaction: trackers of a
+        fleet sharing the journal learn it on any host (not in memory)."""
         told = _status_of(notification)
         if told is None or not self.record_orders or store.kind == "memory":
-            return None
-        note = Note(*told, WEBHOOK, time.time())
-        dialect = store.kind
-        channel = str(getattr(store, "channel", CHANNEL))
-
-        def record_status(db: Any, _: Any) -> None:
-            record(db, dialect, [note], time.time(), channel)
-
-        return record_status
+            return ()
+        return (Note(*told, WEBHOOK, time.time()),)
 
     def _journal_used(self, started: float, *, failed: bool) -> None:
         self._counters.journal_used(time.perf_counter() - started, failed=failed)
@@ -233,16 +224,19 @@ def handler_failed(exc: Exception, notification: Notification) -> tuple[WebhookA
 def transactional_work(
     transactional: TransactionalHandler,
     notification: Notification,
-    note: Callable[[Any, Any], None] | None,
+    notes: tuple[Note, ...],
+    store: JournalStore,
     timing: list[float] | None = None,
 ) -> Work:
     """The journal's unit of work for a transactional handler: its answer and error text.
-    ``note`` (the order's status) is written first, rolled back with the handler's writes
-    if it fails: the retry writes it again.  ``timing`` gets the handler's seconds."""
+    ``notes`` (the order's status) are written first, rolled back with the handler's
+    writes if it fails: the retry writes them again.  ``timing`` gets the handler's
+    seconds."""
+    channel = str(getattr(store, "channel", CHANNEL))
 
     def work(connection: Any, attempt: int) -> tuple[WebhookAnswer, str | None]:
-        if note is not None:
-            note(connection, None)
+        if notes:
+            record(connection, store.kind, notes, time.time(), channel)
         started = time.perf_counter()
         try:
             transactional(notification, connection)
@@ -335,8 +329,8 @@ class WebhookReceiver(ReceiverBase):
             return await self._handle_in_transaction(checked)
         started = time.perf_counter()
         try:
-            also = self._order_note(checked.notification, self.journal.store)
-            begun = await self.journal.begin(checked.delivery, STORE_FAILED, also)
+            notes = self._order_notes(checked.notification, self.journal.store)
+            begun = await self.journal.begin(checked.delivery, STORE_FAILED, notes)
         except JournalError as exc:
             self._journal_used(started, failed=True)
             journal_failed("before the handler", exc, checked)
@@ -377,8 +371,9 @@ class WebhookReceiver(ReceiverBase):
         handler_seconds: list[float] = []
         """Measured in the worker thread, counted back on the loop."""
 
-        note = self._order_note(notification, self.journal.store)
-        work = transactional_work(transactional, notification, note, handler_seconds)
+        store = self.journal.store
+        notes = self._order_notes(notification, store)
+        work = transactional_work(transactional, notification, notes, store, handler_seconds)
 
         started = time.perf_counter()
         try:

@@ -111,8 +111,9 @@ class SyncWebhookReceiver(ReceiverBase):
     def handle_verified(self, checked: Verified) -> tuple[WebhookAnswer, bool]:
         """Claim, run the handler once, record; the answer and whether the handler ran."""
         if self.transactional is not None:
-            note = self._order_note(checked.notification, self.journal.store)
-            work = transactional_work(self.transactional, checked.notification, note)
+            store = self.journal.store
+            notes = self._order_notes(checked.notification, store)
+            work = transactional_work(self.transactional, checked.notification, notes, store)
             try:
                 result = self.journal.run(checked.delivery, work, STORE_FAILED)
             except JournalError as exc:
@@ -120,8 +121,8 @@ class SyncWebhookReceiver(ReceiverBase):
                 return STORE_FAILED, False
             return result.answer, isinstance(result, Ran)
         try:
-            also = self._order_note(checked.notification, self.journal.store)
-            begun = self.journal.begin(checked.delivery, STORE_FAILED, also)
+            notes = self._order_notes(checked.notification, self.journal.store)
+            begun = self.journal.begin(checked.delivery, STORE_FAILED, notes)
         except JournalError as exc:
             logger.error("the journal failed before the handler: %s", exc)
             return STORE_FAILED, False

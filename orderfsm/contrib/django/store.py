@@ -35,7 +35,6 @@ from orderfsm.journal import (
 )
 from transports.journal import store_for
 from transports.journal.base import (
-    Also,
     Claimed,
     Dialect,
     SqlStore,
@@ -43,7 +42,7 @@ from transports.journal.base import (
     Worked,
     run_in_transaction,
 )
-from transports.journal.orders import CHANNEL
+from transports.journal.orders import CHANNEL, Note
 
 T = TypeVar("T")
 
@@ -113,9 +112,9 @@ class DjangoStore:
         lease: float,
         deadline: float,
         logged: int | None = None,
-        also: Also | None = None,
+        notes: Sequence[Note] = (),
     ) -> Claimed:
-        return self.inner.claim(delivery, owner, now, lease, deadline, logged, also)
+        return self.inner.claim(delivery, owner, now, lease, deadline, logged, notes)
 
     def read_claim(self, key: str, deadline: float) -> Claim | None:
         return self.inner.read_claim(key, deadline)
@@ -186,7 +185,7 @@ def _dialect(kind: str) -> Dialect:
 
         return DIALECT
     if kind == "postgresql":
-        from transports.journal.postgres import DIALECT as POSTGRES
+        from transports.journal.postgres_sql import DIALECT as POSTGRES
 
         return POSTGRES
     raise JournalConfigError(f"the journal cannot live in a {kind} database")

@@ -1,0 +1,114 @@
+"""Run together what concurrent tasks ask for meanwhile: one call for a batch.
+
+A receiver at full load has a dozen deliveries at the same step; on
+PostgreSQL each statement, commit and hop to a worker thread costs far more
+CPU than a row, so they share them.  The first caller leads: it runs a batch
+of what is queued (its own item first), hands the results out and passes the
+lead to the oldest caller still queued, so nobody waits longer than the batch
+before theirs, and no task of its own is needed (nothing to start or stop).
+A lone caller runs a batch of one, at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+import anyio
+
+from orderfsm.errors import JournalUnavailable
+
+I = TypeVar("I")  # noqa: E741 - the item, beside R the result
+R = TypeVar("R")
+
+MOST = 64
+"""Items per batch, at most: a bound on one transaction's work and latency."""
+
+
+class _Slot(Generic[I, R]):
+    __slots__ = ("error", "item", "lead", "result", "taken", "wake")
+
+    def __init__(self, item: I) -> None:
+        self.item = item
+        self.wake = anyio.Event()
+        self.lead = False
+        """Told to lead the next batch."""
+        self.taken = False
+        """In a batch that runs (its result will come, wanted or not)."""
+        self.result: R | None = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> R:
+        if self.error is not None:
+            raise self.error
+        result: R = self.result  # type: ignore[assignment]
+        return result
+
+
+class Batcher(Generic[I, R]):
+    """``await batcher.submit(item)``: ``run(items)`` gives one result per item, in order.
+
+    ``run`` must not be cancelled halfway (it is shielded here), and what it
+    raises is every item's error.  One event loop only.
+    """
+
+    def __init__(self, run: Callable[[list[I]], Awaitable[Sequence[R]]], most: int = MOST) -> None:
+        self._run = run
+        self._most = most
+        self._queue: list[_Slot[I, R]] = []
+        self._leading = False
+        self.batches = 0
+        self.items = 0
+
+    async def submit(self, item: I) -> R:
+        slot: _Slot[I, R] = _Slot(item)
+        self._queue.append(slot)
+        if self._leading:
+            try:
+                await slot.wake.wait()
+            except BaseException:
+                if not slot.taken:
+                    self._queue.remove(slot)
+                    if slot.lead:
+                        self._pass_lead()
+                raise
+            if not slot.lead:
+                return slot.outcome()
+        self._leading = True
+        try:
+            await self._lead(slot)
+        finally:
+            self._pass_lead()
+        return slot.outcome()
+
+    async def _lead(self, slot: _Slot[I, R]) -> None:
+        self._queue.remove(slot)
+        batch = [slot, *self._queue[: self._most - 1]]
+        del self._queue[: self._most - 1]
+        for taken in batch:
+            taken.taken = True
+        self.batches += 1
+        self.items += len(batch)
+        try:
+            with anyio.CancelScope(shield=True):
+                results = await self._run([s.item for s in batch])
+            for taken, result in zip(batch, results, strict=True):
+                taken.result = result
+        except Exception as exc:
+            for taken in batch:
+                taken.error = exc
+        except BaseException:
+            for taken in batch[1:]:
+                taken.error = JournalUnavailable("the journal's batch was interrupted")
+            raise
+        finally:
+            for taken in batch[1:]:
+                taken.wake.set()
+
+    def _pass_lead(self) -> None:
+        if self._queue:
+            following = self._queue[0]
+            following.lead = True
+            following.wake.set()
+        else:
+            self._leading = False
