@@ -2,11 +2,14 @@
 
 A receiver at full load has a dozen deliveries at the same step; on
 PostgreSQL each statement, commit and hop to a worker thread costs far more
-CPU than a row, so they share them.  The first caller leads: it runs a batch
-of what is queued (its own item first), hands the results out and passes the
-lead to the oldest caller still queued, so nobody waits longer than the batch
-before theirs, and no task of its own is needed (nothing to start or stop).
-A lone caller runs a batch of one, at once.
+CPU than a row, so they share them.  A caller that finds a lane free leads:
+it runs a batch of what is queued (its own item first), hands the results
+out and passes its lane to the oldest caller still queued, so nobody waits
+longer than the batches before theirs, and no task of its own is needed
+(nothing to start or stop).  One lane by default: two (a caller under light
+load seldom waiting for another's batch) cut three PostgreSQL receivers from
+about 2,150 to 1,600 deliveries/s, smaller batches, and did not lower the
+fleet's p99 at 500/s (10.7 ms against 9.9).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ R = TypeVar("R")
 
 MOST = 64
 """Items per batch, at most: a bound on one transaction's work and latency."""
+LANES = 1
+"""Batches running at once, at most."""
 
 
 class _Slot(Generic[I, R]):
@@ -32,7 +37,7 @@ class _Slot(Generic[I, R]):
         self.item = item
         self.wake = anyio.Event()
         self.lead = False
-        """Told to lead the next batch."""
+        """Handed a lane (and out of the queue): it leads the next batch there."""
         self.taken = False
         """In a batch that runs (its result will come, wanted or not)."""
         self.result: R | None = None
@@ -52,29 +57,37 @@ class Batcher(Generic[I, R]):
     raises is every item's error.  One event loop only.
     """
 
-    def __init__(self, run: Callable[[list[I]], Awaitable[Sequence[R]]], most: int = MOST) -> None:
+    def __init__(
+        self,
+        run: Callable[[list[I]], Awaitable[Sequence[R]]],
+        most: int = MOST,
+        lanes: int = LANES,
+    ) -> None:
         self._run = run
         self._most = most
+        self._lanes = lanes
         self._queue: list[_Slot[I, R]] = []
-        self._leading = False
+        self._leading = 0
+        """Lanes in use: batches running, or handed to a queued caller about to run one."""
         self.batches = 0
         self.items = 0
 
     async def submit(self, item: I) -> R:
         slot: _Slot[I, R] = _Slot(item)
-        self._queue.append(slot)
-        if self._leading:
+        if self._leading < self._lanes:
+            self._leading += 1
+        else:
+            self._queue.append(slot)
             try:
                 await slot.wake.wait()
             except BaseException:
-                if not slot.taken:
+                if slot.lead:
+                    self._pass_lead()  # handed a lane it will not use
+                elif not slot.taken:
                     self._queue.remove(slot)
-                    if slot.lead:
-                        self._pass_lead()
                 raise
             if not slot.lead:
                 return slot.outcome()
-        self._leading = True
         try:
             await self._lead(slot)
         finally:
@@ -82,7 +95,6 @@ class Batcher(Generic[I, R]):
         return slot.outcome()
 
     async def _lead(self, slot: _Slot[I, R]) -> None:
-        self._queue.remove(slot)
         batch = [slot, *self._queue[: self._most - 1]]
         del self._queue[: self._most - 1]
         for taken in batch:
@@ -106,9 +118,10 @@ class Batcher(Generic[I, R]):
                 taken.wake.set()
 
     def _pass_lead(self) -> None:
+        """Hand a lane over to the oldest caller not yet given one, or free it."""
         if self._queue:
-            following = self._queue[0]
+            following = self._queue.pop(0)
             following.lead = True
             following.wake.set()
         else:
-            self._leading = False
+            self._leading -= 1
