@@ -283,5 +283,5 @@ def test_ctrl_c_exits_130_quietly(emu: Emulator, backend: str) -> None:
         _, err = process.communicate(timeout=30)
     finally:
         process.kill()
-    assert process.returncode == 130
+    assert process.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err

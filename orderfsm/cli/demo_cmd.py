@@ -26,10 +26,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import functools
+
     import anyio
 
+    from orderfsm.cli.interrupts import unless_interrupted
+
     options.check_backend(args.backend)
-    code: int = anyio.run(_demo, args.json, args.step, backend=args.backend)
+    demo = functools.partial(_demo, args.json, args.step)
+    code: int = anyio.run(unless_interrupted, demo, backend=args.backend)
     return code
 
 

@@ -155,6 +155,7 @@ def _token(args: argparse.Namespace) -> str | None:
 def run(args: argparse.Namespace) -> int:
     import anyio
 
+    from orderfsm.cli.interrupts import unless_interrupted
     from orderfsm.cli.watching import Watch
 
     options.check_backend(args.backend)
@@ -176,5 +177,6 @@ def run(args: argparse.Namespace) -> int:
         raise options.UsageError("--transports", "journal needs --journal URL")
     if args.metrics_port is not None:
         options.check_extra("--metrics-port", "prometheus_client", "prometheus")
-    code: int = anyio.run(Watch(args, token, secret).run, backend=args.backend)
+    watch = Watch(args, token, secret)
+    code: int = anyio.run(unless_interrupted, watch.run, backend=args.backend)
     return code
