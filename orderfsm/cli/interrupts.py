@@ -19,17 +19,25 @@ from orderfsm.cli.failures import EXIT_INTERRUPTED
 
 
 async def unless_interrupted(work: Callable[[], Awaitable[int]]) -> int:
-    """``work()``'s exit code, or 130 once SIGINT cancelled it."""
-    code = EXIT_INTERRUPTED
+    """``work()``'s exit code, or 130 once SIGINT cancelled it.  What ``work`` raises
+    comes out as it was raised (not in an exception group), for the CLI to name."""
+    codes: list[int] = []
+    errors: list[Exception] = []
     with anyio.open_signal_receiver(signal.SIGINT) as signals:
         async with anyio.create_task_group() as tasks:
 
-            async def cancel_on_signal() -> None:
-                async for _ in signals:
+            async def run() -> None:
+                try:
+                    codes.append(await work())
+                except Exception as exc:
+                    errors.append(exc)
+                finally:
                     tasks.cancel_scope.cancel()
-                    return
 
-            tasks.start_soon(cancel_on_signal)
-            code = await work()
-            tasks.cancel_scope.cancel()
-    return code
+            tasks.start_soon(run)
+            async for _ in signals:
+                tasks.cancel_scope.cancel()
+                break
+    if errors:
+        raise errors[0]
+    return codes[0] if codes else EXIT_INTERRUPTED
