@@ -257,6 +257,33 @@ async def test_order_attached_later_gets_what_the_connection_already_saw(
         assert len(await emu.connections(user)) == 1
 
 
+async def test_a_late_attach_is_replayed_the_very_observations_a_live_sink_got(
+    emu: Emulator, shell: MakeSocketFactory | None
+) -> None:
+    """The connection remembers statuses compactly (tuples the collector can drop);
+    what it replays must still equal what a sink attached all along was given:
+    status, position, and the raw payload, extra fields included."""
+    user = await emu.create_user("alice")
+    first = await emu.create_order(user)
+    async with open_pool(emu, shell) as pool:
+        tokens = Tokens(user.token)
+        watching = RecordingSink()
+        pool.attach(first, watching, token=tokens, user_id="alice")
+        await watching.wait_for(lambda s: Health.HEALTHY in healths(s))
+        later = await emu.create_order(user)
+        live = RecordingSink()
+        pool.attach(later, live, token=tokens, user_id="alice")
+        await emu.set_status(later, "paid")
+        await emu.publish_raw(user, {"order_id": later, "status": "done", "note": "extra"})
+        await live.wait_for(has("new", "paid", "done"))
+        replayed = RecordingSink()
+        pool.attach(later, replayed, token=tokens, user_id="alice")
+    assert replayed.observations == live.observations
+    assert [o.raw for o in replayed.observations] == [o.raw for o in live.observations]
+    assert replayed.observations[-1].raw == {"order_id": later, "status": "done", "note": "extra"}
+    assert all(o.position is not None and o.position.offset for o in replayed.observations)
+
+
 async def test_unknown_statuses_and_malformed_publications_are_skipped(
     emu: Emulator, shell: MakeSocketFactory | None, caplog: pytest.LogCaptureFixture
 ) -> None:
