@@ -17,6 +17,7 @@ import itertools
 import json
 from typing import Any
 
+from hypothesis import event as note_event
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -119,6 +120,79 @@ def test_any_batching_of_the_same_messages_gives_the_same_events(
     one_per_frame = run(lines)
     assert run(frames) == one_per_frame
     assert run(["\n".join(lines)]) == one_per_frame
+
+
+@st.composite
+def live_lines(draw: st.DrawFn) -> list[str]:
+    """What a caught-up connection hears: mostly the next publication of a channel,
+    sometimes one again, one skipping ahead, a bad payload, two in one frame, a
+    ping, another push, rarely a disconnect."""
+    nominal = dict.fromkeys(CHANNELS, 0)
+    lines: list[str] = []
+    for _ in range(draw(st.integers(1, 30))):
+        kind = draw(st.integers(0, 19))
+        channel = draw(st.sampled_from(CHANNELS))
+        if kind <= 13:
+            nominal[channel] += draw(st.sampled_from([1, 1, 1, 1, 0, 2]))
+            order_id = draw(st.sampled_from([1, 2, 0]))
+            body = publication(order_id, draw(st.sampled_from(STATUSES)), offset=nominal[channel])
+            line = pub_push(channel, body)
+            if kind == 13:
+                nominal[channel] += 1
+                line += "\n" + pub_push(channel, publication(1, "done", offset=nominal[channel]))
+            lines.append(line)
+        elif kind <= 16:
+            lines.append(PING)
+        elif kind <= 18:
+            lines.append(message_push(1))
+        else:
+            lines.append(disconnect_push(3001))
+    return lines
+
+
+def caught_up_engine() -> CentrifugeEngine:
+    """Connected, both channels subscribed and their (empty) history read."""
+    engine = new_engine()
+    engine.connect(0.0, "jwt")
+    engine.data_to_send()
+    engine.receive(connect_reply(1, subs={c: sub_result(epoch="e") for c in CHANNELS}), 0.0)
+    for command in commands(engine.data_to_send()):
+        if "history" in command:
+            engine.receive(history_reply(command["id"], [], epoch="e", offset=0), 0.0)
+    assert engine.caught_up
+    return engine
+
+
+@settings(max_examples=300)
+@given(live_lines(), st.lists(st.integers(0, 3), min_size=20, max_size=20))
+def test_the_fast_path_gives_what_receive_gives_and_leaves_the_same_engine(
+    lines: list[str], ticks: list[int]
+) -> None:
+    """A driver tries ``live_observation`` first and falls back to ``receive`` (as the
+    WebSocket driver does); another only calls ``receive``.  Frame by frame they see
+    the same observations and other events, and their engines send the same
+    commands, keep the same positions and want the same next wake-up: so the fast
+    path may skip asking for those."""
+    fast, general = caught_up_engine(), caught_up_engine()
+    now = 0.0
+    for line, tick in zip(lines, itertools.cycle(ticks), strict=False):
+        now += tick
+        observation = fast.live_observation(line, now)
+        if observation is None:
+            fast_events = observations(fast.receive(line, now))
+            fast_sent = fast.data_to_send()
+        else:
+            note_event("a frame took the fast path")
+            fast_events, fast_sent = [observation], []
+        assert fast_events == observations(general.receive(line, now))
+        assert fast_sent == general.data_to_send()
+        assert fast.positions() == general.positions()
+        assert fast.next_deadline() == general.next_deadline()
+        assert fast.state is general.state and fast.caught_up == general.caught_up
+
+
+def observations(events: list[Event]) -> list[object]:
+    return [e.observation if isinstance(e, OrderPublication) else e for e in events]
 
 
 # --- hostile frames -------------------------------------------------------------------

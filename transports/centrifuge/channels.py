@@ -209,10 +209,26 @@ _STATUSES: dict[str, Status] = {s.value: s for s in Status}
 """Status by wire value; a miss (unknown, or not a string) makes the publication ignorable."""
 
 
+def order_fields(data: Any) -> tuple[int, Status] | None:
+    """Xsolla's ``{order_id: int, status: str}``, read: the order and its status, or
+    ``None`` when it is not that (:func:`order_event` says why)."""
+    if type(data) is not dict:
+        return None
+    order_id = data.get("order_id")
+    wire = data.get("status")
+    if type(order_id) is not int or order_id <= 0 or type(wire) is not str:
+        return None
+    status = _STATUSES.get(wire)
+    return None if status is None else (order_id, status)
+
+
 def order_event(
     channel: str, offset: int, data: Any, epoch: str, via: str, at: float
 ) -> OrderPublication | Ignored:
     """Parse Xsolla's ``{order_id: int, status: str}``; anything else is ignorable."""
+    told = order_fields(data)
+    if told is not None:
+        return OrderPublication(at, channel, offset, epoch, *told, via, data)
     if not isinstance(data, dict):
         return Ignored(at, "publication is not an object", channel, offset, data)
     order_id = data.get("order_id")

@@ -135,7 +135,6 @@ class Connection:
         self.generation = 0
         self.closed = anyio.Event()
         self._subscribers = Subscribers(functools.partial(on_idle, self))
-        self._deliver = self._subscribers.deliver  # bound once: a publication's hot path
         self._scope = anyio.CancelScope()
         self._attempt_scope: anyio.CancelScope | None = None
         self._timer: anyio.CancelScope | None = None
@@ -288,11 +287,19 @@ class Connection:
 
     async def _read(self, ws: WebSocket, first: str) -> None:
         engine = self.engine
+        live = engine.live_observation
+        deliver = self._subscribers.deliver
         clock = _loop_clock()
         await ws.send(first)
         while self._end is None:
             frame = await ws.receive()
             now = clock()
+            observation = live(frame, now)
+            if observation is not None:  # nearly every frame: nothing to send, no timer
+                deliver(observation)
+                if self.health is not Health.HEALTHY:
+                    self._set_health(Health.HEALTHY, "caught up")  # after a gap while live
+                continue
             events = engine.receive(frame, now)
             if events:  # first: the application hears of a status before any bookkeeping
                 self._handle(events)
@@ -341,7 +348,7 @@ class Connection:
     def _handle(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, OrderPublication):
-                self._deliver(event)
+                self._subscribers.deliver(event.observation)
             elif isinstance(event, CaughtUp):
                 self._set_health(Health.HEALTHY, "caught up")
             elif isinstance(event, Gap):

@@ -24,7 +24,6 @@ from typing import Any, Protocol
 
 from orderfsm.core import FINAL_STATUSES, Observation, Position, Status
 from orderfsm.interface import WEBSOCKET, HealthReport, ObservationSink
-from transports.centrifuge.events import OrderPublication
 
 logger = logging.getLogger("orderfsm.websocket")
 
@@ -107,10 +106,9 @@ class Subscribers:
         if self._attachments == 0:
             self._on_idle(linger)
 
-    def deliver(self, publication: OrderPublication) -> None:
+    def deliver(self, observation: Observation) -> None:
         """Hand the status to the order's sinks, then remember it (the hot path:
         the application hears first, the bookkeeping waits)."""
-        observation = publication.observation
         order_id = observation.order_id
         attachments = self._orders.get(order_id)
         if attachments is not None:
@@ -127,7 +125,9 @@ class Subscribers:
         if raw == {"order_id": order_id, "status": status}:
             raw = None  # the usual payload, made again on replay: a dict would keep the
             # tuple tracked (the collector assumes any dict may hold references)
-        remembered = (status, observation.at, publication.offset or None, publication.epoch, raw)
+        position = observation.position
+        assert position is not None  # a WebSocket observation always has one
+        remembered = (status, observation.at, position.offset, position.epoch, raw)
         if kept is None:
             seen[order_id] = (remembered,)
             if len(seen) > REMEMBERED_ORDERS:
