@@ -298,7 +298,7 @@ class Connection:
             if observation is not None:  # nearly every frame: nothing to send, no timer
                 deliver(observation)
                 if self.health is not Health.HEALTHY:
-                    self._set_health(Health.HEALTHY, "caught up")  # after a gap while live
+                    self._healthy_again()
                 continue
             events = engine.receive(frame, now)
             if events:  # first: the application hears of a status before any bookkeeping
@@ -372,8 +372,12 @@ class Connection:
                 self._log(logging.INFO, "websocket.ignored", event.reason)
             elif isinstance(event, Connected):
                 self._log(logging.DEBUG, "websocket.connected", f"client {event.client}")
-        if self.health is not Health.HEALTHY and self.engine.caught_up:
-            self._set_health(Health.HEALTHY, "caught up")  # after a gap while live
+        if self.health is not Health.HEALTHY:
+            self._healthy_again()
+
+    def _healthy_again(self) -> None:
+        if self.engine.caught_up:  # after a gap while live
+            self._set_health(Health.HEALTHY, "caught up")
 
     def _log(self, level: int, event: str, message: str, code: int | None = None) -> None:
         """A stable ``event`` name and the connection's label (never its token)."""

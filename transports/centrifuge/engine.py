@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import random as _random
 from collections.abc import Callable
+from typing import Any
 
 from orderfsm.core import Observation, Position
 from orderfsm.interface import WEBSOCKET
@@ -139,10 +140,9 @@ class CentrifugeEngine:
 
     def receive(self, text: str | bytes, now: float) -> list[Event]:
         """One WebSocket frame; never raises for anything the server sends."""
-        if self.state is State.CONNECTED and type(text) is str and "\n" not in text:
-            quick = self._live_publication(text, now)
-            if quick is not None:
-                return quick
+        quick = self._live_publication(text, now)
+        if quick is not None:
+            return quick
         if self.state not in _LIVE_STATES:
             return []  # late data from a connection already given up: drop it
         if isinstance(text, bytes):
@@ -173,16 +173,11 @@ class CentrifugeEngine:
         channel's offset, a later ping timeout) puts nothing in
         :meth:`data_to_send` and brings no :meth:`next_deadline` sooner, so a
         driver need not ask after it."""
-        if self.state is not State.CONNECTED or type(text) is not str or not self._caught_up:
+        live = self._lone_live_publication(text)
+        if live is None:
             return None
-        fields = publication_line(text) if "\n" not in text else None
-        if fields is None:
-            return None
-        channel, offset, data = fields
-        ch = self._channels.get(channel)
-        if ch is None or ch.phase is not Phase.LIVE or offset != ch.offset + 1:
-            return None
-        told = order_fields(data)
+        ch, offset, data = live
+        told = order_fields(data) if offset == ch.offset + 1 else None
         if told is None:
             return None
         ch.offset = offset
@@ -191,26 +186,38 @@ class CentrifugeEngine:
         position = Position(offset=offset or None, epoch=ch.epoch)
         return Observation.trusted(told[0], told[1], WEBSOCKET, now, position, data)
 
-    def _live_publication(self, line: str, now: float) -> list[Event] | None:
-        """A lone publication for a channel that is live and caught up: the frame
-        nearly every one is, taken in one step.  ``None`` for anything else,
-        which :meth:`receive` then reads the general way, with the same result."""
-        fields = publication_line(line)
-        if fields is None or not self._caught_up:
+    def _live_publication(self, text: str | bytes, now: float) -> list[Event] | None:
+        """:meth:`receive`'s own fast path, for any lone publication on a live
+        channel (the next one, one again, one skipping ahead).  ``None`` for
+        anything else, which :meth:`receive` then reads the general way, with the
+        same result."""
+        live = self._lone_live_publication(text)
+        if live is None:
+            return None
+        ch, offset, data = live
+        if self._ping:
+            self._arm_ping(now)
+        if offset == ch.offset + 1:  # the next one, as nearly always: deliver it now
+            ch.offset = offset
+            return [order_event(ch.name, offset, data, ch.epoch, "push", now)]
+        events = ch.on_push(Publication(offset, data), now)
+        if ch.phase is not Phase.LIVE:  # it skipped ahead: read the history in between
+            events += self._after_message(now)
+        return events
+
+    def _lone_live_publication(self, text: str | bytes) -> tuple[Channel, int, Any] | None:
+        """The channel, offset and data of a frame that is one publication on a live
+        channel of a caught-up connection (decided here only, for both fast paths)."""
+        if self.state is not State.CONNECTED or type(text) is not str or not self._caught_up:
+            return None
+        fields = publication_line(text) if "\n" not in text else None
+        if fields is None:
             return None
         channel, offset, data = fields
         ch = self._channels.get(channel)
         if ch is None or ch.phase is not Phase.LIVE:
             return None
-        if self._ping:
-            self._arm_ping(now)
-        if offset == ch.offset + 1:  # the next one, as nearly always: deliver it now
-            ch.offset = offset
-            return [order_event(channel, offset, data, ch.epoch, "push", now)]
-        events = ch.on_push(Publication(offset, data), now)
-        if ch.phase is not Phase.LIVE:  # it skipped ahead: read the history in between
-            events += self._after_message(now)
-        return events
+        return ch, offset, data
 
     def data_to_send(self) -> list[str]:
         """Frames to write now, in order (pongs, history commands); empties the queue."""
