@@ -78,6 +78,8 @@ class SyncJournal:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.batches: Batches | None = store if isinstance(store, Batches) else None
+        """The store, when it writes several deliveries' claims or answers at once."""
         self.settings = settings or JournalSettings()
         self.owner = owner or new_owner()
         self.clock = clock
@@ -159,26 +161,25 @@ class SyncJournal:
         for one that must go alone (:meth:`begin_steps` claims it)."""
         self.open()
         now, lease, deadline = self.clock(), self.settings.lease, self._deadline()
-        store = self.store
-        if len(requests) == 1 or not isinstance(store, Batches):
+        if len(requests) == 1 or self.batches is None:
             return [
-                store.claim(r.delivery, self.owner, now, lease, deadline, None, r.notes)
+                self.store.claim(r.delivery, self.owner, now, lease, deadline, None, r.notes)
                 for r in requests
             ]
-        claimed = store.claim_many(requests, self.owner, now, lease, deadline)
+        claimed = self.batches.claim_many(requests, self.owner, now, lease, deadline)
         return [None] * len(requests) if claimed is None else list(claimed)
 
     def settle_many(self, requests: Sequence[SettleRequest]) -> list[bool | None]:
         """Several answers' writes, together when the store batches; ``None`` for one
         that must go alone (:meth:`settle` writes it); then :meth:`settled`."""
         now, deadline = self.clock(), self._deadline()
-        store = self.store
-        if len(requests) == 1 or not isinstance(store, Batches):
+        if len(requests) == 1 or self.batches is None:
+            settle = self.store.settle
             return [
-                store.settle(r.key, r.attempt, r.answer, r.delivery_id, r.error, now, deadline)
+                settle(r.key, r.attempt, r.answer, r.delivery_id, r.error, now, deadline)
                 for r in requests
             ]
-        recorded = store.settle_many(requests, now, deadline)
+        recorded = self.batches.settle_many(requests, now, deadline)
         return [None] * len(requests) if recorded is None else list(recorded)
 
     def _await_key(

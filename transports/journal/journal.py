@@ -29,7 +29,7 @@ from orderfsm.journal import (
     NewDelivery,
     Reply,
 )
-from transports.journal.base import Batches, Claimed, ClaimRequest, SettleRequest, Store, Work
+from transports.journal.base import Claimed, ClaimRequest, SettleRequest, Store, Work
 from transports.journal.batching import Batcher
 from transports.journal.core import Ran, SyncJournal, Taken, advance, decided_by
 from transports.journal.orders import Note
@@ -46,7 +46,7 @@ class Journal:
         self.sync = SyncJournal(store, settings, owner=owner)
         self._limiters: dict[str, tuple[anyio.CapacityLimiter, anyio.CapacityLimiter]] = {}
         self._batchers: dict[str, _Batchers] = {}
-        self.batches = isinstance(store, Batches)
+        self.batches = self.sync.batches is not None
         """Whether concurrent claims and answers are written together."""
 
     @property
@@ -148,7 +148,7 @@ class Journal:
         recorded = await self._batched().settles.submit(request)
         if recorded is None:
             return await self._call(self.sync.settle, taken, answer, error, busy)
-        if recorded:
+        if recorded:  # the usual case: nothing to read, so no trip to a thread
             return self.sync.settled(taken, answer, error, busy, recorded)
         return await self._call(self.sync.settled, taken, answer, error, busy, recorded)
 

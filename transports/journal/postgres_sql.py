@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
 from orderfsm.journal import Answer, NewDelivery, Outcome, decisions
 from transports.journal.base import (
     CLAIM_COLUMNS,
@@ -233,10 +231,10 @@ def send_settle(
 ) -> Callable[[], bool]:
     """Send the answer's write; the function returned reads whether it was recorded
     (``False``: fenced, another attempt owns the key now)."""
-    key, attempt, answer, delivery_id, error = attrs.astuple(request, recurse=False)
+    key, answer, error = request.key, request.answer, request.error
     outcome = decisions.outcome_of(answer).value
     if key is None:
-        db.execute(FINISH, (answer.status, outcome, error_text(error), now, delivery_id))
+        db.execute(FINISH, (answer.status, outcome, error_text(error), now, request.delivery_id))
         return lambda: True
     keep = decisions.keeps(answer)
     cursor = db.execute(
@@ -248,11 +246,11 @@ def send_settle(
             "body": answer.body if keep else None,
             "content_type": answer.content_type if keep else None,
             "key": key,
-            "attempt": attempt,
+            "attempt": request.attempt,
             "given": answer.status,
             "outcome": outcome,
             "error": error_text(error),
-            "id": delivery_id,
+            "id": request.delivery_id,
         },
     )
 
