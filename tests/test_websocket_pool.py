@@ -7,6 +7,7 @@ pass the same tests.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from orderfsm.core import Advanced, Observation, OrderBook, Status
 from orderfsm.interface import WEBSOCKET, Health, HealthReport
 from orderfsm.testing import RecordingSink
 from transports.centrifuge import EngineConfig, PoolClosed, WebSocketPool
+from transports.centrifuge.events import OrderPublication
 from transports.centrifuge.httpx_socket import HttpxSocketFactory
 from transports.centrifuge.socket import MakeSocketFactory
 from transports.emulator import Emulator
@@ -152,6 +154,30 @@ async def test_history_delivers_statuses_published_before_connect(
         # caught up means history was read: both statuses are already here
         assert statuses(sink) == ["new", "paid"]
         assert [r.health for r in sink.reports] == [Health.CONNECTING, Health.HEALTHY]
+
+
+async def test_statuses_read_from_history_are_not_kept_by_the_waiting_socket(
+    emu: Emulator, shell: MakeSocketFactory | None
+) -> None:
+    """A socket waits for its next frame with the last one's locals alive: the
+    publications a connect reply recovered (a record and a payload each, for
+    every order of the player) must not stay pinned there while it waits."""
+    user = await emu.create_user("alice")
+    orders = [await emu.create_order(user) for _ in range(3)]
+    for order in orders:
+        await emu.set_status(order, "paid")
+    async with open_pool(emu, shell) as pool:
+        sink = RecordingSink()
+        tokens = Tokens(user.token)
+        for order in orders:
+            pool.attach(order, sink, token=tokens, user_id="alice")
+        await sink.wait_for(lambda s: len(s.observations) == 6)
+        gc.collect()
+        pinned = [
+            o for o in gc.get_objects() if type(o) is OrderPublication and o.order_id in orders
+        ]
+        assert pinned == []
+        assert len(await emu.connections(user)) == 1  # the socket is still up, waiting
 
 
 async def test_duplicates_and_reordering_advance_each_status_once(

@@ -271,6 +271,8 @@ class Scheduler:
                     await func(order, *args)
             finally:
                 helpers.discard(scope)
+                if not helpers and order.helpers is helpers:
+                    order.helpers = None  # one empty set per order adds up over thousands
 
         self._tg.start_soon(helper, name=f"orderfsm {func.__name__} {order.order_id}")
 

@@ -300,17 +300,25 @@ class Connection:
                 if self.health is not Health.HEALTHY:
                     self._healthy_again()
                 continue
-            events = engine.receive(frame, now)
-            if events:  # first: the application hears of a status before any bookkeeping
-                self._handle(events)
-            timer = self._timer
-            if timer is not None:
-                deadline = engine.next_deadline()
-                if deadline is not None and deadline < timer.deadline:
-                    timer.deadline = _wake_at(deadline, now)
-            frames = engine.data_to_send()
+            frames = self._receive(frame, now)
             if frames:
                 await self._send(frames)
+
+    def _receive(self, frame: str | bytes, now: float) -> list[str]:
+        """Any frame but a lone live publication, read the general way; returns the
+        frames to send.  Its events end here: kept in ``_read``'s frame while it
+        waits, a connect reply's would pin every recovered publication of the
+        socket (and its payload) until the next frame."""
+        engine = self.engine
+        events = engine.receive(frame, now)
+        if events:  # first: the application hears of a status before any bookkeeping
+            self._handle(events)
+        timer = self._timer
+        if timer is not None:
+            deadline = engine.next_deadline()
+            if deadline is not None and deadline < timer.deadline:
+                timer.deadline = _wake_at(deadline, now)
+        return engine.data_to_send()
 
     async def _run_timer(self) -> None:
         engine = self.engine
