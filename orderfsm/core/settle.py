@@ -31,9 +31,12 @@ class Verdict(enum.Enum):
     LAPSED = "lapsed"
     """Expired: a failure once the grace is over, unless a payment completes first."""
 
-    @property
-    def settled(self) -> bool:
-        return self is Verdict.SUCCEEDED or self is Verdict.FAILED
+    settled: bool
+    """Succeeded or failed: the order has its answer.  An attribute of each member,
+    not a property: the supervisor reads it on every status change."""
+
+    def __init__(self, value: str) -> None:
+        self.settled = value in ("succeeded", "failed")
 
 
 GOALS = (Status.PAID, Status.DONE)

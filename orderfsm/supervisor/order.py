@@ -222,7 +222,8 @@ class TrackedOrder:
                     "on_change callback failed",
                     extra={"event": "callback.failed", "order_id": self.order_id},
                 )
-        self._tell_watchers()
+        if self._news is not None:
+            self._tell_watchers()
 
     def _keep_details(self, observation: Observation) -> None:
         """Keep the observation's Get order details, or forget older ones: details
@@ -320,6 +321,15 @@ class TrackedOrder:
         else:
             label = "error" if error is None else unsettled_reason(error)
         self.counters.order_finished(self.order_id, label, settled=result is not None)
+        if logger.isEnabledFor(logging.INFO):  # its records cost as much as the rest here
+            self._log_end(result, error, label)
+        self.result, self.error = result, error
+        self.is_finished = self.ended = True
+        if self._done is not None:
+            self._done.set()
+        self._tell_watchers()
+
+    def _log_end(self, result: FinalResult | None, error: OrderFsmError | None, label: str) -> None:
         if result is not None:
             logger.info(
                 "order %s settled: %s (first seen by %s)",
@@ -341,11 +351,6 @@ class TrackedOrder:
                 error,
                 extra={"event": "order.ended", "order_id": self.order_id, "outcome": label},
             )
-        self.result, self.error = result, error
-        self.is_finished = self.ended = True
-        if self._done is not None:
-            self._done.set()
-        self._tell_watchers()
 
     def release(self) -> None:
         """Untracked or closed: watchers that follow past the settlement stop too."""

@@ -85,8 +85,10 @@ class CentrifugeEngine:
         self._last_id = 0
         self._connect_id: int | None = None
         self._connect_deadline: float | None = None
-        self._ping = 0
         self._pong = False
+        self._ping_window: float | None = None
+        """How long after a frame the server's next ping is overdue (its ping interval
+        plus our slack); ``None`` when it does not ping or no slack is set."""
         self._ping_deadline: float | None = None
         self._grace = SuspensionGrace(config.suspension_grace)
         self._attempts = 0
@@ -150,7 +152,7 @@ class CentrifugeEngine:
                 text = text.decode()
             except UnicodeDecodeError as exc:
                 return self._bad_protocol(CentrifugeProtocolError(f"not UTF-8: {exc}"), now)
-        if self.state is State.CONNECTED and self._ping:
+        if self.state is State.CONNECTED:
             self._arm_ping(now)
         events: list[Event] = []
         lines = ([text] if text.strip() else []) if "\n" not in text else split_frame(text)
@@ -181,8 +183,9 @@ class CentrifugeEngine:
         if told is None:
             return None
         ch.offset = offset
-        if self._ping:
-            self._arm_ping(now)
+        window = self._ping_window  # _arm_ping, inlined: this path is every status's
+        if window is not None:
+            self._ping_deadline = now + window
         position = Position(offset=offset or None, epoch=ch.epoch)
         return Observation.trusted(told[0], told[1], WEBSOCKET, now, position, data)
 
@@ -195,8 +198,7 @@ class CentrifugeEngine:
         if live is None:
             return None
         ch, offset, data = live
-        if self._ping:
-            self._arm_ping(now)
+        self._arm_ping(now)
         if offset == ch.offset + 1:  # the next one, as nearly always: deliver it now
             ch.offset = offset
             return [order_event(ch.name, offset, data, ch.epoch, "push", now)]
@@ -347,9 +349,10 @@ class CentrifugeEngine:
     def _connected(self, result: ConnectResult, now: float) -> list[Event]:
         self.state = State.CONNECTED
         self._attempts = self._token_failures = 0
-        self._ping, self._pong = result.ping, result.pong
-        if self._ping:
-            self._arm_ping(now)
+        self._pong = result.pong
+        slack = self.config.max_server_ping_delay
+        self._ping_window = result.ping + slack if result.ping and slack > 0 else None
+        self._arm_ping(now)
         events: list[Event] = [
             Connected(
                 now, result.client, result.version, result.ping, result.pong, tuple(result.subs)
@@ -444,7 +447,7 @@ class CentrifugeEngine:
         self._requests.clear()
         self._outbox.clear()
         self._connect_id = self._connect_deadline = self._ping_deadline = None
-        self._ping, self._pong = 0, False
+        self._ping_window, self._pong = None, False
         self._grace.reset()
         self._caught_up = False
         self._up_since = None
@@ -455,8 +458,10 @@ class CentrifugeEngine:
         return [t for t in deadlines if t is not None]
 
     def _arm_ping(self, now: float) -> None:
-        slack = self.config.max_server_ping_delay
-        self._ping_deadline = now + self._ping + slack if slack > 0 else None
+        """A frame came: the server's next ping is due within the window from now."""
+        window = self._ping_window
+        if window is not None:
+            self._ping_deadline = now + window
 
     def _delay(self, attempt: int) -> float:
         return self._backoff(attempt, self.config.min_reconnect_delay, self._sample())

@@ -34,6 +34,9 @@ Seen = tuple[str, float, "int | None", str, Any]
 """A status as remembered: its value, ``at``, the offset and epoch, and the raw data
 (``None`` for the usual ``{order_id, status}``)."""
 
+_WIRE: dict[Status, str] = {status: status.value for status in Status}
+"""A status as the plain string a remembered tuple keeps (``.value`` is a Python call)."""
+
 
 class _Owner(Protocol):
     def release(self, attachment: Attachment, linger: bool = True) -> None: ...
@@ -120,7 +123,7 @@ class Subscribers:
                         self._observe(attachment, observation)
         seen = self._seen
         kept = seen.get(order_id)
-        status = observation.status.value
+        status = _WIRE[observation.status]
         raw = observation.raw
         if raw == {"order_id": order_id, "status": status}:
             raw = None  # the usual payload, made again on replay: a dict would keep the
