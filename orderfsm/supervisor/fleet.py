@@ -50,6 +50,11 @@ BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
 """Retries of a journal call that failed (the database is down, say)."""
 BATCH = 256
 """Changes written in one transaction, at most."""
+UNTRACK_GATHER = 0.05
+"""Seconds the writer waits when only "no longer tracked" marks are queued, to write
+those of that moment together: nothing waits on them (a mark lost to a crash
+costs one needless resume and Get order), and at hundreds of orders a second
+one transaction each was a commit per order on every instance."""
 SETTLED_AT_ONCE = 8
 """``on_settled`` calls running at once in one instance."""
 SETTLED_RETRY_MAX = 30.0
@@ -118,6 +123,8 @@ class FleetLink:
         self._lease_now = anyio.Event()
         self._writing = False
         """Something is queued or being written."""
+        self._urgent = False
+        """Something queued that others wait on (anything but an untrack mark)."""
         self._flushed = anyio.Event()
         self.up = True
         """The journal answered the last call (``False`` during an outage)."""
@@ -177,6 +184,8 @@ class FleetLink:
     def _queue(self, note: Any) -> None:
         self._notes.append(note)
         self._writing = True
+        if note[0] != "untrack":
+            self._urgent = True
         self._news.set()
 
     async def flush(self, within: float) -> bool:
@@ -230,6 +239,9 @@ class FleetLink:
                 self._flushed.set()
                 await self._news.wait()
             self._news = anyio.Event()
+            if not self._urgent:
+                await self._gather_untracks()
+            self._urgent = False
             while self._notes:
                 batch, self._notes = self._notes[:BATCH], self._notes[BATCH:]
                 tracks = [item[1:] for item in batch if item[0] == "track"]
@@ -245,6 +257,12 @@ class FleetLink:
                 done = [item[1] for item in batch if item[0] == "untrack"]
                 if done:
                     await self._retrying("untrack", functools.partial(log.untrack, done))
+
+    async def _gather_untracks(self) -> None:
+        with anyio.move_on_after(UNTRACK_GATHER):
+            while not self._urgent:
+                await self._news.wait()
+                self._news = anyio.Event()
 
     async def _follow(self) -> None:
         """Apply what others wrote: after each wake-up, and at least every ``backstop`` s."""
