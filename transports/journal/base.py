@@ -448,6 +448,11 @@ MAX_ERROR_TEXT = 8000
 
 
 def error_text(error: str | None) -> str | None:
-    if error is None or len(error) <= MAX_ERROR_TEXT:
+    """A handler's error as stored: bounded, and without NUL (PostgreSQL's text refuses
+    it, and an exception can quote a player's input)."""
+    if error is None:
+        return None
+    error = error.replace("\x00", "\\x00")
+    if len(error) <= MAX_ERROR_TEXT:
         return error
     return error[: MAX_ERROR_TEXT // 2] + "\n...\n" + error[-MAX_ERROR_TEXT // 2 :]

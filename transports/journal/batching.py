@@ -14,12 +14,20 @@ fleet's p99 at 500/s (10.7 ms against 9.9).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 import anyio
 
 from orderfsm.errors import JournalUnavailable
+
+
+class BatchInterrupted(JournalUnavailable):
+    """The batch's leader was cancelled by its loop's own means (asyncio's
+    ``task.cancel()``, which anyio's shield does not stop) while the batch ran in its
+    thread: what the batch did is unknown to the others in it."""
+
 
 I = TypeVar("I")  # noqa: E741 - the item, beside R the result
 R = TypeVar("R")
@@ -54,7 +62,10 @@ class Batcher(Generic[I, R]):
     """``await batcher.submit(item)``: ``run(items)`` gives one result per item, in order.
 
     ``run`` must not be cancelled halfway (it is shielded here), and what it
-    raises is every item's error.  One event loop only.
+    raises is every item's error.  One event loop only.  A caller still queued
+    after ``patience`` seconds (the batches ahead of it stuck, say) leaves with
+    :class:`~orderfsm.errors.JournalUnavailable`: its answer must not wait on
+    theirs past its deadline; once in a running batch, it waits for its result.
     """
 
     def __init__(
@@ -62,10 +73,12 @@ class Batcher(Generic[I, R]):
         run: Callable[[list[I]], Awaitable[Sequence[R]]],
         most: int = MOST,
         lanes: int = LANES,
+        patience: float = math.inf,
     ) -> None:
         self._run = run
         self._most = most
         self._lanes = lanes
+        self._patience = patience
         self._queue: list[_Slot[I, R]] = []
         self._leading = 0
         """Lanes in use: batches running, or handed to a queued caller about to run one."""
@@ -79,13 +92,21 @@ class Batcher(Generic[I, R]):
         else:
             self._queue.append(slot)
             try:
-                await slot.wake.wait()
+                with anyio.move_on_after(self._patience):
+                    await slot.wake.wait()
+                if slot.taken and not slot.wake.is_set():
+                    await slot.wake.wait()  # its batch runs: the result will come
             except BaseException:
                 if slot.lead:
                     self._pass_lead()  # handed a lane it will not use
                 elif not slot.taken:
                     self._queue.remove(slot)
                 raise
+            if not slot.wake.is_set():
+                self._queue.remove(slot)
+                raise JournalUnavailable(
+                    f"the journal's batches ahead did not finish within {self._patience} s"
+                )
             if not slot.lead:
                 return slot.outcome()
         try:
@@ -111,7 +132,7 @@ class Batcher(Generic[I, R]):
                 taken.error = exc
         except BaseException:
             for taken in batch[1:]:
-                taken.error = JournalUnavailable("the journal's batch was interrupted")
+                taken.error = BatchInterrupted("the journal's batch was interrupted")
             raise
         finally:
             for taken in batch[1:]:

@@ -158,10 +158,12 @@ class SyncJournal:
 
     def claim_many(self, requests: Sequence[ClaimRequest]) -> list[Claimed | None]:
         """First claims of several deliveries, together when the store batches; ``None``
-        for one that must go alone (:meth:`begin_steps` claims it)."""
+        for one that must go alone (:meth:`begin_steps` claims it).  A batch of one
+        too: a batch gives up on a locked row at once, so it never holds the batches
+        queued behind it for a whole lock wait."""
         self.open()
         now, lease, deadline = self.clock(), self.settings.lease, self._deadline()
-        if len(requests) == 1 or self.batches is None:
+        if self.batches is None:
             return [
                 self.store.claim(r.delivery, self.owner, now, lease, deadline, None, r.notes)
                 for r in requests
@@ -173,6 +175,8 @@ class SyncJournal:
         """Several answers' writes, together when the store batches; ``None`` for one
         that must go alone (:meth:`settle` writes it); then :meth:`settled`."""
         now, deadline = self.clock(), self._deadline()
+        # One answer alone is one autocommit statement: should this process die while
+        # it waits on a locked row, the server still records it once the row is free.
         if len(requests) == 1 or self.batches is None:
             settle = self.store.settle
             return [

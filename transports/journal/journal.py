@@ -11,13 +11,14 @@ do their answers (:mod:`~transports.journal.batching`).
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Generator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
-import sniffio
 
 from orderfsm.errors import JournalUnavailable
 from orderfsm.journal import (
@@ -30,7 +31,7 @@ from orderfsm.journal import (
     Reply,
 )
 from transports.journal.base import Claimed, ClaimRequest, SettleRequest, Store, Work
-from transports.journal.batching import Batcher
+from transports.journal.batching import Batcher, BatchInterrupted
 from transports.journal.core import Ran, SyncJournal, Taken, advance, decided_by
 from transports.journal.orders import Note
 
@@ -44,8 +45,7 @@ class Journal:
         self, store: Store, settings: JournalSettings | None = None, *, owner: str | None = None
     ) -> None:
         self.sync = SyncJournal(store, settings, owner=owner)
-        self._limiters: dict[str, tuple[anyio.CapacityLimiter, anyio.CapacityLimiter]] = {}
-        self._batchers: dict[str, _Batchers] = {}
+        self._loops: weakref.WeakKeyDictionary[object, _OnLoop] = weakref.WeakKeyDictionary()
         self.batches = self.sync.batches is not None
         """Whether concurrent claims and answers are written together."""
 
@@ -74,15 +74,8 @@ class Journal:
         """
         if not self.store.blocking:
             return function(*args)
-        backend = sniffio.current_async_library()
-        limiters = self._limiters.get(backend)
-        if limiters is None:
-            size = self.store.threads
-            limiters = self._limiters[backend] = (
-                anyio.CapacityLimiter(size),
-                anyio.CapacityLimiter(size),
-            )
-        gate, threads = limiters
+        on_loop = self._on_loop()
+        gate, threads = on_loop.gate, on_loop.threads
         try:
             gate.acquire_nowait()  # the common case: a thread is free, no timer needed
         except anyio.WouldBlock:
@@ -145,19 +138,30 @@ class Journal:
         if not self.batches:
             return await self._call(self.sync.settle, taken, answer, error, busy)
         request = SettleRequest(taken.key, taken.attempt, answer, taken.delivery_id, error)
-        recorded = await self._batched().settles.submit(request)
+        try:
+            recorded = await self._batched().settles.submit(request)
+        except BatchInterrupted:
+            recorded = None  # written or not, writing it alone is safe (fenced by attempt)
         if recorded is None:
             return await self._call(self.sync.settle, taken, answer, error, busy)
         if recorded:  # the usual case: nothing to read, so no trip to a thread
             return self.sync.settled(taken, answer, error, busy, recorded)
         return await self._call(self.sync.settled, taken, answer, error, busy, recorded)
 
+    def _on_loop(self) -> _OnLoop:
+        """This event loop's limiters and batchers: a journal shared by loops in several
+        threads must not wake one loop's waiters from another."""
+        loop = anyio.lowlevel.current_token().native_token
+        on_loop = self._loops.get(loop)
+        if on_loop is None:
+            on_loop = self._loops[loop] = _OnLoop(self.store.threads)
+        return on_loop
+
     def _batched(self) -> _Batchers:
-        backend = sniffio.current_async_library()
-        batchers = self._batchers.get(backend)
-        if batchers is None:
-            batchers = self._batchers[backend] = _Batchers(self)
-        return batchers
+        on_loop = self._on_loop()
+        if on_loop.batchers is None:
+            on_loop.batchers = _Batchers(self)
+        return on_loop.batchers
 
     async def run(self, delivery: NewDelivery, work: Work, busy: Answer) -> Ran | Reply:
         """Claim, run ``work`` (a worker thread, the transaction open) and record, atomically."""
@@ -179,8 +183,21 @@ class Journal:
         return await self._call(self.sync.prune)
 
 
+class _OnLoop:
+    """A journal's objects bound to one event loop."""
+
+    def __init__(self, threads: int) -> None:
+        self.gate = anyio.CapacityLimiter(threads)
+        """Taken before a worker thread: its wait is bounded (``settings.wait``)."""
+        self.threads = anyio.CapacityLimiter(threads)
+        self.batchers: _Batchers | None = None
+
+
 class _Batchers:
-    """A journal's batches on one event loop: claims, and answers."""
+    """A journal's batches on one event loop: claims, and answers.  A claim waits for
+    the batches ahead of its own at most ``settings.wait``, as for a thread (its
+    delivery is answered 5xx and retried; nothing ran).  An answer waits as long as
+    they take: its handler has run, and an answer given up on is a handler run again."""
 
     def __init__(self, journal: Journal) -> None:
         sync = journal.sync
@@ -191,5 +208,7 @@ class _Batchers:
         async def settle(requests: list[SettleRequest]) -> list[bool | None]:
             return await journal._call(sync.settle_many, requests)
 
-        self.claims: Batcher[ClaimRequest, Claimed | None] = Batcher(claim)
+        self.claims: Batcher[ClaimRequest, Claimed | None] = Batcher(
+            claim, patience=journal.settings.wait
+        )
         self.settles: Batcher[SettleRequest, bool | None] = Batcher(settle)

@@ -245,7 +245,11 @@ class PostgresStore:
             pool.close(timeout=self.settings.wait)
 
     @contextmanager
-    def _connection(self, deadline: float) -> Iterator[psycopg.Connection[Any]]:
+    def _connection(
+        self, deadline: float, *, lock_waits: bool = False
+    ) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection; ``lock_waits``: the caller answers a lock wait run out
+        itself (a claim held by a transactional handler is busy, not an outage)."""
         pool = self._pool
         if pool is None or self._closed:
             raise JournalClosed(f"{self.display} is closed")
@@ -254,8 +258,10 @@ class PostgresStore:
                 yield connection
         except psycopg_pool.PoolTimeout:
             raise JournalUnavailable(f"{self.display}: no connection within the wait") from None
-        except psycopg.errors.LockNotAvailable:
-            raise
+        except psycopg.errors.LockNotAvailable as exc:
+            if lock_waits:
+                raise
+            raise JournalUnavailable(f"{self.display}: {self._said(exc)}") from None
         except psycopg.OperationalError as exc:
             self._recheck(pool)
             raise JournalUnavailable(f"{self.display}: {self._said(exc)}") from None
@@ -294,7 +300,7 @@ class PostgresStore:
         notes: Sequence[Note] = (),
     ) -> Claimed:
         try:
-            with self._connection(deadline) as db:
+            with self._connection(deadline, lock_waits=True) as db:
                 if not notes:
                     return sql.claim_on(db, delivery, owner, now, lease, logged, fast=True)
                 # Pipelined: BEGIN, the claim and the order's lock travel together,
@@ -363,6 +369,14 @@ class PostgresStore:
                     got = {i: read() for i, read in sent.items()}
             except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
                 return None
+            except psycopg.Error as exc:
+                if db.broken or db.closed:
+                    raise  # the database itself: every request meets the outage
+                # One request's statement failed on a healthy connection (its data,
+                # say): the transaction rolled back whole, so each goes alone and only
+                # that one fails; the others' answers (their handlers ran) are kept.
+                logger.warning("a batch of %d failed (%s); each goes alone", len(keys), exc)
+                return None
         return [got[i] for i in range(len(keys))]
 
     def _log_apart(self, delivery: NewDelivery, logged: int | None, deadline: float) -> int:
@@ -410,7 +424,7 @@ class PostgresStore:
         logged: int | None = None,
     ) -> Worked:
         try:
-            with self._connection(deadline) as db, db.transaction():
+            with self._connection(deadline, lock_waits=True) as db, db.transaction():
                 return run_in_transaction(
                     db, sql.DIALECT, delivery, work, owner, now, lease, logged
                 )

@@ -205,7 +205,7 @@ def log(
         "attempt": attempt,
         "status": status,
         "outcome": outcome,
-        "error": error,
+        "error": error_text(error),
         "finished_at": finished_at,
         "logged": logged,
     }
@@ -276,7 +276,7 @@ def log_finished(
         logged,
         status=answer.status,
         outcome=outcome.value,
-        error=error_text(error),
+        error=error,
         finished_at=now,
     )
 
