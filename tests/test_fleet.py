@@ -167,6 +167,58 @@ async def test_a_restarted_instance_resumes_what_was_not_settled(
 
 
 @on_databases
+async def test_an_order_forgotten_then_tracked_again_stays_followed(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """Forgetting queues a "no longer tracked" mark, which waits a moment to be written
+    with others; tracking the order again meanwhile must win over it, or the journal
+    says nobody follows the order and the lease (so the socket and polling) is lost."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    async with instance(url, emu, user) as a:
+        a.track(order_id)
+        await eventually(lambda: a._orders[order_id].owned)
+        a.forget(order_id)
+        a.track(order_id)
+        await anyio.sleep(0.5)  # past the marks' gathering and a lease round
+        assert a.fleet is not None
+        assert (await a.fleet.log.orders([order_id]))[order_id].tracking
+        assert a._orders[order_id].owned
+        await emu.set_status(order_id, "done")  # on the socket, which only an owner keeps
+        with anyio.fail_after(10):
+            result = await a.wait(order_id)
+    assert result.status is Status.DONE
+
+
+@on_databases
+async def test_a_token_for_that_raises_skips_that_order_not_the_start(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """Every instance resumes every unsettled order: one the application's ``token_for``
+    fails on (a deleted player, say) must not keep the whole fleet from starting."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    broken, fine = await emu.create_order(user), await emu.create_order(user)
+    async with instance(url, emu, user) as first:
+        first.track(broken)
+        first.track(fine)
+        await anyio.sleep(0.2)  # written to the journal
+    await emu.set_status(fine, "done", publish=False)
+
+    def token_for(order_id: int, user_id: str | None) -> str:
+        if order_id == broken:
+            raise KeyError(f"no player {user_id}")
+        return user.token
+
+    async with instance(url, emu, None, token_for=token_for) as second:
+        assert set(second._orders) == {fine}
+        with anyio.fail_after(10):
+            result = await second.wait(fine)
+    assert result.status is Status.DONE
+
+
+@on_databases
 async def test_on_settled_runs_once_across_the_fleet(
     backend: str, tmp_path: Path, emu: Emulator
 ) -> None:

@@ -52,6 +52,24 @@ async def test_a_change_is_written_once_and_only_when_it_advances(
 
 
 @on_databases
+async def test_the_sweep_finds_a_settlement_behind_many_orders_still_waiting(
+    backend: str, tmp_path: Path
+) -> None:
+    """The sweep reads a bounded page of unhandled settlements: orders still waiting
+    (older, and many more) must not fill it, or a settlement whose instance died
+    before its ``on_settled`` ran is never found."""
+    async with open_journal(url_for(backend, tmp_path)) as journal:
+        log = OrderLog(journal)
+        since = time.time() - 60
+        await log.track_many([(i, D, "waiting") for i in range(100, 120)])
+        await log.record([note(i, N) for i in range(100, 120)])
+        await log.track(5, D, "player-5")
+        await log.record([note(5, P), note(5, D)])
+        found = await log.unhandled(since, limit=10)
+    assert found == [(5, D, D)]
+
+
+@on_databases
 async def test_concurrent_writers_leave_one_legal_sequence(backend: str, tmp_path: Path) -> None:
     """Three instances writing what they saw, in any order: each change once, in order."""
     url = url_for(backend, tmp_path)

@@ -278,6 +278,35 @@ def test_pruning_forgets_what_is_older_than_the_retention(backend: str, tmp_path
         journal.close()
 
 
+def test_sqlite_prunes_in_small_transactions_and_forgets_everything_old(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write lock is the whole file's: pruning deletes a chunk per transaction
+    (two rows here) and goes on until nothing old is left."""
+    import transports.journal.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "PRUNE_CHUNK", 2)
+    clock = Clock()
+    journal = sync_journal(str(tmp_path / "journal.sqlite3"), clock, retention=100.0)
+    try:
+        for order_id in range(1, 6):
+            taken = journal.begin(delivery(order_id, clock), BUSY)
+            assert isinstance(taken, Taken)
+            journal.settle(taken, OK, None, BUSY)
+        clock.now += 50
+        young = journal.begin(delivery(9, clock), BUSY)
+        assert isinstance(young, Taken)
+        journal.settle(young, OK, None, BUSY)
+        clock.now += 60
+        assert journal.prune() == (5, 5)
+        assert [d.order_id for d in journal.deliveries()] == [9]
+        assert sorted(journal.claims([f"order_paid:{i}" for i in (1, 2, 3, 4, 5, 9)])) == [
+            "order_paid:9"
+        ]
+    finally:
+        journal.close()
+
+
 # --- outages: 5xx within the wait, no hang, recovery by itself --------------------------
 
 

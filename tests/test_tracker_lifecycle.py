@@ -172,6 +172,8 @@ async def test_a_refund_after_done_is_one_change_not_a_conflict(emu: Emulator) -
 
         t.track(order_id)
         tg.start_soon(follow)
+        # From "new" on (a loaded machine may otherwise hear "paid" first, rightly).
+        await eventually(lambda: bool(seen))
         await emu.run_script(order_id, [(0.05, "paid"), (0.05, "done")])
         result = await t.wait(order_id)
         await emu.set_status(order_id, "canceled")  # the refund: socket and webhook

@@ -244,7 +244,10 @@ class FleetLink:
             self._urgent = False
             while self._notes:
                 batch, self._notes = self._notes[:BATCH], self._notes[BATCH:]
-                tracks = [item[1:] for item in batch if item[0] == "track"]
+                # Tracks are written before untracks: of the two for one order, only
+                # the later counts (an order forgotten, then tracked again meanwhile).
+                last = {item[1]: item[0] for item in batch if item[0] in ("track", "untrack")}
+                tracks = [item[1:] for item in batch if item[0] == "track" == last[item[1]]]
                 past = {item[1]: 0 for item in batch if item[0] == "catch-up"}
                 if tracks:
                     rows = await self._retrying("track", functools.partial(log.track_many, tracks))
@@ -254,7 +257,7 @@ class FleetLink:
                 notes = [Note(*item[1:]) for item in batch if item[0] == "note"]
                 if notes:
                     await self._retrying("record", functools.partial(log.record, notes))
-                done = [item[1] for item in batch if item[0] == "untrack"]
+                done = [item[1] for item in batch if item[0] == "untrack" == last[item[1]]]
                 if done:
                     await self._retrying("untrack", functools.partial(log.untrack, done))
 
@@ -279,7 +282,12 @@ class FleetLink:
             if news.order_ids is not None and not full:
                 targets = {i: self.cursors[i] for i in news.order_ids if i in self.cursors}
             else:
-                targets = dict(self.cursors)  # a reconnect, a SQLite commit, the backstop
+                # A reconnect, a SQLite commit, the backstop: every order followed, the
+                # live mapping and not a copy.  SQLite's read filters what it found by
+                # it after the read, and moves past all of it: an order followed during
+                # the read (its change committed meanwhile) must be in, or that change
+                # is never read again.
+                targets = self.cursors
             if targets:
                 try:
                     changes = await self.log.changes(targets, everything=full)

@@ -250,7 +250,15 @@ class Tracker:
                 continue
             token: TokenProvider | str | None = None
             if self.token_for is not None:
-                token = self.token_for(row.order_id, row.user_id)
+                try:
+                    token = self.token_for(row.order_id, row.user_id)
+                except Exception:  # the app's callable: one bad row must not stop the start
+                    logger.exception(
+                        "not resuming order %s: token_for raised",
+                        row.order_id,
+                        extra={"event": "resume.failed", "order_id": row.order_id},
+                    )
+                    continue
             fleet.resuming(row.order_id)
             try:
                 self.track(row.order_id, token=token, user_id=row.user_id, until=row.until)

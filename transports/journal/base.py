@@ -358,13 +358,11 @@ def migrations(dialect: str) -> dict[int, list[str]]:
     }
 
 
-PRUNE_CLAIMS = """
-DELETE FROM orderfsm_claims
-WHERE claimed_at < {m}
+PRUNABLE_CLAIM = """claimed_at < {m}
   AND (CASE WHEN state = 'running' THEN lease_until
-       ELSE coalesce(answered_at, claimed_at) END) < {m}
-"""
+       ELSE coalesce(answered_at, claimed_at) END) < {m}"""
 """Mirrors :func:`orderfsm.journal.prunable` (answered_at, when set, is never before claimed_at)."""
+PRUNE_CLAIMS = "DELETE FROM orderfsm_claims WHERE " + PRUNABLE_CLAIM
 
 _FILTERS: tuple[tuple[str, Callable[[DeliveryFilter], Any]], ...] = (
     ("order_id = {m}", lambda s: s.order_id),

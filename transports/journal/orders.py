@@ -349,10 +349,20 @@ def changes_after(db: Any, dialect: str, cursors: Mapping[int, int]) -> list[Cha
     return found
 
 
+_SETTLING = ", ".join(
+    f"('{status.value}', '{goal.value}')"
+    for status in Status
+    for goal in GOALS
+    if verdict(status, goal).settled
+)
+"""(status, goal) pairs that settle an order, for SQL: from the core's own verdicts."""
+
+
 def unhandled(db: Any, dialect: str, since: float, limit: int) -> list[tuple[int, Status, Status]]:
     """Tracked orders whose status settles them (or refunds them) since ``since``, with no
     answered ``on_settled`` claim: (order id, status, goal).  Whoever settled them may
-    have died before its handler ran."""
+    have died before its handler ran.  Only settling statuses are read, so the limit
+    is never used up by the many orders still waiting."""
     key = (
         "'settled:' || CAST(o.order_id AS TEXT) || ':' || o.status"
         if dialect == "postgresql"
@@ -365,6 +375,7 @@ def unhandled(db: Any, dialect: str, since: float, limit: int) -> list[tuple[int
             f" LEFT JOIN orderfsm_claims c ON c.key = {key}"
             f" WHERE o.tracked_at IS NOT NULL AND o.updated_at >= %s AND o.status IS NOT NULL"
             f" AND (c.state IS NULL OR c.state <> 'answered')"
+            f" AND (o.status, o.until) IN ({_SETTLING})"
             f" ORDER BY o.updated_at LIMIT %s",
         ),
         (since, limit),

@@ -49,6 +49,7 @@ from orderfsm.journal import (
 from transports.journal.base import (
     CLAIM_COLUMNS,
     DELIVERY_COLUMNS,
+    PRUNABLE_CLAIM,
     Claimed,
     Dialect,
     Work,
@@ -60,9 +61,6 @@ from transports.journal.base import (
     filter_sql,
     migrations,
     run_in_transaction,
-)
-from transports.journal.base import (
-    PRUNE_CLAIMS as PRUNE_CLAIMS_SQL,
 )
 from transports.journal.groupcommit import GroupCommit
 from transports.journal.orders import Note, record
@@ -473,17 +471,34 @@ class SqliteStore:
         return found
 
     def prune(self, cutoff: float, deadline: float) -> tuple[int, int]:
-        def work(db: sqlite3.Connection) -> tuple[int, int]:
-            claims = db.execute(PRUNE_CLAIMS, (cutoff, cutoff)).rowcount
-            deliveries = db.execute(
-                "DELETE FROM orderfsm_deliveries WHERE received_at < ?", (cutoff,)
-            ).rowcount
+        """In transactions of :data:`PRUNE_CHUNK` rows: the write lock is the whole file's,
+        and an hour of deliveries deleted at once held every process's claims and
+        answers for over a second."""
+
+        def chunk(db: sqlite3.Connection) -> tuple[int, int]:
+            claims = db.execute(PRUNE_CLAIMS_CHUNK, (cutoff, cutoff, PRUNE_CHUNK)).rowcount
+            deliveries = db.execute(PRUNE_DELIVERIES_CHUNK, (cutoff, PRUNE_CHUNK)).rowcount
             return claims, deliveries
 
-        return self._write(work, deadline)
+        claims = deliveries = 0
+        while True:
+            more_claims, more_deliveries = self._write(chunk, deadline)
+            claims, deliveries = claims + more_claims, deliveries + more_deliveries
+            if max(more_claims, more_deliveries) < PRUNE_CHUNK or time.monotonic() > deadline:
+                return claims, deliveries  # what is left goes at the next prune
 
 
-PRUNE_CLAIMS = PRUNE_CLAIMS_SQL.format(m="?")
+PRUNE_CHUNK = 2000
+"""Rows of each table deleted per transaction when pruning."""
+PRUNE_CLAIMS_CHUNK = (
+    "DELETE FROM orderfsm_claims WHERE key IN (SELECT key FROM orderfsm_claims WHERE "
+    + PRUNABLE_CLAIM.format(m="?")
+    + " LIMIT ?)"
+)
+PRUNE_DELIVERIES_CHUNK = (
+    "DELETE FROM orderfsm_deliveries WHERE id IN"
+    " (SELECT id FROM orderfsm_deliveries WHERE received_at < ? LIMIT ?)"
+)
 
 
 def _log(
