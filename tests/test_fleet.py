@@ -192,6 +192,29 @@ async def test_an_order_forgotten_then_tracked_again_stays_followed(
 
 
 @on_databases
+async def test_one_instance_giving_an_order_up_leaves_the_others_following_it(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """B's waiter leaves (B untracks the order); A still waits on it and holds the
+    lease: A must keep following it through Xsolla, not read "nobody tracks it"."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    async with instance(url, emu, user) as a, instance(url, emu, user) as b:
+        a.track(order_id)
+        await eventually(lambda: a._orders[order_id].owned)
+        b.track(order_id)
+        await anyio.sleep(0.2)
+        b.untrack(order_id)
+        await anyio.sleep(1.5)  # past a lease period (1 s here): renewals went on
+        assert a._orders[order_id].owned
+        await emu.set_status(order_id, "done")  # on the socket, which only an owner keeps
+        with anyio.fail_after(10):
+            result = await a.wait(order_id)
+    assert result.status is Status.DONE
+
+
+@on_databases
 async def test_a_token_for_that_raises_skips_that_order_not_the_start(
     backend: str, tmp_path: Path, emu: Emulator
 ) -> None:

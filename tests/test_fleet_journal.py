@@ -227,8 +227,10 @@ async def test_leases_one_owner_a_new_fence_on_takeover(backend: str, tmp_path: 
         taken = await b.lease([1, 2], 5.0)
         assert list(taken) == [1] and taken[1] == first[1] + 1
         assert await a.lease([1], 5.0) == {}
-        await b.untrack([1])
-        assert await a.lease([1], 5.0) == {}  # given up: nobody resumes it
+        await b.untrack([1])  # b gave up (its waiter left); a still follows the order
+        again = await a.lease([1], 5.0)
+        assert again == {1: taken[1] + 1}
+        assert (await a.orders([1]))[1].tracking  # resumed after a restart, then
 
 
 @given(
@@ -263,3 +265,6 @@ def test_the_sql_lease_is_the_pure_decision(
         assert held == {9: leased(row, asker, now, 30.0).fence}
     else:
         assert held == {}
+    expected = leased(row, asker, now, 30.0) if held else row
+    after = db.execute("SELECT tracking, owner FROM orderfsm_orders WHERE order_id = 9").fetchone()
+    assert (bool(after[0]), after[1]) == (expected.tracking, expected.owner)

@@ -75,9 +75,11 @@ def may_lease(row: OrderRow, owner: str, now: float) -> bool:
 
     Yes when nobody holds it, when ``owner`` does already (a renewal), or when
     the holder's lease ran out (it died or hangs): no worker table and no
-    sweeper.  Never for an order nobody tracks any more, or that is settled.
+    sweeper.  Never for a settled order.  An instance asks only for orders it
+    follows, so another's giving one up (its waiter cancelled: the row says
+    nobody tracks it) does not strand it: the lease marks it tracked again.
     """
-    if not row.tracking or settles(row):
+    if settles(row):
         return False
     return row.owner is None or row.owner == owner or row.lease_until <= now
 
@@ -85,7 +87,7 @@ def may_lease(row: OrderRow, owner: str, now: float) -> bool:
 def leased(row: OrderRow, owner: str, now: float, lease: float) -> OrderRow:
     """The row after ``owner`` takes or renews its lease; a new owner gets a new fence."""
     fence = row.fence if row.owner == owner and row.lease_until > now else row.fence + 1
-    return attrs.evolve(row, owner=owner, lease_until=now + lease, fence=fence)
+    return attrs.evolve(row, owner=owner, lease_until=now + lease, fence=fence, tracking=True)
 
 
 def settled_key(order_id: int, status: Status) -> str:

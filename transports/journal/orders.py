@@ -286,14 +286,14 @@ def lease(
                     f"UPDATE orderfsm_orders SET"
                     f" fence = CASE WHEN owner = %s AND lease_until > %s THEN fence"
                     f" ELSE fence + 1 END,"
-                    f" owner = %s, lease_until = %s"
+                    f" owner = %s, lease_until = %s, tracking = %s"
                     f" WHERE order_id IN ({_marks(len(chunk), dialect)}) AND until = %s"
-                    f" AND tracking AND (status IS NULL"
+                    f" AND (status IS NULL"
                     f" OR status NOT IN ({_marks(len(settled), dialect)}))"
                     f" AND (owner IS NULL OR owner = %s OR lease_until <= %s)"
                     f" RETURNING order_id, fence",
                 ),
-                (owner, now, owner, now + seconds, *chunk, goal.value, *settled, owner, now),
+                (owner, now, owner, now + seconds, True, *chunk, goal.value, *settled, owner, now),
             ).fetchall()
             held.update((int(order_id), int(fence)) for order_id, fence in rows)
     return held
