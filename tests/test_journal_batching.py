@@ -146,17 +146,21 @@ async def test_a_caller_queued_behind_a_stuck_batch_gives_up_after_its_patience(
 # --- on PostgreSQL, through the receiver ----------------------------------------------------
 
 
-def on_answer(db: Any, name: str, body: str) -> None:
-    """A PostgreSQL trigger running ``body`` as an answer is written on a claim row
-    (dropped by the test): the database itself slow or refusing, no stand-in of ours."""
+def on_update(db: Any, name: str, table: str, body: str) -> None:
+    """A PostgreSQL trigger running ``body`` as a row of ``table`` is updated (dropped by
+    the test): the database itself slow or refusing, no stand-in of ours."""
     db.execute(
         f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
-        f" IF NEW.state <> 'running' THEN {body} END IF; RETURN NEW; END $$"
+        f" {body} RETURN NEW; END $$"
     )
     db.execute(
-        f"CREATE TRIGGER {name} BEFORE UPDATE ON orderfsm_claims"
-        f" FOR EACH ROW EXECUTE FUNCTION {name}()"
+        f"CREATE TRIGGER {name} BEFORE UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()"
     )
+
+
+def on_answer(db: Any, name: str, body: str) -> None:
+    """``body`` run as an answer is written on a claim row."""
+    on_update(db, name, "orderfsm_claims", f"IF NEW.state <> 'running' THEN {body} END IF;")
 
 
 @pytest.mark.anyio
@@ -449,3 +453,46 @@ async def test_answers_in_a_batch_whose_leader_asyncio_cancelled_are_still_recor
     assert answers == {10: 204, 11: "cancelled", 12: 204, 13: 204}
     assert sorted(handled) == [10, 11, 12, 13]
     assert all(claim.answer is not None for claim in stored.values())
+
+
+@pytest.mark.anyio
+async def test_a_duplicate_gets_the_stored_answer_even_when_its_record_cannot_be_written() -> None:
+    """A duplicate that waited for the first delivery repeats its answer; writing down
+    that it came is bookkeeping, and its failure must not turn the answer into a 5xx
+    (Xsolla would deliver again a notification already handled)."""
+    import psycopg
+
+    url = postgres_server().url()
+    handled: list[int] = []
+    release = anyio.Event()
+
+    async def handler(notification: object) -> None:
+        handled.append(getattr(notification, "order_id"))  # noqa: B009
+        await release.wait()
+
+    payload = order_paid(4)
+    answers: list[int] = []
+    with psycopg.connect(url, autocommit=True) as db:
+        async with open_journal(url, JournalSettings(wait=2.0)) as journal:
+            receiver = WebhookReceiver(SECRET, handler, store=journal)
+
+            async def send() -> None:
+                answers.append((await receiver.handle(signed(payload), payload)).status)
+
+            on_update(
+                db,
+                "refuse_record",
+                "orderfsm_deliveries",
+                "IF NEW.outcome = 'duplicate' THEN RAISE EXCEPTION 'no'; END IF;",
+            )
+            try:
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(send)
+                    await anyio.sleep(0.2)  # the first is in its handler
+                    tasks.start_soon(send)  # the duplicate waits for its answer
+                    await anyio.sleep(0.2)
+                    release.set()
+            finally:
+                db.execute("DROP TRIGGER refuse_record ON orderfsm_deliveries")
+    assert answers == [204, 204]
+    assert handled == [4]

@@ -20,6 +20,7 @@ from typing import TypeVar
 
 import attrs
 
+from orderfsm.errors import JournalError
 from orderfsm.journal import (
     Answer,
     Busy,
@@ -196,9 +197,19 @@ class SyncJournal:
             if isinstance(verdict, TryAgain):
                 return None
             if isinstance(verdict, Reply):
-                self.store.finish(
-                    logged, verdict.answer, Outcome.DUPLICATE, None, self.clock(), self._deadline()
-                )
+                try:
+                    self.store.finish(
+                        logged,
+                        verdict.answer,
+                        Outcome.DUPLICATE,
+                        None,
+                        self.clock(),
+                        self._deadline(),
+                    )
+                except JournalError as exc:
+                    # Only this delivery's record: the answer it repeats is stored, and
+                    # a 5xx here would turn a handled notification into a retry.
+                    logger.warning("a duplicate's record was not written: %s", exc)
                 return verdict
             if isinstance(verdict, Busy):
                 self.store.finish(logged, busy, Outcome.BUSY, None, self.clock(), self._deadline())
