@@ -63,6 +63,22 @@ def instance(url: str, emu: Emulator, user: User | None = None, **kw: Any) -> Tr
     )
 
 
+async def owning(t: Tracker, order_id: int) -> None:
+    """``t`` tracks the order and holds its lease (so its socket and polling)."""
+    t.track(order_id)
+    await eventually(lambda: t._orders[order_id].owned)
+
+
+async def done_on_the_socket_reaches(t: Tracker, emu: Emulator, order_id: int) -> bool:
+    """``done`` published on the socket, which only the order's owner keeps: does ``t``,
+    still owning it, settle the order with it?"""
+    if not t._orders[order_id].owned:
+        return False
+    await emu.set_status(order_id, "done")
+    with anyio.fail_after(10):
+        return (await t.wait(order_id)).status is Status.DONE
+
+
 @asynccontextmanager
 async def receiver_for(url: str, emu: Emulator) -> AsyncIterator[None]:
     """A webhook receiver of the fleet (on its own journal connection), fed by the emulator."""
@@ -177,18 +193,13 @@ async def test_an_order_forgotten_then_tracked_again_stays_followed(
     user = await emu.create_user()
     order_id = await emu.create_order(user)
     async with instance(url, emu, user) as a:
-        a.track(order_id)
-        await eventually(lambda: a._orders[order_id].owned)
+        await owning(a, order_id)
         a.forget(order_id)
         a.track(order_id)
         await anyio.sleep(0.5)  # past the marks' gathering and a lease round
         assert a.fleet is not None
         assert (await a.fleet.log.orders([order_id]))[order_id].tracking
-        assert a._orders[order_id].owned
-        await emu.set_status(order_id, "done")  # on the socket, which only an owner keeps
-        with anyio.fail_after(10):
-            result = await a.wait(order_id)
-    assert result.status is Status.DONE
+        assert await done_on_the_socket_reaches(a, emu, order_id)
 
 
 @on_databases
@@ -201,17 +212,12 @@ async def test_one_instance_giving_an_order_up_leaves_the_others_following_it(
     user = await emu.create_user()
     order_id = await emu.create_order(user)
     async with instance(url, emu, user) as a, instance(url, emu, user) as b:
-        a.track(order_id)
-        await eventually(lambda: a._orders[order_id].owned)
+        await owning(a, order_id)
         b.track(order_id)
         await anyio.sleep(0.2)
         b.untrack(order_id)
         await anyio.sleep(1.5)  # past a lease period (1 s here): renewals went on
-        assert a._orders[order_id].owned
-        await emu.set_status(order_id, "done")  # on the socket, which only an owner keeps
-        with anyio.fail_after(10):
-            result = await a.wait(order_id)
-    assert result.status is Status.DONE
+        assert await done_on_the_socket_reaches(a, emu, order_id)
 
 
 @on_databases

@@ -350,10 +350,7 @@ def changes_after(db: Any, dialect: str, cursors: Mapping[int, int]) -> list[Cha
 
 
 _SETTLING = ", ".join(
-    f"('{status.value}', '{goal.value}')"
-    for status in Status
-    for goal in GOALS
-    if verdict(status, goal).settled
+    f"('{status}', '{goal.value}')" for goal in GOALS for status in _settled_statuses(goal)
 )
 """(status, goal) pairs that settle an order, for SQL: from the core's own verdicts."""
 
@@ -380,8 +377,7 @@ def unhandled(db: Any, dialect: str, since: float, limit: int) -> list[tuple[int
         ),
         (since, limit),
     ).fetchall()
-    found = [(int(r[0]), Status(r[1]), Status(r[2])) for r in rows]
-    return [(i, status, until) for i, status, until in found if verdict(status, until).settled]
+    return [(int(r[0]), Status(r[1]), Status(r[2])) for r in rows]
 
 
 def changes_since(db: Any, after_seq: int) -> tuple[list[ChangeRow], int]:
