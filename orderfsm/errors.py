@@ -147,6 +147,12 @@ class JournalUnavailable(JournalError):
     """
 
 
+class JournalRefused(JournalUnavailable):
+    """The database refused a statement (a constraint, a trigger, a value it cannot
+    store): the same statement again would be refused again, so it is not retried.
+    Still our trouble, answered 5xx like any other."""
+
+
 class JournalOpenFailed(JournalError):
     """The journal could not be opened at all (start-up): unreachable server, bad
     credentials, an unusable file or directory."""

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from support_postgres import postgres_server
 
@@ -59,5 +60,72 @@ def grants(url: str) -> list[int]:
     db = connect(url)
     try:
         return [int(row[0]) for row in db.execute("SELECT order_id FROM grants").fetchall()]
+    finally:
+        db.close()
+
+
+class DatabaseHold:
+    """The test holding the journal's database so a receiver cannot record its answer."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.url = url
+        self.db = connect(url)
+        if is_postgres(url):
+            self.db.execute("BEGIN")
+            self.db.execute("SELECT 1 FROM orderfsm_claims WHERE key = %s FOR UPDATE", (key,))
+        else:
+            self.db.execute("BEGIN EXCLUSIVE")
+
+    async def blocking_someone(self) -> None:
+        """On PostgreSQL, wait until a receiver's statement waits on the held row."""
+        if not is_postgres(self.url):
+            return  # SQLite cannot show it; the exclusive lock makes any record wait
+        watcher = connect(self.url)
+        try:
+            waiting = "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            with anyio.fail_after(20):
+                while True:
+                    if watcher.execute(waiting).fetchall():
+                        break
+                    await anyio.sleep(0.01)
+        finally:
+            watcher.close()
+
+    def release(self) -> None:
+        self.db.execute("ROLLBACK")
+        self.db.close()
+
+
+def on_update(db: Any, name: str, table: str, body: str) -> None:
+    """A PostgreSQL trigger running ``body`` as a row of ``table`` is updated (dropped by
+    the test): the database itself slow or refusing, no stand-in of ours."""
+    db.execute(
+        f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" {body} RETURN NEW; END $$"
+    )
+    db.execute(
+        f"CREATE TRIGGER {name} BEFORE UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()"
+    )
+
+
+def on_answer(db: Any, name: str, body: str) -> None:
+    """``body`` run as an answer is written on a claim row."""
+    on_update(db, name, "orderfsm_claims", f"IF NEW.state <> 'running' THEN {body} END IF;")
+
+
+def refuse_answers(url: str, key: str) -> None:
+    """Make the database itself refuse to record an answer for ``key`` (a trigger):
+    the statement is wrong for good, not the database passing through trouble."""
+    db = connect(url)
+    try:
+        if is_postgres(url):
+            refusal = "RAISE EXCEPTION 'answer refused';"
+            on_answer(db, "refuse_answer", f"IF NEW.key = '{key}' THEN {refusal} END IF;")
+        else:
+            db.execute(
+                "CREATE TRIGGER refuse_answer BEFORE UPDATE ON orderfsm_claims"
+                f" WHEN NEW.state <> 'running' AND NEW.key = '{key}'"
+                " BEGIN SELECT RAISE(ABORT, 'answer refused'); END"
+            )
     finally:
         db.close()

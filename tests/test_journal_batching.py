@@ -4,13 +4,12 @@ the first answer, a key locked by a long transaction held up alone."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import anyio
 import anyio.lowlevel
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support_journal import on_answer, on_update
 from support_postgres import postgres_server
 from support_webhook import SECRET, order_paid, signed
 
@@ -144,23 +143,6 @@ async def test_a_caller_queued_behind_a_stuck_batch_gives_up_after_its_patience(
 
 
 # --- on PostgreSQL, through the receiver ----------------------------------------------------
-
-
-def on_update(db: Any, name: str, table: str, body: str) -> None:
-    """A PostgreSQL trigger running ``body`` as a row of ``table`` is updated (dropped by
-    the test): the database itself slow or refusing, no stand-in of ours."""
-    db.execute(
-        f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
-        f" {body} RETURN NEW; END $$"
-    )
-    db.execute(
-        f"CREATE TRIGGER {name} BEFORE UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()"
-    )
-
-
-def on_answer(db: Any, name: str, body: str) -> None:
-    """``body`` run as an answer is written on a claim row."""
-    on_update(db, name, "orderfsm_claims", f"IF NEW.state <> 'running' THEN {body} END IF;")
 
 
 @pytest.mark.anyio
@@ -299,10 +281,11 @@ async def test_an_answer_that_cannot_be_written_fails_alone_not_its_whole_batch(
 
 @pytest.mark.anyio
 async def test_an_answer_held_up_by_a_row_lock_is_a_journal_failure_not_a_crash() -> None:
-    """Another connection locks order 2's claim row while the answers are written: the
-    batch gives up on the lock and order 2's answer, alone, waits out the lock timeout.
-    That is our trouble: a 500 the receiver counts (Xsolla retries), never an
-    exception out of ``handle`` past the receiver's own bookkeeping."""
+    """Another connection locks order 2's claim row while the answers are written, and
+    keeps it past the claim's lease: the batch gives up on the lock and order 2's
+    answer, alone, tries again until the lease runs out.  That is our trouble: a 500
+    the receiver counts (Xsolla retries), never an exception out of ``handle`` past
+    the receiver's own bookkeeping."""
     import psycopg
 
     url = postgres_server().url()
@@ -316,7 +299,7 @@ async def test_an_answer_held_up_by_a_row_lock_is_a_journal_failure_not_a_crash(
             claimed.set()
         await anyio.sleep(0.3)
 
-    async with open_journal(url, JournalSettings(wait=1.0)) as journal:
+    async with open_journal(url, JournalSettings(wait=1.0, lease=2.5)) as journal:
         receiver = WebhookReceiver(SECRET, handler, store=journal)
         holder = await anyio.to_thread.run_sync(lambda: psycopg.connect(url, autocommit=True))
         answers: dict[int, int] = {}

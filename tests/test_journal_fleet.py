@@ -13,7 +13,15 @@ from typing import Any
 import anyio
 import pytest
 from support_fleet import Fleet, Sender, fleet
-from support_journal import connect, create_grants, grants, is_postgres, on_databases, url_for
+from support_journal import (
+    DatabaseHold,
+    connect,
+    create_grants,
+    grants,
+    is_postgres,
+    on_databases,
+    url_for,
+)
 from support_postgres import postgres_server
 
 pytestmark = pytest.mark.anyio
@@ -69,38 +77,6 @@ async def test_three_servers_hand_each_notification_to_the_handler_once_across_a
         )
     )
     assert handled == Counter(orders)  # each answer recorded once
-
-
-class DatabaseHold:
-    """The test holding the journal's database so a receiver cannot record its answer."""
-
-    def __init__(self, url: str, key: str) -> None:
-        self.url = url
-        self.db = connect(url)
-        if is_postgres(url):
-            self.db.execute("BEGIN")
-            self.db.execute("SELECT 1 FROM orderfsm_claims WHERE key = %s FOR UPDATE", (key,))
-        else:
-            self.db.execute("BEGIN EXCLUSIVE")
-
-    async def blocking_someone(self) -> None:
-        """On PostgreSQL, wait until a receiver's statement waits on the held row."""
-        if not is_postgres(self.url):
-            return  # SQLite cannot show it; the exclusive lock makes any record wait
-        watcher = connect(self.url)
-        try:
-            waiting = "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            with anyio.fail_after(20):
-                while True:
-                    if watcher.execute(waiting).fetchall():
-                        break
-                    await anyio.sleep(0.01)
-        finally:
-            watcher.close()
-
-    def release(self) -> None:
-        self.db.execute("ROLLBACK")
-        self.db.close()
 
 
 @on_databases

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import attrs
 
-from orderfsm.errors import JournalError
+from orderfsm.errors import JournalClosed, JournalError, JournalRefused, JournalUnavailable
 from orderfsm.journal import (
     Answer,
     Busy,
@@ -44,6 +44,11 @@ from transports.journal.orders import Note
 logger = logging.getLogger("orderfsm.journal")
 
 T = TypeVar("T")
+
+ANSWER_RETRY = (0.05, 1.0)
+"""Seconds between two tries to record an answer: the first wait, and the longest."""
+LAST_RECORD = 0.5
+"""Seconds a duplicate that used up its wait still gives its own record."""
 
 
 @attrs.frozen
@@ -116,6 +121,12 @@ class SyncJournal:
 
     def _deadline(self) -> float:
         return time.monotonic() + self.settings.wait
+
+    def _rest_of(self, deadline: float) -> float:
+        """A store deadline for what is left of ``deadline`` (the delivery's wait, in
+        :attr:`clock` time), at least :data:`LAST_RECORD`: a delivery that waited out
+        its wait for the key still answers well within Xsolla's 3 s."""
+        return time.monotonic() + max(deadline - self.clock(), LAST_RECORD)
 
     # --- the plain handler's path: begin, (handler), settle --------------------------------
 
@@ -196,41 +207,55 @@ class SyncJournal:
             verdict = judge(claim, self.clock(), deadline, polls)
             if isinstance(verdict, TryAgain):
                 return None
-            if isinstance(verdict, Reply):
+            if isinstance(verdict, Reply | Busy):
+                outcome = Outcome.DUPLICATE if isinstance(verdict, Reply) else Outcome.BUSY
+                answer = verdict.answer if isinstance(verdict, Reply) else busy
                 try:
                     self.store.finish(
-                        logged,
-                        verdict.answer,
-                        Outcome.DUPLICATE,
-                        None,
-                        self.clock(),
-                        self._deadline(),
+                        logged, answer, outcome, None, self.clock(), self._rest_of(deadline)
                     )
                 except JournalError as exc:
-                    # Only this delivery's record: the answer it repeats is stored, and
-                    # a 5xx here would turn a handled notification into a retry.
+                    # Only this delivery's record: a 5xx here would turn a handled
+                    # notification into a retry, and a busy one is answered 5xx anyway.
                     logger.warning("a duplicate's record was not written: %s", exc)
-                return verdict
-            if isinstance(verdict, Busy):
-                self.store.finish(logged, busy, Outcome.BUSY, None, self.clock(), self._deadline())
-                return Reply(busy)
+                return Reply(answer)
             assert isinstance(verdict, Wait)
             yield verdict.delay
             polls += 1
             claim = self.store.read_claim(key, self._deadline())
 
-    def settle(self, taken: Taken, answer: Answer, error: str | None, busy: Answer) -> Answer:
-        """Record the handler's answer (or release the key on 5xx); returns the answer to give."""
-        recorded = self.store.settle(
-            taken.key,
-            taken.attempt,
-            answer,
-            taken.delivery_id,
-            error,
-            self.clock(),
-            self._deadline(),
-        )
-        return self.settled(taken, answer, error, busy, recorded)
+    def settle_steps(
+        self, taken: Taken, answer: Answer, error: str | None, busy: Answer
+    ) -> Generator[float, None, Answer]:
+        """Record the handler's answer (or release the key on 5xx); ends with the answer
+        to give.  Unlike a claim, an answer does not give up after ``wait``: its handler
+        has run, and an answer not recorded is a handler run again on Xsolla's retry.
+        So passing trouble (a lock another process holds, an outage) is waited out,
+        tried again until the claim's lease runs out (past it, another delivery may
+        take the key over, and the write would be fenced anyway); a late answer is
+        harmless, the retry finds it.  A refusal is not retried: it would repeat."""
+        give_up = self.clock() + self.settings.lease
+        delay = ANSWER_RETRY[0]
+        while True:
+            try:
+                recorded = self.store.settle(
+                    taken.key,
+                    taken.attempt,
+                    answer,
+                    taken.delivery_id,
+                    error,
+                    self.clock(),
+                    self._deadline(),
+                )
+                return self.settled(taken, answer, error, busy, recorded)
+            except (JournalRefused, JournalClosed):
+                raise
+            except JournalUnavailable as exc:
+                if self.clock() + delay >= give_up:
+                    raise
+                logger.warning("the answer to %s waits for the journal: %s", taken.key, exc)
+            yield delay
+            delay = min(2 * delay, ANSWER_RETRY[1])
 
     def settled(
         self, taken: Taken, answer: Answer, error: str | None, busy: Answer, recorded: bool
@@ -338,6 +363,9 @@ class SyncJournal:
 
     def run(self, delivery: NewDelivery, work: Work, busy: Answer) -> Ran | Reply:
         return drive(self.run_steps(delivery, work, busy))
+
+    def settle(self, taken: Taken, answer: Answer, error: str | None, busy: Answer) -> Answer:
+        return drive(self.settle_steps(taken, answer, error, busy))
 
 
 def decided_by(delivery: NewDelivery, claimed: Claimed) -> Taken | Reply | None:

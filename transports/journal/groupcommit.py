@@ -90,16 +90,32 @@ class GroupCommit:
             self._run_batch(batch)
         finally:
             for job in batch:
-                job.finished = True
-                job.done.set()
+                self._finish(job)
+
+    @staticmethod
+    def _finish(job: _Job[Any]) -> None:
+        job.finished = True
+        job.done.set()
 
     def _run_batch(self, batch: list[_Job[Any]]) -> None:
-        try:
-            self._begin(min(job.deadline for job in batch), any(job.durable for job in batch))
-        except BaseException as exc:
-            for job in batch:
-                job.error = exc
-            return
+        while True:
+            try:
+                self._begin(min(job.deadline for job in batch), any(j.durable for j in batch))
+                break
+            except BaseException as exc:
+                # The lock stayed busy past the nearest deadline: only the jobs whose own
+                # deadline has passed fail; the others try again (an answer given 5xx
+                # because a claim beside it was in a hurry is a handler run again).
+                now = time.monotonic()
+                late = [job for job in batch if job.deadline <= now]
+                if not late or not isinstance(exc, Exception):
+                    late = batch  # not a timeout: every job meets the same trouble
+                for job in late:
+                    job.error = exc
+                    self._finish(job)
+                batch = [job for job in batch if job.error is None]
+                if not batch:
+                    return
         self.batches += 1
         self.jobs += len(batch)
         try:
@@ -112,7 +128,12 @@ class GroupCommit:
                     try:
                         job.result = job.work()
                     except Exception as exc:
-                        self._execute("ROLLBACK TO job")
+                        try:
+                            self._execute("ROLLBACK TO job")
+                        except Exception:
+                            # SQLite ended the transaction itself (disk full, I/O error):
+                            # say what did it, not "no such savepoint".
+                            raise exc from None
                         job.error = exc
                     self._execute("RELEASE job")
             self._execute("COMMIT")

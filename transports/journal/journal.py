@@ -31,7 +31,7 @@ from orderfsm.journal import (
     Reply,
 )
 from transports.journal.base import Claimed, ClaimRequest, SettleRequest, Store, Work
-from transports.journal.batching import Batcher, BatchInterrupted
+from transports.journal.batching import Batcher
 from transports.journal.core import Ran, SyncJournal, Taken, advance, decided_by
 from transports.journal.orders import Note
 
@@ -65,8 +65,11 @@ class Journal:
     def __repr__(self) -> str:
         return f"Journal({self.display!r})"
 
-    async def _call(self, function: Callable[..., T], *args: Any) -> T:
-        """Run ``function`` in a worker thread, waiting at most ``wait`` for one.
+    async def _call(
+        self, function: Callable[..., T], *args: Any, patience: float | None = None
+    ) -> T:
+        """Run ``function`` in a worker thread, waiting at most ``patience`` (by default
+        ``wait``) for one.
 
         The wait for a thread is bounded (an outage must not queue deliveries
         behind each other past their answer); once started, a call runs to
@@ -80,7 +83,7 @@ class Journal:
             gate.acquire_nowait()  # the common case: a thread is free, no timer needed
         except anyio.WouldBlock:
             acquired = False
-            with anyio.move_on_after(self.settings.wait):
+            with anyio.move_on_after(self.settings.wait if patience is None else patience):
                 await gate.acquire()
                 acquired = True
             if not acquired:
@@ -92,9 +95,9 @@ class Journal:
         finally:
             gate.release()
 
-    async def _drive(self, steps: Generator[float, None, T]) -> T:
+    async def _drive(self, steps: Generator[float, None, T], patience: float | None = None) -> T:
         while True:
-            done, value = await self._call(advance, steps)
+            done, value = await self._call(advance, steps, patience=patience)
             if done:
                 result: T = value  # type: ignore[assignment]
                 return result
@@ -135,15 +138,20 @@ class Journal:
         return await self._drive(self.sync.begin_steps(delivery, busy, notes, claimed))
 
     async def settle(self, taken: Taken, answer: Answer, error: str | None, busy: Answer) -> Answer:
-        if not self.batches:
-            return await self._call(self.sync.settle, taken, answer, error, busy)
-        request = SettleRequest(taken.key, taken.attempt, answer, taken.delivery_id, error)
-        try:
-            recorded = await self._batched().settles.submit(request)
-        except BatchInterrupted:
-            recorded = None  # written or not, writing it alone is safe (fenced by attempt)
+        """Record the handler's answer; passing trouble is waited out (see
+        :meth:`SyncJournal.settle_steps`), on the loop, for as long as the lease."""
+        recorded: bool | None = None
+        if self.batches:
+            request = SettleRequest(taken.key, taken.attempt, answer, taken.delivery_id, error)
+            try:
+                recorded = await self._batched().settles.submit(request)
+            except JournalUnavailable:
+                # Interrupted or failed: written or not, writing it alone is safe
+                # (fenced by attempt), and alone it is retried.
+                recorded = None
         if recorded is None:
-            return await self._call(self.sync.settle, taken, answer, error, busy)
+            steps = self.sync.settle_steps(taken, answer, error, busy)
+            return await self._drive(steps, patience=self.settings.lease)
         if recorded:  # the usual case: nothing to read, so no trip to a thread
             return self.sync.settled(taken, answer, error, busy, recorded)
         return await self._call(self.sync.settled, taken, answer, error, busy, recorded)

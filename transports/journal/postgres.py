@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from orderfsm.errors import (
     JournalClosed,
     JournalOpenFailed,
+    JournalRefused,
     JournalUnavailable,
 )
 from orderfsm.journal import (
@@ -266,7 +267,10 @@ class PostgresStore:
             self._recheck(pool)
             raise JournalUnavailable(f"{self.display}: {self._said(exc)}") from None
         except psycopg.Error as exc:
-            raise JournalUnavailable(f"{self.display}: {self._said(exc)}") from None
+            # Neither the connection nor a wait: the server refused the statement itself.
+            refused = isinstance(exc, psycopg.DatabaseError)
+            kind = JournalRefused if refused else JournalUnavailable
+            raise kind(f"{self.display}: {self._said(exc)}") from None
 
     def _said(self, exc: BaseException) -> str:
         """libpq's message, one line, without the password (a malformed URL is quoted)."""

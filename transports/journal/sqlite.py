@@ -33,6 +33,7 @@ from orderfsm.errors import (
     JournalCorrupt,
     JournalError,
     JournalOpenFailed,
+    JournalRefused,
     JournalUnavailable,
 )
 from orderfsm.journal import (
@@ -134,8 +135,18 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     )
 
 
+_REFUSALS = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
+    sqlite3.NotSupportedError,
+)
+"""Errors of the statement itself, not of the file or its lock: trying again is useless."""
+
+
 def unavailable(display: str, exc: sqlite3.Error) -> JournalUnavailable:
-    return JournalUnavailable(f"{display}: {exc}")
+    kind = JournalRefused if isinstance(exc, _REFUSALS) else JournalUnavailable
+    return kind(f"{display}: {exc}")
 
 
 class SqliteStore:
@@ -295,6 +306,15 @@ class SqliteStore:
             connection.close()
             raise
         self._readers.put(connection)
+        if self._closed:
+            self._close_readers()  # close() ran during this read: it must not stay open
+
+    def _close_readers(self) -> None:
+        while True:
+            try:
+                self._readers.get_nowait().close()
+            except queue.Empty:
+                break
 
     def _write(
         self, work: Callable[[sqlite3.Connection], T], deadline: float, durable: bool = True
@@ -367,11 +387,7 @@ class SqliteStore:
             # Wait for a batch in flight, then close.
             with self._group._lock:
                 self._writer.close()
-        while True:
-            try:
-                self._readers.get_nowait().close()
-            except queue.Empty:
-                break
+        self._close_readers()
 
     # --- operations --------------------------------------------------------------------
 
