@@ -44,20 +44,16 @@ from orderfsm.journal import (
     DeliveryFilter,
     NewDelivery,
     Outcome,
-    decisions,
     schema_plan,
 )
+from transports.journal import sqlite_sql as sql
 from transports.journal.base import (
-    CLAIM_COLUMNS,
     DELIVERY_COLUMNS,
-    PRUNABLE_CLAIM,
     Claimed,
-    Dialect,
     Work,
     Worked,
     claim_from_row,
     delivery_from_row,
-    encode_headers,
     error_text,
     filter_sql,
     migrations,
@@ -78,55 +74,6 @@ MIGRATIONS = migrations("sqlite")
 
 WATCH_INTERVAL = 0.004
 """Seconds between two looks at ``PRAGMA data_version`` while waiting for a commit."""
-
-# The answers of the store this journal replaces (``SqliteStore``, before the
-# journal) become answered claims, so an upgrade forgets nothing.
-ADOPT_OLD_ANSWERS = """
-INSERT OR IGNORE INTO orderfsm_claims
-    (key, attempt, state, owner, lease_until, claimed_at, answered_at, status, body, content_type)
-SELECT key, 1, 'answered', 'migrated', stored_at, stored_at, stored_at, status, body, content_type
-FROM webhook_answers
-"""
-
-TAKE = """
-INSERT INTO orderfsm_claims (key, attempt, state, owner, lease_until, claimed_at)
-VALUES (?, 1, 'running', ?, ?, ?)
-ON CONFLICT (key) DO UPDATE SET
-    attempt = attempt + 1, state = 'running', owner = excluded.owner,
-    lease_until = excluded.lease_until, claimed_at = excluded.claimed_at,
-    answered_at = NULL, status = NULL, body = NULL, content_type = NULL
-WHERE state = 'released' OR (state = 'running' AND lease_until <= ?)
-RETURNING attempt
-"""
-
-SETTLE = """
-UPDATE orderfsm_claims SET state = ?, answered_at = ?, status = ?, body = ?, content_type = ?
-WHERE key = ? AND attempt = ? AND state = 'running'
-"""
-
-LOG = """
-INSERT INTO orderfsm_deliveries
-    (kind, key, order_id, body, headers, peer, received_at, attempt, status, outcome,
-     error, finished_at, replay)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
-
-RELOG = """
-UPDATE orderfsm_deliveries SET attempt = coalesce(?, attempt), status = ?, outcome = ?,
-    error = ?, finished_at = ?
-WHERE id = ?
-"""
-
-FINISH = """
-UPDATE orderfsm_deliveries SET status = ?, outcome = ?, error = ?, finished_at = ? WHERE id = ?
-"""
-
-REOPEN = """
-UPDATE orderfsm_claims SET state = 'released', status = NULL, body = NULL, content_type = NULL
-WHERE key = ? AND attempt = ? AND state = 'answered'
-"""
-
-READ_CLAIM = f"SELECT {CLAIM_COLUMNS} FROM orderfsm_claims WHERE key = ?"
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -247,7 +194,7 @@ class SqliteStore:
                             "SELECT 1 FROM sqlite_master WHERE name = 'webhook_answers'"
                         ).fetchone()
                         if old:
-                            connection.execute(ADOPT_OLD_ANSWERS)
+                            connection.execute(sql.ADOPT_OLD_ANSWERS)
                 connection.execute(
                     "INSERT INTO orderfsm_schema (id, version) VALUES (1, ?) "
                     "ON CONFLICT (id) DO UPDATE SET version = excluded.version",
@@ -402,7 +349,7 @@ class SqliteStore:
         notes: Sequence[Note] = (),
     ) -> Claimed:
         def work(db: sqlite3.Connection) -> Claimed:
-            claimed = _claim(db, delivery, owner, now, lease, logged)
+            claimed = sql.claim(db, delivery, owner, now, lease, logged)
             if notes:
                 record(db, self.kind, notes, now)
             return claimed
@@ -411,7 +358,7 @@ class SqliteStore:
 
     def read_claim(self, key: str, deadline: float) -> Claim | None:
         with self._reader() as db:
-            return claim_from_row(db.execute(READ_CLAIM, (key,)).fetchone())
+            return claim_from_row(db.execute(sql.READ_CLAIM, (key,)).fetchone())
 
     def settle(
         self,
@@ -424,7 +371,7 @@ class SqliteStore:
         deadline: float,
     ) -> bool:
         def work(db: sqlite3.Connection) -> bool:
-            return _settle(db, key, attempt, answer, delivery_id, error, now)
+            return sql.settle(db, key, attempt, answer, delivery_id, error, now)
 
         return self._write(work, deadline)
 
@@ -438,7 +385,9 @@ class SqliteStore:
         deadline: float,
     ) -> None:
         def work(db: sqlite3.Connection) -> None:
-            db.execute(FINISH, (answer.status, outcome.value, error_text(error), now, delivery_id))
+            db.execute(
+                sql.FINISH, (answer.status, outcome.value, error_text(error), now, delivery_id)
+            )
 
         # What a duplicate was answered: a record only, the answer it repeats is durable.
         self._write(work, deadline, durable=False)
@@ -454,13 +403,13 @@ class SqliteStore:
         logged: int | None = None,
     ) -> Worked:
         def unit(db: sqlite3.Connection) -> Worked:
-            return run_in_transaction(db, DIALECT, delivery, work, owner, now, lease, logged)
+            return run_in_transaction(db, sql.DIALECT, delivery, work, owner, now, lease, logged)
 
         return self._write(unit, deadline)
 
     def reopen(self, key: str, attempt: int, deadline: float) -> bool:
         def work(db: sqlite3.Connection) -> bool:
-            return db.execute(REOPEN, (key, attempt)).rowcount == 1
+            return db.execute(sql.REOPEN, (key, attempt)).rowcount == 1
 
         return self._write(work, deadline)
 
@@ -481,7 +430,7 @@ class SqliteStore:
         found: dict[str, Claim] = {}
         with self._reader() as db:
             for key in keys:
-                claim = claim_from_row(db.execute(READ_CLAIM, (key,)).fetchone())
+                claim = claim_from_row(db.execute(sql.READ_CLAIM, (key,)).fetchone())
                 if claim is not None:
                     found[key] = claim
         return found
@@ -492,8 +441,8 @@ class SqliteStore:
         answers for over a second."""
 
         def chunk(db: sqlite3.Connection) -> tuple[int, int]:
-            claims = db.execute(PRUNE_CLAIMS_CHUNK, (cutoff, cutoff, PRUNE_CHUNK)).rowcount
-            deliveries = db.execute(PRUNE_DELIVERIES_CHUNK, (cutoff, PRUNE_CHUNK)).rowcount
+            claims = db.execute(sql.PRUNE_CLAIMS_CHUNK, (cutoff, cutoff, PRUNE_CHUNK)).rowcount
+            deliveries = db.execute(sql.PRUNE_DELIVERIES_CHUNK, (cutoff, PRUNE_CHUNK)).rowcount
             return claims, deliveries
 
         claims = deliveries = 0
@@ -506,108 +455,3 @@ class SqliteStore:
 
 PRUNE_CHUNK = 2000
 """Rows of each table deleted per transaction when pruning."""
-PRUNE_CLAIMS_CHUNK = (
-    "DELETE FROM orderfsm_claims WHERE key IN (SELECT key FROM orderfsm_claims WHERE "
-    + PRUNABLE_CLAIM.format(m="?")
-    + " LIMIT ?)"
-)
-PRUNE_DELIVERIES_CHUNK = (
-    "DELETE FROM orderfsm_deliveries WHERE id IN"
-    " (SELECT id FROM orderfsm_deliveries WHERE received_at < ? LIMIT ?)"
-)
-
-
-def _log(
-    db: sqlite3.Connection,
-    delivery: NewDelivery,
-    logged: int | None,
-    attempt: int | None,
-    answer: Answer | None,
-    outcome: Outcome | None,
-    error: str | None,
-    now: float,
-) -> int:
-    status = None if answer is None else answer.status
-    state = None if outcome is None else outcome.value
-    finished = None if outcome is None else now
-    if logged is not None:
-        db.execute(RELOG, (attempt, status, state, error_text(error), finished, logged))
-        return logged
-    cursor = db.execute(
-        LOG,
-        (
-            delivery.kind,
-            delivery.key,
-            delivery.order_id,
-            delivery.body,
-            encode_headers(delivery.headers),
-            delivery.peer,
-            delivery.received_at,
-            attempt,
-            status,
-            state,
-            error_text(error),
-            finished,
-            int(delivery.replay),
-        ),
-    )
-    assert cursor.lastrowid is not None
-    return cursor.lastrowid
-
-
-def _claim(
-    db: sqlite3.Connection,
-    delivery: NewDelivery,
-    owner: str,
-    now: float,
-    lease: float,
-    logged: int | None,
-) -> Claimed:
-    if delivery.key is None:
-        return Claimed(_log(db, delivery, logged, 0, None, None, None, now), 0, None)
-    row = db.execute(TAKE, (delivery.key, owner, now + lease, now, now)).fetchone()
-    if row is not None:
-        attempt = int(row[0])
-        return Claimed(_log(db, delivery, logged, attempt, None, None, None, now), attempt, None)
-    claim = claim_from_row(db.execute(READ_CLAIM, (delivery.key,)).fetchone())
-    stored = claim.answer if claim is not None else None
-    outcome = Outcome.DUPLICATE if stored is not None else None
-    return Claimed(_log(db, delivery, logged, None, stored, outcome, None, now), None, claim)
-
-
-def _settle(
-    db: sqlite3.Connection,
-    key: str | None,
-    attempt: int,
-    answer: Answer,
-    delivery_id: int,
-    error: str | None,
-    now: float,
-) -> bool:
-    recorded = True
-    if key is not None:
-        values: tuple[object, ...]
-        if decisions.keeps(answer):
-            values = ("answered", now, answer.status, answer.body, answer.content_type)
-        else:
-            values = ("released", now, None, None, None)
-        recorded = db.execute(SETTLE, (*values, key, attempt)).rowcount == 1
-    outcome = decisions.outcome_of(answer) if recorded else Outcome.FENCED
-    db.execute(FINISH, (answer.status, outcome.value, error_text(error), now, delivery_id))
-    return recorded
-
-
-def _log_finished(
-    db: sqlite3.Connection,
-    delivery: NewDelivery,
-    logged: int | None,
-    answer: Answer,
-    outcome: Outcome,
-    error: str | None,
-    now: float,
-) -> int:
-    return _log(db, delivery, logged, None, answer, outcome, error, now)
-
-
-DIALECT = Dialect(_claim, _settle, _log_finished)
-"""The statements :func:`~transports.journal.base.run_in_transaction` runs on SQLite."""

@@ -181,7 +181,7 @@ class _Statements:
 
 def _dialect(kind: str) -> Dialect:
     if kind == "sqlite":
-        from transports.journal.sqlite import DIALECT
+        from transports.journal.sqlite_sql import DIALECT
 
         return DIALECT
     if kind == "postgresql":
