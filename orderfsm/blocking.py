@@ -32,6 +32,7 @@ import anyio.from_thread
 import anyio.to_thread
 import attrs
 
+from orderfsm.callables import is_async
 from orderfsm.core import Observation, Status
 from orderfsm.errors import OrderFsmError, TrackerClosed
 from orderfsm.supervisor.records import Change, FinalResult
@@ -89,7 +90,7 @@ class Tracker:
         self._pending: collections.deque[Change] = collections.deque()
         self._dispatching = threading.local()
         self._closed = False
-        if callable(token) and not _is_async(token):
+        if callable(token) and not is_async(token):
             token = _sync_token(token)
         portal_cm = anyio.from_thread.start_blocking_portal(backend, name="orderfsm-tracker")
         self._portal_cm: AbstractContextManager[anyio.from_thread.BlockingPortal] = portal_cm
@@ -304,14 +305,6 @@ class Tracker:
 
     def report(self, report: Any, /) -> None:
         """Health of process-wide sources does not steer any one order."""
-
-
-def _is_async(function: Callable[..., Any]) -> bool:
-    import inspect
-
-    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
-        getattr(function, "__call__", None)  # noqa: B004
-    )
 
 
 __all__ = ["ChangeCallback", "Tracker", "WaitTimeout"]

@@ -14,12 +14,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The pure layer: the core, the journal's decisions, the error tree and the transport contract.
+# The pure layer: the core, the journal's decisions, the error tree, the transport contract
+# and what kind of function the application handed over.
 PURE = [
     *sorted((ROOT / "orderfsm" / "core").glob("*.py")),
     *sorted((ROOT / "orderfsm" / "journal").glob("*.py")),
     ROOT / "orderfsm" / "errors.py",
     ROOT / "orderfsm" / "interface.py",
+    ROOT / "orderfsm" / "callables.py",
 ]
 PURE_MAY_IMPORT = {"__future__", "attrs", "transitions", "orderfsm"}
 PURE_STDLIB_FORBIDDEN = {
@@ -32,6 +34,7 @@ TRANSPORTS_MAY_IMPORT = {
     "orderfsm.errors",
     "orderfsm.interface",
     "orderfsm.journal",
+    "orderfsm.callables",
 }
 
 

@@ -28,6 +28,11 @@ def plain(notification: Notification) -> None:
     handled.append(notification.order_id)
 
 
+async def awaited(notification: Notification) -> None:
+    """The wrong kind for Django, which calls its handler and never awaits it."""
+    handled.append(notification.order_id)
+
+
 urlpatterns: list[Any] = []
 
 
@@ -78,6 +83,8 @@ def test_the_view_answers_like_the_receiver(client: Client) -> None:
         ({"SECRET": SECRET, "HANDLER": "no.such.module"}, "HANDLER"),
         ({"SECRET": SECRET, "HANDLER": plain, "TRANSACTIONAL": plain}, "not both"),
         ({"SECRET": SECRET, "TRANSACTIONAL": plain, "STORE": "x.sqlite3"}, "leave STORE out"),
+        ({"SECRET": SECRET, "HANDLER": awaited}, "plain function"),  # never awaited
+        ({"SECRET": SECRET, "TRANSACTIONAL": f"{__name__}.awaited"}, "plain function"),
         ({"SECRET": SECRET, "DATABASE": "other"}, "no database"),
         ({"SECRET": SECRET, "SECERT": "typo"}, "unknown keys"),
     ],

@@ -124,6 +124,19 @@ def test_a_handler_that_cannot_be_loaded_is_a_start_up_problem() -> None:
     assert result.returncode == 2 and "cannot load nope:x" in result.stderr
 
 
+def test_a_handler_of_the_wrong_kind_is_a_start_up_problem() -> None:
+    """A plain function as ``--handler`` would grant and then fail at ``await``: a 500,
+    so every retry of Xsolla's would grant again.  Refused before anything listens."""
+    result = orderfsm(
+        "webhook-server", "--secret", "s", "--port", "0", "--handler", "journal_app:grant"
+    )
+    assert result.returncode == 2 and "must be an async function" in result.stderr
+    result = orderfsm(
+        "webhook-server", "--secret", "s", "--port", "0", "--transactional", "journal_app:plain"
+    )
+    assert result.returncode == 2 and "must be a plain function" in result.stderr
+
+
 def test_a_read_only_directory_is_a_start_up_problem(tmp_path: Path) -> None:
     folder = tmp_path / "readonly"
     folder.mkdir()

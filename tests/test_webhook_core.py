@@ -7,7 +7,9 @@ real sockets.
 
 from __future__ import annotations
 
+import functools
 import json
+from pathlib import Path
 
 import anyio
 import pytest
@@ -24,6 +26,7 @@ from transports.webhook import (
     OrderPaid,
     Payment,
     Refund,
+    SyncWebhookReceiver,
     UnknownNotification,
     UserValidation,
     WebhookAnswer,
@@ -348,3 +351,32 @@ async def test_a_failing_sink_does_not_change_the_answer() -> None:
 def test_an_empty_secret_is_refused() -> None:
     with pytest.raises(ValueError):
         WebhookReceiver("")
+
+
+def test_a_handler_of_the_wrong_kind_is_refused_when_the_receiver_is_made(
+    tmp_path: Path,
+) -> None:
+    """A plain function where the receiver awaits runs, grants, then fails at ``await``:
+    500, and each of Xsolla's retries grants again.  An ``async def`` where the receiver
+    calls never runs: 204 with nothing granted.  Both are refused up front; the forms
+    of an ``async def`` an app may hand over (a partial, an object) are accepted."""
+
+    def plain(notification: object) -> None: ...
+
+    async def awaited(notification: object) -> None: ...
+
+    class Handler:
+        async def __call__(self, notification: object) -> None: ...
+
+    store = str(tmp_path / "journal.sqlite3")
+    with pytest.raises(TypeError, match="must be an async function"):
+        WebhookReceiver(SECRET, plain)
+    with pytest.raises(TypeError, match="must be a plain function"):
+        SyncWebhookReceiver(SECRET, awaited)
+    with pytest.raises(TypeError, match="must be a plain function"):
+        WebhookReceiver(SECRET, transactional=awaited, store=store)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="must be a plain function"):
+        SyncWebhookReceiver(SECRET, transactional=awaited, store=store)  # type: ignore[arg-type]
+    WebhookReceiver(SECRET, functools.partial(awaited))
+    WebhookReceiver(SECRET, Handler())
+    SyncWebhookReceiver(SECRET, plain)

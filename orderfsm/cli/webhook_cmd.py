@@ -205,8 +205,8 @@ async def open_receiver(args: argparse.Namespace, **options: Any) -> WebhookRece
             store=journal,
             **options,
         )
-    except ValueError as exc:
-        raise StartupFailed(str(exc)) from None
+    except (ValueError, TypeError) as exc:
+        raise StartupFailed(f"{exc}") from None
     try:
         await journal.open()
     except JournalError as exc:

@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 
+from orderfsm.callables import require_async, require_plain
 from orderfsm.core import Observation, Status
 from orderfsm.errors import JournalError, WebhookError
 from orderfsm.interface import WEBHOOK, ObservationSink
@@ -193,10 +194,19 @@ class ReceiverBase:
         self._counters.journal_used(time.perf_counter() - started, failed=failed)
 
 
-def check_handlers(handler: object | None, transactional: object | None, blocking: bool) -> None:
-    """One handler at most, and the transactional one only over a database."""
+def check_handlers(
+    handler: object | None, transactional: object | None, blocking: bool, *, awaited: bool
+) -> None:
+    """One handler at most, the transactional one only over a database, and each of
+    the kind it is called as (``awaited``: the handler is an ``async def``; the
+    transactional handler is always a plain function, run in a worker thread):
+    see :mod:`orderfsm.callables` for what the wrong kind costs."""
     if handler is not None and transactional is not None:
         raise ValueError("give either handler or transactional, not both")
+    if handler is not None:
+        (require_async if awaited else require_plain)(handler, "the webhook handler")
+    if transactional is not None:
+        require_plain(transactional, "the transactional handler")
     if transactional is not None and not blocking:
         raise ValueError(
             "a transactional handler needs a database: pass store='sqlite:///...' "
@@ -291,7 +301,7 @@ class WebhookReceiver(ReceiverBase):
         self.transactional = transactional
         self._owns_journal = not isinstance(store, Journal)
         self.journal: Journal = store if isinstance(store, Journal) else open_journal(store)
-        check_handlers(handler, transactional, self.journal.store.blocking)
+        check_handlers(handler, transactional, self.journal.store.blocking, awaited=True)
 
     async def handle(self, headers: Headers, body: bytes, peer: str | None = None) -> WebhookAnswer:
         """Answer one delivery.  Never raises for anything the sender controls, and

@@ -10,6 +10,7 @@ is bound to a loop that a request does not own.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -90,7 +91,7 @@ class SyncWebhookReceiver(ReceiverBase):
         self.journal: SyncJournal = (
             store if isinstance(store, SyncJournal) else open_journal(store, settings).sync
         )
-        check_handlers(handler, transactional, self.journal.store.blocking)
+        check_handlers(handler, transactional, self.journal.store.blocking, awaited=False)
 
     def handle(self, headers: Headers, body: bytes, peer: str | None = None) -> WebhookAnswer:
         """Answer one delivery; like :meth:`WebhookReceiver.handle`, never raises for what
@@ -139,7 +140,10 @@ class SyncWebhookReceiver(ReceiverBase):
         if self.handler is None:
             return ACCEPTED, None
         try:
-            self.handler(notification)
+            result = self.handler(notification)
+            if inspect.isawaitable(result):  # passed the check, then made a coroutine
+                getattr(result, "close", lambda: None)()
+                raise TypeError("the webhook handler returned an awaitable; it is not awaited")
         except Exception as exc:
             return handler_failed(exc, notification)
         return ACCEPTED, None

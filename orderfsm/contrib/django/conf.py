@@ -26,6 +26,7 @@ from django.core.signals import setting_changed
 from django.db import DEFAULT_DB_ALIAS, transaction
 from django.utils.module_loading import import_string
 
+from orderfsm.callables import require_plain
 from orderfsm.contrib.django.store import DjangoStore, own_store
 from orderfsm.errors import OrderFsmError
 from orderfsm.journal import DAY, JournalSettings
@@ -60,17 +61,23 @@ def in_django_transaction(
 
 
 def _callable(config: dict[str, Any], name: str) -> Callable[[Notification], None] | None:
+    """The function named, which must be a plain one: Django calls it, never awaits it."""
     value = config.get(name)
-    if value is None or callable(value):
-        return value
+    if value is None:
+        return None
+    found = value
     if isinstance(value, str):
         try:
             found = import_string(value)
         except ImportError as exc:
             raise WebhookConfigError(f"ORDERFSM_WEBHOOK[{name!r}]: {exc}") from None
-        if callable(found):
-            return found  # type: ignore[no-any-return]
-    raise WebhookConfigError(f"ORDERFSM_WEBHOOK[{name!r}] is not a function nor a dotted path")
+    if not callable(found):
+        raise WebhookConfigError(f"ORDERFSM_WEBHOOK[{name!r}] is not a function nor a dotted path")
+    try:
+        require_plain(found, f"ORDERFSM_WEBHOOK[{name!r}]")
+    except TypeError as exc:
+        raise WebhookConfigError(str(exc)) from None
+    return found  # type: ignore[no-any-return]
 
 
 def build_receiver() -> SyncWebhookReceiver:
