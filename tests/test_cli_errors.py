@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -285,3 +286,18 @@ def test_ctrl_c_exits_130_quietly(emu: Emulator, backend: str) -> None:
         process.kill()
     assert process.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+def test_a_secret_from_the_environment_is_stripped_like_one_from_a_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``export SECRET=$(cat secret.txt)`` keeps no newline, but a Kubernetes secret or an
+    env file often does: a newline in the secret makes every signature wrong, and every
+    ``order_paid`` a 400 (a refund at once with automatic refunds on)."""
+    from orderfsm.cli.options import secret_from
+
+    monkeypatch.setenv("XSOLLA_SECRET", "PROJECT_SECRET_KEY\n")
+    (tmp_path / "secret.txt").write_text("PROJECT_SECRET_KEY\n")
+    from_env = secret_from("--secret-env", "XSOLLA_SECRET", "--secret-file", None)
+    from_file = secret_from("--secret-env", None, "--secret-file", str(tmp_path / "secret.txt"))
+    assert from_env == from_file == "PROJECT_SECRET_KEY"

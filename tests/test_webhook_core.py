@@ -380,3 +380,37 @@ def test_a_handler_of_the_wrong_kind_is_refused_when_the_receiver_is_made(
     WebhookReceiver(SECRET, functools.partial(awaited))
     WebhookReceiver(SECRET, Handler())
     SyncWebhookReceiver(SECRET, plain)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "billing",
+    [{}, {"transaction": None}, {"transaction": {"id": None}}, {"transaction": {"id": "tx-2"}}],
+)
+async def test_an_order_paid_with_a_billing_block_without_a_usable_id_is_accepted(
+    billing: object,
+) -> None:
+    """Only ``order.id`` identifies an order notification.  A ``billing`` block whose
+    transaction id is missing or not a number reads as no billing, not as a 400: a 4xx
+    to a signed ``order_paid`` refunds the player at once."""
+    handler = Recorder()
+    receiver = WebhookReceiver(SECRET, handler)
+    body = order_paid(21, billing=billing)
+    answer = await receiver.handle(signed(body), body)
+    assert answer.status == 204 and handler.calls == 1
+    assert isinstance(handler.handled[0], OrderPaid) and handler.handled[0].billing is None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("order_id", ["9" * 5000, 2**70, 2**63])
+async def test_an_id_no_database_holds_is_a_400_not_an_exception(
+    order_id: object, tmp_path: Path
+) -> None:
+    """Signed, so it is a body of Xsolla's own making, and absurd: answered like any
+    other invalid notification, never raised out of ``handle`` (``int()`` refuses 4,300
+    digits; SQLite refuses integers over 2**63 - 1)."""
+    receiver = WebhookReceiver(SECRET, Recorder(), store=str(tmp_path / "journal.sqlite3"))
+    body = json.dumps({"notification_type": "order_paid", "order": {"id": order_id}}).encode()
+    async with receiver:
+        answer = await receiver.handle(signed(body), body)
+    assert answer.status == 400 and b"INVALID_PARAMETER" in answer.body

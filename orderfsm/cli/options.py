@@ -125,7 +125,7 @@ def secret_from(env_option: str, env: str | None, file_option: str, path: str | 
     every local user sees it in ``ps``); ``None`` when neither option was given.
     Empty or unreadable is a usage error naming the option."""
     if env:
-        value = os.environ.get(env, "")
+        value = os.environ.get(env, "").strip()  # as a file's: a newline is never meant
         if not value:
             raise UsageError(env_option, f"environment variable {env} is empty or unset")
         return value

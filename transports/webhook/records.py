@@ -29,8 +29,8 @@ def _str(value: object) -> str | None:
 def _int(value: object) -> int | None:
     if type(value) is int:
         return value
-    if isinstance(value, str) and value.isascii() and value.isdigit():
-        return int(value)
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
+        return int(value)  # longer is no number of Xsolla's (and int() refuses 4,300 digits)
     return None
 
 
@@ -49,10 +49,15 @@ def _obj(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+MAX_ID = 2**63 - 1
+"""The largest id a database's BIGINT (and SQLite's INTEGER) holds."""
+
+
 def _id(value: object, where: str) -> int:
     number = _int(value)
-    if number is None or number <= 0:
-        raise InvalidPayload(f"{where}: expected a positive integer id, got {value!r}")
+    if number is None or not 0 < number <= MAX_ID:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise InvalidPayload(f"{where}: expected a positive integer id, got {shown}")
     return number
 
 
@@ -232,6 +237,18 @@ def _payment(fields: dict[str, Any]) -> Payment:
     )
 
 
+def _billing(value: object) -> Payment | None:
+    """The payment block of a combined-mode order notification, or ``None`` when it
+    has no usable transaction id: the notification is keyed on ``order.id``, and a
+    400 to a signed ``order_paid`` refunds the player at once."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        return _payment(value)
+    except InvalidPayload:
+        return None
+
+
 def _order_fields(fields: dict[str, Any]) -> dict[str, Any]:
     items = fields.get("items")
     billing = fields.get("billing")
@@ -240,7 +257,7 @@ def _order_fields(fields: dict[str, Any]) -> dict[str, Any]:
         "order": _order(fields.get("order")),
         "items": tuple(_item(i) for i in items) if isinstance(items, list) else (),
         "user": _user(fields.get("user")),
-        "billing": _payment(billing) if isinstance(billing, dict) else None,
+        "billing": _billing(billing),
         "custom_parameters": custom if isinstance(custom, dict) else None,
         "raw": fields,
     }
