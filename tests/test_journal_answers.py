@@ -198,3 +198,29 @@ def open_files(path: Path) -> list[str]:
     fds = Path("/proc/self/fd")
     found = [os.path.realpath(fds / fd) for fd in os.listdir(fds)]
     return [f for f in found if f == os.path.realpath(path)]
+
+
+@pytest.mark.anyio
+async def test_a_journal_opened_by_the_first_delivery_waits_only_that_deliverys_wait(
+    tmp_path: Path,
+) -> None:
+    """A receiver given a URL opens its journal on the first delivery.  Another program
+    holds the file's write lock then: that delivery gets its 500 within ``wait``, as any
+    other would, not after the 30 s a start-up may take (several processes starting)."""
+    path = tmp_path / "journal.sqlite3"
+    async with open_journal(path):
+        pass  # the file and its tables exist
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        receiver = WebhookReceiver(SECRET, None, store=str(path))
+        started = anyio.current_time()
+        answer = await receiver.handle(signed(order_paid(1)), order_paid(1))
+        elapsed = anyio.current_time() - started
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    async with receiver:
+        again = await receiver.handle(signed(order_paid(1)), order_paid(1))
+    assert answer.status == 500 and elapsed < 10.0
+    assert again.status == 204

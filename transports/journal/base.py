@@ -130,8 +130,10 @@ class Store(Protocol):
     threads: int
     """How many calls may usefully run at once (the connection pool's size)."""
 
-    def open(self) -> None:
-        """Connect and create or migrate the schema; raises ``JournalOpenFailed`` subclasses."""
+    def open(self, patience: float | None = None) -> None:
+        """Connect and create or migrate the schema; raises ``JournalOpenFailed`` subclasses.
+        ``patience``: seconds it may wait for a database busy with another process's
+        start (``None``: the store's own, generous for a start-up)."""
 
     def close(self) -> None: ...
 

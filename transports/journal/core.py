@@ -101,13 +101,15 @@ class SyncJournal:
 
     # --- life ---------------------------------------------------------------------------
 
-    def open(self) -> None:
-        """Connect and create or migrate the schema; idempotent."""
+    def open(self, patience: float | None = None) -> None:
+        """Connect and create or migrate the schema; idempotent.  ``patience``: how long
+        a database busy with another process's start may hold it up (see
+        :meth:`~transports.journal.base.Store.open`)."""
         if self._opened:
             return
         with self._open_lock:
             if not self._opened:
-                self.store.open()
+                self.store.open(patience)
                 self._opened = True
                 self._last_pruned = None
 
@@ -139,7 +141,7 @@ class SyncJournal:
     ) -> Generator[float, None, Taken | Reply]:
         """Claim the delivery's key or wait for its owner: ends :class:`Taken` or answered.
         ``claimed``: the first claim, already tried (in a batch with others)."""
-        self.open()
+        self.open(self.settings.wait)  # on a delivery's path: within its wait
         deadline = self.clock() + self.settings.wait
         logged: int | None = None
         while True:
@@ -173,7 +175,7 @@ class SyncJournal:
         for one that must go alone (:meth:`begin_steps` claims it).  A batch of one
         too: a batch gives up on a locked row at once, so it never holds the batches
         queued behind it for a whole lock wait."""
-        self.open()
+        self.open(self.settings.wait)  # on a delivery's path: within its wait
         now, lease, deadline = self.clock(), self.settings.lease, self._deadline()
         if self.batches is None:
             return [
@@ -281,7 +283,7 @@ class SyncJournal:
         self, delivery: NewDelivery, work: Work, busy: Answer
     ) -> Generator[float, None, Ran | Reply]:
         """Claim, run ``work`` on the open connection and record, in one transaction."""
-        self.open()
+        self.open(self.settings.wait)  # on a delivery's path: within its wait
         deadline = self.clock() + self.settings.wait
         logged: int | None = None
         while True:

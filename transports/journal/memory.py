@@ -45,7 +45,7 @@ class MemoryStore:
         self._deliveries: OrderedDict[int, Delivery] = OrderedDict()
         self._next_id = 1
 
-    def open(self) -> None:
+    def open(self, patience: float | None = None) -> None:
         pass
 
     def close(self) -> None:

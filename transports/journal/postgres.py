@@ -128,7 +128,8 @@ class PostgresStore:
         lease_ms = int(self.settings.lease * 1000)
         connection.execute(f"SET idle_in_transaction_session_timeout = {lease_ms}")
 
-    def open(self) -> None:
+    def open(self, patience: float | None = None) -> None:
+        """``patience`` is not used: connecting is bounded by ``connect_timeout``."""
         if self._pool is not None:
             return
         try:

@@ -72,6 +72,11 @@ polling every millisecond or two until the operation's deadline."""
 
 MIGRATIONS = migrations("sqlite")
 
+OPEN_PATIENCE = 30.0
+"""Seconds an open at start-up waits for the file while other processes start too
+(switching a new file to WAL and migrating take its lock); an open on a delivery's
+path waits only that delivery's ``wait``."""
+
 WATCH_INTERVAL = 0.004
 """Seconds between two looks at ``PRAGMA data_version`` while waiting for a commit."""
 
@@ -131,13 +136,13 @@ class SqliteStore:
             raise
         return connection
 
-    def open(self) -> None:
+    def open(self, patience: float | None = None) -> None:
         if self._writer is not None:
             return
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
             raise JournalOpenFailed(f"{self.display}: directory {directory} does not exist")
-        deadline = time.monotonic() + 30.0
+        deadline = time.monotonic() + (OPEN_PATIENCE if patience is None else patience)
         try:
             writer = self._first_connect(deadline)
         except sqlite3.DatabaseError as exc:

@@ -68,8 +68,8 @@ class DjangoStore:
         """Where the orders' changes are announced (PostgreSQL): the inner store's."""
         return str(getattr(self.inner, "channel", CHANNEL))
 
-    def open(self) -> None:
-        self.inner.open()
+    def open(self, patience: float | None = None) -> None:
+        self.inner.open(patience)
 
     def close(self) -> None:
         self.inner.close()
