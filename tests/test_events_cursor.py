@@ -209,10 +209,17 @@ def test_a_refresh_that_works_allows_a_later_refresh() -> None:
     assert c.on_response(error(401), 5.0).next == RefreshToken()
 
 
-def test_a_failing_token_provider_fails_as_a_token_rejection() -> None:
-    step = started().on_token_error(LookupError("vault down"), 0.0)
-    assert isinstance(step.next, Fail) and isinstance(step.next.error, TokenProviderFailed)
-    assert isinstance(step.next.error.__cause__, LookupError)
+def test_a_failing_token_provider_is_backed_off_then_given_up_like_an_outage() -> None:
+    """The application's token service blinks too: one failure must not end the
+    reading for good; only one lasting ``give_up_after`` does, as a 5xx would."""
+    c = started(interval=1.0, give_up_after=2.0)
+    step = c.on_token_error(LookupError("vault down"), 0.0)
+    assert isinstance(step.next, Wait) and step.health is not None
+    assert step.health.health is Health.DEGRADED
+    step = c.on_token_error(LookupError("vault down"), 3.0)
+    assert isinstance(step.next, Fail) and isinstance(step.next.error, ServiceUnavailable)
+    assert isinstance(step.next.error.__cause__, TokenProviderFailed)
+    assert isinstance(step.next.error.__cause__.__cause__, LookupError)
 
 
 @pytest.mark.parametrize("status", [400, 404, 405, 302])
@@ -423,8 +430,8 @@ def test_errors_name_the_order_and_the_service() -> None:
     assert f"order {ORDER}: no good Event API answer" in str(step.next.error)
 
     token = started().on_token_error(LookupError("vault down"), 4.0)
-    assert said(token)[:3] == (Health.FAILED, "events", 4.0)
-    assert isinstance(token.next, Fail) and f"order {ORDER}" in str(token.next.error)
+    assert said(token)[:3] == (Health.DEGRADED, "events", 4.0)
+    assert token.health is not None and f"order {ORDER}" in token.health.reason
 
 
 def test_a_finished_reader_says_so_when_used_again() -> None:

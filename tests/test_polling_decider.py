@@ -208,12 +208,20 @@ def test_a_refreshed_token_that_works_allows_a_later_refresh() -> None:
     assert isinstance(d.on_response(error(401), 4.1).next, RefreshToken)
 
 
-def test_a_failing_token_provider_is_a_token_rejection() -> None:
-    d = decider()
+def test_a_failing_token_provider_is_a_passing_failure_until_give_up_after() -> None:
+    """The application's token service blinks too: backed off like a 5xx (one failure
+    used to end the order's polling for good), and given up on only as a 5xx is."""
+    d = decider(interval=1.0, give_up_after=10.0)
     d.start(0.0)
-    step = d.on_token_error(KeyError("no session"), 0.0)
-    assert isinstance(step.next, Fail) and isinstance(step.next.error, TokenProviderFailed)
-    assert isinstance(step.next.error, TokenRejected)
+    now, waits = 0.0, 0
+    while True:
+        step = d.on_token_error(KeyError("no session"), now)
+        if not isinstance(step.next, Wait):
+            break
+        waits, now = waits + 1, step.next.until
+    assert waits >= 3 and now >= 10.0
+    assert isinstance(step.next, Fail) and isinstance(step.next.error, ServiceUnavailable)
+    assert isinstance(step.next.error.__cause__, TokenProviderFailed)
 
 
 def test_404_is_waited_out_for_the_grace_period_then_fails() -> None:
@@ -416,9 +424,11 @@ def test_a_failing_token_provider_is_reported_with_its_cause_and_time() -> None:
     d.start(0.0)
     cause = KeyError("no session")
     step = d.on_token_error(cause, 5.0)
-    assert said(step)[:3] == (Health.FAILED, "polling", 5.0)
-    assert isinstance(step.next, Fail) and "no session" in str(step.next.error)
-    assert f"order {ORDER}" in str(step.next.error)
+    assert said(step)[:3] == (Health.DEGRADED, "polling", 5.0)
+    assert isinstance(step.next, Wait) and "no session" in (
+        step.health.reason if step.health else ""
+    )
+    assert step.health is not None and f"order {ORDER}" in step.health.reason
 
 
 def test_errors_name_the_order() -> None:

@@ -240,18 +240,53 @@ async def test_a_token_rejected_twice_fails_with_token_rejected(emu: Emulator, s
 
 
 @pytest.mark.anyio
-async def test_a_failing_token_provider_fails_the_poller(emu: Emulator) -> None:
+async def test_a_token_provider_that_keeps_failing_is_given_up_like_a_server(
+    emu: Emulator,
+) -> None:
     _, order_id = await new_order(emu, "no-token")
 
     async def broken() -> str:
         raise ConnectionError("login server down")
 
     sink = RecordingSink()
-    with pytest.raises(TokenProviderFailed):
+    config = PollConfig(interval=0.05, give_up_after=0.5)
+    with pytest.raises(ServiceUnavailable) as failed:
         await poll_order(
-            order_id, project_id=emu.project_id, token=broken, sink=sink, api=emu.api_url
+            order_id,
+            project_id=emu.project_id,
+            token=broken,
+            sink=sink,
+            api=emu.api_url,
+            config=config,
         )
-    assert healths(sink) == [Health.CONNECTING, Health.FAILED]
+    assert isinstance(failed.value.__cause__, TokenProviderFailed)
+    assert healths(sink)[0] is Health.CONNECTING and healths(sink)[-1] is Health.FAILED
+    assert Health.DEGRADED in healths(sink)
+
+
+@pytest.mark.anyio
+async def test_a_token_provider_that_fails_once_only_delays_the_poller(emu: Emulator) -> None:
+    user, order_id = await new_order(emu, "blip")
+    failures = [1]
+
+    async def blinking() -> str:
+        if failures[0]:
+            failures[0] -= 1
+            raise ConnectionError("login server down")
+        return user.token
+
+    await emu.run_script(order_id, [(0.2, "done")])
+    sink = RecordingSink()
+    with anyio.fail_after(10):
+        details = await poll_order(
+            order_id,
+            project_id=emu.project_id,
+            token=blinking,
+            sink=sink,
+            api=emu.api_url,
+            config=PollConfig(interval=0.05),
+        )
+    assert details.status == "done" and failures == [0]
 
 
 @pytest.mark.anyio

@@ -97,8 +97,6 @@ async def test_cancelling_a_wait_stops_the_polling_it_started(emu: Emulator) -> 
             tg.start_soon(tracker.wait, order_id)
             await eventually(lambda: requests_for(emu, order_id))
             tg.cancel_scope.cancel()
-        with pytest.raises(TrackerClosed):
-            await tracker.wait(order_id)
         before = await requests_for(emu, order_id)
         await anyio.sleep(10 * 0.05)  # ten poll intervals: an absence takes time to show
         assert await requests_for(emu, order_id) <= before + 1  # one may have been on its way

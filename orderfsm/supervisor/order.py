@@ -59,6 +59,7 @@ class TrackedOrder:
         "helpers",
         "is_finished",
         "lapsed",
+        "last_look",
         "log",
         "on_change",
         "on_report",
@@ -113,6 +114,9 @@ class TrackedOrder:
         after an outage, a host that slept, the start of tracking)."""
         self.checking = False
         """A Get order check is under way; a new doubt waits for it, then checks again."""
+        self.last_look: bool | None = None
+        """The Get order asked before an ``expired`` order settles: ``False`` while it
+        is under way, ``True`` once answered (or given up on)."""
         self.log: list[Change] = []
         """Changes and conflicts in the order they were applied (read it, do not
         change it).  Application order, not ``at`` order: a socket replaying what
@@ -276,7 +280,9 @@ class TrackedOrder:
             websocket=self.websocket,
             websocket_since=self.websocket_since,
             can_poll=can_poll and self.polling_error is None,
-            lapsed_since=None if lapsed is None else lapsed.at,
+            # From when it was seen here: a socket shared with an earlier order replays
+            # an ``expired`` heard minutes ago, whose grace must not be over already.
+            lapsed_since=None if lapsed is None else max(lapsed.at, self.started_at),
             owned=self.owned,
         )
 

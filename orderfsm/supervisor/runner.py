@@ -115,10 +115,15 @@ class Scheduler:
             self._kick.set()
 
     def stop(self, order: TrackedOrder, error: OrderFsmError) -> None:
-        """End tracking now, unsettled (untracked, timed out, no source, no such order)."""
+        """End tracking now (untracked, timed out, no source, no such order): unsettled,
+        or, when a settling status came before the end did, with that status (its
+        details may still have been on their way)."""
         if not order.ended:
             self._end(order)
-            order.finish(None, error)
+            if order.settled is None:
+                order.finish(None, error)
+            else:
+                order.finish(_result(order, None), None)
 
     def close(self, orders: Iterable[TrackedOrder]) -> None:
         """The tracker is closing: whoever still waits learns it now.
@@ -167,7 +172,7 @@ class Scheduler:
         """Bring the order's transports in line with the policy's current plan."""
         if order.settled is None:
             plan = self.policy.plan(order.situation(self.can_poll), now)
-            if plan.lapsed:
+            if plan.lapsed and not self._looking_last(order):
                 order.settle_lapsed()
             elif plan.timed_out:
                 status = order.book.status(order.order_id)
@@ -226,6 +231,26 @@ class Scheduler:
                 self._pushed += 1
                 heapq.heappush(self._due, (plan.review_at, self._pushed, order))
 
+    def _looking_last(self, order: TrackedOrder) -> bool:
+        """Whether an ``expired`` order whose grace is over waits for a last Get order:
+        during the grace the order is polled slowly (if at all), so a payment in its
+        last seconds would be heard by nobody.  It settles as expired only once Get
+        order says so still (or could not say within ``details_timeout``)."""
+        if order.last_look or not (self.can_poll and order.owned and order.polling_error is None):
+            return False
+        if order.last_look is None:
+            order.last_look = False
+            self._spawn_helper(self._look_last, order)
+        return True
+
+    async def _look_last(self, order: TrackedOrder) -> None:
+        try:
+            with anyio.move_on_after(self.details_timeout):
+                await self._check_once(order)
+        finally:
+            order.last_look = True
+            self.wake(order)
+
     def _end(self, order: TrackedOrder) -> None:
         if order.ended:
             return  # a closing tracker meets orders whose details are on their way
@@ -246,7 +271,7 @@ class Scheduler:
 
     def _no_source_error(self, order: TrackedOrder) -> OrderFsmError | None:
         """Fail now rather than at the deadline when nothing can deliver news."""
-        if self.webhooks or self.journal or order.custom_running:
+        if self.webhooks or self.journal or order.custom_running or order.last_look is False:
             return None
         cause = order.polling_error or order.websocket_error or order.custom_error
         return cause or NoSourceLeft(f"order {order.order_id}: no transport left to follow it")
@@ -320,6 +345,8 @@ class Scheduler:
         change (a page that is not Xsolla's: a wrong API URL) ends polling for the
         order, reported as failed.
         """
+        from transports.http.errors import TokenProviderFailed
+        from transports.http.shell import first_then, get_token
         from transports.polling import UnexpectedAnswer, fetch_order
 
         delay = CHECK_RETRY_MIN
@@ -332,11 +359,14 @@ class Scheduler:
         try:
             while order.settled is None:
                 try:
+                    # The token first, outside the slots shared with every other
+                    # order: a slow token callable must not hold one.
+                    token = first_then(await get_token(order.user.token), order.user.token)
                     async with self._checks_at_once:
                         details = await fetch_order(
                             order.order_id,
                             project_id=self.project_id,
-                            token=order.user.token,
+                            token=token,
                             http=self.get_order_http,
                             api=self.api_url,
                         )
@@ -354,8 +384,14 @@ class Scheduler:
                     await anyio.sleep(min(delay, left))
                     delay = min(2 * delay, CHECK_RETRY_MAX)
                     continue
-                except TokenRejected as exc:
-                    order.polling_error = exc  # the poller would meet the same refusal
+                except TokenProviderFailed:
+                    await anyio.sleep(delay)  # the app's token callable: a passing failure
+                    delay = min(2 * delay, CHECK_RETRY_MAX)
+                    continue
+                except TokenRejected:
+                    # Refused twice, a fresh token the second time.  The poller, if one
+                    # is needed, finds out for itself: one check's 401s (a blip of the
+                    # token service) must not end polling for good.
                     return
                 except UnexpectedAnswer as exc:
                     order.polling_error = exc

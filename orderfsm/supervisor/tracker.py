@@ -145,6 +145,11 @@ class Tracker:
         self.journal_poll = journal_poll
         self.fleet: FleetLink | None = None
         self.until = check_goal(until)
+        if set(transports) <= {WEBHOOK} and not extra and self.until is Status.DONE:
+            logger.warning(
+                "no webhook says 'done' and no other transport is given: orders end at the "
+                "deadline unless observe() brings 'done'; did you mean until='paid'?"
+            )
         self.not_found_grace = not_found_grace
         self._sleep_clock = sleep_clock or default_sleep_clock()
         self.project_id = project_id
@@ -322,7 +327,6 @@ class Tracker:
         token: TokenProvider | str | None = None,
         user_id: str | None = None,
         user: User | None = None,
-        known_status: Status | None = None,
         until: Status | str | None = None,
     ) -> None:
         """Start following an order (no-op if it already is); returns at once.
@@ -335,6 +339,12 @@ class Tracker:
             raise RuntimeError("use the Tracker inside 'async with'")
         goal = self.until if until is None else check_goal(until)
         existing = self._orders.get(order_id)
+        again = existing is not None and existing.released
+        if again:
+            # Untracked (or a wait() given up on), and wanted again: followed anew,
+            # from the status known; the old one's waiters have had their answer.
+            del self._orders[order_id]
+            existing = None
         if existing is not None:
             if until is not None and goal is not existing.until:
                 raise ValueError(
@@ -347,7 +357,8 @@ class Tracker:
         user = user or self.user
         if user is None and (self.transports & {WEBSOCKET, POLLING} or self.fetch_details):
             raise ValueError("a token is needed: pass token= to Tracker() or track()")
-        self._book.track(order_id, known_status)
+        if not again:
+            self._book.track(order_id)
         order = TrackedOrder(
             order_id,
             user or _ANONYMOUS,

@@ -219,13 +219,15 @@ class Pacing:
         return Outcome(Wait(now + delay), self.report(Health.DEGRADED, now, str(error), error))
 
     def token_failed(self, error: BaseException, now: float) -> Outcome:
-        """The caller's token callable raised (or returned a non-token): nothing to retry with."""
+        """The caller's token callable raised, timed out or returned a non-token: a
+        passing failure, backed off like a 5xx (an application's token service has
+        blips too; one must not end the polling of an order for good)."""
         if isinstance(error, TokenProviderFailed):
             failure = error
         else:
             failure = TokenProviderFailed(f"{self._subject}: token provider failed: {error!r}")
             failure.__cause__ = error
-        return self.fail(failure, now)
+        return self.failed(failure, now)
 
     def fail(self, error: OrderFsmError, now: float) -> Outcome:
         """Stop for good."""

@@ -33,17 +33,40 @@ async def client_for(http: HttpClient | None) -> AsyncIterator[HttpClient]:
         yield own
 
 
-async def get_token(token: TokenProvider) -> str:
+TOKEN_TIMEOUT = 10.0
+"""Seconds the application's token callable may take: one that hangs must not hold
+an order's requests (and the slots shared with other players' orders) for good."""
+
+
+async def get_token(token: TokenProvider, timeout: float = TOKEN_TIMEOUT) -> str:  # noqa: ASYNC109
     """Call the token provider; whatever goes wrong becomes :class:`TokenProviderFailed`."""
     try:
-        value = await token()
+        with anyio.fail_after(timeout):
+            value = await token()
     except TokenProviderFailed:
         raise
+    except TimeoutError:
+        raise TokenProviderFailed(f"token provider did not answer within {timeout:g} s") from None
     except Exception as exc:
         raise TokenProviderFailed(f"token provider failed: {exc!r}") from exc
     if not isinstance(value, str) or not value:
         raise TokenProviderFailed(f"token provider returned {value!r}, not a token")
     return value
+
+
+def first_then(first: str, provider: TokenProvider) -> TokenProvider:
+    """A provider that gives ``first`` (a token fetched already) once, then asks
+    ``provider``: a refresh after a 401 still gets a fresh token."""
+    given = False
+
+    async def token() -> str:
+        nonlocal given
+        if given:
+            return await provider()
+        given = True
+        return first
+
+    return token
 
 
 class Engine(Protocol[StepT]):
@@ -110,6 +133,7 @@ __all__ = [
     "ask",
     "bearer_headers",
     "client_for",
+    "first_then",
     "get_token",
     "report_cancelled",
     "send",

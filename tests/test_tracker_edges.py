@@ -1,0 +1,220 @@
+"""Edges of the life cycle where a paying player got a wrong answer (found by a review,
+each test failing before its fix), on the emulator, on asyncio and trio: the last
+seconds of an expired order's grace, an ``expired`` replayed from a shared socket,
+giving an order up just as it settles and tracking it again, and an application's
+token callable that fails once or hangs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import anyio
+import pytest
+from support_tracker import emulator_tracker
+
+from orderfsm import Change, Status
+from orderfsm.supervisor.policy import DefaultPolicy
+from orderfsm.testing import eventually
+from transports.centrifuge import EngineConfig
+from transports.emulator import Emulator
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def emu() -> Iterator[Emulator]:
+    with Emulator(seed=29, ping_interval=1.0) as emulator:
+        yield emulator
+
+
+async def expired_seen(tracker: object, order_id: int) -> None:
+    await eventually(lambda: tracker.status(order_id) is Status.EXPIRED)  # type: ignore[attr-defined]
+
+
+async def test_a_payment_in_the_last_seconds_of_the_grace_is_not_lost(emu: Emulator) -> None:
+    """During the grace an expired order is polled slowly (here every 1 s); it is paid
+    after the last slow poll and before the grace ends.  Get order is asked once more
+    when the grace is over, so the order settles as paid, not as expired."""
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    policy = DefaultPolicy(
+        poll_interval=0.05, deadline=30.0, expired_grace=1.5, expired_poll_interval=1.0
+    )
+    async with emulator_tracker(emu, user, policy=policy, transports=("polling",)) as tracker:
+        tracker.track(order_id, until="paid")
+        await emu.set_status(order_id, "expired")
+        await expired_seen(tracker, order_id)
+        await anyio.sleep(1.2)  # past the slow poll at +1.0 s, before the grace ends at +1.5 s
+        await emu.set_status(order_id, "paid")
+        result = await tracker.wait(order_id)
+    assert result.status is Status.PAID and result.succeeded
+
+
+async def test_an_expired_replayed_by_a_shared_socket_gets_its_whole_grace(
+    emu: Emulator,
+) -> None:
+    """The player's socket is open for another order and remembers this one's
+    ``expired`` from well over a grace ago.  Tracking starts now: the grace runs from
+    now, so the payment under way 0.2 s later is heard (before, the replayed status
+    kept its old time and the order settled as expired at once)."""
+    user = await emu.create_user()
+    other = await emu.create_order(user)
+    order_id = await emu.create_order(user)
+    policy = DefaultPolicy(poll_interval=0.05, deadline=30.0, expired_grace=1.0)
+    async with emulator_tracker(emu, user, policy=policy, until="paid") as tracker:
+        tracker.track(other)  # keeps the player's socket open and subscribed
+        await emu.wait_connected(user)
+        await emu.set_status(order_id, "expired")
+        await anyio.sleep(1.5)  # the expiry is now older than the grace
+        tracker.track(order_id)
+        await anyio.sleep(0.2)
+        await emu.set_status(order_id, "paid")
+        result = await tracker.wait(order_id)
+    assert result.status is Status.PAID
+
+
+async def test_an_order_given_up_as_it_settles_keeps_its_settled_result(
+    emu: Emulator,
+) -> None:
+    """The app forgets the order from ``on_change`` as soon as the settling change comes:
+    the ``wait()`` already waiting gets ``done``, not "untracked before it settled"."""
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    trackers: list[object] = []
+
+    def on_change(change: Change) -> None:
+        if change.settled:
+            trackers[0].forget(change.order_id)  # type: ignore[attr-defined]
+
+    async with emulator_tracker(emu, user, on_change=on_change) as tracker:
+        trackers.append(tracker)
+        tracker.track(order_id)
+        await emu.wait_connected(user)
+        async with anyio.create_task_group() as tasks:
+            results: list[Status] = []
+
+            async def wait() -> None:
+                results.append((await tracker.wait(order_id)).status)
+
+            tasks.start_soon(wait)
+            await emu.run_script(order_id, [(0.1, "paid"), (0.1, "done")])
+    assert results == [Status.DONE]
+
+
+async def test_an_order_tracked_again_after_a_wait_was_given_up_is_followed(
+    emu: Emulator,
+) -> None:
+    """A screen gives ``wait()`` half a second and moves on (which untracks the order);
+    the player comes back to it and the app waits again: the order is followed anew
+    (before, the second wait raised ``TrackerClosed`` at once and its news was dropped)."""
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    async with emulator_tracker(emu, user) as tracker:
+        with anyio.move_on_after(0.5):
+            await tracker.wait(order_id)
+        await emu.run_script(order_id, [(0.3, "paid"), (0.1, "done")])
+        result = await tracker.wait(order_id)
+    assert result.status is Status.DONE
+
+
+def fast_socket(emu: Emulator) -> dict[str, object]:
+    return {
+        "config": EngineConfig(
+            project_id=emu.project_id,
+            min_reconnect_delay=0.3,
+            max_reconnect_delay=0.5,
+            max_server_ping_delay=1.0,
+        )
+    }
+
+
+async def test_one_failure_of_the_token_callable_does_not_end_polling(emu: Emulator) -> None:
+    """The socket stalls, polling takes over, and the app's token callable fails once
+    just then (its auth service blinked): polling backs off and goes on, so the
+    payment made after the socket's lifespan is heard."""
+    from orderfsm import Tracker
+
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    failures = [0]
+
+    async def token() -> str:
+        if failures[0]:
+            failures[0] -= 1
+            raise ConnectionError("auth service blip")
+        return user.token
+
+    policy = DefaultPolicy(poll_interval=0.2, deadline=30.0, websocket_lifespan=3.0)
+    async with Tracker(
+        project_id=emu.project_id,
+        token=token,
+        user_id=user.external_id,
+        ws_url=emu.ws_url,
+        api_url=emu.api_url,
+        policy=policy,
+        websocket_options=fast_socket(emu),
+    ) as tracker:
+        tracker.track(order_id)
+        await emu.wait_connected(user)
+        await anyio.sleep(0.3)  # the start's Get order is done
+        failures[0] = 1
+        await emu.stall_connections(user, seconds=2.0)
+        await emu.run_script(order_id, [(4.0, "pay"), (0.2, "deliver")])
+        result = await tracker.wait(order_id)
+    assert result.status is Status.DONE and failures == [0]
+
+
+async def test_a_hung_token_callable_does_not_hold_up_other_players_checks(
+    emu: Emulator,
+) -> None:
+    """32 orders whose token callable never answers ask Get order at the start of
+    tracking: the token is fetched before a check takes one of the 32 slots shared by
+    every order, so another player's order is still checked at once."""
+    from orderfsm import Tracker
+
+    stuck = await emu.create_user()
+    player = await emu.create_user()
+    order_id = await emu.create_order(player)
+    await emu.set_status(order_id, "done")
+    await emu.new_epoch(player)  # its socket's history is gone: only Get order can tell
+
+    async def hung() -> str:
+        await anyio.sleep_forever()
+        raise AssertionError  # pragma: no cover
+
+    async with Tracker(
+        project_id=emu.project_id,
+        token=player.token,
+        user_id=player.external_id,
+        ws_url=emu.ws_url,
+        api_url=emu.api_url,
+        policy=DefaultPolicy(poll_interval=0.05, deadline=30.0),
+        websocket_options=fast_socket(emu),
+    ) as tracker:
+        for _ in range(32):
+            tracker.track(await emu.create_order(stuck), token=hung, user_id=stuck.external_id)
+        await anyio.sleep(0.2)  # their checks are under way
+        tracker.track(order_id)
+        with anyio.fail_after(5):  # before: only when the hung orders reached their deadline
+            result = await tracker.wait(order_id)
+    assert result.status is Status.DONE
+
+
+async def test_a_refusal_seen_by_the_first_check_does_not_end_polling(emu: Emulator) -> None:
+    """Get order answers 401 twice at the start of tracking (a fresh token the second
+    time); every later request would be answered.  When the socket then fails for
+    good, polling still takes over (before: the order ended with ``TokenRejected``)."""
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    await emu.get_order_fault("error", status=401, count=2, order_id=order_id)
+    try:
+        async with emulator_tracker(emu, user) as tracker:
+            tracker.track(order_id)
+            await emu.wait_connected(user)
+            await anyio.sleep(0.5)
+            await emu.close_connections(user, code=3501, reason="bad request")  # for good
+            await emu.run_script(order_id, [(0.2, "pay"), (0.2, "deliver")])
+            result = await tracker.wait(order_id)
+    finally:
+        await emu.clear_faults()
+    assert result.status is Status.DONE
