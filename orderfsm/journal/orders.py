@@ -40,6 +40,8 @@ class OrderRow:
     lease_until: float = 0.0
     fence: int = 0
     """Grows by one with every new owner: an old owner's writes can be told apart."""
+    tracked_at: float | None = None
+    """When an instance last said it tracks the order (wall-clock seconds)."""
 
 
 @attrs.frozen
@@ -88,6 +90,20 @@ def leased(row: OrderRow, owner: str, now: float, lease: float) -> OrderRow:
     """The row after ``owner`` takes or renews its lease; a new owner gets a new fence."""
     fence = row.fence if row.owner == owner and row.lease_until > now else row.fence + 1
     return attrs.evolve(row, owner=owner, lease_until=now + lease, fence=fence, tracking=True)
+
+
+def adoptable(row: OrderRow, now: float, lease: float) -> bool:
+    """May an instance that does not follow the order take it over by itself?
+
+    Yes when it is tracked, not settled, and nobody's lease on it is live: its
+    owner died (SIGKILL, a host scaled away) or its tracker has no Xsolla
+    connection.  An order nobody ever leased waits one ``lease`` after it was
+    tracked, for its tracker's own first lease; the adopter then takes the
+    lease as :func:`leased` says, so until that lease runs out nobody else may.
+    """
+    if not row.tracking or settles(row) or row.lease_until > now:
+        return False
+    return row.owner is not None or (row.tracked_at is not None and row.tracked_at <= now - lease)
 
 
 def settled_key(order_id: int, status: Status) -> str:

