@@ -362,6 +362,86 @@ async def test_on_settled_runs_once_across_the_fleet(
     assert refund.later and not refund.succeeded
 
 
+def failing(tried: list[Settled]) -> Any:
+    """An ``on_settled`` that never succeeds (the game's database is down), noting each try."""
+
+    async def on_settled(event: Settled) -> None:
+        tried.append(event)
+        raise RuntimeError("the game's database is down")
+
+    return on_settled
+
+
+@on_databases
+async def test_an_order_settled_as_expired_keeps_its_call_when_its_instance_dies(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """A settles the order as expired after its grace, but its ``on_settled`` fails until
+    A dies.  The journal must not say "nobody needs this order" before the call is
+    recorded: the sweep cannot tell an expired order's grace, so only an instance
+    following the order (resuming it here) can make the call."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    policy = DefaultPolicy(poll_interval=0.05, deadline=30.0, expired_grace=0.3)
+    tried: list[Settled] = []
+    calls: list[Settled] = []
+
+    async def on_settled(event: Settled) -> None:
+        calls.append(event)
+
+    async with instance(url, emu, user, policy=policy, on_settled=failing(tried)) as a:
+        await owning(a, order_id)
+        await emu.set_status(order_id, "expired")
+        await eventually(lambda: tried)
+    options: dict[str, Any] = {"policy": policy, "on_settled": on_settled}
+    async with instance(url, emu, token_for=lambda o, u: user.token, **options):
+        await eventually(lambda: calls, timeout=15)
+        await anyio.sleep(0.5)  # time for a second call, which must not come
+    assert tried[0].status is Status.EXPIRED
+    assert [(e.order_id, e.status, e.succeeded, e.later) for e in calls] == [
+        (order_id, Status.EXPIRED, False, False)
+    ]
+
+
+@on_databases
+async def test_the_sweep_calls_what_a_live_instance_would_have(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """A's ``on_settled`` fails until A dies; the orders move on afterwards (refunds by
+    webhook).  B, which follows none of them, sweeps: every call A owed, in order, with
+    the flags A would have given: ``done`` then the refund (``later``) for one; for an
+    order refunded before delivery, the refund is its settlement (not ``later``)."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    delivered, refunded = await emu.create_order(user), await emu.create_order(user)
+    tried: list[Settled] = []
+    calls: list[Settled] = []
+
+    async def on_settled(event: Settled) -> None:
+        calls.append(event)
+
+    async with receiver_for(url, emu):
+        async with instance(url, emu, user, on_settled=failing(tried)) as a:
+            for order_id in (delivered, refunded):
+                await owning(a, order_id)
+            await emu.run_script(delivered, [(0.05, "paid"), (0.05, "done")])
+            await emu.run_script(refunded, [(0.05, "paid"), (0.05, "canceled")])
+            await eventually(lambda: len({e.order_id for e in tried}) == 2)
+        await emu.set_status(delivered, "canceled")  # the refund, by webhook alone
+        options: dict[str, Any] = {"transports": ("journal",), "fetch_details": False}
+        async with instance(url, emu, on_settled=on_settled, lease=0.5, **options):
+            await eventually(lambda: len(calls) >= 3, timeout=20)
+            await anyio.sleep(1.0)  # time for another call, which must not come
+    seen = [(e.order_id, e.status, e.succeeded, e.later) for e in calls]
+    assert sorted(seen) == sorted([
+        (delivered, Status.DONE, True, False),
+        (delivered, Status.CANCELED, False, True),
+        (refunded, Status.CANCELED, False, False),
+    ])  # fmt: skip
+    assert [s for o, s, _, _ in seen if o == delivered] == [Status.DONE, Status.CANCELED]
+
+
 def _tokens_in_database(url: str, token: str) -> bool:
     from support_journal import connect
 

@@ -21,7 +21,8 @@ from support_journal import connect, on_databases, url_for
 from support_postgres import postgres_server
 
 from orderfsm import Status
-from orderfsm.journal.orders import OrderRow, adoptable, leased, may_lease
+from orderfsm.core import GOALS, Verdict, verdict
+from orderfsm.journal.orders import OrderRow, adoptable, advance, leased, may_lease, settled_call
 from transports.journal import open_journal
 from transports.journal import orders as sql
 from transports.journal.order_log import OrderLog
@@ -68,7 +69,70 @@ async def test_the_sweep_finds_a_settlement_behind_many_orders_still_waiting(
         await log.track(5, D, "player-5")
         await log.record([note(5, P), note(5, D)])
         found = await log.unhandled(since, limit=10)
-    assert found == [(5, D, D)]
+    assert found == [(5, D, P, D)]
+
+
+@on_databases
+async def test_the_sweep_finds_every_call_owed_not_only_the_current_status(
+    backend: str, tmp_path: Path
+) -> None:
+    """Order 1 was delivered (its call lost with its instance), then refunded: both calls
+    are owed, in order.  Order 2 was refunded before delivery: its refund is its
+    settlement.  Order 3's delivery call was made: only its refund is owed.  Order 4
+    waits for payment: its call was made, and its delivery (the same answer) owes none."""
+    url = url_for(backend, tmp_path)
+    async with open_journal(url) as journal:
+        log = OrderLog(journal)
+        since = time.time() - 60
+        await log.track_many([(i, D, None) for i in (1, 2, 3)])
+        await log.record([note(1, P), note(1, D), note(1, C), note(2, P), note(2, C)])
+        await log.record([note(3, P), note(3, D), note(3, C)])
+        await log.track(4, P, None)
+        await log.record([note(4, P), note(4, D)])
+        db = connect(url)
+        try:
+            for key in ("settled:3:done", "settled:4:paid"):
+                db.execute(
+                    "INSERT INTO orderfsm_claims (key, attempt, state, owner, lease_until,"
+                    f" claimed_at) VALUES ('{key}', 1, 'answered', 'x', 0, 0)"
+                )
+        finally:
+            db.close()
+        found = await log.unhandled(since)
+    assert found == [(1, D, P, D), (1, C, D, D), (2, C, P, D), (3, C, D, D)]
+    assert [settled_call(p, s, g) for _, s, p, g in found] == [
+        (True, False), (False, True), (False, False), (False, True)
+    ]  # fmt: skip
+
+
+@given(
+    statuses=st.lists(st.sampled_from(list(Status)), max_size=12),
+    until=st.sampled_from(GOALS),
+)
+def test_each_change_alone_names_the_calls_an_instance_seeing_all_of_them_makes(
+    statuses: list[Status], until: Status
+) -> None:
+    """The sweep judges each change by the status before it; an instance that follows
+    the order judges it by all it told before (``FleetLink.advanced``).  Over any news
+    the core lets through, both name the same calls with the same flags."""
+    current: Status | None = None
+    told: Verdict | None = None
+    settled = False
+    seen, judged = [], []
+    for status in statuses:
+        if advance(current, status) is None:
+            continue
+        answer = verdict(status, until)
+        settles = not settled and answer.settled
+        settled = settled or settles
+        if settles or (answer.settled and answer is not told):
+            seen.append((status, answer is Verdict.SUCCEEDED, not settles))
+            told = answer
+        call = settled_call(current, status, until)
+        if call is not None:
+            judged.append((status, *call))
+        current = status
+    assert judged == seen
 
 
 @on_databases

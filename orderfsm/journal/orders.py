@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import attrs
 
-from orderfsm.core import Advanced, Observation, Status, apply, verdict
+from orderfsm.core import Advanced, Observation, Status, Verdict, apply, verdict
 
 
 @attrs.frozen
@@ -104,6 +104,25 @@ def adoptable(row: OrderRow, now: float, lease: float) -> bool:
     if not row.tracking or settles(row) or row.lease_until > now:
         return False
     return row.owner is not None or (row.tracked_at is not None and row.tracked_at <= now - lease)
+
+
+def settled_call(
+    previous: Status | None, status: Status, until: Status
+) -> tuple[bool, bool] | None:
+    """The ``on_settled`` call the change ``previous -> status`` makes: (succeeded, later),
+    or ``None``; what an instance that saw the order's whole history calls.
+
+    Judged from the change and the status before it alone, so the sweep finds
+    every call owed, not only the one for the order's current status: a
+    settled status never leads back to an unsettled one (the graph), so the
+    status before is what was last told.  A lapse (expired through a grace) is
+    not a change in the journal: the instance following the order calls it.
+    """
+    answer = verdict(status, until)
+    before = verdict(previous, until)
+    if not answer.settled or before is answer:
+        return None
+    return answer is Verdict.SUCCEEDED, before.settled
 
 
 def settled_key(order_id: int, status: Status) -> str:

@@ -31,9 +31,9 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
-from orderfsm.core import Observation, Status, Verdict, verdict
+from orderfsm.core import LAPSED_STATUSES, Observation, Status, Verdict, verdict
 from orderfsm.errors import OrderFsmError
-from orderfsm.journal.orders import ChangeRow, OrderRow, settled_key
+from orderfsm.journal.orders import ChangeRow, OrderRow, settled_call, settled_key
 from orderfsm.supervisor.records import StatusChange
 
 if TYPE_CHECKING:
@@ -128,6 +128,10 @@ class FleetLink:
         self._told: dict[int, Verdict] = {}
         """The answer each order's last ``on_settled`` event gave."""
         self._settled_news = anyio.Event()
+        self._lapsed_calls: set[int] = set()
+        """Orders settled here as expired whose ``on_settled`` is not recorded yet: kept
+        tracked in the journal, their leases held, until it is (the sweep cannot judge
+        a grace; an instance resuming the order can)."""
         self._lease_now = anyio.Event()
         self._writing = False
         """Something is queued or being written."""
@@ -170,10 +174,12 @@ class FleetLink:
     def ended(self, order: TrackedOrder) -> None:
         """The order settled here, or was given up (untracked, timed out): no one needs
         to resume it.  (A closing tracker leaves its orders to be resumed.)"""
-        self._queue(("untrack", order.order_id))
         settled = order.settled
         if self.calls_settled and settled is not None and not settled.settled:
+            self._lapsed_calls.add(order.order_id)  # untracked once the call is recorded
             self._settle(order, settled)  # expired, settled by its grace
+            return
+        self._queue(("untrack", order.order_id))
 
     def forget(self, order_id: int) -> None:
         """The tracker dropped the order: nothing more is read or told of it."""
@@ -347,11 +353,11 @@ class FleetLink:
                 await self._lease_now.wait()
             self._lease_now = anyio.Event()
             live = [o for o in self._orders.values() if not o.ended]
-            if not live:
+            if not live and not self._lapsed_calls:
                 continue
             try:
                 held: dict[int, int] | None = await self.log.lease(
-                    [o.order_id for o in live], self.lease
+                    [o.order_id for o in live] + list(self._lapsed_calls), self.lease
                 )
             except OrderFsmError as exc:
                 logger.warning("journal unavailable (leases): %s", exc)
@@ -424,6 +430,7 @@ class FleetLink:
                 try:
                     async with limiter:
                         if await self._settle_once(event, delivery):
+                            self._recorded(event)
                             return
                 except OrderFsmError as exc:
                     logger.warning("on_settled for order %s waits: %s", event.order_id, exc)
@@ -431,6 +438,14 @@ class FleetLink:
                 delay = min(2 * delay, SETTLED_RETRY_MAX)
         finally:
             running.discard((event.order_id, event.status))
+
+    def _recorded(self, event: Settled) -> None:
+        """An expired order's call is recorded: now nobody needs to resume it."""
+        if event.status in LAPSED_STATUSES and event.order_id in self._lapsed_calls:
+            self._lapsed_calls.discard(event.order_id)
+            order = self._orders.get(event.order_id)
+            if order is None or order.ended:  # not tracked again here meanwhile
+                self._queue(("untrack", event.order_id))
 
     async def _settle_once(self, event: Settled, delivery: Any) -> bool:
         """One try; True once the call is recorded (by this instance or another)."""
@@ -473,9 +488,14 @@ class FleetLink:
             except OrderFsmError as exc:
                 logger.warning("journal unavailable (settled sweep): %s", exc)
                 continue
-            for order_id, status, until in found:
-                succeeded = verdict(status, until) is Verdict.SUCCEEDED
-                later = status is Status.CANCELED and until is not Status.CANCELED
-                self._settled.append(Settled(order_id, status, until, succeeded, later))
+            # Each order's first call owed, this time: the next one after it is recorded,
+            # in the order a live instance would have made them.
+            first: dict[int, tuple[Status, Status | None, Status]] = {}
+            for order_id, status, previous, until in found:
+                first.setdefault(order_id, (status, previous, until))
+            for order_id, (status, previous, until) in first.items():
+                call = settled_call(previous, status, until)
+                assert call is not None  # the SQL reads only changes that call
+                self._settled.append(Settled(order_id, status, until, *call))
             if found:
                 self._settled_news.set()
