@@ -248,6 +248,78 @@ async def test_a_token_for_that_raises_skips_that_order_not_the_start(
 
 
 @on_databases
+async def test_an_order_only_a_closed_instance_tracked_is_adopted_by_one_other(
+    backend: str, tmp_path: Path, emu: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A alone tracks the orders, then goes (closed without giving them up: its leases
+    run out as after a SIGKILL).  B and C, which never tracked them and need no
+    restart, take the order over by themselves: one of them, with a Get order at once,
+    to its settlement and one ``on_settled`` call; an order ``token_for`` fails on
+    is skipped and logged."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    orphan, broken = await emu.create_order(user), await emu.create_order(user)
+    calls: list[Settled] = []
+
+    async def on_settled(event: Settled) -> None:
+        calls.append(event)
+
+    def token_for(order_id: int, user_id: str | None) -> str:
+        if order_id == broken:
+            raise KeyError(f"no player {user_id}")
+        return user.token
+
+    options: dict[str, Any] = {"lease": 3.0, "on_settled": on_settled, "token_for": token_for}
+    async with instance(url, emu, **options) as b, instance(url, emu, **options) as c:
+        async with instance(url, emu, user, lease=3.0) as a:
+            await owning(a, orphan)
+            await owning(a, broken)
+        await emu.set_status(orphan, "done", publish=False)  # Get order alone knows
+        await eventually(lambda: orphan in b._orders or orphan in c._orders, timeout=20)
+        adopter, other = (b, c) if orphan in b._orders else (c, b)
+        with anyio.fail_after(15):
+            result = await adopter.wait(orphan)
+        await eventually(lambda: calls, timeout=10)
+        await anyio.sleep(1.0)  # time for a second adoption or call, which must not come
+        assert orphan not in other._orders and adopter.status(orphan) is Status.DONE
+        assert broken not in b._orders and broken not in c._orders
+    assert (result.status, result.source) == (Status.DONE, "polling")
+    assert [(e.order_id, e.status, e.succeeded) for e in calls] == [(orphan, Status.DONE, True)]
+    assert f"not adopting order {broken}: token_for raised" in caplog.text
+
+
+@on_databases
+async def test_an_order_given_up_here_is_adopted_when_its_last_follower_dies(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """B's waiter left the order (B keeps its ended record of it); A still follows it,
+    then goes.  The fleet still needs the order followed: B adopts it, tracking it anew,
+    rather than holding its lease with nothing following it."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    async with instance(url, emu, lease=2.0, token_for=lambda o, u: user.token) as b:
+        assert b.fleet is not None
+        async with instance(url, emu, user, lease=2.0) as a:
+            await owning(a, order_id)
+            b.track(order_id, token=user.token)
+            b.untrack(order_id)
+            given_up = b._orders[order_id]
+            assert await b.fleet.flush(5)  # "nobody tracks it" written; A's renewal says otherwise
+
+            async def tracked() -> bool:
+                assert b.fleet is not None
+                return (await b.fleet.log.orders([order_id]))[order_id].tracking
+
+            await eventually(tracked)
+        await emu.set_status(order_id, "done", publish=False)
+        await eventually(lambda: b._orders.get(order_id) is not given_up, timeout=20)
+        with anyio.fail_after(15):
+            result = await b.wait(order_id)
+    assert (result.status, result.source) == (Status.DONE, "polling")
+
+
+@on_databases
 async def test_on_settled_runs_once_across_the_fleet(
     backend: str, tmp_path: Path, emu: Emulator
 ) -> None:
@@ -288,6 +360,86 @@ async def test_on_settled_runs_once_across_the_fleet(
     assert events == expected
     refund = next(e for _, e in calls if e.status is Status.CANCELED)
     assert refund.later and not refund.succeeded
+
+
+def failing(tried: list[Settled]) -> Any:
+    """An ``on_settled`` that never succeeds (the game's database is down), noting each try."""
+
+    async def on_settled(event: Settled) -> None:
+        tried.append(event)
+        raise RuntimeError("the game's database is down")
+
+    return on_settled
+
+
+@on_databases
+async def test_an_order_settled_as_expired_keeps_its_call_when_its_instance_dies(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """A settles the order as expired after its grace, but its ``on_settled`` fails until
+    A dies.  The journal must not say "nobody needs this order" before the call is
+    recorded: the sweep cannot tell an expired order's grace, so only an instance
+    following the order (resuming it here) can make the call."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    policy = DefaultPolicy(poll_interval=0.05, deadline=30.0, expired_grace=0.3)
+    tried: list[Settled] = []
+    calls: list[Settled] = []
+
+    async def on_settled(event: Settled) -> None:
+        calls.append(event)
+
+    async with instance(url, emu, user, policy=policy, on_settled=failing(tried)) as a:
+        await owning(a, order_id)
+        await emu.set_status(order_id, "expired")
+        await eventually(lambda: tried)
+    options: dict[str, Any] = {"policy": policy, "on_settled": on_settled}
+    async with instance(url, emu, token_for=lambda o, u: user.token, **options):
+        await eventually(lambda: calls, timeout=15)
+        await anyio.sleep(0.5)  # time for a second call, which must not come
+    assert tried[0].status is Status.EXPIRED
+    assert [(e.order_id, e.status, e.succeeded, e.later) for e in calls] == [
+        (order_id, Status.EXPIRED, False, False)
+    ]
+
+
+@on_databases
+async def test_the_sweep_calls_what_a_live_instance_would_have(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """A's ``on_settled`` fails until A dies; the orders move on afterwards (refunds by
+    webhook).  B, which follows none of them, sweeps: every call A owed, in order, with
+    the flags A would have given: ``done`` then the refund (``later``) for one; for an
+    order refunded before delivery, the refund is its settlement (not ``later``)."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    delivered, refunded = await emu.create_order(user), await emu.create_order(user)
+    tried: list[Settled] = []
+    calls: list[Settled] = []
+
+    async def on_settled(event: Settled) -> None:
+        calls.append(event)
+
+    async with receiver_for(url, emu):
+        async with instance(url, emu, user, on_settled=failing(tried)) as a:
+            for order_id in (delivered, refunded):
+                await owning(a, order_id)
+            await emu.run_script(delivered, [(0.05, "paid"), (0.05, "done")])
+            await emu.run_script(refunded, [(0.05, "paid"), (0.05, "canceled")])
+            await eventually(lambda: len({e.order_id for e in tried}) == 2)
+        await emu.set_status(delivered, "canceled")  # the refund, by webhook alone
+        options: dict[str, Any] = {"transports": ("journal",), "fetch_details": False}
+        async with instance(url, emu, on_settled=on_settled, lease=0.5, **options):
+            await eventually(lambda: len(calls) >= 3, timeout=20)
+            await anyio.sleep(1.0)  # time for another call, which must not come
+    seen = [(e.order_id, e.status, e.succeeded, e.later) for e in calls]
+    assert sorted(seen) == sorted([
+        (delivered, Status.DONE, True, False),
+        (delivered, Status.CANCELED, False, True),
+        (refunded, Status.CANCELED, False, False),
+    ])  # fmt: skip
+    assert [s for o, s, _, _ in seen if o == delivered] == [Status.DONE, Status.CANCELED]
 
 
 def _tokens_in_database(url: str, token: str) -> bool:

@@ -8,8 +8,10 @@ there is one per transaction, and none when nothing changed).
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -19,7 +21,8 @@ from support_journal import connect, on_databases, url_for
 from support_postgres import postgres_server
 
 from orderfsm import Status
-from orderfsm.journal.orders import OrderRow, leased, may_lease
+from orderfsm.core import GOALS, Verdict, verdict
+from orderfsm.journal.orders import OrderRow, adoptable, advance, leased, may_lease, settled_call
 from transports.journal import open_journal
 from transports.journal import orders as sql
 from transports.journal.order_log import OrderLog
@@ -66,7 +69,70 @@ async def test_the_sweep_finds_a_settlement_behind_many_orders_still_waiting(
         await log.track(5, D, "player-5")
         await log.record([note(5, P), note(5, D)])
         found = await log.unhandled(since, limit=10)
-    assert found == [(5, D, D)]
+    assert found == [(5, D, P, D)]
+
+
+@on_databases
+async def test_the_sweep_finds_every_call_owed_not_only_the_current_status(
+    backend: str, tmp_path: Path
+) -> None:
+    """Order 1 was delivered (its call lost with its instance), then refunded: both calls
+    are owed, in order.  Order 2 was refunded before delivery: its refund is its
+    settlement.  Order 3's delivery call was made: only its refund is owed.  Order 4
+    waits for payment: its call was made, and its delivery (the same answer) owes none."""
+    url = url_for(backend, tmp_path)
+    async with open_journal(url) as journal:
+        log = OrderLog(journal)
+        since = time.time() - 60
+        await log.track_many([(i, D, None) for i in (1, 2, 3)])
+        await log.record([note(1, P), note(1, D), note(1, C), note(2, P), note(2, C)])
+        await log.record([note(3, P), note(3, D), note(3, C)])
+        await log.track(4, P, None)
+        await log.record([note(4, P), note(4, D)])
+        db = connect(url)
+        try:
+            for key in ("settled:3:done", "settled:4:paid"):
+                db.execute(
+                    "INSERT INTO orderfsm_claims (key, attempt, state, owner, lease_until,"
+                    f" claimed_at) VALUES ('{key}', 1, 'answered', 'x', 0, 0)"
+                )
+        finally:
+            db.close()
+        found = await log.unhandled(since)
+    assert found == [(1, D, P, D), (1, C, D, D), (2, C, P, D), (3, C, D, D)]
+    assert [settled_call(p, s, g) for _, s, p, g in found] == [
+        (True, False), (False, True), (False, False), (False, True)
+    ]  # fmt: skip
+
+
+@given(
+    statuses=st.lists(st.sampled_from(list(Status)), max_size=12),
+    until=st.sampled_from(GOALS),
+)
+def test_each_change_alone_names_the_calls_an_instance_seeing_all_of_them_makes(
+    statuses: list[Status], until: Status
+) -> None:
+    """The sweep judges each change by the status before it; an instance that follows
+    the order judges it by all it told before (``FleetLink.advanced``).  Over any news
+    the core lets through, both name the same calls with the same flags."""
+    current: Status | None = None
+    told: Verdict | None = None
+    settled = False
+    seen, judged = [], []
+    for status in statuses:
+        if advance(current, status) is None:
+            continue
+        answer = verdict(status, until)
+        settles = not settled and answer.settled
+        settled = settled or settles
+        if settles or (answer.settled and answer is not told):
+            seen.append((status, answer is Verdict.SUCCEEDED, not settles))
+            told = answer
+        call = settled_call(current, status, until)
+        if call is not None:
+            judged.append((status, *call))
+        current = status
+    assert judged == seen
 
 
 @on_databases
@@ -231,6 +297,153 @@ async def test_leases_one_owner_a_new_fence_on_takeover(backend: str, tmp_path: 
         again = await a.lease([1], 5.0)
         assert again == {1: taken[1] + 1}
         assert (await a.orders([1]))[1].tracking  # resumed after a restart, then
+
+
+@on_databases
+async def test_only_orders_whose_owner_is_gone_are_adopted(backend: str, tmp_path: Path) -> None:
+    """A dies holding orders 1 and 2 (2 then settles by a webhook); 3 is A's too but was
+    untracked; 4 was just tracked, its tracker's first lease on its way.  B, which
+    follows none of them, adopts 1 alone, once its lease ran out, with a new fence;
+    C, looking next, finds nothing."""
+    url = url_for(backend, tmp_path)
+    async with (
+        open_journal(url, owner="a") as ja,
+        open_journal(url, owner="b") as jb,
+        open_journal(url, owner="c") as jc,
+    ):
+        a, b, c = OrderLog(ja), OrderLog(jb), OrderLog(jc)
+        await a.track_many([(1, D, "p1"), (2, D, "p2"), (3, D, "p3")])
+        held = await a.lease([1, 2, 3], 0.5)
+        await a.untrack([3])
+        assert await b.adopt(5.0, 10) == []  # A's leases are live
+        await a.record([note(2, D)])
+        await anyio.sleep(0.6)  # A's leases run out: it died
+        await c.track(4, D, "p4")
+        (adopted,) = await b.adopt(5.0, 10)
+        assert (adopted.order_id, adopted.owner, adopted.fence) == (1, "b", held[1] + 1)
+        assert (adopted.user_id, adopted.until, adopted.tracking) == ("p1", D, True)
+        assert await c.adopt(5.0, 10) == []
+        assert await a.lease([1], 5.0) == {}  # back from a hang: B owns it now
+
+
+@on_databases
+async def test_adoption_takes_a_bounded_page_oldest_lease_first(
+    backend: str, tmp_path: Path
+) -> None:
+    url = url_for(backend, tmp_path)
+    async with open_journal(url, owner="a") as ja, open_journal(url, owner="b") as jb:
+        a, b = OrderLog(ja), OrderLog(jb)
+        await a.track_many([(i, D, None) for i in range(1, 8)])
+        for order_id in (5, 3, 7, 1, 2, 4, 6):  # the leases run out in this order
+            await a.lease([order_id], 0.2)
+        await anyio.sleep(0.3)
+        pages = [sorted(r.order_id for r in await b.adopt(5.0, 3)) for _ in range(4)]
+    assert pages == [[3, 5, 7], [1, 2, 4], [6], []]
+
+
+@given(
+    owner=st.sampled_from([None, "a", "b"]),
+    status=st.sampled_from([None, *Status]),
+    tracking=st.booleans(),
+    lease_left=st.floats(-10, 10),
+    tracked_ago=st.one_of(st.none(), st.floats(0, 60)),
+    asker=st.sampled_from(["a", "b"]),
+)
+@settings(max_examples=200)
+def test_the_sql_adoption_is_the_pure_decision(
+    owner: str | None,
+    status: Status | None,
+    tracking: bool,
+    lease_left: float,
+    tracked_ago: float | None,
+    asker: str,
+) -> None:
+    """Row by row, the adopting UPDATE takes exactly the orders ``adoptable`` allows,
+    and leaves each as ``leased`` says (owner, fence, lease)."""
+    db = _orders_table()
+    now, lease = 1000.0, 30.0
+    tracked_at = None if tracked_ago is None else now - tracked_ago
+    row = OrderRow(9, status, 1, D, "p", tracking, owner, now + lease_left, 3, tracked_at)
+    _insert(db, row)
+    taken = sql.adopt(db, "sqlite", asker, now, lease, 10)
+    if adoptable(row, now, lease):
+        assert taken == [leased(row, asker, now, lease)]
+    else:
+        assert taken == []
+        assert sql.orders(db, "sqlite", [9]) == {9: row}
+
+
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.floats(0, 20),
+            st.sampled_from(["a", "b", "c"]),
+            st.sampled_from(["adopt", "renew", "untrack", "track"]),
+        ),
+        max_size=30,
+    )
+)
+@settings(max_examples=200)
+def test_an_order_is_adopted_once_per_lease_and_never_from_a_live_owner(
+    steps: list[tuple[float, str, str]],
+) -> None:
+    """Instances adopt, renew, give up and track one order at random times: an adoption
+    always finds the order's lease run out, so two adoptions are a lease apart at least,
+    and the order has one owner at a time."""
+    db = _orders_table()
+    now, lease = 1000.0, 10.0
+    sql.track(db, "sqlite", 9, D, "p", now)
+    adopted: list[float] = []
+    for pause, who, action in steps:
+        now += pause
+        before = sql.orders(db, "sqlite", [9])[9]
+        if action == "adopt":
+            if sql.adopt(db, "sqlite", who, now, lease, 10):
+                assert before.lease_until <= now and before.tracking
+                adopted.append(now)
+        elif action == "renew":
+            sql.lease(db, "sqlite", [9], who, now, lease)
+        elif action == "untrack":
+            sql.untrack(db, "sqlite", [9], who)
+        else:
+            sql.track(db, "sqlite", 9, D, "p", now)
+        after = sql.orders(db, "sqlite", [9])[9]
+        live = before.lease_until > now and before.owner is not None
+        if live and after.owner != before.owner:
+            assert after.owner is None  # only its owner gives a live lease up
+    assert all(later - earlier >= lease for earlier, later in itertools.pairwise(adopted))
+
+
+def _orders_table() -> Any:
+    import sqlite3
+
+    from transports.journal.base import migrations
+
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    for step in migrations("sqlite").values():
+        for statement in step:
+            db.execute(statement)
+    return db
+
+
+def _insert(db: Any, row: OrderRow) -> None:
+    db.execute(
+        "INSERT INTO orderfsm_orders (order_id, status, version, until, user_id, tracking,"
+        " tracked_at, owner, lease_until, fence, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?,"
+        " ?, ?, 0)",
+        (
+            row.order_id,
+            None if row.status is None else row.status.value,
+            row.version,
+            row.until.value,
+            row.user_id,
+            row.tracking,
+            row.tracked_at,
+            row.owner,
+            row.lease_until,
+            row.fence,
+        ),
+    )
 
 
 @given(

@@ -20,6 +20,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,7 +31,7 @@ import pytest
 from anyio.abc import TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 from support_fleet import TESTS, Fleet, Receiver, fleet
-from support_journal import connect, on_databases, url_for
+from support_journal import connect, mark, on_databases, url_for
 
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.supervisor.tracker import Tracker
@@ -145,6 +146,55 @@ async def test_each_settled_status_is_granted_once_across_sigkills(
         if path[-1] == "canceled":
             assert "canceled" in mine  # the refund reached the game, even after delivery
     assert set(seen) and all(statuses <= allowed_of(truth[o]) for o, statuses in seen.items())
+
+
+@on_databases
+async def test_an_order_only_a_killed_tracker_followed_is_taken_over_by_another(
+    backend: str, anyio_backend_name: str, tmp_path: Path
+) -> None:
+    """Tracker process A alone tracks an order and is SIGKILLed; tracker B, running since
+    before (so it resumed nothing) and never asked to track it, takes the order over
+    once A's lease runs out, follows it to ``done`` (Get order only: no webhooks here)
+    and grants it once.  No process restarts."""
+    url = url_for(backend, tmp_path)
+    db = connect(url)
+    db.execute("CREATE TABLE grants (order_id BIGINT NOT NULL, status TEXT NOT NULL)")
+    db.close()
+    with Emulator(seed=16, ping_interval=2.0, secret=SECRET) as emu:
+        user = await emu.create_user()
+        order_id = await emu.create_order(user)
+        setups = []
+        for name, orders in (("b", []), ("a", [[order_id, user.external_id]])):
+            setups.append(tmp_path / f"{name}.json")
+            setups[-1].write_text(
+                json.dumps({"tokens": {user.external_id: user.token}, "orders": orders})
+            )
+        async with anyio.create_task_group() as tg:
+            b = await start_tracker(tg, url, emu, setups[0], anyio_backend_name, resume=False)
+            a = await start_tracker(tg, url, emu, setups[1], anyio_backend_name, resume=False)
+            try:
+                await eventually(lambda: anyio.to_thread.run_sync(leased, url, order_id))
+                await a.kill()
+                await emu.set_status(order_id, "done", publish=False)
+                await eventually(lambda: grants(url), timeout=30)
+                await anyio.sleep(1.5)  # time for a second grant, which must not come
+                assert b.alive
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await b.kill()
+                tg.cancel_scope.cancel()
+    assert grants(url) == [(order_id, "done")]
+
+
+def leased(url: str, order_id: int) -> bool:
+    """Someone holds the order's lease (A, the only tracker of it)."""
+    db, m = connect(url), mark(url)
+    try:
+        query = "SELECT 1 FROM orderfsm_orders WHERE order_id = {m} AND owner IS NOT NULL"
+        query += " AND lease_until > {m}"
+        return bool(db.execute(query.format(m=m), (order_id, time.time())).fetchall())
+    finally:
+        db.close()
 
 
 def allowed_of(path: tuple[str, ...]) -> set[str]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import attrs
 
-from orderfsm.core import Advanced, Observation, Status, apply, verdict
+from orderfsm.core import Advanced, Observation, Status, Verdict, apply, verdict
 
 
 @attrs.frozen
@@ -40,6 +40,8 @@ class OrderRow:
     lease_until: float = 0.0
     fence: int = 0
     """Grows by one with every new owner: an old owner's writes can be told apart."""
+    tracked_at: float | None = None
+    """When an instance last said it tracks the order (wall-clock seconds)."""
 
 
 @attrs.frozen
@@ -88,6 +90,39 @@ def leased(row: OrderRow, owner: str, now: float, lease: float) -> OrderRow:
     """The row after ``owner`` takes or renews its lease; a new owner gets a new fence."""
     fence = row.fence if row.owner == owner and row.lease_until > now else row.fence + 1
     return attrs.evolve(row, owner=owner, lease_until=now + lease, fence=fence, tracking=True)
+
+
+def adoptable(row: OrderRow, now: float, lease: float) -> bool:
+    """May an instance that does not follow the order take it over by itself?
+
+    Yes when it is tracked, not settled, and nobody's lease on it is live: its
+    owner died (SIGKILL, a host scaled away) or its tracker has no Xsolla
+    connection.  An order nobody ever leased waits one ``lease`` after it was
+    tracked, for its tracker's own first lease; the adopter then takes the
+    lease as :func:`leased` says, so until that lease runs out nobody else may.
+    """
+    if not row.tracking or settles(row) or row.lease_until > now:
+        return False
+    return row.owner is not None or (row.tracked_at is not None and row.tracked_at <= now - lease)
+
+
+def settled_call(
+    previous: Status | None, status: Status, until: Status
+) -> tuple[bool, bool] | None:
+    """The ``on_settled`` call the change ``previous -> status`` makes: (succeeded, later),
+    or ``None``; what an instance that saw the order's whole history calls.
+
+    Judged from the change and the status before it alone, so the sweep finds
+    every call owed, not only the one for the order's current status: a
+    settled status never leads back to an unsettled one (the graph), so the
+    status before is what was last told.  A lapse (expired through a grace) is
+    not a change in the journal: the instance following the order calls it.
+    """
+    answer = verdict(status, until)
+    before = verdict(previous, until)
+    if not answer.settled or before is answer:
+        return None
+    return answer is Verdict.SUCCEEDED, before.settled
 
 
 def settled_key(order_id: int, status: Status) -> str:

@@ -11,8 +11,10 @@ else.
 
 The instance that follows an order through Xsolla holds a lease on it; the
 others follow the journal.  A lease that runs out (its owner was SIGKILLed)
-is taken over by whoever looks next, with a Get order at once.  On start,
-orders tracked and not settled are resumed.  ``on_settled`` is called once
+is taken over with a Get order at once: by an instance that follows the
+order too, at its next renewal, or else by one that can follow any order
+through Xsolla (it has tokens), which adopts such orders on a timer.  On
+start, orders tracked and not settled are resumed.  ``on_settled`` is called once
 per order and settled status across the fleet (claims in the journal).
 """
 
@@ -29,9 +31,9 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
-from orderfsm.core import Observation, Status, Verdict, verdict
+from orderfsm.core import LAPSED_STATUSES, Observation, Status, Verdict, verdict
 from orderfsm.errors import OrderFsmError
-from orderfsm.journal.orders import ChangeRow, settled_key
+from orderfsm.journal.orders import ChangeRow, OrderRow, settled_call, settled_key
 from orderfsm.supervisor.records import StatusChange
 
 if TYPE_CHECKING:
@@ -59,6 +61,8 @@ SETTLED_AT_ONCE = 8
 """``on_settled`` calls running at once in one instance."""
 SETTLED_RETRY_MAX = 30.0
 """The longest wait between two tries of one ``on_settled`` call."""
+ADOPT_PAGE = 500
+"""Orders one instance adopts in one statement, at most (more go at the next period)."""
 SWEEP_WINDOW = 24 * 3600.0
 """How far back the sweep looks for settlements nobody handled."""
 
@@ -100,6 +104,7 @@ class FleetLink:
         on_settled_transactional: SettledInTransaction | None = None,
         lease: float = LEASE,
         backstop: float = BACKSTOP,
+        adopt: Callable[[list[OrderRow]], None] | None = None,
     ) -> None:
         self.log = log
         self._orders = orders
@@ -110,6 +115,9 @@ class FleetLink:
         self.calls_settled = on_settled is not None or on_settled_transactional is not None
         self.lease = lease
         self.backstop = backstop
+        self.adopt = adopt
+        """Called with orders whose owner is gone, their leases just taken here: to
+        track as a resume would (``None``: this instance has no tokens to follow them)."""
         self.cursors: dict[int, int] = {}
         """The last journal version applied here, per order followed."""
         self._notes: list[Any] = []
@@ -120,6 +128,10 @@ class FleetLink:
         self._told: dict[int, Verdict] = {}
         """The answer each order's last ``on_settled`` event gave."""
         self._settled_news = anyio.Event()
+        self._lapsed_calls: set[int] = set()
+        """Orders settled here as expired whose ``on_settled`` is not recorded yet: kept
+        tracked in the journal, their leases held, until it is (the sweep cannot judge
+        a grace; an instance resuming the order can)."""
         self._lease_now = anyio.Event()
         self._writing = False
         """Something is queued or being written."""
@@ -162,16 +174,22 @@ class FleetLink:
     def ended(self, order: TrackedOrder) -> None:
         """The order settled here, or was given up (untracked, timed out): no one needs
         to resume it.  (A closing tracker leaves its orders to be resumed.)"""
-        self._queue(("untrack", order.order_id))
         settled = order.settled
         if self.calls_settled and settled is not None and not settled.settled:
+            self._lapsed_calls.add(order.order_id)  # untracked once the call is recorded
             self._settle(order, settled)  # expired, settled by its grace
+            return
+        self._queue(("untrack", order.order_id))
 
     def forget(self, order_id: int) -> None:
         """The tracker dropped the order: nothing more is read or told of it."""
         self.cursors.pop(order_id, None)
         self._told.pop(order_id, None)
         self._resumed.discard(order_id)
+
+    def lease_soon(self) -> None:
+        """Take or renew the leases now, not at the next period."""
+        self._lease_now.set()
 
     def _settle(self, order: TrackedOrder, change: StatusChange) -> None:
         status = change.status
@@ -206,6 +224,8 @@ class FleetLink:
             tg.start_soon(self._write, name="orderfsm fleet writer")
             tg.start_soon(self._follow, name="orderfsm fleet follower")
             tg.start_soon(self._hold_leases, name="orderfsm fleet leases")
+            if self.follows_xsolla and self.adopt is not None:
+                tg.start_soon(self._adopt_orphans, name="orderfsm fleet adopter")
             if self.calls_settled:
                 tg.start_soon(self._call_settled, tg, name="orderfsm fleet settled")
                 tg.start_soon(self._sweep, name="orderfsm fleet sweep")
@@ -252,6 +272,7 @@ class FleetLink:
                 if tracks:
                     rows = await self._retrying("track", functools.partial(log.track_many, tracks))
                     past.update({row.order_id: 0 for row in rows if row.version})
+                    self._lease_now.set()  # a lease asked before the row existed took nothing
                 if past:
                     await self._catch_up(past)
                 notes = [Note(*item[1:]) for item in batch if item[0] == "note"]
@@ -332,11 +353,11 @@ class FleetLink:
                 await self._lease_now.wait()
             self._lease_now = anyio.Event()
             live = [o for o in self._orders.values() if not o.ended]
-            if not live:
+            if not live and not self._lapsed_calls:
                 continue
             try:
                 held: dict[int, int] | None = await self.log.lease(
-                    [o.order_id for o in live], self.lease
+                    [o.order_id for o in live] + list(self._lapsed_calls), self.lease
                 )
             except OrderFsmError as exc:
                 logger.warning("journal unavailable (leases): %s", exc)
@@ -350,6 +371,31 @@ class FleetLink:
                     if owned:
                         order.doubt()  # taken over: a status may have moved meanwhile
                     order.wake(order)
+
+    async def _adopt_orphans(self) -> None:
+        """Take over the orders whose owner is gone and that no instance following them
+        took over (only the dead one did): no sweeper job for the application.
+
+        At the renewals' pace (a third of the lease), so a dead owner's orders wait
+        at most a third longer than its lease; one indexed statement, which finds
+        nothing almost always.  The lease decides between adopters, as between
+        followers: an order is adopted by one instance, and only once its lease ran out.
+        """
+        assert self.adopt is not None
+        while True:
+            await anyio.sleep(self.lease / 3)
+            try:
+                rows = await self.log.adopt(self.lease, ADOPT_PAGE)
+            except OrderFsmError as exc:
+                logger.warning("journal unavailable (adopting orders): %s", exc)
+                continue
+            if rows:
+                logger.info(
+                    "taking over %d orders whose owner is gone",
+                    len(rows),
+                    extra={"event": "fleet.adopted", "count": len(rows)},
+                )
+                self.adopt(rows)
 
     # --- on_settled, once per order and status, fleet-wide --------------------------------
 
@@ -384,6 +430,7 @@ class FleetLink:
                 try:
                     async with limiter:
                         if await self._settle_once(event, delivery):
+                            self._recorded(event)
                             return
                 except OrderFsmError as exc:
                     logger.warning("on_settled for order %s waits: %s", event.order_id, exc)
@@ -391,6 +438,14 @@ class FleetLink:
                 delay = min(2 * delay, SETTLED_RETRY_MAX)
         finally:
             running.discard((event.order_id, event.status))
+
+    def _recorded(self, event: Settled) -> None:
+        """An expired order's call is recorded: now nobody needs to resume it."""
+        if event.status in LAPSED_STATUSES and event.order_id in self._lapsed_calls:
+            self._lapsed_calls.discard(event.order_id)
+            order = self._orders.get(event.order_id)
+            if order is None or order.ended:  # not tracked again here meanwhile
+                self._queue(("untrack", event.order_id))
 
     async def _settle_once(self, event: Settled, delivery: Any) -> bool:
         """One try; True once the call is recorded (by this instance or another)."""
@@ -433,9 +488,14 @@ class FleetLink:
             except OrderFsmError as exc:
                 logger.warning("journal unavailable (settled sweep): %s", exc)
                 continue
-            for order_id, status, until in found:
-                succeeded = verdict(status, until) is Verdict.SUCCEEDED
-                later = status is Status.CANCELED and until is not Status.CANCELED
-                self._settled.append(Settled(order_id, status, until, succeeded, later))
+            # Each order's first call owed, this time: the next one after it is recorded,
+            # in the order a live instance would have made them.
+            first: dict[int, tuple[Status, Status | None, Status]] = {}
+            for order_id, status, previous, until in found:
+                first.setdefault(order_id, (status, previous, until))
+            for order_id, (status, previous, until) in first.items():
+                call = settled_call(previous, status, until)
+                assert call is not None  # the SQL reads only changes that call
+                self._settled.append(Settled(order_id, status, until, *call))
             if found:
                 self._settled_news.set()

@@ -43,6 +43,7 @@ from orderfsm.supervisor.runner import Scheduler
 from orderfsm.supervisor.sleep import SLEEP_CHECK_INTERVAL, SleepDetector, default_sleep_clock
 
 if TYPE_CHECKING:
+    from orderfsm.journal.orders import OrderRow
     from transports.http import HttpClient
     from transports.journal import Journal
 
@@ -89,7 +90,10 @@ class Tracker:
     waiters, one instance follows each order through Xsolla under a lease,
     and orders not settled are resumed after a restart, each with the token
     ``token_for(order_id, user_id)`` gives (no token is ever written to the
-    journal).  ``on_settled`` is then called once per settled order (and later
+    journal); an order only a dead instance followed is adopted by a live one
+    with tokens.  Resumed and adopted orders are tracked like the
+    application's own (``status``, ``wait``, ``watch``, ``on_change``).
+    ``on_settled`` is then called once per settled order (and later
     refund) across the fleet, until it returns without raising;
     ``on_settled_transactional(event, connection)`` instead writes the
     application's effect in the same transaction that records the call, so it
@@ -245,21 +249,37 @@ class Tracker:
             on_settled=self.on_settled,
             on_settled_transactional=self.on_settled_transactional,
             lease=self.lease,
+            adopt=None if self.token_for is None and self.user is None else self._adopt,
         )
         return self.fleet
 
     async def _resume(self, fleet: FleetLink) -> None:
         """Follow again the orders some instance was following and that did not settle."""
-        for row in await fleet.log.tracking():
-            if row.order_id in self._orders:
-                continue
+        self._take_over(await fleet.log.tracking(), "resuming")
+
+    def _adopt(self, rows: list[OrderRow]) -> None:
+        """Orders whose owner is gone, their leases already taken here: followed as a
+        restart would resume them.  They are tracked here like any other order."""
+        self._take_over(rows, "adopting")
+
+    def _take_over(self, rows: list[OrderRow], doing: str) -> None:
+        fleet = self.fleet
+        assert fleet is not None
+        for row in rows:
+            existing = self._orders.get(row.order_id)
+            if existing is not None:
+                if not existing.ended:
+                    fleet.lease_soon()  # followed here already: the renewal makes it ours
+                    continue
+                self.forget(row.order_id)  # given up here, but the fleet still needs it
             token: TokenProvider | str | None = None
             if self.token_for is not None:
                 try:
                     token = self.token_for(row.order_id, row.user_id)
-                except Exception:  # the app's callable: one bad row must not stop the start
+                except Exception:  # the app's callable: one bad row must not stop the rest
                     logger.exception(
-                        "not resuming order %s: token_for raised",
+                        "not %s order %s: token_for raised",
+                        doing,
                         row.order_id,
                         extra={"event": "resume.failed", "order_id": row.order_id},
                     )
@@ -269,7 +289,7 @@ class Tracker:
                 self.track(row.order_id, token=token, user_id=row.user_id, until=row.until)
             except ValueError as exc:  # no token for it here: another instance may have one
                 fleet.forget(row.order_id)
-                logger.warning("not resuming order %s: %s", row.order_id, exc)
+                logger.warning("not %s order %s: %s", doing, row.order_id, exc)
 
     async def __aexit__(
         self,

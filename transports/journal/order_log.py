@@ -102,6 +102,14 @@ class OrderLog:
         )  # fmt: skip
         return await self.journal._call(self._store.write, work, self._deadline())
 
+    async def adopt(self, seconds: float, limit: int) -> list[OrderRow]:
+        """Take over up to ``limit`` orders whose owner is gone (see :func:`sql.adopt`)."""
+        work = functools.partial(
+            sql.adopt, dialect=self.dialect, owner=self.owner, now=time.time(),
+            seconds=seconds, limit=limit,
+        )  # fmt: skip
+        return await self.journal._call(self._store.write, work, self._deadline())
+
     # --- reads --------------------------------------------------------------------
 
     async def orders(self, order_ids: Sequence[int]) -> dict[int, OrderRow]:
@@ -112,7 +120,9 @@ class OrderLog:
         work = functools.partial(sql.tracking, dialect=self.dialect, limit=limit)
         return await self.journal._call(self._store.read, work, self._deadline())
 
-    async def unhandled(self, since: float, limit: int = 1000) -> list[tuple[int, Status, Status]]:
+    async def unhandled(
+        self, since: float, limit: int = 1000
+    ) -> list[tuple[int, Status, Status | None, Status]]:
         work = functools.partial(sql.unhandled, dialect=self.dialect, since=since, limit=limit)
         return await self.journal._call(self._store.read, work, self._deadline())
 

@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 
 from orderfsm.core import GOALS, Status, verdict
-from orderfsm.journal.orders import ChangeRow, OrderRow, advance
+from orderfsm.journal.orders import ChangeRow, OrderRow, advance, settled_call
 
 CHANNEL = "orderfsm_orders"
 """The PostgreSQL notification channel's prefix; the database schema's name follows,
@@ -30,7 +30,9 @@ payload is empty, meaning "read everything you follow"."""
 CHUNK = 500
 """Order ids per statement when a list is long."""
 
-ORDER_COLUMNS = "order_id, status, version, until, user_id, tracking, owner, lease_until, fence"
+ORDER_COLUMNS = (
+    "order_id, status, version, until, user_id, tracking, owner, lease_until, fence, tracked_at"
+)
 CHANGE_COLUMNS = "order_id, version, status, previous, source, at"
 
 
@@ -53,8 +55,14 @@ def _settled_statuses(until: Status) -> list[str]:
     return [s.value for s in Status if verdict(s, until).settled]
 
 
+_SETTLING = ", ".join(
+    f"('{status}', '{goal.value}')" for goal in GOALS for status in _settled_statuses(goal)
+)
+"""(status, goal) pairs that settle an order, for SQL: from the core's own verdicts."""
+
+
 def order_from_row(row: Sequence[Any]) -> OrderRow:
-    order_id, status, version, until, user_id, tracking, owner, lease_until, fence = row
+    order_id, status, version, until, user_id, tracking, owner, lease_until, fence, tracked = row
     return OrderRow(
         int(order_id),
         None if status is None else Status(status),
@@ -65,6 +73,7 @@ def order_from_row(row: Sequence[Any]) -> OrderRow:
         owner,
         float(lease_until),
         int(fence),
+        None if tracked is None else float(tracked),
     )
 
 
@@ -112,7 +121,7 @@ def track(
             dialect,
             f"UPDATE orderfsm_orders SET until = %s, user_id = coalesce(%s, user_id),"
             f" tracking = (status IS NULL OR status NOT IN ({_marks(len(settled), dialect)})),"
-            f" tracked_at = coalesce(tracked_at, %s), updated_at = %s WHERE order_id = %s",
+            f" tracked_at = %s, updated_at = %s WHERE order_id = %s",
         ),
         (until.value, user_id, *settled, now, now, order_id),
     )
@@ -299,6 +308,36 @@ def lease(
     return held
 
 
+def adopt(
+    db: Any, dialect: str, owner: str, now: float, seconds: float, limit: int
+) -> list[OrderRow]:
+    """Take the lease of up to ``limit`` orders nobody follows any more
+    (:func:`~orderfsm.journal.orders.adoptable`), with a new fence; the rows taken.
+
+    One statement, through the ``tracking`` index (an index on ``lease_until``
+    would make every lease renewal a non-HOT update on PostgreSQL: measured 40%
+    slower renewals against 7.7 ms for this read over 100,000 tracked orders).
+    PostgreSQL skips rows another adopter has locked; SQLite's writers take turns.
+    """
+    orphan = (
+        f"tracking = %s AND lease_until <= %s"
+        f" AND (status IS NULL OR (status, until) NOT IN ({_SETTLING}))"
+        f" AND (owner IS NOT NULL OR tracked_at <= %s)"
+    )
+    skip = " FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
+    rows = db.execute(
+        _sql(
+            dialect,
+            f"UPDATE orderfsm_orders SET fence = fence + 1, owner = %s, lease_until = %s"
+            f" WHERE order_id IN (SELECT order_id FROM orderfsm_orders WHERE {orphan}"
+            f" ORDER BY lease_until LIMIT %s{skip}) AND {orphan}"
+            f" RETURNING {ORDER_COLUMNS}",
+        ),
+        (owner, now + seconds, True, now, now - seconds, limit, True, now, now - seconds),
+    ).fetchall()
+    return [order_from_row(r) for r in rows]
+
+
 # --- reads -----------------------------------------------------------------------------
 
 
@@ -349,35 +388,57 @@ def changes_after(db: Any, dialect: str, cursors: Mapping[int, int]) -> list[Cha
     return found
 
 
-_SETTLING = ", ".join(
-    f"('{status}', '{goal.value}')" for goal in GOALS for status in _settled_statuses(goal)
+_CALLING = ", ".join(
+    f"('{status}', '{'' if previous is None else previous.value}', '{goal.value}')"
+    for goal in GOALS
+    for status in Status
+    for previous in (None, *Status)
+    if advance(previous, status) is not None and settled_call(previous, status, goal)
 )
-"""(status, goal) pairs that settle an order, for SQL: from the core's own verdicts."""
+"""(status, previous or '', goal) of the changes ``on_settled`` is called for, for SQL."""
 
 
-def unhandled(db: Any, dialect: str, since: float, limit: int) -> list[tuple[int, Status, Status]]:
-    """Tracked orders whose status settles them (or refunds them) since ``since``, with no
-    answered ``on_settled`` claim: (order id, status, goal).  Whoever settled them may
-    have died before its handler ran.  Only settling statuses are read, so the limit
-    is never used up by the many orders still waiting."""
-    key = (
-        "'settled:' || CAST(o.order_id AS TEXT) || ':' || o.status"
-        if dialect == "postgresql"
-        else "'settled:' || o.order_id || ':' || o.status"
-    )
+def unhandled(
+    db: Any, dialect: str, since: float, limit: int
+) -> list[tuple[int, Status, Status | None, Status]]:
+    """The calls of ``on_settled`` owed since ``since``: (order id, status, previous,
+    goal) of each change that calls it with no answered claim, each order's in order.
+    Whoever saw them may have died before its handler ran.
+
+    An order is found by its current status (its call owed, and the only change
+    read for the orders that are not, so the orders still waiting or handled never
+    use up the limit); then every change of it is judged, not only the current
+    one: a delivery whose call was lost is still owed after the refund."""
+
+    def key(status: str) -> str:
+        order_id = "CAST(o.order_id AS TEXT)" if dialect == "postgresql" else "o.order_id"
+        return f"'settled:' || {order_id} || ':' || {status}"
+
     rows = db.execute(
         _sql(
             dialect,
-            f"SELECT o.order_id, o.status, o.until FROM orderfsm_orders o"
-            f" LEFT JOIN orderfsm_claims c ON c.key = {key}"
-            f" WHERE o.tracked_at IS NOT NULL AND o.updated_at >= %s AND o.status IS NOT NULL"
-            f" AND (c.state IS NULL OR c.state <> 'answered')"
+            f"WITH owed AS (SELECT o.order_id, o.until, o.updated_at FROM orderfsm_orders o"
+            f" LEFT JOIN orderfsm_claims k ON k.key = {key('o.status')}"
+            f" WHERE o.tracked_at IS NOT NULL AND o.updated_at >= %s"
             f" AND (o.status, o.until) IN ({_SETTLING})"
-            f" ORDER BY o.updated_at LIMIT %s",
+            f" AND (k.state IS NULL OR k.state <> 'answered')"
+            f" AND EXISTS (SELECT 1 FROM orderfsm_changes c WHERE c.order_id = o.order_id"
+            f" AND c.version = o.version"
+            f" AND (c.status, coalesce(c.previous, ''), o.until) IN ({_CALLING}))"
+            f" ORDER BY o.updated_at LIMIT %s)"
+            f" SELECT o.order_id, c.status, c.previous, o.until FROM owed o"
+            f" JOIN orderfsm_changes c ON c.order_id = o.order_id"
+            f" LEFT JOIN orderfsm_claims k ON k.key = {key('c.status')}"
+            f" WHERE (c.status, coalesce(c.previous, ''), o.until) IN ({_CALLING})"
+            f" AND (k.state IS NULL OR k.state <> 'answered')"
+            f" ORDER BY o.updated_at, o.order_id, c.version",
         ),
         (since, limit),
     ).fetchall()
-    return [(int(r[0]), Status(r[1]), Status(r[2])) for r in rows]
+    return [
+        (int(r[0]), Status(r[1]), None if r[2] is None else Status(r[2]), Status(r[3]))
+        for r in rows
+    ]
 
 
 def changes_since(db: Any, after_seq: int) -> tuple[list[ChangeRow], int]:
