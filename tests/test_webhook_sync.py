@@ -198,3 +198,35 @@ def changes_in(url: str) -> list[tuple[int, str]]:
         return [(int(order_id), str(status)) for order_id, status in rows.fetchall()]
     finally:
         db.close()
+
+
+def test_a_busy_duplicate_is_counted_as_a_duplicate_as_the_async_receiver_does(
+    tmp_path: Path,
+) -> None:
+    """The first delivery's handler is still at work when the duplicate's wait runs out:
+    its 500 is a duplicate in ``stats()`` (what metrics and alerts read), not a journal
+    failure, on this receiver as on the async one."""
+    started, release = threading.Event(), threading.Event()
+
+    def slow(notification: Notification) -> None:
+        started.set()
+        release.wait(10)
+
+    receiver = SyncWebhookReceiver(
+        SECRET,
+        slow,
+        store=str(tmp_path / "journal.sqlite3"),
+        settings=JournalSettings(wait=0.3),
+    )
+    body = order_paid(31)
+    first = threading.Thread(target=receiver.handle, args=(signed(body), body))
+    first.start()
+    try:
+        assert started.wait(10)
+        duplicate = receiver.handle(signed(body), body)
+    finally:
+        release.set()
+        first.join(10)
+    deliveries = receiver.stats().deliveries
+    assert duplicate.status == 500
+    assert (deliveries["duplicate"], deliveries["journal_failed"]) == (1, 0)

@@ -100,17 +100,19 @@ class SyncWebhookReceiver(ReceiverBase):
         if not isinstance(checked, Verified):
             self._counters.answered(checked.outcome, checked.answer.status)
             return checked.answer
-        answer, ran = self.handle_verified(checked)
-        if ran:
-            outcome = _ran(answer)
-        else:
-            outcome = "journal_failed" if answer is STORE_FAILED else "duplicate"
+        answer, _, outcome = self._handle_verified(checked)
         self._counters.answered(outcome, answer.status)
         log_answer(checked, answer, outcome, peer)
         return answer
 
     def handle_verified(self, checked: Verified) -> tuple[WebhookAnswer, bool]:
         """Claim, run the handler once, record; the answer and whether the handler ran."""
+        answer, ran, _ = self._handle_verified(checked)
+        return answer, ran
+
+    def _handle_verified(self, checked: Verified) -> tuple[WebhookAnswer, bool, str]:
+        """The answer, whether the handler ran, and the delivery's outcome (as the async
+        receiver counts it: a busy duplicate's 5xx is a duplicate, not a journal failure)."""
         if self.transactional is not None:
             store = self.journal.store
             notes = self._order_notes(checked.notification, store)
@@ -119,22 +121,25 @@ class SyncWebhookReceiver(ReceiverBase):
                 result = self.journal.run(checked.delivery, work, STORE_FAILED)
             except JournalError as exc:
                 logger.error("the journal failed: %s", exc)
-                return STORE_FAILED, False
-            return result.answer, isinstance(result, Ran)
+                return STORE_FAILED, False, "journal_failed"
+            if isinstance(result, Ran):
+                return result.answer, True, _ran(result.answer)
+            return result.answer, False, "duplicate"
         try:
             notes = self._order_notes(checked.notification, self.journal.store)
             begun = self.journal.begin(checked.delivery, STORE_FAILED, notes)
         except JournalError as exc:
             logger.error("the journal failed before the handler: %s", exc)
-            return STORE_FAILED, False
+            return STORE_FAILED, False, "journal_failed"
         if isinstance(begun, Reply):
-            return begun.answer, False
+            return begun.answer, False, "duplicate"
         answer, error = self._dispatch(checked.notification)
         try:
-            return self.journal.settle(begun, answer, error, STORE_FAILED), True
+            recorded = self.journal.settle(begun, answer, error, STORE_FAILED)
         except JournalError as exc:
             logger.error("the journal failed to record the answer: %s", exc)
-            return STORE_FAILED, True
+            return STORE_FAILED, True, "journal_failed"
+        return recorded, True, _ran(recorded)
 
     def _dispatch(self, notification: Notification) -> tuple[WebhookAnswer, str | None]:
         if self.handler is None:
