@@ -99,3 +99,35 @@ def test_wrong_settings_raise_a_typed_error(
         build_receiver()
     assert message in str(caught.value)
     assert isinstance(caught.value, OrderFsmError)
+
+
+def test_a_chunked_body_from_a_wsgi_server_is_read_whole(client: Client) -> None:
+    """gunicorn hands Django a chunked request (a proxy streaming the body, say) with no
+    ``CONTENT_LENGTH`` and ``wsgi.input_terminated`` set: Django's own ``request.body``
+    is empty then, and the signature check answered 400 INVALID_SIGNATURE."""
+    import io
+
+    from django.core.handlers.wsgi import WSGIRequest
+
+    from orderfsm.contrib.django.views import webhook
+
+    def chunked(body: bytes) -> WSGIRequest:
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": "/xsolla/webhook",
+            "SERVER_NAME": "testserver",
+            "SERVER_PORT": "80",
+            "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_AUTHORIZATION": signed(body)["Authorization"],
+            "HTTP_TRANSFER_ENCODING": "chunked",
+            "CONTENT_TYPE": "application/json",
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.input_terminated": True,
+            "wsgi.url_scheme": "http",
+        }
+        return WSGIRequest(environ)
+
+    answer = webhook(chunked(order_paid(16)))
+    assert answer.status_code == 204 and 16 in handled
+    with override_settings(ORDERFSM_WEBHOOK={"SECRET": SECRET, "MAX_BODY_SIZE": 100}):
+        assert webhook(chunked(order_paid(17))).status_code == 413

@@ -42,10 +42,26 @@ def _webhook(request: HttpRequest) -> HttpResponse:
     if refusal is not None:
         return _response(refusal)
     try:
-        body = request.body
+        body = _body(request, current.max_body_size)
     except RequestDataTooBig:
         return _response(current.too_large())
     return _response(current.handle(request.headers.items(), body, peer))
+
+
+def _body(request: HttpRequest, limit: int) -> bytes:
+    """The raw body, chunked ones too.  Django reads ``CONTENT_LENGTH`` bytes, and
+    none when a chunked request has no length: its signature then fails, a 400 that
+    refunds an ``order_paid`` at once.  A WSGI server that says its input ends by
+    itself (``wsgi.input_terminated``: gunicorn, uWSGI, mod_wsgi) is read to its end."""
+    if _content_length(request) is None and request.META.get("wsgi.input_terminated"):
+        stream = request.META.get("wsgi.input")
+        if stream is not None:
+            body: bytes = stream.read(limit + 1)
+            if len(body) > limit:
+                raise RequestDataTooBig("the body exceeds the receiver's limit")
+            return body
+    whole: bytes = request.body
+    return whole
 
 
 webhook: Any = csrf_exempt(transaction.non_atomic_requests(_webhook))
