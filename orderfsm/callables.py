@@ -1,11 +1,11 @@
 """What kind of function the application handed us: awaited or called.
 
-A plain function where an ``async def`` is expected runs (its effect
-happens) and then fails at ``await``; an ``async def`` where a plain
-function is expected never runs at all.  On a webhook either is money:
-the first answers 500 after granting, so every retry grants again; the
-second answers 204 having granted nothing.  So the kind is checked when the
-function is handed over, not discovered on the first payment.
+An ``async def`` where a plain function is expected never runs at all: on a
+webhook its 204 grants nothing.  So that kind is refused when the function
+is handed over, not discovered on the first payment.  (The other way round
+is taken care of where the result is used: a plain function's result is
+awaited only if it can be, since awaiting ``None`` would fail *after* the
+grant, a 500, and every retry would grant again.)
 """
 
 from __future__ import annotations
@@ -23,14 +23,6 @@ def is_async(function: Any) -> bool:
     return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
         getattr(function, "__call__", None)  # noqa: B004
     )
-
-
-def require_async(function: Any, what: str) -> None:
-    """Raise :class:`TypeError` unless ``function`` is an ``async def`` (see :func:`is_async`)."""
-    if not callable(function):
-        raise TypeError(f"{what} must be callable, got {function!r}")
-    if not is_async(function):
-        raise TypeError(f"{what} must be an async function (async def): it is awaited")
 
 
 def require_plain(function: Any, what: str) -> None:

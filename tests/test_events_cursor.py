@@ -211,7 +211,7 @@ def test_a_refresh_that_works_allows_a_later_refresh() -> None:
 
 def test_a_failing_token_provider_is_backed_off_then_given_up_like_an_outage() -> None:
     """The application's token service blinks too: one failure must not end the
-    reading for good; only one lasting ``give_up_after`` does, as a 5xx would."""
+    reading for good; one lasting ``give_up_after`` does, as a 5xx would."""
     c = started(interval=1.0, give_up_after=2.0)
     step = c.on_token_error(LookupError("vault down"), 0.0)
     assert isinstance(step.next, Wait) and step.health is not None

@@ -531,3 +531,44 @@ async def test_without_listen_a_polling_instance_still_hears_the_webhook(emu: Em
 def test_a_journal_poll_must_be_positive() -> None:
     with pytest.raises(ValueError, match="journal_poll must be a positive"):
         Tracker(project_id=1, journal="x.sqlite3", journal_poll=0.0)
+
+
+@on_databases
+async def test_the_owner_and_a_follower_agree_on_an_order_paid_as_its_grace_ends(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """The owner asks Get order once more when an expired order's grace ends and hears
+    it was paid; a follower on the journal alone waits for that look to reach it
+    instead of settling as expired by itself (it told the app 'expired', then
+    on_settled got both a failure and a success, neither flagged 'later')."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    policy = DefaultPolicy(
+        poll_interval=0.05, deadline=30.0, expired_grace=1.5, expired_poll_interval=1.0
+    )
+    calls: list[tuple[str, bool]] = []
+
+    async def on_settled(event: Settled) -> None:
+        calls.append((event.status.value, event.succeeded))
+
+    owner_kw: dict[str, Any] = {"transports": ("polling",), "on_settled": on_settled}
+    follower_kw: dict[str, Any] = {"transports": ("journal",), "fetch_details": False}
+    async with (
+        instance(url, emu, user, policy=policy, lease=3.0, **owner_kw) as a,
+        instance(url, emu, policy=policy, lease=3.0, on_settled=on_settled, **follower_kw) as b,
+    ):
+        a.track(order_id, until="paid")
+        b.track(order_id, until="paid")
+        await emu.set_status(order_id, "expired")
+        await eventually(lambda: Status.EXPIRED == a.status(order_id) == b.status(order_id))
+        await anyio.sleep(1.2)  # after the last slow poll, before the grace ends
+        await emu.set_status(order_id, "paid")
+        await emu.get_order_fault("slow", delay=0.15, order_id=order_id)
+        try:
+            with anyio.fail_after(20):
+                results = [(await t.wait(order_id)).status for t in (a, b)]
+            await eventually(lambda: calls, timeout=10)
+        finally:
+            await emu.clear_faults()
+    assert results == [Status.PAID, Status.PAID] and calls == [("paid", True)]

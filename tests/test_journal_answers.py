@@ -224,3 +224,30 @@ async def test_a_journal_opened_by_the_first_delivery_waits_only_that_deliverys_
         again = await receiver.handle(signed(order_paid(1)), order_paid(1))
     assert answer.status == 500 and elapsed < 10.0
     assert again.status == 204
+
+
+def test_a_synchronous_answer_waits_less_than_a_wsgi_workers_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A WSGI worker that blocks past its server's timeout (gunicorn: 30 s) is killed and
+    answers nothing: the synchronous answer is retried for ``SYNC_ANSWER_PATIENCE``
+    (20 s; half a second here), not the whole lease, then it is a counted 500."""
+    import transports.journal.core as core
+
+    monkeypatch.setattr(core, "SYNC_ANSWER_PATIENCE", 0.5)
+    path = tmp_path / "journal.sqlite3"
+    journal = open_journal(path, JournalSettings(wait=0.2, lease=30.0)).sync
+    delivery = NewDelivery("order_paid", "order_paid:1", 1, order_paid(1), (), None, time.time())
+    taken = journal.begin(delivery, BUSY)
+    assert isinstance(taken, Taken)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    started = time.monotonic()
+    try:
+        with pytest.raises(JournalUnavailable):
+            journal.settle(taken, Answer(204), None, BUSY)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        journal.close()
+    assert time.monotonic() - started < 5.0

@@ -218,3 +218,76 @@ async def test_a_refusal_seen_by_the_first_check_does_not_end_polling(emu: Emula
     finally:
         await emu.clear_faults()
     assert result.status is Status.DONE
+
+
+async def test_waiting_again_for_an_order_untracked_after_it_settled_returns_its_result(
+    emu: Emulator,
+) -> None:
+    """The app untracks an order once it has its result, then asks again: the result is
+    the one it settled with, at once (tracking it afresh would never see a change)."""
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    async with emulator_tracker(emu, user) as tracker:
+        tracker.track(order_id)
+        await emu.wait_connected(user)
+        await emu.run_script(order_id, [(0.1, "paid"), (0.1, "done")])
+        assert (await tracker.wait(order_id)).status is Status.DONE
+        tracker.untrack(order_id)
+        with anyio.fail_after(5):
+            again = await tracker.wait(order_id)
+    assert again.status is Status.DONE
+
+
+async def test_an_order_untracked_in_its_grace_and_waited_for_again_still_settles(
+    emu: Emulator,
+) -> None:
+    """Untracked while expired, then waited for again: followed afresh, its grace runs
+    again and it settles as expired (not a timeout at the deadline)."""
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    policy = DefaultPolicy(
+        poll_interval=0.05, deadline=20.0, expired_grace=1.0, expired_poll_interval=0.5
+    )
+    async with emulator_tracker(emu, user, policy=policy, transports=("polling",)) as tracker:
+        tracker.track(order_id)
+        await emu.set_status(order_id, "expired")
+        await expired_seen(tracker, order_id)
+        tracker.untrack(order_id)
+        with anyio.fail_after(10):
+            result = await tracker.wait(order_id)
+    assert result.status is Status.EXPIRED
+
+
+async def test_news_between_giving_an_order_up_and_waiting_again_is_kept() -> None:
+    """A webhook arrives after the screen gave the order up and before the player came
+    back to it: kept, as news of an order not tracked yet is, and told on the wait."""
+    from orderfsm import Observation, Tracker
+
+    async with Tracker(
+        project_id=1,
+        transports=("webhook",),
+        until="paid",
+        fetch_details=False,
+        policy=DefaultPolicy(deadline=10.0),
+    ) as tracker:
+        with anyio.move_on_after(0.2):
+            await tracker.wait(42)  # given up: untracked
+        tracker.observe(Observation(42, Status.PAID, source="webhook", at=anyio.current_time()))
+        with anyio.fail_after(5):
+            result = await tracker.wait(42)
+    assert result.status is Status.PAID
+
+
+async def test_a_second_wait_given_up_stops_the_tracking_it_started_again(
+    emu: Emulator,
+) -> None:
+    """As the first did: ``wait()`` given up stops what it started (the second one had
+    started tracking afresh, and left the order followed until its deadline)."""
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    async with emulator_tracker(emu, user) as tracker:
+        for _ in range(2):
+            with anyio.move_on_after(0.3):
+                await tracker.wait(order_id)
+        stats = tracker.stats()
+    assert (stats.orders_tracked, stats.orders_active) == (2, 0)

@@ -353,33 +353,41 @@ def test_an_empty_secret_is_refused() -> None:
         WebhookReceiver("")
 
 
-def test_a_handler_of_the_wrong_kind_is_refused_when_the_receiver_is_made(
+@pytest.mark.anyio
+async def test_a_handler_runs_once_whatever_kind_it_is_and_one_never_run_is_refused(
     tmp_path: Path,
 ) -> None:
-    """A plain function where the receiver awaits runs, grants, then fails at ``await``:
-    500, and each of Xsolla's retries grants again.  An ``async def`` where the receiver
-    calls never runs: 204 with nothing granted.  Both are refused up front; the forms
-    of an ``async def`` an app may hand over (a partial, an object) are accepted."""
+    """Where the receiver awaits, a plain function (or a lambda around an ``async def``)
+    runs once and answers 204: awaiting its ``None`` failed *after* the grant, a 500,
+    and each of Xsolla's retries granted again.  An ``async def`` where the receiver
+    only calls (sync receiver, transactional handler) would never run, its 204
+    granting nothing: refused when the receiver is made."""
+    granted: list[int] = []
 
-    def plain(notification: object) -> None: ...
+    def plain(notification: Notification) -> None:
+        granted.append(1)
 
-    async def awaited(notification: object) -> None: ...
+    async def awaited(notification: Notification) -> None:
+        granted.append(2)
 
     class Handler:
-        async def __call__(self, notification: object) -> None: ...
+        async def __call__(self, notification: Notification) -> None:
+            granted.append(3)
 
+    handlers = [plain, lambda n: awaited(n), functools.partial(awaited), Handler()]
+    for number, handler in enumerate(handlers):
+        receiver = WebhookReceiver(SECRET, handler)
+        body = order_paid(40 + number)
+        answers = [(await receiver.handle(signed(body), body)).status for _ in range(2)]
+        assert answers == [204, 204]
+    assert granted == [1, 2, 2, 3]
     store = str(tmp_path / "journal.sqlite3")
-    with pytest.raises(TypeError, match="must be an async function"):
-        WebhookReceiver(SECRET, plain)
     with pytest.raises(TypeError, match="must be a plain function"):
         SyncWebhookReceiver(SECRET, awaited)
     with pytest.raises(TypeError, match="must be a plain function"):
         WebhookReceiver(SECRET, transactional=awaited, store=store)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="must be a plain function"):
         SyncWebhookReceiver(SECRET, transactional=awaited, store=store)  # type: ignore[arg-type]
-    WebhookReceiver(SECRET, functools.partial(awaited))
-    WebhookReceiver(SECRET, Handler())
-    SyncWebhookReceiver(SECRET, plain)
 
 
 @pytest.mark.anyio

@@ -235,18 +235,26 @@ class Scheduler:
         """Whether an ``expired`` order whose grace is over waits for a last Get order:
         during the grace the order is polled slowly (if at all), so a payment in its
         last seconds would be heard by nobody.  It settles as expired only once Get
-        order says so still (or could not say within ``details_timeout``)."""
-        if order.last_look or not (self.can_poll and order.owned and order.polling_error is None):
+        order says so still (or could not say within ``details_timeout``).  In a
+        fleet, an instance that only follows the journal waits as long for the
+        owner's look to arrive there, so that both tell the application the same."""
+        if order.last_look:
+            return False
+        looks = self.can_poll and order.polling_error is None and order.owned
+        if not looks and not self.journal:
             return False
         if order.last_look is None:
             order.last_look = False
-            self._spawn_helper(self._look_last, order)
+            self._spawn_helper(self._look_last, order, looks)
         return True
 
-    async def _look_last(self, order: TrackedOrder) -> None:
+    async def _look_last(self, order: TrackedOrder, looks: bool) -> None:
         try:
-            with anyio.move_on_after(self.details_timeout):
-                await self._check_once(order)
+            if looks:
+                with anyio.move_on_after(self.details_timeout):
+                    await self._check_once(order)
+            else:  # another instance looks: its answer comes through the journal
+                await anyio.sleep(self.details_timeout + LOOK_ARRIVES)
         finally:
             order.last_look = True
             self.wake(order)
@@ -487,6 +495,11 @@ class Scheduler:
             details_error = TrackingTimeout("order details did not arrive in time")
         if not order.is_finished:  # else the tracker closed while the details were coming
             order.finish(_result(order, details_error), None)
+
+
+LOOK_ARRIVES = 1.0
+"""Seconds, beyond the owner's ``details_timeout``, a follower gives the owner's last
+look of an expired order to reach it through the journal."""
 
 
 def _result(order: TrackedOrder, details_error: OrderFsmError | None) -> FinalResult:

@@ -173,6 +173,8 @@ class Tracker:
         self._counters = TrackerCounters()
         self._users: dict[tuple[TokenProvider | str, str | None], User] = {}
         self._orders: dict[int, TrackedOrder] = {}
+        self._no_token: set[int] = set()
+        """Orders ``token_for`` raised on (their traceback is logged once)."""
         self._early: OrderedDict[int, list[Observation]] = OrderedDict()
         self._stack: contextlib.AsyncExitStack | None = None
         self._scheduler: Scheduler | None = None
@@ -277,10 +279,14 @@ class Tracker:
                 try:
                     token = self.token_for(row.order_id, row.user_id)
                 except Exception:  # the app's callable: one bad row must not stop the rest
-                    logger.exception(
+                    # Its traceback once: the fleet offers the order again every lease.
+                    first = row.order_id not in self._no_token
+                    self._no_token.add(row.order_id)
+                    logger.warning(
                         "not %s order %s: token_for raised",
                         doing,
                         row.order_id,
+                        exc_info=first,
                         extra={"event": "resume.failed", "order_id": row.order_id},
                     )
                     continue
@@ -359,11 +365,10 @@ class Tracker:
             raise RuntimeError("use the Tracker inside 'async with'")
         goal = self.until if until is None else check_goal(until)
         existing = self._orders.get(order_id)
-        again = existing is not None and existing.released
-        if again:
-            # Untracked (or a wait() given up on), and wanted again: followed anew,
-            # from the status known; the old one's waiters have had their answer.
-            del self._orders[order_id]
+        if existing is not None and _given_up(existing):
+            # Untracked before it settled (a wait() given up on, say), and wanted
+            # again: followed afresh, as after forget(); its status is told again.
+            self.forget(order_id)
             existing = None
         if existing is not None:
             if until is not None and goal is not existing.until:
@@ -377,8 +382,7 @@ class Tracker:
         user = user or self.user
         if user is None and (self.transports & {WEBSOCKET, POLLING} or self.fetch_details):
             raise ValueError("a token is needed: pass token= to Tracker() or track()")
-        if not again:
-            self._book.track(order_id)
+        self._book.track(order_id)
         order = TrackedOrder(
             order_id,
             user or _ANONYMOUS,
@@ -427,7 +431,8 @@ class Tracker:
         tracker closes first.  Cancelling a ``wait`` that started the tracking
         stops it.
         """
-        started_here = order_id not in self._orders
+        existing = self._orders.get(order_id)
+        started_here = existing is None or _given_up(existing)
         self.track(order_id, **track_kwargs)
         order = self._orders[order_id]
         try:
@@ -516,9 +521,10 @@ class Tracker:
         a webhook can beat the application's call to ``track``.
         """
         order = self._orders.get(observation.order_id)
-        if order is not None:
+        if order is not None and not _given_up(order):
             order.observe(observation)
             return
+        # Not tracked (yet, or again after being given up): kept for when it is.
         self._early.setdefault(observation.order_id, []).append(observation)
         self._early.move_to_end(observation.order_id)
         while len(self._early) > EARLY_OBSERVATIONS_KEPT:
@@ -526,6 +532,11 @@ class Tracker:
 
     def report(self, report: HealthReport, /) -> None:
         """Health of process-wide sources does not steer any one order."""
+
+
+def _given_up(order: TrackedOrder) -> bool:
+    """Untracked before it settled: tracking it again starts afresh."""
+    return order.released and order.result is None
 
 
 async def _no_token() -> str:

@@ -26,6 +26,9 @@ from orderfsm.interface import Health, HealthReport
 from transports.http.answers import Busy, Rejected, Unexpected
 from transports.http.errors import TokenProviderFailed
 
+TOKEN_ATTEMPTS = 5
+"""Token callable failures in a row before a reader gives up (the WebSocket's too)."""
+
 
 def positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
     """attrs validator: a finite number above zero."""
@@ -138,6 +141,7 @@ class Pacing:
         self._health: Health | None = None
         self._failing_since: float | None = None
         self._failures = 0
+        self._token_failures = 0
         self._refreshed = False
         self._over = False
 
@@ -170,6 +174,7 @@ class Pacing:
         """A good answer: the next failure backs off from ``interval`` again."""
         self._failing_since = None
         self._failures = 0
+        self._token_failures = 0
         self._refreshed = False
 
     def not_rejected(self) -> None:
@@ -219,14 +224,19 @@ class Pacing:
         return Outcome(Wait(now + delay), self.report(Health.DEGRADED, now, str(error), error))
 
     def token_failed(self, error: BaseException, now: float) -> Outcome:
-        """The caller's token callable raised, timed out or returned a non-token: a
-        passing failure, backed off like a 5xx (an application's token service has
-        blips too; one must not end the polling of an order for good)."""
+        """The caller's token callable raised, timed out or returned a non-token: backed
+        off like a 5xx (an application's token service has blips too; one must not end
+        the polling of an order for good), and given up after :data:`TOKEN_ATTEMPTS`
+        in a row, as the WebSocket does: a callable that always fails is a bug to
+        name now, not a timeout ten minutes later."""
         if isinstance(error, TokenProviderFailed):
             failure = error
         else:
             failure = TokenProviderFailed(f"{self._subject}: token provider failed: {error!r}")
             failure.__cause__ = error
+        self._token_failures += 1
+        if self._token_failures >= TOKEN_ATTEMPTS:
+            return self.fail(failure, now)
         return self.failed(failure, now)
 
     def fail(self, error: OrderFsmError, now: float) -> Outcome:

@@ -40,15 +40,16 @@ an order's requests (and the slots shared with other players' orders) for good."
 
 async def get_token(token: TokenProvider, timeout: float = TOKEN_TIMEOUT) -> str:  # noqa: ASYNC109
     """Call the token provider; whatever goes wrong becomes :class:`TokenProviderFailed`."""
+    value: object = None
     try:
-        with anyio.fail_after(timeout):
+        with anyio.move_on_after(timeout) as waited:
             value = await token()
     except TokenProviderFailed:
         raise
-    except TimeoutError:
-        raise TokenProviderFailed(f"token provider did not answer within {timeout:g} s") from None
     except Exception as exc:
         raise TokenProviderFailed(f"token provider failed: {exc!r}") from exc
+    if waited.cancelled_caught:
+        raise TokenProviderFailed(f"token provider did not answer within {timeout:g} s")
     if not isinstance(value, str) or not value:
         raise TokenProviderFailed(f"token provider returned {value!r}, not a token")
     return value

@@ -47,6 +47,9 @@ T = TypeVar("T")
 
 ANSWER_RETRY = (0.05, 1.0)
 """Seconds between two tries to record an answer: the first wait, and the longest."""
+SYNC_ANSWER_PATIENCE = 20.0
+"""Seconds a synchronous answer's write is retried, at most (under gunicorn's default
+30 s worker timeout: a killed worker answers nothing, a 500 at least is counted)."""
 LAST_RECORD = 0.5
 """Seconds a duplicate that used up its wait still gives its own record."""
 
@@ -227,7 +230,12 @@ class SyncJournal:
             claim = self.store.read_claim(key, self._deadline())
 
     def settle_steps(
-        self, taken: Taken, answer: Answer, error: str | None, busy: Answer
+        self,
+        taken: Taken,
+        answer: Answer,
+        error: str | None,
+        busy: Answer,
+        patience: float | None = None,
     ) -> Generator[float, None, Answer]:
         """Record the handler's answer (or release the key on 5xx); ends with the answer
         to give.  Unlike a claim, an answer does not give up after ``wait``: its handler
@@ -235,8 +243,10 @@ class SyncJournal:
         So passing trouble (a lock another process holds, an outage) is waited out,
         tried again until the claim's lease runs out (past it, another delivery may
         take the key over, and the write would be fenced anyway); a late answer is
-        harmless, the retry finds it.  A refusal is not retried: it would repeat."""
-        give_up = self.clock() + self.settings.lease
+        harmless, the retry finds it.  A refusal is not retried: it would repeat.
+        ``patience`` shortens that (a WSGI worker is killed by its server's timeout)."""
+        lease = self.settings.lease
+        give_up = self.clock() + (lease if patience is None else min(patience, lease))
         delay = ANSWER_RETRY[0]
         while True:
             try:
@@ -367,7 +377,9 @@ class SyncJournal:
         return drive(self.run_steps(delivery, work, busy))
 
     def settle(self, taken: Taken, answer: Answer, error: str | None, busy: Answer) -> Answer:
-        return drive(self.settle_steps(taken, answer, error, busy))
+        """:meth:`settle_steps` in this thread, retrying at most :data:`SYNC_ANSWER_PATIENCE`:
+        a synchronous caller is a WSGI worker, which gunicorn kills after 30 s."""
+        return drive(self.settle_steps(taken, answer, error, busy, SYNC_ANSWER_PATIENCE))
 
 
 def decided_by(delivery: NewDelivery, claimed: Claimed) -> Taken | Reply | None:

@@ -82,6 +82,15 @@ R = TypeVar("R")
 MIGRATION_LOCK = 0x6F72646572667336
 """The advisory lock that makes concurrent first starts create the schema once."""
 
+_REFUSALS = (
+    psycopg.IntegrityError,
+    psycopg.DataError,
+    psycopg.ProgrammingError,
+    psycopg.NotSupportedError,
+    psycopg.errors.RaiseException,
+)
+"""Errors of the statement itself: the same statement again is refused again."""
+
 CONNECT_TIMEOUT = 5
 """Seconds libpq waits for a server, unless the URL says otherwise."""
 
@@ -268,9 +277,10 @@ class PostgresStore:
             self._recheck(pool)
             raise JournalUnavailable(f"{self.display}: {self._said(exc)}") from None
         except psycopg.Error as exc:
-            # Neither the connection nor a wait: the server refused the statement itself.
-            refused = isinstance(exc, psycopg.DatabaseError)
-            kind = JournalRefused if refused else JournalUnavailable
+            # Neither the connection nor a wait: the server refused the statement itself
+            # (its data, a constraint, a trigger's RAISE).  Not a read-only server in a
+            # failover (class 25, an InternalError too): that one passes.
+            kind = JournalRefused if isinstance(exc, _REFUSALS) else JournalUnavailable
             raise kind(f"{self.display}: {self._said(exc)}") from None
 
     def _said(self, exc: BaseException) -> str:

@@ -452,7 +452,16 @@ class SqliteStore:
 
         claims = deliveries = 0
         while True:
-            more_claims, more_deliveries = self._write(chunk, deadline)
+            # Each chunk waits for the lock as a delivery would, not the whole prune's
+            # time: a batch it shares is led by a delivery's thread, which waits for it.
+            try:
+                more_claims, more_deliveries = self._write(
+                    chunk, min(deadline, time.monotonic() + PRUNE_CHUNK_WAIT)
+                )
+            except JournalUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                continue
             claims, deliveries = claims + more_claims, deliveries + more_deliveries
             if max(more_claims, more_deliveries) < PRUNE_CHUNK or time.monotonic() > deadline:
                 return claims, deliveries  # what is left goes at the next prune
@@ -460,3 +469,5 @@ class SqliteStore:
 
 PRUNE_CHUNK = 2000
 """Rows of each table deleted per transaction when pruning."""
+PRUNE_CHUNK_WAIT = 2.0
+"""Seconds one chunk of a prune waits for the write lock before it tries again."""

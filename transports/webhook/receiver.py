@@ -10,6 +10,7 @@ and host sharing the journal, the first answer stored and repeated.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
@@ -20,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from orderfsm.callables import require_async, require_plain
+from orderfsm.callables import require_plain
 from orderfsm.core import Observation, Status
 from orderfsm.errors import JournalError, WebhookError
 from orderfsm.interface import WEBHOOK, ObservationSink
@@ -197,14 +198,17 @@ class ReceiverBase:
 def check_handlers(
     handler: object | None, transactional: object | None, blocking: bool, *, awaited: bool
 ) -> None:
-    """One handler at most, the transactional one only over a database, and each of
-    the kind it is called as (``awaited``: the handler is an ``async def``; the
-    transactional handler is always a plain function, run in a worker thread):
-    see :mod:`orderfsm.callables` for what the wrong kind costs."""
+    """One handler at most, the transactional one only over a database, and none that
+    would never run: an ``async def`` where the receiver only calls (``awaited`` false;
+    the transactional handler is always called, in a worker thread).  Where the
+    receiver awaits, any callable will do: what it returns is awaited if it can be
+    (see :mod:`orderfsm.callables` for what the wrong kind costs)."""
     if handler is not None and transactional is not None:
         raise ValueError("give either handler or transactional, not both")
-    if handler is not None:
-        (require_async if awaited else require_plain)(handler, "the webhook handler")
+    if handler is not None and not awaited:
+        require_plain(handler, "the webhook handler")
+    if handler is not None and not callable(handler):
+        raise TypeError(f"the webhook handler must be callable, got {handler!r}")
     if transactional is not None:
         require_plain(transactional, "the transactional handler")
     if transactional is not None and not blocking:
@@ -367,7 +371,9 @@ class WebhookReceiver(ReceiverBase):
             return ACCEPTED, None
         started = time.perf_counter()
         try:
-            await self.handler(notification)
+            result = self.handler(notification)
+            if inspect.isawaitable(result):  # an async def, or a lambda that makes one
+                await result
         except Exception as exc:
             return handler_failed(exc, notification)
         finally:
