@@ -51,7 +51,9 @@ from transports.journal.base import (
     DELIVERY_COLUMNS,
     PRUNABLE_CLAIM,
     Claimed,
+    ClaimRequest,
     Dialect,
+    SettleRequest,
     Work,
     Worked,
     claim_from_row,
@@ -126,6 +128,10 @@ WHERE key = ? AND attempt = ? AND state = 'answered'
 """
 
 READ_CLAIM = f"SELECT {CLAIM_COLUMNS} FROM orderfsm_claims WHERE key = ?"
+
+
+class _GoAlone(Exception):
+    """A batch failed on one request's data: each of its requests goes alone."""
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -426,6 +432,59 @@ class SqliteStore:
 
         # What a duplicate was answered: a record only, the answer it repeats is durable.
         self._write(work, deadline, durable=False)
+
+    def claim_many(
+        self,
+        requests: Sequence[ClaimRequest],
+        owner: str,
+        now: float,
+        lease: float,
+        deadline: float,
+    ) -> list[Claimed] | None:
+        """The claims of deliveries that arrived together, then their orders' statuses,
+        as one unit of work: one trip to a worker thread and one turn at the writer for
+        the batch, not one each.  A request failing on its data (a trigger's refusal,
+        say; not the file) rolls the unit back whole: ``None``, every request goes
+        alone, so only that one fails."""
+
+        def work(db: sqlite3.Connection) -> list[Claimed]:
+            claimed = [_claim(db, r.delivery, owner, now, lease, None) for r in requests]
+            notes = [note for request in requests for note in request.notes]
+            if notes:
+                record(db, self.kind, notes, now)
+            return claimed
+
+        return self._together(work, deadline, durable=False)
+
+    def settle_many(
+        self, requests: Sequence[SettleRequest], now: float, deadline: float
+    ) -> list[bool] | None:
+        """The answers as one unit of work, committed durably (``FULL``) before any of
+        them is given."""
+
+        def work(db: sqlite3.Connection) -> list[bool]:
+            return [
+                _settle(db, r.key, r.attempt, r.answer, r.delivery_id, r.error, now)
+                for r in requests
+            ]
+
+        return self._together(work, deadline, durable=True)
+
+    def _together(
+        self, work: Callable[[sqlite3.Connection], list[T]], deadline: float, durable: bool
+    ) -> list[T] | None:
+        def unit(db: sqlite3.Connection) -> list[T]:
+            try:
+                return work(db)
+            except sqlite3.OperationalError:
+                raise  # the file itself (locked, full, failing): every request meets it
+            except Exception as exc:
+                raise _GoAlone from exc  # rolled back by the group commit, like any failure
+
+        try:
+            return self._write(unit, deadline, durable)
+        except _GoAlone:
+            return None
 
     def run_in_claim(
         self,
