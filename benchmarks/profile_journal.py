@@ -14,7 +14,8 @@ two trees: the receivers run the code beside this file).
 ``--perf`` and ``--strace`` record receiver 0 (py-spy raw stacks, strace of
 its socket, lock and sleep calls) or the whole machine (perf) over the
 window, to a file.  ``--ceiling`` measures the do-nothing aiohttp handler the
-same way.  Prints one JSON line.
+same way; ``--rate`` sends open loop at that rate instead (p50 / p99, as
+bench_journal's latency part).  Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -156,8 +157,10 @@ def measure(
     rng = random.Random(7)
     warm = deliveries(9_000_000, 300, rng)
     hot = deliveries(1_000_000, args.count, rng)
-    load = {"urls": urls, "mode": "saturate", "per_url": args.per_url}
+    load: dict[str, Any] = {"urls": urls, "mode": "saturate", "per_url": args.per_url}
     run_part("loadgen", {**load, "payloads": warm}, folder)
+    if args.rate:
+        load = {"urls": urls, "mode": "open", "rate": args.rate}
     postmaster = None
     if postgres is not None:
         postmaster = int((postgres.data / "postmaster.pid").read_text().split()[0])
@@ -195,7 +198,9 @@ def measure(
         "store": args.store,
         "receivers": len(processes),
         "sent": len(hot),
-        "per_s": round(result["per_s"], 1),
+        "per_s": round(result["per_s"], 1) if "per_s" in result else None,
+        "p50_ms": round(result["p50_ms"], 2) if "p50_ms" in result else None,
+        "p99_ms": round(result["p99_ms"], 2) if "p99_ms" in result else None,
         "not_2xx_first": result["answered_5xx"] + result["no_answer"],
         "rx_us": [round((a - b) * per) for a, b in zip(rx_after, rx, strict=True)],
         "rx_threads_us": round((sum(threads_after) - sum(threads)) * per),
@@ -220,6 +225,7 @@ def main() -> None:
     parser.add_argument("--receivers", type=int, default=3)
     parser.add_argument("--count", type=int, default=8000, help="notifications (10%% more sent)")
     parser.add_argument("--per-url", type=int, default=16, help="connections per receiver")
+    parser.add_argument("--rate", type=float, help="open loop at this rate, for p50 / p99")
     parser.add_argument("--ceiling", action="store_true", help="the do-nothing aiohttp handler")
     parser.add_argument("--pgss", action="store_true", help="statements per delivery")
     parser.add_argument("--pyspy", metavar="PATH", help="py-spy raw stacks of receiver 0")
