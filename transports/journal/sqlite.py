@@ -8,9 +8,10 @@
   (one fsync per commit) is paid once per *batch*: concurrent deliveries
   of a process are committed together (:mod:`transports.journal.groupcommit`).
 * Writers queue on one lock, and SQLite's busy handler is unfair (a waiter
-  sleeps and polls, and can miss every opening for seconds): each attempt to
-  begin waits at most ``BUSY_SLICE`` and is retried, quickly, until the
-  operation's deadline, after which the delivery is answered 5xx.  Nothing
+  sleeps and polls, and can miss every opening for seconds): the writer does
+  not use it, it retries ``BEGIN IMMEDIATE`` itself every fraction of a
+  millisecond until the operation's deadline, after which the delivery is
+  answered 5xx.  Nothing
   ever hangs past the answer's deadline.
 * The plain handler runs with no lock held; the transactional handler runs
   inside the write transaction, so it should be short.
@@ -69,11 +70,18 @@ from transports.journal.orders import Note, record
 
 T = TypeVar("T")
 
-BUSY_SLICE = 0.002
-"""Seconds SQLite's own busy handler may wait before we try again ourselves: its
-sleeps grow (1, 2, 5, 10, 15, 20, 25 ms...), so a long busy timeout polls ever
-more slowly and misses the openings other processes leave; short slices keep
-polling every millisecond or two until the operation's deadline."""
+BUSY_SLICE = 0.0
+"""Seconds SQLite's own busy handler may wait before we try again ourselves: none.
+Its sleeps are 1 ms at least and grow (1, 2, 5, 10, 15, 20, 25 ms...), so it
+polls ever more slowly and misses the openings other processes leave, while a
+batch holds the lock a fraction of a millisecond (an fsync here: 0.3 ms).  The
+writer asks again itself every :data:`RETRY_PAUSE` until the operation's
+deadline (three receivers: 2,606 -> 2,944 deliveries/s, at the same CPU per
+delivery, against 2 ms slices and 0.2-1 ms pauses)."""
+
+RETRY_PAUSE = (0.00005, 0.0003)
+"""Seconds between two tries to begin a write, drawn at random in this range (so
+processes do not retry in step)."""
 
 MIGRATIONS = migrations("sqlite")
 
@@ -262,7 +270,7 @@ class SqliteStore:
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc) or time.monotonic() >= deadline:
                     raise
-            time.sleep(random.uniform(0.0002, 0.001))
+            time.sleep(random.uniform(*RETRY_PAUSE))
 
     def _begin(self, deadline: float, durable: bool) -> None:
         """Open a batch's transaction.  Only batches that record an answer (or run the
