@@ -162,3 +162,26 @@ def test_the_scale_profile_says_where_our_cpu_goes_by_layer(freeze: list[str]) -
         assert shares.get(layer, 0) > 0, (layer, shares)
     assert figures["calls_per_change"] > 0 and figures["lost"] == figures["duplicated"] == 0
     assert figures["gc_freeze"] is bool(freeze) and figures["gc_tracked_objects"] > 0
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+def test_the_journal_profile_counts_each_process_cpu_per_delivery(store: str) -> None:
+    """profile_journal.py's figures come from /proc over the saturation window (10 ms
+    ticks: 2,000 notifications, so each process runs several): every receiver and the
+    load generator used CPU, every delivery was answered 2xx."""
+    script = str(ROOT / "benchmarks" / "profile_journal.py")
+    result = subprocess.run(
+        [sys.executable, script, "--store", store, "--count", "2000"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    [line] = result.stdout.strip().splitlines()
+    figures = json.loads(line)
+    assert figures["sent"] == 2200 and figures["not_2xx_first"] == 0
+    assert len(figures["rx_us"]) == 3 and all(us > 0 for us in figures["rx_us"])
+    assert figures["gen_us"] > 0 and figures["pg_us"] == 0
+    assert figures["all_us"] == figures["rx_us_total"] + figures["gen_us"]
+    assert (figures["rx_threads_us"] > 0) is (store == "sqlite")  # the journal's threads

@@ -1,15 +1,25 @@
-"""Deliveries arriving together share the journal's transactions (PostgreSQL), and
+"""Deliveries arriving together share the journal's transactions (PostgreSQL, SQLite), and
 nothing about exactly-once changes: each key taken once, every duplicate answered
 the first answer, a key locked by a long transaction held up alone."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import anyio
 import anyio.lowlevel
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support_journal import on_answer, on_update
+from support_journal import (
+    connect,
+    is_postgres,
+    on_answer,
+    on_databases,
+    on_update,
+    refuse_answers,
+    url_for,
+)
 from support_postgres import postgres_server
 from support_webhook import SECRET, order_paid, signed
 
@@ -146,8 +156,11 @@ async def test_a_caller_queued_behind_a_stuck_batch_gives_up_after_its_patience(
 
 
 @pytest.mark.anyio
-async def test_concurrent_deliveries_share_transactions_and_each_is_handled_once() -> None:
-    url = postgres_server().url()
+@on_databases
+async def test_concurrent_deliveries_share_transactions_and_each_is_handled_once(
+    backend: str, tmp_path: Path
+) -> None:
+    url = url_for(backend, tmp_path)
     handled: list[int] = []
 
     async def handler(notification: object) -> None:
@@ -175,11 +188,16 @@ async def test_concurrent_deliveries_share_transactions_and_each_is_handled_once
     assert claims.items == len(sends) and claims.batches < len(sends) / 2
     assert settles.items == len(orders) and settles.batches < len(orders) / 2
     assert all(stored[f"order_paid:{i}"].answer is not None for i in orders)
-    import psycopg
-
-    with psycopg.connect(url) as db:
+    db = connect(url)
+    try:
         statuses = db.execute("SELECT order_id, status FROM orderfsm_orders").fetchall()
+        handled_rows = db.execute(
+            "SELECT count(*) FROM orderfsm_deliveries WHERE outcome = 'handled'"
+        ).fetchone()
+    finally:
+        db.close()
     assert sorted(statuses) == [(i, "paid") for i in orders]
+    assert tuple(handled_rows) == (len(orders),)
 
 
 @pytest.mark.anyio
@@ -227,14 +245,15 @@ async def test_a_key_locked_by_a_long_transaction_holds_up_its_own_delivery_only
 
 
 @pytest.mark.anyio
-async def test_an_answer_that_cannot_be_written_fails_alone_not_its_whole_batch() -> None:
+@on_databases
+async def test_an_answer_that_cannot_be_written_fails_alone_not_its_whole_batch(
+    backend: str, tmp_path: Path
+) -> None:
     """Handlers that finish together have their answers written in one transaction.
     One of them cannot be written (a trigger refuses order 3's) and one handler's
     error quotes a NUL from the payload, which PostgreSQL's text refuses: the others'
     answers must still be recorded, or Xsolla's retries would run their handlers again."""
-    import psycopg
-
-    url = postgres_server().url()
+    url = url_for(backend, tmp_path)
     orders = list(range(1, 9))
     handled: list[int] = []
     started = anyio.Event()
@@ -248,30 +267,30 @@ async def test_an_answer_that_cannot_be_written_fails_alone_not_its_whole_batch(
         if order_id == 1:
             raise ValueError("player name 'bad\x00name'")
 
-    with psycopg.connect(url, autocommit=True) as db:
-        async with open_journal(url, JournalSettings(wait=1.0)) as journal:
-            on_answer(
-                db,
-                "refuse_answer",
-                "IF NEW.key = 'order_paid:3' THEN RAISE EXCEPTION 'answer refused'; END IF;",
-            )
+    async with open_journal(url, JournalSettings(wait=1.0)) as journal:
+        refuse_answers(url, "order_paid:3")
+        try:
+            receiver = WebhookReceiver(SECRET, handler, store=journal)
+            answers: dict[int, int] = {}
+
+            async def send(order_id: int) -> None:
+                payload = order_paid(order_id)
+                answers[order_id] = (await receiver.handle(signed(payload), payload)).status
+
+            async with anyio.create_task_group() as tasks:
+                for order_id in orders:
+                    tasks.start_soon(send, order_id)
+            settles = journal._batched().settles
+            stored = await journal.claims([f"order_paid:{i}" for i in orders])
+            errors = [d.error for d in await journal.deliveries() if d.order_id == 1]
+        finally:
+            db = connect(url)
             try:
-                receiver = WebhookReceiver(SECRET, handler, store=journal)
-                answers: dict[int, int] = {}
-
-                async def send(order_id: int) -> None:
-                    payload = order_paid(order_id)
-                    answers[order_id] = (await receiver.handle(signed(payload), payload)).status
-
-                async with anyio.create_task_group() as tasks:
-                    for order_id in orders:
-                        tasks.start_soon(send, order_id)
-                settles = journal._batched().settles
-                stored = await journal.claims([f"order_paid:{i}" for i in orders])
-                errors = [d.error for d in await journal.deliveries() if d.order_id == 1]
+                on_claims = " ON orderfsm_claims" if is_postgres(url) else ""
+                db.execute(f"DROP TRIGGER refuse_answer{on_claims}")
             finally:
-                db.execute("DROP TRIGGER refuse_answer ON orderfsm_claims")
-    assert settles.batches < len(orders)  # some answers did share a transaction
+                db.close()
+    assert 0 < settles.batches < settles.items  # some answers did share a transaction
     assert answers == {i: 500 if i in (1, 3) else 204 for i in orders}
     assert sorted(handled) == orders
     recorded = {i for i in orders if stored[f"order_paid:{i}"].answer is not None}

@@ -4,7 +4,7 @@ Each store call runs in a worker thread (``anyio.to_thread``, with a limiter
 the size of the connection pool) and each wait is an ``anyio.sleep`` on the
 loop, so both loops run the same code and nothing blocks the loop.  The
 in-memory store does no I/O and is called inline.  On a store that
-:class:`~transports.journal.base.Batches` (PostgreSQL), the claims of
+:class:`~transports.journal.base.Batches` (PostgreSQL, SQLite), the claims of
 deliveries arriving together share one transaction and one thread hop, and so
 do their answers (:mod:`~transports.journal.batching`).
 """

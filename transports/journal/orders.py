@@ -162,13 +162,19 @@ def record(
     """Write what advances an order; returns the changes written (stale and repeated
     news write nothing).  One NOTIFY for the whole transaction, when anything changed.
 
-    This runs inside every webhook claim, so round trips count: one per order to
-    lock and read it, then (PostgreSQL) one statement for all the writes and the
-    NOTIFY.
+    This runs inside every webhook claim (a batch of them, on PostgreSQL), so
+    statements count: on PostgreSQL one statement locks and reads every order,
+    one more writes the changes, the rows and the NOTIFY, both of a fixed text
+    (arrays, not one statement or one text per order), so psycopg and the server
+    prepare them once; SQLite, in process, takes a statement per row.
     """
     written: list[ChangeRow] = []
     # Locked in order id order, whatever order the notes come in (see track_many).
-    rows = {i: _lock(db, dialect, i, now) for i in sorted({n.order_id for n in notes})}
+    ids = sorted({n.order_id for n in notes})
+    if dialect == "postgresql":
+        rows = _lock_all(db, ids, now)
+    else:
+        rows = {i: _lock(db, dialect, i, now) for i in ids}
     for note in notes:
         row = rows[note.order_id]
         change = advance(row.status, note.status)
@@ -181,7 +187,11 @@ def record(
         row.status = note.status
         row.keep_tracking = row.keep_tracking and not verdict(note.status, row.until).settled
     if written:
-        _write(db, dialect, written, [r for r in rows.values() if r.changed], now, channel)
+        changed = [r for r in rows.values() if r.changed]
+        if dialect == "postgresql":
+            _write_all(db, written, changed, now, channel)
+        else:
+            _write(db, dialect, written, changed, now)
     return written
 
 
@@ -222,17 +232,77 @@ def _lock(db: Any, dialect: str, order_id: int, now: float) -> _Pending:
     )
 
 
-def _write(
-    db: Any,
-    dialect: str,
-    changes: Sequence[ChangeRow],
-    rows: Sequence[_Pending],
-    now: float,
-    channel: str,
+LOCK_ALL = (
+    "INSERT INTO orderfsm_orders (order_id, status, version, until, tracking,"
+    " lease_until, fence, updated_at)"
+    " SELECT i, NULL, 0, %s, FALSE, 0, 0, %s FROM unnest(%s::bigint[]) AS ids(i) ORDER BY i"
+    " ON CONFLICT (order_id) DO UPDATE SET order_id = excluded.order_id"
+    " RETURNING order_id, status, version, until"
+)
+"""PostgreSQL: :func:`_lock` for many orders, in ``ORDER BY`` order (the insert's order)."""
+
+WRITE_ALL = (
+    "WITH w0 AS (INSERT INTO orderfsm_changes (" + CHANGE_COLUMNS + ")"
+    " SELECT * FROM unnest(%s::bigint[], %s::integer[], %s::text[], %s::text[], %s::text[],"
+    " %s::double precision[])),"
+    " w1 AS (INSERT INTO orderfsm_orders AS o (order_id, status, version, until, tracking,"
+    " lease_until, fence, updated_at)"
+    " SELECT r.order_id, r.status, r.version, 'done', r.keep, 0, 0, %s"
+    " FROM unnest(%s::bigint[], %s::text[], %s::integer[], %s::boolean[])"
+    " AS r(order_id, status, version, keep)"
+    " ON CONFLICT (order_id) DO UPDATE SET status = excluded.status,"
+    " version = excluded.version, tracking = (o.tracking AND excluded.tracking),"
+    " updated_at = excluded.updated_at)"
+    " SELECT pg_notify(%s, %s)"
+)
+"""PostgreSQL: every change, every row and the NOTIFY, in one statement of one text."""
+
+
+def _lock_all(db: Any, ids: Sequence[int], now: float) -> dict[int, _Pending]:
+    rows = db.execute(LOCK_ALL, (Status.DONE.value, now, list(ids))).fetchall()
+    return {
+        int(order_id): _Pending(
+            int(order_id), None if status is None else Status(status), int(version), Status(until)
+        )
+        for order_id, status, version, until in rows
+    }
+
+
+def _write_all(
+    db: Any, changes: Sequence[ChangeRow], rows: Sequence[_Pending], now: float, channel: str
 ) -> None:
-    statements: list[tuple[str, tuple[Any, ...]]] = [
+    payload = ",".join(dict.fromkeys(str(c.order_id) for c in changes))
+    payload = "" if len(payload) > NOTIFY_LIMIT else payload
+    db.execute(
+        WRITE_ALL,
         (
-            f"INSERT INTO orderfsm_changes ({CHANGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+            [c.order_id for c in changes],
+            [c.version for c in changes],
+            [c.status.value for c in changes],
+            [None if c.previous is None else c.previous.value for c in changes],
+            [c.source for c in changes],
+            [c.at for c in changes],
+            now,
+            [r.order_id for r in rows],
+            [r.status.value if r.status else None for r in rows],
+            [r.version for r in rows],
+            [r.keep_tracking for r in rows],
+            channel,
+            payload,
+        ),
+    )
+
+
+def _write(
+    db: Any, dialect: str, changes: Sequence[ChangeRow], rows: Sequence[_Pending], now: float
+) -> None:
+    """SQLite: the changes and the rows, a statement each (its readers need no NOTIFY)."""
+    for c in changes:
+        db.execute(
+            _sql(
+                dialect,
+                f"INSERT INTO orderfsm_changes ({CHANGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+            ),
             (
                 c.order_id,
                 c.version,
@@ -242,26 +312,15 @@ def _write(
                 c.at,
             ),
         )
-        for c in changes
-    ]
-    # One update per order: a statement may not update the same row twice.
-    statements += [
-        (
-            "UPDATE orderfsm_orders SET status = %s, version = %s,"
-            " tracking = (tracking AND %s), updated_at = %s WHERE order_id = %s",
+    for r in rows:
+        db.execute(
+            _sql(
+                dialect,
+                "UPDATE orderfsm_orders SET status = %s, version = %s,"
+                " tracking = (tracking AND %s), updated_at = %s WHERE order_id = %s",
+            ),
             (r.status.value if r.status else None, r.version, r.keep_tracking, now, r.order_id),
         )
-        for r in rows
-    ]
-    if dialect != "postgresql":
-        for text, values in statements:
-            db.execute(_sql(dialect, text), values)
-        return
-    payload = ",".join(dict.fromkeys(str(c.order_id) for c in changes))
-    payload = "" if len(payload) > NOTIFY_LIMIT else payload
-    ctes = ", ".join(f"w{i} AS ({text})" for i, (text, _) in enumerate(statements))
-    values = tuple(v for _, vs in statements for v in vs)
-    db.execute(f"WITH {ctes} SELECT pg_notify(%s, %s)", (*values, channel, payload))
 
 
 def untrack(db: Any, dialect: str, order_ids: Sequence[int], owner: str) -> None:

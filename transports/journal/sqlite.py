@@ -8,9 +8,10 @@
   (one fsync per commit) is paid once per *batch*: concurrent deliveries
   of a process are committed together (:mod:`transports.journal.groupcommit`).
 * Writers queue on one lock, and SQLite's busy handler is unfair (a waiter
-  sleeps and polls, and can miss every opening for seconds): each attempt to
-  begin waits at most ``BUSY_SLICE`` and is retried, quickly, until the
-  operation's deadline, after which the delivery is answered 5xx.  Nothing
+  sleeps and polls, and can miss every opening for seconds): the writer does
+  not use it, it retries ``BEGIN IMMEDIATE`` itself every fraction of a
+  millisecond until the operation's deadline, after which the delivery is
+  answered 5xx.  Nothing
   ever hangs past the answer's deadline.
 * The plain handler runs with no lock held; the transactional handler runs
   inside the write transaction, so it should be short.
@@ -50,6 +51,8 @@ from transports.journal import sqlite_sql as sql
 from transports.journal.base import (
     DELIVERY_COLUMNS,
     Claimed,
+    ClaimRequest,
+    SettleRequest,
     Work,
     Worked,
     claim_from_row,
@@ -64,11 +67,18 @@ from transports.journal.orders import Note, record
 
 T = TypeVar("T")
 
-BUSY_SLICE = 0.002
-"""Seconds SQLite's own busy handler may wait before we try again ourselves: its
-sleeps grow (1, 2, 5, 10, 15, 20, 25 ms...), so a long busy timeout polls ever
-more slowly and misses the openings other processes leave; short slices keep
-polling every millisecond or two until the operation's deadline."""
+BUSY_SLICE = 0.0
+"""Seconds SQLite's own busy handler may wait before we try again ourselves: none.
+Its sleeps are 1 ms at least and grow (1, 2, 5, 10, 15, 20, 25 ms...), so it
+polls ever more slowly and misses the openings other processes leave, while a
+batch holds the lock a fraction of a millisecond (an fsync here: 0.3 ms).  The
+writer asks again itself every :data:`RETRY_PAUSE` until the operation's
+deadline (three receivers: 2,606 -> 2,944 deliveries/s, at the same CPU per
+delivery, against 2 ms slices and 0.2-1 ms pauses)."""
+
+RETRY_PAUSE = (0.00005, 0.0003)
+"""Seconds between two tries to begin a write, drawn at random in this range (so
+processes do not retry in step)."""
 
 MIGRATIONS = migrations("sqlite")
 
@@ -79,6 +89,10 @@ path waits only that delivery's ``wait``."""
 
 WATCH_INTERVAL = 0.004
 """Seconds between two looks at ``PRAGMA data_version`` while waiting for a commit."""
+
+
+class _GoAlone(Exception):
+    """A batch failed on one request's data: each of its requests goes alone."""
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -219,7 +233,7 @@ class SqliteStore:
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc) or time.monotonic() >= deadline:
                     raise
-            time.sleep(random.uniform(0.0002, 0.001))
+            time.sleep(random.uniform(*RETRY_PAUSE))
 
     def _begin(self, deadline: float, durable: bool) -> None:
         """Open a batch's transaction.  Only batches that record an answer (or run the
@@ -396,6 +410,59 @@ class SqliteStore:
 
         # What a duplicate was answered: a record only, the answer it repeats is durable.
         self._write(work, deadline, durable=False)
+
+    def claim_many(
+        self,
+        requests: Sequence[ClaimRequest],
+        owner: str,
+        now: float,
+        lease: float,
+        deadline: float,
+    ) -> list[Claimed] | None:
+        """The claims of deliveries that arrived together, then their orders' statuses,
+        as one unit of work: one trip to a worker thread and one turn at the writer for
+        the batch, not one each.  A request failing on its data (a trigger's refusal,
+        say; not the file) rolls the unit back whole: ``None``, every request goes
+        alone, so only that one fails."""
+
+        def work(db: sqlite3.Connection) -> list[Claimed]:
+            claimed = [sql.claim(db, r.delivery, owner, now, lease, None) for r in requests]
+            notes = [note for request in requests for note in request.notes]
+            if notes:
+                record(db, self.kind, notes, now)
+            return claimed
+
+        return self._together(work, deadline, durable=False)
+
+    def settle_many(
+        self, requests: Sequence[SettleRequest], now: float, deadline: float
+    ) -> list[bool] | None:
+        """The answers as one unit of work, committed durably (``FULL``) before any of
+        them is given."""
+
+        def work(db: sqlite3.Connection) -> list[bool]:
+            return [
+                sql.settle(db, r.key, r.attempt, r.answer, r.delivery_id, r.error, now)
+                for r in requests
+            ]
+
+        return self._together(work, deadline, durable=True)
+
+    def _together(
+        self, work: Callable[[sqlite3.Connection], list[T]], deadline: float, durable: bool
+    ) -> list[T] | None:
+        def unit(db: sqlite3.Connection) -> list[T]:
+            try:
+                return work(db)
+            except sqlite3.OperationalError:
+                raise  # the file itself (locked, full, failing): every request meets it
+            except Exception as exc:
+                raise _GoAlone from exc  # rolled back by the group commit, like any failure
+
+        try:
+            return self._write(unit, deadline, durable)
+        except _GoAlone:
+            return None
 
     def run_in_claim(
         self,
