@@ -171,6 +171,58 @@ def test_a_write_batched_with_one_past_its_deadline_still_commits(tmp_path: Path
     assert marks == {"answer"}
 
 
+def test_a_write_in_a_hurry_gives_up_on_time_whoever_leads_its_batch(tmp_path: Path) -> None:
+    """The thread that leads a batch waits for the lock on behalf of all of it.  A
+    claim with 0.3 s to wait, queued beside an answer with 10 s, while another program
+    holds the lock for 1.5 s: the claim gives up at its own deadline even when its
+    thread is the leader (before, it stayed until the answer's commit: a duplicate or
+    a claim answered 5xx late, past Xsolla's 3 s), and the answer still commits."""
+    path = tmp_path / "journal.sqlite3"
+    store = SqliteStore(path)
+    store.open()
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    group = store._group
+    assert group is not None
+    other.execute("CREATE TABLE marks (name TEXT)")
+    returned: dict[str, tuple[str, float]] = {}
+
+    def write(name: str, budget: float) -> None:
+        started = time.monotonic()
+        try:
+            store.write(
+                lambda db: db.execute("INSERT INTO marks VALUES (?)", (name,)), started + budget
+            )
+            returned[name] = ("committed", time.monotonic() - started)
+        except JournalUnavailable:
+            returned[name] = ("gave up", time.monotonic() - started)
+
+    try:
+        for first in ("claim", "answer", "claim", "answer"):
+            returned.clear()
+            budgets = {"claim": 0.3, "answer": 10.0}
+            other.execute("BEGIN EXCLUSIVE")
+            with group._lock:  # both queue up; one of them leads the batch of two
+                writers = [
+                    threading.Thread(target=write, args=(name, budgets[name]))
+                    for name in (first, "answer" if first == "claim" else "claim")
+                ]
+                for queued, writer in enumerate(writers, 1):
+                    writer.start()
+                    until = time.monotonic() + 10
+                    while len(group._queue) < queued and time.monotonic() < until:
+                        time.sleep(0.002)
+            time.sleep(1.5)
+            other.execute("COMMIT")
+            for writer in writers:
+                writer.join(20)
+            assert returned["answer"][0] == "committed"
+            outcome, took = returned["claim"]
+            assert outcome == "gave up" and took < 1.2, (first, returned)
+    finally:
+        other.close()
+        store.close()
+
+
 def test_closing_leaves_no_connection_to_the_file_open(tmp_path: Path) -> None:
     """A read still running when ``close()`` is called hands its connection back after
     the pool was emptied: it must be closed then, not kept (a file handle and a read

@@ -68,39 +68,56 @@ class GroupCommit:
         job: _Job[T] = _Job(work, deadline, durable)
         with self._queue_lock:
             self._queue.append(job)
+        may_lead = True  # once even with no patience left: a wait of 0 tries once
         while not job.finished:
-            if self._lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            patience = deadline - time.monotonic()
+            if (may_lead or patience > 0) and self._lock.acquire(timeout=max(patience, 0.0)):
+                may_lead = False
                 try:
                     if not job.finished:
-                        self._lead()
+                        self._lead(job)
                 finally:
                     self._lock.release()
                 continue
+            may_lead = False
             with self._queue_lock:
                 if job in self._queue:
                     self._queue.remove(job)
                     raise JournalUnavailable("timed out waiting for the journal's writer")
-            job.done.wait()  # a leader took it and will finish it
+                woken = job.done
+            woken.wait()  # a leader took it: it finishes it, or hands it back
         return job.outcome()
 
-    def _lead(self) -> None:
+    def _lead(self, own: _Job[Any]) -> None:
         with self._queue_lock:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        handed_back: list[_Job[Any]] = []
         try:
-            self._run_batch(batch)
+            handed_back = self._run_batch(batch, own)
         finally:
             for job in batch:
-                self._finish(job)
+                if job not in handed_back:
+                    self._finish(job)
+
+    def _hand_back(self, jobs: list[_Job[Any]]) -> None:
+        """Queue ``jobs`` again and wake their callers, one of whom leads them next."""
+        with self._queue_lock:
+            self._queue[:0] = jobs
+            for job in jobs:
+                woken, job.done = job.done, threading.Event()
+                woken.set()
 
     @staticmethod
     def _finish(job: _Job[Any]) -> None:
         job.finished = True
         job.done.set()
 
-    def _run_batch(self, batch: list[_Job[Any]]) -> None:
+    def _run_batch(self, batch: list[_Job[Any]], own: _Job[Any]) -> list[_Job[Any]]:
+        """Run ``batch`` in one transaction; what it returns was handed back, not run."""
         while True:
             try:
-                self._begin(min(job.deadline for job in batch), any(j.durable for j in batch))
+                soonest = min(min(job.deadline for job in batch), own.deadline)
+                self._begin(soonest, any(j.durable for j in batch))
                 break
             except BaseException as exc:
                 # The lock stayed busy past the nearest deadline: only the jobs whose own
@@ -108,14 +125,21 @@ class GroupCommit:
                 # because a claim beside it was in a hurry is a handler run again).
                 now = time.monotonic()
                 late = [job for job in batch if job.deadline <= now]
-                if not late or not isinstance(exc, Exception):
+                timed_out = isinstance(exc, Exception) and (bool(late) or own.deadline <= now)
+                if not timed_out:
                     late = batch  # not a timeout: every job meets the same trouble
                 for job in late:
                     job.error = exc
                     self._finish(job)
                 batch = [job for job in batch if job.error is None]
                 if not batch:
-                    return
+                    return []
+                if own.deadline <= now:
+                    # This thread's caller has given up: it answers now, and a caller
+                    # still waiting leads the rest (or they waited past their own
+                    # deadlines for a leader in no hurry of theirs).
+                    self._hand_back(batch)
+                    return batch
         self.batches += 1
         self.jobs += len(batch)
         try:
@@ -144,3 +168,4 @@ class GroupCommit:
                 if job.error is None:
                     job.error = exc
                 job.result = None
+        return []
