@@ -385,6 +385,44 @@ def test_retry_after_values(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value, None) == expected
 
 
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=12,
+)
+ORDER_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "order_id": JSON | st.sampled_from(["²", "1" * 5000, "0", "12", "-3", " 7"]),
+        "status": JSON | st.sampled_from(["paid", "done"]),
+        "content": JSON
+        | st.fixed_dictionaries(
+            {}, optional={"items": JSON, "price": JSON, "is_free": JSON, "virtual_price": JSON}
+        ),
+    },
+)
+
+
+@given(ORDER_FIELDS)
+def test_any_get_order_body_is_read_or_refused_as_an_invalid_answer(fields: Any) -> None:
+    """Whatever a 200 carries, reading it gives an order or InvalidOrderAnswer: anything
+    else escaped the poller and, before, the Tracker's task group (every order of every
+    player failed at once on an order_id of "²")."""
+    try:
+        details = parse_order(fields)
+    except InvalidOrderAnswer:
+        return
+    assert type(details.order_id) is int and details.order_id > 0
+
+
+@given(st.text() | st.sampled_from(["Wed, 21 Oct 99999999999 07:28:00 GMT"]))
+def test_any_retry_after_is_a_delay_or_nothing(value: str) -> None:
+    """A Retry-After is a wait of 0 s or more, or ignored; never an exception (a date
+    whose year overflows raised OverflowError through the poller before)."""
+    delay = parse_retry_after(value, 1_800_000_000.0)
+    assert delay is None or delay >= 0
+
+
 def test_invalid_config_is_refused() -> None:
     with pytest.raises(ValueError):
         PollConfig(interval=0)

@@ -78,11 +78,11 @@ def parse_retry_after(value: str | None, wall_now: float | None) -> float | None
         return None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if when.tzinfo is None:
+            return None
+        return max(0.0, when.timestamp() - wall_now)
+    except (TypeError, ValueError, OverflowError):  # year 99999999999 overflows
         return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - wall_now)
 
 
 @attrs.frozen

@@ -123,8 +123,8 @@ def parse_order(body: bytes | str | dict[str, Any]) -> OrderDetails:
             raise InvalidOrderAnswer(f"order answer is not JSON: {exc}") from None
     fields = _object(data, "order")
     order_id = fields.get("order_id")
-    if type(order_id) is str and order_id.isdigit():
-        order_id = int(order_id)
+    if type(order_id) is str and order_id.isascii() and order_id.isdigit() and len(order_id) < 20:
+        order_id = int(order_id)  # not "²" (a digit to isdigit(), not to int()), nor 5,000 digits
     if type(order_id) is not int or order_id <= 0:
         raise InvalidOrderAnswer(f"order.order_id: expected a positive int, got {order_id!r}")
     status = fields.get("status")
