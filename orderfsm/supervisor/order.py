@@ -358,6 +358,16 @@ class TrackedOrder:
                 extra={"event": "order.ended", "order_id": self.order_id, "outcome": label},
             )
 
+    def settle_late(self, result: FinalResult) -> None:
+        """Tracking ended unsettled (timed out, no source left), and a settling status
+        came after all: Xsolla retries a webhook for 12 hours, so an ``order_paid``
+        can outlive the deadline by hours.  The result replaces the error, so a
+        later ``wait()`` hands over what was paid instead of the old timeout."""
+        if logger.isEnabledFor(logging.INFO):
+            self._log_end(result, None, outcome(result.status, result.until))
+        self.result, self.error = result, None
+        self._tell_watchers()
+
     def release(self) -> None:
         """Untracked or closed: watchers that follow past the settlement stop too."""
         self.released = True

@@ -113,6 +113,8 @@ class Scheduler:
         if not order.ended:
             self._dirty[order.order_id] = order
             self._kick.set()
+        elif order.result is None and order.settled is not None and not order.released:
+            order.settle_late(_result(order, None))
 
     def stop(self, order: TrackedOrder, error: OrderFsmError) -> None:
         """End tracking now (untracked, timed out, no source, no such order): unsettled,

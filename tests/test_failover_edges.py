@@ -1,0 +1,39 @@
+"""Edges of the client-side path where a paying player got a wrong answer or every
+order failed at once (found by a review of the WebSocket, polling and failover code,
+each test failing before its fix), on the emulator, on asyncio and trio."""
+
+from __future__ import annotations
+
+import pytest
+
+from orderfsm import Status, Tracker
+from orderfsm.errors import TrackingTimeout
+from orderfsm.supervisor.policy import DefaultPolicy
+from orderfsm.testing import eventually
+from transports.emulator import Emulator
+from transports.webhook import WebhookReceiver, serve_receiver
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_webhook_after_the_deadline_turns_the_timeout_into_its_result() -> None:
+    """A backend that learns from webhooks alone times out on an order whose endpoint
+    was down; Xsolla retries ``order_paid`` for 12 hours, and one gets through later.
+    The next ``wait()`` returns ``paid`` (before, every later wait raised the old
+    TrackingTimeout while ``status()`` said paid: the item was never granted)."""
+    async with Emulator(ping_interval=0) as emu:
+        user = await emu.create_user()
+        order_id = await emu.create_order(user)
+        tracker = Tracker(
+            project_id=emu.project_id, transports=("webhook",), until="paid",
+            fetch_details=False, policy=DefaultPolicy(deadline=0.5),
+        )  # fmt: skip
+        receiver = WebhookReceiver(emu.secret, sink=tracker)
+        async with tracker, serve_receiver(receiver) as url:
+            await emu.configure_webhooks(url)
+            with pytest.raises(TrackingTimeout):
+                await tracker.wait(order_id)
+            await emu.pay(order_id)
+            await eventually(lambda: tracker.status(order_id) is Status.PAID)
+            result = await tracker.wait(order_id)
+    assert result.status is Status.PAID and result.source == "webhook" and result.succeeded
