@@ -8,9 +8,11 @@ import pytest
 
 from orderfsm import Status, Tracker
 from orderfsm.errors import TrackingTimeout
+from orderfsm.interface import HealthReport, Observation
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.testing import eventually
 from transports.emulator import Emulator
+from transports.polling import PollConfig, poll_order
 from transports.webhook import WebhookReceiver, serve_receiver
 
 pytestmark = pytest.mark.anyio
@@ -37,3 +39,43 @@ async def test_a_webhook_after_the_deadline_turns_the_timeout_into_its_result() 
             await eventually(lambda: tracker.status(order_id) is Status.PAID)
             result = await tracker.wait(order_id)
     assert result.status is Status.PAID and result.source == "webhook" and result.succeeded
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.statuses: list[Status] = []
+
+    def observe(self, observation: Observation, /) -> None:
+        self.statuses.append(observation.status)
+
+    def report(self, report: HealthReport, /) -> None:
+        pass
+
+
+async def test_a_token_refresh_that_fails_once_is_not_a_rejected_token() -> None:
+    """Get order refuses the player's expired token; the app's token callable fails
+    once when asked for a fresh one (a blip of its token service), then works.  The
+    poller asks it again and reads the order (before, it sent the refused token once
+    more and gave up with TokenRejected, never having tried a fresh one)."""
+    async with Emulator(ping_interval=0) as emu:
+        user = await emu.create_user()
+        order_id = await emu.create_order(user)
+        await emu.pay(order_id)
+        await emu.deliver(order_id)
+        expired = user.token
+        await emu.revoke_token(expired)
+        fresh = await emu.issue_token(user)
+        answers = iter([expired, RuntimeError("token service blip"), fresh])
+
+        async def token() -> str:
+            answer = next(answers, fresh)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        seen = Collected()
+        details = await poll_order(
+            order_id, project_id=emu.project_id, token=token, sink=seen,
+            api=emu.api_url, config=PollConfig(interval=0.05),
+        )  # fmt: skip
+    assert details.known_status == "done" and seen.statuses == [Status.DONE]

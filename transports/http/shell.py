@@ -100,7 +100,9 @@ async def ask(
         try:
             current = await get_token(token)
         except TokenProviderFailed as exc:
-            return current, engine.on_token_error(exc, anyio.current_time())
+            # Not the token just refused: the next request asks the provider again,
+            # so a blip of the app's token service is not taken for a bad token.
+            return None, engine.on_token_error(exc, anyio.current_time())
     try:
         response = await request(current)
     except HttpError as exc:
