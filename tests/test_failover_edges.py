@@ -4,11 +4,14 @@ each test failing before its fix), on the emulator, on asyncio and trio."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+from support_tracker import emulator_tracker
 
 from orderfsm import Status, Tracker
 from orderfsm.errors import TrackingTimeout
-from orderfsm.interface import HealthReport, Observation
+from orderfsm.interface import Health, HealthReport, Observation
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.testing import eventually
 from transports.emulator import Emulator
@@ -65,7 +68,7 @@ async def test_a_token_refresh_that_fails_once_is_not_a_rejected_token() -> None
         expired = user.token
         await emu.revoke_token(expired)
         fresh = await emu.issue_token(user)
-        answers = iter([expired, RuntimeError("token service blip"), fresh])
+        answers: Iterator[str | Exception] = iter([expired, RuntimeError("blip"), fresh])
 
         async def token() -> str:
             answer = next(answers, fresh)
@@ -79,3 +82,31 @@ async def test_a_token_refresh_that_fails_once_is_not_a_rejected_token() -> None
             api=emu.api_url, config=PollConfig(interval=0.05),
         )  # fmt: skip
     assert details.known_status == "done" and seen.statuses == [Status.DONE]
+
+
+async def test_a_channel_the_server_drops_is_covered_by_get_order() -> None:
+    """The server unsubscribes the player's channel on a live socket: nothing more of
+    it comes there, so Get order covers the order (before, the socket stayed healthy
+    with no channel, nothing polled, and the order waited for the socket's 5-minute
+    lifespan or timed out)."""
+    async with Emulator(ping_interval=0) as emu:
+        user = await emu.create_user()
+        order_id = await emu.create_order(user)
+        policy = DefaultPolicy(poll_interval=0.05, deadline=10.0)
+        socket: list[Health] = []
+
+        def on_report(_: int, report: HealthReport) -> None:
+            if report.source == "websocket":
+                socket.append(report.health)
+
+        tracker = emulator_tracker(
+            emu, user, policy=policy, fetch_details=False, on_report=on_report
+        )
+        async with tracker:
+            tracker.track(order_id)
+            await eventually(lambda: socket and socket[-1] is Health.HEALTHY)
+            assert await emu.unsubscribe(user, 2500, "insufficient state") == 1
+            await emu.pay(order_id)
+            await emu.deliver(order_id)
+            result = await tracker.wait(order_id)
+    assert result.status is Status.DONE and result.source == "polling"

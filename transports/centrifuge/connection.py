@@ -56,6 +56,8 @@ from transports.centrifuge.events import (
     Ignored,
     OrderPublication,
     Reconnecting,
+    Subscribed,
+    Unsubscribed,
 )
 from transports.centrifuge.socket import SocketClosed, SocketFactory, WebSocket
 from transports.centrifuge.subscribers import (
@@ -127,6 +129,8 @@ class Connection:
         self._after = after
         self._random = random
         self.health = Health.CONNECTING
+        self._dropped: set[str] = set()
+        """Channels the server unsubscribed us from: their news no longer comes here."""
         self.reason = "connecting"
         self._counters = counters if counters is not None else ConnectionCounters()
         self._counters.moved(None, Health.CONNECTING)
@@ -358,7 +362,8 @@ class Connection:
             if isinstance(event, OrderPublication):
                 self._subscribers.deliver(event.observation)
             elif isinstance(event, CaughtUp):
-                self._set_health(Health.HEALTHY, "caught up")
+                if not self._dropped:
+                    self._set_health(Health.HEALTHY, "caught up")
             elif isinstance(event, Gap):
                 reason = f"news may be lost on {event.channel}: {event.reason}"
                 self._log(logging.INFO, "websocket.gap", reason)
@@ -376,6 +381,15 @@ class Connection:
                 reason = _describe(event.code, event.reason)
                 self._log(logging.INFO, "websocket.failed", reason, event.code)
                 self._set_health(Health.FAILED, reason, event.error)
+            elif isinstance(event, Unsubscribed):
+                # A server-side channel is not subscribed again by the client; until a
+                # new connection brings it back, orders on it are left to Get order.
+                self._dropped.add(event.channel)
+                reason = f"the server dropped {event.channel}: {event.reason} ({event.code})"
+                self._log(logging.INFO, "websocket.unsubscribed", reason)
+                self._set_health(Health.DEGRADED, reason, gap=True)
+            elif isinstance(event, Subscribed):
+                self._dropped.discard(event.channel)
             elif isinstance(event, Ignored):
                 self._log(logging.INFO, "websocket.ignored", event.reason)
             elif isinstance(event, Connected):
@@ -384,7 +398,7 @@ class Connection:
             self._healthy_again()
 
     def _healthy_again(self) -> None:
-        if self.engine.caught_up:  # after a gap while live
+        if self.engine.caught_up and not self._dropped:  # after a gap while live
             self._set_health(Health.HEALTHY, "caught up")
 
     def _log(self, level: int, event: str, message: str, code: int | None = None) -> None:

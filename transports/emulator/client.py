@@ -197,6 +197,14 @@ class EmulatorClient:
         body = {"code": code, "reason": reason}
         return int((await self._call("POST", f"/users/{_q(_uid(user))}/close", body))["count"])
 
+    async def unsubscribe(
+        self, user: UserRef, code: int = 2000, reason: str = "server unsubscribe"
+    ) -> int:
+        """The server drops the user's channel on their open sockets (a ``push.unsubscribe``)."""
+        body = {"code": code, "reason": reason}
+        path = f"/users/{_q(_uid(user))}/unsubscribe"
+        return int((await self._call("POST", path, body))["count"])
+
     async def drop_connections(self, user: UserRef) -> int:
         return int((await self._call("POST", f"/users/{_q(_uid(user))}/drop", {}))["count"])
 

@@ -128,6 +128,13 @@ def routes(s: Services, request_shutdown: Callable[[], None]) -> list[web.RouteD
         reason = reason if isinstance(reason, str) else ""
         return _ok({"count": hub.close_user(user_of(request), code, reason[:120])})
 
+    async def unsubscribe(request: web.Request) -> web.Response:
+        body = await _body(request)
+        code = _int(body.get("code"), "code", 2000)
+        reason = body.get("reason")
+        reason = reason if isinstance(reason, str) else "server unsubscribe"
+        return _ok({"count": hub.unsubscribe_user(user_of(request), code, reason[:120])})
+
     async def drop(request: web.Request) -> web.Response:
         return _ok({"count": hub.drop_user(user_of(request))})
 
@@ -245,6 +252,7 @@ def routes(s: Services, request_shutdown: Callable[[], None]) -> list[web.RouteD
         web.post("/control/users/{user}/publish", publish),
         web.post("/control/users/{user}/close", close),
         web.post("/control/users/{user}/drop", drop),
+        web.post("/control/users/{user}/unsubscribe", unsubscribe),
         web.post("/control/users/{user}/stall", stall),
         web.post("/control/users/{user}/suspend", suspend),
         web.post("/control/users/{user}/resume", resume),

@@ -101,6 +101,13 @@ class Session:
         mine = [x for x in pubs if x.channel in self.channels]
         return self._frame([p.push_pub(x.channel, x.wire()) for x in mine])
 
+    def unsubscribe(self, code: int, reason: str) -> list[Action]:
+        """The server drops the user's channel: this connection hears nothing more of it."""
+        if self.phase is not Phase.CONNECTED or self.user is None:
+            return []
+        self.channels.discard(self.user.channel)
+        return self._frame([p.push_unsubscribe(self.user.channel, code, reason)])
+
     def close(self, code: int) -> list[Action]:
         return [] if self.phase is Phase.CLOSED else self._close(code)
 

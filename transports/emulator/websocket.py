@@ -179,6 +179,12 @@ class Hub:
             conn.finish(Close(code, reason))
         return len(conns)
 
+    def unsubscribe_user(self, user: str, code: int, reason: str) -> int:
+        conns = self.connected(user)
+        for conn in conns:
+            conn.emit(conn.session.unsubscribe(code, reason))
+        return len(conns)
+
     def drop_user(self, user: str) -> int:
         conns = [c for c in self.open_for(user) if c.final is None]
         for conn in conns:
