@@ -10,8 +10,9 @@ import pytest
 from support_tracker import emulator_tracker
 
 from orderfsm import Status, Tracker
+from orderfsm.core import Observation
 from orderfsm.errors import TrackingTimeout
-from orderfsm.interface import Health, HealthReport, Observation
+from orderfsm.interface import Health, HealthReport
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.testing import eventually
 from transports.emulator import Emulator
