@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from orderfsm.journal.orders import OrderRow
     from orderfsm.supervisor.fleet import FleetLink
     from orderfsm.supervisor.order import TrackedOrder
-    from orderfsm.supervisor.records import User
 
 logger = logging.getLogger("orderfsm")
 
@@ -44,15 +43,14 @@ class TakesOverOrders:
     """Orders ``token_for`` raised on (their traceback is logged once)."""
 
     if TYPE_CHECKING:
-
+        # Only the arguments a take-over passes: the tracker's own accept more.
         def track(
             self,
             order_id: int,
             *,
-            token: TokenProvider | str | None = None,
-            user_id: str | None = None,
-            user: User | None = None,
-            until: Status | str | None = None,
+            token: TokenProvider | str | None,
+            user_id: str | None,
+            until: Status,
         ) -> None: ...
 
         def forget(self, order_id: int) -> None: ...
