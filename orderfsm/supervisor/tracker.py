@@ -35,11 +35,12 @@ from orderfsm.metrics.counters import Listener, TrackerCounters
 from orderfsm.metrics.http import CountedHttp
 from orderfsm.metrics.records import TrackerStats
 from orderfsm.supervisor.custom import CustomTransport
-from orderfsm.supervisor.fleet import LEASE, FleetLink, SettledHandler, SettledInTransaction
+from orderfsm.supervisor.fleet import LEASE, FleetLink
 from orderfsm.supervisor.order import ChangeHook, ReportHook, TrackedOrder
 from orderfsm.supervisor.policy import DefaultPolicy, Policy
 from orderfsm.supervisor.records import Change, FinalResult, User
 from orderfsm.supervisor.runner import Scheduler
+from orderfsm.supervisor.settled import SettledHandler, SettledInTransaction
 from orderfsm.supervisor.sleep import SLEEP_CHECK_INTERVAL, SleepDetector, default_sleep_clock
 from orderfsm.supervisor.takeover import TakesOverOrders
 
