@@ -59,12 +59,19 @@ async def new_order(emu: Emulator, name: str) -> tuple[User, int]:
 
 
 async def poll(
-    emu: Emulator, user: User, order_id: int, sink: RecordingSink, config: PollConfig = FAST
+    emu: Emulator,
+    user: User,
+    order_id: int,
+    sink: RecordingSink,
+    config: PollConfig = FAST,
+    *,
+    token: TokenProvider | None = None,
 ) -> OrderDetails:
+    """Poll the user's order with the user's token, or with ``token`` (a callable under test)."""
     return await poll_order(
         order_id,
         project_id=emu.project_id,
-        token=token_of(user),
+        token=token_of(user) if token is None else token,
         sink=sink,
         api=emu.api_url,
         config=config,
@@ -204,14 +211,7 @@ async def test_a_revoked_token_is_refreshed_and_the_request_retried(emu: Emulato
 
     sink = RecordingSink()
     with anyio.fail_after(10):
-        details = await poll_order(
-            order_id,
-            project_id=emu.project_id,
-            token=provider,
-            sink=sink,
-            api=emu.api_url,
-            config=FAST,
-        )
+        details = await poll(emu, user, order_id, sink, token=provider)
     assert details.status == "done"
     assert handed_out == [user.token, fresh]
     assert Health.DEGRADED not in healths(sink)  # a refresh is routine, not a problem
@@ -225,14 +225,7 @@ async def test_a_token_rejected_twice_fails_with_token_rejected(emu: Emulator, s
     calls: list[str] = []
     sink = RecordingSink()
     with anyio.fail_after(10), pytest.raises(TokenRejected):
-        await poll_order(
-            order_id,
-            project_id=emu.project_id,
-            token=token_of(user, calls),
-            sink=sink,
-            api=emu.api_url,
-            config=FAST,
-        )
+        await poll(emu, user, order_id, sink, token=token_of(user, calls))
     assert len(calls) == 2  # the first token, then one refresh
     assert len((await emu.order(order_id))["get_order_requests"]) == 2
     assert healths(sink)[-1] is Health.FAILED
@@ -243,21 +236,14 @@ async def test_a_token_rejected_twice_fails_with_token_rejected(emu: Emulator, s
 async def test_a_token_provider_that_keeps_failing_fails_the_poller_with_its_error(
     emu: Emulator,
 ) -> None:
-    _, order_id = await new_order(emu, "no-token")
+    user, order_id = await new_order(emu, "no-token")
 
     async def broken() -> str:
         raise ConnectionError("login server down")
 
     sink = RecordingSink()
     with anyio.fail_after(10), pytest.raises(TokenProviderFailed, match="login server down"):
-        await poll_order(
-            order_id,
-            project_id=emu.project_id,
-            token=broken,
-            sink=sink,
-            api=emu.api_url,
-            config=PollConfig(interval=0.05),
-        )
+        await poll(emu, user, order_id, sink, PollConfig(interval=0.05), token=broken)
     assert healths(sink) == [Health.CONNECTING, Health.DEGRADED, Health.FAILED]
 
 
@@ -275,14 +261,7 @@ async def test_a_token_provider_that_fails_once_only_delays_the_poller(emu: Emul
     await emu.run_script(order_id, [(0.2, "done")])
     sink = RecordingSink()
     with anyio.fail_after(10):
-        details = await poll_order(
-            order_id,
-            project_id=emu.project_id,
-            token=blinking,
-            sink=sink,
-            api=emu.api_url,
-            config=PollConfig(interval=0.05),
-        )
+        details = await poll(emu, user, order_id, sink, PollConfig(interval=0.05), token=blinking)
     assert details.status == "done" and failures == [0]
 
 

@@ -9,7 +9,7 @@ import pytest
 from support_tracker import emulator_tracker
 
 from orderfsm import Status
-from orderfsm.supervisor.runner import CHECKS_AT_ONCE
+from orderfsm.supervisor.checks import CHECKS_AT_ONCE
 from transports.emulator import Emulator
 
 pytestmark = pytest.mark.anyio

@@ -15,7 +15,6 @@ from support_tracker import emulator_tracker
 from orderfsm import Change, Status
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.testing import eventually
-from transports.centrifuge import EngineConfig
 from transports.emulator import Emulator
 
 pytestmark = pytest.mark.anyio
@@ -117,23 +116,18 @@ async def test_an_order_tracked_again_after_a_wait_was_given_up_is_followed(
     assert result.status is Status.DONE
 
 
-def fast_socket(emu: Emulator) -> dict[str, object]:
-    return {
-        "config": EngineConfig(
-            project_id=emu.project_id,
-            min_reconnect_delay=0.3,
-            max_reconnect_delay=0.5,
-            max_server_ping_delay=1.0,
-        )
-    }
+STALL_NOTICED = {
+    "max_server_ping_delay": 1.0,
+    "min_reconnect_delay": 0.3,
+    "max_reconnect_delay": 0.5,
+}
+"""A stalled socket is noticed within a second (and reconnected after a moment)."""
 
 
 async def test_one_failure_of_the_token_callable_does_not_end_polling(emu: Emulator) -> None:
     """The socket stalls, polling takes over, and the app's token callable fails once
     just then (its auth service blinked): polling backs off and goes on, so the
     payment made after the socket's lifespan is heard."""
-    from orderfsm import Tracker
-
     user = await emu.create_user()
     order_id = await emu.create_order(user)
     failures = [0]
@@ -145,15 +139,7 @@ async def test_one_failure_of_the_token_callable_does_not_end_polling(emu: Emula
         return user.token
 
     policy = DefaultPolicy(poll_interval=0.2, deadline=30.0, websocket_lifespan=3.0)
-    async with Tracker(
-        project_id=emu.project_id,
-        token=token,
-        user_id=user.external_id,
-        ws_url=emu.ws_url,
-        api_url=emu.api_url,
-        policy=policy,
-        websocket_options=fast_socket(emu),
-    ) as tracker:
+    async with emulator_tracker(emu, user, token=token, policy=policy, **STALL_NOTICED) as tracker:
         tracker.track(order_id)
         await emu.wait_connected(user)
         await anyio.sleep(0.3)  # the start's Get order is done
@@ -170,8 +156,6 @@ async def test_a_hung_token_callable_does_not_hold_up_other_players_checks(
     """32 orders whose token callable never answers ask Get order at the start of
     tracking: the token is fetched before a check takes one of the 32 slots shared by
     every order, so another player's order is still checked at once."""
-    from orderfsm import Tracker
-
     stuck = await emu.create_user()
     player = await emu.create_user()
     order_id = await emu.create_order(player)
@@ -182,15 +166,7 @@ async def test_a_hung_token_callable_does_not_hold_up_other_players_checks(
         await anyio.sleep_forever()
         raise AssertionError  # pragma: no cover
 
-    async with Tracker(
-        project_id=emu.project_id,
-        token=player.token,
-        user_id=player.external_id,
-        ws_url=emu.ws_url,
-        api_url=emu.api_url,
-        policy=DefaultPolicy(poll_interval=0.05, deadline=30.0),
-        websocket_options=fast_socket(emu),
-    ) as tracker:
+    async with emulator_tracker(emu, player, **STALL_NOTICED) as tracker:
         for _ in range(32):
             tracker.track(await emu.create_order(stuck), token=hung, user_id=stuck.external_id)
         await anyio.sleep(0.2)  # their checks are under way

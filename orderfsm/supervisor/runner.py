@@ -7,7 +7,8 @@ that waits on the network: a poller, a one-shot Get order check, a custom
 transport, the details of a final order.  With ten thousand orders waiting on
 their WebSockets, that is the difference between one task and ten thousand
 (each with its task group, cancel scopes and events for the garbage collector
-to walk).
+to walk).  The one-shot Get order requests (a check, an expired order's last
+look) are :mod:`orderfsm.supervisor.checks`'.
 """
 
 from __future__ import annotations
@@ -25,14 +26,13 @@ from orderfsm.core import Observation
 from orderfsm.errors import (
     NoSourceLeft,
     OrderFsmError,
-    OrderNotFound,
-    TokenRejected,
     TrackerClosed,
     TrackingTimeout,
     TransportError,
 )
-from orderfsm.interface import POLLING, Health, HealthReport
+from orderfsm.interface import POLLING, Health
 from orderfsm.metrics.counters import TrackerCounters
+from orderfsm.supervisor.checks import CHECKS_AT_ONCE, GetOrderChecks
 from orderfsm.supervisor.custom import CustomTransport, OrderContext
 from orderfsm.supervisor.order import SourceSink, TrackedOrder
 from orderfsm.supervisor.policy import Policy
@@ -43,16 +43,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("orderfsm")
 
-CHECK_RETRY_MIN, CHECK_RETRY_MAX = 0.5, 30.0
-"""Backoff (seconds) of the Get order that follows a gap, while it fails."""
-CHECKS_AT_ONCE = 32
-"""One-shot Get order checks in flight at once; the rest wait their turn.  Ten
-thousand orders tracked at once (a backend resuming after a restart) would
-otherwise be ten thousand requests at once: a herd for Xsolla's API, and over a
-million objects of half-done requests for our garbage collector to walk."""
 
-
-class Scheduler:
+class Scheduler(GetOrderChecks):
     def __init__(
         self,
         tg: TaskGroup,
@@ -233,34 +225,6 @@ class Scheduler:
                 self._pushed += 1
                 heapq.heappush(self._due, (plan.review_at, self._pushed, order))
 
-    def _looking_last(self, order: TrackedOrder) -> bool:
-        """Whether an ``expired`` order whose grace is over waits for a last Get order:
-        during the grace the order is polled slowly (if at all), so a payment in its
-        last seconds would be heard by nobody.  It settles as expired only once Get
-        order says so still (or could not say within ``details_timeout``).  In a
-        fleet, an instance that only follows the journal waits as long for the
-        owner's look to arrive there, so that both tell the application the same."""
-        if order.last_look:
-            return False
-        looks = self.can_poll and order.polling_error is None and order.owned
-        if not looks and not self.journal:
-            return False
-        if order.last_look is None:
-            order.last_look = False
-            self._spawn_helper(self._look_last, order, looks)
-        return True
-
-    async def _look_last(self, order: TrackedOrder, looks: bool) -> None:
-        try:
-            if looks:
-                with anyio.move_on_after(self.details_timeout):
-                    await self._check_once(order)
-            else:  # another instance looks: its answer comes through the journal
-                await anyio.sleep(self.details_timeout + LOOK_ARRIVES)
-        finally:
-            order.last_look = True
-            self.wake(order)
-
     def _end(self, order: TrackedOrder) -> None:
         if order.ended:
             return  # a closing tracker meets orders whose details are on their way
@@ -342,105 +306,6 @@ class Scheduler:
                     order.poller = None
                 self.wake(order)
 
-    async def _check_once(self, order: TrackedOrder) -> None:
-        """Get order once, because something may have been missed.
-
-        Asked again, backing off, until one good answer: after a failed request
-        the doubt would stay with nothing else looking (soak seed 257).  A 404
-        for an order nothing has been seen of is asked again until the
-        not-found grace (from the start of tracking) is over, then it ends the
-        tracking: a wrong order id is named in seconds, not after the socket's
-        five minutes; sooner still when the WebSocket refused the token that Get
-        order accepted (a wrong project id).  An answer that asking again cannot
-        change (a page that is not Xsolla's: a wrong API URL) ends polling for the
-        order, reported as failed.
-        """
-        from transports.http.errors import TokenProviderFailed
-        from transports.http.shell import first_then, get_token
-        from transports.polling import UnexpectedAnswer, fetch_order
-
-        delay = CHECK_RETRY_MIN
-        self._counters.checks += 1
-        logger.debug(
-            "order %s: asking Get order once",
-            order.order_id,
-            extra={"event": "get_order.check", "order_id": order.order_id},
-        )
-        try:
-            while order.settled is None:
-                try:
-                    # The token first, outside the slots shared with every other
-                    # order: a slow token callable must not hold one.
-                    token = first_then(await get_token(order.user.token), order.user.token)
-                    async with self._checks_at_once:
-                        details = await fetch_order(
-                            order.order_id,
-                            project_id=self.project_id,
-                            token=token,
-                            http=self.get_order_http,
-                            api=self.api_url,
-                        )
-                except OrderNotFound as exc:
-                    if order.book.status(order.order_id) is not None:
-                        return  # visible elsewhere already: Get order lags behind
-                    refused = order.websocket_error
-                    if isinstance(refused, TokenRejected):
-                        self.stop(order, self._elsewhere(order, exc, refused))
-                        return
-                    left = order.started_at + self.not_found_grace - anyio.current_time()
-                    if left <= 0:
-                        self.stop(order, exc)
-                        return
-                    await anyio.sleep(min(delay, left))
-                    delay = min(2 * delay, CHECK_RETRY_MAX)
-                    continue
-                except TokenProviderFailed:
-                    await anyio.sleep(delay)  # the app's token callable: a passing failure
-                    delay = min(2 * delay, CHECK_RETRY_MAX)
-                    continue
-                except TokenRejected:
-                    # Refused twice, a fresh token the second time.  The poller, if one
-                    # is needed, finds out for itself: one check's 401s (a blip of the
-                    # token service) must not end polling for good.
-                    return
-                except UnexpectedAnswer as exc:
-                    order.polling_error = exc
-                    now = anyio.current_time()
-                    order.report(HealthReport(POLLING, Health.FAILED, now, str(exc), exc))
-                    return
-                except OrderFsmError:
-                    await anyio.sleep(delay)
-                    delay = min(2 * delay, CHECK_RETRY_MAX)
-                    continue
-                if details.known_status is not None:
-                    order.observe(
-                        Observation(
-                            order.order_id,
-                            details.known_status,
-                            source=POLLING,
-                            at=anyio.current_time(),
-                            raw=details,
-                        )
-                    )
-                return
-        finally:
-            order.checking = False
-            self.wake(order)  # a doubt raised meanwhile is checked next
-
-    def _elsewhere(
-        self, order: TrackedOrder, missing: OrderNotFound, refused: TokenRejected
-    ) -> OrderNotFound:
-        """Get order took the token and knows no such order, the WebSocket refused the
-        token for this project: the two agree only if the project id is wrong (or the
-        order is someone else's).  Polling on could only repeat the 404."""
-        error = OrderNotFound(
-            f"{missing}; the WebSocket refused the same token for project "
-            f"{self.project_id} ({refused}) though Get order accepted it: "
-            "the project id is probably wrong"
-        )
-        error.__cause__ = missing
-        return error
-
     async def _run_custom(self, order: TrackedOrder, transport: CustomTransport) -> None:
         context = OrderContext(
             order_id=order.order_id,
@@ -497,11 +362,6 @@ class Scheduler:
             details_error = TrackingTimeout("order details did not arrive in time")
         if not order.is_finished:  # else the tracker closed while the details were coming
             order.finish(_result(order, details_error), None)
-
-
-LOOK_ARRIVES = 1.0
-"""Seconds, beyond the owner's ``details_timeout``, a follower gives the owner's last
-look of an expired order to reach it through the journal."""
 
 
 def _result(order: TrackedOrder, details_error: OrderFsmError | None) -> FinalResult:

@@ -35,15 +35,16 @@ from orderfsm.metrics.counters import Listener, TrackerCounters
 from orderfsm.metrics.http import CountedHttp
 from orderfsm.metrics.records import TrackerStats
 from orderfsm.supervisor.custom import CustomTransport
-from orderfsm.supervisor.fleet import LEASE, FleetLink, SettledHandler, SettledInTransaction
+from orderfsm.supervisor.fleet import LEASE, FleetLink
 from orderfsm.supervisor.order import ChangeHook, ReportHook, TrackedOrder
 from orderfsm.supervisor.policy import DefaultPolicy, Policy
 from orderfsm.supervisor.records import Change, FinalResult, User
 from orderfsm.supervisor.runner import Scheduler
+from orderfsm.supervisor.settled import SettledHandler, SettledInTransaction
 from orderfsm.supervisor.sleep import SLEEP_CHECK_INTERVAL, SleepDetector, default_sleep_clock
+from orderfsm.supervisor.takeover import TakesOverOrders
 
 if TYPE_CHECKING:
-    from orderfsm.journal.orders import OrderRow
     from transports.http import HttpClient
     from transports.journal import Journal
 
@@ -58,7 +59,7 @@ FLUSH_ON_CLOSE = 5.0
 """Seconds a closing tracker waits for its journal writes (a database outage)."""
 
 
-class Tracker:
+class Tracker(TakesOverOrders):
     """Follow Xsolla orders to their final status, on asyncio or trio.
 
     ::
@@ -174,7 +175,6 @@ class Tracker:
         self._users: dict[tuple[TokenProvider | str, str | None], User] = {}
         self._orders: dict[int, TrackedOrder] = {}
         self._no_token: set[int] = set()
-        """Orders ``token_for`` raised on (their traceback is logged once)."""
         self._early: OrderedDict[int, list[Observation]] = OrderedDict()
         self._stack: contextlib.AsyncExitStack | None = None
         self._scheduler: Scheduler | None = None
@@ -254,48 +254,6 @@ class Tracker:
             adopt=None if self.token_for is None and self.user is None else self._adopt,
         )
         return self.fleet
-
-    async def _resume(self, fleet: FleetLink) -> None:
-        """Follow again the orders some instance was following and that did not settle."""
-        self._take_over(await fleet.log.tracking(), "resuming")
-
-    def _adopt(self, rows: list[OrderRow]) -> None:
-        """Orders whose owner is gone, their leases already taken here: followed as a
-        restart would resume them.  They are tracked here like any other order."""
-        self._take_over(rows, "adopting")
-
-    def _take_over(self, rows: list[OrderRow], doing: str) -> None:
-        fleet = self.fleet
-        assert fleet is not None
-        for row in rows:
-            existing = self._orders.get(row.order_id)
-            if existing is not None:
-                if not existing.ended:
-                    fleet.lease_soon()  # followed here already: the renewal makes it ours
-                    continue
-                self.forget(row.order_id)  # given up here, but the fleet still needs it
-            token: TokenProvider | str | None = None
-            if self.token_for is not None:
-                try:
-                    token = self.token_for(row.order_id, row.user_id)
-                except Exception:  # the app's callable: one bad row must not stop the rest
-                    # Its traceback once: the fleet offers the order again every lease.
-                    first = row.order_id not in self._no_token
-                    self._no_token.add(row.order_id)
-                    logger.warning(
-                        "not %s order %s: token_for raised",
-                        doing,
-                        row.order_id,
-                        exc_info=first,
-                        extra={"event": "resume.failed", "order_id": row.order_id},
-                    )
-                    continue
-            fleet.resuming(row.order_id)
-            try:
-                self.track(row.order_id, token=token, user_id=row.user_id, until=row.until)
-            except ValueError as exc:  # no token for it here: another instance may have one
-                fleet.forget(row.order_id)
-                logger.warning("not %s order %s: %s", doing, row.order_id, exc)
 
     async def __aexit__(
         self,

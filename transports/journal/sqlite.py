@@ -15,13 +15,15 @@
   ever hangs past the answer's deadline.
 * The plain handler runs with no lock held; the transactional handler runs
   inside the write transaction, so it should be short.
+
+How each connection is opened and configured, and the writer's retried
+``BEGIN IMMEDIATE``, are :mod:`transports.journal.sqlite_connections`'.
 """
 
 from __future__ import annotations
 
 import os
 import queue
-import random
 import sqlite3
 import threading
 import time
@@ -29,24 +31,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
-from orderfsm.errors import (
-    JournalClosed,
-    JournalCorrupt,
-    JournalError,
-    JournalOpenFailed,
-    JournalRefused,
-    JournalUnavailable,
-)
-from orderfsm.journal import (
-    SCHEMA_VERSION,
-    Answer,
-    Claim,
-    Delivery,
-    DeliveryFilter,
-    NewDelivery,
-    Outcome,
-    schema_plan,
-)
+from orderfsm.errors import JournalClosed, JournalUnavailable
+from orderfsm.journal import Answer, Claim, Delivery, DeliveryFilter, NewDelivery, Outcome
 from transports.journal import sqlite_sql as sql
 from transports.journal.base import (
     DELIVERY_COLUMNS,
@@ -59,33 +45,13 @@ from transports.journal.base import (
     delivery_from_row,
     error_text,
     filter_sql,
-    migrations,
     run_in_transaction,
 )
 from transports.journal.groupcommit import GroupCommit
 from transports.journal.orders import Note, record
+from transports.journal.sqlite_connections import begin_immediate, connect, open_writer, unavailable
 
 T = TypeVar("T")
-
-BUSY_SLICE = 0.0
-"""Seconds SQLite's own busy handler may wait before we try again ourselves: none.
-Its sleeps are 1 ms at least and grow (1, 2, 5, 10, 15, 20, 25 ms...), so it
-polls ever more slowly and misses the openings other processes leave, while a
-batch holds the lock a fraction of a millisecond (an fsync here: 0.3 ms).  The
-writer asks again itself every :data:`RETRY_PAUSE` until the operation's
-deadline (three receivers: 2,606 -> 2,944 deliveries/s, at the same CPU per
-delivery, against 2 ms slices and 0.2-1 ms pauses)."""
-
-RETRY_PAUSE = (0.00005, 0.0003)
-"""Seconds between two tries to begin a write, drawn at random in this range (so
-processes do not retry in step)."""
-
-MIGRATIONS = migrations("sqlite")
-
-OPEN_PATIENCE = 30.0
-"""Seconds an open at start-up waits for the file while other processes start too
-(switching a new file to WAL and migrating take its lock); an open on a delivery's
-path waits only that delivery's ``wait``."""
 
 WATCH_INTERVAL = 0.004
 """Seconds between two looks at ``PRAGMA data_version`` while waiting for a commit."""
@@ -93,26 +59,6 @@ WATCH_INTERVAL = 0.004
 
 class _GoAlone(Exception):
     """A batch failed on one request's data: each of its requests goes alone."""
-
-
-def _is_busy(exc: sqlite3.Error) -> bool:
-    return isinstance(exc, sqlite3.OperationalError) and (
-        "locked" in str(exc) or "busy" in str(exc)
-    )
-
-
-_REFUSALS = (
-    sqlite3.IntegrityError,
-    sqlite3.DataError,
-    sqlite3.ProgrammingError,
-    sqlite3.NotSupportedError,
-)
-"""Errors of the statement itself, not of the file or its lock: trying again is useless."""
-
-
-def unavailable(display: str, exc: sqlite3.Error) -> JournalUnavailable:
-    kind = JournalRefused if isinstance(exc, _REFUSALS) else JournalUnavailable
-    return kind(f"{display}: {exc}")
 
 
 class SqliteStore:
@@ -136,104 +82,12 @@ class SqliteStore:
 
     # --- connections ---------------------------------------------------------------------
 
-    def _connect(self, busy_timeout: float = BUSY_SLICE) -> sqlite3.Connection:
-        connection = sqlite3.connect(
-            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-        )
-        try:
-            mode = connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise JournalOpenFailed(f"{self.display}: cannot use WAL mode (got {mode})")
-            connection.execute("PRAGMA synchronous=FULL")
-        except BaseException:
-            connection.close()
-            raise
-        return connection
-
     def open(self, patience: float | None = None) -> None:
         if self._writer is not None:
             return
-        directory = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(directory):
-            raise JournalOpenFailed(f"{self.display}: directory {directory} does not exist")
-        deadline = time.monotonic() + (OPEN_PATIENCE if patience is None else patience)
-        try:
-            writer = self._first_connect(deadline)
-        except sqlite3.DatabaseError as exc:
-            raise self._open_error(exc) from None
-        try:
-            self._migrate(writer, deadline)
-            writer.execute(f"PRAGMA busy_timeout = {int(BUSY_SLICE * 1000)}")
-        except sqlite3.DatabaseError as exc:
-            writer.close()
-            raise self._open_error(exc) from None
-        except BaseException:
-            writer.close()
-            raise
+        writer = open_writer(self.path, self.display, patience)
         self._writer = writer
         self._group = GroupCommit(self._begin, writer.execute)
-
-    def _first_connect(self, deadline: float) -> sqlite3.Connection:
-        """Patient at start: switching a new file to WAL takes the lock for a moment
-        while other processes start too, and SQLite may answer "locked" at once,
-        without its busy handler (seen with six first starts at once): ask again."""
-        while True:
-            try:
-                return self._connect(busy_timeout=max(deadline - time.monotonic(), 0.0))
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() >= deadline:
-                    raise
-            time.sleep(random.uniform(0.001, 0.005))
-
-    def _open_error(self, exc: sqlite3.DatabaseError) -> JournalError:
-        text = str(exc)
-        if "not a database" in text or "malformed" in text:
-            return JournalCorrupt(f"{self.display}: {text}")
-        if "readonly" in text or "read-only" in text or "unable to open" in text:
-            return JournalOpenFailed(f"{self.display}: cannot write here ({text})")
-        return JournalOpenFailed(f"{self.display}: {text}")
-
-    def _migrate(self, connection: sqlite3.Connection, deadline: float) -> None:
-        self._begin_on(connection, deadline)
-        try:
-            exists = connection.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'orderfsm_schema'"
-            ).fetchone()
-            found = None
-            if exists:
-                row = connection.execute("SELECT version FROM orderfsm_schema").fetchone()
-                found = row[0] if row else None
-            plan = schema_plan(found)
-            if plan is not None:
-                for step in plan.steps:
-                    for statement in MIGRATIONS[step]:
-                        connection.execute(statement)
-                    if step == 1:
-                        old = connection.execute(
-                            "SELECT 1 FROM sqlite_master WHERE name = 'webhook_answers'"
-                        ).fetchone()
-                        if old:
-                            connection.execute(sql.ADOPT_OLD_ANSWERS)
-                connection.execute(
-                    "INSERT INTO orderfsm_schema (id, version) VALUES (1, ?) "
-                    "ON CONFLICT (id) DO UPDATE SET version = excluded.version",
-                    (SCHEMA_VERSION,),
-                )
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-
-    def _begin_on(self, connection: sqlite3.Connection, deadline: float) -> None:
-        """BEGIN IMMEDIATE, retried in short slices until ``deadline`` (monotonic)."""
-        while True:
-            try:
-                connection.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or time.monotonic() >= deadline:
-                    raise
-            time.sleep(random.uniform(*RETRY_PAUSE))
 
     def _begin(self, deadline: float, durable: bool) -> None:
         """Open a batch's transaction.  Only batches that record an answer (or run the
@@ -248,7 +102,7 @@ class SqliteStore:
                 mode = "FULL" if durable else "NORMAL"
                 self._writer.execute(f"PRAGMA synchronous={mode}")
                 self._durable = durable
-            self._begin_on(self._writer, deadline)
+            begin_immediate(self._writer, deadline)
         except sqlite3.Error as exc:
             raise unavailable(self.display, exc) from None
 
@@ -260,7 +114,7 @@ class SqliteStore:
             connection = self._readers.get_nowait()
         except queue.Empty:
             try:
-                connection = self._connect(self.read_timeout)
+                connection = connect(self.path, self.display, self.read_timeout)
             except sqlite3.Error as exc:
                 raise unavailable(self.display, exc) from None
         try:
@@ -324,7 +178,7 @@ class SqliteStore:
             if self._closed:
                 raise JournalClosed(f"{self.display} is closed")
             try:
-                connection = self._watcher = self._connect(self.read_timeout)
+                connection = self._watcher = connect(self.path, self.display, self.read_timeout)
             except sqlite3.Error as exc:
                 raise unavailable(self.display, exc) from None
         end = time.monotonic() + timeout

@@ -1,6 +1,7 @@
 """The SQLite journal's statements on a connection: the claim and its record, the
-answer and the delivery's outcome, pruning.  The connections, the group commit and
-the transactions are :mod:`transports.journal.sqlite`'s.
+answer and the delivery's outcome, pruning.  The group commit and the transactions
+are :mod:`transports.journal.sqlite`'s, the connections
+:mod:`transports.journal.sqlite_connections`'.
 """
 
 from __future__ import annotations

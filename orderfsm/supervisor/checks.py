@@ -1,0 +1,193 @@
+"""Get order asked once for one order, beside whatever else follows it.
+
+Two occasions: something may have been missed (tracking starts, a gap, a host
+that slept, a lease taken over), and an ``expired`` order's grace is over (its
+last look).  Both are one request that waits on the network, retried or bounded
+in time, so they run as helper tasks; the scheduler's own loop only decides when
+to start them.  Kept apart from that loop (:mod:`orderfsm.supervisor.runner`),
+which every status change passes through, so each can be read, and changed,
+without the other.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from orderfsm.core import Observation
+from orderfsm.errors import OrderFsmError, OrderNotFound, TokenRejected
+from orderfsm.interface import POLLING, Health, HealthReport
+
+if TYPE_CHECKING:
+    from orderfsm.metrics.counters import TrackerCounters
+    from orderfsm.supervisor.order import TrackedOrder
+    from transports.http import HttpClient
+
+logger = logging.getLogger("orderfsm")
+
+CHECK_RETRY_MIN, CHECK_RETRY_MAX = 0.5, 30.0
+"""Backoff (seconds) of the Get order that follows a gap, while it fails."""
+CHECKS_AT_ONCE = 32
+"""One-shot Get order checks in flight at once; the rest wait their turn.  Ten
+thousand orders tracked at once (a backend resuming after a restart) would
+otherwise be ten thousand requests at once: a herd for Xsolla's API, and over a
+million objects of half-done requests for our garbage collector to walk."""
+LOOK_ARRIVES = 1.0
+"""Seconds, beyond the owner's ``details_timeout``, a follower gives the owner's last
+look of an expired order to reach it through the journal."""
+
+
+class GetOrderChecks:
+    """The scheduler's one-shot Get order requests (mixed into ``Scheduler``).
+
+    A mixin rather than an object of its own: the checks start, wake and stop
+    orders exactly as the scheduler does, with its settings, so they share its
+    state; what they use of it is declared here.
+    """
+
+    project_id: int
+    api_url: str
+    can_poll: bool
+    journal: bool
+    details_timeout: float
+    not_found_grace: float
+    get_order_http: HttpClient | None
+    _counters: TrackerCounters
+    _checks_at_once: anyio.Semaphore
+
+    if TYPE_CHECKING:
+
+        def wake(self, order: TrackedOrder) -> None: ...
+
+        def stop(self, order: TrackedOrder, error: OrderFsmError) -> None: ...
+
+        def _spawn_helper(self, func: Any, order: TrackedOrder, *args: Any) -> None: ...
+
+    def _looking_last(self, order: TrackedOrder) -> bool:
+        """Whether an ``expired`` order whose grace is over waits for a last Get order:
+        during the grace the order is polled slowly (if at all), so a payment in its
+        last seconds would be heard by nobody.  It settles as expired only once Get
+        order says so still (or could not say within ``details_timeout``).  In a
+        fleet, an instance that only follows the journal waits as long for the
+        owner's look to arrive there, so that both tell the application the same."""
+        if order.last_look:
+            return False
+        looks = self.can_poll and order.polling_error is None and order.owned
+        if not looks and not self.journal:
+            return False
+        if order.last_look is None:
+            order.last_look = False
+            self._spawn_helper(self._look_last, order, looks)
+        return True
+
+    async def _look_last(self, order: TrackedOrder, looks: bool) -> None:
+        try:
+            if looks:
+                with anyio.move_on_after(self.details_timeout):
+                    await self._check_once(order)
+            else:  # another instance looks: its answer comes through the journal
+                await anyio.sleep(self.details_timeout + LOOK_ARRIVES)
+        finally:
+            order.last_look = True
+            self.wake(order)
+
+    async def _check_once(self, order: TrackedOrder) -> None:
+        """Get order once, because something may have been missed.
+
+        Asked again, backing off, until one good answer: after a failed request
+        the doubt would stay with nothing else looking (soak seed 257).  A 404
+        for an order nothing has been seen of is asked again until the
+        not-found grace (from the start of tracking) is over, then it ends the
+        tracking: a wrong order id is named in seconds, not after the socket's
+        five minutes; sooner still when the WebSocket refused the token that Get
+        order accepted (a wrong project id).  An answer that asking again cannot
+        change (a page that is not Xsolla's: a wrong API URL) ends polling for the
+        order, reported as failed.
+        """
+        from transports.http.errors import TokenProviderFailed
+        from transports.http.shell import first_then, get_token
+        from transports.polling import UnexpectedAnswer, fetch_order
+
+        delay = CHECK_RETRY_MIN
+        self._counters.checks += 1
+        logger.debug(
+            "order %s: asking Get order once",
+            order.order_id,
+            extra={"event": "get_order.check", "order_id": order.order_id},
+        )
+        try:
+            while order.settled is None:
+                try:
+                    # The token first, outside the slots shared with every other
+                    # order: a slow token callable must not hold one.
+                    token = first_then(await get_token(order.user.token), order.user.token)
+                    async with self._checks_at_once:
+                        details = await fetch_order(
+                            order.order_id,
+                            project_id=self.project_id,
+                            token=token,
+                            http=self.get_order_http,
+                            api=self.api_url,
+                        )
+                except OrderNotFound as exc:
+                    if order.book.status(order.order_id) is not None:
+                        return  # visible elsewhere already: Get order lags behind
+                    refused = order.websocket_error
+                    if isinstance(refused, TokenRejected):
+                        self.stop(order, self._elsewhere(order, exc, refused))
+                        return
+                    left = order.started_at + self.not_found_grace - anyio.current_time()
+                    if left <= 0:
+                        self.stop(order, exc)
+                        return
+                    await anyio.sleep(min(delay, left))
+                    delay = min(2 * delay, CHECK_RETRY_MAX)
+                    continue
+                except TokenProviderFailed:
+                    await anyio.sleep(delay)  # the app's token callable: a passing failure
+                    delay = min(2 * delay, CHECK_RETRY_MAX)
+                    continue
+                except TokenRejected:
+                    # Refused twice, a fresh token the second time.  The poller, if one
+                    # is needed, finds out for itself: one check's 401s (a blip of the
+                    # token service) must not end polling for good.
+                    return
+                except UnexpectedAnswer as exc:
+                    order.polling_error = exc
+                    now = anyio.current_time()
+                    order.report(HealthReport(POLLING, Health.FAILED, now, str(exc), exc))
+                    return
+                except OrderFsmError:
+                    await anyio.sleep(delay)
+                    delay = min(2 * delay, CHECK_RETRY_MAX)
+                    continue
+                if details.known_status is not None:
+                    order.observe(
+                        Observation(
+                            order.order_id,
+                            details.known_status,
+                            source=POLLING,
+                            at=anyio.current_time(),
+                            raw=details,
+                        )
+                    )
+                return
+        finally:
+            order.checking = False
+            self.wake(order)  # a doubt raised meanwhile is checked next
+
+    def _elsewhere(
+        self, order: TrackedOrder, missing: OrderNotFound, refused: TokenRejected
+    ) -> OrderNotFound:
+        """Get order took the token and knows no such order, the WebSocket refused the
+        token for this project: the two agree only if the project id is wrong (or the
+        order is someone else's).  Polling on could only repeat the 404."""
+        error = OrderNotFound(
+            f"{missing}; the WebSocket refused the same token for project "
+            f"{self.project_id} ({refused}) though Get order accepted it: "
+            "the project id is probably wrong"
+        )
+        error.__cause__ = missing
+        return error

@@ -1,0 +1,98 @@
+"""Orders a tracker takes over from the journal rather than from the application.
+
+On start, every order the journal holds as tracked and not settled is resumed
+(whichever instance followed it before); later, orders whose owner
+died and that no follower took over are adopted (the fleet's adopter,
+``FleetLink._adopt_orphans``, finds them and takes their leases).  Either way
+each is tracked as the application's own would be, with the token ``token_for``
+gives for it.  Kept apart from the tracker's own calls
+(:mod:`orderfsm.supervisor.tracker`) because it is the fleet's side of tracking:
+rows of the journal, a token looked up per row, and a failure that must not stop
+the other rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from orderfsm.interface import TokenProvider
+
+if TYPE_CHECKING:
+    from orderfsm.core import Status
+    from orderfsm.journal.orders import OrderRow
+    from orderfsm.supervisor.fleet import FleetLink
+    from orderfsm.supervisor.order import TrackedOrder
+
+logger = logging.getLogger("orderfsm")
+
+
+class TakesOverOrders:
+    """The tracker's resume and adoption of orders (mixed into ``Tracker``).
+
+    A mixin rather than an object of its own: a taken-over order is tracked
+    (and forgotten) through the tracker's own ``track`` and ``forget``, so it
+    shares the tracker's state; what it uses of it is declared here.
+    """
+
+    fleet: FleetLink | None
+    token_for: Callable[[int, str | None], TokenProvider | str] | None
+    _orders: dict[int, TrackedOrder]
+    _no_token: set[int]
+    """Orders ``token_for`` raised on (their traceback is logged once)."""
+
+    if TYPE_CHECKING:
+        # Only the arguments a take-over passes: the tracker's own accept more.
+        def track(
+            self,
+            order_id: int,
+            *,
+            token: TokenProvider | str | None,
+            user_id: str | None,
+            until: Status,
+        ) -> None: ...
+
+        def forget(self, order_id: int) -> None: ...
+
+    async def _resume(self, fleet: FleetLink) -> None:
+        """Follow again the orders some instance was following and that did not settle."""
+        self._take_over(await fleet.log.tracking(), "resuming")
+
+    def _adopt(self, rows: list[OrderRow]) -> None:
+        """Orders whose owner is gone, their leases already taken here: followed as a
+        restart would resume them.  They are tracked here like any other order."""
+        self._take_over(rows, "adopting")
+
+    def _take_over(self, rows: list[OrderRow], doing: str) -> None:
+        fleet = self.fleet
+        assert fleet is not None
+        for row in rows:
+            existing = self._orders.get(row.order_id)
+            if existing is not None:
+                if not existing.ended:
+                    fleet.lease_soon()  # followed here already: the renewal makes it ours
+                    continue
+                self.forget(row.order_id)  # given up here, but the fleet still needs it
+            token: TokenProvider | str | None = None
+            if self.token_for is not None:
+                try:
+                    token = self.token_for(row.order_id, row.user_id)
+                except Exception:  # the app's callable: one bad row must not stop the rest
+                    # Its traceback once: the fleet offers the order again every lease.
+                    first = row.order_id not in self._no_token
+                    self._no_token.add(row.order_id)
+                    logger.warning(
+                        "not %s order %s: token_for raised",
+                        doing,
+                        row.order_id,
+                        exc_info=first,
+                        extra={"event": "resume.failed", "order_id": row.order_id},
+                    )
+                    continue
+            fleet.resuming(row.order_id)
+            try:
+                self.track(row.order_id, token=token, user_id=row.user_id, until=row.until)
+            except ValueError as exc:  # no token for it here: another instance may have one
+                fleet.forget(row.order_id)
+                logger.warning("not %s order %s: %s", doing, row.order_id, exc)
