@@ -4,7 +4,7 @@ each test failing before its fix), on the emulator, on asyncio and trio."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 
 import pytest
 from support_tracker import emulator_tracker
@@ -111,3 +111,26 @@ async def test_a_channel_the_server_drops_is_covered_by_get_order() -> None:
             await emu.deliver(order_id)
             result = await tracker.wait(order_id)
     assert result.status is Status.DONE and result.source == "polling"
+
+
+async def test_the_first_get_order_check_honours_a_retry_after() -> None:
+    """Get order answers 429 with ``Retry-After: 2`` to the check made when tracking
+    starts: it asks again no sooner than 2 s later, as the poller does (before, after
+    0.5 s: after a host sleep thousands of checks ignored a rate limit together)."""
+    async with Emulator(ping_interval=0) as emu:
+        user = await emu.create_user()
+        order_id = await emu.create_order(user)
+        await emu.get_order_fault("rate_limit", retry_after=2, seconds=2.0, order_id=order_id)
+        async with emulator_tracker(emu, user, fetch_details=False) as tracker:
+            tracker.track(order_id)
+
+            async def asked() -> list[float]:
+                return list((await emu.order(order_id))["get_order_requests"])
+
+            await eventually(lambda: _twice(asked()), timeout=10)
+            first, second = (await asked())[:2]
+    assert second - first >= 1.9
+
+
+async def _twice(times: Awaitable[list[float]]) -> bool:
+    return len(await times) >= 2

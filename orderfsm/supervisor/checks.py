@@ -106,7 +106,7 @@ class GetOrderChecks:
         change (a page that is not Xsolla's: a wrong API URL) ends polling for the
         order, reported as failed.
         """
-        from transports.http.errors import TokenProviderFailed
+        from transports.http.errors import ServerError, TokenProviderFailed
         from transports.http.shell import first_then, get_token
         from transports.polling import UnexpectedAnswer, fetch_order
 
@@ -159,8 +159,11 @@ class GetOrderChecks:
                     now = anyio.current_time()
                     order.report(HealthReport(POLLING, Health.FAILED, now, str(exc), exc))
                     return
-                except OrderFsmError:
-                    await anyio.sleep(delay)
+                except OrderFsmError as exc:
+                    # A 429 or 5xx's Retry-After is honoured, as the poller does: after a
+                    # host sleep, thousands of checks would ignore a rate limit at once.
+                    asked = exc.retry_after if isinstance(exc, ServerError) else None
+                    await anyio.sleep(max(delay, asked or 0.0))
                     delay = min(2 * delay, CHECK_RETRY_MAX)
                     continue
                 if details.known_status is not None:

@@ -142,6 +142,7 @@ class Busy:
             f"order {order_id}: {self.service.name} answered {self.status}: {self.error.message}",
             self.status,
             self.error.error_code,
+            self.retry_after,
         )
 
 

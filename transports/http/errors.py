@@ -32,10 +32,18 @@ class NotXsolla(UnexpectedAnswer, WrongEndpoint):
 class ServerError(ServiceUnavailable):
     """The service answered 429 or a server error; ``status`` is the HTTP status."""
 
-    def __init__(self, message: str, status: int, error_code: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int,
+        error_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.error_code = error_code
+        self.retry_after = retry_after
+        """Seconds the service asked us to wait before asking again (``Retry-After``)."""
 
 
 class TokenProviderFailed(TokenRejected):
