@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Iterator
 
 import pytest
+from support_http import Request, http_response, loopback_server
 from support_tracker import emulator_tracker
 
 from orderfsm import Status, Tracker
@@ -134,3 +135,26 @@ async def test_the_first_get_order_check_honours_a_retry_after() -> None:
 
 async def _twice(times: Awaitable[list[float]]) -> bool:
     return len(await times) >= 2
+
+
+async def test_an_odd_detail_in_get_order_does_not_hide_the_status() -> None:
+    """Get order says ``done`` for a free order whose price has a null currency (its
+    shape there is unconfirmed): the order settles as done, and ``details_error`` says
+    the content was unread (before, the whole answer was refused and asked again
+    until the deadline: a TrackingTimeout for a delivered order)."""
+    body = (
+        b'{"order_id": 2, "status": "done", "content": {"price": {"amount": "0",'
+        b' "currency": null}, "is_free": true, "items": []}}'
+    )
+
+    async def handler(request: Request) -> bytes:
+        return http_response(200, body, {"Content-Type": "application/json"})
+
+    async with loopback_server(handler) as server, Tracker(
+        project_id=1, token="t", api_url=server.url + "/api", transports=("polling",),
+        policy=DefaultPolicy(poll_interval=0.05, deadline=5.0),
+    ) as tracker:  # fmt: skip
+        result = await tracker.wait(2)
+    assert result.status is Status.DONE and result.succeeded
+    assert result.details is not None and result.details.items == ()
+    assert "currency" in str(result.details_error)

@@ -367,6 +367,11 @@ class Scheduler(GetOrderChecks):
 def _result(order: TrackedOrder, details_error: OrderFsmError | None) -> FinalResult:
     settled = order.settled
     assert settled is not None
+    unread = order.details is not None and order.details.content_error
+    if details_error is None and unread:
+        from transports.polling import InvalidOrderAnswer
+
+        details_error = InvalidOrderAnswer(f"order {order.order_id}: details unread: {unread}")
     return FinalResult(
         order_id=order.order_id,
         status=settled.status,

@@ -45,6 +45,9 @@ class OrderDetails:
     is_free: bool
     items: tuple[OrderItem, ...]
     raw: Any = attrs.field(default=None, eq=False, repr=False)
+    content_error: str | None = None
+    """Why ``content`` (price, items) could not be read; they are empty then.  The
+    status is read apart from it: an odd detail must not hide a payment."""
 
     @property
     def known_status(self) -> Status | None:
@@ -130,16 +133,21 @@ def parse_order(body: bytes | str | dict[str, Any]) -> OrderDetails:
     status = fields.get("status")
     if not isinstance(status, str) or not status:
         raise InvalidOrderAnswer(f"order.status: expected a string, got {status!r}")
-    content = _object(fields.get("content") or {}, "order.content")
+    try:
+        content = _content(fields.get("content") or {})
+    except InvalidOrderAnswer as exc:
+        return OrderDetails(order_id, status, None, None, False, (), data, str(exc))
+    return OrderDetails(order_id, status, *content, raw=data)
+
+
+def _content(value: object) -> tuple[Price | None, Price | None, bool, tuple[OrderItem, ...]]:
+    content = _object(value, "order.content")
     items = content.get("items") or []
     if not isinstance(items, list):
         raise InvalidOrderAnswer(f"order.content.items: expected a list, got {items!r}")
-    return OrderDetails(
-        order_id=order_id,
-        status=status,
-        price=_price(content.get("price"), "order.content.price"),
-        virtual_price=_price(content.get("virtual_price"), "order.content.virtual_price"),
-        is_free=parse_bool(content.get("is_free", False), "order.content.is_free"),
-        items=tuple(_item(item, f"order.content.items[{i}]") for i, item in enumerate(items)),
-        raw=data,
+    return (
+        _price(content.get("price"), "order.content.price"),
+        _price(content.get("virtual_price"), "order.content.virtual_price"),
+        parse_bool(content.get("is_free", False), "order.content.is_free"),
+        tuple(_item(item, f"order.content.items[{i}]") for i, item in enumerate(items)),
     )
