@@ -192,10 +192,34 @@ def test_reply_to_an_unknown_id_is_ignored() -> None:
     assert only(events, Ignored) and e.state is State.CONNECTED
 
 
-def test_publication_for_an_unknown_channel_is_ignored() -> None:
+def test_a_status_on_a_channel_we_were_not_told_of_is_still_news() -> None:
+    """Xsolla's channel names are undocumented and its SDKs match on order_id alone:
+    a status pushed on a channel missing from the connect reply is delivered (before,
+    it was ignored and the order waited for polling), without a position to resume."""
     e = connected()
     events = e.receive(pub_push("nobody", publication(1, "done", offset=1)), 1.0)
-    assert events == [Ignored(1.0, "pub push for unknown channel", "nobody")]
+    assert events == [OrderPublication(1.0, "nobody", 1, "", 1, Status.DONE, "push")]
+    assert "nobody" not in e.positions()
+    other = e.receive('{"push":{"channel":"nobody","join":{"info":{}}}}', 2.0)
+    assert only(other, Ignored)
+
+
+@pytest.mark.parametrize(("given", "read"), [("12", 12), ("9223372036854775807", 2**63 - 1)])
+def test_an_order_id_sent_as_its_digits_is_read(given: str, read: int) -> None:
+    """Get order's answer may carry the id as a string of digits; a publication that
+    does is read the same (before, it was ignored)."""
+    e = connected()
+    events = e.receive(pub_push("c", publication(data={"order_id": given, "status": "paid"})), 1.0)
+    assert [(x.order_id, x.status) for x in events if isinstance(x, OrderPublication)] == [
+        (read, Status.PAID)
+    ]
+
+
+@pytest.mark.parametrize("given", ["²", "0", "-1", "1.5", "1" * 5000, "9223372036854775808", True])
+def test_what_is_not_an_order_id_is_ignored_not_raised(given: object) -> None:
+    e = connected()
+    events = e.receive(pub_push("c", publication(data={"order_id": given, "status": "paid"})), 1.0)
+    assert only(events, Ignored) == events != [] and e.state is State.CONNECTED
 
 
 def test_order_publication_becomes_an_observation() -> None:
@@ -214,7 +238,7 @@ def test_order_publication_becomes_an_observation() -> None:
     "data",
     [
         {"order_id": 1, "status": "refunded"},
-        {"order_id": "1", "status": "done"},
+        {"order_id": "²", "status": "done"},
         {"order_id": -4, "status": "done"},
         {"order_id": True, "status": "done"},
         {"status": "done"},

@@ -7,6 +7,7 @@ Nothing in this package performs I/O, reads a clock, or imports from
 from orderfsm.core.apply import apply
 from orderfsm.core.book import OrderBook
 from orderfsm.core.graph import GRAPH, TABLE, mermaid
+from orderfsm.core.ids import order_id_of
 from orderfsm.core.records import (
     Advanced,
     Conflict,
@@ -37,6 +38,7 @@ __all__ = [
     "Verdict",
     "apply",
     "mermaid",
+    "order_id_of",
     "parse_status",
     "verdict",
 ]

@@ -23,7 +23,7 @@ from typing import Any
 
 import attrs
 
-from orderfsm.core import Status
+from orderfsm.core import Status, order_id_of
 from transports.centrifuge.events import Event, Gap, Ignored, OrderPublication, Subscribed
 from transports.centrifuge.frames import HistoryResult, Publication, SubscribeResult
 
@@ -216,7 +216,11 @@ def order_fields(data: Any) -> tuple[int, Status] | None:
         return None
     order_id = data.get("order_id")
     wire = data.get("status")
-    if type(order_id) is not int or order_id <= 0 or type(wire) is not str:
+    if type(order_id) is not int or order_id <= 0:
+        order_id = order_id_of(order_id)  # its digits as a string, as Get order may send it
+        if order_id is None:
+            return None
+    if type(wire) is not str:
         return None
     status = _STATUSES.get(wire)
     return None if status is None else (order_id, status)
@@ -231,8 +235,8 @@ def order_event(
         return OrderPublication(at, channel, offset, epoch, *told, via, data)
     if not isinstance(data, dict):
         return Ignored(at, "publication is not an object", channel, offset, data)
-    order_id = data.get("order_id")
-    if type(order_id) is not int or order_id <= 0:
+    order_id = order_id_of(data.get("order_id"))
+    if order_id is None:
         return Ignored(at, "publication has no positive integer order_id", channel, offset, data)
     wire = data.get("status")
     status = _STATUSES.get(wire) if type(wire) is str else None

@@ -328,6 +328,11 @@ class CentrifugeEngine:
             return new.on_subscribed(push.result, now, known=known)
         ch = self._channels.get(name)
         if ch is None:
+            if isinstance(push, PubPush):
+                # Xsolla's channel names are undocumented and its SDKs match on order_id
+                # alone: a status on a channel we were not told of (or one named by a
+                # compacted id) is still news.  Without a position it is not resumed.
+                return [order_event(name, push.pub.offset, push.pub.data, "", "push", now)]
             return [Ignored(now, f"{_kind(push)} push for unknown channel", name)]
         if isinstance(push, PubPush):
             return ch.on_push(push.pub, now)

@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 
-from orderfsm.core import Status, parse_status
+from orderfsm.core import Status, order_id_of, parse_status
 from orderfsm.errors import UnknownStatus
 from transports.polling.errors import InvalidOrderAnswer
 
@@ -125,11 +125,10 @@ def parse_order(body: bytes | str | dict[str, Any]) -> OrderDetails:
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise InvalidOrderAnswer(f"order answer is not JSON: {exc}") from None
     fields = _object(data, "order")
-    order_id = fields.get("order_id")
-    if type(order_id) is str and order_id.isascii() and order_id.isdigit() and len(order_id) < 20:
-        order_id = int(order_id)  # not "²" (a digit to isdigit(), not to int()), nor 5,000 digits
-    if type(order_id) is not int or order_id <= 0:
-        raise InvalidOrderAnswer(f"order.order_id: expected a positive int, got {order_id!r}")
+    order_id = order_id_of(fields.get("order_id"))
+    if order_id is None:
+        given = fields.get("order_id")
+        raise InvalidOrderAnswer(f"order.order_id: expected a positive int, got {given!r}")
     status = fields.get("status")
     if not isinstance(status, str) or not status:
         raise InvalidOrderAnswer(f"order.status: expected a string, got {status!r}")
