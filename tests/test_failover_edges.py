@@ -158,3 +158,22 @@ async def test_an_odd_detail_in_get_order_does_not_hide_the_status() -> None:
     assert result.status is Status.DONE and result.succeeded
     assert result.details is not None and result.details.items == ()
     assert "currency" in str(result.details_error)
+
+
+async def test_details_that_lag_behind_the_settling_status_are_asked_again() -> None:
+    """The socket says ``done`` while Get order still says ``paid`` for a moment: the
+    result's details are asked for again until they say ``done`` (before, the result
+    said done and its details paid)."""
+    async with Emulator(ping_interval=0) as emu:
+        user = await emu.create_user()
+        order_id = await emu.create_order(user)
+        await emu.pay(order_id)
+        async with emulator_tracker(emu, user) as tracker:
+            tracker.track(order_id)
+            await eventually(lambda: tracker.status(order_id) is Status.PAID)
+            await emu.publish_raw(user, {"order_id": order_id, "status": "done"})
+            await eventually(lambda: tracker.status(order_id) is Status.DONE)
+            await emu.set_status(order_id, "done")  # Get order catches up
+            result = await tracker.wait(order_id)
+    assert result.status is Status.DONE and result.details_error is None
+    assert result.details is not None and result.details.status == "done"

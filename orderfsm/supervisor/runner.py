@@ -340,28 +340,42 @@ class Scheduler(GetOrderChecks):
         from transports.polling import fetch_order
 
         details_error: OrderFsmError | None = None
+        lagging: str | None = None
+        pause = DETAILS_LAG_PAUSE
         with anyio.move_on_after(self.details_timeout) as timeout:
-            try:
-                details = order.details = await fetch_order(
-                    order.order_id,
-                    project_id=self.project_id,
-                    token=order.user.token,
-                    http=self.get_order_http,
-                    api=self.api_url,
-                    timeout=self.details_timeout,
-                )
-            except OrderFsmError as exc:
-                details_error = exc
-            else:
-                if details.known_status is not None:
-                    at = anyio.current_time()
-                    order.observe(
-                        Observation(order.order_id, details.known_status, POLLING, at, raw=details)
+            while True:
+                try:
+                    details = order.details = await fetch_order(
+                        order.order_id,
+                        project_id=self.project_id,
+                        token=order.user.token,
+                        http=self.get_order_http,
+                        api=self.api_url,
+                        timeout=self.details_timeout,
                     )
+                except OrderFsmError as exc:
+                    details_error = exc
+                    break
+                told = details.known_status
+                if told is not None:
+                    at = anyio.current_time()
+                    order.observe(Observation(order.order_id, told, POLLING, at, raw=details))
+                if told is None or order.book.status(order.order_id) is told:
+                    break
+                # Get order still says an older status (it lags behind the socket):
+                # details that say "paid" beside a result that says "done" are asked again.
+                lagging = details.status
+                await anyio.sleep(pause)
+                pause = min(2 * pause, 1.0)
         if timeout.cancelled_caught:
-            details_error = TrackingTimeout("order details did not arrive in time")
+            why = f"Get order still said {lagging!r}" if lagging else "they did not arrive"
+            details_error = TrackingTimeout(f"order details: {why} in time")
         if not order.is_finished:  # else the tracker closed while the details were coming
             order.finish(_result(order, details_error), None)
+
+
+DETAILS_LAG_PAUSE = 0.25
+"""First pause before asking Get order again for details that lag behind the status."""
 
 
 def _result(order: TrackedOrder, details_error: OrderFsmError | None) -> FinalResult:
