@@ -341,7 +341,7 @@ class Scheduler(GetOrderChecks):
 
         details_error: OrderFsmError | None = None
         lagging: str | None = None
-        pause = DETAILS_LAG_PAUSE
+        pause, started = DETAILS_LAG_PAUSE, anyio.current_time()
         with anyio.move_on_after(self.details_timeout) as timeout:
             while True:
                 try:
@@ -363,8 +363,15 @@ class Scheduler(GetOrderChecks):
                 if told is None or order.book.status(order.order_id) is told:
                     break
                 # Get order still says an older status (it lags behind the socket):
-                # details that say "paid" beside a result that says "done" are asked again.
+                # details that say "paid" beside a result that says "done" are asked
+                # again, for a moment only: the player waits for the result meanwhile.
                 lagging = details.status
+                if anyio.current_time() + pause > started + DETAILS_LAG_PATIENCE:
+                    details_error = TrackingTimeout(
+                        f"order details: Get order still said {lagging!r} after "
+                        f"{DETAILS_LAG_PATIENCE:g} s; they are its last answer"
+                    )
+                    break
                 await anyio.sleep(pause)
                 pause = min(2 * pause, 1.0)
         if timeout.cancelled_caught:
@@ -376,6 +383,8 @@ class Scheduler(GetOrderChecks):
 
 DETAILS_LAG_PAUSE = 0.25
 """First pause before asking Get order again for details that lag behind the status."""
+DETAILS_LAG_PATIENCE = 2.0
+"""How long details lagging behind the settled status are asked for again at most."""
 
 
 def _result(order: TrackedOrder, details_error: OrderFsmError | None) -> FinalResult:
