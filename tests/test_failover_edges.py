@@ -4,7 +4,7 @@ each test failing before its fix), on the emulator, on asyncio and trio."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, Mapping
 
 import pytest
 from support_http import Request, http_response, loopback_server
@@ -12,11 +12,12 @@ from support_tracker import emulator_tracker
 
 from orderfsm import Status, Tracker
 from orderfsm.core import Observation
-from orderfsm.errors import TrackingTimeout
+from orderfsm.errors import TrackingTimeout, TransportError
 from orderfsm.interface import Health, HealthReport
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.testing import eventually
 from transports.emulator import Emulator
+from transports.http import HttpClient, HttpResponse, open_http_client
 from transports.polling import PollConfig, poll_order
 from transports.webhook import WebhookReceiver, serve_receiver
 
@@ -177,3 +178,45 @@ async def test_details_that_lag_behind_the_settling_status_are_asked_again() -> 
             result = await tracker.wait(order_id)
     assert result.status is Status.DONE and result.details_error is None
     assert result.details is not None and result.details.status == "done"
+
+
+class FailsForOneOrder:
+    """An application's HttpClient with a bug that shows for one order's URL only."""
+
+    def __init__(self, inner: HttpClient, order_id: int) -> None:
+        self.inner, self.order_id = inner, order_id
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | None = None,
+        timeout: float = 10.0,
+    ) -> HttpResponse:
+        if url.endswith(f"/{self.order_id}"):
+            raise RuntimeError("a bug in the app's HTTP client")
+        return await self.inner.request(method, url, headers, body, timeout)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_bug_in_one_orders_polling_ends_that_order_only() -> None:
+    """Get order raising something no transport expects (an app's HttpClient with a
+    bug, or one of ours) ends polling for that order; another player's order still
+    settles (before, it ended the Tracker's task group and every order with it)."""
+    async with Emulator(ping_interval=0) as emu:
+        user = await emu.create_user()
+        broken, fine = await emu.create_order(user), await emu.create_order(user)
+        await emu.pay(fine)
+        await emu.deliver(fine)
+        http = FailsForOneOrder(open_http_client(), broken)
+        policy = DefaultPolicy(poll_interval=0.05, deadline=10.0)
+        tracker = emulator_tracker(emu, user, policy=policy, transports=("polling",), http=http)
+        async with tracker:
+            with pytest.raises(TransportError):
+                await tracker.wait(broken)
+            result = await tracker.wait(fine)
+        await http.aclose()
+    assert result.status is Status.DONE

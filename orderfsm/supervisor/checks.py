@@ -166,6 +166,13 @@ class GetOrderChecks:
                     await anyio.sleep(max(delay, asked or 0.0))
                     delay = min(2 * delay, CHECK_RETRY_MAX)
                     continue
+                except Exception:  # a bug (ours, or an app's HttpClient): this check only
+                    logger.exception(
+                        "order %s: the Get order check failed",
+                        order.order_id,
+                        extra={"event": "transport.failed", "order_id": order.order_id},
+                    )
+                    return
                 if details.known_status is not None:
                     order.observe(
                         Observation(

@@ -300,6 +300,14 @@ class Scheduler(GetOrderChecks):
             except OrderFsmError as exc:
                 if order.settled is None:
                     order.polling_error = exc
+            except Exception as exc:  # a bug (ours, or an app's HttpClient) costs this order only
+                logger.exception(
+                    "order %s: polling failed",
+                    order.order_id,
+                    extra={"event": "transport.failed", "order_id": order.order_id},
+                )
+                if order.settled is None:
+                    order.polling_error = TransportError(f"polling failed: {exc!r}")
             finally:
                 self._counters.polling -= 1
                 if order.poller is not None and order.poller[0] is scope:
@@ -355,6 +363,10 @@ class Scheduler(GetOrderChecks):
                     )
                 except OrderFsmError as exc:
                     details_error = exc
+                    break
+                except Exception as exc:  # a bug (ours, or an app's HttpClient): no details
+                    logger.exception("order %s: fetching its details failed", order.order_id)
+                    details_error = TransportError(f"fetching the details failed: {exc!r}")
                     break
                 told = details.known_status
                 if told is not None:
