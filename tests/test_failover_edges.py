@@ -5,7 +5,9 @@ each test failing before its fix), on the emulator, on asyncio and trio."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Iterator, Mapping
+from typing import Any
 
+import anyio
 import pytest
 from support_http import Request, http_response, loopback_server
 from support_tracker import emulator_tracker
@@ -16,7 +18,7 @@ from orderfsm.errors import TrackingTimeout, TransportError
 from orderfsm.interface import Health, HealthReport
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.testing import eventually
-from transports.emulator import Emulator
+from transports.emulator import Emulator, User
 from transports.http import HttpClient, HttpResponse, open_http_client
 from transports.polling import PollConfig, poll_order
 from transports.webhook import WebhookReceiver, serve_receiver
@@ -27,24 +29,51 @@ pytestmark = pytest.mark.anyio
 async def test_a_webhook_after_the_deadline_turns_the_timeout_into_its_result() -> None:
     """A backend that learns from webhooks alone times out on an order whose endpoint
     was down; Xsolla retries ``order_paid`` for 12 hours, and one gets through later.
-    The next ``wait()`` returns ``paid`` (before, every later wait raised the old
-    TrackingTimeout while ``status()`` said paid: the item was never granted)."""
+    The next ``wait()``, even one made while the details are on their way, returns
+    ``paid`` with its details (before, every later wait raised the old TrackingTimeout
+    while ``status()`` said paid: the item was never granted)."""
     async with Emulator(ping_interval=0) as emu:
         user = await emu.create_user()
         order_id = await emu.create_order(user)
         tracker = Tracker(
-            project_id=emu.project_id, transports=("webhook",), until="paid",
-            fetch_details=False, policy=DefaultPolicy(deadline=0.5),
+            project_id=emu.project_id, token=user.token, api_url=emu.api_url,
+            transports=("webhook",), until="paid", policy=DefaultPolicy(deadline=0.5),
         )  # fmt: skip
         receiver = WebhookReceiver(emu.secret, sink=tracker)
         async with tracker, serve_receiver(receiver) as url:
             await emu.configure_webhooks(url)
             with pytest.raises(TrackingTimeout):
                 await tracker.wait(order_id)
+            await emu.get_order_fault("slow", delay=0.3, order_id=order_id)
             await emu.pay(order_id)
             await eventually(lambda: tracker.status(order_id) is Status.PAID)
             result = await tracker.wait(order_id)
     assert result.status is Status.PAID and result.source == "webhook" and result.succeeded
+    assert result.details is not None and result.details.status == "paid"
+
+
+async def test_forgetting_an_order_while_its_details_come_harms_no_other_order() -> None:
+    """The app forgets a settled order while its details are on their way; another
+    player's order still settles (the details' lag check read the forgotten order's
+    status and ended the Tracker's task group, found by a review of this change)."""
+    async with Emulator(ping_interval=0) as emu:
+        user, other = await emu.create_user(), await emu.create_user()
+        order_id, others = await emu.create_order(user), await emu.create_order(other)
+        policy = DefaultPolicy(poll_interval=0.05, deadline=30.0)
+        tracker = emulator_tracker(emu, user, policy=policy, transports=("polling",), until="paid")
+        async with tracker:
+            tracker.track(order_id)
+            tracker.track(others, token=other.token, user_id=other.external_id)
+            await eventually(lambda: tracker.status(order_id) is Status.NEW)
+            await emu.get_order_fault("slow", delay=0.5, order_id=order_id)
+            await emu.pay(order_id)
+            tracker.observe(Observation(order_id, Status.PAID, "webhook", anyio.current_time()))
+            await anyio.sleep(0.2)  # its details are on their way
+            tracker.forget(order_id)
+            await anyio.sleep(0.6)  # and arrive
+            await emu.pay(others)
+            result = await tracker.wait(others)
+    assert result.status is Status.PAID
 
 
 class Collected:
@@ -87,32 +116,55 @@ async def test_a_token_refresh_that_fails_once_is_not_a_rejected_token() -> None
     assert details.known_status == "done" and seen.statuses == [Status.DONE]
 
 
+async def socket_reports(emu: Emulator, user: User, **options: Any) -> tuple[Tracker, list[Health]]:
+    socket: list[Health] = []
+
+    def on_report(_: int, report: HealthReport) -> None:
+        if report.source == "websocket":
+            socket.append(report.health)
+
+    policy = DefaultPolicy(poll_interval=0.05, deadline=10.0)
+    tracker = emulator_tracker(emu, user, policy=policy, on_report=on_report, **options)
+    return tracker, socket
+
+
 async def test_a_channel_the_server_drops_is_covered_by_get_order() -> None:
-    """The server unsubscribes the player's channel on a live socket: nothing more of
-    it comes there, so Get order covers the order (before, the socket stayed healthy
-    with no channel, nothing polled, and the order waited for the socket's 5-minute
-    lifespan or timed out)."""
+    """The server unsubscribes the player's channel on a live socket (code 2000: for
+    good): nothing more of it comes there, so Get order covers the order (before, the
+    socket stayed healthy with no channel, nothing polled, and the order waited for the
+    socket's 5-minute lifespan or timed out)."""
     async with Emulator(ping_interval=0) as emu:
         user = await emu.create_user()
         order_id = await emu.create_order(user)
-        policy = DefaultPolicy(poll_interval=0.05, deadline=10.0)
-        socket: list[Health] = []
-
-        def on_report(_: int, report: HealthReport) -> None:
-            if report.source == "websocket":
-                socket.append(report.health)
-
-        tracker = emulator_tracker(
-            emu, user, policy=policy, fetch_details=False, on_report=on_report
-        )
+        tracker, socket = await socket_reports(emu, user, fetch_details=False)
         async with tracker:
             tracker.track(order_id)
             await eventually(lambda: socket and socket[-1] is Health.HEALTHY)
-            assert await emu.unsubscribe(user, 2500, "insufficient state") == 1
+            assert await emu.unsubscribe(user, 2000, "server unsubscribe") == 1
             await emu.pay(order_id)
             await emu.deliver(order_id)
             result = await tracker.wait(order_id)
     assert result.status is Status.DONE and result.source == "polling"
+
+
+async def test_a_channel_the_server_asks_to_subscribe_again_comes_back_by_reconnecting() -> None:
+    """Code 2500 and up ask the client to subscribe again; a server-side channel comes
+    back with a new connection, made at once: the socket is healthy again and hears the
+    order (a later connect reply restates every channel, so nothing stays 'dropped')."""
+    async with Emulator(ping_interval=0) as emu:
+        user = await emu.create_user()
+        order_id = await emu.create_order(user)
+        tracker, socket = await socket_reports(emu, user, fetch_details=False)
+        async with tracker:
+            tracker.track(order_id)
+            await eventually(lambda: socket and socket[-1] is Health.HEALTHY)
+            assert await emu.unsubscribe(user, 2500, "insufficient state") == 1
+            await eventually(lambda: socket[-2:] == [Health.DEGRADED, Health.HEALTHY])
+            assert len(await emu.connections(user)) == 2
+            await emu.pay(order_id)
+            await emu.deliver(order_id)
+            result = await tracker.wait(order_id)
+    assert result.status is Status.DONE
 
 
 async def test_the_first_get_order_check_honours_a_retry_after() -> None:
@@ -192,7 +244,7 @@ class FailsForOneOrder:
         url: str,
         headers: Mapping[str, str] | None = None,
         body: bytes | None = None,
-        timeout: float = 10.0,
+        timeout: float = 10.0,  # noqa: ASYNC109 (the HttpClient interface)
     ) -> HttpResponse:
         if url.endswith(f"/{self.order_id}"):
             raise RuntimeError("a bug in the app's HTTP client")

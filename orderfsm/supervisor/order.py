@@ -72,6 +72,7 @@ class TrackedOrder:
         "review_at",
         "settled",
         "settled_count",
+        "settling_late",
         "started_at",
         "until",
         "user",
@@ -136,6 +137,8 @@ class TrackedOrder:
         self.ended = False
         """No transport runs for it any more; ``result`` or ``error`` may still be coming."""
         self.released = False
+        self.settling_late = False
+        """Ended unsettled, then settled after all: its result is on its way."""
         """Untracked, or the tracker closed: nothing more will be applied."""
         self.wake = wake or _nobody
         """Asks the scheduler to look at this order again soon."""
@@ -358,14 +361,21 @@ class TrackedOrder:
                 extra={"event": "order.ended", "order_id": self.order_id, "outcome": label},
             )
 
-    def settle_late(self, result: FinalResult) -> None:
+    def reopen(self) -> None:
         """Tracking ended unsettled (timed out, no source left), and a settling status
         came after all: Xsolla retries a webhook for 12 hours, so an ``order_paid``
-        can outlive the deadline by hours.  The result replaces the error, so a
-        later ``wait()`` hands over what was paid instead of the old timeout."""
+        can outlive the deadline by hours.  Until :meth:`settle_late` hands over its
+        result, a ``wait()`` waits for it instead of raising the old error."""
+        self.is_finished, self.error, self._done = False, None, None
+
+    def settle_late(self, result: FinalResult) -> None:
+        """The result of a :meth:`reopen`-ed order, so a later ``wait()`` hands over
+        what was paid instead of the old timeout."""
         if logger.isEnabledFor(logging.INFO):
             self._log_end(result, None, outcome(result.status, result.until))
-        self.result, self.error = result, None
+        self.result, self.error, self.is_finished = result, None, True
+        if self._done is not None:
+            self._done.set()
         self._tell_watchers()
 
     def release(self) -> None:

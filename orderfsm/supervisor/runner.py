@@ -105,8 +105,20 @@ class Scheduler(GetOrderChecks):
         if not order.ended:
             self._dirty[order.order_id] = order
             self._kick.set()
-        elif order.result is None and order.settled is not None and not order.released:
-            order.settle_late(_result(order, None))
+        elif (
+            order.is_finished
+            and order.result is None
+            and order.settled is not None
+            and not order.released
+            and not order.settling_late
+        ):
+            # Ended unsettled, then settled after all: its result, with details as any.
+            order.settling_late = True
+            order.reopen()
+            if order.details is None and self.fetch_details:
+                self._spawn(self._finish_late, order)
+            else:
+                order.settle_late(_result(order, None))
 
     def stop(self, order: TrackedOrder, error: OrderFsmError) -> None:
         """End tracking now (untracked, timed out, no source, no such order): unsettled,
@@ -339,7 +351,19 @@ class Scheduler(GetOrderChecks):
             self.wake(order)
 
     async def _finish(self, order: TrackedOrder) -> None:
-        """Get order once for the details of a settled order, then finish it.
+        """Get the details of a settled order, then finish it."""
+        details_error = await self._details(order)
+        if not order.is_finished:  # else the tracker closed while the details were coming
+            order.finish(_result(order, details_error), None)
+
+    async def _finish_late(self, order: TrackedOrder) -> None:
+        """Get the details of an order that settled after its tracking ended unsettled."""
+        details_error = await self._details(order)
+        if not order.is_finished:  # else the tracker closed while the details were coming
+            order.settle_late(_result(order, details_error))
+
+    async def _details(self, order: TrackedOrder) -> OrderFsmError | None:
+        """Get order for the details of a settled order; why there are none, if so.
 
         The answer is news too: a status that moved on meanwhile (a refund
         already, a payment after the expired grace) reaches the listeners as
@@ -372,8 +396,8 @@ class Scheduler(GetOrderChecks):
                 if told is not None:
                     at = anyio.current_time()
                     order.observe(Observation(order.order_id, told, POLLING, at, raw=details))
-                if told is None or order.book.status(order.order_id) is told:
-                    break
+                if told is None or order.released or order.book.status(order.order_id) is told:
+                    break  # (a released order may be forgotten, its book entry with it)
                 # Get order still says an older status (it lags behind the socket):
                 # details that say "paid" beside a result that says "done" are asked
                 # again, for a moment only: the player waits for the result meanwhile.
@@ -389,8 +413,7 @@ class Scheduler(GetOrderChecks):
         if timeout.cancelled_caught:
             why = f"Get order still said {lagging!r}" if lagging else "they did not arrive"
             details_error = TrackingTimeout(f"order details: {why} in time")
-        if not order.is_finished:  # else the tracker closed while the details were coming
-            order.finish(_result(order, details_error), None)
+        return details_error
 
 
 DETAILS_LAG_PAUSE = 0.25

@@ -48,6 +48,8 @@ MESSAGE_TOO_BIG = 1009
 CONNECTION_EXPIRED = 3005
 STATE_INVALIDATED = 3014
 INVALID_TOKEN = 3500
+RESUBSCRIBE_CODES = 2500
+"""A ``push.unsubscribe`` code from here up asks the client to subscribe again."""
 
 # Error reply codes.
 UNAUTHORIZED = 101

@@ -45,6 +45,7 @@ from orderfsm.interface import (
 )
 from transports.backend import on_asyncio
 from transports.centrifuge.backoff import full_jitter
+from transports.centrifuge.codes import RESUBSCRIBE_CODES
 from transports.centrifuge.counters import ConnectionCounters, close_label
 from transports.centrifuge.engine import CentrifugeEngine
 from transports.centrifuge.events import (
@@ -131,6 +132,7 @@ class Connection:
         self.health = Health.CONNECTING
         self._dropped: set[str] = set()
         """Channels the server unsubscribed us from: their news no longer comes here."""
+        self._resubscribe = False
         self.reason = "connecting"
         self._counters = counters if counters is not None else ConnectionCounters()
         self._counters.moved(None, Health.CONNECTING)
@@ -382,20 +384,30 @@ class Connection:
                 self._log(logging.INFO, "websocket.failed", reason, event.code)
                 self._set_health(Health.FAILED, reason, event.error)
             elif isinstance(event, Unsubscribed):
-                # A server-side channel is not subscribed again by the client; until a
-                # new connection brings it back, orders on it are left to Get order.
-                self._dropped.add(event.channel)
                 reason = f"the server dropped {event.channel}: {event.reason} ({event.code})"
                 self._log(logging.INFO, "websocket.unsubscribed", reason)
-                self._set_health(Health.DEGRADED, reason, gap=True)
+                if event.code:
+                    # Dropped from a live connection (a push.unsubscribe).  A server-side
+                    # channel is not subscribed again by the client: orders on it are left
+                    # to Get order until a new connection, asked for at once when the
+                    # server says to subscribe again (code 2500 and up).
+                    self._dropped.add(event.channel)
+                    self._set_health(Health.DEGRADED, reason, gap=True)
+                    if event.code >= RESUBSCRIBE_CODES:
+                        self._resubscribe = True
+                # else absent from a new connect reply, which restates the whole set.
             elif isinstance(event, Subscribed):
                 self._dropped.discard(event.channel)
             elif isinstance(event, Ignored):
                 self._log(logging.INFO, "websocket.ignored", event.reason)
             elif isinstance(event, Connected):
+                self._dropped.clear()  # its reply names every channel the server gives us
                 self._log(logging.DEBUG, "websocket.connected", f"client {event.client}")
         if self.health is not Health.HEALTHY:
             self._healthy_again()
+        if self._resubscribe:
+            self._resubscribe = False
+            self.reconnect_now("the server asked to subscribe again")
 
     def _healthy_again(self) -> None:
         if self.engine.caught_up and not self._dropped:  # after a gap while live
