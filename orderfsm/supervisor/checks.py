@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger("orderfsm")
 
 CHECK_RETRY_MIN, CHECK_RETRY_MAX = 0.5, 30.0
+CHECK_RETRY_AFTER_MAX = 300.0
+"""A Retry-After honoured up to this: a year's wait is a server's bug, and a check
+asleep keeps every later doubt about the order from being checked."""
 """Backoff (seconds) of the Get order that follows a gap, while it fails."""
 CHECKS_AT_ONCE = 32
 """One-shot Get order checks in flight at once; the rest wait their turn.  Ten
@@ -163,7 +166,7 @@ class GetOrderChecks:
                     # A 429 or 5xx's Retry-After is honoured, as the poller does: after a
                     # host sleep, thousands of checks would ignore a rate limit at once.
                     asked = exc.retry_after if isinstance(exc, ServerError) else None
-                    await anyio.sleep(max(delay, asked or 0.0))
+                    await anyio.sleep(max(delay, min(asked or 0.0, CHECK_RETRY_AFTER_MAX)))
                     delay = min(2 * delay, CHECK_RETRY_MAX)
                     continue
                 except Exception:  # a bug (ours, or an app's HttpClient): this check only

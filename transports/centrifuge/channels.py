@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 
 from orderfsm.core import Status, order_id_of
+from orderfsm.core.ids import MAX_ORDER_ID
 from transports.centrifuge.events import Event, Gap, Ignored, OrderPublication, Subscribed
 from transports.centrifuge.frames import HistoryResult, Publication, SubscribeResult
 
@@ -216,7 +217,7 @@ def order_fields(data: Any) -> tuple[int, Status] | None:
         return None
     order_id = data.get("order_id")
     wire = data.get("status")
-    if type(order_id) is not int or order_id <= 0:
+    if type(order_id) is not int or not 0 < order_id <= MAX_ORDER_ID:
         order_id = order_id_of(order_id)  # its digits as a string, as Get order may send it
         if order_id is None:
             return None
