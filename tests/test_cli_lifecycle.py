@@ -35,7 +35,12 @@ def run_watch(
     process = start(watch_args(emu, order_id, "--token-env", "T", *extra), T=token)
     try:
         assert process.stdout is not None
-        first = process.stdout.readline()
+        first = ""
+        while True:  # until its first status: a report may come before it
+            line = process.stdout.readline()
+            first += line
+            if not line or "status" in json.loads(line):
+                break
         if script:
             anyio.run(emu.run_script, order_id, script)
         out, err = process.communicate(timeout=120)
