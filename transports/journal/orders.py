@@ -235,7 +235,7 @@ def _lock(db: Any, dialect: str, order_id: int, now: float) -> _Pending:
 LOCK_ALL = (
     "INSERT INTO orderfsm_orders (order_id, status, version, until, tracking,"
     " lease_until, fence, updated_at)"
-    " SELECT i, NULL, 0, %s, FALSE, 0, 0, %s FROM unnest(%s::bigint[]) AS ids(i) ORDER BY i"
+    " SELECT i, NULL, 0, %s, FALSE, 0, 0, %s FROM unnest(%b::bigint[]) AS ids(i) ORDER BY i"
     " ON CONFLICT (order_id) DO UPDATE SET order_id = excluded.order_id"
     " RETURNING order_id, status, version, until"
 )
@@ -243,12 +243,12 @@ LOCK_ALL = (
 
 WRITE_ALL = (
     "WITH w0 AS (INSERT INTO orderfsm_changes (" + CHANGE_COLUMNS + ")"
-    " SELECT * FROM unnest(%s::bigint[], %s::integer[], %s::text[], %s::text[], %s::text[],"
-    " %s::double precision[])),"
+    " SELECT * FROM unnest(%b::bigint[], %b::integer[], %b::text[], %b::text[], %b::text[],"
+    " %b::double precision[])),"
     " w1 AS (INSERT INTO orderfsm_orders AS o (order_id, status, version, until, tracking,"
     " lease_until, fence, updated_at)"
     " SELECT r.order_id, r.status, r.version, 'done', r.keep, 0, 0, %s"
-    " FROM unnest(%s::bigint[], %s::text[], %s::integer[], %s::boolean[])"
+    " FROM unnest(%b::bigint[], %b::text[], %b::integer[], %b::boolean[])"
     " AS r(order_id, status, version, keep)"
     " ON CONFLICT (order_id) DO UPDATE SET status = excluded.status,"
     " version = excluded.version, tracking = (o.tracking AND excluded.tracking),"

@@ -127,11 +127,6 @@ READ_CLAIM = f"SELECT {CLAIM_COLUMNS} FROM orderfsm_claims WHERE key = %s"
 
 PRUNE_CLAIMS = PRUNE_CLAIMS_SQL.format(m="%s")
 
-BATCH_LOCK_TIMEOUT = "SET LOCAL lock_timeout = 250"
-"""A batch waits on a row lock this long (ms), not the whole wait: other batches hold
-theirs for milliseconds, so a longer one is a transactional handler's, and the
-batch's requests go alone (each waiting as long as it may) rather than all stall."""
-
 
 def delivery_params(delivery: NewDelivery) -> dict[str, Any]:
     return {
