@@ -357,43 +357,45 @@ class PostgresStore:
         lease: float,
         deadline: float,
     ) -> list[Claimed] | None:
-        """The claims (one statement), then every order's status, in one transaction."""
+        """The claims and the lock of their orders (one statement), then every order's
+        status, in one transaction."""
         notes = [note for request in requests for note in request.notes]
+        orders = sorted({note.order_id for note in notes})
 
-        def send(db: psycopg.Connection[Any]) -> Callable[[], list[Claimed]]:
-            read = batch.send_claims(db, requests, owner, now, lease)
+        def write(db: psycopg.Connection[Any]) -> list[Claimed]:
+            claimed, locked = batch.claims(db, requests, owner, now, lease, orders)
             if notes:
-                record(db, self.kind, notes, now, self.channel)
-            return read
+                record(db, self.kind, notes, now, self.channel, locked)
+            return claimed
 
-        return self._together(len(requests), batch.CLAIM_BEGIN, send, deadline)
+        return self._together(len(requests), batch.CLAIM_BEGIN, write, deadline)
 
     def settle_many(
         self, requests: Sequence[SettleRequest], now: float, deadline: float
     ) -> list[bool] | None:
         """The answers (one statement) in one transaction, one durable commit."""
 
-        def send(db: psycopg.Connection[Any]) -> Callable[[], list[bool]]:
-            return batch.send_settles(db, requests, now)
+        def write(db: psycopg.Connection[Any]) -> list[bool]:
+            return batch.settles(db, requests, now)
 
-        return self._together(len(requests), batch.SETTLE_BEGIN, send, deadline)
+        return self._together(len(requests), batch.SETTLE_BEGIN, write, deadline)
 
     def _together(
         self,
         count: int,
         begin: str,
-        send: Callable[[psycopg.Connection[Any]], Callable[[], list[R]]],
+        write: Callable[[psycopg.Connection[Any]], list[R]],
         deadline: float,
     ) -> list[R] | None:
-        """Send the batch's statements (``send(db)``, which returns the read of their
-        results) and read them, in one transaction opened by ``begin``.  Claim rows
+        """The batch's statements (``write(db)``, which returns their results), in one
+        transaction opened by ``begin``.  Claim rows
         are locked in key order (then order rows in id order, as every writer does),
         so batches of several processes never deadlock; a row locked past a short
         wait (a transactional handler's) gives ``None``: every request goes alone."""
         with self._connection(deadline) as db:
             try:
                 with _transaction(db, begin):
-                    got = send(db)()
+                    got = write(db)
             except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
                 return None
             except psycopg.Error as exc:

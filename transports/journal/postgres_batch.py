@@ -20,9 +20,10 @@ plan cache) must not go on reading the whole table as it grows.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
+from orderfsm.core import Status
 from orderfsm.journal import decisions
 from transports.journal.base import (
     CLAIM_COLUMNS,
@@ -33,14 +34,20 @@ from transports.journal.base import (
     encode_headers,
     error_text,
 )
-from transports.journal.postgres_sql import send_claim, send_settle
+from transports.journal.orders import LOCK_ROWS
+from transports.journal.postgres_sql import claim_on, settle
 
 if TYPE_CHECKING:
     import psycopg
 
-R = TypeVar("R")
-
 _PRIOR_COLUMNS = ", ".join("p." + c.strip() for c in CLAIM_COLUMNS.split(","))
+
+_LOCK_ORDERS = LOCK_ROWS.format(
+    until="%(done)s",
+    now="%(now)s",
+    ids="%(orders)b",
+    after=" WHERE (SELECT count(*) FROM taken) >= 0",  # the claims' rows first
+)
 
 CLAIMS = f"""
 WITH i AS (
@@ -72,13 +79,18 @@ WITH i AS (
     FROM i LEFT JOIN taken AS t ON t.key = i.key LEFT JOIN prior AS p ON p.key = i.key
     ORDER BY i.ord
     RETURNING id, key
-)
-SELECT l.id, t.attempt, {_PRIOR_COLUMNS}
-FROM i JOIN logged AS l ON l.key = i.key
+), locked AS ({_LOCK_ORDERS})
+SELECT l.id, t.attempt, {_PRIOR_COLUMNS}, o.*
+FROM (SELECT array_agg(order_id), array_agg(status), array_agg(version), array_agg(until)
+    FROM locked) AS o,
+    i JOIN logged AS l ON l.key = i.key
     LEFT JOIN taken AS t ON t.key = i.key LEFT JOIN prior AS p ON p.key = i.key
 ORDER BY i.ord"""
 """Each delivery's claim as :data:`~transports.journal.postgres_sql.CLAIM` makes it
-(keys distinct): its record's id, the attempt taken, the row as it was."""
+(keys distinct): its record's id, the attempt taken, the row as it was; then the
+``orders`` locked after the claims, as :data:`~transports.journal.orders.LOCK_ALL`
+does (their rows in arrays, the same on every row), for
+:func:`~transports.journal.orders.record` to write."""
 
 SETTLES = """
 WITH i AS (
@@ -140,21 +152,25 @@ def _split(keys: Sequence[str | None]) -> tuple[list[int], list[int]]:
     return together, alone
 
 
-def send_claims(
+def claims(
     db: psycopg.Connection[Any],
     requests: Sequence[ClaimRequest],
     owner: str,
     now: float,
     lease: float,
-) -> Callable[[], list[Claimed]]:
-    """Send every claim (in the caller's transaction); the function returned reads
-    what each gave, in order."""
+    orders: Sequence[int],
+) -> tuple[list[Claimed], list[tuple[Any, ...]] | None]:
+    """Every claim (in the caller's transaction), what each gave, in order; and the
+    rows of ``orders`` (ids, ascending), locked after the claims, as
+    :data:`~transports.journal.orders.LOCK_ALL` gives them (``None``: not locked,
+    no claim went in the set statement)."""
     deliveries = [request.delivery for request in requests]
     together, alone = _split([d.key for d in deliveries])
-    reads: dict[int, Callable[[], Claimed]] = {}
+    got: dict[int, Claimed] = {}
+    locked = None
     if together:
         chosen = [deliveries[i] for i in together]
-        cursor = db.execute(
+        rows = db.execute(
             CLAIMS,
             {
                 "ord": together,
@@ -169,39 +185,35 @@ def send_claims(
                 "owner": owner,
                 "now": now,
                 "lease_until": now + lease,
+                "done": Status.DONE.value,
+                "orders": list(orders),
             },
-        )
+        ).fetchall()
+        assert len(rows) == len(together)
+        for i, row in zip(together, rows, strict=True):
+            if row[1] is not None:
+                got[i] = Claimed(int(row[0]), int(row[1]), None)
+            else:
+                got[i] = Claimed(int(row[0]), None, claim_from_row(row[2:12]))
+        ids, statuses, versions, untils = rows[0][12:16]
+        locked = list(zip(ids or (), statuses or (), versions or (), untils or (), strict=True))
     for i in alone:
-        reads[i] = send_claim(db, deliveries[i], owner, now, lease, None)
-
-    def read() -> list[Claimed]:
-        got: dict[int, Claimed] = {}
-        if together:
-            rows = cursor.fetchall()
-            assert len(rows) == len(together)
-            for i, row in zip(together, rows, strict=True):
-                if row[1] is not None:
-                    got[i] = Claimed(int(row[0]), int(row[1]), None)
-                else:
-                    got[i] = Claimed(int(row[0]), None, claim_from_row(row[2:]))
-        got.update((i, read_one()) for i, read_one in reads.items())
-        return [got[i] for i in range(len(requests))]
-
-    return read
+        got[i] = claim_on(db, deliveries[i], owner, now, lease, None)
+    return [got[i] for i in range(len(requests))], locked
 
 
-def send_settles(
+def settles(
     db: psycopg.Connection[Any], requests: Sequence[SettleRequest], now: float
-) -> Callable[[], list[bool]]:
-    """Send every answer's write; the function returned reads, in order, whether each
-    was recorded (``False``: fenced)."""
+) -> list[bool]:
+    """Every answer's write (in the caller's transaction): whether each was recorded
+    (``False``: fenced), in order."""
     together, alone = _split([request.key for request in requests])
-    reads: dict[int, Callable[[], bool]] = {}
+    got: dict[int, bool] = {}
     if together:
         chosen = [requests[i] for i in together]
         keeps = [decisions.keeps(r.answer) for r in chosen]
         kept = list(zip(chosen, keeps, strict=True))
-        cursor = db.execute(
+        rows = db.execute(
             SETTLES,
             {
                 "ord": together,
@@ -217,17 +229,10 @@ def send_settles(
                 "id": [r.delivery_id for r in chosen],
                 "now": now,
             },
-        )
+        ).fetchall()
+        assert len(rows) == len(together)
+        got.update((i, bool(row[0])) for i, row in zip(together, rows, strict=True))
     for i in alone:
-        reads[i] = send_settle(db, requests[i], now)
-
-    def read() -> list[bool]:
-        got: dict[int, bool] = {}
-        if together:
-            rows = cursor.fetchall()
-            assert len(rows) == len(together)
-            got.update((i, bool(row[0])) for i, row in zip(together, rows, strict=True))
-        got.update((i, read_one()) for i, read_one in reads.items())
-        return [got[i] for i in range(len(requests))]
-
-    return read
+        r = requests[i]
+        got[i] = settle(db, r.key, r.attempt, r.answer, r.delivery_id, r.error, now)
+    return [got[i] for i in range(len(requests))]

@@ -1,6 +1,6 @@
 """The PostgreSQL journal's statements on a connection: the claim, its record and the
 read of the row as it was in one statement; the answer and the delivery's outcome in
-another; each sent apart from reading its result, so a pipeline carries several.
+another.  A batch's claims and answers are :mod:`~transports.journal.postgres_batch`'s.
 The connections, the pool and the transactions are :mod:`transports.journal.postgres`'s.
 """
 
