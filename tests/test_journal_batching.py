@@ -417,10 +417,18 @@ async def test_answers_in_a_batch_whose_leader_asyncio_cancelled_are_still_recor
     url = postgres_server().url()
     handled: list[int] = []
 
+    claimed = anyio.Event()
+
     async def handler(notification: object) -> None:
         order_id = getattr(notification, "order_id")  # noqa: B009
         handled.append(order_id)
-        if order_id != 10:
+        if len(handled) == 4:
+            claimed.set()
+        if order_id == 10:
+            # Every claim is in (claims and answers share the batches): order 10's
+            # slow answer now holds the lane alone.
+            await claimed.wait()
+        else:
             await anyio.sleep(0.05)  # queued behind order 10's answer
 
     with psycopg.connect(url, autocommit=True) as db:
