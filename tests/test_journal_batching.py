@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support_journal import (
+    accept_answers,
     connect,
-    is_postgres,
     on_answer,
     on_databases,
     on_update,
@@ -290,12 +290,7 @@ async def test_an_answer_that_cannot_be_written_fails_alone_not_its_whole_batch(
             stored = await journal.claims([f"order_paid:{i}" for i in orders])
             errors = [d.error for d in await journal.deliveries() if d.order_id == 1]
         finally:
-            db = connect(url)
-            try:
-                on_claims = " ON orderfsm_claims" if is_postgres(url) else ""
-                db.execute(f"DROP TRIGGER refuse_answer{on_claims}")
-            finally:
-                db.close()
+            accept_answers(url)
     assert 0 < settles.batches < settles.items  # some answers did share a transaction
     assert answers == {i: 500 if i in (1, 3) else 204 for i in orders}
     assert sorted(handled) == orders
@@ -662,12 +657,7 @@ def test_a_batch_of_answers_records_each_its_own_way_and_a_refused_one_goes_alon
                 ours.settle(blocked, OK, None, BUSY)
             assert ours.settle(last, OK, None, BUSY) == OK
         finally:
-            db = connect(url)
-            try:
-                on_claims = " ON orderfsm_claims" if is_postgres(url) else ""
-                db.execute(f"DROP TRIGGER refuse_answer{on_claims}")
-            finally:
-                db.close()
+            accept_answers(url)
         claims = ours.claims(["order_paid:6", "order_paid:7", "order_paid:8"])
         assert claims["order_paid:6"].answer == OK and claims["order_paid:8"].answer == OK
         assert claims["order_paid:7"].state is ClaimState.RUNNING
