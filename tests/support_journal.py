@@ -129,3 +129,13 @@ def refuse_answers(url: str, key: str) -> None:
             )
     finally:
         db.close()
+
+
+def accept_answers(url: str) -> None:
+    """Undo :func:`refuse_answers`."""
+    db = connect(url)
+    try:
+        on_claims = " ON orderfsm_claims" if is_postgres(url) else ""
+        db.execute(f"DROP TRIGGER refuse_answer{on_claims}")
+    finally:
+        db.close()

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support_journal import (
+    accept_answers,
     connect,
-    is_postgres,
     on_answer,
     on_databases,
     on_update,
@@ -23,11 +23,17 @@ from support_journal import (
 from support_postgres import postgres_server
 from support_webhook import SECRET, order_paid, signed
 
-from orderfsm.errors import JournalUnavailable
-from orderfsm.journal import JournalSettings
-from transports.journal import open_journal
+from orderfsm.core import Status
+from orderfsm.errors import JournalRefused, JournalUnavailable
+from orderfsm.journal import Answer, ClaimState, JournalSettings, NewDelivery, Outcome
+from transports.journal import SyncJournal, Taken, open_journal, store_for
+from transports.journal.base import ClaimRequest, SettleRequest
 from transports.journal.batching import Batcher
+from transports.journal.orders import Note
 from transports.webhook import WebhookReceiver
+
+OK = Answer(204)
+BUSY = Answer(500, b"busy")
 
 # --- the batcher alone --------------------------------------------------------------------
 
@@ -284,12 +290,7 @@ async def test_an_answer_that_cannot_be_written_fails_alone_not_its_whole_batch(
             stored = await journal.claims([f"order_paid:{i}" for i in orders])
             errors = [d.error for d in await journal.deliveries() if d.order_id == 1]
         finally:
-            db = connect(url)
-            try:
-                on_claims = " ON orderfsm_claims" if is_postgres(url) else ""
-                db.execute(f"DROP TRIGGER refuse_answer{on_claims}")
-            finally:
-                db.close()
+            accept_answers(url)
     assert 0 < settles.batches < settles.items  # some answers did share a transaction
     assert answers == {i: 500 if i in (1, 3) else 204 for i in orders}
     assert sorted(handled) == orders
@@ -411,10 +412,18 @@ async def test_answers_in_a_batch_whose_leader_asyncio_cancelled_are_still_recor
     url = postgres_server().url()
     handled: list[int] = []
 
+    claimed = anyio.Event()
+
     async def handler(notification: object) -> None:
         order_id = getattr(notification, "order_id")  # noqa: B009
         handled.append(order_id)
-        if order_id != 10:
+        if len(handled) == 4:
+            claimed.set()
+        if order_id == 10:
+            # Every claim is in (claims and answers share the batches): order 10's
+            # slow answer now holds the lane alone.
+            await claimed.wait()
+        else:
             await anyio.sleep(0.05)  # queued behind order 10's answer
 
     with psycopg.connect(url, autocommit=True) as db:
@@ -498,3 +507,160 @@ async def test_a_duplicate_gets_the_stored_answer_even_when_its_record_cannot_be
                 db.execute("DROP TRIGGER refuse_record ON orderfsm_deliveries")
     assert answers == [204, 204]
     assert handled == [4]
+
+
+# --- one batch, every kind of claim and answer -------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _journals(url: str, clock: _Clock) -> tuple[SyncJournal, SyncJournal]:
+    config = JournalSettings(lease=10.0, wait=0.3)
+    ours = SyncJournal(store_for(url, config), config, clock=clock)
+    theirs = SyncJournal(store_for(url, config), config, clock=clock)
+    ours.open()
+    theirs.open()
+    return ours, theirs
+
+
+def _delivery(order_id: int | None, clock: _Clock) -> NewDelivery:
+    key = None if order_id is None else f"order_paid:{order_id}"
+    body = order_paid(order_id or 99)
+    return NewDelivery("order_paid", key, order_id, body, (), "test", clock.now)
+
+
+@on_databases
+def test_a_batch_of_claims_gives_each_delivery_what_it_alone_would_get(
+    backend: str, tmp_path: Path
+) -> None:
+    """One batch holds a fresh key, the same key again, a duplicate of a refused (400)
+    delivery, a key another instance runs within its lease, one whose lease ran out,
+    one whose handler failed (released), and a delivery without a key: each gets its
+    own outcome, as it would alone, and the orders' statuses are written with them."""
+    url = url_for(backend, tmp_path)
+    clock = _Clock()
+    ours, theirs = _journals(url, clock)
+    refused = Answer(400, b'{"code":"INVALID_USER"}', "application/json")
+    try:
+        expired = theirs.begin(_delivery(3, clock), BUSY)
+        clock.now += 11  # order 3's lease runs out
+        running = theirs.begin(_delivery(2, clock), BUSY)
+        answered = theirs.begin(_delivery(1, clock), BUSY)
+        released = theirs.begin(_delivery(4, clock), BUSY)
+        assert all(isinstance(t, Taken) for t in (expired, running, answered, released))
+        assert isinstance(answered, Taken) and isinstance(released, Taken)
+        assert theirs.settle(answered, refused, "refused", BUSY) == refused
+        assert theirs.settle(released, Answer(500), "boom", BUSY) == Answer(500)
+
+        orders = [5, 5, 1, 2, 3, 4, None]
+        requests = [
+            ClaimRequest(
+                _delivery(o, clock), () if o is None else (Note(o, Status.PAID, "t", clock.now),)
+            )
+            for o in orders
+        ]
+        got = ours.claim_many(requests)
+        assert all(c is not None for c in got)
+        fresh, again, duplicate, busy, over, retried, keyless = got
+        assert fresh is not None and fresh.attempt == 1
+        assert again is not None and again.attempt is None and again.claim is not None
+        assert again.claim.state is ClaimState.RUNNING and again.claim.owner == ours.owner
+        assert duplicate is not None and duplicate.attempt is None
+        assert duplicate.claim is not None and duplicate.claim.answer == refused
+        assert busy is not None and busy.attempt is None and busy.claim is not None
+        assert busy.claim.state is ClaimState.RUNNING and busy.claim.owner == theirs.owner
+        assert over is not None and over.attempt == 2
+        assert retried is not None and retried.attempt == 2
+        assert keyless is not None and keyless.attempt == 0
+        ids = [c.delivery_id for c in got if c is not None]
+        assert len(set(ids)) == len(ids)  # every delivery recorded once
+
+        records = {d.id: d for d in ours.deliveries()}
+        assert records[duplicate.delivery_id].outcome is Outcome.DUPLICATE
+        assert records[duplicate.delivery_id].status == 400
+        assert records[over.delivery_id].attempt == 2
+        assert records[fresh.delivery_id].outcome is None  # its handler has yet to run
+        db = connect(url)
+        try:
+            statuses = db.execute("SELECT order_id, status, version FROM orderfsm_orders")
+            assert sorted(statuses.fetchall()) == [(i, "paid", 1) for i in (1, 2, 3, 4, 5)]
+        finally:
+            db.close()
+    finally:
+        ours.close()
+        theirs.close()
+
+
+@on_databases
+def test_a_batch_of_answers_records_each_its_own_way_and_a_refused_one_goes_alone(
+    backend: str, tmp_path: Path
+) -> None:
+    """One batch of answers: a 2xx, a 4xx refusal (stored, repeated), a 5xx (the key
+    released), one from an owner whose lease ran out and was taken over (fenced: the
+    newer attempt keeps the key), and one without a key.  Then a batch holding an
+    answer the database refuses: nothing of that batch is half-written, and each
+    answer alone is recorded but the refused one."""
+    url = url_for(backend, tmp_path)
+    clock = _Clock()
+    ours, theirs = _journals(url, clock)
+    refused = Answer(400, b"no", "text/plain")
+    try:
+        stale = ours.begin(_delivery(4, clock), BUSY)
+        clock.now += 11
+        newer = theirs.begin(_delivery(4, clock), BUSY)
+        taken = [ours.begin(_delivery(o, clock), BUSY) for o in (1, 2, 3, None)]
+        assert all(isinstance(t, Taken) for t in (stale, newer, *taken))
+        ok, refusal, failure, keyless = (t for t in taken if isinstance(t, Taken))
+        assert isinstance(stale, Taken) and isinstance(newer, Taken) and newer.attempt == 2
+
+        def request(t: Taken, answer: Answer) -> SettleRequest:
+            return SettleRequest(t.key, t.attempt, answer, t.delivery_id, None)
+
+        got = ours.settle_many(
+            [
+                request(ok, OK),
+                request(refusal, refused),
+                request(failure, Answer(503)),
+                request(stale, OK),
+                request(keyless, OK),
+            ]
+        )
+        assert got == [True, True, True, False, True]
+        claims = ours.claims([f"order_paid:{i}" for i in (1, 2, 3, 4)])
+        assert claims["order_paid:1"].answer == OK
+        assert claims["order_paid:2"].answer == refused
+        assert claims["order_paid:3"].state is ClaimState.RELEASED
+        assert claims["order_paid:4"].state is ClaimState.RUNNING
+        assert claims["order_paid:4"].attempt == 2 and claims["order_paid:4"].answer is None
+        outcomes = {d.id: d.outcome for d in ours.deliveries()}
+        assert outcomes[ok.delivery_id] is Outcome.HANDLED
+        assert outcomes[refusal.delivery_id] is Outcome.REFUSED
+        assert outcomes[failure.delivery_id] is Outcome.FAILED
+        assert outcomes[stale.delivery_id] is Outcome.FENCED
+        assert outcomes[keyless.delivery_id] is Outcome.HANDLED
+
+        more = [ours.begin(_delivery(o, clock), BUSY) for o in (6, 7, 8)]
+        first, blocked, last = (t for t in more if isinstance(t, Taken))
+        refuse_answers(url, "order_paid:7")
+        try:
+            requests = [request(t, OK) for t in (first, blocked, last)]
+            assert ours.settle_many(requests) == [None, None, None]
+            assert ours.claims(["order_paid:6"])["order_paid:6"].answer is None  # rolled back
+            assert ours.settle(first, OK, None, BUSY) == OK
+            with pytest.raises(JournalRefused):
+                ours.settle(blocked, OK, None, BUSY)
+            assert ours.settle(last, OK, None, BUSY) == OK
+        finally:
+            accept_answers(url)
+        claims = ours.claims(["order_paid:6", "order_paid:7", "order_paid:8"])
+        assert claims["order_paid:6"].answer == OK and claims["order_paid:8"].answer == OK
+        assert claims["order_paid:7"].state is ClaimState.RUNNING
+    finally:
+        ours.close()
+        theirs.close()

@@ -85,14 +85,16 @@ class Batcher(Generic[I, R]):
         self.batches = 0
         self.items = 0
 
-    async def submit(self, item: I) -> R:
+    async def submit(self, item: I, patience: float | None = None) -> R:
+        """``patience``: this caller's own, instead of the batcher's."""
+        patience = self._patience if patience is None else patience
         slot: _Slot[I, R] = _Slot(item)
         if self._leading < self._lanes:
             self._leading += 1
         else:
             self._queue.append(slot)
             try:
-                with anyio.move_on_after(self._patience):
+                with anyio.move_on_after(patience):
                     await slot.wake.wait()
                 if slot.taken and not slot.wake.is_set():
                     await slot.wake.wait()  # its batch runs: the result will come
@@ -105,7 +107,7 @@ class Batcher(Generic[I, R]):
             if not slot.wake.is_set():
                 self._queue.remove(slot)
                 raise JournalUnavailable(
-                    f"the journal's batches ahead did not finish within {self._patience} s"
+                    f"the journal's batches ahead did not finish within {patience} s"
                 )
             if not slot.lead:
                 return slot.outcome()

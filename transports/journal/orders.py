@@ -157,7 +157,12 @@ def channel_for(schema: str) -> str:
 
 
 def record(
-    db: Any, dialect: str, notes: Sequence[Note], now: float, channel: str = CHANNEL
+    db: Any,
+    dialect: str,
+    notes: Sequence[Note],
+    now: float,
+    channel: str = CHANNEL,
+    locked: Sequence[Sequence[Any]] | None = None,
 ) -> list[ChangeRow]:
     """Write what advances an order; returns the changes written (stale and repeated
     news write nothing).  One NOTIFY for the whole transaction, when anything changed.
@@ -167,11 +172,15 @@ def record(
     one more writes the changes, the rows and the NOTIFY, both of a fixed text
     (arrays, not one statement or one text per order), so psycopg and the server
     prepare them once; SQLite, in process, takes a statement per row.
+    ``locked``: PostgreSQL, every order's row as :data:`LOCK_ALL` returns it, locked
+    already by the caller's own statement (a batch of claims locks them in its own).
     """
     written: list[ChangeRow] = []
     # Locked in order id order, whatever order the notes come in (see track_many).
     ids = sorted({n.order_id for n in notes})
-    if dialect == "postgresql":
+    if locked is not None:
+        rows = _pending(locked)
+    elif dialect == "postgresql":
         rows = _lock_all(db, ids, now)
     else:
         rows = {i: _lock(db, dialect, i, now) for i in ids}
@@ -232,23 +241,27 @@ def _lock(db: Any, dialect: str, order_id: int, now: float) -> _Pending:
     )
 
 
-LOCK_ALL = (
+LOCK_ROWS = (
     "INSERT INTO orderfsm_orders (order_id, status, version, until, tracking,"
     " lease_until, fence, updated_at)"
-    " SELECT i, NULL, 0, %s, FALSE, 0, 0, %s FROM unnest(%s::bigint[]) AS ids(i) ORDER BY i"
+    " SELECT i, NULL, 0, {until}, FALSE, 0, 0, {now} FROM unnest({ids}::bigint[]) AS ids(i)"
+    "{after} ORDER BY i"
     " ON CONFLICT (order_id) DO UPDATE SET order_id = excluded.order_id"
     " RETURNING order_id, status, version, until"
 )
+"""The text of :data:`LOCK_ALL`, its parameters' marks to fill in, and ``after``: a
+condition that makes it wait for rows another part of the statement locks first."""
+LOCK_ALL = LOCK_ROWS.format(until="%s", now="%s", ids="%b", after="")
 """PostgreSQL: :func:`_lock` for many orders, in ``ORDER BY`` order (the insert's order)."""
 
 WRITE_ALL = (
     "WITH w0 AS (INSERT INTO orderfsm_changes (" + CHANGE_COLUMNS + ")"
-    " SELECT * FROM unnest(%s::bigint[], %s::integer[], %s::text[], %s::text[], %s::text[],"
-    " %s::double precision[])),"
+    " SELECT * FROM unnest(%b::bigint[], %b::integer[], %b::text[], %b::text[], %b::text[],"
+    " %b::double precision[])),"
     " w1 AS (INSERT INTO orderfsm_orders AS o (order_id, status, version, until, tracking,"
     " lease_until, fence, updated_at)"
     " SELECT r.order_id, r.status, r.version, 'done', r.keep, 0, 0, %s"
-    " FROM unnest(%s::bigint[], %s::text[], %s::integer[], %s::boolean[])"
+    " FROM unnest(%b::bigint[], %b::text[], %b::integer[], %b::boolean[])"
     " AS r(order_id, status, version, keep)"
     " ON CONFLICT (order_id) DO UPDATE SET status = excluded.status,"
     " version = excluded.version, tracking = (o.tracking AND excluded.tracking),"
@@ -259,7 +272,10 @@ WRITE_ALL = (
 
 
 def _lock_all(db: Any, ids: Sequence[int], now: float) -> dict[int, _Pending]:
-    rows = db.execute(LOCK_ALL, (Status.DONE.value, now, list(ids))).fetchall()
+    return _pending(db.execute(LOCK_ALL, (Status.DONE.value, now, list(ids))).fetchall())
+
+
+def _pending(rows: Sequence[Sequence[Any]]) -> dict[int, _Pending]:
     return {
         int(order_id): _Pending(
             int(order_id), None if status is None else Status(status), int(version), Status(until)

@@ -1,6 +1,6 @@
 """The PostgreSQL journal's statements on a connection: the claim, its record and the
 read of the row as it was in one statement; the answer and the delivery's outcome in
-another; each sent apart from reading its result, so a pipeline carries several.
+another.  A batch's claims and answers are :mod:`~transports.journal.postgres_batch`'s.
 The connections, the pool and the transactions are :mod:`transports.journal.postgres`'s.
 """
 
@@ -126,11 +126,6 @@ WHERE key = %s AND attempt = %s AND state = 'answered'
 READ_CLAIM = f"SELECT {CLAIM_COLUMNS} FROM orderfsm_claims WHERE key = %s"
 
 PRUNE_CLAIMS = PRUNE_CLAIMS_SQL.format(m="%s")
-
-BATCH_LOCK_TIMEOUT = "SET LOCAL lock_timeout = 250"
-"""A batch waits on a row lock this long (ms), not the whole wait: other batches hold
-theirs for milliseconds, so a longer one is a transactional handler's, and the
-batch's requests go alone (each waiting as long as it may) rather than all stall."""
 
 
 def delivery_params(delivery: NewDelivery) -> dict[str, Any]:
