@@ -138,7 +138,10 @@ class Connection:
         self._attempt_scope: anyio.CancelScope | None = None
         self._timer: anyio.CancelScope | None = None
         self._ws: WebSocket | None = None
-        self._send_lock = anyio.Lock()
+        # Uncontended (nearly always: the timer task rarely sends), taken without
+        # the two checkpoints a plain anyio Lock makes: each was a trip through
+        # the event loop for every pong.
+        self._send_lock = anyio.Lock(fast_acquire=True)
         self._end: Reconnecting | Failed | None = None
         self._backoff: anyio.CancelScope | None = None
 
