@@ -31,24 +31,27 @@ async def test_a_set_before_the_wait_is_kept_and_consumed_once() -> None:
 
 async def test_a_set_while_waiting_wakes_the_waiter_each_time() -> None:
     wakeup = Wakeup()
-    woken = 0
+    send, receive = anyio.create_memory_object_stream[int](10)
 
     async def waiter() -> None:
-        nonlocal woken
+        woken = 0
         while True:
             await wakeup.wait()
             woken += 1
+            send.send_nowait(woken)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(waiter)
         for expected in range(1, 4):
-            await anyio.wait_all_tasks_blocked()
+            await anyio.wait_all_tasks_blocked()  # the waiter waits: set() wakes it
             wakeup.set()
             with anyio.fail_after(DEADLINE):
-                while woken < expected:
-                    await anyio.sleep(0)
+                assert await receive.receive() == expected
+        await anyio.wait_all_tasks_blocked()
+        assert receive.statistics().current_buffer_used == 0, "woken without a set()"
         tg.cancel_scope.cancel()
-    assert woken == 3
+    send.close()
+    receive.close()
 
 
 async def test_a_set_during_a_cancelled_wait_is_not_lost() -> None:
