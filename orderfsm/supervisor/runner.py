@@ -37,6 +37,7 @@ from orderfsm.supervisor.custom import CustomTransport, OrderContext
 from orderfsm.supervisor.order import SourceSink, TrackedOrder
 from orderfsm.supervisor.policy import Policy
 from orderfsm.supervisor.records import FinalResult
+from transports.backend import Wakeup, loop_clock
 
 if TYPE_CHECKING:
     from transports.http import HttpClient
@@ -86,7 +87,7 @@ class Scheduler(GetOrderChecks):
         self._live = 0
         """Orders started and not ended: each has one live entry in ``_due`` at most."""
         self._dirty: dict[int, TrackedOrder] = {}
-        self._kick = anyio.Event()
+        self._kick = Wakeup()
         self._checks_at_once = anyio.Semaphore(CHECKS_AT_ONCE)
 
     # --- what the tracker calls -------------------------------------------------------
@@ -150,27 +151,38 @@ class Scheduler(GetOrderChecks):
                 order.finish(_result(order, closed), None)
 
     async def run(self) -> None:
+        clock = loop_clock()
+        kick = self._kick
         while True:
-            kick = self._kick = anyio.Event()
-            now = anyio.current_time()
-            due = self._due
-            while due and due[0][0] <= now:
-                at, _, order = heapq.heappop(due)
-                if order.review_at == at:
-                    order.review_at = None  # in the heap no more
-                    self._dirty[order.order_id] = order
-            dirty, self._dirty = self._dirty, {}
-            for order in dirty.values():
-                if not order.ended:
-                    self._step(order, now)
-            if len(due) > 2 * self._live + 64:
-                # Orders that ended or moved their review leave entries behind;
-                # dropped in bulk so the heap does not keep old orders alive.
-                due[:] = [entry for entry in due if entry[2].review_at == entry[0]]
-                heapq.heapify(due)
-            wake_at = due[0][0] if due else math.inf
-            with anyio.CancelScope(deadline=wake_at):
-                await kick.wait()
+            # One cancel scope per review time reached, its deadline moved when the
+            # earliest review moves (rarely: ended orders' entries stay until due),
+            # not one per pass: a pass runs for nearly every settled order, and a
+            # scope with a deadline and an event each time were most of its cost.
+            with anyio.CancelScope() as timer:
+                while True:
+                    wake_at = self._pass(clock())
+                    if timer.deadline != wake_at:
+                        timer.deadline = wake_at
+                    await kick.wait()
+
+    def _pass(self, now: float) -> float:
+        """Look at the orders woken and those whose review is due; the next review time."""
+        due = self._due
+        while due and due[0][0] <= now:
+            at, _, order = heapq.heappop(due)
+            if order.review_at == at:
+                order.review_at = None  # in the heap no more
+                self._dirty[order.order_id] = order
+        dirty, self._dirty = self._dirty, {}
+        for order in dirty.values():
+            if not order.ended:
+                self._step(order, now)
+        if len(due) > 2 * self._live + 64:
+            # Orders that ended or moved their review leave entries behind;
+            # dropped in bulk so the heap does not keep old orders alive.
+            due[:] = [entry for entry in due if entry[2].review_at == entry[0]]
+            heapq.heapify(due)
+        return due[0][0] if due else math.inf
 
     # --- one order ------------------------------------------------------------------
 

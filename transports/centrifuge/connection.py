@@ -24,7 +24,6 @@ opens: exactly one live socket per connection.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import math
@@ -43,7 +42,7 @@ from orderfsm.interface import (
     TokenProvider,
     token_provider,
 )
-from transports.backend import on_asyncio
+from transports.backend import loop_clock
 from transports.centrifuge.backoff import full_jitter
 from transports.centrifuge.codes import RESUBSCRIBE_CODES
 from transports.centrifuge.counters import ConnectionCounters, close_label
@@ -145,7 +144,10 @@ class Connection:
         self._attempt_scope: anyio.CancelScope | None = None
         self._timer: anyio.CancelScope | None = None
         self._ws: WebSocket | None = None
-        self._send_lock = anyio.Lock()
+        # Uncontended (nearly always: the timer task rarely sends), taken without
+        # the two checkpoints a plain anyio Lock makes: each was a trip through
+        # the event loop for every pong.
+        self._send_lock = anyio.Lock(fast_acquire=True)
         self._end: Reconnecting | Failed | None = None
         self._backoff: anyio.CancelScope | None = None
 
@@ -295,7 +297,7 @@ class Connection:
         engine = self.engine
         live = engine.live_observation
         deliver = self._subscribers.deliver
-        clock = _loop_clock()
+        clock = loop_clock()
         await ws.send(first)
         while self._end is None:
             frame = await ws.receive()
@@ -457,13 +459,6 @@ def _wake_at(deadline: float | None, now: float) -> float:
     if deadline is None:
         return math.inf
     return deadline - max(deadline - now, 0.0) * TIMER_SLACK_MARGIN
-
-
-def _loop_clock() -> Callable[[], float]:
-    """``anyio.current_time`` without its per-call backend lookup (a hot path)."""
-    if on_asyncio():
-        return asyncio.get_running_loop().time  # what anyio reads on asyncio
-    return anyio.current_time
 
 
 def _describe(code: int | None, reason: str) -> str:

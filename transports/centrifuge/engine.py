@@ -175,11 +175,17 @@ class CentrifugeEngine:
         channel's offset, a later ping timeout) puts nothing in
         :meth:`data_to_send` and brings no :meth:`next_deadline` sooner, so a
         driver need not ask after it."""
-        live = self._lone_live_publication(text)
-        if live is None:
+        # _lone_live_publication, inlined: this path is every status's
+        if self.state is not State.CONNECTED or type(text) is not str or not self._caught_up:
             return None
-        ch, offset, data = live
-        told = order_fields(data) if offset == ch.offset + 1 else None
+        fields = publication_line(text) if "\n" not in text else None
+        if fields is None:
+            return None
+        channel, offset, data = fields
+        ch = self._channels.get(channel)
+        if ch is None or ch.phase is not Phase.LIVE or offset != ch.offset + 1:
+            return None
+        told = order_fields(data)
         if told is None:
             return None
         ch.offset = offset

@@ -1,0 +1,72 @@
+"""The scheduler's reusable wake-up flag, on both event loops.
+
+The tracker's scheduler waits on one :class:`~transports.backend.Wakeup` for its
+whole life, woken once per settled order: a wake-up lost (set while nobody
+waits, or while the wait is being cancelled by its review timer) would leave an
+order unlooked-at until its next review.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from transports.backend import Wakeup, loop_clock
+
+pytestmark = pytest.mark.anyio
+
+DEADLINE = 10.0
+
+
+async def test_a_set_before_the_wait_is_kept_and_consumed_once() -> None:
+    wakeup = Wakeup()
+    wakeup.set()
+    wakeup.set()  # idempotent until a wait returns
+    with anyio.fail_after(DEADLINE):
+        await wakeup.wait()
+    with anyio.move_on_after(0.05) as second:
+        await wakeup.wait()
+    assert second.cancelled_caught, "one set() released two waits"
+
+
+async def test_a_set_while_waiting_wakes_the_waiter_each_time() -> None:
+    wakeup = Wakeup()
+    send, receive = anyio.create_memory_object_stream[int](10)
+
+    async def waiter() -> None:
+        woken = 0
+        while True:
+            await wakeup.wait()
+            woken += 1
+            send.send_nowait(woken)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        for expected in range(1, 4):
+            await anyio.wait_all_tasks_blocked()  # the waiter waits: set() wakes it
+            wakeup.set()
+            with anyio.fail_after(DEADLINE):
+                assert await receive.receive() == expected
+        await anyio.wait_all_tasks_blocked()
+        assert receive.statistics().current_buffer_used == 0, "woken without a set()"
+        tg.cancel_scope.cancel()
+    send.close()
+    receive.close()
+
+
+async def test_a_set_during_a_cancelled_wait_is_not_lost() -> None:
+    wakeup = Wakeup()
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        wakeup.set()
+        await wakeup.wait()  # cancelled at its checkpoint: the flag stays
+    assert scope.cancelled_caught
+    with anyio.fail_after(DEADLINE):
+        await wakeup.wait()
+
+
+async def test_the_loop_clock_reads_what_anyio_reads() -> None:
+    clock = loop_clock()
+    before = anyio.current_time()
+    now = clock()
+    assert before <= now <= anyio.current_time()
