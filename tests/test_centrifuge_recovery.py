@@ -404,7 +404,7 @@ def test_a_channel_missing_from_the_new_connect_reply_is_gone() -> None:
     s.lose()
     s.connect_id = s.connect_command()["id"]
     events = s.receive(connect_reply(s.connect_id, subs={}))
-    assert Unsubscribed(s.now, CH, 0, "not in the connect reply") in events
+    assert Unsubscribed(s.now, CH, 0, "not in the connect reply", restated=True) in events
     assert s.engine.positions() == {}
 
 

@@ -4,8 +4,8 @@ each test failing before its fix), on the emulator, on asyncio and trio."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
+from contextlib import asynccontextmanager
 
 import anyio
 import pytest
@@ -116,34 +116,43 @@ async def test_a_token_refresh_that_fails_once_is_not_a_rejected_token() -> None
     assert details.known_status == "done" and seen.statuses == [Status.DONE]
 
 
-async def socket_reports(emu: Emulator, user: User, **options: Any) -> tuple[Tracker, list[Health]]:
+@asynccontextmanager
+async def on_a_healthy_socket(
+    code: int, reason: str
+) -> AsyncIterator[tuple[Emulator, User, int, Tracker, list[Health]]]:
+    """An order followed on a caught-up socket whose channel the server then drops
+    with ``code``; the socket's health reports, in order."""
     socket: list[Health] = []
 
     def on_report(_: int, report: HealthReport) -> None:
         if report.source == "websocket":
             socket.append(report.health)
 
-    policy = DefaultPolicy(poll_interval=0.05, deadline=10.0)
-    tracker = emulator_tracker(emu, user, policy=policy, on_report=on_report, **options)
-    return tracker, socket
-
-
-async def test_a_channel_the_server_drops_is_covered_by_get_order() -> None:
-    """The server unsubscribes the player's channel on a live socket (code 2000: for
-    good): nothing more of it comes there, so Get order covers the order (before, the
-    socket stayed healthy with no channel, nothing polled, and the order waited for the
-    socket's 5-minute lifespan or timed out)."""
     async with Emulator(ping_interval=0) as emu:
         user = await emu.create_user()
         order_id = await emu.create_order(user)
-        tracker, socket = await socket_reports(emu, user, fetch_details=False)
+        policy = DefaultPolicy(poll_interval=0.05, deadline=10.0)
+        tracker = emulator_tracker(
+            emu, user, policy=policy, on_report=on_report, fetch_details=False
+        )
         async with tracker:
             tracker.track(order_id)
             await eventually(lambda: socket and socket[-1] is Health.HEALTHY)
-            assert await emu.unsubscribe(user, 2000, "server unsubscribe") == 1
-            await emu.pay(order_id)
-            await emu.deliver(order_id)
-            result = await tracker.wait(order_id)
+            assert await emu.unsubscribe(user, code, reason) == 1
+            yield emu, user, order_id, tracker, socket
+
+
+@pytest.mark.parametrize("code", [2000, 0])
+async def test_a_channel_the_server_drops_is_covered_by_get_order(code: int) -> None:
+    """The server unsubscribes the player's channel on a live socket (code 2000: for
+    good; or no code at all): nothing more of it comes there, so Get order covers the
+    order (before, the socket stayed healthy with no channel, nothing polled, and the
+    order waited for the socket's 5-minute lifespan or timed out)."""
+    dropped = on_a_healthy_socket(code, "server unsubscribe")
+    async with dropped as (emu, _, order_id, tracker, _):
+        await emu.pay(order_id)
+        await emu.deliver(order_id)
+        result = await tracker.wait(order_id)
     assert result.status is Status.DONE and result.source == "polling"
 
 
@@ -151,19 +160,18 @@ async def test_a_channel_the_server_asks_to_subscribe_again_comes_back_by_reconn
     """Code 2500 and up ask the client to subscribe again; a server-side channel comes
     back with a new connection, made at once: the socket is healthy again and hears the
     order (a later connect reply restates every channel, so nothing stays 'dropped')."""
-    async with Emulator(ping_interval=0) as emu:
-        user = await emu.create_user()
-        order_id = await emu.create_order(user)
-        tracker, socket = await socket_reports(emu, user, fetch_details=False)
-        async with tracker:
-            tracker.track(order_id)
-            await eventually(lambda: socket and socket[-1] is Health.HEALTHY)
-            assert await emu.unsubscribe(user, 2500, "insufficient state") == 1
-            await eventually(lambda: socket[-2:] == [Health.DEGRADED, Health.HEALTHY])
-            assert len(await emu.connections(user)) == 2
-            await emu.pay(order_id)
-            await emu.deliver(order_id)
-            result = await tracker.wait(order_id)
+    async with on_a_healthy_socket(2500, "insufficient state") as (
+        emu,
+        user,
+        order_id,
+        tracker,
+        socket,
+    ):
+        await eventually(lambda: socket[-2:] == [Health.DEGRADED, Health.HEALTHY])
+        assert len(await emu.connections(user)) == 2
+        await emu.pay(order_id)
+        await emu.deliver(order_id)
+        result = await tracker.wait(order_id)
     assert result.status is Status.DONE
 
 

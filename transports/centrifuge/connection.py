@@ -388,7 +388,7 @@ class Connection:
             elif isinstance(event, Unsubscribed):
                 reason = f"the server dropped {event.channel}: {event.reason} ({event.code})"
                 self._log(logging.INFO, "websocket.unsubscribed", reason)
-                if event.code:
+                if not event.restated:
                     # Dropped from a live connection (a push.unsubscribe).  A server-side
                     # channel is not subscribed again by the client: orders on it are left
                     # to Get order until a new connection, asked for at once when the
@@ -397,7 +397,7 @@ class Connection:
                     self._set_health(Health.DEGRADED, reason, gap=True)
                     if event.code >= RESUBSCRIBE_CODES:
                         self._resubscribe = True
-                # else absent from a new connect reply, which restates the whole set.
+                # else absent from a new connect reply, which names the whole set.
             elif isinstance(event, Subscribed):
                 self._dropped.discard(event.channel)
             elif isinstance(event, Ignored):

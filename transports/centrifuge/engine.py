@@ -370,19 +370,21 @@ class CentrifugeEngine:
             )
         ]
         for ch in [ch for name, ch in self._channels.items() if name not in result.subs]:
-            events += self._drop(ch, 0, "not in the connect reply", now)
+            events += self._drop(ch, 0, "not in the connect reply", now, restated=True)
         for name, sub in result.subs.items():
             known = name in self._channels
             ch = self._channels.setdefault(name, Channel(name))
             events += ch.on_subscribed(sub, now, known=known)
         return events
 
-    def _drop(self, ch: Channel, code: int, reason: str, now: float) -> list[Event]:
+    def _drop(
+        self, ch: Channel, code: int, reason: str, now: float, *, restated: bool = False
+    ) -> list[Event]:
         """The server unsubscribed us: hand out what was held back, then forget the channel."""
         events = ch.go_live(now)
         del self._channels[ch.name]
         self._requests = {i: n for i, n in self._requests.items() if n != ch.name}
-        return [*events, Unsubscribed(now, ch.name, code, reason)]
+        return [*events, Unsubscribed(now, ch.name, code, reason, restated)]
 
     def _after_message(self, now: float) -> list[Event]:
         """Send the history reads channels ask for; report when all are live."""

@@ -61,6 +61,9 @@ class Unsubscribed:
     channel: str
     code: int
     reason: str
+    restated: bool = False
+    """Absent from a new connect reply, which names every channel the connection has
+    (not a ``push.unsubscribe`` on a live connection)."""
 
 
 @attrs.frozen
