@@ -9,6 +9,7 @@ import attrs
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
+from support_hypothesis import json_values
 
 from transports.centrifuge.errors import CentrifugeProtocolError
 from transports.centrifuge.frames import (
@@ -190,11 +191,7 @@ def test_bad_lines_raise_a_typed_protocol_error(line: str) -> None:
 channels = st.text(max_size=8)
 uint32 = st.integers(min_value=0, max_value=UINT32_MAX)
 uint64 = st.integers(min_value=0, max_value=UINT64_MAX)
-payloads = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=4),
-    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=3), inner),
-    max_leaves=5,
-)
+payloads = json_values(st.text(max_size=3), text_size=4, max_size=2, max_leaves=5)
 
 
 @st.composite

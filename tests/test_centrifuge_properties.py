@@ -21,6 +21,7 @@ from hypothesis import event as note_event
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from support_hypothesis import json_values
 
 from transports.centrifuge import (
     CentrifugeEngine,
@@ -214,14 +215,7 @@ def hostile_frame(draw: st.DrawFn) -> str:
     if choice == 2:
         return draw(st.text(max_size=30))
     keys = st.sampled_from(["id", "push", "pub", "channel", "offset", "connect", "subs"])
-    leaves = st.none() | st.booleans() | st.integers() | st.text(max_size=3)
-    value = draw(
-        st.recursive(
-            leaves,
-            lambda x: st.lists(x, max_size=3) | st.dictionaries(keys, x, max_size=3),
-            max_leaves=8,
-        )
-    )
+    value = draw(json_values(keys, text_size=3))
     return json.dumps(value)
 
 

@@ -8,20 +8,14 @@ import random
 
 from hypothesis import given
 from hypothesis import strategies as st
+from support_hypothesis import json_values
 
 from transports.emulator.session import Close, Phase, Send, Session, Timing
 from transports.emulator.state import World
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
-    ),
-    max_leaves=8,
-)
 commands = st.dictionaries(
     st.sampled_from(["id", "connect", "history", "send", "ping", "subscribe", "x"]),
-    json_values,
+    json_values(),
     max_size=3,
 )
 frames = st.one_of(

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support_hypothesis import json_values
 
 from orderfsm.errors import OrderNotFound, ServiceUnavailable, TokenRejected
 from orderfsm.interface import Health
@@ -389,11 +390,7 @@ def test_retry_after_values(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value, None) == expected
 
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
-    max_leaves=12,
-)
+JSON = json_values(st.text(), text_size=12, floats=True, max_leaves=12)
 ORDER_FIELDS = st.fixed_dictionaries(
     {},
     optional={
