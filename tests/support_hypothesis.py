@@ -26,9 +26,11 @@ def json_values(
     far sooner than random text); ``floats`` adds floats, NaN and infinities
     included, where a parser reads numbers.
     """
-    leaves = st.none() | st.booleans() | st.integers() | st.text(max_size=text_size)
+    leaves: st.SearchStrategy[Any] = (
+        st.none() | st.booleans() | st.integers() | st.text(max_size=text_size)
+    )
     if floats:
-        leaves |= st.floats()
+        leaves = leaves | st.floats()
     object_keys = st.text(max_size=8) if keys is None else keys
     return st.recursive(
         leaves,
