@@ -103,10 +103,18 @@ def machine_busy() -> tuple[float, float]:
 
 
 def start(commands: list[list[str]]) -> tuple[list[subprocess.Popen[str]], list[str]]:
-    # The code beside this file, whichever copy (an A/B run of two trees).
+    # The code beside this file, whichever copy (an A/B run of two trees): run from
+    # its tree, since ``python -m`` puts the working directory first on the path.
     env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{HERE.parent}", "SECRET": SECRET}
     processes = [
-        subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        subprocess.Popen(
+            c,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            cwd=HERE.parent,
+        )
         for c in commands
     ]
     urls = []

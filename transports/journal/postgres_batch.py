@@ -13,8 +13,8 @@ delivery without a key goes through the one-delivery statements, after the
 set in the same transaction: the second of a key must see the first's claim.
 
 The tables are reached only through their primary keys (``= ANY(array)``,
-``ON CONFLICT``), and :func:`batch_begin` turns sequential scans off for the
-batch's transaction: a plan made while a table was small (and kept by the
+``ON CONFLICT``), and :data:`BATCH_SETTINGS` turns sequential scans off for the
+batches' sessions: a plan made while a table was small (and kept by the
 plan cache) must not go on reading the whole table as it grows.
 """
 
@@ -117,26 +117,23 @@ SELECT i.key IN (SELECT key FROM s) FROM i ORDER BY i.ord"""
 distinct): recorded, or fenced (another attempt owns the key now)."""
 
 
-def batch_begin(*, fast: bool) -> str:
-    """What opens a batch's transaction, in one round trip: a row lock waited for
-    briefly (other batches hold theirs for milliseconds, so a longer one is a
-    transactional handler's, and the batch's requests go alone rather than all
-    stall), the tables read through their indexes only, with plans kept (see the
-    module's docstring), and for claims (``fast``) a commit that does not wait for
-    the disk (see :data:`~transports.journal.postgres_sql.CLAIM_FAST`)."""
-    settings = [
-        ("lock_timeout", "250"),
-        ("enable_seqscan", "off"),
-        ("enable_bitmapscan", "off"),
-        ("plan_cache_mode", "force_generic_plan"),
-    ]
-    if fast:
-        settings.append(("synchronous_commit", "off"))
-    return "BEGIN; " + "; ".join(f"SET LOCAL {name} = {value}" for name, value in settings)
+BATCH_SETTINGS = (
+    ("lock_timeout", "250"),
+    ("enable_seqscan", "off"),
+    ("enable_bitmapscan", "off"),
+    ("plan_cache_mode", "force_generic_plan"),
+)
+"""The sessions that run batches (a pool of their own): a row lock waited for
+briefly (other batches hold theirs for milliseconds, so a longer one is a
+transactional handler's, and the batch's requests go alone rather than all
+stall), the tables read through their indexes only, with plans kept (see the
+module's docstring).  Set once per connection rather than by ``SET LOCAL`` in
+every batch: an answers' batch is then one statement in autocommit, one round
+trip where a transaction took three."""
 
-
-CLAIM_BEGIN = batch_begin(fast=True)
-SETTLE_BEGIN = batch_begin(fast=False)
+CLAIM_BEGIN = "BEGIN; SET LOCAL synchronous_commit = off"
+"""A claims' batch commits without waiting for the disk (see
+:data:`~transports.journal.postgres_sql.CLAIM_FAST`); the answers' is durable."""
 
 
 def _split(keys: Sequence[str | None]) -> tuple[list[int], list[int]]:
@@ -202,11 +199,17 @@ def claims(
     return [got[i] for i in range(len(requests))], locked
 
 
+def one_statement(requests: Sequence[SettleRequest]) -> bool:
+    """Whether :func:`settles` sends these answers in one statement (no key twice, every
+    one with a key): atomic alone, so it needs no transaction around it."""
+    return not _split([request.key for request in requests])[1]
+
+
 def settles(
     db: psycopg.Connection[Any], requests: Sequence[SettleRequest], now: float
 ) -> list[bool]:
-    """Every answer's write (in the caller's transaction): whether each was recorded
-    (``False``: fenced), in order."""
+    """Every answer's write (in the caller's transaction, or alone in autocommit when
+    :func:`one_statement`): whether each was recorded (``False``: fenced), in order."""
     together, alone = _split([request.key for request in requests])
     got: dict[int, bool] = {}
     if together:
