@@ -136,6 +136,13 @@ CLAIM_BEGIN = "BEGIN; SET LOCAL synchronous_commit = off"
 :data:`~transports.journal.postgres_sql.CLAIM_FAST`); the answers' is durable."""
 
 
+def _cursor(db: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
+    """The batches' session's kept cursor (see
+    :class:`~transports.journal.postgres.BatchConnection`), or a new one."""
+    kept = getattr(db, "kept_cursor", None)
+    return db.cursor() if kept is None else kept()
+
+
 def _split(keys: Sequence[str | None]) -> tuple[list[int], list[int]]:
     """The requests the set statement takes (the first of each key), and the others."""
     seen: set[str] = set()
@@ -167,7 +174,8 @@ def claims(
     locked = None
     if together:
         chosen = [deliveries[i] for i in together]
-        rows = db.execute(
+        cursor = _cursor(db)
+        rows = cursor.execute(
             CLAIMS,
             {
                 "ord": together,
@@ -216,7 +224,8 @@ def settles(
         chosen = [requests[i] for i in together]
         keeps = [decisions.keeps(r.answer) for r in chosen]
         kept = list(zip(chosen, keeps, strict=True))
-        rows = db.execute(
+        cursor = _cursor(db)
+        rows = cursor.execute(
             SETTLES,
             {
                 "ord": together,
