@@ -412,7 +412,7 @@ class PostgresStore:
         def write(db: psycopg.Connection[Any]) -> list[Claimed]:
             claimed, locked = batch.claims(db, requests, owner, now, lease, orders)
             if notes:
-                record(db, self.kind, notes, now, self.channel, locked)
+                record(batch.KeptStatements(db), self.kind, notes, now, self.channel, locked)
             return claimed
 
         return self._together(len(requests), batch.CLAIM_BEGIN, write, deadline)

@@ -143,6 +143,23 @@ def _cursor(db: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
     return db.cursor() if kept is None else kept()
 
 
+class KeptStatements:
+    """A batches' session as :func:`~transports.journal.orders.record` sees it: its
+    statements go through the session's kept cursor (see :func:`_cursor`), the
+    rest to the connection.  Each statement's rows are read, if at all, before the
+    next is sent, as on a connection."""
+
+    def __init__(self, db: psycopg.Connection[Any]) -> None:
+        self._db = db
+        self._cursor = _cursor(db)
+
+    def execute(self, *args: Any, **kwargs: Any) -> psycopg.Cursor[Any]:
+        return self._cursor.execute(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
+
+
 def _split(keys: Sequence[str | None]) -> tuple[list[int], list[int]]:
     """The requests the set statement takes (the first of each key), and the others."""
     seen: set[str] = set()
