@@ -221,6 +221,55 @@ async def test_one_instance_giving_an_order_up_leaves_the_others_following_it(
 
 
 @on_databases
+async def test_an_instance_granting_on_payment_does_not_end_the_following_until_done(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """A follows Xsolla until ``done``; B, on the journal alone, waits for ``paid`` (a
+    server granting on payment).  The order's row kept the goal of whoever tracked it
+    last, so once ``paid`` was written it counted as settled: A's lease renewals were
+    refused, nobody followed the order, and A never heard ``done`` (no webhook says
+    it).  The row keeps the strictest goal asked."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    async with (
+        instance(url, emu, user) as a,
+        instance(url, emu, transports=("journal",), until="paid", fetch_details=False) as b,
+    ):
+        await owning(a, order_id)
+        b.track(order_id)
+        await emu.set_status(order_id, "paid")
+        with anyio.fail_after(10):
+            assert (await b.wait(order_id)).status is Status.PAID
+        await anyio.sleep(2.5)  # past two lease renewals (1 s here) after "paid"
+        assert await done_on_the_socket_reaches(a, emu, order_id)
+
+
+@on_databases
+async def test_an_order_given_up_by_its_owner_is_adopted_for_a_journal_only_waiter(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """A follows the order through Xsolla; B waits on it through the journal alone.
+    A's waiter leaves (A untracks it): the row said nobody tracks the order, B holds
+    no lease to say otherwise, so nobody adopted it and B never heard ``done``."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    async with (
+        instance(url, emu, user) as a,
+        instance(url, emu, transports=("journal",), fetch_details=False) as b,
+    ):
+        await owning(a, order_id)
+        b.track(order_id)
+        a.untrack(order_id)
+        await eventually(lambda: order_id in a._orders and a._orders[order_id].owned, 15.0)
+        await emu.set_status(order_id, "paid")
+        await emu.set_status(order_id, "done")
+        with anyio.fail_after(10):
+            assert (await b.wait(order_id)).status is Status.DONE
+
+
+@on_databases
 async def test_a_token_for_that_raises_skips_that_order_not_the_start(
     backend: str, tmp_path: Path, emu: Emulator
 ) -> None:

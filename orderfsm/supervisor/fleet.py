@@ -316,6 +316,7 @@ class FleetLink(CallsOnSettled):
     async def _hold_leases(self) -> None:
         """Take, renew and lose the leases of the orders followed through Xsolla."""
         if not self.follows_xsolla:
+            await self._stay_wanted()
             return
         while True:
             with anyio.move_on_after(self.lease / 3):
@@ -340,6 +341,21 @@ class FleetLink(CallsOnSettled):
                     if owned:
                         order.doubt()  # taken over: a status may have moved meanwhile
                     order.wake(order)
+
+    async def _stay_wanted(self) -> None:
+        """An instance that follows only the journal says, at the leases' pace, that its
+        orders are still waited on: the instance that followed one through Xsolla may
+        give it up (its own waiter left) and mark it not tracked, and then nobody would
+        adopt it, and nobody would ever hear ``done`` (no webhook says it)."""
+        while True:
+            await anyio.sleep(self.lease / 3)
+            live = [o.order_id for o in self._orders.values() if not o.ended]
+            if not live:
+                continue
+            try:
+                await self.log.want(live)
+            except OrderFsmError as exc:
+                logger.warning("journal unavailable (marking orders tracked): %s", exc)
 
     async def _adopt_orphans(self) -> None:
         """Take over the orders whose owner is gone and that no instance following them
