@@ -21,7 +21,7 @@ import pytest
 from support_journal import on_databases, url_for
 from support_webhook import serve_receiver
 
-from orderfsm import Status
+from orderfsm import Observation, Status
 from orderfsm.supervisor.fleet import Settled
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.supervisor.tracker import Tracker
@@ -267,6 +267,30 @@ async def test_an_order_given_up_by_its_owner_is_adopted_for_a_journal_only_wait
         await emu.set_status(order_id, "done")
         with anyio.fail_after(10):
             assert (await b.wait(order_id)).status is Status.DONE
+
+
+async def test_a_write_the_database_refuses_does_not_hold_back_the_next(
+    tmp_path: Path, emu: Emulator
+) -> None:
+    """PostgreSQL refuses a NUL in text (here a custom source's name).  The instance's
+    writer retried that batch for ever, so nothing it learned afterwards reached the
+    journal, and waiters on other instances never returned.  Now the refused item is
+    dropped and logged, and what follows is written."""
+    url = url_for("postgresql", tmp_path)
+    bad, good = 9_100_001, 9_100_002
+    async with (
+        instance(url, emu, transports=("journal",), fetch_details=False) as a,
+        instance(url, emu, transports=("journal",), until="paid", fetch_details=False) as b,
+    ):
+        for order_id in (bad, good):
+            a.track(order_id, until="paid")
+        b.track(good)
+        now = anyio.current_time()
+        a.observe(Observation(bad, Status.PAID, source="shop\x00bot", at=now))
+        a.observe(Observation(good, Status.PAID, source="shop-bot", at=now))
+        with anyio.fail_after(10):
+            result = await b.wait(good)
+    assert (result.status, result.source) == (Status.PAID, "shop-bot")
 
 
 @on_databases
