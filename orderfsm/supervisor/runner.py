@@ -104,6 +104,12 @@ class Scheduler(GetOrderChecks):
 
     def wake(self, order: TrackedOrder) -> None:
         if not order.ended:
+            if order.settled is not None:
+                # Settled: nothing in the plan is left to weigh, so it ends here and
+                # now, not in a pass of the scheduler's task (a wake-up, a loop
+                # iteration and a task step for nearly every settled order).
+                self._settle(order)
+                return
             self._dirty[order.order_id] = order
             self._kick.set()
         elif (
@@ -204,11 +210,7 @@ class Scheduler(GetOrderChecks):
                 )
                 return
         if order.settled is not None:
-            self._end(order)
-            if order.details is None and self.fetch_details:
-                self._spawn(self._finish, order)
-            else:  # nothing to wait for: no task
-                order.finish(_result(order, None), None)
+            self._settle(order)
             return
         if plan.websocket and order.attachment is None and order.websocket is not None:
             order.attachment = self._pool.attach(
@@ -248,6 +250,14 @@ class Scheduler(GetOrderChecks):
             if plan.review_at is not None:
                 self._pushed += 1
                 heapq.heappush(self._due, (plan.review_at, self._pushed, order))
+
+    def _settle(self, order: TrackedOrder) -> None:
+        """End tracking a settled order: its result now, or once its details come."""
+        self._end(order)
+        if order.details is None and self.fetch_details:
+            self._spawn(self._finish, order)
+        else:  # nothing to wait for: no task
+            order.finish(_result(order, None), None)
 
     def _end(self, order: TrackedOrder) -> None:
         if order.ended:
