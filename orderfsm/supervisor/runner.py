@@ -183,12 +183,17 @@ class Scheduler(GetOrderChecks):
         for order in dirty.values():
             if not order.ended:
                 self._step(order, now)
+        self._drop_stale()
+        return due[0][0] if due else math.inf
+
+    def _drop_stale(self) -> None:
+        """Orders that ended or moved their review leave entries behind in the heap;
+        dropped in bulk (amortized: the heap must double past the live orders
+        first) so it does not keep old orders alive."""
+        due = self._due
         if len(due) > 2 * self._live + 64:
-            # Orders that ended or moved their review leave entries behind;
-            # dropped in bulk so the heap does not keep old orders alive.
             due[:] = [entry for entry in due if entry[2].review_at == entry[0]]
             heapq.heapify(due)
-        return due[0][0] if due else math.inf
 
     # --- one order ------------------------------------------------------------------
 
@@ -268,6 +273,7 @@ class Scheduler(GetOrderChecks):
         order.review_at = None
         self._live -= 1
         self._dirty.pop(order.order_id, None)
+        self._drop_stale()  # orders settle outside passes too (wake)
         if order.attachment is not None:
             order.attachment.detach()
             order.attachment = None
