@@ -21,19 +21,32 @@ other orders (the receivers' pools grown, as in a long-lived fleet):
   status the journal holds;
 * ``lost``: waits that never returned.
 
+``--split`` also times each delivery's steps (p50 / p99 of each, ms): sent ->
+the receiver's order note (``at`` of its change row), -> B's listener has
+the NOTIFY (in its thread), -> B's loop has the changes read, -> told; and
+B's own cost per delivery: CPU (``b_cpu_us``), worker-thread hops
+(``b_hops``) and listener wake-ups (``b_wakes``).  The timestamps are taken by
+wrapping the journal's calls here, never in the library.  ``--only`` and
+``--rates`` cut the run to what is being looked at.
+
 Prints one JSON line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import itertools
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +74,154 @@ RECEIVERS = 3
 POLICY = DefaultPolicy(deadline=None)
 
 
+class Split:
+    """``--split``: each delivery's steps on B, timed by wrapping the journal's calls."""
+
+    def __init__(self) -> None:
+        self.heard: dict[int, float] = {}
+        self.read: dict[int, float] = {}
+        self.hops = 0
+        self.wakes = 0
+        self.counting = False
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def _wrap(self, owner: Any, name: str, make: Any) -> None:
+        original = getattr(owner, name)
+        self._undo.append((owner, name, original))
+        setattr(owner, name, make(original))
+
+    def install(self) -> None:
+        import anyio.to_thread
+
+        from transports.journal.order_log import OrderLog
+        from transports.journal.postgres import PostgresStore
+
+        def heard(original: Any) -> Any:
+            """Around what returns the order ids a wake-up announced."""
+
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                ids = original(*args, **kwargs)
+                now = time.time()
+                if ids and self.counting:
+                    self.wakes += 1
+                for order_id in ids or ():
+                    self.heard.setdefault(order_id, now)
+                return ids
+
+            return wrapper
+
+        def read(original: Any, found: Any) -> Any:
+            """Around what returns the changes read (``found`` takes them from its result)."""
+
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                result = await original(*args, **kwargs)
+                now = time.time()
+                for change in found(result):
+                    self.read.setdefault(change.order_id, now)
+                return result
+
+            return wrapper
+
+        def run_sync(original: Any) -> Any:
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                if self.counting:
+                    self.hops += 1
+                return await original(*args, **kwargs)
+
+            return wrapper
+
+        if hasattr(PostgresStore, "listen"):  # a listener in a thread of its own (before)
+            self._wrap(PostgresStore, "listen", heard)
+        else:  # heard and read on the loop
+            from transports.journal import postgres_listener
+
+            self._wrap(postgres_listener, "_announced", heard)
+            self._wrap(OrderLog, "wait_for_news", lambda f: read(f, lambda n: n.changes or ()))
+        self._wrap(OrderLog, "changes", lambda f: read(f, lambda found: found))
+        self._wrap(anyio.to_thread, "run_sync", run_sync)
+
+    def uninstall(self) -> None:
+        for owner, name, original in reversed(self._undo):
+            setattr(owner, name, original)
+        self._undo.clear()
+
+
+def probe(url: str, channel: str, out: str) -> None:
+    """``--probe``: a process of its own LISTENing beside B, stamping when each
+    order's NOTIFY reached it: the commit plus the bare wake-up, what B's own
+    wake-up is compared with.  Writes ``order_id at`` lines to ``out`` on SIGTERM."""
+    import signal
+
+    import psycopg
+
+    def stop(*_: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    stamps: dict[int, float] = {}
+    connection = psycopg.connect(url, autocommit=True)
+    connection.execute(f"LISTEN {channel}")
+    print("ready", flush=True)
+    try:
+        while True:
+            for note in connection.notifies(timeout=0.5):
+                now = time.time()
+                for part in filter(None, note.payload.split(",")):
+                    stamps.setdefault(int(part), now)
+    finally:
+        Path(out).write_text("".join(f"{k} {v!r}\n" for k, v in stamps.items()))
+
+
+@contextlib.contextmanager
+def probing(
+    store: str, channel: str, folder: Path, split: Split | None
+) -> Iterator[dict[int, float]]:
+    """The probe's stamps, filled in when the block ends (nothing off PostgreSQL)."""
+    stamps: dict[int, float] = {}
+    if split is None or "://" not in store:
+        yield stamps
+        return
+    out = folder / "probe.txt"
+    command = [sys.executable, __file__, "--probe", store, channel, str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+        yield stamps
+    finally:
+        process.terminate()
+        process.wait(10)
+    for line in out.read_text().splitlines():
+        order_id, at = line.split()
+        stamps[int(order_id)] = float(at)
+
+
+def steps(
+    split: Split,
+    notes: dict[int, float],
+    sent: dict[int, float],
+    told: dict[int, float],
+    probed: dict[int, float],
+) -> dict[str, list[float]]:
+    """Per delivery (ms): sent -> note -> (probe ->) heard -> read -> told, where each
+    is known.  ``probe``: the NOTIFY reached the probe (the commit and a bare wake-up);
+    ``heard`` is from the note, or from the probe when there is one."""
+    names = (
+        ["note", "probe", "heard", "read", "told"] if probed else ["note", "heard", "read", "told"]
+    )
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for order_id, at in sent.items():
+        marks = [at, notes.get(order_id), split.heard.get(order_id),
+                 split.read.get(order_id), told.get(order_id)]  # fmt: skip
+        if probed:
+            marks.insert(2, probed.get(order_id))
+        if None in marks:
+            continue
+        for name, (a, b) in zip(out, itertools.pairwise(marks), strict=True):
+            out[name].append((b - a) * 1000.0)  # type: ignore[operator]
+    return out
+
+
 def signed(order_id: int) -> tuple[str, str]:
     """One ``order_paid`` and its ``Authorization`` (each order once: payload i is order i)."""
     raw = body(order_id)
@@ -74,7 +235,7 @@ def receiver(store: str) -> list[str]:
 
 
 async def send_to_waiters(
-    store: str, rate: float, count: int, first: int, folder: Path
+    store: str, rate: float, count: int, first: int, folder: Path, split: Split | None = None
 ) -> dict[str, Any]:
     """Webhooks to A at ``rate``; B waits on each; send -> told, per order."""
     told: dict[int, float] = {}
@@ -105,14 +266,46 @@ async def send_to_waiters(
                        "rate": rate}  # fmt: skip
             await anyio.to_thread.run_sync(run_part, "loadgen", warm_up, folder)
             spec = {"urls": urls, "payloads": payloads, "mode": "open", "rate": rate}
-            sent = await anyio.to_thread.run_sync(run_part, "loadgen", spec, folder)
-            with anyio.move_on_after(30):
-                await done.wait()
+            with probing(store, b.fleet.log.channel, folder, split) as probed:
+                cpu = time.process_time()
+                if split is not None:
+                    split.counting, split.hops, split.wakes = True, 0, 0
+                sent = await anyio.to_thread.run_sync(run_part, "loadgen", spec, folder)
+                with anyio.move_on_after(30):
+                    await done.wait()
+                cpu = time.process_time() - cpu
+            if split is not None:
+                split.counting = False
     start = sent["wall_start"]
     latencies = [
         (told[first + i] - (start + i / rate)) * 1000.0 for i in range(count) if first + i in told
     ]
-    return {"latencies": latencies, "lost": count - len(latencies), "loadgen": sent}
+    run = {"latencies": latencies, "lost": count - len(latencies), "loadgen": sent}
+    if split is not None:
+        # The loadgen's own hop is one; B's CPU includes waiting for it (blocked, ~0).
+        notes = await note_times(store, range(first, first + count))
+        scheduled = {first + i: start + i / rate for i in range(count)}
+        run["steps"] = steps(split, notes, scheduled, told, probed)
+        run["b_cpu_us"] = cpu / count * 1e6
+        run["b_hops"] = (split.hops - 1) / count
+        run["b_wakes"] = split.wakes / count
+    return run
+
+
+async def note_times(store: str, order_ids: range) -> dict[int, float]:
+    """When each order's paid note was made (its change row's ``at``, the receiver's clock)."""
+    async with open_journal(store) as journal:
+        mark = "%s" if journal.store.kind == "postgresql" else "?"
+
+        def read(db: Any) -> dict[int, float]:
+            rows = db.execute(
+                f"SELECT order_id, at FROM orderfsm_changes WHERE status = 'paid'"
+                f" AND order_id >= {mark} AND order_id < {mark}",
+                (order_ids.start, order_ids.stop),
+            ).fetchall()
+            return {int(order_id): float(at) for order_id, at in rows}
+
+        return await anyio.to_thread.run_sync(journal.store.read, read, time.monotonic() + 60)  # type: ignore[attr-defined]
 
 
 def notify_floor(url: str, samples: int) -> list[float]:
@@ -205,21 +398,40 @@ async def resume(store: str, orders: int) -> float:
         return time.perf_counter() - started
 
 
-async def measure(quick: bool, folder: Path) -> dict[str, Any]:
+async def measure(
+    quick: bool, folder: Path, only: str | None, rates: tuple[float, ...], split: Split | None
+) -> dict[str, Any]:
     counts = {50.0: 100 if quick else 500, 500.0: 200 if quick else 5_000}
     figures: dict[str, Any] = {"quick": quick, "benchmark": "fleet"}
     lost = 0
     with TemporaryPostgres() as postgres:
         stores = {"pg": postgres.url(), "sqlite": str(folder / "fleet.sqlite3")}
         for name, store in stores.items():
+            if only not in (None, name):
+                continue
             first = 1_000
-            for rate in RATES:
-                run = await send_to_waiters(store, rate, counts[rate], first, folder)
+            for rate in rates:
+                count = counts.get(rate, int(rate * 10))
+                run = await send_to_waiters(store, rate, count, first, folder, split)
                 first += 100_000
                 lost += run["lost"]
-                figures[f"{name}_p50_ms_{int(rate)}"] = round(percentile(run["latencies"], 50), 3)
-                figures[f"{name}_p99_ms_{int(rate)}"] = round(percentile(run["latencies"], 99), 3)
-                figures[f"{name}_receiver_p99_ms_{int(rate)}"] = round(run["loadgen"]["p99_ms"], 3)
+                at = f"{name}_{{}}_{int(rate)}"
+                figures[at.format("p50_ms")] = round(percentile(run["latencies"], 50), 3)
+                figures[at.format("p99_ms")] = round(percentile(run["latencies"], 99), 3)
+                figures[at.format("receiver_p99_ms")] = round(run["loadgen"]["p99_ms"], 3)
+                for step, values in run.get("steps", {}).items():
+                    figures[at.format(f"{step}_p50_ms")] = round(percentile(values, 50), 3)
+                    figures[at.format(f"{step}_p99_ms")] = round(percentile(values, 99), 3)
+                for key in ("b_cpu_us", "b_hops", "b_wakes"):
+                    if key in run:
+                        figures[at.format(key)] = round(run[key], 2)
+        if only is not None:
+            figures["lost"] = lost
+            floor = await anyio.to_thread.run_sync(notify_floor, postgres.url(), 2_000)
+            figures["notify_floor_p99_ms"] = round(percentile(floor, 99), 3)
+            figures["load_average"] = [round(x, 2) for x in os.getloadavg()]
+            figures["at_utc"] = time.strftime("%H:%M:%S", time.gmtime())
+            return figures
         floor = await anyio.to_thread.run_sync(
             notify_floor, postgres.url(), 200 if quick else 2_000
         )
@@ -238,19 +450,36 @@ async def measure(quick: bool, folder: Path) -> dict[str, Any]:
             await resume(str(folder / "resume.sqlite3"), size), 3
         )
     figures["lost"] = lost
+    figures["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    figures["at_utc"] = time.strftime("%H:%M:%S", time.gmtime())
     return figures
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--probe"]:
+        probe(*argv[1:4])
+        return 0
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for the test suite")
+    parser.add_argument("--split", action="store_true", help="time each delivery's steps on B")
+    parser.add_argument("--only", choices=("pg", "sqlite"), help="one database (no floors)")
+    parser.add_argument("--rates", type=float, nargs="+", default=RATES, help="webhooks/s")
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+    split = Split() if args.split else None
+    if split is not None:
+        split.install()
     try:
-        figures = anyio.run(measure, args.quick, folder, backend="asyncio")
+        figures = anyio.run(
+            measure, args.quick, folder, args.only, tuple(args.rates), split, backend="asyncio"
+        )
     finally:
+        if split is not None:
+            split.uninstall()
         shutil.rmtree(folder, ignore_errors=True)
-    code = emit(figures, {} if args.quick else FLOORS, args.quick)
+    partial = args.quick or args.only is not None or tuple(args.rates) != RATES
+    code = emit(figures, {} if partial else FLOORS, partial)
     return code or int(figures["lost"] > 0)
 
 
