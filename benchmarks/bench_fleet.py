@@ -196,28 +196,19 @@ def probing(
         stamps[int(order_id)] = float(at)
 
 
-def steps(
-    split: Split,
-    notes: dict[int, float],
-    sent: dict[int, float],
-    told: dict[int, float],
-    probed: dict[int, float],
-) -> dict[str, list[float]]:
-    """Per delivery (ms): sent -> note -> (probe ->) heard -> read -> told, where each
-    is known.  ``probe``: the NOTIFY reached the probe (the commit and a bare wake-up);
-    ``heard`` is from the note, or from the probe when there is one."""
-    names = (
-        ["note", "probe", "heard", "read", "told"] if probed else ["note", "heard", "read", "told"]
-    )
-    out: dict[str, list[float]] = {name: [] for name in names}
-    for order_id, at in sent.items():
-        marks = [at, notes.get(order_id), split.heard.get(order_id),
-                 split.read.get(order_id), told.get(order_id)]  # fmt: skip
-        if probed:
-            marks.insert(2, probed.get(order_id))
-        if None in marks:
+def steps(marks: dict[str, dict[int, float]]) -> dict[str, list[float]]:
+    """Per delivery (ms), each step named by the mark it ends at, between successive
+    marks (in the order given; a mark nobody stamped is left out): sent -> note (the
+    receiver's order note) -> claim (its batch's worker thread began) -> committed ->
+    probe (the NOTIFY reached a bare listener) -> heard (B has it) -> read -> told."""
+    present = {name: at for name, at in marks.items() if at}
+    names = list(present)
+    out: dict[str, list[float]] = {name: [] for name in names[1:]}
+    for order_id in present[names[0]]:
+        times = [present[name].get(order_id) for name in names]
+        if None in times:
             continue
-        for name, (a, b) in zip(out, itertools.pairwise(marks), strict=True):
+        for name, (a, b) in zip(names[1:], itertools.pairwise(times), strict=True):
             out[name].append((b - a) * 1000.0)  # type: ignore[operator]
     return out
 
@@ -228,10 +219,47 @@ def signed(order_id: int) -> tuple[str, str]:
     return raw.decode(), f"Signature {hashlib.sha1(raw + SECRET.encode()).hexdigest()}"
 
 
-def receiver(store: str) -> list[str]:
-    """Instance A (its handler does nothing: nothing it prints can fill a pipe)."""
-    return [sys.executable, "-m", "orderfsm", "webhook-server", "--secret-env", "SECRET",
-            "--port", "0", "--store", store, "--handler", "_journal_load:noop"]  # fmt: skip
+def receiver(store: str, stamps: Path | None = None) -> list[str]:
+    """Instance A (its handler does nothing: nothing it prints can fill a pipe);
+    with ``stamps``, timed by :func:`timed_receiver`."""
+    run = [sys.executable, "-m", "orderfsm"]
+    if stamps is not None:
+        run = [sys.executable, __file__, "--receiver", str(stamps)]
+    return [*run, "webhook-server", "--secret-env", "SECRET", "--port", "0", "--store", store,
+            "--handler", "_journal_load:noop"]  # fmt: skip
+
+
+def timed_receiver(out: str, argv: list[str]) -> int:
+    """``--split``'s receiver: ``orderfsm webhook-server`` with its claim batches timed
+    (PostgreSQL: when the batch's worker thread began it, when it had committed, and
+    the batch's size, per order), written to ``out`` every half second (the
+    benchmark kills its receivers)."""
+    from orderfsm.cli import main as cli
+    from transports.journal.postgres import PostgresStore
+
+    stamps: dict[int, tuple[float, float, int]] = {}
+    original = PostgresStore.claim_many
+
+    def claim_many(store: PostgresStore, requests: Any, *args: Any, **kwargs: Any) -> Any:
+        began = time.time()
+        result = original(store, requests, *args, **kwargs)
+        ended = time.time()
+        for request in requests:
+            for note in request.notes:
+                stamps.setdefault(note.order_id, (began, ended, len(requests)))
+        return result
+
+    def dump() -> None:
+        while True:
+            time.sleep(0.5)
+            lines = [f"{k} {b!r} {e!r} {n}\n" for k, (b, e, n) in list(stamps.items())]
+            Path(out + ".tmp").write_text("".join(lines))
+            Path(out + ".tmp").replace(out)
+
+    PostgresStore.claim_many = claim_many  # type: ignore[method-assign,assignment]
+    threading.Thread(target=dump, daemon=True).start()
+    sys.argv = ["orderfsm", *argv]
+    return int(cli() or 0)
 
 
 async def send_to_waiters(
@@ -256,7 +284,11 @@ async def send_to_waiters(
             b.track(order_id)
         assert b.fleet is not None
         await b.fleet.flush(60.0)  # B follows them all in the journal before the first send
-        with servers([receiver(store)] * RECEIVERS) as urls:
+        stamps = folder / "receiver-{}.txt" if split is not None and "://" in store else None
+        commands = [
+            receiver(store, stamps and Path(str(stamps).format(i))) for i in range(RECEIVERS)
+        ]
+        with servers(commands) as urls:
             # Warm the receivers up at the measured rate first (their connection
             # pools grow to what the rate needs, the first statements are
             # prepared): a fleet's receivers are long-lived, and without it the
@@ -276,6 +308,8 @@ async def send_to_waiters(
                 cpu = time.process_time() - cpu
             if split is not None:
                 split.counting = False
+                if stamps is not None:
+                    await anyio.sleep(1.0)  # the receivers' last stamps written
     start = sent["wall_start"]
     latencies = [
         (told[first + i] - (start + i / rate)) * 1000.0 for i in range(count) if first + i in told
@@ -285,11 +319,30 @@ async def send_to_waiters(
         # The loadgen's own hop is one; B's CPU includes waiting for it (blocked, ~0).
         notes = await note_times(store, range(first, first + count))
         scheduled = {first + i: start + i / rate for i in range(count)}
-        run["steps"] = steps(split, notes, scheduled, told, probed)
+        claims = read_claim_stamps(stamps) if stamps is not None else {}
+        run["steps"] = steps({
+            "sent": scheduled, "note": notes,
+            "claim": {k: v[0] for k, v in claims.items()},
+            "committed": {k: v[1] for k, v in claims.items()},
+            "probe": probed, "heard": split.heard, "read": split.read, "told": told,
+        })  # fmt: skip
+        sizes = [claims[o][2] for o in scheduled if o in claims]
+        if sizes:
+            run["claim_batch"] = statistics.mean(sizes)
         run["b_cpu_us"] = cpu / count * 1e6
         run["b_hops"] = (split.hops - 1) / count
         run["b_wakes"] = split.wakes / count
     return run
+
+
+def read_claim_stamps(stamps: Path) -> dict[int, tuple[float, float, int]]:
+    """The timed receivers' stamps: (began, committed, batch size) per order."""
+    claims: dict[int, tuple[float, float, int]] = {}
+    for i in range(RECEIVERS):
+        for line in Path(str(stamps).format(i)).read_text().splitlines():
+            order_id, began, ended, size = line.split()
+            claims[int(order_id)] = (float(began), float(ended), int(size))
+    return claims
 
 
 async def note_times(store: str, order_ids: range) -> dict[int, float]:
@@ -422,7 +475,7 @@ async def measure(
                 for step, values in run.get("steps", {}).items():
                     figures[at.format(f"{step}_p50_ms")] = round(percentile(values, 50), 3)
                     figures[at.format(f"{step}_p99_ms")] = round(percentile(values, 99), 3)
-                for key in ("b_cpu_us", "b_hops", "b_wakes"):
+                for key in ("b_cpu_us", "b_hops", "b_wakes", "claim_batch"):
                     if key in run:
                         figures[at.format(key)] = round(run[key], 2)
         if only is not None:
@@ -460,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--probe"]:
         probe(*argv[1:4])
         return 0
+    if argv[:1] == ["--receiver"]:
+        return timed_receiver(argv[1], argv[2:])
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for the test suite")
     parser.add_argument("--split", action="store_true", help="time each delivery's steps on B")
