@@ -23,7 +23,7 @@ from support_webhook import SECRET, order_paid, signed
 
 from orderfsm import Status
 from orderfsm.core import GOALS, Verdict, verdict
-from orderfsm.errors import WebhookError
+from orderfsm.errors import JournalUnavailable, WebhookError
 from orderfsm.journal.orders import OrderRow, adoptable, advance, leased, may_lease, settled_call
 from transports.journal import open_journal
 from transports.journal import orders as sql
@@ -264,6 +264,54 @@ async def test_one_notify_per_transaction_and_none_when_nothing_changed() -> Non
     assert [(rows[i].status, rows[i].version, rows[i].tracking) for i in (2, 3)] == [
         (D, 2, False), (P, 1, True)
     ]  # fmt: skip
+
+
+async def test_the_listener_reads_the_announced_orders_it_follows_past_their_cursors() -> None:
+    """The read that follows a NOTIFY is made on the listening connection with the
+    wake-up: the announced orders that are followed, each past its own cursor."""
+    url = postgres_server().url()
+    async with open_journal(url) as journal:
+        log = OrderLog(journal)
+        for order_id in (1, 2, 3):
+            await log.track(order_id, D, None)
+        await log.record([note(1, P)])
+        assert (await log.wait_for_news(0.01, {1: 0})).everything
+        await log.record([note(1, D), note(2, P), note(3, P)])
+        news = await log.wait_for_news(2.0, {1: 1, 2: 0})  # 3 is not followed here
+        await log.record([note(3, D)])
+        unfollowed = await log.wait_for_news(2.0, {1: 2})
+        quiet = await log.wait_for_news(0.05, {1: 2, 2: 1, 3: 2})
+    assert news.order_ids == (1, 2, 3)
+    assert [(c.order_id, c.version, c.status, c.previous) for c in news.changes or ()] == [
+        (1, 2, D, P), (2, 1, P, None)
+    ]  # fmt: skip
+    assert unfollowed.order_ids == (3,) and unfollowed.changes == []
+    assert quiet.quiet and quiet.changes is None
+
+
+async def test_a_listener_whose_connection_dies_says_so_then_catches_up() -> None:
+    """The server ends the listening session (a restart, an administrator): the wait
+    raises a typed error, and the next one reconnects and asks for a full read."""
+    url = postgres_server().url()
+    async with open_journal(url) as journal:
+        log = OrderLog(journal)
+        await log.track(1, D, None)
+        assert (await log.wait_for_news(0.01, {1: 0})).everything
+        admin = connect(url)
+        try:
+            ended = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE query LIKE 'PREPARE orderfsm_changes_of%%' AND pid <> pg_backend_pid()"
+            ).fetchall()
+        finally:
+            admin.close()
+        assert ended == [(True,)]
+        with pytest.raises(JournalUnavailable), anyio.fail_after(5):
+            await log.wait_for_news(5.0, {1: 0})
+        assert (await log.wait_for_news(0.01, {1: 0})).everything
+        await log.record([note(1, P)])
+        news = await log.wait_for_news(2.0, {1: 0})
+    assert [c.status for c in news.changes or ()] == [P]
 
 
 async def test_sqlite_wakes_another_process_on_commit(tmp_path: Path) -> None:

@@ -291,13 +291,16 @@ class FleetLink(CallsOnSettled):
         everything = True
         while True:
             try:
-                news = await self.log.wait_for_news(self.backstop)
+                news = await self.log.wait_for_news(self.backstop, self.cursors)
             except OrderFsmError as exc:
                 logger.warning("journal wake-ups unavailable: %s", exc)
                 await anyio.sleep(BACKOFF_MIN)
                 everything = True
                 continue
             full = everything or news.everything
+            if news.changes is not None and not full:
+                self._apply(news.changes)  # read with the wake-up, on its connection
+                continue
             if news.order_ids is not None and not full:
                 targets = {i: self.cursors[i] for i in news.order_ids if i in self.cursors}
             else:

@@ -2,8 +2,10 @@
 
 Every call is one unit of work in a worker thread (the journal's own limiter,
 bounded by its wait), so both event loops run the same SQL.  Waiting for the
-next change (``wait_for_news``) blocks a thread of its own: a PostgreSQL
-LISTEN, or SQLite's ``data_version`` watched every few ms.
+next change (``wait_for_news``): PostgreSQL's LISTEN is waited on by the loop
+itself, which reads the announced changes on that connection
+(:mod:`~transports.journal.postgres_listener`); SQLite's ``data_version`` is
+watched every few ms in a thread of its own.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class News:
     """The orders announced (PostgreSQL); ``None``: any (SQLite saw a commit)."""
     quiet: bool = False
     """Nothing came before the timeout."""
+    changes: list[ChangeRow] | None = None
+    """PostgreSQL: the announced orders' changes past the cursors given, read already."""
 
 
 class OrderLog:
@@ -157,19 +161,22 @@ class OrderLog:
         work = functools.partial(sql.changes_after, dialect=self.dialect, cursors=dict(cursors))
         return await self.journal._call(self._store.read, work, self._deadline())
 
-    async def wait_for_news(self, within: float) -> News:
-        """Until something may have changed, or ``within`` s."""
+    async def wait_for_news(
+        self, within: float, cursors: Mapping[int, int] | None = None
+    ) -> News:
+        """Until something may have changed, or ``within`` s.  On PostgreSQL, with
+        ``cursors``, the announced orders among them are read past their cursors
+        on the listening connection, on this loop (``News.changes``)."""
         if self.poll is not None and self.dialect == "postgresql":
             await anyio.sleep(min(self.poll, within))
             return News(everything=True)
         if self.dialect == "postgresql":
-            listen = self._store.listen  # type: ignore[attr-defined]
-            ids: list[int] | None = await anyio.to_thread.run_sync(
-                listen, within, limiter=self._waiter, abandon_on_cancel=True
-            )
-            if ids is None:
+            heard = await self._store.listener().wait(within, cursors)  # type: ignore[attr-defined]
+            if heard.order_ids is None:
                 return News(everything=True)
-            return News(order_ids=tuple(ids)) if ids else News(quiet=True)
+            if not heard.order_ids:
+                return News(quiet=True)
+            return News(order_ids=tuple(heard.order_ids), changes=heard.changes)
         wait = self._store.wait_for_commit  # type: ignore[attr-defined]
         seen = self._data_version
         self._data_version = await anyio.to_thread.run_sync(

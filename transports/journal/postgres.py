@@ -64,6 +64,7 @@ from transports.journal.base import (
     run_in_transaction,
 )
 from transports.journal.orders import CHANNEL, Note, channel_for, record
+from transports.journal.postgres_listener import PostgresListener
 
 try:
     import psycopg
@@ -155,8 +156,7 @@ class PostgresStore:
         """The batches' sessions (:data:`~transports.journal.postgres_batch.BATCH_SETTINGS`)."""
         self._closed = False
         self._checking = threading.Lock()
-        self._listener: psycopg.Connection[Any] | None = None
-        self._listening = threading.Lock()
+        self._listener: PostgresListener | None = None
         self.channel = CHANNEL
         """Where changes of this journal's orders are announced (set on open)."""
 
@@ -264,56 +264,27 @@ class PostgresStore:
         with self._connection(deadline) as db:
             return work(db)
 
-    def listen(self, timeout: float) -> list[int] | None:
-        """Block until changes are announced or ``timeout`` s pass: the order ids
-        announced (``[]`` for none), or ``None`` when some may have been missed (the
-        first call, after a reconnect, a payload too long to carry them).
+    def listener(self) -> PostgresListener:
+        """The journal's LISTENing connection (one per store; made on its first wait).
 
-        On a connection of its own, LISTENing before the caller catches up, as the
-        LISTEN reference page advises; notifications are only a hint.  One caller
-        at a time; a journal closed meanwhile has its connection closed here.
-        """
-        with self._listening:
-            try:
-                return self._listen(timeout)
-            finally:
-                if self._closed and self._listener is not None:
-                    self._listener.close()
-                    self._listener = None
-
-    def _listen(self, timeout: float) -> list[int] | None:
-        connection = self._listener
-        if connection is None:
+        The fleet tracker's follower waits on it on its event loop and reads the
+        announced orders' changes there (:mod:`~transports.journal.postgres_listener`)."""
+        if self._listener is None:
             if self._closed:
                 raise JournalClosed(f"{self.display} is closed")
-            try:
-                connection = psycopg.connect(self.config.conninfo, **self._kwargs())
-                connection.execute(f"LISTEN {self.channel}")
-            except psycopg.Error as exc:
-                raise JournalUnavailable(f"{self.display}: {_one_line(exc)}") from None
-            self._listener = connection
-            return None
-        ids: set[int] = set()
-        try:
-            for note in connection.notifies(timeout=timeout, stop_after=1):
-                if not note.payload:
-                    return None
-                ids.update(int(part) for part in note.payload.split(","))
-        except psycopg.Error as exc:
-            self._listener = None
-            connection.close()
-            raise JournalUnavailable(f"{self.display}: {_one_line(exc)}") from None
-        return sorted(ids)
+            self._listener = PostgresListener(
+                lambda: psycopg.connect(self.config.conninfo, **self._kwargs()),
+                self.channel,
+                self.display,
+                self.settings.wait,
+                self._said,
+            )
+        return self._listener
 
     def close(self) -> None:
         self._closed = True
-        if self._listening.acquire(blocking=False):  # else its listener closes it
-            try:
-                listener, self._listener = self._listener, None
-                if listener is not None:
-                    listener.close()
-            finally:
-                self._listening.release()
+        if self._listener is not None:
+            self._listener.close()  # or its wait does, when it ends
         pools = (self._pool, self._batch_pool)
         self._pool = self._batch_pool = None
         for pool in pools:

@@ -1,0 +1,199 @@
+"""PostgreSQL's wake-ups for the fleet tracker, heard and read on the event loop.
+
+The listening connection's socket is waited on by the loop itself
+(``anyio.wait_readable``: asyncio and trio), and the changes a notification
+announces are read on that same connection through libpq's non-blocking
+calls, so a delivery reaches the tracker with no worker thread: a thread
+blocked in the LISTEN, then a pooled connection in another thread for the
+read, cost four thread hand-overs per wake-up (each a wake of the loop or of
+a thread, and a wait for the GIL on a busy process), about half of the
+tracker's CPU per delivery and a tail that grew with the machine's load.
+
+Connecting is blocking and rare (the first wait, after a failure): a worker
+thread does it.  Only the read of a notification's orders runs here; the
+reads of every followed order (a reconnect, the backstop) use the pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import attrs
+
+from orderfsm.core import Status
+from orderfsm.errors import JournalClosed, JournalUnavailable
+from orderfsm.journal.orders import ChangeRow
+
+try:
+    import psycopg
+    from psycopg import pq
+except ImportError:  # pragma: no cover - the store itself says what to install
+    pass
+
+READ = b"orderfsm_changes_of"
+"""The listening connection's prepared read: these orders' changes past their versions."""
+READ_SQL = (
+    "PREPARE orderfsm_changes_of (bigint[], integer[]) AS"
+    " SELECT c.order_id, c.version, c.status, c.previous, c.source, c.at"
+    " FROM unnest($1, $2) AS k(order_id, after)"
+    " JOIN orderfsm_changes c ON c.order_id = k.order_id AND c.version > k.after"
+    " ORDER BY c.order_id, c.version"
+)
+
+
+@attrs.frozen
+class Heard:
+    """What one wait heard."""
+
+    order_ids: list[int] | None
+    """The orders announced (``[]``: none before the timeout); ``None``: some may have
+    been missed (a new connection, a payload too long to carry them)."""
+    changes: list[ChangeRow] | None = None
+    """Their changes past the cursors given, read at once (``None``: not read)."""
+
+
+class PostgresListener:
+    """One LISTENing connection, used by one task at a time on an event loop.
+
+    ``connect`` makes a connection (blocking: called in a worker thread); the
+    store closes the listener with itself.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], psycopg.Connection[Any]],
+        channel: str,
+        display: str,
+        wait: float,
+        said: Callable[[BaseException], str],
+    ) -> None:
+        self._connect = connect
+        self.channel = channel
+        self.display = display
+        self._said = said
+        """libpq's message of an error, one line, without the password."""
+        self.patience = wait
+        """Seconds a read may take before the connection is given up."""
+        self._connection: psycopg.Connection[Any] | None = None
+        self._in_use = False
+        self.closed = False
+
+    def close(self) -> None:
+        """Close the connection (not while a wait runs on it: a loop waiting on a
+        closed socket would never wake; the tracker stops its follower first)."""
+        self.closed = True
+        if not self._in_use:
+            self._drop()
+
+    def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+    def _open(self) -> psycopg.Connection[Any]:
+        connection: psycopg.Connection[Any] = self._connect()
+        try:
+            connection.execute(f"LISTEN {self.channel}")
+            connection.execute(READ_SQL)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    async def wait(self, within: float, cursors: Mapping[int, int] | None) -> Heard:
+        """Until changes are announced or ``within`` s pass; with ``cursors``, the
+        announced orders among them are read past their cursors on this connection."""
+        if self._in_use:
+            raise RuntimeError("one wait at a time on a journal's listener")
+        self._in_use = True
+        try:
+            return await self._wait(within, cursors)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            self._drop()
+            raise JournalUnavailable(f"{self.display}: {self._said(exc)}") from None
+        except BaseException:
+            # Cancelled mid-read, say: the connection's state is unknown; a new one
+            # catches up (``Heard(None)``).
+            self._drop()
+            raise
+        finally:
+            self._in_use = False
+            if self.closed:
+                self._drop()
+
+    async def _wait(self, within: float, cursors: Mapping[int, int] | None) -> Heard:
+        if self.closed:
+            raise JournalClosed(f"{self.display} is closed")
+        connection = self._connection
+        if connection is None:
+            self._connection = await anyio.to_thread.run_sync(self._open)
+            return Heard(None)
+        pgconn = connection.pgconn
+        ids = _announced(pgconn)
+        if not ids:
+            with anyio.move_on_after(within):
+                while not ids:
+                    await anyio.wait_readable(pgconn.socket)
+                    pgconn.consume_input()
+                    ids = _announced(pgconn)
+        if ids is None or cursors is None or not ids:
+            return Heard(ids)
+        targets = [(i, cursors[i]) for i in ids if i in cursors]
+        if not targets:
+            return Heard(ids, [])
+        with anyio.fail_after(self.patience):
+            return Heard(ids, await self._read(pgconn, targets))
+
+    async def _read(self, pgconn: Any, targets: list[tuple[int, int]]) -> list[ChangeRow]:
+        order_ids = "{" + ",".join(str(i) for i, _ in targets) + "}"
+        versions = "{" + ",".join(str(v) for _, v in targets) + "}"
+        pgconn.send_query_prepared(READ, [order_ids.encode(), versions.encode()])
+        while pgconn.flush():
+            await anyio.wait_writable(pgconn.socket)
+        rows: list[ChangeRow] = []
+        while True:
+            pgconn.consume_input()
+            while pgconn.is_busy():
+                await anyio.wait_readable(pgconn.socket)
+                pgconn.consume_input()
+            result = pgconn.get_result()
+            if result is None:
+                return rows
+            if result.status != pq.ExecStatus.TUPLES_OK:
+                message = (result.error_message or b"").decode(errors="replace")
+                raise JournalUnavailable(f"{self.display}: {message.strip()}")
+            rows += _changes(result)
+
+
+def _announced(pgconn: Any) -> list[int] | None:
+    """The order ids of the notifications received so far (``None``: an empty payload,
+    read everything)."""
+    ids: set[int] = set()
+    everything = False
+    while (note := pgconn.notifies()) is not None:
+        if not note.extra:
+            everything = True
+        else:
+            ids.update(int(part) for part in note.extra.split(b","))
+    return None if everything else sorted(ids)
+
+
+def _changes(result: Any) -> list[ChangeRow]:
+    value = result.get_value
+    rows: list[ChangeRow] = []
+    for r in range(result.ntuples):
+        previous = value(r, 3)
+        rows.append(
+            ChangeRow(
+                int(value(r, 0)),
+                int(value(r, 1)),
+                Status(value(r, 2).decode()),
+                None if previous is None else Status(previous.decode()),
+                value(r, 4).decode(),
+                float(value(r, 5)),
+            )
+        )
+    return rows
