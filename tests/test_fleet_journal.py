@@ -25,7 +25,7 @@ from orderfsm import Status
 from orderfsm.core import GOALS, Verdict, verdict
 from orderfsm.errors import JournalUnavailable, WebhookError
 from orderfsm.journal.orders import OrderRow, adoptable, advance, leased, may_lease, settled_call
-from transports.journal import open_journal
+from transports.journal import JournalSettings, open_journal
 from transports.journal import orders as sql
 from transports.journal.order_log import OrderLog
 from transports.journal.orders import Note
@@ -314,6 +314,34 @@ async def test_a_listener_whose_connection_dies_says_so_then_catches_up() -> Non
     assert [c.status for c in news.changes or ()] == [P]
 
 
+async def test_a_listener_read_stuck_behind_a_lock_gives_up_then_catches_up() -> None:
+    """The read that follows a wake-up waits on the loop at most the journal's wait:
+    then a typed error, and the next wait starts over on a new connection (its
+    state after an abandoned read is unknown) asking for a full read."""
+    url = postgres_server().url()
+    async with open_journal(url, JournalSettings(wait=0.3)) as journal:
+        log = OrderLog(journal)
+        await log.track(1, D, None)
+        assert (await log.wait_for_news(0.01, {1: 0})).everything
+        await log.record([note(1, P)])
+        blocker = connect(url)
+        try:
+            blocker.autocommit = False
+            blocker.execute("LOCK TABLE orderfsm_changes IN ACCESS EXCLUSIVE MODE")
+            started = time.monotonic()
+            with pytest.raises(JournalUnavailable), anyio.fail_after(5):
+                await log.wait_for_news(2.0, {1: 0})
+            waited = time.monotonic() - started
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert (await log.wait_for_news(0.01, {1: 0})).everything
+        await log.record([note(1, D)])
+        news = await log.wait_for_news(2.0, {1: 1})
+    assert 0.3 <= waited < 2.0
+    assert [c.status for c in news.changes or ()] == [D]
+
+
 async def test_sqlite_wakes_another_process_on_commit(tmp_path: Path) -> None:
     url = url_for("sqlite", tmp_path)
     async with open_journal(url) as mine, open_journal(url) as theirs:
@@ -327,6 +355,24 @@ async def test_sqlite_wakes_another_process_on_commit(tmp_path: Path) -> None:
             news = await watcher.wait_for_news(5.0)
         assert not news.quiet and time.monotonic() - started < 1.0
         assert [c.status for c in await watcher.changes({5: 0}, everything=False)] == [P]
+
+
+async def test_sqlite_reads_the_news_in_the_watching_thread(tmp_path: Path) -> None:
+    """With cursors, the commit's changes come with the wake-up (read by the thread
+    that saw ``data_version`` move), only those of the orders followed here."""
+    url = url_for("sqlite", tmp_path)
+    async with open_journal(url) as mine, open_journal(url) as theirs:
+        watcher, writer = OrderLog(mine), OrderLog(theirs)
+        for order_id in (5, 6):
+            await writer.track(order_id, D, None)
+        assert (await watcher.wait_for_news(0.01, {5: 0})).everything
+        assert await watcher.changes({5: 0}, everything=True) == []  # the mark set
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer.record, [note(5, P), note(6, P)])
+            news = await watcher.wait_for_news(5.0, {5: 0})
+        quiet = await watcher.wait_for_news(0.05, {5: 1})
+    assert [(c.order_id, c.status) for c in news.changes or ()] == [(5, P)]
+    assert quiet.quiet and quiet.changes is None
 
 
 @on_databases
