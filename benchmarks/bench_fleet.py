@@ -326,6 +326,9 @@ async def send_to_waiters(
             "committed": {k: v[1] for k, v in claims.items()},
             "probe": probed, "heard": split.heard, "read": split.read, "told": told,
         })  # fmt: skip
+        # B's own part whole: the NOTIFY at a bare listener -> B has the changes read.
+        if probed:
+            run["steps"]["b_own"] = steps({"probe": probed, "read": split.read})["read"]
         sizes = [claims[o][2] for o in scheduled if o in claims]
         if sizes:
             run["claim_batch"] = statistics.mean(sizes)

@@ -39,7 +39,7 @@ class News:
     quiet: bool = False
     """Nothing came before the timeout."""
     changes: list[ChangeRow] | None = None
-    """PostgreSQL: the announced orders' changes past the cursors given, read already."""
+    """The news past the cursors given, read already (``None``: not read)."""
 
 
 class OrderLog:
@@ -161,12 +161,13 @@ class OrderLog:
         work = functools.partial(sql.changes_after, dialect=self.dialect, cursors=dict(cursors))
         return await self.journal._call(self._store.read, work, self._deadline())
 
-    async def wait_for_news(
-        self, within: float, cursors: Mapping[int, int] | None = None
-    ) -> News:
-        """Until something may have changed, or ``within`` s.  On PostgreSQL, with
-        ``cursors``, the announced orders among them are read past their cursors
-        on the listening connection, on this loop (``News.changes``)."""
+    async def wait_for_news(self, within: float, cursors: Mapping[int, int] | None = None) -> News:
+        """Until something may have changed, or ``within`` s.  With ``cursors``, the
+        news of the orders among them is read at once, past their cursors
+        (``News.changes``): on PostgreSQL the announced orders, on the listening
+        connection, on this loop; on SQLite everything committed since the last
+        read, in the watching thread (filtered here, after the read, as
+        :meth:`changes` does)."""
         if self.poll is not None and self.dialect == "postgresql":
             await anyio.sleep(min(self.poll, within))
             return News(everything=True)
@@ -179,9 +180,24 @@ class OrderLog:
             return News(order_ids=tuple(heard.order_ids), changes=heard.changes)
         wait = self._store.wait_for_commit  # type: ignore[attr-defined]
         seen = self._data_version
-        self._data_version = await anyio.to_thread.run_sync(
-            wait, seen, within, limiter=self._waiter, abandon_on_cancel=True
+        then = None
+        if cursors is not None and seen is not None and self._seq is not None:
+            # The news since the last read, read by the watching thread as soon as it
+            # sees the commit (see ``changes``).
+            then = functools.partial(sql.changes_since, after_seq=self._seq)
+        found: tuple[list[ChangeRow], int] | None
+        self._data_version, found = await anyio.to_thread.run_sync(
+            wait, seen, within, then, limiter=self._waiter, abandon_on_cancel=True
         )
         if seen is None:
             return News(everything=True)
-        return News() if self._data_version != seen else News(quiet=True)
+        if self._data_version == seen:
+            return News(quiet=True)
+        if found is None or cursors is None:
+            return News()
+        changes, self._seq = found
+        return News(
+            changes=[
+                c for c in changes if c.order_id in cursors and c.version > cursors[c.order_id]
+            ]
+        )

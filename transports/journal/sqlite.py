@@ -159,20 +159,30 @@ class SqliteStore:
         with self._reader() as db:
             return work(db)
 
-    def wait_for_commit(self, seen: int | None, timeout: float) -> int:
+    def wait_for_commit(
+        self,
+        seen: int | None,
+        timeout: float,
+        then: Callable[[sqlite3.Connection], T] | None = None,
+    ) -> tuple[int, T | None]:
         """Block until another connection commits (``PRAGMA data_version`` moves from
-        ``seen``) or ``timeout`` s pass; returns the version now.  Checked every few
-        ms on a connection of its own: a cross-process wake-up without a socket.
-        One caller at a time; a journal closed meanwhile has its connection closed here."""
+        ``seen``) or ``timeout`` s pass; returns the version now, and what ``then``
+        read on the same connection after a commit (``None`` without one): the
+        fleet tracker's read of the news in this thread, not a hop to another.
+        Checked every few ms on a connection of its own: a cross-process wake-up
+        without a socket.  One caller at a time; a journal closed meanwhile has its
+        connection closed here."""
         with self._watching:
             try:
-                return self._wait_for_commit(seen, timeout)
+                return self._wait_for_commit(seen, timeout, then)
             finally:
                 if self._closed and self._watcher is not None:
                     self._watcher.close()
                     self._watcher = None
 
-    def _wait_for_commit(self, seen: int | None, timeout: float) -> int:
+    def _wait_for_commit(
+        self, seen: int | None, timeout: float, then: Callable[[sqlite3.Connection], T] | None
+    ) -> tuple[int, T | None]:
         connection = self._watcher
         if connection is None:
             if self._closed:
@@ -185,8 +195,10 @@ class SqliteStore:
         try:
             while not self._closed:
                 version = int(connection.execute("PRAGMA data_version").fetchone()[0])
+                if seen is not None and version != seen and then is not None:
+                    return version, then(connection)
                 if seen is None or version != seen or time.monotonic() >= end:
-                    return version
+                    return version, None
                 time.sleep(WATCH_INTERVAL)
         except sqlite3.Error as exc:
             self._watcher = None
