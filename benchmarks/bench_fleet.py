@@ -314,7 +314,7 @@ async def send_to_waiters(
     latencies = [
         (told[first + i] - (start + i / rate)) * 1000.0 for i in range(count) if first + i in told
     ]
-    run = {"latencies": latencies, "lost": count - len(latencies), "loadgen": sent}
+    run: dict[str, Any] = {"latencies": latencies, "lost": count - len(latencies), "loadgen": sent}
     if split is not None:
         # The loadgen's own hop is one; B's CPU includes waiting for it (blocked, ~0).
         notes = await note_times(store, range(first, first + count))
