@@ -628,3 +628,22 @@ async def test_a_transactional_handler_that_refuses_or_fails_keeps_the_order_sta
     assert [(c.version, c.status, c.source) for c in changes] == [
         (1, P, "webhook"), (2, C, "webhook")
     ]  # fmt: skip
+
+
+async def test_a_notification_that_is_not_ours_reads_everything_instead_of_failing() -> None:
+    """``NOTIFY`` on the fleet's channel by hand (an operator's ``'refresh'``), or by
+    another version of the library: its payload is no list of order ids.  Reading
+    it as one raised ``ValueError`` out of the follower and ended the whole tracker."""
+    url = postgres_server().url()
+    async with open_journal(url) as journal:
+        log = OrderLog(journal)
+        await log.track(1, D, None)
+        assert (await log.wait_for_news(0.01, {1: 0})).everything
+        admin = connect(url)
+        try:
+            for payload in ("refresh", "1," + "9" * 5000):
+                admin.execute("SELECT pg_notify(%s, %s)", (log.channel, payload))
+                news = await log.wait_for_news(2.0, {1: 0})
+                assert news.everything, payload[:10]
+        finally:
+            admin.close()

@@ -289,14 +289,20 @@ class FleetLink(CallsOnSettled):
     async def _follow(self) -> None:
         """Apply what others wrote: after each wake-up, and at least every ``backstop`` s."""
         everything = True
+        delay = BACKOFF_MIN  # while the journal is out: once logged, backing off
         while True:
             try:
                 news = await self.log.wait_for_news(self.backstop, self.cursors)
             except OrderFsmError as exc:
-                logger.warning("journal wake-ups unavailable: %s", exc)
-                await anyio.sleep(BACKOFF_MIN)
+                if delay == BACKOFF_MIN:
+                    logger.warning("journal wake-ups unavailable: %s", exc)
+                await anyio.sleep(delay)
+                delay = min(2 * delay, self.backstop)
                 everything = True
                 continue
+            if delay != BACKOFF_MIN:
+                logger.info("journal wake-ups back")
+                delay = BACKOFF_MIN
             full = everything or news.everything
             if news.changes is not None and not full:
                 self._apply(news.changes)  # read with the wake-up, on its connection
@@ -314,9 +320,11 @@ class FleetLink(CallsOnSettled):
                 try:
                     changes = await self.log.changes(targets, everything=full)
                 except OrderFsmError as exc:
-                    logger.warning("journal unavailable (reading changes): %s", exc)
+                    if delay == BACKOFF_MIN:
+                        logger.warning("journal unavailable (reading changes): %s", exc)
                     everything = True
-                    await anyio.sleep(BACKOFF_MIN)
+                    await anyio.sleep(delay)
+                    delay = min(2 * delay, self.backstop)
                     continue
                 self._apply(changes)
             everything = False

@@ -169,15 +169,17 @@ class PostgresListener:
 
 
 def _announced(pgconn: Any) -> list[int] | None:
-    """The order ids of the notifications received so far (``None``: an empty payload,
-    read everything)."""
+    """The order ids of the notifications received so far (``None``: read everything:
+    an empty payload, or one that is not ours, a ``NOTIFY`` by hand or by another
+    version, which must not end the tracker)."""
     ids: set[int] = set()
     everything = False
     while (note := pgconn.notifies()) is not None:
-        if not note.extra:
-            everything = True
+        parts = note.extra.split(b",") if note.extra else ()
+        if parts and all(part.isdigit() and len(part) <= 19 for part in parts):
+            ids.update(int(part) for part in parts)
         else:
-            ids.update(int(part) for part in note.extra.split(b","))
+            everything = True
     return None if everything else sorted(ids)
 
 
