@@ -12,12 +12,15 @@ journal's tables read and set with plain SQL where a dead instance is staged.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
 from support_journal import connect, mark, on_databases, url_for
 
 from orderfsm import Status
@@ -243,10 +246,13 @@ async def test_a_call_is_not_made_again_once_retention_pruned_its_claim(
         await eventually(lambda: calls)
         made = time.time()
         await eventually(lambda: time.time() > made + settings.retention + 0.5, timeout=30)
-        for made_calls, order_id in enumerate((10, 11), start=2):
-            t.track(order_id)  # each recorded call may start the prune
-            await record(url, (order_id, P))
-            await eventually(lambda n=made_calls: len(calls) >= n, timeout=30)
+        # Each recorded call may start the prune (once every prune_every).
+        t.track(10)
+        await record(url, (10, P))
+        await eventually(lambda: len(calls) >= 2, timeout=30)
+        t.track(11)
+        await record(url, (11, P))
+        await eventually(lambda: len(calls) >= 3, timeout=30)
         await eventually(lambda: not claim_exists(url, settled_key(9, P)), timeout=30)
         await sweeps_after(t, 3)
     assert [e.order_id for e in calls] == [9, 10, 11]
@@ -363,3 +369,48 @@ async def test_a_version_2_journal_is_migrated_without_repeating_old_calls(
         db.close()
     assert [order_id for order_id, *_ in found] == [3]
     assert [told(url, i) for i in (1, 2, 3)] == [(1, 1), (1, 1), (0, 1)]
+
+
+async def _app(url: str, *args: str) -> tuple[Process, BufferedByteReceiveStream]:
+    process = await anyio.open_process(
+        [sys.executable, str(Path(__file__).parent / "settled_app.py"), url, *args]
+    )
+    assert process.stdout is not None
+    return process, BufferedByteReceiveStream(process.stdout)
+
+
+async def _line(reader: BufferedByteReceiveStream, prefix: str) -> str:
+    with anyio.fail_after(60):
+        while True:
+            line = (await reader.receive_until(b"\n", 1 << 16)).decode()
+            if line.startswith(prefix):
+                return line
+
+
+@on_databases
+async def test_an_instance_killed_mid_call_holds_up_the_refund_call_not_the_delivery_call(
+    backend: str, tmp_path: Path
+) -> None:
+    """Real processes: A is SIGKILLed inside its ``on_settled`` for the payment; B follows
+    the order live and hears the refund while A's claim is still live.  B makes the
+    payment's call once that claim's lease is over, then the refund's: never the refund
+    first.  Then both are marked told (nothing more is owed)."""
+    url = url_for(backend, tmp_path)
+    dying, reader = await _app(url, "--hang", "--track", "8")
+    try:
+        await _line(reader, "READY")
+        await record(url, (8, P))
+        assert (await _line(reader, "CALLED")).split() == ["CALLED", "8", "paid", "False"]
+        live, reader = await _app(url, "--track", "8")
+        await _line(reader, "READY")
+    finally:
+        dying.kill()
+        await dying.wait()
+    try:
+        await record(url, (8, C))
+        calls = [(await _line(reader, "CALLED")).split()[1:] for _ in range(2)]
+        assert calls == [["8", "paid", "False"], ["8", "canceled", "True"]]
+        await eventually(lambda: told(url, 8) == (2, 2), timeout=30)
+    finally:
+        live.kill()
+        await live.wait()
