@@ -199,39 +199,6 @@ async def test_a_handler_slower_than_the_claim_lease_is_called_once(
 
 
 @on_databases
-async def test_an_answer_fenced_by_another_attempt_is_not_taken_for_a_recorded_call(
-    backend: str, tmp_path: Path
-) -> None:
-    """While the handler runs, another attempt takes the claim over (staged: it then
-    dies without answering).  The handler's answer is fenced, so the call is not
-    recorded: it is made again once that attempt's lease runs out, and recorded."""
-    url = url_for(backend, tmp_path)
-    key = settled_key(6, P)
-    started: list[int] = []
-
-    async def grant(event: Settled) -> None:
-        started.append(event.order_id)
-        if len(started) == 1:
-            db = connect(url)
-            try:
-                db.execute(
-                    "UPDATE orderfsm_claims SET attempt = attempt + 1, owner = 'other',"
-                    f" lease_until = {time.time() + 1.0} WHERE key = '{key}'"
-                )
-            finally:
-                db.close()
-
-    async with (
-        open_journal(url, JournalSettings(lease=1.0)) as journal,
-        journal_only(journal, [], on_settled=grant) as t,
-    ):
-        t.track(6)
-        await record(url, (6, P))
-        await eventually(lambda: answered(journal, key), timeout=30)
-    assert started == [6, 6]
-
-
-@on_databases
 async def test_a_call_is_not_made_again_once_retention_pruned_its_claim(
     backend: str, tmp_path: Path
 ) -> None:
