@@ -21,7 +21,6 @@ from typing import Any
 
 from orderfsm.core import GOALS, LAPSED_STATUSES, Status, verdict
 from orderfsm.journal.orders import advance, settled_call
-from transports.journal.orders import _SETTLING
 
 _CALLING = ", ".join(
     f"('{status}', '{'' if previous is None else previous.value}', '{goal.value}')"
@@ -31,6 +30,12 @@ _CALLING = ", ".join(
     if advance(previous, status) is not None and settled_call(previous, status, goal)
 )
 """(status, previous or '', goal) of the changes ``on_settled`` is called for, for SQL."""
+
+_SETTLING = ", ".join(
+    f"('{s.value}', '{goal.value}')" for goal in GOALS for s in Status if verdict(s, goal).settled
+)
+"""(status, goal) pairs that settle an order, for SQL, from the core's own verdicts (as
+the leases' SQL has them: neither module reaches into the other's private names)."""
 
 _SETTLED_ANY = ", ".join(
     f"'{s.value}'" for s in Status if any(verdict(s, goal).settled for goal in GOALS)
