@@ -66,6 +66,19 @@ def threads_cpu(pid: int) -> float:
     return total / TICK
 
 
+def switches(pid: int) -> int:
+    """Context switches of every thread of ``pid`` so far (voluntary and not)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if "ctxt_switches:" in line:
+                    total += int(line.split()[1])
+        except OSError:
+            continue  # a thread that ended meanwhile
+    return total
+
+
 def descendants(root: int) -> list[int]:
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
@@ -103,10 +116,18 @@ def machine_busy() -> tuple[float, float]:
 
 
 def start(commands: list[list[str]]) -> tuple[list[subprocess.Popen[str]], list[str]]:
-    # The code beside this file, whichever copy (an A/B run of two trees).
+    # The code beside this file, whichever copy (an A/B run of two trees): run from
+    # its tree, since ``python -m`` puts the working directory first on the path.
     env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{HERE.parent}", "SECRET": SECRET}
     processes = [
-        subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        subprocess.Popen(
+            c,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            cwd=HERE.parent,
+        )
         for c in commands
     ]
     urls = []
@@ -182,10 +203,12 @@ def measure(
         [threads_cpu(p) for p in pids],
         server_cpu(postmaster),
     )
+    switched = sum(switches(p) for p in pids)
     generator, box = resource.getrusage(resource.RUSAGE_CHILDREN), machine_busy()
     result = run_part("loadgen", {**load, "payloads": hot}, folder)
     generator_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     rx_after, threads_after = [cpu_of(p) for p in pids], [threads_cpu(p) for p in pids]
+    switched = sum(switches(p) for p in pids) - switched
     pg_after, box_after = server_cpu(postmaster), machine_busy()
     for tool in tools:
         tool.send_signal(2)
@@ -205,6 +228,7 @@ def measure(
         "rx_us": [round((a - b) * per) for a, b in zip(rx_after, rx, strict=True)],
         "rx_threads_us": round((sum(threads_after) - sum(threads)) * per),
         "pg_us": round((pg_after - pg) * per),
+        "rx_switches": round(switched / len(hot), 2),
         "gen_us": round(gen_s * per),
         "machine_busy": round((box_after[0] - box[0]) / (box_after[1] - box[1]), 3),
         "pids": {

@@ -192,6 +192,27 @@ def test_the_fast_path_gives_what_receive_gives_and_leaves_the_same_engine(
         assert fast.state is general.state and fast.caught_up == general.caught_up
 
 
+@settings(max_examples=200)
+@given(live_lines(), st.lists(st.integers(0, 3), min_size=20, max_size=20))
+def test_a_ping_answered_without_decoding_leaves_the_engine_as_decoding_it_does(
+    lines: list[str], ticks: list[int]
+) -> None:
+    """``receive`` answers the usual ping (``{}`` alone in its frame) without decoding
+    it; another engine gets the same pings spelled ``{"id":0}``, which only the
+    general way reads.  Among publications that read history and hold news back,
+    both say and send the same, and keep the same positions and deadlines."""
+    short, decoded = caught_up_engine(), caught_up_engine()
+    now = 0.0
+    for line, tick in zip(lines, itertools.cycle(ticks), strict=False):
+        now += tick
+        spelled = '{"id":0}' if line == PING else line
+        assert observations(short.receive(line, now)) == observations(decoded.receive(spelled, now))
+        assert short.data_to_send() == decoded.data_to_send()
+        assert short.positions() == decoded.positions()
+        assert short.next_deadline() == decoded.next_deadline()
+        assert short.state is decoded.state and short.caught_up == decoded.caught_up
+
+
 def observations(events: list[Event]) -> list[object]:
     return [e.observation if isinstance(e, OrderPublication) else e for e in events]
 

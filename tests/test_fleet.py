@@ -21,7 +21,7 @@ import pytest
 from support_journal import connect, on_databases, url_for
 from support_webhook import serve_receiver
 
-from orderfsm import Status
+from orderfsm import Observation, Status
 from orderfsm.journal import ClaimState
 from orderfsm.journal.orders import settled_key
 from orderfsm.supervisor.fleet import Settled
@@ -220,6 +220,79 @@ async def test_one_instance_giving_an_order_up_leaves_the_others_following_it(
         b.untrack(order_id)
         await anyio.sleep(1.5)  # past a lease period (1 s here): renewals went on
         assert await done_on_the_socket_reaches(a, emu, order_id)
+
+
+@on_databases
+async def test_an_instance_granting_on_payment_does_not_end_the_following_until_done(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """A follows Xsolla until ``done``; B, on the journal alone, waits for ``paid`` (a
+    server granting on payment).  The order's row kept the goal of whoever tracked it
+    last, so once ``paid`` was written it counted as settled: A's lease renewals were
+    refused, nobody followed the order, and A never heard ``done`` (no webhook says
+    it).  The row keeps the strictest goal asked."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    async with (
+        instance(url, emu, user) as a,
+        instance(url, emu, transports=("journal",), until="paid", fetch_details=False) as b,
+    ):
+        await owning(a, order_id)
+        b.track(order_id)
+        await emu.set_status(order_id, "paid")
+        with anyio.fail_after(10):
+            assert (await b.wait(order_id)).status is Status.PAID
+        await anyio.sleep(2.5)  # past two lease renewals (1 s here) after "paid"
+        assert await done_on_the_socket_reaches(a, emu, order_id)
+
+
+@on_databases
+async def test_an_order_given_up_by_its_owner_is_adopted_for_a_journal_only_waiter(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """A follows the order through Xsolla; B waits on it through the journal alone.
+    A's waiter leaves (A untracks it): the row said nobody tracks the order, B holds
+    no lease to say otherwise, so nobody adopted it and B never heard ``done``."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    async with (
+        instance(url, emu, user) as a,
+        instance(url, emu, transports=("journal",), fetch_details=False) as b,
+    ):
+        await owning(a, order_id)
+        b.track(order_id)
+        a.untrack(order_id)
+        await eventually(lambda: order_id in a._orders and a._orders[order_id].owned, 15.0)
+        await emu.set_status(order_id, "paid")
+        await emu.set_status(order_id, "done")
+        with anyio.fail_after(10):
+            assert (await b.wait(order_id)).status is Status.DONE
+
+
+async def test_a_write_the_database_refuses_does_not_hold_back_the_next(
+    tmp_path: Path, emu: Emulator
+) -> None:
+    """PostgreSQL refuses a NUL in text (here a custom source's name).  The instance's
+    writer retried that batch for ever, so nothing it learned afterwards reached the
+    journal, and waiters on other instances never returned.  Now the refused item is
+    dropped and logged, and what follows is written."""
+    url = url_for("postgresql", tmp_path)
+    bad, good = 9_100_001, 9_100_002
+    async with (
+        instance(url, emu, transports=("journal",), fetch_details=False) as a,
+        instance(url, emu, transports=("journal",), until="paid", fetch_details=False) as b,
+    ):
+        for order_id in (bad, good):
+            a.track(order_id, until="paid")
+        b.track(good)
+        now = anyio.current_time()
+        a.observe(Observation(bad, Status.PAID, source="shop\x00bot", at=now))
+        a.observe(Observation(good, Status.PAID, source="shop-bot", at=now))
+        with anyio.fail_after(10):
+            result = await b.wait(good)
+    assert (result.status, result.source) == (Status.PAID, "shop-bot")
 
 
 @on_databases

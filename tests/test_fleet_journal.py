@@ -19,15 +19,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support_journal import connect, on_databases, url_for
 from support_postgres import postgres_server
+from support_webhook import SECRET, order_paid, signed
 
 from orderfsm import Status
 from orderfsm.core import GOALS, Verdict, verdict
+from orderfsm.errors import WebhookError
 from orderfsm.journal.orders import OrderRow, adoptable, advance, leased, may_lease, settled_call
 from transports.journal import open_journal
 from transports.journal import orders as sql
 from transports.journal.order_log import OrderLog
 from transports.journal.orders import Note
 from transports.journal.settled_log import SettledLog
+from transports.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.anyio
 
@@ -488,3 +491,53 @@ def test_the_sql_lease_is_the_pure_decision(
     expected = leased(row, asker, now, 30.0) if held else row
     after = db.execute("SELECT tracking, owner FROM orderfsm_orders WHERE order_id = 9").fetchone()
     assert (bool(after[0]), after[1]) == (expected.tracking, expected.owner)
+
+
+async def test_a_claim_that_writes_an_order_change_commits_durably() -> None:
+    """A webhook's claim commits without waiting for the disk, and its order's change
+    is written in the same transaction.  Trackers see the change at commit (the
+    NOTIFY, their reads) and move their cursor past its version; a database crash
+    before the log's flush would lose it, and the order's next change would take the
+    same version, skipped by every such tracker for good.  So the change turns the
+    durable commit back on for its transaction, and news that changes nothing does
+    not."""
+    url = postgres_server().url()
+    async with open_journal(url) as journal:
+        await OrderLog(journal).track(71, D, None)
+    db = connect(url)
+    try:
+        for status, durable in ((P, "on"), (P, "off")):  # the second is a repeat
+            db.execute("BEGIN")
+            db.execute("SET LOCAL synchronous_commit = off")  # as the claim asks
+            sql.record(db, "postgresql", [note(71, status)], time.time())
+            assert db.execute("SHOW synchronous_commit").fetchone() == (durable,)
+            db.execute("COMMIT")
+    finally:
+        db.close()
+
+
+@on_databases
+async def test_a_transactional_handler_that_refuses_or_fails_keeps_the_order_status(
+    backend: str, tmp_path: Path
+) -> None:
+    """The delivery's status is a fact whatever the app makes of it.  A plain handler's
+    claim commits it before the handler runs; a transactional handler's used to be
+    written inside the handler's savepoint and rolled back with it: a refused refund
+    (a 400, which Xsolla never retries) never reached the trackers or ``on_settled``."""
+    url = url_for(backend, tmp_path)
+
+    def handler(notification: Any, connection: Any) -> None:
+        if notification.notification_type == "order_canceled":
+            raise WebhookError("this app refuses the refund")
+        raise RuntimeError("the app's own table is missing")  # order_paid: a 5xx
+
+    async with open_journal(url) as journal:
+        receiver = WebhookReceiver(SECRET, store=journal, transactional=handler)
+        answers = []
+        for body in (order_paid(73), order_paid(73, kind="order_canceled")):
+            answers.append((await receiver.handle(signed(body), body)).status)
+        changes = await OrderLog(journal).changes({73: 0}, everything=True)
+    assert answers == [500, 400]
+    assert [(c.version, c.status, c.source) for c in changes] == [
+        (1, P, "webhook"), (2, C, "webhook")
+    ]  # fmt: skip

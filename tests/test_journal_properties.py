@@ -26,6 +26,7 @@ from support_journal import ALL_BACKENDS, BACKENDS, connect, create_grants, mark
 from orderfsm.errors import JournalError
 from orderfsm.journal import Answer, JournalSettings, NewDelivery, Outcome, Reply
 from transports.journal import Ran, SyncJournal, Taken, store_for
+from transports.journal.base import Work
 
 OK = Answer(204)
 FAILED = Answer(500, b"failed")
@@ -118,7 +119,7 @@ class TransactionalReceivers(Receivers):
                 self.answers.append((order_id, self.run(other, order_id, "ok", receiver + 1)))
             return OK, None
 
-        return grant
+        return Work(grant)
 
     def run(self, journal: SyncJournal, order_id: int, how: str, receiver: int) -> Answer:
         try:

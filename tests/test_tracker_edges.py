@@ -12,7 +12,8 @@ import anyio
 import pytest
 from support_tracker import emulator_tracker
 
-from orderfsm import Change, Status
+from orderfsm import Change, Status, Tracker
+from orderfsm.errors import OrderNotTracked
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.testing import eventually
 from transports.emulator import Emulator
@@ -267,3 +268,23 @@ async def test_a_second_wait_given_up_stops_the_tracking_it_started_again(
                 await tracker.wait(order_id)
         stats = tracker.stats()
     assert (stats.orders_tracked, stats.orders_active) == (2, 0)
+
+
+async def test_a_user_id_a_journal_cannot_store_is_refused_when_tracking_starts(
+    emu: Emulator,
+) -> None:
+    """A NUL in a user id: PostgreSQL refuses it in text, and a fleet instance whose
+    journal write is refused held back every later write of its own (a review's
+    finding).  Refused where the id is given, with nothing tracked."""
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    with pytest.raises(ValueError, match="NUL"):
+        Tracker(project_id=emu.project_id, token=user.token, user_id="player\x00one")
+    async with emulator_tracker(emu, user) as tracker:
+        with pytest.raises(ValueError, match="NUL"):
+            tracker.track(order_id, token=user.token, user_id="player\x00one")
+        with pytest.raises(OrderNotTracked):
+            tracker.status(order_id)
+        tracker.track(order_id, token=user.token, user_id="player-one", until="paid")
+        await emu.set_status(order_id, "paid")
+        assert (await tracker.wait(order_id)).status is Status.PAID

@@ -8,6 +8,7 @@ one Get order at once.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
@@ -20,6 +21,7 @@ from support_webhook import serve_receiver
 from orderfsm import Change, Observation, Plan, Situation, Status, StatusChange
 from orderfsm.errors import OrderNotFound
 from orderfsm.interface import Health
+from orderfsm.supervisor.order import TrackedOrder
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.supervisor.tracker import Tracker
 from orderfsm.testing import RecordingSink, SteppedClock, eventually
@@ -333,3 +335,37 @@ async def test_observations_after_untrack_are_dropped() -> None:
         t.untrack(3)
         t.observe(Observation(3, "paid", "webhook", anyio.current_time()))
     assert seen == []
+
+
+class CountingPolicy:
+    """The default plans, counted: a test waits for the scheduler's first look."""
+
+    def __init__(self) -> None:
+        self.plans = 0
+        self._default = DefaultPolicy()
+
+    def plan(self, situation: Situation, now: float) -> Plan:
+        self.plans += 1
+        return self._default.plan(situation, now)
+
+
+async def test_settled_and_forgotten_orders_are_not_kept_by_the_scheduler() -> None:
+    """Each order planned has an entry in the scheduler's review heap until its review
+    time (minutes away); ended orders' entries are dropped in bulk once they outnumber
+    the live ones.  An order settled the moment its settling status is applied, not in
+    a pass of the scheduler, must not stay alive there once the application forgot it."""
+    policy = CountingPolicy()
+    orders = range(1, 301)
+    async with Tracker(
+        project_id=1, transports=("webhook",), fetch_details=False, policy=policy
+    ) as t:
+        for order_id in orders:
+            t.track(order_id)
+        await eventually(lambda: policy.plans >= len(orders))  # one plan each, at least
+        for order_id in orders:
+            t.observe(Observation(order_id, "done", "webhook", anyio.current_time()))
+            assert t.status(order_id) is Status.DONE
+            t.forget(order_id)
+        gc.collect()
+        kept = [o for o in gc.get_objects() if type(o) is TrackedOrder]
+        assert len(kept) <= 64  # the bulk drop's slack, whatever the number of orders

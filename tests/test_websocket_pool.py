@@ -18,7 +18,7 @@ import pytest
 
 from orderfsm.core import Advanced, Observation, OrderBook, Status
 from orderfsm.interface import WEBSOCKET, Health, HealthReport
-from orderfsm.testing import RecordingSink
+from orderfsm.testing import RecordingSink, eventually
 from transports.centrifuge import EngineConfig, PoolClosed, WebSocketPool
 from transports.centrifuge.events import OrderPublication
 from transports.centrifuge.httpx_socket import HttpxSocketFactory
@@ -177,6 +177,40 @@ async def test_statuses_read_from_history_are_not_kept_by_the_waiting_socket(
             o for o in gc.get_objects() if type(o) is OrderPublication and o.order_id in orders
         ]
         assert pinned == []
+        assert len(await emu.connections(user)) == 1  # the socket is still up, waiting
+
+
+class StatusesOnly:
+    """A sink that keeps the statuses it is told, not the observations."""
+
+    def __init__(self) -> None:
+        self.statuses: list[Status] = []
+        self.healthy = False
+
+    def observe(self, observation: Observation, /) -> None:
+        self.statuses.append(observation.status)
+
+    def report(self, report: HealthReport, /) -> None:
+        self.healthy = report.health is Health.HEALTHY
+
+
+async def test_a_live_status_is_not_kept_by_the_waiting_socket(
+    emu: Emulator, shell: MakeSocketFactory | None
+) -> None:
+    """Once delivered, a live status's observation (its position and payload with it)
+    is not held by the socket while it waits for the next frame, which for a player
+    may be minutes: with a thousand sockets the collector walked all of them."""
+    user = await emu.create_user("alice")
+    order = await emu.create_order(user)
+    async with open_pool(emu, shell) as pool:
+        sink = StatusesOnly()
+        pool.attach(order, sink, token=Tokens(user.token), user_id="alice")
+        await eventually(lambda: sink.healthy)
+        await emu.set_status(order, "paid")
+        await eventually(lambda: Status.PAID in sink.statuses)
+        gc.collect()
+        kept = [o for o in gc.get_objects() if type(o) is Observation and o.order_id == order]
+        assert kept == []
         assert len(await emu.connections(user)) == 1  # the socket is still up, waiting
 
 

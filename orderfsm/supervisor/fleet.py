@@ -25,12 +25,12 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
 from orderfsm.core import Observation, Verdict, verdict
-from orderfsm.errors import OrderFsmError
+from orderfsm.errors import JournalRefused, OrderFsmError
 from orderfsm.journal.orders import ChangeRow, OrderRow
 from orderfsm.supervisor.records import StatusChange
 from orderfsm.supervisor.settled import (
@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from transports.journal.order_log import OrderLog
 
 logger = logging.getLogger("orderfsm.fleet")
+T = TypeVar("T")
+R = TypeVar("R")
 
 # The on_settled event's types live in supervisor.settled; still importable from here.
 __all__ = ["LEASE", "FleetLink", "Settled", "SettledHandler", "SettledInTransaction"]
@@ -200,11 +202,14 @@ class FleetLink(CallsOnSettled):
                 tg.start_soon(self._sweep, name="orderfsm fleet sweep")
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
-        """``call()`` until it succeeds: a database outage delays, never drops, a write."""
+        """``call()`` until it succeeds: a database outage delays, never drops, a write.
+        A ``JournalRefused`` is raised: the same statement would be refused again."""
         delay = BACKOFF_MIN
         while True:
             try:
                 result = await call()
+            except JournalRefused:
+                raise
             except OrderFsmError as exc:
                 if self.up:
                     logger.warning("journal unavailable (%s): %s", what, exc)
@@ -239,17 +244,41 @@ class FleetLink(CallsOnSettled):
                 tracks = [item[1:] for item in batch if item[0] == "track" == last[item[1]]]
                 past = {item[1]: 0 for item in batch if item[0] == "catch-up"}
                 if tracks:
-                    rows = await self._retrying("track", functools.partial(log.track_many, tracks))
+                    rows = await self._written("track", log.track_many, tracks)
                     past.update({row.order_id: 0 for row in rows if row.version})
                     self._lease_now.set()  # a lease asked before the row existed took nothing
                 if past:
                     await self._catch_up(past)
                 notes = [Note(*item[1:]) for item in batch if item[0] == "note"]
                 if notes:
-                    await self._retrying("record", functools.partial(log.record, notes))
+                    await self._written("record", log.record, notes)
                 done = [item[1] for item in batch if item[0] == "untrack" == last[item[1]]]
                 if done:
-                    await self._retrying("untrack", functools.partial(log.untrack, done))
+                    await self._written("untrack", log.untrack, done)
+
+    async def _written(
+        self, what: str, write: Callable[[list[T]], Awaitable[list[R] | None]], items: list[T]
+    ) -> list[R]:
+        """``write(items)``, retried through outages; what the database refuses (a value
+        it cannot store) is written again one item at a time, and an item refused alone
+        is dropped and logged: one bad value must not hold back every later write of
+        this instance, which waiters on other instances would never hear of."""
+        try:
+            return await self._retrying(what, functools.partial(write, items)) or []
+        except JournalRefused as exc:
+            if len(items) == 1:
+                logger.error(
+                    "the journal refused to %s %r, which is dropped: %s",
+                    what,
+                    items[0],
+                    exc,
+                    extra={"event": "fleet.write_refused"},
+                )
+                return []
+        written: list[R] = []
+        for item in items:
+            written.extend(await self._written(what, write, [item]))
+        return written
 
     async def _gather_untracks(self) -> None:
         with anyio.move_on_after(UNTRACK_GATHER):
@@ -293,9 +322,13 @@ class FleetLink(CallsOnSettled):
         """Newly followed orders' past, read at once (the wake-ups only tell of news)."""
         cursors = {i: self.cursors[i] for i in orders if i in self.cursors}
         if cursors:
-            changes = await self._retrying(
-                "catch-up", functools.partial(self.log.catch_up, cursors)
-            )
+            try:
+                changes = await self._retrying(
+                    "catch-up", functools.partial(self.log.catch_up, cursors)
+                )
+            except JournalRefused as exc:  # a read: never expected; the backstop reads again
+                logger.error("the journal refused to read orders' past: %s", exc)
+                return
             self._apply(changes)
 
     def _apply(self, changes: list[ChangeRow]) -> None:
@@ -316,6 +349,7 @@ class FleetLink(CallsOnSettled):
     async def _hold_leases(self) -> None:
         """Take, renew and lose the leases of the orders followed through Xsolla."""
         if not self.follows_xsolla:
+            await self._stay_wanted()
             return
         while True:
             with anyio.move_on_after(self.lease / 3):
@@ -340,6 +374,21 @@ class FleetLink(CallsOnSettled):
                     if owned:
                         order.doubt()  # taken over: a status may have moved meanwhile
                     order.wake(order)
+
+    async def _stay_wanted(self) -> None:
+        """An instance that follows only the journal says, at the leases' pace, that its
+        orders are still waited on: the instance that followed one through Xsolla may
+        give it up (its own waiter left) and mark it not tracked, and then nobody would
+        adopt it, and nobody would ever hear ``done`` (no webhook says it)."""
+        while True:
+            await anyio.sleep(self.lease / 3)
+            live = [o.order_id for o in self._orders.values() if not o.ended]
+            if not live:
+                continue
+            try:
+                await self.log.want(live)
+            except OrderFsmError as exc:
+                logger.warning("journal unavailable (marking orders tracked): %s", exc)
 
     async def _adopt_orphans(self) -> None:
         """Take over the orders whose owner is gone and that no instance following them

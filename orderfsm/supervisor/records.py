@@ -23,7 +23,14 @@ class User:
     """
 
     token: TokenProvider
-    external_id: str | None = None
+    external_id: str | None = attrs.field(default=None)
+
+    @external_id.validator
+    def _storable(self, _attribute: object, value: str | None) -> None:
+        # A fleet writes the id to its journal; PostgreSQL refuses a NUL in text,
+        # and a refused write would hold back every later write of the instance.
+        if value is not None and "\x00" in value:
+            raise ValueError(f"a user id cannot contain a NUL character: {value!r}")
 
 
 @attrs.frozen

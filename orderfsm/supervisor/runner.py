@@ -104,6 +104,12 @@ class Scheduler(GetOrderChecks):
 
     def wake(self, order: TrackedOrder) -> None:
         if not order.ended:
+            if order.settled is not None:
+                # Settled: nothing in the plan is left to weigh, so it ends here and
+                # now, not in a pass of the scheduler's task (a wake-up, a loop
+                # iteration and a task step for nearly every settled order).
+                self._settle(order)
+                return
             self._dirty[order.order_id] = order
             self._kick.set()
         elif (
@@ -177,12 +183,17 @@ class Scheduler(GetOrderChecks):
         for order in dirty.values():
             if not order.ended:
                 self._step(order, now)
+        self._drop_stale()
+        return due[0][0] if due else math.inf
+
+    def _drop_stale(self) -> None:
+        """Orders that ended or moved their review leave entries behind in the heap;
+        dropped in bulk (amortized: the heap must double past the live orders
+        first) so it does not keep old orders alive."""
+        due = self._due
         if len(due) > 2 * self._live + 64:
-            # Orders that ended or moved their review leave entries behind;
-            # dropped in bulk so the heap does not keep old orders alive.
             due[:] = [entry for entry in due if entry[2].review_at == entry[0]]
             heapq.heapify(due)
-        return due[0][0] if due else math.inf
 
     # --- one order ------------------------------------------------------------------
 
@@ -204,11 +215,7 @@ class Scheduler(GetOrderChecks):
                 )
                 return
         if order.settled is not None:
-            self._end(order)
-            if order.details is None and self.fetch_details:
-                self._spawn(self._finish, order)
-            else:  # nothing to wait for: no task
-                order.finish(_result(order, None), None)
+            self._settle(order)
             return
         if plan.websocket and order.attachment is None and order.websocket is not None:
             order.attachment = self._pool.attach(
@@ -249,6 +256,14 @@ class Scheduler(GetOrderChecks):
                 self._pushed += 1
                 heapq.heappush(self._due, (plan.review_at, self._pushed, order))
 
+    def _settle(self, order: TrackedOrder) -> None:
+        """End tracking a settled order: its result now, or once its details come."""
+        self._end(order)
+        if order.details is None and self.fetch_details:
+            self._spawn(self._finish, order)
+        else:  # nothing to wait for: no task
+            order.finish(_result(order, None), None)
+
     def _end(self, order: TrackedOrder) -> None:
         if order.ended:
             return  # a closing tracker meets orders whose details are on their way
@@ -258,6 +273,7 @@ class Scheduler(GetOrderChecks):
         order.review_at = None
         self._live -= 1
         self._dirty.pop(order.order_id, None)
+        self._drop_stale()  # orders settle outside passes too (wake)
         if order.attachment is not None:
             order.attachment.detach()
             order.attachment = None

@@ -182,6 +182,7 @@ class CallsOnSettled:
     async def _settle_once(self, event: Settled, delivery: Any) -> bool:
         """One try; True once the call is recorded (by this instance or another)."""
         from transports.journal import Reply
+        from transports.journal.base import Work
 
         journal = self.log.journal
         busy = Answer(503)
@@ -196,7 +197,7 @@ class CallsOnSettled:
                     return Answer(500), repr(exc)
                 return Answer(204), None
 
-            ran = await journal.run(delivery, work, busy)
+            ran = await journal.run(delivery, Work(work), busy)
             return ran.answer.ok
         assert self.on_settled is not None
         taken = await journal.begin(delivery, busy)

@@ -305,6 +305,10 @@ class Connection:
             observation = live(frame, now)
             if observation is not None:  # nearly every frame: nothing to send, no timer
                 deliver(observation)
+                # Not kept while the next frame is awaited (seconds, for a player):
+                # the record, its position and payload would go the collector's way,
+                # a thousand sockets' worth of them walked by every young collection.
+                observation = None
                 if self.health is not Health.HEALTHY:
                     self._healthy_again()
                 continue

@@ -38,6 +38,7 @@ from transports.centrifuge.events import (
     Unsubscribed,
 )
 from transports.centrifuge.frames import (
+    PING_LINE,
     PONG,
     UINT32_MAX,
     ConnectReply,
@@ -142,6 +143,15 @@ class CentrifugeEngine:
 
     def receive(self, text: str | bytes, now: float) -> list[Event]:
         """One WebSocket frame; never raises for anything the server sends."""
+        if text == PING_LINE and self.state is State.CONNECTED:
+            # A lone ping, the other frame a live connection keeps getting (every
+            # ping interval, per socket), answered without decoding it: what the
+            # general way would do, since after any frame no channel is left
+            # wanting a history read it was not sent.
+            self._arm_ping(now)
+            if self._pong:
+                self._outbox.append(PONG)
+            return []
         quick = self._live_publication(text, now)
         if quick is not None:
             return quick

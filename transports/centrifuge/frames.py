@@ -22,6 +22,8 @@ UINT64_MAX = 2**64 - 1
 
 PONG = "{}"
 """The empty command: the answer to a server ping, and nothing else."""
+PING_LINE = "{}"
+"""A server ping as it nearly always comes: the empty message, alone in its frame."""
 
 
 # --- records ----------------------------------------------------------------

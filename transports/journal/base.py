@@ -45,9 +45,18 @@ class Claimed:
     """The key's row was locked by another transaction past the wait (PostgreSQL)."""
 
 
-Work = Callable[[Any, int], tuple[Answer, str | None]]
-"""The transactional handler's part: given the open connection and the attempt,
-returns the answer and an error text; the writes are kept only with a 2xx."""
+@attrs.frozen
+class Work:
+    """A transactional handler's part of the claim's transaction."""
+
+    handle: Callable[[Any, int], tuple[Answer, str | None]]
+    """Given the open connection and the attempt, the answer and an error text; its
+    writes are kept only with a 2xx."""
+    facts: Callable[[Any], object] | None = None
+    """What the delivery says whatever the handler makes of it (the order's status):
+    written after the claim, and again if a failed attempt rolls the claim back, so
+    a handler that refuses a refund (a 4xx Xsolla never retries) or fails does not
+    keep it from the trackers, as with a plain handler, whose claim commits first."""
 
 
 @attrs.frozen
@@ -89,17 +98,19 @@ def run_in_transaction(
     and commits: the store's own, or an application's (Django's, so the ORM's writes
     commit with the claim).  Only SQL savepoints, so it nests in either.
 
-    ``work``'s writes are kept only with a 2xx; on a 5xx nothing of the attempt stays
-    but the record of the delivery.
+    ``work``'s handler's writes are kept only with a 2xx; on a 5xx nothing of the
+    attempt stays but the record of the delivery and ``work``'s facts.
     """
     db.execute("SAVEPOINT orderfsm_claim")
     try:
         claimed = dialect.claim(db, delivery, owner, now, lease, logged)
+        if work.facts is not None:
+            work.facts(db)
         if claimed.attempt is None:
             db.execute("RELEASE SAVEPOINT orderfsm_claim")
             return Worked(claimed.delivery_id, None, claimed.claim)
         db.execute("SAVEPOINT orderfsm_handler")
-        answer, error = work(db, claimed.attempt)
+        answer, error = work.handle(db, claimed.attempt)
         if not answer.ok:
             db.execute("ROLLBACK TO SAVEPOINT orderfsm_handler")
         db.execute("RELEASE SAVEPOINT orderfsm_handler")
@@ -116,6 +127,8 @@ def run_in_transaction(
         raise
     db.execute("ROLLBACK TO SAVEPOINT orderfsm_claim")
     db.execute("RELEASE SAVEPOINT orderfsm_claim")
+    if work.facts is not None:
+        work.facts(db)
     ident = dialect.log(db, delivery, logged, answer, decisions.outcome_of(answer), error, now)
     return Worked(ident, answer)
 

@@ -94,8 +94,11 @@ class Batcher(Generic[I, R]):
         else:
             self._queue.append(slot)
             try:
-                with anyio.move_on_after(patience):
-                    await slot.wake.wait()
+                if patience == math.inf:
+                    await slot.wake.wait()  # no timer to arm and cancel: a scope costs ~5 us
+                else:
+                    with anyio.move_on_after(patience):
+                        await slot.wake.wait()
                 if slot.taken and not slot.wake.is_set():
                     await slot.wake.wait()  # its batch runs: the result will come
             except BaseException:

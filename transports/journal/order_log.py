@@ -95,6 +95,12 @@ class OrderLog:
         )
         await self.journal._call(self._store.write, work, self._deadline())
 
+    async def want(self, order_ids: Sequence[int]) -> None:
+        work = functools.partial(
+            sql.want, dialect=self.dialect, order_ids=order_ids, now=time.time()
+        )
+        await self.journal._call(self._store.write, work, self._deadline())
+
     async def lease(self, order_ids: Sequence[int], seconds: float) -> dict[int, int]:
         work = functools.partial(
             sql.lease, dialect=self.dialect, order_ids=order_ids, owner=self.owner,

@@ -60,6 +60,10 @@ _SETTLING = ", ".join(
 )
 """(status, goal) pairs that settle an order, for SQL: from the core's own verdicts."""
 
+_STRICTEST = max(GOALS, key=lambda goal: sum(not verdict(s, goal).settled for s in Status))
+_STRICTER = f"(CASE WHEN until = '{_STRICTEST.value}' THEN until ELSE %s END)"
+"""The row's goal or the one given, whichever settles later (two goals: ``done`` wins)."""
+
 
 def order_from_row(row: Sequence[Any]) -> OrderRow:
     order_id, status, version, until, user_id, tracking, owner, lease_until, fence, tracked = row
@@ -102,10 +106,13 @@ def track(
 ) -> OrderRow:
     """Say an instance follows the order; the row as it is now.
 
-    An order first met here gets a row; one already settled for this goal is
-    not marked tracked again (there is nothing to resume).
+    An order first met here gets a row; one already settled for its goal is
+    not marked tracked again (there is nothing to resume).  The row keeps the
+    strictest goal any instance asked for (``done`` over ``paid``): one instance
+    that grants on payment must not end the following of an order another
+    waits to see delivered, since no webhook says ``done`` (a review found the
+    last tracker's goal winning, and the order followed by nobody).
     """
-    settled = _settled_statuses(until)
     db.execute(
         _sql(
             dialect,
@@ -119,11 +126,11 @@ def track(
     db.execute(
         _sql(
             dialect,
-            f"UPDATE orderfsm_orders SET until = %s, user_id = coalesce(%s, user_id),"
-            f" tracking = (status IS NULL OR status NOT IN ({_marks(len(settled), dialect)})),"
+            f"UPDATE orderfsm_orders SET until = {_STRICTER}, user_id = coalesce(%s, user_id),"
+            f" tracking = (status IS NULL OR (status, {_STRICTER}) NOT IN ({_SETTLING})),"
             f" tracked_at = %s, updated_at = %s WHERE order_id = %s",
         ),
-        (until.value, user_id, *settled, now, now, order_id),
+        (until.value, user_id, until.value, now, now, order_id),
     )
     row = db.execute(
         _sql(dialect, f"SELECT {ORDER_COLUMNS} FROM orderfsm_orders WHERE order_id = %s"),
@@ -266,9 +273,15 @@ WRITE_ALL = (
     " ON CONFLICT (order_id) DO UPDATE SET status = excluded.status,"
     " version = excluded.version, tracking = (o.tracking AND excluded.tracking),"
     " updated_at = excluded.updated_at)"
-    " SELECT pg_notify(%s, %s)"
+    " SELECT pg_notify(%s, %s), set_config('synchronous_commit', 'on', true)"
 )
-"""PostgreSQL: every change, every row and the NOTIFY, in one statement of one text."""
+"""PostgreSQL: every change, every row and the NOTIFY, in one statement of one text.
+
+Its transaction commits durably, whatever the claim before it in the same transaction
+asked: the NOTIFY is delivered, and the rows are read, at commit, before the log
+reaches the disk; an order's change lost to a database crash after that would give
+its version number to the next change, which every tracker that saw the first skips
+for good (a review found it)."""
 
 
 def _lock_all(db: Any, ids: Sequence[int], now: float) -> dict[int, _Pending]:
@@ -352,6 +365,23 @@ def untrack(db: Any, dialect: str, order_ids: Sequence[int], owner: str) -> None
                 f" WHERE order_id IN ({marks})",
             ),
             (False, owner, owner, *chunk),
+        )
+
+
+def want(db: Any, dialect: str, order_ids: Sequence[int], now: float) -> None:
+    """Mark tracked again the orders an instance still waits on that another instance's
+    :func:`untrack` marked not tracked: an instance that follows only the journal
+    holds no lease, and adoption (so Xsolla's following) needs the mark.  The mark's
+    time is new, so the order is adopted a lease later, as a newly tracked one."""
+    for chunk in _chunks(order_ids):
+        db.execute(
+            _sql(
+                dialect,
+                f"UPDATE orderfsm_orders SET tracking = %s, tracked_at = %s"
+                f" WHERE order_id IN ({_marks(len(chunk), dialect)}) AND NOT tracking"
+                f" AND (status IS NULL OR (status, until) NOT IN ({_SETTLING}))",
+            ),
+            (True, now, *chunk),
         )
 
 

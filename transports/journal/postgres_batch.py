@@ -13,8 +13,8 @@ delivery without a key goes through the one-delivery statements, after the
 set in the same transaction: the second of a key must see the first's claim.
 
 The tables are reached only through their primary keys (``= ANY(array)``,
-``ON CONFLICT``), and :func:`batch_begin` turns sequential scans off for the
-batch's transaction: a plan made while a table was small (and kept by the
+``ON CONFLICT``), and :data:`BATCH_SETTINGS` turns sequential scans off for the
+batches' sessions: a plan made while a table was small (and kept by the
 plan cache) must not go on reading the whole table as it grows.
 """
 
@@ -117,26 +117,47 @@ SELECT i.key IN (SELECT key FROM s) FROM i ORDER BY i.ord"""
 distinct): recorded, or fenced (another attempt owns the key now)."""
 
 
-def batch_begin(*, fast: bool) -> str:
-    """What opens a batch's transaction, in one round trip: a row lock waited for
-    briefly (other batches hold theirs for milliseconds, so a longer one is a
-    transactional handler's, and the batch's requests go alone rather than all
-    stall), the tables read through their indexes only, with plans kept (see the
-    module's docstring), and for claims (``fast``) a commit that does not wait for
-    the disk (see :data:`~transports.journal.postgres_sql.CLAIM_FAST`)."""
-    settings = [
-        ("lock_timeout", "250"),
-        ("enable_seqscan", "off"),
-        ("enable_bitmapscan", "off"),
-        ("plan_cache_mode", "force_generic_plan"),
-    ]
-    if fast:
-        settings.append(("synchronous_commit", "off"))
-    return "BEGIN; " + "; ".join(f"SET LOCAL {name} = {value}" for name, value in settings)
+BATCH_SETTINGS = (
+    ("lock_timeout", "250"),
+    ("enable_seqscan", "off"),
+    ("enable_bitmapscan", "off"),
+    ("plan_cache_mode", "force_generic_plan"),
+)
+"""The sessions that run batches (a pool of their own): a row lock waited for
+briefly (other batches hold theirs for milliseconds, so a longer one is a
+transactional handler's, and the batch's requests go alone rather than all
+stall), the tables read through their indexes only, with plans kept (see the
+module's docstring).  Set once per connection rather than by ``SET LOCAL`` in
+every batch: an answers' batch is then one statement in autocommit, one round
+trip where a transaction took three."""
+
+CLAIM_BEGIN = "BEGIN; SET LOCAL synchronous_commit = off"
+"""A claims' batch commits without waiting for the disk (see
+:data:`~transports.journal.postgres_sql.CLAIM_FAST`); the answers' is durable."""
 
 
-CLAIM_BEGIN = batch_begin(fast=True)
-SETTLE_BEGIN = batch_begin(fast=False)
+def _cursor(db: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
+    """The batches' session's kept cursor (see
+    :class:`~transports.journal.postgres.BatchConnection`), or a new one."""
+    kept = getattr(db, "kept_cursor", None)
+    return db.cursor() if kept is None else kept()
+
+
+class KeptStatements:
+    """A batches' session as :func:`~transports.journal.orders.record` sees it: its
+    statements go through the session's kept cursor (see :func:`_cursor`), the
+    rest to the connection.  Each statement's rows are read, if at all, before the
+    next is sent, as on a connection."""
+
+    def __init__(self, db: psycopg.Connection[Any]) -> None:
+        self._db = db
+        self._cursor = _cursor(db)
+
+    def execute(self, *args: Any, **kwargs: Any) -> psycopg.Cursor[Any]:
+        return self._cursor.execute(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._db, name)
 
 
 def _split(keys: Sequence[str | None]) -> tuple[list[int], list[int]]:
@@ -170,7 +191,8 @@ def claims(
     locked = None
     if together:
         chosen = [deliveries[i] for i in together]
-        rows = db.execute(
+        cursor = _cursor(db)
+        rows = cursor.execute(
             CLAIMS,
             {
                 "ord": together,
@@ -202,18 +224,25 @@ def claims(
     return [got[i] for i in range(len(requests))], locked
 
 
+def one_statement(requests: Sequence[SettleRequest]) -> bool:
+    """Whether :func:`settles` sends these answers in one statement (no key twice, every
+    one with a key): atomic alone, so it needs no transaction around it."""
+    return not _split([request.key for request in requests])[1]
+
+
 def settles(
     db: psycopg.Connection[Any], requests: Sequence[SettleRequest], now: float
 ) -> list[bool]:
-    """Every answer's write (in the caller's transaction): whether each was recorded
-    (``False``: fenced), in order."""
+    """Every answer's write (in the caller's transaction, or alone in autocommit when
+    :func:`one_statement`): whether each was recorded (``False``: fenced), in order."""
     together, alone = _split([request.key for request in requests])
     got: dict[int, bool] = {}
     if together:
         chosen = [requests[i] for i in together]
         keeps = [decisions.keeps(r.answer) for r in chosen]
         kept = list(zip(chosen, keeps, strict=True))
-        rows = db.execute(
+        cursor = _cursor(db)
+        rows = cursor.execute(
             SETTLES,
             {
                 "ord": together,

@@ -243,14 +243,14 @@ def transactional_work(
     timing: list[float] | None = None,
 ) -> Work:
     """The journal's unit of work for a transactional handler: its answer and error text.
-    ``notes`` (the order's status) are written first, rolled back with the handler's
-    writes if it fails: the retry writes them again.  ``timing`` gets the handler's
-    seconds."""
+    ``notes`` (the order's status) are the delivery's facts, kept whatever the handler
+    answers.  ``timing`` gets the handler's seconds."""
     channel = str(getattr(store, "channel", CHANNEL))
 
-    def work(connection: Any, attempt: int) -> tuple[WebhookAnswer, str | None]:
-        if notes:
-            record(connection, store.kind, notes, time.time(), channel)
+    def facts(connection: Any) -> None:
+        record(connection, store.kind, notes, time.time(), channel)
+
+    def handle(connection: Any, attempt: int) -> tuple[WebhookAnswer, str | None]:
         started = time.perf_counter()
         try:
             transactional(notification, connection)
@@ -261,7 +261,7 @@ def transactional_work(
                 timing.append(time.perf_counter() - started)
         return ACCEPTED, None
 
-    return work
+    return Work(handle, facts if notes else None)
 
 
 class WebhookReceiver(ReceiverBase):

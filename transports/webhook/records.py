@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from orderfsm.core.ids import order_id_of as read_id
 from orderfsm.errors import InvalidPayload
 
 
@@ -49,13 +50,10 @@ def _obj(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-MAX_ID = 2**63 - 1
-"""The largest id a database's BIGINT (and SQLite's INTEGER) holds."""
-
-
 def _id(value: object, where: str) -> int:
-    number = _int(value)
-    if number is None or not 0 < number <= MAX_ID:
+    """An order or transaction id, read as every other source's order id is read."""
+    number = read_id(value)
+    if number is None:
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
         raise InvalidPayload(f"{where}: expected a positive integer id, got {shown}")
     return number
