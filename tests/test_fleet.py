@@ -18,10 +18,12 @@ from typing import Any
 
 import anyio
 import pytest
-from support_journal import on_databases, url_for
+from support_journal import connect, on_databases, url_for
 from support_webhook import serve_receiver
 
 from orderfsm import Observation, Status
+from orderfsm.journal import ClaimState
+from orderfsm.journal.orders import settled_key
 from orderfsm.supervisor.fleet import Settled
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.supervisor.tracker import Tracker
@@ -475,6 +477,47 @@ async def test_an_order_settled_as_expired_keeps_its_call_when_its_instance_dies
     assert [(e.order_id, e.status, e.succeeded, e.later) for e in calls] == [
         (order_id, Status.EXPIRED, False, False)
     ]
+
+
+@on_databases
+async def test_an_expired_call_whose_answer_was_fenced_is_made_again(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """While the expired call runs, another attempt takes its claim over (staged: that
+    attempt then dies without answering).  The answer is fenced, so the call is not
+    recorded: it must not be taken for recorded (the order would be untracked, and the
+    sweep cannot judge a lapse, so nobody would ever make it); it is made again."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    key = settled_key(order_id, Status.EXPIRED)
+    policy = DefaultPolicy(poll_interval=0.05, deadline=30.0, expired_grace=0.3)
+    started: list[Settled] = []
+
+    async def on_settled(event: Settled) -> None:
+        started.append(event)
+        if len(started) == 1:
+            db = connect(url)
+            try:
+                db.execute(
+                    "UPDATE orderfsm_claims SET attempt = attempt + 1, owner = 'other',"
+                    f" lease_until = {time.time() + 1.0} WHERE key = '{key}'"
+                )
+            finally:
+                db.close()
+
+    async def answered() -> bool:
+        claim = (await reader.claims([key])).get(key)
+        return claim is not None and claim.state is ClaimState.ANSWERED
+
+    async with (
+        open_journal(url) as reader,
+        instance(url, emu, user, policy=policy, on_settled=on_settled) as a,
+    ):
+        await owning(a, order_id)
+        await emu.set_status(order_id, "expired")
+        await eventually(answered, timeout=30)
+    assert [e.status for e in started] == [Status.EXPIRED, Status.EXPIRED]
 
 
 @on_databases

@@ -29,6 +29,7 @@ from transports.journal import JournalSettings, open_journal
 from transports.journal import orders as sql
 from transports.journal.order_log import OrderLog
 from transports.journal.orders import Note
+from transports.journal.settled_log import SettledLog
 from transports.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.anyio
@@ -66,13 +67,12 @@ async def test_the_sweep_finds_a_settlement_behind_many_orders_still_waiting(
     before its ``on_settled`` ran is never found."""
     async with open_journal(url_for(backend, tmp_path)) as journal:
         log = OrderLog(journal)
-        since = time.time() - 60
         await log.track_many([(i, D, "waiting") for i in range(100, 120)])
         await log.record([note(i, N) for i in range(100, 120)])
         await log.track(5, D, "player-5")
         await log.record([note(5, P), note(5, D)])
-        found = await log.unhandled(since, limit=10)
-    assert found == [(5, D, P, D)]
+        found, after = await SettledLog(log).owed(0, limit=10)
+    assert (found, after) == ([(5, D, P, D, False)], None)
 
 
 @on_databases
@@ -86,26 +86,33 @@ async def test_the_sweep_finds_every_call_owed_not_only_the_current_status(
     url = url_for(backend, tmp_path)
     async with open_journal(url) as journal:
         log = OrderLog(journal)
-        since = time.time() - 60
         await log.track_many([(i, D, None) for i in (1, 2, 3)])
         await log.record([note(1, P), note(1, D), note(1, C), note(2, P), note(2, C)])
         await log.record([note(3, P), note(3, D), note(3, C)])
         await log.track(4, P, None)
         await log.record([note(4, P), note(4, D)])
-        db = connect(url)
-        try:
-            for key in ("settled:3:done", "settled:4:paid"):
-                db.execute(
-                    "INSERT INTO orderfsm_claims (key, attempt, state, owner, lease_until,"
-                    f" claimed_at) VALUES ('{key}', 1, 'answered', 'x', 0, 0)"
-                )
-        finally:
-            db.close()
-        found = await log.unhandled(since)
-    assert found == [(1, D, P, D), (1, C, D, D), (2, C, P, D), (3, C, D, D)]
-    assert [settled_call(p, s, g) for _, s, p, g in found] == [
-        (True, False), (False, True), (False, False), (False, True)
+        for key in ("settled:3:done", "settled:4:paid"):
+            record_answered(url, key)
+        first, _ = await SettledLog(log).owed(0)
+        assert first == [(1, D, P, D, False), (2, C, P, D, False), (3, C, D, D, False)]
+        record_answered(url, "settled:1:done")  # the next one only once it is made
+        second, _ = await SettledLog(log).owed(0)
+    assert second == [(1, C, D, D, False), (2, C, P, D, False), (3, C, D, D, False)]
+    assert [settled_call(p, s, g) for _, s, p, g, _ in first + second] == [
+        (True, False), (False, False), (False, True), (False, True), (False, False), (False, True)
     ]  # fmt: skip
+
+
+def record_answered(url: str, key: str) -> None:
+    """A call made and recorded (its claim answered), as an instance leaves it."""
+    db = connect(url)
+    try:
+        db.execute(
+            "INSERT INTO orderfsm_claims (key, attempt, state, owner, lease_until,"
+            f" claimed_at) VALUES ('{key}', 1, 'answered', 'x', 0, 0)"
+        )
+    finally:
+        db.close()
 
 
 @given(

@@ -12,6 +12,8 @@ transaction, none of which the link's own journal traffic waits on.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import time
@@ -24,12 +26,15 @@ from anyio.abc import TaskGroup
 
 from orderfsm.core import LAPSED_STATUSES, Status, Verdict, verdict
 from orderfsm.errors import OrderFsmError
+from orderfsm.journal import Answer
 from orderfsm.journal.orders import settled_call, settled_key
 
 if TYPE_CHECKING:
     from orderfsm.supervisor.order import TrackedOrder
     from orderfsm.supervisor.records import StatusChange
+    from transports.journal.core import Taken
     from transports.journal.order_log import OrderLog
+    from transports.journal.settled_log import SettledLog
 
 logger = logging.getLogger("orderfsm.fleet")
 
@@ -37,8 +42,8 @@ SETTLED_AT_ONCE = 8
 """``on_settled`` calls running at once in one instance."""
 SETTLED_RETRY_MIN, SETTLED_RETRY_MAX = 0.1, 30.0
 """The first and the longest wait between two tries of one ``on_settled`` call."""
-SWEEP_WINDOW = 24 * 3600.0
-"""How far back the sweep looks for settlements nobody handled."""
+SWEEP_PAGE = 1000
+"""Orders the sweep judges in one statement (one page every lease period)."""
 
 
 @attrs.frozen
@@ -83,6 +88,14 @@ class CallsOnSettled:
     _settled_news: anyio.Event
     _told: dict[int, Verdict]
     _lapsed_calls: set[int]
+    sweeps = 0
+    """Pages the sweep has read (for tests: "the sweep ran since")."""
+
+    @functools.cached_property
+    def settled_log(self) -> SettledLog:
+        from transports.journal.settled_log import SettledLog
+
+        return SettledLog(self.log)
 
     if TYPE_CHECKING:
 
@@ -97,21 +110,37 @@ class CallsOnSettled:
         self._settled_news.set()
 
     async def _call_settled(self, tg: TaskGroup) -> None:
+        """Each order's events in one task, one after the other: a refund's call is not
+        made while the delivery's before it is unanswered (its instance died mid-call,
+        say: its claim is retried here until that claim's lease runs out)."""
         limiter = anyio.CapacityLimiter(SETTLED_AT_ONCE)
-        running: set[tuple[int, Status]] = set()
+        queues: dict[int, list[Settled]] = {}
         while True:
             await self._settled_news.wait()
             self._settled_news = anyio.Event()
             events, self._settled = self._settled, []
             for event in events:
-                key = (event.order_id, event.status)
-                if key not in running:
-                    running.add(key)
-                    tg.start_soon(self._handle_settled, event, limiter, running)
+                queue = queues.get(event.order_id)
+                if queue is None:
+                    queues[event.order_id] = [event]
+                    tg.start_soon(self._handle_order, queues, event.order_id, limiter)
+                elif all(e.status is not event.status for e in queue):
+                    queue.append(event)
 
-    async def _handle_settled(
-        self, event: Settled, limiter: anyio.CapacityLimiter, running: set[tuple[int, Status]]
+    async def _handle_order(
+        self, queues: dict[int, list[Settled]], order_id: int, limiter: anyio.CapacityLimiter
     ) -> None:
+        """The order's events in order; the one being called stays first in its queue,
+        so the same event found again (the sweep) is not queued twice."""
+        queue = queues[order_id]
+        try:
+            while queue:
+                await self._handle_settled(queue[0], limiter)
+                queue.pop(0)
+        finally:
+            del queues[order_id]
+
+    async def _handle_settled(self, event: Settled, limiter: anyio.CapacityLimiter) -> None:
         """Claim the event in the journal, run the handler, record it; retried until
         it is recorded here or elsewhere (a failed handler, an outage, a busy owner)."""
         from transports.journal import NewDelivery
@@ -122,19 +151,25 @@ class CallsOnSettled:
             body, (), None, time.time(),
         )  # fmt: skip
         delay = SETTLED_RETRY_MIN
+        while True:
+            try:
+                async with limiter:
+                    if await self._settle_once(event, delivery):
+                        self._recorded(event)
+                        await self._tell(event.order_id)
+                        return
+            except OrderFsmError as exc:
+                logger.warning("on_settled for order %s waits: %s", event.order_id, exc)
+            await anyio.sleep(delay)
+            delay = min(2 * delay, SETTLED_RETRY_MAX)
+
+    async def _tell(self, order_id: int) -> None:
+        """Mark the order's calls made so far in its row, which outlives the claims; if
+        this fails the sweep marks it (the order stays in its page until then)."""
         try:
-            while True:
-                try:
-                    async with limiter:
-                        if await self._settle_once(event, delivery):
-                            self._recorded(event)
-                            return
-                except OrderFsmError as exc:
-                    logger.warning("on_settled for order %s waits: %s", event.order_id, exc)
-                await anyio.sleep(delay)
-                delay = min(2 * delay, SETTLED_RETRY_MAX)
-        finally:
-            running.discard((event.order_id, event.status))
+            await self.settled_log.tell(order_id)
+        except OrderFsmError as exc:
+            logger.warning("on_settled's mark for order %s waits for the sweep: %s", order_id, exc)
 
     def _recorded(self, event: Settled) -> None:
         """An expired order's call is recorded: now nobody needs to resume it."""
@@ -146,7 +181,7 @@ class CallsOnSettled:
 
     async def _settle_once(self, event: Settled, delivery: Any) -> bool:
         """One try; True once the call is recorded (by this instance or another)."""
-        from transports.journal import Answer, Reply
+        from transports.journal import Reply
         from transports.journal.base import Work
 
         journal = self.log.journal
@@ -169,31 +204,86 @@ class CallsOnSettled:
         if isinstance(taken, Reply):
             return taken.answer.ok  # done already, here or elsewhere; or still running
         try:
-            await self.on_settled(event)
+            await self._holding(taken, self.on_settled(event))
         except Exception as exc:
             logger.exception("on_settled failed for %s", event)
-            await journal.settle(taken, Answer(500), repr(exc), busy)
+            await self._answer(taken, Answer(500), repr(exc), busy)
             return False
-        await journal.settle(taken, Answer(204), None, busy)
-        return True
+        except BaseException:  # cancelled (the tracker closes): free the key at once
+            with contextlib.suppress(OrderFsmError):
+                await self._answer(taken, Answer(500), "interrupted: the tracker closed", busy)
+            raise
+        # Fenced (another attempt took the key over): the other's answer, or busy
+        # while it still runs; only a recorded success ends the retries.
+        return (await self._answer(taken, Answer(204), None, busy)).ok
+
+    async def _answer(
+        self, taken: Taken, answer: Answer, error: str | None, busy: Answer
+    ) -> Answer:
+        """Record the handler's answer even while the tracker closes (shielded, for at
+        most a lease): a success not recorded is a handler run again elsewhere, and a
+        claim left running holds the call up a whole lease."""
+        with anyio.move_on_after(self.log.journal.settings.lease, shield=True):
+            return await self.log.journal.settle(taken, answer, error, busy)
+        return busy
+
+    async def _holding(self, taken: Taken, call: Awaitable[None]) -> None:
+        """Run the handler while renewing its claim's lease (every third of it), fenced
+        by its attempt: a handler slower than the lease is not started again elsewhere."""
+        key = taken.key
+        assert key is not None
+        every = self.log.journal.settings.lease / 3
+
+        async def renew() -> None:
+            while True:
+                await anyio.sleep(every)
+                try:
+                    held = await self.settled_log.renew(key, taken.attempt)
+                except OrderFsmError as exc:
+                    logger.warning("on_settled's claim %s not renewed: %s", key, exc)
+                    continue
+                if not held:
+                    logger.warning(
+                        "attempt %d of %s was taken over while on_settled ran",
+                        taken.attempt, key,
+                    )  # fmt: skip
+                    return
+
+        failed: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(renew)
+            try:
+                await call
+            except Exception as exc:  # raised as itself, not in a task group's
+                failed = exc
+            tg.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
 
     async def _sweep(self) -> None:
-        """Settlements whose handler never got recorded (their instance died): run them."""
+        """Calls owed that no live instance makes (their instance died, their handler
+        kept failing): made here.  Every lease period one page of orders, going on
+        from the last page's end and round again, so failing orders never hide the
+        others; at start, page after page to the end (an app restarted days later)."""
+        after: int | None = None
+        starting = True
         while True:
-            await anyio.sleep(self.lease)
             try:
-                found = await self.log.unhandled(time.time() - SWEEP_WINDOW)
+                found, after = await self.settled_log.owed(after or 0, SWEEP_PAGE)
             except OrderFsmError as exc:
                 logger.warning("journal unavailable (settled sweep): %s", exc)
-                continue
-            # Each order's first call owed, this time: the next one after it is recorded,
-            # in the order a live instance would have made them.
-            first: dict[int, tuple[Status, Status | None, Status]] = {}
-            for order_id, status, previous, until in found:
-                first.setdefault(order_id, (status, previous, until))
-            for order_id, (status, previous, until) in first.items():
+                found, starting = [], False
+            for order_id, status, previous, until, lapse_told in found:
                 call = settled_call(previous, status, until)
                 assert call is not None  # the SQL reads only changes that call
-                self._settled.append(Settled(order_id, status, until, *call))
+                succeeded, later = call
+                # After an expired order's call (a lapse: not a change in the journal),
+                # its payment is a later call, as on the instance that made the first.
+                event = Settled(order_id, status, until, succeeded, later or lapse_told)
+                self._settled.append(event)
             if found:
                 self._settled_news.set()
+            self.sweeps += 1
+            starting = starting and after is not None
+            if not starting:
+                await anyio.sleep(self.lease)

@@ -27,6 +27,7 @@ from orderfsm.journal import (
     decisions,
 )
 from transports.journal.orders import Note
+from transports.journal.settled_sql import migration as settled_migration
 
 T = TypeVar("T")
 
@@ -364,12 +365,14 @@ def migrations(dialect: str) -> dict[int, list[str]]:
     """Each schema version's statements, in ``sqlite`` or ``postgresql`` types.
 
     Version 1: claims and deliveries (the webhook inbox); version 2: orders and
-    their changes (the fleet tracker).
+    their changes (the fleet tracker); version 3: how far each order's ``on_settled``
+    calls were made (:mod:`transports.journal.settled_sql`).
     """
     types = _TYPES[dialect]
     return {
         1: [statement.format(**types) for statement in _SCHEMA],
         2: [statement.format(**types) for statement in _ORDERS],
+        3: settled_migration(dialect),
     }
 
 

@@ -130,12 +130,6 @@ class OrderLog:
         work = functools.partial(sql.tracking, dialect=self.dialect, limit=limit)
         return await self.journal._call(self._store.read, work, self._deadline())
 
-    async def unhandled(
-        self, since: float, limit: int = 1000
-    ) -> list[tuple[int, Status, Status | None, Status]]:
-        work = functools.partial(sql.unhandled, dialect=self.dialect, since=since, limit=limit)
-        return await self.journal._call(self._store.read, work, self._deadline())
-
     async def changes(self, cursors: Mapping[int, int], everything: bool) -> list[ChangeRow]:
         """Changes of the orders in ``cursors`` past their cursors.
 

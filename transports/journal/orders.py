@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 
 from orderfsm.core import GOALS, Status, verdict
-from orderfsm.journal.orders import ChangeRow, OrderRow, advance, settled_call
+from orderfsm.journal.orders import ChangeRow, OrderRow, advance
 
 CHANNEL = "orderfsm_orders"
 """The PostgreSQL notification channel's prefix; the database schema's name follows,
@@ -491,59 +491,6 @@ def changes_after(db: Any, dialect: str, cursors: Mapping[int, int]) -> list[Cha
         ).fetchall()
         found += [c for c in map(change_from_row, rows) if c.version > cursors[c.order_id]]
     return found
-
-
-_CALLING = ", ".join(
-    f"('{status}', '{'' if previous is None else previous.value}', '{goal.value}')"
-    for goal in GOALS
-    for status in Status
-    for previous in (None, *Status)
-    if advance(previous, status) is not None and settled_call(previous, status, goal)
-)
-"""(status, previous or '', goal) of the changes ``on_settled`` is called for, for SQL."""
-
-
-def unhandled(
-    db: Any, dialect: str, since: float, limit: int
-) -> list[tuple[int, Status, Status | None, Status]]:
-    """The calls of ``on_settled`` owed since ``since``: (order id, status, previous,
-    goal) of each change that calls it with no answered claim, each order's in order.
-    Whoever saw them may have died before its handler ran.
-
-    An order is found by its current status (its call owed, and the only change
-    read for the orders that are not, so the orders still waiting or handled never
-    use up the limit); then every change of it is judged, not only the current
-    one: a delivery whose call was lost is still owed after the refund."""
-
-    def key(status: str) -> str:
-        order_id = "CAST(o.order_id AS TEXT)" if dialect == "postgresql" else "o.order_id"
-        return f"'settled:' || {order_id} || ':' || {status}"
-
-    rows = db.execute(
-        _sql(
-            dialect,
-            f"WITH owed AS (SELECT o.order_id, o.until, o.updated_at FROM orderfsm_orders o"
-            f" LEFT JOIN orderfsm_claims k ON k.key = {key('o.status')}"
-            f" WHERE o.tracked_at IS NOT NULL AND o.updated_at >= %s"
-            f" AND (o.status, o.until) IN ({_SETTLING})"
-            f" AND (k.state IS NULL OR k.state <> 'answered')"
-            f" AND EXISTS (SELECT 1 FROM orderfsm_changes c WHERE c.order_id = o.order_id"
-            f" AND c.version = o.version"
-            f" AND (c.status, coalesce(c.previous, ''), o.until) IN ({_CALLING}))"
-            f" ORDER BY o.updated_at LIMIT %s)"
-            f" SELECT o.order_id, c.status, c.previous, o.until FROM owed o"
-            f" JOIN orderfsm_changes c ON c.order_id = o.order_id"
-            f" LEFT JOIN orderfsm_claims k ON k.key = {key('c.status')}"
-            f" WHERE (c.status, coalesce(c.previous, ''), o.until) IN ({_CALLING})"
-            f" AND (k.state IS NULL OR k.state <> 'answered')"
-            f" ORDER BY o.updated_at, o.order_id, c.version",
-        ),
-        (since, limit),
-    ).fetchall()
-    return [
-        (int(r[0]), Status(r[1]), None if r[2] is None else Status(r[2]), Status(r[3]))
-        for r in rows
-    ]
 
 
 def changes_since(db: Any, after_seq: int) -> tuple[list[ChangeRow], int]:

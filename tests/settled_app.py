@@ -1,0 +1,55 @@
+"""An app process of the ``on_settled`` crash tests: a journal-only tracker whose plain
+``on_settled`` prints ``CALLED ORDER STATUS LATER`` and returns, or with ``--hang``
+prints it and never returns (the test SIGKILLs it mid-call).
+
+``python tests/settled_app.py JOURNAL [--hang] [--track ORDER]``: ``--track`` follows
+the order live (its calls then come from what this process applies, not only the
+sweep); prints ``READY`` once running.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import anyio
+
+from orderfsm.journal import JournalSettings
+from orderfsm.supervisor.fleet import Settled
+from orderfsm.supervisor.tracker import Tracker
+from transports.journal import open_journal
+
+CLAIM_LEASE = 2.0
+"""The journal's claim lease: how long a call the killed process held waits."""
+
+
+async def main(journal: str, hang: bool, track: int | None) -> None:
+    async def on_settled(event: Settled) -> None:
+        print("CALLED", event.order_id, event.status.value, event.later, flush=True)
+        if hang:
+            await anyio.sleep_forever()
+
+    async with (
+        open_journal(journal, JournalSettings(lease=CLAIM_LEASE)) as opened,
+        Tracker(
+            project_id=1,
+            journal=opened,
+            transports=("journal",),
+            fetch_details=False,
+            until="paid",
+            on_settled=on_settled,
+            lease=0.5,
+        ) as tracker,
+    ):
+        if track is not None:
+            tracker.track(track)
+        print("READY", flush=True)
+        await anyio.sleep_forever()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("journal")
+    parser.add_argument("--hang", action="store_true")
+    parser.add_argument("--track", type=int)
+    args = parser.parse_args()
+    anyio.run(main, args.journal, args.hang, args.track)

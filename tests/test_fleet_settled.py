@@ -1,0 +1,383 @@
+"""The durable ``on_settled`` handler's promise, provoked where it broke (review of issue 15).
+
+Once per order and event across the fleet, in order (the delivery's call
+before the refund's), until it returns; also for calls whose claims were
+pruned, for an app restarted days later, behind orders whose handler keeps
+failing, and with a handler slower than the claim's lease.  Every test runs on
+SQLite and PostgreSQL and on both event loops; trackers are in-process
+instances on their own journal connections (as ``tests/test_fleet.py``), the
+journal's tables read and set with plain SQL where a dead instance is staged.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import Process
+from anyio.streams.buffered import BufferedByteReceiveStream
+from support_journal import connect, mark, on_databases, url_for
+
+from orderfsm import Status
+from orderfsm.journal import Answer, ClaimState, JournalSettings, NewDelivery
+from orderfsm.journal.orders import settled_key
+from orderfsm.supervisor.fleet import FleetLink, Settled
+from orderfsm.supervisor.tracker import Tracker
+from orderfsm.testing import eventually
+from transports.journal import Journal, open_journal
+from transports.journal.base import migrations
+from transports.journal.order_log import OrderLog
+from transports.journal.orders import Note
+from transports.journal.settled_log import SettledLog
+
+pytestmark = pytest.mark.anyio
+
+P, D, N, E, C = Status.PAID, Status.DONE, Status.NEW, Status.EXPIRED, Status.CANCELED
+
+
+def journal_only(journal: str | Journal, calls: list[Settled], **kw: Any) -> Tracker:
+    """An instance with ``on_settled`` that follows the journal alone (no Xsolla)."""
+
+    async def on_settled(event: Settled) -> None:
+        calls.append(event)
+
+    options: dict[str, Any] = {"until": "paid", "on_settled": on_settled, "lease": 0.5}
+    options.update(kw)
+    return Tracker(
+        project_id=1, journal=journal, transports=("journal",), fetch_details=False, **options
+    )
+
+
+def fleet(t: Tracker) -> FleetLink:
+    assert t.fleet is not None
+    return t.fleet
+
+
+async def sweeps_after(t: Tracker, count: int = 2) -> None:
+    """Until the tracker's sweep has judged the journal ``count`` more times."""
+    start = fleet(t).sweeps
+    await eventually(lambda: fleet(t).sweeps >= start + count, timeout=30)
+
+
+async def record(url: str, *notes: tuple[int, Status]) -> None:
+    """What a webhook receiver writes: the orders' statuses."""
+    async with open_journal(url) as receivers:
+        await OrderLog(receivers).record([Note(o, s, "webhook", time.time()) for o, s in notes])
+
+
+def claim_row(url: str, key: str, state: str, lease_until: float, attempt: int = 1) -> None:
+    """A claim as an instance left it (``running``: it died mid-call)."""
+    m = mark(url)
+    db = connect(url)
+    try:
+        db.execute(
+            "INSERT INTO orderfsm_claims (key, attempt, state, owner, lease_until, claimed_at)"
+            f" VALUES ({m}, {m}, {m}, 'gone', {m}, {m})",
+            (key, attempt, state, lease_until, time.time() - 1),
+        )
+    finally:
+        db.close()
+
+
+def claim_exists(url: str, key: str) -> bool:
+    db = connect(url)
+    try:
+        return bool(db.execute(f"SELECT 1 FROM orderfsm_claims WHERE key = '{key}'").fetchall())
+    finally:
+        db.close()
+
+
+async def answered(journal: Journal, key: str) -> bool:
+    """The call's claim is answered: recorded."""
+    claim = (await journal.claims([key])).get(key)
+    return claim is not None and claim.state is ClaimState.ANSWERED
+
+
+def told(url: str, order_id: int) -> tuple[int, int]:
+    """(settled_told, version) of the order's row."""
+    db = connect(url)
+    try:
+        row = db.execute(
+            f"SELECT settled_told, version FROM orderfsm_orders WHERE order_id = {order_id}"
+        ).fetchone()
+        return int(row[0]), int(row[1])
+    finally:
+        db.close()
+
+
+def calls_of(events: list[Settled]) -> list[tuple[int, str, bool, bool]]:
+    return [(e.order_id, e.status.value, e.succeeded, e.later) for e in events]
+
+
+@on_databases
+async def test_a_refund_waits_for_the_delivery_call_a_dead_instance_left_unanswered(
+    backend: str, tmp_path: Path
+) -> None:
+    """A claimed the delivery's call and died mid-call; B follows the order and hears
+    the refund at once.  B must not tell the app "refunded" before "paid": it makes the
+    delivery's call once A's claim runs out, then the refund's."""
+    url = url_for(backend, tmp_path)
+    calls: list[Settled] = []
+    async with (
+        open_journal(url, JournalSettings(lease=2.0), owner="instance-a") as dead_a,
+        journal_only(url, calls) as b,
+    ):
+        b.track(7)
+        body = json.dumps({"order_id": 7}).encode()
+        new = NewDelivery("settled", settled_key(7, P), 7, body, (), None, time.time())
+        await dead_a.begin(new, Answer(503))  # A's claim; A never answers
+        await record(url, (7, P))
+        await eventually(lambda: b.status(7) is P)
+        await record(url, (7, C))
+        await eventually(lambda: len(calls) >= 2, timeout=30)
+        assert calls_of(calls) == [(7, "paid", True, False), (7, "canceled", False, True)]
+        await sweeps_after(b)  # and nothing more
+    assert len(calls) == 2
+    assert told(url, 7) == (2, 2)
+
+
+@on_databases
+async def test_the_sweep_makes_a_delivery_call_lost_behind_its_answered_refund(
+    backend: str, tmp_path: Path
+) -> None:
+    """Order 1: the delivery's call was claimed by an instance that died mid-call, the
+    refund's was made.  The sweep finds the order by that earlier call, not by its
+    current status's (answered); order 2 owes both calls, made in order."""
+    url = url_for(backend, tmp_path)
+    async with open_journal(url) as journal:
+        await OrderLog(journal).track_many([(1, P, None), (2, P, None)])
+    await record(url, (1, P), (2, P))
+    await record(url, (1, C), (2, C))
+    claim_row(url, "settled:1:paid", "running", time.time() - 1)
+    claim_row(url, "settled:1:canceled", "answered", time.time() - 1)
+    calls: list[Settled] = []
+    async with journal_only(url, calls) as t:
+        await eventually(lambda: len(calls) >= 3, timeout=30)  # with no fix: never
+        await sweeps_after(t)
+    assert sorted(calls_of(calls)) == [
+        (1, "paid", True, False), (2, "canceled", False, True), (2, "paid", True, False)
+    ]  # fmt: skip
+    assert [e.status for e in calls if e.order_id == 2] == [P, C]
+    assert told(url, 1) == told(url, 2) == (2, 2)
+
+
+@on_databases
+async def test_a_handler_slower_than_the_claim_lease_is_called_once(
+    backend: str, tmp_path: Path
+) -> None:
+    """Two instances; the handler takes three claim leases.  Its claim is renewed while
+    it runs, so the other instance (its retry, its sweep) does not start it again."""
+    url = url_for(backend, tmp_path)
+    settings = JournalSettings(lease=1.0)
+    started: list[str] = []
+
+    def slow(name: str) -> Any:
+        async def grant(event: Settled) -> None:
+            started.append(name)
+            await anyio.sleep(3 * settings.lease)  # a slow grant API, not a wait for a test
+
+        return grant
+
+    async with (
+        open_journal(url, settings) as ja,
+        open_journal(url, settings) as jb,
+        journal_only(ja, [], on_settled=slow("a")) as a,
+        journal_only(jb, [], on_settled=slow("b")) as b,
+    ):
+        a.track(5)
+        b.track(5)
+        await record(url, (5, P))
+        await eventually(lambda: answered(ja, settled_key(5, P)), timeout=30)
+        await sweeps_after(a)
+        await sweeps_after(b)
+    assert len(started) == 1
+
+
+@on_databases
+async def test_a_call_is_not_made_again_once_retention_pruned_its_claim(
+    backend: str, tmp_path: Path
+) -> None:
+    """Retention shorter than a day (3 s here): order 9's answered claim is pruned; the
+    sweep must not take order 9 for one whose call was never made."""
+    url = url_for(backend, tmp_path)
+    settings = JournalSettings(lease=1.0, retention=3.0, prune_every=0.5)
+    calls: list[Settled] = []
+    async with open_journal(url, settings) as journal, journal_only(journal, calls) as t:
+        t.track(9)
+        await record(url, (9, P))
+        await eventually(lambda: calls)
+        made = time.time()
+        await eventually(lambda: time.time() > made + settings.retention + 0.5, timeout=30)
+        # Each recorded call may start the prune (once every prune_every).
+        t.track(10)
+        await record(url, (10, P))
+        await eventually(lambda: len(calls) >= 2, timeout=30)
+        t.track(11)
+        await record(url, (11, P))
+        await eventually(lambda: len(calls) >= 3, timeout=30)
+        await eventually(lambda: not claim_exists(url, settled_key(9, P)), timeout=30)
+        await sweeps_after(t, 3)
+    assert [e.order_id for e in calls] == [9, 10, 11]
+
+
+@on_databases
+async def test_an_app_restarted_days_later_gets_the_call_it_owed(
+    backend: str, tmp_path: Path
+) -> None:
+    """A client app wrote its orders' settlements and died before its handler ran; it
+    starts again 25 hours later (the row's time moved back): both calls are made."""
+    url = url_for(backend, tmp_path)
+    async with open_journal(url) as journal:  # the app's first run, which then died
+        log = OrderLog(journal)
+        await log.track_many([(1, D, "me"), (2, D, "me")])
+        await log.record([Note(i, s, "polling", time.time()) for i in (1, 2) for s in (P, D)])
+    db = connect(url)
+    db.execute(f"UPDATE orderfsm_orders SET updated_at = updated_at - {25 * 3600}")
+    db.close()
+    calls: list[Settled] = []
+    async with journal_only(url, calls, until="done") as t:
+        await eventually(lambda: len(calls) >= 2, timeout=30)  # with no fix: only order 2
+        await sweeps_after(t)
+    assert sorted(calls_of(calls)) == [(1, "done", True, False), (2, "done", True, False)]
+
+
+@on_databases
+async def test_orders_whose_handler_keeps_failing_do_not_hide_the_others(
+    backend: str, tmp_path: Path
+) -> None:
+    """30 settled orders whose handler keeps failing (released claims) before a newer one
+    owed by a dead instance; pages of 10: the sweep reaches the newer one on its
+    fourth page, then starts again from the first."""
+    url = url_for(backend, tmp_path)
+    async with open_journal(url) as journal:
+        log, settled = OrderLog(journal), SettledLog(OrderLog(journal))
+        failing = list(range(1, 31))
+        await log.track_many([(i, P, None) for i in [*failing, 5000]])
+        await log.record([Note(i, P, "webhook", time.time()) for i in [*failing, 5000]])
+        for i in failing:
+            claim_row(url, settled_key(i, P), "released", time.time() + 60)
+        pages: list[list[int]] = []
+        after: int | None = 0
+        while after is not None:
+            found, after = await settled.owed(after, limit=10)
+            pages.append([order_id for order_id, *_ in found])
+        again, _ = await settled.owed(0, limit=10)
+    assert pages == [failing[0:10], failing[10:20], failing[20:30], [5000]]
+    assert [order_id for order_id, *_ in again] == failing[0:10]
+
+
+@on_databases
+async def test_a_payment_after_the_expired_call_is_a_later_call_for_the_sweep_too(
+    backend: str, tmp_path: Path
+) -> None:
+    """Order 3 expired and its instance made the expired call (its grace over), then it
+    was paid: the sweep gives the payment ``later``, as that instance would.  Order 4
+    was paid within its grace, the expired call never made: its payment is its first."""
+    url = url_for(backend, tmp_path)
+    async with open_journal(url) as journal:
+        log = OrderLog(journal)
+        await log.track_many([(3, P, None), (4, P, None)])
+        for status in (N, E, P):
+            await log.record([Note(3, status, "webhook", time.time())])
+            await log.record([Note(4, status, "webhook", time.time())])
+        claim_row(url, settled_key(3, E), "answered", 0)
+        found, _ = await SettledLog(log).owed(0)
+    assert found == [(3, P, E, P, True), (4, P, E, P, False)]
+
+
+def _version_2_journal(url: str, rows: list[tuple[int, float]]) -> None:
+    """A journal as schema version 2 left it: settled orders, tracked, no mark yet."""
+    dialect = "postgresql" if url.startswith("postgres") else "sqlite"
+    m = mark(url)
+    db = connect(url)
+    try:
+        for step in (1, 2):
+            for statement in migrations(dialect)[step]:
+                db.execute(statement)
+        db.execute("INSERT INTO orderfsm_schema (id, version) VALUES (1, 2)")
+        for order_id, updated_at in rows:
+            db.execute(
+                "INSERT INTO orderfsm_orders (order_id, status, version, until, tracking,"
+                f" tracked_at, lease_until, fence, updated_at) VALUES ({m}, 'paid', 1, 'paid',"
+                f" {m}, {m}, 0, 1, {m})",
+                (order_id, False, updated_at, updated_at),
+            )
+            db.execute(
+                "INSERT INTO orderfsm_changes (order_id, version, status, previous, source, at)"
+                f" VALUES ({m}, 1, 'paid', NULL, 'webhook', {m})",
+                (order_id, updated_at),
+            )
+    finally:
+        db.close()
+
+
+@on_databases
+async def test_a_version_2_journal_is_migrated_without_repeating_old_calls(
+    backend: str, tmp_path: Path
+) -> None:
+    """Order 1 settled two days ago (the old sweep's day was over: its claim may be
+    pruned), order 2 an hour ago with its call made, order 3 an hour ago with its call
+    owed.  After the migration only order 3 is owed."""
+    url = url_for(backend, tmp_path)
+    now = time.time()
+    _version_2_journal(url, [(1, now - 2 * 86400), (2, now - 3600), (3, now - 3600)])
+    claim_row(url, settled_key(2, P), "answered", 0)
+    async with open_journal(url) as journal:
+        found, _ = await SettledLog(OrderLog(journal)).owed(0)
+    db = connect(url)
+    try:
+        assert db.execute("SELECT version FROM orderfsm_schema").fetchall() == [(3,)]
+    finally:
+        db.close()
+    assert [order_id for order_id, *_ in found] == [3]
+    assert [told(url, i) for i in (1, 2, 3)] == [(1, 1), (1, 1), (0, 1)]
+
+
+async def _app(url: str, *args: str) -> tuple[Process, BufferedByteReceiveStream]:
+    process = await anyio.open_process(
+        [sys.executable, str(Path(__file__).parent / "settled_app.py"), url, *args]
+    )
+    assert process.stdout is not None
+    return process, BufferedByteReceiveStream(process.stdout)
+
+
+async def _line(reader: BufferedByteReceiveStream, prefix: str) -> str:
+    with anyio.fail_after(60):
+        while True:
+            line = (await reader.receive_until(b"\n", 1 << 16)).decode()
+            if line.startswith(prefix):
+                return line
+
+
+@on_databases
+async def test_an_instance_killed_mid_call_holds_up_the_refund_call_not_the_delivery_call(
+    backend: str, tmp_path: Path
+) -> None:
+    """Real processes: A is SIGKILLed inside its ``on_settled`` for the payment; B follows
+    the order live and hears the refund while A's claim is still live.  B makes the
+    payment's call once that claim's lease is over, then the refund's: never the refund
+    first.  Then both are marked told (nothing more is owed)."""
+    url = url_for(backend, tmp_path)
+    dying, reader = await _app(url, "--hang", "--track", "8")
+    try:
+        await _line(reader, "READY")
+        await record(url, (8, P))
+        assert (await _line(reader, "CALLED")).split() == ["CALLED", "8", "paid", "False"]
+        live, reader = await _app(url, "--track", "8")
+        await _line(reader, "READY")
+    finally:
+        dying.kill()
+        await dying.wait()
+    try:
+        await record(url, (8, C))
+        calls = [(await _line(reader, "CALLED")).split()[1:] for _ in range(2)]
+        assert calls == [["8", "paid", "False"], ["8", "canceled", "True"]]
+        await eventually(lambda: told(url, 8) == (2, 2), timeout=30)
+    finally:
+        live.kill()
+        await live.wait()

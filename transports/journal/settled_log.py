@@ -1,0 +1,43 @@
+"""The durable ``on_settled`` handler's journal calls for async code (see
+:mod:`transports.journal.settled_sql`): each one unit of work in a worker thread, as
+:class:`~transports.journal.order_log.OrderLog`'s are."""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import cast
+
+from transports.journal import settled_sql as sql
+from transports.journal.base import SqlStore
+from transports.journal.order_log import OrderLog
+
+
+class SettledLog:
+    """What was told and what is owed, in the journal of an :class:`OrderLog`."""
+
+    def __init__(self, log: OrderLog) -> None:
+        self.journal = log.journal
+        self.dialect = log.dialect
+        self._store = cast(SqlStore, log.journal.store)
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.journal.settings.wait
+
+    async def owed(self, after: int, limit: int = 1000) -> tuple[list[sql.Owed], int | None]:
+        """One page of calls owed past order ``after``, and where the next page starts."""
+        work = functools.partial(sql.owed, dialect=self.dialect, after=after, limit=limit)
+        return await self.journal._call(self._store.write, work, self._deadline())
+
+    async def tell(self, order_id: int) -> None:
+        """The order's calls recorded so far: move its mark past them."""
+        work = functools.partial(sql.tell, dialect=self.dialect, order_ids=[order_id])
+        await self.journal._call(self._store.write, work, self._deadline())
+
+    async def renew(self, key: str, attempt: int) -> bool:
+        """Keep a running call's claim for another lease; False once it was taken over."""
+        until = time.time() + self.journal.settings.lease
+        work = functools.partial(
+            sql.renew_claim, dialect=self.dialect, key=key, attempt=attempt, until=until
+        )
+        return await self.journal._call(self._store.write, work, self._deadline())

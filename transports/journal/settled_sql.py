@@ -1,0 +1,185 @@
+"""The durable ``on_settled`` handler's SQL, both backends: what is owed, and what was told.
+
+Each order's row says how far its calls were made: ``settled_told``, the
+version up to which every change that calls ``on_settled`` has its call
+recorded (a change that calls nothing counts as told).  The claims
+(``settled:ORDER:STATUS``) still make each call once across the fleet, but
+only for the few changes past that mark: claims are pruned after the
+journal's retention, the orders table never is, so a call made long ago is
+never judged owed again (review bug 8), and the sweep needs no time window
+(bug 9).  The mark moves only over calls recorded in order, so a delivery
+whose call was lost is still owed after its refund's call (bug 1).
+
+Each function is one unit of work on a DB-API connection inside a transaction
+the store opened, as in :mod:`transports.journal.orders`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from orderfsm.core import GOALS, LAPSED_STATUSES, Status, verdict
+from orderfsm.journal.orders import advance, settled_call
+
+_CALLING = ", ".join(
+    f"('{status}', '{'' if previous is None else previous.value}', '{goal.value}')"
+    for goal in GOALS
+    for status in Status
+    for previous in (None, *Status)
+    if advance(previous, status) is not None and settled_call(previous, status, goal)
+)
+"""(status, previous or '', goal) of the changes ``on_settled`` is called for, for SQL."""
+
+_SETTLING = ", ".join(
+    f"('{s.value}', '{goal.value}')" for goal in GOALS for s in Status if verdict(s, goal).settled
+)
+"""(status, goal) pairs that settle an order, for SQL, from the core's own verdicts (as
+the leases' SQL has them: neither module reaches into the other's private names)."""
+
+_SETTLED_ANY = ", ".join(
+    f"'{s.value}'" for s in Status if any(verdict(s, goal).settled for goal in GOALS)
+)
+"""Statuses that settle an order for some goal: the index below holds only their rows."""
+
+OWING = f"settled_told < version AND tracked_at IS NOT NULL AND status IN ({_SETTLED_ANY})"
+"""Rows that may owe a call: the partial index's condition, which a query must repeat
+word for word for SQLite and PostgreSQL to use the index.  Orders still waiting are
+not in it (a status that settles nothing calls nothing), nor orders only a webhook
+receiver ever wrote (nobody tracked them: nobody is owed a call)."""
+
+MIGRATION_TEXT = {
+    "sqlite": [
+        "ALTER TABLE orderfsm_orders ADD COLUMN settled_told INTEGER NOT NULL DEFAULT 0",
+        "UPDATE orderfsm_orders SET settled_told = version"
+        " WHERE updated_at < CAST(strftime('%s', 'now') AS REAL) - 86400",
+    ],
+    "postgresql": [
+        "ALTER TABLE orderfsm_orders ADD COLUMN IF NOT EXISTS settled_told INTEGER NOT NULL"
+        " DEFAULT 0",
+        "UPDATE orderfsm_orders SET settled_told = version"
+        " WHERE updated_at < extract(epoch FROM now()) - 86400",
+    ],
+}
+
+
+def migration(dialect: str) -> list[str]:
+    """Schema version 3: the ``settled_told`` mark and its partial index.
+
+    Rows older than a day are marked told: the sweep before this version looked
+    back 24 hours only, so it would never have made their calls (and their claims
+    may be pruned: judging them now would repeat calls made long ago).  Newer rows
+    start at 0 and the sweep judges them from their claims, as before.
+    """
+    return [
+        *MIGRATION_TEXT[dialect],
+        f"CREATE INDEX IF NOT EXISTS orderfsm_orders_owing ON orderfsm_orders (order_id)"
+        f" WHERE {OWING}",
+    ]
+
+
+def _sql(dialect: str, text: str) -> str:
+    return text if dialect == "postgresql" else text.replace("%s", "?")
+
+
+def _key(dialect: str, order_id: str, status: str) -> str:
+    text = f"CAST({order_id} AS TEXT)" if dialect == "postgresql" else order_id
+    return f"'settled:' || {text} || ':' || {status}"
+
+
+def _marks(count: int, dialect: str) -> str:
+    return ", ".join(["?" if dialect == "sqlite" else "%s"] * count)
+
+
+def tell(db: Any, dialect: str, order_ids: Sequence[int]) -> None:
+    """Move each order's mark up to just before its first calling change whose claim is
+    not answered (to its version when there is none).  Idempotent; never moves back
+    over a call recorded (a mark is only ever the first gap, and a gap closes only
+    when its claim is answered)."""
+    if not order_ids:
+        return
+    o = "orderfsm_orders"
+    db.execute(
+        _sql(
+            dialect,
+            f"UPDATE {o} SET settled_told = coalesce((SELECT min(c.version) - 1"
+            f" FROM orderfsm_changes c"
+            f" LEFT JOIN orderfsm_claims k ON k.key = {_key(dialect, 'c.order_id', 'c.status')}"
+            f" WHERE c.order_id = {o}.order_id AND c.version > {o}.settled_told"
+            f" AND (c.status, coalesce(c.previous, ''), {o}.until) IN ({_CALLING})"
+            f" AND (k.state IS NULL OR k.state <> 'answered')), {o}.version)"
+            f" WHERE order_id IN ({_marks(len(order_ids), dialect)})"
+            f" AND settled_told < version",
+        ),
+        tuple(sorted(order_ids)),
+    )
+
+
+Owed = tuple[int, Status, Status | None, Status, bool]
+"""(order id, status, previous, goal, the lapse's call was made) of a call owed."""
+
+
+def owed(db: Any, dialect: str, after: int, limit: int) -> tuple[list[Owed], int | None]:
+    """One page of the sweep: orders past ``after`` (an order id) that may owe a call,
+    their marks brought up to date, and each one's first call owed (the next only
+    once it is recorded: in the order a live instance makes them).  Also the last
+    order id of the page, or ``None`` when the page reached the end.
+
+    Paged by order id rather than by age, so orders whose handler keeps failing
+    never hide newer ones: the next sweep goes on past them (bug 10).  The lapse's
+    call (an expired order's grace over, judged by an instance) is not a change;
+    whether it was made decides the ``later`` flag of a payment after it, as on
+    the instance that made it."""
+    ids = [
+        int(r[0])
+        for r in db.execute(
+            _sql(
+                dialect,
+                f"SELECT order_id FROM orderfsm_orders WHERE {OWING}"
+                f" AND (status, until) IN ({_SETTLING}) AND order_id > %s"
+                f" ORDER BY order_id LIMIT %s",
+            ),
+            (after, limit),
+        ).fetchall()
+    ]
+    if not ids:
+        return [], None
+    tell(db, dialect, ids)
+    rows = db.execute(
+        _sql(
+            dialect,
+            f"SELECT o.order_id, c.status, c.previous, o.until, k.state FROM orderfsm_orders o"
+            f" JOIN orderfsm_changes c ON c.order_id = o.order_id"
+            f" AND c.version = o.settled_told + 1"
+            f" LEFT JOIN orderfsm_claims k"
+            f" ON k.key = {_key(dialect, 'o.order_id', repr(Status.EXPIRED.value))}"
+            f" WHERE o.order_id IN ({_marks(len(ids), dialect)})"
+            f" AND o.settled_told < o.version ORDER BY o.order_id",
+        ),
+        tuple(ids),
+    ).fetchall()
+    found = [
+        (
+            int(order_id),
+            Status(status),
+            None if previous is None else Status(previous),
+            Status(until),
+            previous is not None and Status(previous) in LAPSED_STATUSES and lapse == "answered",
+        )
+        for order_id, status, previous, until, lapse in rows
+    ]
+    return found, (ids[-1] if len(ids) == limit else None)
+
+
+def renew_claim(db: Any, dialect: str, key: str, attempt: int, until: float) -> bool:
+    """Extend a running claim's lease, fenced by its attempt: False once another took
+    the key over (or it was answered)."""
+    cursor = db.execute(
+        _sql(
+            dialect,
+            "UPDATE orderfsm_claims SET lease_until = %s"
+            " WHERE key = %s AND attempt = %s AND state = 'running'",
+        ),
+        (until, key, attempt),
+    )
+    return bool(cursor.rowcount == 1)
