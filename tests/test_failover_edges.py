@@ -280,3 +280,33 @@ async def test_a_bug_in_one_orders_polling_ends_that_order_only() -> None:
             result = await tracker.wait(fine)
         await http.aclose()
     assert result.status is Status.DONE
+
+
+async def test_an_order_settled_by_the_sockets_replay_while_attaching_lets_the_socket_go() -> None:
+    """The player's socket, open for order A, has heard order B reach ``done`` before
+    the game tracks B (it tracks B after the player paid).  Attaching B replays that
+    status and B settles inside the attach, before the attachment was stored: nothing
+    ever let go of it, and the socket stayed open for the tracker's life."""
+    async with Emulator(ping_interval=1.0) as emu:
+        await _replayed_settle_lets_go(emu)
+
+
+async def _replayed_settle_lets_go(emu: Emulator) -> None:
+    user = await emu.create_user()
+    a, b = await emu.create_order(user), await emu.create_order(user)
+    async with emulator_tracker(emu, user, fetch_details=False) as tracker:
+        tracker.track(a)
+        await emu.wait_connected(user)
+        for status in ("paid", "done"):
+            await emu.set_status(b, status)
+        pool = tracker._pool
+        assert pool is not None
+        live = pool._live[pool.connections()[0].key]
+        await eventually(lambda: any(s[0] == "done" for s in live._subscribers._seen.get(b, ())))
+        assert (await tracker.wait(b)).status is Status.DONE
+        for status in ("paid", "done"):
+            await emu.set_status(a, status)
+        assert (await tracker.wait(a)).status is Status.DONE
+        tracker.forget(a)
+        tracker.forget(b)
+        assert [c.attachments for c in pool.connections()] in ([], [0])

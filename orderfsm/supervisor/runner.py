@@ -218,13 +218,20 @@ class Scheduler(GetOrderChecks):
             self._settle(order)
             return
         if plan.websocket and order.attachment is None and order.websocket is not None:
-            order.attachment = self._pool.attach(
+            attachment = self._pool.attach(
                 order.order_id,
                 order,  # the pool delivers only this order's news: no filter needed
                 token=order.user.token,
                 user_id=order.user.external_id,
                 user_key=order.user,
             )
+            if order.ended:
+                # The player's open socket replayed a settling status while attaching
+                # and the order ended then, with no attachment yet to let go of: let
+                # go of it here, or the socket stays open for the tracker's life.
+                attachment.detach()
+                return
+            order.attachment = attachment
         elif not plan.websocket and order.attachment is not None:
             # The socket is given up (its lifespan is over, or it failed), not
             # done with: it closes now rather than lingering for a next order.
