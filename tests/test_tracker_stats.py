@@ -7,13 +7,16 @@ the WebSocket connections it closed.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
+import anyio
 import pytest
 from support_tracker import emulator_tracker
 
-from orderfsm import OrderNotFound, StatusChange, TokenRejected
+from orderfsm import Observation, OrderNotFound, Status, StatusChange, TokenRejected, Tracker
 from orderfsm.interface import Health
 from orderfsm.testing import RecordingSink
 from transports.emulator import Emulator
@@ -96,3 +99,30 @@ async def test_stats_of_a_refused_token(emu: Emulator) -> None:
     assert stats.websocket is not None and stats.websocket.closes == {"3500": 1}
     assert stats.websocket.failures == 1
     assert stats.get_order.get("401", 0) >= 2  # refused, and refused again with a fresh token
+
+
+async def test_an_instrument_listener_that_raises_does_not_keep_a_result_from_its_waiter(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A settled order finishes inside the call that delivered its status (here a
+    webhook's ``observe``): a bug in the application's listener used to come out of
+    that call and leave the order ended without a result, its ``wait()`` never woken."""
+
+    class Broken:
+        def tracked(self, order_id: int) -> None:
+            raise RuntimeError("listener bug")
+
+        def finished(self, order_id: int, label: str) -> None:
+            raise RuntimeError("listener bug")
+
+        def request(self, what: str) -> contextlib.AbstractContextManager[Any]:
+            return contextlib.nullcontext()
+
+    async with Tracker(project_id=1, transports=("webhook",), fetch_details=False) as tracker:
+        tracker.instrument(Broken())
+        tracker.track(7)
+        tracker.observe(Observation(7, Status.DONE, "webhook", anyio.current_time()))
+        with anyio.fail_after(5):
+            assert (await tracker.wait(7)).status is Status.DONE
+    failed = [r for r in caplog.records if getattr(r, "event", None) == "callback.failed"]
+    assert len(failed) == 2

@@ -10,6 +10,7 @@ another thread sees consistent numbers.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Protocol
@@ -29,6 +30,8 @@ from orderfsm.metrics.records import TrackerStats
 
 if TYPE_CHECKING:
     from transports.centrifuge import WebSocketStats
+
+logger = logging.getLogger("orderfsm")
 
 _OUTCOME = {Verdict.SUCCEEDED: "succeeded", Verdict.FAILED: "failed", Verdict.LAPSED: "expired"}
 
@@ -99,13 +102,21 @@ class TrackerCounters:
     def order_tracked(self, order_id: int) -> None:
         self.tracked += 1
         if self.listener is not None:
-            self.listener.tracked(order_id)
+            try:
+                self.listener.tracked(order_id)
+            except Exception:
+                _listener_failed(order_id)
 
     def order_finished(self, order_id: int, label: str, *, settled: bool) -> None:
         self.finished += 1
         (self.settled if settled else self.unsettled)[label] += 1
         if self.listener is not None:
-            self.listener.finished(order_id, label)
+            # Called while an order finishes, from whichever transport settled it: a
+            # listener's bug must not keep the result from its waiters.
+            try:
+                self.listener.finished(order_id, label)
+            except Exception:
+                _listener_failed(order_id)
 
     def snapshot(self, websocket: WebSocketStats | None) -> TrackerStats:
         return TrackerStats(
@@ -121,6 +132,13 @@ class TrackerCounters:
             host_sleeps=self.host_sleeps,
             websocket=websocket,
         )
+
+
+def _listener_failed(order_id: int) -> None:
+    logger.exception(
+        "the tracker's instrument() listener failed",
+        extra={"event": "callback.failed", "order_id": order_id},
+    )
 
 
 NO_COUNTERS = TrackerCounters()
