@@ -153,6 +153,12 @@ class JournalRefused(JournalUnavailable):
     Still our trouble, answered 5xx like any other."""
 
 
+class JournalValueRefused(JournalRefused):
+    """What was to be written is what the database refuses (a value it cannot store, a
+    constraint): refused with that value at any time, unlike a statement refused for
+    a missing table or permission, which a deploy may mend."""
+
+
 class JournalOpenFailed(JournalError):
     """The journal could not be opened at all (start-up): unreachable server, bad
     credentials, an unusable file or directory."""

@@ -31,6 +31,8 @@ from orderfsm.testing import eventually
 from transports.centrifuge import EngineConfig
 from transports.emulator import Emulator, User
 from transports.journal import open_journal
+from transports.journal.order_log import OrderLog
+from transports.journal.orders import Note
 from transports.webhook import WebhookReceiver
 
 pytestmark = pytest.mark.anyio
@@ -293,6 +295,32 @@ async def test_a_write_the_database_refuses_does_not_hold_back_the_next(
         with anyio.fail_after(10):
             result = await b.wait(good)
     assert (result.status, result.source) == (Status.PAID, "shop-bot")
+
+
+async def test_two_trackers_sharing_one_open_journal_each_hear_every_change(
+    tmp_path: Path,
+) -> None:
+    """``Tracker(journal=...)`` takes an open journal, which an application may share.
+    The trackers shared its one LISTENing connection, and the second wait on it raised
+    ``RuntimeError`` out of the follower, ending the tracker.  Each has its own now."""
+    url = url_for("postgresql", tmp_path)
+    options: dict[str, Any] = {"transports": ("journal",), "fetch_details": False}
+    async with (
+        open_journal(url) as shared,
+        Tracker(project_id=1, journal=shared, until="paid", **options) as one,
+        Tracker(project_id=1, journal=shared, until="paid", **options) as two,
+        open_journal(url) as elsewhere,
+    ):
+        for tracker in (one, two):
+            for order_id in (9_200_001, 9_200_002):
+                tracker.track(order_id)
+        await anyio.sleep(0.5)  # both followers waiting on their connections
+        await OrderLog(elsewhere).record(
+            [Note(i, Status.PAID, "webhook", time.time()) for i in (9_200_001, 9_200_002)]
+        )
+        with anyio.fail_after(10):
+            results = [await t.wait(i) for t in (one, two) for i in (9_200_001, 9_200_002)]
+    assert [r.status for r in results] == [Status.PAID] * 4
 
 
 @on_databases

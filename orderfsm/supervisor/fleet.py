@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 
 from orderfsm.core import Observation, Verdict, verdict
-from orderfsm.errors import JournalRefused, OrderFsmError
+from orderfsm.errors import JournalValueRefused, OrderFsmError
 from orderfsm.journal.orders import ChangeRow, OrderRow
 from orderfsm.supervisor.records import StatusChange
 from orderfsm.supervisor.settled import (
@@ -42,7 +42,7 @@ from orderfsm.supervisor.settled import (
 
 if TYPE_CHECKING:
     from orderfsm.supervisor.order import TrackedOrder
-    from transports.journal.order_log import OrderLog
+    from transports.journal.order_log import News, OrderLog
 
 logger = logging.getLogger("orderfsm.fleet")
 T = TypeVar("T")
@@ -191,6 +191,12 @@ class FleetLink(CallsOnSettled):
     # --- the link's tasks -------------------------------------------------------------
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self.log.stop_listening()
+
+    async def _run(self) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._write, name="orderfsm fleet writer")
             tg.start_soon(self._follow, name="orderfsm fleet follower")
@@ -203,12 +209,14 @@ class FleetLink(CallsOnSettled):
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
         """``call()`` until it succeeds: a database outage delays, never drops, a write.
-        A ``JournalRefused`` is raised: the same statement would be refused again."""
+        A ``JournalValueRefused`` is raised: the same values would be refused again (a
+        statement refused for a missing table or permission is retried: a deploy may
+        be mending it)."""
         delay = BACKOFF_MIN
         while True:
             try:
                 result = await call()
-            except JournalRefused:
+            except JournalValueRefused:
                 raise
             except OrderFsmError as exc:
                 if self.up:
@@ -265,7 +273,7 @@ class FleetLink(CallsOnSettled):
         this instance, which waiters on other instances would never hear of."""
         try:
             return await self._retrying(what, functools.partial(write, items)) or []
-        except JournalRefused as exc:
+        except JournalValueRefused as exc:
             if len(items) == 1:
                 logger.error(
                     "the journal refused to %s %r, which is dropped: %s",
@@ -287,27 +295,27 @@ class FleetLink(CallsOnSettled):
                 self._news = anyio.Event()
 
     async def _follow(self) -> None:
-        """Apply what others wrote: after each wake-up, and at least every ``backstop`` s."""
+        """Apply what others wrote: after each wake-up, and at least every ``backstop`` s.
+
+        The wake-ups' connection failing (even for good: a connection limit, say)
+        leaves the backstop: everything is read through the pool after each pause.
+        An outage is logged once, and the pauses double up to the backstop.
+        """
         everything = True
-        delay = BACKOFF_MIN  # while the journal is out: once logged, backing off
+        delay = BACKOFF_MIN
         while True:
+            news: News | None = None
             try:
                 news = await self.log.wait_for_news(self.backstop, self.cursors)
             except OrderFsmError as exc:
-                if delay == BACKOFF_MIN:
-                    logger.warning("journal wake-ups unavailable: %s", exc)
-                await anyio.sleep(delay)
-                delay = min(2 * delay, self.backstop)
+                delay = await self._pause(delay, "journal wake-ups unavailable", exc)
                 everything = True
-                continue
-            if delay != BACKOFF_MIN:
-                logger.info("journal wake-ups back")
-                delay = BACKOFF_MIN
-            full = everything or news.everything
-            if news.changes is not None and not full:
+            full = everything or news is None or news.everything
+            if news is not None and news.changes is not None and not full:
                 self._apply(news.changes)  # read with the wake-up, on its connection
+                delay = self._back(delay)
                 continue
-            if news.order_ids is not None and not full:
+            if news is not None and news.order_ids is not None and not full:
                 targets = {i: self.cursors[i] for i in news.order_ids if i in self.cursors}
             else:
                 # A reconnect, a SQLite commit, the backstop: every order followed, the
@@ -320,14 +328,26 @@ class FleetLink(CallsOnSettled):
                 try:
                     changes = await self.log.changes(targets, everything=full)
                 except OrderFsmError as exc:
-                    if delay == BACKOFF_MIN:
-                        logger.warning("journal unavailable (reading changes): %s", exc)
+                    delay = await self._pause(delay, "journal unavailable (reading)", exc)
                     everything = True
-                    await anyio.sleep(delay)
-                    delay = min(2 * delay, self.backstop)
                     continue
                 self._apply(changes)
-            everything = False
+            if news is not None:
+                delay = self._back(delay)
+                everything = False
+
+    async def _pause(self, delay: float, what: str, exc: OrderFsmError) -> float:
+        """Wait out a failure: logged at its first pause; the next pause, doubled."""
+        if delay == BACKOFF_MIN:
+            logger.warning("%s: %s", what, exc)
+        await anyio.sleep(delay)
+        return min(2 * delay, self.backstop)
+
+    @staticmethod
+    def _back(delay: float) -> float:
+        if delay != BACKOFF_MIN:
+            logger.info("journal wake-ups back")
+        return BACKOFF_MIN
 
     async def _catch_up(self, orders: Iterable[int]) -> None:
         """Newly followed orders' past, read at once (the wake-ups only tell of news)."""
@@ -337,7 +357,7 @@ class FleetLink(CallsOnSettled):
                 changes = await self._retrying(
                     "catch-up", functools.partial(self.log.catch_up, cursors)
                 )
-            except JournalRefused as exc:  # a read: never expected; the backstop reads again
+            except JournalValueRefused as exc:  # a read: never expected; the backstop reads again
                 logger.error("the journal refused to read orders' past: %s", exc)
                 return
             self._apply(changes)

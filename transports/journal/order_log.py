@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Mapping, Sequence
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import anyio
 import anyio.to_thread
@@ -26,6 +26,9 @@ from transports.journal import orders as sql
 from transports.journal.base import SqlStore
 from transports.journal.journal import Journal
 from transports.journal.orders import Note
+
+if TYPE_CHECKING:
+    from transports.journal.postgres_listener import PostgresListener
 
 
 @attrs.frozen
@@ -59,6 +62,7 @@ class OrderLog:
         """SQLite: the last change read (writers take turns there, see ``changes_since``)."""
         self._data_version: int | None = None
         self._waiter = anyio.CapacityLimiter(1)
+        self._listener: PostgresListener | None = None
         self.poll = poll
         """Seconds between reads of every followed order instead of PostgreSQL's LISTEN:
         behind PgBouncer in transaction pooling a LISTEN hears nothing."""
@@ -155,6 +159,13 @@ class OrderLog:
         work = functools.partial(sql.changes_after, dialect=self.dialect, cursors=dict(cursors))
         return await self.journal._call(self._store.read, work, self._deadline())
 
+    def stop_listening(self) -> None:
+        """Close this log's LISTENing connection (PostgreSQL), once nothing waits on it:
+        a tracker ends before the journal it was given, which may serve others."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+
     async def wait_for_news(self, within: float, cursors: Mapping[int, int] | None = None) -> News:
         """Until something may have changed, or ``within`` s.  With ``cursors``, the
         news of the orders among them is read at once, past their cursors
@@ -166,7 +177,9 @@ class OrderLog:
             await anyio.sleep(min(self.poll, within))
             return News(everything=True)
         if self.dialect == "postgresql":
-            heard = await self._store.listener().wait(within, cursors)  # type: ignore[attr-defined]
+            if self._listener is None:
+                self._listener = self._store.listener()  # type: ignore[attr-defined]
+            heard = await self._listener.wait(within, cursors)
             if heard.order_ids is None:
                 return News(everything=True)
             if not heard.order_ids:

@@ -35,6 +35,7 @@ from orderfsm.errors import (
     JournalOpenFailed,
     JournalRefused,
     JournalUnavailable,
+    JournalValueRefused,
 )
 from orderfsm.journal import (
     SCHEMA_VERSION,
@@ -94,6 +95,8 @@ _REFUSALS = (
     psycopg.errors.RaiseException,
 )
 """Errors of the statement itself: the same statement again is refused again."""
+_VALUES = (psycopg.IntegrityError, psycopg.DataError)
+"""Of those, the ones about the values written."""
 
 CONNECT_TIMEOUT = 5
 """Seconds libpq waits for a server, unless the URL says otherwise."""
@@ -156,7 +159,7 @@ class PostgresStore:
         """The batches' sessions (:data:`~transports.journal.postgres_batch.BATCH_SETTINGS`)."""
         self._closed = False
         self._checking = threading.Lock()
-        self._listener: PostgresListener | None = None
+        self._listeners: set[PostgresListener] = set()
         self.channel = CHANNEL
         """Where changes of this journal's orders are announced (set on open)."""
 
@@ -265,26 +268,29 @@ class PostgresStore:
             return work(db)
 
     def listener(self) -> PostgresListener:
-        """The journal's LISTENing connection (one per store; made on its first wait).
+        """A new LISTENing connection (opened on its first wait), closed with the store.
 
-        The fleet tracker's follower waits on it on its event loop and reads the
-        announced orders' changes there (:mod:`~transports.journal.postgres_listener`)."""
-        if self._listener is None:
-            if self._closed:
-                raise JournalClosed(f"{self.display} is closed")
-            self._listener = PostgresListener(
-                lambda: psycopg.connect(self.config.conninfo, **self._kwargs()),
-                self.channel,
-                self.display,
-                self.settings.wait,
-                self._said,
-            )
-        return self._listener
+        One per follower: a fleet tracker's follower waits on it on its event loop
+        and reads the announced orders' changes there
+        (:mod:`~transports.journal.postgres_listener`).  Two trackers sharing one
+        open journal each get their own, as each must hear every notification."""
+        if self._closed:
+            raise JournalClosed(f"{self.display} is closed")
+        listener = PostgresListener(
+            lambda: psycopg.connect(self.config.conninfo, **self._kwargs()),
+            self.channel,
+            self.display,
+            self.settings.wait,
+            self._said,
+            self._listeners.discard,
+        )
+        self._listeners.add(listener)
+        return listener
 
     def close(self) -> None:
         self._closed = True
-        if self._listener is not None:
-            self._listener.close()  # or its wait does, when it ends
+        for listener in tuple(self._listeners):
+            listener.close()  # or its wait does, when it ends
         pools = (self._pool, self._batch_pool)
         self._pool = self._batch_pool = None
         for pool in pools:
@@ -317,7 +323,13 @@ class PostgresStore:
             # Neither the connection nor a wait: the server refused the statement itself
             # (its data, a constraint, a trigger's RAISE).  Not a read-only server in a
             # failover (class 25, an InternalError too): that one passes.
-            kind = JournalRefused if isinstance(exc, _REFUSALS) else JournalUnavailable
+            kind = (
+                JournalValueRefused
+                if isinstance(exc, _VALUES)
+                else JournalRefused
+                if isinstance(exc, _REFUSALS)
+                else JournalUnavailable
+            )
             raise kind(f"{self.display}: {self._said(exc)}") from None
 
     def _said(self, exc: BaseException) -> str:

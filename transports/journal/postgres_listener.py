@@ -69,8 +69,10 @@ class PostgresListener:
         display: str,
         wait: float,
         said: Callable[[BaseException], str],
+        closed: Callable[[PostgresListener], None] = lambda listener: None,
     ) -> None:
         self._connect = connect
+        self._on_close = closed
         self.channel = channel
         self.display = display
         self._said = said
@@ -85,6 +87,7 @@ class PostgresListener:
         """Close the connection (not while a wait runs on it: a loop waiting on a
         closed socket would never wake; the tracker stops its follower first)."""
         self.closed = True
+        self._on_close(self)
         if not self._in_use:
             self._drop()
 

@@ -20,6 +20,7 @@ from orderfsm.errors import (
     JournalOpenFailed,
     JournalRefused,
     JournalUnavailable,
+    JournalValueRefused,
 )
 from orderfsm.journal import SCHEMA_VERSION, schema_plan
 from transports.journal import sqlite_sql as sql
@@ -59,10 +60,18 @@ _REFUSALS = (
     sqlite3.NotSupportedError,
 )
 """Errors of the statement itself, not of the file or its lock: trying again is useless."""
+_VALUES = (sqlite3.IntegrityError, sqlite3.DataError)
+"""Of those, the ones about the values written."""
 
 
 def unavailable(display: str, exc: sqlite3.Error) -> JournalUnavailable:
-    kind = JournalRefused if isinstance(exc, _REFUSALS) else JournalUnavailable
+    kind = (
+        JournalValueRefused
+        if isinstance(exc, _VALUES)
+        else JournalRefused
+        if isinstance(exc, _REFUSALS)
+        else JournalUnavailable
+    )
     return kind(f"{display}: {exc}")
 
 
