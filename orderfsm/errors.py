@@ -159,6 +159,14 @@ class JournalValueRefused(JournalRefused):
     a missing table or permission, which a deploy may mend."""
 
 
+def journal_trouble(value: bool, statement: bool) -> type[JournalUnavailable]:
+    """The error for a database's failure: about a value written (``value``), about the
+    statement itself (``statement``: a missing table, a syntax error), or passing."""
+    if value:
+        return JournalValueRefused
+    return JournalRefused if statement else JournalUnavailable
+
+
 class JournalOpenFailed(JournalError):
     """The journal could not be opened at all (start-up): unreachable server, bad
     credentials, an unusable file or directory."""

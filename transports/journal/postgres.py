@@ -33,9 +33,8 @@ from typing import Any, TypeVar
 from orderfsm.errors import (
     JournalClosed,
     JournalOpenFailed,
-    JournalRefused,
     JournalUnavailable,
-    JournalValueRefused,
+    journal_trouble,
 )
 from orderfsm.journal import (
     SCHEMA_VERSION,
@@ -323,13 +322,7 @@ class PostgresStore:
             # Neither the connection nor a wait: the server refused the statement itself
             # (its data, a constraint, a trigger's RAISE).  Not a read-only server in a
             # failover (class 25, an InternalError too): that one passes.
-            kind = (
-                JournalValueRefused
-                if isinstance(exc, _VALUES)
-                else JournalRefused
-                if isinstance(exc, _REFUSALS)
-                else JournalUnavailable
-            )
+            kind = journal_trouble(isinstance(exc, _VALUES), isinstance(exc, _REFUSALS))
             raise kind(f"{self.display}: {self._said(exc)}") from None
 
     def _said(self, exc: BaseException) -> str:

@@ -18,9 +18,8 @@ from orderfsm.errors import (
     JournalCorrupt,
     JournalError,
     JournalOpenFailed,
-    JournalRefused,
     JournalUnavailable,
-    JournalValueRefused,
+    journal_trouble,
 )
 from orderfsm.journal import SCHEMA_VERSION, schema_plan
 from transports.journal import sqlite_sql as sql
@@ -65,13 +64,7 @@ _VALUES = (sqlite3.IntegrityError, sqlite3.DataError)
 
 
 def unavailable(display: str, exc: sqlite3.Error) -> JournalUnavailable:
-    kind = (
-        JournalValueRefused
-        if isinstance(exc, _VALUES)
-        else JournalRefused
-        if isinstance(exc, _REFUSALS)
-        else JournalUnavailable
-    )
+    kind = journal_trouble(isinstance(exc, _VALUES), isinstance(exc, _REFUSALS))
     return kind(f"{display}: {exc}")
 
 
