@@ -123,7 +123,9 @@ class JournalSettings:
     prune_every: float = 3600.0
     """How often expired rows are deleted (in a background thread)."""
     pool_size: int = 8
-    """Database connections per process (PostgreSQL) and worker threads for the journal."""
+    """Worker threads for the journal, and PostgreSQL connections per process: up to this
+    many for single statements and as many again for batches (one per event loop in
+    practice), plus one listening connection per journal-backed tracker."""
 
     def __attrs_post_init__(self) -> None:
         if not self.lease > 0:
