@@ -296,14 +296,20 @@ async def test_the_listener_reads_the_announced_orders_it_follows_past_their_cur
     assert quiet.quiet and quiet.changes is None
 
 
+async def listening(journal: Any) -> OrderLog:
+    """A log following order 1, its listening connection made (a first wait reads all)."""
+    log = OrderLog(journal)
+    await log.track(1, D, None)
+    assert (await log.wait_for_news(0.01, {1: 0})).everything
+    return log
+
+
 async def test_a_listener_whose_connection_dies_says_so_then_catches_up() -> None:
     """The server ends the listening session (a restart, an administrator): the wait
     raises a typed error, and the next one reconnects and asks for a full read."""
     url = postgres_server().url()
     async with open_journal(url) as journal:
-        log = OrderLog(journal)
-        await log.track(1, D, None)
-        assert (await log.wait_for_news(0.01, {1: 0})).everything
+        log = await listening(journal)
         admin = connect(url)
         try:
             ended = admin.execute(
@@ -327,9 +333,7 @@ async def test_a_listener_read_stuck_behind_a_lock_gives_up_then_catches_up() ->
     state after an abandoned read is unknown) asking for a full read."""
     url = postgres_server().url()
     async with open_journal(url, JournalSettings(wait=0.3)) as journal:
-        log = OrderLog(journal)
-        await log.track(1, D, None)
-        assert (await log.wait_for_news(0.01, {1: 0})).everything
+        log = await listening(journal)
         await log.record([note(1, P)])
         blocker = connect(url)
         try:
@@ -643,9 +647,7 @@ async def test_a_notification_that_is_not_ours_reads_everything_instead_of_faili
     it as one raised ``ValueError`` out of the follower and ended the whole tracker."""
     url = postgres_server().url()
     async with open_journal(url) as journal:
-        log = OrderLog(journal)
-        await log.track(1, D, None)
-        assert (await log.wait_for_news(0.01, {1: 0})).everything
+        log = await listening(journal)
         admin = connect(url)
         try:
             for payload in ("refresh", "1," + "9" * 5000):
