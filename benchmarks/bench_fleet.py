@@ -85,6 +85,14 @@ class Split:
         self.counting = False
         self._undo: list[tuple[Any, str, Any]] = []
 
+    def restart(self) -> None:
+        """A run of its own: each database's run numbers its orders from the same
+        first id, and a stamp kept from the run before (``setdefault``) would be
+        taken for this run's."""
+        self.heard.clear()
+        self.read.clear()
+        self.counting, self.hops, self.wakes = True, 0, 0
+
     def _wrap(self, owner: Any, name: str, make: Any) -> None:
         original = getattr(owner, name)
         self._undo.append((owner, name, original))
@@ -301,7 +309,7 @@ async def send_to_waiters(
             with probing(store, b.fleet.log.channel, folder, split) as probed:
                 cpu = time.process_time()
                 if split is not None:
-                    split.counting, split.hops, split.wakes = True, 0, 0
+                    split.restart()
                 sent = await anyio.to_thread.run_sync(run_part, "loadgen", spec, folder)
                 with anyio.move_on_after(30):
                     await done.wait()
