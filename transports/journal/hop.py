@@ -52,6 +52,8 @@ class BatchThread:
         self._queue: queue.SimpleQueue[_Call[Any] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._running = False
+        self.thread: threading.Thread | None = None
+        """The thread serving now, or the last one (for tests: it can be joined)."""
         self._schedule: Callable[..., Any] | None = None
 
     async def run(self, function: Callable[[], T]) -> T:
@@ -66,7 +68,8 @@ class BatchThread:
             self._queue.put(call)
             if not self._running:
                 self._running = True
-                threading.Thread(target=self._serve, name=self._name, daemon=True).start()
+                self.thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
+                self.thread.start()
         await call.done.wait()
         if call.error is not None:
             raise call.error
