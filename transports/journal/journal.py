@@ -34,6 +34,7 @@ from orderfsm.journal import (
 from transports.journal.base import Claimed, ClaimRequest, SettleRequest, Store, Work
 from transports.journal.batching import Batcher
 from transports.journal.core import Ran, SyncJournal, Taken, advance, decided_by
+from transports.journal.hop import BatchThread
 from transports.journal.orders import Note
 
 T = TypeVar("T")
@@ -111,6 +112,9 @@ class Journal:
         await self._call(self.sync.open)
 
     async def aclose(self) -> None:
+        for on_loop in list(self._loops.values()):
+            if on_loop.batchers is not None:
+                on_loop.batchers.thread.stop()
         with anyio.CancelScope(shield=True):
             await self._call(self.sync.close)
 
@@ -261,11 +265,15 @@ class _Batchers:
             _part(results, claims, sync.claim_many)
             return results
 
+        self.thread = BatchThread()
+        """The batches' own thread (:mod:`~transports.journal.hop`): one batch runs at a
+        time, so it never waits for one of the pool's."""
+
         async def run(items: list[ClaimRequest | SettleRequest]) -> list[object]:
             settles = sum(isinstance(item, SettleRequest) for item in items)
             self.settles.add(settles)
             self.claims.add(len(items) - settles)
-            return await journal._call(both, items)
+            return await self.thread.run(lambda: both(items))
 
         self._batcher: Batcher[ClaimRequest | SettleRequest, object] = Batcher(run)
 
