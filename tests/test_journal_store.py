@@ -7,6 +7,7 @@ clock of the test's own, so a lease runs out without waiting for it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sqlite3
 import threading
@@ -421,4 +422,30 @@ def test_an_orders_status_commits_with_the_claim_or_not_at_all(
         assert sorted(journal.claims(["order_paid:1", "order_paid:2"])) == ["order_paid:1"]
     finally:
         journal.close()
+        db.close()
+
+
+def test_a_postgres_transaction_whose_statement_failed_does_not_pass_for_committed() -> None:
+    """The server answers COMMIT in a failed transaction with ROLLBACK, not an error:
+    a caller that swallowed the statement's error must not take its work for kept."""
+    import psycopg
+
+    from transports.journal.postgres import _transaction
+
+    server = postgres_server()
+    db = psycopg.connect(server.url(), autocommit=True)
+    try:
+        db.execute("CREATE TEMPORARY TABLE kept (n integer PRIMARY KEY)")
+        with (
+            pytest.raises(psycopg.errors.InFailedSqlTransaction),
+            _transaction(db, "BEGIN"),
+        ):
+            db.execute("INSERT INTO kept VALUES (1)")
+            with contextlib.suppress(psycopg.errors.UniqueViolation):
+                db.execute("INSERT INTO kept VALUES (1)")
+        assert db.execute("SELECT count(*) FROM kept").fetchone() == (0,)
+        with _transaction(db, "BEGIN"):
+            db.execute("INSERT INTO kept VALUES (2)")
+        assert db.execute("SELECT n FROM kept").fetchall() == [(2,)]
+    finally:
         db.close()

@@ -124,6 +124,10 @@ def _command(db: psycopg.Connection[Any], text: str) -> None:
         if db.pgconn.status == psycopg.pq.ConnStatus.BAD:
             raise psycopg.OperationalError(f"the connection is lost: {text}")
         raise psycopg.errors.error_from_result(result, encoding=db.info.encoding)
+    if text == "COMMIT" and result.command_status != b"COMMIT":
+        # The server answers COMMIT in a failed transaction with a ROLLBACK, not an
+        # error: work taken for committed would be lost without a word.
+        raise psycopg.errors.InFailedSqlTransaction("the transaction failed: rolled back")
 
 
 _DONE = (psycopg.pq.ExecStatus.COMMAND_OK, psycopg.pq.ExecStatus.TUPLES_OK)
