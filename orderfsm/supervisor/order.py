@@ -49,6 +49,7 @@ class TrackedOrder:
         "book",
         "check_once",
         "checking",
+        "conflicted",
         "counters",
         "custom_error",
         "custom_running",
@@ -118,6 +119,8 @@ class TrackedOrder:
         self.last_look: bool | None = None
         """The Get order asked before an ``expired`` order settles: ``False`` while it
         is under way, ``True`` once answered (or given up on)."""
+        self.conflicted = False
+        """A conflict is in ``log``: not every entry is a ``StatusChange``."""
         self.log: list[Change] = []
         """Changes and conflicts in the order they were applied (read it, do not
         change it).  Application order, not ``at`` order: a socket replaying what
@@ -185,12 +188,18 @@ class TrackedOrder:
             self._record(change)
             if self.fleet is not None:
                 self.fleet.advanced(self, change, observation.raw)
-            if settles or (self.settled is None and self._lapses(change, observation)):
-                self.wake(self)  # the plan changes: end tracking, or start or end a grace
+            if settles:
+                self.wake(self)  # the plan changes: end tracking
+            elif self.settled is None:
+                if self.lapsed is None and status not in LAPSED_STATUSES:
+                    self.details = None  # _lapses, for the usual status: no call
+                elif self._lapses(change, observation):
+                    self.wake(self)  # the plan changes: start or end a grace
         elif type(outcome) is Conflict and all(
             type(c) is not ConflictSeen or c.observed is not outcome.observed for c in self.log
         ):
             self.counters.conflicts += 1
+            self.conflicted = True
             self._record(
                 ConflictSeen(
                     self.order_id,
@@ -326,7 +335,7 @@ class TrackedOrder:
 
     def finish(self, result: FinalResult | None, error: OrderFsmError | None) -> None:
         if result is not None:
-            label = outcome(result.status, result.until)
+            label = _LABELS[result.until][result.status]
         else:
             label = "error" if error is None else unsettled_reason(error)
         self.counters.order_finished(self.order_id, label, settled=result is not None)
@@ -336,7 +345,8 @@ class TrackedOrder:
         self.is_finished = self.ended = True
         if self._done is not None:
             self._done.set()
-        self._tell_watchers()
+        if self._news is not None:
+            self._tell_watchers()
 
     def _log_end(self, result: FinalResult | None, error: OrderFsmError | None, label: str) -> None:
         if result is not None:
@@ -382,6 +392,11 @@ class TrackedOrder:
         """Untracked or closed: watchers that follow past the settlement stop too."""
         self.released = True
         self._tell_watchers()
+
+
+_LABELS = {until: {status: outcome(status, until) for status in Status} for until in VERDICTS}
+"""An order's outcome label by its goal and settling status: looked up as it ends,
+not worked out (two calls per order)."""
 
 
 def _nobody(order: TrackedOrder) -> None:

@@ -280,7 +280,8 @@ class Scheduler(GetOrderChecks):
         order.review_at = None
         self._live -= 1
         self._dirty.pop(order.order_id, None)
-        self._drop_stale()  # orders settle outside passes too (wake)
+        if len(self._due) > 2 * self._live + 64:  # _drop_stale's test, without its call
+            self._drop_stale()  # orders settle outside passes too (wake)
         if order.attachment is not None:
             order.attachment.detach()
             order.attachment = None
@@ -465,13 +466,18 @@ def _result(order: TrackedOrder, details_error: OrderFsmError | None) -> FinalRe
         from transports.polling import InvalidOrderAnswer
 
         details_error = InvalidOrderAnswer(f"order {order.order_id}: details unread: {unread}")
+    if order.conflicted:
+        changes = tuple(order.changes(order.settled_count))
+        conflicts = tuple(order.conflicts)
+    else:  # only changes in the log: no filtering (two list comprehensions per order)
+        changes, conflicts = tuple(order.log[: order.settled_count]), ()  # type: ignore[arg-type]
     return FinalResult(
         order_id=order.order_id,
         status=settled.status,
         source=settled.source,
         at=settled.at,
-        changes=tuple(order.changes(order.settled_count)),
-        conflicts=tuple(order.conflicts),
+        changes=changes,
+        conflicts=conflicts,
         details=order.details,
         details_error=details_error,
         until=order.until,
