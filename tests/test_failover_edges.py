@@ -302,7 +302,7 @@ async def _replayed_settle_lets_go(emu: Emulator) -> None:
         pool = tracker._pool
         assert pool is not None
         live = pool._live[pool.connections()[0].key]
-        await eventually(lambda: any(s[0] == "done" for s in live._subscribers._seen.get(b, ())))
+        await eventually(lambda: "done" in live._subscribers.statuses_seen(b))
         assert (await tracker.wait(b)).status is Status.DONE
         for status in ("paid", "done"):
             await emu.set_status(a, status)
