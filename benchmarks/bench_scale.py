@@ -129,6 +129,9 @@ class GcPauses:
 
     def __init__(self) -> None:
         self.pauses: list[float] = []
+        self.by_generation = [[0, 0.0, 0], [0, 0.0, 0], [0, 0.0, 0]]
+        """Per generation collected (0, 1, 2): collections, their seconds, objects freed
+        (none freed means no cycles: what a young collection costs is walking survivors)."""
         self._started = 0.0
         self.recording = False
 
@@ -136,7 +139,12 @@ class GcPauses:
         if phase == "start":
             self._started = time.perf_counter()
         elif self.recording:
-            self.pauses.append(time.perf_counter() - self._started)
+            pause = time.perf_counter() - self._started
+            self.pauses.append(pause)
+            generation = self.by_generation[info["generation"]]
+            generation[0] += 1
+            generation[1] += pause
+            generation[2] += info["collected"]
 
 
 def peak_rss_mb() -> float:
@@ -206,6 +214,7 @@ async def tell_parent_and_wait(
         "window_cpu_s": round(window_cpu, 3),
         "window_gc_s": round(sum(pauses.pauses), 3),
         "gc_max_pause_ms": round(max(pauses.pauses, default=0.0) * 1000, 1),
+        "gc_by_generation": [[n, round(s, 3), c] for n, s, c in pauses.by_generation],
         "delivered": len(counter.keys),
         "before_go": before,
         "duplicated": counter.count - len(counter.keys),
@@ -367,6 +376,7 @@ async def one_run(
         "window_gc_s": figures["window_gc_s"],
         "gc_max_pause_ms": figures["gc_max_pause_ms"],
         "gc_tracked_objects": figures["gc_objects"],
+        "gc_by_generation": figures["gc_by_generation"],
         "cpu_us_per_change": round(figures["window_cpu_s"] / max(figures["delivered"], 1) * 1e6, 1),
         "events": figures["delivered"],
         "events_before_go": figures["before_go"],
@@ -386,7 +396,7 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
     figures = {
         key: statistics.median(r[key] for r in runs)
         for key in runs[0]
-        if key not in ("lost", "duplicated", "events", "events_before_go")
+        if key not in ("lost", "duplicated", "events", "events_before_go", "gc_by_generation")
     }
     figures.update(
         {
@@ -394,6 +404,14 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "cpu_us_per_change_turns": per_turn,
             "cpu_spread": round((max(per_turn) - min(per_turn)) / cpu, 3) if cpu else 0.0,
             "gc_max_pause_ms": max(r["gc_max_pause_ms"] for r in runs),
+            "gc_by_generation": [
+                [
+                    sum(r["gc_by_generation"][g][0] for r in runs),
+                    round(sum(r["gc_by_generation"][g][1] for r in runs), 3),
+                    sum(r["gc_by_generation"][g][2] for r in runs),
+                ]
+                for g in range(3)
+            ],
             "events": sum(r["events"] for r in runs),
             "events_before_go": sum(r["events_before_go"] for r in runs),
             "lost": sum(r["lost"] for r in runs),
