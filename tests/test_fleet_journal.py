@@ -72,7 +72,7 @@ async def test_the_sweep_finds_a_settlement_behind_many_orders_still_waiting(
         await log.track(5, D, "player-5")
         await log.record([note(5, P), note(5, D)])
         found, after = await SettledLog(log).owed(0, limit=10)
-    assert (found, after) == ([(5, D, P, D, False)], None)
+    assert (found, after) == ([(5, D, D, True, False)], None)
 
 
 @on_databases
@@ -94,11 +94,11 @@ async def test_the_sweep_finds_every_call_owed_not_only_the_current_status(
         for key in ("settled:3:done", "settled:4:paid"):
             record_answered(url, key)
         first, _ = await SettledLog(log).owed(0)
-        assert first == [(1, D, P, D, False), (2, C, P, D, False), (3, C, D, D, False)]
+        assert first == [(1, D, D, True, False), (2, C, D, False, False), (3, C, D, False, True)]
         record_answered(url, "settled:1:done")  # the next one only once it is made
         second, _ = await SettledLog(log).owed(0)
-    assert second == [(1, C, D, D, False), (2, C, P, D, False), (3, C, D, D, False)]
-    assert [settled_call(p, s, g) for _, s, p, g, _ in first + second] == [
+    assert second == [(1, C, D, False, True), (2, C, D, False, False), (3, C, D, False, True)]
+    assert [(succeeded, later) for *_, succeeded, later in first + second] == [
         (True, False), (False, False), (False, True), (False, True), (False, False), (False, True)
     ]  # fmt: skip
 

@@ -154,10 +154,14 @@ class FleetLink(CallsOnSettled):
         """The order settled here, or was given up (untracked, timed out): no one needs
         to resume it.  (A closing tracker leaves its orders to be resumed.)"""
         settled = order.settled
-        if self.calls_settled and settled is not None and not settled.settled:
-            self._lapsed_calls.add(order.order_id)  # untracked once the call is recorded
-            self._settle(order, settled)  # expired, settled by its grace
-            return
+        if settled is not None and not settled.settled:
+            # Expired, settled by its grace: its call is owed (its claim, for any
+            # instance's sweep: this one may die first, or have no on_settled).
+            self._queue(("lapse", order.order_id))
+            if self.calls_settled:
+                self._lapsed_calls.add(order.order_id)  # untracked once the call is recorded
+                self._settle(order, settled)
+                return
         self._queue(("untrack", order.order_id))
 
     def forget(self, order_id: int) -> None:
@@ -260,6 +264,9 @@ class FleetLink(CallsOnSettled):
                 notes = [Note(*item[1:]) for item in batch if item[0] == "note"]
                 if notes:
                     await self._written("record", log.record, notes)
+                lapses = [item[1] for item in batch if item[0] == "lapse"]
+                if lapses:
+                    await self._written("owe", self.settled_log.owe_lapses, lapses)
                 done = [item[1] for item in batch if item[0] == "untrack" == last[item[1]]]
                 if done:
                     await self._written("untrack", log.untrack, done)
