@@ -9,6 +9,8 @@ there is one per transaction, and none when nothing changed).
 from __future__ import annotations
 
 import itertools
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -302,6 +304,30 @@ async def listening(journal: Any) -> OrderLog:
     await log.track(1, D, None)
     assert (await log.wait_for_news(0.01, {1: 0})).everything
     return log
+
+
+@pytest.mark.parametrize(("query", "idle"), [("", 5), ("keepalives_idle=7", 7)])
+async def test_the_listening_connection_has_keepalives_ours_or_the_urls_own(
+    query: str, idle: int
+) -> None:
+    """An idle LISTEN sends nothing: without keepalives a connection that died silently
+    never fails (the kernel's default waits 2 hours).  Read from the kernel: ours, or
+    the value the URL sets for itself."""
+    url = postgres_server().url()
+    if query:
+        url += ("&" if "?" in url else "?") + query
+    async with open_journal(url) as journal:
+        listener = journal.store.listener()  # type: ignore[attr-defined]
+        try:
+            await listener.wait(0.01, None)  # the first wait connects
+            with socket.socket(fileno=os.dup(listener.fileno())) as sock:
+                got = [sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)] + [
+                    sock.getsockopt(socket.IPPROTO_TCP, option)
+                    for option in (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT)
+                ]
+        finally:
+            listener.close()
+    assert got == [1, idle, 2, 3]  # no fix: [1, 7200, 75, 9] (Linux's defaults)
 
 
 async def test_a_listener_whose_connection_dies_says_so_then_catches_up() -> None:
