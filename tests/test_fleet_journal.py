@@ -9,6 +9,7 @@ there is one per transaction, and none when nothing changed).
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import socket
 import time
@@ -27,6 +28,8 @@ from orderfsm import Status
 from orderfsm.core import GOALS, Verdict, verdict
 from orderfsm.errors import JournalUnavailable, WebhookError
 from orderfsm.journal.orders import OrderRow, adoptable, advance, leased, may_lease, settled_call
+from orderfsm.supervisor.tracker import Tracker
+from orderfsm.testing import eventually
 from transports.journal import JournalSettings, open_journal
 from transports.journal import orders as sql
 from transports.journal.order_log import OrderLog
@@ -682,3 +685,56 @@ async def test_a_notification_that_is_not_ours_reads_everything_instead_of_faili
                 assert news.everything, payload[:10]
         finally:
             admin.close()
+
+
+async def test_changes_arrive_through_the_backstop_while_the_listener_keeps_dying(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every listening connection is ended as soon as it is seen (pg_terminate_backend):
+    a change still reaches the tracker, through the backstop read; the outage is logged
+    once, and the reconnects back off (a reconnect that is ended at once is no recovery:
+    about 7 in 7 s, not one every few milliseconds)."""
+    url = postgres_server().url()
+    caplog.set_level(logging.INFO, logger="orderfsm.fleet")
+    ended = 0
+    admin = connect(url)
+
+    def terminate() -> int:
+        return len(
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE query LIKE 'PREPARE orderfsm_changes_of%%' AND pid <> pg_backend_pid()"
+            ).fetchall()
+        )
+
+    async def kill_listeners(stop: anyio.Event) -> None:
+        nonlocal ended
+        while not stop.is_set():
+            ended += await anyio.to_thread.run_sync(terminate)
+            with anyio.move_on_after(0.01):  # the fault's cadence, not a wait for a result
+                await stop.wait()
+
+    try:
+        async with (
+            Tracker(
+                project_id=1, journal=url, transports=("journal",), fetch_details=False,
+                until="paid",
+            ) as tracker,
+            anyio.create_task_group() as tg,
+        ):  # fmt: skip
+            tracker.track(1)
+            stop = anyio.Event()
+            tg.start_soon(kill_listeners, stop)
+            await eventually(lambda: ended >= 2, timeout=10)
+            start, before = anyio.current_time(), ended
+            async with open_journal(url) as receivers:
+                await OrderLog(receivers).record([note(1, P)])
+            await eventually(lambda: tracker.status(1) is P, timeout=10)
+            await eventually(lambda: anyio.current_time() > start + 7, timeout=10)
+            reconnects = ended - before
+            stop.set()
+    finally:
+        admin.close()
+    outages = [r for r in caplog.records if "wake-ups unavailable" in r.getMessage()]
+    assert len(outages) == 1, [r.getMessage() for r in outages]
+    assert 2 <= reconnects <= 10, reconnects  # no fix: one per kill, about every 0.1 s

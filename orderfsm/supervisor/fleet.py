@@ -306,9 +306,13 @@ class FleetLink(CallsOnSettled):
 
         The wake-ups' connection failing (even for good: a connection limit, say)
         leaves the backstop: everything is read through the pool after each pause.
-        An outage is logged once, and the pauses double up to the backstop.
+        An outage is logged once, and the pauses double up to the backstop.  A
+        new connection is not a recovery until a wait on it has ended well: one
+        ended as soon as it is made (a proxy, a ``pg_terminate_backend`` loop)
+        would otherwise reconnect and log every tenth of a second.
         """
         everything = True
+        reconnecting = False
         delay = BACKOFF_MIN
         while True:
             news: News | None = None
@@ -316,11 +320,11 @@ class FleetLink(CallsOnSettled):
                 news = await self.log.wait_for_news(self.backstop, self.cursors)
             except OrderFsmError as exc:
                 delay = await self._pause(delay, "journal wake-ups unavailable", exc)
-                everything = True
+                everything = reconnecting = True
             full = everything or news is None or news.everything
             if news is not None and news.changes is not None and not full:
                 self._apply(news.changes)  # read with the wake-up, on its connection
-                delay = self._back(delay)
+                delay, reconnecting = self._back(delay), False
                 continue
             if news is not None and news.order_ids is not None and not full:
                 targets = {i: self.cursors[i] for i in news.order_ids if i in self.cursors}
@@ -340,7 +344,10 @@ class FleetLink(CallsOnSettled):
                     continue
                 self._apply(changes)
             if news is not None:
-                delay = self._back(delay)
+                if reconnecting and news.everything:
+                    reconnecting = False  # connected again; back once a wait on it ends well
+                else:
+                    delay = self._back(delay)
                 everything = False
 
     async def _pause(self, delay: float, what: str, exc: OrderFsmError) -> float:
