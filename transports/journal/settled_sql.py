@@ -10,6 +10,15 @@ never judged owed again (review bug 8), and the sweep needs no time window
 (bug 9).  The mark moves only over calls recorded in order, so a delivery
 whose call was lost is still owed after its refund's call (bug 1).
 
+A claim answered above the mark and then pruned would be owed again; it cannot
+last that long: calls are made in order (so an answered claim sits above an
+unanswered one only while that lower call is retried), each recorded call
+moves the mark at once, and every sweep page moves the marks of the orders it
+reads, all of them each round (1,000 orders a lease period: a round is hours
+even at millions owed, the retention 14 days).  Only a fleet without any
+instance with ``on_settled`` for the whole retention, after a failed mark,
+would repeat a call.
+
 Each function is one unit of work on a DB-API connection inside a transaction
 the store opened, as in :mod:`transports.journal.orders`.
 """
