@@ -150,6 +150,15 @@ def test_each_change_alone_names_the_calls_an_instance_seeing_all_of_them_makes(
     assert judged == seen
 
 
+def test_the_strictest_goal_is_derived_and_a_third_goal_fails_loudly() -> None:
+    """``track`` keeps the row's goal or the one given with a two-way ``CASE``: right
+    for ``paid`` and ``done`` only; a third goal must stop the import, not lose a goal."""
+    assert sql.strictest() is D
+    assert sql.strictest((D, P)) is D
+    with pytest.raises(RuntimeError, match="two nested goals"):
+        sql.strictest((P, D, C))
+
+
 @on_databases
 async def test_concurrent_writers_leave_one_legal_sequence(backend: str, tmp_path: Path) -> None:
     """Three instances writing what they saw, in any order: each change once, in order."""

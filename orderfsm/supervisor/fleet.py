@@ -256,22 +256,22 @@ class FleetLink(CallsOnSettled):
                 tracks = [item[1:] for item in batch if item[0] == "track" == last[item[1]]]
                 past = {item[1]: 0 for item in batch if item[0] == "catch-up"}
                 if tracks:
-                    rows = await self._written("track", log.track_many, tracks)
+                    rows = await self._write_or_drop_refused("track", log.track_many, tracks)
                     past.update({row.order_id: 0 for row in rows if row.version})
                     self._lease_now.set()  # a lease asked before the row existed took nothing
                 if past:
                     await self._catch_up(past)
                 notes = [Note(*item[1:]) for item in batch if item[0] == "note"]
                 if notes:
-                    await self._written("record", log.record, notes)
+                    await self._write_or_drop_refused("record", log.record, notes)
                 lapses = [item[1] for item in batch if item[0] == "lapse"]
                 if lapses:
-                    await self._written("owe", self.settled_log.owe_lapses, lapses)
+                    await self._write_or_drop_refused("owe", self.settled_log.owe_lapses, lapses)
                 done = [item[1] for item in batch if item[0] == "untrack" == last[item[1]]]
                 if done:
-                    await self._written("untrack", log.untrack, done)
+                    await self._write_or_drop_refused("untrack", log.untrack, done)
 
-    async def _written(
+    async def _write_or_drop_refused(
         self, what: str, write: Callable[[list[T]], Awaitable[list[R] | None]], items: list[T]
     ) -> list[R]:
         """``write(items)``, retried through outages; what the database refuses (a value
@@ -292,7 +292,7 @@ class FleetLink(CallsOnSettled):
                 return []
         written: list[R] = []
         for item in items:
-            written.extend(await self._written(what, write, [item]))
+            written.extend(await self._write_or_drop_refused(what, write, [item]))
         return written
 
     async def _gather_untracks(self) -> None:

@@ -60,9 +60,24 @@ _SETTLING = ", ".join(
 )
 """(status, goal) pairs that settle an order, for SQL: from the core's own verdicts."""
 
-_STRICTEST = max(GOALS, key=lambda goal: sum(not verdict(s, goal).settled for s in Status))
-_STRICTER = f"(CASE WHEN until = '{_STRICTEST.value}' THEN until ELSE %s END)"
-"""The row's goal or the one given, whichever settles later (two goals: ``done`` wins)."""
+
+def strictest(goals: Sequence[Status] = GOALS) -> Status:
+    """The goal that settles later than every other (``done``: what settles it settles
+    ``paid`` too).  :data:`_STRICTER` is right for two goals only (the row's, or the
+    other one): a third goal, or two that do not nest, fails here at import, not as
+    a goal quietly lost in a row."""
+    wrong = RuntimeError(f"_STRICTER handles two nested goals, not {[g.value for g in goals]}")
+    if len(goals) != 2:
+        raise wrong
+    settling = {goal: set(_settled_statuses(goal)) for goal in goals}
+    found = [g for g in goals if all(settling[g] <= settling[other] for other in goals)]
+    if len(found) != 1:
+        raise wrong
+    return found[0]
+
+
+_STRICTER = f"(CASE WHEN until = '{strictest().value}' THEN until ELSE %s END)"
+"""The row's goal or the one given, whichever settles later (``done`` over ``paid``)."""
 
 
 def order_from_row(row: Sequence[Any]) -> OrderRow:
@@ -391,25 +406,22 @@ def lease(
     """Take or renew the lease on each order that :func:`~orderfsm.journal.orders.may_lease`
     allows; the orders ``owner`` holds now, with their fences."""
     held: dict[int, int] = {}
-    for goal in GOALS:
-        settled = _settled_statuses(goal)
-        for chunk in _chunks(order_ids):
-            rows = db.execute(
-                _sql(
-                    dialect,
-                    f"UPDATE orderfsm_orders SET"
-                    f" fence = CASE WHEN owner = %s AND lease_until > %s THEN fence"
-                    f" ELSE fence + 1 END,"
-                    f" owner = %s, lease_until = %s, tracking = %s"
-                    f" WHERE order_id IN ({_marks(len(chunk), dialect)}) AND until = %s"
-                    f" AND (status IS NULL"
-                    f" OR status NOT IN ({_marks(len(settled), dialect)}))"
-                    f" AND (owner IS NULL OR owner = %s OR lease_until <= %s)"
-                    f" RETURNING order_id, fence",
-                ),
-                (owner, now, owner, now + seconds, True, *chunk, goal.value, *settled, owner, now),
-            ).fetchall()
-            held.update((int(order_id), int(fence)) for order_id, fence in rows)
+    for chunk in _chunks(order_ids):
+        rows = db.execute(
+            _sql(
+                dialect,
+                f"UPDATE orderfsm_orders SET"
+                f" fence = CASE WHEN owner = %s AND lease_until > %s THEN fence"
+                f" ELSE fence + 1 END,"
+                f" owner = %s, lease_until = %s, tracking = %s"
+                f" WHERE order_id IN ({_marks(len(chunk), dialect)})"
+                f" AND (status IS NULL OR (status, until) NOT IN ({_SETTLING}))"
+                f" AND (owner IS NULL OR owner = %s OR lease_until <= %s)"
+                f" RETURNING order_id, fence",
+            ),
+            (owner, now, owner, now + seconds, True, *chunk, owner, now),
+        ).fetchall()
+        held.update((int(order_id), int(fence)) for order_id, fence in rows)
     return held
 
 
