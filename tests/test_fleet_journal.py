@@ -31,6 +31,8 @@ from orderfsm.journal.orders import OrderRow, adoptable, advance, leased, may_le
 from orderfsm.supervisor.tracker import Tracker
 from orderfsm.testing import eventually
 from transports.journal import JournalSettings, open_journal
+from transports.journal import order_leases as leases
+from transports.journal import order_reads as reads
 from transports.journal import orders as sql
 from transports.journal.order_log import OrderLog
 from transports.journal.orders import Note
@@ -511,12 +513,12 @@ def test_the_sql_adoption_is_the_pure_decision(
     tracked_at = None if tracked_ago is None else now - tracked_ago
     row = OrderRow(9, status, 1, D, "p", tracking, owner, now + lease_left, 3, tracked_at)
     _insert(db, row)
-    taken = sql.adopt(db, "sqlite", asker, now, lease, 10)
+    taken = leases.adopt(db, "sqlite", asker, now, lease, 10)
     if adoptable(row, now, lease):
         assert taken == [leased(row, asker, now, lease)]
     else:
         assert taken == []
-        assert sql.orders(db, "sqlite", [9]) == {9: row}
+        assert reads.orders(db, "sqlite", [9]) == {9: row}
 
 
 @given(
@@ -542,18 +544,18 @@ def test_an_order_is_adopted_once_per_lease_and_never_from_a_live_owner(
     adopted: list[float] = []
     for pause, who, action in steps:
         now += pause
-        before = sql.orders(db, "sqlite", [9])[9]
+        before = reads.orders(db, "sqlite", [9])[9]
         if action == "adopt":
-            if sql.adopt(db, "sqlite", who, now, lease, 10):
+            if leases.adopt(db, "sqlite", who, now, lease, 10):
                 assert before.lease_until <= now and before.tracking
                 adopted.append(now)
         elif action == "renew":
-            sql.lease(db, "sqlite", [9], who, now, lease)
+            leases.lease(db, "sqlite", [9], who, now, lease)
         elif action == "untrack":
-            sql.untrack(db, "sqlite", [9], who)
+            leases.untrack(db, "sqlite", [9], who)
         else:
             sql.track(db, "sqlite", 9, D, "p", now)
-        after = sql.orders(db, "sqlite", [9])[9]
+        after = reads.orders(db, "sqlite", [9])[9]
         live = before.lease_until > now and before.owner is not None
         if live and after.owner != before.owner:
             assert after.owner is None  # only its owner gives a live lease up
@@ -619,7 +621,7 @@ def test_the_sql_lease_is_the_pure_decision(
         " lease_until, fence, updated_at) VALUES (9, ?, 1, 'done', ?, ?, ?, 3, 0)",
         (None if status is None else status.value, tracking, owner, now + lease_left),
     )
-    held = sql.lease(db, "sqlite", [9], asker, now, 30.0)
+    held = leases.lease(db, "sqlite", [9], asker, now, 30.0)
     if may_lease(row, asker, now):
         assert held == {9: leased(row, asker, now, 30.0).fence}
     else:

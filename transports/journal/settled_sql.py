@@ -30,6 +30,7 @@ from typing import Any
 
 from orderfsm.core import GOALS, LAPSED_STATUSES, Status, verdict
 from orderfsm.journal.orders import advance, settled_call, settled_key
+from transports.journal.order_rows import SETTLING, in_dialect, marks
 
 _CALLING = ", ".join(
     f"('{status}', '{'' if previous is None else previous.value}', '{goal.value}')"
@@ -39,12 +40,6 @@ _CALLING = ", ".join(
     if advance(previous, status) is not None and settled_call(previous, status, goal)
 )
 """(status, previous or '', goal) of the changes ``on_settled`` is called for, for SQL."""
-
-_SETTLING = ", ".join(
-    f"('{s.value}', '{goal.value}')" for goal in GOALS for s in Status if verdict(s, goal).settled
-)
-"""(status, goal) pairs that settle an order, for SQL, from the core's own verdicts (as
-the leases' SQL has them: neither module reaches into the other's private names)."""
 
 _SETTLED_ANY = ", ".join(
     f"'{s.value}'" for s in Status if any(verdict(s, goal).settled for goal in GOALS)
@@ -105,17 +100,9 @@ def lapse_migration(dialect: str) -> list[str]:
     ]
 
 
-def _sql(dialect: str, text: str) -> str:
-    return text if dialect == "postgresql" else text.replace("%s", "?")
-
-
 def _key(dialect: str, order_id: str, status: str) -> str:
     text = f"CAST({order_id} AS TEXT)" if dialect == "postgresql" else order_id
     return f"'settled:' || {text} || ':' || {status}"
-
-
-def _marks(count: int, dialect: str) -> str:
-    return ", ".join(["?" if dialect == "sqlite" else "%s"] * count)
 
 
 _LAPSE_UNANSWERED = (
@@ -135,7 +122,7 @@ def tell(db: Any, dialect: str, order_ids: Sequence[int]) -> None:
         return
     o = "orderfsm_orders"
     db.execute(
-        _sql(
+        in_dialect(
             dialect,
             f"UPDATE {o} SET settled_told = coalesce((SELECT min(c.version) - 1"
             f" FROM orderfsm_changes c"
@@ -143,7 +130,7 @@ def tell(db: Any, dialect: str, order_ids: Sequence[int]) -> None:
             f" WHERE c.order_id = {o}.order_id AND c.version > {o}.settled_told"
             f" AND (c.status, coalesce(c.previous, ''), {o}.until) IN ({_CALLING})"
             f" AND (k.state IS NULL OR k.state <> 'answered')), {o}.version)"
-            f" WHERE order_id IN ({_marks(len(order_ids), dialect)})"
+            f" WHERE order_id IN ({marks(len(order_ids), dialect)})"
             f" AND settled_told < version AND NOT ({_LAPSE_UNANSWERED.format(o=o)})",
         ),
         tuple(sorted(order_ids)),
@@ -156,7 +143,7 @@ def owe_lapses(db: Any, dialect: str, order_ids: Sequence[int], owner: str, now:
     finds them).  Nothing for a claim there already (taken, or answered)."""
     for order_id in sorted(order_ids):
         db.execute(
-            _sql(
+            in_dialect(
                 dialect,
                 "INSERT INTO orderfsm_claims (key, attempt, state, owner, lease_until,"
                 " claimed_at) VALUES (%s, 0, 'released', %s, 0, %s)"
@@ -185,10 +172,10 @@ def owed(db: Any, dialect: str, after: int, limit: int) -> tuple[list[Owed], int
     ids = [
         int(r[0])
         for r in db.execute(
-            _sql(
+            in_dialect(
                 dialect,
                 f"SELECT order_id FROM orderfsm_orders WHERE {OWING}"
-                f" AND (status, until) IN ({_SETTLING}) AND order_id > %s"
+                f" AND (status, until) IN ({SETTLING}) AND order_id > %s"
                 f" UNION SELECT order_id FROM orderfsm_orders WHERE {LAPSE_OWING}"
                 f" AND order_id > %s AND {_LAPSE_UNANSWERED.format(o='orderfsm_orders')}"
                 f" ORDER BY order_id LIMIT %s",
@@ -200,7 +187,7 @@ def owed(db: Any, dialect: str, after: int, limit: int) -> tuple[list[Owed], int
         return [], None
     tell(db, dialect, ids)
     rows = db.execute(
-        _sql(
+        in_dialect(
             dialect,
             f"SELECT o.order_id, o.status, c.status, c.previous, o.until, k.state"
             f" FROM orderfsm_orders o"
@@ -208,7 +195,7 @@ def owed(db: Any, dialect: str, after: int, limit: int) -> tuple[list[Owed], int
             f" AND c.version = o.settled_told + 1"
             f" LEFT JOIN orderfsm_claims k"
             f" ON k.key = {_key(dialect, 'o.order_id', repr(_LAPSED.value))}"
-            f" WHERE o.order_id IN ({_marks(len(ids), dialect)})"
+            f" WHERE o.order_id IN ({marks(len(ids), dialect)})"
             f" AND o.settled_told < o.version ORDER BY o.order_id",
         ),
         tuple(ids),
@@ -237,7 +224,7 @@ def renew_claim(db: Any, dialect: str, key: str, attempt: int, until: float) -> 
     """Extend a running claim's lease, fenced by its attempt: False once another took
     the key over (or it was answered)."""
     cursor = db.execute(
-        _sql(
+        in_dialect(
             dialect,
             "UPDATE orderfsm_claims SET lease_until = %s"
             " WHERE key = %s AND attempt = %s AND state = 'running'",
