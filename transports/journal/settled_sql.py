@@ -111,6 +111,12 @@ _LAPSE_UNANSWERED = (
     " AND k.state <> 'answered')"
 )
 """The order is still expired and its lapse's call is owed: its mark waits for it."""
+_LAPSE_CLAIMED = (
+    "EXISTS (SELECT 1 FROM orderfsm_claims k WHERE k.key = 'settled:'"
+    " || CAST(orderfsm_orders.order_id AS TEXT) || ':" + _LAPSED.value + "')"
+)
+"""The lapse's call was judged owed (its claim, in any state): the sweep reads the
+order, and makes the call or, once it is answered, moves the mark past it."""
 
 
 def tell(db: Any, dialect: str, order_ids: Sequence[int]) -> None:
@@ -168,19 +174,22 @@ def owed(db: Any, dialect: str, after: int, limit: int) -> tuple[list[Owed], int
     call (an expired order's grace over, judged by an instance) is not a change but
     its claim: owed while that claim is not answered (its instance died in the call,
     or had no ``on_settled``), and made before a payment after it, which is then a
-    later call, as on the instance that made the first."""
+    later call, as on the instance that made the first.  Each kind of order is
+    limited to the page on its own, so neither index is read past the page."""
     ids = [
         int(r[0])
         for r in db.execute(
             in_dialect(
                 dialect,
-                f"SELECT order_id FROM orderfsm_orders WHERE {OWING}"
+                f"SELECT order_id FROM (SELECT order_id FROM orderfsm_orders WHERE {OWING}"
                 f" AND (status, until) IN ({SETTLING}) AND order_id > %s"
-                f" UNION SELECT order_id FROM orderfsm_orders WHERE {LAPSE_OWING}"
-                f" AND order_id > %s AND {_LAPSE_UNANSWERED.format(o='orderfsm_orders')}"
+                f" ORDER BY order_id LIMIT %s) AS settled"
+                f" UNION SELECT order_id FROM (SELECT order_id FROM orderfsm_orders"
+                f" WHERE {LAPSE_OWING} AND order_id > %s AND {_LAPSE_CLAIMED}"
+                f" ORDER BY order_id LIMIT %s) AS lapsed"
                 f" ORDER BY order_id LIMIT %s",
             ),
-            (after, after, limit),
+            (after, limit, after, limit, limit),
         ).fetchall()
     ]
     if not ids:
