@@ -2,9 +2,11 @@
 ``on_settled`` prints ``CALLED ORDER STATUS LATER`` and returns, or with ``--hang``
 prints it and never returns (the test SIGKILLs it mid-call).
 
-``python tests/settled_app.py JOURNAL [--hang] [--track ORDER]``: ``--track`` follows
-the order live (its calls then come from what this process applies, not only the
-sweep); prints ``READY`` once running.
+``python tests/settled_app.py JOURNAL [--hang] [--track ORDER] [--grace S] [--no-handler]``:
+``--track`` follows the order live (its calls then come from what this process
+applies, not only the sweep); ``--grace``, an expired order's grace in seconds;
+``--no-handler``, an instance of a mixed fleet that has no ``on_settled``.  Prints
+``READY`` once running.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import anyio
 
 from orderfsm.journal import JournalSettings
 from orderfsm.supervisor.fleet import Settled
+from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.supervisor.tracker import Tracker
 from transports.journal import open_journal
 
@@ -22,7 +25,7 @@ CLAIM_LEASE = 2.0
 """The journal's claim lease: how long a call the killed process held waits."""
 
 
-async def main(journal: str, hang: bool, track: int | None) -> None:
+async def main(journal: str, hang: bool, track: int | None, grace: float, handler: bool) -> None:
     async def on_settled(event: Settled) -> None:
         print("CALLED", event.order_id, event.status.value, event.later, flush=True)
         if hang:
@@ -36,8 +39,9 @@ async def main(journal: str, hang: bool, track: int | None) -> None:
             transports=("journal",),
             fetch_details=False,
             until="paid",
-            on_settled=on_settled,
+            on_settled=on_settled if handler else None,
             lease=0.5,
+            policy=DefaultPolicy(expired_grace=grace),
         ) as tracker,
     ):
         if track is not None:
@@ -51,5 +55,7 @@ if __name__ == "__main__":
     parser.add_argument("journal")
     parser.add_argument("--hang", action="store_true")
     parser.add_argument("--track", type=int)
+    parser.add_argument("--grace", type=float, default=600.0)
+    parser.add_argument("--no-handler", action="store_true")
     args = parser.parse_args()
-    anyio.run(main, args.journal, args.hang, args.track)
+    anyio.run(main, args.journal, args.hang, args.track, args.grace, not args.no_handler)

@@ -9,6 +9,9 @@ there is one per transaction, and none when nothing changed).
 from __future__ import annotations
 
 import itertools
+import logging
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,11 @@ from orderfsm import Status
 from orderfsm.core import GOALS, Verdict, verdict
 from orderfsm.errors import JournalUnavailable, WebhookError
 from orderfsm.journal.orders import OrderRow, adoptable, advance, leased, may_lease, settled_call
+from orderfsm.supervisor.tracker import Tracker
+from orderfsm.testing import eventually
 from transports.journal import JournalSettings, open_journal
+from transports.journal import order_leases as leases
+from transports.journal import order_reads as reads
 from transports.journal import orders as sql
 from transports.journal.order_log import OrderLog
 from transports.journal.orders import Note
@@ -72,7 +79,7 @@ async def test_the_sweep_finds_a_settlement_behind_many_orders_still_waiting(
         await log.track(5, D, "player-5")
         await log.record([note(5, P), note(5, D)])
         found, after = await SettledLog(log).owed(0, limit=10)
-    assert (found, after) == ([(5, D, P, D, False)], None)
+    assert (found, after) == ([(5, D, D, True, False)], None)
 
 
 @on_databases
@@ -94,11 +101,11 @@ async def test_the_sweep_finds_every_call_owed_not_only_the_current_status(
         for key in ("settled:3:done", "settled:4:paid"):
             record_answered(url, key)
         first, _ = await SettledLog(log).owed(0)
-        assert first == [(1, D, P, D, False), (2, C, P, D, False), (3, C, D, D, False)]
+        assert first == [(1, D, D, True, False), (2, C, D, False, False), (3, C, D, False, True)]
         record_answered(url, "settled:1:done")  # the next one only once it is made
         second, _ = await SettledLog(log).owed(0)
-    assert second == [(1, C, D, D, False), (2, C, P, D, False), (3, C, D, D, False)]
-    assert [settled_call(p, s, g) for _, s, p, g, _ in first + second] == [
+    assert second == [(1, C, D, False, True), (2, C, D, False, False), (3, C, D, False, True)]
+    assert [(succeeded, later) for *_, succeeded, later in first + second] == [
         (True, False), (False, False), (False, True), (False, True), (False, False), (False, True)
     ]  # fmt: skip
 
@@ -143,6 +150,15 @@ def test_each_change_alone_names_the_calls_an_instance_seeing_all_of_them_makes(
             judged.append((status, *call))
         current = status
     assert judged == seen
+
+
+def test_the_strictest_goal_is_derived_and_a_third_goal_fails_loudly() -> None:
+    """``track`` keeps the row's goal or the one given with a two-way ``CASE``: right
+    for ``paid`` and ``done`` only; a third goal must stop the import, not lose a goal."""
+    assert sql.strictest() is D
+    assert sql.strictest((D, P)) is D
+    with pytest.raises(RuntimeError, match="two nested goals"):
+        sql.strictest((P, D, C))
 
 
 @on_databases
@@ -302,6 +318,30 @@ async def listening(journal: Any) -> OrderLog:
     await log.track(1, D, None)
     assert (await log.wait_for_news(0.01, {1: 0})).everything
     return log
+
+
+@pytest.mark.parametrize(("query", "idle"), [("", 5), ("keepalives_idle=7", 7)])
+async def test_the_listening_connection_has_keepalives_ours_or_the_urls_own(
+    query: str, idle: int
+) -> None:
+    """An idle LISTEN sends nothing: without keepalives a connection that died silently
+    never fails (the kernel's default waits 2 hours).  Read from the kernel: ours, or
+    the value the URL sets for itself."""
+    url = postgres_server().url()
+    if query:
+        url += ("&" if "?" in url else "?") + query
+    async with open_journal(url) as journal:
+        listener = journal.store.listener()  # type: ignore[attr-defined]
+        try:
+            await listener.wait(0.01, None)  # the first wait connects
+            with socket.socket(fileno=os.dup(listener.fileno())) as sock:
+                got = [sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)] + [
+                    sock.getsockopt(socket.IPPROTO_TCP, option)
+                    for option in (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT)
+                ]
+        finally:
+            listener.close()
+    assert got == [1, idle, 2, 3]  # no fix: [1, 7200, 75, 9] (Linux's defaults)
 
 
 async def test_a_listener_whose_connection_dies_says_so_then_catches_up() -> None:
@@ -473,12 +513,12 @@ def test_the_sql_adoption_is_the_pure_decision(
     tracked_at = None if tracked_ago is None else now - tracked_ago
     row = OrderRow(9, status, 1, D, "p", tracking, owner, now + lease_left, 3, tracked_at)
     _insert(db, row)
-    taken = sql.adopt(db, "sqlite", asker, now, lease, 10)
+    taken = leases.adopt(db, "sqlite", asker, now, lease, 10)
     if adoptable(row, now, lease):
         assert taken == [leased(row, asker, now, lease)]
     else:
         assert taken == []
-        assert sql.orders(db, "sqlite", [9]) == {9: row}
+        assert reads.orders(db, "sqlite", [9]) == {9: row}
 
 
 @given(
@@ -504,18 +544,18 @@ def test_an_order_is_adopted_once_per_lease_and_never_from_a_live_owner(
     adopted: list[float] = []
     for pause, who, action in steps:
         now += pause
-        before = sql.orders(db, "sqlite", [9])[9]
+        before = reads.orders(db, "sqlite", [9])[9]
         if action == "adopt":
-            if sql.adopt(db, "sqlite", who, now, lease, 10):
+            if leases.adopt(db, "sqlite", who, now, lease, 10):
                 assert before.lease_until <= now and before.tracking
                 adopted.append(now)
         elif action == "renew":
-            sql.lease(db, "sqlite", [9], who, now, lease)
+            leases.lease(db, "sqlite", [9], who, now, lease)
         elif action == "untrack":
-            sql.untrack(db, "sqlite", [9], who)
+            leases.untrack(db, "sqlite", [9], who)
         else:
             sql.track(db, "sqlite", 9, D, "p", now)
-        after = sql.orders(db, "sqlite", [9])[9]
+        after = reads.orders(db, "sqlite", [9])[9]
         live = before.lease_until > now and before.owner is not None
         if live and after.owner != before.owner:
             assert after.owner is None  # only its owner gives a live lease up
@@ -581,7 +621,7 @@ def test_the_sql_lease_is_the_pure_decision(
         " lease_until, fence, updated_at) VALUES (9, ?, 1, 'done', ?, ?, ?, 3, 0)",
         (None if status is None else status.value, tracking, owner, now + lease_left),
     )
-    held = sql.lease(db, "sqlite", [9], asker, now, 30.0)
+    held = leases.lease(db, "sqlite", [9], asker, now, 30.0)
     if may_lease(row, asker, now):
         assert held == {9: leased(row, asker, now, 30.0).fence}
     else:
@@ -656,3 +696,56 @@ async def test_a_notification_that_is_not_ours_reads_everything_instead_of_faili
                 assert news.everything, payload[:10]
         finally:
             admin.close()
+
+
+async def test_changes_arrive_through_the_backstop_while_the_listener_keeps_dying(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every listening connection is ended as soon as it is seen (pg_terminate_backend):
+    a change still reaches the tracker, through the backstop read; the outage is logged
+    once, and the reconnects back off (a reconnect that is ended at once is no recovery:
+    about 7 in 7 s, not one every few milliseconds)."""
+    url = postgres_server().url()
+    caplog.set_level(logging.INFO, logger="orderfsm.fleet")
+    ended = 0
+    admin = connect(url)
+
+    def terminate() -> int:
+        return len(
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE query LIKE 'PREPARE orderfsm_changes_of%%' AND pid <> pg_backend_pid()"
+            ).fetchall()
+        )
+
+    async def kill_listeners(stop: anyio.Event) -> None:
+        nonlocal ended
+        while not stop.is_set():
+            ended += await anyio.to_thread.run_sync(terminate)
+            with anyio.move_on_after(0.01):  # the fault's cadence, not a wait for a result
+                await stop.wait()
+
+    try:
+        async with (
+            Tracker(
+                project_id=1, journal=url, transports=("journal",), fetch_details=False,
+                until="paid",
+            ) as tracker,
+            anyio.create_task_group() as tg,
+        ):  # fmt: skip
+            tracker.track(1)
+            stop = anyio.Event()
+            tg.start_soon(kill_listeners, stop)
+            await eventually(lambda: ended >= 2, timeout=10)
+            start, before = anyio.current_time(), ended
+            async with open_journal(url) as receivers:
+                await OrderLog(receivers).record([note(1, P)])
+            await eventually(lambda: tracker.status(1) is P, timeout=10)
+            await eventually(lambda: anyio.current_time() > start + 7, timeout=10)
+            reconnects = ended - before
+            stop.set()
+    finally:
+        admin.close()
+    outages = [r for r in caplog.records if "wake-ups unavailable" in r.getMessage()]
+    assert len(outages) == 1, [r.getMessage() for r in outages]
+    assert 2 <= reconnects <= 10, reconnects  # no fix: one per kill, about every 0.1 s

@@ -24,7 +24,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from support_journal import connect, mark, on_databases, url_for
 
 from orderfsm import Status
-from orderfsm.journal import Answer, ClaimState, JournalSettings, NewDelivery
+from orderfsm.journal import SCHEMA_VERSION, Answer, ClaimState, JournalSettings, NewDelivery
 from orderfsm.journal.orders import settled_key
 from orderfsm.supervisor.fleet import FleetLink, Settled
 from orderfsm.supervisor.tracker import Tracker
@@ -287,7 +287,7 @@ async def test_a_payment_after_the_expired_call_is_a_later_call_for_the_sweep_to
             await log.record([Note(4, status, "webhook", time.time())])
         claim_row(url, settled_key(3, E), "answered", 0)
         found, _ = await SettledLog(log).owed(0)
-    assert found == [(3, P, E, P, True), (4, P, E, P, False)]
+    assert found == [(3, P, P, True, True), (4, P, P, True, False)]
 
 
 def _version_2_journal(url: str, rows: list[tuple[int, float]]) -> None:
@@ -331,7 +331,7 @@ async def test_a_version_2_journal_is_migrated_without_repeating_old_calls(
         found, _ = await SettledLog(OrderLog(journal)).owed(0)
     db = connect(url)
     try:
-        assert db.execute("SELECT version FROM orderfsm_schema").fetchall() == [(3,)]
+        assert db.execute("SELECT version FROM orderfsm_schema").fetchall() == [(SCHEMA_VERSION,)]
     finally:
         db.close()
     assert [order_id for order_id, *_ in found] == [3]
@@ -381,3 +381,61 @@ async def test_an_instance_killed_mid_call_holds_up_the_refund_call_not_the_deli
     finally:
         live.kill()
         await live.wait()
+
+
+async def _killed(process: Process) -> None:
+    process.kill()
+    await process.wait()
+
+
+@on_databases
+async def test_a_payment_after_an_expired_call_its_instance_died_in_is_told_after_that_call(
+    backend: str, tmp_path: Path
+) -> None:
+    """Real processes: A follows order 3, which expires; A's grace (0.3 s) ends and A is
+    SIGKILLed inside the expired call.  The order is then paid.  B, which does not
+    follow the order, finds both calls with its sweep: the expired call first (A's claim
+    never answered), then the payment as a later call, each once."""
+    url = url_for(backend, tmp_path)
+    dying, reader = await _app(url, "--hang", "--track", "3", "--grace", "0.3")
+    try:
+        await _line(reader, "READY")
+        await record(url, (3, N))
+        await record(url, (3, E))
+        assert (await _line(reader, "CALLED")).split() == ["CALLED", "3", "expired", "False"]
+    finally:
+        await _killed(dying)
+    await record(url, (3, P))
+    live, reader = await _app(url)
+    try:
+        calls = [(await _line(reader, "CALLED")).split()[1:] for _ in range(2)]
+        assert calls == [["3", "expired", "False"], ["3", "paid", "True"]]  # no fix: paid False
+        await eventually(lambda: told(url, 3) == (3, 3), timeout=30)
+    finally:
+        await _killed(live)
+    async with open_journal(url) as journal:
+        assert await answered(journal, settled_key(3, E))
+        assert await answered(journal, settled_key(3, P))
+
+
+@on_databases
+async def test_an_expired_call_owed_by_an_instance_without_on_settled_is_made_by_one_with_it(
+    backend: str, tmp_path: Path
+) -> None:
+    """A mixed fleet: A has no ``on_settled`` and follows order 4, which expires and
+    stays expired through A's grace; B has the handler and does not follow the order.
+    B makes the expired call, once, whichever instance saw the lapse."""
+    url = url_for(backend, tmp_path)
+    plain, _ = await _app(url, "--no-handler", "--track", "4", "--grace", "0.3")
+    live, reader = await _app(url)
+    try:
+        await record(url, (4, N))
+        await record(url, (4, E))
+        line = await _line(reader, "CALLED")  # no fix: never
+        assert line.split() == ["CALLED", "4", "expired", "False"]
+        await eventually(lambda: told(url, 4) == (2, 2), timeout=30)
+    finally:
+        await _killed(plain)
+        await _killed(live)
+    async with open_journal(url) as journal:
+        assert await answered(journal, settled_key(4, E))

@@ -154,10 +154,14 @@ class FleetLink(CallsOnSettled):
         """The order settled here, or was given up (untracked, timed out): no one needs
         to resume it.  (A closing tracker leaves its orders to be resumed.)"""
         settled = order.settled
-        if self.calls_settled and settled is not None and not settled.settled:
-            self._lapsed_calls.add(order.order_id)  # untracked once the call is recorded
-            self._settle(order, settled)  # expired, settled by its grace
-            return
+        if settled is not None and not settled.settled:
+            # Expired, settled by its grace: its call is owed (its claim, for any
+            # instance's sweep: this one may die first, or have no on_settled).
+            self._queue(("lapse", order.order_id))
+            if self.calls_settled:
+                self._lapsed_calls.add(order.order_id)  # untracked once the call is recorded
+                self._settle(order, settled)
+                return
         self._queue(("untrack", order.order_id))
 
     def forget(self, order_id: int) -> None:
@@ -252,19 +256,22 @@ class FleetLink(CallsOnSettled):
                 tracks = [item[1:] for item in batch if item[0] == "track" == last[item[1]]]
                 past = {item[1]: 0 for item in batch if item[0] == "catch-up"}
                 if tracks:
-                    rows = await self._written("track", log.track_many, tracks)
+                    rows = await self._write_or_drop_refused("track", log.track_many, tracks)
                     past.update({row.order_id: 0 for row in rows if row.version})
                     self._lease_now.set()  # a lease asked before the row existed took nothing
                 if past:
                     await self._catch_up(past)
                 notes = [Note(*item[1:]) for item in batch if item[0] == "note"]
                 if notes:
-                    await self._written("record", log.record, notes)
+                    await self._write_or_drop_refused("record", log.record, notes)
+                lapses = [item[1] for item in batch if item[0] == "lapse"]
+                if lapses:
+                    await self._write_or_drop_refused("owe", self.settled_log.owe_lapses, lapses)
                 done = [item[1] for item in batch if item[0] == "untrack" == last[item[1]]]
                 if done:
-                    await self._written("untrack", log.untrack, done)
+                    await self._write_or_drop_refused("untrack", log.untrack, done)
 
-    async def _written(
+    async def _write_or_drop_refused(
         self, what: str, write: Callable[[list[T]], Awaitable[list[R] | None]], items: list[T]
     ) -> list[R]:
         """``write(items)``, retried through outages; what the database refuses (a value
@@ -285,7 +292,7 @@ class FleetLink(CallsOnSettled):
                 return []
         written: list[R] = []
         for item in items:
-            written.extend(await self._written(what, write, [item]))
+            written.extend(await self._write_or_drop_refused(what, write, [item]))
         return written
 
     async def _gather_untracks(self) -> None:
@@ -299,9 +306,13 @@ class FleetLink(CallsOnSettled):
 
         The wake-ups' connection failing (even for good: a connection limit, say)
         leaves the backstop: everything is read through the pool after each pause.
-        An outage is logged once, and the pauses double up to the backstop.
+        An outage is logged once, and the pauses double up to the backstop.  A
+        new connection is not a recovery until a wait on it has ended well: one
+        ended as soon as it is made (a proxy, a ``pg_terminate_backend`` loop)
+        would otherwise reconnect and log every tenth of a second.
         """
         everything = True
+        reconnecting = False
         delay = BACKOFF_MIN
         while True:
             news: News | None = None
@@ -309,11 +320,11 @@ class FleetLink(CallsOnSettled):
                 news = await self.log.wait_for_news(self.backstop, self.cursors)
             except OrderFsmError as exc:
                 delay = await self._pause(delay, "journal wake-ups unavailable", exc)
-                everything = True
+                everything = reconnecting = True
             full = everything or news is None or news.everything
             if news is not None and news.changes is not None and not full:
                 self._apply(news.changes)  # read with the wake-up, on its connection
-                delay = self._back(delay)
+                delay, reconnecting = self._back(delay), False
                 continue
             if news is not None and news.order_ids is not None and not full:
                 targets = {i: self.cursors[i] for i in news.order_ids if i in self.cursors}
@@ -333,7 +344,10 @@ class FleetLink(CallsOnSettled):
                     continue
                 self._apply(changes)
             if news is not None:
-                delay = self._back(delay)
+                if reconnecting and news.everything:
+                    reconnecting = False  # connected again; back once a wait on it ends well
+                else:
+                    delay = self._back(delay)
                 everything = False
 
     async def _pause(self, delay: float, what: str, exc: OrderFsmError) -> float:

@@ -27,7 +27,7 @@ from anyio.abc import TaskGroup
 from orderfsm.core import LAPSED_STATUSES, Status, Verdict, verdict
 from orderfsm.errors import OrderFsmError
 from orderfsm.journal import Answer
-from orderfsm.journal.orders import settled_call, settled_key
+from orderfsm.journal.orders import settled_key
 
 if TYPE_CHECKING:
     from orderfsm.supervisor.order import TrackedOrder
@@ -273,14 +273,8 @@ class CallsOnSettled:
             except OrderFsmError as exc:
                 logger.warning("journal unavailable (settled sweep): %s", exc)
                 found, starting = [], False
-            for order_id, status, previous, until, lapse_told in found:
-                call = settled_call(previous, status, until)
-                assert call is not None  # the SQL reads only changes that call
-                succeeded, later = call
-                # After an expired order's call (a lapse: not a change in the journal),
-                # its payment is a later call, as on the instance that made the first.
-                event = Settled(order_id, status, until, succeeded, later or lapse_told)
-                self._settled.append(event)
+            for order_id, status, until, succeeded, later in found:
+                self._settled.append(Settled(order_id, status, until, succeeded, later))
             if found:
                 self._settled_news.set()
             self.sweeps += 1

@@ -27,6 +27,7 @@ from orderfsm.journal import (
     decisions,
 )
 from transports.journal.orders import Note
+from transports.journal.settled_sql import lapse_migration
 from transports.journal.settled_sql import migration as settled_migration
 
 T = TypeVar("T")
@@ -366,13 +367,15 @@ def migrations(dialect: str) -> dict[int, list[str]]:
 
     Version 1: claims and deliveries (the webhook inbox); version 2: orders and
     their changes (the fleet tracker); version 3: how far each order's ``on_settled``
-    calls were made (:mod:`transports.journal.settled_sql`).
+    calls were made (:mod:`transports.journal.settled_sql`); version 4: the index of
+    the expired calls owed.
     """
     types = _TYPES[dialect]
     return {
         1: [statement.format(**types) for statement in _SCHEMA],
         2: [statement.format(**types) for statement in _ORDERS],
         3: settled_migration(dialect),
+        4: lapse_migration(dialect),
     }
 
 

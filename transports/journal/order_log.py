@@ -22,6 +22,8 @@ import attrs
 from orderfsm.core import Status
 from orderfsm.errors import JournalError
 from orderfsm.journal.orders import ChangeRow, OrderRow
+from transports.journal import order_leases as leases
+from transports.journal import order_reads as reads
 from transports.journal import orders as sql
 from transports.journal.base import SqlStore
 from transports.journal.journal import Journal
@@ -99,27 +101,27 @@ class OrderLog:
 
     async def untrack(self, order_ids: Sequence[int]) -> None:
         work = functools.partial(
-            sql.untrack, dialect=self.dialect, order_ids=order_ids, owner=self.owner
+            leases.untrack, dialect=self.dialect, order_ids=order_ids, owner=self.owner
         )
         await self.journal._call(self._store.write, work, self._deadline())
 
     async def want(self, order_ids: Sequence[int]) -> None:
         work = functools.partial(
-            sql.want, dialect=self.dialect, order_ids=order_ids, now=time.time()
+            leases.want, dialect=self.dialect, order_ids=order_ids, now=time.time()
         )
         await self.journal._call(self._store.write, work, self._deadline())
 
     async def lease(self, order_ids: Sequence[int], seconds: float) -> dict[int, int]:
         work = functools.partial(
-            sql.lease, dialect=self.dialect, order_ids=order_ids, owner=self.owner,
+            leases.lease, dialect=self.dialect, order_ids=order_ids, owner=self.owner,
             now=time.time(), seconds=seconds,
         )  # fmt: skip
         return await self.journal._call(self._store.write, work, self._deadline())
 
     async def adopt(self, seconds: float, limit: int) -> list[OrderRow]:
-        """Take over up to ``limit`` orders whose owner is gone (see :func:`sql.adopt`)."""
+        """Take over up to ``limit`` orders whose owner is gone (see :func:`leases.adopt`)."""
         work = functools.partial(
-            sql.adopt, dialect=self.dialect, owner=self.owner, now=time.time(),
+            leases.adopt, dialect=self.dialect, owner=self.owner, now=time.time(),
             seconds=seconds, limit=limit,
         )  # fmt: skip
         return await self.journal._call(self._store.write, work, self._deadline())
@@ -127,11 +129,11 @@ class OrderLog:
     # --- reads --------------------------------------------------------------------
 
     async def orders(self, order_ids: Sequence[int]) -> dict[int, OrderRow]:
-        work = functools.partial(sql.orders, dialect=self.dialect, order_ids=order_ids)
+        work = functools.partial(reads.orders, dialect=self.dialect, order_ids=order_ids)
         return await self.journal._call(self._store.read, work, self._deadline())
 
     async def tracking(self, limit: int = 100_000) -> list[OrderRow]:
-        work = functools.partial(sql.tracking, dialect=self.dialect, limit=limit)
+        work = functools.partial(reads.tracking, dialect=self.dialect, limit=limit)
         return await self.journal._call(self._store.read, work, self._deadline())
 
     async def changes(self, cursors: Mapping[int, int], everything: bool) -> list[ChangeRow]:
@@ -144,19 +146,19 @@ class OrderLog:
         if self.dialect == "sqlite" and not everything and self._seq is not None:
             # Only news since the last read: an order followed since then is caught up
             # by itself (``everything``), not here.
-            since = functools.partial(sql.changes_since, after_seq=self._seq)
+            since = functools.partial(reads.changes_since, after_seq=self._seq)
             found, self._seq = await self.journal._call(self._store.read, since, self._deadline())
             return [c for c in found if c.order_id in cursors and c.version > cursors[c.order_id]]
         if self.dialect == "sqlite":
             # The mark first: a commit in between is read twice (the cursors drop it),
             # never skipped.
-            self._seq = await self.journal._call(self._store.read, sql.last_seq, self._deadline())
+            self._seq = await self.journal._call(self._store.read, reads.last_seq, self._deadline())
         return await self.catch_up(cursors)
 
     async def catch_up(self, cursors: Mapping[int, int]) -> list[ChangeRow]:
         """These orders' changes past their cursors, read per order (a newly followed
         order's past: wake-ups only tell of news)."""
-        work = functools.partial(sql.changes_after, dialect=self.dialect, cursors=dict(cursors))
+        work = functools.partial(reads.changes_after, dialect=self.dialect, cursors=dict(cursors))
         return await self.journal._call(self._store.read, work, self._deadline())
 
     def stop_listening(self) -> None:
@@ -191,7 +193,7 @@ class OrderLog:
         if cursors is not None and seen is not None and self._seq is not None:
             # The news since the last read, read by the watching thread as soon as it
             # sees the commit (see ``changes``).
-            then = functools.partial(sql.changes_since, after_seq=self._seq)
+            then = functools.partial(reads.changes_since, after_seq=self._seq)
         found: tuple[list[ChangeRow], int] | None
         self._data_version, found = await anyio.to_thread.run_sync(
             wait, seen, within, then, limiter=self._waiter, abandon_on_cancel=True

@@ -9,17 +9,29 @@ and announced in the same transaction: PostgreSQL NOTIFYs once per
 transaction, only when something changed, with the order ids as the payload
 (a hint: the listener reads the rows); SQLite's readers notice a commit by
 ``PRAGMA data_version``.
+
+The writes; the leases are :mod:`~transports.journal.order_leases`'s, the reads
+:mod:`~transports.journal.order_reads`'s, the rows' shared SQL
+:mod:`~transports.journal.order_rows`'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
 from orderfsm.core import GOALS, Status, verdict
 from orderfsm.journal.orders import ChangeRow, OrderRow, advance
+from transports.journal.order_rows import (
+    CHANGE_COLUMNS,
+    ORDER_COLUMNS,
+    SETTLING,
+    in_dialect,
+    order_from_row,
+    settled_statuses,
+)
 
 CHANNEL = "orderfsm_orders"
 """The PostgreSQL notification channel's prefix; the database schema's name follows,
@@ -27,13 +39,6 @@ since a channel is shared by every schema of a database."""
 NOTIFY_LIMIT = 7000
 """Bytes of order ids in one NOTIFY payload (PostgreSQL allows 8,000); past it the
 payload is empty, meaning "read everything you follow"."""
-CHUNK = 500
-"""Order ids per statement when a list is long."""
-
-ORDER_COLUMNS = (
-    "order_id, status, version, until, user_id, tracking, owner, lease_until, fence, tracked_at"
-)
-CHANGE_COLUMNS = "order_id, version, status, previous, source, at"
 
 
 @attrs.frozen
@@ -47,55 +52,23 @@ class Note:
     """Wall-clock seconds."""
 
 
-def _sql(dialect: str, text: str) -> str:
-    return text if dialect == "postgresql" else text.replace("%s", "?")
+def strictest(goals: Sequence[Status] = GOALS) -> Status:
+    """The goal that settles later than every other (``done``: what settles it settles
+    ``paid`` too).  :data:`_STRICTER` is right for two goals only (the row's, or the
+    other one): a third goal, or two that do not nest, fails here at import, not as
+    a goal quietly lost in a row."""
+    wrong = RuntimeError(f"_STRICTER handles two nested goals, not {[g.value for g in goals]}")
+    if len(goals) != 2:
+        raise wrong
+    settling = {goal: set(settled_statuses(goal)) for goal in goals}
+    found = [g for g in goals if all(settling[g] <= settling[other] for other in goals)]
+    if len(found) != 1:
+        raise wrong
+    return found[0]
 
 
-def _settled_statuses(until: Status) -> list[str]:
-    return [s.value for s in Status if verdict(s, until).settled]
-
-
-_SETTLING = ", ".join(
-    f"('{status}', '{goal.value}')" for goal in GOALS for status in _settled_statuses(goal)
-)
-"""(status, goal) pairs that settle an order, for SQL: from the core's own verdicts."""
-
-_STRICTEST = max(GOALS, key=lambda goal: sum(not verdict(s, goal).settled for s in Status))
-_STRICTER = f"(CASE WHEN until = '{_STRICTEST.value}' THEN until ELSE %s END)"
-"""The row's goal or the one given, whichever settles later (two goals: ``done`` wins)."""
-
-
-def order_from_row(row: Sequence[Any]) -> OrderRow:
-    order_id, status, version, until, user_id, tracking, owner, lease_until, fence, tracked = row
-    return OrderRow(
-        int(order_id),
-        None if status is None else Status(status),
-        int(version),
-        Status(until),
-        user_id,
-        bool(tracking),
-        owner,
-        float(lease_until),
-        int(fence),
-        None if tracked is None else float(tracked),
-    )
-
-
-def change_from_row(row: Sequence[Any]) -> ChangeRow:
-    order_id, version, status, previous, source, at = row
-    before = None if previous is None else Status(previous)
-    return ChangeRow(int(order_id), int(version), Status(status), before, source, float(at))
-
-
-def _chunks(ids: Sequence[int]) -> Iterable[Sequence[int]]:
-    """In ascending order: rows are locked in order id order everywhere (see track_many)."""
-    ids = sorted(ids)
-    for start in range(0, len(ids), CHUNK):
-        yield ids[start : start + CHUNK]
-
-
-def _marks(count: int, dialect: str) -> str:
-    return ", ".join(["?" if dialect == "sqlite" else "%s"] * count)
+_STRICTER = f"(CASE WHEN until = '{strictest().value}' THEN until ELSE %s END)"
+"""The row's goal or the one given, whichever settles later (``done`` over ``paid``)."""
 
 
 # --- writes ----------------------------------------------------------------------------
@@ -114,7 +87,7 @@ def track(
     last tracker's goal winning, and the order followed by nobody).
     """
     db.execute(
-        _sql(
+        in_dialect(
             dialect,
             "INSERT INTO orderfsm_orders (order_id, status, version, until, user_id, tracking,"
             " tracked_at, owner, lease_until, fence, updated_at)"
@@ -124,16 +97,16 @@ def track(
         (order_id, until.value, user_id, True, now, now),
     )
     db.execute(
-        _sql(
+        in_dialect(
             dialect,
             f"UPDATE orderfsm_orders SET until = {_STRICTER}, user_id = coalesce(%s, user_id),"
-            f" tracking = (status IS NULL OR (status, {_STRICTER}) NOT IN ({_SETTLING})),"
+            f" tracking = (status IS NULL OR (status, {_STRICTER}) NOT IN ({SETTLING})),"
             f" tracked_at = %s, updated_at = %s WHERE order_id = %s",
         ),
         (until.value, user_id, until.value, now, now, order_id),
     )
     row = db.execute(
-        _sql(dialect, f"SELECT {ORDER_COLUMNS} FROM orderfsm_orders WHERE order_id = %s"),
+        in_dialect(dialect, f"SELECT {ORDER_COLUMNS} FROM orderfsm_orders WHERE order_id = %s"),
         (order_id,),
     ).fetchone()
     return order_from_row(row)
@@ -234,7 +207,7 @@ def _lock(db: Any, dialect: str, order_id: int, now: float) -> _Pending:
     """Make the row if the order is new, lock it and read it, in one statement: the
     no-op update on conflict takes the row lock as ``FOR UPDATE`` would."""
     status, version, until = db.execute(
-        _sql(
+        in_dialect(
             dialect,
             "INSERT INTO orderfsm_orders (order_id, status, version, until, tracking,"
             " lease_until, fence, updated_at) VALUES (%s, NULL, 0, %s, %s, 0, 0, %s)"
@@ -328,7 +301,7 @@ def _write(
     """SQLite: the changes and the rows, a statement each (its readers need no NOTIFY)."""
     for c in changes:
         db.execute(
-            _sql(
+            in_dialect(
                 dialect,
                 f"INSERT INTO orderfsm_changes ({CHANGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
             ),
@@ -343,171 +316,10 @@ def _write(
         )
     for r in rows:
         db.execute(
-            _sql(
+            in_dialect(
                 dialect,
                 "UPDATE orderfsm_orders SET status = %s, version = %s,"
                 " tracking = (tracking AND %s), updated_at = %s WHERE order_id = %s",
             ),
             (r.status.value if r.status else None, r.version, r.keep_tracking, now, r.order_id),
         )
-
-
-def untrack(db: Any, dialect: str, order_ids: Sequence[int], owner: str) -> None:
-    """Nobody needs to resume these any more (settled, or given up); drop ``owner``'s lease."""
-    for chunk in _chunks(order_ids):
-        marks = _marks(len(chunk), dialect)
-        db.execute(
-            _sql(
-                dialect,
-                f"UPDATE orderfsm_orders SET tracking = %s,"
-                f" owner = CASE WHEN owner = %s THEN NULL ELSE owner END,"
-                f" lease_until = CASE WHEN owner = %s THEN 0 ELSE lease_until END"
-                f" WHERE order_id IN ({marks})",
-            ),
-            (False, owner, owner, *chunk),
-        )
-
-
-def want(db: Any, dialect: str, order_ids: Sequence[int], now: float) -> None:
-    """Mark tracked again the orders an instance still waits on that another instance's
-    :func:`untrack` marked not tracked: an instance that follows only the journal
-    holds no lease, and adoption (so Xsolla's following) needs the mark.  The mark's
-    time is new, so the order is adopted a lease later, as a newly tracked one."""
-    for chunk in _chunks(order_ids):
-        db.execute(
-            _sql(
-                dialect,
-                f"UPDATE orderfsm_orders SET tracking = %s, tracked_at = %s"
-                f" WHERE order_id IN ({_marks(len(chunk), dialect)}) AND NOT tracking"
-                f" AND (status IS NULL OR (status, until) NOT IN ({_SETTLING}))",
-            ),
-            (True, now, *chunk),
-        )
-
-
-def lease(
-    db: Any, dialect: str, order_ids: Sequence[int], owner: str, now: float, seconds: float
-) -> dict[int, int]:
-    """Take or renew the lease on each order that :func:`~orderfsm.journal.orders.may_lease`
-    allows; the orders ``owner`` holds now, with their fences."""
-    held: dict[int, int] = {}
-    for goal in GOALS:
-        settled = _settled_statuses(goal)
-        for chunk in _chunks(order_ids):
-            rows = db.execute(
-                _sql(
-                    dialect,
-                    f"UPDATE orderfsm_orders SET"
-                    f" fence = CASE WHEN owner = %s AND lease_until > %s THEN fence"
-                    f" ELSE fence + 1 END,"
-                    f" owner = %s, lease_until = %s, tracking = %s"
-                    f" WHERE order_id IN ({_marks(len(chunk), dialect)}) AND until = %s"
-                    f" AND (status IS NULL"
-                    f" OR status NOT IN ({_marks(len(settled), dialect)}))"
-                    f" AND (owner IS NULL OR owner = %s OR lease_until <= %s)"
-                    f" RETURNING order_id, fence",
-                ),
-                (owner, now, owner, now + seconds, True, *chunk, goal.value, *settled, owner, now),
-            ).fetchall()
-            held.update((int(order_id), int(fence)) for order_id, fence in rows)
-    return held
-
-
-def adopt(
-    db: Any, dialect: str, owner: str, now: float, seconds: float, limit: int
-) -> list[OrderRow]:
-    """Take the lease of up to ``limit`` orders nobody follows any more
-    (:func:`~orderfsm.journal.orders.adoptable`), with a new fence; the rows taken.
-
-    One statement, through the ``tracking`` index (an index on ``lease_until``
-    would make every lease renewal a non-HOT update on PostgreSQL: measured 40%
-    slower renewals against 7.7 ms for this read over 100,000 tracked orders).
-    PostgreSQL skips rows another adopter has locked; SQLite's writers take turns.
-    """
-    orphan = (
-        f"tracking = %s AND lease_until <= %s"
-        f" AND (status IS NULL OR (status, until) NOT IN ({_SETTLING}))"
-        f" AND (owner IS NOT NULL OR tracked_at <= %s)"
-    )
-    skip = " FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
-    rows = db.execute(
-        _sql(
-            dialect,
-            f"UPDATE orderfsm_orders SET fence = fence + 1, owner = %s, lease_until = %s"
-            f" WHERE order_id IN (SELECT order_id FROM orderfsm_orders WHERE {orphan}"
-            f" ORDER BY lease_until LIMIT %s{skip}) AND {orphan}"
-            f" RETURNING {ORDER_COLUMNS}",
-        ),
-        (owner, now + seconds, True, now, now - seconds, limit, True, now, now - seconds),
-    ).fetchall()
-    return [order_from_row(r) for r in rows]
-
-
-# --- reads -----------------------------------------------------------------------------
-
-
-def orders(db: Any, dialect: str, order_ids: Sequence[int]) -> dict[int, OrderRow]:
-    found: dict[int, OrderRow] = {}
-    for chunk in _chunks(order_ids):
-        rows = db.execute(
-            _sql(
-                dialect,
-                f"SELECT {ORDER_COLUMNS} FROM orderfsm_orders"
-                f" WHERE order_id IN ({_marks(len(chunk), dialect)})",
-            ),
-            tuple(chunk),
-        ).fetchall()
-        found.update((int(r[0]), order_from_row(r)) for r in rows)
-    return found
-
-
-def tracking(db: Any, dialect: str, limit: int) -> list[OrderRow]:
-    """Orders some instance was following and that have not settled: to resume."""
-    rows = db.execute(
-        _sql(
-            dialect,
-            f"SELECT {ORDER_COLUMNS} FROM orderfsm_orders WHERE tracking"
-            f" ORDER BY order_id LIMIT %s",
-        ),
-        (limit,),
-    ).fetchall()
-    return [order_from_row(r) for r in rows]
-
-
-def changes_after(db: Any, dialect: str, cursors: Mapping[int, int]) -> list[ChangeRow]:
-    """Every change past each order's cursor (its last version applied), in order."""
-    found: list[ChangeRow] = []
-    ids = sorted(cursors)
-    for chunk in _chunks(ids):
-        low = min(cursors[i] for i in chunk)
-        rows = db.execute(
-            _sql(
-                dialect,
-                f"SELECT {CHANGE_COLUMNS} FROM orderfsm_changes"
-                f" WHERE order_id IN ({_marks(len(chunk), dialect)}) AND version > %s"
-                f" ORDER BY order_id, version",
-            ),
-            (*chunk, low),
-        ).fetchall()
-        found += [c for c in map(change_from_row, rows) if c.version > cursors[c.order_id]]
-    return found
-
-
-def changes_since(db: Any, after_seq: int) -> tuple[list[ChangeRow], int]:
-    """SQLite only: changes committed after ``after_seq``, and the new mark.
-
-    Safe there because writers take turns: a row's ``seq`` is given and
-    committed before the next writer begins, so no later commit can land
-    behind the mark.  PostgreSQL's writers overlap: there, read per order.
-    """
-    rows = db.execute(
-        f"SELECT seq, {CHANGE_COLUMNS} FROM orderfsm_changes WHERE seq > ? ORDER BY seq",
-        (after_seq,),
-    ).fetchall()
-    mark = int(rows[-1][0]) if rows else after_seq
-    return [change_from_row(r[1:]) for r in rows], mark
-
-
-def last_seq(db: Any) -> int:
-    row = db.execute("SELECT coalesce(max(seq), 0) FROM orderfsm_changes").fetchone()
-    return int(row[0])

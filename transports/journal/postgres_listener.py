@@ -12,10 +12,17 @@ tracker's CPU per delivery and a tail that grew with the machine's load.
 Connecting is blocking and rare (the first wait, after a failure): a worker
 thread does it.  Only the read of a notification's orders runs here; the
 reads of every followed order (a reconnect, the backstop) use the pool.
+
+The connection sets TCP keepalives: an idle LISTEN sends nothing, so a
+connection that died silently (a host gone, a NAT's or a firewall's table
+flushed) would otherwise never fail, and its tracker would hear the others
+only through the backstop read, for good.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -42,6 +49,49 @@ READ_SQL = (
     " JOIN orderfsm_changes c ON c.order_id = k.order_id AND c.version > k.after"
     " ORDER BY c.order_id, c.version"
 )
+
+
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+"""libpq's keepalive settings for the listening connection, each unless the URL sets
+its own: a dead connection is noticed after about 11 s of silence (5 s, then 3
+probes 2 s apart) and the listener reconnects and catches up; the backstop read
+covers that while.  Each probe is a few bytes, one connection per tracker."""
+_SOCKET_OPTIONS = (
+    ("keepalives_idle", "TCP_KEEPIDLE"),
+    ("keepalives_interval", "TCP_KEEPINTVL"),
+    ("keepalives_count", "TCP_KEEPCNT"),
+)
+
+
+def keepalives(connection: psycopg.Connection[Any]) -> dict[str, int]:
+    """:data:`KEEPALIVES`, with the values the connection's own URL set instead."""
+    given = {o.keyword.decode(): o.val for o in connection.pgconn.info}
+    return {
+        key: default if given.get(key) is None else int(given[key] or b"0")
+        for key, default in KEEPALIVES.items()
+    }
+
+
+def keep_alive(connection: psycopg.Connection[Any]) -> None:
+    """Set :func:`keepalives` on the connection's socket, as libpq does at connect for
+    the settings a URL gives (a Unix socket has none: left alone)."""
+    chosen = keepalives(connection)
+    # A duplicate of libpq's descriptor: the same socket, closed here without closing it.
+    with socket.socket(fileno=os.dup(connection.pgconn.socket)) as sock:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1 if chosen["keepalives"] else 0)
+        if not chosen["keepalives"]:
+            return
+        for key, name in _SOCKET_OPTIONS:
+            option = getattr(socket, name, None)
+            if option is not None:  # not on every platform (macOS names the first otherwise)
+                sock.setsockopt(socket.IPPROTO_TCP, option, chosen[key])
 
 
 @attrs.frozen
@@ -91,6 +141,12 @@ class PostgresListener:
         if not self._in_use:
             self._drop()
 
+    def fileno(self) -> int | None:
+        """The listening connection's socket (``None`` while it has none): to see the
+        keepalives the kernel holds for it."""
+        connection = self._connection
+        return None if connection is None else int(connection.pgconn.socket)
+
     def _drop(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
@@ -99,6 +155,7 @@ class PostgresListener:
     def _open(self) -> psycopg.Connection[Any]:
         connection: psycopg.Connection[Any] = self._connect()
         try:
+            keep_alive(connection)
             connection.execute(f"LISTEN {self.channel}")
             connection.execute(READ_SQL)
         except BaseException:

@@ -29,6 +29,14 @@ class SettledLog:
         work = functools.partial(sql.owed, dialect=self.dialect, after=after, limit=limit)
         return await self.journal._call(self._store.write, work, self._deadline())
 
+    async def owe_lapses(self, order_ids: list[int]) -> None:
+        """These orders' lapse calls are owed (their grace is over): for the sweeps."""
+        work = functools.partial(
+            sql.owe_lapses, dialect=self.dialect, order_ids=order_ids,
+            owner=self.journal.sync.owner, now=time.time(),
+        )  # fmt: skip
+        await self.journal._call(self._store.write, work, self._deadline())
+
     async def tell(self, order_id: int) -> None:
         """The order's calls recorded so far: move its mark past them."""
         work = functools.partial(sql.tell, dialect=self.dialect, order_ids=[order_id])

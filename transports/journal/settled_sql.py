@@ -10,6 +10,15 @@ never judged owed again (review bug 8), and the sweep needs no time window
 (bug 9).  The mark moves only over calls recorded in order, so a delivery
 whose call was lost is still owed after its refund's call (bug 1).
 
+A claim answered above the mark and then pruned would be owed again; it cannot
+last that long: calls are made in order (so an answered claim sits above an
+unanswered one only while that lower call is retried), each recorded call
+moves the mark at once, and every sweep page moves the marks of the orders it
+reads, all of them each round (1,000 orders a lease period: a round is hours
+even at millions owed, the retention 14 days).  Only a fleet without any
+instance with ``on_settled`` for the whole retention, after a failed mark,
+would repeat a call.
+
 Each function is one unit of work on a DB-API connection inside a transaction
 the store opened, as in :mod:`transports.journal.orders`.
 """
@@ -20,7 +29,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from orderfsm.core import GOALS, LAPSED_STATUSES, Status, verdict
-from orderfsm.journal.orders import advance, settled_call
+from orderfsm.journal.orders import advance, settled_call, settled_key
+from transports.journal.order_rows import SETTLING, in_dialect, marks
 
 _CALLING = ", ".join(
     f"('{status}', '{'' if previous is None else previous.value}', '{goal.value}')"
@@ -30,12 +40,6 @@ _CALLING = ", ".join(
     if advance(previous, status) is not None and settled_call(previous, status, goal)
 )
 """(status, previous or '', goal) of the changes ``on_settled`` is called for, for SQL."""
-
-_SETTLING = ", ".join(
-    f"('{s.value}', '{goal.value}')" for goal in GOALS for s in Status if verdict(s, goal).settled
-)
-"""(status, goal) pairs that settle an order, for SQL, from the core's own verdicts (as
-the leases' SQL has them: neither module reaches into the other's private names)."""
 
 _SETTLED_ANY = ", ".join(
     f"'{s.value}'" for s in Status if any(verdict(s, goal).settled for goal in GOALS)
@@ -47,6 +51,15 @@ OWING = f"settled_told < version AND tracked_at IS NOT NULL AND status IN ({_SET
 word for word for SQLite and PostgreSQL to use the index.  Orders still waiting are
 not in it (a status that settles nothing calls nothing), nor orders only a webhook
 receiver ever wrote (nobody tracked them: nobody is owed a call)."""
+
+(_LAPSED,) = LAPSED_STATUSES
+"""The one status that settles through a grace (``expired``): its call is not a change
+in the journal but an instance's judgement, recorded as the claim of its call."""
+
+LAPSE_OWING = f"settled_told < version AND tracked_at IS NOT NULL AND status = '{_LAPSED.value}'"
+"""Rows whose lapse's call may be owed (the condition of their own partial index, as
+:data:`OWING`).  The call is owed once an instance judged the grace over: it wrote
+the call's claim (:func:`owe_lapses`, or its own try), still not answered."""
 
 MIGRATION_TEXT = {
     "sqlite": [
@@ -78,8 +91,13 @@ def migration(dialect: str) -> list[str]:
     ]
 
 
-def _sql(dialect: str, text: str) -> str:
-    return text if dialect == "postgresql" else text.replace("%s", "?")
+def lapse_migration(dialect: str) -> list[str]:
+    """Schema version 4: the index of :data:`LAPSE_OWING`, so the sweep finds the
+    expired calls whose instance died owing them, or had no ``on_settled``."""
+    return [
+        f"CREATE INDEX IF NOT EXISTS orderfsm_orders_lapsed ON orderfsm_orders (order_id)"
+        f" WHERE {LAPSE_OWING}"
+    ]
 
 
 def _key(dialect: str, order_id: str, status: str) -> str:
@@ -87,8 +105,18 @@ def _key(dialect: str, order_id: str, status: str) -> str:
     return f"'settled:' || {text} || ':' || {status}"
 
 
-def _marks(count: int, dialect: str) -> str:
-    return ", ".join(["?" if dialect == "sqlite" else "%s"] * count)
+_LAPSE_UNANSWERED = (
+    "{o}.status = '" + _LAPSED.value + "' AND EXISTS (SELECT 1 FROM orderfsm_claims k"
+    " WHERE k.key = 'settled:' || CAST({o}.order_id AS TEXT) || ':" + _LAPSED.value + "'"
+    " AND k.state <> 'answered')"
+)
+"""The order is still expired and its lapse's call is owed: its mark waits for it."""
+_LAPSE_CLAIMED = (
+    "EXISTS (SELECT 1 FROM orderfsm_claims k WHERE k.key = 'settled:'"
+    " || CAST(orderfsm_orders.order_id AS TEXT) || ':" + _LAPSED.value + "')"
+)
+"""The lapse's call was judged owed (its claim, in any state): the sweep reads the
+order, and makes the call or, once it is answered, moves the mark past it."""
 
 
 def tell(db: Any, dialect: str, order_ids: Sequence[int]) -> None:
@@ -100,7 +128,7 @@ def tell(db: Any, dialect: str, order_ids: Sequence[int]) -> None:
         return
     o = "orderfsm_orders"
     db.execute(
-        _sql(
+        in_dialect(
             dialect,
             f"UPDATE {o} SET settled_told = coalesce((SELECT min(c.version) - 1"
             f" FROM orderfsm_changes c"
@@ -108,66 +136,96 @@ def tell(db: Any, dialect: str, order_ids: Sequence[int]) -> None:
             f" WHERE c.order_id = {o}.order_id AND c.version > {o}.settled_told"
             f" AND (c.status, coalesce(c.previous, ''), {o}.until) IN ({_CALLING})"
             f" AND (k.state IS NULL OR k.state <> 'answered')), {o}.version)"
-            f" WHERE order_id IN ({_marks(len(order_ids), dialect)})"
-            f" AND settled_told < version",
+            f" WHERE order_id IN ({marks(len(order_ids), dialect)})"
+            f" AND settled_told < version AND NOT ({_LAPSE_UNANSWERED.format(o=o)})",
         ),
         tuple(sorted(order_ids)),
     )
 
 
-Owed = tuple[int, Status, Status | None, Status, bool]
-"""(order id, status, previous, goal, the lapse's call was made) of a call owed."""
+def owe_lapses(db: Any, dialect: str, order_ids: Sequence[int], owner: str, now: float) -> None:
+    """Say the orders' lapse calls are owed (their grace is over, judged by ``owner``):
+    their claims, released, for any instance with ``on_settled`` to take (its sweep
+    finds them).  Nothing for a claim there already (taken, or answered)."""
+    for order_id in sorted(order_ids):
+        db.execute(
+            in_dialect(
+                dialect,
+                "INSERT INTO orderfsm_claims (key, attempt, state, owner, lease_until,"
+                " claimed_at) VALUES (%s, 0, 'released', %s, 0, %s)"
+                " ON CONFLICT (key) DO NOTHING",
+            ),
+            (settled_key(order_id, _LAPSED), owner, now),
+        )
+
+
+Owed = tuple[int, Status, Status, bool, bool]
+"""(order id, status, goal, succeeded, later): one ``on_settled`` call owed."""
 
 
 def owed(db: Any, dialect: str, after: int, limit: int) -> tuple[list[Owed], int | None]:
     """One page of the sweep: orders past ``after`` (an order id) that may owe a call,
-    their marks brought up to date, and each one's first call owed (the next only
-    once it is recorded: in the order a live instance makes them).  Also the last
+    their marks brought up to date, and each one's first calls owed (the next only
+    once they are recorded: in the order a live instance makes them).  Also the last
     order id of the page, or ``None`` when the page reached the end.
 
     Paged by order id rather than by age, so orders whose handler keeps failing
     never hide newer ones: the next sweep goes on past them (bug 10).  The lapse's
-    call (an expired order's grace over, judged by an instance) is not a change;
-    whether it was made decides the ``later`` flag of a payment after it, as on
-    the instance that made it."""
+    call (an expired order's grace over, judged by an instance) is not a change but
+    its claim: owed while that claim is not answered (its instance died in the call,
+    or had no ``on_settled``), and made before a payment after it, which is then a
+    later call, as on the instance that made the first.  Each kind of order is
+    limited to the page on its own, so neither index is read past the page."""
     ids = [
         int(r[0])
         for r in db.execute(
-            _sql(
+            in_dialect(
                 dialect,
-                f"SELECT order_id FROM orderfsm_orders WHERE {OWING}"
-                f" AND (status, until) IN ({_SETTLING}) AND order_id > %s"
+                f"SELECT order_id FROM (SELECT order_id FROM orderfsm_orders WHERE {OWING}"
+                f" AND (status, until) IN ({SETTLING}) AND order_id > %s"
+                f" ORDER BY order_id LIMIT %s) AS settled"
+                f" UNION SELECT order_id FROM (SELECT order_id FROM orderfsm_orders"
+                f" WHERE {LAPSE_OWING} AND order_id > %s AND {_LAPSE_CLAIMED}"
+                f" ORDER BY order_id LIMIT %s) AS lapsed"
                 f" ORDER BY order_id LIMIT %s",
             ),
-            (after, limit),
+            (after, limit, after, limit, limit),
         ).fetchall()
     ]
     if not ids:
         return [], None
     tell(db, dialect, ids)
     rows = db.execute(
-        _sql(
+        in_dialect(
             dialect,
-            f"SELECT o.order_id, c.status, c.previous, o.until, k.state FROM orderfsm_orders o"
+            f"SELECT o.order_id, o.status, c.status, c.previous, o.until, k.state"
+            f" FROM orderfsm_orders o"
             f" JOIN orderfsm_changes c ON c.order_id = o.order_id"
             f" AND c.version = o.settled_told + 1"
             f" LEFT JOIN orderfsm_claims k"
-            f" ON k.key = {_key(dialect, 'o.order_id', repr(Status.EXPIRED.value))}"
-            f" WHERE o.order_id IN ({_marks(len(ids), dialect)})"
+            f" ON k.key = {_key(dialect, 'o.order_id', repr(_LAPSED.value))}"
+            f" WHERE o.order_id IN ({marks(len(ids), dialect)})"
             f" AND o.settled_told < o.version ORDER BY o.order_id",
         ),
         tuple(ids),
     ).fetchall()
-    found = [
-        (
-            int(order_id),
-            Status(status),
-            None if previous is None else Status(previous),
-            Status(until),
-            previous is not None and Status(previous) in LAPSED_STATUSES and lapse == "answered",
-        )
-        for order_id, status, previous, until, lapse in rows
-    ]
+    found: list[Owed] = []
+    for order_id, now, status, previous, until, lapse in rows:
+        goal = Status(until)
+        lapse_owed = lapse is not None and lapse != "answered"
+        if Status(now) is _LAPSED:
+            if lapse_owed:
+                found.append((int(order_id), _LAPSED, goal, False, False))
+            continue
+        before = None if previous is None else Status(previous)
+        call = settled_call(before, Status(status), goal)
+        assert call is not None  # the mark stops only before a change that calls
+        succeeded, later = call
+        if before is _LAPSED and lapse is not None:
+            if lapse_owed:  # claimed (the grace judged over), never answered: first
+                found.append((int(order_id), _LAPSED, goal, False, False))
+            later = True
+        found.append((int(order_id), Status(status), goal, succeeded, later))
     return found, (ids[-1] if len(ids) == limit else None)
 
 
@@ -175,7 +233,7 @@ def renew_claim(db: Any, dialect: str, key: str, attempt: int, until: float) -> 
     """Extend a running claim's lease, fenced by its attempt: False once another took
     the key over (or it was answered)."""
     cursor = db.execute(
-        _sql(
+        in_dialect(
             dialect,
             "UPDATE orderfsm_claims SET lease_until = %s"
             " WHERE key = %s AND attempt = %s AND state = 'running'",

@@ -1,0 +1,109 @@
+"""The fleet tracker's leases in the journal, both backends: who follows an order
+through Xsolla (its lease and fence), who still waits on it, and the adoption of
+orders whose owner is gone.  Each function is one unit of work inside a
+transaction the store opened, as in :mod:`transports.journal.orders`; the
+decisions are :mod:`orderfsm.journal.orders`'s (``may_lease``, ``adoptable``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from orderfsm.journal.orders import OrderRow
+from transports.journal.order_rows import (
+    ORDER_COLUMNS,
+    SETTLING,
+    chunks,
+    in_dialect,
+    marks,
+    order_from_row,
+)
+
+
+def untrack(db: Any, dialect: str, order_ids: Sequence[int], owner: str) -> None:
+    """Nobody needs to resume these any more (settled, or given up); drop ``owner``'s lease."""
+    for chunk in chunks(order_ids):
+        placeholders = marks(len(chunk), dialect)
+        db.execute(
+            in_dialect(
+                dialect,
+                f"UPDATE orderfsm_orders SET tracking = %s,"
+                f" owner = CASE WHEN owner = %s THEN NULL ELSE owner END,"
+                f" lease_until = CASE WHEN owner = %s THEN 0 ELSE lease_until END"
+                f" WHERE order_id IN ({placeholders})",
+            ),
+            (False, owner, owner, *chunk),
+        )
+
+
+def want(db: Any, dialect: str, order_ids: Sequence[int], now: float) -> None:
+    """Mark tracked again the orders an instance still waits on that another instance's
+    :func:`untrack` marked not tracked: an instance that follows only the journal
+    holds no lease, and adoption (so Xsolla's following) needs the mark.  The mark's
+    time is new, so the order is adopted a lease later, as a newly tracked one."""
+    for chunk in chunks(order_ids):
+        db.execute(
+            in_dialect(
+                dialect,
+                f"UPDATE orderfsm_orders SET tracking = %s, tracked_at = %s"
+                f" WHERE order_id IN ({marks(len(chunk), dialect)}) AND NOT tracking"
+                f" AND (status IS NULL OR (status, until) NOT IN ({SETTLING}))",
+            ),
+            (True, now, *chunk),
+        )
+
+
+def lease(
+    db: Any, dialect: str, order_ids: Sequence[int], owner: str, now: float, seconds: float
+) -> dict[int, int]:
+    """Take or renew the lease on each order that :func:`~orderfsm.journal.orders.may_lease`
+    allows; the orders ``owner`` holds now, with their fences."""
+    held: dict[int, int] = {}
+    for chunk in chunks(order_ids):
+        rows = db.execute(
+            in_dialect(
+                dialect,
+                f"UPDATE orderfsm_orders SET"
+                f" fence = CASE WHEN owner = %s AND lease_until > %s THEN fence"
+                f" ELSE fence + 1 END,"
+                f" owner = %s, lease_until = %s, tracking = %s"
+                f" WHERE order_id IN ({marks(len(chunk), dialect)})"
+                f" AND (status IS NULL OR (status, until) NOT IN ({SETTLING}))"
+                f" AND (owner IS NULL OR owner = %s OR lease_until <= %s)"
+                f" RETURNING order_id, fence",
+            ),
+            (owner, now, owner, now + seconds, True, *chunk, owner, now),
+        ).fetchall()
+        held.update((int(order_id), int(fence)) for order_id, fence in rows)
+    return held
+
+
+def adopt(
+    db: Any, dialect: str, owner: str, now: float, seconds: float, limit: int
+) -> list[OrderRow]:
+    """Take the lease of up to ``limit`` orders nobody follows any more
+    (:func:`~orderfsm.journal.orders.adoptable`), with a new fence; the rows taken.
+
+    One statement, through the ``tracking`` index (an index on ``lease_until``
+    would make every lease renewal a non-HOT update on PostgreSQL: measured 40%
+    slower renewals against 7.7 ms for this read over 100,000 tracked orders).
+    PostgreSQL skips rows another adopter has locked; SQLite's writers take turns.
+    """
+    orphan = (
+        f"tracking = %s AND lease_until <= %s"
+        f" AND (status IS NULL OR (status, until) NOT IN ({SETTLING}))"
+        f" AND (owner IS NOT NULL OR tracked_at <= %s)"
+    )
+    skip = " FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
+    rows = db.execute(
+        in_dialect(
+            dialect,
+            f"UPDATE orderfsm_orders SET fence = fence + 1, owner = %s, lease_until = %s"
+            f" WHERE order_id IN (SELECT order_id FROM orderfsm_orders WHERE {orphan}"
+            f" ORDER BY lease_until LIMIT %s{skip}) AND {orphan}"
+            f" RETURNING {ORDER_COLUMNS}",
+        ),
+        (owner, now + seconds, True, now, now - seconds, limit, True, now, now - seconds),
+    ).fetchall()
+    return [order_from_row(r) for r in rows]
