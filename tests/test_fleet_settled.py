@@ -110,6 +110,20 @@ def told(url: str, order_id: int) -> tuple[int, int]:
         db.close()
 
 
+def tracked(url: str, order_id: int) -> bool:
+    """The order's row is written by the instance that tracks it (with its goal): news
+    recorded before would create it with the default goal, ``done``."""
+    db = connect(url)
+    try:
+        return bool(
+            db.execute(
+                f"SELECT 1 FROM orderfsm_orders WHERE order_id = {order_id} AND until = 'paid'"
+            ).fetchall()
+        )
+    finally:
+        db.close()
+
+
 def calls_of(events: list[Settled]) -> list[tuple[int, str, bool, bool]]:
     return [(e.order_id, e.status.value, e.succeeded, e.later) for e in events]
 
@@ -476,6 +490,7 @@ async def test_an_instance_killed_mid_call_holds_up_the_refund_call_not_the_deli
     dying, reader = await _app(url, "--hang", "--track", "8")
     try:
         await _line(reader, "READY")
+        await eventually(lambda: tracked(url, 8), timeout=30)
         await record(url, (8, P))
         assert (await _line(reader, "CALLED")).split() == ["CALLED", "8", "paid", "False"]
         live, reader = await _app(url, "--track", "8")
@@ -499,7 +514,6 @@ async def _killed(process: Process) -> None:
 
 
 def _called(line: str) -> list[str] | None:
-    print("LINE", repr(line), time.time())
     return line.split()[1:] if line.startswith("CALLED") else None
 
 
@@ -555,6 +569,7 @@ async def test_a_payment_after_an_expired_call_its_instance_died_in_is_told_afte
     dying, reader = await _app(url, "--hang", "--track", "3", "--grace", "0.3")
     try:
         await _line(reader, "READY")
+        await eventually(lambda: tracked(url, 3), timeout=30)
         await record(url, (3, N))
         await record(url, (3, E))
         assert (await _line(reader, "CALLED")).split() == ["CALLED", "3", "expired", "False"]
@@ -590,6 +605,7 @@ async def test_an_expired_call_owed_by_an_instance_without_on_settled_is_made_by
     live, reader = await _app(url)
     try:
         await _line(plain_reader, "READY")
+        await eventually(lambda: tracked(url, 4), timeout=30)
         await record(url, (4, N))
         await record(url, (4, E))
         await eventually(
