@@ -6,12 +6,14 @@ prints it and never returns (the test SIGKILLs it mid-call).
 ``--track`` follows the order live (its calls then come from what this process
 applies, not only the sweep); ``--grace``, an expired order's grace in seconds;
 ``--no-handler``, an instance of a mixed fleet that has no ``on_settled``.  Prints
-``READY`` once running.
+``READY`` once running, and ``SWEPT COUNT TIME`` as its sweep reads pages (so a test
+can tell that it judged the journal again after some moment).
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
 import anyio
 
@@ -23,6 +25,18 @@ from transports.journal import open_journal
 
 CLAIM_LEASE = 2.0
 """The journal's claim lease: how long a call the killed process held waits."""
+
+
+async def report_sweeps(tracker: Tracker) -> None:
+    """Each new count of sweep pages read, with the time it was seen (polled: the app's
+    side only; the tests wait for these lines, not for time)."""
+    seen = -1
+    while True:
+        sweeps = 0 if tracker.fleet is None else tracker.fleet.sweeps
+        if sweeps != seen:
+            print("SWEPT", sweeps, time.time(), flush=True)
+            seen = sweeps
+        await anyio.sleep(0.05)
 
 
 async def main(journal: str, hang: bool, track: int | None, grace: float, handler: bool) -> None:
@@ -43,9 +57,11 @@ async def main(journal: str, hang: bool, track: int | None, grace: float, handle
             lease=0.5,
             policy=DefaultPolicy(expired_grace=grace),
         ) as tracker,
+        anyio.create_task_group() as tasks,
     ):
         if track is not None:
             tracker.track(track)
+        tasks.start_soon(report_sweeps, tracker)
         print("READY", flush=True)
         await anyio.sleep_forever()
 

@@ -110,6 +110,20 @@ def told(url: str, order_id: int) -> tuple[int, int]:
         db.close()
 
 
+def tracked(url: str, order_id: int) -> bool:
+    """The order's row is written by the instance that tracks it (with its goal): news
+    recorded before would create it with the default goal, ``done``."""
+    db = connect(url)
+    try:
+        return bool(
+            db.execute(
+                f"SELECT 1 FROM orderfsm_orders WHERE order_id = {order_id} AND until = 'paid'"
+            ).fetchall()
+        )
+    finally:
+        db.close()
+
+
 def calls_of(events: list[Settled]) -> list[tuple[int, str, bool, bool]]:
     return [(e.order_id, e.status.value, e.succeeded, e.later) for e in events]
 
@@ -290,6 +304,33 @@ async def test_a_payment_after_the_expired_call_is_a_later_call_for_the_sweep_to
     assert found == [(3, P, P, True, True), (4, P, P, True, False)]
 
 
+@on_databases
+async def test_with_goal_done_a_lapse_is_told_before_the_delivery_and_makes_it_later(
+    backend: str, tmp_path: Path
+) -> None:
+    """Goal ``done``: the payment after an expired order settles nothing, the delivery
+    does.  Order 3's expired call was made: its delivery is a later call.  Order 5's
+    is owed (its instance died, or had no ``on_settled``): made first, then the
+    delivery, later.  Order 6 is paid, not delivered: its owed expired call alone.
+    Order 7's delivery call was made before its expired call: never made behind it."""
+    url = url_for(backend, tmp_path)
+    async with open_journal(url) as journal:
+        log = OrderLog(journal)
+        await log.track_many([(i, D, None) for i in (3, 5, 6, 7)])
+        for status in (N, E, P, D):
+            await log.record([Note(i, status, "webhook", time.time()) for i in (3, 5, 6, 7)
+                              if (i, status) != (6, D)])  # fmt: skip
+        claim_row(url, settled_key(3, E), "answered", 0)
+        claim_row(url, settled_key(7, D), "answered", 0)
+        await SettledLog(log).owe_lapses([5, 6, 7])
+        found, _ = await SettledLog(log).owed(0)
+    assert found == [
+        (3, D, D, True, True),
+        (5, E, D, False, False), (5, D, D, True, True),
+        (6, E, D, False, False),
+    ]  # fmt: skip
+
+
 def _version_2_journal(url: str, rows: list[tuple[int, float]]) -> None:
     """A journal as schema version 2 left it: settled orders, tracked, no mark yet."""
     dialect = "postgresql" if url.startswith("postgres") else "sqlite"
@@ -338,6 +379,89 @@ async def test_a_version_2_journal_is_migrated_without_repeating_old_calls(
     assert [told(url, i) for i in (1, 2, 3)] == [(1, 1), (1, 1), (0, 1)]
 
 
+def lapses_flagged(url: str) -> list[int]:
+    """The orders in the sweep's lapsed index: their expired call may be owed."""
+    db = connect(url)
+    try:
+        rows = db.execute("SELECT order_id FROM orderfsm_orders WHERE lapse_owed = 1").fetchall()
+        return sorted(int(r[0]) for r in rows)
+    finally:
+        db.close()
+
+
+def answer_claim(url: str, key: str) -> None:
+    db = connect(url)
+    try:
+        db.execute(f"UPDATE orderfsm_claims SET state = 'answered' WHERE key = '{key}'")
+    finally:
+        db.close()
+
+
+@on_databases
+async def test_the_lapsed_index_holds_only_the_expired_calls_owed(
+    backend: str, tmp_path: Path
+) -> None:
+    """The sweep reads the lapsed index on every page: an expired order whose lapse
+    nobody judged (dropped before its grace ended) is never in it; one judged is, until
+    its call is recorded.  Order 1: untracked while expired; order 2: its call owed;
+    order 3: its call made (its claim answered) before the sweep came by."""
+    url = url_for(backend, tmp_path)
+    async with open_journal(url) as journal:
+        log = OrderLog(journal)
+        await log.track_many([(i, P, None) for i in (1, 2, 3)])
+        for status in (N, E):
+            await log.record([Note(i, status, "webhook", time.time()) for i in (1, 2, 3)])
+        await log.untrack([1])
+        await SettledLog(log).owe_lapses([2, 3])
+        assert lapses_flagged(url) == [2, 3]
+        answer_claim(url, settled_key(3, E))
+        found, _ = await SettledLog(log).owed(0)
+        assert (found, lapses_flagged(url)) == ([(2, E, P, False, False)], [2])
+        answer_claim(url, settled_key(2, E))
+        assert await SettledLog(log).owed(0) == ([], None)
+    assert lapses_flagged(url) == []
+    assert [told(url, i) for i in (1, 2, 3)] == [(0, 2), (2, 2), (2, 2)]
+
+
+@on_databases
+async def test_a_version_3_journal_flags_only_the_expired_calls_left_unanswered(
+    backend: str, tmp_path: Path
+) -> None:
+    """Schema 4 on a version 3 journal: of its expired orders, only order 2, whose
+    instance died in its expired call (its claim running), is owed; order 1 (no claim)
+    and order 3 (its call made) stay out of the lapsed index."""
+    url = url_for(backend, tmp_path)
+    dialect = "postgresql" if url.startswith("postgres") else "sqlite"
+    m = mark(url)
+    db = connect(url)
+    try:
+        for step in (1, 2, 3):
+            for statement in migrations(dialect)[step]:
+                db.execute(statement)
+        db.execute("INSERT INTO orderfsm_schema (id, version) VALUES (1, 3)")
+        for order_id in (1, 2, 3):
+            db.execute(
+                "INSERT INTO orderfsm_orders (order_id, status, version, until, tracking,"
+                f" tracked_at, lease_until, fence, updated_at) VALUES ({m}, 'expired', 2,"
+                f" 'paid', {m}, 1.0, 0, 1, 1.0)",
+                (order_id, False),
+            )
+            for version, status, previous in ((1, "new", None), (2, "expired", "new")):
+                db.execute(
+                    "INSERT INTO orderfsm_changes (order_id, version, status, previous,"
+                    f" source, at) VALUES ({m}, {m}, {m}, {m}, 'webhook', 1.0)",
+                    (order_id, version, status, previous),
+                )
+    finally:
+        db.close()
+    claim_row(url, settled_key(2, E), "running", 0)
+    claim_row(url, settled_key(3, E), "answered", 0)
+    async with open_journal(url) as journal:
+        assert lapses_flagged(url) == [2]
+        found, _ = await SettledLog(OrderLog(journal)).owed(0)
+    assert found == [(2, E, P, False, False)]
+
+
 async def _app(url: str, *args: str) -> tuple[Process, BufferedByteReceiveStream]:
     process = await anyio.open_process(
         [sys.executable, str(Path(__file__).parent / "settled_app.py"), url, *args]
@@ -366,6 +490,7 @@ async def test_an_instance_killed_mid_call_holds_up_the_refund_call_not_the_deli
     dying, reader = await _app(url, "--hang", "--track", "8")
     try:
         await _line(reader, "READY")
+        await eventually(lambda: tracked(url, 8), timeout=30)
         await record(url, (8, P))
         assert (await _line(reader, "CALLED")).split() == ["CALLED", "8", "paid", "False"]
         live, reader = await _app(url, "--track", "8")
@@ -388,6 +513,49 @@ async def _killed(process: Process) -> None:
     await process.wait()
 
 
+def _called(line: str) -> list[str] | None:
+    return line.split()[1:] if line.startswith("CALLED") else None
+
+
+async def _calls_until_swept(
+    reader: BufferedByteReceiveStream, since: float, pages: int = 3
+) -> list[list[str]]:
+    """Every call the app printed until it has read ``pages`` more sweep pages after
+    ``since`` (the last ones begun after it: a call they found would be under way)."""
+    calls: list[list[str]] = []
+    seen = 0
+    with anyio.fail_after(60):
+        while seen < pages:
+            line = (await reader.receive_until(b"\n", 1 << 16)).decode()
+            if (call := _called(line)) is not None:
+                calls.append(call)
+            elif line.startswith("SWEPT") and float(line.split()[2]) > since:
+                seen += 1
+    return calls
+
+
+async def _calls_to_end(reader: BufferedByteReceiveStream) -> list[list[str]]:
+    """Every call the (killed) app printed that was not read yet."""
+    calls: list[list[str]] = []
+    with anyio.fail_after(60):
+        while True:
+            try:
+                line = (await reader.receive_until(b"\n", 1 << 16)).decode()
+            except (anyio.IncompleteRead, anyio.EndOfStream):
+                return calls
+            if (call := _called(line)) is not None:
+                calls.append(call)
+
+
+def claim_state(url: str, key: str) -> str | None:
+    db = connect(url)
+    try:
+        row = db.execute(f"SELECT state FROM orderfsm_claims WHERE key = '{key}'").fetchone()
+        return None if row is None else str(row[0])
+    finally:
+        db.close()
+
+
 @on_databases
 async def test_a_payment_after_an_expired_call_its_instance_died_in_is_told_after_that_call(
     backend: str, tmp_path: Path
@@ -395,11 +563,13 @@ async def test_a_payment_after_an_expired_call_its_instance_died_in_is_told_afte
     """Real processes: A follows order 3, which expires; A's grace (0.3 s) ends and A is
     SIGKILLed inside the expired call.  The order is then paid.  B, which does not
     follow the order, finds both calls with its sweep: the expired call first (A's claim
-    never answered), then the payment as a later call, each once."""
+    never answered), then the payment as a later call, each once (B's every call is
+    read, up to sweeps begun after both were recorded)."""
     url = url_for(backend, tmp_path)
     dying, reader = await _app(url, "--hang", "--track", "3", "--grace", "0.3")
     try:
         await _line(reader, "READY")
+        await eventually(lambda: tracked(url, 3), timeout=30)
         await record(url, (3, N))
         await record(url, (3, E))
         assert (await _line(reader, "CALLED")).split() == ["CALLED", "3", "expired", "False"]
@@ -408,11 +578,16 @@ async def test_a_payment_after_an_expired_call_its_instance_died_in_is_told_afte
     await record(url, (3, P))
     live, reader = await _app(url)
     try:
-        calls = [(await _line(reader, "CALLED")).split()[1:] for _ in range(2)]
-        assert calls == [["3", "expired", "False"], ["3", "paid", "True"]]  # no fix: paid False
-        await eventually(lambda: told(url, 3) == (3, 3), timeout=30)
+        await eventually(
+            lambda: told(url, 3) == (3, 3) and not lapses_flagged(url)
+            and claim_state(url, settled_key(3, E)) == "answered",
+            timeout=30,
+        )  # fmt: skip
+        calls = await _calls_until_swept(reader, time.time())
     finally:
         await _killed(live)
+    calls += await _calls_to_end(reader)
+    assert calls == [["3", "expired", "False"], ["3", "paid", "True"]]  # no fix: paid False
     async with open_journal(url) as journal:
         assert await answered(journal, settled_key(3, E))
         assert await answered(journal, settled_key(3, P))
@@ -422,20 +597,25 @@ async def test_a_payment_after_an_expired_call_its_instance_died_in_is_told_afte
 async def test_an_expired_call_owed_by_an_instance_without_on_settled_is_made_by_one_with_it(
     backend: str, tmp_path: Path
 ) -> None:
-    """A mixed fleet: A has no ``on_settled`` and follows order 4, which expires and
-    stays expired through A's grace; B has the handler and does not follow the order.
-    B makes the expired call, once, whichever instance saw the lapse."""
+    """A mixed fleet: A has no ``on_settled`` and follows order 4 live (it is running
+    before the order's news), which expires and stays expired through A's grace; B has
+    the handler and does not follow the order.  B makes the expired call, once."""
     url = url_for(backend, tmp_path)
-    plain, _ = await _app(url, "--no-handler", "--track", "4", "--grace", "0.3")
+    plain, plain_reader = await _app(url, "--no-handler", "--track", "4", "--grace", "0.3")
     live, reader = await _app(url)
     try:
+        await _line(plain_reader, "READY")
+        await eventually(lambda: tracked(url, 4), timeout=30)
         await record(url, (4, N))
         await record(url, (4, E))
-        line = await _line(reader, "CALLED")  # no fix: never
-        assert line.split() == ["CALLED", "4", "expired", "False"]
-        await eventually(lambda: told(url, 4) == (2, 2), timeout=30)
+        await eventually(
+            lambda: claim_state(url, settled_key(4, E)) == "answered"
+            and told(url, 4) == (2, 2) and not lapses_flagged(url),
+            timeout=30,
+        )  # fmt: skip
+        calls = await _calls_until_swept(reader, time.time())
     finally:
         await _killed(plain)
         await _killed(live)
-    async with open_journal(url) as journal:
-        assert await answered(journal, settled_key(4, E))
+    calls += await _calls_to_end(reader)
+    assert calls == [["4", "expired", "False"]]  # no fix: none

@@ -151,8 +151,14 @@ class CallsOnSettled:
             body, (), None, time.time(),
         )  # fmt: skip
         delay = SETTLED_RETRY_MIN
+        # A lapse this instance judged: its debt (claim and flag) is written before
+        # its call, not only by the write queue, or dying in the call would lose it.
+        owing = event.status in LAPSED_STATUSES and event.order_id in self._lapsed_calls
         while True:
             try:
+                if owing:
+                    await self.settled_log.owe_lapses([event.order_id])
+                    owing = False
                 async with limiter:
                     if await self._settle_once(event, delivery):
                         self._recorded(event)

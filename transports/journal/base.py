@@ -367,8 +367,8 @@ def migrations(dialect: str) -> dict[int, list[str]]:
 
     Version 1: claims and deliveries (the webhook inbox); version 2: orders and
     their changes (the fleet tracker); version 3: how far each order's ``on_settled``
-    calls were made (:mod:`transports.journal.settled_sql`); version 4: the index of
-    the expired calls owed.
+    calls were made (:mod:`transports.journal.settled_sql`); version 4: which orders owe
+    an expired call (``lapse_owed``) and its index.
     """
     types = _TYPES[dialect]
     return {

@@ -56,10 +56,22 @@ receiver ever wrote (nobody tracked them: nobody is owed a call)."""
 """The one status that settles through a grace (``expired``): its call is not a change
 in the journal but an instance's judgement, recorded as the claim of its call."""
 
-LAPSE_OWING = f"settled_told < version AND tracked_at IS NOT NULL AND status = '{_LAPSED.value}'"
-"""Rows whose lapse's call may be owed (the condition of their own partial index, as
-:data:`OWING`).  The call is owed once an instance judged the grace over: it wrote
-the call's claim (:func:`owe_lapses`, or its own try), still not answered."""
+LAPSE_OWING = "lapse_owed = 1"
+"""Rows whose lapse's call may be owed: the condition of their own partial index, as
+:data:`OWING`.  A flag of its own, not derived from the status and the mark: most
+expired orders owe nothing (dropped before their grace ended, expired before schema
+4, their claim pruned), and an index of every expired order whose mark lags was read
+whole by every sweep page (review 6, F2).  Set with the call's claim by the instance
+that judges the grace over (:func:`owe_lapses`); cleared by :func:`tell` once the
+claim is answered, gone, or behind a settling call that was made."""
+
+_LAPSE_OWED = (
+    "({o}.status, {o}.until) NOT IN (" + SETTLING + ") AND EXISTS (SELECT 1"
+    " FROM orderfsm_claims k WHERE k.key = 'settled:' || CAST({o}.order_id AS TEXT)"
+    " || ':" + _LAPSED.value + "' AND k.state <> 'answered')"
+)
+"""The lapse's call is owed: its claim is not answered, and the order has not settled
+since (a call after a settling change's would be out of order: never made then)."""
 
 MIGRATION_TEXT = {
     "sqlite": [
@@ -92,11 +104,27 @@ def migration(dialect: str) -> list[str]:
 
 
 def lapse_migration(dialect: str) -> list[str]:
-    """Schema version 4: the index of :data:`LAPSE_OWING`, so the sweep finds the
-    expired calls whose instance died owing them, or had no ``on_settled``."""
+    """Schema version 4: the ``lapse_owed`` flag and its partial index (:data:`LAPSE_OWING`),
+    so the sweep finds the expired calls whose instance died owing them, or had no
+    ``on_settled``.  Only rows with an unanswered lapse claim are flagged, found from
+    the claims (bounded by the retention), not by reading every expired order.
+
+    A short pause for writers of ``orderfsm_orders``: the flag's default is constant
+    (no table rewrite on either database), but the index is built inside the
+    migration's transaction, which holds writes to the table for the length of one
+    scan of it (0.3 s at a million rows on PostgreSQL, review 6).  A webhook batch's
+    row update waiting longer than its lock timeout is written alone.
+    """
+    add = "ADD COLUMN IF NOT EXISTS" if dialect == "postgresql" else "ADD COLUMN"
+    lapse = f":{_LAPSED.value}"
     return [
-        f"CREATE INDEX IF NOT EXISTS orderfsm_orders_lapsed ON orderfsm_orders (order_id)"
-        f" WHERE {LAPSE_OWING}"
+        f"ALTER TABLE orderfsm_orders {add} lapse_owed INTEGER NOT NULL DEFAULT 0",
+        "UPDATE orderfsm_orders SET lapse_owed = 1 WHERE order_id IN (SELECT"
+        f" CAST(substr(key, 9, length(key) - {8 + len(lapse)}) AS BIGINT) FROM orderfsm_claims"
+        f" WHERE substr(key, 1, 8) = 'settled:' AND substr(key, length(key) - {len(lapse) - 1})"
+        f" = '{lapse}' AND state <> 'answered') AND {_LAPSE_OWED.format(o='orderfsm_orders')}",
+        "CREATE INDEX IF NOT EXISTS orderfsm_orders_lapse_owed ON orderfsm_orders (order_id)"
+        f" WHERE {LAPSE_OWING}",
     ]
 
 
@@ -105,25 +133,12 @@ def _key(dialect: str, order_id: str, status: str) -> str:
     return f"'settled:' || {text} || ':' || {status}"
 
 
-_LAPSE_UNANSWERED = (
-    "{o}.status = '" + _LAPSED.value + "' AND EXISTS (SELECT 1 FROM orderfsm_claims k"
-    " WHERE k.key = 'settled:' || CAST({o}.order_id AS TEXT) || ':" + _LAPSED.value + "'"
-    " AND k.state <> 'answered')"
-)
-"""The order is still expired and its lapse's call is owed: its mark waits for it."""
-_LAPSE_CLAIMED = (
-    "EXISTS (SELECT 1 FROM orderfsm_claims k WHERE k.key = 'settled:'"
-    " || CAST(orderfsm_orders.order_id AS TEXT) || ':" + _LAPSED.value + "')"
-)
-"""The lapse's call was judged owed (its claim, in any state): the sweep reads the
-order, and makes the call or, once it is answered, moves the mark past it."""
-
-
 def tell(db: Any, dialect: str, order_ids: Sequence[int]) -> None:
     """Move each order's mark up to just before its first calling change whose claim is
-    not answered (to its version when there is none).  Idempotent; never moves back
-    over a call recorded (a mark is only ever the first gap, and a gap closes only
-    when its claim is answered)."""
+    not answered (to its version when there is none), and set its lapse flag to whether
+    its lapse's call is still owed.  Idempotent; never moves back over a call recorded
+    (a mark is only ever the first gap, and a gap closes only when its claim is
+    answered).  The lapse is not a change: the mark passes it, its claim is the debt."""
     if not order_ids:
         return
     o = "orderfsm_orders"
@@ -135,9 +150,10 @@ def tell(db: Any, dialect: str, order_ids: Sequence[int]) -> None:
             f" LEFT JOIN orderfsm_claims k ON k.key = {_key(dialect, 'c.order_id', 'c.status')}"
             f" WHERE c.order_id = {o}.order_id AND c.version > {o}.settled_told"
             f" AND (c.status, coalesce(c.previous, ''), {o}.until) IN ({_CALLING})"
-            f" AND (k.state IS NULL OR k.state <> 'answered')), {o}.version)"
+            f" AND (k.state IS NULL OR k.state <> 'answered')), {o}.version),"
+            f" lapse_owed = CASE WHEN {_LAPSE_OWED.format(o=o)} THEN 1 ELSE 0 END"
             f" WHERE order_id IN ({marks(len(order_ids), dialect)})"
-            f" AND settled_told < version AND NOT ({_LAPSE_UNANSWERED.format(o=o)})",
+            f" AND (settled_told < version OR {LAPSE_OWING})",
         ),
         tuple(sorted(order_ids)),
     )
@@ -145,9 +161,13 @@ def tell(db: Any, dialect: str, order_ids: Sequence[int]) -> None:
 
 def owe_lapses(db: Any, dialect: str, order_ids: Sequence[int], owner: str, now: float) -> None:
     """Say the orders' lapse calls are owed (their grace is over, judged by ``owner``):
-    their claims, released, for any instance with ``on_settled`` to take (its sweep
-    finds them).  Nothing for a claim there already (taken, or answered)."""
-    for order_id in sorted(order_ids):
+    their claims, released, for any instance with ``on_settled`` to take, and their
+    rows' flag, for the sweeps to find them.  Nothing for a claim there already
+    (taken, or answered); no flag for an answered one."""
+    ids = sorted(order_ids)
+    if not ids:
+        return
+    for order_id in ids:
         db.execute(
             in_dialect(
                 dialect,
@@ -157,6 +177,15 @@ def owe_lapses(db: Any, dialect: str, order_ids: Sequence[int], owner: str, now:
             ),
             (settled_key(order_id, _LAPSED), owner, now),
         )
+    o = "orderfsm_orders"
+    db.execute(
+        in_dialect(
+            dialect,
+            f"UPDATE {o} SET lapse_owed = 1 WHERE order_id IN ({marks(len(ids), dialect)})"
+            f" AND lapse_owed = 0 AND {_LAPSE_OWED.format(o=o)}",
+        ),
+        tuple(ids),
+    )
 
 
 Owed = tuple[int, Status, Status, bool, bool]
@@ -173,9 +202,11 @@ def owed(db: Any, dialect: str, after: int, limit: int) -> tuple[list[Owed], int
     never hide newer ones: the next sweep goes on past them (bug 10).  The lapse's
     call (an expired order's grace over, judged by an instance) is not a change but
     its claim: owed while that claim is not answered (its instance died in the call,
-    or had no ``on_settled``), and made before a payment after it, which is then a
-    later call, as on the instance that made the first.  Each kind of order is
-    limited to the page on its own, so neither index is read past the page."""
+    or had no ``on_settled``), and made before the order's first settling call after
+    it, which is then a later call, as on the instance that made the first: the
+    payment (goal ``paid``) or the delivery behind it (goal ``done``), or a refund.
+    Each kind of order is limited to the page on its own, and each read from its own
+    partial index, so neither index is read past the page."""
     ids = [
         int(r[0])
         for r in db.execute(
@@ -185,7 +216,7 @@ def owed(db: Any, dialect: str, after: int, limit: int) -> tuple[list[Owed], int
                 f" AND (status, until) IN ({SETTLING}) AND order_id > %s"
                 f" ORDER BY order_id LIMIT %s) AS settled"
                 f" UNION SELECT order_id FROM (SELECT order_id FROM orderfsm_orders"
-                f" WHERE {LAPSE_OWING} AND order_id > %s AND {_LAPSE_CLAIMED}"
+                f" WHERE {LAPSE_OWING} AND order_id > %s"
                 f" ORDER BY order_id LIMIT %s) AS lapsed"
                 f" ORDER BY order_id LIMIT %s",
             ),
@@ -200,12 +231,12 @@ def owed(db: Any, dialect: str, after: int, limit: int) -> tuple[list[Owed], int
             dialect,
             f"SELECT o.order_id, o.status, c.status, c.previous, o.until, k.state"
             f" FROM orderfsm_orders o"
-            f" JOIN orderfsm_changes c ON c.order_id = o.order_id"
-            f" AND c.version = o.settled_told + 1"
+            f" LEFT JOIN orderfsm_changes c ON c.order_id = o.order_id"
+            f" AND c.version = o.settled_told + 1 AND o.settled_told < o.version"
             f" LEFT JOIN orderfsm_claims k"
             f" ON k.key = {_key(dialect, 'o.order_id', repr(_LAPSED.value))}"
             f" WHERE o.order_id IN ({marks(len(ids), dialect)})"
-            f" AND o.settled_told < o.version ORDER BY o.order_id",
+            f" AND (o.settled_told < o.version OR o.{LAPSE_OWING}) ORDER BY o.order_id",
         ),
         tuple(ids),
     ).fetchall()
@@ -213,15 +244,18 @@ def owed(db: Any, dialect: str, after: int, limit: int) -> tuple[list[Owed], int
     for order_id, now, status, previous, until, lapse in rows:
         goal = Status(until)
         lapse_owed = lapse is not None and lapse != "answered"
-        if Status(now) is _LAPSED:
-            if lapse_owed:
+        current = None if now is None else Status(now)
+        if status is None or current is _LAPSED:  # no change to call: the lapse alone
+            if lapse_owed and not verdict(current, goal).settled:
                 found.append((int(order_id), _LAPSED, goal, False, False))
             continue
         before = None if previous is None else Status(previous)
         call = settled_call(before, Status(status), goal)
         assert call is not None  # the mark stops only before a change that calls
         succeeded, later = call
-        if before is _LAPSED and lapse is not None:
+        # The order's first settling change (expired leads only to it, and only from
+        # new): a lapse judged before it was told first, wherever it is in the history.
+        if lapse is not None and not verdict(before, goal).settled:
             if lapse_owed:  # claimed (the grace judged over), never answered: first
                 found.append((int(order_id), _LAPSED, goal, False, False))
             later = True
