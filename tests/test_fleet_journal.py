@@ -110,6 +110,27 @@ async def test_the_sweep_finds_every_call_owed_not_only_the_current_status(
     ]  # fmt: skip
 
 
+@on_databases
+async def test_a_track_after_the_news_takes_its_own_goal_not_the_placeholder(
+    backend: str, tmp_path: Path
+) -> None:
+    """A webhook's news can make an order's row before any instance tracks it (its
+    goal then a placeholder, ``done``).  The first track's goal is the row's: a
+    fleet granting on ``paid`` is owed its call at ``paid``, where no webhook ever
+    says ``done``.  Once a goal was asked, the stricter one still wins."""
+    async with open_journal(url_for(backend, tmp_path)) as journal:
+        log = OrderLog(journal)
+        await log.record([note(8, P), note(9, N)])
+        await log.track(8, P, "player-8")
+        await log.track(9, P, "player-9")
+        await log.track(9, D, "player-9")
+        await log.track(9, P, "player-9")
+        rows = await log.orders([8, 9])
+        owed, _ = await SettledLog(log).owed(0)
+    assert [(rows[i].until, rows[i].tracking) for i in (8, 9)] == [(P, False), (D, True)]
+    assert owed == [(8, P, P, True, False)]
+
+
 def record_answered(url: str, key: str) -> None:
     """A call made and recorded (its claim answered), as an instance leaves it."""
     db = connect(url)

@@ -68,6 +68,10 @@ def strictest(goals: Sequence[Status] = GOALS) -> Status:
 
 
 _STRICTER = f"(CASE WHEN until = '{strictest().value}' THEN until ELSE %s END)"
+_GOAL = f"(CASE WHEN tracked_at IS NULL THEN %s ELSE {_STRICTER} END)"
+"""The goal a track leaves: the tracker's own on a row no instance tracked yet (one
+made by news, a webhook before the track, whose goal is only a placeholder), else
+the stricter of the two."""
 """The row's goal or the one given, whichever settles later (``done`` over ``paid``)."""
 
 
@@ -85,6 +89,10 @@ def track(
     that grants on payment must not end the following of an order another
     waits to see delivered, since no webhook says ``done`` (a review found the
     last tracker's goal winning, and the order followed by nobody).
+    A row news made first (a webhook before the track) has no goal asked yet:
+    the first track's is taken, or an instance granting on ``paid`` would have
+    its order judged by the placeholder ``done`` and its ``on_settled`` call
+    never made (a review found it).
     """
     db.execute(
         in_dialect(
@@ -99,11 +107,11 @@ def track(
     db.execute(
         in_dialect(
             dialect,
-            f"UPDATE orderfsm_orders SET until = {_STRICTER}, user_id = coalesce(%s, user_id),"
-            f" tracking = (status IS NULL OR (status, {_STRICTER}) NOT IN ({SETTLING})),"
+            f"UPDATE orderfsm_orders SET until = {_GOAL}, user_id = coalesce(%s, user_id),"
+            f" tracking = (status IS NULL OR (status, {_GOAL}) NOT IN ({SETTLING})),"
             f" tracked_at = %s, updated_at = %s WHERE order_id = %s",
         ),
-        (until.value, user_id, until.value, now, now, order_id),
+        (until.value, until.value, user_id, until.value, until.value, now, now, order_id),
     )
     row = db.execute(
         in_dialect(dialect, f"SELECT {ORDER_COLUMNS} FROM orderfsm_orders WHERE order_id = %s"),
