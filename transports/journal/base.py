@@ -190,6 +190,10 @@ class Store(Protocol):
         attempt took the key over.
         """
 
+    def renew(self, key: str, attempt: int, until: float, deadline: float) -> bool:
+        """Keep ``attempt``'s running claim until ``until`` (its handler still runs),
+        fenced: False, and nothing changed, once another attempt took the key over."""
+
     def finish(
         self,
         delivery_id: int,

@@ -269,6 +269,14 @@ class SyncJournal:
             yield delay
             delay = min(2 * delay, ANSWER_RETRY[1])
 
+    def renew(self, taken: Taken) -> bool:
+        """Keep ``taken``'s claim for another lease while its handler runs; False once
+        another attempt took the key over (its handler may already be running)."""
+        if taken.key is None:
+            return True  # no key: nobody else can take it
+        until = self.clock() + self.settings.lease
+        return self.store.renew(taken.key, taken.attempt, until, self._deadline())
+
     def settled(
         self, taken: Taken, answer: Answer, error: str | None, busy: Answer, recorded: bool
     ) -> Answer:
