@@ -9,6 +9,7 @@ memory; only the database joins them.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -159,6 +160,49 @@ async def test_a_duplicate_answers_5xx_rather_than_wait_past_its_deadline(
     assert answers["duplicate"].status == 500 and waited < 0.9
     assert answers["owner"].status == 204 and later.status == 204
     assert handler.calls == 1
+
+
+@on_every_backend
+async def test_a_handler_slower_than_the_lease_runs_once_while_its_claim_is_renewed(
+    backend: str, tmp_path: Path
+) -> None:
+    """Issue 14: a plain handler still at work two leases after its claim; a duplicate
+    sent to the other instance meanwhile answers 5xx (its lease is renewed, not run
+    out) and never runs the handler; the stored answer is the first's."""
+    any_url = url_for(backend, tmp_path)
+    settings = JournalSettings(lease=1.0, wait=0.3)
+    started, release = anyio.Event(), anyio.Event()
+    calls = 0
+
+    async def slow(notification: Notification) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the first run outlasts its lease; any other returns at once
+            started.set()
+            await release.wait()
+
+    async with instances(any_url, settings=settings) as (one, two):
+        a = WebhookReceiver(SECRET, slow, store=one)
+        b = WebhookReceiver(SECRET, slow, store=two)
+        answers: dict[str, WebhookAnswer] = {}
+        async with anyio.create_task_group() as tg:
+
+            async def owner() -> None:
+                answers["owner"] = await deliver(a, order_paid(14))
+
+            tg.start_soon(owner)
+            with anyio.fail_after(10):
+                await started.wait()
+                claim = (await two.claims(["order_paid:14"]))["order_paid:14"]
+                # The condition is the clock itself: the first lease long over.
+                await anyio.sleep(claim.claimed_at + 2.5 * settings.lease - time.time())
+            answers["duplicate"] = await deliver(b, order_paid(14))
+            held = (await two.claims(["order_paid:14"]))["order_paid:14"]
+            release.set()
+        later = await deliver(b, order_paid(14))
+    assert answers["duplicate"].status == 500 and calls == 1
+    assert held.attempt == 1 and held.lease_until > claim.lease_until  # renewed, not taken
+    assert answers["owner"].status == 204 and later == answers["owner"]
 
 
 @on_every_backend
