@@ -17,6 +17,7 @@ from pathlib import Path
 import anyio
 import pytest
 from support_journal import (
+    DatabaseHold,
     create_grants,
     grants,
     mark,
@@ -202,6 +203,61 @@ async def test_a_handler_slower_than_the_lease_runs_once_while_its_claim_is_rene
         later = await deliver(b, order_paid(14))
     assert answers["duplicate"].status == 500 and calls == 1
     assert held.attempt == 1 and held.lease_until > claim.lease_until  # renewed, not taken
+    assert answers["owner"].status == 204 and later == answers["owner"]
+
+
+@on_databases
+async def test_a_renewal_that_fails_longer_than_the_lease_still_keeps_the_claim(
+    backend: str, tmp_path: Path
+) -> None:
+    """The database held (SQLite locked, the claim's row locked on PostgreSQL) for two
+    leases while the handler runs: no renewal gets through, and no duplicate either.
+    Once it is free the owner's renewal lands before anyone takes the key over (its
+    lease ran out meanwhile, but nobody could take it), so the duplicate after it
+    still answers 5xx and the handler runs once."""
+    any_url = url_for(backend, tmp_path)
+    settings = JournalSettings(lease=1.0, wait=0.3)
+    started, release = anyio.Event(), anyio.Event()
+    calls = 0
+
+    async def slow(notification: Notification) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            started.set()
+            await release.wait()
+
+    async with instances(any_url, settings=settings) as (one, two):
+        a = WebhookReceiver(SECRET, slow, store=one)
+        b = WebhookReceiver(SECRET, slow, store=two)
+        answers: dict[str, WebhookAnswer] = {}
+        async with anyio.create_task_group() as tg:
+
+            async def owner() -> None:
+                answers["owner"] = await deliver(a, order_paid(15))
+
+            tg.start_soon(owner)
+            with anyio.fail_after(10):
+                await started.wait()
+            hold = DatabaseHold(any_url, "order_paid:15")
+            try:
+                await hold.blocking_someone()
+                await anyio.sleep(2 * settings.lease)  # the outage: longer than the lease
+                answers["during"] = await deliver(b, order_paid(15))
+            finally:
+                hold.release()
+            freed = time.time()
+            with anyio.fail_after(10):
+                while True:  # the owner's renewal, retried, gets through
+                    claim = (await two.claims(["order_paid:15"]))["order_paid:15"]
+                    if claim.lease_until > freed + 0.5 * settings.lease:
+                        break
+                    await anyio.sleep(0.02)
+            answers["after"] = await deliver(b, order_paid(15))
+            release.set()
+        later = await deliver(b, order_paid(15))
+    assert answers["during"].status == 500 and answers["after"].status == 500
+    assert claim.attempt == 1 and calls == 1
     assert answers["owner"].status == 204 and later == answers["owner"]
 
 
