@@ -62,11 +62,11 @@ from transports.journal.base import (
     error_text,
     filter_sql,
     migrations,
+    renew_claim,
     run_in_transaction,
 )
 from transports.journal.orders import CHANNEL, Note, channel_for, record
 from transports.journal.postgres_listener import PostgresListener
-from transports.journal.settled_sql import renew_claim
 
 try:
     import psycopg

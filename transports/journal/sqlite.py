@@ -46,11 +46,11 @@ from transports.journal.base import (
     delivery_from_row,
     error_text,
     filter_sql,
+    renew_claim,
     run_in_transaction,
 )
 from transports.journal.groupcommit import GroupCommit
 from transports.journal.orders import Note, record
-from transports.journal.settled_sql import renew_claim
 from transports.journal.sqlite_connections import begin_immediate, connect, open_writer, unavailable
 
 T = TypeVar("T")
