@@ -9,6 +9,7 @@ memory; only the database joins them.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -228,13 +229,15 @@ async def test_a_handler_slower_than_the_lease_runs_once_while_its_claim_is_rene
 
 @on_databases
 async def test_a_renewal_that_fails_longer_than_the_lease_still_keeps_the_claim(
-    backend: str, tmp_path: Path
+    backend: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The database held (SQLite locked, the claim's row locked on PostgreSQL) for two
     leases while the handler runs: no renewal gets through, and no duplicate either.
     Once it is free the owner's renewal lands before anyone takes the key over (its
     lease ran out meanwhile, but nobody could take it), so the duplicate after it
-    still answers 5xx and the handler runs once."""
+    still answers 5xx and the handler runs once.  The outage is logged once, not at
+    each retry, and its end once."""
+    caplog.set_level(logging.WARNING, logger="orderfsm.journal")
     any_url = url_for(backend, tmp_path)
     answers: dict[str, WebhookAnswer] = {}
     async with slow_owner(any_url, 15, answers) as (handler, b, two):
@@ -256,6 +259,9 @@ async def test_a_renewal_that_fails_longer_than_the_lease_still_keeps_the_claim(
     assert answers["during"].status == 500 and answers["after"].status == 500
     assert claim.attempt == 1 and handler.calls == 1
     assert answers["owner"].status == 204 and answers["later"] == answers["owner"]
+    said = [r.getMessage() for r in caplog.records if r.name == "orderfsm.journal"]
+    assert sum("are not renewed yet" in m for m in said) == 1, said
+    assert said.count("running claims are renewed again") == 1, said
 
 
 @on_every_backend

@@ -69,20 +69,14 @@ class Journal:
         return f"Journal({self.display!r})"
 
     async def _call(
-        self,
-        function: Callable[..., T],
-        *args: Any,
-        patience: float | None = None,
-        abandon: bool = False,
+        self, function: Callable[..., T], *args: Any, patience: float | None = None
     ) -> T:
         """Run ``function`` in a worker thread, waiting at most ``patience`` (by default
         ``wait``) for one.
 
         The wait for a thread is bounded (an outage must not queue deliveries
         behind each other past their answer); once started, a call runs to
-        its end, so what it did (a claim taken) is never lost to a cancel; unless
-        ``abandon``: the cancel returns at once and the call ends in its thread, its
-        result unread (for a call whose result nobody needs once cancelled).
+        its end, so what it did (a claim taken) is never lost to a cancel.
         """
         if not self.store.blocking:
             return function(*args)
@@ -100,9 +94,7 @@ class Journal:
                     f"{self.display}: every journal thread stayed busy"
                 ) from None
         try:
-            return await anyio.to_thread.run_sync(
-                function, *args, limiter=threads, abandon_on_cancel=abandon
-            )
+            return await anyio.to_thread.run_sync(function, *args, limiter=threads)
         finally:
             gate.release()
 
@@ -169,13 +161,6 @@ class Journal:
         if recorded:  # the usual case: nothing to read, so no trip to a thread
             return self.sync.settled(taken, answer, error, busy, recorded)
         return await self._call(self.sync.settled, taken, answer, error, busy, recorded)
-
-    async def renew(self, taken: Taken) -> bool:
-        """Keep ``taken``'s claim for another lease; see :meth:`SyncJournal.renew`.
-        Cancelled (its handler returned), it does not wait for its thread: a renewal
-        stuck on a locked row must not hold the answer's write up, and one that lands
-        after the answer changes nothing (fenced: the claim no longer runs)."""
-        return await self._call(self.sync.renew, taken, abandon=True)
 
     def _on_loop(self) -> _OnLoop:
         """This event loop's limiters and batchers: a journal shared by loops in several

@@ -354,7 +354,8 @@ class WebhookReceiver(ReceiverBase):
             self._journal_used(started, failed=False)
             return begun.answer, False, "duplicate"
         lag = time.perf_counter() - started
-        answer, error = await holding(self.journal, begun, self._dispatch(checked.notification))
+        handled = self._dispatch(checked.notification)
+        answer, error = await holding(self.journal.sync.renewer, begun.key, begun.attempt, handled)
         started = time.perf_counter() - lag
         try:
             recorded = await self.journal.settle(begun, answer, error, STORE_FAILED)
