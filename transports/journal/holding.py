@@ -66,6 +66,7 @@ class Renewer:
     def hold(self, key: str, attempt: int) -> None:
         """``attempt``'s handler starts: renew its claim until :meth:`drop`."""
         with self._lock:
+            self._claims.pop(key, None)  # a key taken over here too goes last, in order
             self._claims[key] = (attempt, time.monotonic() + self.every)
             if self._thread is None and not self._stopping.is_set():
                 self._thread = threading.Thread(
@@ -103,12 +104,13 @@ class Renewer:
 
     def _due(self, now: float) -> list[tuple[str, int]] | float:
         """The claims due now, or the seconds until the first is."""
+        due: list[tuple[str, int]] = []
         with self._lock:
-            due = [(k, a) for k, (a, at) in self._claims.items() if at <= now]
-            if due:
-                return due
-            first = next(iter(self._claims.values()), None)
-            return self.every if first is None else first[1] - now
+            for key, (attempt, at) in self._claims.items():
+                if at > now:  # and so are all after it
+                    return due or at - now
+                due.append((key, attempt))
+        return due or self.every
 
     def _run(self) -> None:
         delay, retry, failing = 0.0, self._retry[0], False
