@@ -31,6 +31,7 @@ from orderfsm.journal import (
     plan_replay,
     prunable,
     prune_due,
+    renewed,
     reopened,
     schema_plan,
     settled,
@@ -67,6 +68,22 @@ def test_only_the_latest_running_attempt_records() -> None:
     assert not may_record(taken_over, 1) and may_record(taken_over, 2)
     assert not may_record(settled(taken_over, OK, 201.0), 2)
     assert not may_record(None, 1)
+
+
+def test_a_renewal_keeps_only_the_latest_running_attempt_and_holds_even_late() -> None:
+    """A renewal is fenced as an answer is; one that comes after its lease ran out
+    still holds when nobody took the key (the database was down for everyone)."""
+    first = running(1)
+    kept = renewed(first, 1, first.lease_until + 60.0)
+    assert kept is not None and kept.lease_until == first.lease_until + 60.0
+    assert not may_take(kept, first.lease_until) and kept.attempt == 1
+    late = renewed(first, 1, first.lease_until + 90.0)  # past its lease: nobody took it
+    assert late is not None and not may_take(late, first.lease_until + 30.0)
+    taken_over = take(first, first.key, "b", first.lease_until, 60.0)
+    assert renewed(taken_over, 1, 10**9) is None
+    assert renewed(settled(first, OK, 101.0), 1, 10**9) is None
+    assert renewed(settled(first, FAILED, 101.0), 1, 10**9) is None
+    assert renewed(None, 1, 10**9) is None
 
 
 def test_answers_kept_released_and_what_they_say() -> None:

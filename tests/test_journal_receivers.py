@@ -9,6 +9,8 @@ memory; only the database joins them.
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import anyio
 import pytest
 from support_journal import (
+    DatabaseHold,
     create_grants,
     grants,
     mark,
@@ -159,6 +162,106 @@ async def test_a_duplicate_answers_5xx_rather_than_wait_past_its_deadline(
     assert answers["duplicate"].status == 500 and waited < 0.9
     assert answers["owner"].status == 204 and later.status == 204
     assert handler.calls == 1
+
+
+SLOW = JournalSettings(lease=1.0, wait=0.3)
+
+
+class FirstRunHeld:
+    """A handler whose first run lasts until the test lets it go (a slow grant API,
+    longer than the lease); any other run returns at once."""
+
+    def __init__(self) -> None:
+        self.started, self.release = anyio.Event(), anyio.Event()
+        self.calls = 0
+
+    async def __call__(self, notification: Notification) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            self.started.set()
+            await self.release.wait()
+
+
+@asynccontextmanager
+async def slow_owner(
+    url: str, order_id: int, answers: dict[str, WebhookAnswer]
+) -> AsyncIterator[tuple[FirstRunHeld, WebhookReceiver, Journal]]:
+    """Instance one's handler at work on ``order_id`` (answered into ``answers["owner"]``
+    once the block ends); yields the handler, instance two's receiver and its journal.
+    After the block, a last delivery to instance two: ``answers["later"]``."""
+    handler = FirstRunHeld()
+    async with instances(url, settings=SLOW) as (one, two):
+        a = WebhookReceiver(SECRET, handler, store=one)
+        b = WebhookReceiver(SECRET, handler, store=two)
+        async with anyio.create_task_group() as tg:
+
+            async def owner() -> None:
+                answers["owner"] = await deliver(a, order_paid(order_id))
+
+            tg.start_soon(owner)
+            try:
+                with anyio.fail_after(10):
+                    await handler.started.wait()
+                yield handler, b, two
+            finally:
+                handler.release.set()
+        answers["later"] = await deliver(b, order_paid(order_id))
+
+
+@on_every_backend
+async def test_a_handler_slower_than_the_lease_runs_once_while_its_claim_is_renewed(
+    backend: str, tmp_path: Path
+) -> None:
+    """Issue 14: a plain handler still at work two leases after its claim; a duplicate
+    sent to the other instance meanwhile answers 5xx (its lease is renewed, not run
+    out) and never runs the handler; the stored answer is the first's."""
+    answers: dict[str, WebhookAnswer] = {}
+    async with slow_owner(url_for(backend, tmp_path), 14, answers) as (handler, b, two):
+        claim = (await two.claims(["order_paid:14"]))["order_paid:14"]
+        # The condition is the clock itself: the first lease long over.
+        await anyio.sleep(claim.claimed_at + 2.5 * SLOW.lease - time.time())
+        answers["duplicate"] = await deliver(b, order_paid(14))
+        held = (await two.claims(["order_paid:14"]))["order_paid:14"]
+    assert answers["duplicate"].status == 500 and handler.calls == 1
+    assert held.attempt == 1 and held.lease_until > claim.lease_until  # renewed, not taken
+    assert answers["owner"].status == 204 and answers["later"] == answers["owner"]
+
+
+@on_databases
+async def test_a_renewal_that_fails_longer_than_the_lease_still_keeps_the_claim(
+    backend: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database held (SQLite locked, the claim's row locked on PostgreSQL) for two
+    leases while the handler runs: no renewal gets through, and no duplicate either.
+    Once it is free the owner's renewal lands before anyone takes the key over (its
+    lease ran out meanwhile, but nobody could take it), so the duplicate after it
+    still answers 5xx and the handler runs once.  The outage is logged once, not at
+    each retry, and its end once."""
+    caplog.set_level(logging.WARNING, logger="orderfsm.journal")
+    any_url = url_for(backend, tmp_path)
+    answers: dict[str, WebhookAnswer] = {}
+    async with slow_owner(any_url, 15, answers) as (handler, b, two):
+        hold = DatabaseHold(any_url, "order_paid:15")
+        try:
+            await hold.blocking_someone()
+            await anyio.sleep(2 * SLOW.lease)  # the outage: longer than the lease
+            answers["during"] = await deliver(b, order_paid(15))
+        finally:
+            hold.release()
+        freed = time.time()
+        with anyio.fail_after(10):
+            while True:  # the owner's renewal, retried, gets through
+                claim = (await two.claims(["order_paid:15"]))["order_paid:15"]
+                if claim.lease_until > freed + 0.5 * SLOW.lease:
+                    break
+                await anyio.sleep(0.02)
+        answers["after"] = await deliver(b, order_paid(15))
+    assert answers["during"].status == 500 and answers["after"].status == 500
+    assert claim.attempt == 1 and handler.calls == 1
+    assert answers["owner"].status == 204 and answers["later"] == answers["owner"]
+    said = [r.getMessage() for r in caplog.records if r.name == "orderfsm.journal"]
+    assert sum("are not renewed yet" in m for m in said) == 1, said
+    assert said.count("running claims are renewed again") == 1, said
 
 
 @on_every_backend

@@ -41,6 +41,15 @@ def may_record(claim: Claim | None, attempt: int) -> bool:
     return claim is not None and claim.attempt == attempt and claim.state is ClaimState.RUNNING
 
 
+def renewed(claim: Claim | None, attempt: int, until: float) -> Claim | None:
+    """The row after ``attempt`` keeps its claim until ``until`` while its handler runs,
+    or ``None`` when it may not (fenced, as :func:`may_record`): a late renewal of a
+    lease that ran out still holds when nobody took the key over meanwhile."""
+    if claim is None or not may_record(claim, attempt):
+        return None
+    return attrs.evolve(claim, lease_until=until)
+
+
 def keeps(answer: Answer) -> bool:
     """Is this answer final (stored, repeated to duplicates) or a failure to retry?
 

@@ -190,6 +190,10 @@ class Store(Protocol):
         attempt took the key over.
         """
 
+    def renew(self, key: str, attempt: int, until: float, deadline: float) -> bool:
+        """Keep ``attempt``'s running claim until ``until`` (its handler still runs),
+        fenced: False, and nothing changed, once another attempt took the key over."""
+
     def finish(
         self,
         delivery_id: int,
@@ -384,6 +388,20 @@ PRUNABLE_CLAIM = """claimed_at < {m}
        ELSE coalesce(answered_at, claimed_at) END) < {m}"""
 """Mirrors :func:`orderfsm.journal.prunable` (answered_at, when set, is never before claimed_at)."""
 PRUNE_CLAIMS = "DELETE FROM orderfsm_claims WHERE " + PRUNABLE_CLAIM
+RENEW_CLAIM = (
+    "UPDATE orderfsm_claims SET lease_until = {m}"
+    " WHERE key = {m} AND attempt = {m} AND state = 'running'"
+)
+"""Mirrors :func:`orderfsm.journal.renewed`: fenced by the attempt, late or not."""
+
+
+def renew_claim(db: Any, dialect: str, key: str, attempt: int, until: float) -> bool:
+    """Extend a running claim's lease (a webhook handler's or an ``on_settled`` call's),
+    fenced by its attempt: False once another took the key over (or it was answered)."""
+    mark = "%s" if dialect == "postgresql" else "?"
+    cursor = db.execute(RENEW_CLAIM.format(m=mark), (until, key, attempt))
+    return bool(cursor.rowcount == 1)
+
 
 _FILTERS: tuple[tuple[str, Callable[[DeliveryFilter], Any]], ...] = (
     ("order_id = {m}", lambda s: s.order_id),

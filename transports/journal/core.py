@@ -39,6 +39,7 @@ from orderfsm.journal import (
     prune_due,
 )
 from transports.journal.base import Batches, Claimed, ClaimRequest, SettleRequest, Store, Work
+from transports.journal.holding import Renewer
 from transports.journal.orders import Note
 
 logger = logging.getLogger("orderfsm.journal")
@@ -97,6 +98,8 @@ class SyncJournal:
         self._closed = False
         self._last_pruned: float | None = None
         self._pruner: threading.Thread | None = None
+        self.renewer = Renewer(self.renew, self.settings.lease / 3, ANSWER_RETRY)
+        """Renews the running plain handlers' claims (see :mod:`~transports.journal.holding`)."""
 
     @property
     def display(self) -> str:
@@ -118,6 +121,7 @@ class SyncJournal:
 
     def close(self) -> None:
         self._closed = True
+        self.renewer.stop(timeout=self.settings.wait * 4)
         pruner = self._pruner
         if pruner is not None:
             pruner.join(timeout=self.settings.wait * 4)
@@ -268,6 +272,12 @@ class SyncJournal:
                 logger.warning("the answer to %s waits for the journal: %s", taken.key, exc)
             yield delay
             delay = min(2 * delay, ANSWER_RETRY[1])
+
+    def renew(self, key: str, attempt: int) -> bool:
+        """Keep ``attempt``'s claim of ``key`` for another lease while its handler runs
+        (the :attr:`renewer` calls it); False once another attempt took the key over
+        (its handler may already be running)."""
+        return self.store.renew(key, attempt, self.clock() + self.settings.lease, self._deadline())
 
     def settled(
         self, taken: Taken, answer: Answer, error: str | None, busy: Answer, recorded: bool

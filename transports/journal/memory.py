@@ -143,6 +143,13 @@ class MemoryStore:
             self._finish(delivery_id, answer, outcome, error, now)
             return recorded
 
+    def renew(self, key: str, attempt: int, until: float, deadline: float) -> bool:
+        with self._lock:
+            claim = decisions.renewed(self._claims.get(key), attempt, until)
+            if claim is not None:
+                self._claims[key] = claim
+            return claim is not None
+
     def _finish(
         self, delivery_id: int, answer: Answer, outcome: Outcome, error: str | None, now: float
     ) -> None:

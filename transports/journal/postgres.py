@@ -23,6 +23,7 @@ process's transaction is rolled back when its connection drops.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -61,6 +62,7 @@ from transports.journal.base import (
     error_text,
     filter_sql,
     migrations,
+    renew_claim,
     run_in_transaction,
 )
 from transports.journal.orders import CHANNEL, Note, channel_for, record
@@ -479,6 +481,12 @@ class PostgresStore:
     ) -> bool:
         with self._connection(deadline) as db:
             return sql.settle(db, key, attempt, answer, delivery_id, error, now)
+
+    def renew(self, key: str, attempt: int, until: float, deadline: float) -> bool:
+        work = functools.partial(
+            renew_claim, dialect=self.kind, key=key, attempt=attempt, until=until
+        )
+        return self.write(work, deadline)
 
     def finish(
         self,

@@ -9,7 +9,7 @@ import time
 from typing import cast
 
 from transports.journal import settled_sql as sql
-from transports.journal.base import SqlStore
+from transports.journal.base import SqlStore, renew_claim
 from transports.journal.order_log import OrderLog
 
 
@@ -46,6 +46,6 @@ class SettledLog:
         """Keep a running call's claim for another lease; False once it was taken over."""
         until = time.time() + self.journal.settings.lease
         work = functools.partial(
-            sql.renew_claim, dialect=self.dialect, key=key, attempt=attempt, until=until
+            renew_claim, dialect=self.dialect, key=key, attempt=attempt, until=until
         )
         return await self.journal._call(self._store.write, work, self._deadline())

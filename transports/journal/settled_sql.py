@@ -261,17 +261,3 @@ def owed(db: Any, dialect: str, after: int, limit: int) -> tuple[list[Owed], int
             later = True
         found.append((int(order_id), Status(status), goal, succeeded, later))
     return found, (ids[-1] if len(ids) == limit else None)
-
-
-def renew_claim(db: Any, dialect: str, key: str, attempt: int, until: float) -> bool:
-    """Extend a running claim's lease, fenced by its attempt: False once another took
-    the key over (or it was answered)."""
-    cursor = db.execute(
-        in_dialect(
-            dialect,
-            "UPDATE orderfsm_claims SET lease_until = %s"
-            " WHERE key = %s AND attempt = %s AND state = 'running'",
-        ),
-        (until, key, attempt),
-    )
-    return bool(cursor.rowcount == 1)

@@ -22,6 +22,7 @@ How each connection is opened and configured, and the writer's retried
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import sqlite3
@@ -45,6 +46,7 @@ from transports.journal.base import (
     delivery_from_row,
     error_text,
     filter_sql,
+    renew_claim,
     run_in_transaction,
 )
 from transports.journal.groupcommit import GroupCommit
@@ -259,6 +261,12 @@ class SqliteStore:
             return sql.settle(db, key, attempt, answer, delivery_id, error, now)
 
         return self._write(work, deadline)
+
+    def renew(self, key: str, attempt: int, until: float, deadline: float) -> bool:
+        work = functools.partial(
+            renew_claim, dialect=self.kind, key=key, attempt=attempt, until=until
+        )
+        return self.write(work, deadline)
 
     def finish(
         self,

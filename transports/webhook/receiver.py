@@ -29,6 +29,7 @@ from orderfsm.journal import Reply
 from transports.journal import Journal, Ran, open_journal
 from transports.journal.base import Store as JournalStore
 from transports.journal.base import Work
+from transports.journal.holding import holding
 from transports.journal.orders import CHANNEL, Note, record
 from transports.webhook.answers import (
     ACCEPTED,
@@ -353,14 +354,16 @@ class WebhookReceiver(ReceiverBase):
             self._journal_used(started, failed=False)
             return begun.answer, False, "duplicate"
         lag = time.perf_counter() - started
-        answer, error = await self._dispatch(checked.notification)
+        handled = self._dispatch(checked.notification)
+        answer, error = await holding(self.journal.sync.renewer, begun.key, begun.attempt, handled)
         started = time.perf_counter() - lag
         try:
             recorded = await self.journal.settle(begun, answer, error, STORE_FAILED)
         except JournalError as exc:
             self._journal_used(started, failed=True)
             # The handler ran, but its answer is not recorded: the retry runs it
-            # again once the lease runs out (the transactional handler avoids this).
+            # again once the lease (no longer renewed) runs out (the transactional
+            # handler avoids this).
             journal_failed("recording the answer", exc, checked)
             return STORE_FAILED, True, "journal_failed"
         self._journal_used(started, failed=False)

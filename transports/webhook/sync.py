@@ -133,7 +133,8 @@ class SyncWebhookReceiver(ReceiverBase):
             return STORE_FAILED, False, "journal_failed"
         if isinstance(begun, Reply):
             return begun.answer, False, "duplicate"
-        answer, error = self._dispatch(checked.notification)
+        with self.journal.renewer.held(begun.key, begun.attempt):
+            answer, error = self._dispatch(checked.notification)
         try:
             recorded = self.journal.settle(begun, answer, error, STORE_FAILED)
         except JournalError as exc:

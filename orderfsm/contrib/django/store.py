@@ -142,6 +142,9 @@ class DjangoStore:
     ) -> None:
         self.inner.finish(delivery_id, answer, outcome, error, now, deadline)
 
+    def renew(self, key: str, attempt: int, until: float, deadline: float) -> bool:
+        return self.inner.renew(key, attempt, until, deadline)
+
     def reopen(self, key: str, attempt: int, deadline: float) -> bool:
         return self.inner.reopen(key, attempt, deadline)
 
