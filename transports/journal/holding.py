@@ -3,8 +3,8 @@ must not be started a second time by a duplicate that finds the claim run out.
 
 One :class:`Renewer` per journal, a thread of its own, renews every running claim a
 third of the lease after it was taken or last renewed, fenced by its attempt.  A
-delivery only registers its claim (a dict insert) and drops it when its handler
-returns (a pop): handlers are far shorter than a third of the lease, so almost none
+delivery only registers its claim (a dict insert) and drops it once its answer is
+recorded (a pop): handlers are far shorter than a third of the lease, so almost none
 is ever renewed, and the fast path costs no task, no timer, no write.  The thread
 never needs waking for a new claim: it sleeps at most a third of the lease, and a
 claim registered meanwhile is due no sooner than that after it.
@@ -25,14 +25,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
 
 from orderfsm.errors import JournalError
 
 logger = logging.getLogger("orderfsm.journal")
-T = TypeVar("T")
 
 
 class Renewer:
@@ -75,15 +73,16 @@ class Renewer:
                 self._thread.start()
 
     def drop(self, key: str, attempt: int) -> None:
-        """``attempt``'s handler returned: renew its claim no more (its answer is
-        recorded next, or its lease runs out)."""
+        """``attempt``'s answer is recorded (or could not be): renew its claim no
+        more (a claim left unanswered runs out one lease later)."""
         with self._lock:
             if self._claims.get(key, (None,))[0] == attempt:
                 del self._claims[key]
 
     @contextmanager
     def held(self, key: str | None, attempt: int) -> Iterator[None]:
-        """The claim of ``key`` renewed while the block runs (a synchronous handler)."""
+        """The claim of ``key`` renewed while the block runs: the handler, then the
+        recording of its answer (no awaits inside hold or drop: any loop, or none)."""
         if key is None:  # a delivery without a key: nothing to hold
             yield
             return
@@ -150,14 +149,3 @@ class Renewer:
                 self._claims[key] = (attempt, time.monotonic() + self.every)
                 return
         logger.warning("attempt %d of %s was taken over while its handler ran", attempt, key)
-
-
-async def holding(renewer: Renewer, key: str | None, attempt: int, call: Awaitable[T]) -> T:
-    """Await ``call`` (the handler) while ``attempt``'s claim of ``key`` is renewed."""
-    if key is None:  # a delivery without a key always runs: nothing to hold
-        return await call
-    renewer.hold(key, attempt)
-    try:
-        return await call
-    finally:
-        renewer.drop(key, attempt)

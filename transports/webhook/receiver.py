@@ -29,7 +29,6 @@ from orderfsm.journal import Reply
 from transports.journal import Journal, Ran, open_journal
 from transports.journal.base import Store as JournalStore
 from transports.journal.base import Work
-from transports.journal.holding import holding
 from transports.journal.orders import CHANNEL, Note, record
 from transports.webhook.answers import (
     ACCEPTED,
@@ -354,18 +353,20 @@ class WebhookReceiver(ReceiverBase):
             self._journal_used(started, failed=False)
             return begun.answer, False, "duplicate"
         lag = time.perf_counter() - started
-        handled = self._dispatch(checked.notification)
-        answer, error = await holding(self.journal.sync.renewer, begun.key, begun.attempt, handled)
-        started = time.perf_counter() - lag
-        try:
-            recorded = await self.journal.settle(begun, answer, error, STORE_FAILED)
-        except JournalError as exc:
-            self._journal_used(started, failed=True)
-            # The handler ran, but its answer is not recorded: the retry runs it
-            # again once the lease (no longer renewed) runs out (the transactional
-            # handler avoids this).
-            journal_failed("recording the answer", exc, checked)
-            return STORE_FAILED, True, "journal_failed"
+        # The claim is renewed until its answer is recorded, not only while the
+        # handler runs: a slow write of the answer must not let a duplicate in.
+        with self.journal.sync.renewer.held(begun.key, begun.attempt):
+            answer, error = await self._dispatch(checked.notification)
+            started = time.perf_counter() - lag
+            try:
+                recorded = await self.journal.settle(begun, answer, error, STORE_FAILED)
+            except JournalError as exc:
+                self._journal_used(started, failed=True)
+                # The handler ran, but its answer is not recorded: the retry runs it
+                # again once the lease (no longer renewed) runs out (the transactional
+                # handler avoids this).
+                journal_failed("recording the answer", exc, checked)
+                return STORE_FAILED, True, "journal_failed"
         self._journal_used(started, failed=False)
         return recorded, True, _ran(recorded)
 

@@ -133,13 +133,13 @@ class SyncWebhookReceiver(ReceiverBase):
             return STORE_FAILED, False, "journal_failed"
         if isinstance(begun, Reply):
             return begun.answer, False, "duplicate"
-        with self.journal.renewer.held(begun.key, begun.attempt):
+        with self.journal.renewer.held(begun.key, begun.attempt):  # until recorded
             answer, error = self._dispatch(checked.notification)
-        try:
-            recorded = self.journal.settle(begun, answer, error, STORE_FAILED)
-        except JournalError as exc:
-            logger.error("the journal failed to record the answer: %s", exc)
-            return STORE_FAILED, True, "journal_failed"
+            try:
+                recorded = self.journal.settle(begun, answer, error, STORE_FAILED)
+            except JournalError as exc:
+                logger.error("the journal failed to record the answer: %s", exc)
+                return STORE_FAILED, True, "journal_failed"
         return recorded, True, _ran(recorded)
 
     def _dispatch(self, notification: Notification) -> tuple[WebhookAnswer, str | None]:
