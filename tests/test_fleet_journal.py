@@ -117,10 +117,12 @@ async def test_a_track_after_the_news_takes_its_own_goal_not_the_placeholder(
     """A webhook's news can make an order's row before any instance tracks it (its
     goal then a placeholder, ``done``).  The first track's goal is the row's: a
     fleet granting on ``paid`` is owed its call at ``paid``, where no webhook ever
-    says ``done``.  Once a goal was asked, the stricter one still wins."""
+    says ``done``, even when the instance's "still wanted" mark comes before its
+    track.  Once a goal was asked, the stricter one still wins."""
     async with open_journal(url_for(backend, tmp_path)) as journal:
         log = OrderLog(journal)
         await log.record([note(8, P), note(9, N)])
+        await log.want([8])  # a journal-only instance's "still wanted", before its track lands
         await log.track(8, P, "player-8")
         await log.track(9, P, "player-9")
         await log.track(9, D, "player-9")

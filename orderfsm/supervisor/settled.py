@@ -209,19 +209,24 @@ class CallsOnSettled:
         taken = await journal.begin(delivery, busy)
         if isinstance(taken, Reply):
             return taken.answer.ok  # done already, here or elsewhere; or still running
-        try:
-            await self._holding(taken, self.on_settled(event))
-        except Exception as exc:
-            logger.exception("on_settled failed for %s", event)
-            await self._answer(taken, Answer(500), repr(exc), busy)
-            return False
-        except BaseException:  # cancelled (the tracker closes): free the key at once
-            with contextlib.suppress(OrderFsmError):
-                await self._answer(taken, Answer(500), "interrupted: the tracker closed", busy)
-            raise
-        # Fenced (another attempt took the key over): the other's answer, or busy
-        # while it still runs; only a recorded success ends the retries.
-        return (await self._answer(taken, Answer(204), None, busy)).ok
+        # The claim is renewed (every third of the lease, by the journal's renewer,
+        # fenced by its attempt) until its answer is recorded: a handler slower than
+        # the lease, or a slow write of its answer, must not let another instance
+        # make the same call.
+        with journal.sync.renewer.held(taken.key, taken.attempt):
+            try:
+                await self.on_settled(event)
+            except Exception as exc:
+                logger.exception("on_settled failed for %s", event)
+                await self._answer(taken, Answer(500), repr(exc), busy)
+                return False
+            except BaseException:  # cancelled (the tracker closes): free the key at once
+                with contextlib.suppress(OrderFsmError):
+                    await self._answer(taken, Answer(500), "interrupted: the tracker closed", busy)
+                raise
+            # Fenced (another attempt took the key over): the other's answer, or busy
+            # while it still runs; only a recorded success ends the retries.
+            return (await self._answer(taken, Answer(204), None, busy)).ok
 
     async def _answer(
         self, taken: Taken, answer: Answer, error: str | None, busy: Answer
@@ -232,39 +237,6 @@ class CallsOnSettled:
         with anyio.move_on_after(self.log.journal.settings.lease, shield=True):
             return await self.log.journal.settle(taken, answer, error, busy)
         return busy
-
-    async def _holding(self, taken: Taken, call: Awaitable[None]) -> None:
-        """Run the handler while renewing its claim's lease (every third of it), fenced
-        by its attempt: a handler slower than the lease is not started again elsewhere."""
-        key = taken.key
-        assert key is not None
-        every = self.log.journal.settings.lease / 3
-
-        async def renew() -> None:
-            while True:
-                await anyio.sleep(every)
-                try:
-                    held = await self.settled_log.renew(key, taken.attempt)
-                except OrderFsmError as exc:
-                    logger.warning("on_settled's claim %s not renewed: %s", key, exc)
-                    continue
-                if not held:
-                    logger.warning(
-                        "attempt %d of %s was taken over while on_settled ran",
-                        taken.attempt, key,
-                    )  # fmt: skip
-                    return
-
-        failed: Exception | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(renew)
-            try:
-                await call
-            except Exception as exc:  # raised as itself, not in a task group's
-                failed = exc
-            tg.cancel_scope.cancel()
-        if failed is not None:
-            raise failed
 
     async def _sweep(self) -> None:
         """Calls owed that no live instance makes (their instance died, their handler

@@ -118,27 +118,28 @@ class Renewer:
             if isinstance(due, float):
                 delay = due
                 continue
-            try:
-                for key, attempt in due:
+            trouble: Exception | None = None
+            for key, attempt in due:
+                try:
                     held = self._renew(key, attempt)
-                    self.renewals += 1
-                    self._renewed(key, attempt, held)
-            except JournalError as exc:
-                if not failing:
-                    logger.warning(
-                        "running claims are not renewed yet (tried again until they are): %s",
-                        exc,
-                    )
-                failing = True
-                delay, retry = retry, min(2 * retry, self._retry[1])
+                except Exception as exc:  # one claim's trouble must not hold the others up
+                    trouble = exc
+                    continue
+                self.renewals += 1
+                self._renewed(key, attempt, held)
+            if trouble is None:
+                if failing:
+                    logger.warning("running claims are renewed again")
+                delay, retry, failing = 0.0, self._retry[0], False
                 continue
-            except Exception:  # a bug must not end the renewals of every later claim
-                logger.exception("renewing a running claim failed; it is tried again")
-                delay = self._retry[1]
-                continue
-            if failing:
-                logger.warning("running claims are renewed again")
-            delay, retry, failing = 0.0, self._retry[0], False
+            if not isinstance(trouble, JournalError):  # a bug: tried again all the same
+                logger.error("renewing a running claim failed; it is tried again", exc_info=trouble)
+            elif not failing:
+                logger.warning(
+                    "running claims are not renewed yet (tried again until they are): %s", trouble
+                )
+            failing = True  # the claims that failed are still due: tried again after the pause
+            delay, retry = retry, min(2 * retry, self._retry[1])
 
     def _renewed(self, key: str, attempt: int, held: bool) -> None:
         with self._lock:
@@ -148,4 +149,6 @@ class Renewer:
             if held:  # due again a third of a lease on, so last in order
                 self._claims[key] = (attempt, time.monotonic() + self.every)
                 return
-        logger.warning("attempt %d of %s was taken over while its handler ran", attempt, key)
+        # Answered meanwhile (its drop not yet made), or taken over: then its answer
+        # is fenced when recorded, and that is logged there.  Not a warning.
+        logger.info("attempt %d of %s is no longer running: not renewed", attempt, key)

@@ -9,7 +9,7 @@ import time
 from typing import cast
 
 from transports.journal import settled_sql as sql
-from transports.journal.base import SqlStore, renew_claim
+from transports.journal.base import SqlStore
 from transports.journal.order_log import OrderLog
 
 
@@ -41,11 +41,3 @@ class SettledLog:
         """The order's calls recorded so far: move its mark past them."""
         work = functools.partial(sql.tell, dialect=self.dialect, order_ids=[order_id])
         await self.journal._call(self._store.write, work, self._deadline())
-
-    async def renew(self, key: str, attempt: int) -> bool:
-        """Keep a running call's claim for another lease; False once it was taken over."""
-        until = time.time() + self.journal.settings.lease
-        work = functools.partial(
-            renew_claim, dialect=self.dialect, key=key, attempt=attempt, until=until
-        )
-        return await self.journal._call(self._store.write, work, self._deadline())
