@@ -9,7 +9,7 @@ import pytest
 from support_tracker import emulator_tracker
 
 from orderfsm import Status
-from orderfsm.supervisor.checks import CHECKS_AT_ONCE
+from orderfsm.supervisor.checks import CHECKS_AT_ONCE, CHECKS_STARTING
 from transports.emulator import Emulator
 
 pytestmark = pytest.mark.anyio
@@ -44,3 +44,39 @@ async def test_many_orders_tracked_at_once_are_checked_a_few_at_a_time(emu: Emul
         await emu.set_status(orders[0], "canceled")
         assert (await tracker.wait(orders[0])).status is Status.CANCELED
     assert 0 < len(first_wave) <= CHECKS_AT_ONCE
+
+
+async def test_orders_waiting_for_their_check_hold_no_task_each(emu: Emulator) -> None:
+    """Ten thousand orders tracked at once were ten thousand tasks waiting for a slot
+    (some 60 MB at their peak, which the allocator kept): orders wait as entries of a
+    queue, and the tasks alive stay bounded however many orders wait."""
+    user = await emu.create_user()
+    orders = [await emu.create_order(user) for _ in range(CHECKS_STARTING + 300)]
+    await emu.get_order_fault("slow", delay=2.0)
+    async with emulator_tracker(emu, user, fetch_details=False) as tracker:
+        before = len(anyio.get_running_tasks())
+        for order_id in orders:
+            tracker.track(order_id)
+        await anyio.sleep(0.5)  # every started check is in flight, the rest queued
+        alive = len(anyio.get_running_tasks()) - before
+        await emu.clear_faults()
+        await emu.set_status(orders[-1], "canceled")  # the last queued is still followed
+        with anyio.fail_after(20):
+            assert (await tracker.wait(orders[-1])).status is Status.CANCELED
+    assert 0 < alive <= CHECKS_STARTING + 20
+
+
+async def test_a_check_backing_off_gives_its_place_to_the_next_order(emu: Emulator) -> None:
+    """Orders whose Get order keeps failing (here: unknown ids, asked again through
+    their not-found grace) must not hold back the first look at the others."""
+    user = await emu.create_user()
+    unknown = [10_000_000 + n for n in range(CHECKS_STARTING)]
+    real = await emu.create_order(user)
+    async with emulator_tracker(emu, user, fetch_details=False, not_found_grace=30.0) as tracker:
+        for order_id in unknown:
+            tracker.track(order_id)
+        await anyio.sleep(0.3)  # every place taken by a check that got a 404
+        tracker.track(real)
+        with anyio.fail_after(3):  # well before any unknown order's grace runs out
+            while not (await emu.stats()).get_order_requests.get(real):  # noqa: ASYNC110
+                await anyio.sleep(0.05)

@@ -12,6 +12,7 @@ without the other.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -37,6 +38,12 @@ CHECKS_AT_ONCE = 32
 thousand orders tracked at once (a backend resuming after a restart) would
 otherwise be ten thousand requests at once: a herd for Xsolla's API, and over a
 million objects of half-done requests for our garbage collector to walk."""
+CHECKS_STARTING = 2 * CHECKS_AT_ONCE
+"""Checks that may be in their first try at once (the token, then the slot and Get
+order); the rest wait in a queue as plain references to their orders, not as
+tasks.  Ten thousand orders tracked at once were ten thousand waiting tasks:
+some 60 MB at their peak, which the allocator then kept.  A check that backs off
+gives its place up, so failing orders never hold back the first look at others."""
 LOOK_ARRIVES = 1.0
 """Seconds, beyond the owner's ``details_timeout``, a follower gives the owner's last
 look of an expired order to reach it through the journal."""
@@ -59,6 +66,8 @@ class GetOrderChecks:
     get_order_http: HttpClient | None
     _counters: TrackerCounters
     _checks_at_once: anyio.Semaphore
+    _checks_queued: deque[TrackedOrder]
+    _checks_starting: int
 
     if TYPE_CHECKING:
 
@@ -96,7 +105,27 @@ class GetOrderChecks:
             order.last_look = True
             self.wake(order)
 
-    async def _check_once(self, order: TrackedOrder) -> None:
+    def _queue_check(self, order: TrackedOrder) -> None:
+        """Check ``order`` once its turn comes (at once, while few checks are starting)."""
+        order.checking = True
+        self._checks_queued.append(order)
+        self._admit_checks()
+
+    def _admit_checks(self) -> None:
+        queued = self._checks_queued
+        while queued and self._checks_starting < CHECKS_STARTING:
+            order = queued.popleft()
+            if order.ended:
+                order.checking = False  # settled or stopped while it waited: no look
+                continue
+            self._checks_starting += 1
+            self._spawn_helper(self._check_once, order, True)
+
+    def _check_started(self) -> None:
+        self._checks_starting -= 1
+        self._admit_checks()
+
+    async def _check_once(self, order: TrackedOrder, queued: bool = False) -> None:
         """Get order once, because something may have been missed.
 
         Asked again, backing off, until one good answer: after a failed request
@@ -114,6 +143,15 @@ class GetOrderChecks:
         from transports.polling import UnexpectedAnswer, fetch_order
 
         delay = CHECK_RETRY_MIN
+        starting = queued  # a place among the starting checks, given up at the first pause
+
+        async def pause(seconds: float) -> None:
+            nonlocal starting
+            if starting:
+                starting = False
+                self._check_started()
+            await anyio.sleep(seconds)
+
         self._counters.checks += 1
         logger.debug(
             "order %s: asking Get order once",
@@ -145,11 +183,11 @@ class GetOrderChecks:
                     if left <= 0:
                         self.stop(order, exc)
                         return
-                    await anyio.sleep(min(delay, left))
+                    await pause(min(delay, left))
                     delay = min(2 * delay, CHECK_RETRY_MAX)
                     continue
                 except TokenProviderFailed:
-                    await anyio.sleep(delay)  # the app's token callable: a passing failure
+                    await pause(delay)  # the app's token callable: a passing failure
                     delay = min(2 * delay, CHECK_RETRY_MAX)
                     continue
                 except TokenRejected:
@@ -166,7 +204,7 @@ class GetOrderChecks:
                     # A 429 or 5xx's Retry-After is honoured, as the poller does: after a
                     # host sleep, thousands of checks would ignore a rate limit at once.
                     asked = exc.retry_after if isinstance(exc, ServerError) else None
-                    await anyio.sleep(max(delay, min(asked or 0.0, CHECK_RETRY_AFTER_MAX)))
+                    await pause(max(delay, min(asked or 0.0, CHECK_RETRY_AFTER_MAX)))
                     delay = min(2 * delay, CHECK_RETRY_MAX)
                     continue
                 except Exception:  # a bug (ours, or an app's HttpClient): this check only
@@ -188,6 +226,8 @@ class GetOrderChecks:
                     )
                 return
         finally:
+            if starting:
+                self._check_started()
             order.checking = False
             self.wake(order)  # a doubt raised meanwhile is checked next
 

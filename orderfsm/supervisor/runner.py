@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +90,8 @@ class Scheduler(GetOrderChecks):
         self._dirty: dict[int, TrackedOrder] = {}
         self._kick = Wakeup()
         self._checks_at_once = anyio.Semaphore(CHECKS_AT_ONCE)
+        self._checks_queued: deque[TrackedOrder] = deque()
+        self._checks_starting = 0
 
     # --- what the tracker calls -------------------------------------------------------
 
@@ -144,6 +147,7 @@ class Scheduler(GetOrderChecks):
         An order already settled gets its result, without the details still on
         their way: a settled status, once seen, is never dropped.
         """
+        self._checks_queued.clear()
         for order in orders:
             order.release()
             order.fleet = None  # closing is not giving up: a journal keeps it to resume
@@ -250,8 +254,7 @@ class Scheduler(GetOrderChecks):
             if self.can_poll and order.owned:
                 # Even beside a poller: the poller stops as soon as the socket
                 # is healthy again, perhaps before a good answer.
-                order.checking = True
-                self._spawn_helper(self._check_once, order)
+                self._queue_check(order)
         if order.attachment is None and order.poller is None:
             error = self._no_source_error(order)
             if error is not None:
