@@ -8,6 +8,9 @@ order unlooked-at until its next review.
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import anyio
 import pytest
 
@@ -70,3 +73,23 @@ async def test_the_loop_clock_reads_what_anyio_reads() -> None:
     before = anyio.current_time()
     now = clock()
     assert before <= now <= anyio.current_time()
+
+
+def test_a_loop_with_its_own_clock_is_read_through_it() -> None:
+    """The stock loop's clock is read without its Python wrapper; a loop that keeps
+    its own time (uvloop, a test's virtual clock) must still be read through it, or
+    deadlines and timestamps would disagree with anyio's."""
+
+    class Shifted(asyncio.SelectorEventLoop):
+        def time(self) -> float:
+            return super().time() + 1000.0
+
+    loop = Shifted()
+    try:
+
+        async def read() -> float:
+            return loop_clock()()
+
+        assert loop.run_until_complete(read()) >= time.monotonic() + 999.0
+    finally:
+        loop.close()

@@ -66,10 +66,15 @@ def emu() -> Iterator[Emulator]:
         yield emulator
 
 
+async def frame_of(ws: WebSocket) -> str | bytes:
+    """The next frame, read as the driver reads it."""
+    return ws.data(await ws.receive())
+
+
 async def connect(ws: WebSocket, user: User, project_id: int) -> dict[str, object]:
     command = {"id": 1, "connect": {"data": {"auth": user.token, "project_id": project_id}}}
     await ws.send(json.dumps(command))
-    reply = json.loads(await ws.receive())
+    reply = json.loads(await frame_of(ws))
     assert isinstance(reply, dict) and "connect" in reply, reply
     return reply
 
@@ -95,11 +100,11 @@ async def test_frames_go_both_ways_and_the_close_code_is_read(
     async with open_socket(emu.ws_url, factory=shell) as ws:
         await connect(ws, user, emu.project_id)
         await emu.publish_raw(user, {"order_id": 7, "status": "paid"})
-        push = json.loads(await ws.receive())
+        push = json.loads(await frame_of(ws))
         assert push["push"]["pub"]["data"] == {"order_id": 7, "status": "paid"}
         await emu.close_connections(user, 3011, "force reconnect")
         with pytest.raises(SocketClosed) as caught:
-            await ws.receive()
+            await frame_of(ws)
         assert (caught.value.code, caught.value.reason) == (3011, "force reconnect")
         with pytest.raises(SocketClosed):
             await ws.send("{}")
@@ -111,7 +116,7 @@ async def test_a_big_frame_arrives_whole(emu: Emulator, shell: MakeSocketFactory
     async with open_socket(emu.ws_url, factory=shell) as ws:
         await connect(ws, user, emu.project_id)
         await emu.publish_raw(user, {"blob": blob})
-        push = json.loads(await ws.receive())
+        push = json.loads(await frame_of(ws))
         assert push["push"]["pub"]["data"]["blob"] == blob
 
 
@@ -123,7 +128,7 @@ async def test_a_dropped_connection_has_no_close_code(
         await connect(ws, user, emu.project_id)
         await emu.drop_connections(user)
         with pytest.raises(SocketClosed) as caught:
-            await ws.receive()
+            await frame_of(ws)
         assert caught.value.code is None
 
 
@@ -227,7 +232,7 @@ async def test_a_malformed_frame_ends_the_socket_cleanly(
 ) -> None:
     async with fake_server(frame) as url, open_socket(url, factory=shell) as ws:
         with anyio.fail_after(3), pytest.raises(SocketClosed) as caught:
-            await ws.receive()
+            await frame_of(ws)
     assert caught.value.code in (None, 1002, 1007)
 
 

@@ -9,6 +9,7 @@ lookup on asyncio and behave the same on trio.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 
 import anyio
@@ -25,7 +26,12 @@ def loop_clock() -> Callable[[], float]:
     """``anyio.current_time`` without its per-call backend lookup (for hot paths);
     call it inside the running loop."""
     if on_asyncio():
-        return asyncio.get_running_loop().time  # what anyio reads on asyncio
+        loop = asyncio.get_running_loop()
+        if type(loop).time is asyncio.BaseEventLoop.time:
+            # The stock loop's time() is a Python method around time.monotonic:
+            # the same clock without a frame per frame received.
+            return time.monotonic
+        return loop.time  # what anyio reads on asyncio (uvloop's, a test loop's)
     return anyio.current_time
 
 

@@ -298,9 +298,10 @@ class Connection:
         live = engine.live_observation
         deliver = self._subscribers.deliver
         clock = loop_clock()
+        receive, data = ws.receive, ws.data
         await ws.send(first)
         while self._end is None:
-            frame = await ws.receive()
+            frame = data(await receive())
             now = clock()
             observation = live(frame, now)
             if observation is not None:  # nearly every frame: nothing to send, no timer

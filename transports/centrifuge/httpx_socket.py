@@ -79,6 +79,10 @@ class HttpxSocket:
             # LocalProtocolError: wsproto refuses to send once the connection is closing
             raise SocketClosed(None, f"send failed: {exc!r}") from exc
 
+    @staticmethod
+    def data(message: object) -> str | bytes:
+        return message  # type: ignore[return-value]  # receive gives the frame itself
+
     async def receive(self) -> str | bytes:
         session = self._session
         try:
