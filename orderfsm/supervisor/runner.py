@@ -37,7 +37,6 @@ from orderfsm.supervisor.checks import CHECKS_AT_ONCE, GetOrderChecks
 from orderfsm.supervisor.custom import CustomTransport, OrderContext
 from orderfsm.supervisor.order import SourceSink, TrackedOrder
 from orderfsm.supervisor.policy import Policy
-from orderfsm.supervisor.records import FinalResult
 from transports.backend import Wakeup, loop_clock
 
 if TYPE_CHECKING:
@@ -117,7 +116,7 @@ class Scheduler(GetOrderChecks):
             self._kick.set()
         elif (
             order.is_finished
-            and order.result is None
+            and not order.has_result
             and order.settled is not None
             and not order.released
             and not order.settling_late
@@ -128,7 +127,7 @@ class Scheduler(GetOrderChecks):
             if order.details is None and self.fetch_details:
                 self._spawn(self._finish_late, order)
             else:
-                order.settle_late(_result(order, None))
+                order.settle_late(order.make_result(None))
 
     def stop(self, order: TrackedOrder, error: OrderFsmError) -> None:
         """End tracking now (untracked, timed out, no source, no such order): unsettled,
@@ -139,7 +138,7 @@ class Scheduler(GetOrderChecks):
             if order.settled is None:
                 order.finish(None, error)
             else:
-                order.finish(_result(order, None), None)
+                order.finish(order.make_result(None), None)
 
     def close(self, orders: Iterable[TrackedOrder]) -> None:
         """The tracker is closing: whoever still waits learns it now.
@@ -158,7 +157,7 @@ class Scheduler(GetOrderChecks):
             if order.settled is None:
                 order.finish(None, closed)
             else:
-                order.finish(_result(order, closed), None)
+                order.finish(order.make_result(closed), None)
 
     async def run(self) -> None:
         clock = loop_clock()
@@ -272,7 +271,7 @@ class Scheduler(GetOrderChecks):
         if order.details is None and self.fetch_details:
             self._spawn(self._finish, order)
         else:  # nothing to wait for: no task
-            order.finish(_result(order, None), None)
+            order.finish_settled()
 
     def _end(self, order: TrackedOrder) -> None:
         if order.ended:
@@ -393,13 +392,13 @@ class Scheduler(GetOrderChecks):
         """Get the details of a settled order, then finish it."""
         details_error = await self._details(order)
         if not order.is_finished:  # else the tracker closed while the details were coming
-            order.finish(_result(order, details_error), None)
+            order.finish(order.make_result(details_error), None)
 
     async def _finish_late(self, order: TrackedOrder) -> None:
         """Get the details of an order that settled after its tracking ended unsettled."""
         details_error = await self._details(order)
         if not order.is_finished:  # else the tracker closed while the details were coming
-            order.settle_late(_result(order, details_error))
+            order.settle_late(order.make_result(details_error))
 
     async def _details(self, order: TrackedOrder) -> OrderFsmError | None:
         """Get order for the details of a settled order; why there are none, if so.
@@ -459,29 +458,3 @@ DETAILS_LAG_PAUSE = 0.25
 """First pause before asking Get order again for details that lag behind the status."""
 DETAILS_LAG_PATIENCE = 2.0
 """How long details lagging behind the settled status are asked for again at most."""
-
-
-def _result(order: TrackedOrder, details_error: OrderFsmError | None) -> FinalResult:
-    settled = order.settled
-    assert settled is not None
-    unread = order.details is not None and order.details.content_error
-    if details_error is None and unread:
-        from transports.polling import InvalidOrderAnswer
-
-        details_error = InvalidOrderAnswer(f"order {order.order_id}: details unread: {unread}")
-    if order.conflicted:
-        changes = tuple(order.changes(order.settled_count))
-        conflicts = tuple(order.conflicts)
-    else:  # only changes in the log: no filtering (two list comprehensions per order)
-        changes, conflicts = tuple(order.log[: order.settled_count]), ()  # type: ignore[arg-type]
-    return FinalResult(
-        order_id=order.order_id,
-        status=settled.status,
-        source=settled.source,
-        at=settled.at,
-        changes=changes,
-        conflicts=conflicts,
-        details=order.details,
-        details_error=details_error,
-        until=order.until,
-    )

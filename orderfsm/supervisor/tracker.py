@@ -494,7 +494,7 @@ class Tracker(TakesOverOrders):
 
 def _given_up(order: TrackedOrder) -> bool:
     """Untracked before it settled: tracking it again starts afresh."""
-    return order.released and order.result is None
+    return order.released and not order.has_result
 
 
 async def _no_token() -> str:
