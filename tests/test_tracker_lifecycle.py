@@ -197,6 +197,30 @@ async def test_a_refund_after_done_is_one_change_not_a_conflict(emu: Emulator) -
     assert [c.status for c in result.changes][-1] is Status.DONE  # the result is unchanged
 
 
+async def test_a_result_first_read_after_a_refund_is_still_the_settlement(emu: Emulator) -> None:
+    """A settled order's result is made when first read (an application hearing through
+    ``on_change`` may never read it): read only after a later refund, it is still
+    what settled the order, and the refund is news after it."""
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    seen: list[Change] = []
+    transports = ("websocket", "webhook")
+    async with (
+        tracker(emu, user, transports=transports, fetch_details=False, on_change=seen.append) as t,
+        webhooks_into(emu, t),
+    ):
+        t.track(order_id)
+        await eventually(lambda: bool(seen))
+        await emu.run_script(order_id, [(0.05, "paid"), (0.05, "done")])
+        await eventually(lambda: any(c.status is Status.DONE for c in seen))
+        await emu.set_status(order_id, "canceled")  # the refund: heard by its webhook
+        await eventually(lambda: any(c.status is Status.CANCELED for c in seen), timeout=30)
+        result = await t.wait(order_id)
+    assert (result.status, result.succeeded) == (Status.DONE, True)
+    assert [c.status for c in result.changes] == [Status.NEW, Status.PAID, Status.DONE]
+    assert result.conflicts == ()
+
+
 async def test_the_details_read_after_settling_tells_of_a_refund_meanwhile(emu: Emulator) -> None:
     """Settled ``done`` (a late webhook), but Get order already says refunded."""
     user = await emu.create_user()
