@@ -9,7 +9,8 @@ database so the answer cannot be recorded), ``granted:ORDER`` (the
 transactional handler's grant written, the transaction not committed).  On
 each stop it prints ``PAUSED <point> <order>``.  ``JOURNAL_APP_LOG`` is a
 file the plain handler appends each completed effect to; ``JOURNAL_APP_GATE``
-a folder where the test drops ``go-ORDER`` to let ``return`` go on.
+a folder where the test drops ``go-ORDER`` to let ``return`` go on.  ``unhurried``
+is the default handler, slowed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import anyio
 
+from orderfsm.cli.webhook_cmd import print_notification
 from transports.webhook import Notification, OrderPaid
 
 
@@ -60,6 +62,13 @@ async def plain(notification: Notification) -> None:
                 break
             await anyio.sleep(0.01)
         print(f"RETURNING {order_id}", flush=True)
+
+
+async def unhurried(notification: Notification) -> None:
+    """The default handler (one JSON line per notification), a quarter second late: long
+    enough for a test to catch a process while it holds running claims."""
+    await anyio.sleep(0.25)
+    await print_notification(notification)
 
 
 def grant(notification: Notification, connection: Any) -> None:

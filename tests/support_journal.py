@@ -113,19 +113,27 @@ def on_answer(db: Any, name: str, body: str) -> None:
     on_update(db, name, "orderfsm_claims", f"IF NEW.state <> 'running' THEN {body} END IF;")
 
 
-def refuse_answers(url: str, key: str) -> None:
+def refuse_answers(url: str, key: str, *, passing: bool = False) -> None:
     """Make the database itself refuse to record an answer for ``key`` (a trigger):
-    the statement is wrong for good, not the database passing through trouble."""
+    the statement is wrong for good, not the database passing through trouble.
+    ``passing``: it fails as passing trouble does (retried), not as a wrong
+    statement: on PostgreSQL the error of a lock waited for past ``lock_timeout``;
+    SQLite has no RAISE but a constraint's, so a runtime error of the engine (a
+    malformed JSON) stands for its lock or I/O trouble.  Renewals and claims of
+    the key (whose rows stay ``running``) pass either way."""
     db = connect(url)
     try:
         if is_postgres(url):
-            refusal = "RAISE EXCEPTION 'answer refused';"
-            on_answer(db, "refuse_answer", f"IF NEW.key = '{key}' THEN {refusal} END IF;")
+            refusal = "RAISE EXCEPTION 'answer refused'"
+            if passing:
+                refusal += " USING ERRCODE = 'lock_not_available'"
+            on_answer(db, "refuse_answer", f"IF NEW.key = '{key}' THEN {refusal}; END IF;")
         else:
+            refusal = "json('answer held')" if passing else "RAISE(ABORT, 'answer refused')"
             db.execute(
                 "CREATE TRIGGER refuse_answer BEFORE UPDATE ON orderfsm_claims"
                 f" WHEN NEW.state <> 'running' AND NEW.key = '{key}'"
-                " BEGIN SELECT RAISE(ABORT, 'answer refused'); END"
+                f" BEGIN SELECT {refusal}; END"
             )
     finally:
         db.close()

@@ -465,6 +465,53 @@ async def test_on_settled_runs_once_across_the_fleet(
     assert refund.later and not refund.succeeded
 
 
+@on_databases
+async def test_news_before_any_track_settles_a_paid_goal_at_once_and_calls_on_settled_once(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """A webhook records ``paid`` before any instance tracks the order (its row made
+    by the news, its goal a placeholder).  Then B, granting on ``paid`` on the journal
+    alone, and A, with the default goal, track it: B's result comes at once from the
+    journal, its goal its own, not the placeholder ``done`` that no webhook would
+    ever reach, and ``on_settled`` is called for it once across the fleet, not again
+    for A's track nor by a sweep."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    calls: list[tuple[str, Settled]] = []
+
+    def handler(name: str) -> Any:
+        async def on_settled(event: Settled) -> None:
+            calls.append((name, event))
+
+        return on_settled
+
+    async with open_journal(url) as journal, receiver_for(url, emu):
+        await emu.set_status(order_id, "paid")  # order_paid to the receiver
+        log = OrderLog(journal)
+
+        async def recorded() -> bool:
+            row = (await log.orders([order_id])).get(order_id)
+            return row is not None and row.status is Status.PAID
+
+        await eventually(recorded)
+    paid_only = {"transports": ("journal",), "until": "paid", "fetch_details": False}
+    async with (
+        instance(url, emu, on_settled=handler("b"), **paid_only) as b,
+        instance(url, emu, user, on_settled=handler("a")) as a,
+    ):
+        b.track(order_id)
+        with anyio.fail_after(5):
+            result = await b.wait(order_id)
+        a.track(order_id)
+        await eventually(lambda: len(calls) >= 1, timeout=10)
+        await anyio.sleep(1.5)  # past a lease period (1 s here), a sweep: no second call
+    assert (result.status, result.source, result.succeeded) == (Status.PAID, "webhook", True)
+    assert [(n, e.order_id, e.status, e.until) for n, e in calls] == [
+        ("b", order_id, Status.PAID, Status.PAID)
+    ]
+
+
 def failing(tried: list[Settled]) -> Any:
     """An ``on_settled`` that never succeeds (the game's database is down), noting each try."""
 

@@ -19,11 +19,13 @@ import anyio
 import pytest
 from support_journal import (
     DatabaseHold,
+    accept_answers,
     create_grants,
     grants,
     mark,
     on_databases,
     on_every_backend,
+    refuse_answers,
     url_for,
 )
 from support_webhook import SECRET, Recorder, order_paid, signed
@@ -184,13 +186,13 @@ class FirstRunHeld:
 
 @asynccontextmanager
 async def slow_owner(
-    url: str, order_id: int, answers: dict[str, WebhookAnswer]
+    url: str, order_id: int, answers: dict[str, WebhookAnswer], settings: JournalSettings = SLOW
 ) -> AsyncIterator[tuple[FirstRunHeld, WebhookReceiver, Journal]]:
     """Instance one's handler at work on ``order_id`` (answered into ``answers["owner"]``
     once the block ends); yields the handler, instance two's receiver and its journal.
     After the block, a last delivery to instance two: ``answers["later"]``."""
     handler = FirstRunHeld()
-    async with instances(url, settings=SLOW) as (one, two):
+    async with instances(url, settings=settings) as (one, two):
         a = WebhookReceiver(SECRET, handler, store=one)
         b = WebhookReceiver(SECRET, handler, store=two)
         async with anyio.create_task_group() as tg:
@@ -262,6 +264,39 @@ async def test_a_renewal_that_fails_longer_than_the_lease_still_keeps_the_claim(
     said = [r.getMessage() for r in caplog.records if r.name == "orderfsm.journal"]
     assert sum("are not renewed yet" in m for m in said) == 1, said
     assert said.count("running claims are renewed again") == 1, said
+
+
+SLOW_ANSWER = JournalSettings(lease=5.0, wait=0.3)
+"""A lease long enough that an answer failing from the handler's return on is still
+retried (its tries a second apart at most, for a lease) well after the lease the
+handler's run alone renewed has run out."""
+
+
+@on_databases
+async def test_a_duplicate_while_the_answer_is_not_yet_recorded_does_not_run_the_handler(
+    backend: str, tmp_path: Path
+) -> None:
+    """Issue 14: the handler returns before its claim's first renewal is due, and the
+    database fails its answer's write (passing trouble, so it is tried again) until
+    past the lease.  The claim stays renewed until the answer is recorded, not only
+    while the handler runs: a duplicate sent to the other instance once the claim's
+    first lease is over answers 5xx and never runs the handler; the answer, recorded
+    once the database lets it, is the one given."""
+    any_url = url_for(backend, tmp_path)
+    key, lease = "order_paid:16", SLOW_ANSWER.lease
+    answers: dict[str, WebhookAnswer] = {}
+    async with slow_owner(any_url, 16, answers, SLOW_ANSWER) as (handler, b, two):
+        claim = (await two.claims([key]))[key]
+        refuse_answers(any_url, key, passing=True)
+        try:
+            await anyio.sleep(claim.claimed_at + 0.3 * lease - time.time())
+            handler.release.set()  # before a third of the lease: never renewed while it ran
+            await anyio.sleep(claim.lease_until + 0.1 - time.time())
+            answers["duplicate"] = await deliver(b, order_paid(16))
+        finally:
+            accept_answers(any_url)  # the answer's next try records it
+    assert answers["duplicate"].status == 500 and handler.calls == 1
+    assert answers["owner"].status == 204 and answers["later"] == answers["owner"]
 
 
 @on_every_backend

@@ -430,7 +430,7 @@ def test_a_postgres_transaction_whose_statement_failed_does_not_pass_for_committ
     a caller that swallowed the statement's error must not take its work for kept."""
     import psycopg
 
-    from transports.journal.postgres import _transaction
+    from transports.journal.postgres_session import transaction
 
     server = postgres_server()
     db = psycopg.connect(server.url(), autocommit=True)
@@ -438,13 +438,13 @@ def test_a_postgres_transaction_whose_statement_failed_does_not_pass_for_committ
         db.execute("CREATE TEMPORARY TABLE kept (n integer PRIMARY KEY)")
         with (
             pytest.raises(psycopg.errors.InFailedSqlTransaction),
-            _transaction(db, "BEGIN"),
+            transaction(db, "BEGIN"),
         ):
             db.execute("INSERT INTO kept VALUES (1)")
             with contextlib.suppress(psycopg.errors.UniqueViolation):
                 db.execute("INSERT INTO kept VALUES (1)")
         assert db.execute("SELECT count(*) FROM kept").fetchone() == (0,)
-        with _transaction(db, "BEGIN"):
+        with transaction(db, "BEGIN"):
             db.execute("INSERT INTO kept VALUES (2)")
         assert db.execute("SELECT n FROM kept").fetchall() == [(2,)]
     finally:

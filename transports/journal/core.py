@@ -39,8 +39,8 @@ from orderfsm.journal import (
     prune_due,
 )
 from transports.journal.base import Batches, Claimed, ClaimRequest, SettleRequest, Store, Work
-from transports.journal.holding import Renewer
 from transports.journal.orders import Note
+from transports.journal.renewer import Renewer
 
 logger = logging.getLogger("orderfsm.journal")
 
@@ -99,7 +99,7 @@ class SyncJournal:
         self._last_pruned: float | None = None
         self._pruner: threading.Thread | None = None
         self.renewer = Renewer(self.renew, self.settings.lease / 3, ANSWER_RETRY)
-        """Renews the running plain handlers' claims (see :mod:`~transports.journal.holding`)."""
+        """Renews the running plain handlers' claims (see :mod:`~transports.journal.renewer`)."""
 
     @property
     def display(self) -> str:

@@ -8,7 +8,8 @@ share one transaction for their claims and one for their answers
 (``claim_many``, ``settle_many``), each batch's claims or answers one
 statement (:mod:`~transports.journal.postgres_batch`): each statement, commit
 and round trip costs far more CPU than its rows, and a receiver's CPU is its
-limit.  The
+limit (so transactions are opened and committed through libpq directly:
+:mod:`~transports.journal.postgres_session`).  The
 transactional handler's path is one transaction: claim, the application's
 writes (in a savepoint, kept only with a 2xx), the answer.
 
@@ -28,7 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from orderfsm.errors import (
@@ -79,6 +80,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 from transports.journal import postgres_batch as batch
 from transports.journal import postgres_sql as sql
+from transports.journal.postgres_session import BatchConnection, transaction
 
 logger = logging.getLogger("orderfsm.journal")
 
@@ -111,62 +113,6 @@ def _one_line(exc: BaseException) -> str:
     if not lines:
         return type(exc).__name__
     return "; ".join(lines[-2:]) if len(lines) > 1 else lines[0]
-
-
-def _command(db: psycopg.Connection[Any], text: str) -> None:
-    """Run ``text`` (commands without parameters or rows, such as ``BEGIN`` or
-    ``COMMIT``) through libpq's ``PQexec`` (the GIL released while it waits), raising
-    psycopg's error for a failure.  ``db.execute`` costs ten times the client CPU for
-    the same round trip (a new cursor, its transformer, the query's conversion,
-    psycopg's generator-driven wait): measured on loopback, ``COMMIT`` 36 us of CPU
-    against 5, and in a receiver at full load a claims' batch's ``BEGIN`` and
-    ``COMMIT`` took 136 and 120 us of its thread's CPU."""
-    result = db.pgconn.exec_(text.encode())
-    if result.status not in _DONE:
-        if db.pgconn.status == psycopg.pq.ConnStatus.BAD:
-            raise psycopg.OperationalError(f"the connection is lost: {text}")
-        raise psycopg.errors.error_from_result(result, encoding=db.info.encoding)
-    if text == "COMMIT" and result.command_status != b"COMMIT":
-        # The server answers COMMIT in a failed transaction with a ROLLBACK, not an
-        # error: work taken for committed would be lost without a word.
-        raise psycopg.errors.InFailedSqlTransaction("the transaction failed: rolled back")
-
-
-_DONE = (psycopg.pq.ExecStatus.COMMAND_OK, psycopg.pq.ExecStatus.TUPLES_OK)
-
-
-@contextmanager
-def _transaction(db: psycopg.Connection[Any], begin: str) -> Iterator[None]:
-    """A transaction on an autocommit connection, opened by ``begin`` ("BEGIN" and
-    ``SET LOCAL`` statements, sent together) and committed at the end, or rolled
-    back; both through :func:`_command`.  Not psycopg's pipeline mode: on loopback its
-    bookkeeping cost more CPU than the round trips it saves (measured: a transaction
-    of two statements 150 us of client CPU pipelined, 75 us one statement after
-    another)."""
-    _command(db, begin)
-    try:
-        yield
-    except BaseException:
-        if not db.closed and db.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            with suppress(psycopg.Error):
-                db.execute("ROLLBACK")
-        raise
-    _command(db, "COMMIT")
-
-
-class BatchConnection(psycopg.Connection[Any]):
-    """A batches' session, with a cursor kept for the batch statements: a new cursor's
-    adapters look up the dumpers of a statement's arrays afresh, a kept one reuses
-    them (measured: 86-102 us of client CPU for a statement of nine arrays of six
-    rows on a new cursor, 53 on a kept one).  One statement's rows are read before
-    the next is sent, so one cursor serves them all."""
-
-    _kept: psycopg.Cursor[Any] | None = None
-
-    def kept_cursor(self) -> psycopg.Cursor[Any]:
-        if self._kept is None or self._kept.closed:
-            self._kept = self.cursor()
-        return self._kept
 
 
 class PostgresStore:
@@ -388,7 +334,7 @@ class PostgresStore:
                 if not notes:
                     return sql.claim_on(db, delivery, owner, now, lease, logged, fast=True)
                 # The fast claim's setting holds for the whole transaction.
-                with _transaction(db, "BEGIN"):
+                with transaction(db, "BEGIN"):
                     claimed = sql.send_claim(db, delivery, owner, now, lease, logged, fast=True)
                     record(db, self.kind, notes, now, self.channel)
                     return claimed()
@@ -448,7 +394,7 @@ class PostgresStore:
                 if begin is None:
                     got = write(db)
                 else:
-                    with _transaction(db, begin):
+                    with transaction(db, begin):
                         got = write(db)
             except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected):
                 return None

@@ -138,7 +138,7 @@ CLAIM_BEGIN = "BEGIN; SET LOCAL synchronous_commit = off"
 
 def _cursor(db: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
     """The batches' session's kept cursor (see
-    :class:`~transports.journal.postgres.BatchConnection`), or a new one."""
+    :class:`~transports.journal.postgres_session.BatchConnection`), or a new one."""
     kept = getattr(db, "kept_cursor", None)
     return db.cursor() if kept is None else kept()
 

@@ -1,5 +1,6 @@
-"""A plain handler's claim kept alive while it runs: a handler slower than the lease
-must not be started a second time by a duplicate that finds the claim run out.
+"""A plain handler's claim kept alive while it runs and until its answer is recorded: a
+handler, or the write of its answer, slower than the lease must not let a duplicate
+that finds the claim run out start the handler a second time.
 
 One :class:`Renewer` per journal, a thread of its own, renews every running claim a
 third of the lease after it was taken or last renewed, fenced by its attempt.  A
