@@ -90,10 +90,14 @@ class Tracker(TakesOverOrders):
     ``Journal``) makes the tracker one of a fleet (:mod:`orderfsm.supervisor.fleet`):
     what any instance or webhook receiver learns reaches every instance's
     waiters, one instance follows each order through Xsolla under a lease,
-    and orders not settled are resumed after a restart, each with the token
-    ``token_for(order_id, user_id)`` gives (no token is ever written to the
-    journal); an order only a dead instance followed is adopted by a live one
-    with tokens.  Resumed and adopted orders are tracked like the
+    and an order only a dead instance followed is adopted by a live one that
+    can follow Xsolla, each with the token ``token_for(order_id, user_id)``
+    gives (no token is ever written to the journal).  At its start such an
+    instance takes back its own previous life's orders (``instance`` names it
+    across restarts; on SQLite a slot of the file does by default) and adopts
+    the orders nobody follows, never one a live instance holds; an instance
+    following only the journal takes over nothing (see
+    :mod:`orderfsm.supervisor.takeover`).  Resumed and adopted orders are tracked like the
     application's own (``status``, ``wait``, ``watch``, ``on_change``).
     ``on_settled`` is then called once per settled order (and later
     refund) across the fleet, until it returns without raising;
