@@ -107,9 +107,7 @@ async def test_each_settled_status_is_granted_once_across_sigkills(
     backend: str, anyio_backend_name: str, tmp_path: Path
 ) -> None:
     url = url_for(backend, tmp_path)
-    db = connect(url)
-    db.execute("CREATE TABLE grants (order_id BIGINT NOT NULL, status TEXT NOT NULL)")
-    db.close()
+    create_grants(url)
     rng = random.Random(15)
     with Emulator(seed=15, ping_interval=2.0, secret=SECRET) as emu:
         users = [await emu.create_user() for _ in range(5)]
@@ -175,9 +173,7 @@ async def test_an_order_only_a_killed_tracker_followed_is_taken_over_by_another(
     over within about a lease (1 s here), follows it to ``done`` (Get order only: no
     webhooks here) and grants it once.  No process restarts."""
     url = url_for(backend, tmp_path)
-    db = connect(url)
-    db.execute("CREATE TABLE grants (order_id BIGINT NOT NULL, status TEXT NOT NULL)")
-    db.close()
+    create_grants(url)
     with Emulator(seed=16, ping_interval=2.0, secret=SECRET) as emu:
         user = await emu.create_user()
         order_id = await emu.create_order(user)
@@ -226,9 +222,7 @@ async def test_a_single_app_restarted_mid_purchase_takes_its_order_back_at_once(
     kill) and takes the order back at its start, though the dead life's lease runs
     on: it hears ``done`` within seconds, not a lease later, and grants it once."""
     url = url_for(backend, tmp_path)
-    db = connect(url)
-    db.execute("CREATE TABLE grants (order_id BIGINT NOT NULL, status TEXT NOT NULL)")
-    db.close()
+    create_grants(url)
     with Emulator(seed=17, ping_interval=2.0, secret=SECRET) as emu:
         user = await emu.create_user()
         order_id = await emu.create_order(user)
@@ -326,6 +320,15 @@ async def settled_in_journal(url: str, emu: Emulator, orders: dict[int, object])
             for order_id in orders:
                 found[order_id] = (await checker.wait(order_id)).status.value
         return found
+
+
+def create_grants(url: str) -> None:
+    """The game's table, where ``tests/fleet_tracker.py`` grants each settled status."""
+    db = connect(url)
+    try:
+        db.execute("CREATE TABLE grants (order_id BIGINT NOT NULL, status TEXT NOT NULL)")
+    finally:
+        db.close()
 
 
 def grants(url: str) -> list[tuple[int, str]]:
