@@ -16,9 +16,10 @@ other orders (the receivers' pools grown, as in a long-lived fleet):
   transaction that NOTIFYs committed -> a LISTENing connection has it (no
   HTTP, no journal); ``sqlite_wake_floor_p99_ms``: a commit -> another
   connection's ``PRAGMA data_version`` moved, watched as the journal does;
-* ``resume_10k_s``: a new instance starts on a journal where 10,000 orders
-  are tracked and not settled, until every one is followed again at the
-  status the journal holds;
+* ``resume_10k_s``: a new instance (polling, with ``token_for``) starts on a
+  journal where 10,000 orders are tracked and not settled and their owner is
+  gone (its leases ran out), until it has taken every one over and follows
+  it at the status the journal holds (its Get orders go to a closed port);
 * ``lost``: waits that never returned.
 
 ``--split`` also times each delivery's steps (p50 / p99 of each, ms): sent ->
@@ -436,12 +437,13 @@ async def resume(store: str, orders: int) -> float:
 
         def fill(db: Any) -> None:
             mark = "%s" if dialect == "postgresql" else "?"
-            rows = [(n, "new", 1, "done", f"player-{n % 100}", True, now, 0.0, 0, now)
+            # Their owner is gone: a start takes over only such orders (or its own).
+            rows = [(n, "new", 1, "done", f"player-{n % 100}", True, now, "gone", 0.0, 0, now)
                     for n in range(10_000_000, 10_000_000 + orders)]  # fmt: skip
             db.cursor().executemany(
                 "INSERT INTO orderfsm_orders (order_id, status, version, until, user_id,"
-                " tracking, tracked_at, lease_until, fence, updated_at) VALUES "
-                f"({', '.join([mark] * 10)})",
+                " tracking, tracked_at, owner, lease_until, fence, updated_at) VALUES "
+                f"({', '.join([mark] * 11)})",
                 rows,
             )
             db.cursor().executemany(
@@ -453,8 +455,9 @@ async def resume(store: str, orders: int) -> float:
         await anyio.to_thread.run_sync(journal.store.write, fill, time.monotonic() + 120)  # type: ignore[attr-defined]
     started = time.perf_counter()
     async with Tracker(
-        project_id=1, transports=("journal",), journal=store, fetch_details=False, policy=POLICY
-    ) as tracker:
+        project_id=1, transports=("polling",), api_url="http://127.0.0.1:9", journal=store,
+        token_for=lambda order_id, user_id: "bench", fetch_details=False, policy=POLICY,
+    ) as tracker:  # fmt: skip
         await eventually(
             lambda: sum(tracker.status(o) is Status.NEW for o in tracker._orders) >= orders,
             timeout=120,

@@ -2,10 +2,12 @@
 
 ``python tests/fleet_tracker.py JOURNAL EMULATOR SETUP --backend B`` where SETUP
 is a JSON file ``{"tokens": {user: token}, "orders": [[order_id, user], ...]}``.
-It tracks every order (a restarted process resumes them from the journal
-instead, asking ``token_for``), grants each settled order in the journal's
-transaction (``grants(order_id, status)``), prints ``READY`` once running and
-one JSON line per result its waiters got, and runs until killed.
+It tracks every order (a restarted process takes its own back from the
+journal instead, and those nobody follows, asking ``token_for``), grants each
+settled order in the journal's transaction (``grants(order_id, status)``),
+prints ``TRACKING [order ids]`` (what it follows once started), ``READY``
+once running and one JSON line per result its waiters got, and runs until
+killed.  ``--lease S`` sets the lease (1 s by default, for quick takeovers).
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ def grant(event: Settled, connection: Any) -> None:
     )
 
 
-async def main(journal: str, emulator: str, setup: dict[str, Any], fresh: bool) -> None:
+async def main(
+    journal: str, emulator: str, setup: dict[str, Any], fresh: bool, lease: float
+) -> None:
     tokens: dict[str, str] = setup["tokens"]
     emu = EmulatorClient(emulator)
     info = await emu.info()
@@ -51,7 +55,7 @@ async def main(journal: str, emulator: str, setup: dict[str, Any], fresh: bool) 
             token_for=lambda order_id, user: tokens[user or ""],
             on_settled_transactional=grant,
             policy=POLICY,
-            lease=1.0,
+            lease=lease,
             websocket_options={"config": config},
         ) as tracker,
         anyio.create_task_group() as tg,
@@ -70,6 +74,7 @@ async def main(journal: str, emulator: str, setup: dict[str, Any], fresh: bool) 
 
         for order_id in list(tracker._orders):
             tg.start_soon(wait, order_id)
+        print(f"TRACKING {json.dumps(sorted(tracker._orders))}", flush=True)
         print("READY", flush=True)
         await anyio.sleep_forever()
 
@@ -81,7 +86,9 @@ if __name__ == "__main__":
     parser.add_argument("setup")
     parser.add_argument("--backend", default="asyncio")
     parser.add_argument("--resume", action="store_true", help="restarted: resume, track nothing")
+    parser.add_argument("--lease", type=float, default=1.0)
     args = parser.parse_args()
     setup = json.loads(Path(args.setup).read_text())
-    anyio.run(main, args.journal, args.emulator, setup, not args.resume, backend=args.backend)
+    fresh = not args.resume
+    anyio.run(main, args.journal, args.emulator, setup, fresh, args.lease, backend=args.backend)
     sys.exit(0)

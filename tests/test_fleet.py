@@ -164,7 +164,7 @@ async def test_a_restarted_instance_resumes_what_was_not_settled(
     url = url_for(backend, tmp_path)
     user = await emu.create_user()
     settled, pending = await emu.create_order(user), await emu.create_order(user)
-    async with instance(url, emu, user) as first:
+    async with instance(url, emu, user, instance="shop-1", lease=30.0) as first:
         first.track(settled)
         first.track(pending)
         await emu.set_status(settled, "done")
@@ -177,13 +177,93 @@ async def test_a_restarted_instance_resumes_what_was_not_settled(
         asked.append((order_id, user_id))
         return user.token
 
-    async with instance(url, emu, None, token_for=token_for) as second:
+    # The same instance again: its own orders at once, though their leases are live.
+    async with instance(url, emu, None, token_for=token_for, instance="shop-1") as second:
         assert set(second._orders) == {pending}  # the settled one is not resumed
         with anyio.fail_after(10):
             result = await second.wait(pending)
     assert asked == [(pending, user.external_id)]
     assert (result.status, result.source) == (Status.DONE, "polling")
     assert not _tokens_in_database(url, user.token)
+
+
+@on_databases
+async def test_a_starting_instance_takes_none_of_the_orders_a_live_one_holds(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """A follows two orders (its leases live, renewed); B starts with tokens for any
+    order.  B used to resume every unsettled order of the journal: on every deploy,
+    each instance took the whole fleet's orders and asked Get order for each, and
+    tracked twice the orders live instances follow.  B takes none of A's, at its
+    start or later, while A lives."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    orders = [await emu.create_order(user) for _ in range(2)]
+    asked: list[int] = []
+
+    def token_for(order_id: int, user_id: str | None) -> str:
+        asked.append(order_id)
+        return user.token
+
+    async with instance(url, emu, user) as a:
+        for order_id in orders:
+            await owning(a, order_id)
+        async with instance(url, emu, token_for=token_for) as b:
+            assert b._orders == {}
+            await anyio.sleep(2.5)  # past two leases (1 s here): A renews, B adopts nothing
+            assert b._orders == {} and asked == []
+        assert all(a._orders[order_id].owned for order_id in orders)
+
+
+@on_databases
+async def test_an_instance_following_only_the_journal_takes_over_no_order(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """The journal holds orders tracked and not settled, their owner gone (closed: its
+    leases run out as after a SIGKILL).  An instance with no way to follow Xsolla (the
+    journal alone) used to resume them all: orders it can only hear of, which its
+    application never asked it for.  It tracks none, at start or once the leases ran
+    out, and still follows what it is asked."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    left, asked = await emu.create_order(user), await emu.create_order(user)
+    async with instance(url, emu, user) as a:
+        for order_id in (left, asked):
+            await owning(a, order_id)
+    options: dict[str, Any] = {"transports": ("journal",), "fetch_details": False}
+    async with instance(url, emu, until="paid", **options) as b, receiver_for(url, emu):
+        assert b._orders == {}
+        await anyio.sleep(1.5)  # past the gone owner's leases (1 s here)
+        assert b._orders == {}
+        b.track(asked)
+        await emu.set_status(asked, "paid")
+        with anyio.fail_after(10):
+            assert (await b.wait(asked)).status is Status.PAID
+        assert set(b._orders) == {asked}
+
+
+async def test_trackers_on_one_sqlite_file_hold_distinct_names_a_closed_ones_is_reused(
+    tmp_path: Path,
+) -> None:
+    """Without ``instance=``, a tracker on SQLite leases under a slot of the file: two
+    live ones never share one (both would follow one order), and a closed one's slot
+    is the next starter's, so a restarted app takes its own orders back at once."""
+    url = str(tmp_path / "journal.sqlite3")
+    options: dict[str, Any] = {"transports": ("journal",), "fetch_details": False}
+
+    def name(t: Tracker) -> str:
+        assert t.fleet is not None
+        return t.fleet.log.owner
+
+    async with Tracker(project_id=1, journal=url, **options) as one:
+        async with Tracker(project_id=1, journal=url, **options) as two:
+            names = [name(one), name(two)]
+        async with Tracker(project_id=1, journal=url, **options) as three:
+            again = name(three)
+        async with Tracker(project_id=1, journal=url, instance="web-1", **options) as named:
+            given = name(named)
+    assert names == ["sqlite-slot-0", "sqlite-slot-1"] and again == "sqlite-slot-1"
+    assert given == "web-1"
 
 
 @on_databases
@@ -327,15 +407,14 @@ async def test_two_trackers_sharing_one_open_journal_each_hear_every_change(
 async def test_a_token_for_that_raises_skips_that_order_not_the_start(
     backend: str, tmp_path: Path, emu: Emulator
 ) -> None:
-    """Every instance resumes every unsettled order: one the application's ``token_for``
+    """A restarted instance resumes its unsettled orders: one the application's ``token_for``
     fails on (a deleted player, say) must not keep the whole fleet from starting."""
     url = url_for(backend, tmp_path)
     user = await emu.create_user()
     broken, fine = await emu.create_order(user), await emu.create_order(user)
-    async with instance(url, emu, user) as first:
-        first.track(broken)
-        first.track(fine)
-        await anyio.sleep(0.2)  # written to the journal
+    async with instance(url, emu, user, instance="shop-1") as first:
+        await owning(first, broken)
+        await owning(first, fine)
     await emu.set_status(fine, "done", publish=False)
 
     def token_for(order_id: int, user_id: str | None) -> str:
@@ -343,7 +422,7 @@ async def test_a_token_for_that_raises_skips_that_order_not_the_start(
             raise KeyError(f"no player {user_id}")
         return user.token
 
-    async with instance(url, emu, None, token_for=token_for) as second:
+    async with instance(url, emu, None, token_for=token_for, instance="shop-1") as second:
         assert set(second._orders) == {fine}
         with anyio.fail_after(10):
             result = await second.wait(fine)

@@ -544,6 +544,31 @@ def test_the_sql_adoption_is_the_pure_decision(
         assert reads.orders(db, "sqlite", [9]) == {9: row}
 
 
+@on_databases
+async def test_a_restart_frees_its_own_leases_at_once_and_no_others(
+    backend: str, tmp_path: Path
+) -> None:
+    """A holds orders 1 and 2 and dies (its leases still live); B holds 3, alive.  A
+    starting again under its name ends its previous life's leases, so 1 and 2 are
+    adoptable at once, with a new fence; B's is not, nor A's before the restart."""
+    url = url_for(backend, tmp_path)
+    async with open_journal(url, owner="a") as ja, open_journal(url, owner="b") as jb:
+        a, b = OrderLog(ja), OrderLog(jb)
+        await a.track_many([(1, D, "p1"), (2, D, "p2")])
+        await b.track(3, D, "p3")
+        held = await a.lease([1, 2], 30.0)
+        await b.lease([3], 30.0)
+        assert await OrderLog(ja, owner="c").adopt(30.0, 10) == []
+        await a.release()
+        taken = await a.adopt(30.0, 10)
+        assert sorted((r.order_id, r.owner, r.fence) for r in taken) == [
+            (1, "a", held[1] + 1),
+            (2, "a", held[2] + 1),
+        ]
+        assert await a.adopt(30.0, 10) == []  # taken back once; B's still B's
+        assert (await b.orders([3]))[3].owner == "b"
+
+
 @given(
     steps=st.lists(
         st.tuples(

@@ -14,6 +14,7 @@ fleet; the issue's 1,000 is a longer run of the same test).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -48,6 +49,9 @@ PATHS = [
     ("paid", "canceled"),
 ]
 SECRET = "PROJECT_SECRET_KEY"
+CODE = os.pathsep.join([str(TESTS), str(TESTS.parent)])
+"""The tracker processes' imports: the tests' helpers, and this checkout's code (not
+whatever checkout the environment installed)."""
 
 
 @asynccontextmanager
@@ -67,12 +71,19 @@ async def trackers(
 
 
 async def start_tracker(
-    tg: TaskGroup, journal: str, emu: Emulator, setup: Path, backend: str, *, resume: bool
+    tg: TaskGroup,
+    journal: str,
+    emu: Emulator,
+    setup: Path,
+    backend: str,
+    *,
+    resume: bool,
+    lease: float = 1.0,
 ) -> Receiver:
     command = [sys.executable, str(TESTS / "fleet_tracker.py"), journal, emu.base_url, str(setup)]
-    command += ["--backend", backend, *(["--resume"] if resume else [])]
+    command += ["--backend", backend, "--lease", str(lease), *(["--resume"] if resume else [])]
     process = await anyio.open_process(
-        command, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(TESTS)}
+        command, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": CODE}
     )
     assert process.stdout is not None
     tracker = Receiver(process)
@@ -96,9 +107,7 @@ async def test_each_settled_status_is_granted_once_across_sigkills(
     backend: str, anyio_backend_name: str, tmp_path: Path
 ) -> None:
     url = url_for(backend, tmp_path)
-    db = connect(url)
-    db.execute("CREATE TABLE grants (order_id BIGINT NOT NULL, status TEXT NOT NULL)")
-    db.close()
+    create_grants(url)
     rng = random.Random(15)
     with Emulator(seed=15, ping_interval=2.0, secret=SECRET) as emu:
         users = [await emu.create_user() for _ in range(5)]
@@ -148,42 +157,111 @@ async def test_each_settled_status_is_granted_once_across_sigkills(
     assert set(seen) and all(statuses <= allowed_of(truth[o]) for o, statuses in seen.items())
 
 
+def tracking(process: Receiver) -> list[int]:
+    """The orders the tracker process followed once started."""
+    line = next(line for line in process.lines if line.startswith("TRACKING "))
+    return list(json.loads(line.split(" ", 1)[1]))
+
+
 @on_databases
 async def test_an_order_only_a_killed_tracker_followed_is_taken_over_by_another(
     backend: str, anyio_backend_name: str, tmp_path: Path
 ) -> None:
-    """Tracker process A alone tracks an order and is SIGKILLed; tracker B, running since
-    before (so it resumed nothing) and never asked to track it, takes the order over
-    once A's lease runs out, follows it to ``done`` (Get order only: no webhooks here)
-    and grants it once.  No process restarts."""
+    """Tracker process A alone tracks an order.  Tracker B starts while A holds the
+    order's lease: B takes nothing at its start (it used to resume every unsettled
+    order, A's too).  A is SIGKILLed: B, never asked to track the order, takes it
+    over within about a lease (1 s here), follows it to ``done`` (Get order only: no
+    webhooks here) and grants it once.  No process restarts."""
     url = url_for(backend, tmp_path)
-    db = connect(url)
-    db.execute("CREATE TABLE grants (order_id BIGINT NOT NULL, status TEXT NOT NULL)")
-    db.close()
+    create_grants(url)
     with Emulator(seed=16, ping_interval=2.0, secret=SECRET) as emu:
         user = await emu.create_user()
         order_id = await emu.create_order(user)
         setups = []
-        for name, orders in (("b", []), ("a", [[order_id, user.external_id]])):
+        for name, orders in (("a", [[order_id, user.external_id]]), ("b", [])):
             setups.append(tmp_path / f"{name}.json")
             setups[-1].write_text(
                 json.dumps({"tokens": {user.external_id: user.token}, "orders": orders})
             )
         async with anyio.create_task_group() as tg:
-            b = await start_tracker(tg, url, emu, setups[0], anyio_backend_name, resume=False)
-            a = await start_tracker(tg, url, emu, setups[1], anyio_backend_name, resume=False)
+            a = await start_tracker(tg, url, emu, setups[0], anyio_backend_name, resume=False)
             try:
                 await eventually(lambda: anyio.to_thread.run_sync(leased, url, order_id))
+                (a_name, _) = await anyio.to_thread.run_sync(lease_of, url, order_id)
+                b = await start_tracker(tg, url, emu, setups[1], anyio_backend_name, resume=False)
+                assert tracking(b) == []  # A's lease is live: not B's to take
                 await a.kill()
+                killed = time.monotonic()
+
+                async def taken_over() -> bool:
+                    owner, until = await anyio.to_thread.run_sync(lease_of, url, order_id)
+                    return owner not in (None, a_name) and until > time.time()
+
+                # Meanwhile, where only the Get order of a takeover sees it.
                 await emu.set_status(order_id, "done", publish=False)
+                await eventually(taken_over, timeout=10)
+                assert time.monotonic() - killed < 3.0  # a lease (1 s), a look (1/3 s), slack
                 await eventually(lambda: grants(url), timeout=30)
                 await anyio.sleep(1.5)  # time for a second grant, which must not come
                 assert b.alive
             finally:
                 with anyio.CancelScope(shield=True):
+                    await a.kill()
                     await b.kill()
                 tg.cancel_scope.cancel()
     assert grants(url) == [(order_id, "done")]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_a_single_app_restarted_mid_purchase_takes_its_order_back_at_once(
+    backend: str, anyio_backend_name: str, tmp_path: Path
+) -> None:
+    """One application process on an SQLite journal, with a 30 s lease, is SIGKILLed
+    mid-purchase; the purchase completes meanwhile, where only Get order sees it.
+    Restarted, it leases under its predecessor's name (the file's slot, freed by the
+    kill) and takes the order back at its start, though the dead life's lease runs
+    on: it hears ``done`` within seconds, not a lease later, and grants it once."""
+    url = url_for(backend, tmp_path)
+    create_grants(url)
+    with Emulator(seed=17, ping_interval=2.0, secret=SECRET) as emu:
+        user = await emu.create_user()
+        order_id = await emu.create_order(user)
+        setup = tmp_path / "app.json"
+        orders = [[order_id, user.external_id]]
+        setup.write_text(json.dumps({"tokens": {user.external_id: user.token}, "orders": orders}))
+        async with anyio.create_task_group() as tg:
+            start = functools.partial(
+                start_tracker, tg, url, emu, setup, anyio_backend_name, lease=30.0
+            )
+            first = await start(resume=False)
+            again: Receiver | None = None
+            try:
+                await eventually(lambda: anyio.to_thread.run_sync(leased, url, order_id))
+                await first.kill()
+                await emu.set_status(order_id, "done", publish=False)
+                again = await start(resume=True)
+                assert tracking(again) == [order_id]  # at its start, not a lease later
+                line = await again.wait_for("{", within=10)
+                assert json.loads(line) == {"order_id": order_id, "status": "done"}
+                await eventually(lambda: grants(url), timeout=10)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    for process in (first, again):
+                        if process is not None:
+                            await process.kill()
+                tg.cancel_scope.cancel()
+    assert grants(url) == [(order_id, "done")]
+
+
+def lease_of(url: str, order_id: int) -> tuple[str | None, float]:
+    """Who holds the order's lease, and until when."""
+    db, m = connect(url), mark(url)
+    try:
+        query = f"SELECT owner, lease_until FROM orderfsm_orders WHERE order_id = {m}"
+        owner, until = db.execute(query, (order_id,)).fetchone()
+        return owner, float(until)
+    finally:
+        db.close()
 
 
 def leased(url: str, order_id: int) -> bool:
@@ -242,6 +320,15 @@ async def settled_in_journal(url: str, emu: Emulator, orders: dict[int, object])
             for order_id in orders:
                 found[order_id] = (await checker.wait(order_id)).status.value
         return found
+
+
+def create_grants(url: str) -> None:
+    """The game's table, where ``tests/fleet_tracker.py`` grants each settled status."""
+    db = connect(url)
+    try:
+        db.execute("CREATE TABLE grants (order_id BIGINT NOT NULL, status TEXT NOT NULL)")
+    finally:
+        db.close()
 
 
 def grants(url: str) -> list[tuple[int, str]]:

@@ -13,8 +13,9 @@ The instance that follows an order through Xsolla holds a lease on it; the
 others follow the journal.  A lease that runs out (its owner was SIGKILLed)
 is taken over with a Get order at once: by an instance that follows the
 order too, at its next renewal, or else by one that can follow any order
-through Xsolla (it has tokens), which adopts such orders on a timer.  On
-start, orders tracked and not settled are resumed.  ``on_settled`` is called once
+through Xsolla (it has tokens), which adopts such orders on a timer, and
+once at its start (with its own previous life's: :mod:`orderfsm.supervisor.takeover`).
+``on_settled`` is called once
 per order and settled status across the fleet (claims in the journal;
 :mod:`orderfsm.supervisor.settled`).
 """
@@ -120,6 +121,12 @@ class FleetLink(CallsOnSettled):
         self.up = True
         """The journal answered the last call (``False`` during an outage)."""
 
+    @property
+    def adopts(self) -> bool:
+        """Whether this instance takes over orders it was not asked for: it can follow
+        them through Xsolla, and has tokens for them."""
+        return self.follows_xsolla and self.adopt is not None
+
     # --- what the tracker calls --------------------------------------------------------
 
     def resuming(self, order_id: int) -> None:
@@ -205,7 +212,7 @@ class FleetLink(CallsOnSettled):
             tg.start_soon(self._write, name="orderfsm fleet writer")
             tg.start_soon(self._follow, name="orderfsm fleet follower")
             tg.start_soon(self._hold_leases, name="orderfsm fleet leases")
-            if self.follows_xsolla and self.adopt is not None:
+            if self.adopts:
                 tg.start_soon(self._adopt_orphans, name="orderfsm fleet adopter")
             if self.calls_settled:
                 tg.start_soon(self._call_settled, tg, name="orderfsm fleet settled")

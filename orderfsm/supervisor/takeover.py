@@ -1,14 +1,20 @@
 """Orders a tracker takes over from the journal rather than from the application.
 
-On start, every order the journal holds as tracked and not settled is resumed
-(whichever instance followed it before); later, orders whose owner
-died and that no follower took over are adopted (the fleet's adopter,
-``FleetLink._adopt_orphans``, finds them and takes their leases).  Either way
-each is tracked as the application's own would be, with the token ``token_for``
-gives for it.  Kept apart from the tracker's own calls
-(:mod:`orderfsm.supervisor.tracker`) because it is the fleet's side of tracking:
-rows of the journal, a token looked up per row, and a failure that must not stop
-the other rows.
+An instance that can follow orders through Xsolla (it has tokens) takes over,
+on start, the orders nobody follows any more (their owner's lease ran out)
+and the orders its own previous life held (the same instance name, see
+:mod:`transports.journal.instance`), never one a live instance holds: a
+deploy that restarts each instance in turn must not have each take the whole
+fleet's orders and ask Get order for all of them.  Later, orders whose owner
+died and that no follower took over are adopted the same way (the fleet's
+adopter, ``FleetLink._adopt_orphans``).  An instance that follows only the
+journal takes over nothing: it cannot follow an order, only hear of it, and
+follows what its application asks for.  Each order taken over is tracked as
+the application's own would be, with the token ``token_for`` gives for it.
+
+Kept apart from the tracker's own calls (:mod:`orderfsm.supervisor.tracker`)
+because it is the fleet's side of tracking: rows of the journal, a token
+looked up per row, and a failure that must not stop the other rows.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from orderfsm.interface import TokenProvider
+from orderfsm.supervisor.fleet import ADOPT_PAGE
 
 if TYPE_CHECKING:
     from orderfsm.core import Status
@@ -26,6 +33,9 @@ if TYPE_CHECKING:
     from orderfsm.supervisor.order import TrackedOrder
 
 logger = logging.getLogger("orderfsm")
+
+RESUME_PAGES = 200
+"""Pages of ``ADOPT_PAGE`` orders a start takes at most (100,000 orders, as resumes did)."""
 
 
 class TakesOverOrders:
@@ -56,8 +66,17 @@ class TakesOverOrders:
         def forget(self, order_id: int) -> None: ...
 
     async def _resume(self, fleet: FleetLink) -> None:
-        """Follow again the orders some instance was following and that did not settle."""
-        self._take_over(await fleet.log.tracking(), "resuming")
+        """At start: end the leases of this instance's previous life, then take over the
+        orders nobody follows any more (those first), page after page (up to
+        ``RESUME_PAGES``: what is left goes to the adopter's later looks)."""
+        await fleet.log.release()
+        if not fleet.adopts:
+            return
+        for _ in range(RESUME_PAGES):
+            rows = await fleet.log.adopt(fleet.lease, ADOPT_PAGE)
+            self._take_over(rows, "resuming")
+            if len(rows) < ADOPT_PAGE:
+                return
 
     def _adopt(self, rows: list[OrderRow]) -> None:
         """Orders whose owner is gone, their leases already taken here: followed as a

@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from orderfsm.core import Observation, OrderBook, Status
@@ -89,10 +90,14 @@ class Tracker(TakesOverOrders):
     ``Journal``) makes the tracker one of a fleet (:mod:`orderfsm.supervisor.fleet`):
     what any instance or webhook receiver learns reaches every instance's
     waiters, one instance follows each order through Xsolla under a lease,
-    and orders not settled are resumed after a restart, each with the token
-    ``token_for(order_id, user_id)`` gives (no token is ever written to the
-    journal); an order only a dead instance followed is adopted by a live one
-    with tokens.  Resumed and adopted orders are tracked like the
+    and an order only a dead instance followed is adopted by a live one that
+    can follow Xsolla, each with the token ``token_for(order_id, user_id)``
+    gives (no token is ever written to the journal).  At its start such an
+    instance takes back its own previous life's orders (``instance`` names it
+    across restarts; on SQLite a slot of the file does by default) and adopts
+    the orders nobody follows, never one a live instance holds; an instance
+    following only the journal takes over nothing (see
+    :mod:`orderfsm.supervisor.takeover`).  Resumed and adopted orders are tracked like the
     application's own (``status``, ``wait``, ``watch``, ``on_change``).
     ``on_settled`` is then called once per settled order (and later
     refund) across the fleet, until it returns without raising;
@@ -129,6 +134,7 @@ class Tracker(TakesOverOrders):
         token_for: Callable[[int, str | None], TokenProvider | str] | None = None,
         lease: float = LEASE,
         journal_poll: float | None = None,
+        instance: str | None = None,
     ) -> None:
         unknown = set(transports) - KNOWN_TRANSPORTS
         if unknown:
@@ -147,7 +153,10 @@ class Tracker(TakesOverOrders):
         self.on_settled_transactional = on_settled_transactional
         self.token_for = token_for
         self.lease = lease
+        if instance is not None and not (isinstance(instance, str) and instance.strip()):
+            raise ValueError(f"instance must be a non-empty name, got {instance!r}")
         self.journal_poll = journal_poll
+        self.instance = instance
         self.fleet: FleetLink | None = None
         self.until = check_goal(until)
         if set(transports) <= {WEBHOOK} and not extra and self.until is Status.DONE:
@@ -245,7 +254,7 @@ class Tracker(TakesOverOrders):
         if not isinstance(journal, Journal):
             journal = await stack.enter_async_context(open_journal(journal))
         self.fleet = FleetLink(
-            OrderLog(journal, poll=self.journal_poll),
+            OrderLog(journal, poll=self.journal_poll, owner=await self._name_in(journal, stack)),
             self._orders,
             follows_xsolla=bool(self.transports & {WEBSOCKET, POLLING}),
             on_settled=self.on_settled,
@@ -254,6 +263,23 @@ class Tracker(TakesOverOrders):
             adopt=None if self.token_for is None and self.user is None else self._adopt,
         )
         return self.fleet
+
+    async def _name_in(self, journal: Journal, stack: contextlib.AsyncExitStack) -> str:
+        """The name this tracker leases orders under: the same after a restart where
+        that can be known (see :mod:`transports.journal.instance`)."""
+        if self.instance is not None:
+            return self.instance
+        from transports.journal.core import new_owner
+        from transports.journal.instance import hold_sqlite_slot
+
+        path = getattr(journal.store, "path", None)
+        if journal.store.kind == "sqlite" and isinstance(path, str):
+            held = await anyio.to_thread.run_sync(hold_sqlite_slot, path)
+            if held is not None:
+                name, handle = held
+                stack.callback(handle.close)  # freed once the fleet's tasks have ended
+                return name
+        return new_owner()
 
     async def __aexit__(
         self,

@@ -110,3 +110,19 @@ def adopt(
         (owner, now + seconds, True, now, now - seconds, limit, True, now, now - seconds),
     ).fetchall()
     return [order_from_row(r) for r in rows]
+
+
+def release(db: Any, dialect: str, owner: str) -> None:
+    """End now every lease ``owner`` holds: it is starting, so the life that took them
+    is over (an instance's name is never two live instances'), and its orders are
+    adoptable at once (:func:`adopt`, which takes those first: their leases ended
+    earliest), by it or another, rather than a lease later.  Through the
+    ``tracking`` index: an order whose lease counts is tracked."""
+    db.execute(
+        in_dialect(
+            dialect,
+            "UPDATE orderfsm_orders SET lease_until = 0"
+            " WHERE tracking = %s AND owner = %s AND lease_until > 0",
+        ),
+        (True, owner),
+    )

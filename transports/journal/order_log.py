@@ -50,7 +50,9 @@ class News:
 class OrderLog:
     """The orders of one journal (SQLite or PostgreSQL: the memory journal has no fleet)."""
 
-    def __init__(self, journal: Journal, *, poll: float | None = None) -> None:
+    def __init__(
+        self, journal: Journal, *, poll: float | None = None, owner: str | None = None
+    ) -> None:
         store = journal.store
         if store.kind not in ("sqlite", "postgresql"):
             raise JournalError(
@@ -58,7 +60,8 @@ class OrderLog:
             )
         self.journal = journal
         self.dialect = store.kind
-        self.owner = journal.sync.owner
+        self.owner = owner or journal.sync.owner
+        """This instance's name in the leases (see :mod:`~transports.journal.instance`)."""
         self._store = cast(SqlStore, store)
         self._seq: int | None = None
         """SQLite: the last change read (writers take turns there, see ``changes_since``)."""
@@ -126,14 +129,15 @@ class OrderLog:
         )  # fmt: skip
         return await self.journal._call(self._store.write, work, self._deadline())
 
+    async def release(self) -> None:
+        """End the leases this instance's previous life held (see :func:`leases.release`)."""
+        work = functools.partial(leases.release, dialect=self.dialect, owner=self.owner)
+        await self.journal._call(self._store.write, work, self._deadline())
+
     # --- reads --------------------------------------------------------------------
 
     async def orders(self, order_ids: Sequence[int]) -> dict[int, OrderRow]:
         work = functools.partial(reads.orders, dialect=self.dialect, order_ids=order_ids)
-        return await self.journal._call(self._store.read, work, self._deadline())
-
-    async def tracking(self, limit: int = 100_000) -> list[OrderRow]:
-        work = functools.partial(reads.tracking, dialect=self.dialect, limit=limit)
         return await self.journal._call(self._store.read, work, self._deadline())
 
     async def changes(self, cursors: Mapping[int, int], everything: bool) -> list[ChangeRow]:

@@ -1,6 +1,6 @@
-"""The fleet tracker's reads of the journal, both backends: orders' rows, the orders
-to resume, and changes past per-order cursors (or, on SQLite only, past a global
-mark).  Each function runs inside a read the store opened."""
+"""The fleet tracker's reads of the journal, both backends: orders' rows, and changes
+past per-order cursors (or, on SQLite only, past a global mark).  Each function
+runs inside a read the store opened."""
 
 from __future__ import annotations
 
@@ -32,19 +32,6 @@ def orders(db: Any, dialect: str, order_ids: Sequence[int]) -> dict[int, OrderRo
         ).fetchall()
         found.update((int(r[0]), order_from_row(r)) for r in rows)
     return found
-
-
-def tracking(db: Any, dialect: str, limit: int) -> list[OrderRow]:
-    """Orders some instance was following and that have not settled: to resume."""
-    rows = db.execute(
-        in_dialect(
-            dialect,
-            f"SELECT {ORDER_COLUMNS} FROM orderfsm_orders WHERE tracking"
-            f" ORDER BY order_id LIMIT %s",
-        ),
-        (limit,),
-    ).fetchall()
-    return [order_from_row(r) for r in rows]
 
 
 def changes_after(db: Any, dialect: str, cursors: Mapping[int, int]) -> list[ChangeRow]:
