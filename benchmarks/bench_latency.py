@@ -138,7 +138,7 @@ async def ours(
             received.record(change.order_id, change.status.value)
 
     frames = FrameClock()
-    with frames.watching(AiohttpSocket, "receive"):
+    with frames.watching(AiohttpSocket, "data"):
         async with following(emu, project_id, orders.owner(), on_change, via_watch=via_watch):
             await publish_and_wait(emu, orders, received, rate)
     received.read_at = frames.read_at()
