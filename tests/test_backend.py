@@ -93,3 +93,19 @@ def test_a_loop_with_its_own_clock_is_read_through_it() -> None:
         assert loop.run_until_complete(read()) >= time.monotonic() + 999.0
     finally:
         loop.close()
+
+
+def test_a_loop_whose_own_clock_is_patched_is_read_through_it() -> None:
+    """A test may patch one loop's ``time`` (a virtual clock): asked of the loop, not
+    its class, or the hot path would read another clock than anyio's deadlines."""
+    loop = asyncio.new_event_loop()
+    real = loop.time
+    loop.time = lambda: real() + 1000.0  # type: ignore[method-assign]
+    try:
+
+        async def read() -> float:
+            return loop_clock()()
+
+        assert loop.run_until_complete(read()) >= time.monotonic() + 999.0
+    finally:
+        loop.close()

@@ -842,3 +842,63 @@ async def test_the_owner_and_a_follower_agree_on_an_order_paid_as_its_grace_ends
         finally:
             await emu.clear_faults()
     assert results == [Status.PAID, Status.PAID] and calls == [("paid", True)]
+
+
+async def test_a_start_the_journal_cannot_answer_still_starts_and_adopts_later(
+    tmp_path: Path,
+) -> None:
+    """A database failing over during a deploy must not stop an instance from starting:
+    the start's take-over is given up (logged), and the adopter takes the orders
+    nobody follows at its next looks, once the journal answers again."""
+    from support_journal import DatabaseHold
+
+    from orderfsm.errors import OrderNotTracked
+    from orderfsm.journal.config import JournalSettings
+
+    path = str(tmp_path / "fleet.sqlite3")
+    settings = JournalSettings(wait=0.5)
+    order_id = 10_000_001
+    async with open_journal(path, settings) as journal:
+        db = connect(path)
+        try:  # an order whose owner is gone: a start (or the adopter) takes it over
+            now = time.time()
+            db.execute(
+                "INSERT INTO orderfsm_orders (order_id, status, version, until, user_id,"
+                " tracking, tracked_at, owner, lease_until, fence, updated_at)"
+                " VALUES (?, 'new', 1, 'done', 'player', 1, ?, 'gone', 0.0, 0, ?)",
+                (order_id, now, now),
+            )
+            db.execute(
+                "INSERT INTO orderfsm_changes (order_id, version, status, previous, source, at)"
+                " VALUES (?, 1, 'new', NULL, 'websocket', ?)",
+                (order_id, now),
+            )
+            db.commit()
+        finally:
+            db.close()
+        hold: DatabaseHold | None = DatabaseHold(path, "")
+        try:
+            async with Tracker(
+                project_id=1,
+                transports=("polling",),
+                api_url="http://127.0.0.1:9",
+                journal=journal,
+                token_for=lambda order_id, user_id: "token",
+                fetch_details=False,
+                lease=1.5,
+            ) as tracker:
+                assert hold is not None
+                hold.release()
+                hold = None
+
+                def status() -> Status | None:
+                    try:
+                        return tracker.status(order_id)
+                    except OrderNotTracked:
+                        return None
+
+                assert status() is None  # the start could not take it
+                await eventually(lambda: status() is Status.NEW, timeout=20)
+        finally:
+            if hold is not None:
+                hold.release()

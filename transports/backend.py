@@ -27,9 +27,10 @@ def loop_clock() -> Callable[[], float]:
     call it inside the running loop."""
     if on_asyncio():
         loop = asyncio.get_running_loop()
-        if type(loop).time is asyncio.BaseEventLoop.time:
+        if getattr(loop.time, "__func__", None) is asyncio.BaseEventLoop.time:
             # The stock loop's time() is a Python method around time.monotonic:
-            # the same clock without a frame per frame received.
+            # the same clock without a frame per frame received.  Asked of the
+            # loop itself, not its class: a test may patch one loop's clock.
             return time.monotonic
         return loop.time  # what anyio reads on asyncio (uvloop's, a test loop's)
     return anyio.current_time

@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from orderfsm.errors import OrderFsmError
 from orderfsm.interface import TokenProvider
 
 if TYPE_CHECKING:
@@ -71,14 +72,19 @@ class TakesOverOrders:
         """At start: end the leases of this instance's previous life, then take over the
         orders nobody follows any more (those first), page after page (up to
         ``RESUME_PAGES``: what is left goes to the adopter's later looks)."""
-        await fleet.log.release()
-        if not fleet.adopts:
-            return
-        for _ in range(RESUME_PAGES):
-            rows = await fleet.log.adopt(fleet.lease, RESUME_PAGE)
-            self._take_over(rows, "resuming")
-            if len(rows) < RESUME_PAGE:
+        try:
+            await fleet.log.release()
+            if not fleet.adopts:
                 return
+            for _ in range(RESUME_PAGES):
+                rows = await fleet.log.adopt(fleet.lease, RESUME_PAGE)
+                self._take_over(rows, "resuming")
+                if len(rows) < RESUME_PAGE:
+                    return
+        except OrderFsmError as exc:
+            # A database failing over during a deploy must not stop the app from
+            # starting: the adopter's next looks take what this start could not.
+            logger.warning("journal unavailable (taking over orders at start): %s", exc)
 
     def _adopt(self, rows: list[OrderRow]) -> None:
         """Orders whose owner is gone, their leases already taken here: followed as a

@@ -21,6 +21,7 @@ orders are adopted once their leases run out, by it or by the others.
 from __future__ import annotations
 
 import logging
+import os
 from typing import IO
 
 logger = logging.getLogger("orderfsm.fleet")
@@ -37,6 +38,7 @@ def hold_sqlite_slot(path: str) -> tuple[str, IO[bytes]] | None:
         import fcntl
     except ImportError:  # Windows: no flock; a name of its own per tracker
         return None
+    path = os.path.realpath(path)  # one file reached by two paths is one set of slots
     for slot in range(SLOTS):
         try:
             handle = open(f"{path}-instance-{slot}.lock", "ab")  # noqa: SIM115 (held open)
