@@ -18,7 +18,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.to_thread
 from anyio.abc import TaskGroup
 
 from orderfsm.core import Observation, OrderBook, Status
@@ -248,13 +247,18 @@ class Tracker(TakesOverOrders):
         if self.journal is None:
             return None
         from transports.journal import Journal, open_journal
+        from transports.journal.instance import lease_name
         from transports.journal.order_log import OrderLog
 
         journal = self.journal
         if not isinstance(journal, Journal):
             journal = await stack.enter_async_context(open_journal(journal))
         self.fleet = FleetLink(
-            OrderLog(journal, poll=self.journal_poll, owner=await self._name_in(journal, stack)),
+            OrderLog(
+                journal,
+                poll=self.journal_poll,
+                owner=await lease_name(journal, self.instance, stack),
+            ),
             self._orders,
             follows_xsolla=bool(self.transports & {WEBSOCKET, POLLING}),
             on_settled=self.on_settled,
@@ -263,23 +267,6 @@ class Tracker(TakesOverOrders):
             adopt=None if self.token_for is None and self.user is None else self._adopt,
         )
         return self.fleet
-
-    async def _name_in(self, journal: Journal, stack: contextlib.AsyncExitStack) -> str:
-        """The name this tracker leases orders under: the same after a restart where
-        that can be known (see :mod:`transports.journal.instance`)."""
-        if self.instance is not None:
-            return self.instance
-        from transports.journal.core import new_owner
-        from transports.journal.instance import hold_sqlite_slot
-
-        path = getattr(journal.store, "path", None)
-        if journal.store.kind == "sqlite" and isinstance(path, str):
-            held = await anyio.to_thread.run_sync(hold_sqlite_slot, path)
-            if held is not None:
-                name, handle = held
-                stack.callback(handle.close)  # freed once the fleet's tasks have ended
-                return name
-        return new_owner()
 
     async def __aexit__(
         self,

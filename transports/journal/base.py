@@ -10,6 +10,7 @@ them directly.  The decisions they carry out are in ``orderfsm.journal``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -401,6 +402,12 @@ def renew_claim(db: Any, dialect: str, key: str, attempt: int, until: float) -> 
     mark = "%s" if dialect == "postgresql" else "?"
     cursor = db.execute(RENEW_CLAIM.format(m=mark), (until, key, attempt))
     return bool(cursor.rowcount == 1)
+
+
+def renew_in(store: SqlStore, key: str, attempt: int, until: float, deadline: float) -> bool:
+    """:meth:`Store.renew` for both SQL stores: :func:`renew_claim` in a write."""
+    work = functools.partial(renew_claim, dialect=store.kind, key=key, attempt=attempt, until=until)
+    return store.write(work, deadline)
 
 
 _FILTERS: tuple[tuple[str, Callable[[DeliveryFilter], Any]], ...] = (

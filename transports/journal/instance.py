@@ -20,9 +20,15 @@ orders are adopted once their leases run out, by it or by the others.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import IO
+
+import anyio.to_thread
+
+from transports.journal.core import new_owner
+from transports.journal.journal import Journal
 
 logger = logging.getLogger("orderfsm.fleet")
 
@@ -53,3 +59,21 @@ def hold_sqlite_slot(path: str) -> tuple[str, IO[bytes]] | None:
         return f"sqlite-slot-{slot}", handle
     logger.warning("every instance slot of %s is held: a new name for this tracker", path)
     return None
+
+
+async def lease_name(
+    journal: Journal, instance: str | None, stack: contextlib.AsyncExitStack
+) -> str:
+    """The name a tracker leases orders under: ``instance`` when given, else a slot of
+    the SQLite file (held until ``stack`` closes, once the fleet's tasks have ended),
+    else a new name."""
+    if instance is not None:
+        return instance
+    path = getattr(journal.store, "path", None)
+    if journal.store.kind == "sqlite" and isinstance(path, str):
+        held = await anyio.to_thread.run_sync(hold_sqlite_slot, path)
+        if held is not None:
+            name, handle = held
+            stack.callback(handle.close)
+            return name
+    return new_owner()

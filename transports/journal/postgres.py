@@ -24,7 +24,6 @@ process's transaction is rolled back when its connection drops.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -63,7 +62,7 @@ from transports.journal.base import (
     error_text,
     filter_sql,
     migrations,
-    renew_claim,
+    renew_in,
     run_in_transaction,
 )
 from transports.journal.orders import CHANNEL, Note, channel_for, record
@@ -429,10 +428,7 @@ class PostgresStore:
             return sql.settle(db, key, attempt, answer, delivery_id, error, now)
 
     def renew(self, key: str, attempt: int, until: float, deadline: float) -> bool:
-        work = functools.partial(
-            renew_claim, dialect=self.kind, key=key, attempt=attempt, until=until
-        )
-        return self.write(work, deadline)
+        return renew_in(self, key, attempt, until, deadline)
 
     def finish(
         self,

@@ -22,7 +22,6 @@ How each connection is opened and configured, and the writer's retried
 
 from __future__ import annotations
 
-import functools
 import os
 import queue
 import sqlite3
@@ -46,7 +45,7 @@ from transports.journal.base import (
     delivery_from_row,
     error_text,
     filter_sql,
-    renew_claim,
+    renew_in,
     run_in_transaction,
 )
 from transports.journal.groupcommit import GroupCommit
@@ -263,10 +262,7 @@ class SqliteStore:
         return self._write(work, deadline)
 
     def renew(self, key: str, attempt: int, until: float, deadline: float) -> bool:
-        work = functools.partial(
-            renew_claim, dialect=self.kind, key=key, attempt=attempt, until=until
-        )
-        return self.write(work, deadline)
+        return renew_in(self, key, attempt, until, deadline)
 
     def finish(
         self,
