@@ -33,21 +33,30 @@ def renewer_threads() -> list[threading.Thread]:
 @on_every_backend
 async def test_a_fast_handler_makes_no_renewal_write(backend: str, tmp_path: Path) -> None:
     """Deliveries for longer than several renewal periods, each handler far shorter
-    than one: every claim keeps the lease it was taken with (nothing renewed it)."""
-    ids: list[int] = []
+    than one: every claim keeps the lease it was taken with (nothing renewed it).
+
+    A delivery the machine stalled for a whole renewal period (a loaded CI host) may
+    rightly be renewed: it is left out, and counted as the most renewals allowed."""
+    every = SHORT.lease / 3
+    took: dict[int, float] = {}
     async with open_journal(url_for(backend, tmp_path), SHORT) as journal:
         receiver = WebhookReceiver(SECRET, nothing, store=journal)
         started = time.monotonic()
-        while time.monotonic() < started + 4 * SHORT.lease / 3 or len(ids) < 10:
-            ids.append(9000 + len(ids))
-            body = order_paid(ids[-1])
+        while time.monotonic() < started + 4 * every or len(took) < 10:
+            order_id = 9000 + len(took)
+            body = order_paid(order_id)
+            began = time.monotonic()
             assert (await receiver.handle(signed(body), body, "185.30.20.1")).status == 204
-        claims = await journal.claims([f"order_paid:{i}" for i in ids])
+            took[order_id] = time.monotonic() - began
+        claims = await journal.claims([f"order_paid:{i}" for i in took])
         assert journal.sync.renewer.running  # it was there, with nothing to renew
-    assert len(claims) == len(ids)
-    for claim in claims.values():
-        assert abs(claim.lease_until - claim.claimed_at - SHORT.lease) < 1e-3, claim
-    assert journal.sync.renewer.renewals == 0
+    assert len(claims) == len(took)
+    stalled = {i for i, seconds in took.items() if seconds >= every}
+    assert len(stalled) < len(took) / 2, f"the machine stalled too often to judge: {took}"
+    for order_id, claim in ((i, claims[f"order_paid:{i}"]) for i in took):
+        if order_id not in stalled:
+            assert abs(claim.lease_until - claim.claimed_at - SHORT.lease) < 1e-3, claim
+    assert journal.sync.renewer.renewals <= len(stalled)
 
 
 @pytest.mark.anyio
