@@ -9,7 +9,9 @@ import pytest
 from support_tracker import emulator_tracker
 
 from orderfsm import Status
-from orderfsm.supervisor.checks import CHECKS_AT_ONCE, CHECKS_STARTING
+from orderfsm.supervisor.admission import STARTING_AT_ONCE
+from orderfsm.supervisor.checks import CHECKS_AT_ONCE
+from orderfsm.supervisor.policy import DefaultPolicy
 from transports.emulator import Emulator
 
 pytestmark = pytest.mark.anyio
@@ -51,7 +53,7 @@ async def test_orders_waiting_for_their_check_hold_no_task_each(emu: Emulator) -
     (some 60 MB at their peak, which the allocator kept): orders wait as entries of a
     queue, and the tasks alive stay bounded however many orders wait."""
     user = await emu.create_user()
-    orders = [await emu.create_order(user) for _ in range(CHECKS_STARTING + 300)]
+    orders = [await emu.create_order(user) for _ in range(STARTING_AT_ONCE + 300)]
     await emu.get_order_fault("slow", delay=2.0)
     async with emulator_tracker(emu, user, fetch_details=False) as tracker:
         before = len(anyio.get_running_tasks())
@@ -63,14 +65,14 @@ async def test_orders_waiting_for_their_check_hold_no_task_each(emu: Emulator) -
         await emu.set_status(orders[-1], "canceled")  # the last queued is still followed
         with anyio.fail_after(20):
             assert (await tracker.wait(orders[-1])).status is Status.CANCELED
-    assert 0 < alive <= CHECKS_STARTING + 20
+    assert 0 < alive <= STARTING_AT_ONCE + 20
 
 
 async def test_a_check_backing_off_gives_its_place_to_the_next_order(emu: Emulator) -> None:
     """Orders whose Get order keeps failing (here: unknown ids, asked again through
     their not-found grace) must not hold back the first look at the others."""
     user = await emu.create_user()
-    unknown = [10_000_000 + n for n in range(CHECKS_STARTING)]
+    unknown = [10_000_000 + n for n in range(STARTING_AT_ONCE)]
     real = await emu.create_order(user)
     async with emulator_tracker(emu, user, fetch_details=False, not_found_grace=30.0) as tracker:
         for order_id in unknown:
@@ -80,3 +82,39 @@ async def test_a_check_backing_off_gives_its_place_to_the_next_order(emu: Emulat
         with anyio.fail_after(3):  # well before any unknown order's grace runs out
             while not (await emu.stats()).get_order_requests.get(real):  # noqa: ASYNC110
                 await anyio.sleep(0.05)
+
+
+async def test_polling_only_orders_start_a_few_at_a_time_with_one_get_order_each(
+    emu: Emulator,
+) -> None:
+    """A polling-only tracker resuming many orders: their pollers' first requests are
+    let through a few at a time, like the checks (a herd otherwise, and a loop too
+    busy to apply the journal's news for seconds), and each order's first request is
+    its only one until its interval: the poller's first answer is the check."""
+    user = await emu.create_user()
+    orders = [await emu.create_order(user) for _ in range(STARTING_AT_ONCE + 40)]
+    await emu.get_order_fault("slow", delay=1.5)
+
+    async def requests() -> dict[int, int]:
+        asked = (await emu.stats()).get_order_requests
+        return {order_id: len(asked.get(order_id, ())) for order_id in orders}
+
+    policy = DefaultPolicy(poll_interval=5.0)
+    async with emulator_tracker(
+        emu, user, transports=("polling",), policy=policy, fetch_details=False
+    ) as tracker:
+        for order_id in orders:
+            tracker.track(order_id)
+        await anyio.sleep(0.75)  # the first ones are in flight, none answered yet
+        first_wave = [n for n in (await requests()).values() if n]
+        await emu.clear_faults()
+        with anyio.fail_after(20):
+            while not all((await requests()).values()):  # noqa: ASYNC110 (in the emulator)
+                await anyio.sleep(0.05)
+        await anyio.sleep(0.5)  # a second request per order would be on its way by now
+        asked = await requests()
+        await emu.set_status(orders[-1], "canceled")
+        with anyio.fail_after(15):  # the last one's next poll hears it
+            assert (await tracker.wait(orders[-1])).status is Status.CANCELED
+    assert 0 < len(first_wave) <= STARTING_AT_ONCE
+    assert set(asked.values()) == {1}, asked

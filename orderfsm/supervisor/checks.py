@@ -11,8 +11,8 @@ without the other.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -20,6 +20,7 @@ import anyio
 from orderfsm.core import Observation
 from orderfsm.errors import OrderFsmError, OrderNotFound, TokenRejected
 from orderfsm.interface import POLLING, Health, HealthReport
+from orderfsm.supervisor.admission import Admission, Place
 
 if TYPE_CHECKING:
     from orderfsm.metrics.counters import TrackerCounters
@@ -29,21 +30,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger("orderfsm")
 
 CHECK_RETRY_MIN, CHECK_RETRY_MAX = 0.5, 30.0
+"""Backoff (seconds) of the Get order that follows a gap, while it fails."""
 CHECK_RETRY_AFTER_MAX = 300.0
 """A Retry-After honoured up to this: a year's wait is a server's bug, and a check
 asleep keeps every later doubt about the order from being checked."""
-"""Backoff (seconds) of the Get order that follows a gap, while it fails."""
 CHECKS_AT_ONCE = 32
 """One-shot Get order checks in flight at once; the rest wait their turn.  Ten
 thousand orders tracked at once (a backend resuming after a restart) would
 otherwise be ten thousand requests at once: a herd for Xsolla's API, and over a
 million objects of half-done requests for our garbage collector to walk."""
-CHECKS_STARTING = 2 * CHECKS_AT_ONCE
-"""Checks that may be in their first try at once (the token, then the slot and Get
-order); the rest wait in a queue as plain references to their orders, not as
-tasks.  Ten thousand orders tracked at once were ten thousand waiting tasks:
-some 60 MB at their peak, which the allocator then kept.  A check that backs off
-gives its place up, so failing orders never hold back the first look at others."""
 LOOK_ARRIVES = 1.0
 """Seconds, beyond the owner's ``details_timeout``, a follower gives the owner's last
 look of an expired order to reach it through the journal."""
@@ -66,8 +61,7 @@ class GetOrderChecks:
     get_order_http: HttpClient | None
     _counters: TrackerCounters
     _checks_at_once: anyio.Semaphore
-    _checks_queued: deque[TrackedOrder]
-    _checks_starting: int
+    _admission: Admission
 
     if TYPE_CHECKING:
 
@@ -106,26 +100,18 @@ class GetOrderChecks:
             self.wake(order)
 
     def _queue_check(self, order: TrackedOrder) -> None:
-        """Check ``order`` once its turn comes (at once, while few checks are starting)."""
+        """Check ``order`` once its turn comes (at once, while few orders are starting)."""
         order.checking = True
-        self._checks_queued.append(order)
-        self._admit_checks()
+        self._admission.queue(functools.partial(self._start_check, order))
 
-    def _admit_checks(self) -> None:
-        queued = self._checks_queued
-        while queued and self._checks_starting < CHECKS_STARTING:
-            order = queued.popleft()
-            if order.ended:
-                order.checking = False  # settled or stopped while it waited: no look
-                continue
-            self._checks_starting += 1
-            self._spawn_helper(self._check_once, order, True)
+    def _start_check(self, order: TrackedOrder, place: Place) -> bool:
+        if order.ended:
+            order.checking = False  # settled or stopped while it waited: no look
+            return False
+        self._spawn_helper(self._check_once, order, place)
+        return True
 
-    def _check_started(self) -> None:
-        self._checks_starting -= 1
-        self._admit_checks()
-
-    async def _check_once(self, order: TrackedOrder, queued: bool = False) -> None:
+    async def _check_once(self, order: TrackedOrder, place: Place | None = None) -> None:
         """Get order once, because something may have been missed.
 
         Asked again, backing off, until one good answer: after a failed request
@@ -143,13 +129,10 @@ class GetOrderChecks:
         from transports.polling import UnexpectedAnswer, fetch_order
 
         delay = CHECK_RETRY_MIN
-        starting = queued  # a place among the starting checks, given up at the first pause
 
         async def pause(seconds: float) -> None:
-            nonlocal starting
-            if starting:
-                starting = False
-                self._check_started()
+            if place is not None:
+                place.give_back()  # a check that backs off holds back no other order
             await anyio.sleep(seconds)
 
         self._counters.checks += 1
@@ -226,8 +209,8 @@ class GetOrderChecks:
                     )
                 return
         finally:
-            if starting:
-                self._check_started()
+            if place is not None:
+                place.give_back()
             order.checking = False
             self.wake(order)  # a doubt raised meanwhile is checked next
 

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from orderfsm.core import Observation, Verdict, verdict
 from orderfsm.errors import JournalValueRefused, OrderFsmError
@@ -67,6 +68,9 @@ UNTRACK_GATHER = 0.05
 those of that moment together: nothing waits on them (a mark lost to a crash
 costs one needless resume and Get order), and at hundreds of orders a second
 one transaction each was a commit per order on every instance."""
+APPLY_SLICE = 500
+"""Orders' past applied this many changes at a time: a resume's 10,000 at once would
+hold the loop (and every socket on it) for a fifth of a second."""
 ADOPT_PAGE = 500
 """Orders one instance adopts in one statement, at most (more go at the next period)."""
 
@@ -128,6 +132,25 @@ class FleetLink(CallsOnSettled):
         return self.follows_xsolla and self.adopt is not None
 
     # --- what the tracker calls --------------------------------------------------------
+
+    async def read_past(self, order_ids: Iterable[int]) -> dict[int, list[ChangeRow]]:
+        """Orders' changes, per order, read before they are tracked here: a resume
+        applies each order's past as it tracks it, before its poller's first
+        request, not after ten thousand of them have started.  Empty when the
+        journal cannot say now: the catch-up that follows each order reads it."""
+        try:
+            changes = await self.log.catch_up(dict.fromkeys(order_ids, 0))
+        except OrderFsmError as exc:
+            logger.info("journal unavailable (reading resumed orders' past): %s", exc)
+            return {}
+        past: dict[int, list[ChangeRow]] = {}
+        for change in changes:
+            past.setdefault(change.order_id, []).append(change)
+        return past
+
+    def apply_past(self, changes: list[ChangeRow]) -> None:
+        """Changes read by :meth:`read_past`, for orders tracked here since."""
+        self._apply(changes)
 
     def resuming(self, order_id: int) -> None:
         """The order is about to be tracked from the journal's row: the row says so
@@ -256,12 +279,20 @@ class FleetLink(CallsOnSettled):
                 await self._gather_untracks()
             self._urgent = False
             while self._notes:
+                if any(item[0] == "catch-up" for item in self._notes):
+                    # Resumed orders' past, all of it in one read (chunked there), not
+                    # a read per batch: a restart resuming 10,000 orders made 40 reads
+                    # in turn, each waiting for a loop busy starting their pollers.
+                    resumed = [item[1] for item in self._notes if item[0] == "catch-up"]
+                    self._notes = [item for item in self._notes if item[0] != "catch-up"]
+                    await self._catch_up(resumed)
+                    continue
                 batch, self._notes = self._notes[:BATCH], self._notes[BATCH:]
                 # Tracks are written before untracks: of the two for one order, only
                 # the later counts (an order forgotten, then tracked again meanwhile).
                 last = {item[1]: item[0] for item in batch if item[0] in ("track", "untrack")}
                 tracks = [item[1:] for item in batch if item[0] == "track" == last[item[1]]]
-                past = {item[1]: 0 for item in batch if item[0] == "catch-up"}
+                past: dict[int, int] = {}
                 if tracks:
                     rows = await self._write_or_drop_refused("track", log.track_many, tracks)
                     past.update({row.order_id: 0 for row in rows if row.version})
@@ -381,7 +412,10 @@ class FleetLink(CallsOnSettled):
             except JournalValueRefused as exc:  # a read: never expected; the backstop reads again
                 logger.error("the journal refused to read orders' past: %s", exc)
                 return
-            self._apply(changes)
+            for first in range(0, len(changes), APPLY_SLICE):
+                if first:
+                    await anyio.lowlevel.checkpoint()  # the loop's other work between slices
+                self._apply(changes[first : first + APPLY_SLICE])
 
     def _apply(self, changes: list[ChangeRow]) -> None:
         now = anyio.current_time()

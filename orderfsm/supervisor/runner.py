@@ -13,10 +13,10 @@ look) are :mod:`orderfsm.supervisor.checks`'.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import math
-from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from orderfsm.errors import (
 )
 from orderfsm.interface import POLLING, Health
 from orderfsm.metrics.counters import TrackerCounters
+from orderfsm.supervisor.admission import STARTING_AT_ONCE, Admission, Place
 from orderfsm.supervisor.checks import CHECKS_AT_ONCE, GetOrderChecks
 from orderfsm.supervisor.custom import CustomTransport, OrderContext
 from orderfsm.supervisor.order import SourceSink, TrackedOrder
@@ -89,8 +90,7 @@ class Scheduler(GetOrderChecks):
         self._dirty: dict[int, TrackedOrder] = {}
         self._kick = Wakeup()
         self._checks_at_once = anyio.Semaphore(CHECKS_AT_ONCE)
-        self._checks_queued: deque[TrackedOrder] = deque()
-        self._checks_starting = 0
+        self._admission = Admission(STARTING_AT_ONCE)
 
     # --- what the tracker calls -------------------------------------------------------
 
@@ -146,7 +146,7 @@ class Scheduler(GetOrderChecks):
         An order already settled gets its result, without the details still on
         their way: a settled status, once seen, is never dropped.
         """
-        self._checks_queued.clear()
+        self._admission.clear()
         for order in orders:
             order.release()
             order.fleet = None  # closing is not giving up: a journal keeps it to resume
@@ -247,7 +247,16 @@ class Scheduler(GetOrderChecks):
         if plan.poll_interval is not None and poller is None:
             scope = anyio.CancelScope()
             order.poller = (scope, plan.poll_interval)
-            self._spawn(self._poll, order, plan.poll_interval, scope)
+            if order.websocket is Health.HEALTHY:  # a safety poll: its first one is later
+                self._spawn(self._poll, order, plan.poll_interval, scope, None)
+            else:
+                start = functools.partial(self._start_poller, order, plan.poll_interval, scope)
+                self._admission.queue(start)
+                if order.websocket is None:
+                    # Polling is all it has, and polls until settled: its first
+                    # request is the check (one Get order, not two, per order at a
+                    # restart that resumes thousands).
+                    order.check_once = False
         if order.check_once and not order.checking:
             order.check_once = False
             if self.can_poll and order.owned:
@@ -325,7 +334,20 @@ class Scheduler(GetOrderChecks):
 
         self._tg.start_soon(helper, name=f"orderfsm {func.__name__} {order.order_id}")
 
-    async def _poll(self, order: TrackedOrder, interval: float, scope: anyio.CancelScope) -> None:
+    def _start_poller(
+        self, order: TrackedOrder, interval: float, scope: anyio.CancelScope, place: Place
+    ) -> bool:
+        poller = order.poller
+        if order.ended or poller is None or poller[0] is not scope:
+            return False  # ended, or its poller stopped or replaced, while it waited
+        self._spawn(self._poll, order, interval, scope, place)
+        return True
+
+    async def _poll(
+        self, order: TrackedOrder, interval: float, scope: anyio.CancelScope, place: Place | None
+    ) -> None:
+        """Poll until settled (or cancelled); ``place``, a first request's among those
+        starting, is given back at its answer."""
         from transports.polling import PollConfig, poll_order
 
         healthy = order.websocket is Health.HEALTHY
@@ -346,6 +368,7 @@ class Scheduler(GetOrderChecks):
                     http=self.get_order_http,
                     api=self.api_url,
                     config=config,
+                    answered=None if place is None else place.give_back,
                 )
             except OrderFsmError as exc:
                 if order.settled is None:
@@ -359,6 +382,8 @@ class Scheduler(GetOrderChecks):
                 if order.settled is None:
                     order.polling_error = TransportError(f"polling failed: {exc!r}")
             finally:
+                if place is not None:
+                    place.give_back()
                 self._counters.polling -= 1
                 if order.poller is not None and order.poller[0] is scope:
                     order.poller = None

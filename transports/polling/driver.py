@@ -40,6 +40,7 @@ async def poll_order(
     api: str = DEFAULT_API,
     config: PollConfig | None = None,
     random: Callable[[], float] | None = None,
+    answered: Callable[[], None] | None = None,
 ) -> OrderDetails:
     """Poll Get order until the order is settled (``config.until``), and return its details.
 
@@ -47,7 +48,9 @@ async def poll_order(
     health reports go to ``sink`` as they happen.  A terminal failure is
     reported as ``FAILED`` and then raised (``TokenRejected``,
     ``OrderNotFound``, ``ServiceUnavailable`` or ``ProtocolError``).
-    Cancelling the call stops polling and reports ``STOPPED``.
+    Cancelling the call stops polling and reports ``STOPPED``.  ``answered()`` is
+    called once the first request has its answer (or failed): a caller starting
+    many pollers lets the next one start then.
     """
     config = config or PollConfig()
     decider = PollDecider(order_id, config, random or _random.Random().random)
@@ -70,6 +73,9 @@ async def poll_order(
                 if isinstance(action, Fail):
                     raise action.error
                 current_token, step = await ask(decider, action, current_token, token, get)
+                if answered is not None:
+                    answered()
+                    answered = None
     except anyio.get_cancelled_exc_class():
         report_cancelled(sink, POLLING, decider.health)
         raise

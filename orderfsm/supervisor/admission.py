@@ -1,0 +1,73 @@
+"""Orders' first Get order requests, let through a few at a time.
+
+Ten thousand orders tracked at once (a backend resuming after a restart, a
+host waking from sleep) would each ask Get order at once, a check or a
+poller's first request: a herd for Xsolla's API, and a loop so busy with
+half-done requests that the journal's news for those same orders waited
+seconds behind them (``bench_fleet.py``'s resume: 2 of its 3 s).  Only
+``places`` such first requests run at once; the rest wait in a queue as plain
+entries, not as tasks (ten thousand waiting tasks were some 60 MB).  A place
+is given back at the first answer, or the first pause (a request that backs
+off must not hold back the first look at other orders); after that, requests
+are paced by their own answers and intervals, so they stay spread out.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+
+STARTING_AT_ONCE = 64
+"""Orders' first Get order requests (checks, and pollers' first) under way at once."""
+
+
+class Place:
+    """One start's place among those under way; given back once (again is a no-op)."""
+
+    __slots__ = ("_admission",)
+
+    def __init__(self, admission: Admission | None) -> None:
+        self._admission = admission
+
+    def give_back(self) -> None:
+        admission, self._admission = self._admission, None
+        if admission is not None:
+            admission._given_back()
+
+
+class Admission:
+    """At most ``places`` starts under way; queued entries start in their turn."""
+
+    __slots__ = ("_queue", "_taken", "places")
+
+    def __init__(self, places: int) -> None:
+        self.places = places
+        self._queue: deque[Callable[[Place], bool]] = deque()
+        self._taken = 0
+
+    def __len__(self) -> int:
+        """Entries waiting for their turn."""
+        return len(self._queue)
+
+    def queue(self, start: Callable[[Place], bool]) -> None:
+        """Call ``start(place)`` once a place is free (now, if one is).  It returns
+        whether it started (and gives the place back later); an entry whose order
+        ended while it waited starts nothing, and its place goes to the next."""
+        self._queue.append(start)
+        self._admit()
+
+    def clear(self) -> None:
+        self._queue.clear()
+
+    def _given_back(self) -> None:
+        self._taken -= 1
+        self._admit()
+
+    def _admit(self) -> None:
+        queue = self._queue
+        while queue and self._taken < self.places:
+            place = Place(self)
+            self._taken += 1
+            if not queue.popleft()(place):
+                place._admission = None
+                self._taken -= 1
