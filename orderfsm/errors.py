@@ -167,6 +167,20 @@ def journal_trouble(value: bool, statement: bool) -> type[JournalUnavailable]:
     return JournalRefused if statement else JournalUnavailable
 
 
+class InstanceNameInUse(JournalError):
+    """Another live tracker holds this ``instance=`` name (a name given twice, or a
+    rolling deploy whose old instance still runs past the wait): both would follow
+    the same orders and the newer would end the older's leases, so this one does
+    not start.  A deployment mistake, not a passing trouble."""
+
+    def __init__(self, instance: str, waited: float) -> None:
+        super().__init__(
+            f"instance name {instance!r} is held by another live tracker (waited {waited:g} s"
+            " for it to be freed): give each live tracker a name of its own"
+        )
+        self.instance = instance
+
+
 class JournalOpenFailed(JournalError):
     """The journal could not be opened at all (start-up): unreachable server, bad
     credentials, an unusable file or directory."""

@@ -7,7 +7,8 @@ journal instead, and those nobody follows, asking ``token_for``), grants each
 settled order in the journal's transaction (``grants(order_id, status)``),
 prints ``TRACKING [order ids]`` (what it follows once started), ``READY``
 once running and one JSON line per result its waiters got, and runs until
-killed.  ``--lease S`` sets the lease (1 s by default, for quick takeovers).
+killed.  ``--lease S`` sets the lease (1 s by default, for quick takeovers);
+``--instance NAME`` names the instance.
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ def grant(event: Settled, connection: Any) -> None:
 
 
 async def main(
-    journal: str, emulator: str, setup: dict[str, Any], fresh: bool, lease: float
+    journal: str,
+    emulator: str,
+    setup: dict[str, Any],
+    fresh: bool,
+    lease: float,
+    instance: str | None,
 ) -> None:
     tokens: dict[str, str] = setup["tokens"]
     emu = EmulatorClient(emulator)
@@ -56,6 +62,7 @@ async def main(
             on_settled_transactional=grant,
             policy=POLICY,
             lease=lease,
+            instance=instance,
             websocket_options={"config": config},
         ) as tracker,
         anyio.create_task_group() as tg,
@@ -87,8 +94,12 @@ if __name__ == "__main__":
     parser.add_argument("--backend", default="asyncio")
     parser.add_argument("--resume", action="store_true", help="restarted: resume, track nothing")
     parser.add_argument("--lease", type=float, default=1.0)
+    parser.add_argument("--instance", default=None)
     args = parser.parse_args()
     setup = json.loads(Path(args.setup).read_text())
     fresh = not args.resume
-    anyio.run(main, args.journal, args.emulator, setup, fresh, args.lease, backend=args.backend)
+    anyio.run(
+        main, args.journal, args.emulator, setup, fresh, args.lease, args.instance,
+        backend=args.backend,
+    )  # fmt: skip
     sys.exit(0)

@@ -34,10 +34,11 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from support_fleet import TESTS, Fleet, Receiver, fleet
 from support_journal import connect, mark, on_databases, url_for
 
+from orderfsm.errors import InstanceNameInUse
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.supervisor.tracker import Tracker
 from orderfsm.testing import eventually
-from transports.emulator import Emulator
+from transports.emulator import Emulator, User
 
 pytestmark = pytest.mark.anyio
 
@@ -79,9 +80,11 @@ async def start_tracker(
     *,
     resume: bool,
     lease: float = 1.0,
+    instance: str | None = None,
 ) -> Receiver:
     command = [sys.executable, str(TESTS / "fleet_tracker.py"), journal, emu.base_url, str(setup)]
     command += ["--backend", backend, "--lease", str(lease), *(["--resume"] if resume else [])]
+    command += [] if instance is None else ["--instance", instance]
     process = await anyio.open_process(
         command, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": CODE}
     )
@@ -212,6 +215,16 @@ async def test_an_order_only_a_killed_tracker_followed_is_taken_over_by_another(
     assert grants(url) == [(order_id, "done")]
 
 
+async def one_order(emu: Emulator, setup: Path) -> tuple[User, int]:
+    """A player with one order, written to ``setup`` for a tracker process to track."""
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    orders = [[order_id, user.external_id]]
+    text = json.dumps({"tokens": {user.external_id: user.token}, "orders": orders})
+    await anyio.Path(setup).write_text(text)
+    return user, order_id
+
+
 @pytest.mark.parametrize("backend", ["sqlite"])
 async def test_a_single_app_restarted_mid_purchase_takes_its_order_back_at_once(
     backend: str, anyio_backend_name: str, tmp_path: Path
@@ -224,11 +237,8 @@ async def test_a_single_app_restarted_mid_purchase_takes_its_order_back_at_once(
     url = url_for(backend, tmp_path)
     create_grants(url)
     with Emulator(seed=17, ping_interval=2.0, secret=SECRET) as emu:
-        user = await emu.create_user()
-        order_id = await emu.create_order(user)
         setup = tmp_path / "app.json"
-        orders = [[order_id, user.external_id]]
-        setup.write_text(json.dumps({"tokens": {user.external_id: user.token}, "orders": orders}))
+        _, order_id = await one_order(emu, setup)
         async with anyio.create_task_group() as tg:
             start = functools.partial(
                 start_tracker, tg, url, emu, setup, anyio_backend_name, lease=30.0
@@ -251,6 +261,56 @@ async def test_a_single_app_restarted_mid_purchase_takes_its_order_back_at_once(
                             await process.kill()
                 tg.cancel_scope.cancel()
     assert grants(url) == [(order_id, "done")]
+
+
+@on_databases
+async def test_a_sigkilled_holder_frees_its_name_at_once(
+    backend: str, anyio_backend_name: str, tmp_path: Path
+) -> None:
+    """Tracker process A runs as ``shop-1`` (a 30 s lease) and follows an order.  While
+    A lives, a tracker given its name is refused once it has waited its lease (1 s
+    here): it used to start, end A's leases and follow A's orders beside A.  A is
+    SIGKILLed: its name is freed with the process (its lock file closed by the
+    kernel, its PostgreSQL session ended by the closed socket), so a new ``shop-1``
+    starts at once, not after a lease, and takes the order back at its start."""
+    url = url_for(backend, tmp_path)
+    create_grants(url)
+    with Emulator(seed=18, ping_interval=2.0, secret=SECRET) as emu:
+        setup = tmp_path / "a.json"
+        user, order_id = await one_order(emu, setup)
+
+        def named(lease: float) -> Tracker:
+            return Tracker(
+                project_id=emu.project_id, ws_url=emu.ws_url, api_url=emu.api_url,
+                journal=url, instance="shop-1", lease=lease,
+                token_for=lambda order_id, user_id: user.token,
+            )  # fmt: skip
+
+        async with anyio.create_task_group() as tg:
+            a = await start_tracker(
+                tg, url, emu, setup, anyio_backend_name, resume=False, lease=30.0,
+                instance="shop-1",
+            )  # fmt: skip
+            try:
+                await eventually(lambda: anyio.to_thread.run_sync(leased, url, order_id))
+                with pytest.raises(InstanceNameInUse):
+                    async with named(lease=1.0):
+                        pass
+                (_, until) = await anyio.to_thread.run_sync(lease_of, url, order_id)
+                assert a.alive and until > time.time()  # A's lease: the refused start left it
+                await a.kill()
+                await emu.set_status(order_id, "done", publish=False)  # Get order alone knows
+                killed = time.monotonic()
+                async with named(lease=30.0) as again:
+                    started = time.monotonic() - killed
+                    assert set(again._orders) == {order_id}  # at its start
+                    with anyio.fail_after(10):
+                        assert (await again.wait(order_id)).status.value == "done"
+                assert started < 3.0, started  # the name freed with A, not a lease (30 s) later
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await a.kill()
+                tg.cancel_scope.cancel()
 
 
 def lease_of(url: str, order_id: int) -> tuple[str | None, float]:

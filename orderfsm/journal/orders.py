@@ -22,6 +22,22 @@ import attrs
 
 from orderfsm.core import Advanced, Observation, Status, Verdict, apply, verdict
 
+SLOT_PREFIX = "sqlite-slot-"
+"""The names of the SQLite file's slots (:mod:`transports.journal.instance`): never a
+name given with ``instance=``, which would share a slot's leases."""
+
+
+def instance_name(name: object) -> str:
+    """``name`` as an ``instance=`` name, or ``ValueError`` (before anything is opened)."""
+    if not (isinstance(name, str) and name.strip()):
+        raise ValueError(f"instance must be a non-empty name, got {name!r}")
+    if name.startswith(SLOT_PREFIX):
+        raise ValueError(
+            f"instance {name!r} starts with {SLOT_PREFIX!r}, which names the SQLite"
+            " file's slots: choose another name"
+        )
+    return name
+
 
 @attrs.frozen
 class OrderRow:

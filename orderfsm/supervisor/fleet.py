@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -89,6 +89,7 @@ class FleetLink(CallsOnSettled):
         lease: float = LEASE,
         backstop: float = BACKSTOP,
         adopt: Callable[[list[OrderRow]], None] | None = None,
+        keep_name: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.log = log
         self._orders = orders
@@ -102,6 +103,9 @@ class FleetLink(CallsOnSettled):
         self.adopt = adopt
         """Called with orders whose owner is gone, their leases just taken here: to
         track as a resume would (``None``: this instance has no tokens to follow them)."""
+        self.keep_name = keep_name
+        """Run beside the link: keeps this instance's name held (see
+        :mod:`transports.journal.instance`); ``None`` where nothing can lose it."""
         self.cursors: dict[int, int] = {}
         """The last journal version applied here, per order followed."""
         self._notes: list[Any] = []
@@ -235,6 +239,8 @@ class FleetLink(CallsOnSettled):
             tg.start_soon(self._write, name="orderfsm fleet writer")
             tg.start_soon(self._follow, name="orderfsm fleet follower")
             tg.start_soon(self._hold_leases, name="orderfsm fleet leases")
+            if self.keep_name is not None:
+                tg.start_soon(self.keep_name, name="orderfsm fleet name")
             if self.adopts:
                 tg.start_soon(self._adopt_orphans, name="orderfsm fleet adopter")
             if self.calls_settled:

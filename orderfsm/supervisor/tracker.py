@@ -31,6 +31,7 @@ from orderfsm.interface import (
     TokenProvider,
     token_provider,
 )
+from orderfsm.journal.orders import instance_name
 from orderfsm.metrics.counters import Listener, TrackerCounters
 from orderfsm.metrics.http import CountedHttp
 from orderfsm.metrics.records import TrackerStats
@@ -152,10 +153,8 @@ class Tracker(TakesOverOrders):
         self.on_settled_transactional = on_settled_transactional
         self.token_for = token_for
         self.lease = lease
-        if instance is not None and not (isinstance(instance, str) and instance.strip()):
-            raise ValueError(f"instance must be a non-empty name, got {instance!r}")
         self.journal_poll = journal_poll
-        self.instance = instance
+        self.instance = None if instance is None else instance_name(instance)
         self.fleet: FleetLink | None = None
         self.until = check_goal(until)
         if set(transports) <= {WEBHOOK} and not extra and self.until is Status.DONE:
@@ -253,18 +252,18 @@ class Tracker(TakesOverOrders):
         journal = self.journal
         if not isinstance(journal, Journal):
             journal = await stack.enter_async_context(open_journal(journal))
+        name = await lease_name(
+            journal, self.instance, stack, within=self.lease, sessions=self.journal_poll is None
+        )
         self.fleet = FleetLink(
-            OrderLog(
-                journal,
-                poll=self.journal_poll,
-                owner=await lease_name(journal, self.instance, stack),
-            ),
+            OrderLog(journal, poll=self.journal_poll, owner=name.name, fresh=name.fresh),
             self._orders,
             follows_xsolla=bool(self.transports & {WEBSOCKET, POLLING}),
             on_settled=self.on_settled,
             on_settled_transactional=self.on_settled_transactional,
             lease=self.lease,
             adopt=None if self.token_for is None and self.user is None else self._adopt,
+            keep_name=name.keep,
         )
         return self.fleet
 

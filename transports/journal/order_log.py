@@ -51,7 +51,12 @@ class OrderLog:
     """The orders of one journal (SQLite or PostgreSQL: the memory journal has no fleet)."""
 
     def __init__(
-        self, journal: Journal, *, poll: float | None = None, owner: str | None = None
+        self,
+        journal: Journal,
+        *,
+        poll: float | None = None,
+        owner: str | None = None,
+        fresh: bool = False,
     ) -> None:
         store = journal.store
         if store.kind not in ("sqlite", "postgresql"):
@@ -62,6 +67,8 @@ class OrderLog:
         self.dialect = store.kind
         self.owner = owner or journal.sync.owner
         """This instance's name in the leases (see :mod:`~transports.journal.instance`)."""
+        self.fresh = fresh
+        """The name was made for this instance: no previous life held leases under it."""
         self._store = cast(SqlStore, store)
         self._seq: int | None = None
         """SQLite: the last change read (writers take turns there, see ``changes_since``)."""
@@ -130,7 +137,10 @@ class OrderLog:
         return await self.journal._call(self._store.write, work, self._deadline())
 
     async def release(self) -> None:
-        """End the leases this instance's previous life held (see :func:`leases.release`)."""
+        """End the leases this instance's previous life held (see :func:`leases.release`);
+        nothing to do for a name made for this instance (no statement)."""
+        if self.fresh:
+            return
         work = functools.partial(leases.release, dialect=self.dialect, owner=self.owner)
         await self.journal._call(self._store.write, work, self._deadline())
 

@@ -79,6 +79,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 from transports.journal import postgres_batch as batch
 from transports.journal import postgres_sql as sql
+from transports.journal.postgres_name import PostgresNameLock
 from transports.journal.postgres_session import BatchConnection, transaction
 
 logger = logging.getLogger("orderfsm.journal")
@@ -255,6 +256,17 @@ class PostgresStore:
         )
         self._listeners.add(listener)
         return listener
+
+    def name_lock(self, name: str) -> PostgresNameLock:
+        """The lock of an instance name, on a connection of its own (opened when first
+        taken), closed by the tracker that holds it."""
+        return PostgresNameLock(
+            lambda: psycopg.connect(self.config.conninfo, **self._kwargs()),
+            name,
+            self.channel,
+            self.display,
+            self._said,
+        )
 
     def close(self) -> None:
         self._closed = True
