@@ -160,8 +160,10 @@ async def test_a_name_lost_with_its_connection_is_taken_again(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(wait_for_the_name)
-            waiting = "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-            await eventually(lambda: admin.execute(waiting).fetchall(), timeout=10)
+            waiting = (
+                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND pid = %s"
+            )
+            await eventually(lambda: admin.execute(waiting, (other_pid,)).fetchall(), timeout=10)
             admin.execute("SELECT pg_terminate_backend(%s)", (lock_holder(url, key),))
         assert lock_holder(url, key) == other_pid
         shared = "is held by another live tracker: both lease orders"

@@ -306,7 +306,7 @@ async def test_a_sigkilled_holder_frees_its_name_at_once(
                     assert set(again._orders) == {order_id}  # at its start
                     with anyio.fail_after(10):
                         assert (await again.wait(order_id)).status.value == "done"
-                assert started < 3.0, started  # the name freed with A, not a lease (30 s) later
+                assert started < 10.0, started  # the name freed with A, not a lease (30 s) later
             finally:
                 with anyio.CancelScope(shield=True):
                     await a.kill()

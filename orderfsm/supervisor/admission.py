@@ -29,6 +29,10 @@ class Place:
     def __init__(self, admission: Admission | None) -> None:
         self._admission = admission
 
+    @property
+    def held(self) -> bool:
+        return self._admission is not None
+
     def give_back(self) -> None:
         admission, self._admission = self._admission, None
         if admission is not None:
@@ -36,38 +40,51 @@ class Place:
 
 
 class Admission:
-    """At most ``places`` starts under way; queued entries start in their turn."""
+    """At most ``places`` starts under way; queued entries start in their turn, those
+    queued ``later`` (orders taken over from the journal) after every other."""
 
-    __slots__ = ("_queue", "_taken", "places")
+    __slots__ = ("_later", "_queue", "_taken", "places")
 
     def __init__(self, places: int) -> None:
         self.places = places
         self._queue: deque[Callable[[Place], bool]] = deque()
+        self._later: deque[Callable[[Place], bool]] = deque()
         self._taken = 0
 
     def __len__(self) -> int:
         """Entries waiting for their turn."""
-        return len(self._queue)
+        return len(self._queue) + len(self._later)
 
-    def queue(self, start: Callable[[Place], bool]) -> None:
+    def queue(self, start: Callable[[Place], bool], later: bool = False) -> None:
         """Call ``start(place)`` once a place is free (now, if one is).  It returns
         whether it started (and gives the place back later); an entry whose order
-        ended while it waited starts nothing, and its place goes to the next."""
-        self._queue.append(start)
+        ended while it waited starts nothing, and its place goes to the next.
+
+        ``later``: behind every entry not queued so.  A restart resuming ten
+        thousand orders must not keep a player who buys now waiting for all of
+        them (minutes, when Xsolla answers slowly)."""
+        (self._later if later else self._queue).append(start)
         self._admit()
 
     def clear(self) -> None:
         self._queue.clear()
+        self._later.clear()
 
     def _given_back(self) -> None:
         self._taken -= 1
         self._admit()
 
     def _admit(self) -> None:
-        queue = self._queue
-        while queue and self._taken < self.places:
+        while self._taken < self.places:
+            queue = self._queue or self._later
+            if not queue:
+                return
             place = Place(self)
             self._taken += 1
-            if not queue.popleft()(place):
-                place._admission = None
-                self._taken -= 1
+            started = False
+            try:
+                started = queue.popleft()(place)
+            finally:  # nothing started, or it raised (a task group closing): not lost
+                if not started:
+                    place._admission = None
+                    self._taken -= 1

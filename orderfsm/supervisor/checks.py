@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -35,10 +36,11 @@ CHECK_RETRY_AFTER_MAX = 300.0
 """A Retry-After honoured up to this: a year's wait is a server's bug, and a check
 asleep keeps every later doubt about the order from being checked."""
 CHECKS_AT_ONCE = 32
-"""One-shot Get order checks in flight at once; the rest wait their turn.  Ten
-thousand orders tracked at once (a backend resuming after a restart) would
-otherwise be ten thousand requests at once: a herd for Xsolla's API, and over a
-million objects of half-done requests for our garbage collector to walk."""
+"""Get order checks in flight at once that hold no place among the starting orders
+(:mod:`orderfsm.supervisor.admission`): retries after a failure, an expired order's
+last look.  Ten thousand orders whose Get order failed at once would otherwise
+retry as ten thousand requests at once: a herd for Xsolla's API, and over a million
+objects of half-done requests for our garbage collector to walk."""
 LOOK_ARRIVES = 1.0
 """Seconds, beyond the owner's ``details_timeout``, a follower gives the owner's last
 look of an expired order to reach it through the journal."""
@@ -62,6 +64,7 @@ class GetOrderChecks:
     _counters: TrackerCounters
     _checks_at_once: anyio.Semaphore
     _admission: Admission
+    taken_over: set[int]
 
     if TYPE_CHECKING:
 
@@ -102,7 +105,8 @@ class GetOrderChecks:
     def _queue_check(self, order: TrackedOrder) -> None:
         """Check ``order`` once its turn comes (at once, while few orders are starting)."""
         order.checking = True
-        self._admission.queue(functools.partial(self._start_check, order))
+        start = functools.partial(self._start_check, order)
+        self._admission.queue(start, later=order.order_id in self.taken_over)
 
     def _start_check(self, order: TrackedOrder, place: Place) -> bool:
         if order.ended:
@@ -145,9 +149,12 @@ class GetOrderChecks:
             while order.settled is None:
                 try:
                     # The token first, outside the slots shared with every other
-                    # order: a slow token callable must not hold one.
+                    # order: a slow token callable must not hold one.  A first try
+                    # is bounded by its place among the starting orders already;
+                    # the slots bound the retries (and last looks), which have none.
                     token = first_then(await get_token(order.user.token), order.user.token)
-                    async with self._checks_at_once:
+                    slot = nullcontext() if place is not None and place.held else None
+                    async with slot or self._checks_at_once:
                         details = await fetch_order(
                             order.order_id,
                             project_id=self.project_id,

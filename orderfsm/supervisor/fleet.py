@@ -153,8 +153,10 @@ class FleetLink(CallsOnSettled):
         return past
 
     def apply_past(self, changes: list[ChangeRow]) -> None:
-        """Changes read by :meth:`read_past`, for orders tracked here since."""
-        self._apply(changes)
+        """Changes read by :meth:`read_past`, for orders tracked here since (those past
+        their cursors: an order followed here already has had the rest)."""
+        cursors = self.cursors
+        self._apply([c for c in changes if c.version > cursors.get(c.order_id, c.version)])
 
     def resuming(self, order_id: int) -> None:
         """The order is about to be tracked from the journal's row: the row says so

@@ -91,6 +91,9 @@ class Scheduler(GetOrderChecks):
         self._kick = Wakeup()
         self._checks_at_once = anyio.Semaphore(CHECKS_AT_ONCE)
         self._admission = Admission(STARTING_AT_ONCE)
+        self.taken_over: set[int] = set()
+        """Orders the tracker took over from the journal (a resume, an adoption) and the
+        application has not asked for since: their first Get orders go after others'."""
 
     # --- what the tracker calls -------------------------------------------------------
 
@@ -251,7 +254,7 @@ class Scheduler(GetOrderChecks):
                 self._spawn(self._poll, order, plan.poll_interval, scope, None)
             else:
                 start = functools.partial(self._start_poller, order, plan.poll_interval, scope)
-                self._admission.queue(start)
+                self._admission.queue(start, later=order.order_id in self.taken_over)
                 if order.websocket is None:
                     # Polling is all it has, and polls until settled: its first
                     # request is the check (one Get order, not two, per order at a
@@ -286,6 +289,7 @@ class Scheduler(GetOrderChecks):
         if order.ended:
             return  # a closing tracker meets orders whose details are on their way
         order.ended = True
+        self.taken_over.discard(order.order_id)
         if order.fleet is not None:
             order.fleet.ended(order)
         order.review_at = None

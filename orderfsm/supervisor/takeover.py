@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from orderfsm.journal.orders import OrderRow
     from orderfsm.supervisor.fleet import FleetLink
     from orderfsm.supervisor.order import TrackedOrder
+    from orderfsm.supervisor.runner import Scheduler
 
 logger = logging.getLogger("orderfsm")
 
@@ -61,6 +62,7 @@ class TakesOverOrders:
     _orders: dict[int, TrackedOrder]
     _no_token: set[int]
     """Orders ``token_for`` raised on (their traceback is logged once)."""
+    _scheduler: Scheduler | None
 
     if TYPE_CHECKING:
         # Only the arguments a take-over passes: the tracker's own accept more.
@@ -85,6 +87,8 @@ class TakesOverOrders:
                 return
             for _ in range(RESUME_PAGES):
                 rows = await fleet.log.adopt(fleet.lease, RESUME_PAGE)
+                if not rows:
+                    return
                 past = await fleet.read_past(row.order_id for row in rows)
                 for first in range(0, len(rows), RESUME_SLICE):
                     if first:
@@ -105,8 +109,9 @@ class TakesOverOrders:
         self._take_over(rows, "adopting")
 
     def _take_over(self, rows: list[OrderRow], doing: str) -> None:
-        fleet = self.fleet
-        assert fleet is not None
+        fleet, scheduler = self.fleet, self._scheduler
+        assert fleet is not None and scheduler is not None
+        taken_over = scheduler.taken_over
         for row in rows:
             existing = self._orders.get(row.order_id)
             if existing is not None:
@@ -131,8 +136,10 @@ class TakesOverOrders:
                     )
                     continue
             fleet.resuming(row.order_id)
+            taken_over.add(row.order_id)  # its first Get order after the app's own orders'
             try:
                 self.track(row.order_id, token=token, user_id=row.user_id, until=row.until)
             except ValueError as exc:  # no token for it here: another instance may have one
+                taken_over.discard(row.order_id)
                 fleet.forget(row.order_id)
                 logger.warning("not %s order %s: %s", doing, row.order_id, exc)

@@ -346,6 +346,7 @@ class Tracker(TakesOverOrders):
                     f"order {order_id} is tracked until {existing.until}, not {goal}; "
                     "watch() and on_change show every change either way"
                 )
+            scheduler.taken_over.discard(order_id)  # the app's own now: its checks go first
             return
         if user is None and token is not None:
             user = self._user_for(token, user_id)

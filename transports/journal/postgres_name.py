@@ -83,7 +83,7 @@ class PostgresNameLock:
             row = self._connection.execute(
                 "SELECT pg_try_advisory_lock(%s)", (self.key,)
             ).fetchone()
-        except psycopg.Error as exc:
+        except (psycopg.Error, OSError) as exc:  # OSError: the keepalives' setsockopt
             self.close()
             raise JournalUnavailable(f"{self.display}: {self._said(exc)}") from None
         return bool(row and row[0])
