@@ -1,7 +1,7 @@
 """The PostgreSQL journal's statements on a connection: the claim, its record and the
 read of the row as it was in one statement; the answer and the delivery's outcome in
 another.  A batch's claims and answers are :mod:`~transports.journal.postgres_batch`'s.
-The connections and the pool are :mod:`transports.journal.postgres`'s, the transactions
+The connections and the pools are :mod:`transports.journal.postgres_pools`'s, the transactions
 :mod:`transports.journal.postgres_session`'s.
 """
 
