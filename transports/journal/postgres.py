@@ -41,14 +41,12 @@ from orderfsm.journal import (
     Outcome,
     PostgresConfig,
 )
-from transports.journal.base import (
+from transports.journal.base import Claimed, ClaimRequest, SettleRequest, Work, Worked
+from transports.journal.orders import CHANNEL, Note, channel_for, record
+from transports.journal.postgres_listener import PostgresListener
+from transports.journal.sql_shared import (
     CLAIM_COLUMNS,
     DELIVERY_COLUMNS,
-    Claimed,
-    ClaimRequest,
-    SettleRequest,
-    Work,
-    Worked,
     claim_from_row,
     delivery_from_row,
     error_text,
@@ -56,8 +54,6 @@ from transports.journal.base import (
     renew_in,
     run_in_transaction,
 )
-from transports.journal.orders import CHANNEL, Note, channel_for, record
-from transports.journal.postgres_listener import PostgresListener
 
 try:
     import psycopg

@@ -26,8 +26,8 @@ import psycopg_pool
 from orderfsm.errors import JournalClosed, JournalOpenFailed, JournalUnavailable, journal_trouble
 from orderfsm.journal import SCHEMA_VERSION, JournalSettings, PostgresConfig, schema_plan
 from transports.journal import postgres_batch as batch
-from transports.journal.base import migrations
 from transports.journal.postgres_session import BatchConnection
+from transports.journal.sql_schema import migrations
 
 logger = logging.getLogger("orderfsm.journal")
 
