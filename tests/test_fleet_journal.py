@@ -613,7 +613,7 @@ def test_an_order_is_adopted_once_per_lease_and_never_from_a_live_owner(
 def _orders_table() -> Any:
     import sqlite3
 
-    from transports.journal.base import migrations
+    from transports.journal.sql_schema import migrations
 
     db = sqlite3.connect(":memory:", isolation_level=None)
     for step in migrations("sqlite").values():
@@ -656,7 +656,7 @@ def test_the_sql_lease_is_the_pure_decision(
     """Row by row, the UPDATE takes exactly the leases ``may_lease`` allows, with its fence."""
     import sqlite3
 
-    from transports.journal.base import migrations
+    from transports.journal.sql_schema import migrations
 
     db = sqlite3.connect(":memory:", isolation_level=None)
     for step in migrations("sqlite").values():

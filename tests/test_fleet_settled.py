@@ -30,10 +30,10 @@ from orderfsm.supervisor.fleet import FleetLink, Settled
 from orderfsm.supervisor.tracker import Tracker
 from orderfsm.testing import eventually
 from transports.journal import Journal, open_journal
-from transports.journal.base import migrations
 from transports.journal.order_log import OrderLog
 from transports.journal.orders import Note
 from transports.journal.settled_log import SettledLog
+from transports.journal.sql_schema import migrations
 
 pytestmark = pytest.mark.anyio
 

@@ -4,7 +4,8 @@ A :class:`Connection` runs one :class:`~transports.centrifuge.engine.CentrifugeE
 (one per endpoint, project and user, kept across reconnects so channel
 positions survive and go back to the server for recovery) and hands what it
 learns to its :class:`~transports.centrifuge.subscribers.Subscribers`, which
-turn it into calls on the sinks of the orders attached to it.
+turn it into calls on the sinks of the orders attached to it; what the events
+mean for the connection's health is :mod:`~transports.centrifuge.health`'s.
 
 Each connection attempt is one task group with two tasks:
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import random as _random
 from collections.abc import Callable, Hashable
 
@@ -44,31 +44,19 @@ from orderfsm.interface import (
 )
 from transports.backend import loop_clock
 from transports.centrifuge.backoff import full_jitter
-from transports.centrifuge.codes import RESUBSCRIBE_CODES
-from transports.centrifuge.counters import ConnectionCounters, close_label
+from transports.centrifuge.counters import ConnectionCounters
 from transports.centrifuge.engine import CentrifugeEngine
-from transports.centrifuge.events import (
-    CaughtUp,
-    Connected,
-    Event,
-    Failed,
-    Gap,
-    Ignored,
-    OrderPublication,
-    Reconnecting,
-    Subscribed,
-    Unsubscribed,
-)
+from transports.centrifuge.events import Event, Failed, Reconnecting
+from transports.centrifuge.health import ConnectionHealth
 from transports.centrifuge.socket import SocketClosed, SocketFactory, WebSocket
 from transports.centrifuge.subscribers import (
     Attachment as Attachment,  # re-exported: the pool and the package import it from here
 )
 from transports.centrifuge.subscribers import Subscribers
+from transports.centrifuge.timers import wake_at
 
 logger = logging.getLogger("orderfsm.websocket")
 
-TIMER_SLACK_MARGIN = 0.002
-"""Wake this fraction of the remaining time early (see :func:`_wake_at`)."""
 TOKEN_ATTEMPTS = 5
 """Token provider failures in a row before the connection gives up."""
 
@@ -128,18 +116,14 @@ class Connection:
         self._on_closed = on_closed
         self._after = after
         self._random = random
-        self.health = Health.CONNECTING
-        self._dropped: set[str] = set()
-        """Channels the server unsubscribed us from: their news no longer comes here."""
-        self._resubscribe = False
-        self.reason = "connecting"
         self._counters = counters if counters is not None else ConnectionCounters()
-        self._counters.moved(None, Health.CONNECTING)
-        self.error: OrderFsmError | None = None
         self.sockets_opened = 0
         self.generation = 0
         self.closed = anyio.Event()
         self._subscribers = Subscribers(functools.partial(on_idle, self))
+        self._status = ConnectionHealth(
+            engine, self._subscribers, self._counters, self.label, self._over
+        )
         self._scope = anyio.CancelScope()
         self._attempt_scope: anyio.CancelScope | None = None
         self._timer: anyio.CancelScope | None = None
@@ -150,6 +134,18 @@ class Connection:
         self._send_lock = anyio.Lock(fast_acquire=True)
         self._end: Reconnecting | Failed | None = None
         self._backoff: anyio.CancelScope | None = None
+
+    @property
+    def health(self) -> Health:
+        return self._status.health
+
+    @property
+    def reason(self) -> str:
+        return self._status.reason
+
+    @property
+    def error(self) -> OrderFsmError | None:
+        return self._status.error
 
     # --- what the pool calls ------------------------------------------------------
 
@@ -201,12 +197,12 @@ class Connection:
             )
             error = DriverCrashed(f"websocket driver crashed: {exc!r}")
             error.__cause__ = exc
-            self._set_health(Health.FAILED, str(error), error)
+            self._status.set(Health.FAILED, str(error), error)
         finally:
             self.engine.close()
             self._ws = self._timer = self._attempt_scope = None
             if self.health is not Health.FAILED:
-                self._set_health(Health.STOPPED, "closed")
+                self._status.set(Health.STOPPED, "closed")
             self._counters.moved(self.health, None)
             self.closed.set()
             self._on_closed(self)
@@ -240,7 +236,7 @@ class Connection:
                 raise TypeError(f"token provider returned {token!r}, not a non-empty str")
             except TokenRejected as exc:
                 self._counters.gave_up()
-                self._set_health(Health.FAILED, f"token rejected by the provider: {exc}", exc)
+                self._status.set(Health.FAILED, f"token rejected by the provider: {exc}", exc)
                 return None
             except Exception as exc:
                 failures += 1
@@ -248,7 +244,7 @@ class Connection:
                     error = TokenUnavailable(f"token provider failed {failures} times: {exc!r}")
                     error.__cause__ = exc
                     self._counters.gave_up()
-                    self._set_health(Health.FAILED, str(error), error)
+                    self._status.set(Health.FAILED, str(error), error)
                     return None
                 delay = full_jitter(
                     failures - 1,
@@ -257,14 +253,14 @@ class Connection:
                     max_delay=config.max_reconnect_delay,
                 )
                 error = TokenUnavailable(f"token provider failed: {exc!r}")
-                self._set_health(Health.DEGRADED, f"{error}; retrying in {delay:.2f} s", error)
+                self._status.set(Health.DEGRADED, f"{error}; retrying in {delay:.2f} s", error)
                 await anyio.sleep(delay)
 
     async def _attempt(self, first: str) -> Reconnecting | Failed:
         """One socket, from opening to the engine's verdict."""
         self._end = None
         self.generation += 1
-        self._log(logging.DEBUG, "websocket.connecting", f"attempt {self.generation}")
+        self._status.log(logging.DEBUG, "websocket.connecting", f"attempt {self.generation}")
         try:
             async with anyio.create_task_group() as tg:
                 self._attempt_scope = tg.cancel_scope
@@ -297,6 +293,7 @@ class Connection:
         engine = self.engine
         live = engine.live_observation
         deliver = self._subscribers.deliver
+        status = self._status
         clock = loop_clock()
         receive, data = ws.receive, ws.data
         await ws.send(first)
@@ -310,8 +307,8 @@ class Connection:
                 # the record, its position and payload would go the collector's way,
                 # a thousand sockets' worth of them walked by every young collection.
                 observation = None
-                if self.health is not Health.HEALTHY:
-                    self._healthy_again()
+                if status.health is not Health.HEALTHY:
+                    status.healthy_again()
                 continue
             frames = self._receive(frame, now)
             if frames:
@@ -330,14 +327,14 @@ class Connection:
         if timer is not None:
             deadline = engine.next_deadline()
             if deadline is not None and deadline < timer.deadline:
-                timer.deadline = _wake_at(deadline, now)
+                timer.deadline = wake_at(deadline, now)
         return engine.data_to_send()
 
     async def _run_timer(self) -> None:
         engine = self.engine
         while self._end is None:
-            wake_at = _wake_at(engine.next_deadline(), anyio.current_time())
-            with anyio.CancelScope(deadline=wake_at) as timer:
+            wake = wake_at(engine.next_deadline(), anyio.current_time())
+            with anyio.CancelScope(deadline=wake) as timer:
                 self._timer = timer
                 await anyio.sleep_forever()
             self._timer = None
@@ -367,108 +364,13 @@ class Connection:
     # --- events -> subscribers ---------------------------------------------------------
 
     def _handle(self, events: list[Event]) -> None:
-        for event in events:
-            if isinstance(event, OrderPublication):
-                self._subscribers.deliver(event.observation)
-            elif isinstance(event, CaughtUp):
-                if not self._dropped:
-                    self._set_health(Health.HEALTHY, "caught up")
-            elif isinstance(event, Gap):
-                reason = f"news may be lost on {event.channel}: {event.reason}"
-                self._log(logging.INFO, "websocket.gap", reason)
-                self._set_health(Health.DEGRADED, reason, gap=True)
-            elif isinstance(event, Reconnecting):
-                self._over(event)
-                self._counters.ended(event.code, retried=True)
-                reason = _describe(event.code, event.reason)
-                reason = f"{reason}; reconnecting in {event.delay:.2f} s"
-                self._log(logging.INFO, "websocket.reconnect", reason, event.code)
-                self._set_health(Health.DEGRADED, reason, event.error)
-            elif isinstance(event, Failed):
-                self._over(event)
-                self._counters.ended(event.code, retried=False)
-                reason = _describe(event.code, event.reason)
-                self._log(logging.INFO, "websocket.failed", reason, event.code)
-                self._set_health(Health.FAILED, reason, event.error)
-            elif isinstance(event, Unsubscribed):
-                reason = f"the server dropped {event.channel}: {event.reason} ({event.code})"
-                self._log(logging.INFO, "websocket.unsubscribed", reason)
-                if not event.restated:
-                    # Dropped from a live connection (a push.unsubscribe).  A server-side
-                    # channel is not subscribed again by the client: orders on it are left
-                    # to Get order until a new connection, asked for at once when the
-                    # server says to subscribe again (code 2500 and up).
-                    self._dropped.add(event.channel)
-                    self._set_health(Health.DEGRADED, reason, gap=True)
-                    if event.code >= RESUBSCRIBE_CODES:
-                        self._resubscribe = True
-                # else absent from a new connect reply, which names the whole set.
-            elif isinstance(event, Subscribed):
-                self._dropped.discard(event.channel)
-            elif isinstance(event, Ignored):
-                self._log(logging.INFO, "websocket.ignored", event.reason)
-            elif isinstance(event, Connected):
-                self._dropped.clear()  # its reply names every channel the server gives us
-                self._log(logging.DEBUG, "websocket.connected", f"client {event.client}")
-        if self.health is not Health.HEALTHY:
-            self._healthy_again()
-        if self._resubscribe:
-            self._resubscribe = False
+        status = self._status
+        status.handle(events)
+        if status.resubscribe:
+            status.resubscribe = False
             self.reconnect_now("the server asked to subscribe again")
-
-    def _healthy_again(self) -> None:
-        if self.engine.caught_up and not self._dropped:  # after a gap while live
-            self._set_health(Health.HEALTHY, "caught up")
-
-    def _log(self, level: int, event: str, message: str, code: int | None = None) -> None:
-        """A stable ``event`` name and the connection's label (never its token)."""
-        if logger.isEnabledFor(level):
-            extra: dict[str, object] = {"event": event}
-            user = self.engine.config.user_external_id
-            if user is not None:
-                extra["user"] = user
-            if code is not None:
-                extra["code"] = close_label(code)
-            logger.log(level, "websocket %s: %s", self.label, message, extra=extra)
 
     def _over(self, end: Reconnecting | Failed) -> None:
         self._end = end
         if self._attempt_scope is not None:
             self._attempt_scope.cancel()
-
-    def _set_health(
-        self,
-        health: Health,
-        reason: str,
-        error: OrderFsmError | None = None,
-        *,
-        gap: bool = False,
-    ) -> None:
-        changed = health is not self.health
-        if changed:
-            self._counters.moved(self.health, health)
-        self.health, self.reason, self.error = health, reason, error
-        if changed or gap:
-            report = HealthReport(WEBSOCKET, health, anyio.current_time(), reason, error, gap)
-            self._subscribers.broadcast(report)
-
-
-def _wake_at(deadline: float | None, now: float) -> float:
-    """When the timer should wake for ``deadline``.
-
-    Linux lets a sleep of T seconds end up to T/1000 late (timer slack), so a
-    35 s dead-connection timeout would fire up to 35 ms late.  Waking early by
-    twice that and sleeping again for the rest (handling the timer early does
-    nothing) keeps the timeout within a fraction of a millisecond.
-    """
-    if deadline is None:
-        return math.inf
-    return deadline - max(deadline - now, 0.0) * TIMER_SLACK_MARGIN
-
-
-def _describe(code: int | None, reason: str) -> str:
-    if code is None:
-        return f"connection lost ({reason})" if reason else "connection lost"
-    if code < 100:
-        return reason  # the engine's own verdict: "no ping", "connect timeout", ...
-    return f"closed {code} {reason}".rstrip()

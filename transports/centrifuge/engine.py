@@ -25,18 +25,11 @@ from typing import Any
 from orderfsm.core import Observation, Position
 from orderfsm.interface import WEBSOCKET
 from transports.centrifuge import codes, endings
-from transports.centrifuge.backoff import full_jitter
+from transports.centrifuge.backoff import ReconnectDelays
 from transports.centrifuge.channels import Channel, Phase, order_event, order_fields
 from transports.centrifuge.config import EngineConfig
 from transports.centrifuge.errors import CentrifugeProtocolError, EngineMisuse
-from transports.centrifuge.events import (
-    CaughtUp,
-    Connected,
-    Event,
-    Gap,
-    Ignored,
-    Unsubscribed,
-)
+from transports.centrifuge.events import CaughtUp, Connected, Event, Ignored
 from transports.centrifuge.frames import (
     PING_LINE,
     PONG,
@@ -55,10 +48,10 @@ from transports.centrifuge.frames import (
     UnsubscribePush,
     connect_command,
     decode_line,
-    history_command,
     publication_line,
     split_frame,
 )
+from transports.centrifuge.subscriptions import Subscriptions
 from transports.centrifuge.timers import SuspensionGrace
 
 
@@ -78,10 +71,9 @@ class CentrifugeEngine:
 
     def __init__(self, config: EngineConfig, *, random: Callable[[], float] = _random.random):
         self.config = config
-        self._random = random
         self.state = State.DISCONNECTED
-        self._channels: dict[str, Channel] = {}
-        self._requests: dict[int, str] = {}
+        self._subs = Subscriptions()
+        self._channels = self._subs.channels
         self._outbox: list[str] = []
         self._last_id = 0
         self._connect_id: int | None = None
@@ -92,9 +84,7 @@ class CentrifugeEngine:
         plus our slack); ``None`` when it does not ping or no slack is set."""
         self._ping_deadline: float | None = None
         self._grace = SuspensionGrace(config.suspension_grace)
-        self._attempts = 0
-        self._short_lived = 0
-        """Caught-up connections in a row that were lost before ``stable_after``."""
+        self._delays = ReconnectDelays(config, random)
         self._token_failures = 0
         self._caught_up = False
         self._up_since: float | None = None
@@ -108,7 +98,7 @@ class CentrifugeEngine:
 
     def positions(self) -> dict[str, tuple[int, str]]:
         """Channel -> (offset, epoch) of the last publication delivered."""
-        return {name: (ch.offset, ch.epoch) for name, ch in self._channels.items()}
+        return self._subs.positions()
 
     # --- entry points ----------------------------------------------------------------
 
@@ -130,13 +120,10 @@ class CentrifugeEngine:
         data: dict[str, object] = {"auth": token, "project_id": self.config.project_id}
         if self.config.user_external_id is not None:
             data["user_external_id"] = self.config.user_external_id
-        subs = {
-            name: (ch.offset, ch.epoch) for name, ch in self._channels.items() if ch.recoverable
-        }
         return connect_command(
             self._connect_id,
             data,
-            subs=subs,
+            subs=self._subs.recoverable(),
             name=self.config.client_name,
             version=self.config.client_version,
         )
@@ -228,14 +215,7 @@ class CentrifugeEngine:
         channel of a caught-up connection (decided here only, for both fast paths)."""
         if self.state is not State.CONNECTED or type(text) is not str or not self._caught_up:
             return None
-        fields = publication_line(text) if "\n" not in text else None
-        if fields is None:
-            return None
-        channel, offset, data = fields
-        ch = self._channels.get(channel)
-        if ch is None or ch.phase is not Phase.LIVE:
-            return None
-        return ch, offset, data
+        return self._subs.lone_live_publication(text)
 
     def data_to_send(self) -> list[str]:
         """Frames to write now, in order (pongs, history commands); empties the queue."""
@@ -273,12 +253,7 @@ class CentrifugeEngine:
         connect = self._connect_deadline
         if connect is not None and (timeout is None or connect < timeout):
             timeout = connect
-        retry: float | None = None
-        for ch in self._channels.values():
-            if ch.deadline is not None and (timeout is None or ch.deadline < timeout):
-                timeout = ch.deadline
-            if ch.retry_at is not None and (retry is None or ch.retry_at < retry):
-                retry = ch.retry_at
+        timeout, retry = self._subs.earliest(timeout)
         if timeout is not None:
             timeout = self._grace.postpone(timeout)
         if retry is None or (timeout is not None and timeout <= retry):
@@ -294,9 +269,7 @@ class CentrifugeEngine:
         if fired is not None:
             ending = endings.timed_out(fired, self._connect_deadline, self._ping_deadline)
             return self._end(now, ending)
-        for ch in self._channels.values():
-            if ch.retry_at is not None and ch.retry_at <= now:
-                ch.retry_at = None
+        self._subs.retries_due(now)
         return self._after_message(now)
 
     def close(self) -> None:
@@ -318,43 +291,18 @@ class CentrifugeEngine:
         if isinstance(message, DisconnectPush):
             return self._closed(message.code, message.reason, now)
         if isinstance(message, PubPush | SubscribePush | UnsubscribePush | OtherPush):
-            return self._push(message, now)
+            return self._subs.push(message, now, connected=self.state is State.CONNECTED)
         if message.id == self._connect_id:
             return self._connect_reply(message, now)
-        name = self._requests.pop(message.id, None)
-        ch = self._channels.get(name) if name is not None else None
-        if ch is None or ch.request_id != message.id:
+        ch = self._subs.answered(message.id)
+        if ch is None:
             return [Ignored(now, f"reply to unknown or abandoned command {message.id}")]
         if isinstance(message, ErrorReply):
-            outcome = endings.history_error(ch, message, now, self._delay)
+            outcome = endings.history_error(ch, message, now, self._delays.retry)
             return outcome if isinstance(outcome, list) else self._end(now, outcome)
         if isinstance(message, HistoryReply):
             return ch.on_history(message.result, now)
         return self._bad_protocol(CentrifugeProtocolError("history reply without a result"), now)
-
-    def _push(
-        self, push: PubPush | SubscribePush | UnsubscribePush | OtherPush, now: float
-    ) -> list[Event]:
-        if isinstance(push, OtherPush) or self.state is not State.CONNECTED:
-            return [Ignored(now, f"{_kind(push)} push", push.channel)]
-        name = push.channel
-        if isinstance(push, SubscribePush) and name:
-            known = name in self._channels
-            new = self._channels.setdefault(name, Channel(name))
-            return new.on_subscribed(push.result, now, known=known)
-        ch = self._channels.get(name)
-        if ch is None:
-            if isinstance(push, PubPush):
-                # Xsolla's channel names are undocumented and its SDKs match on order_id
-                # alone: a status on a channel we were not told of (or one named by a
-                # compacted id) is still news.  Without a position it is not resumed.
-                return [order_event(name, push.pub.offset, push.pub.data, "", "push", now)]
-            return [Ignored(now, f"{_kind(push)} push for unknown channel", name)]
-        if isinstance(push, PubPush):
-            return ch.on_push(push.pub, now)
-        if isinstance(push, UnsubscribePush):
-            return self._drop(ch, push.code, push.reason, now)
-        return []
 
     def _connect_reply(self, reply: ServerMessage, now: float) -> list[Event]:
         self._connect_id = self._connect_deadline = None
@@ -369,7 +317,8 @@ class CentrifugeEngine:
 
     def _connected(self, result: ConnectResult, now: float) -> list[Event]:
         self.state = State.CONNECTED
-        self._attempts = self._token_failures = 0
+        self._token_failures = 0
+        self._delays.connected()
         self._pong = result.pong
         slack = self.config.max_server_ping_delay
         self._ping_window = result.ping + slack if result.ping and slack > 0 else None
@@ -379,40 +328,15 @@ class CentrifugeEngine:
                 now, result.client, result.version, result.ping, result.pong, tuple(result.subs)
             )
         ]
-        for ch in [ch for name, ch in self._channels.items() if name not in result.subs]:
-            events += self._drop(ch, 0, "not in the connect reply", now, restated=True)
-        for name, sub in result.subs.items():
-            known = name in self._channels
-            ch = self._channels.setdefault(name, Channel(name))
-            events += ch.on_subscribed(sub, now, known=known)
-        return events
-
-    def _drop(
-        self, ch: Channel, code: int, reason: str, now: float, *, restated: bool = False
-    ) -> list[Event]:
-        """The server unsubscribed us: hand out what was held back, then forget the channel."""
-        events = ch.go_live(now)
-        del self._channels[ch.name]
-        self._requests = {i: n for i, n in self._requests.items() if n != ch.name}
-        return [*events, Unsubscribed(now, ch.name, code, reason, restated)]
+        return events + self._subs.restate(result.subs, now)
 
     def _after_message(self, now: float) -> list[Event]:
         """Send the history reads channels ask for; report when all are live."""
         if self.state is not State.CONNECTED:
             return []
-        live = True
-        for ch in self._channels.values():
-            if ch.phase is Phase.LIVE:
-                continue
-            live = False
-            if ch.wants_history:
-                ch.request_id = self._next_id()
-                ch.deadline = now + self.config.request_timeout
-                self._requests[ch.request_id] = ch.name
-                offset, epoch = ch.since()
-                self._outbox.append(
-                    history_command(ch.request_id, ch.name, since_offset=offset, since_epoch=epoch)
-                )
+        live = self._subs.read_histories(
+            now, self.config.request_timeout, self._next_id, self._outbox
+        )
         if live and not self._caught_up:
             self._caught_up = True
             if self._up_since is None:
@@ -430,8 +354,7 @@ class CentrifugeEngine:
         """3014 also voids every channel position: report each as a gap and forget it."""
         events: list[Event] = []
         if code == codes.STATE_INVALIDATED:
-            events = [Gap(now, name, "state invalidated (3014)") for name in self._channels]
-            self._channels.clear()
+            events = self._subs.invalidate("state invalidated (3014)", now)
         return events + self._end(now, endings.closed(code, reason))
 
     def _end(self, now: float, ending: endings.Ending) -> list[Event]:
@@ -442,32 +365,12 @@ class CentrifugeEngine:
             self.state = State.FAILED
             return [ending.failed(now)]
         self.state = State.DISCONNECTED
-        config = self.config
-        sample = self._sample()
-        if up_since is None:
-            delay = self._backoff(self._attempts, config.min_reconnect_delay, sample)
-        elif now - up_since >= config.stable_after:
-            # A connection that worked for a while dropped: most likely a passing
-            # fault, and an order's news waits for the reconnect, so the first try
-            # is at once (within a little jitter, as SignalR's first retry).
-            self._short_lived = 0
-            delay = sample * config.first_reconnect_delay
-        else:
-            # Caught up, then lost soon (a server shedding load, a proxy cycling):
-            # never sooner than first_reconnect_delay, and doubling while it goes
-            # on, so an accept-then-drop server cannot make a fast loop
-            # (centrifuge-js #408), yet one extra close does not cost a full backoff.
-            delay = self._backoff(self._short_lived, config.first_reconnect_delay, sample)
-            self._short_lived += 1
-        self._attempts += 1
-        return [ending.reconnecting(now, delay)]
+        return [ending.reconnecting(now, self._delays.after(up_since, now))]
 
     # --- helpers --------------------------------------------------------------------------
 
     def _reset_connection(self) -> None:
-        for ch in self._channels.values():
-            ch.abandon()
-        self._requests.clear()
+        self._subs.abandon()
         self._outbox.clear()
         self._connect_id = self._connect_deadline = self._ping_deadline = None
         self._ping_window, self._pong = None, False
@@ -476,9 +379,8 @@ class CentrifugeEngine:
         self._up_since = None
 
     def _timeouts(self) -> list[float]:
-        deadlines = [self._connect_deadline, self._ping_deadline]
-        deadlines += [ch.deadline for ch in self._channels.values()]
-        return [t for t in deadlines if t is not None]
+        deadlines = [t for t in (self._connect_deadline, self._ping_deadline) if t is not None]
+        return deadlines + self._subs.deadlines()
 
     def _arm_ping(self, now: float) -> None:
         """A frame came: the server's next ping is due within the window from now."""
@@ -486,23 +388,6 @@ class CentrifugeEngine:
         if window is not None:
             self._ping_deadline = now + window
 
-    def _delay(self, attempt: int) -> float:
-        return self._backoff(attempt, self.config.min_reconnect_delay, self._sample())
-
-    def _backoff(self, attempt: int, min_delay: float, sample: float) -> float:
-        return full_jitter(
-            attempt, sample, min_delay=min_delay, max_delay=self.config.max_reconnect_delay
-        )
-
-    def _sample(self) -> float:
-        return min(max(self._random(), 0.0), 1.0)
-
     def _next_id(self) -> int:
         self._last_id = self._last_id % UINT32_MAX + 1
         return self._last_id
-
-
-def _kind(push: PubPush | SubscribePush | UnsubscribePush | OtherPush) -> str:
-    if isinstance(push, OtherPush):
-        return push.kind or "empty"
-    return {PubPush: "pub", SubscribePush: "subscribe", UnsubscribePush: "unsubscribe"}[type(push)]

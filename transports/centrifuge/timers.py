@@ -6,10 +6,13 @@ meanwhile may still be queued unread.  Declaring the connection dead at once
 would throw a live connection away, so a late timeout gets one grace period
 for the queue to drain (centrifuge-js PR #423; centrifuge-python 0.7.0
 ``_TimeoutTimer``).  Each deadline gets the grace at most once, so a timeout
-whose answer never comes still fires.
+whose answer never comes still fires.  And a sleep itself ends late by the
+kernel's timer slack, so the driver wakes a little early (:func:`wake_at`).
 """
 
 from __future__ import annotations
+
+import math
 
 
 class SuspensionGrace:
@@ -44,3 +47,20 @@ class SuspensionGrace:
     def postpone(self, deadline: float) -> float:
         """One deadline as the driver should wait for it (not before a grace ends)."""
         return deadline if self._given is None else max(deadline, self._given[1])
+
+
+TIMER_SLACK_MARGIN = 0.002
+"""Wake this fraction of the remaining time early (see :func:`wake_at`)."""
+
+
+def wake_at(deadline: float | None, now: float) -> float:
+    """When a timer should wake for ``deadline``.
+
+    Linux lets a sleep of T seconds end up to T/1000 late (timer slack), so a
+    35 s dead-connection timeout would fire up to 35 ms late.  Waking early by
+    twice that and sleeping again for the rest (handling the timer early does
+    nothing) keeps the timeout within a fraction of a millisecond.
+    """
+    if deadline is None:
+        return math.inf
+    return deadline - max(deadline - now, 0.0) * TIMER_SLACK_MARGIN

@@ -25,8 +25,9 @@ from orderfsm.journal import (
     Outcome,
     decisions,
 )
-from transports.journal.base import Claimed, Work, Worked, error_text
+from transports.journal.base import Claimed, Work, Worked
 from transports.journal.orders import Note
+from transports.journal.sql_shared import error_text
 
 
 class MemoryStore:

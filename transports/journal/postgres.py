@@ -17,7 +17,9 @@ A duplicate that meets a claim still inside another transaction waits on
 the row's lock at most ``wait`` (``lock_timeout``), then answers 5xx.  A
 session that sits in a transaction longer than the lease (a hung process)
 is ended by the server (``idle_in_transaction_session_timeout``); a killed
-process's transaction is rolled back when its connection drops.
+process's transaction is rolled back when its connection drops.  How the
+store reaches the server, and what its failures mean, is
+:mod:`~transports.journal.postgres_pools`'s.
 
 ``pip install 'orderfsm[postgres]'``.
 """
@@ -25,20 +27,11 @@ process's transaction is rolled back when its connection drops.
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from orderfsm.errors import (
-    JournalClosed,
-    JournalOpenFailed,
-    JournalUnavailable,
-    journal_trouble,
-)
+from orderfsm.errors import JournalClosed, JournalOpenFailed
 from orderfsm.journal import (
-    SCHEMA_VERSION,
     Answer,
     Claim,
     Delivery,
@@ -47,31 +40,25 @@ from orderfsm.journal import (
     NewDelivery,
     Outcome,
     PostgresConfig,
-    schema_plan,
 )
-from transports.journal.base import (
+from transports.journal.base import Claimed, ClaimRequest, SettleRequest, Work, Worked
+from transports.journal.orders import CHANNEL, Note, channel_for, record
+from transports.journal.postgres_listener import PostgresListener
+from transports.journal.sql_shared import (
     CLAIM_COLUMNS,
     DELIVERY_COLUMNS,
-    Claimed,
-    ClaimRequest,
-    SettleRequest,
-    Work,
-    Worked,
     claim_from_row,
     delivery_from_row,
     error_text,
     filter_sql,
-    migrations,
     renew_in,
     run_in_transaction,
 )
-from transports.journal.orders import CHANNEL, Note, channel_for, record
-from transports.journal.postgres_listener import PostgresListener
 
 try:
     import psycopg
     import psycopg.errors
-    import psycopg_pool
+    import psycopg_pool  # noqa: F401  (postgres_pools' need, checked here for the advice)
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise JournalOpenFailed(
         "the PostgreSQL journal needs psycopg: pip install 'orderfsm[postgres]'"
@@ -80,39 +67,13 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 from transports.journal import postgres_batch as batch
 from transports.journal import postgres_sql as sql
 from transports.journal.postgres_name import PostgresNameLock
-from transports.journal.postgres_session import BatchConnection, transaction
+from transports.journal.postgres_pools import PostgresPools
+from transports.journal.postgres_session import transaction
 
 logger = logging.getLogger("orderfsm.journal")
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-MIGRATION_LOCK = 0x6F72646572667336
-"""The advisory lock that makes concurrent first starts create the schema once."""
-
-_REFUSALS = (
-    psycopg.IntegrityError,
-    psycopg.DataError,
-    psycopg.ProgrammingError,
-    psycopg.NotSupportedError,
-    psycopg.errors.RaiseException,
-)
-"""Errors of the statement itself: the same statement again is refused again."""
-_VALUES = (psycopg.IntegrityError, psycopg.DataError)
-"""Of those, the ones about the values written."""
-
-CONNECT_TIMEOUT = 5
-"""Seconds libpq waits for a server, unless the URL says otherwise."""
-
-MIGRATIONS = migrations("postgresql")
-
-
-def _one_line(exc: BaseException) -> str:
-    """libpq's messages span lines ("connection failed: ... FATAL: ..."): keep the telling part."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if not lines:
-        return type(exc).__name__
-    return "; ".join(lines[-2:]) if len(lines) > 1 else lines[0]
 
 
 class PostgresStore:
@@ -122,109 +83,18 @@ class PostgresStore:
     def __init__(self, config: PostgresConfig, settings: JournalSettings | None = None) -> None:
         self.config = config
         self.settings = settings or JournalSettings()
-        self.display = config.display()
-        self.threads = self.settings.pool_size
-        self._pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] | None = None
-        self._batch_pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] | None = None
-        """The batches' sessions (:data:`~transports.journal.postgres_batch.BATCH_SETTINGS`)."""
-        self._closed = False
-        self._checking = threading.Lock()
+        self._pools = PostgresPools(config, self.settings)
+        self._connection = self._pools.connection
+        self.display = self._pools.display
+        self.threads = self._pools.threads
         self._listeners: set[PostgresListener] = set()
         self.channel = CHANNEL
         """Where changes of this journal's orders are announced (set on open)."""
 
-    # --- connections ---------------------------------------------------------------------
-
-    def _kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"autocommit": True}
-        if "connect_timeout" not in self.config.conninfo:
-            kwargs["connect_timeout"] = CONNECT_TIMEOUT
-        return kwargs
-
-    def _configure(self, connection: psycopg.Connection[Any]) -> None:
-        wait_ms = int(self.settings.wait * 1000)
-        connection.execute(f"SET lock_timeout = {max(wait_ms, 1)}")
-        connection.execute(f"SET statement_timeout = {wait_ms + 1000}")
-        lease_ms = int(self.settings.lease * 1000)
-        connection.execute(f"SET idle_in_transaction_session_timeout = {lease_ms}")
-
-    def _configure_batches(self, connection: psycopg.Connection[Any]) -> None:
-        self._configure(connection)
-        connection.execute("; ".join(f"SET {n} = {v}" for n, v in batch.BATCH_SETTINGS))
-
     def open(self, patience: float | None = None) -> None:
         """``patience`` is not used: connecting is bounded by ``connect_timeout``."""
-        if self._pool is not None:
-            return
-        try:
-            connection = psycopg.connect(self.config.conninfo, **self._kwargs())
-        except psycopg.Error as exc:
-            raise JournalOpenFailed(f"{self.display}: cannot connect: {self._said(exc)}") from None
-        try:
-            self._migrate(connection)
-            row = connection.execute("SELECT current_schema()").fetchone()
-            self.channel = channel_for(row[0] if row and row[0] else "public")
-        except psycopg.Error as exc:
-            raise JournalOpenFailed(f"{self.display}: {self._said(exc)}") from None
-        finally:
-            connection.close()
-        pools = []
-        try:
-            for name, configure, smallest, kind in (
-                ("orderfsm-journal", self._configure, 2, psycopg.Connection),
-                ("orderfsm-journal-batches", self._configure_batches, 1, BatchConnection),
-            ):
-                pools.append(self._new_pool(name, configure, smallest, kind))
-        except JournalOpenFailed:
-            for pool in pools:
-                pool.close()
-            raise
-        self._pool, self._batch_pool = pools
-
-    def _new_pool(
-        self,
-        name: str,
-        configure: Callable[[psycopg.Connection[Any]], None],
-        smallest: int,
-        kind: type[psycopg.Connection[Any]],
-    ) -> psycopg_pool.ConnectionPool[psycopg.Connection[Any]]:
-        pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] = psycopg_pool.ConnectionPool(
-            self.config.conninfo,
-            connection_class=kind,
-            min_size=min(smallest, self.threads),
-            max_size=self.threads,
-            kwargs=self._kwargs(),
-            configure=configure,
-            timeout=self.settings.wait,
-            open=False,
-            name=name,
-        )
-        try:
-            pool.open(wait=True, timeout=max(CONNECT_TIMEOUT, self.settings.wait))
-        except psycopg_pool.PoolTimeout as exc:
-            pool.close()
-            raise JournalOpenFailed(f"{self.display}: cannot fill the pool: {exc}") from None
-        return pool
-
-    def _migrate(self, connection: psycopg.Connection[Any]) -> None:
-        with connection.transaction():
-            connection.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            found = None
-            row = connection.execute("SELECT to_regclass('orderfsm_schema')").fetchone()
-            if row is not None and row[0] is not None:
-                version = connection.execute("SELECT version FROM orderfsm_schema").fetchone()
-                found = version[0] if version else None
-            plan = schema_plan(found)
-            if plan is None:
-                return
-            for step in plan.steps:
-                for statement in MIGRATIONS[step]:
-                    connection.execute(statement)
-            connection.execute(
-                "INSERT INTO orderfsm_schema (id, version) VALUES (1, %s) "
-                "ON CONFLICT (id) DO UPDATE SET version = excluded.version",
-                (SCHEMA_VERSION,),
-            )
+        if not self._pools.opened:
+            self.channel = channel_for(self._pools.open())
 
     # --- for other tables of the journal (the fleet tracker's orders) ----------------
 
@@ -244,14 +114,14 @@ class PostgresStore:
         and reads the announced orders' changes there
         (:mod:`~transports.journal.postgres_listener`).  Two trackers sharing one
         open journal each get their own, as each must hear every notification."""
-        if self._closed:
+        if self._pools.closed:
             raise JournalClosed(f"{self.display} is closed")
         listener = PostgresListener(
-            lambda: psycopg.connect(self.config.conninfo, **self._kwargs()),
+            self._pools.connect,
             self.channel,
             self.display,
             self.settings.wait,
-            self._said,
+            self._pools.said,
             self._listeners.discard,
         )
         self._listeners.add(listener)
@@ -261,68 +131,18 @@ class PostgresStore:
         """The lock of an instance name, on a connection of its own (opened when first
         taken), closed by the tracker that holds it."""
         return PostgresNameLock(
-            lambda: psycopg.connect(self.config.conninfo, **self._kwargs()),
+            self._pools.connect,
             name,
             self.channel,
             self.display,
-            self._said,
+            self._pools.said,
         )
 
     def close(self) -> None:
-        self._closed = True
+        self._pools.closed = True
         for listener in tuple(self._listeners):
             listener.close()  # or its wait does, when it ends
-        pools = (self._pool, self._batch_pool)
-        self._pool = self._batch_pool = None
-        for pool in pools:
-            if pool is not None:
-                pool.close(timeout=self.settings.wait)
-
-    @contextmanager
-    def _connection(
-        self, deadline: float, *, lock_waits: bool = False, batches: bool = False
-    ) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection; ``lock_waits``: the caller answers a lock wait run out
-        itself (a claim held by a transactional handler is busy, not an outage);
-        ``batches``: one of the batches' sessions."""
-        pool = self._batch_pool if batches else self._pool
-        if pool is None or self._closed:
-            raise JournalClosed(f"{self.display} is closed")
-        try:
-            with pool.connection(timeout=max(deadline - time.monotonic(), 0.001)) as connection:
-                yield connection
-        except psycopg_pool.PoolTimeout:
-            raise JournalUnavailable(f"{self.display}: no connection within the wait") from None
-        except psycopg.errors.LockNotAvailable as exc:
-            if lock_waits:
-                raise
-            raise JournalUnavailable(f"{self.display}: {self._said(exc)}") from None
-        except psycopg.OperationalError as exc:
-            self._recheck()
-            raise JournalUnavailable(f"{self.display}: {self._said(exc)}") from None
-        except psycopg.Error as exc:
-            # Neither the connection nor a wait: the server refused the statement itself
-            # (its data, a constraint, a trigger's RAISE).  Not a read-only server in a
-            # failover (class 25, an InternalError too): that one passes.
-            kind = journal_trouble(isinstance(exc, _VALUES), isinstance(exc, _REFUSALS))
-            raise kind(f"{self.display}: {self._said(exc)}") from None
-
-    def _said(self, exc: BaseException) -> str:
-        """libpq's message, one line, without the password (a malformed URL is quoted)."""
-        return self.config.scrub(_one_line(exc))
-
-    def _recheck(self) -> None:
-        """After a connection failed, check the idle ones too (in the pools' own workers),
-        so a server restart costs one failed delivery per process, not one per connection."""
-        if self._checking.acquire(blocking=False):
-            try:
-                for pool in (self._pool, self._batch_pool):
-                    if pool is not None:
-                        pool.check()
-            except Exception:
-                logger.debug("checking the pool after a failure failed", exc_info=True)
-            finally:
-                self._checking.release()
+        self._pools.close()
 
     def _one(self, sql: str, params: Any, deadline: float) -> Any:
         with self._connection(deadline) as db:

@@ -25,17 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from orderfsm.core import Status
 from orderfsm.journal import decisions
-from transports.journal.base import (
-    CLAIM_COLUMNS,
-    Claimed,
-    ClaimRequest,
-    SettleRequest,
-    claim_from_row,
-    encode_headers,
-    error_text,
-)
+from transports.journal.base import Claimed, ClaimRequest, SettleRequest
 from transports.journal.orders import LOCK_ROWS
 from transports.journal.postgres_sql import claim_on, settle
+from transports.journal.sql_shared import CLAIM_COLUMNS, claim_from_row, encode_headers, error_text
 
 if TYPE_CHECKING:
     import psycopg

@@ -2,7 +2,8 @@
 commands and transactions sent through libpq directly, and the batches' sessions
 with a kept cursor.  Each choice was measured on the receiver's hot path, where
 the client's CPU per round trip, not the server, is the limit.  The store, its
-pools and its statements are :mod:`~transports.journal.postgres`'s and
+pools and its statements are :mod:`~transports.journal.postgres`'s,
+:mod:`~transports.journal.postgres_pools`'s and
 :mod:`~transports.journal.postgres_sql`'s.
 """
 

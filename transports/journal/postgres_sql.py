@@ -1,7 +1,7 @@
 """The PostgreSQL journal's statements on a connection: the claim, its record and the
 read of the row as it was in one statement; the answer and the delivery's outcome in
 another.  A batch's claims and answers are :mod:`~transports.journal.postgres_batch`'s.
-The connections and the pool are :mod:`transports.journal.postgres`'s, the transactions
+The connections and the pools are :mod:`transports.journal.postgres_pools`'s, the transactions
 :mod:`transports.journal.postgres_session`'s.
 """
 
@@ -11,18 +11,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from orderfsm.journal import Answer, NewDelivery, Outcome, decisions
-from transports.journal.base import (
+from transports.journal.base import Claimed, SettleRequest
+from transports.journal.sql_shared import (
     CLAIM_COLUMNS,
-    Claimed,
     Dialect,
-    SettleRequest,
     claim_from_row,
     encode_headers,
     error_text,
 )
-from transports.journal.base import (
-    PRUNE_CLAIMS as PRUNE_CLAIMS_SQL,
-)
+from transports.journal.sql_shared import PRUNE_CLAIMS as PRUNE_CLAIMS_SQL
 
 if TYPE_CHECKING:
     import psycopg
@@ -278,4 +275,4 @@ def log_finished(
 
 
 DIALECT = Dialect(claim_on, settle, log_finished)
-"""The statements :func:`~transports.journal.base.run_in_transaction` runs on PostgreSQL."""
+"""The statements :func:`~transports.journal.sql_shared.run_in_transaction` runs on PostgreSQL."""

@@ -34,13 +34,11 @@ from typing import TypeVar
 from orderfsm.errors import JournalClosed, JournalUnavailable
 from orderfsm.journal import Answer, Claim, Delivery, DeliveryFilter, NewDelivery, Outcome
 from transports.journal import sqlite_sql as sql
-from transports.journal.base import (
+from transports.journal.base import Claimed, ClaimRequest, SettleRequest, Work, Worked
+from transports.journal.groupcommit import GroupCommit
+from transports.journal.orders import Note, record
+from transports.journal.sql_shared import (
     DELIVERY_COLUMNS,
-    Claimed,
-    ClaimRequest,
-    SettleRequest,
-    Work,
-    Worked,
     claim_from_row,
     delivery_from_row,
     error_text,
@@ -48,8 +46,6 @@ from transports.journal.base import (
     renew_in,
     run_in_transaction,
 )
-from transports.journal.groupcommit import GroupCommit
-from transports.journal.orders import Note, record
 from transports.journal.sqlite_connections import begin_immediate, connect, open_writer, unavailable
 
 T = TypeVar("T")

@@ -23,7 +23,7 @@ from orderfsm.errors import (
 )
 from orderfsm.journal import SCHEMA_VERSION, schema_plan
 from transports.journal import sqlite_sql as sql
-from transports.journal.base import migrations
+from transports.journal.sql_schema import migrations
 
 BUSY_SLICE = 0.0
 """Seconds SQLite's own busy handler may wait before we try again ourselves: none.

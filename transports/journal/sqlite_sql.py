@@ -9,10 +9,10 @@ from __future__ import annotations
 import sqlite3
 
 from orderfsm.journal import Answer, NewDelivery, Outcome, decisions
-from transports.journal.base import (
+from transports.journal.base import Claimed
+from transports.journal.sql_shared import (
     CLAIM_COLUMNS,
     PRUNABLE_CLAIM,
-    Claimed,
     Dialect,
     claim_from_row,
     encode_headers,
@@ -173,4 +173,4 @@ def log_finished(
 
 
 DIALECT = Dialect(claim, settle, log_finished)
-"""The statements :func:`~transports.journal.base.run_in_transaction` runs on SQLite."""
+"""The statements :func:`~transports.journal.sql_shared.run_in_transaction` runs on SQLite."""

@@ -5,263 +5,43 @@ anything, the signature before parsing, and the application's handler before
 any 2xx.  Which delivery runs the handler, and what every other delivery of
 the same notification answers, is the journal's business
 (``transports.journal``): one claim per notification across every process
-and host sharing the journal, the first answer stored and repeated.
+and host sharing the journal, the first answer stored and repeated.  The checks
+before the journal are :mod:`~transports.webhook.receiver_base`'s, what a handler's
+outcome answers :mod:`~transports.webhook.handlers`'.
 """
 
 from __future__ import annotations
 
 import inspect
-import logging
 import os
 import time
-import traceback
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from types import TracebackType
-from typing import Any
 
 import anyio
 
-from orderfsm.callables import require_plain
-from orderfsm.core import Observation, Status
-from orderfsm.errors import JournalError, WebhookError
-from orderfsm.interface import WEBHOOK, ObservationSink
+from orderfsm.errors import JournalError
+from orderfsm.interface import ObservationSink
 from orderfsm.journal import Reply
 from transports.journal import Journal, Ran, open_journal
-from transports.journal.base import Store as JournalStore
-from transports.journal.base import Work
-from transports.journal.orders import CHANNEL, Note, record
-from transports.webhook.answers import (
-    ACCEPTED,
-    HANDLER_FAILED,
-    STORE_FAILED,
-    WebhookAnswer,
-)
-from transports.webhook.checks import Headers, Refused, Verified, refusal, verified
-from transports.webhook.counters import DeliveryListener, ReceiverCounters, ReceiverStats
-from transports.webhook.errors import BodyTooLarge, ForbiddenSource
+from transports.webhook.answers import ACCEPTED, STORE_FAILED, WebhookAnswer
+from transports.webhook.checks import Headers, Verified
 from transports.webhook.events import journal_failed, log_answer
-from transports.webhook.networks import AllowList, Network
-from transports.webhook.records import (
-    Notification,
-    OrderCanceled,
-    OrderPaid,
-    UnknownNotification,
+from transports.webhook.handlers import (
+    Handler as Handler,  # re-exported: the package and applications import it from here
 )
-
-Handler = Callable[[Notification], Awaitable[None]]
-"""The application's reaction to a verified notification, run with no database lock
-held.  Returning means success (204).  Raising a
-:class:`~orderfsm.errors.WebhookError` answers 400 with its code (a deliberate,
-final refusal); raising anything else answers 500, and Xsolla delivers again
-later."""
-
-TransactionalHandler = Callable[[Notification, Any], None]
-"""The exactly-once form: a synchronous function given the notification and the
-journal's open DB-API connection (``sqlite3.Connection`` or
-``psycopg.Connection``), run in a worker thread inside the transaction that
-records the answer.  Its writes commit with the answer, or not at all; they
-are kept only when it returns (a refusal rolls them back).  It must not
-commit or roll back itself."""
+from transports.webhook.handlers import (
+    TransactionalHandler as TransactionalHandler,  # re-exported, as Handler
+)
+from transports.webhook.handlers import check_handlers, handler_failed, ran, transactional_work
+from transports.webhook.networks import Network
+from transports.webhook.receiver_base import (
+    DEFAULT_MAX_BODY as DEFAULT_MAX_BODY,  # re-exported, as Handler
+)
+from transports.webhook.receiver_base import ReceiverBase
+from transports.webhook.records import Notification
 
 Store = Journal | str | os.PathLike[str] | None
-
-DEFAULT_MAX_BODY = 256 * 1024
-"""Real notifications are a few kilobytes; bundles with many items stay far below this."""
-
-logger = logging.getLogger("orderfsm.webhook")
-
-
-def failure_text() -> str:
-    """The current exception, as a delivery record keeps it."""
-    return traceback.format_exc()
-
-
-IGNORED = Refused(ACCEPTED, "ignored")
-"""What a verified notification of a type we do not handle gets: 204, nothing else."""
-
-
-class ReceiverBase:
-    """What every receiver shares, whatever its journal and its loop (none, for
-    :class:`~transports.webhook.sync.SyncWebhookReceiver`): the secret, the
-    limits, the sink, the checks a delivery passes before the journal, and the
-    counters behind :meth:`stats`."""
-
-    journal: Any
-    """The receiver's journal (async or synchronous face); both have ``display``."""
-
-    def __init__(
-        self,
-        secret: str | bytes,
-        *,
-        sink: ObservationSink | None = None,
-        max_body_size: int = DEFAULT_MAX_BODY,
-        allowed_networks: Iterable[str | Network] | None = None,
-        record_orders: bool = True,
-    ) -> None:
-        if not secret:
-            raise ValueError("the webhook secret must not be empty")
-        self._secret = secret
-        self.record_orders = record_orders
-        self.sink = sink
-        self.max_body_size = max_body_size
-        self.allow_list = AllowList(allowed_networks) if allowed_networks is not None else None
-        self._counters = ReceiverCounters()
-        self._listener: DeliveryListener | None = None
-
-    def stats(self) -> ReceiverStats:
-        """Deliveries by outcome and by answer, the handler's and the journal's time, the
-        journal's outages: counted as deliveries are answered, copied out now."""
-        return self._counters.snapshot(self.journal.display)
-
-    def instrument(self, listener: DeliveryListener | None) -> None:
-        """Tell ``listener`` about each delivery answered through ``handle`` (what
-        :mod:`orderfsm.metrics.otel` makes spans of); ``None`` stops it."""
-        self._listener = listener
-
-    def precheck(self, peer: str | None, content_length: int | None) -> WebhookAnswer | None:
-        """A refusal that needs no body (peer not allowed, declared size too big), or None.
-
-        Adapters call it before reading the body; ``handle`` repeats it.
-        """
-        early = self._precheck(peer, content_length)
-        if early is None:
-            return None
-        self._counters.answered(early.outcome, early.answer.status)
-        return early.answer
-
-    def _precheck(self, peer: str | None, content_length: int | None) -> Refused | None:
-        if self.allow_list is not None and not self.allow_list.allows(peer):
-            forbidden = ForbiddenSource(f"source address {peer} is not allowed")
-            return Refused(refusal(forbidden), "forbidden")
-        if content_length is not None and content_length > self.max_body_size:
-            return Refused(self._too_large(), "too_large")
-        return None
-
-    def too_large(self) -> WebhookAnswer:
-        """The 413 for a body found too large while reading it."""
-        answer = self._too_large()
-        self._counters.answered("too_large", answer.status)
-        return answer
-
-    def _too_large(self) -> WebhookAnswer:
-        return refusal(BodyTooLarge(f"body exceeds {self.max_body_size} bytes"))
-
-    def check(
-        self, headers: Headers, body: bytes, peer: str | None, at: float
-    ) -> Verified | Refused:
-        """Everything before the journal: the answer when there is nothing for the
-        handler (a refusal, a type we ignore), else the verified delivery.  A
-        verified ``order_paid`` / ``order_canceled`` goes to the sink, stamped ``at``."""
-        early = self._precheck(peer, len(body))
-        if early is not None:
-            return early
-        checked = verified(self._secret, headers, body, peer)
-        if not isinstance(checked, Verified):
-            return checked
-        self._observe(checked.notification, at)
-        if isinstance(checked.notification, UnknownNotification):
-            log_answer(checked, IGNORED.answer, IGNORED.outcome, peer)
-            return IGNORED
-        return checked
-
-    @property
-    def secret(self) -> str | bytes:
-        return self._secret
-
-    def _observe(self, notification: Notification, at: float) -> None:
-        told = _status_of(notification)
-        if self.sink is None or told is None:
-            return
-        observation = Observation(*told, source=WEBHOOK, at=at, raw=notification)
-        try:
-            self.sink.observe(observation)
-        except Exception:
-            # The sink's trouble must not turn into an answer that makes Xsolla retry.
-            logger.exception(
-                "the observation sink failed on %s",
-                observation,
-                extra={"event": "sink.failed", "order_id": observation.order_id},
-            )
-
-    def _order_notes(self, notification: Notification, store: JournalStore) -> tuple[Note, ...]:
-        """The order's status, to record in the claim's transaction: trackers of a
-        fleet sharing the journal learn it on any host (not in memory)."""
-        told = _status_of(notification)
-        if told is None or not self.record_orders or store.kind == "memory":
-            return ()
-        return (Note(*told, WEBHOOK, time.time()),)
-
-    def _journal_used(self, started: float, *, failed: bool) -> None:
-        self._counters.journal_used(time.perf_counter() - started, failed=failed)
-
-
-def check_handlers(
-    handler: object | None, transactional: object | None, blocking: bool, *, awaited: bool
-) -> None:
-    """One handler at most, the transactional one only over a database, and none that
-    would never run: an ``async def`` where the receiver only calls (``awaited`` false;
-    the transactional handler is always called, in a worker thread).  Where the
-    receiver awaits, any callable will do: what it returns is awaited if it can be
-    (see :mod:`orderfsm.callables` for what the wrong kind costs)."""
-    if handler is not None and transactional is not None:
-        raise ValueError("give either handler or transactional, not both")
-    if handler is not None and not awaited:
-        require_plain(handler, "the webhook handler")
-    if handler is not None and not callable(handler):
-        raise TypeError(f"the webhook handler must be callable, got {handler!r}")
-    if transactional is not None:
-        require_plain(transactional, "the transactional handler")
-    if transactional is not None and not blocking:
-        raise ValueError(
-            "a transactional handler needs a database: pass store='sqlite:///...' "
-            "or store='postgresql://...'"
-        )
-
-
-def handler_failed(exc: Exception, notification: Notification) -> tuple[WebhookAnswer, str]:
-    """The answer to a handler that raised ``exc`` (call it in the ``except`` block): a
-    :class:`WebhookError` is a deliberate refusal (400, stored, not retried), anything
-    else a 500 that Xsolla retries."""
-    if isinstance(exc, WebhookError):
-        return refusal(exc), f"{type(exc).__name__}: {exc}"
-    logger.exception(
-        "the webhook handler failed on %s",
-        notification.notification_type,
-        extra={
-            "event": "webhook.handler_failed",
-            "notification_type": notification.notification_type,
-        },
-    )
-    return HANDLER_FAILED, failure_text()
-
-
-def transactional_work(
-    transactional: TransactionalHandler,
-    notification: Notification,
-    notes: tuple[Note, ...],
-    store: JournalStore,
-    timing: list[float] | None = None,
-) -> Work:
-    """The journal's unit of work for a transactional handler: its answer and error text.
-    ``notes`` (the order's status) are the delivery's facts, kept whatever the handler
-    answers.  ``timing`` gets the handler's seconds."""
-    channel = str(getattr(store, "channel", CHANNEL))
-
-    def facts(connection: Any) -> None:
-        record(connection, store.kind, notes, time.time(), channel)
-
-    def handle(connection: Any, attempt: int) -> tuple[WebhookAnswer, str | None]:
-        started = time.perf_counter()
-        try:
-            transactional(notification, connection)
-        except Exception as exc:
-            return handler_failed(exc, notification)
-        finally:
-            if timing is not None:
-                timing.append(time.perf_counter() - started)
-        return ACCEPTED, None
-
-    return Work(handle, facts if notes else None)
 
 
 class WebhookReceiver(ReceiverBase):
@@ -368,7 +148,7 @@ class WebhookReceiver(ReceiverBase):
                 journal_failed("recording the answer", exc, checked)
                 return STORE_FAILED, True, "journal_failed"
         self._journal_used(started, failed=False)
-        return recorded, True, _ran(recorded)
+        return recorded, True, ran(recorded)
 
     async def _dispatch(self, notification: Notification) -> tuple[WebhookAnswer, str | None]:
         if self.handler is None:
@@ -406,7 +186,7 @@ class WebhookReceiver(ReceiverBase):
             self._counters.handler_ran(seconds)
         self._journal_used(started + sum(handler_seconds), failed=False)
         if isinstance(result, Ran):
-            return result.answer, True, _ran(result.answer)
+            return result.answer, True, ran(result.answer)
         return result.answer, False, "duplicate"
 
     async def open(self) -> None:
@@ -428,19 +208,3 @@ class WebhookReceiver(ReceiverBase):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-def _status_of(notification: Notification) -> tuple[int, Status] | None:
-    """The order and status a notification tells: ``paid``, or ``canceled`` (a refund)."""
-    if isinstance(notification, OrderPaid):
-        return notification.order_id, Status.PAID
-    if isinstance(notification, OrderCanceled):
-        return notification.order_id, Status.CANCELED
-    return None
-
-
-def _ran(answer: WebhookAnswer) -> str:
-    """The outcome of a delivery whose handler ran."""
-    if answer.status < 300:
-        return "handled"
-    return "refused" if answer.status < 500 else "failed"

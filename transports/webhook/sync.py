@@ -24,16 +24,15 @@ from transports.journal import Journal, Ran, SyncJournal, open_journal
 from transports.webhook.answers import ACCEPTED, STORE_FAILED, WebhookAnswer
 from transports.webhook.checks import Headers, Verified
 from transports.webhook.events import log_answer
-from transports.webhook.networks import Network
-from transports.webhook.receiver import (
-    DEFAULT_MAX_BODY,
-    ReceiverBase,
+from transports.webhook.handlers import (
     TransactionalHandler,
-    _ran,
     check_handlers,
     handler_failed,
+    ran,
     transactional_work,
 )
+from transports.webhook.networks import Network
+from transports.webhook.receiver_base import DEFAULT_MAX_BODY, ReceiverBase
 from transports.webhook.records import Notification
 
 SyncHandler = Callable[[Notification], None]
@@ -123,7 +122,7 @@ class SyncWebhookReceiver(ReceiverBase):
                 logger.error("the journal failed: %s", exc)
                 return STORE_FAILED, False, "journal_failed"
             if isinstance(result, Ran):
-                return result.answer, True, _ran(result.answer)
+                return result.answer, True, ran(result.answer)
             return result.answer, False, "duplicate"
         try:
             notes = self._order_notes(checked.notification, self.journal.store)
@@ -140,7 +139,7 @@ class SyncWebhookReceiver(ReceiverBase):
             except JournalError as exc:
                 logger.error("the journal failed to record the answer: %s", exc)
                 return STORE_FAILED, True, "journal_failed"
-        return recorded, True, _ran(recorded)
+        return recorded, True, ran(recorded)
 
     def _dispatch(self, notification: Notification) -> tuple[WebhookAnswer, str | None]:
         if self.handler is None:

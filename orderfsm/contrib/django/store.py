@@ -34,15 +34,9 @@ from orderfsm.journal import (
     PostgresConfig,
 )
 from transports.journal import store_for
-from transports.journal.base import (
-    Claimed,
-    Dialect,
-    SqlStore,
-    Work,
-    Worked,
-    run_in_transaction,
-)
+from transports.journal.base import Claimed, SqlStore, Work, Worked
 from transports.journal.orders import CHANNEL, Note
+from transports.journal.sql_shared import Dialect, run_in_transaction
 
 T = TypeVar("T")
 
