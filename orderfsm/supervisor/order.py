@@ -343,6 +343,11 @@ class TrackedOrder(EndsTracking):
         self._tell_watchers()
 
 
+def given_up(order: TrackedOrder) -> bool:
+    """Untracked before it settled: tracking it again starts afresh."""
+    return order.released and not order.has_result
+
+
 def _nobody(order: TrackedOrder) -> None:
     """The wake-up of an order no scheduler looks after (a test's, say)."""
 

@@ -26,7 +26,6 @@ from orderfsm.interface import (
     POLLING,
     WEBHOOK,
     WEBSOCKET,
-    HealthReport,
     TokenProvider,
     token_provider,
 )
@@ -34,9 +33,10 @@ from orderfsm.journal.orders import instance_name
 from orderfsm.metrics.counters import Listener, TrackerCounters
 from orderfsm.metrics.records import TrackerStats
 from orderfsm.supervisor.custom import CustomTransport
+from orderfsm.supervisor.early import KeepsEarlyNews
 from orderfsm.supervisor.fleet import LEASE, FleetLink
 from orderfsm.supervisor.lifetime import TrackerLifetime
-from orderfsm.supervisor.order import ChangeHook, ReportHook, TrackedOrder
+from orderfsm.supervisor.order import ChangeHook, ReportHook, TrackedOrder, given_up
 from orderfsm.supervisor.policy import DefaultPolicy, Policy
 from orderfsm.supervisor.records import Change, FinalResult, User
 from orderfsm.supervisor.runner import Scheduler
@@ -54,10 +54,9 @@ DEFAULT_WS_URL = "wss://ws-store.xsolla.com/connection/websocket"
 DEFAULT_API_URL = "https://store.xsolla.com/api"
 JOURNAL = "journal"
 KNOWN_TRANSPORTS = frozenset({WEBSOCKET, POLLING, WEBHOOK, JOURNAL})
-EARLY_OBSERVATIONS_KEPT = 10_000
 
 
-class Tracker(TrackerLifetime, TakesOverOrders):
+class Tracker(TrackerLifetime, TakesOverOrders, KeepsEarlyNews):
     """Follow Xsolla orders to their final status, on asyncio or trio.
 
     ::
@@ -208,7 +207,7 @@ class Tracker(TrackerLifetime, TakesOverOrders):
             raise RuntimeError("use the Tracker inside 'async with'")
         goal = self.until if until is None else check_goal(until)
         existing = self._orders.get(order_id)
-        if existing is not None and _given_up(existing):
+        if existing is not None and given_up(existing):
             # Untracked before it settled (a wait() given up on, say), and wanted
             # again: followed afresh, as after forget(); its status is told again.
             self.forget(order_id)
@@ -275,7 +274,7 @@ class Tracker(TrackerLifetime, TakesOverOrders):
         stops it.
         """
         existing = self._orders.get(order_id)
-        started_here = existing is None or _given_up(existing)
+        started_here = existing is None or given_up(existing)
         self.track(order_id, **track_kwargs)
         order = self._orders[order_id]
         try:
@@ -353,33 +352,6 @@ class Tracker(TrackerLifetime, TakesOverOrders):
         Get order request (what :mod:`orderfsm.metrics.otel` makes spans of); ``None``
         stops it.  One listener at a time; its calls come from the loop and must not block."""
         self._counters.listener = listener
-
-    # --- a sink for webhooks and other process-wide sources ---------------------
-
-    def observe(self, observation: Observation, /) -> None:
-        """Accept an observation from outside (e.g. a webhook receiver).
-
-        One for an order not tracked yet is kept (the last
-        ``EARLY_OBSERVATIONS_KEPT`` orders) and replayed when tracking starts:
-        a webhook can beat the application's call to ``track``.
-        """
-        order = self._orders.get(observation.order_id)
-        if order is not None and not _given_up(order):
-            order.observe(observation)
-            return
-        # Not tracked (yet, or again after being given up): kept for when it is.
-        self._early.setdefault(observation.order_id, []).append(observation)
-        self._early.move_to_end(observation.order_id)
-        while len(self._early) > EARLY_OBSERVATIONS_KEPT:
-            self._early.popitem(last=False)
-
-    def report(self, report: HealthReport, /) -> None:
-        """Health of process-wide sources does not steer any one order."""
-
-
-def _given_up(order: TrackedOrder) -> bool:
-    """Untracked before it settled: tracking it again starts afresh."""
-    return order.released and not order.has_result
 
 
 async def _no_token() -> str:
