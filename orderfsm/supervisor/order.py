@@ -20,7 +20,8 @@ from orderfsm.core import LAPSED_STATUSES, Advanced, Conflict, Observation, Orde
 from orderfsm.core.settle import VERDICTS
 from orderfsm.errors import OrderFsmError
 from orderfsm.interface import WEBSOCKET, Health, HealthReport
-from orderfsm.metrics.counters import NO_COUNTERS, TrackerCounters, outcome, unsettled_reason
+from orderfsm.metrics.counters import NO_COUNTERS, TrackerCounters
+from orderfsm.supervisor.order_result import EndsTracking
 from orderfsm.supervisor.policy import Situation
 from orderfsm.supervisor.records import Change, ConflictSeen, FinalResult, StatusChange, User
 
@@ -41,13 +42,10 @@ class FleetHook(Protocol):
     def ended(self, order: TrackedOrder) -> None: ...
 
 
-class TrackedOrder:
+class TrackedOrder(EndsTracking):
+    # With the end's own, in EndsTracking: one object, no __dict__, per order.
     __slots__ = (
-        "_done",
         "_news",
-        "_result",
-        "_result_details",
-        "_result_logged",
         "attachment",
         "book",
         "check_once",
@@ -57,11 +55,8 @@ class TrackedOrder:
         "custom_error",
         "custom_running",
         "details",
-        "ended",
-        "error",
         "fleet",
         "helpers",
-        "is_finished",
         "lapsed",
         "last_look",
         "log",
@@ -340,127 +335,7 @@ class TrackedOrder:
         if news is not None:
             news.set()
 
-    # --- the end ---------------------------------------------------------------
-
-    @property
-    def result(self) -> FinalResult | None:
-        """How the order settled; ``None`` before, or when it ended unsettled."""
-        result = self._result
-        if result is None and self._result_logged >= 0:
-            details, logged = self._result_details, self._result_logged
-            result = self._result = self._make_result(None, details, logged)
-            self._result_details, self._result_logged = None, -1
-        return result
-
-    @property
-    def has_result(self) -> bool:
-        """It finished settled (without making the result, as reading it would)."""
-        return self._result is not None or self._result_logged >= 0
-
-    def make_result(self, details_error: OrderFsmError | None) -> FinalResult:
-        """The settled order's result as it stands now."""
-        return self._make_result(details_error, self.details, len(self.log))
-
-    def _make_result(
-        self, details_error: OrderFsmError | None, details: OrderDetails | None, logged: int
-    ) -> FinalResult:
-        settled = self.settled
-        assert settled is not None
-        unread = details is not None and details.content_error
-        if details_error is None and unread:
-            from transports.polling import InvalidOrderAnswer
-
-            details_error = InvalidOrderAnswer(f"order {self.order_id}: details unread: {unread}")
-        log = self.log
-        if self.conflicted:
-            changes = tuple(self.changes(self.settled_count))
-            conflicts = tuple(c for c in log[:logged] if type(c) is ConflictSeen)
-        else:  # only changes in the log: no filtering
-            changes, conflicts = tuple(log[: self.settled_count]), ()  # type: ignore[arg-type]
-        return FinalResult(
-            order_id=self.order_id,
-            status=settled.status,
-            source=settled.source,
-            at=settled.at,
-            changes=changes,
-            conflicts=conflicts,
-            details=details,
-            details_error=details_error,
-            until=self.until,
-        )
-
-    def finish_settled(self) -> None:
-        """Finish a settled order that waits for nothing more (no details to fetch).
-
-        Its :class:`FinalResult` is made when first read, from what is known
-        now: an application hearing through ``on_change`` never reads it, and a
-        record and a tuple kept per order made the garbage collector run a third
-        more often while statuses streamed in (``bench_scale.py``)."""
-        self._result, self._result_details, self._result_logged = None, self.details, len(self.log)
-        self._finish(True, None)
-
-    def finish(self, result: FinalResult | None, error: OrderFsmError | None) -> None:
-        self._result, self._result_details, self._result_logged = result, None, -1
-        self._finish(result is not None, error)
-
-    def _finish(self, settled: bool, error: OrderFsmError | None) -> None:
-        if settled:
-            assert self.settled is not None
-            label = _LABELS[self.until][self.settled.status]
-        else:
-            label = "error" if error is None else unsettled_reason(error)
-        self.counters.order_finished(self.order_id, label, settled=settled)
-        if logger.isEnabledFor(logging.INFO):  # its records cost as much as the rest here
-            self._log_end(self.settled if settled else None, error, label)
-        self.error = error
-        self.is_finished = self.ended = True
-        if self._done is not None:
-            self._done.set()
-        if self._news is not None:
-            self._tell_watchers()
-
-    def _log_end(
-        self, settled: StatusChange | None, error: OrderFsmError | None, label: str
-    ) -> None:
-        if settled is not None:
-            logger.info(
-                "order %s settled: %s (first seen by %s)",
-                self.order_id,
-                settled.status,
-                settled.source,
-                extra={
-                    "event": "order.settled",
-                    "order_id": self.order_id,
-                    "status": settled.status.value,
-                    "source": settled.source,
-                    "outcome": label,
-                },
-            )
-        else:
-            logger.info(
-                "order %s: tracking ended unsettled: %s",
-                self.order_id,
-                error,
-                extra={"event": "order.ended", "order_id": self.order_id, "outcome": label},
-            )
-
-    def reopen(self) -> None:
-        """Tracking ended unsettled (timed out, no source left), and a settling status
-        came after all: Xsolla retries a webhook for 12 hours, so an ``order_paid``
-        can outlive the deadline by hours.  Until :meth:`settle_late` hands over its
-        result, a ``wait()`` waits for it instead of raising the old error."""
-        self.is_finished, self.error, self._done = False, None, None
-
-    def settle_late(self, result: FinalResult) -> None:
-        """The result of a :meth:`reopen`-ed order, so a later ``wait()`` hands over
-        what was paid instead of the old timeout."""
-        if logger.isEnabledFor(logging.INFO):
-            self._log_end(self.settled, None, outcome(result.status, result.until))
-        self._result, self._result_details, self._result_logged = result, None, -1
-        self.error, self.is_finished = None, True
-        if self._done is not None:
-            self._done.set()
-        self._tell_watchers()
+    # --- the end (the result itself: orderfsm.supervisor.order_result) ----------
 
     def release(self) -> None:
         """Untracked or closed: watchers that follow past the settlement stop too."""
@@ -468,9 +343,9 @@ class TrackedOrder:
         self._tell_watchers()
 
 
-_LABELS = {until: {status: outcome(status, until) for status in Status} for until in VERDICTS}
-"""An order's outcome label by its goal and settling status: looked up as it ends,
-not worked out (two calls per order)."""
+def given_up(order: TrackedOrder) -> bool:
+    """Untracked before it settled: tracking it again starts afresh."""
+    return order.released and not order.has_result
 
 
 def _nobody(order: TrackedOrder) -> None:

@@ -8,7 +8,9 @@ transport, the details of a final order.  With ten thousand orders waiting on
 their WebSockets, that is the difference between one task and ten thousand
 (each with its task group, cancel scopes and events for the garbage collector
 to walk).  The one-shot Get order requests (a check, an expired order's last
-look) are :mod:`orderfsm.supervisor.checks`'.
+look) are :mod:`orderfsm.supervisor.checks`', a settled order's details
+:mod:`orderfsm.supervisor.details`', and the pollers and custom transports
+:mod:`orderfsm.supervisor.sources`'.
 """
 
 from __future__ import annotations
@@ -23,21 +25,21 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
-from orderfsm.core import Observation
 from orderfsm.errors import (
     NoSourceLeft,
     OrderFsmError,
     TrackerClosed,
     TrackingTimeout,
-    TransportError,
 )
-from orderfsm.interface import POLLING, Health
+from orderfsm.interface import Health
 from orderfsm.metrics.counters import TrackerCounters
-from orderfsm.supervisor.admission import STARTING_AT_ONCE, Admission, Place
+from orderfsm.supervisor.admission import STARTING_AT_ONCE, Admission
 from orderfsm.supervisor.checks import CHECKS_AT_ONCE, GetOrderChecks
-from orderfsm.supervisor.custom import CustomTransport, OrderContext
-from orderfsm.supervisor.order import SourceSink, TrackedOrder
+from orderfsm.supervisor.custom import CustomTransport
+from orderfsm.supervisor.details import FetchesDetails
+from orderfsm.supervisor.order import TrackedOrder
 from orderfsm.supervisor.policy import Policy
+from orderfsm.supervisor.sources import RunsSources
 from transports.backend import Wakeup, loop_clock
 
 if TYPE_CHECKING:
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("orderfsm")
 
 
-class Scheduler(GetOrderChecks):
+class Scheduler(GetOrderChecks, FetchesDetails, RunsSources):
     def __init__(
         self,
         tg: TaskGroup,
@@ -337,153 +339,3 @@ class Scheduler(GetOrderChecks):
                     order.helpers = None  # one empty set per order adds up over thousands
 
         self._tg.start_soon(helper, name=f"orderfsm {func.__name__} {order.order_id}")
-
-    def _start_poller(
-        self, order: TrackedOrder, interval: float, scope: anyio.CancelScope, place: Place
-    ) -> bool:
-        poller = order.poller
-        if order.ended or poller is None or poller[0] is not scope:
-            return False  # ended, or its poller stopped or replaced, while it waited
-        self._spawn(self._poll, order, interval, scope, place)
-        return True
-
-    async def _poll(
-        self, order: TrackedOrder, interval: float, scope: anyio.CancelScope, place: Place | None
-    ) -> None:
-        """Poll until settled (or cancelled); ``place``, a first request's among those
-        starting, is given back at its answer."""
-        from transports.polling import PollConfig, poll_order
-
-        healthy = order.websocket is Health.HEALTHY
-        config = PollConfig(
-            interval=interval,
-            first_delay=interval if healthy else 0.0,
-            not_found_grace=self.not_found_grace,
-            until=order.until,
-        )
-        self._counters.polling += 1
-        with scope:
-            try:
-                await poll_order(
-                    order.order_id,
-                    project_id=self.project_id,
-                    token=order.user.token,
-                    sink=SourceSink(order),
-                    http=self.get_order_http,
-                    api=self.api_url,
-                    config=config,
-                    answered=None if place is None else place.give_back,
-                )
-            except OrderFsmError as exc:
-                if order.settled is None:
-                    order.polling_error = exc
-            except Exception as exc:  # a bug (ours, or an app's HttpClient) costs this order only
-                logger.exception(
-                    "order %s: polling failed",
-                    order.order_id,
-                    extra={"event": "transport.failed", "order_id": order.order_id},
-                )
-                if order.settled is None:
-                    order.polling_error = TransportError(f"polling failed: {exc!r}")
-            finally:
-                if place is not None:
-                    place.give_back()
-                self._counters.polling -= 1
-                if order.poller is not None and order.poller[0] is scope:
-                    order.poller = None
-                self.wake(order)
-
-    async def _run_custom(self, order: TrackedOrder, transport: CustomTransport) -> None:
-        context = OrderContext(
-            order_id=order.order_id,
-            project_id=self.project_id,
-            user=order.user,
-            api_url=self.api_url,
-            http=self.http,
-        )
-        try:
-            await transport(context, SourceSink(order))
-        except OrderFsmError as exc:
-            order.custom_error = order.custom_error or exc
-        except Exception as exc:  # a bug in user code (or an exception group) must not end tracking
-            logger.exception(
-                "custom transport %r failed",
-                transport,
-                extra={"event": "transport.failed", "order_id": order.order_id},
-            )
-            error = TransportError(f"custom transport failed: {exc!r}")
-            order.custom_error = order.custom_error or error
-        finally:
-            order.custom_running -= 1
-            self.wake(order)
-
-    async def _finish(self, order: TrackedOrder) -> None:
-        """Get the details of a settled order, then finish it."""
-        details_error = await self._details(order)
-        if not order.is_finished:  # else the tracker closed while the details were coming
-            order.finish(order.make_result(details_error), None)
-
-    async def _finish_late(self, order: TrackedOrder) -> None:
-        """Get the details of an order that settled after its tracking ended unsettled."""
-        details_error = await self._details(order)
-        if not order.is_finished:  # else the tracker closed while the details were coming
-            order.settle_late(order.make_result(details_error))
-
-    async def _details(self, order: TrackedOrder) -> OrderFsmError | None:
-        """Get order for the details of a settled order; why there are none, if so.
-
-        The answer is news too: a status that moved on meanwhile (a refund
-        already, a payment after the expired grace) reaches the listeners as
-        the change it is.
-        """
-        from transports.polling import fetch_order
-
-        details_error: OrderFsmError | None = None
-        lagging: str | None = None
-        pause, started = DETAILS_LAG_PAUSE, anyio.current_time()
-        with anyio.move_on_after(self.details_timeout) as timeout:
-            while True:
-                try:
-                    details = order.details = await fetch_order(
-                        order.order_id,
-                        project_id=self.project_id,
-                        token=order.user.token,
-                        http=self.get_order_http,
-                        api=self.api_url,
-                        timeout=self.details_timeout,
-                    )
-                except OrderFsmError as exc:
-                    details_error = exc
-                    break
-                except Exception as exc:  # a bug (ours, or an app's HttpClient): no details
-                    logger.exception("order %s: fetching its details failed", order.order_id)
-                    details_error = TransportError(f"fetching the details failed: {exc!r}")
-                    break
-                told = details.known_status
-                if told is not None:
-                    at = anyio.current_time()
-                    order.observe(Observation(order.order_id, told, POLLING, at, raw=details))
-                if told is None or order.released or order.book.status(order.order_id) is told:
-                    break  # (a released order may be forgotten, its book entry with it)
-                # Get order still says an older status (it lags behind the socket):
-                # details that say "paid" beside a result that says "done" are asked
-                # again, for a moment only: the player waits for the result meanwhile.
-                lagging = details.status
-                if anyio.current_time() + pause > started + DETAILS_LAG_PATIENCE:
-                    details_error = TrackingTimeout(
-                        f"order details: Get order still said {lagging!r} after "
-                        f"{DETAILS_LAG_PATIENCE:g} s; they are its last answer"
-                    )
-                    break
-                await anyio.sleep(pause)
-                pause = min(2 * pause, 1.0)
-        if timeout.cancelled_caught:
-            why = f"Get order still said {lagging!r}" if lagging else "they did not arrive"
-            details_error = TrackingTimeout(f"order details: {why} in time")
-        return details_error
-
-
-DETAILS_LAG_PAUSE = 0.25
-"""First pause before asking Get order again for details that lag behind the status."""
-DETAILS_LAG_PATIENCE = 2.0
-"""How long details lagging behind the settled status are asked for again at most."""

@@ -14,7 +14,6 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -27,22 +26,22 @@ from orderfsm.interface import (
     POLLING,
     WEBHOOK,
     WEBSOCKET,
-    HealthReport,
     TokenProvider,
     token_provider,
 )
 from orderfsm.journal.orders import instance_name
 from orderfsm.metrics.counters import Listener, TrackerCounters
-from orderfsm.metrics.http import CountedHttp
 from orderfsm.metrics.records import TrackerStats
 from orderfsm.supervisor.custom import CustomTransport
+from orderfsm.supervisor.early import KeepsEarlyNews
 from orderfsm.supervisor.fleet import LEASE, FleetLink
-from orderfsm.supervisor.order import ChangeHook, ReportHook, TrackedOrder
+from orderfsm.supervisor.lifetime import TrackerLifetime
+from orderfsm.supervisor.order import ChangeHook, ReportHook, TrackedOrder, given_up
 from orderfsm.supervisor.policy import DefaultPolicy, Policy
 from orderfsm.supervisor.records import Change, FinalResult, User
 from orderfsm.supervisor.runner import Scheduler
 from orderfsm.supervisor.settled import SettledHandler, SettledInTransaction
-from orderfsm.supervisor.sleep import SLEEP_CHECK_INTERVAL, SleepDetector, default_sleep_clock
+from orderfsm.supervisor.sleep import default_sleep_clock
 from orderfsm.supervisor.takeover import TakesOverOrders
 
 if TYPE_CHECKING:
@@ -55,12 +54,9 @@ DEFAULT_WS_URL = "wss://ws-store.xsolla.com/connection/websocket"
 DEFAULT_API_URL = "https://store.xsolla.com/api"
 JOURNAL = "journal"
 KNOWN_TRANSPORTS = frozenset({WEBSOCKET, POLLING, WEBHOOK, JOURNAL})
-EARLY_OBSERVATIONS_KEPT = 10_000
-FLUSH_ON_CLOSE = 5.0
-"""Seconds a closing tracker waits for its journal writes (a database outage)."""
 
 
-class Tracker(TakesOverOrders):
+class Tracker(TrackerLifetime, TakesOverOrders, KeepsEarlyNews):
     """Follow Xsolla orders to their final status, on asyncio or trio.
 
     ::
@@ -190,130 +186,6 @@ class Tracker(TakesOverOrders):
         self._pool: Any = None
         self.http: HttpClient | None = None
 
-    # --- lifetime -------------------------------------------------------------
-
-    async def __aenter__(self) -> Tracker:
-        async with contextlib.AsyncExitStack() as stack:
-            if self._given_http is not None:
-                self.http = self._given_http
-            elif POLLING in self.transports or self.fetch_details or self.extra:
-                from transports.http import open_http_client
-
-                self.http = await stack.enter_async_context(open_http_client())
-            if POLLING in self.transports or self.fetch_details:
-                # Loaded now: importing it on the first failover would hold the
-                # event loop (tens of ms) exactly when polling should start.
-                import transports.polling  # noqa: F401
-            if WEBSOCKET in self.transports:
-                from transports.centrifuge import WebSocketPool
-
-                pool = WebSocketPool(
-                    project_id=self.project_id, url=self.ws_url, **self._websocket_options
-                )
-                self._pool = await stack.enter_async_context(pool)
-            fleet = await self._join_fleet(stack)
-            tg = self._tg = await stack.enter_async_context(anyio.create_task_group())
-            self._scheduler = Scheduler(
-                tg,
-                project_id=self.project_id,
-                api_url=self.api_url,
-                policy=self.policy,
-                can_poll=POLLING in self.transports,
-                webhooks=WEBHOOK in self.transports,
-                journal=fleet is not None,
-                extra=self.extra,
-                fetch_details=self.fetch_details,
-                details_timeout=self.details_timeout,
-                not_found_grace=self.not_found_grace,
-                http=self.http,
-                get_order_http=None
-                if self.http is None
-                else CountedHttp(self.http, self._counters),
-                pool=self._pool,
-                counters=self._counters,
-            )
-            tg.start_soon(self._scheduler.run, name="orderfsm scheduler")
-            tg.start_soon(self._notice_sleep, name="orderfsm sleep detector")
-            self._wake = self._scheduler.wake  # one bound method, shared by every order
-            if fleet is not None:
-                tg.start_soon(fleet.run, name="orderfsm fleet")
-                await self._resume(fleet)
-            self._stack = stack.pop_all()
-        return self
-
-    async def _join_fleet(self, stack: contextlib.AsyncExitStack) -> FleetLink | None:
-        """Open the journal, if any, and the link to the rest of the fleet."""
-        if self.journal is None:
-            return None
-        from transports.journal import Journal, open_journal
-        from transports.journal.instance import lease_name
-        from transports.journal.order_log import OrderLog
-
-        journal = self.journal
-        if not isinstance(journal, Journal):
-            journal = await stack.enter_async_context(open_journal(journal))
-        name = await lease_name(
-            journal, self.instance, stack, within=self.lease, sessions=self.journal_poll is None
-        )
-        self.fleet = FleetLink(
-            OrderLog(journal, poll=self.journal_poll, owner=name.name, fresh=name.fresh),
-            self._orders,
-            follows_xsolla=bool(self.transports & {WEBSOCKET, POLLING}),
-            on_settled=self.on_settled,
-            on_settled_transactional=self.on_settled_transactional,
-            lease=self.lease,
-            adopt=None if self.token_for is None and self.user is None else self._adopt,
-            keep_name=name.keep,
-        )
-        return self.fleet
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        assert self._stack is not None and self._scheduler is not None
-        if self.fleet is not None:
-            with anyio.CancelScope(shield=True):
-                await self.fleet.flush(FLUSH_ON_CLOSE)
-        self._scheduler.close(list(self._orders.values()))
-        assert self._tg is not None
-        self._tg.cancel_scope.cancel()
-        stack, self._stack, self._scheduler, self._tg = self._stack, None, None, None
-        # The body's exception (a TrackingTimeout from wait(), say) propagates
-        # as it is: told about it, the task group would wrap it in a group.
-        await stack.__aexit__(None, None, None)
-        return None
-
-    async def _notice_sleep(self) -> None:
-        detector = SleepDetector()
-        while True:
-            slept = detector.sample(anyio.current_time(), self._sleep_clock())
-            if slept is not None:
-                self._counters.host_sleeps += 1
-                logger.info(
-                    "the host slept for %.1f s: reconnecting and checking orders",
-                    slept,
-                    extra={"event": "host.slept", "seconds": round(slept, 1)},
-                )
-                self.host_resumed()
-            await anyio.sleep(SLEEP_CHECK_INTERVAL)
-
-    def host_resumed(self) -> None:
-        """The host woke from a sleep: reconnect now and ask Get order for every
-        unsettled order.
-
-        Called by the tracker itself when its clocks disagree; an application
-        that hears of a resume from its platform (a power event) may call it
-        first.
-        """
-        if self._pool is not None:
-            self._pool.reconnect_all("the host slept")
-        for order in self._orders.values():
-            if not order.ended:
-                order.doubt()
-
     # --- tracking ---------------------------------------------------------------
 
     def track(
@@ -335,7 +207,7 @@ class Tracker(TakesOverOrders):
             raise RuntimeError("use the Tracker inside 'async with'")
         goal = self.until if until is None else check_goal(until)
         existing = self._orders.get(order_id)
-        if existing is not None and _given_up(existing):
+        if existing is not None and given_up(existing):
             # Untracked before it settled (a wait() given up on, say), and wanted
             # again: followed afresh, as after forget(); its status is told again.
             self.forget(order_id)
@@ -403,7 +275,7 @@ class Tracker(TakesOverOrders):
         stops it.
         """
         existing = self._orders.get(order_id)
-        started_here = existing is None or _given_up(existing)
+        started_here = existing is None or given_up(existing)
         self.track(order_id, **track_kwargs)
         order = self._orders[order_id]
         try:
@@ -481,33 +353,6 @@ class Tracker(TakesOverOrders):
         Get order request (what :mod:`orderfsm.metrics.otel` makes spans of); ``None``
         stops it.  One listener at a time; its calls come from the loop and must not block."""
         self._counters.listener = listener
-
-    # --- a sink for webhooks and other process-wide sources ---------------------
-
-    def observe(self, observation: Observation, /) -> None:
-        """Accept an observation from outside (e.g. a webhook receiver).
-
-        One for an order not tracked yet is kept (the last
-        ``EARLY_OBSERVATIONS_KEPT`` orders) and replayed when tracking starts:
-        a webhook can beat the application's call to ``track``.
-        """
-        order = self._orders.get(observation.order_id)
-        if order is not None and not _given_up(order):
-            order.observe(observation)
-            return
-        # Not tracked (yet, or again after being given up): kept for when it is.
-        self._early.setdefault(observation.order_id, []).append(observation)
-        self._early.move_to_end(observation.order_id)
-        while len(self._early) > EARLY_OBSERVATIONS_KEPT:
-            self._early.popitem(last=False)
-
-    def report(self, report: HealthReport, /) -> None:
-        """Health of process-wide sources does not steer any one order."""
-
-
-def _given_up(order: TrackedOrder) -> bool:
-    """Untracked before it settled: tracking it again starts afresh."""
-    return order.released and not order.has_result
 
 
 async def _no_token() -> str:

@@ -1,0 +1,109 @@
+"""The details of a settled order: one more Get order before its result is handed over.
+
+Kept apart from the scheduler's loop (:mod:`orderfsm.supervisor.runner`),
+which decides when an order ends, because this is what follows that decision
+for orders that fetch details: a request that waits on the network, bounded by
+``details_timeout``, asked again for a moment when Get order lags behind the
+status that settled the order, and whose answer is news too.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import anyio
+
+from orderfsm.core import Observation
+from orderfsm.errors import OrderFsmError, TrackingTimeout, TransportError
+from orderfsm.interface import POLLING
+
+if TYPE_CHECKING:
+    from orderfsm.supervisor.order import TrackedOrder
+    from transports.http import HttpClient
+
+logger = logging.getLogger("orderfsm")
+
+DETAILS_LAG_PAUSE = 0.25
+"""First pause before asking Get order again for details that lag behind the status."""
+DETAILS_LAG_PATIENCE = 2.0
+"""How long details lagging behind the settled status are asked for again at most."""
+
+
+class FetchesDetails:
+    """The scheduler's details of settled orders (mixed into ``Scheduler``).
+
+    A mixin rather than an object of its own: the scheduler spawns it as it ends
+    an order, and it fetches with the scheduler's settings; what it uses of the
+    scheduler is declared here.
+    """
+
+    project_id: int
+    api_url: str
+    details_timeout: float
+    get_order_http: HttpClient | None
+
+    async def _finish(self, order: TrackedOrder) -> None:
+        """Get the details of a settled order, then finish it."""
+        details_error = await self._details(order)
+        if not order.is_finished:  # else the tracker closed while the details were coming
+            order.finish(order.make_result(details_error), None)
+
+    async def _finish_late(self, order: TrackedOrder) -> None:
+        """Get the details of an order that settled after its tracking ended unsettled."""
+        details_error = await self._details(order)
+        if not order.is_finished:  # else the tracker closed while the details were coming
+            order.settle_late(order.make_result(details_error))
+
+    async def _details(self, order: TrackedOrder) -> OrderFsmError | None:
+        """Get order for the details of a settled order; why there are none, if so.
+
+        The answer is news too: a status that moved on meanwhile (a refund
+        already, a payment after the expired grace) reaches the listeners as
+        the change it is.
+        """
+        from transports.polling import fetch_order
+
+        details_error: OrderFsmError | None = None
+        lagging: str | None = None
+        pause, started = DETAILS_LAG_PAUSE, anyio.current_time()
+        with anyio.move_on_after(self.details_timeout) as timeout:
+            while True:
+                try:
+                    details = order.details = await fetch_order(
+                        order.order_id,
+                        project_id=self.project_id,
+                        token=order.user.token,
+                        http=self.get_order_http,
+                        api=self.api_url,
+                        timeout=self.details_timeout,
+                    )
+                except OrderFsmError as exc:
+                    details_error = exc
+                    break
+                except Exception as exc:  # a bug (ours, or an app's HttpClient): no details
+                    logger.exception("order %s: fetching its details failed", order.order_id)
+                    details_error = TransportError(f"fetching the details failed: {exc!r}")
+                    break
+                told = details.known_status
+                if told is not None:
+                    at = anyio.current_time()
+                    order.observe(Observation(order.order_id, told, POLLING, at, raw=details))
+                if told is None or order.released or order.book.status(order.order_id) is told:
+                    break  # (a released order may be forgotten, its book entry with it)
+                # Get order still says an older status (it lags behind the socket):
+                # details that say "paid" beside a result that says "done" are asked
+                # again, for a moment only: the player waits for the result meanwhile.
+                lagging = details.status
+                if anyio.current_time() + pause > started + DETAILS_LAG_PATIENCE:
+                    details_error = TrackingTimeout(
+                        f"order details: Get order still said {lagging!r} after "
+                        f"{DETAILS_LAG_PATIENCE:g} s; they are its last answer"
+                    )
+                    break
+                await anyio.sleep(pause)
+                pause = min(2 * pause, 1.0)
+        if timeout.cancelled_caught:
+            why = f"Get order still said {lagging!r}" if lagging else "they did not arrive"
+            details_error = TrackingTimeout(f"order details: {why} in time")
+        return details_error

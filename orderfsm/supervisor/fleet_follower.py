@@ -1,0 +1,165 @@
+"""The fleet link's follower: what the others wrote, applied here.
+
+Kept apart from the rest of the link (:mod:`orderfsm.supervisor.fleet`)
+because it is the link's reading side: the changes past each order's cursor,
+read after each wake-up, after every reconnect and at the backstop, and the
+past of newly followed orders, all applied through the orders' own core so
+each change reaches the application once.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.lowlevel
+
+from orderfsm.core import Observation
+from orderfsm.errors import JournalValueRefused, OrderFsmError
+from orderfsm.journal.orders import ChangeRow
+from orderfsm.supervisor.fleet_writer import BACKOFF_MIN
+
+if TYPE_CHECKING:
+    from orderfsm.supervisor.order import TrackedOrder
+    from transports.journal.order_log import News, OrderLog
+
+logger = logging.getLogger("orderfsm.fleet")
+
+APPLY_SLICE = 500
+"""Orders' past applied this many changes at a time: a resume's 10,000 at once would
+hold the loop (and every socket on it) for a fifth of a second."""
+
+
+class FollowsJournal:
+    """The fleet link's reads of the journal (mixed into ``FleetLink``).
+
+    A mixin rather than an object of its own: it moves the link's cursors and
+    applies to the link's orders, and its catch-up retries as the writer does;
+    what it uses of the link is declared here.
+    """
+
+    log: OrderLog
+    backstop: float
+    cursors: dict[int, int]
+    _orders: dict[int, TrackedOrder]
+
+    if TYPE_CHECKING:
+
+        async def _retrying(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any: ...
+
+    async def read_past(self, order_ids: Iterable[int]) -> dict[int, list[ChangeRow]]:
+        """Orders' changes, per order, read before they are tracked here: a resume
+        applies each order's past as it tracks it, before its poller's first
+        request, not after ten thousand of them have started.  Empty when the
+        journal cannot say now: the catch-up that follows each order reads it."""
+        try:
+            changes = await self.log.catch_up(dict.fromkeys(order_ids, 0))
+        except OrderFsmError as exc:
+            logger.info("journal unavailable (reading resumed orders' past): %s", exc)
+            return {}
+        past: dict[int, list[ChangeRow]] = {}
+        for change in changes:
+            past.setdefault(change.order_id, []).append(change)
+        return past
+
+    def apply_past(self, changes: list[ChangeRow]) -> None:
+        """Changes read by :meth:`read_past`, for orders tracked here since (those past
+        their cursors: an order followed here already has had the rest)."""
+        cursors = self.cursors
+        self._apply([c for c in changes if c.version > cursors.get(c.order_id, c.version)])
+
+    async def _follow(self) -> None:
+        """Apply what others wrote: after each wake-up, and at least every ``backstop`` s.
+
+        The wake-ups' connection failing (even for good: a connection limit, say)
+        leaves the backstop: everything is read through the pool after each pause.
+        An outage is logged once, and the pauses double up to the backstop.  A
+        new connection is not a recovery until a wait on it has ended well: one
+        ended as soon as it is made (a proxy, a ``pg_terminate_backend`` loop)
+        would otherwise reconnect and log every tenth of a second.
+        """
+        everything = True
+        reconnecting = False
+        delay = BACKOFF_MIN
+        while True:
+            news: News | None = None
+            try:
+                news = await self.log.wait_for_news(self.backstop, self.cursors)
+            except OrderFsmError as exc:
+                delay = await self._pause(delay, "journal wake-ups unavailable", exc)
+                everything = reconnecting = True
+            full = everything or news is None or news.everything
+            if news is not None and news.changes is not None and not full:
+                self._apply(news.changes)  # read with the wake-up, on its connection
+                delay, reconnecting = self._back(delay), False
+                continue
+            if news is not None and news.order_ids is not None and not full:
+                targets = {i: self.cursors[i] for i in news.order_ids if i in self.cursors}
+            else:
+                # A reconnect, a SQLite commit, the backstop: every order followed, the
+                # live mapping and not a copy.  SQLite's read filters what it found by
+                # it after the read, and moves past all of it: an order followed during
+                # the read (its change committed meanwhile) must be in, or that change
+                # is never read again.
+                targets = self.cursors
+            if targets:
+                try:
+                    changes = await self.log.changes(targets, everything=full)
+                except OrderFsmError as exc:
+                    delay = await self._pause(delay, "journal unavailable (reading)", exc)
+                    everything = True
+                    continue
+                self._apply(changes)
+            if news is not None:
+                if reconnecting and news.everything:
+                    reconnecting = False  # connected again; back once a wait on it ends well
+                else:
+                    delay = self._back(delay)
+                everything = False
+
+    async def _pause(self, delay: float, what: str, exc: OrderFsmError) -> float:
+        """Wait out a failure: logged at its first pause; the next pause, doubled."""
+        if delay == BACKOFF_MIN:
+            logger.warning("%s: %s", what, exc)
+        await anyio.sleep(delay)
+        return min(2 * delay, self.backstop)
+
+    @staticmethod
+    def _back(delay: float) -> float:
+        if delay != BACKOFF_MIN:
+            logger.info("journal wake-ups back")
+        return BACKOFF_MIN
+
+    async def _catch_up(self, orders: Iterable[int]) -> None:
+        """Newly followed orders' past, read at once (the wake-ups only tell of news)."""
+        cursors = {i: self.cursors[i] for i in orders if i in self.cursors}
+        if cursors:
+            try:
+                changes = await self._retrying(
+                    "catch-up", functools.partial(self.log.catch_up, cursors)
+                )
+            except JournalValueRefused as exc:  # a read: never expected; the backstop reads again
+                logger.error("the journal refused to read orders' past: %s", exc)
+                return
+            for first in range(0, len(changes), APPLY_SLICE):
+                if first:
+                    await anyio.lowlevel.checkpoint()  # the loop's other work between slices
+                self._apply(changes[first : first + APPLY_SLICE])
+
+    def _apply(self, changes: list[ChangeRow]) -> None:
+        now = anyio.current_time()
+        cursors = self.cursors
+        for change in changes:
+            order = self._orders.get(change.order_id)
+            cursor = cursors.get(change.order_id)
+            if order is None or cursor is None:
+                continue
+            if change.version > cursor:
+                cursors[change.order_id] = change.version
+            observation = Observation.trusted(
+                change.order_id, change.status, change.source, now, None, change
+            )
+            order.observe(observation)

@@ -1,0 +1,130 @@
+"""The order's own sources, each a task: its poller, its custom transports.
+
+Kept apart from the scheduler's loop (:mod:`orderfsm.supervisor.runner`),
+which only decides when a poller starts or stops and which orders have
+custom transports, because these run for as long as the order does, wait
+on the network or on application code, and must end in a wake-up whatever
+way they end: a failure here costs this order only, and the loop decides
+what follows.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from orderfsm.errors import OrderFsmError, TransportError
+from orderfsm.interface import Health
+from orderfsm.supervisor.custom import CustomTransport, OrderContext
+from orderfsm.supervisor.order import SourceSink
+
+if TYPE_CHECKING:
+    from orderfsm.metrics.counters import TrackerCounters
+    from orderfsm.supervisor.admission import Place
+    from orderfsm.supervisor.order import TrackedOrder
+    from transports.http import HttpClient
+
+logger = logging.getLogger("orderfsm")
+
+
+class RunsSources:
+    """The scheduler's pollers and custom transports (mixed into ``Scheduler``).
+
+    A mixin rather than an object of its own: they are spawned, and wake the
+    order, as the scheduler's other tasks are, with its settings; what they use
+    of it is declared here.
+    """
+
+    project_id: int
+    api_url: str
+    not_found_grace: float
+    http: HttpClient | None
+    get_order_http: HttpClient | None
+    _counters: TrackerCounters
+
+    if TYPE_CHECKING:
+
+        def wake(self, order: TrackedOrder) -> None: ...
+
+        def _spawn(self, func: Any, order: TrackedOrder, *args: Any) -> None: ...
+
+    def _start_poller(
+        self, order: TrackedOrder, interval: float, scope: anyio.CancelScope, place: Place
+    ) -> bool:
+        poller = order.poller
+        if order.ended or poller is None or poller[0] is not scope:
+            return False  # ended, or its poller stopped or replaced, while it waited
+        self._spawn(self._poll, order, interval, scope, place)
+        return True
+
+    async def _poll(
+        self, order: TrackedOrder, interval: float, scope: anyio.CancelScope, place: Place | None
+    ) -> None:
+        """Poll until settled (or cancelled); ``place``, a first request's among those
+        starting, is given back at its answer."""
+        from transports.polling import PollConfig, poll_order
+
+        healthy = order.websocket is Health.HEALTHY
+        config = PollConfig(
+            interval=interval,
+            first_delay=interval if healthy else 0.0,
+            not_found_grace=self.not_found_grace,
+            until=order.until,
+        )
+        self._counters.polling += 1
+        with scope:
+            try:
+                await poll_order(
+                    order.order_id,
+                    project_id=self.project_id,
+                    token=order.user.token,
+                    sink=SourceSink(order),
+                    http=self.get_order_http,
+                    api=self.api_url,
+                    config=config,
+                    answered=None if place is None else place.give_back,
+                )
+            except OrderFsmError as exc:
+                if order.settled is None:
+                    order.polling_error = exc
+            except Exception as exc:  # a bug (ours, or an app's HttpClient) costs this order only
+                logger.exception(
+                    "order %s: polling failed",
+                    order.order_id,
+                    extra={"event": "transport.failed", "order_id": order.order_id},
+                )
+                if order.settled is None:
+                    order.polling_error = TransportError(f"polling failed: {exc!r}")
+            finally:
+                if place is not None:
+                    place.give_back()
+                self._counters.polling -= 1
+                if order.poller is not None and order.poller[0] is scope:
+                    order.poller = None
+                self.wake(order)
+
+    async def _run_custom(self, order: TrackedOrder, transport: CustomTransport) -> None:
+        context = OrderContext(
+            order_id=order.order_id,
+            project_id=self.project_id,
+            user=order.user,
+            api_url=self.api_url,
+            http=self.http,
+        )
+        try:
+            await transport(context, SourceSink(order))
+        except OrderFsmError as exc:
+            order.custom_error = order.custom_error or exc
+        except Exception as exc:  # a bug in user code (or an exception group) must not end tracking
+            logger.exception(
+                "custom transport %r failed",
+                transport,
+                extra={"event": "transport.failed", "order_id": order.order_id},
+            )
+            error = TransportError(f"custom transport failed: {exc!r}")
+            order.custom_error = order.custom_error or error
+        finally:
+            order.custom_running -= 1
+            self.wake(order)
