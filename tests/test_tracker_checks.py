@@ -8,7 +8,7 @@ import anyio
 import pytest
 from support_tracker import emulator_tracker
 
-from orderfsm import Status
+from orderfsm import Status, Tracker
 from orderfsm.supervisor.admission import STARTING_AT_ONCE
 from orderfsm.supervisor.policy import DefaultPolicy
 from transports.emulator import Emulator
@@ -30,26 +30,33 @@ def first_wave(asked: dict[int, list[float]]) -> list[int]:
     return [o for o, times in asked.items() if times and times[0] < first + 1.4]
 
 
+async def requests_for(emu: Emulator, orders: list[int]) -> dict[int, list[float]]:
+    """When Get order was asked for each order, as the emulator saw it."""
+    asked = (await emu.stats()).get_order_requests
+    return {order_id: asked.get(order_id, []) for order_id in orders}
+
+
+async def track_through_a_slow_start(emu: Emulator, tracker: Tracker, orders: list[int]) -> None:
+    """Track every order while each Get order answer is 1.5 s away, then answer at
+    once until every order was asked."""
+    await emu.get_order_fault("slow", delay=1.5)
+    for order_id in orders:
+        tracker.track(order_id)
+    await anyio.sleep(0.75)  # the first ones are in flight, none answered yet
+    await emu.clear_faults()
+    with anyio.fail_after(20):
+        while not all((await requests_for(emu, orders)).values()):  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+
+
 async def test_many_orders_tracked_at_once_are_checked_a_few_at_a_time(emu: Emulator) -> None:
     """A backend resuming ten thousand orders must not send ten thousand Get orders at
     once: Xsolla's API would see a herd, and the collector a million half-done requests."""
     user = await emu.create_user()
     orders = [await emu.create_order(user) for _ in range(STARTING_AT_ONCE + 20)]
-    await emu.get_order_fault("slow", delay=1.5)  # every answer 1.5 s away
-
-    async def asked() -> dict[int, list[float]]:
-        requests = (await emu.stats()).get_order_requests
-        return {order_id: requests.get(order_id, []) for order_id in orders}
-
     async with emulator_tracker(emu, user, fetch_details=False) as tracker:
-        for order_id in orders:
-            tracker.track(order_id)
-        await anyio.sleep(0.75)  # the first ones are in flight, none answered yet
-        await emu.clear_faults()
-        with anyio.fail_after(20):
-            while not all((await asked()).values()):  # noqa: ASYNC110 (in the emulator)
-                await anyio.sleep(0.05)
-        wave = first_wave(await asked())
+        await track_through_a_slow_start(emu, tracker, orders)
+        wave = first_wave(await requests_for(emu, orders))
         await emu.set_status(orders[0], "canceled")
         assert (await tracker.wait(orders[0])).status is Status.CANCELED
     assert 0 < len(wave) <= STARTING_AT_ONCE
@@ -100,25 +107,13 @@ async def test_polling_only_orders_start_a_few_at_a_time_with_one_get_order_each
     its only one until its interval: the poller's first answer is the check."""
     user = await emu.create_user()
     orders = [await emu.create_order(user) for _ in range(STARTING_AT_ONCE + 40)]
-    await emu.get_order_fault("slow", delay=1.5)
-
-    async def requests() -> dict[int, list[float]]:
-        asked = (await emu.stats()).get_order_requests
-        return {order_id: asked.get(order_id, []) for order_id in orders}
-
     policy = DefaultPolicy(poll_interval=5.0)
     async with emulator_tracker(
         emu, user, transports=("polling",), policy=policy, fetch_details=False
     ) as tracker:
-        for order_id in orders:
-            tracker.track(order_id)
-        await anyio.sleep(0.75)  # the first ones are in flight, none answered yet
-        await emu.clear_faults()
-        with anyio.fail_after(20):
-            while not all((await requests()).values()):  # noqa: ASYNC110 (in the emulator)
-                await anyio.sleep(0.05)
+        await track_through_a_slow_start(emu, tracker, orders)
         await anyio.sleep(0.5)  # a second request per order would be on its way by now
-        asked = await requests()
+        asked = await requests_for(emu, orders)
         await emu.set_status(orders[-1], "canceled")
         with anyio.fail_after(15):  # the last one's next poll hears it
             assert (await tracker.wait(orders[-1])).status is Status.CANCELED
