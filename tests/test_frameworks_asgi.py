@@ -33,6 +33,10 @@ def test_the_fastapi_example_handles_each_notification_once_under_uvicorn(tmp_pa
             answers = list(pool.map(lambda b: deliver(server.port, "/xsolla/webhook", b), bodies))
     assert all(copy[-1] == 204 for copy in answers), answers
     assert not [s for copy in answers for s in copy if s is not None and 400 <= s < 500]
-    printed = re.findall(r"^paid: (\d+)$", server.output(), flags=re.M)
-    assert sorted(Counter(int(o) for o in printed).items()) == [(o, 1) for o in ORDERS]
+    output = server.output()
+    printed = re.findall(r"^paid: (\d+)$", output, flags=re.M)
+    handled = sorted(Counter(int(o) for o in printed).items())
+    # The server's log and every answer with it: CI once saw two orders answered 204
+    # with no "paid" line, and nothing else to tell why.
+    assert handled == [(o, 1) for o in ORDERS], (answers, output)
     assert (tmp_path / "webhooks.sqlite3").exists()
