@@ -20,17 +20,16 @@ looked up per row, and a failure that must not stop the other rows.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
-
-import anyio.lowlevel
 
 from orderfsm.errors import OrderFsmError
 from orderfsm.interface import TokenProvider
+from orderfsm.supervisor.fleet_follower import in_slices
 
 if TYPE_CHECKING:
     from orderfsm.core import Status
-    from orderfsm.journal.orders import OrderRow
+    from orderfsm.journal.orders import ChangeRow, OrderRow
     from orderfsm.supervisor.fleet import FleetLink
     from orderfsm.supervisor.order import TrackedOrder
     from orderfsm.supervisor.runner import Scheduler
@@ -42,11 +41,6 @@ RESUME_PAGE, RESUME_PAGES = 10_000, 10
 each statement reads every tracked order to find the ones nobody follows, so
 pages of the adopter's size (``ADOPT_PAGE``) made a restart on 10,000 orders take
 20 such reads, 4.4 s on PostgreSQL (``bench_fleet.py``)."""
-
-
-RESUME_SLICE = 500
-"""Orders tracked, and their past applied, between two looks at the loop's other work:
-10,000 at once held it (every socket, every poller's first request) for 0.3 s."""
 
 
 class TakesOverOrders:
@@ -90,12 +84,14 @@ class TakesOverOrders:
                 if not rows:
                     return
                 past = await fleet.read_past(row.order_id for row in rows)
-                for first in range(0, len(rows), RESUME_SLICE):
-                    if first:
-                        await anyio.lowlevel.checkpoint()  # the loop's other work between slices
-                    taken = rows[first : first + RESUME_SLICE]
+
+                def take(
+                    taken: Sequence[OrderRow], past: dict[int, list[ChangeRow]] = past
+                ) -> None:
                     self._take_over(taken, "resuming")
                     fleet.apply_past([c for row in taken for c in past.get(row.order_id, ())])
+
+                await in_slices(rows, take)
                 if len(rows) < RESUME_PAGE:
                     return
         except OrderFsmError as exc:
@@ -108,7 +104,7 @@ class TakesOverOrders:
         restart would resume them.  They are tracked here like any other order."""
         self._take_over(rows, "adopting")
 
-    def _take_over(self, rows: list[OrderRow], doing: str) -> None:
+    def _take_over(self, rows: Sequence[OrderRow], doing: str) -> None:
         fleet, scheduler = self.fleet, self._scheduler
         assert fleet is not None and scheduler is not None
         taken_over = scheduler.taken_over
