@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -52,6 +53,7 @@ from orderfsm.journal import (
 )
 from transports.journal import SyncJournal, Taken, open_journal, store_for
 from transports.journal.orders import Note
+from transports.journal.sql_schema import ANALYZED_TABLES, STATISTICS_TARGET
 from transports.webhook import WebhookReceiver
 
 OK = Answer(204)
@@ -210,6 +212,39 @@ def test_concurrent_first_starts_create_the_schema_once(backend: str, tmp_path: 
     db = connect(url)
     assert db.execute("SELECT version FROM orderfsm_schema").fetchall() == [(SCHEMA_VERSION,)]
     db.close()
+
+
+def test_postgres_analyzes_a_small_sample_of_every_journal_column_even_after_an_upgrade() -> None:
+    """Autovacuum's ANALYZE of a fast-growing journal at PostgreSQL's default sample
+    took a 500/s p99 from 6 to 25 ms: every column of every table that grows (those
+    of a future version included) keeps the small target, and a database made by an
+    older version gets it on upgrade."""
+    url = postgres_server().url()
+
+    def targets(db: Any) -> dict[tuple[str, str], int]:
+        rows = db.execute(
+            "SELECT c.relname, a.attname, coalesce(a.attstattarget, -1) FROM pg_attribute a"
+            " JOIN pg_class c ON c.oid = a.attrelid"
+            " WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r'"
+            " AND c.relname LIKE 'orderfsm%' AND c.relname <> 'orderfsm_schema'"
+            " AND a.attnum > 0 AND NOT a.attisdropped"
+        ).fetchall()
+        return {(table, column): target for table, column, target in rows}
+
+    sync_journal(url, Clock()).close()
+    db = connect(url)
+    try:
+        made = targets(db)
+        assert {table for table, _ in made} == set(ANALYZED_TABLES)
+        assert set(made.values()) == {STATISTICS_TARGET}, made
+        for table, column in made:  # as version 4 left them
+            db.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET STATISTICS -1")
+        db.execute("UPDATE orderfsm_schema SET version = 4")
+        sync_journal(url, Clock()).close()
+        assert set(targets(db).values()) == {STATISTICS_TARGET}
+        assert db.execute("SELECT version FROM orderfsm_schema").fetchall() == [(SCHEMA_VERSION,)]
+    finally:
+        db.close()
 
 
 def test_sqlite_start_up_problems_are_typed_and_say_what_is_wrong(tmp_path: Path) -> None:
