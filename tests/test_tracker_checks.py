@@ -119,3 +119,30 @@ async def test_polling_only_orders_start_a_few_at_a_time_with_one_get_order_each
             assert (await tracker.wait(orders[-1])).status is Status.CANCELED
     assert 0 < len(first_wave(asked)) <= STARTING_AT_ONCE
     assert {len(times) for times in asked.values()} == {1}, asked
+
+
+@pytest.mark.parametrize("transports", [("websocket", "polling"), ("polling",)])
+async def test_a_rate_limited_xsolla_gets_a_few_first_requests_per_retry_after(
+    emu: Emulator, transports: tuple[str, ...]
+) -> None:
+    """Xsolla answering 429 to every Get order: a first request gave its place back at
+    its 429, so the next order's started at once, and ten thousand orders sent ten
+    thousand requests within a second, each told to wait.  A 429 now keeps its place
+    through its Retry-After: no more first requests than places until it has passed,
+    checks (beside the WebSocket) and pollers' first polls alike."""
+    user = await emu.create_user()
+    orders = [await emu.create_order(user) for _ in range(2 * STARTING_AT_ONCE + 20)]
+    await emu.get_order_fault("rate_limit", retry_after=2, seconds=1.0)
+    async with emulator_tracker(emu, user, fetch_details=False, transports=transports) as tracker:
+        for order_id in orders:
+            tracker.track(order_id)
+        with anyio.fail_after(30):
+            while not all((await requests_for(emu, orders)).values()):  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        asked = await requests_for(emu, orders)
+        await emu.set_status(orders[-1], "canceled")
+        assert (await tracker.wait(orders[-1])).status is Status.CANCELED
+    first = min(times[0] for times in asked.values())
+    # Before any Retry-After (2 s) can have passed, read from the emulator's clock.
+    early = [o for o, times in asked.items() if times[0] < first + 1.5]
+    assert 0 < len(early) <= STARTING_AT_ONCE, len(early)

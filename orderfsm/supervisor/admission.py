@@ -7,9 +7,12 @@ half-done requests that the journal's news for those same orders waited
 seconds behind them (``bench_fleet.py``'s resume: 2 of its 3 s).  Only
 ``places`` such first requests run at once; the rest wait in a queue as plain
 entries, not as tasks (ten thousand waiting tasks were some 60 MB).  A place
-is given back at the first answer, or the first pause (a request that backs
-off must not hold back the first look at other orders); after that, requests
-are paced by their own answers and intervals, so they stay spread out.
+is given back at the first answer, or at the first pause for a trouble of the
+order's own (a 404 before the order shows, its user's token); after that,
+requests are paced by their own answers and intervals, so they stay spread
+out.  A 429, a 5xx or no answer at all keeps the place through its pause: the
+next order's first request would meet the same trouble, so a rate-limited
+Xsolla gets ``places`` first requests per ``Retry-After``, not one per order.
 """
 
 from __future__ import annotations

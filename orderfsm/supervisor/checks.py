@@ -134,9 +134,13 @@ class GetOrderChecks:
 
         delay = CHECK_RETRY_MIN
 
-        async def pause(seconds: float) -> None:
-            if place is not None:
-                place.give_back()  # a check that backs off holds back no other order
+        async def pause(seconds: float, hold: bool = False) -> None:
+            """``hold``: the service's own trouble, which the next order's first request
+            would meet as well: the place stays taken until this one asks again, so
+            ten thousand checks under a 429 send a place's worth per Retry-After, not
+            one each.  Otherwise a check that backs off holds back no other order."""
+            if place is not None and not hold:
+                place.give_back()
             await anyio.sleep(seconds)
 
         self._counters.checks += 1
@@ -194,7 +198,7 @@ class GetOrderChecks:
                     # A 429 or 5xx's Retry-After is honoured, as the poller does: after a
                     # host sleep, thousands of checks would ignore a rate limit at once.
                     asked = exc.retry_after if isinstance(exc, ServerError) else None
-                    await pause(max(delay, min(asked or 0.0, CHECK_RETRY_AFTER_MAX)))
+                    await pause(max(delay, min(asked or 0.0, CHECK_RETRY_AFTER_MAX)), hold=True)
                     delay = min(2 * delay, CHECK_RETRY_MAX)
                     continue
                 except Exception:  # a bug (ours, or an app's HttpClient): this check only

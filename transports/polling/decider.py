@@ -89,6 +89,9 @@ class Step:
     """Set only when the poller's health changes."""
     warning: str | None = None
     """Something worth logging that changes nothing (an unknown status)."""
+    busy: bool = False
+    """The service said "not now" (429, a 5xx) or did not answer: trouble of the
+    service, or of the way to it, that every order's request meets alike."""
 
 
 class PollDecider:
@@ -124,7 +127,8 @@ class PollDecider:
         self._check_running()
         verdict = classify(response, self.order_id, wall_now)
         if isinstance(verdict, (Rejected, Busy, Unexpected)):
-            return self._paced(self._pacing.judge(verdict, self.order_id, now))
+            busy = isinstance(verdict, Busy)
+            return self._paced(self._pacing.judge(verdict, self.order_id, now), busy)
         if isinstance(verdict, Malformed):
             return self._paced(self._pacing.unusable(verdict.error, now))
         if isinstance(verdict, Misdirected):
@@ -141,7 +145,7 @@ class PollDecider:
     def on_error(self, error: TransportError, now: float) -> Step:
         """No answer: a timeout, a refused or dropped connection, a broken response."""
         self._check_running()
-        return self._paced(self._pacing.unusable(error, now))
+        return self._paced(self._pacing.unusable(error, now), busy=True)
 
     def on_token_error(self, error: BaseException, now: float) -> Step:
         """The caller's token callable raised (or returned a non-token)."""
@@ -154,8 +158,8 @@ class PollDecider:
         if self._pacing.over:
             raise RuntimeError("the poller already finished or failed")
 
-    def _paced(self, outcome: Outcome) -> Step:
-        return Step(outcome.next, health=outcome.health)
+    def _paced(self, outcome: Outcome, busy: bool = False) -> Step:
+        return Step(outcome.next, health=outcome.health, busy=busy)
 
     def _got(self, details: OrderDetails, now: float) -> Step:
         self._not_found_since = None

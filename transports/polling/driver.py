@@ -49,8 +49,10 @@ async def poll_order(
     reported as ``FAILED`` and then raised (``TokenRejected``,
     ``OrderNotFound``, ``ServiceUnavailable`` or ``ProtocolError``).
     Cancelling the call stops polling and reports ``STOPPED``.  ``answered()`` is
-    called once the first request has its answer (or failed): a caller starting
-    many pollers lets the next one start then.
+    called once a request has its answer, unless the service said "not now" (a
+    429, a 5xx, no answer: :attr:`Step.busy`): a caller starting many pollers
+    lets the next one start then, so a rate-limited service meets no more first
+    requests than the caller's places until its ``Retry-After`` has passed.
     """
     config = config or PollConfig()
     decider = PollDecider(order_id, config, random or _random.Random().random)
@@ -73,7 +75,7 @@ async def poll_order(
                 if isinstance(action, Fail):
                     raise action.error
                 current_token, step = await ask(decider, action, current_token, token, get)
-                if answered is not None:
+                if answered is not None and not step.busy:
                     answered()
                     answered = None
     except anyio.get_cancelled_exc_class():
