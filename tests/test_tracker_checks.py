@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -68,7 +71,7 @@ async def test_orders_waiting_for_their_check_hold_no_task_each(emu: Emulator) -
     queue, and the tasks alive stay bounded however many orders wait."""
     user = await emu.create_user()
     orders = [await emu.create_order(user) for _ in range(STARTING_AT_ONCE + 300)]
-    await emu.get_order_fault("slow", delay=2.0)
+    await emu.get_order_fault("slow", delay=1.0)
     async with emulator_tracker(emu, user, fetch_details=False) as tracker:
         before = len(anyio.get_running_tasks())
         for order_id in orders:
@@ -146,3 +149,58 @@ async def test_a_rate_limited_xsolla_gets_a_few_first_requests_per_retry_after(
     # Before any Retry-After (2 s) can have passed, read from the emulator's clock.
     early = [o for o, times in asked.items() if times[0] < first + 1.5]
     assert 0 < len(early) <= STARTING_AT_ONCE, len(early)
+
+
+def asked_since(asked: dict[int, list[float]], since: float) -> dict[int, float]:
+    """Each order's first Get order at or after ``since``, for those asked since."""
+    return {
+        o: later[0] for o, times in asked.items() if (later := [t for t in times if t >= since])
+    }
+
+
+async def test_an_order_the_app_tracks_during_a_resume_is_asked_before_the_resumed_ones(
+    emu: Emulator, tmp_path: Path
+) -> None:
+    """A restart resuming thousands of orders while Xsolla answers slowly must not keep
+    a player who buys now waiting for all of them: the app's own order takes the first
+    place that frees, ahead of every resumed order still queued."""
+    user = await emu.create_user()
+    resumed = [await emu.create_order(user) for _ in range(3 * STARTING_AT_ONCE)]
+    journal = str(tmp_path / "journal.sqlite3")
+    options: dict[str, Any] = {
+        "journal": journal,
+        "instance": "shop-1",
+        "transports": ("polling",),
+        "fetch_details": False,
+        "token_for": lambda order_id, user_id: user.token,
+    }
+    async with emulator_tracker(emu, user, **options) as before:
+        for order_id in resumed:
+            before.track(order_id)
+        with anyio.fail_after(30):
+            while not all((await requests_for(emu, resumed)).values()):  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+    await emu.get_order_fault("slow", delay=1.0)
+    since = time.time()  # the emulator's clock: the requests of the restart, after this
+    bought = await emu.create_order(user)
+    async with emulator_tracker(emu, user, **options) as after:  # takes back its own orders
+        with anyio.fail_after(30):
+            while len(asked_since(await requests_for(emu, resumed), since)) < STARTING_AT_ONCE:  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        tracked_at = time.time()
+        after.track(bought)
+        with anyio.fail_after(30):
+            while not (await requests_for(emu, [bought]))[bought]:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        await emu.clear_faults()
+        with anyio.fail_after(30):
+            while len(asked := asked_since(await requests_for(emu, resumed), since)) < len(resumed):  # noqa: ASYNC110
+                await anyio.sleep(0.05)  # every order taken back, and asked
+        first = (await requests_for(emu, [bought]))[bought][0]
+        await emu.set_status(bought, "canceled")
+        assert (await after.wait(bought)).status is Status.CANCELED
+    # Resumed orders still queued when the app tracked its own, asked before it: some of
+    # the wave it joined at most (trio runs the tasks a freed wave starts in an order of
+    # its own); behind every queued resumed order, both later waves (128) would be.
+    ahead = [o for o, at in asked.items() if tracked_at <= at < first]
+    assert len(ahead) < STARTING_AT_ONCE, len(ahead)
