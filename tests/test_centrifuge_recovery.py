@@ -12,6 +12,7 @@ from transports.centrifuge import (
     CentrifugeEngine,
     EngineConfig,
     Event,
+    Failed,
     Gap,
     Ignored,
     OrderPublication,
@@ -21,6 +22,7 @@ from transports.centrifuge import (
     Unsubscribed,
 )
 from transports.centrifuge.channels import order_event
+from transports.centrifuge.errors import InvalidToken
 from transports.centrifuge.testing import (
     batch,
     commands,
@@ -199,6 +201,32 @@ def test_history_token_expired_reconnects_with_a_refresh() -> None:
     s.connect(subs={CH: sub_result(epoch="e")})
     [end] = s.receive(error_reply(s.history_request()["id"], 109, "token expired"))
     assert isinstance(end, Reconnecting) and end.token_expired
+
+
+def test_a_server_that_refuses_every_history_read_for_the_token_is_given_up_on() -> None:
+    """Connect accepted, every history read answered 109: a fresh token each time, and
+    the count of refusals reset by every accepted connect, had the client fetch a token
+    and reconnect every second, for good.  Refusals count until the connection catches
+    up: after ``token_refreshes`` (1) the WebSocket stops, and the order falls back on
+    polling."""
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="e")})
+    [first] = s.receive(error_reply(s.history_request()["id"], 109, "token expired"))
+    assert isinstance(first, Reconnecting) and first.token_expired
+    s.connect(subs={CH: sub_result(epoch="e")})
+    [second] = s.receive(error_reply(s.history_request()["id"], 109, "token expired"))
+    assert isinstance(second, Failed) and isinstance(second.error, InvalidToken)
+
+
+def test_a_history_refusal_once_caught_up_is_refreshed_again() -> None:
+    """The refusals are in a row: a connection that caught up in between proved the
+    token, so a token that expires later is refreshed, not taken for a bad one."""
+    s = Session()
+    for _ in range(3):
+        s.live()
+        s.receive(subscribe_push(CH, sub_result(epoch="e", offset=2)))
+        [end] = s.receive(error_reply(s.history_request()["id"], 109, "token expired"))
+        assert isinstance(end, Reconnecting) and end.token_expired
 
 
 def test_error_112_resets_and_rereads_from_the_start() -> None:

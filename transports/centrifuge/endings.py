@@ -57,39 +57,60 @@ def connect_error(
 ) -> tuple[Ending, int]:
     """After an error reply to connect the connection is unusable: retry or stop.
 
-    ``token_failures`` counts attempts refused for the token since the last
-    success; it comes back updated.  Past ``token_refreshes`` of them a new
-    token is not going to help, so the client stops.
+    ``token_failures`` counts the 109s (connect's and history's, see
+    :func:`refused_token`) since the connection last caught up; it comes back
+    updated.
     """
     code, message = reply.code, reply.message
     error: TransportError = ReplyError(code, message, temporary=reply.temporary)
     action = codes.error_action(code, reply.temporary)
     if action is ErrorAction.REFRESH_TOKEN:
-        token_failures += 1
-        if token_failures <= token_refreshes:
-            return token_expired(reply), token_failures
-    elif action is ErrorAction.RETRY:
+        return refused_token(reply, token_failures, token_refreshes)
+    if action is ErrorAction.RETRY:
         return Ending(code, message, error, reconnect=True), token_failures
-    if code in (codes.UNAUTHORIZED, codes.TOKEN_EXPIRED):
+    if code == codes.UNAUTHORIZED:
         error = InvalidToken(code, message)
     return Ending(code, message, error), token_failures
 
 
+def refused_token(
+    reply: ErrorReply, token_failures: int, token_refreshes: int
+) -> tuple[Ending, int]:
+    """A 109 "token expired", to connect or to a history read: reconnect with a fresh
+    token, until ``token_refreshes`` of them in a row; past that a new token is not
+    going to help, and the client stops.  In a row means since the connection last
+    caught up, not since it last connected: a server that takes the token at
+    connect and refuses it for history would otherwise have the client fetch a
+    token and reconnect every second, for good."""
+    token_failures += 1
+    if token_failures <= token_refreshes:
+        return token_expired(reply), token_failures
+    refused = InvalidToken(reply.code, reply.message)
+    return Ending(reply.code, reply.message, refused), token_failures
+
+
 def history_error(
-    ch: Channel, reply: ErrorReply, now: float, delay: Callable[[int], float]
-) -> Ending | list[Event]:
+    ch: Channel,
+    reply: ErrorReply,
+    now: float,
+    delay: Callable[[int], float],
+    token_failures: int,
+    token_refreshes: int,
+) -> tuple[Ending | list[Event], int]:
     """An error reply to ``ch``'s history read: the connection ends only when the
-    token has to be refreshed; otherwise the read is retried after ``delay``
-    (by the channel's failure count) or the channel gives up on recovering."""
+    token has to be refreshed (:func:`refused_token`); otherwise the read is retried
+    after ``delay`` (by the channel's failure count) or the channel gives up on
+    recovering.  ``token_failures`` comes back updated, as from :func:`connect_error`."""
     action = codes.error_action(reply.code, reply.temporary)
     if action is ErrorAction.REFRESH_TOKEN:
-        return token_expired(reply)
+        return refused_token(reply, token_failures, token_refreshes)
     if action is ErrorAction.RETRY:
         ch.retry_history(now + delay(ch.failures))
-        return []
+        return [], token_failures
     if reply.code == codes.UNRECOVERABLE_POSITION:
-        return ch.on_unrecoverable(now)
-    return ch.on_history_unavailable(f"history not available: {reply.code} {reply.message}", now)
+        return ch.on_unrecoverable(now), token_failures
+    unavailable = f"history not available: {reply.code} {reply.message}"
+    return ch.on_history_unavailable(unavailable, now), token_failures
 
 
 def bad_protocol(exc: CentrifugeProtocolError) -> Ending:

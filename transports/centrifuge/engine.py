@@ -298,7 +298,10 @@ class CentrifugeEngine:
         if ch is None:
             return [Ignored(now, f"reply to unknown or abandoned command {message.id}")]
         if isinstance(message, ErrorReply):
-            outcome = endings.history_error(ch, message, now, self._delays.retry)
+            outcome, self._token_failures = endings.history_error(
+                ch, message, now, self._delays.retry, self._token_failures,
+                self.config.token_refreshes,
+            )  # fmt: skip
             return outcome if isinstance(outcome, list) else self._end(now, outcome)
         if isinstance(message, HistoryReply):
             return ch.on_history(message.result, now)
@@ -317,7 +320,6 @@ class CentrifugeEngine:
 
     def _connected(self, result: ConnectResult, now: float) -> list[Event]:
         self.state = State.CONNECTED
-        self._token_failures = 0
         self._delays.connected()
         self._pong = result.pong
         slack = self.config.max_server_ping_delay
@@ -339,6 +341,7 @@ class CentrifugeEngine:
         )
         if live and not self._caught_up:
             self._caught_up = True
+            self._token_failures = 0  # the token worked for everything: 109s in a row end
             if self._up_since is None:
                 self._up_since = now
             return [CaughtUp(now)]
