@@ -44,11 +44,16 @@ async def test_a_webhook_after_the_deadline_turns_the_timeout_into_its_result() 
             await emu.configure_webhooks(url)
             with pytest.raises(TrackingTimeout):
                 await tracker.wait(order_id)
+            assert tracker.stats().timed_out == 1
             await emu.get_order_fault("slow", delay=0.3, order_id=order_id)
             await emu.pay(order_id)
             await eventually(lambda: tracker.status(order_id) is Status.PAID)
             result = await tracker.wait(order_id)
+            stats = tracker.stats()
     assert result.status is Status.PAID and result.source == "webhook" and result.succeeded
+    # Counted once, as what it is now: a paid order, not a timeout.
+    assert stats.timed_out == 0 and stats.settled == {"succeeded": 1}
+    assert stats.orders_tracked == 1 and stats.orders_active == 0
     assert result.details is not None and result.details.status == "paid"
 
 

@@ -118,6 +118,16 @@ class TrackerCounters:
             except Exception:
                 _listener_failed(order_id)
 
+    def order_settled_late(self, was: str, label: str) -> None:
+        """An order counted as ended unsettled (``was``: timed out, say) settled after
+        all (an ``order_paid`` Xsolla retried for hours): it counts as settled now, once,
+        so a dashboard does not show a paid order as a timeout.  Its span, ended
+        already, is left as it was."""
+        self.unsettled[was] -= 1
+        if not self.unsettled[was]:
+            del self.unsettled[was]
+        self.settled[label] += 1
+
     def snapshot(self, websocket: WebSocketStats | None) -> TrackerStats:
         return TrackerStats(
             orders_tracked=self.tracked,
