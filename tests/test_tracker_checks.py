@@ -180,7 +180,9 @@ async def test_an_order_the_app_tracks_during_a_resume_is_asked_before_the_resum
         with anyio.fail_after(30):
             while not all((await requests_for(emu, resumed)).values()):  # noqa: ASYNC110
                 await anyio.sleep(0.05)
-    await emu.get_order_fault("slow", delay=1.0)
+    # Each wave of answers 2 s away: time enough, on a loaded machine, for the app's
+    # order to be queued before the first wave frees its places.
+    await emu.get_order_fault("slow", delay=2.0)
     since = time.time()  # the emulator's clock: the requests of the restart, after this
     bought = await emu.create_order(user)
     async with emulator_tracker(emu, user, **options) as after:  # takes back its own orders
