@@ -71,7 +71,7 @@ async def test_orders_waiting_for_their_check_hold_no_task_each(emu: Emulator) -
     queue, and the tasks alive stay bounded however many orders wait."""
     user = await emu.create_user()
     orders = [await emu.create_order(user) for _ in range(STARTING_AT_ONCE + 300)]
-    await emu.get_order_fault("slow", delay=1.0)
+    await emu.get_order_fault("slow", delay=2.0)
     async with emulator_tracker(emu, user, fetch_details=False) as tracker:
         before = len(anyio.get_running_tasks())
         for order_id in orders:
@@ -86,8 +86,9 @@ async def test_orders_waiting_for_their_check_hold_no_task_each(emu: Emulator) -
 
 
 async def test_a_check_backing_off_gives_its_place_to_the_next_order(emu: Emulator) -> None:
-    """Orders whose Get order keeps failing (here: unknown ids, asked again through
-    their not-found grace) must not hold back the first look at the others."""
+    """Orders whose Get order keeps failing for a reason of their own (here: unknown
+    ids, asked again through their not-found grace) must not hold back the first look
+    at the others."""
     user = await emu.create_user()
     unknown = [10_000_000 + n for n in range(STARTING_AT_ONCE)]
     real = await emu.create_order(user)
@@ -131,12 +132,14 @@ async def test_a_rate_limited_xsolla_gets_a_few_first_requests_per_retry_after(
     """Xsolla answering 429 to every Get order: a first request gave its place back at
     its 429, so the next order's started at once, and ten thousand orders sent ten
     thousand requests within a second, each told to wait.  A 429 now keeps its place
-    through its Retry-After: no more first requests than places until it has passed,
-    checks (beside the WebSocket) and pollers' first polls alike."""
+    through its first Retry-After: no more first requests than places until it has
+    passed, checks (beside the WebSocket) and pollers' first polls alike."""
     user = await emu.create_user()
     orders = [await emu.create_order(user) for _ in range(2 * STARTING_AT_ONCE + 20)]
-    await emu.get_order_fault("rate_limit", retry_after=2, seconds=1.0)
     async with emulator_tracker(emu, user, fetch_details=False, transports=transports) as tracker:
+        # Every answer a 429 until the first wave's retries are due (Retry-After 2 s):
+        # a first request answered 200 (a slow host's late one) would free its place.
+        await emu.get_order_fault("rate_limit", retry_after=2, seconds=3.0)
         for order_id in orders:
             tracker.track(order_id)
         with anyio.fail_after(30):
@@ -206,3 +209,33 @@ async def test_an_order_the_app_tracks_during_a_resume_is_asked_before_the_resum
     # its own); behind every queued resumed order, both later waves (128) would be.
     ahead = [o for o, at in asked.items() if tracked_at <= at < first]
     assert len(ahead) < STARTING_AT_ONCE, len(ahead)
+
+
+@pytest.mark.parametrize("transports", [("websocket", "polling"), ("polling",)])
+async def test_orders_whose_own_get_order_keeps_failing_hold_back_others_one_pause_at_most(
+    emu: Emulator, transports: tuple[str, ...]
+) -> None:
+    """A place kept through a 429's pause must not be kept for an order's life: 64
+    orders each answered 500 for good (their own trouble, not Xsolla's) took every
+    place, and a healthy order tracked next got no Get order at all (found by review).
+    Each keeps its place for one pause (a second of backoff here), then lets others go."""
+    user = await emu.create_user()
+    failing = [await emu.create_order(user) for _ in range(STARTING_AT_ONCE)]
+    for order_id in failing:
+        await emu.get_order_fault("error", status=500, order_id=order_id)
+    healthy = await emu.create_order(user)
+    policy = DefaultPolicy(poll_interval=0.5, deadline=None)
+    async with emulator_tracker(
+        emu, user, transports=transports, policy=policy, fetch_details=False
+    ) as tracker:
+        for order_id in failing:
+            tracker.track(order_id)
+        with anyio.fail_after(30):
+            while len([t for t in (await requests_for(emu, failing)).values() if t]) < len(failing):  # noqa: ASYNC110
+                await anyio.sleep(0.05)  # every place taken by an order answered 500
+        tracker.track(healthy)
+        with anyio.fail_after(10):  # behind held places, it waited for good
+            while not (await requests_for(emu, [healthy]))[healthy]:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        await emu.set_status(healthy, "canceled")
+        assert (await tracker.wait(healthy)).status is Status.CANCELED

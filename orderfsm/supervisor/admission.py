@@ -10,9 +10,11 @@ entries, not as tasks (ten thousand waiting tasks were some 60 MB).  A place
 is given back at the first answer, or at the first pause for a trouble of the
 order's own (a 404 before the order shows, its user's token); after that,
 requests are paced by their own answers and intervals, so they stay spread
-out.  A 429, a 5xx or no answer at all keeps the place through its pause: the
-next order's first request would meet the same trouble, so a rate-limited
-Xsolla gets ``places`` first requests per ``Retry-After``, not one per order.
+out.  A 429, a 5xx or no answer at all keeps the place through its first pause
+(given back at the next answer, whatever it is): the next order's first
+request would most likely meet the same trouble, so a rate-limited Xsolla
+gets ``places`` first requests per ``Retry-After``, not one per order; and an
+order whose own requests keep failing holds back the others for one pause only.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from orderfsm.core import Observation
-from orderfsm.errors import OrderFsmError, OrderNotFound, TokenRejected
+from orderfsm.errors import OrderFsmError, OrderNotFound, ProtocolError, TokenRejected
 from orderfsm.interface import POLLING, Health, HealthReport
 from orderfsm.supervisor.admission import Admission, Place
 
@@ -37,10 +37,11 @@ CHECK_RETRY_AFTER_MAX = 300.0
 asleep keeps every later doubt about the order from being checked."""
 CHECKS_AT_ONCE = 32
 """Get order checks in flight at once that hold no place among the starting orders
-(:mod:`orderfsm.supervisor.admission`): retries after a failure, an expired order's
-last look.  Ten thousand orders whose Get order failed at once would otherwise
-retry as ten thousand requests at once: a herd for Xsolla's API, and over a million
-objects of half-done requests for our garbage collector to walk."""
+(:mod:`orderfsm.supervisor.admission`): retries after a failure (but the first retry
+after a 429, a 5xx or no answer, which keeps its place), an expired order's last
+look.  Ten thousand orders whose Get order failed at once would otherwise retry as
+ten thousand requests at once: a herd for Xsolla's API, and over a million objects
+of half-done requests for our garbage collector to walk."""
 LOOK_ARRIVES = 1.0
 """Seconds, beyond the owner's ``details_timeout``, a follower gives the owner's last
 look of an expired order to reach it through the journal."""
@@ -133,14 +134,19 @@ class GetOrderChecks:
         from transports.polling import UnexpectedAnswer, fetch_order
 
         delay = CHECK_RETRY_MIN
+        held = False
 
         async def pause(seconds: float, hold: bool = False) -> None:
-            """``hold``: the service's own trouble, which the next order's first request
-            would meet as well: the place stays taken until this one asks again, so
-            ten thousand checks under a 429 send a place's worth per Retry-After, not
-            one each.  Otherwise a check that backs off holds back no other order."""
-            if place is not None and not hold:
+            """``hold``: the service's own trouble (a 429, a 5xx, no answer), which the
+            next order's first request would meet as well: the place stays taken
+            through this first pause, so ten thousand checks under a 429 send a place's
+            worth per Retry-After, not one each.  Only one pause: trouble that is the
+            order's own (a 500 for this order alone) must not hold back others for
+            longer.  Otherwise a check that backs off holds back no other order."""
+            nonlocal held
+            if place is not None and (held or not hold):
                 place.give_back()
+            held = held or hold
             await anyio.sleep(seconds)
 
         self._counters.checks += 1
@@ -154,8 +160,9 @@ class GetOrderChecks:
                 try:
                     # The token first, outside the slots shared with every other
                     # order: a slow token callable must not hold one.  A first try
-                    # is bounded by its place among the starting orders already;
-                    # the slots bound the retries (and last looks), which have none.
+                    # is bounded by its place among the starting orders already (and
+                    # so is the retry after a first pause for the service's trouble);
+                    # the slots bound the other retries and last looks, which have none.
                     token = first_then(await get_token(order.user.token), order.user.token)
                     slot = nullcontext() if place is not None and place.held else None
                     async with slot or self._checks_at_once:
@@ -198,7 +205,9 @@ class GetOrderChecks:
                     # A 429 or 5xx's Retry-After is honoured, as the poller does: after a
                     # host sleep, thousands of checks would ignore a rate limit at once.
                     asked = exc.retry_after if isinstance(exc, ServerError) else None
-                    await pause(max(delay, min(asked or 0.0, CHECK_RETRY_AFTER_MAX)), hold=True)
+                    # A malformed answer is more likely the order's own trouble than Xsolla's.
+                    busy = not isinstance(exc, ProtocolError)
+                    await pause(max(delay, min(asked or 0.0, CHECK_RETRY_AFTER_MAX)), hold=busy)
                     delay = min(2 * delay, CHECK_RETRY_MAX)
                     continue
                 except Exception:  # a bug (ours, or an app's HttpClient): this check only

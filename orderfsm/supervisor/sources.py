@@ -63,7 +63,8 @@ class RunsSources:
         self, order: TrackedOrder, interval: float, scope: anyio.CancelScope, place: Place | None
     ) -> None:
         """Poll until settled (or cancelled); ``place``, a first request's among those
-        starting, is given back at its answer."""
+        starting, is given back at its answer (after a 429, a 5xx or no answer, at the
+        next one's: :func:`~transports.polling.poll_order`'s ``answered``)."""
         from transports.polling import PollConfig, poll_order
 
         healthy = order.websocket is Health.HEALTHY

@@ -90,8 +90,9 @@ class Step:
     warning: str | None = None
     """Something worth logging that changes nothing (an unknown status)."""
     busy: bool = False
-    """The service said "not now" (429, a 5xx) or did not answer: trouble of the
-    service, or of the way to it, that every order's request meets alike."""
+    """The service said "not now" (429, 5xx, 408, 409, 422, 425) or did not answer:
+    most likely trouble of the service, or of the way to it, that the next order's
+    request would meet as well."""
 
 
 class PollDecider:

@@ -49,15 +49,18 @@ async def poll_order(
     reported as ``FAILED`` and then raised (``TokenRejected``,
     ``OrderNotFound``, ``ServiceUnavailable`` or ``ProtocolError``).
     Cancelling the call stops polling and reports ``STOPPED``.  ``answered()`` is
-    called once a request has its answer, unless the service said "not now" (a
-    429, a 5xx, no answer: :attr:`Step.busy`): a caller starting many pollers
-    lets the next one start then, so a rate-limited service meets no more first
-    requests than the caller's places until its ``Retry-After`` has passed.
+    called once the first request has its answer, or, when the service said "not
+    now" to it (:attr:`Step.busy`), once the request after that pause has its own:
+    a caller starting many pollers lets the next one start then, so a
+    rate-limited service meets no more first requests than the caller's places
+    within a ``Retry-After``, and an order whose own requests keep failing holds
+    its place for one pause only.
     """
     config = config or PollConfig()
     decider = PollDecider(order_id, config, random or _random.Random().random)
     url = order_url(api, project_id, order_id)
     current_token: str | None = None
+    held = False
     try:
         async with client_for(http) as client:
 
@@ -75,9 +78,12 @@ async def poll_order(
                 if isinstance(action, Fail):
                     raise action.error
                 current_token, step = await ask(decider, action, current_token, token, get)
-                if answered is not None and not step.busy:
-                    answered()
-                    answered = None
+                if answered is not None:
+                    if step.busy and not held:
+                        held = True  # the service's own trouble: the place waits out one pause
+                    else:
+                        answered()
+                        answered = None
     except anyio.get_cancelled_exc_class():
         report_cancelled(sink, POLLING, decider.health)
         raise
