@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from orderfsm.core import Status
+from orderfsm.errors import TokenRejected
 from transports.centrifuge import (
     CaughtUp,
     CentrifugeEngine,
@@ -22,7 +23,7 @@ from transports.centrifuge import (
     Unsubscribed,
 )
 from transports.centrifuge.channels import order_event
-from transports.centrifuge.errors import InvalidToken
+from transports.centrifuge.errors import InvalidToken, ReplyError
 from transports.centrifuge.testing import (
     batch,
     commands,
@@ -215,6 +216,21 @@ def test_a_server_that_refuses_every_history_read_for_the_token_is_given_up_on()
     assert isinstance(first, Reconnecting) and first.token_expired
     s.connect(subs={CH: sub_result(epoch="e")})
     [second] = s.receive(error_reply(s.history_request()["id"], 109, "token expired"))
+    assert isinstance(second, Failed) and isinstance(second.error, ReplyError)
+    # Connect took the token: not a token rejection, which would tell the tracker that a
+    # 404 from Get order means a wrong project id and stop the order.
+    assert not isinstance(second.error, TokenRejected) and second.error.code == 109
+
+
+def test_a_connect_refusal_after_a_history_refusal_is_a_rejected_token() -> None:
+    """Refused for history, then at connect with the fresh token: two in a row, the last
+    at connect, where a refusal is the token's (``InvalidToken``)."""
+    s = Session()
+    s.connect(subs={CH: sub_result(epoch="e")})
+    [first] = s.receive(error_reply(s.history_request()["id"], 109, "token expired"))
+    assert isinstance(first, Reconnecting) and first.token_expired
+    s.connect_id = s.connect_command()["id"]
+    [second] = s.receive(error_reply(s.connect_id, 109, "token expired"))
     assert isinstance(second, Failed) and isinstance(second.error, InvalidToken)
 
 

@@ -103,7 +103,14 @@ def history_error(
     recovering.  ``token_failures`` comes back updated, as from :func:`connect_error`."""
     action = codes.error_action(reply.code, reply.temporary)
     if action is ErrorAction.REFRESH_TOKEN:
-        return refused_token(reply, token_failures, token_refreshes)
+        ending, token_failures = refused_token(reply, token_failures, token_refreshes)
+        if not ending.reconnect:
+            # Connect took this token: the project and the token are right, the server
+            # will not serve history with it.  Not an InvalidToken, which tells the
+            # tracker that a 404 from Get order means a wrong project id.
+            refused = ReplyError(reply.code, reply.message, temporary=False)
+            ending = attrs.evolve(ending, error=refused)
+        return ending, token_failures
     if action is ErrorAction.RETRY:
         ch.retry_history(now + delay(ch.failures))
         return [], token_failures

@@ -56,8 +56,9 @@ class ReplyError(TransportError):
 
 
 class InvalidToken(TokenRejected):
-    """The server rejected the user token for good (close 3500, error 101, or 109 again
-    right after a refresh)."""
+    """The server rejected the user token for good: close 3500, error 101, or a 109 to
+    connect after ``token_refreshes`` of them (to connect or to a history read) since
+    the connection last caught up."""
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(f"token rejected: code {code} ({reason or 'no reason'})")
