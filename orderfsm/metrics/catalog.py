@@ -70,6 +70,16 @@ TRACKER: tuple[MetricSpec[TrackerStats], ...] = (
         "{order}",
     ),
     MetricSpec(
+        "orders_settled_late",
+        "counter",
+        "Orders whose tracking ended unsettled that settled after all, by outcome"
+        " (each also in orders_settled and orders_unsettled).",
+        lambda s: s.settled_late,
+        "outcome",
+        OUTCOMES,
+        "{order}",
+    ),
+    MetricSpec(
         "orders_unsettled",
         "counter",
         "Orders whose tracking ended without a settlement, by reason.",

@@ -82,6 +82,7 @@ class TrackerCounters:
         "listener",
         "polling",
         "settled",
+        "settled_late",
         "tracked",
         "unsettled",
     )
@@ -90,6 +91,7 @@ class TrackerCounters:
         self.tracked = 0
         self.finished = 0
         self.settled: Counter[str] = Counter()
+        self.settled_late: Counter[str] = Counter()
         self.unsettled: Counter[str] = Counter()
         self.changes: Counter[str] = Counter()
         self.conflicts = 0
@@ -118,15 +120,13 @@ class TrackerCounters:
             except Exception:
                 _listener_failed(order_id)
 
-    def order_settled_late(self, was: str, label: str) -> None:
-        """An order counted as ended unsettled (``was``: timed out, say) settled after
-        all (an ``order_paid`` Xsolla retried for hours): it counts as settled now, once,
-        so a dashboard does not show a paid order as a timeout.  Its span, ended
-        already, is left as it was."""
-        self.unsettled[was] -= 1
-        if not self.unsettled[was]:
-            del self.unsettled[was]
+    def order_settled_late(self, label: str) -> None:
+        """An order already counted as ended unsettled (timed out, say) settled after
+        all (an ``order_paid`` Xsolla retried for hours): counted as settled too, and as
+        settled late.  Its unsettled count stays: the exporters publish these as
+        counters, which must never go down.  Its span, ended already, is left as is."""
         self.settled[label] += 1
+        self.settled_late[label] += 1
 
     def snapshot(self, websocket: WebSocketStats | None) -> TrackerStats:
         return TrackerStats(
@@ -141,6 +141,7 @@ class TrackerCounters:
             get_order=dict(self.get_order),
             host_sleeps=self.host_sleeps,
             websocket=websocket,
+            settled_late=dict(self.settled_late),
         )
 
 

@@ -50,6 +50,10 @@ class TrackerStats:
     """Times the host was noticed waking from a sleep."""
     websocket: WebSocketStats | None
     """The WebSocket connections (one per user), when the WebSocket transport is on."""
+    settled_late: Mapping[str, int] = attrs.field(factory=dict)
+    """Orders counted in ``unsettled`` (a timeout, say) that settled after all (an
+    ``order_paid`` Xsolla retried past the deadline), by outcome; each is in
+    ``settled`` too.  Every count here only grows, as the exporters' counters must."""
 
     @property
     def timed_out(self) -> int:

@@ -176,8 +176,7 @@ class EndsTracking:
         can outlive the deadline by hours.  Until :meth:`settle_late` hands over its
         result, a ``wait()`` waits for it instead of raising the old error."""
         assert self.settled is not None
-        was = "error" if self.error is None else unsettled_reason(self.error)
-        self.counters.order_settled_late(was, _LABELS[self.until][self.settled.status])
+        self.counters.order_settled_late(_LABELS[self.until][self.settled.status])
         self.is_finished, self.error, self._done = False, None, None
 
     def settle_late(self, result: FinalResult) -> None:
