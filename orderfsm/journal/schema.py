@@ -6,7 +6,7 @@ import attrs
 
 from orderfsm.errors import SchemaTooNew
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 4
 """Bumped with every change to the tables; each step from N-1 to N is a migration."""
 
 

@@ -27,6 +27,7 @@ from orderfsm.errors import JournalClosed, JournalOpenFailed, JournalUnavailable
 from orderfsm.journal import SCHEMA_VERSION, JournalSettings, PostgresConfig, schema_plan
 from transports.journal import postgres_batch as batch
 from transports.journal.postgres_session import BatchConnection
+from transports.journal.postgres_tuning import tune
 from transports.journal.sql_schema import migrations
 
 logger = logging.getLogger("orderfsm.journal")
@@ -159,16 +160,16 @@ class PostgresPools:
                 version = connection.execute("SELECT version FROM orderfsm_schema").fetchone()
                 found = version[0] if version else None
             plan = schema_plan(found)
-            if plan is None:
-                return
-            for step in plan.steps:
-                for statement in MIGRATIONS[step]:
-                    connection.execute(statement)
-            connection.execute(
-                "INSERT INTO orderfsm_schema (id, version) VALUES (1, %s) "
-                "ON CONFLICT (id) DO UPDATE SET version = excluded.version",
-                (SCHEMA_VERSION,),
-            )
+            if plan is not None:
+                for step in plan.steps:
+                    for statement in MIGRATIONS[step]:
+                        connection.execute(statement)
+                connection.execute(
+                    "INSERT INTO orderfsm_schema (id, version) VALUES (1, %s) "
+                    "ON CONFLICT (id) DO UPDATE SET version = excluded.version",
+                    (SCHEMA_VERSION,),
+                )
+            tune(connection)  # last: the lock_timeout it sets holds to the commit
 
     def close(self) -> None:
         self.closed = True

@@ -88,49 +88,14 @@ _ORDERS = [
 ]
 
 
-STATISTICS_TARGET = 10
-"""PostgreSQL's statistics target for every column of the journal's tables (default 100).
-
-ANALYZE samples 300 rows per unit of the largest target among a table's columns.
-The journal's tables grow by thousands of rows a second on a new fleet, so
-autovacuum analyzes them every second or two (after each 10% of growth), and at
-the default each pass read up to 30,000 rows, raw bodies included: 2 s of the
-server's CPU in 50 s of a benchmark, all in the seconds of its 500/s run, which
-took its p99 from 6 to 25 ms on a 2-core host.  The journal's reads are by key,
-order id or time, on indexes over near-uniform values, which ten buckets
-describe as well as a hundred: 3,000 rows a pass, a tenth of the work."""
-
-
-ANALYZED_TABLES = ("orderfsm_claims", "orderfsm_deliveries", "orderfsm_orders", "orderfsm_changes")
-"""The tables that grow with the traffic (``orderfsm_schema`` has one row)."""
-
-
-def statistics_migration(dialect: str) -> list[str]:
-    """Schema version 5: :data:`STATISTICS_TARGET` on every column of the journal's tables
-    (PostgreSQL only; SQLite analyzes only when asked).  A column added by a later
-    version must set it too, or its default raises the sample again
-    (``tests/test_journal_store.py`` checks every column)."""
-    if dialect != "postgresql":
-        return []
-    tables = ", ".join(f"'{t}'::regclass" for t in ANALYZED_TABLES)
-    return [
-        "DO $$ DECLARE c record; BEGIN"
-        f" FOR c IN SELECT attrelid::regclass AS t, attname FROM pg_attribute"
-        f" WHERE attrelid IN ({tables}) AND attnum > 0 AND NOT attisdropped LOOP"
-        " EXECUTE format('ALTER TABLE %s ALTER COLUMN %I SET STATISTICS"
-        f" {STATISTICS_TARGET}', c.t, c.attname);"
-        " END LOOP; END $$"
-    ]
-
-
 def migrations(dialect: str) -> dict[int, list[str]]:
     """Each schema version's statements, in ``sqlite`` or ``postgresql`` types.
 
     Version 1: claims and deliveries (the webhook inbox); version 2: orders and
     their changes (the fleet tracker); version 3: how far each order's ``on_settled``
     calls were made (:mod:`transports.journal.settled_sql`); version 4: which orders owe
-    an expired call (``lapse_owed``) and its index; version 5: a smaller statistics
-    sample on PostgreSQL (:func:`statistics_migration`).
+    an expired call (``lapse_owed``) and its index.  (PostgreSQL's statistics sample
+    is tuning, not a version: :mod:`transports.journal.postgres_tuning`.)
     """
     types = _TYPES[dialect]
     return {
@@ -138,5 +103,4 @@ def migrations(dialect: str) -> dict[int, list[str]]:
         2: [statement.format(**types) for statement in _ORDERS],
         3: settled_migration(dialect),
         4: lapse_migration(dialect),
-        5: statistics_migration(dialect),
     }
