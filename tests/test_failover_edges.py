@@ -17,6 +17,7 @@ from orderfsm.core import Observation
 from orderfsm.errors import TrackingTimeout, TransportError
 from orderfsm.interface import Health, HealthReport
 from orderfsm.supervisor.policy import DefaultPolicy
+from orderfsm.supervisor.records import FinalResult
 from orderfsm.testing import eventually
 from transports.emulator import Emulator, User
 from transports.http import HttpClient, HttpResponse, open_http_client
@@ -56,6 +57,40 @@ async def test_a_webhook_after_the_deadline_turns_the_timeout_into_its_result() 
     assert stats.settled == {"succeeded": 1} and stats.settled_late == {"succeeded": 1}
     assert stats.timed_out == 1 and stats.orders_tracked == 1 and stats.orders_active == 0
     assert result.details is not None and result.details.status == "paid"
+
+
+async def test_a_tracker_closing_while_a_late_settlement_s_details_come_counts_it_once() -> None:
+    """An order timed out, then paid (a webhook Xsolla retried), and the tracker closes
+    while its details are on their way: the waiter gets ``paid``, and the order is
+    finished and settled once in ``stats()`` (it was counted twice: found by review)."""
+    async with Emulator(ping_interval=0) as emu:
+        user = await emu.create_user()
+        order_id = await emu.create_order(user)
+        tracker = Tracker(
+            project_id=emu.project_id, token=user.token, api_url=emu.api_url,
+            transports=("webhook",), until="paid", policy=DefaultPolicy(deadline=0.5),
+        )  # fmt: skip
+        receiver = WebhookReceiver(emu.secret, sink=tracker)
+        results: list[FinalResult] = []
+
+        async def waiting() -> None:
+            results.append(await tracker.wait(order_id))
+
+        async with serve_receiver(receiver) as url, anyio.create_task_group() as tg:
+            async with tracker:
+                await emu.configure_webhooks(url)
+                with pytest.raises(TrackingTimeout):
+                    await tracker.wait(order_id)
+                await emu.get_order_fault("slow", delay=5.0, order_id=order_id)
+                await emu.pay(order_id)
+                await eventually(lambda: tracker.status(order_id) is Status.PAID)
+                tg.start_soon(waiting)
+                await anyio.sleep(0.2)  # it waits for the details, which are 5 s away
+            stats = tracker.stats()  # closed with the details on their way
+    [result] = results
+    assert result.status is Status.PAID and result.details is None
+    assert stats.orders_tracked == 1 and stats.orders_active == 0
+    assert stats.settled == {"succeeded": 1} and stats.settled_late == {"succeeded": 1}
 
 
 async def test_forgetting_an_order_while_its_details_come_harms_no_other_order() -> None:

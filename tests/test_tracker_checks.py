@@ -212,17 +212,19 @@ async def test_an_order_the_app_tracks_during_a_resume_is_asked_before_the_resum
 
 
 @pytest.mark.parametrize("transports", [("websocket", "polling"), ("polling",)])
+@pytest.mark.parametrize("fault", ["error", "rate_limit"])
 async def test_orders_whose_own_get_order_keeps_failing_hold_back_others_one_pause_at_most(
-    emu: Emulator, transports: tuple[str, ...]
+    emu: Emulator, transports: tuple[str, ...], fault: str
 ) -> None:
     """A place kept through a 429's pause must not be kept for an order's life: 64
     orders each answered 500 for good (their own trouble, not Xsolla's) took every
     place, and a healthy order tracked next got no Get order at all (found by review).
-    Each keeps its place for one pause (a second of backoff here), then lets others go."""
+    Each keeps its place for one pause (a second of backoff here), then lets others go;
+    and not at all through a Retry-After of an hour (found by the next review)."""
     user = await emu.create_user()
     failing = [await emu.create_order(user) for _ in range(STARTING_AT_ONCE)]
     for order_id in failing:
-        await emu.get_order_fault("error", status=500, order_id=order_id)
+        await emu.get_order_fault(fault, status=500, retry_after=3600, order_id=order_id)
     healthy = await emu.create_order(user)
     policy = DefaultPolicy(poll_interval=0.5, deadline=None)
     async with emulator_tracker(

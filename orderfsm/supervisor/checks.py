@@ -132,6 +132,7 @@ class GetOrderChecks:
         from transports.http.errors import ServerError, TokenProviderFailed
         from transports.http.shell import first_then, get_token
         from transports.polling import UnexpectedAnswer, fetch_order
+        from transports.polling.driver import PLACE_KEPT_AT_MOST
 
         delay = CHECK_RETRY_MIN
         held = False
@@ -144,6 +145,7 @@ class GetOrderChecks:
             order's own (a 500 for this order alone) must not hold back others for
             longer.  Otherwise a check that backs off holds back no other order."""
             nonlocal held
+            hold = hold and seconds <= PLACE_KEPT_AT_MOST  # not through an hour's Retry-After
             if place is not None and (held or not hold):
                 place.give_back()
             held = held or hold

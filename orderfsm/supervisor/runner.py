@@ -159,7 +159,9 @@ class Scheduler(GetOrderChecks, FetchesDetails, RunsSources):
                 continue
             self._end(order)
             closed = TrackerClosed(f"order {order.order_id}: the tracker closed")
-            if order.settled is None:
+            if order.settling_late:  # counted once already: its result, not a second end
+                order.settle_late(order.make_result(closed))
+            elif order.settled is None:
                 order.finish(None, closed)
             else:
                 order.finish(order.make_result(closed), None)

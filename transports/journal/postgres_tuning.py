@@ -14,14 +14,19 @@ Not a schema version: nothing in it changes what a release can read, and a
 version would make the release before refuse to start (a rollback, an old
 instance of a rolling deploy).  Each start under the migration's lock looks
 (one catalog read) and sets what is not set, columns a later version adds
-included; at most a second's wait for a table's lock (an anti-wraparound
-vacuum does not yield) and without the table's ownership it leaves the table
-as it is, with a warning in the server's log: a start is never held up for it.
+included.  It waits at most 3 s for a table's lock (past PostgreSQL's
+``deadlock_timeout``, after which an ordinary autovacuum gives its lock up; an
+anti-wraparound one does not), and without the table's ownership, or on any
+other error, it leaves the tables as they are and logs a warning: a start is
+held up a few seconds at most, and never fails for it.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+logger = logging.getLogger("orderfsm.journal")
 
 STATISTICS_TARGET = 10
 """For every column of :data:`ANALYZED_TABLES` (PostgreSQL's default is 100)."""
@@ -39,7 +44,7 @@ UNTUNED = f"SELECT EXISTS (SELECT 1 {_COLUMNS})"
 
 TUNE = (
     "DO $$ DECLARE t record; BEGIN"
-    " PERFORM set_config('lock_timeout', '1s', true);"
+    " PERFORM set_config('lock_timeout', '3s', true);"
     " FOR t IN SELECT attrelid::regclass AS name, string_agg(format("
     f"'ALTER COLUMN %I SET STATISTICS {STATISTICS_TARGET}', attname), ', ') AS alters"
     f" {_COLUMNS} GROUP BY attrelid LOOP"
@@ -53,8 +58,26 @@ TUNE = (
 
 
 def tune(connection: Any) -> None:
-    """Set the statistics targets not set yet, inside the migration's transaction (its
-    ``lock_timeout`` is the transaction's from here: nothing else follows in it)."""
+    """Set the statistics targets not set yet, at the end of the migration's transaction
+    (its ``lock_timeout`` holds from here to the commit), in a savepoint: whatever goes
+    wrong in it (a statement timeout of the role's, a read-only server) costs the
+    tuning only, never the start."""
+    import psycopg
+
     row = connection.execute(UNTUNED).fetchone()
-    if row is not None and row[0]:
-        connection.execute(TUNE)
+    if row is None or not row[0]:
+        return
+    try:
+        with connection.transaction():
+            connection.execute(TUNE)
+        row = connection.execute(UNTUNED).fetchone()
+        left = "" if row is None or not row[0] else "a table was busy or is not this role's"
+    except psycopg.Error as exc:
+        left = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if left:
+        logger.warning(
+            "the journal's statistics targets are left as they were (%s): autovacuum's "
+            "ANALYZE samples 30,000 rows of them; the next start tries again",
+            left,
+            extra={"event": "journal.tuning_skipped"},
+        )

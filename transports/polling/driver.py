@@ -18,10 +18,14 @@ from orderfsm.interface import POLLING, ObservationSink, TokenProvider
 from transports.http import HttpClient, HttpResponse
 from transports.http.shell import ask, client_for, get_token, report_cancelled, send
 from transports.polling.answers import Got, Rejected, classify
-from transports.polling.decider import Fail, Finish, PollConfig, PollDecider, Step
+from transports.polling.decider import Fail, Finish, PollConfig, PollDecider, Step, Wait
 from transports.polling.order import OrderDetails
 
 DEFAULT_API = "https://store.xsolla.com/api"
+PLACE_KEPT_AT_MOST = 30.0
+"""Seconds a first request's place (``answered``) is kept through the service's "not
+now": a longer ``Retry-After`` (an hour, say) gives it back at once, or 64 orders told
+so would hold back every other order's first request for that long."""
 
 logger = logging.getLogger("orderfsm.polling")
 
@@ -79,7 +83,7 @@ async def poll_order(
                     raise action.error
                 current_token, step = await ask(decider, action, current_token, token, get)
                 if answered is not None:
-                    if step.busy and not held:
+                    if step.busy and not held and _pause(step) <= PLACE_KEPT_AT_MOST:
                         held = True  # the service's own trouble: the place waits out one pause
                     else:
                         answered()
@@ -87,6 +91,12 @@ async def poll_order(
     except anyio.get_cancelled_exc_class():
         report_cancelled(sink, POLLING, decider.health)
         raise
+
+
+def _pause(step: Step) -> float:
+    """Seconds until the request ``step`` asks for next (0 if it asks for none)."""
+    action = step.next
+    return max(action.until - anyio.current_time(), 0.0) if isinstance(action, Wait) else 0.0
 
 
 def _answered(order_id: int, response: HttpResponse) -> None:
