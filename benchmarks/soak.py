@@ -253,7 +253,9 @@ async def _journals(fleet: str | None) -> AsyncIterator[Callable[[int], str] | N
         try:
             yield lambda seed: server.url()
         finally:
-            await anyio.to_thread.run_sync(server.close)
+            # Shielded: a run ending by cancellation left its server up (two seen at once).
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(server.close)
 
 
 async def _one_emulator(
