@@ -180,6 +180,27 @@ def test_transport_errors_back_off_as_degraded() -> None:
     assert isinstance(step.health.error, RequestTimeout)
 
 
+def test_only_the_service_saying_not_now_is_busy() -> None:
+    """``Step.busy`` decides whether a first request's place among the starting orders
+    is kept through its pause (``poll_order``'s ``answered``): the service's "not now"
+    and no answer at all are; an order's own trouble and every good answer are not."""
+    busy = {
+        "429": decider().on_response(error(429, {"Retry-After": "2"}), 1.0),
+        "503": decider().on_response(error(503), 1.0),
+        "500": decider().on_response(error(500), 1.0),
+        "timeout": decider().on_error(RequestTimeout("slow"), 1.0),
+    }
+    assert {name for name, step in busy.items() if not step.busy} == set()
+    own = {
+        "200": decider().on_response(ok("new"), 1.0),
+        "404": decider().on_response(error(404), 1.0),
+        "401": decider().on_response(error(401), 1.0),
+        "malformed 200": decider().on_response(HttpResponse(200, {}, b"{}"), 1.0),
+        "token callable": decider().on_token_error(RuntimeError("down"), 1.0),
+    }
+    assert {name for name, step in own.items() if step.busy} == set()
+
+
 def test_give_up_after_turns_a_long_outage_into_service_unavailable() -> None:
     d = decider(interval=1.0, give_up_after=10.0)
     d.start(0.0)
