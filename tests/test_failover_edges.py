@@ -27,6 +27,29 @@ from transports.webhook import WebhookReceiver, serve_receiver
 pytestmark = pytest.mark.anyio
 
 
+def webhooks_only(emu: Emulator, user: User) -> tuple[Tracker, WebhookReceiver]:
+    """A backend that learns from webhooks alone, with a deadline it will miss."""
+    tracker = Tracker(
+        project_id=emu.project_id, token=user.token, api_url=emu.api_url,
+        transports=("webhook",), until="paid", policy=DefaultPolicy(deadline=0.5),
+    )  # fmt: skip
+    return tracker, WebhookReceiver(emu.secret, sink=tracker)
+
+
+async def time_out_then_pay(
+    emu: Emulator, tracker: Tracker, url: str, order_id: int, details_delay: float
+) -> None:
+    """The order times out; then an ``order_paid`` Xsolla retried gets through, with the
+    order's details ``details_delay`` seconds away."""
+    await emu.configure_webhooks(url)
+    with pytest.raises(TrackingTimeout):
+        await tracker.wait(order_id)
+    assert tracker.stats().timed_out == 1
+    await emu.get_order_fault("slow", delay=details_delay, order_id=order_id)
+    await emu.pay(order_id)
+    await eventually(lambda: tracker.status(order_id) is Status.PAID)
+
+
 async def test_a_webhook_after_the_deadline_turns_the_timeout_into_its_result() -> None:
     """A backend that learns from webhooks alone times out on an order whose endpoint
     was down; Xsolla retries ``order_paid`` for 12 hours, and one gets through later.
@@ -36,19 +59,9 @@ async def test_a_webhook_after_the_deadline_turns_the_timeout_into_its_result() 
     async with Emulator(ping_interval=0) as emu:
         user = await emu.create_user()
         order_id = await emu.create_order(user)
-        tracker = Tracker(
-            project_id=emu.project_id, token=user.token, api_url=emu.api_url,
-            transports=("webhook",), until="paid", policy=DefaultPolicy(deadline=0.5),
-        )  # fmt: skip
-        receiver = WebhookReceiver(emu.secret, sink=tracker)
+        tracker, receiver = webhooks_only(emu, user)
         async with tracker, serve_receiver(receiver) as url:
-            await emu.configure_webhooks(url)
-            with pytest.raises(TrackingTimeout):
-                await tracker.wait(order_id)
-            assert tracker.stats().timed_out == 1
-            await emu.get_order_fault("slow", delay=0.3, order_id=order_id)
-            await emu.pay(order_id)
-            await eventually(lambda: tracker.status(order_id) is Status.PAID)
+            await time_out_then_pay(emu, tracker, url, order_id, details_delay=0.3)
             result = await tracker.wait(order_id)
             stats = tracker.stats()
     assert result.status is Status.PAID and result.source == "webhook" and result.succeeded
@@ -66,11 +79,7 @@ async def test_a_tracker_closing_while_a_late_settlement_s_details_come_counts_i
     async with Emulator(ping_interval=0) as emu:
         user = await emu.create_user()
         order_id = await emu.create_order(user)
-        tracker = Tracker(
-            project_id=emu.project_id, token=user.token, api_url=emu.api_url,
-            transports=("webhook",), until="paid", policy=DefaultPolicy(deadline=0.5),
-        )  # fmt: skip
-        receiver = WebhookReceiver(emu.secret, sink=tracker)
+        tracker, receiver = webhooks_only(emu, user)
         results: list[FinalResult] = []
 
         async def waiting() -> None:
@@ -78,12 +87,7 @@ async def test_a_tracker_closing_while_a_late_settlement_s_details_come_counts_i
 
         async with serve_receiver(receiver) as url, anyio.create_task_group() as tg:
             async with tracker:
-                await emu.configure_webhooks(url)
-                with pytest.raises(TrackingTimeout):
-                    await tracker.wait(order_id)
-                await emu.get_order_fault("slow", delay=5.0, order_id=order_id)
-                await emu.pay(order_id)
-                await eventually(lambda: tracker.status(order_id) is Status.PAID)
+                await time_out_then_pay(emu, tracker, url, order_id, details_delay=5.0)
                 tg.start_soon(waiting)
                 await anyio.sleep(0.2)  # it waits for the details, which are 5 s away
             stats = tracker.stats()  # closed with the details on their way
