@@ -24,15 +24,20 @@ from collections.abc import Callable
 
 STARTING_AT_ONCE = 64
 """Orders' first Get order requests (checks, and pollers' first) under way at once."""
+KEPT_AT_MOST = 30.0
+"""Seconds a place is kept through the service's "not now": a longer ``Retry-After``
+(an hour, say) gives it back at once, or 64 orders told so would hold back every
+other order's first request for that long."""
 
 
 class Place:
     """One start's place among those under way; given back once (again is a no-op)."""
 
-    __slots__ = ("_admission",)
+    __slots__ = ("_admission", "_kept")
 
     def __init__(self, admission: Admission | None) -> None:
         self._admission = admission
+        self._kept = False
 
     @property
     def held(self) -> bool:
@@ -42,6 +47,15 @@ class Place:
         admission, self._admission = self._admission, None
         if admission is not None:
             admission._given_back()
+
+    def answered(self, busy_pause: float | None = None) -> None:
+        """Its request has an answer; ``busy_pause``: the service said "not now" (or did
+        not answer), and the next request waits that many seconds.  The place is kept
+        through the first such pause, if short enough, and given back otherwise."""
+        if busy_pause is not None and not self._kept and busy_pause <= KEPT_AT_MOST:
+            self._kept = True
+        else:
+            self.give_back()
 
 
 class Admission:

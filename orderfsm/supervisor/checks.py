@@ -132,23 +132,16 @@ class GetOrderChecks:
         from transports.http.errors import ServerError, TokenProviderFailed
         from transports.http.shell import first_then, get_token
         from transports.polling import UnexpectedAnswer, fetch_order
-        from transports.polling.driver import PLACE_KEPT_AT_MOST
 
         delay = CHECK_RETRY_MIN
-        held = False
 
-        async def pause(seconds: float, hold: bool = False) -> None:
-            """``hold``: the service's own trouble (a 429, a 5xx, no answer), which the
+        async def pause(seconds: float, busy: bool = False) -> None:
+            """``busy``: the service's own trouble (a 429, a 5xx, no answer), which the
             next order's first request would meet as well: the place stays taken
-            through this first pause, so ten thousand checks under a 429 send a place's
-            worth per Retry-After, not one each.  Only one pause: trouble that is the
-            order's own (a 500 for this order alone) must not hold back others for
-            longer.  Otherwise a check that backs off holds back no other order."""
-            nonlocal held
-            hold = hold and seconds <= PLACE_KEPT_AT_MOST  # not through an hour's Retry-After
-            if place is not None and (held or not hold):
-                place.give_back()
-            held = held or hold
+            through the first such pause (:meth:`Place.answered`).  Otherwise a check
+            that backs off holds back no other order."""
+            if place is not None:
+                place.answered(seconds if busy else None)
             await anyio.sleep(seconds)
 
         self._counters.checks += 1
@@ -209,7 +202,7 @@ class GetOrderChecks:
                     asked = exc.retry_after if isinstance(exc, ServerError) else None
                     # A malformed answer is more likely the order's own trouble than Xsolla's.
                     busy = not isinstance(exc, ProtocolError)
-                    await pause(max(delay, min(asked or 0.0, CHECK_RETRY_AFTER_MAX)), hold=busy)
+                    await pause(max(delay, min(asked or 0.0, CHECK_RETRY_AFTER_MAX)), busy=busy)
                     delay = min(2 * delay, CHECK_RETRY_MAX)
                     continue
                 except Exception:  # a bug (ours, or an app's HttpClient): this check only

@@ -64,7 +64,7 @@ class RunsSources:
     ) -> None:
         """Poll until settled (or cancelled); ``place``, a first request's among those
         starting, is given back at its answer (after a 429, a 5xx or no answer, at the
-        next one's: :func:`~transports.polling.poll_order`'s ``answered``)."""
+        next one's: :meth:`Place.answered`)."""
         from transports.polling import PollConfig, poll_order
 
         healthy = order.websocket is Health.HEALTHY
@@ -85,7 +85,7 @@ class RunsSources:
                     http=self.get_order_http,
                     api=self.api_url,
                     config=config,
-                    answered=None if place is None else place.give_back,
+                    answered=None if place is None else place.answered,
                 )
             except OrderFsmError as exc:
                 if order.settled is None:

@@ -22,10 +22,6 @@ from transports.polling.decider import Fail, Finish, PollConfig, PollDecider, St
 from transports.polling.order import OrderDetails
 
 DEFAULT_API = "https://store.xsolla.com/api"
-PLACE_KEPT_AT_MOST = 30.0
-"""Seconds a first request's place (``answered``) is kept through the service's "not
-now": a longer ``Retry-After`` (an hour, say) gives it back at once, or 64 orders told
-so would hold back every other order's first request for that long."""
 
 logger = logging.getLogger("orderfsm.polling")
 
@@ -44,7 +40,7 @@ async def poll_order(
     api: str = DEFAULT_API,
     config: PollConfig | None = None,
     random: Callable[[], float] | None = None,
-    answered: Callable[[], None] | None = None,
+    answered: Callable[[float | None], None] | None = None,
 ) -> OrderDetails:
     """Poll Get order until the order is settled (``config.until``), and return its details.
 
@@ -52,19 +48,17 @@ async def poll_order(
     health reports go to ``sink`` as they happen.  A terminal failure is
     reported as ``FAILED`` and then raised (``TokenRejected``,
     ``OrderNotFound``, ``ServiceUnavailable`` or ``ProtocolError``).
-    Cancelling the call stops polling and reports ``STOPPED``.  ``answered()`` is
-    called once the first request has its answer, or, when the service said "not
-    now" to it (:attr:`Step.busy`), once the request after that pause has its own:
-    a caller starting many pollers lets the next one start then, so a
-    rate-limited service meets no more first requests than the caller's places
-    within a ``Retry-After``, and an order whose own requests keep failing holds
-    its place for one pause only.
+    Cancelling the call stops polling and reports ``STOPPED``.
+    ``answered(busy_pause)`` is called at each answer up to the first one the
+    service did not refuse: ``busy_pause`` is the wait before the next request when
+    the service said "not now" (:attr:`Step.busy`), else ``None``.  A caller starting
+    many pollers decides from it when the next one starts
+    (:meth:`orderfsm.supervisor.admission.Place.answered`).
     """
     config = config or PollConfig()
     decider = PollDecider(order_id, config, random or _random.Random().random)
     url = order_url(api, project_id, order_id)
     current_token: str | None = None
-    held = False
     try:
         async with client_for(http) as client:
 
@@ -83,10 +77,8 @@ async def poll_order(
                     raise action.error
                 current_token, step = await ask(decider, action, current_token, token, get)
                 if answered is not None:
-                    if step.busy and not held and _pause(step) <= PLACE_KEPT_AT_MOST:
-                        held = True  # the service's own trouble: the place waits out one pause
-                    else:
-                        answered()
+                    answered(_pause(step) if step.busy else None)
+                    if not step.busy:
                         answered = None
     except anyio.get_cancelled_exc_class():
         report_cancelled(sink, POLLING, decider.health)
