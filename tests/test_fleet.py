@@ -24,6 +24,7 @@ from support_webhook import serve_receiver
 from orderfsm import Observation, Status
 from orderfsm.journal import ClaimState
 from orderfsm.journal.orders import settled_key
+from orderfsm.supervisor.admission import STARTING_AT_ONCE
 from orderfsm.supervisor.fleet import Settled
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.supervisor.tracker import Tracker
@@ -155,6 +156,80 @@ async def test_when_the_owner_stops_renewing_another_takes_the_order_over(
             result = await b.wait(order_id)
         assert b._orders[order_id].owned
     assert (result.status, result.source) == (Status.DONE, "polling")
+
+
+async def taken_over_elsewhere(url: str, t: Tracker, order_id: int) -> None:
+    """Another instance takes the order's lease (as after ``t`` was too slow to renew it),
+    and ``t`` has learnt it."""
+    db = connect(url)
+    try:
+        db.execute(
+            "UPDATE orderfsm_orders SET owner = 'elsewhere', fence = fence + 1,"
+            f" lease_until = {time.time() + 600} WHERE order_id = {order_id}"
+        )
+    finally:
+        db.close()
+    await eventually(lambda: not t._orders[order_id].owned)
+
+
+@on_databases
+async def test_a_check_queued_while_another_instance_took_the_order_over_is_not_asked(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """An instance whose lease another instance took (it was too slow to renew) leaves
+    Get order to the new owner, which checks the order itself: the check it had
+    queued behind a full admission must not reach Xsolla once its turn comes."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    blockers = [await emu.create_order(user) for _ in range(STARTING_AT_ONCE)]
+    order_id = await emu.create_order(user)
+    await emu.get_order_fault("slow", delay=2.0)
+    try:
+        async with instance(url, emu, user, fetch_details=False) as a:
+            for blocker in blockers:
+                a.track(blocker)
+            await owning(a, order_id)
+            assert a._orders[order_id].checking  # queued behind the blockers' checks
+            await taken_over_elsewhere(url, a, order_id)
+            await emu.clear_faults()
+
+            async def every_blocker_asked() -> bool:
+                asked = (await emu.stats()).get_order_requests
+                return all(asked.get(blocker) for blocker in blockers)
+
+            await eventually(every_blocker_asked)
+            await eventually(lambda: not a._orders[order_id].checking)  # its turn came
+            await anyio.sleep(0.3)  # a request it sent would have arrived
+            asked = (await emu.stats()).get_order_requests
+    finally:
+        await emu.clear_faults()
+    assert not asked.get(order_id)
+
+
+@on_databases
+async def test_a_check_retrying_stops_once_another_instance_took_the_order_over(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """A check backing off through Xsolla's errors asks again only while its order is
+    this instance's: the new owner's own check would otherwise have company for as
+    long as the errors last."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    await emu.get_order_fault("error", order_id=order_id)
+    try:
+        async with instance(url, emu, user, fetch_details=False) as a:
+            await owning(a, order_id)
+            await eventually(lambda: a._orders[order_id].checking)
+            await taken_over_elsewhere(url, a, order_id)
+            before = len((await emu.stats()).get_order_requests.get(order_id, []))
+            await anyio.sleep(4.0)  # backing off from 0.5 s: asked three times more
+            after = len((await emu.stats()).get_order_requests.get(order_id, []))
+            checking = a._orders[order_id].checking
+    finally:
+        await emu.clear_faults()
+    assert after <= before + 1  # one already on its way, at most
+    assert not checking
 
 
 @on_databases

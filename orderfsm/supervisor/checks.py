@@ -110,8 +110,10 @@ class GetOrderChecks:
         self._admission.queue(start, later=order.order_id in self.taken_over)
 
     def _start_check(self, order: TrackedOrder, place: Place) -> bool:
-        if order.ended:
-            order.checking = False  # settled or stopped while it waited: no look
+        if order.ended or not order.owned:
+            # Settled or stopped while it waited: no look.  Or another instance took
+            # the order over meanwhile: that one checks it (a take-over is a doubt).
+            order.checking = False
             return False
         self._spawn_helper(self._check_once, order, place)
         return True
@@ -151,7 +153,9 @@ class GetOrderChecks:
             extra={"event": "get_order.check", "order_id": order.order_id},
         )
         try:
-            while order.settled is None:
+            # A queued check asks while this instance owns the order; a last look
+            # (no place) finishes what its owner started, as followers wait for it.
+            while order.settled is None and (order.owned or place is None):
                 try:
                     # The token first, outside the slots shared with every other
                     # order: a slow token callable must not hold one.  A first try
@@ -224,9 +228,9 @@ class GetOrderChecks:
                     )
                 return
         finally:
-            if place is not None:
+            if place is not None:  # a queued check's, not a last look's
                 place.give_back()
-            order.checking = False
+                order.checking = False
             self.wake(order)  # a doubt raised meanwhile is checked next
 
     def _elsewhere(
