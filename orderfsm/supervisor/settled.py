@@ -32,9 +32,9 @@ from orderfsm.journal.orders import settled_key
 if TYPE_CHECKING:
     from orderfsm.supervisor.order import TrackedOrder
     from orderfsm.supervisor.records import StatusChange
-    from transports.journal.core import Taken
     from transports.journal.order_log import OrderLog
     from transports.journal.settled_log import SettledLog
+    from transports.journal.steps import Taken
 
 logger = logging.getLogger("orderfsm.fleet")
 

@@ -18,10 +18,11 @@ from orderfsm.journal import (
     Reply,
 )
 from transports.journal.base import Store
-from transports.journal.core import Ran, SyncJournal, Taken
+from transports.journal.core import SyncJournal
 from transports.journal.journal import Journal
 from transports.journal.memory import MemoryStore
 from transports.journal.opening import StoreUrl, open_journal, store_for
+from transports.journal.steps import Ran, Taken
 
 __all__ = [
     "Answer",

@@ -4,7 +4,8 @@
 CLI) uses directly; :class:`~transports.journal.journal.Journal` drives the
 same steps from asyncio or trio, running each store call in a worker thread
 and each wait on the event loop.  The steps are generators that yield the
-seconds to wait, so neither side copies the logic.
+seconds to wait, so neither side copies the logic; what they end with, and
+their drivers, are :mod:`~transports.journal.steps`'.
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Generator, Sequence
-from typing import TypeVar
-
-import attrs
 
 from orderfsm.errors import JournalClosed, JournalError, JournalRefused, JournalUnavailable
 from orderfsm.journal import (
@@ -41,10 +39,9 @@ from orderfsm.journal import (
 from transports.journal.base import Batches, Claimed, ClaimRequest, SettleRequest, Store, Work
 from transports.journal.orders import Note
 from transports.journal.renewer import Renewer
+from transports.journal.steps import Ran, Taken, decided_by, drive
 
 logger = logging.getLogger("orderfsm.journal")
-
-T = TypeVar("T")
 
 ANSWER_RETRY = (0.05, 1.0)
 """Seconds between two tries to record an answer: the first wait, and the longest."""
@@ -53,22 +50,6 @@ SYNC_ANSWER_PATIENCE = 20.0
 30 s worker timeout: a killed worker answers nothing, a 500 at least is counted)."""
 LAST_RECORD = 0.5
 """Seconds a duplicate that used up its wait still gives its own record."""
-
-
-@attrs.frozen
-class Taken:
-    """This delivery owns its key as ``attempt``: run the handler, then :meth:`settle`."""
-
-    key: str | None
-    attempt: int
-    delivery_id: int
-
-
-@attrs.frozen
-class Ran:
-    """The transactional handler ran as the key's owner and this is its answer."""
-
-    answer: Answer
 
 
 def new_owner() -> str:
@@ -390,34 +371,3 @@ class SyncJournal:
         """:meth:`settle_steps` in this thread, retrying at most :data:`SYNC_ANSWER_PATIENCE`:
         a synchronous caller is a WSGI worker, which gunicorn kills after 30 s."""
         return drive(self.settle_steps(taken, answer, error, busy, SYNC_ANSWER_PATIENCE))
-
-
-def decided_by(delivery: NewDelivery, claimed: Claimed) -> Taken | Reply | None:
-    """What a claim decides by itself: taken, or a duplicate of an answered delivery
-    (recorded as such already); ``None`` when its owner must be waited for."""
-    if claimed.attempt is not None:
-        return Taken(delivery.key, claimed.attempt, claimed.delivery_id)
-    if claimed.claim is not None and claimed.claim.answer is not None:
-        return Reply(claimed.claim.answer)
-    return None
-
-
-def drive(steps: Generator[float, None, T]) -> T:
-    """Run steps to the end in this thread, sleeping where they wait."""
-    try:
-        delay = next(steps)
-        while True:
-            time.sleep(delay)
-            delay = steps.send(None)
-    except StopIteration as stop:
-        result: T = stop.value
-        return result
-
-
-def advance(steps: Generator[float, None, T]) -> tuple[bool, float | T]:
-    """One step: ``(False, seconds to wait)`` or ``(True, result)`` (StopIteration must not
-    cross a thread or a future)."""
-    try:
-        return False, next(steps)
-    except StopIteration as stop:
-        return True, stop.value

@@ -33,9 +33,10 @@ from orderfsm.journal import (
 )
 from transports.journal.base import Claimed, ClaimRequest, SettleRequest, Store, Work
 from transports.journal.batching import Batcher
-from transports.journal.core import Ran, SyncJournal, Taken, advance, decided_by
+from transports.journal.core import SyncJournal
 from transports.journal.hop import BatchThread
 from transports.journal.orders import Note
+from transports.journal.steps import Ran, Taken, advance, decided_by
 
 T = TypeVar("T")
 X = TypeVar("X")
