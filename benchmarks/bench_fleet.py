@@ -399,7 +399,7 @@ def sqlite_wake_floor(path: str, samples: int) -> list[float]:
     watched every few ms as the journal's SQLite watcher does."""
     import sqlite3
 
-    from transports.journal.sqlite import WATCH_INTERVAL
+    from transports.journal.sqlite_watcher import WATCH_INTERVAL
 
     writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     watcher = sqlite3.connect(path, isolation_level=None, check_same_thread=False)

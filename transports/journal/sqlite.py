@@ -17,7 +17,9 @@
   inside the write transaction, so it should be short.
 
 How each connection is opened and configured, and the writer's retried
-``BEGIN IMMEDIATE``, are :mod:`transports.journal.sqlite_connections`'.
+``BEGIN IMMEDIATE``, are :mod:`transports.journal.sqlite_connections`'; the
+fleet tracker's wait for another process's commit is
+:mod:`transports.journal.sqlite_watcher`'s.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 import os
 import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -47,11 +48,9 @@ from transports.journal.sql_shared import (
     run_in_transaction,
 )
 from transports.journal.sqlite_connections import begin_immediate, connect, open_writer, unavailable
+from transports.journal.sqlite_watcher import CommitWatcher
 
 T = TypeVar("T")
-
-WATCH_INTERVAL = 0.004
-"""Seconds between two looks at ``PRAGMA data_version`` while waiting for a commit."""
 
 
 class _GoAlone(Exception):
@@ -73,9 +72,8 @@ class SqliteStore:
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._closed = False
         self._durable = True
-        self._watcher: sqlite3.Connection | None = None
-        self._watching = threading.Lock()
         self.read_timeout = read_timeout
+        self._watcher = CommitWatcher(self.path, self.display, read_timeout)
 
     # --- connections ---------------------------------------------------------------------
 
@@ -166,52 +164,13 @@ class SqliteStore:
         ``seen``) or ``timeout`` s pass; returns the version now, and what ``then``
         read on the same connection after a commit (``None`` without one): the
         fleet tracker's read of the news in this thread, not a hop to another.
-        Checked every few ms on a connection of its own: a cross-process wake-up
-        without a socket.  One caller at a time; a journal closed meanwhile has its
-        connection closed here."""
-        with self._watching:
-            try:
-                return self._wait_for_commit(seen, timeout, then)
-            finally:
-                if self._closed and self._watcher is not None:
-                    self._watcher.close()
-                    self._watcher = None
-
-    def _wait_for_commit(
-        self, seen: int | None, timeout: float, then: Callable[[sqlite3.Connection], T] | None
-    ) -> tuple[int, T | None]:
-        connection = self._watcher
-        if connection is None:
-            if self._closed:
-                raise JournalClosed(f"{self.display} is closed")
-            try:
-                connection = self._watcher = connect(self.path, self.display, self.read_timeout)
-            except sqlite3.Error as exc:
-                raise unavailable(self.display, exc) from None
-        end = time.monotonic() + timeout
-        try:
-            while not self._closed:
-                version = int(connection.execute("PRAGMA data_version").fetchone()[0])
-                if seen is not None and version != seen and then is not None:
-                    return version, then(connection)
-                if seen is None or version != seen or time.monotonic() >= end:
-                    return version, None
-                time.sleep(WATCH_INTERVAL)
-        except sqlite3.Error as exc:
-            self._watcher = None
-            connection.close()
-            raise unavailable(self.display, exc) from None
-        raise JournalClosed(f"{self.display} is closed")
+        Checked every few ms on a connection of its own
+        (:mod:`~transports.journal.sqlite_watcher`).  One caller at a time."""
+        return self._watcher.wait(seen, timeout, then)
 
     def close(self) -> None:
         self._closed = True
-        if self._watching.acquire(blocking=False):  # else its watcher closes it
-            try:
-                watcher, self._watcher = self._watcher, None
-                if watcher is not None:
-                    watcher.close()
-            finally:
-                self._watching.release()
+        self._watcher.close()
         if self._writer is not None and self._group is not None:
             # Wait for a batch in flight, then close.
             with self._group._lock:
