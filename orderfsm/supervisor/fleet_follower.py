@@ -12,36 +12,21 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.lowlevel
 
 from orderfsm.core import Observation
 from orderfsm.errors import JournalValueRefused, OrderFsmError
 from orderfsm.journal.orders import ChangeRow
 from orderfsm.supervisor.fleet_writer import BACKOFF_MIN
+from orderfsm.supervisor.slices import in_slices
 
 if TYPE_CHECKING:
     from orderfsm.supervisor.order import TrackedOrder
     from transports.journal.order_log import News, OrderLog
 
 logger = logging.getLogger("orderfsm.fleet")
-
-SLICE = 500
-"""Orders (or their changes) tracked and applied between two looks at the loop's other
-work: a resume's 10,000 at once held it (every socket, every poller's first request)
-for 0.2-0.3 s."""
-
-T = TypeVar("T")
-
-
-async def in_slices(items: Sequence[T], each: Callable[[Sequence[T]], None]) -> None:
-    """``each(slice)`` over ``items``, ``SLICE`` at a time, the loop's other work between."""
-    for first in range(0, len(items), SLICE):
-        if first:
-            await anyio.lowlevel.checkpoint()
-        each(items[first : first + SLICE])
 
 
 class FollowsJournal:

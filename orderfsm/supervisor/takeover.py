@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from orderfsm.errors import OrderFsmError
 from orderfsm.interface import TokenProvider
-from orderfsm.supervisor.fleet_follower import in_slices
+from orderfsm.supervisor.slices import in_slices
 
 if TYPE_CHECKING:
     from orderfsm.core import Status
