@@ -34,7 +34,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Coroutine
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, runtime_checkable
 
 import anyio
 import anyio.to_thread
@@ -74,6 +74,18 @@ class NameLock(Protocol):
 
     def close(self) -> None: ...
 
+    @property
+    def keep(self) -> Callable[[], Coroutine[Any, Any, None]] | None:
+        """See :attr:`LeaseName.keep`."""
+
+
+@runtime_checkable
+class LocksNames(Protocol):
+    """A store whose database holds instance names itself (PostgreSQL: a session's
+    advisory lock, :mod:`~transports.journal.postgres_name`)."""
+
+    def name_lock(self, name: str) -> NameLock: ...
+
 
 def lock_file(path: str) -> IO[bytes] | None:
     """``path`` opened and locked (``flock``, exclusive, per open file): closing it frees
@@ -112,6 +124,8 @@ def hold_sqlite_slot(path: str) -> tuple[str, IO[bytes]] | None:
 class FileNameLock:
     """An instance name of a SQLite journal: a lock file beside the database, named from
     the name (``<database>-name-<name>-<hash>.lock``; never a slot's file)."""
+
+    keep = None  # a file's lock is never lost
 
     def __init__(self, database: str, name: str) -> None:
         readable = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:40]
@@ -182,8 +196,8 @@ def name_lock(journal: Journal, name: str, sessions: bool) -> NameLock | None:
         except ImportError:
             return None
         return FileNameLock(path, name)
-    if store.kind == "postgresql" and sessions:
-        return store.name_lock(name)  # type: ignore[attr-defined,no-any-return]
+    if sessions and isinstance(store, LocksNames):
+        return store.name_lock(name)
     if store.kind == "postgresql":
         logger.warning(
             "instance name %r is not checked for another live holder: a session lock"
@@ -212,7 +226,7 @@ async def lease_name(
             return LeaseName(instance, fresh=False)
         stack.callback(lock.close)
         await hold_name(lock, instance, within)
-        return LeaseName(instance, fresh=False, keep=getattr(lock, "keep", None))
+        return LeaseName(instance, fresh=False, keep=lock.keep)
     path = getattr(journal.store, "path", None)
     if journal.store.kind == "sqlite" and isinstance(path, str):
         held = await anyio.to_thread.run_sync(hold_sqlite_slot, path)
