@@ -147,11 +147,12 @@ class FileNameLock:
             handle.close()
 
 
-async def hold_name(lock: NameLock, name: str, within: float) -> bool:
+async def hold_name(lock: NameLock, name: str, within: float) -> None:
     """Take ``name``'s lock, waiting up to ``within`` s while another holds it (it may be
     dying: a SIGKILLed host's PostgreSQL session lasts until keepalives notice), then
-    ``InstanceNameInUse``.  ``False``: the database could not say (logged), and the
-    tracker starts all the same, as it does when it cannot take its orders over."""
+    ``InstanceNameInUse``.  When the database cannot say, that is logged and the
+    tracker starts all the same, as it does when it cannot take its orders over (on
+    PostgreSQL the lock's ``keep`` takes the name once the database answers)."""
     deadline = anyio.current_time() + within
     told = False
     while True:
@@ -159,7 +160,7 @@ async def hold_name(lock: NameLock, name: str, within: float) -> bool:
             if await anyio.to_thread.run_sync(lock.take):
                 if told:
                     logger.info("instance name %r freed and held here", name)
-                return True
+                return
         except JournalUnavailable as exc:
             logger.warning(
                 "cannot make sure instance name %r is this tracker's alone (%s): starting"
@@ -167,7 +168,7 @@ async def hold_name(lock: NameLock, name: str, within: float) -> bool:
                 name,
                 exc,
             )
-            return False
+            return
         left = deadline - anyio.current_time()
         if left <= 0:
             raise InstanceNameInUse(name, within)
