@@ -430,6 +430,23 @@ def test_unsubscribe_push_drops_the_channel() -> None:
     assert "subs" not in s.connect_command()["connect"]
 
 
+def test_a_channel_dropped_with_a_resubscribe_code_is_subscribed_again_by_reconnecting() -> None:
+    """Code 2500 and up: only a new connection subscribes a server-side channel again.
+    The engine ends the connection itself, through the reconnect delays (never at
+    once: a server asking on every connection would make a fast loop)."""
+    s = Session()
+    s.live(offset=3)
+    events = s.receive(unsubscribe_push(CH, 2500, "insufficient state"))
+    assert events[0] == Unsubscribed(s.now, CH, 2500, "insufficient state")
+    [end] = events[1:]
+    assert isinstance(end, Reconnecting) and end.code == 2500
+    s.live(offset=3)  # the new connection's reply names the channel again
+    # Asked again as soon as it caught up: a connection lost soon, so not at once.
+    events = s.engine.receive(unsubscribe_push(CH, 2500, "insufficient state"), s.now)
+    assert isinstance(events[-1], Reconnecting)
+    assert events[-1].delay >= s.engine.config.first_reconnect_delay > 0
+
+
 def test_subscribe_push_at_runtime_adds_a_channel_and_reads_its_history() -> None:
     s = Session()
     s.connect()

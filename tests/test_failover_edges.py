@@ -203,8 +203,8 @@ async def test_a_channel_the_server_drops_is_covered_by_get_order(code: int) -> 
 
 async def test_a_channel_the_server_asks_to_subscribe_again_comes_back_by_reconnecting() -> None:
     """Code 2500 and up ask the client to subscribe again; a server-side channel comes
-    back with a new connection, made at once: the socket is healthy again and hears the
-    order (a later connect reply restates every channel, so nothing stays 'dropped')."""
+    back with a new connection: the socket is healthy again and hears the order (a
+    later connect reply restates every channel, so nothing stays 'dropped')."""
     async with on_a_healthy_socket(2500, "insufficient state") as (
         emu,
         user,
@@ -218,6 +218,37 @@ async def test_a_channel_the_server_asks_to_subscribe_again_comes_back_by_reconn
         await emu.deliver(order_id)
         result = await tracker.wait(order_id)
     assert result.status is Status.DONE
+
+
+async def test_a_server_asking_to_subscribe_again_on_every_connection_makes_no_fast_loop() -> None:
+    """A server whose every connection drops the channel with code 2500 (its broker's
+    state broken for a while): each new connection went at once, some 350 sockets a
+    second, each with a Get order for every order on it.  The reconnects now go
+    through the delays of a connection lost soon after catching up, doubling."""
+    async with Emulator(ping_interval=0) as emu:
+        user = await emu.create_user()
+        order_id = await emu.create_order(user)
+        tracker = emulator_tracker(
+            emu, user, fetch_details=False, max_reconnect_delay=5.0, policy=DefaultPolicy()
+        )
+        async with tracker:
+            tracker.track(order_id)
+            await emu.wait_connected(user)
+            with anyio.move_on_after(3.0):
+                while True:
+                    await emu.unsubscribe(user, 2500, "insufficient state")
+                    await anyio.sleep(0.01)
+            sockets = len(await emu.connections(user))
+            asked = len((await emu.order(order_id))["get_order_requests"])
+            await emu.pay(order_id)
+            await emu.deliver(order_id)
+            with anyio.fail_after(15):
+                result = await tracker.wait(order_id)
+    assert result.status is Status.DONE
+    assert 3 <= sockets <= 12, sockets  # 0.1 s first, doubling: about 6 in 3 s
+    # Each lost channel is a gap: a check, and a poll while the socket is down.  A few
+    # Get orders per connection, and the connections few.
+    assert asked <= 3 * sockets, (asked, sockets)
 
 
 async def test_the_first_get_order_check_honours_a_retry_after() -> None:

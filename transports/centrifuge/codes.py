@@ -51,6 +51,12 @@ INVALID_TOKEN = 3500
 RESUBSCRIBE_CODES = 2500
 """A ``push.unsubscribe`` code from here up asks the client to subscribe again."""
 
+
+def resubscribes(code: int) -> bool:
+    """Whether a ``push.unsubscribe`` with ``code`` asks the client to subscribe again."""
+    return code >= RESUBSCRIBE_CODES
+
+
 # Error reply codes.
 UNAUTHORIZED = 101
 TOKEN_EXPIRED = 109

@@ -364,11 +364,7 @@ class Connection:
     # --- events -> subscribers ---------------------------------------------------------
 
     def _handle(self, events: list[Event]) -> None:
-        status = self._status
-        status.handle(events)
-        if status.resubscribe:
-            status.resubscribe = False
-            self.reconnect_now("the server asked to subscribe again")
+        self._status.handle(events)
 
     def _over(self, end: Reconnecting | Failed) -> None:
         self._end = end

@@ -143,6 +143,12 @@ def restart(reason: str) -> Ending:
     return Ending(code, reason, Disconnected(code, reason, reconnect=True), reconnect=True)
 
 
+def resubscribe(code: int, reason: str) -> Ending:
+    """The server dropped a channel and asked for it again (code 2500 and up)."""
+    said = f"the server asked to subscribe again: {reason}"
+    return Ending(code, said, Disconnected(code, said, reconnect=True), reconnect=True)
+
+
 def closed(code: int | None, reason: str) -> Ending:
     """A close code or a disconnect push: reconnect or stop, by the code table."""
     if codes.close_action(code) is CloseAction.STOP:

@@ -29,7 +29,7 @@ from transports.centrifuge.backoff import ReconnectDelays
 from transports.centrifuge.channels import Channel, Phase, order_event, order_fields
 from transports.centrifuge.config import EngineConfig
 from transports.centrifuge.errors import CentrifugeProtocolError, EngineMisuse
-from transports.centrifuge.events import CaughtUp, Connected, Event, Ignored
+from transports.centrifuge.events import CaughtUp, Connected, Event, Ignored, Unsubscribed
 from transports.centrifuge.frames import (
     PING_LINE,
     PONG,
@@ -291,7 +291,18 @@ class CentrifugeEngine:
         if isinstance(message, DisconnectPush):
             return self._closed(message.code, message.reason, now)
         if isinstance(message, PubPush | SubscribePush | UnsubscribePush | OtherPush):
-            return self._subs.push(message, now, connected=self.state is State.CONNECTED)
+            events = self._subs.push(message, now, connected=self.state is State.CONNECTED)
+            dropped = events and isinstance(events[-1], Unsubscribed)
+            if (
+                dropped
+                and isinstance(message, UnsubscribePush)
+                and codes.resubscribes(message.code)
+            ):
+                # Only a new connection subscribes a server-side channel again: through
+                # the reconnect delays, as any connection that ended, so a server that
+                # asks on every connection cannot make a fast loop (centrifuge-js #408).
+                events += self._end(now, endings.resubscribe(message.code, message.reason))
+            return events
         if message.id == self._connect_id:
             return self._connect_reply(message, now)
         ch = self._subs.answered(message.id)

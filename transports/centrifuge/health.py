@@ -15,7 +15,6 @@ import anyio
 
 from orderfsm.errors import OrderFsmError
 from orderfsm.interface import WEBSOCKET, Health, HealthReport
-from transports.centrifuge.codes import RESUBSCRIBE_CODES
 from transports.centrifuge.counters import ConnectionCounters, close_label
 from transports.centrifuge.engine import CentrifugeEngine
 from transports.centrifuge.events import (
@@ -57,8 +56,6 @@ class ConnectionHealth:
         self.error: OrderFsmError | None = None
         self._dropped: set[str] = set()
         """Channels the server unsubscribed us from: their news no longer comes here."""
-        self.resubscribe = False
-        """The server asked us to subscribe again: the driver reconnects at once."""
         counters.moved(None, Health.CONNECTING)
 
     def handle(self, events: list[Event]) -> None:
@@ -91,12 +88,10 @@ class ConnectionHealth:
                 if not event.restated:
                     # Dropped from a live connection (a push.unsubscribe).  A server-side
                     # channel is not subscribed again by the client: orders on it are left
-                    # to Get order until a new connection, asked for at once when the
-                    # server says to subscribe again (code 2500 and up).
+                    # to Get order until a new connection, which the engine makes when
+                    # the server says to subscribe again (code 2500 and up).
                     self._dropped.add(event.channel)
                     self.set(Health.DEGRADED, reason, gap=True)
-                    if event.code >= RESUBSCRIBE_CODES:
-                        self.resubscribe = True
                 # else absent from a new connect reply, which names the whole set.
             elif isinstance(event, Subscribed):
                 self._dropped.discard(event.channel)
