@@ -233,6 +233,36 @@ async def test_a_check_retrying_stops_once_another_instance_took_the_order_over(
 
 
 @on_databases
+async def test_an_order_untracked_after_it_settled_hears_a_refund_of_meanwhile_when_tracked_again(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """Instance a untracks an order once paid; a refund reaches the fleet through b
+    while a is not following; a tracks the order again: it reads the order's log
+    again and is told the refund (once), not only what comes next."""
+    url = url_for(backend, tmp_path)
+    heard: list[Status] = []
+    journal_only: dict[str, Any] = {"transports": ("journal",), "fetch_details": False}
+    async with (
+        instance(
+            url, emu, until="paid", on_change=lambda c: heard.append(c.status), **journal_only
+        ) as a,
+        instance(url, emu, until="paid", **journal_only) as b,
+    ):
+        a.track(424242)
+        b.track(424242)
+        b.observe(Observation(424242, Status.PAID, source="webhook", at=anyio.current_time()))
+        with anyio.fail_after(10):
+            assert (await a.wait(424242)).status is Status.PAID
+        a.untrack(424242)
+        b.observe(Observation(424242, Status.CANCELED, source="webhook", at=anyio.current_time()))
+        await anyio.sleep(0.5)  # the refund is in the journal; a, not following, drops it
+        a.track(424242)
+        await eventually(lambda: a.status(424242) is Status.CANCELED)
+        await anyio.sleep(0.3)  # nothing more to tell
+    assert heard == [Status.PAID, Status.CANCELED]
+
+
+@on_databases
 async def test_a_restarted_instance_resumes_what_was_not_settled(
     backend: str, tmp_path: Path, emu: Emulator
 ) -> None:

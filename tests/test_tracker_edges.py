@@ -12,7 +12,7 @@ import anyio
 import pytest
 from support_tracker import emulator_tracker
 
-from orderfsm import Change, Status, Tracker
+from orderfsm import Change, Observation, Status, Tracker
 from orderfsm.errors import OrderNotTracked
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.testing import eventually
@@ -288,3 +288,97 @@ async def test_a_user_id_a_journal_cannot_store_is_refused_when_tracking_starts(
         tracker.track(order_id, token=user.token, user_id="player-one", until="paid")
         await emu.set_status(order_id, "paid")
         assert (await tracker.wait(order_id)).status is Status.PAID
+
+
+def webhook_tracker(**options: object) -> Tracker:
+    """A tracker fed by webhooks alone (``observe``), paid being its goal."""
+    return Tracker(
+        project_id=1,
+        transports=("webhook",),
+        until="paid",
+        fetch_details=False,
+        policy=DefaultPolicy(deadline=10.0),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def webhook_says(tracker: Tracker, order_id: int, status: Status) -> None:
+    tracker.observe(Observation(order_id, status, source="webhook", at=anyio.current_time()))
+
+
+@pytest.mark.parametrize("other", ["wait", "watch", "track"])
+async def test_a_wait_given_up_leaves_the_order_followed_for_whoever_else_follows_it(
+    other: str,
+) -> None:
+    """Two requests wait on one order (a client retried) and the first, which started
+    the tracking, gives up: the other ``wait()``, a ``watch()`` or the app's own
+    ``track()`` still follows the order (it was untracked for everyone: the others got
+    ``TrackerClosed`` and ``on_change`` heard nothing more)."""
+    heard: list[Status] = []
+    async with webhook_tracker(on_change=lambda c: heard.append(c.status)) as tracker:
+        got: list[Status] = []
+
+        async def follow() -> None:
+            if other == "wait":
+                got.append((await tracker.wait(42)).status)
+            else:
+                got.extend([c.status async for c in tracker.watch(42)])
+
+        async with anyio.create_task_group() as tasks:
+            with anyio.move_on_after(0.2):
+                async with anyio.create_task_group() as impatient:
+                    impatient.start_soon(tracker.wait, 42)
+                    await anyio.sleep(0.05)
+                    if other == "track":
+                        tracker.track(42)
+                    tasks.start_soon(follow)
+            webhook_says(tracker, 42, Status.PAID)
+        assert tracker.status(42) is Status.PAID
+    assert got == [Status.PAID]
+    assert heard == [Status.PAID]
+
+
+async def test_a_wait_given_up_while_a_settled_orders_details_come_keeps_its_refund(
+    emu: Emulator,
+) -> None:
+    """``wait()`` with a budget that ends after the order settled but before its details
+    came (a slow Get order): the order stays followed, so a later refund is told (it
+    was untracked, and the refund dropped: ``status()`` said ``done`` for good)."""
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    heard: list[Status] = []
+    async with emulator_tracker(emu, user, on_change=lambda c: heard.append(c.status)) as tracker:
+        await emu.get_order_fault("slow", delay=4.0)
+        async with anyio.create_task_group() as tasks:
+
+            async def impatient() -> None:
+                with anyio.move_on_after(2.0):
+                    await tracker.wait(order_id)
+
+            tasks.start_soon(impatient)
+            await emu.wait_connected(user)
+            await emu.run_script(order_id, [(0.1, "paid"), (0.1, "done")])
+        await emu.clear_faults()
+        assert tracker.status(order_id) is Status.DONE
+        webhook_says(tracker, order_id, Status.CANCELED)
+        status = tracker.status(order_id)
+    assert status is Status.CANCELED
+    assert heard == [Status.NEW, Status.PAID, Status.DONE, Status.CANCELED]
+
+
+async def test_an_order_untracked_after_it_settled_and_tracked_again_hears_its_refund() -> None:
+    """``untrack()`` once the result is in, ``track()`` later to hear refunds: the refund
+    is applied and told once (``track()`` was a no-op on the released order, and the
+    refund was dropped)."""
+    heard: list[Status] = []
+    async with webhook_tracker(on_change=lambda c: heard.append(c.status)) as tracker:
+        webhook_says(tracker, 42, Status.PAID)
+        assert (await tracker.wait(42)).status is Status.PAID
+        tracker.untrack(42)
+        tracker.track(42)
+        webhook_says(tracker, 42, Status.CANCELED)
+        followed = [c.status async for c in tracker.watch(42, follow=True)]
+        status = tracker.status(42)
+    assert status is Status.CANCELED
+    assert heard == [Status.PAID, Status.CANCELED]
+    assert followed == [Status.PAID, Status.CANCELED]

@@ -132,6 +132,13 @@ class FleetLink(CallsOnSettled, WritesJournal, FollowsJournal, HoldsLeases):
         already, so only its past is read (a restart with thousands is quick)."""
         self._resumed.add(order_id)
 
+    def reread(self, order_id: int) -> None:
+        """An order untracked here after it settled is wanted again: what was applied
+        meanwhile was dropped, so its whole log is read again (the core drops what
+        was known)."""
+        self.cursors[order_id] = 0
+        self._queue(("catch-up", order_id))
+
     def tracked(self, order: TrackedOrder) -> None:
         """A new order here: follow it in the journal, and ask for its lease."""
         order_id = order.order_id

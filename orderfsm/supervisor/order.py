@@ -56,7 +56,9 @@ class TrackedOrder(EndsTracking):
         "custom_running",
         "details",
         "fleet",
+        "followers",
         "helpers",
+        "kept",
         "lapsed",
         "last_look",
         "log",
@@ -142,9 +144,14 @@ class TrackedOrder(EndsTracking):
         self.ended = False
         """No transport runs for it any more; ``result`` or ``error`` may still be coming."""
         self.released = False
+        """Untracked, or the tracker closed: nothing more will be applied."""
         self.settling_late = False
         """Ended unsettled, then settled after all: its result is on its way."""
-        """Untracked, or the tracker closed: nothing more will be applied."""
+        self.followers = 0
+        """The app's ``wait()`` and ``watch()`` calls on it under way."""
+        self.kept = False
+        """The app (or the fleet's take-over) asked for it with ``track()``: only
+        ``untrack()`` stops it, not a ``wait()`` given up on."""
         self.wake = wake or _nobody
         """Asks the scheduler to look at this order again soon."""
         self.on_change = on_change

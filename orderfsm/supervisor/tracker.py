@@ -201,7 +201,19 @@ class Tracker(TrackerLifetime, TakesOverOrders, KeepsEarlyNews):
 
         ``until`` overrides the tracker's goal for this order.  An order has one
         goal while it is tracked: naming another for it raises ``ValueError``.
+        Followed until :meth:`untrack` (a ``wait()`` given up on does not stop it).
         """
+        self._follow(order_id, token=token, user_id=user_id, user=user, until=until).kept = True
+
+    def _follow(
+        self,
+        order_id: int,
+        *,
+        token: TokenProvider | str | None = None,
+        user_id: str | None = None,
+        user: User | None = None,
+        until: Status | str | None = None,
+    ) -> TrackedOrder:
         scheduler = self._scheduler
         if scheduler is None:
             raise RuntimeError("use the Tracker inside 'async with'")
@@ -219,7 +231,9 @@ class Tracker(TrackerLifetime, TakesOverOrders, KeepsEarlyNews):
                     "watch() and on_change show every change either way"
                 )
             scheduler.taken_over.discard(order_id)  # the app's own now: its checks go first
-            return
+            if existing.released:
+                self._reopen(existing)
+            return existing
         if user is None and token is not None:
             user = self._user_for(token, user_id)
         user = user or self.user
@@ -257,6 +271,15 @@ class Tracker(TrackerLifetime, TakesOverOrders, KeepsEarlyNews):
         scheduler.start(order)
         for observation in self._early.pop(order_id, ()):
             order.observe(observation)
+        return order
+
+    def _reopen(self, order: TrackedOrder) -> None:
+        """An order untracked after it settled, wanted again: what comes later (a
+        refund) is applied and told again, and what came meanwhile is in the
+        journal's log, read again (the core drops what is known)."""
+        order.released = False
+        if self.fleet is not None:
+            self.fleet.reread(order.order_id)
 
     def _user_for(self, token: TokenProvider | str, user_id: str | None) -> User:
         """The same ``User`` for the same token, so a player's orders share one socket."""
@@ -272,18 +295,23 @@ class Tracker(TrackerLifetime, TakesOverOrders, KeepsEarlyNews):
         Raises ``TrackingTimeout`` past the policy's deadline, the transports'
         typed error when none of them can go on, ``TrackerClosed`` when the
         tracker closes first.  Cancelling a ``wait`` that started the tracking
-        stops it.
+        stops it, unless it settled meanwhile (its later news, a refund, still
+        counts) or something else follows it: another ``wait()`` or ``watch()``
+        under way, or a :meth:`track` call.
         """
         existing = self._orders.get(order_id)
         started_here = existing is None or given_up(existing)
-        self.track(order_id, **track_kwargs)
-        order = self._orders[order_id]
+        order = self._follow(order_id, **track_kwargs)
+        order.followers += 1
         try:
             await order.finished()
         except BaseException:
-            if started_here and not order.is_finished:
+            order.followers -= 1
+            alone = not order.kept and not order.followers
+            if started_here and alone and order.settled is None and not order.is_finished:
                 self.untrack(order_id)
             raise
+        order.followers -= 1
         if order.error is not None:
             raise order.error
         assert order.result is not None
@@ -300,23 +328,26 @@ class Tracker(TrackerLifetime, TakesOverOrders, KeepsEarlyNews):
         webhooks and :meth:`observe` bring news) until the order is ``canceled``
         or untracked, or the tracker closes.
         """
-        self.track(order_id, **track_kwargs)
-        order = self._orders[order_id]
-        log, seen = order.log, 0
-        while True:
-            settled = order.settled_count
-            end = len(log) if follow or settled is None else settled
-            while seen < end:
-                seen += 1
-                yield log[seen - 1]
-            if settled is not None and not follow:
-                break
-            if order.released or (
-                order.is_finished and (order.error is not None or order.book.is_final(order_id))
-            ):
-                break
-            await order.news_after(seen)
-        await order.finished()  # an unsettled order that was released has its error
+        order = self._follow(order_id, **track_kwargs)
+        order.followers += 1
+        try:
+            log, seen = order.log, 0
+            while True:
+                settled = order.settled_count
+                end = len(log) if follow or settled is None else settled
+                while seen < end:
+                    seen += 1
+                    yield log[seen - 1]
+                if settled is not None and not follow:
+                    break
+                if order.released or (
+                    order.is_finished and (order.error is not None or order.book.is_final(order_id))
+                ):
+                    break
+                await order.news_after(seen)
+            await order.finished()  # an unsettled order that was released has its error
+        finally:
+            order.followers -= 1
         if order.error is not None:
             raise order.error
 
