@@ -6,6 +6,7 @@ token callable that fails once or hangs."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 
 import anyio
@@ -382,3 +383,20 @@ async def test_an_order_untracked_after_it_settled_and_tracked_again_hears_its_r
     assert status is Status.CANCELED
     assert heard == [Status.PAID, Status.CANCELED]
     assert followed == [Status.PAID, Status.CANCELED]
+
+
+async def test_the_tokens_of_forgotten_orders_are_not_kept() -> None:
+    """Each purchase tracked with the player's current token (they rotate): a backend
+    that forgets its orders once settled must not keep one ``User``, and its token, per
+    token it was ever given (50,000 orders kept 66 MB)."""
+    async with webhook_tracker() as tracker:
+        for order_id in range(1, 201):
+            tracker.track(order_id, token=f"jwt-{order_id}", user_id=f"player-{order_id % 7}")
+        for order_id in range(1, 200):
+            webhook_says(tracker, order_id, Status.PAID)
+            tracker.forget(order_id)
+        gc.collect()
+        kept = len(tracker._users)
+        webhook_says(tracker, 200, Status.PAID)
+        assert (await tracker.wait(200)).status is Status.PAID
+    assert kept == 1  # the order still tracked keeps its own

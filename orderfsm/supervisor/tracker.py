@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -175,7 +176,10 @@ class Tracker(TrackerLifetime, TakesOverOrders, KeepsEarlyNews):
         self.on_report = on_report
         self._book = OrderBook()
         self._counters = TrackerCounters()
-        self._users: dict[tuple[TokenProvider | str, str | None], User] = {}
+        self._users: weakref.WeakValueDictionary[tuple[TokenProvider | str, str | None], User]
+        self._users = weakref.WeakValueDictionary()
+        """Gone with the last order that holds it: each player's token rotates, so a
+        long-lived backend would otherwise keep every token it was ever given."""
         self._orders: dict[int, TrackedOrder] = {}
         self._no_token: set[int] = set()
         self._early: OrderedDict[int, list[Observation]] = OrderedDict()
