@@ -293,6 +293,35 @@ async def test_a_restarted_instance_resumes_what_was_not_settled(
 
 
 @on_databases
+async def test_an_order_another_instance_gave_up_is_resumed_by_its_owner_restarted_under_its_name(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """b follows an order through Xsolla; a, which waited on it too, gives it up; b is
+    stopped for a deploy before its next renewal and restarts under its name: it takes
+    the order back (a's give-up had marked it tracked by nobody, so nobody followed it
+    and its ``done``, which no webhook says, was never heard)."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    async with (
+        instance(url, emu, transports=("journal",), fetch_details=False) as a,
+        instance(url, emu, user, instance="shop-b", lease=30.0) as b,
+    ):
+        await owning(b, order_id)
+        a.track(order_id)
+        await anyio.sleep(0.3)  # a's track is written
+        a.untrack(order_id)
+        await anyio.sleep(0.3)  # and its give-up: then b stops, a with it
+    async with instance(url, emu, user, instance="shop-b", token_for=lambda *_: user.token) as b:
+        resumed = order_id in b._orders
+        await emu.set_status(order_id, "done")
+        with anyio.fail_after(10):
+            result = await b.wait(order_id)
+    assert resumed
+    assert result.status is Status.DONE
+
+
+@on_databases
 async def test_a_starting_instance_takes_none_of_the_orders_a_live_one_holds(
     backend: str, tmp_path: Path, emu: Emulator
 ) -> None:

@@ -585,7 +585,8 @@ def test_an_order_is_adopted_once_per_lease_and_never_from_a_live_owner(
 ) -> None:
     """Instances adopt, renew, give up and track one order at random times: an adoption
     always finds the order's lease run out, so two adoptions are a lease apart at least,
-    and the order has one owner at a time."""
+    the order has one owner at a time, and another's give-up leaves a live owner's
+    order marked tracked."""
     db = _orders_table()
     now, lease = 1000.0, 10.0
     sql.track(db, "sqlite", 9, D, "p", now)
@@ -600,13 +601,15 @@ def test_an_order_is_adopted_once_per_lease_and_never_from_a_live_owner(
         elif action == "renew":
             leases.lease(db, "sqlite", [9], who, now, lease)
         elif action == "untrack":
-            leases.untrack(db, "sqlite", [9], who)
+            leases.untrack(db, "sqlite", [9], who, now)
         else:
             sql.track(db, "sqlite", 9, D, "p", now)
         after = reads.orders(db, "sqlite", [9])[9]
         live = before.lease_until > now and before.owner is not None
         if live and after.owner != before.owner:
             assert after.owner is None  # only its owner gives a live lease up
+        if live and action == "untrack" and who != before.owner:
+            assert after.tracking == before.tracking  # its owner still follows it
     assert all(later - earlier >= lease for earlier, later in itertools.pairwise(adopted))
 
 

@@ -21,19 +21,24 @@ from transports.journal.order_rows import (
 )
 
 
-def untrack(db: Any, dialect: str, order_ids: Sequence[int], owner: str) -> None:
-    """Nobody needs to resume these any more (settled, or given up); drop ``owner``'s lease."""
+def untrack(db: Any, dialect: str, order_ids: Sequence[int], owner: str, now: float) -> None:
+    """``owner`` no longer needs these (settled here, or given up): its lease is dropped,
+    and nobody needs to resume them, unless another instance holds a live lease on one
+    (it follows the order still: stopped for a deploy before its next renewal, it
+    must find the order marked to take it back)."""
     for chunk in chunks(order_ids):
         placeholders = marks(len(chunk), dialect)
         db.execute(
             in_dialect(
                 dialect,
-                f"UPDATE orderfsm_orders SET tracking = %s,"
+                f"UPDATE orderfsm_orders SET"
+                f" tracking = CASE WHEN owner <> %s AND lease_until > %s THEN tracking"
+                f" ELSE %s END,"
                 f" owner = CASE WHEN owner = %s THEN NULL ELSE owner END,"
                 f" lease_until = CASE WHEN owner = %s THEN 0 ELSE lease_until END"
                 f" WHERE order_id IN ({placeholders})",
             ),
-            (False, owner, owner, *chunk),
+            (owner, now, False, owner, owner, *chunk),
         )
 
 

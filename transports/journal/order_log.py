@@ -111,8 +111,9 @@ class OrderLog:
 
     async def untrack(self, order_ids: Sequence[int]) -> None:
         work = functools.partial(
-            leases.untrack, dialect=self.dialect, order_ids=order_ids, owner=self.owner
-        )
+            leases.untrack, dialect=self.dialect, order_ids=order_ids, owner=self.owner,
+            now=time.time(),
+        )  # fmt: skip
         await self.journal._call(self._store.write, work, self._deadline())
 
     async def want(self, order_ids: Sequence[int]) -> None:
