@@ -19,9 +19,16 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from support_frameworks import APPS, deliver_with_a_kill, gunicorn, serving, wait_for_workers
+from support_frameworks import (
+    APPS,
+    deliver_with_a_kill,
+    gunicorn,
+    post,
+    serving,
+    wait_for_workers,
+)
 from support_journal import connect, create_grants, url_for
-from support_webhook import order_paid
+from support_webhook import order_paid, signed
 
 ORDERS = list(range(1001, 1013))
 DIES_IN_ITS_TRANSACTION = 1005
@@ -46,17 +53,22 @@ def run_app(app: str, env: dict[str, str], tmp_path: Path) -> tuple[list[list[in
     return answers, killed
 
 
+def migrate_django(env: dict[str, str]) -> None:
+    """The Django game's tables in ``env["GAME_DB"]``."""
+    migrate = subprocess.run(
+        [sys.executable, "-m", "django", "migrate", "--run-syncdb", "-v", "0"],
+        cwd=APPS, env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert migrate.returncode == 0, migrate.stderr
+
+
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
 def test_django_under_gunicorn_grants_each_order_once_with_the_orm(
     backend: str, tmp_path: Path
 ) -> None:
     url = url_for(backend, tmp_path)
     env = {"GAME_DB": url, "DJANGO_SETTINGS_MODULE": "djangogame.settings"}
-    migrate = subprocess.run(
-        [sys.executable, "-m", "django", "migrate", "--run-syncdb", "-v", "0"],
-        cwd=APPS, env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert migrate.returncode == 0, migrate.stderr
+    migrate_django(env)
     run_app("djangogame.wsgi:application", env, tmp_path)
     db = connect(url)
     try:
@@ -83,3 +95,36 @@ def test_flask_under_gunicorn_grants_each_order_once(backend: str, tmp_path: Pat
     finally:
         db.close()
     assert sorted(Counter(int(row[0]) for row in rows).items()) == [(o, 1) for o in ORDERS]
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_django_a_grant_rolled_back_behind_the_handlers_back_is_never_answered_2xx(
+    backend: str, tmp_path: Path
+) -> None:
+    """The handler catches the ORM's ``IntegrityError`` (the player owns the skin already)
+    and returns: Django has marked the block for rollback, and leaving the handler's
+    savepoint rolled the grant back.  The 204 was stored (every duplicate got it,
+    Xsolla was done) with nothing granted.  It must answer 5xx, so Xsolla retries,
+    until a delivery whose grant stays is answered 2xx."""
+    url = url_for(backend, tmp_path)
+    env = {
+        "GAME_DB": url,
+        "DJANGO_SETTINGS_MODULE": "djangogame.settings",
+        "GAME_HOOK": "djangogame.hooks.grant_owning",
+    }
+    migrate_django(env)
+    db = connect(url)
+    try:
+        db.execute("INSERT INTO djangogame_owned (\"user\", sku) VALUES ('user-1', 'skin')")
+        with serving(gunicorn("djangogame.wsgi:application", workers=1), env, tmp_path, PATH) as s:
+            body = order_paid(2001)
+            refused = [post(s.port, PATH, body, signed(body)) for _ in range(2)]
+            granted_meanwhile = db.execute("SELECT count(*) FROM djangogame_grant").fetchone()
+            db.execute("DELETE FROM djangogame_owned")  # now the skin is granted too
+            retried = post(s.port, PATH, body, signed(body))
+        rows = db.execute("SELECT order_id FROM djangogame_grant").fetchall()
+    finally:
+        db.close()
+    assert refused == [500, 500]
+    assert granted_meanwhile == (0,)
+    assert retried == 204 and [int(row[0]) for row in rows] == [2001]

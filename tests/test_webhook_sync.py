@@ -8,6 +8,7 @@ Every test runs in memory (where it applies), on SQLite and on PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -230,3 +231,37 @@ def test_a_busy_duplicate_is_counted_as_a_duplicate_as_the_async_receiver_does(
     deliveries = receiver.stats().deliveries
     assert duplicate.status == 500
     assert (deliveries["duplicate"], deliveries["journal_failed"]) == (1, 0)
+
+
+@on_databases
+def test_a_transactional_handler_that_swallows_a_database_error_is_never_2xx_for_lost_writes(
+    backend: str, tmp_path: Path
+) -> None:
+    """The handler catches its database's error (a unique key: the player owns the skin
+    already) and returns.  What each database does then decides the answer, and a 2xx
+    comes only with the handler's writes committed: SQLite undid the one statement and
+    the grant stays (204); PostgreSQL aborted the transaction, so the journal's next
+    statement fails and nothing is kept (500, retried).  Django's ORM is the one that
+    rolled back quietly (``test_frameworks_wsgi``)."""
+    url = url_for(backend, tmp_path)
+    create_grants(url)
+    m = mark(url)
+    db = connect(url)
+    try:
+        db.execute("CREATE TABLE owned (player TEXT, sku TEXT, UNIQUE (player, sku))")
+        db.execute("INSERT INTO owned VALUES ('user-1', 'skin')")
+    finally:
+        db.close()
+
+    def grant(notification: Notification, connection: Any) -> None:
+        assert isinstance(notification, OrderPaid)
+        connection.execute(f"INSERT INTO grants VALUES ({m}, 'gems')", (notification.order_id,))
+        # sqlite3.IntegrityError, psycopg.errors.UniqueViolation: "owned already, fine"
+        with contextlib.suppress(Exception):
+            connection.execute("INSERT INTO owned VALUES ('user-1', 'skin')")
+
+    with receivers(url, 1, transactional=grant) as (receiver,):
+        body = order_paid(41)
+        answers = [receiver.handle(signed(body), body).status for _ in range(2)]
+    expected = ([204, 204], [41]) if backend == "sqlite" else ([500, 500], [])
+    assert (answers, grants(url)) == expected

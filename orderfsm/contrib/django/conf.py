@@ -46,16 +46,33 @@ class WebhookConfigError(OrderFsmError, ImproperlyConfigured):  # type: ignore[m
     """``settings.ORDERFSM_WEBHOOK`` is missing or wrong."""
 
 
+class GrantRolledBack(OrderFsmError, RuntimeError):
+    """The transactional handler returned, but Django had marked its block for rollback
+    (it caught a database error outside an ``atomic`` of its own, or called
+    ``set_rollback(True)``): its writes are undone, so the delivery is not handled.
+    Answered 500, never stored: Xsolla delivers it again."""
+
+
 def in_django_transaction(
     handler: Callable[[Notification], None], alias: str
 ) -> Callable[[Notification, Any], None]:
     """The transactional handler the receiver runs: the application's, in a savepoint of
     the claim's transaction (so a refusal or an error rolls back its writes alone, with
-    Django's bookkeeping right)."""
+    Django's bookkeeping right).
+
+    Leaving the savepoint of a block marked for rollback rolls back quietly, so a
+    handler that swallowed an ``IntegrityError`` would have its grant undone and the
+    delivery answered 204 all the same: that is raised instead (a 500)."""
 
     def transactional(notification: Notification, connection: Any) -> None:
         with transaction.atomic(using=alias):
             handler(notification)
+            if transaction.get_rollback(using=alias):
+                raise GrantRolledBack(
+                    "the handler returned, but its transaction was marked for rollback (a "
+                    "database error caught outside a transaction.atomic() of its own?): "
+                    "its writes are rolled back"
+                )
 
     return transactional
 

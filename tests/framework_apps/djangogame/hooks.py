@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
 
-from django.db import connection
+from django.db import IntegrityError, connection
 
-from djangogame.models import Grant
+from djangogame.models import Grant, Owned
 from transports.webhook import Notification, OrderPaid
 
 
@@ -32,3 +33,14 @@ def grant(notification: Notification) -> None:
         if not marker.exists():  # once: the worker dies with the grant written, uncommitted
             marker.write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def grant_owning(notification: Notification) -> None:
+    """The grant, then the skin that comes with it, idempotent the usual way: a player who
+    owns it already is fine.  The ``IntegrityError`` is caught with no savepoint of its
+    own, so Django marks the whole block for rollback, the grant with it."""
+    grant(notification)
+    if isinstance(notification, OrderPaid):
+        player = notification.user.external_id if notification.user else None
+        with contextlib.suppress(IntegrityError):
+            Owned.objects.create(user=str(player), sku="skin")

@@ -10,3 +10,13 @@ class Grant(models.Model):
     sku = models.CharField(max_length=200)
     attempt = models.IntegerField()
     """The claim's attempt, read inside the handler: only the claim's own transaction sees it."""
+
+
+class Owned(models.Model):
+    """A non-consumable item a player owns once (the unique key refuses a second)."""
+
+    user = models.CharField(max_length=200)
+    sku = models.CharField(max_length=200)
+
+    class Meta:
+        unique_together = (("user", "sku"),)

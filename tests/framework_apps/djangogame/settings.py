@@ -40,7 +40,7 @@ DATABASES["default"]["ATOMIC_REQUESTS"] = True
 
 ORDERFSM_WEBHOOK = {
     "SECRET": os.environ.get("GAME_SECRET", "PROJECT_SECRET_KEY"),
-    "TRANSACTIONAL": "djangogame.hooks.grant",
+    "TRANSACTIONAL": os.environ.get("GAME_HOOK", "djangogame.hooks.grant"),
     "LEASE": 10.0,
     "WAIT": 2.0,
 }
