@@ -33,6 +33,12 @@ async def awaited(notification: Notification) -> None:
     handled.append(notification.order_id)
 
 
+def yielding(notification: Notification) -> Iterator[None]:
+    """Never runs either: calling it only makes a generator."""
+    handled.append(notification.order_id)
+    yield
+
+
 urlpatterns: list[Any] = []
 
 
@@ -85,6 +91,8 @@ def test_the_view_answers_like_the_receiver(client: Client) -> None:
         ({"SECRET": SECRET, "TRANSACTIONAL": plain, "STORE": "x.sqlite3"}, "leave STORE out"),
         ({"SECRET": SECRET, "HANDLER": awaited}, "plain function"),  # never awaited
         ({"SECRET": SECRET, "TRANSACTIONAL": f"{__name__}.awaited"}, "plain function"),
+        ({"SECRET": SECRET, "HANDLER": yielding}, "generator function"),
+        ({"SECRET": SECRET, "TRANSACTIONAL": f"{__name__}.yielding"}, "generator function"),
         ({"SECRET": SECRET, "DATABASE": "other"}, "no database"),
         ({"SECRET": SECRET, "SECERT": "typo"}, "unknown keys"),
     ],

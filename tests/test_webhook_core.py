@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -388,6 +390,54 @@ async def test_a_handler_runs_once_whatever_kind_it_is_and_one_never_run_is_refu
         WebhookReceiver(SECRET, transactional=awaited, store=store)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="must be a plain function"):
         SyncWebhookReceiver(SECRET, transactional=awaited, store=store)  # type: ignore[arg-type]
+
+
+granted_by_generators: list[int] = []
+
+
+def yielding(notification: Notification, connection: object = None) -> Iterator[None]:
+    granted_by_generators.append(1)  # never reached: calling it only makes a generator
+    yield
+
+
+async def async_yielding(
+    notification: Notification, connection: object = None
+) -> AsyncIterator[None]:
+    granted_by_generators.append(2)
+    yield
+
+
+class YieldingMethod:
+    async def __call__(self, notification: Notification) -> AsyncIterator[None]:
+        granted_by_generators.append(3)
+        yield
+
+
+GENERATORS = [yielding, async_yielding, functools.partial(yielding), YieldingMethod()]
+
+
+@pytest.mark.parametrize("handler", GENERATORS, ids=["def", "async_def", "partial", "call"])
+@pytest.mark.parametrize("receiver", ["async", "sync", "async_transactional", "sync_transactional"])
+def test_a_generator_function_handler_is_refused_when_the_receiver_is_made(
+    handler: Any, receiver: str, tmp_path: Path
+) -> None:
+    """A handler with a ``yield`` (``def`` or ``async def``) is never run by calling it,
+    nor by awaiting what it returns: each delivery was answered 204 and stored with
+    nothing granted.  Every receiver refuses it, as it refuses an ``async def`` it would
+    only call (Flask's blueprint serves a ``SyncWebhookReceiver``; Django's settings are
+    ``test_frameworks_django``'s)."""
+    store = str(tmp_path / "journal.sqlite3")
+    make = {
+        "async": lambda: WebhookReceiver(SECRET, handler),
+        "sync": lambda: SyncWebhookReceiver(SECRET, handler),
+        "async_transactional": lambda: WebhookReceiver(SECRET, transactional=handler, store=store),
+        "sync_transactional": lambda: SyncWebhookReceiver(
+            SECRET, transactional=handler, store=store
+        ),
+    }[receiver]
+    with pytest.raises(TypeError, match="must not be a generator function"):
+        make()
+    assert granted_by_generators == []
 
 
 @pytest.mark.anyio

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
@@ -75,6 +76,32 @@ async def test_good_duplicate_and_badly_signed_posts(kind: str) -> None:
     assert json.loads(garbage.body)["error"]["code"] == "INVALID_PARAMETER"
     assert handled.orders == [501]
     assert [(o.order_id, o.status) for o in sink.observations] == [(501, "paid")] * 2
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("made", ["generator", "async_generator"])
+async def test_a_handler_that_hands_back_a_generator_answers_500_not_204(
+    kind: str, made: str
+) -> None:
+    """A lambda around a generator function passes the receiver's checks (it is no
+    generator function itself), and calling it runs none of the body: 500, so Xsolla
+    delivers again, never a stored 204 that granted nothing."""
+    granted: list[int] = []
+
+    def grant(notification: object) -> Iterator[None]:
+        granted.append(1)
+        yield
+
+    async def async_grant(notification: object) -> AsyncIterator[None]:
+        granted.append(2)
+        yield
+
+    wrapped = grant if made == "generator" else async_grant
+    receiver = WebhookReceiver(SECRET, lambda notification: wrapped(notification))
+    async with serve_receiver(receiver, kind) as url:
+        answers = [(await post_signed(url, order_paid(601))).status for _ in range(2)]
+    assert answers == [500, 500] and granted == []
 
 
 @pytest.mark.anyio

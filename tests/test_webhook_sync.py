@@ -265,3 +265,32 @@ def test_a_transactional_handler_that_swallows_a_database_error_is_never_2xx_for
         answers = [receiver.handle(signed(body), body).status for _ in range(2)]
     expected = ([204, 204], [41]) if backend == "sqlite" else ([500, 500], [])
     assert (answers, grants(url)) == expected
+
+
+@pytest.mark.parametrize("form", ["handler", "transactional"])
+@pytest.mark.parametrize("made", ["generator", "coroutine"])
+def test_a_handler_that_hands_back_a_generator_or_a_coroutine_answers_500_not_204(
+    form: str, made: str, tmp_path: Path
+) -> None:
+    """A lambda passes the checks made when the receiver is built, and what it hands back
+    (a generator, or a coroutine this receiver never awaits) ran none of the grant:
+    500, retried, never a stored 204."""
+    granted: list[int] = []
+
+    def grant(notification: Notification, connection: Any = None) -> Iterator[None]:
+        granted.append(1)
+        yield
+
+    async def async_grant(notification: Notification, connection: Any = None) -> None:
+        granted.append(2)
+
+    wrapped: Any = grant if made == "generator" else async_grant
+    kind = (
+        {"handler": lambda n: wrapped(n)}
+        if form == "handler"
+        else {"transactional": lambda n, c: wrapped(n, c)}
+    )
+    with receivers(str(tmp_path / "journal.sqlite3"), 1, **kind) as (receiver,):
+        body = order_paid(42)
+        answers = [receiver.handle(signed(body), body).status for _ in range(2)]
+    assert answers == [500, 500] and granted == []

@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from orderfsm.callables import require_plain
+from orderfsm.callables import require_plain, require_ran, require_runs
 from orderfsm.errors import WebhookError
 from transports.journal.base import Store as JournalStore
 from transports.journal.base import Work
@@ -56,16 +56,15 @@ def check_handlers(
     handler: object | None, transactional: object | None, blocking: bool, *, awaited: bool
 ) -> None:
     """One handler at most, the transactional one only over a database, and none that
-    would never run: an ``async def`` where the receiver only calls (``awaited`` false;
-    the transactional handler is always called, in a worker thread).  Where the
-    receiver awaits, any callable will do: what it returns is awaited if it can be
-    (see :mod:`orderfsm.callables` for what the wrong kind costs)."""
+    would never run: a generator function anywhere, an ``async def`` where the receiver
+    only calls (``awaited`` false; the transactional handler is always called, in a
+    worker thread).  Where the receiver awaits, any other callable will do: what it
+    returns is awaited if it can be (see :mod:`orderfsm.callables` for what the wrong
+    kind costs)."""
     if handler is not None and transactional is not None:
         raise ValueError("give either handler or transactional, not both")
-    if handler is not None and not awaited:
-        require_plain(handler, "the webhook handler")
-    if handler is not None and not callable(handler):
-        raise TypeError(f"the webhook handler must be callable, got {handler!r}")
+    if handler is not None:
+        (require_runs if awaited else require_plain)(handler, "the webhook handler")
     if transactional is not None:
         require_plain(transactional, "the transactional handler")
     if transactional is not None and not blocking:
@@ -103,6 +102,7 @@ def transactional_work(
     ``notes`` (the order's status) are the delivery's facts, kept whatever the handler
     answers.  ``timing`` gets the handler's seconds."""
     channel = str(getattr(store, "channel", CHANNEL))
+    run: Callable[[Notification, Any], object] = transactional  # what it returns is checked
 
     def facts(connection: Any) -> None:
         record(connection, store.kind, notes, time.time(), channel)
@@ -110,7 +110,7 @@ def transactional_work(
     def handle(connection: Any, attempt: int) -> tuple[WebhookAnswer, str | None]:
         started = time.perf_counter()
         try:
-            transactional(notification, connection)
+            require_ran(run(notification, connection), awaited=False)
         except Exception as exc:
             return handler_failed(exc, notification)
         finally:

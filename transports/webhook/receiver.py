@@ -20,6 +20,7 @@ from types import TracebackType
 
 import anyio
 
+from orderfsm.callables import require_ran
 from orderfsm.errors import JournalError
 from orderfsm.interface import ObservationSink
 from orderfsm.journal import Reply
@@ -158,6 +159,8 @@ class WebhookReceiver(ReceiverBase):
             result = self.handler(notification)
             if inspect.isawaitable(result):  # an async def, or a lambda that makes one
                 await result
+            else:
+                require_ran(result, awaited=True)
         except Exception as exc:
             return handler_failed(exc, notification)
         finally:

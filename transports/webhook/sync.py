@@ -10,13 +10,13 @@ is bound to a loop that a request does not own.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
 
+from orderfsm.callables import require_ran
 from orderfsm.errors import JournalError
 from orderfsm.interface import ObservationSink
 from orderfsm.journal import JournalSettings, Reply
@@ -145,10 +145,7 @@ class SyncWebhookReceiver(ReceiverBase):
         if self.handler is None:
             return ACCEPTED, None
         try:
-            result = self.handler(notification)
-            if inspect.isawaitable(result):  # passed the check, then made a coroutine
-                getattr(result, "close", lambda: None)()
-                raise TypeError("the webhook handler returned an awaitable; it is not awaited")
+            require_ran(self.handler(notification), awaited=False)
         except Exception as exc:
             return handler_failed(exc, notification)
         return ACCEPTED, None
