@@ -13,6 +13,7 @@ and the claim are one transaction.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -29,6 +30,8 @@ from support_frameworks import (
 )
 from support_journal import connect, create_grants, url_for
 from support_webhook import order_paid, signed
+
+from transports.webhook.receiver import DEFAULT_MAX_BODY
 
 ORDERS = list(range(1001, 1013))
 DIES_IN_ITS_TRANSACTION = 1005
@@ -128,3 +131,48 @@ def test_django_a_grant_rolled_back_behind_the_handlers_back_is_never_answered_2
     assert refused == [500, 500]
     assert granted_meanwhile == (0,)
     assert retried == 204 and [int(row[0]) for row in rows] == [2001]
+
+
+def post_chunked(port: int, body: bytes, headers: dict[str, str], *, ended: bool) -> int | None:
+    """``body`` in 8 KiB chunks (no ``Content-Length``, as a proxy streaming it sends it);
+    without the last chunk unless ``ended``.  The status, or ``None`` without one in 10 s."""
+    head = [f"POST {PATH} HTTP/1.1", "Host: 127.0.0.1", "Transfer-Encoding: chunked"]
+    head += [f"{name}: {value}" for name, value in headers.items()]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+        for start in range(0, len(body), 8192):
+            chunk = body[start : start + 8192]
+            connection.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        if ended:
+            connection.sendall(b"0\r\n\r\n")
+        try:
+            status_line = connection.makefile("rb").readline()
+        except OSError:
+            return None
+    return int(status_line.split()[1]) if status_line else None
+
+
+@pytest.mark.parametrize("app", ["django", "flask"])
+def test_a_chunked_body_is_read_whole_and_an_endless_one_no_further_than_the_limit(
+    app: str, tmp_path: Path
+) -> None:
+    """A chunked request has no length to refuse before reading it.  An unsigned one that
+    does not end (or is gigabytes long) was read to its end into memory by the Flask
+    blueprint before its 413: the worker's memory was anyone's.  Each app reads the
+    receiver's limit + 1 bytes and answers 413 while the body is still coming, and a
+    signed chunked notification is read whole and granted."""
+    url = url_for("sqlite", tmp_path)
+    if app == "django":
+        env = {"GAME_DB": url, "DJANGO_SETTINGS_MODULE": "djangogame.settings"}
+        migrate_django(env)
+        command = gunicorn("djangogame.wsgi:application", workers=1)
+    else:
+        env = {"GAME_DB": url}
+        create_grants(url)
+        command = gunicorn("flaskgame:app", workers=1)
+    endless = b"x" * (DEFAULT_MAX_BODY + 1000)  # then nothing more, and no last chunk
+    with serving(command, env, tmp_path, PATH) as server:
+        body = order_paid(3001)
+        whole = post_chunked(server.port, body, signed(body), ended=True)
+        cut = post_chunked(server.port, endless, {"Content-Type": "text/plain"}, ended=False)
+    assert (whole, cut) == (204, 413)

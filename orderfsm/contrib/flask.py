@@ -42,7 +42,9 @@ def webhook_blueprint(
         refusal = receiver.precheck(peer, request.content_length)
         if refusal is not None:
             return _response(refusal)
-        body = request.get_data(cache=False)
+        body = receiver.read_body(request.stream.read)  # chunked: no length to check first
+        if isinstance(body, WebhookAnswer):
+            return _response(body)
         return _response(receiver.handle(list(request.headers.items()), body, peer))
 
     blueprint.add_url_rule(path, "webhook", webhook, methods=["POST", "GET"])

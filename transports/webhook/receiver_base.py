@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from orderfsm.core import Observation, Status
@@ -104,6 +104,22 @@ class ReceiverBase:
         answer = self._too_large()
         self._counters.answered("too_large", answer.status)
         return answer
+
+    def read_body(self, read: Callable[[int], bytes]) -> bytes | WebhookAnswer:
+        """The body from a blocking ``read(size)`` (a WSGI input), or the 413 once it
+        passes ``max_body_size``: read no further than that + 1 byte, since a chunked
+        request has no length for :meth:`precheck` and may never end.  ``read`` may
+        return less than asked before the end; an empty read is the end."""
+        limit = self.max_body_size
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = read(limit + 1 - size)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+        return self.too_large()
 
     def _too_large(self) -> WebhookAnswer:
         return refusal(BodyTooLarge(f"body exceeds {self.max_body_size} bytes"))

@@ -15,7 +15,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from orderfsm.contrib.django.conf import receiver
-from transports.webhook import WebhookAnswer
+from transports.webhook import SyncWebhookReceiver, WebhookAnswer
 from transports.webhook.asgi import METHOD_NOT_ALLOWED
 
 
@@ -42,24 +42,24 @@ def _webhook(request: HttpRequest) -> HttpResponse:
     if refusal is not None:
         return _response(refusal)
     try:
-        body = _body(request, current.max_body_size)
-    except RequestDataTooBig:
+        body = _body(request, current)
+    except RequestDataTooBig:  # over Django's own DATA_UPLOAD_MAX_MEMORY_SIZE
         return _response(current.too_large())
+    if isinstance(body, WebhookAnswer):
+        return _response(body)
     return _response(current.handle(request.headers.items(), body, peer))
 
 
-def _body(request: HttpRequest, limit: int) -> bytes:
+def _body(request: HttpRequest, current: SyncWebhookReceiver) -> bytes | WebhookAnswer:
     """The raw body, chunked ones too.  Django reads ``CONTENT_LENGTH`` bytes, and
     none when a chunked request has no length: its signature then fails, a 400 that
     refunds an ``order_paid`` at once.  A WSGI server that says its input ends by
-    itself (``wsgi.input_terminated``: gunicorn, uWSGI, mod_wsgi) is read to its end."""
+    itself (``wsgi.input_terminated``: gunicorn, uWSGI, mod_wsgi) is read to its end,
+    or to the receiver's limit (the 413)."""
     if _content_length(request) is None and request.META.get("wsgi.input_terminated"):
         stream = request.META.get("wsgi.input")
         if stream is not None:
-            body: bytes = stream.read(limit + 1)
-            if len(body) > limit:
-                raise RequestDataTooBig("the body exceeds the receiver's limit")
-            return body
+            return current.read_body(stream.read)
     whole: bytes = request.body
     return whole
 
