@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support_journal import connect, on_databases, url_for
 from support_postgres import postgres_server
-from support_webhook import SECRET, order_paid, signed
+from support_webhook import SECRET, order_paid, serve_receiver, signed
 
 from orderfsm import Status
 from orderfsm.core import GOALS, Verdict, verdict
@@ -30,6 +30,7 @@ from orderfsm.errors import JournalUnavailable, WebhookError
 from orderfsm.journal.orders import OrderRow, adoptable, advance, leased, may_lease, settled_call
 from orderfsm.supervisor.tracker import Tracker
 from orderfsm.testing import eventually
+from transports.http import open_http_client
 from transports.journal import JournalSettings, open_journal
 from transports.journal import order_leases as leases
 from transports.journal import order_reads as reads
@@ -730,6 +731,48 @@ async def test_a_transactional_handler_that_refuses_or_fails_keeps_the_order_sta
     assert [(c.version, c.status, c.source) for c in changes] == [
         (1, P, "webhook"), (2, C, "webhook")
     ]  # fmt: skip
+
+
+@on_databases
+async def test_the_first_transactional_delivery_of_a_process_wakes_the_fleet_at_once(
+    backend: str, tmp_path: Path
+) -> None:
+    """A receiver given its journal as a URL opens it on its first delivery.  Its
+    transactional handler's unit of work read the PostgreSQL channel before that: the
+    default one, not the schema's, so the order's status went out where no tracker
+    listens, and trackers elsewhere learnt it at their backstop read, 3 s later.  A
+    tracker's follower on another connection hears it at once."""
+    url = url_for(backend, tmp_path)
+    async with open_journal(url) as elsewhere:
+        log = OrderLog(elsewhere)
+        await log.track(75, D, None)
+        assert (await log.wait_for_news(0.01, {75: 0})).everything  # listening from now
+        receiver = WebhookReceiver(SECRET, transactional=lambda n, c: None, store=url)
+        try:
+            async with serve_receiver(receiver, "asgi") as served, open_http_client() as http:
+                body = order_paid(75)
+                answer = await http.request("POST", served, signed(body), body, timeout=10)
+            heard = await woken_by(log, 75, within=1.0)  # a third of the backstop
+        finally:
+            await receiver.aclose()
+    assert answer.status == 204
+    assert [(c.order_id, c.status) for c in heard] == [(75, P)]
+
+
+async def woken_by(log: OrderLog, order_id: int, within: float) -> list[Any]:
+    """The order's changes as a follower learns them from wake-ups alone in ``within`` s
+    (a PostgreSQL NOTIFY naming it, a SQLite commit: any, so read on until it shows)."""
+    with anyio.move_on_after(within):
+        while True:
+            news = await log.wait_for_news(within, {order_id: 0})
+            if news.quiet:
+                break
+            changes = news.changes
+            if changes is None:
+                changes = await log.changes({order_id: 0}, everything=True)
+            if changes:
+                return changes
+    return []
 
 
 async def test_a_notification_that_is_not_ours_reads_everything_instead_of_failing() -> None:

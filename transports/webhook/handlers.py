@@ -101,11 +101,12 @@ def transactional_work(
     """The journal's unit of work for a transactional handler: its answer and error text.
     ``notes`` (the order's status) are the delivery's facts, kept whatever the handler
     answers.  ``timing`` gets the handler's seconds."""
-    channel = str(getattr(store, "channel", CHANNEL))
     run: Callable[[Notification, Any], object] = transactional  # what it returns is checked
 
     def facts(connection: Any) -> None:
-        record(connection, store.kind, notes, time.time(), channel)
+        # The channel is the schema's, known once the store is open: the work is built
+        # before that on a receiver's first delivery.
+        record(connection, store.kind, notes, time.time(), str(getattr(store, "channel", CHANNEL)))
 
     def handle(connection: Any, attempt: int) -> tuple[WebhookAnswer, str | None]:
         started = time.perf_counter()
