@@ -280,6 +280,18 @@ def test_bytes_are_read_as_utf8_and_invalid_utf8_is_a_protocol_error() -> None:
 # --- dead connection and timeouts -----------------------------------------------------
 
 
+@pytest.mark.parametrize("sample", [0.0, 0.5, 1.0])
+def test_a_restart_reconnects_within_a_stable_connections_jitter(sample: float) -> None:
+    """A host awake after a sleep restarts every socket at once: each comes back within
+    the jitter of a stable connection's first reconnect, not all in one tick."""
+    e = engine(sample=sample)
+    e.connect(0.0, "jwt")
+    e.receive(connect_reply(1), 0.0)
+    [end] = e.restart("the host slept", 5.0)
+    assert isinstance(end, Reconnecting) and end.code == ClientCode.RESTART
+    assert end.delay == sample * CONFIG.first_reconnect_delay
+
+
 def test_dead_connection_deadline_is_last_data_plus_ping_plus_slack() -> None:
     e = connected(ping=25, now=100.0)
     assert e.next_deadline() == 100.0 + 25 + 10

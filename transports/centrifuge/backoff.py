@@ -80,6 +80,12 @@ class ReconnectDelays:
         self._attempts += 1
         return delay
 
+    def soon(self) -> float:
+        """At once, within the jitter of a stable connection's first reconnect: a
+        host's sockets cut together (the host awake after a sleep) do not all come
+        back in one tick."""
+        return self._sample() * self._config.first_reconnect_delay
+
     def retry(self, attempt: int) -> float:
         """The delay before retrying something that failed ``attempt`` times."""
         return self._backoff(attempt, self._config.min_reconnect_delay, self._sample())

@@ -231,7 +231,8 @@ class CentrifugeEngine:
         return self._closed(code, reason, now)
 
     def restart(self, reason: str, now: float) -> list[Event]:
-        """End the live connection and reconnect at once, keeping channel positions.
+        """End the live connection and reconnect soon (:meth:`ReconnectDelays.soon`),
+        keeping channel positions.
 
         For a host that slept: its socket may be dead without either side having
         said so, and waiting for the missed ping takes up to ping + slack.  The
@@ -241,7 +242,7 @@ class CentrifugeEngine:
             return []
         self._reset_connection()
         self.state = State.DISCONNECTED
-        return [endings.restart(reason).reconnecting(now, 0.0)]
+        return [endings.restart(reason).reconnecting(now, self._delays.soon())]
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` must run next, or ``None`` for never."""
