@@ -79,7 +79,8 @@ def add_store_options(parser: argparse.ArgumentParser, *, required: bool = False
         type=options.positive_seconds,
         default=60.0,
         metavar="SECONDS",
-        help="how long a claim's owner may work before another instance takes over",
+        help="how long a claim's owner may work before another instance takes over "
+        "(and how long webhook-server, stopped, waits for the deliveries in flight)",
     )
     parser.add_argument(
         "--wait",

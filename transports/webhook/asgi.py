@@ -59,13 +59,13 @@ class WebhookASGIApp:
         path = _local_path(scope)
         endpoint = self.endpoints.get(path)
         if endpoint is not None and scope["method"] in ("GET", "HEAD"):
-            await _reply(send, await endpoint())
+            await reply(send, await endpoint())
             return
         if path != self.path:
-            await _reply(send, NOT_FOUND)
+            await reply(send, NOT_FOUND)
             return
         if scope["method"] != "POST":
-            await _reply(send, METHOD_NOT_ALLOWED, (("Allow", "POST"),))
+            await reply(send, METHOD_NOT_ALLOWED, (("Allow", "POST"),))
             return
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", ())]
         client = scope.get("client")
@@ -73,7 +73,7 @@ class WebhookASGIApp:
         length = _content_length(headers)
         refusal = self.receiver.precheck(peer, length)
         if refusal is not None:
-            await _reply(send, refusal)
+            await reply(send, refusal)
             return
         body = bytearray()
         more = True
@@ -83,11 +83,11 @@ class WebhookASGIApp:
                 return
             body += message.get("body", b"")
             if len(body) > self.receiver.max_body_size:
-                await _reply(send, self.receiver.too_large())
+                await reply(send, self.receiver.too_large())
                 return
             more = bool(message.get("more_body", False))
         answer = await self.receiver.handle(headers, bytes(body), peer)
-        await _reply(send, answer)
+        await reply(send, answer)
 
 
 def _local_path(scope: Scope) -> str:
@@ -107,9 +107,8 @@ def _content_length(headers: list[tuple[str, str]]) -> int | None:
     return None
 
 
-async def _reply(
-    send: Send, answer: WebhookAnswer, extra: tuple[tuple[str, str], ...] = ()
-) -> None:
+async def reply(send: Send, answer: WebhookAnswer, extra: tuple[tuple[str, str], ...] = ()) -> None:
+    """Send ``answer`` (and ``extra`` headers) as the whole ASGI response."""
     headers = [(k.lower().encode(), v.encode()) for k, v in (*answer.headers, *extra)]
     headers.append((b"content-length", str(len(answer.body)).encode()))
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})

@@ -3,6 +3,13 @@
 aiohttp.web serves it on asyncio; under trio, where aiohttp cannot run,
 hypercorn serves the ASGI app (``pip install 'orderfsm[trio]'``).  The
 command line, the soak and the tests all serve it through here.
+
+Either stops cleanly: the deliveries in flight finish and record their
+answers, for up to the journal's lease (how long a claim's owner may work
+before another instance may take the notification over), while new ones are
+refused in a way Xsolla retries (a closed port, or 503).  A delivery cut
+after its handler's effect and before its answer is recorded would run the
+plain handler again on Xsolla's retry.
 """
 
 from __future__ import annotations
@@ -16,13 +23,21 @@ from typing import Any, Literal
 
 import anyio
 
+from orderfsm.journal import JournalSettings
 from transports.backend import on_asyncio
 from transports.webhook.asgi import asgi_app
+from transports.webhook.draining import Draining
 from transports.webhook.endpoints import Endpoints
 from transports.webhook.receiver import WebhookReceiver
 
 Server = Literal["auto", "aiohttp", "asgi"]
 LISTEN_TIMEOUT = 5.0
+DEFAULT_DRAIN = JournalSettings().lease
+"""How long a stop waits for the requests in flight when not told: a default lease
+(aiohttp's own default too).  ``serve_receiver`` waits its journal's lease."""
+AFTER_DRAIN = 1.0
+"""hypercorn's grace once the drain is over: only refusals are left to write, and
+requests past the drain's limit, which it cancels."""
 
 
 @asynccontextmanager
@@ -40,26 +55,33 @@ async def serve_receiver(
     ``port=0`` picks a free port.  ``server="auto"`` is aiohttp.web on asyncio
     and the ASGI app under hypercorn otherwise.  ``endpoints`` are served at
     ``GET`` beside it (:func:`~transports.webhook.endpoints.health_endpoints`,
-    a metrics endpoint).
+    a metrics endpoint).  Leaving the block waits for the deliveries in flight,
+    up to the journal's lease, and refuses new ones meanwhile.
     """
+    drain = receiver.journal.settings.lease
     if server == "aiohttp" or (server == "auto" and on_asyncio()):
         from transports.webhook.aiohttp_app import webhook_app
 
         app = webhook_app(receiver, path, endpoints=endpoints)
-        async with serve_aiohttp_app(app, host, port) as base:
+        async with serve_aiohttp_app(app, host, port, drain=drain) as base:
             yield base + path
     else:
         asgi = asgi_app(receiver, path, endpoints=endpoints)
-        async with serve_asgi_app(asgi, host, port) as base:
+        async with serve_asgi_app(asgi, host, port, drain=drain) as base:
             yield base + path
 
 
 @asynccontextmanager
-async def serve_aiohttp_app(app: Any, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
-    """Serve an aiohttp.web application (asyncio only); yields ``http://host:port``."""
+async def serve_aiohttp_app(
+    app: Any, host: str = "127.0.0.1", port: int = 0, *, drain: float = DEFAULT_DRAIN
+) -> AsyncIterator[str]:
+    """Serve an aiohttp.web application (asyncio only); yields ``http://host:port``.
+
+    Leaving the block closes the port and waits up to ``drain`` seconds for the
+    requests in flight."""
     from aiohttp import web
 
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=drain)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)
@@ -72,8 +94,13 @@ async def serve_aiohttp_app(app: Any, host: str = "127.0.0.1", port: int = 0) ->
 
 
 @asynccontextmanager
-async def serve_asgi_app(app: Any, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
-    """Serve an ASGI application with hypercorn, on asyncio or trio; yields ``http://host:port``."""
+async def serve_asgi_app(
+    app: Any, host: str = "127.0.0.1", port: int = 0, *, drain: float = DEFAULT_DRAIN
+) -> AsyncIterator[str]:
+    """Serve an ASGI application with hypercorn, on asyncio or trio; yields ``http://host:port``.
+
+    Leaving the block answers new requests 503 and waits up to ``drain`` seconds
+    for those in flight, before hypercorn stops (its own grace is short)."""
     try:
         from hypercorn.config import Config
     except ImportError as exc:
@@ -92,14 +119,18 @@ async def serve_asgi_app(app: Any, host: str = "127.0.0.1", port: int = 0) -> As
         config.bind = [f"fd://{os.dup(sock.fileno())}"]
     config.accesslog = None
     config.errorlog = None
-    config.graceful_timeout = 1.0
+    config.graceful_timeout = AFTER_DRAIN
+    draining = Draining(app)
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(partial(serve, app, config, shutdown_trigger=stop.wait))
+        app_for_hypercorn: Any = draining  # hypercorn's types name its own scope classes
+        tg.start_soon(partial(serve, app_for_hypercorn, config, shutdown_trigger=stop.wait))
         await _wait_listening(host, bound_port)
         try:
             yield _base_url(host, bound_port)
         finally:
+            with anyio.CancelScope(shield=True):  # as aiohttp's clean-up, even when cancelled
+                await draining.drain(drain)
             stop.set()
 
 

@@ -1,0 +1,150 @@
+"""A clean stop (SIGTERM on a deploy, the end of ``serve_receiver``) lets the deliveries in
+flight finish and record their answers, and refuses new ones in a way Xsolla retries.
+
+A delivery cut between its handler's effect and its recorded answer gets no
+answer; Xsolla retries it once the claim's lease is over, and the plain handler
+runs again: a double grant on every deploy that caught a slow handler.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import anyio
+import pytest
+from support_fleet import fleet, post
+from support_journal import connect
+from support_webhook import KINDS, SECRET, order_paid, serve_receiver
+
+from orderfsm.journal import JournalSettings
+from transports.journal import open_journal
+from transports.webhook import Notification, OrderPaid, WebhookReceiver
+
+pytestmark = pytest.mark.anyio
+
+SLOW = 1, 9
+"""The delivery whose handler is in flight at the stop, and one sent during the stop."""
+
+
+async def refused(url: str, order_id: int) -> bool:
+    """Refused at once: no connection (0) or 503, which Xsolla retries (a 4xx it would not).
+    Not left waiting in a listener's queue until the process exits (a timeout raises)."""
+    with anyio.fail_after(5):
+        return await post(url, order_paid(order_id), within=10) in (0, 503)
+
+
+@pytest.mark.parametrize("server_loop", ["asyncio", "trio"])
+async def test_a_sigterm_waits_for_the_handler_in_flight_and_records_its_answer(
+    server_loop: str, tmp_path: Path
+) -> None:
+    store = str(tmp_path / "journal.sqlite3")
+    log = tmp_path / "effects.log"
+    log.touch()
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    slow, late = SLOW
+    env = {
+        "JOURNAL_APP_LOG": str(log),
+        "JOURNAL_APP_GATE": str(gate),
+        "JOURNAL_APP_PAUSE": f"return:{slow}",
+    }
+    options = ("--handler", "journal_app:plain")
+    async with fleet(store, 1, *options, backend=server_loop, env=env) as group:
+        server = group.receivers[0]
+        answers: list[int] = []
+        async with anyio.create_task_group() as tg:
+
+            async def deliver() -> None:
+                answers.append(await post(server.url, order_paid(slow), within=30))
+
+            tg.start_soon(deliver)
+            await server.wait_for(f"PAUSED return {slow}")  # its effect is written
+            server.process.send_signal(signal.SIGTERM)
+            await anyio.sleep(1.5)  # longer than hypercorn's old 1 s of grace
+            assert await refused(server.url, late)
+            (gate / f"go-{slow}").touch()
+        with anyio.fail_after(30):
+            assert await server.process.wait() == 0
+    assert answers == [204]
+    assert log.read_text().split() == [str(slow)]  # the effect once
+    db = connect(store)
+    try:
+        claims = db.execute("SELECT key, state, status FROM orderfsm_claims").fetchall()
+    finally:
+        db.close()
+    # Answered, so a retry would repeat the 204; the late delivery never got in.
+    assert claims == [(f"order_paid:{slow}", "answered", 204)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_leaving_serve_receiver_waits_for_the_delivery_in_flight(kind: str) -> None:
+    started, release = anyio.Event(), anyio.Event()
+    handled: list[int] = []
+
+    async def handler(notification: Notification) -> None:
+        started.set()
+        await release.wait()
+        assert isinstance(notification, OrderPaid)
+        handled.append(notification.order_id)
+
+    slow, late = SLOW
+    receiver = WebhookReceiver(SECRET, handler)
+    answers: list[int] = []
+    urls: list[str] = []
+    serving, stop, stopped = anyio.Event(), anyio.Event(), anyio.Event()
+
+    async def serve() -> None:
+        async with serve_receiver(receiver, kind) as url:
+            urls.append(url)
+            serving.set()
+            await stop.wait()
+        stopped.set()
+
+    async def deliver() -> None:
+        answers.append(await post(urls[0], order_paid(slow), within=30))
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            await serving.wait()
+            tg.start_soon(deliver)
+            await started.wait()
+            stop.set()
+            await anyio.sleep(1.5)  # longer than hypercorn's old 1 s of grace
+            assert not stopped.is_set()
+            assert await refused(urls[0], late)
+            release.set()
+    assert answers == [204]
+    assert handled == [slow]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_handler_that_never_returns_holds_the_stop_for_one_lease_only(kind: str) -> None:
+    lease = 1.0
+    started = anyio.Event()
+
+    async def stuck(notification: Notification) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    journal = open_journal(None, JournalSettings(lease=lease))
+    receiver = WebhookReceiver(SECRET, stuck, store=journal)
+    answers: list[int] = []
+    async with anyio.create_task_group() as tg:
+        async with serve_receiver(receiver, kind) as url:
+
+            async def deliver() -> None:
+                answers.append(await post(url, order_paid(SLOW[0]), within=30))
+
+            tg.start_soon(deliver)
+            with anyio.fail_after(10):
+                await started.wait()
+            leaving = anyio.current_time()
+        stopped = anyio.current_time() - leaving
+    await journal.aclose()
+    # Cut after the lease (the claim runs out a lease later and Xsolla's retry runs
+    # it again), rather than holding a deploy for as long as it hangs; its client
+    # gets no answer, or hypercorn's 500 for a cancelled app, both retried.
+    assert lease <= stopped < lease + 5
+    assert answers in ([0], [500])
