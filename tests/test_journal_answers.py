@@ -67,6 +67,48 @@ async def test_an_answer_held_up_past_the_wait_is_recorded_once_the_database_fre
 
 @pytest.mark.anyio
 @on_databases
+async def test_a_request_cancelled_after_its_handler_ran_still_records_the_answer(
+    backend: str, tmp_path: Path
+) -> None:
+    """The handler granted; the request is cancelled while its answer waits for the
+    database (the server stopping, a framework cancelling on a client gone): the
+    answer is still recorded, so Xsolla's retry gets it and the grant is not run
+    again (the claim stayed running, and the retry after its lease granted twice)."""
+    url = url_for(backend, tmp_path)
+    handled: list[int] = []
+    holding = anyio.Event()
+    held = anyio.Event()
+
+    async def handler(notification: object) -> None:
+        handled.append(1)
+        holding.set()
+        await held.wait()
+
+    async with open_journal(url, JournalSettings(wait=0.3, lease=30.0)) as journal:
+        receiver = WebhookReceiver(SECRET, handler, store=journal)
+        payload = order_paid(1)
+        request = anyio.CancelScope()
+
+        async def deliver() -> None:
+            with request:
+                await receiver.handle(signed(payload), payload)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(deliver)
+            await holding.wait()
+            hold = DatabaseHold(url, "order_paid:1")
+            held.set()
+            await hold.blocking_someone()
+            request.cancel()  # the request is given up while its answer waits
+            await anyio.sleep(0.3)
+            hold.release()
+        with anyio.fail_after(10):
+            retry = await receiver.handle(signed(payload), payload)
+    assert retry.status == 204 and len(handled) == 1
+
+
+@pytest.mark.anyio
+@on_databases
 async def test_an_answer_the_database_refuses_is_answered_5xx_at_once(
     backend: str, tmp_path: Path
 ) -> None:

@@ -140,7 +140,12 @@ class WebhookReceiver(ReceiverBase):
             answer, error = await self._dispatch(checked.notification)
             started = time.perf_counter() - lag
             try:
-                recorded = await self.journal.settle(begun, answer, error, STORE_FAILED)
+                # The handler ran: its answer is recorded even if the request is
+                # cancelled now (the server stopping, the client gone), or the retry
+                # would run it again.  Bounded all the same: the write's patience is
+                # the lease.
+                with anyio.CancelScope(shield=True):
+                    recorded = await self.journal.settle(begun, answer, error, STORE_FAILED)
             except JournalError as exc:
                 self._journal_used(started, failed=True)
                 # The handler ran, but its answer is not recorded: the retry runs it
