@@ -40,6 +40,7 @@ from orderfsm.errors import (
     SchemaTooNew,
 )
 from orderfsm.journal import (
+    DAY,
     SCHEMA_VERSION,
     Answer,
     Claim,
@@ -376,6 +377,62 @@ def test_sqlite_prunes_in_small_transactions_and_forgets_everything_old(
         ]
     finally:
         journal.close()
+
+
+@pytest.mark.anyio
+async def test_postgres_prunes_more_than_a_statement_may_delete_while_deliveries_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An hour of a busy fleet's deliveries is more than one DELETE deletes within the
+    statement timeout (``wait`` + 1 s): it was cancelled, every hour again, and the
+    tables grew until the disk was full.  Here each old delivery's delete costs 2.5 ms
+    (a trigger), so 800 take 2 s in one statement, past the 1.5 s timeout of a 0.5 s
+    wait, and 0.25 s in a chunk of 100.  The background prune that the deliveries
+    start deletes every old row while they go on being answered, each within its wait."""
+    import transports.journal.postgres as postgres_store
+
+    monkeypatch.setattr(postgres_store, "PRUNE_CHUNK", 100)
+    url = postgres_server().url()
+    settings = JournalSettings(wait=0.5)
+    old = time.time() - settings.retention - DAY
+    db = connect(url)
+    async with open_journal(url, settings) as journal:
+        db.execute(
+            "INSERT INTO orderfsm_deliveries (kind, key, order_id, body, headers, received_at)"
+            " SELECT 'order_paid', 'order_paid:' || g, g, '', '[]', %s"
+            " FROM generate_series(1, 800) g",
+            (old,),
+        )
+        db.execute(
+            "INSERT INTO orderfsm_claims (key, attempt, state, owner, lease_until, claimed_at,"
+            " answered_at, status, body) SELECT 'order_paid:' || g, 1, 'answered', 'gone', %s,"
+            " %s, %s, 204, '' FROM generate_series(1, 800) g",
+            (old, old, old),
+        )
+        db.execute(
+            "CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " PERFORM pg_sleep(0.0025); RETURN OLD; END $$"
+        )
+        db.execute(
+            "CREATE TRIGGER slow_delete BEFORE DELETE ON orderfsm_deliveries"
+            " FOR EACH ROW EXECUTE FUNCTION slow_delete()"
+        )
+        receiver = WebhookReceiver(SECRET, store=journal)
+        answers: list[tuple[int, float]] = []
+        left = "SELECT (SELECT count(*) FROM orderfsm_deliveries WHERE received_at < %s)"
+        left += " + (SELECT count(*) FROM orderfsm_claims WHERE claimed_at < %s)"
+        with anyio.fail_after(30):
+            for order_id in itertools.count(1000):  # the first answer starts the prune
+                started = anyio.current_time()
+                answer = await receiver.handle(signed(order_paid(order_id)), order_paid(order_id))
+                answers.append((answer.status, anyio.current_time() - started))
+                if db.execute(left, (old + 1, old + 1)).fetchone() == (0,):
+                    break
+                await anyio.sleep(0.05)
+    db.close()
+    assert {status for status, _ in answers} == {204}
+    assert max(took for _, took in answers) < settings.wait, answers
+    assert len(answers) > 10  # answered all along the prune's 2 s and more
 
 
 # --- outages: 5xx within the wait, no hang, recovery by itself --------------------------

@@ -50,6 +50,9 @@ SYNC_ANSWER_PATIENCE = 20.0
 30 s worker timeout: a killed worker answers nothing, a 500 at least is counted)."""
 LAST_RECORD = 0.5
 """Seconds a duplicate that used up its wait still gives its own record."""
+PRUNE_ROUND = 5.0
+"""Seconds of one round of a prune, at most (plus its last chunk): what a closing
+journal waits for it."""
 
 
 def new_owner() -> str:
@@ -330,12 +333,22 @@ class SyncJournal:
         return self.store.reopen(key, attempt, self._deadline())
 
     def prune(self) -> tuple[int, int]:
-        """Delete what is older than the retention now; returns (claims, deliveries) deleted."""
+        """Delete what is older than the retention now; returns (claims, deliveries) deleted.
+
+        In rounds of :data:`PRUNE_ROUND` until one finds nothing left: however long
+        that takes (an hour of a busy fleet's deliveries, millions of rows, takes
+        minutes), so the hourly prune keeps up with what comes in; between rounds it
+        stops if the journal is closing (the rest goes at the next start)."""
         self.open()
         now = self.clock()
         self._last_pruned = now
         cutoff = prune_cutoff(now, self.settings.retention)
-        return self.store.prune(cutoff, time.monotonic() + 60.0)
+        claims = deliveries = 0
+        while True:
+            more = self.store.prune(cutoff, time.monotonic() + PRUNE_ROUND)
+            claims, deliveries = claims + more[0], deliveries + more[1]
+            if more == (0, 0) or self._closed:
+                return claims, deliveries
 
     def _maybe_prune(self) -> None:
         """Start a background prune when one is due; never on the answer's path."""
@@ -351,8 +364,9 @@ class SyncJournal:
                 claims, deliveries = self.prune()
                 if claims or deliveries:
                     logger.info("pruned %d claims and %d deliveries", claims, deliveries)
-            except Exception:
-                logger.exception("pruning the journal failed; it is tried again later")
+            except Exception as exc:
+                if not (isinstance(exc, JournalClosed) and self._closed):  # closed mid-round
+                    logger.exception("pruning the journal failed; it is tried again later")
 
         self._pruner = threading.Thread(target=prune, name="orderfsm-journal-prune", daemon=True)
         self._pruner.start()

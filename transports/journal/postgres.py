@@ -47,10 +47,12 @@ from transports.journal.postgres_listener import PostgresListener
 from transports.journal.sql_shared import (
     CLAIM_COLUMNS,
     DELIVERY_COLUMNS,
+    PRUNE_CHUNK,
     claim_from_row,
     delivery_from_row,
     error_text,
     filter_sql,
+    prune_in_chunks,
     renew_in,
     run_in_transaction,
 )
@@ -319,9 +321,14 @@ class PostgresStore:
         return {claim.key: claim for claim in found if claim is not None}
 
     def prune(self, cutoff: float, deadline: float) -> tuple[int, int]:
-        with self._connection(deadline) as db, db.transaction():
-            claims = db.execute(sql.PRUNE_CLAIMS, (cutoff, cutoff)).rowcount
-            deliveries = db.execute(
-                "DELETE FROM orderfsm_deliveries WHERE received_at < %s", (cutoff,)
-            ).rowcount
-        return claims, deliveries
+        """In chunks of :data:`PRUNE_CHUNK` rows of each table, each statement a
+        transaction of its own (:func:`prune_in_chunks`): they lock only the old rows
+        they delete, which no delivery writes."""
+        params = {"cutoff": cutoff, "size": PRUNE_CHUNK}
+
+        def chunk(until: float) -> tuple[int, int]:
+            with self._connection(until) as db:
+                claims = db.execute(sql.PRUNE_CLAIMS_CHUNK, params).rowcount
+                return claims, db.execute(sql.PRUNE_DELIVERIES_CHUNK, params).rowcount
+
+        return prune_in_chunks(chunk, deadline, PRUNE_CHUNK)

@@ -14,12 +14,12 @@ from orderfsm.journal import Answer, NewDelivery, Outcome, decisions
 from transports.journal.base import Claimed, SettleRequest
 from transports.journal.sql_shared import (
     CLAIM_COLUMNS,
+    PRUNABLE_CLAIM,
     Dialect,
     claim_from_row,
     encode_headers,
     error_text,
 )
-from transports.journal.sql_shared import PRUNE_CLAIMS as PRUNE_CLAIMS_SQL
 
 if TYPE_CHECKING:
     import psycopg
@@ -123,7 +123,20 @@ WHERE key = %s AND attempt = %s AND state = 'answered'
 
 READ_CLAIM = f"SELECT {CLAIM_COLUMNS} FROM orderfsm_claims WHERE key = %s"
 
-PRUNE_CLAIMS = PRUNE_CLAIMS_SQL.format(m="%s")
+_PRUNABLE = PRUNABLE_CLAIM.format(m="%(cutoff)s")
+# A chunk's rows are picked through the index of its time (not a scan past the rows kept,
+# nor a semi-join, which the planner made a scan of the whole table), and found by
+# their keys; the condition is checked again as each row is deleted, so a row
+# written meanwhile (a key claimed again) stays.
+PRUNE_CLAIMS_CHUNK = f"""
+DELETE FROM orderfsm_claims WHERE key = ANY(ARRAY(
+    SELECT key FROM orderfsm_claims WHERE {_PRUNABLE} ORDER BY claimed_at LIMIT %(size)s
+)) AND {_PRUNABLE}"""
+PRUNE_DELIVERIES_CHUNK = """
+DELETE FROM orderfsm_deliveries WHERE id = ANY(ARRAY(
+    SELECT id FROM orderfsm_deliveries WHERE received_at < %(cutoff)s
+    ORDER BY received_at LIMIT %(size)s
+)) AND received_at < %(cutoff)s"""
 
 
 def delivery_params(delivery: NewDelivery) -> dict[str, Any]:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 
+from orderfsm.errors import JournalUnavailable
 from orderfsm.journal import (
     Answer,
     Claim,
@@ -92,7 +94,41 @@ PRUNABLE_CLAIM = """claimed_at < {m}
   AND (CASE WHEN state = 'running' THEN lease_until
        ELSE coalesce(answered_at, claimed_at) END) < {m}"""
 """Mirrors :func:`orderfsm.journal.prunable` (answered_at, when set, is never before claimed_at)."""
-PRUNE_CLAIMS = "DELETE FROM orderfsm_claims WHERE " + PRUNABLE_CLAIM
+PRUNE_CHUNK = 2000
+"""Rows of each table deleted per transaction when pruning: tens of ms on either
+database (measured on PostgreSQL, 1M old rows of each table: a chunk's median 6 ms
+for claims and 11 ms for deliveries, the slowest 0.4 s, against a statement timeout of
+``wait`` + 1 s; SQLite's write lock, the whole file's, is held as briefly)."""
+PRUNE_CHUNK_WAIT = 2.0
+"""Seconds one chunk of a prune waits (for SQLite's write lock, a pooled connection)
+before it tries again."""
+
+
+def prune_in_chunks(
+    chunk: Callable[[float], tuple[int, int]], deadline: float, size: int = PRUNE_CHUNK
+) -> tuple[int, int]:
+    """A prune of both SQL stores: ``chunk(its deadline)`` deletes at most ``size`` old
+    rows of each table in a transaction of its own, again until neither table gives
+    ``size`` or ``deadline`` is past (what is left goes at the next round).  An hour of
+    deliveries deleted at once held SQLite's write lock, every process's claims and
+    answers, for over a second, and on PostgreSQL ran past the statement timeout from
+    about 2M rows: cancelled, every hour again, while the tables grew until the disk
+    was full."""
+    claims = deliveries = 0
+    while True:
+        # Each chunk waits as a delivery would, not the whole prune's time: a SQLite
+        # batch it shares is led by a delivery's thread, which waits for it.
+        try:
+            more_claims, more_deliveries = chunk(min(deadline, time.monotonic() + PRUNE_CHUNK_WAIT))
+        except JournalUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            continue
+        claims, deliveries = claims + more_claims, deliveries + more_deliveries
+        if max(more_claims, more_deliveries) < size or time.monotonic() > deadline:
+            return claims, deliveries
+
+
 RENEW_CLAIM = (
     "UPDATE orderfsm_claims SET lease_until = {m}"
     " WHERE key = {m} AND attempt = {m} AND state = 'running'"

@@ -27,12 +27,11 @@ from __future__ import annotations
 import os
 import queue
 import sqlite3
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TypeVar
 
-from orderfsm.errors import JournalClosed, JournalUnavailable
+from orderfsm.errors import JournalClosed
 from orderfsm.journal import Answer, Claim, Delivery, DeliveryFilter, NewDelivery, Outcome
 from transports.journal import sqlite_sql as sql
 from transports.journal.base import Claimed, ClaimRequest, SettleRequest, Work, Worked
@@ -40,10 +39,12 @@ from transports.journal.groupcommit import GroupCommit
 from transports.journal.orders import Note, record
 from transports.journal.sql_shared import (
     DELIVERY_COLUMNS,
+    PRUNE_CHUNK,
     claim_from_row,
     delivery_from_row,
     error_text,
     filter_sql,
+    prune_in_chunks,
     renew_in,
     run_in_transaction,
 )
@@ -333,33 +334,11 @@ class SqliteStore:
         return found
 
     def prune(self, cutoff: float, deadline: float) -> tuple[int, int]:
-        """In transactions of :data:`PRUNE_CHUNK` rows: the write lock is the whole file's,
-        and an hour of deliveries deleted at once held every process's claims and
-        answers for over a second."""
+        """In transactions of :data:`PRUNE_CHUNK` rows (:func:`prune_in_chunks`)."""
 
         def chunk(db: sqlite3.Connection) -> tuple[int, int]:
             claims = db.execute(sql.PRUNE_CLAIMS_CHUNK, (cutoff, cutoff, PRUNE_CHUNK)).rowcount
             deliveries = db.execute(sql.PRUNE_DELIVERIES_CHUNK, (cutoff, PRUNE_CHUNK)).rowcount
             return claims, deliveries
 
-        claims = deliveries = 0
-        while True:
-            # Each chunk waits for the lock as a delivery would, not the whole prune's
-            # time: a batch it shares is led by a delivery's thread, which waits for it.
-            try:
-                more_claims, more_deliveries = self._write(
-                    chunk, min(deadline, time.monotonic() + PRUNE_CHUNK_WAIT)
-                )
-            except JournalUnavailable:
-                if time.monotonic() > deadline:
-                    raise
-                continue
-            claims, deliveries = claims + more_claims, deliveries + more_deliveries
-            if max(more_claims, more_deliveries) < PRUNE_CHUNK or time.monotonic() > deadline:
-                return claims, deliveries  # what is left goes at the next prune
-
-
-PRUNE_CHUNK = 2000
-"""Rows of each table deleted per transaction when pruning."""
-PRUNE_CHUNK_WAIT = 2.0
-"""Seconds one chunk of a prune waits for the write lock before it tries again."""
+        return prune_in_chunks(lambda until: self._write(chunk, until), deadline, PRUNE_CHUNK)
