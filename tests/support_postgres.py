@@ -9,6 +9,11 @@ root).  Without the binaries the tests that need it skip with one reason;
 from __future__ import annotations
 
 import atexit
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -34,4 +39,50 @@ def postgres_server() -> TemporaryPostgres:
     return _server
 
 
-__all__ = ["free_port", "postgres_server"]
+def own_server() -> TemporaryPostgres:
+    """A server of the test's own (closed by it), for what the session's must not go
+    through: being frozen.  Skips the test without the binaries."""
+    try:
+        return TemporaryPostgres()
+    except PostgresMissing:
+        pytest.skip(MISSING)
+
+
+@contextlib.contextmanager
+def frozen(server: TemporaryPostgres) -> Iterator[None]:
+    """The server stops answering and closes nothing: SIGSTOP to the postmaster, then to
+    every process it started (the sessions' backends, the WAL writer...), as a host
+    that hangs (a VM paused, a disk that stopped answering) would.  The kernel still
+    acknowledges what clients send, so no client-side TCP timeout fires.  Always
+    thawed (SIGCONT) on the way out, whatever the test did meanwhile."""
+    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    stopped: list[int] = []
+    try:
+        os.kill(postmaster, signal.SIGSTOP)  # first: a stopped postmaster starts nobody
+        stopped.append(postmaster)
+        for pid in _children(postmaster):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+        yield
+    finally:
+        for pid in reversed(stopped):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent:  # the name may hold spaces
+            found.append(int(entry.name))
+    return found
+
+
+__all__ = ["free_port", "frozen", "own_server", "postgres_server"]

@@ -4,6 +4,9 @@ the first answer, a key locked by a long transaction held up alone."""
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
@@ -28,7 +31,8 @@ from orderfsm.errors import JournalRefused, JournalUnavailable
 from orderfsm.journal import Answer, ClaimState, JournalSettings, NewDelivery, Outcome
 from transports.journal import SyncJournal, Taken, open_journal, store_for
 from transports.journal.base import ClaimRequest, SettleRequest
-from transports.journal.batching import Batcher
+from transports.journal.batching import Batcher, BatchOverdue, Done
+from transports.journal.hop import BatchThread
 from transports.journal.orders import Note
 from transports.webhook import WebhookReceiver
 
@@ -36,6 +40,39 @@ OK = Answer(204)
 BUSY = Answer(500, b"busy")
 
 # --- the batcher alone --------------------------------------------------------------------
+
+
+class _Batches:
+    """Batches started and finished by the test: ``finish`` ends the oldest pending one."""
+
+    def __init__(self, results: Callable[[list[int]], Sequence[int]] = list) -> None:
+        self.results = results
+        self.pending: list[tuple[list[int], Done[int]]] = []
+        self.sizes: list[int] = []
+        self.ran: list[int] = []
+
+    def start(self, items: list[int], done: Done[int]) -> None:
+        self.sizes.append(len(items))
+        self.ran.extend(items)
+        self.pending.append((items, done))
+
+    def finish(self) -> None:
+        items, done = self.pending.pop(0)
+        try:
+            outcome: Sequence[int] | BaseException = self.results(items)
+        except Exception as exc:
+            outcome = exc
+        done(outcome)
+
+
+def _threaded(run: Callable[[list[int]], list[int]]) -> Callable[[list[int], Done[int]], None]:
+    """Batches run as the journal runs them: in a thread of their own."""
+    thread = BatchThread("test-batches")
+
+    def start(items: list[int], done: Done[int]) -> None:
+        thread.send(lambda: run(items), done)
+
+    return start
 
 
 @pytest.mark.anyio
@@ -50,27 +87,16 @@ BUSY = Answer(500, b"busy")
 async def test_every_caller_gets_its_own_result_and_no_item_runs_twice(
     arrivals: list[tuple[int, bool]], most: int, lanes: int
 ) -> None:
-    """Callers arrive while batches run (``ticks`` checkpoints apart); some are cancelled
-    while they wait.  Whoever is not cancelled gets ``run``'s result for its own item;
-    no item runs twice; a batch never exceeds ``most`` nor do more than ``lanes`` run
-    at once; a cancelled caller whose item had not yet been taken never runs."""
-    ran: list[int] = []
-    sizes: list[int] = []
-    running = [0, 0]  # now, most ever
-
-    async def run(items: list[int]) -> list[int]:
-        sizes.append(len(items))
-        ran.extend(items)
-        running[0] += 1
-        running[1] = max(running)
-        await anyio.lowlevel.checkpoint()
-        await anyio.lowlevel.checkpoint()
-        running[0] -= 1
-        return [item * 10 for item in items]
-
-    batcher: Batcher[int, int] = Batcher(run, most=most, lanes=lanes)
+    """Callers arrive while batches run (each ends two checkpoints after it starts);
+    some are cancelled while they wait.  Whoever is not cancelled gets the batch's
+    result for its own item; no item runs twice; a batch never exceeds ``most`` nor
+    do more than ``lanes`` run at once; a cancelled caller whose item had not yet
+    been taken never runs."""
+    batches = _Batches(lambda items: [item * 10 for item in items])
+    batcher: Batcher[int, int] = Batcher(batches.start, most=most, lanes=lanes)
     got: dict[int, int] = {}
     cancelled: set[int] = set()
+    most_running = 0
 
     async def caller(item: int, cancel: bool) -> None:
         with anyio.CancelScope() as scope:
@@ -80,31 +106,44 @@ async def test_every_caller_gets_its_own_result_and_no_item_runs_twice(
         if scope.cancelled_caught:
             cancelled.add(item)
 
-    async with anyio.create_task_group() as tasks:
-        for item, (ticks, cancel) in enumerate(arrivals):
-            for _ in range(ticks):
-                await anyio.lowlevel.checkpoint()
-            tasks.start_soon(caller, item, cancel)
+    async def finisher() -> None:
+        nonlocal most_running
+        while True:
+            most_running = max(most_running, len(batches.pending))
+            started = len(batches.pending)
+            await anyio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()
+            for _ in range(started):
+                batches.finish()
 
-    assert len(ran) == len(set(ran))
-    assert max(sizes) <= most and running[1] <= lanes
+    async with anyio.create_task_group() as outer:
+        outer.start_soon(finisher)
+        async with anyio.create_task_group() as tasks:
+            for item, (ticks, cancel) in enumerate(arrivals):
+                for _ in range(ticks):
+                    await anyio.lowlevel.checkpoint()
+                tasks.start_soon(caller, item, cancel)
+        outer.cancel_scope.cancel()
+
+    assert len(batches.ran) == len(set(batches.ran))
+    assert max(batches.sizes) <= most and most_running <= lanes
     assert all(got[item] == item * 10 for item in got)
     assert set(got) | cancelled == set(range(len(arrivals)))
-    assert set(got) <= set(ran)
+    assert set(got) <= set(batches.ran)
 
 
 @pytest.mark.anyio
 async def test_a_failed_batch_is_every_items_error_and_the_next_batch_still_runs() -> None:
     calls: list[list[int]] = []
 
-    async def run(items: list[int]) -> list[int]:
+    def run(items: list[int]) -> list[int]:
         calls.append(items)
-        await anyio.sleep(0.01)
+        time.sleep(0.01)
         if 2 in items:
             raise JournalUnavailable("down")
         return items
 
-    batcher: Batcher[int, int] = Batcher(run, lanes=1)
+    batcher: Batcher[int, int] = Batcher(_threaded(run), lanes=1)
     outcome: dict[int, object] = {}
 
     async def caller(item: int) -> None:
@@ -125,37 +164,43 @@ async def test_a_failed_batch_is_every_items_error_and_the_next_batch_still_runs
 
 
 @pytest.mark.anyio
-async def test_a_caller_queued_behind_a_stuck_batch_gives_up_after_its_patience() -> None:
-    """A batch stuck at the database must not hold the callers queued behind it past
-    their deadline (their deliveries are answered 5xx and retried); a caller already
-    in the stuck batch waits for its result, which still comes."""
-    release = anyio.Event()
+async def test_no_caller_waits_for_a_stuck_batch_past_its_patience() -> None:
+    """A batch stuck at the database (its thread blocked in a read) must not hold its
+    callers past their deadline: those queued behind it leave after ``patience``, and
+    the ones in it, the one that started it included, after ``running`` (a batch
+    merely slow still gives its results).  The stuck batch's result, when it comes,
+    goes to nobody, and the lane is handed back then."""
+    release = threading.Event()
 
-    async def run(items: list[int]) -> list[int]:
+    def run(items: list[int]) -> list[int]:
         if 1 in items:
-            await release.wait()
+            release.wait(10)
+        elif 0 in items:
+            time.sleep(0.3)  # slow, not stuck
         return items
 
-    batcher: Batcher[int, int] = Batcher(run, lanes=1, patience=0.2)
+    batcher: Batcher[int, int] = Batcher(_threaded(run), lanes=1, patience=0.2)
     outcome: dict[int, object] = {}
 
     async def caller(item: int) -> None:
         started = anyio.current_time()
         try:
-            outcome[item] = await batcher.submit(item)
-        except JournalUnavailable:
+            outcome[item] = await batcher.submit(item, running=0.4)
+        except BatchOverdue:
             outcome[item] = round(anyio.current_time() - started, 1)
 
+    await caller(0)
     async with anyio.create_task_group() as tasks:
         tasks.start_soon(caller, 1)
         await anyio.lowlevel.checkpoint()
         tasks.start_soon(caller, 2)
         tasks.start_soon(caller, 3)
-        await anyio.sleep(0.5)
-        assert outcome == {2: 0.2, 3: 0.2}  # gave up; the stuck batch goes on
-        release.set()
-    assert outcome == {1: 1, 2: 0.2, 3: 0.2}
-    assert await batcher.submit(4) == 4  # the lane was handed back
+    assert outcome == {0: 0, 1: 0.4, 2: 0.2, 3: 0.2}  # no fix: 1 waits for the stuck batch
+    with pytest.raises(BatchOverdue):  # the lane is still the stuck batch's
+        await batcher.submit(4, patience=0.05)
+    release.set()
+    with anyio.fail_after(2):
+        assert await batcher.submit(5, patience=2) == 5  # the lane was handed back
 
 
 # --- on PostgreSQL, through the receiver ----------------------------------------------------
@@ -399,12 +444,11 @@ def test_one_journal_serves_event_loops_in_several_threads() -> None:
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.anyio
 async def test_answers_in_a_batch_whose_leader_asyncio_cancelled_are_still_recorded() -> None:
-    """asyncio only: its own cancellation (``asyncio.wait_for`` around ``handle``, a
-    server dropping a request) passes anyio's shield, so the leader of an answers'
-    batch leaves while the batch runs on in its thread.  The others in that batch
-    must not answer 5xx for answers that are being written: they write theirs alone
-    (fenced by the attempt, so nothing is written twice).  On trio a cancellation
-    never passes a shield."""
+    """asyncio's own cancellation (``asyncio.wait_for`` around ``handle``, a server
+    dropping a request) ends the task that started an answers' batch while the batch
+    runs in its thread.  The others in that batch must not answer 5xx for answers
+    that are being written: the batch's results come to them all the same, and the
+    cancelled one's answer is recorded too."""
     import asyncio
 
     import psycopg

@@ -21,6 +21,11 @@ from transports.journal.orders import Note
 
 T = TypeVar("T")
 
+STATEMENT_PAST_WAIT = 1.0
+"""Seconds a statement may run past the journal's ``wait`` (PostgreSQL's
+``statement_timeout`` is ``wait`` + this): a database that answers has answered, or
+cancelled, every statement by then."""
+
 
 @attrs.frozen
 class Claimed:

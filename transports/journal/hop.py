@@ -31,21 +31,25 @@ IDLE = 5.0
 
 
 class _Call(Generic[T]):
-    __slots__ = ("done", "error", "function", "result", "schedule")
+    __slots__ = ("function", "schedule", "then")
 
-    def __init__(self, function: Callable[[], T], schedule: Callable[..., Any]) -> None:
+    def __init__(
+        self,
+        function: Callable[[], T],
+        then: Callable[[T | BaseException], None],
+        schedule: Callable[..., Any],
+    ) -> None:
         self.function = function
+        self.then = then
         self.schedule = schedule
-        """The loop's thread-safe ``call soon``: how the thread wakes the caller."""
-        self.done = anyio.Event()
-        self.result: T | None = None
-        self.error: BaseException | None = None
+        """The loop's thread-safe ``call soon``: how the thread hands ``then`` its outcome."""
 
 
 class BatchThread:
-    """``await hop.run(function)``: ``function()`` in this object's thread, its result
-    (or what it raised) back on the loop.  Not cancellable once sent: shield it, as
-    :class:`~transports.journal.batching.Batcher` does its batches."""
+    """``hop.send(function, then)``: ``function()`` in this object's thread, then
+    ``then(its result, or what it raised)`` on the loop (a callback, not a task).
+    Nothing on the loop waits for the thread: a call blocked in it (a database that
+    stopped answering) holds up only what waits for its ``then``."""
 
     def __init__(self, name: str = "orderfsm-journal-batches") -> None:
         self._name = name
@@ -56,25 +60,20 @@ class BatchThread:
         """The thread serving now, or the last one (for tests: it can be joined)."""
         self._schedule: Callable[..., Any] | None = None
 
-    async def run(self, function: Callable[[], T]) -> T:
+    def send(self, function: Callable[[], T], then: Callable[[T | BaseException], None]) -> None:
+        """On the loop (its thread-safe ``call soon`` is found from there)."""
         schedule = self._schedule
         if schedule is None:
             native: Any = anyio.lowlevel.current_token().native_token
             # asyncio's loop, or trio's token: each has a thread-safe "call this soon".
             schedule = getattr(native, "call_soon_threadsafe", None) or native.run_sync_soon
             self._schedule = schedule
-        call: _Call[T] = _Call(function, schedule)
         with self._lock:
-            self._queue.put(call)
+            self._queue.put(_Call(function, then, schedule))
             if not self._running:
                 self._running = True
                 self.thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
                 self.thread.start()
-        await call.done.wait()
-        if call.error is not None:
-            raise call.error
-        result: T = call.result  # type: ignore[assignment]
-        return result
 
     def stop(self) -> None:
         """End the thread once the calls sent before are done (a new call starts another)."""
@@ -98,9 +97,10 @@ class BatchThread:
                         self._running = False
                         return
                 continue
+            outcome: Any
             try:
-                call.result = call.function()
-            except BaseException as exc:  # handed to the caller, raised there
-                call.error = exc
+                outcome = call.function()
+            except BaseException as exc:  # handed to `then`, raised by whoever waits for it
+                outcome = exc
             with suppress(Exception):  # the loop ended meanwhile: nobody to tell
-                call.schedule(call.done.set)
+                call.schedule(call.then, outcome)

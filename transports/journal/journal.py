@@ -31,8 +31,15 @@ from orderfsm.journal import (
     NewDelivery,
     Reply,
 )
-from transports.journal.base import Claimed, ClaimRequest, SettleRequest, Store, Work
-from transports.journal.batching import Batcher
+from transports.journal.base import (
+    STATEMENT_PAST_WAIT,
+    Claimed,
+    ClaimRequest,
+    SettleRequest,
+    Store,
+    Work,
+)
+from transports.journal.batching import Batcher, BatchOverdue, Done
 from transports.journal.core import SyncJournal
 from transports.journal.hop import BatchThread
 from transports.journal.orders import Note
@@ -152,9 +159,11 @@ class Journal:
             request = SettleRequest(taken.key, taken.attempt, answer, taken.delivery_id, error)
             try:
                 recorded = await self._batched().settle(request)
+            except BatchOverdue:
+                raise  # its lease is spent: past it, its write would be fenced anyway
             except JournalUnavailable:
-                # Interrupted or failed: written or not, writing it alone is safe
-                # (fenced by attempt), and alone it is retried.
+                # Failed: written or not, writing it alone is safe (fenced by
+                # attempt), and alone it is retried.
                 recorded = None
         if recorded is None:
             steps = self.sync.settle_steps(taken, answer, error, busy)
@@ -247,13 +256,18 @@ class _Batchers:
     to a worker thread together, the answers' transaction then the claims' (one
     thread hop for both: at full load a hop costs about as much CPU as a statement).
     A claim waits for the batches ahead of its own at most ``settings.wait``, as for
-    a thread (its delivery is answered 5xx and retried; nothing ran).  An answer
-    waits as long as they take: its handler has run, and an answer given up on is a
+    a thread, and for its own batch as long as a statement may take: a batch given up
+    on while it waits for a row lock could still take a key afterwards, for nobody
+    (an owner whose lease ran out while its renewals failed would be fenced), so only
+    a database that stopped answering is given up on (its delivery is answered 5xx
+    and retried; its handler has not run).  An answer waits at most the lease, as its
+    write alone is tried again: its handler has run, and an answer given up on is a
     handler run again."""
 
     def __init__(self, journal: Journal) -> None:
         sync = journal.sync
         self._wait = journal.settings.wait
+        self._lease = journal.settings.lease
         self.claims = _Count()
         self.settles = _Count()
 
@@ -270,23 +284,24 @@ class _Batchers:
         """The batches' own thread (:mod:`~transports.journal.hop`): one batch runs at a
         time, so it never waits for one of the pool's."""
 
-        async def run(items: list[ClaimRequest | SettleRequest]) -> list[object]:
+        def start(items: list[ClaimRequest | SettleRequest], done: Done[object]) -> None:
             settles = sum(isinstance(item, SettleRequest) for item in items)
             self.settles.add(settles)
             self.claims.add(len(items) - settles)
-            return await self.thread.run(lambda: both(items))
+            self.thread.send(lambda: both(items), done)
 
-        self._batcher: Batcher[ClaimRequest | SettleRequest, object] = Batcher(run)
+        self._batcher: Batcher[ClaimRequest | SettleRequest, object] = Batcher(start)
 
     async def claim(self, request: ClaimRequest) -> Claimed | None:
-        result = await self._batcher.submit(request, patience=self._wait)
+        running = self._wait + STATEMENT_PAST_WAIT
+        result = await self._batcher.submit(request, patience=self._wait, running=running)
         if isinstance(result, _Failed):
             raise result.error
         assert result is None or isinstance(result, Claimed)
         return result
 
     async def settle(self, request: SettleRequest) -> bool | None:
-        result = await self._batcher.submit(request)
+        result = await self._batcher.submit(request, patience=self._lease)
         if isinstance(result, _Failed):
             raise result.error
         assert result is None or isinstance(result, bool)

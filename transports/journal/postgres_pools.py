@@ -22,10 +22,13 @@ from typing import Any
 import psycopg
 import psycopg.errors
 import psycopg_pool
+from psycopg.conninfo import conninfo_to_dict
 
 from orderfsm.errors import JournalClosed, JournalOpenFailed, JournalUnavailable, journal_trouble
 from orderfsm.journal import SCHEMA_VERSION, JournalSettings, PostgresConfig, schema_plan
 from transports.journal import postgres_batch as batch
+from transports.journal.base import STATEMENT_PAST_WAIT
+from transports.journal.postgres_listener import KEEPALIVES
 from transports.journal.postgres_session import BatchConnection
 from transports.journal.postgres_tuning import tune
 from transports.journal.sql_schema import migrations
@@ -83,10 +86,29 @@ class PostgresPools:
             kwargs["connect_timeout"] = CONNECT_TIMEOUT
         return kwargs
 
+    def _pool_kwargs(self) -> dict[str, Any]:
+        """The pools' connections also set the listener's TCP keepalives and a
+        ``tcp_user_timeout`` (each unless the URL sets its own): ``statement_timeout``
+        is the server's, so a server that stops answering (frozen, a network cut
+        without a reset) would block a statement's thread until the kernel gives up,
+        about 15 minutes; so the thread fails once what it sent stays unacknowledged
+        as long as a statement may take, and an idle connection found dead is
+        replaced.  (A server whose host still acknowledges, a frozen process, is
+        still waited for: its deliveries are answered on the loop at their deadline,
+        :mod:`~transports.journal.batching`.)"""
+        given = conninfo_to_dict(self.config.conninfo)
+        tcp = {**KEEPALIVES, "tcp_user_timeout": self._statement_ms}
+        return {**self._kwargs(), **{k: v for k, v in tcp.items() if k not in given}}
+
+    @property
+    def _statement_ms(self) -> int:
+        """The longest a statement may take (ms)."""
+        return int((self.settings.wait + STATEMENT_PAST_WAIT) * 1000)
+
     def _configure(self, connection: psycopg.Connection[Any]) -> None:
         wait_ms = int(self.settings.wait * 1000)
         connection.execute(f"SET lock_timeout = {max(wait_ms, 1)}")
-        connection.execute(f"SET statement_timeout = {wait_ms + 1000}")
+        connection.execute(f"SET statement_timeout = {self._statement_ms}")
         lease_ms = int(self.settings.lease * 1000)
         connection.execute(f"SET idle_in_transaction_session_timeout = {lease_ms}")
 
@@ -138,7 +160,7 @@ class PostgresPools:
             connection_class=kind,
             min_size=min(smallest, self.threads),
             max_size=self.threads,
-            kwargs=self._kwargs(),
+            kwargs=self._pool_kwargs(),
             configure=configure,
             timeout=self.settings.wait,
             open=False,
