@@ -12,6 +12,7 @@ import signal
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 from support_fleet import fleet, post
 from support_journal import connect
@@ -77,8 +78,13 @@ async def test_a_sigterm_waits_for_the_handler_in_flight_and_records_its_answer(
     assert claims == [(f"order_paid:{slow}", "answered", 204)]
 
 
+@pytest.mark.parametrize("left_by", ["return", "cancellation"])
 @pytest.mark.parametrize("kind", KINDS)
-async def test_leaving_serve_receiver_waits_for_the_delivery_in_flight(kind: str) -> None:
+async def test_leaving_serve_receiver_waits_for_the_delivery_in_flight(
+    kind: str, left_by: str
+) -> None:
+    """Left as the block ends, or by cancellation (anyio's usual way to stop a server:
+    the hypercorn server was cut at once then, the drain notwithstanding)."""
     started, release = anyio.Event(), anyio.Event()
     handled: list[int] = []
 
@@ -95,10 +101,14 @@ async def test_leaving_serve_receiver_waits_for_the_delivery_in_flight(kind: str
     serving, stop, stopped = anyio.Event(), anyio.Event(), anyio.Event()
 
     async def serve() -> None:
-        async with serve_receiver(receiver, kind) as url:
-            urls.append(url)
-            serving.set()
-            await stop.wait()
+        with anyio.CancelScope() as scope:
+            async with serve_receiver(receiver, kind) as url:
+                urls.append(url)
+                serving.set()
+                await stop.wait()
+                if left_by == "cancellation":
+                    scope.cancel()
+                    await anyio.lowlevel.checkpoint()  # the cancel reaches the block here
         stopped.set()
 
     async def deliver() -> None:

@@ -18,7 +18,6 @@ import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 from typing import Any, Literal
 
 import anyio
@@ -38,6 +37,8 @@ DEFAULT_DRAIN = JournalSettings().lease
 AFTER_DRAIN = 1.0
 """hypercorn's grace once the drain is over: only refusals are left to write, and
 requests past the drain's limit, which it cancels."""
+STOP_MARGIN = 1.0
+"""Beyond hypercorn's grace, how long its stop may take before its task is cancelled."""
 
 
 @asynccontextmanager
@@ -122,16 +123,31 @@ async def serve_asgi_app(
     config.graceful_timeout = AFTER_DRAIN
     draining = Draining(app)
     stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        app_for_hypercorn: Any = draining  # hypercorn's types name its own scope classes
-        tg.start_soon(partial(serve, app_for_hypercorn, config, shutdown_trigger=stop.wait))
-        await _wait_listening(host, bound_port)
+    # The server runs shielded: a block left by cancellation (anyio's usual stop) must
+    # not cut the requests in flight before the drain; it ends the server after it.
+    server = anyio.CancelScope(shield=True)
+    stopped = anyio.Event()
+
+    async def run_server() -> None:
         try:
+            with server:
+                app_for_hypercorn: Any = draining  # hypercorn's types name its own scopes
+                await serve(app_for_hypercorn, config, shutdown_trigger=stop.wait)
+        finally:
+            stopped.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run_server)
+        try:
+            await _wait_listening(host, bound_port)
             yield _base_url(host, bound_port)
         finally:
             with anyio.CancelScope(shield=True):  # as aiohttp's clean-up, even when cancelled
                 await draining.drain(drain)
-            stop.set()
+                stop.set()
+                with anyio.move_on_after(AFTER_DRAIN + STOP_MARGIN):
+                    await stopped.wait()
+            server.cancel()  # past its grace: what is left is cut
 
 
 async def _wait_listening(host: str, port: int) -> None:
