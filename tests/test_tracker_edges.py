@@ -322,7 +322,7 @@ async def test_a_wait_given_up_leaves_the_order_followed_for_whoever_else_follow
         async def follow() -> None:
             if other == "wait":
                 got.append((await tracker.wait(42)).status)
-            else:
+            elif other == "watch":
                 got.extend([c.status async for c in tracker.watch(42)])
 
         async with anyio.create_task_group() as tasks:
@@ -335,8 +335,27 @@ async def test_a_wait_given_up_leaves_the_order_followed_for_whoever_else_follow
                     tasks.start_soon(follow)
             webhook_says(tracker, 42, Status.PAID)
         assert tracker.status(42) is Status.PAID
+        if other == "track":
+            got.append((await tracker.wait(42)).status)
     assert got == [Status.PAID]
     assert heard == [Status.PAID]
+
+
+async def test_two_waits_on_one_order_both_given_up_stop_its_tracking() -> None:
+    """Whichever gives up last stops what the first started: the client retried, then
+    left (the order was followed on to its deadline, ten minutes by default)."""
+    async with webhook_tracker() as tracker:
+        async with anyio.create_task_group() as tasks:
+            for budget in (0.1, 0.3):
+                tasks.start_soon(wait_given_up, tracker, 42, budget)
+                await anyio.sleep(0.05)
+        stats = tracker.stats()
+    assert (stats.orders_tracked, stats.orders_active) == (1, 0)
+
+
+async def wait_given_up(tracker: Tracker, order_id: int, budget: float) -> None:
+    with anyio.move_on_after(budget):
+        await tracker.wait(order_id)
 
 
 async def test_a_wait_given_up_while_a_settled_orders_details_come_keeps_its_refund(
@@ -367,18 +386,25 @@ async def test_a_wait_given_up_while_a_settled_orders_details_come_keeps_its_ref
     assert heard == [Status.NEW, Status.PAID, Status.DONE, Status.CANCELED]
 
 
-async def test_an_order_untracked_after_it_settled_and_tracked_again_hears_its_refund() -> None:
-    """``untrack()`` once the result is in, ``track()`` later to hear refunds: the refund
-    is applied and told once (``track()`` was a no-op on the released order, and the
-    refund was dropped)."""
+@pytest.mark.parametrize("refund", ["after track()", "before track()"])
+async def test_an_order_untracked_after_it_settled_and_tracked_again_hears_its_refund(
+    refund: str,
+) -> None:
+    """``untrack()`` once the result is in, ``track()`` later to hear refunds: the refund,
+    after the new ``track()`` or between the two, is applied and told once (``track()``
+    was a no-op on the released order, and the refund was dropped)."""
     heard: list[Status] = []
     async with webhook_tracker(on_change=lambda c: heard.append(c.status)) as tracker:
         webhook_says(tracker, 42, Status.PAID)
         assert (await tracker.wait(42)).status is Status.PAID
         tracker.untrack(42)
+        if refund == "before track()":
+            webhook_says(tracker, 42, Status.CANCELED)
         tracker.track(42)
-        webhook_says(tracker, 42, Status.CANCELED)
-        followed = [c.status async for c in tracker.watch(42, follow=True)]
+        if refund == "after track()":
+            webhook_says(tracker, 42, Status.CANCELED)
+        with anyio.fail_after(5):  # it ends with the refund, final
+            followed = [c.status async for c in tracker.watch(42, follow=True)]
         status = tracker.status(42)
     assert status is Status.CANCELED
     assert heard == [Status.PAID, Status.CANCELED]
@@ -400,3 +426,27 @@ async def test_the_tokens_of_forgotten_orders_are_not_kept() -> None:
         webhook_says(tracker, 200, Status.PAID)
         assert (await tracker.wait(200)).status is Status.PAID
     assert kept == 1  # the order still tracked keeps its own
+
+
+async def test_an_order_untracked_while_its_details_come_and_tracked_again_is_told_once(
+    emu: Emulator,
+) -> None:
+    """Untracked once settled, its details still on their way (a slow Get order), then
+    tracked again: it is the same order, followed again, not tracked afresh (every
+    change was told twice to ``on_change``: an app granting there granted twice)."""
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    heard: list[Status] = []
+    async with emulator_tracker(emu, user, on_change=lambda c: heard.append(c.status)) as tracker:
+        tracker.track(order_id)
+        await emu.wait_connected(user)
+        await emu.get_order_fault("slow", delay=2.0)
+        await emu.run_script(order_id, [(0.1, "paid"), (0.1, "done")])
+        await eventually(lambda: tracker.status(order_id) is Status.DONE)
+        tracker.untrack(order_id)
+        tracker.track(order_id)
+        await emu.clear_faults()
+        with anyio.fail_after(15):
+            result = await tracker.wait(order_id)
+    assert result.status is Status.DONE
+    assert heard == [Status.NEW, Status.PAID, Status.DONE]

@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 from orderfsm.core import Observation
 from orderfsm.interface import HealthReport
-from orderfsm.supervisor.order import TrackedOrder, given_up
+from orderfsm.supervisor.order import TrackedOrder
 
 EARLY_OBSERVATIONS_KEPT = 10_000
 
@@ -36,10 +36,10 @@ class KeepsEarlyNews:
         a webhook can beat the application's call to ``track``.
         """
         order = self._orders.get(observation.order_id)
-        if order is not None and not given_up(order):
+        if order is not None and not order.released:
             order.observe(observation)
             return
-        # Not tracked (yet, or again after being given up): kept for when it is.
+        # Not tracked (yet, or again after being untracked): kept for when it is.
         self._early.setdefault(observation.order_id, []).append(observation)
         self._early.move_to_end(observation.order_id)
         while len(self._early) > EARLY_OBSERVATIONS_KEPT:

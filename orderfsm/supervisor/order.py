@@ -351,8 +351,10 @@ class TrackedOrder(EndsTracking):
 
 
 def given_up(order: TrackedOrder) -> bool:
-    """Untracked before it settled: tracking it again starts afresh."""
-    return order.released and not order.has_result
+    """Untracked before it settled: tracking it again starts afresh.  (One untracked
+    after, its details perhaps still coming, is followed again as it is: its changes
+    were told.)"""
+    return order.released and order.settled is None
 
 
 def _nobody(order: TrackedOrder) -> None:

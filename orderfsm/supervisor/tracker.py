@@ -201,7 +201,8 @@ class Tracker(TrackerLifetime, TakesOverOrders, KeepsEarlyNews):
         user: User | None = None,
         until: Status | str | None = None,
     ) -> None:
-        """Start following an order (no-op if it already is); returns at once.
+        """Start following an order (if it already is, it is kept until :meth:`untrack`;
+        one untracked after it settled is followed again); returns at once.
 
         ``until`` overrides the tracker's goal for this order.  An order has one
         goal while it is tracked: naming another for it raises ``ValueError``.
@@ -279,9 +280,12 @@ class Tracker(TrackerLifetime, TakesOverOrders, KeepsEarlyNews):
 
     def _reopen(self, order: TrackedOrder) -> None:
         """An order untracked after it settled, wanted again: what comes later (a
-        refund) is applied and told again, and what came meanwhile is in the
+        refund) is applied and told again, and what came meanwhile is applied now:
+        what was observed here (kept as news of an order not tracked), and the
         journal's log, read again (the core drops what is known)."""
         order.released = False
+        for observation in self._early.pop(order.order_id, ()):
+            order.observe(observation)
         if self.fleet is not None:
             self.fleet.reread(order.order_id)
 
@@ -298,13 +302,11 @@ class Tracker(TrackerLifetime, TakesOverOrders, KeepsEarlyNews):
 
         Raises ``TrackingTimeout`` past the policy's deadline, the transports'
         typed error when none of them can go on, ``TrackerClosed`` when the
-        tracker closes first.  Cancelling a ``wait`` that started the tracking
-        stops it, unless it settled meanwhile (its later news, a refund, still
-        counts) or something else follows it: another ``wait()`` or ``watch()``
-        under way, or a :meth:`track` call.
+        tracker closes first.  Cancelling the last ``wait`` on an order stops its
+        tracking, unless it settled meanwhile (its later news, a refund, still
+        counts) or something else follows it: a ``watch()`` under way, or a
+        :meth:`track` call (which keeps it until :meth:`untrack`).
         """
-        existing = self._orders.get(order_id)
-        started_here = existing is None or given_up(existing)
         order = self._follow(order_id, **track_kwargs)
         order.followers += 1
         try:
@@ -312,7 +314,7 @@ class Tracker(TrackerLifetime, TakesOverOrders, KeepsEarlyNews):
         except BaseException:
             order.followers -= 1
             alone = not order.kept and not order.followers
-            if started_here and alone and order.settled is None and not order.is_finished:
+            if alone and order.settled is None and not order.is_finished:
                 self.untrack(order_id)
             raise
         order.followers -= 1
