@@ -25,6 +25,30 @@ from transports.webhook import WebhookReceiver
 BUSY = Answer(503)
 
 
+class HeldGrant:
+    """A handler that grants, says so (``holding``), and returns once the test has taken
+    hold of the database (``held``): its answer then waits for the database."""
+
+    def __init__(self) -> None:
+        self.handled: list[int] = []
+        self.holding = anyio.Event()
+        self.held = anyio.Event()
+
+    async def handler(self, notification: object) -> None:
+        self.handled.append(1)
+        self.holding.set()
+        await self.held.wait()
+
+    async def database_held(self, url: str, key: str) -> DatabaseHold:
+        """Once the handler granted, the test holds the database; then the handler returns
+        and its answer waits (on PostgreSQL, until it is seen waiting)."""
+        await self.holding.wait()
+        hold = DatabaseHold(url, key)
+        self.held.set()
+        await hold.blocking_someone()
+        return hold
+
+
 @pytest.mark.anyio
 @on_databases
 async def test_an_answer_held_up_past_the_wait_is_recorded_once_the_database_frees_it(
@@ -35,17 +59,10 @@ async def test_an_answer_held_up_past_the_wait_is_recorded_once_the_database_fre
     recorded and given, and Xsolla's retry is answered from it, the handler not run
     again (before, the answer gave up after ``wait``: 500, then a second grant)."""
     url = url_for(backend, tmp_path)
-    handled: list[int] = []
-    holding = anyio.Event()
-    held = anyio.Event()
-
-    async def handler(notification: object) -> None:
-        handled.append(1)
-        holding.set()
-        await held.wait()  # the handler returns with the database held
-
+    grant = HeldGrant()
+    handled = grant.handled
     async with open_journal(url, JournalSettings(wait=0.3, lease=30.0)) as journal:
-        receiver = WebhookReceiver(SECRET, handler, store=journal)
+        receiver = WebhookReceiver(SECRET, grant.handler, store=journal)
         answers: list[int] = []
 
         async def deliver() -> None:
@@ -54,10 +71,7 @@ async def test_an_answer_held_up_past_the_wait_is_recorded_once_the_database_fre
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(deliver)
-            await holding.wait()
-            hold = DatabaseHold(url, "order_paid:1")
-            held.set()
-            await hold.blocking_someone()
+            hold = await grant.database_held(url, "order_paid:1")
             await anyio.sleep(1.0)  # over three times the wait
             assert answers == []  # still waiting for the database, not answered 5xx
             hold.release()
@@ -75,17 +89,10 @@ async def test_a_request_cancelled_after_its_handler_ran_still_records_the_answe
     answer is still recorded, so Xsolla's retry gets it and the grant is not run
     again (the claim stayed running, and the retry after its lease granted twice)."""
     url = url_for(backend, tmp_path)
-    handled: list[int] = []
-    holding = anyio.Event()
-    held = anyio.Event()
-
-    async def handler(notification: object) -> None:
-        handled.append(1)
-        holding.set()
-        await held.wait()
-
+    grant = HeldGrant()
+    handled = grant.handled
     async with open_journal(url, JournalSettings(wait=0.3, lease=30.0)) as journal:
-        receiver = WebhookReceiver(SECRET, handler, store=journal)
+        receiver = WebhookReceiver(SECRET, grant.handler, store=journal)
         payload = order_paid(1)
         request = anyio.CancelScope()
 
@@ -95,10 +102,7 @@ async def test_a_request_cancelled_after_its_handler_ran_still_records_the_answe
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(deliver)
-            await holding.wait()
-            hold = DatabaseHold(url, "order_paid:1")
-            held.set()
-            await hold.blocking_someone()
+            hold = await grant.database_held(url, "order_paid:1")
             request.cancel()  # the request is given up while its answer waits
             await anyio.sleep(0.3)
             hold.release()
