@@ -203,6 +203,34 @@ async def test_no_caller_waits_for_a_stuck_batch_past_its_patience() -> None:
         assert await batcher.submit(5, patience=2) == 5  # the lane was handed back
 
 
+@pytest.mark.anyio
+async def test_a_caller_queued_behind_a_slow_batch_still_gives_its_own_batch_its_time() -> None:
+    """Queued 0.4 s behind a slow batch (within its patience, 0.5 s), then in a batch
+    that takes 0.8 s, under ``running`` (1 s) counted from that batch's start: the
+    result, not an overdue (counted from the caller's arrival, its own batch had
+    0.6 s; a batch given up on may still take its key, for nobody)."""
+    durations = iter([0.4, 0.8])
+
+    def run(items: list[int]) -> list[int]:
+        time.sleep(next(durations))
+        return items
+
+    batcher: Batcher[int, int] = Batcher(_threaded(run), lanes=1, patience=0.5)
+    outcome: dict[int, object] = {}
+
+    async def caller(item: int) -> None:
+        try:
+            outcome[item] = await batcher.submit(item, running=1.0)
+        except BatchOverdue as exc:
+            outcome[item] = exc
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(caller, 1)
+        await anyio.sleep(0.01)
+        tasks.start_soon(caller, 2)
+    assert outcome == {1: 1, 2: 2}
+
+
 # --- on PostgreSQL, through the receiver ----------------------------------------------------
 
 

@@ -54,7 +54,7 @@ LANES = 1
 
 
 class _Slot(Generic[I, R]):
-    __slots__ = ("done", "error", "item", "lead", "result", "taken", "wake")
+    __slots__ = ("done", "error", "item", "lead", "result", "taken", "taken_at", "wake")
 
     def __init__(self, item: I) -> None:
         self.item = item
@@ -63,6 +63,7 @@ class _Slot(Generic[I, R]):
         """Handed a lane (and out of the queue): it starts the next batch there."""
         self.taken = False
         """In a batch that was started (its result will come, waited for or not)."""
+        self.taken_at = 0.0
         self.done = False
         self.result: R | None = None
         self.error: BaseException | None = None
@@ -104,9 +105,10 @@ class Batcher(Generic[I, R]):
         self, item: I, patience: float | None = None, running: float | None = None
     ) -> R:
         """``patience``: this caller's own, instead of the batcher's; ``running``: how
-        long it waits (from its arrival) once its item is in a batch that was started,
-        if longer: a batch given up on may still do its work afterwards, so it is given
-        up on only once it cannot be merely slow."""
+        long it waits for a batch its item is in, from that batch's start, if longer
+        than what is left of ``patience``: a batch given up on may still do its work
+        afterwards, so it is given up on only once it cannot be merely slow (however
+        long its item was queued before)."""
         patience = self._patience if patience is None else patience
         slot: _Slot[I, R] = _Slot(item)
         if self._leading < self._lanes:
@@ -120,8 +122,9 @@ class Batcher(Generic[I, R]):
             else:
                 with anyio.move_on_after(patience):
                     await self._wait(slot)
-                if not slot.done and slot.taken and running is not None and running > patience:
-                    with anyio.move_on_after(running - patience):
+                left = slot.taken_at + running - anyio.current_time() if running else 0.0
+                if not slot.done and slot.taken and left > 0:
+                    with anyio.move_on_after(left):
                         await self._wait(slot)
         except BaseException:
             self._leave(slot)
@@ -130,8 +133,7 @@ class Batcher(Generic[I, R]):
             self._leave(slot)
             if not slot.taken:
                 raise BatchOverdue(f"the journal's batches ahead ran past {patience} s")
-            waited = patience if running is None else max(running, patience)
-            raise BatchOverdue(f"the journal's batch ran past {waited} s")
+            raise BatchOverdue(f"the journal's batch ran past {max(running or 0, patience)} s")
         return slot.outcome()
 
     async def _wait(self, slot: _Slot[I, R]) -> None:
@@ -155,8 +157,10 @@ class Batcher(Generic[I, R]):
     def _start(self, slot: _Slot[I, R]) -> None:
         batch = [slot, *self._queue[: self._most - 1]]
         del self._queue[: self._most - 1]
+        now = anyio.current_time()
         for taken in batch:
             taken.taken = True
+            taken.taken_at = now
         self.batches += 1
         self.items += len(batch)
         try:
