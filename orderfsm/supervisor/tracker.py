@@ -311,13 +311,11 @@ class Tracker(TrackerLifetime, TakesOverOrders, KeepsEarlyNews):
         order.followers += 1
         try:
             await order.finished()
-        except BaseException:
+        finally:
             order.followers -= 1
-            alone = not order.kept and not order.followers
-            if alone and order.settled is None and not order.is_finished:
+            given_up = not order.is_finished and order.settled is None
+            if given_up and not order.kept and not order.followers:
                 self.untrack(order_id)
-            raise
-        order.followers -= 1
         if order.error is not None:
             raise order.error
         assert order.result is not None
