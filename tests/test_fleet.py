@@ -687,7 +687,7 @@ async def test_news_before_any_track_settles_a_paid_goal_at_once_and_calls_on_se
     alone, and A, with the default goal, track it: B's result comes at once from the
     journal, its goal its own, not the placeholder ``done`` that no webhook would
     ever reach, and ``on_settled`` is called for it once across the fleet, not again
-    for A's track nor by a sweep."""
+    for A's track nor by a sweep (by either instance: whichever claims it first)."""
     url = url_for(backend, tmp_path)
     user = await emu.create_user()
     order_id = await emu.create_order(user)
@@ -720,8 +720,10 @@ async def test_news_before_any_track_settles_a_paid_goal_at_once_and_calls_on_se
         await eventually(lambda: len(calls) >= 1, timeout=10)
         await anyio.sleep(1.5)  # past a lease period (1 s here), a sweep: no second call
     assert (result.status, result.source, result.succeeded) == (Status.PAID, "webhook", True)
-    assert [(n, e.order_id, e.status, e.until) for n, e in calls] == [
-        ("b", order_id, Status.PAID, Status.PAID)
+    # Either instance may make the call: B queues it on settling, and A's sweep at its
+    # start can find it owed and claim it first.  Once, with B's goal, is the promise.
+    assert [(e.order_id, e.status, e.until) for _, e in calls] == [
+        (order_id, Status.PAID, Status.PAID)
     ]
 
 
