@@ -312,21 +312,36 @@ async def test_a_body_over_the_limit_is_413_before_anything_else() -> None:
     assert len(body) > 100
     answer = await receiver.handle(signed(body), body)
     assert answer.status == 413 and handler.calls == 0
-    assert receiver.precheck(None, 101) == answer
-    assert receiver.precheck(None, 100) is None
+    assert receiver.precheck(101) == answer
+    assert receiver.precheck(100) is None
 
 
 @pytest.mark.anyio
-async def test_the_allow_list_refuses_other_peers_with_403() -> None:
+async def test_the_allow_list_answers_signed_deliveries_from_other_peers_503_and_handles_nothing(
+    tmp_path: Path,
+) -> None:
+    """A signed delivery from outside the list is Xsolla on a network the list lacks
+    (or a leaked secret): a 4xx to ``order_paid`` would refund the player at once,
+    so it is 503 (retried for hours while the list is mended), and nothing is
+    handled, told to the sink, or remembered (the retry from a listed peer runs)."""
     handler = Recorder()
-    receiver = WebhookReceiver(SECRET, handler, allowed_networks=XSOLLA_NETWORKS)
+    sink = RecordingSink()
+    receiver = WebhookReceiver(
+        SECRET, handler, sink=sink, allowed_networks=XSOLLA_NETWORKS,
+        store=str(tmp_path / "journal.sqlite3"),
+    )  # fmt: skip
     body = order_paid(9)
-    for peer in ["127.0.0.1", "185.30.24.1", None, "garbage"]:
-        answer = await receiver.handle(signed(body), body, peer)
-        assert answer.status == 403 and error_code(answer) == "INVALID_CLIENT_IP"
-    assert handler.calls == 0
-    for peer in ["185.30.20.1", "185.30.23.254", "34.94.43.207", "::ffff:185.30.21.9"]:
-        assert (await receiver.handle(signed(body), body, peer)).status == 204
+    async with receiver:
+        for peer in ["127.0.0.1", "185.30.24.1", None, "garbage"]:
+            answer = await receiver.handle(signed(body), body, peer)
+            assert answer.status == 503 and error_code(answer) == "INVALID_CLIENT_IP"
+            forged = await receiver.handle(signed(body, "wrong secret"), body, peer)
+            assert forged.status == 400 and error_code(forged) == "INVALID_SIGNATURE"
+        assert handler.calls == 0 and sink.observations == []
+        for peer in ["185.30.20.1", "185.30.23.254", "34.94.43.207", "::ffff:185.30.21.9"]:
+            assert (await receiver.handle(signed(body), body, peer)).status == 204
+    assert handler.calls == 1 and len(sink.observations) == 4
+    assert receiver.stats().deliveries["forbidden"] == 4
 
 
 def test_allow_lists() -> None:

@@ -132,7 +132,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--xsolla-only",
         action="store_true",
-        help="accept deliveries only from Xsolla's published networks",
+        help="handle deliveries only from Xsolla's published networks (others: 503, retried)",
     )
     parser.add_argument(
         "--backend", choices=options.BACKENDS, default="asyncio", help="event loop to run on"

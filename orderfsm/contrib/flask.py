@@ -39,7 +39,7 @@ def webhook_blueprint(
         if request.method != "POST":
             return _response(METHOD_NOT_ALLOWED, ("Allow", "POST"))
         peer = request.remote_addr
-        refusal = receiver.precheck(peer, request.content_length)
+        refusal = receiver.precheck(request.content_length)
         if refusal is not None:
             return _response(refusal)
         body = receiver.read_body(request.stream.read)  # chunked: no length to check first

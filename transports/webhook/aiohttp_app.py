@@ -23,7 +23,7 @@ def make_handler(
     """An aiohttp request handler; mount it on any route of your own app."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        refusal = receiver.precheck(request.remote, request.content_length)
+        refusal = receiver.precheck(request.content_length)
         if refusal is not None:
             return _response(refusal)
         # Read by hand rather than with request.read(): the limit is the

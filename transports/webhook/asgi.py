@@ -71,7 +71,7 @@ class WebhookASGIApp:
         client = scope.get("client")
         peer = str(client[0]) if client else None
         length = _content_length(headers)
-        refusal = self.receiver.precheck(peer, length)
+        refusal = self.receiver.precheck(length)
         if refusal is not None:
             await reply(send, refusal)
             return

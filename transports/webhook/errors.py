@@ -25,7 +25,8 @@ class IncorrectInvoice(WebhookError):
 
 
 class ForbiddenSource(WebhookError):
-    """The peer address is outside the allow-list."""
+    """A signed delivery's peer address is outside the allow-list: answered 503, so
+    Xsolla retries (a 4xx to ``order_paid`` can refund the player at once)."""
 
     code = "INVALID_CLIENT_IP"
 
@@ -34,7 +35,7 @@ class BodyTooLarge(WebhookError):
     code = "INVALID_PARAMETER"
 
 
-STATUS: dict[type[WebhookError], int] = {ForbiddenSource: 403, BodyTooLarge: 413}
+STATUS: dict[type[WebhookError], int] = {ForbiddenSource: 503, BodyTooLarge: 413}
 
 
 def status_for(error: WebhookError) -> int:

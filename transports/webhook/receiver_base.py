@@ -80,24 +80,40 @@ class ReceiverBase:
         :mod:`orderfsm.metrics.otel` makes spans of); ``None`` stops it."""
         self._listener = listener
 
-    def precheck(self, peer: str | None, content_length: int | None) -> WebhookAnswer | None:
-        """A refusal that needs no body (peer not allowed, declared size too big), or None.
-
-        Adapters call it before reading the body; ``handle`` repeats it.
-        """
-        early = self._precheck(peer, content_length)
+    def precheck(self, content_length: int | None) -> WebhookAnswer | None:
+        """The 413 for a declared size too big, or None: the one refusal that needs no
+        body.  Adapters call it before reading the body; ``handle`` repeats it."""
+        early = self._precheck(content_length)
         if early is None:
             return None
         self._counters.answered(early.outcome, early.answer.status)
         return early.answer
 
-    def _precheck(self, peer: str | None, content_length: int | None) -> Refused | None:
-        if self.allow_list is not None and not self.allow_list.allows(peer):
-            forbidden = ForbiddenSource(f"source address {peer} is not allowed")
-            return Refused(refusal(forbidden), "forbidden")
+    def _precheck(self, content_length: int | None) -> Refused | None:
         if content_length is not None and content_length > self.max_body_size:
             return Refused(self._too_large(), "too_large")
         return None
+
+    def _unlisted(self, checked: Verified, peer: str | None) -> Refused | None:
+        """A correctly signed delivery from outside ``allowed_networks``: 503, never
+        a 4xx.  Either Xsolla sends from a network the list lacks (a 4xx to
+        ``order_paid`` would refund the player at once, with automatic refunds on;
+        a 5xx is retried for 12 hours while the list is mended) or the secret has
+        leaked (nothing is handled either way).  Judged after the signature, so
+        a forged body from anywhere still gets its 400."""
+        if self.allow_list is None or self.allow_list.allows(peer):
+            return None
+        logger.error(
+            "a correctly signed %s for order %s came from %s, outside allowed_networks: "
+            "answered 503 so Xsolla retries; add the network if it is Xsolla's, "
+            "or rotate the secret if it is not",
+            checked.delivery.kind,
+            checked.delivery.order_id,
+            peer,
+            extra={"event": "webhook.unlisted", "peer": peer},
+        )
+        unlisted = ForbiddenSource(f"source address {peer} is not allowed")
+        return Refused(refusal(unlisted), "forbidden")
 
     def too_large(self) -> WebhookAnswer:
         """The 413 for a body found too large while reading it."""
@@ -130,12 +146,15 @@ class ReceiverBase:
         """Everything before the journal: the answer when there is nothing for the
         handler (a refusal, a type we ignore), else the verified delivery.  A
         verified ``order_paid`` / ``order_canceled`` goes to the sink, stamped ``at``."""
-        early = self._precheck(peer, len(body))
+        early = self._precheck(len(body))
         if early is not None:
             return early
         checked = verified(self._secret, headers, body, peer)
         if not isinstance(checked, Verified):
             return checked
+        unlisted = self._unlisted(checked, peer)
+        if unlisted is not None:
+            return unlisted
         self._observe(checked.notification, at)
         if isinstance(checked.notification, UnknownNotification):
             log_answer(checked, IGNORED.answer, IGNORED.outcome, peer)

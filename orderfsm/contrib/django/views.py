@@ -38,7 +38,7 @@ def _webhook(request: HttpRequest) -> HttpResponse:
         return _response(METHOD_NOT_ALLOWED, ("Allow", "POST"))
     current = receiver()
     peer = request.META.get("REMOTE_ADDR")
-    refusal = current.precheck(peer, _content_length(request))
+    refusal = current.precheck(_content_length(request))
     if refusal is not None:
         return _response(refusal)
     try:
