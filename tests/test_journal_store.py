@@ -379,6 +379,37 @@ def test_sqlite_prunes_in_small_transactions_and_forgets_everything_old(
         journal.close()
 
 
+def test_a_prune_pauses_between_chunks_the_database_refuses() -> None:
+    """A database that refuses at once (stopped, no connection free) was asked again
+    at once for the rest of the round: thousands of tries a second from the pruner's
+    thread.  Now the tries back off, and the round still ends by its deadline with
+    the refusal, and goes on once a chunk succeeds."""
+    from orderfsm.errors import JournalUnavailable
+    from transports.journal.sql_shared import prune_in_chunks
+
+    tries: list[float] = []
+
+    def refused(until: float) -> tuple[int, int]:
+        tries.append(until)
+        raise JournalUnavailable("connection refused")
+
+    started = time.monotonic()
+    with pytest.raises(JournalUnavailable):
+        prune_in_chunks(refused, started + 0.5, size=10)
+    assert 0.5 <= time.monotonic() - started < 1.0
+    assert 3 <= len(tries) <= 6  # 0.05, 0.1, 0.2 s pauses, then the deadline
+
+    answers: list[tuple[int, int]] = [(10, 10), (3, 0)]
+
+    def back(until: float) -> tuple[int, int]:
+        if len(tries) < 3:
+            return refused(until)
+        return answers.pop(0)
+
+    tries.clear()
+    assert prune_in_chunks(back, time.monotonic() + 5, size=10) == (13, 10)
+
+
 @pytest.mark.anyio
 async def test_postgres_prunes_more_than_a_statement_may_delete_while_deliveries_go_on(
     monkeypatch: pytest.MonkeyPatch,

@@ -102,6 +102,10 @@ for claims and 11 ms for deliveries, the slowest 0.4 s, against a statement time
 PRUNE_CHUNK_WAIT = 2.0
 """Seconds one chunk of a prune waits (for SQLite's write lock, a pooled connection)
 before it tries again."""
+PRUNE_PAUSES = (0.05, 1.0)
+"""The first and the longest pause after a failed chunk, doubling: a database that
+refuses at once (stopped, its connections all taken) is not asked again and again
+for the rest of the round, from a thread beside the deliveries."""
 
 
 def prune_in_chunks(
@@ -115,14 +119,18 @@ def prune_in_chunks(
     about 2M rows: cancelled, every hour again, while the tables grew until the disk
     was full."""
     claims = deliveries = 0
+    pause, longest = PRUNE_PAUSES
     while True:
         # Each chunk waits as a delivery would, not the whole prune's time: a SQLite
         # batch it shares is led by a delivery's thread, which waits for it.
         try:
             more_claims, more_deliveries = chunk(min(deadline, time.monotonic() + PRUNE_CHUNK_WAIT))
         except JournalUnavailable:
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise
+            time.sleep(min(pause, left))
+            pause = min(2 * pause, longest)
             continue
         claims, deliveries = claims + more_claims, deliveries + more_deliveries
         if max(more_claims, more_deliveries) < size or time.monotonic() > deadline:
