@@ -73,3 +73,25 @@ async def test_webhook_style_observations_before_tracking_are_not_lost() -> None
         result = await tracker.wait(99)
     assert result.status is Status.CANCELED
     assert [c.status for c in result.changes] == [Status.PAID, Status.CANCELED]
+
+
+async def test_repeated_news_for_an_order_not_tracked_is_kept_once_per_status() -> None:
+    """A source repeating the same news for an order nobody tracks (a webhook retried
+    for hours, a custom feed) grew that order's kept list without end; one sighting
+    of each status is all a later ``track`` needs, and it still gets them all."""
+    import tracemalloc
+
+    async with Tracker(project_id=1, transports=("webhook",), fetch_details=False) as tracker:
+        tracker.observe(Observation(99, "paid", "webhook", anyio.current_time()))
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(20_000):
+                tracker.observe(Observation(99, "paid", "webhook", anyio.current_time()))
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        tracker.observe(Observation(99, "canceled", "webhook", anyio.current_time()))
+        result = await tracker.wait(99)
+    assert grown < 100_000  # bytes; about 4 MB before
+    assert [c.status for c in result.changes] == [Status.PAID, Status.CANCELED]

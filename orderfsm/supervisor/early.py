@@ -31,16 +31,20 @@ class KeepsEarlyNews:
     def observe(self, observation: Observation, /) -> None:
         """Accept an observation from outside (e.g. a webhook receiver).
 
-        One for an order not tracked yet is kept (the last
-        ``EARLY_OBSERVATIONS_KEPT`` orders) and replayed when tracking starts:
-        a webhook can beat the application's call to ``track``.
+        One for an order not tracked yet is kept (the first of each status, for
+        the last ``EARLY_OBSERVATIONS_KEPT`` orders) and replayed when tracking
+        starts: a webhook can beat the application's call to ``track``.
         """
         order = self._orders.get(observation.order_id)
         if order is not None and not order.released:
             order.observe(observation)
             return
-        # Not tracked (yet, or again after being untracked): kept for when it is.
-        self._early.setdefault(observation.order_id, []).append(observation)
+        # Not tracked (yet, or again after being untracked): kept for when it is,
+        # one sighting per status (the first), since a source may repeat itself
+        # for hours and the core would drop the repeats anyway.
+        kept = self._early.setdefault(observation.order_id, [])
+        if all(seen.status is not observation.status for seen in kept):
+            kept.append(observation)
         self._early.move_to_end(observation.order_id)
         while len(self._early) > EARLY_OBSERVATIONS_KEPT:
             self._early.popitem(last=False)
