@@ -756,3 +756,43 @@ def test_what_waited_for_history_is_released_at_the_moment_history_ends() -> Non
     s.receive(pub_push(CH, pub(3, "done")))
     events = s.receive(history_reply(req["id"], [pub(1, "new"), pub(2)], epoch="e", offset=2))
     assert published(events) == [(1, s.now), (2, s.now), (3, s.now)]
+
+
+# --- history without recovery: the subscription reports no epoch ----------------------
+# A server with history but neither recovery nor positioning on a channel (the way
+# Xsolla's docs use it: read history on subscribe) leaves epoch and offset out of
+# the subscribe result; only history replies carry the stream's epoch.
+
+
+def unpositioned() -> dict[str, Any]:
+    return sub_result(recoverable=False, positioned=False)
+
+
+def test_a_subscription_without_an_epoch_keeps_the_position_across_a_reconnect() -> None:
+    """An absent epoch is not a new one: after a reconnect the channel reads history
+    from its position, with no gap and nothing delivered twice."""
+    s = Session()
+    s.connect(subs={CH: unpositioned()})
+    req = s.history_request()
+    s.receive(history_reply(req["id"], [pub(1, "new"), pub(2)], epoch="e", offset=2))
+    s.lose()
+    s.connect_id = s.connect_command()["id"]
+    events = s.receive(connect_reply(s.connect_id, subs={CH: unpositioned()}))
+    assert gaps(events) == []
+    req = s.history_request()
+    assert req["history"]["since"] == {"offset": 2, "epoch": "e"}
+    events = s.receive(history_reply(req["id"], [pub(3, "done")], epoch="e", offset=3))
+    assert delivered(events) == [(3, "done", "history")] and gaps(events) == []
+    assert s.engine.positions() == {CH: (3, "e")}
+
+
+def test_news_held_while_history_first_tells_the_epoch_is_delivered() -> None:
+    """The first history reply of a channel whose epoch was never reported tells it,
+    it does not change it: what was pushed meanwhile is delivered, not dropped."""
+    s = Session()
+    s.connect(subs={CH: unpositioned()})
+    req = s.history_request()
+    s.receive(pub_push(CH, pub(3, "done")))  # held while history is read
+    events = s.receive(history_reply(req["id"], [pub(1, "new"), pub(2)], epoch="e", offset=2))
+    assert gaps(events) == []
+    assert delivered(events) == [(1, "new", "history"), (2, "paid", "history"), (3, "done", "push")]

@@ -132,11 +132,13 @@ class Channel:
             self.held += sorted(result.publications, key=_offset)
             self.start_sync()
             return events
-        if self.epoch and result.epoch != self.epoch:
+        # No epoch in the result (a stream neither recoverable nor positioned) says
+        # nothing about ours: history, which always tells it, judges it then.
+        if self.epoch and result.epoch and result.epoch != self.epoch:
             events += self._new_epoch(result.epoch, at)
             self.start_sync()
             return events
-        self.epoch = result.epoch
+        self.epoch = result.epoch or self.epoch
         if result.recovered:
             self.request_id = self.deadline = self.retry_at = None
             self.positioned = True
@@ -151,7 +153,10 @@ class Channel:
         self.failures = 0
         events: list[Event] = []
         if result.epoch != self.epoch:
-            events += self._new_epoch(result.epoch, at)
+            if self.epoch or self.offset or self.positioned:
+                events += self._new_epoch(result.epoch, at)
+            else:  # told for the first time, not changed: what is held is of this stream
+                self.epoch = result.epoch
         since = self.offset
         pubs = sorted(result.publications, key=_offset)
         events += self.deliver_all(pubs, "history", at)
