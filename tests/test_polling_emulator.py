@@ -248,6 +248,27 @@ async def test_a_token_provider_that_keeps_failing_fails_the_poller_with_its_err
 
 
 @pytest.mark.anyio
+async def test_a_token_handed_over_in_the_wrong_type_stays_out_of_errors_and_logs(
+    emu: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A token callable that returns the player's token as bytes (or inside its auth
+    service's JSON) is refused without the token in what it says: errors and health
+    reports end up in logs and error trackers, where a live session token must not."""
+    user, order_id = await new_order(emu, "bytes-token")
+
+    async def as_bytes() -> str:
+        return user.token.encode()  # type: ignore[return-value]  # the mistake under test
+
+    caplog.set_level(logging.DEBUG)
+    sink = RecordingSink()
+    with anyio.fail_after(10), pytest.raises(TokenProviderFailed, match="bytes") as raised:
+        await poll(emu, user, order_id, sink, PollConfig(interval=0.05), token=as_bytes)
+    said = [str(raised.value), caplog.text]
+    said += [f"{r.reason} {r.error}" for r in sink.reports]
+    assert [text for text in said if user.token in text] == []
+
+
+@pytest.mark.anyio
 async def test_a_token_provider_that_fails_once_only_delays_the_poller(emu: Emulator) -> None:
     user, order_id = await new_order(emu, "blip")
     failures = [1]

@@ -51,7 +51,10 @@ async def get_token(token: TokenProvider, timeout: float = TOKEN_TIMEOUT) -> str
     if waited.cancelled_caught:
         raise TokenProviderFailed(f"token provider did not answer within {timeout:g} s")
     if not isinstance(value, str) or not value:
-        raise TokenProviderFailed(f"token provider returned {value!r}, not a token")
+        # Named by its type only: a token in the wrong type (bytes, the auth service's
+        # JSON) is still the player's token, and this message goes to logs.
+        given = "an empty str" if isinstance(value, str) else f"a {type(value).__name__}"
+        raise TokenProviderFailed(f"token provider returned {given}, not a non-empty str")
     return value
 
 
