@@ -162,6 +162,21 @@ async def test_429_retry_after_is_honoured(emu: Emulator) -> None:
 
 
 @pytest.mark.anyio
+async def test_a_retry_after_past_give_up_after_gives_up_then_not_after_it(emu: Emulator) -> None:
+    """``give_up_after`` is a promise to the caller: an answer (ServiceUnavailable) by
+    then.  A 429 asking for an hour cannot be outwaited in one second; the poller used
+    to sleep the hour.  Nor is Get order asked again before the hour is up."""
+    user, order_id = await new_order(emu, "long-retry-after")
+    await emu.get_order_fault("rate_limit", retry_after=3600, order_id=order_id)
+    sink = RecordingSink()
+    config = PollConfig(interval=0.05, give_up_after=1.0)
+    with anyio.fail_after(10), pytest.raises(ServiceUnavailable, match="3600"):
+        await poll(emu, user, order_id, sink, config)
+    assert len((await emu.order(order_id))["get_order_requests"]) == 1
+    assert healths(sink) == [Health.CONNECTING, Health.FAILED]
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("status", [500, 503])
 async def test_server_errors_back_off_degraded_and_keep_going(emu: Emulator, status: int) -> None:
     user, order_id = await new_order(emu, f"5xx-{status}")

@@ -207,12 +207,17 @@ class Pacing:
         self._failures += 1
         limit = self.config.give_up_after
         if limit is not None and now - self._failing_since >= limit:
-            gave_up = ServiceUnavailable(
-                f"{self._subject}: no good {self._answer} for "
-                f"{now - self._failing_since:g} s; last: {error}"
-            )
-            gave_up.__cause__ = error
-            return self.fail(gave_up, now)
+            reason = f"no good {self._answer} for {now - self._failing_since:g} s"
+            return self._give_up(reason, error, now)
+        if (
+            limit is not None
+            and retry_after is not None
+            and now + retry_after > self._failing_since + limit
+        ):
+            # No good answer can come before giving up without asking sooner than the
+            # service allows: give up now, not after sleeping past the limit.
+            reason = f"asked to come back in {retry_after:g} s, past give_up_after ({limit:g} s)"
+            return self._give_up(reason, error, now)
         backoff = min(
             self.config.backoff_max, self.config.interval * 2 ** min(self._failures - 1, 32)
         )
@@ -222,6 +227,11 @@ class Pacing:
             # to come back at the same second does not return in one burst.
             delay = max(delay, retry_after * (1 + self.config.jitter * self._random()))
         return Outcome(Wait(now + delay), self.report(Health.DEGRADED, now, str(error), error))
+
+    def _give_up(self, reason: str, error: OrderFsmError, now: float) -> Outcome:
+        gave_up = ServiceUnavailable(f"{self._subject}: {reason}; last: {error}")
+        gave_up.__cause__ = error
+        return self.fail(gave_up, now)
 
     def token_failed(self, error: BaseException, now: float) -> Outcome:
         """The caller's token callable raised, timed out or returned a non-token: backed
