@@ -14,6 +14,7 @@ from support_hypothesis import json_values
 from orderfsm.errors import OrderNotFound, ServiceUnavailable, TokenRejected
 from orderfsm.interface import Health
 from transports.http import HttpResponse, RequestTimeout
+from transports.http.pacing import RETRY_AFTER_MAX
 from transports.polling import (
     Fail,
     Finish,
@@ -150,6 +151,18 @@ def test_429_honours_retry_after_as_a_date() -> None:
     date = email.utils.formatdate(wall + 20, usegmt=True)
     step = d.on_response(error(429, {"Retry-After": date}), 5.0, wall_now=wall)
     assert wait_of(step) >= 25.0
+
+
+@pytest.mark.parametrize("retry_after", ["86400", "1e12", "Fri, 31 Dec 9999 23:59:59 GMT"])
+def test_a_retry_after_is_honoured_up_to_five_minutes(retry_after: str) -> None:
+    """A day's (or a year's) Retry-After is a server's bug or a rate limiter's penalty
+    box: slept out, it left the order unpolled past the tracker's ten-minute deadline
+    (a paid order reported as timed out) or, with no deadline, for good.  The tracker's
+    one-off checks stopped at five minutes already."""
+    d = decider(interval=1.0, jitter=0.1)
+    d.start(0.0)
+    step = d.on_response(error(429, {"Retry-After": retry_after}), 5.0, wall_now=1.7e9)
+    assert 5.0 + RETRY_AFTER_MAX <= wait_of(step) <= 5.0 + RETRY_AFTER_MAX * 1.1
 
 
 def test_server_errors_back_off_doubling_up_to_the_cap_and_recover() -> None:

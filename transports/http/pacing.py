@@ -28,6 +28,10 @@ from transports.http.errors import TokenProviderFailed
 
 TOKEN_ATTEMPTS = 5
 """Token callable failures in a row before a reader gives up (the WebSocket's too)."""
+RETRY_AFTER_MAX = 300.0
+"""A ``Retry-After`` is honoured up to this many seconds: a day's (a year's) is a
+server's bug or a rate limiter's penalty box, and slept out it leaves the order
+unread past any deadline (the tracker's one-off checks stop at the same bound)."""
 
 
 def positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -205,6 +209,8 @@ class Pacing:
         if self._failing_since is None:
             self._failing_since = now
         self._failures += 1
+        if retry_after is not None:
+            retry_after = min(retry_after, RETRY_AFTER_MAX)
         limit = self.config.give_up_after
         if limit is not None and now - self._failing_since >= limit:
             reason = f"no good {self._answer} for {now - self._failing_since:g} s"
@@ -261,6 +267,7 @@ class Pacing:
 
 
 __all__ = [
+    "RETRY_AFTER_MAX",
     "Fail",
     "Outcome",
     "Pacing",
