@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import pytest
+from support_http import Request, http_response, loopback_server
 
 from orderfsm.core import Observation, Position, Status
 from orderfsm.errors import TokenRejected
@@ -287,3 +288,30 @@ async def test_a_backlog_is_read_page_after_page_without_waiting(
     assert anyio.current_time() - started < 5.0  # not one 30 s interval between pages
     assert (await emu.stats()).events_requests - before == 2
     assert [o.status for o in sink.observations] == [Status.CANCELED]
+
+
+async def test_a_full_page_that_moves_the_cursor_nowhere_waits_its_interval(
+    http: HttpClient,
+) -> None:
+    """A full page is followed at once only when it moved the cursor: a server that
+    ignores ``after_id`` (or pages of entries without a usable id) answered the same
+    full page again and again, asked at once each time, as fast as it answers: one
+    order hammering Xsolla's API in a busy loop."""
+    full = http_response(200, {"events": [{"id": i, "data": {}} for i in range(1, 101)]})
+
+    async def same_page(request: Request) -> bytes:
+        del request
+        return full
+
+    async def token() -> str:
+        return "t"
+
+    config = EventsConfig(interval=0.5, jitter=0.0)
+    async with loopback_server(same_page) as server:
+        with anyio.move_on_after(1.2):
+            await follow_events(
+                1, token=token, sink=RecordingSink(), http=http, base_url=server.url, config=config
+            )
+    # The first page at once, the second at once (the first moved the cursor), then
+    # one each 0.5 s.
+    assert len(server.requests) <= 4

@@ -81,7 +81,8 @@ class EventsConfig:
     """The first ``after_id``.  0 reads the user's whole retained history, so a
     status that changed before tracking began is still seen."""
     page_size: int = attrs.field(default=100, validator=_count)
-    """A page with this many entries is taken to be full: the next one is asked at once."""
+    """A page with this many entries is taken to be full: the next one is asked at once
+    (if the page moved ``after_id``; else after ``interval``, as any page)."""
     mark_processed: bool = False
     """``POST /events/{id}/processed`` for each event that was news for the order.
     Off by default: marking belongs to whoever fulfils orders, not to a tracker."""
@@ -201,6 +202,7 @@ class EventCursor:
 
     def _read(self, page: Page, now: float) -> Step:
         self._pacing.recovered()
+        read_up_to = self._after_id
         warnings = list(page.warnings)
         news: list[Observation] = []
         matched: list[int] = []
@@ -233,8 +235,10 @@ class EventCursor:
         if news and news[-1].status in FINAL_STATUSES:
             health = self._pacing.finish(now, f"final status {news[-1].status}")
             return Step(Finish(news[-1]), tuple(news), health, tuple(warnings), acknowledge)
-        if page.size >= self.config.page_size:
+        if page.size >= self.config.page_size and self._after_id > read_up_to:
             # Catching up on a backlog: not "caught up" yet, so not HEALTHY either.
+            # (A full page that moved the cursor nowhere would come back the same:
+            # asked again at once, it would be asked in a busy loop.)
             return Step(Wait(now), tuple(news), None, tuple(warnings), acknowledge)
         health = self._pacing.report(Health.HEALTHY, now, "Event API answered")
         next_at = self._pacing.next_poll(now)
