@@ -316,6 +316,26 @@ async def test_details_that_lag_behind_the_settling_status_are_asked_again() -> 
     assert result.details is not None and result.details.status == "done"
 
 
+async def test_details_are_asked_again_after_a_passing_failure() -> None:
+    """One 503 (a load balancer's blip) as the settled order's details are fetched
+    cost the result its items: ``details`` None beside ``done``, though most of
+    ``details_timeout`` was left.  A passing failure is asked again for a moment,
+    as details lagging behind the status are."""
+    async with Emulator(ping_interval=0) as emu:
+        user = await emu.create_user()
+        order_id = await emu.create_order(user)
+        await emu.pay(order_id)
+        async with emulator_tracker(emu, user) as tracker:
+            tracker.track(order_id)
+            await eventually(lambda: tracker.status(order_id) is Status.PAID)
+            await emu.get_order_fault("error", status=503, count=1, order_id=order_id)
+            await emu.deliver(order_id)
+            result = await tracker.wait(order_id)
+    assert result.status is Status.DONE and result.details_error is None
+    assert result.details is not None and result.details.status == "done"
+    assert [item.sku for item in result.details.items] == ["com.xsolla.item_1"]
+
+
 class FailsForOneOrder:
     """An application's HttpClient with a bug that shows for one order's URL only."""
 

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING
 import anyio
 
 from orderfsm.core import Observation
-from orderfsm.errors import OrderFsmError, TrackingTimeout, TransportError
+from orderfsm.errors import (
+    ConnectionLost,
+    OrderFsmError,
+    ServiceUnavailable,
+    TrackingTimeout,
+    TransportError,
+)
 from orderfsm.interface import POLLING
 
 if TYPE_CHECKING:
@@ -62,6 +68,7 @@ class FetchesDetails:
         already, a payment after the expired grace) reaches the listeners as
         the change it is.
         """
+        from transports.http.errors import ServerError
         from transports.polling import fetch_order
 
         details_error: OrderFsmError | None = None
@@ -69,6 +76,7 @@ class FetchesDetails:
         pause, started = DETAILS_LAG_PAUSE, anyio.current_time()
         with anyio.move_on_after(self.details_timeout) as timeout:
             while True:
+                wait = pause
                 try:
                     details = order.details = await fetch_order(
                         order.order_id,
@@ -78,6 +86,13 @@ class FetchesDetails:
                         api=self.api_url,
                         timeout=self.details_timeout,
                     )
+                except (ServiceUnavailable, ConnectionLost) as exc:
+                    # A passing failure (a 5xx, a 429, a dropped connection) is asked
+                    # again for a moment too, no sooner than a Retry-After asks: one
+                    # blip must not cost the result its items.
+                    details_error = exc
+                    if isinstance(exc, ServerError) and exc.retry_after is not None:
+                        wait = max(wait, exc.retry_after)
                 except OrderFsmError as exc:
                     details_error = exc
                     break
@@ -85,23 +100,25 @@ class FetchesDetails:
                     logger.exception("order %s: fetching its details failed", order.order_id)
                     details_error = TransportError(f"fetching the details failed: {exc!r}")
                     break
-                told = details.known_status
-                if told is not None:
-                    at = anyio.current_time()
-                    order.observe(Observation(order.order_id, told, POLLING, at, raw=details))
-                if told is None or order.released or order.book.status(order.order_id) is told:
-                    break  # (a released order may be forgotten, its book entry with it)
-                # Get order still says an older status (it lags behind the socket):
-                # details that say "paid" beside a result that says "done" are asked
-                # again, for a moment only: the player waits for the result meanwhile.
-                lagging = details.status
-                if anyio.current_time() + pause > started + DETAILS_LAG_PATIENCE:
+                else:
+                    details_error = None
+                    told = details.known_status
+                    if told is not None:
+                        at = anyio.current_time()
+                        order.observe(Observation(order.order_id, told, POLLING, at, raw=details))
+                    if told is None or order.released or order.book.status(order.order_id) is told:
+                        break  # (a released order may be forgotten, its book entry with it)
+                    # Get order still says an older status (it lags behind the socket):
+                    # details that say "paid" beside a result that says "done" are asked
+                    # again, for a moment only: the player waits for the result meanwhile.
+                    lagging = details.status
                     details_error = TrackingTimeout(
                         f"order details: Get order still said {lagging!r} after "
                         f"{DETAILS_LAG_PATIENCE:g} s; they are its last answer"
                     )
-                    break
-                await anyio.sleep(pause)
+                if anyio.current_time() + wait > started + DETAILS_LAG_PATIENCE:
+                    break  # with the last failure, or the lagging answer, as details_error
+                await anyio.sleep(wait)
                 pause = min(2 * pause, 1.0)
         if timeout.cancelled_caught:
             why = f"Get order still said {lagging!r}" if lagging else "they did not arrive"
