@@ -4,7 +4,7 @@ Kept apart from the scheduler's loop (:mod:`orderfsm.supervisor.runner`),
 which decides when an order ends, because this is what follows that decision
 for orders that fetch details: a request that waits on the network, bounded by
 ``details_timeout``, asked again for a moment when Get order lags behind the
-status that settled the order, and whose answer is news too.
+status that settled the order or fails in passing, and whose answer is news too.
 """
 
 from __future__ import annotations
