@@ -26,6 +26,14 @@ TokenProvider = Callable[[], Awaitable[str]]
 or a connection is re-established, so it may refresh the token."""
 
 
+def not_a_token(value: object) -> str:
+    """Why ``value`` (not a non-empty str) is no token, naming its type only: a token
+    handed over in the wrong type (bytes, the auth service's JSON) is still the
+    player's token, and the reason goes into errors, health reports and logs."""
+    given = "an empty str" if isinstance(value, str) else f"a {type(value).__name__}"
+    return f"token provider returned {given}, not a non-empty str"
+
+
 def token_provider(token: TokenProvider | str) -> TokenProvider:
     """A fixed token as a provider (one that can never refresh); a provider as it is."""
     if not isinstance(token, str):

@@ -6,6 +6,7 @@ httpx-ws, and trio.
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -301,6 +302,29 @@ async def test_a_token_provider_that_keeps_failing_ends_in_failed(
         assert isinstance(failed.error, TokenUnavailable)
         assert calls == TOKEN_ATTEMPTS
         assert await emu.connections(user) == []
+
+
+async def test_a_token_handed_over_as_bytes_stays_out_of_health_reports_and_logs(
+    emu: Emulator, shell: MakeSocketFactory | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The player's token returned in the wrong type (bytes here) is refused, and what
+    is said about it (health reports, logs, error trackers) never contains it."""
+    user = await emu.create_user("alice")
+    order = await emu.create_order(user)
+
+    async def as_bytes() -> str:
+        return user.token.encode()  # type: ignore[return-value]  # the mistake under test
+
+    caplog.set_level(logging.DEBUG)
+    async with open_pool(emu.ws_url, emu.project_id, shell) as pool:
+        sink = RecordingSink()
+        pool.attach(order, sink, token=as_bytes, user_id="alice")
+        await sink.wait_for(lambda s: bool(reports_of(s, Health.FAILED)))
+    errors = [r.error for r in sink.reports if r.error is not None]
+    said = [caplog.text] + [r.reason for r in sink.reports]
+    said += [f"{e!r} {e.__cause__!r}" for e in errors]
+    assert "bytes" in said[-1]
+    assert [text for text in said if user.token in text] == []
 
 
 async def test_an_unreachable_server_is_degraded_and_retried_until_stopped(

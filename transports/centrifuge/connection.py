@@ -40,6 +40,7 @@ from orderfsm.interface import (
     HealthReport,
     ObservationSink,
     TokenProvider,
+    not_a_token,
     token_provider,
 )
 from transports.backend import loop_clock
@@ -233,7 +234,7 @@ class Connection:
                     token = await self._token()
                 if isinstance(token, str) and token:
                     return token
-                raise TypeError(f"token provider returned {token!r}, not a non-empty str")
+                raise TypeError(not_a_token(token))
             except TokenRejected as exc:
                 self._counters.gave_up()
                 self._status.set(Health.FAILED, f"token rejected by the provider: {exc}", exc)

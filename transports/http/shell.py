@@ -15,7 +15,7 @@ from typing import Protocol, TypeVar
 
 import anyio
 
-from orderfsm.interface import Health, HealthReport, ObservationSink, TokenProvider
+from orderfsm.interface import Health, HealthReport, ObservationSink, TokenProvider, not_a_token
 from transports.http import HttpClient, HttpError, HttpResponse, open_http_client
 from transports.http.errors import TokenProviderFailed
 from transports.http.pacing import RefreshToken, Wait
@@ -51,10 +51,7 @@ async def get_token(token: TokenProvider, timeout: float = TOKEN_TIMEOUT) -> str
     if waited.cancelled_caught:
         raise TokenProviderFailed(f"token provider did not answer within {timeout:g} s")
     if not isinstance(value, str) or not value:
-        # Named by its type only: a token in the wrong type (bytes, the auth service's
-        # JSON) is still the player's token, and this message goes to logs.
-        given = "an empty str" if isinstance(value, str) else f"a {type(value).__name__}"
-        raise TokenProviderFailed(f"token provider returned {given}, not a non-empty str")
+        raise TokenProviderFailed(not_a_token(value))
     return value
 
 
