@@ -9,8 +9,10 @@ import anyio
 import pytest
 from anyio.abc import Process
 
+from orderfsm.cli.emulator_cmd import CHANNEL_MODES as CLI_CHANNEL_MODES
 from transports.emulator import EmulatorClient
 from transports.emulator.raw import raw_socket
+from transports.emulator.state import CHANNEL_MODES
 
 pytestmark = pytest.mark.anyio
 
@@ -52,5 +54,21 @@ async def test_cli_stops_on_signals(sig: signal.Signals) -> None:
     async with await anyio.open_process(command()) as proc:
         await EmulatorClient(await first_line(proc)).info()
         proc.send_signal(sig)
+        with anyio.fail_after(10):
+            assert await proc.wait() == 0
+
+
+async def test_cli_channel_mode_sets_what_the_channels_offer() -> None:
+    assert CLI_CHANNEL_MODES == CHANNEL_MODES  # the CLI's copy, kept free of aiohttp
+    async with await anyio.open_process(command("--channel-mode", "none")) as proc:
+        client = EmulatorClient(await first_line(proc))
+        assert (await client.info())["channel_mode"] == "none"
+        user = await client.create_user()
+        async with raw_socket(client.ws_url) as ws:
+            reply = await ws.connect(user.token, (await client.info())["project_id"])
+            assert reply["connect"]["subs"] == {user.channel: {}}
+            await ws.send({"id": 2, "history": {"channel": user.channel, "limit": -1}})
+            assert (await ws.receive_one())["error"]["code"] == 108
+        await client.shutdown()
         with anyio.fail_after(10):
             assert await proc.wait() == 0

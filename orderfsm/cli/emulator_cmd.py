@@ -21,6 +21,9 @@ from orderfsm.cli import options
 HELP = "serve the Xsolla emulator (WebSocket, Get order, webhooks) on loopback"
 
 GC_MODES = ("default", "frozen", "off")
+CHANNEL_MODES = ("recovery", "history", "none")
+"""``transports.emulator.state.CHANNEL_MODES``, not imported: the CLI's parser is built
+without loading the emulator (and aiohttp)."""
 FROZEN_THRESHOLDS = (700, 10, 10_000)
 """Young passes as usual (small, so short), full passes 1,000 times rarer: a full pass
 over a busy emulator's heap stops it for tens of milliseconds.  (A young threshold of
@@ -63,6 +66,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="where to send webhooks",
     )
     parser.add_argument(
+        "--channel-mode",
+        choices=CHANNEL_MODES,
+        default="recovery",
+        help="what the users' channels offer, as Centrifugo may be set up: recovery "
+        "(history, positions, recovery on reconnect), history (history only) or none",
+    )
+    parser.add_argument(
         "--gc",
         choices=GC_MODES,
         default="default",
@@ -103,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         ping_interval=args.ping,
         pong_timeout=args.pong_timeout,
         seed=args.seed,
+        channel_mode=args.channel_mode,
         webhook_url=args.webhook_url,
     )
 

@@ -19,6 +19,7 @@ import anyio
 from transports.emulator.client import EmulatorClient, EmulatorError
 from transports.emulator.server import serve
 from transports.emulator.services import Config
+from transports.emulator.state import ChannelMode
 from transports.emulator.webhooks import DEFAULT_RETRY_INTERVALS
 
 START_TIMEOUT = 10.0
@@ -41,6 +42,7 @@ class Emulator(EmulatorClient):
         seed: int = 0,
         history_size: int = 300,
         history_limit: int = 300,
+        channel_mode: ChannelMode = "recovery",
         webhook_url: str | None = None,
         webhook_retry_intervals: Sequence[float] = DEFAULT_RETRY_INTERVALS,
         webhook_timeout: float = 5.0,
@@ -57,6 +59,7 @@ class Emulator(EmulatorClient):
             seed=seed,
             history_size=history_size,
             history_limit=history_limit,
+            channel_mode=channel_mode,
             webhook_url=webhook_url,
             webhook_retry_intervals=tuple(webhook_retry_intervals),
             webhook_timeout=webhook_timeout,

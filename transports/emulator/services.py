@@ -22,7 +22,7 @@ from transports.emulator.faults import GetOrderFaults
 from transports.emulator.lifecycle import MOVES, superseded, target
 from transports.emulator.records import Publication, StoredEvent
 from transports.emulator.session import Timing
-from transports.emulator.state import StateError, World
+from transports.emulator.state import CHANNEL_MODES, ChannelMode, StateError, World
 from transports.emulator.webhooks import (
     DEFAULT_RETRY_INTERVALS,
     NOTIFICATION_FOR_STATUS,
@@ -45,6 +45,9 @@ class Config:
     seed: int = 0
     history_size: int = 300
     history_limit: int = 300
+    channel_mode: ChannelMode = attrs.field(
+        default="recovery", validator=attrs.validators.in_(CHANNEL_MODES)
+    )
     webhook_url: str | None = None
     webhook_retry_intervals: tuple[float, ...] = DEFAULT_RETRY_INTERVALS
     webhook_timeout: float = 5.0
@@ -60,6 +63,7 @@ class Services:
             rng=self.rng,
             history_size=config.history_size,
             history_limit=config.history_limit,
+            channel_mode=config.channel_mode,
         )
         timing = Timing(config.ping_interval, config.pong_timeout, config.stale_timeout)
         self.hub = Hub(self.world, timing, self.rng)
@@ -227,5 +231,6 @@ class Services:
             "seed": c.seed,
             "history_size": c.history_size,
             "history_limit": c.history_limit,
+            "channel_mode": c.channel_mode,
             "webhook_url": self.webhooks.url,
         }

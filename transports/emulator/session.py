@@ -4,7 +4,8 @@ Frames go in with the current time, actions (frames to send, a close) come
 out; timers are exposed as ``next_deadline()`` / ``handle_timer(now)`` in the
 aioquic style, so the aiohttp shell only sleeps and forwards.  Behaviour
 follows ``centrifugal/centrifuge`` ``client.go``: strict dispatch, the single
-pong rule, server-side subscriptions with recovery, and history semantics.
+pong rule, server-side subscriptions with recovery, and history semantics,
+for each of the channel modes (:data:`~transports.emulator.state.CHANNEL_MODES`).
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ class Session:
         if self.phase is not Phase.CONNECTED:
             return []
         mine = [x for x in pubs if x.channel in self.channels]
+        if self.world.channel_mode == "none":  # Centrifuge numbers only what history keeps
+            return self._frame([p.push_pub(x.channel, {"data": x.data}) for x in mine])
         return self._frame([p.push_pub(x.channel, x.wire()) for x in mine])
 
     def unsubscribe(self, code: int, reason: str) -> list[Action]:
@@ -190,16 +193,21 @@ class Session:
         return p.reply(command.id, "connect", result)
 
     def _subscribe_result(self, channel: str, request: object) -> dict[str, Any]:
+        """As ``client.go`` ``subscribeCmd``: position and recovery only on a channel
+        with recovery; ``was_recovering`` echoes the request whatever the channel."""
         stream = self.world.stream(channel)
+        recover = request if isinstance(request, Mapping) and request.get("recover") else None
+        if self.world.channel_mode != "recovery":
+            return p.prune({"was_recovering": recover is not None})
         result: dict[str, Any] = {
             "recoverable": True,
             "positioned": True,
             "epoch": stream.epoch,
             "offset": stream.offset,
         }
-        if not isinstance(request, Mapping) or not request.get("recover"):
+        if recover is None:
             return p.prune(result)
-        offset, epoch = request.get("offset", 0), request.get("epoch", "")
+        offset, epoch = recover.get("offset", 0), recover.get("epoch", "")
         if not _is_offset(offset) or not isinstance(epoch, str):
             raise _Disconnect(p.BAD_REQUEST)
         result["was_recovering"] = True
@@ -215,6 +223,8 @@ class Session:
         channel = body.get("channel")
         if not isinstance(channel, str) or not channel:
             return p.error_reply(command.id, 107)
+        if self.world.channel_mode == "none":  # Centrifugo asks this before permission
+            return p.error_reply(command.id, 108)
         if channel not in self.channels:
             return p.error_reply(command.id, 103)
         stream = self.world.stream(channel)

@@ -15,7 +15,7 @@ import json
 import random
 from collections import deque
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal, get_args
 
 import attrs
 
@@ -23,6 +23,15 @@ from transports.emulator.records import Publication
 
 CHANNEL_PREFIX = "orders#"
 """Xsolla's channel naming is undocumented; this one is the emulator's own."""
+
+ChannelMode = Literal["recovery", "history", "none"]
+"""What a user's channel offers, as Centrifugo's channel options would make it.
+Whether Xsolla keeps history or recovery on is unknown (``xsolla.md`` §8), so
+the emulator serves each: ``recovery`` (history, ``force_recovery``),
+``history`` (history only: subscriptions carry no position and recovery
+requests are not honoured) and ``none`` (no history: ``history`` answers 108
+and publications carry no offset)."""
+CHANNEL_MODES: tuple[ChannelMode, ...] = get_args(ChannelMode)
 
 
 class StateError(Exception):
@@ -153,7 +162,9 @@ class World:
         rng: random.Random,
         history_size: int = 300,
         history_limit: int = 300,
+        channel_mode: ChannelMode = "recovery",
     ) -> None:
+        self.channel_mode = channel_mode
         self.project_id = project_id
         self.secret = secret
         self.rng = rng
