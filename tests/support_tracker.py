@@ -21,6 +21,8 @@ def emulator_tracker(
     max_server_ping_delay: float = 5.0,
     min_reconnect_delay: float = 0.05,
     max_reconnect_delay: float = 0.2,
+    first_reconnect_delay: float = 0.1,
+    stable_after: float = 1.0,
     **options: Any,
 ) -> Tracker:
     """A generous ``max_server_ping_delay`` by default: the emulator's pings share a
@@ -39,6 +41,8 @@ def emulator_tracker(
                 min_reconnect_delay=min_reconnect_delay,
                 max_reconnect_delay=max_reconnect_delay,
                 max_server_ping_delay=max_server_ping_delay,
+                first_reconnect_delay=first_reconnect_delay,
+                stable_after=stable_after,
             )
         },
         **options,
