@@ -7,6 +7,7 @@ running afterwards.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import anyio
@@ -14,11 +15,11 @@ import pytest
 from support_tracker import FAST, emulator_tracker
 from support_webhook import serve_receiver
 
-from orderfsm import Change, Status, StatusChange
-from orderfsm.interface import Health
+from orderfsm import Change, HealthReport, Status, StatusChange
+from orderfsm.interface import WEBSOCKET, Health
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.supervisor.tracker import Tracker
-from orderfsm.testing import RecordingSink
+from orderfsm.testing import RecordingSink, eventually
 from transports.emulator import Emulator, User
 from transports.webhook import WebhookReceiver
 
@@ -175,3 +176,40 @@ async def test_on_change_sees_every_change_once_before_wait_resumes(emu: Emulato
     for order_id in orders:
         statuses = [c.status for c in seen if c.order_id == order_id]
         assert statuses == [Status.NEW, Status.PAID, Status.DONE]
+
+
+async def test_a_connection_given_no_channel_leaves_its_orders_to_polling_until_subscribed(
+    emu: Emulator,
+) -> None:
+    """A connect reply that names no channel can bring no status (Centrifugo pushes only
+    on subscribed channels): the socket says so, not healthy, so polling follows the
+    order now rather than after the socket's 5-minute lifespan.  A subscribe push
+    later makes it healthy again, polling stops, and the news comes by the socket."""
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    await emu.withhold_channel(user)
+    reports: list[Health] = []
+    reasons: list[str] = []
+
+    def on_report(_: int, report: HealthReport) -> None:
+        if report.source == WEBSOCKET:
+            reports.append(report.health)
+            reasons.append(report.reason)
+
+    async def polled_since(count: int) -> bool:
+        return await requests_for(emu, order_id) >= count + 3
+
+    async with tracker(emu, user, on_report=on_report, fetch_details=False) as t:
+        t.track(order_id)
+        await eventually(lambda: "no channel" in " ".join(reasons))
+        assert Health.HEALTHY not in reports
+        await eventually(functools.partial(polled_since, await requests_for(emu, order_id)))
+        assert await emu.give_channel(user) == 1
+        await eventually(lambda: reports[-1] is Health.HEALTHY)
+        await anyio.sleep(0.2)  # a poll already under way when it turned healthy ends
+        polls = await requests_for(emu, order_id)
+        await emu.run_script(order_id, [(0.3, "paid"), (0.1, "done")])
+        result = await t.wait(order_id)
+    assert [c.status for c in result.changes] == [Status.NEW, Status.PAID, Status.DONE]
+    assert [c.source for c in result.changes[1:]] == ["websocket", "websocket"]
+    assert await requests_for(emu, order_id) == polls

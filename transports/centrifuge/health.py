@@ -33,6 +33,8 @@ from transports.centrifuge.subscribers import Subscribers
 
 logger = logging.getLogger("orderfsm.websocket")
 
+NO_CHANNEL = "the server subscribed this connection to no channel: no status can be pushed"
+
 
 class ConnectionHealth:
     """One connection's health, as its events make it."""
@@ -56,6 +58,9 @@ class ConnectionHealth:
         self.error: OrderFsmError | None = None
         self._dropped: set[str] = set()
         """Channels the server unsubscribed us from: their news no longer comes here."""
+        self._channelless = False
+        """The connect reply named no channel: nothing can be pushed to this connection
+        (Centrifugo publishes only on subscribed channels) until a subscribe push."""
         counters.moved(None, Health.CONNECTING)
 
     def handle(self, events: list[Event]) -> None:
@@ -63,8 +68,7 @@ class ConnectionHealth:
             if isinstance(event, OrderPublication):
                 self._subscribers.deliver(event.observation)
             elif isinstance(event, CaughtUp):
-                if not self._dropped:
-                    self.set(Health.HEALTHY, "caught up")
+                self.healthy_again()
             elif isinstance(event, Gap):
                 reason = f"news may be lost on {event.channel}: {event.reason}"
                 self.log(logging.INFO, "websocket.gap", reason)
@@ -95,16 +99,26 @@ class ConnectionHealth:
                 # else absent from a new connect reply, which names the whole set.
             elif isinstance(event, Subscribed):
                 self._dropped.discard(event.channel)
+                self._channelless = False
             elif isinstance(event, Ignored):
                 self.log(logging.INFO, "websocket.ignored", event.reason)
             elif isinstance(event, Connected):
                 self._dropped.clear()  # its reply names every channel the server gives us
+                self._channelless = not event.channels
                 self.log(logging.DEBUG, "websocket.connected", f"client {event.client}")
         if self.health is not Health.HEALTHY:
             self.healthy_again()
 
     def healthy_again(self) -> None:
-        if self.engine.caught_up and not self._dropped:  # after a gap while live
+        """Healthy once caught up, unless no news can come: a channel dropped, or none
+        given (then the orders are Get order's, not left to the socket's lifespan)."""
+        if not self.engine.caught_up:
+            return
+        if self._channelless:
+            if self.reason != NO_CHANNEL:
+                self.log(logging.WARNING, "websocket.no_channel", NO_CHANNEL)
+            self.set(Health.DEGRADED, NO_CHANNEL)
+        elif not self._dropped:  # after a gap while live
             self.set(Health.HEALTHY, "caught up")
 
     def log(self, level: int, event: str, message: str, code: int | None = None) -> None:

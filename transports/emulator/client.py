@@ -205,6 +205,16 @@ class EmulatorClient:
         path = f"/users/{_q(_uid(user))}/unsubscribe"
         return int((await self._call("POST", path, body))["count"])
 
+    async def withhold_channel(self, user: UserRef) -> None:
+        """The user's connect replies from now on name no channel (nothing is pushed
+        to those sockets); open sockets keep theirs."""
+        await self._call("POST", f"/users/{_q(_uid(user))}/withhold_channel", {})
+
+    async def give_channel(self, user: UserRef) -> int:
+        """Connect replies name the channel again; open sockets without it get a
+        ``push.subscribe`` and hear its publications from then on."""
+        return int((await self._call("POST", f"/users/{_q(_uid(user))}/give_channel", {}))["count"])
+
     async def drop_connections(self, user: UserRef) -> int:
         return int((await self._call("POST", f"/users/{_q(_uid(user))}/drop", {}))["count"])
 

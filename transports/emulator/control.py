@@ -135,6 +135,13 @@ def routes(s: Services, request_shutdown: Callable[[], None]) -> list[web.RouteD
         reason = reason if isinstance(reason, str) else "server unsubscribe"
         return _ok({"count": hub.unsubscribe_user(user_of(request), code, reason[:120])})
 
+    async def withhold_channel(request: web.Request) -> web.Response:
+        hub.withhold_channel(user_of(request))
+        return _ok({})
+
+    async def give_channel(request: web.Request) -> web.Response:
+        return _ok({"count": hub.give_channel(user_of(request))})
+
     async def drop(request: web.Request) -> web.Response:
         return _ok({"count": hub.drop_user(user_of(request))})
 
@@ -253,6 +260,8 @@ def routes(s: Services, request_shutdown: Callable[[], None]) -> list[web.RouteD
         web.post("/control/users/{user}/close", close),
         web.post("/control/users/{user}/drop", drop),
         web.post("/control/users/{user}/unsubscribe", unsubscribe),
+        web.post("/control/users/{user}/withhold_channel", withhold_channel),
+        web.post("/control/users/{user}/give_channel", give_channel),
         web.post("/control/users/{user}/stall", stall),
         web.post("/control/users/{user}/suspend", suspend),
         web.post("/control/users/{user}/resume", resume),

@@ -139,6 +139,10 @@ def push_pub(channel: str, pub: Mapping[str, Any]) -> dict[str, Any]:
     return {"push": {"channel": channel, "pub": dict(pub)}}
 
 
+def push_subscribe(channel: str, result: Mapping[str, Any]) -> dict[str, Any]:
+    return {"push": {"channel": channel, "subscribe": dict(result)}}
+
+
 def push_unsubscribe(channel: str, code: int, reason: str) -> dict[str, Any]:
     return {"push": {"channel": channel, "unsubscribe": {"code": code, "reason": reason}}}
 

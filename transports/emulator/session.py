@@ -111,6 +111,17 @@ class Session:
         self.channels.discard(self.user.channel)
         return self._frame([p.push_unsubscribe(self.user.channel, code, reason)])
 
+    def subscribe(self) -> list[Action]:
+        """The server subscribes this connection to the user's channel (a subscribe
+        push), if it is not: publications from now on are pushed to it."""
+        if self.phase is not Phase.CONNECTED or self.user is None:
+            return []
+        channel = self.user.channel
+        if channel in self.channels:
+            return []
+        self.channels.add(channel)
+        return self._frame([p.push_subscribe(channel, self._subscribe_result(channel, None))])
+
     def close(self, code: int) -> list[Action]:
         return [] if self.phase is Phase.CLOSED else self._close(code)
 
@@ -182,9 +193,14 @@ class Session:
         self.user = user
         self._stale_at = None
         self.client_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
-        self.channels = {user.channel}
-        sub = self._subscribe_result(user.channel, (requested or {}).get(user.channel))
-        result: dict[str, Any] = {"client": self.client_id, "subs": {user.channel: sub}}
+        subs: dict[str, Any] = {}
+        self.channels = set()
+        if user.external_id not in self.world.withheld:
+            self.channels.add(user.channel)
+            subs[user.channel] = self._subscribe_result(
+                user.channel, (requested or {}).get(user.channel)
+            )
+        result: dict[str, Any] = {"client": self.client_id, "subs": subs}
         interval = self.timing.ping_interval
         if interval > 0:
             result["ping"] = max(1, -int(-interval // 1))

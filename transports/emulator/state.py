@@ -173,6 +173,8 @@ class World:
         self.users: dict[str, User] = {}
         self.tokens: dict[str, str] = {}  # token -> external id
         self.revoked: set[str] = set()
+        self.withheld: set[str] = set()
+        """Users whose connect replies name no channel (``withhold_channel``)."""
         self.orders: dict[int, Order] = {}
         self._orders_by_user: dict[str, list[Order]] = {}
         self.streams: dict[str, Stream] = {}

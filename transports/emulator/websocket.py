@@ -185,6 +185,24 @@ class Hub:
             conn.emit(conn.session.unsubscribe(code, reason))
         return len(conns)
 
+    def withhold_channel(self, user: str) -> None:
+        """Connect replies from now on name no channel for ``user`` (open sockets keep theirs)."""
+        self.world.user(user)
+        self.world.withheld.add(user)
+
+    def give_channel(self, user: str) -> int:
+        """Connect replies name the channel again, and open sockets without it are
+        subscribed by a push; returns how many were."""
+        self.world.user(user)
+        self.world.withheld.discard(user)
+        conns = self.connected(user)
+        given = 0
+        for conn in conns:
+            actions = conn.session.subscribe()
+            given += bool(actions)
+            conn.emit(actions)
+        return given
+
     def drop_user(self, user: str) -> int:
         conns = [c for c in self.open_for(user) if c.final is None]
         for conn in conns:
