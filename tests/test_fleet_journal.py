@@ -843,3 +843,30 @@ async def test_changes_arrive_through_the_backstop_while_the_listener_keeps_dyin
     outages = [r for r in caplog.records if "wake-ups unavailable" in r.getMessage()]
     assert len(outages) == 1, [r.getMessage() for r in outages]
     assert 2 <= reconnects <= 10, reconnects  # no fix: one per kill, about every 0.1 s
+
+
+async def test_a_read_everything_wake_up_is_not_swallowed_by_a_later_one() -> None:
+    """A transaction whose order ids do not fit a NOTIFY (past ``NOTIFY_LIMIT``) sends
+    an empty payload: "read everything".  A notification naming orders that comes
+    before the wait ends must not replace it: the wait read only the second one's
+    orders, and order 1's change waited for a quiet backstop read, which steady
+    traffic never leaves."""
+    url = postgres_server().url()
+    many = [10**18 + i for i in range(sql.NOTIFY_LIMIT // 19)]  # 19 digits and a comma each
+    async with open_journal(url) as journal:
+        log = await listening(journal)
+        writer = OrderLog(journal)
+        await writer.track(2, D, None)
+        heard: list[Any] = []
+
+        async def wait() -> None:
+            heard.append(await log.wait_for_news(5.0, {1: 0, 2: 0}))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait)
+            await anyio.sleep(0.2)  # the wait is under way
+            await writer.record([note(1, P), *(note(i, P) for i in many)])
+            await anyio.sleep(0.2)  # heard alone, before the next one
+            await writer.record([note(2, P)])
+    (news,) = heard
+    assert news.everything, news  # no fix: News(order_ids=(2,), ...): order 1 not read

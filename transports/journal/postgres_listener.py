@@ -193,9 +193,11 @@ class PostgresListener:
             return Heard(None)
         pgconn = connection.pgconn
         ids = _announced(pgconn)
-        if not ids:
+        if ids == []:
             with anyio.move_on_after(within):
-                while not ids:
+                # Until something is heard: a "read everything" (None) ends the wait
+                # too, or the next notification's ids would replace it.
+                while ids == []:
                     await anyio.wait_readable(pgconn.socket)
                     pgconn.consume_input()
                     ids = _announced(pgconn)
