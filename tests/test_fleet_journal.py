@@ -870,3 +870,37 @@ async def test_a_read_everything_wake_up_is_not_swallowed_by_a_later_one() -> No
             await writer.record([note(2, P)])
     (news,) = heard
     assert news.everything, news  # no fix: News(order_ids=(2,), ...): order 1 not read
+
+
+async def test_an_order_whose_news_comes_before_its_past_is_read_sees_its_past_first(
+    tmp_path: Path,
+) -> None:
+    """SQLite's wake-up reads what was committed since the last read, for every order
+    followed, also one just tracked whose past (written before its track) is still
+    to be read by the track's catch-up.  Applied there, its news jumped the order's
+    cursor past its past, which the catch-up then never read: a waiter saw ``done``
+    and never the ``paid`` before it (the write lock held here stands for the other
+    processes' writes a track waits behind, or its writer's own earlier batches)."""
+    url = url_for("sqlite", tmp_path)
+    holder = connect(url)
+    try:
+        async with open_journal(url) as theirs:
+            await OrderLog(theirs).record([note(7, P)])  # before anyone tracks it
+        async with Tracker(
+            project_id=1, journal=url, transports=("journal",), fetch_details=False
+        ) as tracker:
+            tracker.track(8)  # something followed: its reads go on from a mark
+            await anyio.sleep(0.3)
+            holder.execute("BEGIN IMMEDIATE")  # its writer's track of order 7 waits
+            tracker.track(7)
+            await anyio.sleep(0.3)
+            sql.record(holder, "sqlite", [note(7, D)], time.time())
+            holder.execute("COMMIT")
+            holder.execute("BEGIN IMMEDIATE")  # at once: the writer waits on
+            await anyio.sleep(0.3)  # the wake-up has read the commit
+            holder.execute("ROLLBACK")
+            with anyio.fail_after(10):
+                seen = [change.status async for change in tracker.watch(7)]
+    finally:
+        holder.close()
+    assert seen == [P, D]  # no fix: [D]

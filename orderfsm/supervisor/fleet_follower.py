@@ -46,6 +46,8 @@ class FollowsJournal:
 
         async def _retrying(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any: ...
 
+        def _queue(self, note: Any) -> None: ...
+
     async def read_past(self, order_ids: Iterable[int]) -> dict[int, list[ChangeRow]]:
         """Orders' changes, per order, read before they are tracked here: a resume
         applies each order's past as it tracks it, before its poller's first
@@ -145,10 +147,17 @@ class FollowsJournal:
     def _apply(self, changes: Sequence[ChangeRow]) -> None:
         now = anyio.current_time()
         cursors = self.cursors
+        behind: dict[int, None] = {}
         for change in changes:
             order = self._orders.get(change.order_id)
             cursor = cursors.get(change.order_id)
             if order is None or cursor is None:
+                continue
+            if change.version > cursor + 1:
+                # Versions have no holes: the order's past is unread here (just followed,
+                # or read again, and SQLite's news of everything committed came before
+                # its catch-up).  Applied now, the cursor would jump past it for good.
+                behind[change.order_id] = None
                 continue
             if change.version > cursor:
                 cursors[change.order_id] = change.version
@@ -156,3 +165,5 @@ class FollowsJournal:
                 change.order_id, change.status, change.source, now, None, change
             )
             order.observe(observation)
+        for order_id in behind:
+            self._queue(("catch-up", order_id))
