@@ -904,3 +904,64 @@ async def test_an_order_whose_news_comes_before_its_past_is_read_sees_its_past_f
     finally:
         holder.close()
     assert seen == [P, D]  # no fix: [D]
+
+
+async def test_a_hole_in_an_orders_log_is_read_past_not_caught_up_forever(
+    tmp_path: Path,
+) -> None:
+    """News past a hole in an order's versions waits for the order's catch-up; but a
+    catch-up reads the log itself, so a hole there (rows deleted by hand, a restored
+    backup) is gone for good: what follows it is applied, not caught up again in a
+    loop that never lets the order hear anything."""
+    url = url_for("sqlite", tmp_path)
+    async with open_journal(url) as theirs:
+        await OrderLog(theirs).record([note(9, P)])
+        await OrderLog(theirs).record([note(9, D)])
+    holder = connect(url)
+    try:
+        holder.execute("DELETE FROM orderfsm_changes WHERE order_id = 9 AND version = 1")
+        holder.commit()
+    finally:
+        holder.close()
+    async with Tracker(
+        project_id=1, journal=url, transports=("journal",), fetch_details=False
+    ) as tracker:
+        tracker.track(9)
+        with anyio.fail_after(10):
+            seen = [change.status async for change in tracker.watch(9)]
+    assert seen == [D]  # before: nothing, the catch-up queued again and again
+
+
+async def test_the_backstop_read_comes_while_wake_ups_keep_coming() -> None:
+    """A change no wake-up told of (its NOTIFY went to another channel here: a tool
+    writing by hand, a bug) is read by the backstop, every few seconds.  It came
+    only after a quiet spell with no wake-up at all, so under steady traffic for
+    other orders (a wake-up every 0.3 s here) it never came."""
+    url = postgres_server().url()
+    async with (
+        Tracker(
+            project_id=1, journal=url, transports=("journal",), fetch_details=False,
+            until="paid",
+        ) as tracker,
+        open_journal(url) as others,
+        anyio.create_task_group() as tg,
+    ):  # fmt: skip
+        tracker.track(1)
+        tracker.track(2)
+        log = OrderLog(others)
+
+        async def steady() -> None:
+            for order_id in itertools.count(1000):
+                await log.record([note(order_id, Status.NEW)])
+                tracker.track(order_id)  # followed here: each wake-up names one of ours
+                await anyio.sleep(0.3)
+
+        tg.start_soon(steady)
+        await anyio.sleep(0.5)
+        db = connect(url)
+        try:
+            sql.record(db, "postgresql", [note(1, P)], time.time(), "not_our_channel")
+        finally:
+            db.close()
+        await eventually(lambda: tracker.status(1) is P, timeout=8)  # the backstop: 3 s
+        tg.cancel_scope.cancel()

@@ -67,7 +67,8 @@ class FollowsJournal:
         """Changes read by :meth:`read_past`, for orders tracked here since (those past
         their cursors: an order followed here already has had the rest)."""
         cursors = self.cursors
-        self._apply([c for c in changes if c.version > cursors.get(c.order_id, c.version)])
+        past = [c for c in changes if c.version > cursors.get(c.order_id, c.version)]
+        self._apply(past, whole=True)
 
     async def _follow(self) -> None:
         """Apply what others wrote: after each wake-up, and at least every ``backstop`` s.
@@ -82,14 +83,20 @@ class FollowsJournal:
         everything = True
         reconnecting = False
         delay = BACKOFF_MIN
+        reread_at = anyio.current_time() + self.backstop
         while True:
             news: News | None = None
-            try:
-                news = await self.log.wait_for_news(self.backstop, self.cursors)
-            except OrderFsmError as exc:
-                delay = await self._pause(delay, "journal wake-ups unavailable", exc)
-                everything = reconnecting = True
-            full = everything or news is None or news.everything
+            failed = False
+            # The backstop comes every ``backstop`` s, wake-ups or not: steady traffic
+            # must not put off for good the read that covers what no wake-up told.
+            if anyio.current_time() < reread_at:
+                try:
+                    within = reread_at - anyio.current_time()
+                    news = await self.log.wait_for_news(within, self.cursors)
+                except OrderFsmError as exc:
+                    delay = await self._pause(delay, "journal wake-ups unavailable", exc)
+                    everything = reconnecting = failed = True
+            full = everything or failed or (news is not None and news.everything)
             if news is not None and news.changes is not None and not full:
                 self._apply(news.changes)  # read with the wake-up, on its connection
                 delay, reconnecting = self._back(delay), False
@@ -103,6 +110,7 @@ class FollowsJournal:
                 # the read (its change committed meanwhile) must be in, or that change
                 # is never read again.
                 targets = self.cursors
+                reread_at = anyio.current_time() + self.backstop
             if targets:
                 try:
                     changes = await self.log.changes(targets, everything=full)
@@ -142,9 +150,12 @@ class FollowsJournal:
             except JournalValueRefused as exc:  # a read: never expected; the backstop reads again
                 logger.error("the journal refused to read orders' past: %s", exc)
                 return
-            await in_slices(changes, self._apply)
+            await in_slices(changes, functools.partial(self._apply, whole=True))
 
-    def _apply(self, changes: Sequence[ChangeRow]) -> None:
+    def _apply(self, changes: Sequence[ChangeRow], *, whole: bool = False) -> None:
+        """``whole``: read from each order's cursor on (a catch-up, a resumed order's
+        past), so a hole in its versions is a hole in the log itself (rows deleted by
+        hand, a restored backup), gone for good: applied, not caught up again forever."""
         now = anyio.current_time()
         cursors = self.cursors
         behind: dict[int, None] = {}
@@ -153,7 +164,7 @@ class FollowsJournal:
             cursor = cursors.get(change.order_id)
             if order is None or cursor is None:
                 continue
-            if change.version > cursor + 1:
+            if change.version > cursor + 1 and not whole:
                 # Versions have no holes: the order's past is unread here (just followed,
                 # or read again, and SQLite's news of everything committed came before
                 # its catch-up).  Applied now, the cursor would jump past it for good.
