@@ -189,7 +189,9 @@ async def test_a_check_queued_while_another_instance_took_the_order_over_is_not_
             for blocker in blockers:
                 a.track(blocker)
             await owning(a, order_id)
-            assert a._orders[order_id].checking  # queued behind the blockers' checks
+            # Queued behind the blockers' checks (2 s each), by the order's runner once
+            # it sees the lease: a moment after ``owned``, not with it.
+            await eventually(lambda: a._orders[order_id].checking, timeout=1.5)
             await taken_over_elsewhere(url, a, order_id)
             await emu.clear_faults()
 
