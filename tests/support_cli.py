@@ -36,8 +36,13 @@ def start(args: list[str], **env: str) -> subprocess.Popen[str]:
 
     Ctrl-C acts as in a terminal even when the suite runs as a background job
     (whose shell ignores SIGINT, which its children would inherit)."""
+    return spawn([*COMMAND, *args], **env)
+
+
+def spawn(command: list[str], **env: str) -> subprocess.Popen[str]:
+    """Any command, as :func:`start` starts ``orderfsm``."""
     return subprocess.Popen(
-        [*COMMAND, *args],
+        command,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -9,12 +9,15 @@ runs again: a double grant on every deploy that caught a slow handler.
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
 import anyio.lowlevel
 import pytest
-from support_fleet import fleet, post
+from support_cli import spawn
+from support_fleet import TESTS, fleet, post
 from support_journal import connect
 from support_webhook import KINDS, SECRET, order_paid, serve_receiver
 
@@ -158,3 +161,44 @@ async def test_a_handler_that_never_returns_holds_the_stop_for_one_lease_only(ki
     # gets no answer, or hypercorn's 500 for a cancelled app, both retried.
     assert lease <= stopped < lease + 5
     assert answers in ([0], [500])
+
+
+CTRL_C_IN_THE_DRAIN = """
+import os, signal, sys, threading
+import anyio
+from support_fleet import post
+from support_webhook import SECRET, order_paid
+from transports.webhook import WebhookReceiver, serve_receiver
+
+async def main() -> None:
+    started = anyio.Event()
+
+    async def stuck(notification: object) -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    async with anyio.create_task_group() as tg:
+        async with serve_receiver(WebhookReceiver(SECRET, stuck), server="asgi") as url:
+            tg.start_soon(post, url, order_paid(1), 30.0)
+            await started.wait()
+            # Ctrl-C once the block is left, while the drain waits for the handler.
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+anyio.run(main, backend=sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_ctrl_c_during_the_drain_ends_the_asgi_server(loop: str) -> None:
+    """Ctrl-C while the drain waits (trio raises KeyboardInterrupt into it, asyncio's
+    runner cancels the main task) ends the process: the interrupted drain used to skip
+    the server's stop, leaving hypercorn running in its shielded scope and the task
+    group waiting for it forever."""
+    process = spawn([sys.executable, "-c", CTRL_C_IN_THE_DRAIN, loop], PYTHONPATH=str(TESTS))
+    try:
+        _, err = process.communicate(timeout=20)  # far less than the 60 s lease
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise AssertionError("still running after Ctrl-C") from None
+    assert process.returncode != 0, err  # interrupted, not a clean end

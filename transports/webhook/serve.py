@@ -142,12 +142,17 @@ async def serve_asgi_app(
             await _wait_listening(host, bound_port)
             yield _base_url(host, bound_port)
         finally:
-            with anyio.CancelScope(shield=True):  # as aiohttp's clean-up, even when cancelled
-                await draining.drain(drain)
-                stop.set()
-                with anyio.move_on_after(AFTER_DRAIN + STOP_MARGIN):
-                    await stopped.wait()
-            server.cancel()  # past its grace: what is left is cut
+            try:
+                with anyio.CancelScope(shield=True):  # as aiohttp's clean-up, even cancelled
+                    await draining.drain(drain)
+                    stop.set()
+                    with anyio.move_on_after(AFTER_DRAIN + STOP_MARGIN):
+                        await stopped.wait()
+            finally:
+                # Past its grace, or the drain itself interrupted (trio delivers a second
+                # Ctrl-C there): what is left is cut, else the shielded server runs on and
+                # the task group waits for it forever.
+                server.cancel()
 
 
 async def _wait_listening(host: str, port: int) -> None:
