@@ -8,18 +8,22 @@ runs again: a double grant on every deploy that caught a slow handler.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import anyio
 import anyio.lowlevel
 import pytest
-from support_cli import spawn
+from support_cli import spawn, start
 from support_fleet import TESTS, fleet, post
 from support_journal import connect
-from support_webhook import KINDS, SECRET, order_paid, serve_receiver
+from support_webhook import KINDS, SECRET, order_paid, serve_receiver, signed
 
 from orderfsm.journal import JournalSettings
 from transports.journal import open_journal
@@ -202,3 +206,40 @@ def test_ctrl_c_during_the_drain_ends_the_asgi_server(loop: str) -> None:
         process.communicate()
         raise AssertionError("still running after Ctrl-C") from None
     assert process.returncode != 0, err  # interrupted, not a clean end
+
+
+@pytest.mark.parametrize("server_loop", ["asyncio", "trio"])
+def test_a_second_ctrl_c_stops_the_webhook_server_at_once_and_quietly(server_loop: str) -> None:
+    """The README: a second SIGTERM or Ctrl-C stops the process at once.  On asyncio the
+    second Ctrl-C raised KeyboardInterrupt into the loop, and the cancelled request's
+    tracebacks (aiohttp's) filled the operator's terminal."""
+    server = start(
+        [
+            *("webhook-server", "--secret-env", "SECRET", "--port", "0"),
+            *("--backend", server_loop, "--handler", "journal_app:plain"),
+        ],
+        SECRET=SECRET,
+        PYTHONPATH=str(TESTS),
+        JOURNAL_APP_PAUSE="enter:1",  # its handler never returns: the drain would last a lease
+    )
+    assert server.stdout is not None
+    try:
+        url = server.stdout.readline().strip()
+        body = order_paid(1)
+        request = urllib.request.Request(url, body, signed(body), method="POST")
+        threading.Thread(target=_answer_of, args=(request,), daemon=True).start()
+        assert server.stdout.readline().startswith("PAUSED enter 1")
+        server.send_signal(signal.SIGINT)
+        time.sleep(1)  # draining
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=10)
+    finally:
+        server.kill()
+        server.communicate()
+    assert server.returncode in (-signal.SIGINT, 130)  # a shell says 130 for both
+    assert "Traceback" not in err, err
+
+
+def _answer_of(request: urllib.request.Request) -> None:
+    with contextlib.suppress(OSError):  # no answer: the process stopped in the handler
+        urllib.request.urlopen(request, timeout=30).close()

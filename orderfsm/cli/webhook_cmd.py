@@ -257,6 +257,10 @@ async def serve(args: argparse.Namespace) -> None:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for _ in signals:
                     break
+            # While the deliveries in flight finish, a second signal stops the process at
+            # once: SIGTERM's default does; Ctrl-C's would raise KeyboardInterrupt into
+            # the loop, whose tasks then die printing their tracebacks.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
         finally:
             await serving.__aexit__(None, None, None)
     finally:
