@@ -15,7 +15,12 @@ import anyio
 import pytest
 
 from transports.backend import on_asyncio
-from transports.webhook import Notification, WebhookReceiver, authorization_header
+from transports.webhook import (
+    Notification,
+    SyncWebhookReceiver,
+    WebhookReceiver,
+    authorization_header,
+)
 from transports.webhook import serve_receiver as serve_webhooks
 
 KINDS = ["aiohttp", "asgi"]
@@ -95,3 +100,12 @@ async def serve_receiver(receiver: WebhookReceiver, kind: str) -> AsyncIterator[
     server: Literal["aiohttp", "asgi"] = "aiohttp" if kind == "aiohttp" else "asgi"
     async with serve_webhooks(receiver, server=server) as url:
         yield url
+
+
+async def answer_of(
+    receiver: WebhookReceiver | SyncWebhookReceiver, headers: dict[str, str], body: bytes
+) -> int:
+    """The status either receiver answers (the synchronous one from a worker thread)."""
+    if isinstance(receiver, WebhookReceiver):
+        return (await receiver.handle(headers, body)).status
+    return (await anyio.to_thread.run_sync(receiver.handle, headers, body)).status

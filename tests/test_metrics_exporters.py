@@ -18,13 +18,14 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from support_cli import start, watch_args
 from support_tracker import emulator_tracker
+from support_webhook import answer_of
 
 from orderfsm.metrics.otel import instrument_receiver, instrument_tracker
 from orderfsm.metrics.prometheus import register_tracker, serve_metrics
 from orderfsm.supervisor.tracker import Tracker
 from transports.emulator import Emulator
 from transports.http import open_http_client
-from transports.webhook import WebhookReceiver, authorization_header
+from transports.webhook import SyncWebhookReceiver, WebhookReceiver, authorization_header
 
 pytestmark = pytest.mark.anyio
 
@@ -142,18 +143,21 @@ def test_watch_serves_its_metrics(emu: Emulator) -> None:
     assert {"orderfsm_orders_tracked", "orderfsm_websocket_connections"} <= names
 
 
-async def test_opentelemetry_for_a_webhook_receiver() -> None:
+@pytest.mark.parametrize("receiver_class", [WebhookReceiver, SyncWebhookReceiver])
+async def test_opentelemetry_for_a_webhook_receiver(
+    receiver_class: type[WebhookReceiver | SyncWebhookReceiver],
+) -> None:
+    """Both receivers make a span of each delivery (the synchronous one made none)."""
     reader = InMemoryMetricReader()
     meters = MeterProvider(metric_readers=[reader])
     spans = InMemorySpanExporter()
     tracers = TracerProvider()
     tracers.add_span_processor(SimpleSpanProcessor(spans))
-    receiver = WebhookReceiver("otel-secret")
+    receiver = receiver_class("otel-secret")
     instrument_receiver(receiver, meter_provider=meters, tracer_provider=tracers)
     body = b'{"notification_type": "order_paid", "order": {"id": 5}, "items": []}'
-    async with receiver:
-        await receiver.handle({"Authorization": authorization_header(body, "otel-secret")}, body)
-        await receiver.handle({"Authorization": "Signature " + "0" * 40}, body)
+    await answer_of(receiver, {"Authorization": authorization_header(body, "otel-secret")}, body)
+    await answer_of(receiver, {"Authorization": "Signature " + "0" * 40}, body)
     data = reader.get_metrics_data()
     assert data is not None
     points = {

@@ -5,11 +5,13 @@ from the environment, the database password from ``PGPASSWORD`` or ``.pgpass``).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,12 +22,14 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 from prometheus_client.parser import text_string_to_metric_families
 from support_postgres import postgres_server
+from support_webhook import answer_of
 
 from orderfsm.testing import eventually
 from transports.http import open_http_client
 from transports.journal.testing import TemporaryPostgres
 from transports.webhook import (
     DELIVERY_OUTCOMES,
+    SyncWebhookReceiver,
     WebhookReceiver,
     authorization_header,
     health_endpoints,
@@ -46,27 +50,37 @@ def signed(body: bytes) -> dict[str, str]:
 FORGED = {"Authorization": "Signature " + "0" * 40}
 
 
-async def test_receiver_stats_count_each_outcome_once() -> None:
+@pytest.mark.parametrize("receiver_class", [WebhookReceiver, SyncWebhookReceiver])
+async def test_receiver_stats_count_each_outcome_once(
+    receiver_class: type[WebhookReceiver | SyncWebhookReceiver],
+) -> None:
+    """Counted alike by both receivers: the synchronous one (Django, Flask) counted no
+    handler run and no journal call, so its metrics of both never moved."""
     ran: list[int] = []
 
-    async def handler(notification: object) -> None:
+    def handler(notification: object) -> None:  # either receiver calls a plain function
         ran.append(1)
         if len(ran) == 2:
             raise RuntimeError("the game's database is down")
 
-    receiver = WebhookReceiver(SECRET, handler, max_body_size=1000)
-    async with receiver:
+    receiver = receiver_class(SECRET, handler, max_body_size=1000)
+    try:
         answers = [
-            (await receiver.handle(signed(PAID), PAID)).status,  # handled
-            (await receiver.handle(signed(PAID), PAID)).status,  # a repeat: from the journal
-            (await receiver.handle(FORGED, PAID)).status,  # forged
-            (await receiver.handle(signed(b"[]"), b"[]")).status,  # signed, not a notification
-            (await receiver.handle(signed(UNKNOWN), UNKNOWN)).status,  # ignored
-            (await receiver.handle({}, b"x" * 1001)).status,  # too large
+            await answer_of(receiver, signed(PAID), PAID),  # handled
+            await answer_of(receiver, signed(PAID), PAID),  # a repeat: from the journal
+            await answer_of(receiver, FORGED, PAID),  # forged
+            await answer_of(receiver, signed(b"[]"), b"[]"),  # signed, not a notification
+            await answer_of(receiver, signed(UNKNOWN), UNKNOWN),  # ignored
+            await answer_of(receiver, {}, b"x" * 1001),  # too large
         ]
         other = PAID.replace(b"77", b"78")
-        answers.append((await receiver.handle(signed(other), other)).status)  # handler fails
+        answers.append(await answer_of(receiver, signed(other), other))  # handler fails
         stats = receiver.stats()
+    finally:
+        if isinstance(receiver, WebhookReceiver):
+            await receiver.aclose()
+        else:
+            receiver.close()
     assert answers == [204, 204, 400, 400, 204, 413, 500]
     assert set(stats.deliveries) == set(DELIVERY_OUTCOMES)
     assert {outcome: n for outcome, n in stats.deliveries.items() if n} == {
@@ -82,6 +96,39 @@ async def test_receiver_stats_count_each_outcome_once() -> None:
     assert stats.handler_runs == 2 and stats.handler_seconds > 0
     assert stats.journal_calls == 3 and stats.journal_failures == 0  # handled, repeat, failed
     assert stats.journal == "memory:"
+
+
+def test_the_synchronous_receiver_counts_and_logs_a_journal_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As the async receiver does (below): a failure counted and its outage timed, and
+    logged as ``journal.failed`` with the order, what the README says to alert on.  The
+    synchronous receiver logged a bare message and counted neither."""
+    postgres_server()  # skips without the binaries
+    server = TemporaryPostgres()
+    other = PAID.replace(b"77", b"79")
+    try:
+        with SyncWebhookReceiver(SECRET, lambda notification: None, store=server.url()) as receiver:
+            assert receiver.handle(signed(PAID), PAID).status == 204
+            server.stop()
+            with caplog.at_level(logging.ERROR, logger="orderfsm.webhook"):
+                assert receiver.handle(signed(other), other).status == 500  # retried later
+            during = receiver.stats()
+            server.start()
+            deadline = time.monotonic() + 30
+            while receiver.handle(signed(other), other).status != 204:  # as Xsolla retries
+                assert time.monotonic() < deadline, "the journal did not come back"
+                time.sleep(0.1)
+            after = receiver.stats()
+    finally:
+        server.close()
+    failed = [r for r in caplog.records if getattr(r, "event", None) == "journal.failed"]
+    assert [getattr(r, "order_id", None) for r in failed] == [79]
+    assert during.deliveries["journal_failed"] == 1 and during.journal_failures == 1
+    assert during.journal_calls == 2 and during.journal_outage_seconds > 0
+    assert after.journal_failures >= 1 and after.journal_calls > during.journal_calls
+    assert after.journal_outage_seconds >= during.journal_outage_seconds
+    assert after.handler_runs == 2 and after.handler_seconds > 0
 
 
 async def test_a_journal_outage_is_counted_and_readiness_follows_it() -> None:

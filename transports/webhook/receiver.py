@@ -24,7 +24,7 @@ from orderfsm.callables import require_ran
 from orderfsm.errors import JournalError
 from orderfsm.interface import ObservationSink
 from orderfsm.journal import Reply
-from transports.journal import Journal, Ran, open_journal
+from transports.journal import Journal, open_journal
 from transports.webhook.answers import ACCEPTED, STORE_FAILED, WebhookAnswer
 from transports.webhook.checks import Headers, Verified
 from transports.webhook.events import journal_failed, log_answer
@@ -190,12 +190,7 @@ class WebhookReceiver(ReceiverBase):
             self._journal_used(started + sum(handler_seconds), failed=True)
             journal_failed("around the transactional handler", exc, checked)
             return STORE_FAILED, False, "journal_failed"
-        for seconds in handler_seconds:
-            self._counters.handler_ran(seconds)
-        self._journal_used(started + sum(handler_seconds), failed=False)
-        if isinstance(result, Ran):
-            return result.answer, True, ran(result.answer)
-        return result.answer, False, "duplicate"
+        return self._transaction_ended(result, started, handler_seconds)
 
     async def open(self) -> None:
         """Open the journal now, so start-up problems raise here rather than answer 5xx."""

@@ -15,8 +15,10 @@ from typing import Any
 
 from orderfsm.core import Observation, Status
 from orderfsm.interface import WEBHOOK, ObservationSink
+from orderfsm.journal import Reply
 from transports.journal.base import Store as JournalStore
 from transports.journal.orders import Note
+from transports.journal.steps import Ran
 from transports.webhook.answers import (
     ACCEPTED,
     WebhookAnswer,
@@ -25,6 +27,7 @@ from transports.webhook.checks import Headers, Refused, Verified, refusal, verif
 from transports.webhook.counters import DeliveryListener, ReceiverCounters, ReceiverStats
 from transports.webhook.errors import BodyTooLarge, ForbiddenSource
 from transports.webhook.events import log_answer
+from transports.webhook.handlers import ran
 from transports.webhook.networks import AllowList, Network
 from transports.webhook.records import (
     Notification,
@@ -190,6 +193,19 @@ class ReceiverBase:
 
     def _journal_used(self, started: float, *, failed: bool) -> None:
         self._counters.journal_used(time.perf_counter() - started, failed=failed)
+
+    def _transaction_ended(
+        self, result: Ran | Reply, started: float, handler_seconds: list[float]
+    ) -> tuple[WebhookAnswer, bool, str]:
+        """A transactional delivery's journal run (started at ``started``) ended: the
+        handler's runs and the journal's time counted; the answer, whether the handler
+        ran, and the outcome."""
+        for seconds in handler_seconds:
+            self._counters.handler_ran(seconds)
+        self._journal_used(started + sum(handler_seconds), failed=False)
+        if isinstance(result, Ran):
+            return result.answer, True, ran(result.answer)
+        return result.answer, False, "duplicate"
 
 
 def _status_of(notification: Notification) -> tuple[int, Status] | None:

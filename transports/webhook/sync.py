@@ -10,7 +10,6 @@ is bound to a loop that a request does not own.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -20,10 +19,10 @@ from orderfsm.callables import require_ran
 from orderfsm.errors import JournalError
 from orderfsm.interface import ObservationSink
 from orderfsm.journal import JournalSettings, Reply
-from transports.journal import Journal, Ran, SyncJournal, open_journal
+from transports.journal import Journal, SyncJournal, open_journal
 from transports.webhook.answers import ACCEPTED, STORE_FAILED, WebhookAnswer
 from transports.webhook.checks import Headers, Verified
-from transports.webhook.events import log_answer
+from transports.webhook.events import journal_failed, log_answer
 from transports.webhook.handlers import (
     TransactionalHandler,
     check_handlers,
@@ -41,8 +40,6 @@ stored); anything else 500, and Xsolla delivers again.  At least once, like the 
 receiver's plain handler; the transactional form is exactly once."""
 
 SyncStore = SyncJournal | Journal | str | os.PathLike[str] | None
-
-logger = logging.getLogger("orderfsm.webhook")
 
 
 class SyncWebhookReceiver(ReceiverBase):
@@ -95,14 +92,23 @@ class SyncWebhookReceiver(ReceiverBase):
     def handle(self, headers: Headers, body: bytes, peer: str | None = None) -> WebhookAnswer:
         """Answer one delivery; like :meth:`WebhookReceiver.handle`, never raises for what
         the sender controls and never answers 4xx for a trouble of the journal's."""
+        listener = self._listener
+        if listener is None:
+            answer, outcome = self._answer(headers, body, peer)
+        else:
+            with listener.delivery() as span:
+                answer, outcome = self._answer(headers, body, peer)
+                span.answered(outcome, answer.status)
+        self._counters.answered(outcome, answer.status)
+        return answer
+
+    def _answer(self, headers: Headers, body: bytes, peer: str | None) -> tuple[WebhookAnswer, str]:
         checked = self.check(headers, body, peer, time.monotonic())
         if not isinstance(checked, Verified):
-            self._counters.answered(checked.outcome, checked.answer.status)
-            return checked.answer
+            return checked.answer, checked.outcome
         answer, _, outcome = self._handle_verified(checked)
-        self._counters.answered(outcome, answer.status)
         log_answer(checked, answer, outcome, peer)
-        return answer
+        return answer, outcome
 
     def handle_verified(self, checked: Verified) -> tuple[WebhookAnswer, bool]:
         """Claim, run the handler once, record; the answer and whether the handler ran."""
@@ -113,41 +119,58 @@ class SyncWebhookReceiver(ReceiverBase):
         """The answer, whether the handler ran, and the delivery's outcome (as the async
         receiver counts it: a busy duplicate's 5xx is a duplicate, not a journal failure)."""
         if self.transactional is not None:
-            store = self.journal.store
-            notes = self._order_notes(checked.notification, store)
-            work = transactional_work(self.transactional, checked.notification, notes, store)
-            try:
-                result = self.journal.run(checked.delivery, work, STORE_FAILED)
-            except JournalError as exc:
-                logger.error("the journal failed: %s", exc)
-                return STORE_FAILED, False, "journal_failed"
-            if isinstance(result, Ran):
-                return result.answer, True, ran(result.answer)
-            return result.answer, False, "duplicate"
+            return self._handle_in_transaction(checked)
+        started = time.perf_counter()
         try:
             notes = self._order_notes(checked.notification, self.journal.store)
             begun = self.journal.begin(checked.delivery, STORE_FAILED, notes)
         except JournalError as exc:
-            logger.error("the journal failed before the handler: %s", exc)
+            self._journal_used(started, failed=True)
+            journal_failed("before the handler", exc, checked)
             return STORE_FAILED, False, "journal_failed"
         if isinstance(begun, Reply):
+            self._journal_used(started, failed=False)
             return begun.answer, False, "duplicate"
+        lag = time.perf_counter() - started
         with self.journal.renewer.held(begun.key, begun.attempt):  # until recorded
             answer, error = self._dispatch(checked.notification)
+            started = time.perf_counter() - lag
             try:
                 recorded = self.journal.settle(begun, answer, error, STORE_FAILED)
             except JournalError as exc:
-                logger.error("the journal failed to record the answer: %s", exc)
+                self._journal_used(started, failed=True)
+                journal_failed("recording the answer", exc, checked)
                 return STORE_FAILED, True, "journal_failed"
+        self._journal_used(started, failed=False)
         return recorded, True, ran(recorded)
+
+    def _handle_in_transaction(self, checked: Verified) -> tuple[WebhookAnswer, bool, str]:
+        assert self.transactional is not None
+        store = self.journal.store
+        notes = self._order_notes(checked.notification, store)
+        handler_seconds: list[float] = []
+        work = transactional_work(
+            self.transactional, checked.notification, notes, store, handler_seconds
+        )
+        started = time.perf_counter()
+        try:
+            result = self.journal.run(checked.delivery, work, STORE_FAILED)
+        except JournalError as exc:
+            self._journal_used(started + sum(handler_seconds), failed=True)
+            journal_failed("around the transactional handler", exc, checked)
+            return STORE_FAILED, False, "journal_failed"
+        return self._transaction_ended(result, started, handler_seconds)
 
     def _dispatch(self, notification: Notification) -> tuple[WebhookAnswer, str | None]:
         if self.handler is None:
             return ACCEPTED, None
+        started = time.perf_counter()
         try:
             require_ran(self.handler(notification), awaited=False)
         except Exception as exc:
             return handler_failed(exc, notification)
+        finally:
+            self._counters.handler_ran(time.perf_counter() - started)
         return ACCEPTED, None
 
     def open(self) -> None:
