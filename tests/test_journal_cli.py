@@ -152,3 +152,24 @@ def test_a_read_only_directory_is_a_start_up_problem(tmp_path: Path) -> None:
         folder.chmod(0o755)
     assert result.returncode == 2, result.stderr
     assert "cannot write here" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_replay_says_which_delivery_stands_for_a_notification(tmp_path: Path) -> None:
+    """One replay per notification, from its latest delivery, however the ids are given;
+    the others' lines name it and claim nothing about how it went.  ``--id 2 --id 3``
+    (order 2's failure, then its handled retry) replayed the older one, and the skip
+    said a later delivery was replayed, as it did when none was (a wrong secret)."""
+    url = str(tmp_path / "journal.sqlite3")
+    anyio.run(fill, url)
+    both = ("--id", "2", "--id", "3")
+    forced = orderfsm("webhooks", "replay", "--store", url, "--secret", SECRET, *both, "--force")
+    assert forced.stdout.splitlines()[1:] == [
+        "delivery 3 (order_paid 2): replayed (already handled (answered 204, attempt 2);"
+        " forced): answered 204",
+        "delivery 2: skipped: delivery 3 stands for order_paid:2 (one replay per notification)",
+    ]
+    wrong = orderfsm("webhooks", "replay", "--store", url, "--secret", "nope", *both)
+    assert wrong.stdout.splitlines() == [
+        "delivery 3 (order_paid 2): skipped: its signature does not verify with this secret",
+        "delivery 2: skipped: delivery 3 stands for order_paid:2 (one replay per notification)",
+    ]

@@ -249,16 +249,17 @@ async def replay(args: argparse.Namespace) -> int:
                     chosen.append(delivery)
         else:
             chosen = await journal.deliveries(selection(args))
-        # One replay per notification: its latest delivery (listings are newest first).
-        seen: set[str] = set()
+        # One replay per notification: its latest delivery, whatever order the ids came in.
+        chosen.sort(key=lambda delivery: delivery.id, reverse=True)
+        stands: dict[str, int] = {}
         ran = 0
         for delivery in chosen:
-            if delivery.key is not None and delivery.key in seen:
-                later = f"a later delivery of {delivery.key} is replayed"
-                print(f"delivery {delivery.id}: skipped: {later}")
+            if delivery.key is not None and delivery.key in stands:
+                latest = f"delivery {stands[delivery.key]} stands for {delivery.key}"
+                print(f"delivery {delivery.id}: skipped: {latest} (one replay per notification)")
                 continue
             if delivery.key is not None:
-                seen.add(delivery.key)
+                stands[delivery.key] = delivery.id
             report = await replay_one(receiver, delivery, force=args.force)
             ran += report.ran
             print(report.describe(), flush=True)
