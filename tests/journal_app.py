@@ -87,3 +87,8 @@ def grant(notification: Notification, connection: Any) -> None:
         _announce(point, order_id)
         while True:
             time.sleep(3600)
+
+
+async def failing(notification: Notification) -> None:
+    """A handler whose grant service is still down."""
+    raise RuntimeError("the grant service is still down")

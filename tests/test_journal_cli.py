@@ -173,3 +173,20 @@ def test_replay_says_which_delivery_stands_for_a_notification(tmp_path: Path) ->
         "delivery 3 (order_paid 2): skipped: its signature does not verify with this secret",
         "delivery 2: skipped: delivery 3 stands for order_paid:2 (one replay per notification)",
     ]
+
+
+def test_replay_exits_1_when_a_replay_did_not_work(tmp_path: Path) -> None:
+    """A script or an operator reads the exit code: a handler failing again, a secret
+    that verifies nothing, an id that is not there are failures (they exited 0);
+    what was skipped as already handled is not."""
+    url = str(tmp_path / "journal.sqlite3")
+    anyio.run(fill, url)
+    replay = ("webhooks", "replay", "--store", url, "--order", "3")
+    still_down = orderfsm(*replay, "--secret", SECRET, "--handler", "journal_app:failing")
+    assert still_down.returncode == 1, still_down.stderr
+    assert "replayed (its last attempt (1) failed): answered 500" in still_down.stdout
+    assert "replayed 1 of 1 selected deliveries; 1 failed" in still_down.stderr
+    assert orderfsm(*replay, "--secret", "nope").returncode == 1
+    assert orderfsm(*replay[:4], "--id", "99", "--secret", SECRET).returncode == 1
+    assert orderfsm(*replay, "--secret", SECRET).returncode == 0  # handled now
+    assert orderfsm(*replay, "--secret", SECRET).returncode == 0  # skipped: handled

@@ -4,7 +4,8 @@
 delivery whole (headers, body, answer, error text, its key's claim);
 ``replay`` runs the handler again on stored deliveries, as new attempts,
 skipping those already handled unless ``--force``, and prints one line per
-delivery saying what it did.
+delivery saying what it did; it exits 1 when one failed again, did not verify
+with the secret, or was not found.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from orderfsm.cli import options
+from orderfsm.cli.failures import EXIT_ERROR, EXIT_OK
 from orderfsm.cli.webhook_cmd import (
     StartupFailed,
     add_handler_options,
@@ -238,6 +240,7 @@ async def replay(args: argparse.Namespace) -> int:
 
     receiver = await open_receiver(args)
     journal = receiver.journal
+    failures = 0
     try:
         if args.id:
             chosen = []
@@ -245,6 +248,7 @@ async def replay(args: argparse.Namespace) -> int:
                 delivery = await journal.delivery(ident)
                 if delivery is None:
                     print(f"delivery {ident}: skipped: no such delivery in {journal.display}")
+                    failures += 1
                 else:
                     chosen.append(delivery)
         else:
@@ -262,11 +266,13 @@ async def replay(args: argparse.Namespace) -> int:
                 stands[delivery.key] = delivery.id
             report = await replay_one(receiver, delivery, force=args.force)
             ran += report.ran
+            failures += report.failed
             print(report.describe(), flush=True)
-        print(f"replayed {ran} of {len(chosen)} selected deliveries", file=sys.stderr)
+        failed = f"; {failures} failed" if failures else ""
+        print(f"replayed {ran} of {len(chosen)} selected deliveries{failed}", file=sys.stderr)
     finally:
         await journal.aclose()
-    return 0
+    return EXIT_ERROR if failures else EXIT_OK
 
 
 def run(args: argparse.Namespace) -> int:

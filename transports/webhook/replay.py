@@ -20,6 +20,14 @@ class Replayed:
     """Whether the handler ran (as a new attempt of the delivery's key)."""
     reason: str
     answer: WebhookAnswer | None = None
+    verified: bool = True
+    """False when the stored body does not verify with the receiver's secret."""
+
+    @property
+    def failed(self) -> bool:
+        """Not done: the handler failed again (5xx), or the body does not verify with
+        this secret (the wrong one, most likely)."""
+        return not self.verified or (self.answer is not None and self.answer.status >= 500)
 
     def describe(self) -> str:
         """One line for the operator."""
@@ -41,7 +49,8 @@ async def replay(receiver: WebhookReceiver, delivery: Delivery, *, force: bool =
     """
     checked = verified(receiver.secret, delivery.headers, delivery.body, "replay")
     if not isinstance(checked, Verified):
-        return Replayed(delivery, False, "its signature does not verify with this secret")
+        reason = "its signature does not verify with this secret"
+        return Replayed(delivery, False, reason, verified=False)
     key = checked.delivery.key
     if key is None:
         return Replayed(delivery, False, f"{delivery.kind} is never deduplicated nor replayed")
