@@ -190,3 +190,14 @@ def test_replay_exits_1_when_a_replay_did_not_work(tmp_path: Path) -> None:
     assert orderfsm(*replay[:4], "--id", "99", "--secret", SECRET).returncode == 1
     assert orderfsm(*replay, "--secret", SECRET).returncode == 0  # handled now
     assert orderfsm(*replay, "--secret", SECRET).returncode == 0  # skipped: handled
+
+
+@pytest.mark.parametrize("verb", [["list"], ["show", "1"], ["replay", "--secret", SECRET]])
+def test_a_journal_that_is_not_there_is_named_not_made(verb: list[str], tmp_path: Path) -> None:
+    """A mistyped path, or one relative to the server's directory, is a start-up problem:
+    SQLite made an empty journal there, and ``list`` said "no deliveries match"."""
+    store = tmp_path / "webhooks.sqlite3"
+    result = orderfsm("webhooks", verb[0], "--store", str(store), *verb[1:])
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "no journal there" in result.stderr
+    assert not store.exists()

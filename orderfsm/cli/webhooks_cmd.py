@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -172,10 +173,27 @@ def describe_claim(claim: Claim | None) -> str:
     return text
 
 
+def existing(store: str) -> None:
+    """:class:`StartupFailed` for an SQLite journal that is not there: opened, SQLite
+    would make an empty one, read as a journal without deliveries ("no deliveries
+    match") where the path was mistyped or is relative to another directory."""
+    from orderfsm.errors import JournalError
+    from orderfsm.journal import SqliteConfig, parse_store_url
+
+    try:
+        config = parse_store_url(store)
+    except JournalError:
+        return  # named when it is opened
+    if isinstance(config, SqliteConfig) and not os.path.exists(config.path):
+        where = os.path.abspath(config.path)
+        raise StartupFailed(f"{config.display()}: no journal there ({where} does not exist)")
+
+
 async def run_verb(args: argparse.Namespace) -> int:
     from orderfsm.errors import JournalError
     from transports.journal import open_journal
 
+    existing(args.store)
     if args.verb == "replay":
         return await replay(args)
     try:
