@@ -74,10 +74,11 @@ def test_list_show_and_replay_say_what_the_journal_holds_and_did(
     assert '"id": 3' in shown.stdout and "Authorization: Signature " in shown.stdout
     assert orderfsm("webhooks", "show", "--store", url, "999").returncode == 1
 
-    # Replay the failures: order 3 runs again (the default handler prints it);
+    # Replay the failures: order 3 runs again (the handler given prints it);
     # order 2 was handled since, and is skipped with the reason.
+    printing = ("--handler", "orderfsm.cli.webhook_cmd:print_notification")
     replayed = orderfsm(
-        "webhooks", "replay", "--store", url, "--secret", SECRET, "--outcome", "failed"
+        "webhooks", "replay", "--store", url, "--secret", SECRET, "--outcome", "failed", *printing
     )
     assert replayed.returncode == 0, replayed.stderr
     printed = [json.loads(x) for x in replayed.stdout.splitlines() if x.startswith("{")]
@@ -86,14 +87,30 @@ def test_list_show_and_replay_say_what_the_journal_holds_and_did(
     assert said[0].endswith("replayed (its last attempt (1) failed): answered 204")
     assert "skipped: already handled (answered 204, attempt 2); --force" in said[1]
     assert "replayed 1 of 2" in replayed.stderr
-    again = orderfsm("webhooks", "replay", "--store", url, "--secret", SECRET, "--order", "3")
+    again = orderfsm(
+        "webhooks", "replay", "--store", url, "--secret", SECRET, "--order", "3", *printing
+    )
     assert "skipped: already handled" in again.stdout and "replayed 0 of" in again.stderr
     forced = orderfsm(
-        "webhooks", "replay", "--store", url, "--secret", SECRET, "--order", "3", "--force"
+        "webhooks",
+        "replay",
+        "--store",
+        url,
+        "--secret",
+        SECRET,
+        "--order",
+        "3",
+        "--force",
+        *printing,
     )
     assert "forced): answered 204" in forced.stdout
-    wrong = orderfsm("webhooks", "replay", "--store", url, "--secret", "nope", "--order", "3")
+    wrong = orderfsm(
+        "webhooks", "replay", "--store", url, "--secret", "nope", "--order", "3", *printing
+    )
     assert "signature does not verify" in wrong.stdout
+    bare = orderfsm("webhooks", "replay", "--store", url, "--secret", SECRET, "--order", "3")
+    assert bare.returncode == 2 and bare.stderr.count("\n") == 1, bare.stderr
+    assert "replay needs --handler or --transactional" in bare.stderr
 
 
 @pytest.mark.parametrize(
@@ -161,7 +178,7 @@ def test_replay_says_which_delivery_stands_for_a_notification(tmp_path: Path) ->
     said a later delivery was replayed, as it did when none was (a wrong secret)."""
     url = str(tmp_path / "journal.sqlite3")
     anyio.run(fill, url)
-    both = ("--id", "2", "--id", "3")
+    both = ("--id", "2", "--id", "3", "--handler", "orderfsm.cli.webhook_cmd:print_notification")
     forced = orderfsm("webhooks", "replay", "--store", url, "--secret", SECRET, *both, "--force")
     assert forced.stdout.splitlines()[1:] == [
         "delivery 3 (order_paid 2): replayed (already handled (answered 204, attempt 2);"
@@ -182,17 +199,25 @@ def test_replay_exits_1_when_a_replay_did_not_work(tmp_path: Path) -> None:
     url = str(tmp_path / "journal.sqlite3")
     anyio.run(fill, url)
     replay = ("webhooks", "replay", "--store", url, "--order", "3")
+    printing = ("--handler", "orderfsm.cli.webhook_cmd:print_notification")
     still_down = orderfsm(*replay, "--secret", SECRET, "--handler", "journal_app:failing")
     assert still_down.returncode == 1, still_down.stderr
     assert "replayed (its last attempt (1) failed): answered 500" in still_down.stdout
     assert "replayed 1 of 1 selected deliveries; 1 failed" in still_down.stderr
-    assert orderfsm(*replay, "--secret", "nope").returncode == 1
-    assert orderfsm(*replay[:4], "--id", "99", "--secret", SECRET).returncode == 1
-    assert orderfsm(*replay, "--secret", SECRET).returncode == 0  # handled now
-    assert orderfsm(*replay, "--secret", SECRET).returncode == 0  # skipped: handled
+    assert orderfsm(*replay, "--secret", "nope", *printing).returncode == 1
+    assert orderfsm(*replay[:4], "--id", "99", "--secret", SECRET, *printing).returncode == 1
+    assert orderfsm(*replay, "--secret", SECRET, *printing).returncode == 0  # handled now
+    assert orderfsm(*replay, "--secret", SECRET, *printing).returncode == 0  # skipped: handled
 
 
-@pytest.mark.parametrize("verb", [["list"], ["show", "1"], ["replay", "--secret", SECRET]])
+@pytest.mark.parametrize(
+    "verb",
+    [
+        ["list"],
+        ["show", "1"],
+        ["replay", "--secret", SECRET, "--handler", "orderfsm.cli.webhook_cmd:print_notification"],
+    ],
+)
 def test_a_journal_that_is_not_there_is_named_not_made(verb: list[str], tmp_path: Path) -> None:
     """A mistyped path, or one relative to the server's directory, is a start-up problem:
     SQLite made an empty journal there, and ``list`` said "no deliveries match"."""

@@ -100,7 +100,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     replay.add_argument(
         "--force", action="store_true", help="run again even what was handled or refused"
     )
-    add_handler_options(replay)
+    add_handler_options(replay)  # one of the two is required: see NO_HANDLER
 
 
 def selection(args: argparse.Namespace) -> DeliveryFilter:
@@ -253,9 +253,20 @@ async def show(journal: Journal, args: argparse.Namespace) -> int:
     return 0
 
 
+NO_HANDLER = (
+    "replay needs --handler or --transactional: the handler to run again (without one,"
+    " each notification would be recorded as handled with nothing granted)"
+)
+
+
 async def replay(args: argparse.Namespace) -> int:
     from transports.webhook.replay import replay as replay_one
 
+    if not args.handler and not args.transactional:
+        # The server's default handler only prints: a failed order_paid replayed with
+        # it would be answered 204 from then on, Xsolla's retries included, the grant
+        # never made and nobody refunded.
+        raise StartupFailed(NO_HANDLER)
     receiver = await open_receiver(args)
     journal = receiver.journal
     failures = 0
