@@ -418,6 +418,30 @@ async def test_replay_reruns_a_failure_and_says_what_it_skipped(
     ]
 
 
+@on_databases
+async def test_a_replay_the_journal_could_not_start_is_a_failure_not_a_skip(
+    backend: str, tmp_path: Path
+) -> None:
+    """The journal failing as a replay claims its key (the database held here) runs
+    nothing: that is a failure to run again (the command exits 1), not "another
+    delivery answered it", which let a script move on with nothing granted."""
+    url = url_for(backend, tmp_path)
+    from transports.webhook.replay import replay
+
+    handler = Recorder(fail_times=1)
+    async with instances(url, 1) as (journal,):
+        receiver = WebhookReceiver(SECRET, handler, store=journal)
+        assert (await deliver(receiver, order_paid(22))).status == 500
+        (failed,) = await journal.deliveries()
+        hold = DatabaseHold(url, "order_paid:22")
+        try:
+            report = await replay(receiver, failed)
+        finally:
+            hold.release()
+    assert not report.ran and report.failed, report
+    assert "run again" in report.describe() and handler.calls == 1
+
+
 @on_every_backend
 async def test_replay_verifies_the_stored_body_again(backend: str, tmp_path: Path) -> None:
     any_url = url_for(backend, tmp_path)

@@ -103,7 +103,8 @@ def add_handler_options(parser: argparse.ArgumentParser) -> None:
     handler.add_argument(
         "--handler",
         metavar="MODULE:NAME",
-        help="your async handler(notification); default: print each one as a JSON line",
+        help="your async handler(notification); webhook-server's default prints each one as "
+        "a JSON line (replay needs one of these two)",
     )
     handler.add_argument(
         "--transactional",

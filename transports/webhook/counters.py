@@ -8,6 +8,7 @@ when asked (a scrape).  No order id and no user ever labels a count.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -40,7 +41,8 @@ class DeliverySpan(Protocol):
 
 
 class DeliveryListener(Protocol):
-    """Told of each delivery answered (the OpenTelemetry exporter's spans); from the loop."""
+    """Told of each delivery answered (the OpenTelemetry exporter's spans): from the loop,
+    or from a synchronous receiver's worker threads."""
 
     def delivery(self) -> AbstractContextManager[DeliverySpan]: ...
 
@@ -70,8 +72,12 @@ class ReceiverStats:
 
 
 class ReceiverCounters:
+    """Counted from the loop, or from every worker thread of a synchronous receiver:
+    a lock keeps each update whole (an outage's start read as it is cleared)."""
+
     __slots__ = (
         "_failing_since",
+        "_lock",
         "answers",
         "deliveries",
         "handler_runs",
@@ -92,29 +98,37 @@ class ReceiverCounters:
         self.journal_failures = 0
         self.journal_outage = 0.0
         self._failing_since: float | None = None
+        self._lock = threading.Lock()
 
     def answered(self, outcome: str, status: int) -> None:
-        self.deliveries[outcome] += 1
-        self.answers[str(status)] += 1
+        with self._lock:
+            self.deliveries[outcome] += 1
+            self.answers[str(status)] += 1
 
     def handler_ran(self, seconds: float) -> None:
-        self.handler_runs += 1
-        self.handler_seconds += seconds
+        with self._lock:
+            self.handler_runs += 1
+            self.handler_seconds += seconds
 
     def journal_used(self, seconds: float, *, failed: bool) -> None:
         """A delivery's journal work took ``seconds``; it failed, or it worked."""
-        self.journal_calls += 1
-        self.journal_seconds += seconds
         now = time.monotonic()
-        if failed:
-            self.journal_failures += 1
-            if self._failing_since is None:
-                self._failing_since = now
-        elif self._failing_since is not None:
-            self.journal_outage += now - self._failing_since
-            self._failing_since = None
+        with self._lock:
+            self.journal_calls += 1
+            self.journal_seconds += seconds
+            if failed:
+                self.journal_failures += 1
+                if self._failing_since is None:
+                    self._failing_since = now
+            elif self._failing_since is not None:
+                self.journal_outage += now - self._failing_since
+                self._failing_since = None
 
     def snapshot(self, journal: str | None) -> ReceiverStats:
+        with self._lock:
+            return self._snapshot(journal)
+
+    def _snapshot(self, journal: str | None) -> ReceiverStats:
         since = self._failing_since
         ongoing = 0.0 if since is None else time.monotonic() - since
         return ReceiverStats(

@@ -1,9 +1,10 @@
 """The framework-neutral webhook receiver: headers and raw bytes in, an answer out.
 
-The order of checks is the safe one: the peer and the size before reading
-anything, the signature before parsing, and the application's handler before
-any 2xx.  Which delivery runs the handler, and what every other delivery of
-the same notification answers, is the journal's business
+The order of checks is the safe one: the size before reading anything, the
+signature before parsing or judging the peer (a signed delivery from outside
+the allow-list gets a 5xx, never the 4xx that can refund), and the
+application's handler before any 2xx.  Which delivery runs the handler, and
+what every other delivery of the same notification answers, is the journal's business
 (``transports.journal``): one claim per notification across every process
 and host sharing the journal, the first answer stored and repeated.  The checks
 before the journal are :mod:`~transports.webhook.receiver_base`'s, what a handler's

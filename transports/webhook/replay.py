@@ -62,6 +62,11 @@ async def replay(receiver: WebhookReceiver, delivery: Delivery, *, force: bool =
         return Replayed(delivery, False, "another attempt took the key meanwhile; look again")
     again = Verified(checked.notification, attrs.evolve(checked.delivery, replay=True))
     answer, ran = await receiver.handle_verified(again)
+    if not ran and answer.status >= 500:
+        # The journal failed, or another attempt held the key past ``wait``: nothing
+        # ran, and nothing is known to have; a failure to run again, not a skip.
+        reason = f"not run: the journal failed or the key is busy ({answer.status}); run again"
+        return Replayed(delivery, False, reason, answer)
     if not ran:
         return Replayed(
             delivery, False, f"another delivery answered it meanwhile ({answer.status})"
