@@ -796,3 +796,30 @@ def test_news_held_while_history_first_tells_the_epoch_is_delivered() -> None:
     events = s.receive(history_reply(req["id"], [pub(1, "new"), pub(2)], epoch="e", offset=2))
     assert gaps(events) == []
     assert delivered(events) == [(1, "new", "history"), (2, "paid", "history"), (3, "done", "push")]
+
+
+def test_a_stream_nobody_watches_that_restarts_live_is_delivered_not_dropped() -> None:
+    """History without recovery or positioning: when it expires (the channel quiet
+    past its TTL) the stream starts again at offset 1 and nobody ends the
+    subscription.  Its ``paid`` at offset 1 was dropped as a duplicate of the old
+    stream's ``new`` at 1, leaving the order to the socket's lifespan; now it is
+    delivered, the offsets follow the new stream, and a gap asks for one check."""
+    s = Session()
+    s.connect(subs={CH: unpositioned()})
+    req = s.history_request()
+    s.receive(history_reply(req["id"], [pub(1, "new")], epoch="e", offset=1))
+    assert delivered(s.receive(pub_push(CH, pub(1, "new")))) == []  # a plain duplicate
+    events = s.receive(pub_push(CH, pub(1, "paid")))
+    assert delivered(events) == [(1, "paid", "push")]
+    assert gaps(events) == ["offset 1 pushed after 1: the stream restarted"]
+    events = s.receive(pub_push(CH, pub(2, "done")))
+    assert delivered(events) == [(2, "done", "push")] and gaps(events) == []
+
+
+def test_a_watched_stream_drops_a_lower_offset_as_a_duplicate() -> None:
+    """Recoverable or positioned, the server ends the subscription when its stream
+    restarts: a lower offset pushed meanwhile is a late copy, not news."""
+    s = Session()
+    s.live(offset=4)
+    events = s.receive(pub_push(CH, pub(2, "done")))
+    assert delivered(events) == [] and gaps(events) == []

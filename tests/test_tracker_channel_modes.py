@@ -109,3 +109,26 @@ async def test_every_change_once_and_the_final_status_across_a_cut_socket(emu: E
         assert statuses == {live: [NEW, PAID, DONE], hidden: [NEW, PAID, DONE]}
         assert [c.source for c in outage] == [WEBSOCKET] * 3
         assert gaps_after == 0
+
+
+async def test_a_history_only_stream_that_restarts_while_connected_still_brings_each_change() -> (
+    None
+):
+    """History without recovery: when it expires (the channel quiet past its TTL) the
+    stream starts again at offset 1 and nobody ends the subscription.  Its ``paid``
+    at offset 1 was dropped as a copy of the old stream's ``new`` at 1 (the order
+    went from ``new`` to ``done``, ``paid`` skipped); each change comes by the socket."""
+    async with Emulator(seed=29, ping_interval=1.0, pong_timeout=1.0, channel_mode="history") as e:
+        user = await e.create_user()
+        order_id = await e.create_order(user)
+        async with emulator_tracker(e, user, fetch_details=False) as t:
+            t.track(order_id)
+            await eventually(lambda: t.status(order_id) is NEW)
+            await e.new_epoch(user)  # what the history's expiry does
+            await e.get_order_fault("error", status=500)  # only the socket can tell
+            await e.set_status(order_id, "paid")
+            await eventually(lambda: t.status(order_id) is PAID)
+            await e.set_status(order_id, "done")
+            result = await t.wait(order_id)
+    assert [c.status for c in result.changes] == [NEW, PAID, DONE]
+    assert [c.source for c in result.changes[1:]] == [WEBSOCKET, WEBSOCKET]

@@ -54,6 +54,12 @@ class Channel:
     positioned: bool = False
     """``offset`` is a position the server confirmed (history read to the top, or
     recovered), even when it is 0."""
+    watched: bool = False
+    """The server checks this subscription's position (recoverable or positioned) and
+    ends it when its stream restarts: a lower offset pushed can only be a duplicate."""
+    last_data: Any = None
+    """What was delivered at ``offset``: a push at that offset carrying anything else
+    is not a duplicate, on a stream nobody watches."""
 
     @property
     def wants_history(self) -> bool:
@@ -84,7 +90,7 @@ class Channel:
         if pub.offset:
             if pub.offset <= self.offset:
                 return []
-            self.offset = pub.offset
+            self.offset, self.last_data = pub.offset, pub.data
         return [order_event(self.name, pub.offset, pub.data, self.epoch, via, at)]
 
     def deliver_all(self, pubs: Iterable[Publication], via: str, at: float) -> list[Event]:
@@ -105,7 +111,21 @@ class Channel:
             self.held.append(pub)
             self.start_sync()
             return []
+        if self._restarted(pub):
+            # History kept without recovery or positioning: when it expires (the
+            # channel quiet past its TTL) the stream starts again at offset 1, live,
+            # and nobody ends the subscription.  Its news is delivered (the core drops
+            # what it knew), the offsets follow the new stream, and the orders are
+            # checked once for what the old stream's end may have held.
+            reason = f"offset {pub.offset} pushed after {self.offset}: the stream restarted"
+            self.epoch, self.offset, self.positioned = "", 0, False
+            return [*self.deliver(pub, "push", at), Gap(at, self.name, reason)]
         return self.deliver(pub, "push", at)
+
+    def _restarted(self, pub: Publication) -> bool:
+        if self.watched or not pub.offset or pub.offset > self.offset:
+            return False
+        return pub.offset < self.offset or pub.data != self.last_data
 
     def _skips_ahead(self, pub: Publication) -> bool:
         # Without a position there is nothing to be contiguous with.  Once the
@@ -124,6 +144,7 @@ class Channel:
         one we asked for and is ignored) or reads history from its own position.
         """
         self.recoverable = result.recoverable
+        self.watched = result.recoverable or result.positioned
         events: list[Event] = [
             Subscribed(at, self.name, result.epoch, result.offset, result.recovered)
         ]
