@@ -2,9 +2,11 @@
 ``on_settled`` prints ``CALLED ORDER STATUS LATER`` and returns, or with ``--hang``
 prints it and never returns (the test SIGKILLs it mid-call).
 
-``python tests/settled_app.py JOURNAL [--hang] [--track ORDER] [--grace S] [--no-handler]``:
-``--track`` follows the order live (its calls then come from what this process
-applies, not only the sweep); ``--grace``, an expired order's grace in seconds;
+``python tests/settled_app.py JOURNAL [--hang] [--track ORDER] [--observe STATUS] [--grace S]
+[--no-handler] [--backend B]``: ``--track`` follows the order live (its calls then come
+from what this process applies, not only the sweep); ``--observe``, the order settles
+at once here: STATUS is observed just before the track (an in-process webhook that
+beat the app's call); ``--grace``, an expired order's grace in seconds;
 ``--no-handler``, an instance of a mixed fleet that has no ``on_settled``.  Prints
 ``READY`` once running, and ``SWEPT COUNT TIME`` as its sweep reads pages (so a test
 can tell that it judged the journal again after some moment).
@@ -17,6 +19,8 @@ import time
 
 import anyio
 
+from orderfsm import Status
+from orderfsm.core import Observation
 from orderfsm.journal import JournalSettings
 from orderfsm.supervisor.fleet import Settled
 from orderfsm.supervisor.policy import DefaultPolicy
@@ -39,7 +43,14 @@ async def report_sweeps(tracker: Tracker) -> None:
         await anyio.sleep(0.05)
 
 
-async def main(journal: str, hang: bool, track: int | None, grace: float, handler: bool) -> None:
+async def main(
+    journal: str,
+    hang: bool,
+    track: int | None,
+    observe: Status | None,
+    grace: float,
+    handler: bool,
+) -> None:
     async def on_settled(event: Settled) -> None:
         print("CALLED", event.order_id, event.status.value, event.later, flush=True)
         if hang:
@@ -60,6 +71,8 @@ async def main(journal: str, hang: bool, track: int | None, grace: float, handle
         anyio.create_task_group() as tasks,
     ):
         if track is not None:
+            if observe is not None:
+                tracker.observe(Observation(track, observe, "webhook", anyio.current_time()))
             tracker.track(track)
         tasks.start_soon(report_sweeps, tracker)
         print("READY", flush=True)
@@ -71,7 +84,18 @@ if __name__ == "__main__":
     parser.add_argument("journal")
     parser.add_argument("--hang", action="store_true")
     parser.add_argument("--track", type=int)
+    parser.add_argument("--observe", type=Status)
     parser.add_argument("--grace", type=float, default=600.0)
     parser.add_argument("--no-handler", action="store_true")
+    parser.add_argument("--backend", default="asyncio")
     args = parser.parse_args()
-    anyio.run(main, args.journal, args.hang, args.track, args.grace, not args.no_handler)
+    anyio.run(
+        main,
+        args.journal,
+        args.hang,
+        args.track,
+        args.observe,
+        args.grace,
+        not args.no_handler,
+        backend=args.backend,
+    )

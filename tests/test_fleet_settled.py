@@ -619,3 +619,67 @@ async def test_an_expired_call_owed_by_an_instance_without_on_settled_is_made_by
         await _killed(live)
     calls += await _calls_to_end(reader)
     assert calls == [["4", "expired", "False"]]  # no fix: none
+
+
+@on_databases
+async def test_an_order_settled_at_once_is_still_owed_when_its_instance_dies_in_the_call(
+    backend: str, anyio_backend_name: str, tmp_path: Path
+) -> None:
+    """Real processes: A's order 9 is paid before A's track of it is written (a webhook
+    observed in process beat the app's call), so its track, its payment and its untrack
+    are queued at once; A is SIGKILLed inside the call.  The journal still holds what
+    the sweep needs (the row tracked, with A's goal ``paid``): B, started afterwards
+    and not following the order, makes the call, once."""
+    url = url_for(backend, tmp_path)
+    loop = ("--backend", anyio_backend_name)
+    dying, reader = await _app(url, "--hang", "--track", "9", "--observe", "paid", *loop)
+    try:
+        assert (await _line(reader, "CALLED")).split() == ["CALLED", "9", "paid", "False"]
+    finally:
+        await _killed(dying)
+    live, reader = await _app(url, *loop)
+    try:
+        await eventually(
+            lambda: claim_state(url, settled_key(9, P)) == "answered" and told(url, 9) == (1, 1),
+            timeout=30,
+        )  # no fix: the row untracked, its goal done, and the call never made
+        calls = await _calls_until_swept(reader, time.time())
+    finally:
+        await _killed(live)
+    calls += await _calls_to_end(reader)
+    assert calls == [["9", "paid", "False"]]
+    assert tracked(url, 9)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_a_call_waits_until_its_order_is_written(
+    backend: str, anyio_backend_name: str, tmp_path: Path
+) -> None:
+    """Real processes: A's order 10 settles at once while the row its track writes is
+    locked (a receiver's transaction on it, held here).  A does not call ``on_settled``
+    while its track and the payment wait: dead in that call, it would leave nothing for
+    a sweep to find.  It calls once they are written.  PostgreSQL only: there a row
+    lock holds up the track and not the call's claim."""
+    url = url_for(backend, tmp_path)
+    await record(url, (10, N))
+    holder, waiting = connect(url), connect(url)
+    holder.execute("BEGIN")
+    holder.execute("SELECT 1 FROM orderfsm_orders WHERE order_id = 10 FOR UPDATE")
+    blocked = "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
+    app, reader = await _app(
+        url, "--hang", "--track", "10", "--observe", "paid", "--backend", anyio_backend_name
+    )
+    try:
+        try:
+            pid = holder.info.backend_pid
+            await eventually(lambda: waiting.execute(blocked, (pid,)).fetchone()[0] > 0, timeout=30)
+            calls = await _calls_until_swept(reader, time.time())
+            assert calls == []  # no fix: called at once
+            assert claim_state(url, settled_key(10, P)) is None
+        finally:
+            waiting.close()
+            holder.close()  # rolled back: the track goes on
+        assert (await _line(reader, "CALLED")).split() == ["CALLED", "10", "paid", "False"]
+        assert tracked(url, 10)
+    finally:
+        await _killed(app)

@@ -62,6 +62,8 @@ class WritesJournal:
         async def _catch_up(self, orders: Iterable[int]) -> None: ...
 
     def _queue(self, note: Any) -> None:
+        """Queue a note to write; ``("written", call)`` calls ``call()`` once everything
+        queued before it is written."""
         self._notes.append(note)
         self._writing = True
         if note[0] != "untrack":
@@ -126,10 +128,14 @@ class WritesJournal:
                     await self._catch_up(resumed)
                     continue
                 batch, self._notes = self._notes[:BATCH], self._notes[BATCH:]
-                # Tracks are written before untracks: of the two for one order, only
-                # the later counts (an order forgotten, then tracked again meanwhile).
+                # Every track is written, before the untracks, and an untrack only if it
+                # came last (an order forgotten, then tracked again meanwhile, stays
+                # tracked).  A track and then an untrack are both written: an order that
+                # settled before its track was written keeps a row the on_settled sweep
+                # judges (marked tracked, with its goal), or its call was lost with a
+                # process that died in it.
                 last = {item[1]: item[0] for item in batch if item[0] in ("track", "untrack")}
-                tracks = [item[1:] for item in batch if item[0] == "track" == last[item[1]]]
+                tracks = list({item[1]: item[1:] for item in batch if item[0] == "track"}.values())
                 past: dict[int, int] = {}
                 if tracks:
                     rows = await self._write_or_drop_refused("track", log.track_many, tracks)
@@ -146,6 +152,9 @@ class WritesJournal:
                 done = [item[1] for item in batch if item[0] == "untrack" == last[item[1]]]
                 if done:
                     await self._write_or_drop_refused("untrack", log.untrack, done)
+                for item in batch:
+                    if item[0] == "written":
+                        item[1]()
 
     async def _write_or_drop_refused(
         self, what: str, write: Callable[[list[T]], Awaitable[list[R] | None]], items: list[T]

@@ -106,7 +106,13 @@ class CallsOnSettled:
         answer = self._told[order.order_id] = verdict(status, order.until)
         succeeded = answer is Verdict.SUCCEEDED
         later = change is not order.settled
-        self._settled.append(Settled(order.order_id, status, order.until, succeeded, later))
+        event = Settled(order.order_id, status, order.until, succeeded, later)
+        # Called once the order's notes queued so far are written (its track, this
+        # change): an instance that dies in the call leaves what the sweep needs.
+        self._queue(("written", functools.partial(self._owed_here, event)))
+
+    def _owed_here(self, event: Settled) -> None:
+        self._settled.append(event)
         self._settled_news.set()
 
     async def _call_settled(self, tg: TaskGroup) -> None:
