@@ -934,9 +934,10 @@ async def test_a_hole_in_an_orders_log_is_read_past_not_caught_up_forever(
 
 async def test_the_backstop_read_comes_while_wake_ups_keep_coming() -> None:
     """A change no wake-up told of (its NOTIFY went to another channel here: a tool
-    writing by hand, a bug) is read by the backstop, every few seconds.  It came
-    only after a quiet spell with no wake-up at all, so under steady traffic for
-    other orders (a wake-up every 0.3 s here) it never came."""
+    writing by hand, a bug) is read by the backstop, which comes under steady
+    traffic too (every ``busy_backstop`` s: 1 s here, 30 s by default).  It came only
+    after a quiet spell with no wake-up at all, so under steady traffic for other
+    orders (a wake-up every 0.3 s here) it never came."""
     url = postgres_server().url()
     async with (
         Tracker(
@@ -946,6 +947,8 @@ async def test_the_backstop_read_comes_while_wake_ups_keep_coming() -> None:
         open_journal(url) as others,
         anyio.create_task_group() as tg,
     ):  # fmt: skip
+        assert tracker.fleet is not None
+        tracker.fleet.busy_backstop = 1.0
         tracker.track(1)
         tracker.track(2)
         log = OrderLog(others)
@@ -963,5 +966,5 @@ async def test_the_backstop_read_comes_while_wake_ups_keep_coming() -> None:
             sql.record(db, "postgresql", [note(1, P)], time.time(), "not_our_channel")
         finally:
             db.close()
-        await eventually(lambda: tracker.status(1) is P, timeout=8)  # the backstop: 3 s
+        await eventually(lambda: tracker.status(1) is P, timeout=5)
         tg.cancel_scope.cancel()

@@ -39,6 +39,7 @@ class FollowsJournal:
 
     log: OrderLog
     backstop: float
+    busy_backstop: float
     cursors: dict[int, int]
     _orders: dict[int, TrackedOrder]
 
@@ -83,15 +84,17 @@ class FollowsJournal:
         everything = True
         reconnecting = False
         delay = BACKOFF_MIN
-        reread_at = anyio.current_time() + self.backstop
+        read_all_at = anyio.current_time()
         while True:
             news: News | None = None
             failed = False
-            # The backstop comes every ``backstop`` s, wake-ups or not: steady traffic
-            # must not put off for good the read that covers what no wake-up told.
-            if anyio.current_time() < reread_at:
+            # Every order is read again after ``backstop`` s with no wake-up, and after
+            # ``busy_backstop`` s however many came: steady traffic must not put off for
+            # good the read that covers what no wake-up told.
+            due = read_all_at + self.busy_backstop - anyio.current_time()
+            if due > 0:
                 try:
-                    within = reread_at - anyio.current_time()
+                    within = min(self.backstop, due)
                     news = await self.log.wait_for_news(within, self.cursors)
                 except OrderFsmError as exc:
                     delay = await self._pause(delay, "journal wake-ups unavailable", exc)
@@ -110,7 +113,7 @@ class FollowsJournal:
                 # the read (its change committed meanwhile) must be in, or that change
                 # is never read again.
                 targets = self.cursors
-                reread_at = anyio.current_time() + self.backstop
+                read_all_at = anyio.current_time()
             if targets:
                 try:
                     changes = await self.log.changes(targets, everything=full)
