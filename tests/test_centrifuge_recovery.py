@@ -801,19 +801,49 @@ def test_news_held_while_history_first_tells_the_epoch_is_delivered() -> None:
 def test_a_stream_nobody_watches_that_restarts_live_is_delivered_not_dropped() -> None:
     """History without recovery or positioning: when it expires (the channel quiet
     past its TTL) the stream starts again at offset 1 and nobody ends the
-    subscription.  Its ``paid`` at offset 1 was dropped as a duplicate of the old
-    stream's ``new`` at 1, leaving the order to the socket's lifespan; now it is
-    delivered, the offsets follow the new stream, and a gap asks for one check."""
+    subscription.  Its ``paid`` at offset 1 was dropped as a copy of the old
+    stream's ``new`` at 1.  A push at or below the position is now checked against
+    history since it: a copy is dropped with no gap; a new stream answers 112 and
+    is read from its start, one gap for the check."""
     s = Session()
     s.connect(subs={CH: unpositioned()})
     req = s.history_request()
     s.receive(history_reply(req["id"], [pub(1, "new")], epoch="e", offset=1))
-    assert delivered(s.receive(pub_push(CH, pub(1, "new")))) == []  # a plain duplicate
-    events = s.receive(pub_push(CH, pub(1, "paid")))
-    assert delivered(events) == [(1, "paid", "push")]
-    assert gaps(events) == ["offset 1 pushed after 1: the stream restarted"]
+    assert delivered(s.receive(pub_push(CH, pub(1, "new")))) == []  # held: which is it?
+    req = s.history_request()
+    assert req["history"]["since"] == {"offset": 1, "epoch": "e"}
+    events = s.receive(history_reply(req["id"], [], epoch="e", offset=1))
+    assert delivered(events) == [] and gaps(events) == []  # the same stream: a copy
+    assert delivered(s.receive(pub_push(CH, pub(1, "paid")))) == []
+    req = s.history_request()
+    events = s.receive(error_reply(req["id"], 112, "unrecoverable position"))
+    assert gaps(events) == ["unrecoverable position (112)"]
+    req = s.history_request()
+    assert req["history"]["since"] == {"offset": 0, "epoch": ""}  # from the new stream's start
+    events = s.receive(history_reply(req["id"], [pub(1, "paid")], epoch="f", offset=1))
+    assert delivered(events) == [(1, "paid", "history")] and gaps(events) == []
     events = s.receive(pub_push(CH, pub(2, "done")))
     assert delivered(events) == [(2, "done", "push")] and gaps(events) == []
+    assert s.engine.positions() == {CH: (2, "f")}
+
+
+def test_late_copies_on_a_stream_nobody_watches_cost_a_history_read_not_a_gap() -> None:
+    """A push that history already gave (it reached this connection after the read),
+    or a push repeated: each is checked with history since the position, in the same
+    epoch, and dropped; no gap (no Get order), the position where it was."""
+    s = Session()
+    s.connect(subs={CH: unpositioned()})
+    req = s.history_request()
+    three = [pub(1, "new"), pub(2), pub(3, "done")]
+    s.receive(history_reply(req["id"], three, epoch="e", offset=3))
+    for late in (pub(2), pub(3, "done")):
+        assert delivered(s.receive(pub_push(CH, late))) == []
+        req = s.history_request()
+        events = s.receive(history_reply(req["id"], [], epoch="e", offset=3))
+        assert delivered(events) == [] and gaps(events) == []
+    assert s.engine.positions() == {CH: (3, "e")}
+    events = s.receive(pub_push(CH, pub(4, "canceled")))
+    assert delivered(events) == [(4, "canceled", "push")] and gaps(events) == []
 
 
 def test_a_watched_stream_drops_a_lower_offset_as_a_duplicate() -> None:

@@ -72,7 +72,8 @@ class FollowsJournal:
         self._apply(past, whole=True)
 
     async def _follow(self) -> None:
-        """Apply what others wrote: after each wake-up, and at least every ``backstop`` s.
+        """Apply what others wrote: after each wake-up, after ``backstop`` s without one,
+        and at least every ``busy_backstop`` s however many come.
 
         The wake-ups' connection failing (even for good: a connection limit, say)
         leaves the backstop: everything is read through the pool after each pause.

@@ -56,10 +56,7 @@ class Channel:
     recovered), even when it is 0."""
     watched: bool = False
     """The server checks this subscription's position (recoverable or positioned) and
-    ends it when its stream restarts: a lower offset pushed can only be a duplicate."""
-    last_data: Any = None
-    """What was delivered at ``offset``: a push at that offset carrying anything else
-    is not a duplicate, on a stream nobody watches."""
+    ends it when its stream restarts: an offset pushed at or below ours is a copy."""
 
     @property
     def wants_history(self) -> bool:
@@ -90,7 +87,7 @@ class Channel:
         if pub.offset:
             if pub.offset <= self.offset:
                 return []
-            self.offset, self.last_data = pub.offset, pub.data
+            self.offset = pub.offset
         return [order_event(self.name, pub.offset, pub.data, self.epoch, via, at)]
 
     def deliver_all(self, pubs: Iterable[Publication], via: str, at: float) -> list[Event]:
@@ -111,21 +108,20 @@ class Channel:
             self.held.append(pub)
             self.start_sync()
             return []
-        if self._restarted(pub):
-            # History kept without recovery or positioning: when it expires (the
-            # channel quiet past its TTL) the stream starts again at offset 1, live,
-            # and nobody ends the subscription.  Its news is delivered (the core drops
-            # what it knew), the offsets follow the new stream, and the orders are
-            # checked once for what the old stream's end may have held.
-            reason = f"offset {pub.offset} pushed after {self.offset}: the stream restarted"
-            self.epoch, self.offset, self.positioned = "", 0, False
-            return [*self.deliver(pub, "push", at), Gap(at, self.name, reason)]
+        if self._maybe_restarted(pub):
+            # Unwatched (history without recovery or positioning), a push at or below
+            # our position is a late copy, or the first of a stream started again:
+            # its history expired, the channel quiet past its TTL, and nobody ends
+            # the subscription.  History since our position tells which: in the same
+            # epoch the push is dropped as the copy it is; in a new one the server
+            # answers 112, and the new stream is read from its start, this push in it.
+            self.held.append(pub)
+            self.start_sync()
+            return []
         return self.deliver(pub, "push", at)
 
-    def _restarted(self, pub: Publication) -> bool:
-        if self.watched or not pub.offset or pub.offset > self.offset:
-            return False
-        return pub.offset < self.offset or pub.data != self.last_data
+    def _maybe_restarted(self, pub: Publication) -> bool:
+        return not self.watched and bool(self.epoch) and 0 < pub.offset <= self.offset
 
     def _skips_ahead(self, pub: Publication) -> bool:
         # Without a position there is nothing to be contiguous with.  Once the

@@ -112,8 +112,8 @@ class ReceiverCounters:
 
     def journal_used(self, seconds: float, *, failed: bool) -> None:
         """A delivery's journal work took ``seconds``; it failed, or it worked."""
-        now = time.monotonic()
         with self._lock:
+            now = time.monotonic()  # read in the lock: the outage's sum never goes back
             self.journal_calls += 1
             self.journal_seconds += seconds
             if failed:

@@ -34,7 +34,7 @@ class Replayed:
         what = f"delivery {self.delivery.id} ({self.delivery.kind}"
         what += f" {self.delivery.order_id})" if self.delivery.order_id is not None else ")"
         if not self.ran:
-            return f"{what}: skipped: {self.reason}"
+            return f"{what}: {'skipped' if self.answer is None else 'not run'}: {self.reason}"
         assert self.answer is not None
         return f"{what}: replayed ({self.reason}): answered {self.answer.status}"
 
@@ -65,7 +65,7 @@ async def replay(receiver: WebhookReceiver, delivery: Delivery, *, force: bool =
     if not ran and answer.status >= 500:
         # The journal failed, or another attempt held the key past ``wait``: nothing
         # ran, and nothing is known to have; a failure to run again, not a skip.
-        reason = f"not run: the journal failed or the key is busy ({answer.status}); run again"
+        reason = f"the journal failed or the key is busy ({answer.status}); run it again"
         return Replayed(delivery, False, reason, answer)
     if not ran:
         return Replayed(
