@@ -58,8 +58,10 @@ def run_app(app: str, env: dict[str, str], tmp_path: Path) -> tuple[list[list[in
 
 def migrate_django(env: dict[str, str]) -> None:
     """The Django game's tables in ``env["GAME_DB"]``."""
+    database = env.get("GAME_ALIAS", "default")
     migrate = subprocess.run(
-        [sys.executable, "-m", "django", "migrate", "--run-syncdb", "-v", "0"],
+        [sys.executable, "-m", "django", "migrate", "--run-syncdb", "-v", "0",
+         "--database", database],
         cwd=APPS, env={**os.environ, **env}, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert migrate.returncode == 0, migrate.stderr
@@ -131,6 +133,34 @@ def test_django_a_grant_rolled_back_behind_the_handlers_back_is_never_answered_2
     assert refused == [500, 500]
     assert granted_meanwhile == (0,)
     assert retried == 204 and [int(row[0]) for row in rows] == [2001]
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_django_a_game_database_other_than_default_is_out_of_atomic_requests_too(
+    backend: str, tmp_path: Path
+) -> None:
+    """The journal and the game's tables in ``DATABASES["game"]``, ``ATOMIC_REQUESTS`` on for
+    every database.  The view opted out of the request's transaction on ``"default"``
+    alone, so Django wrapped it in one on ``"game"``, and the claim's durable block
+    refused to nest in it: every delivery answered 500, the order never granted."""
+    url = url_for(backend, tmp_path)
+    env = {
+        "GAME_DB": url,
+        "GAME_ALIAS": "game",
+        "GAME_DEFAULT_DB": str(tmp_path / "default.sqlite3"),
+        "DJANGO_SETTINGS_MODULE": "djangogame.settings",
+    }
+    migrate_django(env)
+    with serving(gunicorn("djangogame.wsgi:application", workers=1), env, tmp_path, PATH) as s:
+        body = order_paid(4001)
+        answers = [post(s.port, PATH, body, signed(body)) for _ in range(2)]
+    db = connect(url)
+    try:
+        rows = db.execute("SELECT order_id FROM djangogame_grant").fetchall()
+    finally:
+        db.close()
+    assert answers == [204, 204], answers
+    assert [int(row[0]) for row in rows] == [4001]
 
 
 def post_chunked(port: int, body: bytes, headers: dict[str, str], *, ended: bool) -> int | None:

@@ -1,7 +1,7 @@
 """The webhook view: Django's request in, the receiver's answer out.
 
-Not in the request's transaction (``ATOMIC_REQUESTS``): the receiver opens
-its own, outermost, so the claim, the handler's ORM writes and the answer are
+Not in the request's transaction (``ATOMIC_REQUESTS``) on any database: the
+receiver opens its own, outermost, so the claim, the handler's ORM writes and the answer are
 committed before Xsolla gets a 2xx.  CSRF-exempt: the signature is the check.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
-from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -64,5 +63,16 @@ def _body(request: HttpRequest, current: SyncWebhookReceiver) -> bytes | Webhook
     return whole
 
 
-webhook: Any = csrf_exempt(transaction.non_atomic_requests(_webhook))
+class _EveryDatabase(set[str]):
+    """Where the view is out of ``ATOMIC_REQUESTS``: every database, not only ``"default"``
+    (what ``non_atomic_requests`` gives): the journal's ``DATABASE`` may be another, and
+    a request's transaction there would hold the claim's durable block (refused: every
+    delivery 500) or a plain handler's writes (committed after the 204 was stored)."""
+
+    def __contains__(self, alias: object) -> bool:
+        return True
+
+
+_webhook._non_atomic_requests = _EveryDatabase()  # type: ignore[attr-defined]  # Django's mark
+webhook: Any = csrf_exempt(_webhook)
 """``POST`` Xsolla's notifications here; ``orderfsm.contrib.django.urls`` routes it."""

@@ -7,7 +7,8 @@ import os
 import signal
 from pathlib import Path
 
-from django.db import IntegrityError, connection
+from django.conf import settings
+from django.db import IntegrityError, connections
 
 from djangogame.models import Grant, Owned
 from transports.webhook import Notification, OrderPaid
@@ -16,7 +17,8 @@ from transports.webhook import Notification, OrderPaid
 def grant(notification: Notification) -> None:
     if not isinstance(notification, OrderPaid):
         return
-    with connection.cursor() as cursor:
+    alias = settings.ORDERFSM_WEBHOOK["DATABASE"]
+    with connections[alias].cursor() as cursor:
         # The claim is not committed yet: only its own transaction sees it running.
         cursor.execute(
             "SELECT attempt, state FROM orderfsm_claims WHERE key = %s",
@@ -26,7 +28,9 @@ def grant(notification: Notification) -> None:
     if row is None or row[1] != "running":
         raise RuntimeError(f"not inside the claim's transaction: {row}")
     for item in notification.items:
-        Grant.objects.create(order_id=notification.order_id, sku=item.sku, attempt=row[0])
+        Grant.objects.using(alias).create(
+            order_id=notification.order_id, sku=item.sku, attempt=row[0]
+        )
     die_at = os.environ.get("GAME_DIE_AT_ORDER")
     if die_at and int(die_at) == notification.order_id:
         marker = Path(os.environ["GAME_DIE_MARKER"])

@@ -34,13 +34,21 @@ def _database(url: str) -> dict[str, object]:
     }
 
 
-DATABASES = {"default": _database(os.environ["GAME_DB"])}
+# GAME_ALIAS: the game's tables and the journal in a database of that name, not "default"
+# (then GAME_DEFAULT_DB, an SQLite path, is "default").
+ALIAS = os.environ.get("GAME_ALIAS", "default")
+DATABASES = {ALIAS: _database(os.environ["GAME_DB"])}
+if ALIAS != "default":
+    DATABASES["default"] = _database(os.environ["GAME_DEFAULT_DB"])
+    DATABASE_ROUTERS = ["djangogame.routers.GameDatabase"]
 # ATOMIC_REQUESTS on purpose: the webhook view opts out and opens its own transaction.
-DATABASES["default"]["ATOMIC_REQUESTS"] = True
+for _alias in DATABASES:
+    DATABASES[_alias]["ATOMIC_REQUESTS"] = True
 
 ORDERFSM_WEBHOOK = {
     "SECRET": os.environ.get("GAME_SECRET", "PROJECT_SECRET_KEY"),
     "TRANSACTIONAL": os.environ.get("GAME_HOOK", "djangogame.hooks.grant"),
+    "DATABASE": ALIAS,
     "LEASE": 10.0,
     "WAIT": 2.0,
 }
