@@ -17,11 +17,13 @@ import socket
 import subprocess
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from support_frameworks import (
     APPS,
+    deliver,
     deliver_with_a_kill,
     gunicorn,
     post,
@@ -100,6 +102,33 @@ def test_flask_under_gunicorn_grants_each_order_once(backend: str, tmp_path: Pat
     finally:
         db.close()
     assert sorted(Counter(int(row[0]) for row in rows).items()) == [(o, 1) for o in ORDERS]
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_flask_preloaded_with_its_journal_opened_before_the_fork_grants_each_order_once(
+    backend: str, tmp_path: Path
+) -> None:
+    """``receiver.open()`` at import (start-up problems raise there), the app preloaded by
+    its master (gunicorn ``--preload``, uWSGI's default), then forked: each worker
+    used the master's connections, so two workers talked on one PostgreSQL socket,
+    read each other's replies, answered 500s and granted orders twice."""
+    url = url_for(backend, tmp_path)
+    create_grants(url)
+    orders = range(5001, 5041)
+    command = gunicorn("flaskgame:app")
+    command.insert(command.index("--workers"), "--preload")
+    env = {"GAME_DB": url, "GAME_OPEN_EARLY": "1"}
+    with serving(command, env, tmp_path, PATH) as server:
+        bodies = [order_paid(order_id) for order_id in orders for _ in range(3)]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            answers = list(pool.map(lambda body: deliver(server.port, PATH, body), bodies))
+    check_deliveries(answers)
+    db = connect(url)
+    try:
+        rows = db.execute("SELECT order_id FROM grants").fetchall()
+    finally:
+        db.close()
+    assert sorted(Counter(int(row[0]) for row in rows).items()) == [(o, 1) for o in orders]
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "sqlite"])

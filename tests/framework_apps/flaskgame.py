@@ -42,3 +42,5 @@ receiver = SyncWebhookReceiver(
 )
 app = Flask(__name__)
 app.register_blueprint(webhook_blueprint(receiver), url_prefix="/xsolla")
+if os.environ.get("GAME_OPEN_EARLY"):  # start-up problems raise here (before a fork, preloaded)
+    receiver.open()

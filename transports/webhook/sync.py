@@ -11,6 +11,7 @@ is bound to a loop that a request does not own.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -49,7 +50,8 @@ class SyncWebhookReceiver(ReceiverBase):
     ``postgresql://...``), a :class:`~transports.journal.SyncJournal`, or a
     :class:`~transports.journal.Journal` (its ``.sync`` face is used).  A URL's
     journal is opened on the first delivery (in each worker process, after a
-    pre-forking server forks) or by :meth:`open`, and closed by :meth:`close`.
+    pre-forking server forks) or by :meth:`open`, and closed by :meth:`close`;
+    a process forked after the receiver was made opens a journal of its own.
 
     ``sink`` receives the same observations as the async receiver's, stamped
     with ``time.monotonic()`` (asyncio's clock): hand it a thread-safe sink,
@@ -84,6 +86,10 @@ class SyncWebhookReceiver(ReceiverBase):
         if isinstance(store, Journal):
             store = store.sync
         self._owns_journal = not isinstance(store, SyncJournal)
+        self._url = store
+        self._settings = settings
+        self._pid = os.getpid()
+        self._fork_lock = threading.Lock()
         self.journal: SyncJournal = (
             store if isinstance(store, SyncJournal) else open_journal(store, settings).sync
         )
@@ -92,6 +98,7 @@ class SyncWebhookReceiver(ReceiverBase):
     def handle(self, headers: Headers, body: bytes, peer: str | None = None) -> WebhookAnswer:
         """Answer one delivery; like :meth:`WebhookReceiver.handle`, never raises for what
         the sender controls and never answers 4xx for a trouble of the journal's."""
+        self._after_fork()
         listener = self._listener
         if listener is None:
             answer, outcome = self._answer(headers, body, peer)
@@ -173,8 +180,23 @@ class SyncWebhookReceiver(ReceiverBase):
             self._counters.handler_ran(time.perf_counter() - started)
         return ACCEPTED, None
 
+    def _after_fork(self) -> None:
+        """In a process forked after this receiver was made (an app preloaded by gunicorn
+        ``--preload`` or uWSGI, maybe with its journal opened there), a journal of its
+        own: the parent's connections and pools are the parent's, and two workers
+        talking on one PostgreSQL socket read each other's replies (a grant twice).
+        The parent's is dropped, not closed."""
+        if self._pid == os.getpid() or not self._owns_journal:
+            return
+        with self._fork_lock:
+            if self._pid != os.getpid():
+                assert not isinstance(self._url, (SyncJournal, Journal))
+                self.journal = open_journal(self._url, self._settings).sync
+                self._pid = os.getpid()
+
     def open(self) -> None:
         """Open the journal now, so start-up problems raise here rather than answer 5xx."""
+        self._after_fork()
         self.journal.open()
 
     def close(self) -> None:
