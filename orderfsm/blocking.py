@@ -89,6 +89,8 @@ class Tracker:
         self._news = threading.Condition()
         self._pending: collections.deque[Change] = collections.deque()
         self._dispatching = threading.local()
+        self._dispatch_lock = threading.Lock()
+        """Held by the thread running callbacks: one at a time, so they run in order."""
         self._closed = False
         if callable(token) and not is_async(token):
             token = _sync_token(token)
@@ -151,11 +153,15 @@ class Tracker:
         """Run the ``on_change`` callbacks due, in this thread, in order; how many ran.
 
         Never blocks: call it from a GUI loop's timer (``root.after``, a
-        ``QTimer``).  A callback that calls ``dispatch`` again runs nothing more.
+        ``QTimer``).  A callback that calls ``dispatch`` again runs nothing more, nor
+        does a thread calling it while another thread runs callbacks (one blocked in
+        ``wait``): they never run two at once, nor out of order.
         """
         callback = self.on_change
         if callback is None or not self._can_dispatch():
             return 0
+        if not self._dispatch_lock.acquire(blocking=False):
+            return 0  # another thread runs them (a waiter, the GUI's timer)
         ran = 0
         self._dispatching.active = True
         try:
@@ -168,10 +174,18 @@ class Tracker:
                 ran += 1
         finally:
             self._dispatching.active = False
+            self._dispatch_lock.release()
+            with self._news:  # a waiter may take over what a failed callback left
+                self._news.notify_all()
 
     def _can_dispatch(self) -> bool:
-        """Callbacks may run here: there are some, and this thread is not inside one."""
-        return self.on_change is not None and not getattr(self._dispatching, "active", False)
+        """Callbacks may run here: there are some, this thread is not inside one, and no
+        other thread is running them."""
+        return (
+            self.on_change is not None
+            and not getattr(self._dispatching, "active", False)
+            and not self._dispatch_lock.locked()
+        )
 
     def _block(self, ready: Callable[[], bool], timeout: float | None, what: str) -> None:
         """Until ``ready()`` (checked under the lock its producers notify), running the

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -163,3 +164,32 @@ def test_a_callback_may_block_on_the_tracker_and_later_callbacks_wait_for_it(
         tracker.wait(order_id, timeout=30)
         tracker.dispatch()
     assert seen == ["new", "paid", "waited: done", "done"]
+
+
+def test_callbacks_never_run_two_at_once_when_several_threads_dispatch(xsolla: Emulator) -> None:
+    """A GUI's timer calls ``dispatch`` while a worker thread blocks in ``wait``: each ran
+    the callback of the change it took, at the same time as the other, so ``done``
+    could be shown before ``paid`` and the app's state was touched from two threads."""
+    user, order_id = new_order(xsolla)
+    busy = threading.Lock()
+    ran: list[tuple[str, bool]] = []
+
+    def on_change(change: StatusChange) -> None:
+        alone = busy.acquire(blocking=False)
+        ran.append((str(change.status), alone))
+        time.sleep(0.1)  # a slow label update
+        if alone:
+            busy.release()
+
+    with tracker_for(xsolla, user, on_change=on_change) as tracker:
+        tracker.track(order_id)
+        anyio.run(xsolla.wait_connected, user)
+        waiter = threading.Thread(target=tracker.wait, args=(order_id,), kwargs={"timeout": 30})
+        waiter.start()
+        anyio.run(xsolla.run_script, order_id, STEPS)
+        deadline = time.monotonic() + 30
+        while (waiter.is_alive() or len(ran) < 3) and time.monotonic() < deadline:
+            tracker.dispatch()  # the GUI's timer
+            time.sleep(0.005)
+        waiter.join()
+    assert ran == [("new", True), ("paid", True), ("done", True)]
