@@ -92,6 +92,7 @@ class Tracker:
         self._dispatch_lock = threading.Lock()
         """Held by the thread running callbacks: one at a time, so they run in order."""
         self._closed = False
+        self._closing = threading.Lock()
         if callable(token) and not is_async(token):
             token = _sync_token(token)
         portal_cm = anyio.from_thread.start_blocking_portal(backend, name="orderfsm-tracker")
@@ -108,17 +109,19 @@ class Tracker:
     # --- life ---------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop tracking: waiters get ``TrackerClosed``; every thread and socket ends."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._tracker_cm.__exit__(None, None, None)
-        finally:
-            self._portal.call(self._portal.stop, True)  # what is left is cancelled
-            self._portal_cm.__exit__(None, None, None)
-            with self._news:
-                self._news.notify_all()
+        """Stop tracking: waiters get ``TrackerClosed``; every thread and socket ends, by
+        the time any caller's ``close`` returns (a second caller waits for the first)."""
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._tracker_cm.__exit__(None, None, None)
+            finally:
+                self._portal.call(self._portal.stop, True)  # what is left is cancelled
+                self._portal_cm.__exit__(None, None, None)
+                with self._news:
+                    self._news.notify_all()
 
     def __enter__(self) -> Tracker:
         return self

@@ -193,3 +193,25 @@ def test_callbacks_never_run_two_at_once_when_several_threads_dispatch(xsolla: E
             time.sleep(0.005)
         waiter.join()
     assert ran == [("new", True), ("paid", True), ("done", True)]
+
+
+def test_close_from_two_threads_returns_in_each_with_every_thread_ended(xsolla: Emulator) -> None:
+    """A quit button's thread closes the tracker while the script leaves ``with``: the second
+    ``close`` returned at once, while the first was still stopping the tracker's thread
+    and sockets."""
+    for _ in range(3):
+        user, order_id = new_order(xsolla)
+        threads_before = set(threading.enumerate())
+        tracker = tracker_for(xsolla, user)
+        tracker.track(order_id)
+        anyio.run(xsolla.wait_connected, user)
+        other = threading.Thread(target=tracker.close)
+        other.start()
+        while True:  # until the other thread is closing it: calls are refused
+            try:
+                tracker.status(order_id)
+            except RuntimeError:
+                break
+        tracker.close()
+        assert set(threading.enumerate()) - threads_before - {other} == set()
+        other.join(30)
