@@ -90,6 +90,7 @@ class SyncWebhookReceiver(ReceiverBase):
         self._settings = settings
         self._pid = os.getpid()
         self._fork_lock = threading.Lock()
+        self._parents: list[SyncJournal] = []
         self.journal: SyncJournal = (
             store if isinstance(store, SyncJournal) else open_journal(store, settings).sync
         )
@@ -185,12 +186,15 @@ class SyncWebhookReceiver(ReceiverBase):
         ``--preload`` or uWSGI, maybe with its journal opened there), a journal of its
         own: the parent's connections and pools are the parent's, and two workers
         talking on one PostgreSQL socket read each other's replies (a grant twice).
-        The parent's is dropped, not closed."""
+        The parent's is kept, neither closed nor left to the garbage collector: a
+        PostgreSQL connection finalized here would end the session it shares with
+        the parent (libpq says goodbye on the socket)."""
         if self._pid == os.getpid() or not self._owns_journal:
             return
         with self._fork_lock:
             if self._pid != os.getpid():
                 assert not isinstance(self._url, (SyncJournal, Journal))
+                self._parents.append(self.journal)
                 self.journal = open_journal(self._url, self._settings).sync
                 self._pid = os.getpid()
 
