@@ -121,6 +121,35 @@ async def test_forgetting_an_order_while_its_details_come_harms_no_other_order()
     assert result.status is Status.PAID
 
 
+async def test_a_tracker_closing_after_an_order_was_forgotten_while_its_details_came() -> None:
+    """A request waits on an order; the app forgets it once paid, its details still
+    on their way, and the tracker closes before they come: the waiter gets ``paid``
+    (it hung forever: the closing tracker finishes only the orders it still has)."""
+    async with Emulator(ping_interval=0) as emu:
+        user = await emu.create_user()
+        order_id = await emu.create_order(user)
+        tracker = Tracker(
+            project_id=emu.project_id, token=user.token, api_url=emu.api_url,
+            transports=("webhook",), until="paid", policy=DefaultPolicy(deadline=30.0),
+        )  # fmt: skip
+        results: list[FinalResult] = []
+
+        async def waiting() -> None:
+            results.append(await tracker.wait(order_id))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg, tracker:
+                await emu.get_order_fault("slow", delay=5.0, order_id=order_id)
+                tg.start_soon(waiting)
+                await anyio.sleep(0.1)  # it waits
+                at = anyio.current_time()
+                tracker.observe(Observation(order_id, Status.PAID, "webhook", at))
+                await anyio.sleep(0.2)  # its details are on their way
+                tracker.forget(order_id)
+    [result] = results
+    assert result.status is Status.PAID and result.details is None
+
+
 class Collected:
     def __init__(self) -> None:
         self.statuses: list[Status] = []

@@ -23,6 +23,7 @@ from orderfsm.errors import (
     TransportError,
 )
 from orderfsm.interface import POLLING
+from orderfsm.supervisor.order_result import closed_error
 
 if TYPE_CHECKING:
     from orderfsm.supervisor.order import TrackedOrder
@@ -50,16 +51,27 @@ class FetchesDetails:
     get_order_http: HttpClient | None
 
     async def _finish(self, order: TrackedOrder) -> None:
-        """Get the details of a settled order, then finish it."""
-        details_error = await self._details(order)
-        if not order.is_finished:  # else the tracker closed while the details were coming
-            order.finish(order.make_result(details_error), None)
+        """Get the details of a settled order, then finish it.
+
+        Finished even when the tracker closes first: the closing tracker finishes
+        the orders it still has, but not one forgotten while its details were
+        coming, whose ``wait()`` would hang."""
+        details_error: OrderFsmError | None = closed_error(order.order_id)
+        try:
+            details_error = await self._details(order)
+        finally:
+            if not order.is_finished:  # else the tracker closed and finished it
+                order.finish(order.make_result(details_error), None)
 
     async def _finish_late(self, order: TrackedOrder) -> None:
-        """Get the details of an order that settled after its tracking ended unsettled."""
-        details_error = await self._details(order)
-        if not order.is_finished:  # else the tracker closed while the details were coming
-            order.settle_late(order.make_result(details_error))
+        """Get the details of an order that settled after its tracking ended unsettled
+        (finished whatever happens, as :meth:`_finish` is)."""
+        details_error: OrderFsmError | None = closed_error(order.order_id)
+        try:
+            details_error = await self._details(order)
+        finally:
+            if not order.is_finished:  # else the tracker closed and finished it
+                order.settle_late(order.make_result(details_error))
 
     async def _details(self, order: TrackedOrder) -> OrderFsmError | None:
         """Get order for the details of a settled order; why there are none, if so.

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from orderfsm.core import Status
 from orderfsm.core.settle import VERDICTS
-from orderfsm.errors import OrderFsmError
+from orderfsm.errors import OrderFsmError, TrackerClosed
 from orderfsm.metrics.counters import TrackerCounters, outcome, unsettled_reason
 from orderfsm.supervisor.records import Change, ConflictSeen, FinalResult, StatusChange
 
@@ -189,6 +189,12 @@ class EndsTracking:
         if self._done is not None:
             self._done.set()
         self._tell_watchers()
+
+
+def closed_error(order_id: int) -> TrackerClosed:
+    """Why an order finished when the tracker closed (its result's ``details_error``,
+    or the error of one not settled)."""
+    return TrackerClosed(f"order {order_id}: the tracker closed")
 
 
 _LABELS = {until: {status: outcome(status, until) for status in Status} for until in VERDICTS}

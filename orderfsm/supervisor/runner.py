@@ -28,7 +28,6 @@ from anyio.abc import TaskGroup
 from orderfsm.errors import (
     NoSourceLeft,
     OrderFsmError,
-    TrackerClosed,
     TrackingTimeout,
 )
 from orderfsm.interface import Health
@@ -38,6 +37,7 @@ from orderfsm.supervisor.checks import CHECKS_AT_ONCE, GetOrderChecks
 from orderfsm.supervisor.custom import CustomTransport
 from orderfsm.supervisor.details import FetchesDetails
 from orderfsm.supervisor.order import TrackedOrder
+from orderfsm.supervisor.order_result import closed_error
 from orderfsm.supervisor.policy import Policy
 from orderfsm.supervisor.sources import RunsSources
 from transports.backend import Wakeup, loop_clock
@@ -158,7 +158,7 @@ class Scheduler(GetOrderChecks, FetchesDetails, RunsSources):
             if order.is_finished:
                 continue
             self._end(order)
-            closed = TrackerClosed(f"order {order.order_id}: the tracker closed")
+            closed = closed_error(order.order_id)
             if order.settling_late:  # counted once already: its result, not a second end
                 order.settle_late(order.make_result(closed))
             elif order.settled is None:
