@@ -51,6 +51,30 @@ async def test_a_payment_in_the_last_seconds_of_the_grace_is_not_lost(emu: Emula
     assert result.status is Status.PAID and result.succeeded
 
 
+async def test_a_tracker_that_does_not_poll_still_looks_last_before_settling_expired(
+    emu: Emulator,
+) -> None:
+    """A WebSocket-only tracker (fetching details, as by default): the payment's
+    publication during the grace never reached the socket (recovery is best effort,
+    centrifugo#165).  The Get order asked at the end of the grace is the last look,
+    so the order settles as paid (it settled as expired, the same Get order's answer,
+    ``paid``, arriving as its details: a failure whose details said paid)."""
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    policy = DefaultPolicy(deadline=30.0, expired_grace=1.0)
+    async with emulator_tracker(
+        emu, user, policy=policy, transports=("websocket",), until="paid"
+    ) as tracker:
+        tracker.track(order_id)
+        await emu.wait_connected(user)
+        await emu.expire(order_id)
+        await expired_seen(tracker, order_id)
+        await emu.set_status(order_id, "paid", publish=False)
+        with anyio.fail_after(10):
+            result = await tracker.wait(order_id)
+    assert result.status is Status.PAID and result.succeeded
+
+
 async def test_an_expired_replayed_by_a_shared_socket_gets_its_whole_grace(
     emu: Emulator,
 ) -> None:

@@ -58,6 +58,7 @@ class GetOrderChecks:
     project_id: int
     api_url: str
     can_poll: bool
+    fetch_details: bool
     journal: bool
     details_timeout: float
     not_found_grace: float
@@ -81,10 +82,13 @@ class GetOrderChecks:
         last seconds would be heard by nobody.  It settles as expired only once Get
         order says so still (or could not say within ``details_timeout``).  In a
         fleet, an instance that only follows the journal waits as long for the
-        owner's look to arrive there, so that both tell the application the same."""
+        owner's look to arrive there, so that both tell the application the same.
+        A tracker that does not poll but fetches details looks too: its details'
+        Get order would come next anyway, too late to change the answer."""
         if order.last_look:
             return False
-        looks = self.can_poll and order.polling_error is None and order.owned
+        asks = self.can_poll or self.fetch_details
+        looks = asks and order.polling_error is None and order.owned
         if not looks and not self.journal:
             return False
         if order.last_look is None:
