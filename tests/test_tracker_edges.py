@@ -75,6 +75,28 @@ async def test_a_tracker_that_does_not_poll_still_looks_last_before_settling_exp
     assert result.status is Status.PAID and result.succeeded
 
 
+async def test_an_order_that_stays_expired_asks_get_order_once_when_its_grace_ends(
+    emu: Emulator,
+) -> None:
+    """The last look's answer, still ``expired``, is the order's details: Get order is
+    not asked a second time for them (it was, back to back)."""
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    policy = DefaultPolicy(deadline=30.0, expired_grace=1.0)
+    async with emulator_tracker(emu, user, policy=policy) as tracker:
+        tracker.track(order_id)
+        await emu.wait_connected(user)
+        await eventually(lambda: len(tracker.stats().get_order) > 0)  # the first check
+        await emu.expire(order_id)
+        await expired_seen(tracker, order_id)
+        asked = len((await emu.order(order_id))["get_order_requests"])
+        with anyio.fail_after(10):
+            result = await tracker.wait(order_id)
+    assert result.status is Status.EXPIRED
+    assert result.details is not None and result.details.status == "expired"
+    assert len((await emu.order(order_id))["get_order_requests"]) == asked + 1
+
+
 async def test_an_expired_replayed_by_a_shared_socket_gets_its_whole_grace(
     emu: Emulator,
 ) -> None:

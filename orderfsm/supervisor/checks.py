@@ -230,6 +230,10 @@ class GetOrderChecks:
                             raw=details,
                         )
                     )
+                    lapsed = order.lapsed
+                    if lapsed is not None and lapsed.status is details.known_status:
+                        # Still expired: the details it may settle with, not asked again.
+                        order.details = details
                 return
         finally:
             if place is not None:  # a queued check's, not a last look's
