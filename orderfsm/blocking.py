@@ -92,7 +92,7 @@ class Tracker:
         self._dispatch_lock = threading.Lock()
         """Held by the thread running callbacks: one at a time, so they run in order."""
         self._closed = False
-        self._closing = threading.Lock()
+        self._closing = threading.RLock()  # a signal handler closing mid-close returns
         if callable(token) and not is_async(token):
             token = _sync_token(token)
         portal_cm = anyio.from_thread.start_blocking_portal(backend, name="orderfsm-tracker")
@@ -166,8 +166,8 @@ class Tracker:
         if not self._dispatch_lock.acquire(blocking=False):
             return 0  # another thread runs them (a waiter, the GUI's timer)
         ran = 0
-        self._dispatching.active = True
-        try:
+        try:  # from right after the acquire: a Ctrl-C anywhere still releases it
+            self._dispatching.active = True
             while True:
                 with self._news:
                     if not self._pending:
@@ -176,8 +176,8 @@ class Tracker:
                 callback(change)
                 ran += 1
         finally:
-            self._dispatching.active = False
             self._dispatch_lock.release()
+            self._dispatching.active = False
             with self._news:  # a waiter may take over what a failed callback left
                 self._news.notify_all()
 

@@ -294,3 +294,61 @@ def test_a_handler_that_hands_back_a_generator_or_a_coroutine_answers_500_not_20
         body = order_paid(42)
         answers = [receiver.handle(signed(body), body).status for _ in range(2)]
     assert answers == [500, 500] and granted == []
+
+
+@on_databases
+def test_a_forked_worker_neither_closes_nor_shares_the_parents_journal(
+    backend: str, tmp_path: Path
+) -> None:
+    """A preloaded app (gunicorn ``--preload``) opens its receiver in the master; a worker
+    that only exits (``atexit`` closing the receiver) closed the master's pool, its
+    PostgreSQL sessions ended on the sockets they share; and a receiver given a
+    journal object, which it cannot make again, shared the master's connections
+    with every worker (replies crossed, grants twice).  Now the first is a no-op and
+    the second is refused (5xx), while the master goes on."""
+    import os
+
+    url = url_for(backend, tmp_path)
+    handled: list[int] = []
+
+    def handler(notification: Notification) -> None:
+        assert isinstance(notification, OrderPaid)
+        handled.append(notification.order_id)
+
+    body = order_paid(1)
+    theirs = open_journal(url).sync
+    theirs.open()
+    with SyncWebhookReceiver(SECRET, handler, store=url) as mine, contextlib.closing(theirs):
+        given = SyncWebhookReceiver(SECRET, handler, store=theirs)
+        assert mine.handle(signed(body), body).status == 204
+        pid = os.fork()
+        if pid == 0:  # the worker: one delivery through the given journal, then exit
+            code = 0
+            try:
+                code = given.handle(signed(order_paid(2)), order_paid(2)).status // 100
+                mine.close()
+            finally:
+                os._exit(code)
+        status = _waited(pid, within=20.0)
+        again = order_paid(3)
+        assert mine.handle(signed(again), again).status == 204  # the master's pool lives
+    assert os.waitstatus_to_exitcode(status) == 5  # refused with a 5xx, nothing shared
+    assert handled == [1, 3]
+
+
+def _waited(pid: int, within: float) -> int:
+    """The child's wait status; a child still running after ``within`` s is killed, and
+    the test fails (before the fix, the worker's close hung on a lock its fork took)."""
+    import os
+    import signal
+    import time
+
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"the forked worker was still running after {within:g} s")

@@ -56,9 +56,16 @@ class FetchesDetails:
         Finished even when the tracker closes first: the closing tracker finishes
         the orders it still has, but not one forgotten while its details were
         coming, whose ``wait()`` would hang."""
-        details_error: OrderFsmError | None = closed_error(order.order_id)
+        details_error: OrderFsmError | None = None
         try:
             details_error = await self._details(order)
+        except BaseException as exc:  # cancelled (the tracker closes), or a bug of ours
+            details_error = (
+                closed_error(order.order_id)
+                if isinstance(exc, anyio.get_cancelled_exc_class())
+                else TransportError(f"fetching the details failed: {exc!r}")
+            )
+            raise
         finally:
             if not order.is_finished:  # else the tracker closed and finished it
                 order.finish(order.make_result(details_error), None)
@@ -66,9 +73,16 @@ class FetchesDetails:
     async def _finish_late(self, order: TrackedOrder) -> None:
         """Get the details of an order that settled after its tracking ended unsettled
         (finished whatever happens, as :meth:`_finish` is)."""
-        details_error: OrderFsmError | None = closed_error(order.order_id)
+        details_error: OrderFsmError | None = None
         try:
             details_error = await self._details(order)
+        except BaseException as exc:  # cancelled (the tracker closes), or a bug of ours
+            details_error = (
+                closed_error(order.order_id)
+                if isinstance(exc, anyio.get_cancelled_exc_class())
+                else TransportError(f"fetching the details failed: {exc!r}")
+            )
+            raise
         finally:
             if not order.is_finished:  # else the tracker closed and finished it
                 order.settle_late(order.make_result(details_error))

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 
 from orderfsm.callables import require_ran
-from orderfsm.errors import JournalError
+from orderfsm.errors import JournalError, JournalOpenFailed
 from orderfsm.interface import ObservationSink
 from orderfsm.journal import JournalSettings, Reply
 from transports.journal import Journal, SyncJournal, open_journal
@@ -99,7 +99,6 @@ class SyncWebhookReceiver(ReceiverBase):
     def handle(self, headers: Headers, body: bytes, peer: str | None = None) -> WebhookAnswer:
         """Answer one delivery; like :meth:`WebhookReceiver.handle`, never raises for what
         the sender controls and never answers 4xx for a trouble of the journal's."""
-        self._after_fork()
         listener = self._listener
         if listener is None:
             answer, outcome = self._answer(headers, body, peer)
@@ -126,6 +125,11 @@ class SyncWebhookReceiver(ReceiverBase):
     def _handle_verified(self, checked: Verified) -> tuple[WebhookAnswer, bool, str]:
         """The answer, whether the handler ran, and the delivery's outcome (as the async
         receiver counts it: a busy duplicate's 5xx is a duplicate, not a journal failure)."""
+        try:
+            self._after_fork()
+        except JournalError as exc:
+            journal_failed("before the handler", exc, checked)
+            return STORE_FAILED, False, "journal_failed"
         if self.transactional is not None:
             return self._handle_in_transaction(checked)
         started = time.perf_counter()
@@ -188,9 +192,15 @@ class SyncWebhookReceiver(ReceiverBase):
         talking on one PostgreSQL socket read each other's replies (a grant twice).
         The parent's is kept, neither closed nor left to the garbage collector: a
         PostgreSQL connection finalized here would end the session it shares with
-        the parent (libpq says goodbye on the socket)."""
-        if self._pid == os.getpid() or not self._owns_journal:
+        the parent (libpq says goodbye on the socket).  A journal the application
+        gave (not a URL) cannot be made again here: refused, never shared."""
+        if self._pid == os.getpid():
             return
+        if not self._owns_journal:
+            raise JournalOpenFailed(
+                "this receiver's journal was made in another process (before a fork): give"
+                " the receiver a URL, or make the journal in each worker"
+            )
         with self._fork_lock:
             if self._pid != os.getpid():
                 assert not isinstance(self._url, (SyncJournal, Journal))
@@ -204,7 +214,9 @@ class SyncWebhookReceiver(ReceiverBase):
         self.journal.open()
 
     def close(self) -> None:
-        if self._owns_journal:
+        """Close the journal this process opened; in a process forked since, with none
+        of its own yet, nothing (the parent's is the parent's: see ``_after_fork``)."""
+        if self._owns_journal and self._pid == os.getpid():
             self.journal.close()
 
     def __enter__(self) -> SyncWebhookReceiver:
