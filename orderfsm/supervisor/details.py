@@ -10,6 +10,7 @@ status that settled the order or fails in passing, and whose answer is news too.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -51,28 +52,17 @@ class FetchesDetails:
     get_order_http: HttpClient | None
 
     async def _finish(self, order: TrackedOrder) -> None:
-        """Get the details of a settled order, then finish it.
-
-        Finished even when the tracker closes first: the closing tracker finishes
-        the orders it still has, but not one forgotten while its details were
-        coming, whose ``wait()`` would hang."""
-        details_error: OrderFsmError | None = None
-        try:
-            details_error = await self._details(order)
-        except BaseException as exc:  # cancelled (the tracker closes), or a bug of ours
-            details_error = (
-                closed_error(order.order_id)
-                if isinstance(exc, anyio.get_cancelled_exc_class())
-                else TransportError(f"fetching the details failed: {exc!r}")
-            )
-            raise
-        finally:
-            if not order.is_finished:  # else the tracker closed and finished it
-                order.finish(order.make_result(details_error), None)
+        """Get the details of a settled order, then finish it."""
+        await self._then(order, lambda error: order.finish(order.make_result(error), None))
 
     async def _finish_late(self, order: TrackedOrder) -> None:
-        """Get the details of an order that settled after its tracking ended unsettled
-        (finished whatever happens, as :meth:`_finish` is)."""
+        """Get the details of an order that settled after its tracking ended unsettled."""
+        await self._then(order, lambda error: order.settle_late(order.make_result(error)))
+
+    async def _then(self, order: TrackedOrder, end: Callable[[OrderFsmError | None], None]) -> None:
+        """The details, then ``end(why there are none)``, whatever happens: the closing
+        tracker finishes the orders it still has, but not one forgotten while its
+        details were coming, whose ``wait()`` would hang."""
         details_error: OrderFsmError | None = None
         try:
             details_error = await self._details(order)
@@ -85,7 +75,7 @@ class FetchesDetails:
             raise
         finally:
             if not order.is_finished:  # else the tracker closed and finished it
-                order.settle_late(order.make_result(details_error))
+                end(details_error)
 
     async def _details(self, order: TrackedOrder) -> OrderFsmError | None:
         """Get order for the details of a settled order; why there are none, if so.
