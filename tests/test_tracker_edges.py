@@ -75,6 +75,27 @@ async def test_a_tracker_that_does_not_poll_still_looks_last_before_settling_exp
     assert result.status is Status.PAID and result.succeeded
 
 
+async def test_a_webhook_only_tracker_looks_last_before_settling_expired(emu: Emulator) -> None:
+    """A tracker fed only by the application (webhooks and its own sources, fetching
+    details as by default) hears ``expired``; the payment that followed reached none
+    of its sources.  Its grace ends with the same last Get order as a socket's, so the
+    order settles as paid (it settled as expired, with details saying ``paid``)."""
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    policy = DefaultPolicy(deadline=30.0, expired_grace=1.0)
+    async with emulator_tracker(
+        emu, user, policy=policy, transports=("webhook",), until="paid"
+    ) as tracker:
+        tracker.track(order_id)
+        await emu.set_status(order_id, "expired", publish=False)
+        tracker.observe(Observation(order_id, Status.EXPIRED, "webhook", anyio.current_time()))
+        await expired_seen(tracker, order_id)
+        await emu.set_status(order_id, "paid", publish=False)
+        with anyio.fail_after(10):
+            result = await tracker.wait(order_id)
+    assert result.status is Status.PAID and result.succeeded
+
+
 async def test_an_order_that_stays_expired_asks_get_order_once_when_its_grace_ends(
     emu: Emulator,
 ) -> None:

@@ -83,11 +83,12 @@ class GetOrderChecks:
         order says so still (or could not say within ``details_timeout``).  In a
         fleet, an instance that only follows the journal waits as long for the
         owner's look to arrive there, so that both tell the application the same.
-        A tracker on the WebSocket that does not poll but fetches details looks too:
-        its details' Get order would come next anyway, too late to change the answer."""
+        A tracker that does not poll but fetches details (on the WebSocket, or fed by
+        webhooks and the application's own sources) looks too: its details' Get
+        order would come next anyway, too late to change the answer."""
         if order.last_look:
             return False
-        asks = self.can_poll or (self.fetch_details and order.websocket is not None)
+        asks = self.can_poll or self.fetch_details
         looks = asks and order.polling_error is None and order.owned
         if not looks and not self.journal:
             return False
