@@ -7,14 +7,15 @@ token callable that fails once or hangs."""
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import anyio
 import pytest
 from support_tracker import emulator_tracker
 
 from orderfsm import Change, Observation, Status, Tracker
-from orderfsm.errors import OrderNotTracked
+from orderfsm.errors import NoSourceLeft, OrderNotTracked
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.testing import eventually
 from transports.emulator import Emulator
@@ -26,6 +27,31 @@ pytestmark = pytest.mark.anyio
 def emu() -> Iterator[Emulator]:
     with Emulator(seed=29, ping_interval=1.0) as emulator:
         yield emulator
+
+
+@asynccontextmanager
+async def websocket_only(
+    emu: Emulator, policy: DefaultPolicy
+) -> AsyncIterator[tuple[Tracker, int]]:
+    """A tracker on the WebSocket alone (fetching details, as by default), tracking a
+    new order for ``paid``, its socket connected."""
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    async with emulator_tracker(
+        emu, user, policy=policy, transports=("websocket",), until="paid"
+    ) as tracker:
+        tracker.track(order_id)
+        await emu.wait_connected(user)
+        yield tracker, order_id
+
+
+async def settles_paid_unheard(emu: Emulator, tracker: Tracker, order_id: int) -> None:
+    """The order is paid where none of the tracker's sources hear it (a publication
+    lost, no webhook), and the tracker still settles it as paid."""
+    await emu.set_status(order_id, "paid", publish=False)
+    with anyio.fail_after(10):
+        result = await tracker.wait(order_id)
+    assert result.status is Status.PAID and result.succeeded
 
 
 async def expired_seen(tracker: object, order_id: int) -> None:
@@ -59,20 +85,11 @@ async def test_a_tracker_that_does_not_poll_still_looks_last_before_settling_exp
     centrifugo#165).  The Get order asked at the end of the grace is the last look,
     so the order settles as paid (it settled as expired, the same Get order's answer,
     ``paid``, arriving as its details: a failure whose details said paid)."""
-    user = await emu.create_user()
-    order_id = await emu.create_order(user)
     policy = DefaultPolicy(deadline=30.0, expired_grace=1.0)
-    async with emulator_tracker(
-        emu, user, policy=policy, transports=("websocket",), until="paid"
-    ) as tracker:
-        tracker.track(order_id)
-        await emu.wait_connected(user)
+    async with websocket_only(emu, policy) as (tracker, order_id):
         await emu.expire(order_id)
         await expired_seen(tracker, order_id)
-        await emu.set_status(order_id, "paid", publish=False)
-        with anyio.fail_after(10):
-            result = await tracker.wait(order_id)
-    assert result.status is Status.PAID and result.succeeded
+        await settles_paid_unheard(emu, tracker, order_id)
 
 
 async def test_a_webhook_only_tracker_looks_last_before_settling_expired(emu: Emulator) -> None:
@@ -90,10 +107,37 @@ async def test_a_webhook_only_tracker_looks_last_before_settling_expired(emu: Em
         await emu.set_status(order_id, "expired", publish=False)
         tracker.observe(Observation(order_id, Status.EXPIRED, "webhook", anyio.current_time()))
         await expired_seen(tracker, order_id)
-        await emu.set_status(order_id, "paid", publish=False)
-        with anyio.fail_after(10):
-            result = await tracker.wait(order_id)
-    assert result.status is Status.PAID and result.succeeded
+        await settles_paid_unheard(emu, tracker, order_id)
+
+
+@pytest.mark.parametrize("expired_first", [False, True], ids=["new", "expired"])
+async def test_a_websocket_only_tracker_looks_once_more_when_its_socket_lifespan_ends(
+    emu: Emulator, expired_first: bool
+) -> None:
+    """A tracker on the WebSocket alone (fetching details, as by default) gives the
+    socket up when its lifespan ends, and nothing else follows the order.  The payment
+    meanwhile never reached the socket (a lost publication; for an expired order, in
+    its grace).  One last Get order before giving up finds it paid (it ended with
+    ``NoSourceLeft``, Get order then asked for nothing)."""
+    policy = DefaultPolicy(deadline=30.0, expired_grace=20.0, websocket_lifespan=1.5)
+    async with websocket_only(emu, policy) as (tracker, order_id):
+        if expired_first:
+            await emu.expire(order_id)
+            await expired_seen(tracker, order_id)
+        await settles_paid_unheard(emu, tracker, order_id)
+
+
+async def test_a_websocket_only_order_still_new_when_its_socket_lifespan_ends_asks_once(
+    emu: Emulator,
+) -> None:
+    """The last Get order before giving up is one request, and an order it finds
+    unchanged still ends with :class:`NoSourceLeft` (nothing follows it)."""
+    policy = DefaultPolicy(deadline=30.0, websocket_lifespan=1.0)
+    async with websocket_only(emu, policy) as (tracker, order_id):
+        asked = len((await emu.order(order_id))["get_order_requests"])
+        with anyio.fail_after(10), pytest.raises(NoSourceLeft):
+            await tracker.wait(order_id)
+    assert len((await emu.order(order_id))["get_order_requests"]) == asked + 1
 
 
 async def test_an_order_that_stays_expired_asks_get_order_once_when_its_grace_ends(

@@ -97,6 +97,20 @@ class GetOrderChecks:
             self._spawn_helper(self._look_last, order, looks)
         return True
 
+    def _looking_before_giving_up(self, order: TrackedOrder) -> bool:
+        """Whether an order nothing follows any more (a socket-only tracker's socket
+        given up at its lifespan's end, or failed) waits for one last Get order before
+        it ends with :class:`~orderfsm.errors.NoSourceLeft`: a payment whose
+        publication the socket missed would otherwise never reach the application.
+        Asked where the last look of an expired order's grace would be."""
+        if order.last_look is not None or not self.fetch_details:
+            return False
+        if order.polling_error is not None or not order.owned:
+            return False
+        order.last_look = False
+        self._spawn_helper(self._look_last, order, True)
+        return True
+
     async def _look_last(self, order: TrackedOrder, looks: bool) -> None:
         try:
             if looks:

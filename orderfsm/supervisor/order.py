@@ -116,8 +116,9 @@ class TrackedOrder(EndsTracking):
         self.checking = False
         """A Get order check is under way; a new doubt waits for it, then checks again."""
         self.last_look: bool | None = None
-        """The Get order asked before an ``expired`` order settles: ``False`` while it
-        is under way, ``True`` once answered (or given up on)."""
+        """The Get order asked before an ``expired`` order settles, or before an order
+        nothing follows any more ends: ``False`` while it is under way, ``True`` once
+        answered (or given up on)."""
         self.conflicted = False
         """A conflict is in ``log``: not every entry is a ``StatusChange``."""
         self.log: list[Change] = []

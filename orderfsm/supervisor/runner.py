@@ -314,6 +314,8 @@ class Scheduler(GetOrderChecks, FetchesDetails, RunsSources):
         """Fail now rather than at the deadline when nothing can deliver news."""
         if self.webhooks or self.journal or order.custom_running or order.last_look is False:
             return None
+        if self._looking_before_giving_up(order):
+            return None
         cause = order.polling_error or order.websocket_error or order.custom_error
         return cause or NoSourceLeft(f"order {order.order_id}: no transport left to follow it")
 
