@@ -210,6 +210,40 @@ def test_replay_exits_1_when_a_replay_did_not_work(tmp_path: Path) -> None:
     assert orderfsm(*replay, "--secret", SECRET, *printing).returncode == 0  # skipped: handled
 
 
+async def fail_many(url: str, count: int) -> None:
+    async def handler(notification: object) -> None:
+        raise RuntimeError("the grant service is down")
+
+    async with open_journal(url) as journal:
+        receiver = WebhookReceiver(SECRET, handler, store=journal)
+        for order_id in range(1, count + 1):
+            await receiver.handle(signed(order_paid(order_id)), order_paid(order_id), "10.0.0.7")
+
+
+def test_replay_takes_every_match_and_a_limit_says_what_it_left(tmp_path: Path) -> None:
+    """After an outage, ``replay --outcome failed`` (as the README shows it) runs every
+    failed notification: it replayed the newest 50 of 60, exited 0 and said "50 of 50".
+    A ``--limit`` that leaves some out says so, and so does ``list``'s default 50."""
+    url = str(tmp_path / "journal.sqlite3")
+    anyio.run(fail_many, url, 60)
+    replay = ("webhooks", "replay", "--store", url, "--secret", SECRET, "--outcome", "failed")
+    printing = ("--handler", "orderfsm.cli.webhook_cmd:print_notification")
+    some = orderfsm(*replay, *printing, "--limit", "10")
+    assert some.returncode == 0, some.stderr
+    assert "replayed 10 of 10 selected" in some.stderr and "more match" in some.stderr
+    listed = orderfsm("webhooks", "list", "--store", url, "--outcome", "failed")
+    assert len(listed.stdout.splitlines()) == 1 + 50 and "more match" in listed.stderr
+    rest = orderfsm(*replay, *printing)
+    assert rest.returncode == 0, rest.stderr
+    assert "replayed 50 of 60 selected" in rest.stderr and "more match" not in rest.stderr
+    handled = orderfsm(
+        "webhooks", "list", "--store", url, "--outcome", "handled", "--json", "--limit", "99"
+    )
+    assert sorted(json.loads(line)["order_id"] for line in handled.stdout.splitlines()) == list(
+        range(1, 61)
+    )
+
+
 @pytest.mark.parametrize(
     "verb",
     [

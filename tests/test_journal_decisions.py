@@ -200,6 +200,17 @@ def test_unknown_store_urls_are_refused_with_the_remedy(url: str) -> None:
         parse_store_url(url)
 
 
+@pytest.mark.parametrize(
+    "dsn", ["host=db.internal dbname=game password=s3cret", "dbname = game password=s3cret"]
+)
+def test_a_libpq_connection_string_is_refused_not_taken_for_a_file(dsn: str) -> None:
+    """Taken for an SQLite path, each host got a journal of its own (grants twice
+    across the fleet), and the file, named with the password, showed it."""
+    with pytest.raises(BadStoreUrl, match="postgresql://") as refused:
+        parse_store_url(dsn)
+    assert "s3cret" not in str(refused.value)
+
+
 def test_a_postgres_password_never_shows() -> None:
     shown = PostgresConfig("postgresql://app:s3cret@db.internal:5432/game").display()
     assert "s3cret" not in shown and shown == "postgresql://app:***@db.internal:5432/game"

@@ -72,7 +72,10 @@ def add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--since", type=when, metavar="TIME", help="received at or after")
     parser.add_argument("--until", type=when, metavar="TIME", help="received before")
     parser.add_argument(
-        "--limit", type=options.positive_int, default=50, metavar="N", help="at most this many"
+        "--limit",
+        type=options.positive_int,
+        metavar="N",
+        help="at most this many, newest first (list: 50 by default; replay: every match)",
     )
 
 
@@ -103,7 +106,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_handler_options(replay)  # one of the two is required: see NO_HANDLER
 
 
-def selection(args: argparse.Namespace) -> DeliveryFilter:
+LIST_LIMIT = 50
+EVERY_MATCH = 2**31 - 1  # a LIMIT both databases take
+
+
+def selection(args: argparse.Namespace, limit: int) -> DeliveryFilter:
+    """The filter the options name, asking one row past ``limit``: whether more
+    matched than were taken is then known, and said."""
     from orderfsm.journal import DeliveryFilter, Outcome
 
     outcome = None if args.outcome in (None, "unfinished") else Outcome(args.outcome)
@@ -114,7 +123,7 @@ def selection(args: argparse.Namespace) -> DeliveryFilter:
         unfinished=args.outcome == "unfinished",
         since=args.since,
         until=args.until,
-        limit=args.limit,
+        limit=min(limit + 1, EVERY_MATCH),
     )
 
 
@@ -210,7 +219,11 @@ async def run_verb(args: argparse.Namespace) -> int:
 
 
 async def list_deliveries(journal: Journal, args: argparse.Namespace) -> int:
-    found = await journal.deliveries(selection(args))
+    limit = LIST_LIMIT if args.limit is None else args.limit
+    found = await journal.deliveries(selection(args, limit))
+    if len(found) > limit:
+        del found[limit:]
+        print(f"the newest {limit} shown; more match (--limit N)", file=sys.stderr)
     if args.json:
         for delivery in found:
             print(json.dumps(as_json(delivery)))
@@ -281,7 +294,15 @@ async def replay(args: argparse.Namespace) -> int:
                 else:
                     chosen.append(delivery)
         else:
-            chosen = await journal.deliveries(selection(args))
+            limit = EVERY_MATCH if args.limit is None else args.limit
+            chosen = await journal.deliveries(selection(args, limit))
+            if len(chosen) > limit:
+                del chosen[limit:]
+                print(
+                    f"only the newest {limit} selected (--limit); more match and are not"
+                    " replayed: run it again, or raise --limit",
+                    file=sys.stderr,
+                )
         # One replay per notification: its latest delivery, whatever order the ids came in.
         chosen.sort(key=lambda delivery: delivery.id, reverse=True)
         stands: dict[str, int] = {}

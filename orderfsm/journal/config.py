@@ -75,6 +75,7 @@ _POSTGRES = ("postgresql", "postgres")
 _PASSWORD_KEY = re.compile(r"password\s*=\s*(?:'((?:[^'\\]|\\.)*)'|([^\s&']+))")
 """``password=...`` as a URL query parameter or a ``key=value`` conninfo entry."""
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")
+_LIBPQ_KEYWORD = re.compile(r"[a-z_]+\s*=")
 
 
 def parse_store_url(url: str | None) -> StoreConfig:
@@ -84,6 +85,13 @@ def parse_store_url(url: str | None) -> StoreConfig:
     text = url.strip()
     head = _SCHEME.match(text)
     if head is None:
+        if _LIBPQ_KEYWORD.match(text):
+            # Taken for a file name, it would give each host a journal of its own
+            # (no exactly-once across the fleet), named with the password.
+            raise BadStoreUrl(
+                "a libpq connection string (key=value ...) is not a store URL:"
+                " write postgresql://user:password@host:port/dbname"
+            )
         # No scheme (or a Windows drive letter): a path to an SQLite file.
         return SqliteConfig(text)
     scheme = head[1].lower()
