@@ -215,3 +215,42 @@ def test_close_from_two_threads_returns_in_each_with_every_thread_ended(xsolla: 
         tracker.close()
         assert set(threading.enumerate()) - threads_before - {other} == set()
         other.join(30)
+
+
+def test_a_full_queue_costs_no_change_and_never_holds_the_tracker_up(
+    xsolla: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bounded queue the app drains slowly: the tracker's thread put into it with
+    ``put_nowait``, so ``queue.Full`` took the change from the queue and from
+    ``on_change`` too (it came first), final statuses included.  Every change reaches
+    both, in order, the queue's as it has room; meanwhile tracking goes on (``wait``
+    returns while the queue is full), and ``close`` does not wait for a queue nobody
+    drains any more: it names what the queue never had room for."""
+    user, order_id = new_order(xsolla)
+    later = anyio.run(xsolla.create_order, user)
+    threads_before = set(threading.enumerate())
+    called: list[tuple[int, str]] = []
+    drained: queue.Queue[StatusChange] = queue.Queue(maxsize=1)
+
+    def on_change(change: StatusChange) -> None:
+        called.append((change.order_id, str(change.status)))
+
+    with tracker_for(xsolla, user, on_change=on_change, queue=drained) as tracker:
+        tracker.track(order_id)
+        anyio.run(xsolla.wait_connected, user)
+        anyio.run(xsolla.run_script, order_id, STEPS)
+        assert tracker.wait(order_id, timeout=30).status is Status.DONE  # the queue full
+        tracker.dispatch()
+        assert called == [(order_id, s) for s in ("new", "paid", "done")]
+        got = [drained.get(timeout=5) for _ in range(3)]
+        assert [(c.order_id, str(c.status)) for c in got] == called
+        # Not drained any more (the app is closing): its next order fills the queue.
+        tracker.track(later)
+        anyio.run(xsolla.run_script, later, STEPS)
+        assert tracker.wait(later, timeout=30).status is Status.DONE
+        tracker.dispatch()
+        assert called[3:] == [(later, s) for s in ("new", "paid", "done")]
+    assert [(c.order_id, str(c.status)) for c in drained.queue] == [(later, "new")]
+    assert set(threading.enumerate()) - threads_before == set()
+    (undelivered,) = [r for r in caplog.records if getattr(r, "event", "") == "queue.undelivered"]
+    assert f"order {later}: paid, order {later}: done" in undelivered.getMessage()
