@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,17 @@ def connect(url: str) -> Any:
 
 def mark(url: str) -> str:
     return "%s" if is_postgres(url) else "?"
+
+
+def leased(url: str, order_id: int) -> bool:
+    """Someone holds the order's lease (in tests where one tracker follows it)."""
+    db, m = connect(url), mark(url)
+    try:
+        query = "SELECT 1 FROM orderfsm_orders WHERE order_id = {m} AND owner IS NOT NULL"
+        query += " AND lease_until > {m}"
+        return bool(db.execute(query.format(m=m), (order_id, time.time())).fetchall())
+    finally:
+        db.close()
 
 
 def create_grants(url: str) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,7 +14,10 @@ from typing import Any
 import anyio
 import pytest
 from support_cli import COMMAND, start, watch_args
+from support_journal import leased
 
+from orderfsm import FinalResult, Status
+from orderfsm.supervisor.tracker import Tracker
 from transports.emulator import Emulator
 
 SECRET = "cli-lifecycle-secret"
@@ -179,3 +184,49 @@ def test_watch_on_the_journal_hears_a_webhook_another_process_received(
     lines = [json.loads(x) for x in out.splitlines()]
     assert watch.returncode == 0, (lines, err)
     assert [(x["status"], x["source"]) for x in lines if "final" not in x] == [("paid", "webhook")]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_sigterm_stops_a_watch_as_ctrl_c_does_and_its_order_is_taken_back_at_once(
+    emu: Emulator, backend: str, tmp_path: Path
+) -> None:
+    """A deploy, ``docker stop`` or systemd sends SIGTERM: the watch died of it at once
+    (-15), its tracker never closed, so what it had not yet written never reached the
+    fleet's journal.  It stops as on Ctrl-C: the tracker closes, exit 130, quietly.
+    The order it held a lease on is then taken back at the start of the next tracker
+    on that journal (the file's same slot), not a lease (15 s) later."""
+    journal = str(tmp_path / "fleet.sqlite3")
+    order_id, token = new_order(emu)
+    args = watch_args(emu, order_id, "--token-env", "T", "--journal", journal)
+    watch = start([*args, "--backend", backend], T=token)
+
+    def held() -> bool:
+        try:
+            return Path(journal).exists() and leased(journal, order_id)
+        except sqlite3.OperationalError:  # the watch is making the journal's tables
+            return False
+
+    try:
+        deadline = time.monotonic() + 30
+        while not held():
+            assert time.monotonic() < deadline and watch.poll() is None
+            time.sleep(0.05)
+        watch.send_signal(signal.SIGTERM)
+        out, err = watch.communicate(timeout=30)
+    finally:
+        watch.kill()
+    # 130 comes once the watch's tracker has closed (unless_interrupted waits for it).
+    assert watch.returncode == 130, (out, err)
+    assert "Traceback" not in err, err
+
+    async def take_back() -> FinalResult:
+        async with Tracker(
+            project_id=emu.project_id, ws_url=emu.ws_url, api_url=emu.api_url,
+            journal=journal, token_for=lambda order_id, user_id: token,
+        ) as again:  # fmt: skip
+            assert set(again._orders) == {order_id}  # at its start
+            await emu.run_script(order_id, [(0.05, "paid"), (0.05, "done")])
+            with anyio.fail_after(10):
+                return await again.wait(order_id)
+
+    assert anyio.run(take_back, backend=backend).status is Status.DONE

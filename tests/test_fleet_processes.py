@@ -32,7 +32,7 @@ import pytest
 from anyio.abc import TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 from support_fleet import TESTS, Fleet, Receiver, fleet
-from support_journal import connect, mark, on_databases, url_for
+from support_journal import connect, leased, mark, on_databases, url_for
 
 from orderfsm.errors import InstanceNameInUse
 from orderfsm.supervisor.policy import DefaultPolicy
@@ -320,17 +320,6 @@ def lease_of(url: str, order_id: int) -> tuple[str | None, float]:
         query = f"SELECT owner, lease_until FROM orderfsm_orders WHERE order_id = {m}"
         owner, until = db.execute(query, (order_id,)).fetchone()
         return owner, float(until)
-    finally:
-        db.close()
-
-
-def leased(url: str, order_id: int) -> bool:
-    """Someone holds the order's lease (A, the only tracker of it)."""
-    db, m = connect(url), mark(url)
-    try:
-        query = "SELECT 1 FROM orderfsm_orders WHERE order_id = {m} AND owner IS NOT NULL"
-        query += " AND lease_until > {m}"
-        return bool(db.execute(query.format(m=m), (order_id, time.time())).fetchall())
     finally:
         db.close()
 

@@ -43,8 +43,8 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_CODES = (
     "exit codes: 0 success, 1 error, 2 usage error or a start-up problem (nothing started), "
-    "130 interrupted (Ctrl-C; for the servers, webhook-server and emulator, Ctrl-C is their "
-    "clean stop: 0)"
+    "130 interrupted (Ctrl-C or SIGTERM; for the servers, webhook-server and emulator, either "
+    "is their clean stop: 0)"
 )
 
 __all__ = ["EXIT_ERROR", "EXIT_USAGE", "CommandError", "UsageError", "build_parser", "main"]

@@ -1,11 +1,14 @@
-"""Ctrl-C as an event on the loop, so a command stops the way it stops on its own.
+"""Ctrl-C and SIGTERM as events on the loop, so a command stops the way it stops on its own.
 
 Left to Python, SIGINT raises ``KeyboardInterrupt`` wherever the main
 thread happens to be; under trio that can be inside trio's own machinery,
 which then ends with "internal error in Trio" instead of a quiet exit 130
-(the CLI's Ctrl-C test saw it about once in six runs).  Received on the
-loop, it cancels the command's work like any cancellation: the tracker
-closes, the view restores the terminal.
+(the CLI's Ctrl-C test saw it about once in six runs).  SIGTERM (a deploy,
+``docker stop``, systemd) Python leaves to the OS, which ends the process at
+once: its tracker never closes, and what it has not yet written to a fleet's
+journal never reaches the others.  Received on the loop, either cancels the
+command's work like any cancellation: the tracker closes, the view restores
+the terminal.
 """
 
 from __future__ import annotations
@@ -17,27 +20,39 @@ import anyio
 
 from orderfsm.cli.failures import EXIT_INTERRUPTED
 
+STOPS = (signal.SIGINT, signal.SIGTERM)
+
+
+async def stop_asked() -> None:
+    """Return at the first SIGINT or SIGTERM.  From then on, while the command stops
+    cleanly, a second one stops the process at once: SIGTERM's default does;
+    Ctrl-C's would raise ``KeyboardInterrupt`` into the loop, whose tasks then die
+    printing their tracebacks."""
+    with anyio.open_signal_receiver(*STOPS) as signals:
+        async for _ in signals:
+            break
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 
 async def unless_interrupted(work: Callable[[], Awaitable[int]]) -> int:
-    """``work()``'s exit code, or 130 once SIGINT cancelled it.  What ``work`` raises
-    comes out as it was raised (not in an exception group), for the CLI to name."""
+    """``work()``'s exit code, or 130 once SIGINT or SIGTERM cancelled it.  What
+    ``work`` raises comes out as it was raised (not in an exception group), for the
+    CLI to name."""
     codes: list[int] = []
     errors: list[Exception] = []
-    with anyio.open_signal_receiver(signal.SIGINT) as signals:
-        async with anyio.create_task_group() as tasks:
+    async with anyio.create_task_group() as tasks:
 
-            async def run() -> None:
-                try:
-                    codes.append(await work())
-                except Exception as exc:
-                    errors.append(exc)
-                finally:
-                    tasks.cancel_scope.cancel()
-
-            tasks.start_soon(run)
-            async for _ in signals:
+        async def run() -> None:
+            try:
+                codes.append(await work())
+            except Exception as exc:
+                errors.append(exc)
+            finally:
                 tasks.cancel_scope.cancel()
-                break
+
+        tasks.start_soon(run)
+        await stop_asked()  # cancelled if the work ends first
+        tasks.cancel_scope.cancel()
     if errors:
         raise errors[0]
     return codes[0] if codes else EXIT_INTERRUPTED

@@ -15,7 +15,7 @@ exit codes:
   5    timed out (--timeout)
   1    error (refused token, unknown order, wrong URL, ...): one line on stderr
   2    usage error, or a start-up problem (a port in use): nothing started
-  130  interrupted (Ctrl-C)
+  130  interrupted (Ctrl-C, or SIGTERM): the tracker closed first, as on its own end
 With several --order-id: 0 when every order succeeded, else the code of the
 first order (in the order given) that did not."""
 

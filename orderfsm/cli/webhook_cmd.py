@@ -22,7 +22,6 @@ import argparse
 import importlib
 import importlib.util
 import json
-import signal
 from typing import TYPE_CHECKING, Any
 
 from orderfsm.cli import options
@@ -233,9 +232,8 @@ def endpoints(receiver: WebhookReceiver) -> dict[str, Any]:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    import anyio
-
     from orderfsm.cli.failures import listening
+    from orderfsm.cli.interrupts import stop_asked
     from transports.webhook import DEFAULT_MAX_BODY, XSOLLA_NETWORKS, serve_receiver
 
     receiver = await open_receiver(
@@ -255,13 +253,7 @@ async def serve(args: argparse.Namespace) -> None:
             url = await serving.__aenter__()
         try:
             print(url, flush=True)
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    break
-            # While the deliveries in flight finish, a second signal stops the process at
-            # once: SIGTERM's default does; Ctrl-C's would raise KeyboardInterrupt into
-            # the loop, whose tasks then die printing their tracebacks.
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            await stop_asked()  # a second signal, while deliveries finish, stops at once
         finally:
             await serving.__aexit__(None, None, None)
     finally:
