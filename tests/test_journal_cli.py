@@ -141,6 +141,21 @@ def test_a_handler_that_cannot_be_loaded_is_a_start_up_problem() -> None:
     assert result.returncode == 2 and "cannot load nope:x" in result.stderr
 
 
+def test_a_handler_beside_the_command_loads_as_with_uvicorn(tmp_path: Path) -> None:
+    """``--handler hooks:on_paid`` run where hooks.py is: "No module named 'hooks'" (exit
+    2) unless the user knew to set PYTHONPATH."""
+    (tmp_path / "hooks.py").write_text("async def on_paid(notification):\n    print('granted')\n")
+    url = str(tmp_path / "journal.sqlite3")
+    anyio.run(fill, url)
+    script = Path(sys.executable).with_name("orderfsm")  # not -m: it puts "" on the path
+    command = [str(script), "webhooks", "replay", "--store", url]
+    command += ["--secret", SECRET, "--order", "3", "--handler", "hooks:on_paid"]
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    ran = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    assert "granted" in ran.stdout and "replayed 1 of 1" in ran.stderr
+
+
 def test_a_handler_of_the_wrong_kind_is_a_start_up_problem() -> None:
     """An ``async def`` as ``--transactional`` would never run, its 204 granting nothing.
     Refused before anything listens."""

@@ -22,6 +22,8 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 from orderfsm.cli import options
@@ -161,6 +163,10 @@ def load(spec: str) -> Any:
     module_name, sep, name = spec.partition(":")
     if not sep or not module_name or not name:
         raise StartupFailed(f"{spec!r}: write MODULE:NAME, e.g. myapp.hooks:on_notification")
+    if os.getcwd() not in sys.path:
+        # As uvicorn and gunicorn do: `--handler hooks:on_paid` beside hooks.py works
+        # (the orderfsm script's own directory is on the path, the current one not).
+        sys.path.insert(0, os.getcwd())
     try:
         found: Any = importlib.import_module(module_name)
         for part in name.split("."):
