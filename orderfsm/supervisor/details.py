@@ -113,7 +113,11 @@ class FetchesDetails:
                     details_error = exc
                     break
                 except Exception as exc:  # a bug (ours, or an app's HttpClient): no details
-                    logger.exception("order %s: fetching its details failed", order.order_id)
+                    logger.exception(
+                        "order %s: fetching its details failed",
+                        order.order_id,
+                        extra={"event": "details.failed", "order_id": order.order_id},
+                    )
                     details_error = TransportError(f"fetching the details failed: {exc!r}")
                     break
                 else:

@@ -57,7 +57,11 @@ class FollowsJournal:
         try:
             changes = await self.log.catch_up(dict.fromkeys(order_ids, 0))
         except OrderFsmError as exc:
-            logger.info("journal unavailable (reading resumed orders' past): %s", exc)
+            logger.info(
+                "journal unavailable (reading resumed orders' past): %s",
+                exc,
+                extra={"event": "journal.unavailable", "doing": "reading the past"},
+            )
             return {}
         past: dict[int, list[ChangeRow]] = {}
         for change in changes:
@@ -133,14 +137,18 @@ class FollowsJournal:
     async def _pause(self, delay: float, what: str, exc: OrderFsmError) -> float:
         """Wait out a failure: logged at its first pause; the next pause, doubled."""
         if delay == BACKOFF_MIN:
-            logger.warning("%s: %s", what, exc)
+            logger.warning(
+                "%s: %s", what, exc, extra={"event": "journal.unavailable", "doing": what}
+            )
         await anyio.sleep(delay)
         return min(2 * delay, self.backstop)
 
     @staticmethod
     def _back(delay: float) -> float:
         if delay != BACKOFF_MIN:
-            logger.info("journal wake-ups back")
+            logger.info(
+                "journal wake-ups back", extra={"event": "journal.back", "doing": "wake-ups"}
+            )
         return BACKOFF_MIN
 
     async def _catch_up(self, orders: Iterable[int]) -> None:
@@ -152,7 +160,11 @@ class FollowsJournal:
                     "catch-up", functools.partial(self.log.catch_up, cursors)
                 )
             except JournalValueRefused as exc:  # a read: never expected; the backstop reads again
-                logger.error("the journal refused to read orders' past: %s", exc)
+                logger.error(
+                    "the journal refused to read orders' past: %s",
+                    exc,
+                    extra={"event": "journal.refused", "doing": "reading the past"},
+                )
                 return
             await in_slices(changes, functools.partial(self._apply, whole=True))
 

@@ -61,7 +61,11 @@ class HoldsLeases:
                     [o.order_id for o in live] + list(self._lapsed_calls), self.lease
                 )
             except OrderFsmError as exc:
-                logger.warning("journal unavailable (leases): %s", exc)
+                logger.warning(
+                    "journal unavailable (leases): %s",
+                    exc,
+                    extra={"event": "journal.unavailable", "doing": "leases"},
+                )
                 held = None
             for order in live:
                 # Without the journal an instance follows its own orders itself: news
@@ -86,7 +90,11 @@ class HoldsLeases:
             try:
                 await self.log.want(live)
             except OrderFsmError as exc:
-                logger.warning("journal unavailable (marking orders tracked): %s", exc)
+                logger.warning(
+                    "journal unavailable (marking orders tracked): %s",
+                    exc,
+                    extra={"event": "journal.unavailable", "doing": "marking orders tracked"},
+                )
 
     async def _adopt_orphans(self) -> None:
         """Take over the orders whose owner is gone and that no instance following them
@@ -103,7 +111,11 @@ class HoldsLeases:
             try:
                 rows = await self.log.adopt(self.lease, ADOPT_PAGE)
             except OrderFsmError as exc:
-                logger.warning("journal unavailable (adopting orders): %s", exc)
+                logger.warning(
+                    "journal unavailable (adopting orders): %s",
+                    exc,
+                    extra={"event": "journal.unavailable", "doing": "adopting orders"},
+                )
                 continue
             if rows:
                 logger.info(

@@ -78,7 +78,11 @@ class WritesJournal:
                 self._flushed = anyio.Event()
                 await self._flushed.wait()
             return True
-        logger.warning("closing with %d journal writes not done", len(self._notes))
+        logger.warning(
+            "closing with %d journal writes not done",
+            len(self._notes),
+            extra={"event": "fleet.writes_not_done", "count": len(self._notes)},
+        )
         return False
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
@@ -94,13 +98,20 @@ class WritesJournal:
                 raise
             except OrderFsmError as exc:
                 if self.up:
-                    logger.warning("journal unavailable (%s): %s", what, exc)
+                    logger.warning(
+                        "journal unavailable (%s): %s",
+                        what,
+                        exc,
+                        extra={"event": "journal.unavailable", "doing": what},
+                    )
                 self.up = False
                 await anyio.sleep(delay)
                 delay = min(2 * delay, BACKOFF_MAX)
                 continue
             if not self.up:
-                logger.info("journal back (%s)", what)
+                logger.info(
+                    "journal back (%s)", what, extra={"event": "journal.back", "doing": what}
+                )
             self.up = True
             return result
 

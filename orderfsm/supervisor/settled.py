@@ -171,7 +171,12 @@ class CallsOnSettled:
                         await self._tell(event.order_id)
                         return
             except OrderFsmError as exc:
-                logger.warning("on_settled for order %s waits: %s", event.order_id, exc)
+                logger.warning(
+                    "on_settled for order %s waits: %s",
+                    event.order_id,
+                    exc,
+                    extra={"event": "settled.waits", "order_id": event.order_id},
+                )
             await anyio.sleep(delay)
             delay = min(2 * delay, SETTLED_RETRY_MAX)
 
@@ -181,7 +186,12 @@ class CallsOnSettled:
         try:
             await self.settled_log.tell(order_id)
         except OrderFsmError as exc:
-            logger.warning("on_settled's mark for order %s waits for the sweep: %s", order_id, exc)
+            logger.warning(
+                "on_settled's mark for order %s waits for the sweep: %s",
+                order_id,
+                exc,
+                extra={"event": "settled.waits", "order_id": order_id},
+            )
 
     def _recorded(self, event: Settled) -> None:
         """An expired order's call is recorded: now nobody needs to resume it."""
@@ -205,7 +215,11 @@ class CallsOnSettled:
                 try:
                     transactional(event, connection)
                 except Exception as exc:
-                    logger.exception("on_settled_transactional failed for %s", event)
+                    logger.exception(
+                        "on_settled_transactional failed for %s",
+                        event,
+                        extra={"event": "settled.failed", "order_id": event.order_id},
+                    )
                     return Answer(500), repr(exc)
                 return Answer(204), None
 
@@ -223,7 +237,11 @@ class CallsOnSettled:
             try:
                 await self.on_settled(event)
             except Exception as exc:
-                logger.exception("on_settled failed for %s", event)
+                logger.exception(
+                    "on_settled failed for %s",
+                    event,
+                    extra={"event": "settled.failed", "order_id": event.order_id},
+                )
                 await self._answer(taken, Answer(500), repr(exc), busy)
                 return False
             except BaseException:  # cancelled (the tracker closes): free the key at once
@@ -255,7 +273,11 @@ class CallsOnSettled:
             try:
                 found, after = await self.settled_log.owed(after or 0, SWEEP_PAGE)
             except OrderFsmError as exc:
-                logger.warning("journal unavailable (settled sweep): %s", exc)
+                logger.warning(
+                    "journal unavailable (settled sweep): %s",
+                    exc,
+                    extra={"event": "journal.unavailable", "doing": "settled sweep"},
+                )
                 found, starting = [], False
             for order_id, status, until, succeeded, later in found:
                 self._settled.append(Settled(order_id, status, until, succeeded, later))

@@ -97,7 +97,11 @@ class TakesOverOrders:
         except OrderFsmError as exc:
             # A database failing over during a deploy must not stop the app from
             # starting: the adopter's next looks take what this start could not.
-            logger.warning("journal unavailable (taking over orders at start): %s", exc)
+            logger.warning(
+                "journal unavailable (taking over orders at start): %s",
+                exc,
+                extra={"event": "journal.unavailable", "doing": "taking over at start"},
+            )
 
     def _adopt(self, rows: list[OrderRow]) -> None:
         """Orders whose owner is gone, their leases already taken here: followed as a
@@ -138,4 +142,10 @@ class TakesOverOrders:
             except ValueError as exc:  # no token for it here: another instance may have one
                 taken_over.discard(row.order_id)
                 fleet.forget(row.order_id)
-                logger.warning("not %s order %s: %s", doing, row.order_id, exc)
+                logger.warning(
+                    "not %s order %s: %s",
+                    doing,
+                    row.order_id,
+                    exc,
+                    extra={"event": "resume.failed", "order_id": row.order_id},
+                )

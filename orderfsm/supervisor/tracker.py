@@ -157,7 +157,8 @@ class Tracker(TrackerLifetime, TakesOverOrders, KeepsEarlyNews):
         if set(transports) <= {WEBHOOK} and not extra and self.until is Status.DONE:
             logger.warning(
                 "no webhook says 'done' and no other transport is given: orders end at the "
-                "deadline unless observe() brings 'done'; did you mean until='paid'?"
+                "deadline unless observe() brings 'done'; did you mean until='paid'?",
+                extra={"event": "tracker.no_done_source"},
             )
         self.not_found_grace = not_found_grace
         self._sleep_clock = sleep_clock or default_sleep_clock()
