@@ -113,11 +113,20 @@ def hold_sqlite_slot(path: str) -> tuple[str, IO[bytes]] | None:
         except ImportError:  # Windows: no flock; a name of its own per tracker
             return None
         except OSError as exc:
-            logger.warning("no instance slot beside %s: %s", path, exc)
+            logger.warning(
+                "no instance slot beside %s: %s",
+                path,
+                exc,
+                extra={"event": "fleet.name_slot_failed"},
+            )
             return None
         if handle is not None:
             return f"{SLOT_PREFIX}{slot}", handle
-    logger.warning("every instance slot of %s is held: a new name for this tracker", path)
+    logger.warning(
+        "every instance slot of %s is held: a new name for this tracker",
+        path,
+        extra={"event": "fleet.name_slots_full"},
+    )
     return None
 
 
@@ -159,7 +168,11 @@ async def hold_name(lock: NameLock, name: str, within: float) -> None:
         try:
             if await anyio.to_thread.run_sync(lock.take):
                 if told:
-                    logger.info("instance name %r freed and held here", name)
+                    logger.info(
+                        "instance name %r freed and held here",
+                        name,
+                        extra={"event": "fleet.name_held", "instance": name},
+                    )
                 return
         except JournalUnavailable as exc:
             logger.warning(
@@ -167,6 +180,7 @@ async def hold_name(lock: NameLock, name: str, within: float) -> None:
                 " all the same",
                 name,
                 exc,
+                extra={"event": "fleet.name_unchecked", "instance": name},
             )
             return
         left = deadline - anyio.current_time()
@@ -204,6 +218,7 @@ def name_lock(journal: Journal, name: str, sessions: bool) -> NameLock | None:
             "instance name %r is not checked for another live holder: a session lock"
             " cannot be held through PgBouncer's transaction pooling (journal_poll)",
             name,
+            extra={"event": "fleet.name_unchecked", "instance": name},
         )
     return None
 

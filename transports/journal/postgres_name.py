@@ -150,7 +150,11 @@ class PostgresNameLock:
             except JournalUnavailable:
                 taken = None  # the database is still away
             if taken:
-                logger.info("instance name %r held again", self.name)
+                logger.info(
+                    "instance name %r held again",
+                    self.name,
+                    extra={"event": "fleet.name_held", "instance": self.name},
+                )
                 return
             if taken is False and not told:
                 told = True

@@ -243,6 +243,10 @@ class PostgresPools:
                     if pool is not None:
                         pool.check()
             except Exception:
-                logger.debug("checking the pool after a failure failed", exc_info=True)
+                logger.debug(
+                    "checking the pool after a failure failed",
+                    exc_info=True,
+                    extra={"event": "journal.pool_check_failed"},
+                )
             finally:
                 self._checking.release()

@@ -130,14 +130,23 @@ class Renewer:
                 self._renewed(key, attempt, held)
             if trouble is None:
                 if failing:
-                    logger.warning("running claims are renewed again")
+                    logger.warning(
+                        "running claims are renewed again",
+                        extra={"event": "journal.back", "doing": "renewing claims"},
+                    )
                 delay, retry, failing = 0.0, self._retry[0], False
                 continue
             if not isinstance(trouble, JournalError):  # a bug: tried again all the same
-                logger.error("renewing a running claim failed; it is tried again", exc_info=trouble)
+                logger.error(
+                    "renewing a running claim failed; it is tried again",
+                    exc_info=trouble,
+                    extra={"event": "journal.renew_failed"},
+                )
             elif not failing:
                 logger.warning(
-                    "running claims are not renewed yet (tried again until they are): %s", trouble
+                    "running claims are not renewed yet (tried again until they are): %s",
+                    trouble,
+                    extra={"event": "journal.unavailable", "doing": "renewing claims"},
                 )
             failing = True  # the claims that failed are still due: tried again after the pause
             delay, retry = retry, min(2 * retry, self._retry[1])
@@ -152,4 +161,9 @@ class Renewer:
                 return
         # Answered meanwhile (its drop not yet made), or taken over: then its answer
         # is fenced when recorded, and that is logged there.  Not a warning.
-        logger.info("attempt %d of %s is no longer running: not renewed", attempt, key)
+        logger.info(
+            "attempt %d of %s is no longer running: not renewed",
+            attempt,
+            key,
+            extra={"event": "journal.claim_lost", "key": key},
+        )
