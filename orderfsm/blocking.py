@@ -11,7 +11,7 @@ News reaches the caller on the caller's side, never on the loop's thread:
   thread: the one that calls :meth:`Tracker.dispatch` (a GUI loop's timer), or
   one blocked in ``wait`` / ``changes`` meanwhile;
 * ``Tracker(queue=q)`` puts every change into ``q`` for the app to drain; a
-  bounded ``q`` that is full holds nothing back (see :class:`_QueueFeeder`).
+  bounded ``q`` that is full holds nothing back (see :class:`~orderfsm.queue_feeder.QueueFeeder`).
 
 ``close()`` (or leaving ``with``) stops every task, socket and thread it started.
 """
@@ -19,8 +19,6 @@ News reaches the caller on the caller's side, never on the loop's thread:
 from __future__ import annotations
 
 import collections
-import logging
-import queue as queues
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,19 +35,13 @@ import attrs
 from orderfsm.callables import is_async
 from orderfsm.core import Observation, Status
 from orderfsm.errors import OrderFsmError, TrackerClosed
-from orderfsm.supervisor.records import Change, FinalResult, StatusChange
+from orderfsm.queue_feeder import AppQueue, QueueFeeder
+from orderfsm.supervisor.records import Change, FinalResult
 from orderfsm.supervisor.tracker import Tracker as AsyncTracker
 
 T = TypeVar("T")
 
 ChangeCallback = Callable[[Change], None]
-AppQueue = queues.Queue[Change] | queues.SimpleQueue[Change]
-
-logger = logging.getLogger("orderfsm")
-
-FEED_RETRY = 0.05
-"""Seconds a put into a full queue waits before the feeder looks whether it must stop:
-how much longer ``close()`` takes while the application's queue stays full."""
 
 
 class WaitTimeout(OrderFsmError, TimeoutError):
@@ -70,81 +62,6 @@ def _sync_token(token: Callable[[], str]) -> Callable[[], Any]:
         return await anyio.to_thread.run_sync(token)
 
     return provider
-
-
-class _QueueFeeder:
-    """Puts changes into the application's queue, in order, never dropping one for a
-    full queue and never making the tracker's loop wait for the application.
-
-    Blocking the loop until the application drains (backpressure on the loop) would
-    stall every order's sockets, polls and journal leases, and deadlock an
-    application that drains in the thread that calls the tracker; dropping (or
-    raising ``queue.Full`` into the loop, which took the change from ``on_change``
-    too) would lose a final status.  So a change that does not fit waits here, and
-    a thread of the feeder's own puts it, and those after it, as room appears: the
-    queue's bound is how much the application holds at once, not what it is told.
-    The thread runs only while changes wait.  What still waits when the tracker
-    closes has nobody left to drain it: it is logged, not waited for.
-    """
-
-    def __init__(self, queue: AppQueue) -> None:
-        self.queue = queue
-        self._held: collections.deque[Change] = collections.deque()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._stopping = False
-
-    def put(self, change: Change) -> None:
-        """On the tracker's thread: into the queue now if it fits and nothing waits
-        before it, else held for the feeder's thread.  Never blocks."""
-        with self._lock:
-            if not self._held:
-                try:
-                    self.queue.put_nowait(change)
-                    return
-                except queues.Full:
-                    pass
-            self._held.append(change)
-            if self._thread is None and not self._stopping:
-                self._thread = threading.Thread(
-                    target=self._feed, name="orderfsm-queue-feeder", daemon=True
-                )
-                self._thread.start()
-
-    def _feed(self) -> None:
-        while True:
-            with self._lock:
-                if not self._held or self._stopping:
-                    self._thread = None
-                    return
-                change = self._held[0]  # only this thread takes from the left
-            try:
-                self.queue.put(change, timeout=FEED_RETRY)
-            except queues.Full:
-                continue
-            with self._lock:
-                self._held.popleft()
-
-    def stop(self) -> None:
-        """The tracker closed (no more ``put``): end the thread; log what it held."""
-        with self._lock:
-            self._stopping = True
-            thread = self._thread
-        if thread is not None:
-            thread.join()
-        if self._held:
-            logger.warning(
-                "the tracker closed with %d changes its queue never had room for: %s",
-                len(self._held),
-                ", ".join(map(_told, self._held)),
-                extra={"event": "queue.undelivered", "count": len(self._held)},
-            )
-
-
-def _told(change: Change) -> str:
-    if isinstance(change, StatusChange):
-        return f"order {change.order_id}: {change.status}"
-    return f"order {change.order_id}: conflict ({change.observed})"
 
 
 class Tracker:
@@ -172,7 +89,7 @@ class Tracker:
             raise ValueError("on_report runs on the tracker's thread: not offered here")
         self.on_change = on_change
         self.queue = queue
-        self._feeder = None if queue is None else _QueueFeeder(queue)
+        self._feeder = None if queue is None else QueueFeeder(queue)
         self._news = threading.Condition()
         self._pending: collections.deque[Change] = collections.deque()
         self._dispatching = threading.local()
