@@ -3,11 +3,13 @@
 prints it and never returns (the test SIGKILLs it mid-call).
 
 ``python tests/settled_app.py JOURNAL [--hang] [--track ORDER] [--observe STATUS] [--grace S]
-[--no-handler] [--backend B]``: ``--track`` follows the order live (its calls then come
-from what this process applies, not only the sweep); ``--observe``, the order settles
+[--no-handler] [--watch] [--backend B]``: ``--track`` follows the order live (its calls then
+come from what this process applies, not only the sweep); ``--observe``, the order settles
 at once here: STATUS is observed just before the track (an in-process webhook that
 beat the app's call); ``--grace``, an expired order's grace in seconds;
-``--no-handler``, an instance of a mixed fleet that has no ``on_settled``.  Prints
+``--no-handler``, an instance of a mixed fleet that has no ``on_settled``; ``--watch``,
+the tracked order's changes are printed as its ``watch()`` gives them (``CHANGE ORDER
+STATUS``), then ``SETTLED ORDER`` when it ends.  Prints
 ``READY`` once running, and ``SWEPT COUNT TIME`` as its sweep reads pages (so a test
 can tell that it judged the journal again after some moment).
 """
@@ -43,6 +45,12 @@ async def report_sweeps(tracker: Tracker) -> None:
         await anyio.sleep(0.05)
 
 
+async def report_changes(tracker: Tracker, order_id: int) -> None:
+    async for change in tracker.watch(order_id):
+        print("CHANGE", order_id, getattr(change, "status", change), flush=True)
+    print("SETTLED", order_id, flush=True)
+
+
 async def main(
     journal: str,
     hang: bool,
@@ -50,6 +58,7 @@ async def main(
     observe: Status | None,
     grace: float,
     handler: bool,
+    watch: bool,
 ) -> None:
     async def on_settled(event: Settled) -> None:
         print("CALLED", event.order_id, event.status.value, event.later, flush=True)
@@ -74,6 +83,8 @@ async def main(
             if observe is not None:
                 tracker.observe(Observation(track, observe, "webhook", anyio.current_time()))
             tracker.track(track)
+            if watch:
+                tasks.start_soon(report_changes, tracker, track)
         tasks.start_soon(report_sweeps, tracker)
         print("READY", flush=True)
         await anyio.sleep_forever()
@@ -87,6 +98,7 @@ if __name__ == "__main__":
     parser.add_argument("--observe", type=Status)
     parser.add_argument("--grace", type=float, default=600.0)
     parser.add_argument("--no-handler", action="store_true")
+    parser.add_argument("--watch", action="store_true")
     parser.add_argument("--backend", default="asyncio")
     args = parser.parse_args()
     anyio.run(
@@ -97,5 +109,6 @@ if __name__ == "__main__":
         args.observe,
         args.grace,
         not args.no_handler,
+        args.watch,
         backend=args.backend,
     )

@@ -341,7 +341,7 @@ def test_pruning_forgets_what_is_older_than_the_retention(backend: str, tmp_path
         assert isinstance(young, Taken) and isinstance(held, Taken)
         journal.settle(young, OK, None, BUSY)
         clock.now += 60
-        assert journal.prune() == (2, 2)  # 1 (answered) and 2 (lease long gone), with deliveries
+        assert journal.prune() == (2, 2, 0)  # 1 (answered) and 2 (lease long gone), with deliveries
         assert sorted(journal.claims(["order_paid:1", "order_paid:2", "order_paid:3"])) == [
             "order_paid:3"
         ]
@@ -370,7 +370,7 @@ def test_sqlite_prunes_in_small_transactions_and_forgets_everything_old(
         assert isinstance(young, Taken)
         journal.settle(young, OK, None, BUSY)
         clock.now += 60
-        assert journal.prune() == (5, 5)
+        assert journal.prune() == (5, 5, 0)
         assert [d.order_id for d in journal.deliveries()] == [9]
         assert sorted(journal.claims([f"order_paid:{i}" for i in (1, 2, 3, 4, 5, 9)])) == [
             "order_paid:9"

@@ -95,7 +95,7 @@ def add_store_options(parser: argparse.ArgumentParser, *, required: bool = False
         type=options.positive_seconds,
         default=14.0,
         metavar="DAYS",
-        help="how long claims and deliveries are kept",
+        help="how long claims, deliveries and order changes are kept",
     )
 
 

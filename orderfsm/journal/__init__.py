@@ -44,6 +44,7 @@ from orderfsm.journal.records import (
     DeliveryFilter,
     NewDelivery,
     Outcome,
+    Pruned,
 )
 from orderfsm.journal.schema import SCHEMA_VERSION, Migrate, schema_plan
 
@@ -62,6 +63,7 @@ __all__ = [
     "NewDelivery",
     "Outcome",
     "PostgresConfig",
+    "Pruned",
     "ReplayPlan",
     "Reply",
     "SqliteConfig",

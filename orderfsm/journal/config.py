@@ -127,7 +127,9 @@ class JournalSettings:
     """How long a delivery waits for a busy key or a locked database before
     answering 5xx: under Xsolla's 3 s, so a wait never turns into a timeout."""
     retention: float = 14 * DAY
-    """How long claims and deliveries are kept: far past Xsolla's 12 h of retries."""
+    """How long claims, deliveries and the fleet's order changes are kept: far past
+    Xsolla's 12 h of retries (an order's latest change, and one whose ``on_settled``
+    call is still owed, are kept longer: :func:`~orderfsm.journal.orders.change_prunable`)."""
     prune_every: float = 3600.0
     """How often expired rows are deleted (in a background thread)."""
     pool_size: int = 8

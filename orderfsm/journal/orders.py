@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import attrs
 
-from orderfsm.core import Advanced, Observation, Status, Verdict, apply, verdict
+from orderfsm.core import GOALS, Advanced, Observation, Status, Verdict, apply, verdict
 
 SLOT_PREFIX = "sqlite-slot-"
 """The names of the SQLite file's slots (:mod:`transports.journal.instance`): never a
@@ -144,3 +144,34 @@ def settled_call(
 def settled_key(order_id: int, status: Status) -> str:
     """The claim key of the durable settled handler's call for one order and status."""
     return f"settled:{order_id}:{status.value}"
+
+
+def calls_on_settled(previous: Status | None, status: Status) -> bool:
+    """Whether the change ``previous -> status`` makes an ``on_settled`` call for either goal:
+    an order's goal may still move (``paid`` to ``done``, the strictest a track asks), so
+    a change that calls nothing for the goal its row has now may call for the next."""
+    return any(settled_call(previous, status, goal) is not None for goal in GOALS)
+
+
+def change_prunable(
+    change: ChangeRow, cutoff: float, latest: int, tracked: bool, told: int
+) -> bool:
+    """May the retention delete this change?  ``latest``: its order's version now;
+    ``tracked``: an instance ever tracked the order; ``told``: the order's
+    ``settled_told``, the version up to which its ``on_settled`` calls are recorded.
+
+    Only a change older than ``cutoff`` goes, and never
+
+    * its order's latest: a follower that missed the changes before it (away longer
+      than the retention) still finds one past its cursor, and applies it as the end
+      of a hole, so it reaches the order's current status and announces it once;
+      and SQLite's last ``seq`` stays, which it would give again otherwise (a new
+      rowid is the largest + 1), to a change a follower's mark is already past;
+    * one whose ``on_settled`` call may still be owed, however old: the sweep stops
+      the order's mark before it and reads it there; deleted, the call would be told
+      without being made.  Nobody is owed a call for an order nobody tracked.
+    """
+    if change.at >= cutoff or change.version >= latest:
+        return False
+    owed = tracked and change.version > told and calls_on_settled(change.previous, change.status)
+    return not owed

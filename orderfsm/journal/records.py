@@ -10,6 +10,7 @@ of it.
 from __future__ import annotations
 
 import enum
+from typing import NamedTuple
 
 import attrs
 
@@ -135,3 +136,12 @@ class DeliveryFilter:
     since: float | None = None
     until: float | None = None
     limit: int = 100
+
+
+class Pruned(NamedTuple):
+    """What one prune deleted."""
+
+    claims: int
+    deliveries: int
+    changes: int
+    """Of the fleet tracker's change log (SQLite and PostgreSQL only)."""

@@ -170,8 +170,9 @@ class FollowsJournal:
 
     def _apply(self, changes: Sequence[ChangeRow], *, whole: bool = False) -> None:
         """``whole``: read from each order's cursor on (a catch-up, a resumed order's
-        past), so a hole in its versions is a hole in the log itself (rows deleted by
-        hand, a restored backup), gone for good: applied, not caught up again forever."""
+        past), so a hole in its versions is a hole in the log itself (the retention's, rows
+        deleted by hand, a restored backup), gone for good: applied, not caught up again
+        forever."""
         now = anyio.current_time()
         cursors = self.cursors
         behind: dict[int, None] = {}

@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Generator, Sequence
+from typing import cast
 
 from orderfsm.errors import JournalClosed, JournalError, JournalRefused, JournalUnavailable
 from orderfsm.journal import (
@@ -28,6 +29,7 @@ from orderfsm.journal import (
     JournalSettings,
     NewDelivery,
     Outcome,
+    Pruned,
     Reply,
     TryAgain,
     Wait,
@@ -36,7 +38,16 @@ from orderfsm.journal import (
     prune_cutoff,
     prune_due,
 )
-from transports.journal.base import Batches, Claimed, ClaimRequest, SettleRequest, Store, Work
+from transports.journal.base import (
+    Batches,
+    Claimed,
+    ClaimRequest,
+    SettleRequest,
+    SqlStore,
+    Store,
+    Work,
+)
+from transports.journal.change_prune import ChangesPass
 from transports.journal.orders import Note
 from transports.journal.renewer import Renewer
 from transports.journal.steps import Ran, Taken, decided_by, drive
@@ -332,10 +343,12 @@ class SyncJournal:
         self.open()
         return self.store.reopen(key, attempt, self._deadline())
 
-    def prune(self) -> tuple[int, int]:
-        """Delete what is older than the retention now; returns (claims, deliveries) deleted.
+    def prune(self) -> Pruned:
+        """Delete what is older than the retention now: claims, deliveries and, on SQLite
+        and PostgreSQL, the fleet tracker's changes (:mod:`~transports.journal.change_prune`).
 
-        In rounds of :data:`PRUNE_ROUND` until one finds nothing left: however long
+        In rounds of :data:`PRUNE_ROUND` (the claims and deliveries, then the changes)
+        until one finds nothing left: however long
         that takes (an hour of a busy fleet's deliveries, millions of rows, takes
         minutes), so the hourly prune keeps up with what comes in; between rounds it
         stops if the journal is closing (the rest goes at the next start)."""
@@ -343,12 +356,18 @@ class SyncJournal:
         now = self.clock()
         self._last_pruned = now
         cutoff = prune_cutoff(now, self.settings.retention)
+        changes = None
+        if self.store.kind in ("sqlite", "postgresql"):  # the stores with the orders' tables
+            changes = ChangesPass(cast(SqlStore, self.store), cutoff, now)
         claims = deliveries = 0
         while True:
             more = self.store.prune(cutoff, time.monotonic() + PRUNE_ROUND)
             claims, deliveries = claims + more[0], deliveries + more[1]
-            if more == (0, 0) or self._closed:
-                return claims, deliveries
+            if changes is not None and not self._closed:
+                changes.run(time.monotonic() + PRUNE_ROUND)
+            done = more == (0, 0) and (changes is None or changes.done)
+            if done or self._closed:
+                return Pruned(claims, deliveries, 0 if changes is None else changes.pruned)
 
     def _maybe_prune(self) -> None:
         """Start a background prune when one is due; never on the answer's path."""
@@ -361,9 +380,9 @@ class SyncJournal:
 
         def prune() -> None:
             try:
-                claims, deliveries = self.prune()
-                if claims or deliveries:
-                    logger.info("pruned %d claims and %d deliveries", claims, deliveries)
+                pruned = self.prune()
+                if any(pruned):
+                    logger.info("pruned %d claims, %d deliveries and %d order changes", *pruned)
             except Exception as exc:
                 if not (isinstance(exc, JournalClosed) and self._closed):  # closed mid-round
                     logger.exception("pruning the journal failed; it is tried again later")

@@ -29,6 +29,7 @@ from orderfsm.journal import (
     DeliveryFilter,
     JournalSettings,
     NewDelivery,
+    Pruned,
     Reply,
 )
 from transports.journal.base import (
@@ -203,7 +204,7 @@ class Journal:
     async def reopen(self, key: str, attempt: int) -> bool:
         return await self._call(self.sync.reopen, key, attempt)
 
-    async def prune(self) -> tuple[int, int]:
+    async def prune(self) -> Pruned:
         return await self._call(self.sync.prune)
 
 

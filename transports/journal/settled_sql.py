@@ -8,7 +8,9 @@ only for the few changes past that mark: claims are pruned after the
 journal's retention, the orders table never is, so a call made long ago is
 never judged owed again (review bug 8), and the sweep needs no time window
 (bug 9).  The mark moves only over calls recorded in order, so a delivery
-whose call was lost is still owed after its refund's call (bug 1).
+whose call was lost is still owed after its refund's call (bug 1).  The changes
+past the mark that may call are kept by the retention whatever their age
+(:mod:`~transports.journal.change_prune`): the sweep reads them.
 
 A claim answered above the mark and then pruned would be owed again; it cannot
 last that long: calls are made in order (so an answered claim sits above an

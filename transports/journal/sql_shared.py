@@ -108,23 +108,17 @@ refuses at once (stopped, its connections all taken) is not asked again and agai
 for the rest of the round, from a thread beside the deliveries."""
 
 
-def prune_in_chunks(
-    chunk: Callable[[float], tuple[int, int]], deadline: float, size: int = PRUNE_CHUNK
-) -> tuple[int, int]:
-    """A prune of both SQL stores: ``chunk(its deadline)`` deletes at most ``size`` old
-    rows of each table in a transaction of its own, again until neither table gives
-    ``size`` or ``deadline`` is past (what is left goes at the next round).  An hour of
-    deliveries deleted at once held SQLite's write lock, every process's claims and
-    answers, for over a second, and on PostgreSQL ran past the statement timeout from
-    about 2M rows: cancelled, every hour again, while the tables grew until the disk
-    was full."""
-    claims = deliveries = 0
+def in_chunks(chunk: Callable[[float], bool], deadline: float) -> None:
+    """``chunk(its deadline)``, a transaction of its own, again while it says more is left
+    and ``deadline`` is not past (what is left goes at the next round).  A chunk the
+    database refuses is tried again after a pause (:data:`PRUNE_PAUSES`), until the
+    deadline, which then raises the refusal."""
     pause, longest = PRUNE_PAUSES
     while True:
         # Each chunk waits as a delivery would, not the whole prune's time: a SQLite
         # batch it shares is led by a delivery's thread, which waits for it.
         try:
-            more_claims, more_deliveries = chunk(min(deadline, time.monotonic() + PRUNE_CHUNK_WAIT))
+            more = chunk(min(deadline, time.monotonic() + PRUNE_CHUNK_WAIT))
         except JournalUnavailable:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -132,9 +126,30 @@ def prune_in_chunks(
             time.sleep(min(pause, left))
             pause = min(2 * pause, longest)
             continue
+        if not more or time.monotonic() > deadline:
+            return
+
+
+def prune_in_chunks(
+    chunk: Callable[[float], tuple[int, int]], deadline: float, size: int = PRUNE_CHUNK
+) -> tuple[int, int]:
+    """A prune of both SQL stores: ``chunk(its deadline)`` deletes at most ``size`` old
+    rows of each table in a transaction of its own, again until neither table gives
+    ``size`` or ``deadline`` is past (:func:`in_chunks`).  An hour of
+    deliveries deleted at once held SQLite's write lock, every process's claims and
+    answers, for over a second, and on PostgreSQL ran past the statement timeout from
+    about 2M rows: cancelled, every hour again, while the tables grew until the disk
+    was full."""
+    claims = deliveries = 0
+
+    def step(until: float) -> bool:
+        nonlocal claims, deliveries
+        more_claims, more_deliveries = chunk(until)
         claims, deliveries = claims + more_claims, deliveries + more_deliveries
-        if max(more_claims, more_deliveries) < size or time.monotonic() > deadline:
-            return claims, deliveries
+        return max(more_claims, more_deliveries) >= size
+
+    in_chunks(step, deadline)
+    return claims, deliveries
 
 
 RENEW_CLAIM = (
