@@ -221,7 +221,11 @@ class SyncJournal:
                 except JournalError as exc:
                     # Only this delivery's record: a 5xx here would turn a handled
                     # notification into a retry, and a busy one is answered 5xx anyway.
-                    logger.warning("a duplicate's record was not written: %s", exc)
+                    logger.warning(
+                        "a duplicate's record was not written: %s",
+                        exc,
+                        extra={"event": "journal.record_lost", "key": key},
+                    )
                 return Reply(answer)
             assert isinstance(verdict, Wait)
             yield verdict.delay
@@ -264,7 +268,12 @@ class SyncJournal:
             except JournalUnavailable as exc:
                 if self.clock() + delay >= give_up:
                     raise
-                logger.warning("the answer to %s waits for the journal: %s", taken.key, exc)
+                logger.warning(
+                    "the answer to %s waits for the journal: %s",
+                    taken.key,
+                    exc,
+                    extra={"event": "journal.unavailable", "doing": "recording an answer"},
+                )
             yield delay
             delay = min(2 * delay, ANSWER_RETRY[1])
 
@@ -282,7 +291,10 @@ class SyncJournal:
         if recorded or taken.key is None:
             return answer
         logger.warning(
-            "attempt %d of %s was taken over before it answered", taken.attempt, taken.key
+            "attempt %d of %s was taken over before it answered",
+            taken.attempt,
+            taken.key,
+            extra={"event": "journal.fenced", "key": taken.key},
         )
         verdict = after_fencing(self.store.read_claim(taken.key, self._deadline()))
         final = verdict.answer if isinstance(verdict, Reply) else busy
@@ -382,10 +394,17 @@ class SyncJournal:
             try:
                 pruned = self.prune()
                 if any(pruned):
-                    logger.info("pruned %d claims, %d deliveries and %d order changes", *pruned)
+                    logger.info(
+                        "pruned %d claims, %d deliveries and %d order changes",
+                        *pruned,
+                        extra={"event": "journal.pruned"},
+                    )
             except Exception as exc:
                 if not (isinstance(exc, JournalClosed) and self._closed):  # closed mid-round
-                    logger.exception("pruning the journal failed; it is tried again later")
+                    logger.exception(
+                        "pruning the journal failed; it is tried again later",
+                        extra={"event": "journal.prune_failed"},
+                    )
 
         self._pruner = threading.Thread(target=prune, name="orderfsm-journal-prune", daemon=True)
         self._pruner.start()

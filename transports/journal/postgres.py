@@ -237,7 +237,12 @@ class PostgresStore:
                 # One request's row failed on a healthy connection (its data, say):
                 # the transaction rolled back whole, so each goes alone and only that
                 # one fails; the others' answers (their handlers ran) are kept.
-                logger.warning("a batch of %d failed (%s); each goes alone", count, exc)
+                logger.warning(
+                    "a batch of %d failed (%s); each goes alone",
+                    count,
+                    exc,
+                    extra={"event": "journal.batch_split", "count": count},
+                )
                 return None
         return got
 
