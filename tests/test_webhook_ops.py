@@ -1,19 +1,24 @@
-"""Operating the webhook server: its stats and ``/metrics``, ``/healthz`` and ``/readyz``,
-a journal outage, and secrets that stay out of ``ps`` and the logs (the webhook secret
-from the environment, the database password from ``PGPASSWORD`` or ``.pgpass``)."""
+"""Operating the webhook server: its stats and ``/metrics``, ``/healthz`` and ``/readyz``
+(which needs a journal that writes, not only one that reads), a journal outage, and
+secrets that stay out of ``ps`` and the logs (the webhook secret from the environment,
+the database password from ``PGPASSWORD`` or ``.pgpass``)."""
 
 from __future__ import annotations
 
+import errno
+import itertools
 import json
 import logging
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import anyio
@@ -26,9 +31,11 @@ from support_webhook import answer_of
 
 from orderfsm.testing import eventually
 from transports.http import open_http_client
+from transports.journal import open_journal
 from transports.journal.testing import TemporaryPostgres
 from transports.webhook import (
     DELIVERY_OUTCOMES,
+    Endpoint,
     SyncWebhookReceiver,
     WebhookReceiver,
     authorization_header,
@@ -268,6 +275,183 @@ async def test_metrics_after_a_signed_a_duplicate_and_a_forged_delivery(
     assert "/healthz" not in err and "/metrics" not in err  # probes are not logged
     for leak in (SECRET, authorization_header(PAID, SECRET), "Signature 0000"):
         assert leak not in err
+
+
+# --- readiness: a journal that answers reads but cannot write ---------------------------
+
+DATABASES = itertools.count(1)
+
+
+async def error_of(ready: Endpoint) -> str | None:
+    """The 503's reason, or ``None`` when ready."""
+    answer = await ready()
+    if answer.status == 200:
+        return None
+    assert answer.status == 503
+    return str(json.loads(answer.body)["error"])
+
+
+async def test_readiness_says_no_once_postgresql_sessions_only_read() -> None:
+    """A failover that leaves the instance on a read-only server: its sessions end, the
+    pool reconnects, and every new session only reads (``default_transaction_read_only``
+    on the database here; a standby's are read-only likewise).  Every delivery was
+    answered 500 while ``/readyz`` said ready, so the load balancer kept sending them
+    here.  Now it says 503 until writes work again."""
+    server = postgres_server()  # skips without the binaries
+    import psycopg
+
+    name = f"readonly_{os.getpid()}_{next(DATABASES)}"
+    admin = psycopg.connect(server.base, autocommit=True)
+    admin.execute(f"CREATE DATABASE {name}")
+
+    def fail_over(read_only: bool) -> None:
+        setting = "SET default_transaction_read_only = on" if read_only else "RESET ALL"
+        admin.execute(f"ALTER DATABASE {name} {setting}")
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+
+    try:
+        receiver = WebhookReceiver(SECRET, store=f"{server.base.rsplit('/', 1)[0]}/{name}")
+        ready = health_endpoints(receiver)["/readyz"]
+        async with receiver:
+            before = await error_of(ready)
+            fail_over(read_only=True)
+
+            async def read_only() -> bool:  # once the pool has reconnected
+                return "read-only" in (await error_of(ready) or "")
+
+            await eventually(read_only, timeout=30, interval=0.1)
+            refused = (await receiver.handle(signed(PAID), PAID)).status
+            fail_over(read_only=False)
+
+            async def writable() -> bool:
+                return await error_of(ready) is None
+
+            await eventually(writable, timeout=30, interval=0.1)
+            retried = (await receiver.handle(signed(PAID), PAID)).status
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+    assert before is None
+    assert refused == 500  # our trouble: Xsolla retries
+    assert retried == 204
+
+
+@contextmanager
+def unwritable(path: Path) -> Iterator[None]:
+    """``path`` no longer written by this user: read-only, or for root (who writes any
+    file) immutable, which needs ``CAP_LINUX_IMMUTABLE`` and a filesystem that has the
+    flag: the test skips where it is refused."""
+    if os.geteuid() != 0:
+        path.chmod(0o444)
+        yield
+        return
+    try:
+        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+    except FileNotFoundError:
+        done = subprocess.CompletedProcess(["chattr"], 1, "", "no chattr command")
+    if done.returncode != 0:
+        pytest.skip(f"root writes any file, and making it immutable was refused: {done.stderr}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+async def test_readiness_says_no_for_a_sqlite_file_the_server_cannot_write(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    """The file is not the server's to write (another user's, made by a command run as
+    root, say), its directory is: SQLite opens it read-only without a word, so the
+    server started, answered every delivery 500 ("attempt to write a readonly
+    database") and said ready."""
+    path = tmp_path / "journal.sqlite3"
+    made = open_journal(str(path)).sync
+    made.open()
+    made.close()
+    with unwritable(path):
+        async with webhook_server(
+            *("--secret-env", "S", "--store", str(path), "--backend", anyio_backend), S=SECRET
+        ) as (process, _, url):
+            async with open_http_client() as http:
+                delivered = await http.request("POST", url, signed(PAID), PAID)
+                ready = await http.request("GET", url.removesuffix("/webhook") + "/readyz")
+            await stop(process)
+    assert delivered.status == 500
+    assert ready.status == 503, ready.body
+    assert "readonly" in json.loads(ready.body)["error"]
+
+
+@contextmanager
+def small_filesystem(size: str = "8m") -> Iterator[Path]:
+    """A tmpfs of its own, to fill.  Filling a disk needs a filesystem of the test's
+    own, so where mounting is refused (no ``CAP_SYS_ADMIN``) the test skips."""
+    folder = Path(tempfile.mkdtemp(prefix="orderfsm-disk-"))
+    try:
+        mount = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
+        mounted = subprocess.run(mount, capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        mounted = subprocess.CompletedProcess(mount, 1, "", "no mount command")
+    if mounted.returncode != 0:
+        folder.rmdir()
+        pytest.skip(f"a small filesystem to fill could not be mounted: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)
+        folder.rmdir()
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until its filesystem has no space left."""
+    with path.open("wb", buffering=0) as junk:
+        try:
+            while True:
+                junk.write(bytes(65536))
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+
+
+async def test_readiness_says_no_while_the_sqlite_journal_s_disk_is_full() -> None:
+    """A full disk answered every delivery 500 ("database or disk is full") while a read,
+    all readiness asked, still worked."""
+    with small_filesystem() as folder:
+        receiver = WebhookReceiver(SECRET, store=str(folder / "journal.sqlite3"))
+        ready = health_endpoints(receiver)["/readyz"]
+        async with receiver:
+            before = await error_of(ready)
+            fill(folder / "junk")
+            full = await error_of(ready)
+            refused = (await receiver.handle(signed(PAID), PAID)).status
+            (folder / "junk").unlink()
+            after = await error_of(ready)
+            retried = (await receiver.handle(signed(PAID), PAID)).status
+    assert before is None and after is None
+    assert full is not None and "bytes free" in full
+    assert (refused, retried) == (500, 204)
+
+
+async def test_a_writer_holding_the_sqlite_lock_leaves_readiness_ready(tmp_path: Path) -> None:
+    """Busy is not broken: another process's long write transaction holds the file's
+    lock (every instance on the host waits for it alike), so the probe does not wait
+    for it, and readiness neither fails nor flaps under load."""
+    path = tmp_path / "journal.sqlite3"
+    receiver = WebhookReceiver(SECRET, store=str(path))
+    ready = health_endpoints(receiver)["/readyz"]
+    async with receiver:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            started = time.monotonic()
+            busy = await error_of(ready)
+            took = time.monotonic() - started
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+    assert busy is None and took < 1.0
 
 
 # --- the database password --------------------------------------------------------------

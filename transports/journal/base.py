@@ -162,6 +162,11 @@ class Store(Protocol):
 
     def delivery(self, delivery_id: int, deadline: float) -> Delivery | None: ...
 
+    def ready(self, deadline: float) -> None:
+        """Raise :class:`~orderfsm.errors.JournalUnavailable` unless a delivery could be
+        recorded now: the store answers and may write (without writing: see
+        :mod:`~transports.journal.readiness`)."""
+
     def claims(self, keys: Sequence[str], deadline: float) -> dict[str, Claim]: ...
 
     def prune(self, cutoff: float, deadline: float) -> tuple[int, int]:

@@ -347,6 +347,12 @@ class SyncJournal:
         self.open()
         return self.store.delivery(delivery_id, self._deadline())
 
+    def ready(self) -> None:
+        """Raise a :class:`~orderfsm.errors.JournalError` unless a delivery could be
+        recorded now (what ``/readyz`` asks): opened, answering, and able to write."""
+        self.open(self.settings.wait)
+        self.store.ready(self._deadline())
+
     def claims(self, keys: Sequence[str]) -> dict[str, Claim]:
         self.open()
         return self.store.claims(keys, self._deadline())

@@ -198,6 +198,10 @@ class Journal:
     async def delivery(self, delivery_id: int) -> Delivery | None:
         return await self._call(self.sync.delivery, delivery_id)
 
+    async def ready(self) -> None:
+        """See :meth:`SyncJournal.ready`."""
+        await self._call(self.sync.ready)
+
     async def claims(self, keys: Sequence[str]) -> dict[str, Claim]:
         return await self._call(self.sync.claims, keys)
 

@@ -208,6 +208,9 @@ class MemoryStore:
         with self._lock:
             return self._deliveries.get(delivery_id)
 
+    def ready(self, deadline: float) -> None:
+        pass
+
     def claims(self, keys: Sequence[str], deadline: float) -> dict[str, Claim]:
         with self._lock:
             return {k: self._claims[k] for k in keys if k in self._claims}

@@ -41,6 +41,7 @@ from orderfsm.journal import (
     Outcome,
     PostgresConfig,
 )
+from transports.journal import readiness
 from transports.journal.base import Claimed, ClaimRequest, SettleRequest, Work, Worked
 from transports.journal.orders import CHANNEL, Note, channel_for, record
 from transports.journal.postgres_listener import PostgresListener
@@ -317,6 +318,11 @@ class PostgresStore:
         sql = f"SELECT {DELIVERY_COLUMNS} FROM orderfsm_deliveries WHERE id = %s"
         row = self._one(sql, (delivery_id,), deadline)
         return None if row is None else delivery_from_row(row)
+
+    def ready(self, deadline: float) -> None:
+        """One statement: the journal's table read, and whether this session may write
+        (:data:`~transports.journal.readiness.POSTGRES_READY`)."""
+        readiness.postgres_verdict(self._one(readiness.POSTGRES_READY, (), deadline), self.display)
 
     def claims(self, keys: Sequence[str], deadline: float) -> dict[str, Claim]:
         sql = f"SELECT {CLAIM_COLUMNS} FROM orderfsm_claims WHERE key = ANY(%s)"

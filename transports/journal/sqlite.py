@@ -33,6 +33,7 @@ from typing import TypeVar
 
 from orderfsm.errors import JournalClosed
 from orderfsm.journal import Answer, Claim, Delivery, DeliveryFilter, NewDelivery, Outcome
+from transports.journal import readiness
 from transports.journal import sqlite_sql as sql
 from transports.journal.base import Claimed, ClaimRequest, SettleRequest, Work, Worked
 from transports.journal.groupcommit import GroupCommit
@@ -323,6 +324,25 @@ class SqliteStore:
         with self._reader() as db:
             row = db.execute(sql, (delivery_id,)).fetchone()
         return None if row is None else delivery_from_row(row)
+
+    def ready(self, deadline: float) -> None:
+        """One read, then room on the disk and the writer's right to write
+        (:mod:`~transports.journal.readiness`).  The writer is probed only once this
+        process's batches let it go within the probe's patience: a batch under way is
+        busy, not broken."""
+        self.delivery(0, deadline)
+        readiness.sqlite_room(self.path, self.display)
+        group, writer = self._group, self._writer
+        if group is None or writer is None:
+            raise JournalClosed(f"{self.display} is closed")
+        if not group._lock.acquire(timeout=readiness.SQLITE_PROBE_PATIENCE):
+            return
+        try:
+            if self._closed:
+                raise JournalClosed(f"{self.display} is closed")
+            readiness.sqlite_writer_may_write(writer, self.display)
+        finally:
+            group._lock.release()
 
     def claims(self, keys: Sequence[str], deadline: float) -> dict[str, Claim]:
         found: dict[str, Claim] = {}

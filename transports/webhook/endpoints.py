@@ -7,7 +7,10 @@ at info: a probe every few seconds must not flood the logs.
 
 * ``/healthz``: 200 ``{"status": "ok"}``, the process serves requests;
 * ``/readyz``: 200 ``{"status": "ready", "journal": URL}`` when the journal
-  answers a read within its wait, else 503 ``{"status": "unavailable",
+  answers within its wait and can write (a read-only database, a standby, a full
+  disk would answer every delivery 5xx: the load balancer should send them
+  elsewhere; a lock held by a long writer is busy, not broken, and stays ready:
+  :mod:`~transports.journal.readiness`), else 503 ``{"status": "unavailable",
   "journal": URL, "error": ...}`` (``URL`` without its password);
 * ``/metrics``: Prometheus' text format (``orderfsm[prometheus]``, see
   ``orderfsm.metrics.prometheus``).
@@ -40,7 +43,7 @@ def _json(status: int, body: dict[str, Any]) -> WebhookAnswer:
 
 
 def health_endpoints(receiver: WebhookReceiver) -> dict[str, Endpoint]:
-    """``/healthz`` and ``/readyz`` for a receiver (readiness reads its journal once)."""
+    """``/healthz`` and ``/readyz`` for a receiver (readiness asks its journal once)."""
     journal = receiver.journal
 
     async def healthz() -> WebhookAnswer:
@@ -49,7 +52,7 @@ def health_endpoints(receiver: WebhookReceiver) -> dict[str, Endpoint]:
     async def readyz() -> WebhookAnswer:
         try:
             with anyio.fail_after(journal.settings.wait + READY_MARGIN):
-                await journal.delivery(0)  # one indexed read: the journal answers
+                await journal.ready()
         except (JournalError, TimeoutError) as exc:
             error = str(exc) or f"no answer within {journal.settings.wait + READY_MARGIN} s"
             logger.debug(

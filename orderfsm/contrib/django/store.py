@@ -148,6 +148,9 @@ class DjangoStore:
     def delivery(self, delivery_id: int, deadline: float) -> Delivery | None:
         return self.inner.delivery(delivery_id, deadline)
 
+    def ready(self, deadline: float) -> None:
+        self.inner.ready(deadline)
+
     def claims(self, keys: Sequence[str], deadline: float) -> dict[str, Claim]:
         return self.inner.claims(keys, deadline)
 
