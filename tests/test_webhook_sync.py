@@ -336,6 +336,66 @@ def test_a_forked_worker_neither_closes_nor_shares_the_parents_journal(
     assert handled == [1, 3]
 
 
+def test_a_worker_forked_while_a_thread_reads_the_stats_answers_its_first_delivery(
+    tmp_path: Path,
+) -> None:
+    """A thread of the master reads ``stats()`` (a metrics exporter's scrape) while the
+    master forks its workers (gunicorn ``--preload``, the journal opened early): a
+    worker forked while that thread held the counters' lock inherited it held, by a
+    thread that does not exist in the worker, and its first delivery waited forever
+    (7 forks in 10, measured).  Each worker answers now, and counts only its own
+    deliveries (the master's forged one is not counted again in every worker)."""
+    import os
+    import warnings
+
+    receiver = SyncWebhookReceiver(SECRET, lambda notification: None, store=str(tmp_path / "j"))
+    stopping = threading.Event()
+
+    def scrape() -> None:
+        while not stopping.is_set():
+            receiver.stats()
+
+    exits: list[int] = []
+    with receiver:
+        forged = {"Authorization": "Signature " + "0" * 40}
+        assert receiver.handle(forged, order_paid(1)).status == 400  # counted in the master
+        scraper = threading.Thread(target=scrape, daemon=True)
+        scraper.start()
+        try:
+            for order_id in range(2, 10):
+                with warnings.catch_warnings():  # a fork beside a thread: what is tested
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    pid = os.fork()
+                if pid == 0:  # the worker: its first delivery, and its own counts
+                    code = 1
+                    try:
+                        body = order_paid(order_id)
+                        answered = receiver.handle(signed(body), body).status == 204
+                        counted = receiver.stats().deliveries
+                        own = (counted["handled"], counted["forged"]) == (1, 0)
+                        code = 0 if answered and own else 3
+                    finally:
+                        os._exit(code)
+                exits.append(os.waitstatus_to_exitcode(_waited(pid, within=10.0)))
+        finally:
+            stopping.set()
+            scraper.join()
+    assert exits == [0] * 8
+
+
+def test_the_fork_hook_keeps_no_receiver_alive() -> None:
+    """Every receiver is reset in a forked child, yet the registry that finds them holds
+    them weakly: a receiver made per request, or per test, is collected as before."""
+    import gc
+    import weakref
+
+    receiver = SyncWebhookReceiver(SECRET, lambda notification: None)
+    gone = weakref.ref(receiver)
+    del receiver
+    gc.collect()
+    assert gone() is None
+
+
 def _waited(pid: int, within: float) -> int:
     """The child's wait status; a child still running after ``within`` s is killed, and
     the test fails (before the fix, the worker's close hung on a lock its fork took)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from types import TracebackType
 
@@ -23,6 +24,7 @@ from orderfsm.journal import JournalSettings, Reply
 from transports.journal import Journal, SyncJournal, open_journal
 from transports.webhook.answers import ACCEPTED, STORE_FAILED, WebhookAnswer
 from transports.webhook.checks import Headers, Verified
+from transports.webhook.counters import ReceiverCounters
 from transports.webhook.events import journal_failed, log_answer
 from transports.webhook.handlers import (
     TransactionalHandler,
@@ -51,7 +53,8 @@ class SyncWebhookReceiver(ReceiverBase):
     :class:`~transports.journal.Journal` (its ``.sync`` face is used).  A URL's
     journal is opened on the first delivery (in each worker process, after a
     pre-forking server forks) or by :meth:`open`, and closed by :meth:`close`;
-    a process forked after the receiver was made opens a journal of its own.
+    a process forked after the receiver was made opens a journal of its own,
+    and counts its own deliveries (:func:`_after_fork_in_child`).
 
     ``sink`` receives the same observations as the async receiver's, stamped
     with ``time.monotonic()`` (asyncio's clock): hand it a thread-safe sink,
@@ -95,6 +98,7 @@ class SyncWebhookReceiver(ReceiverBase):
             store if isinstance(store, SyncJournal) else open_journal(store, settings).sync
         )
         check_handlers(handler, transactional, self.journal.store.blocking, awaited=False)
+        _RECEIVERS.add(self)
 
     def handle(self, headers: Headers, body: bytes, peer: str | None = None) -> WebhookAnswer:
         """Answer one delivery; like :meth:`WebhookReceiver.handle`, never raises for what
@@ -208,6 +212,13 @@ class SyncWebhookReceiver(ReceiverBase):
                 self.journal = open_journal(self._url, self._settings).sync
                 self._pid = os.getpid()
 
+    def _forked(self) -> None:
+        """In the child, at the fork itself (see :func:`_after_fork_in_child`): the locks
+        a delivery takes here before the journal are new, free ones, and the counts start
+        from nothing, this process's own."""
+        self._fork_lock = threading.Lock()
+        self._counters = ReceiverCounters()
+
     def open(self) -> None:
         """Open the journal now, so start-up problems raise here rather than answer 5xx."""
         self._after_fork()
@@ -231,5 +242,28 @@ class SyncWebhookReceiver(ReceiverBase):
     ) -> None:
         self.close()
 
+
+_RECEIVERS: weakref.WeakSet[SyncWebhookReceiver] = weakref.WeakSet()
+"""This process's receivers, held weakly: one hook for them all (a hook cannot be
+unregistered, so one per receiver would pile up), and none kept alive by it."""
+
+
+def _after_fork_in_child() -> None:
+    """A lock is copied into a child as it was at the fork: one that another thread of
+    the parent held then (a metrics scrape reading ``stats()``, a delivery counting its
+    answer) stays held in the child, by a thread that does not exist there, and the
+    child's first delivery waits for it forever (a gunicorn ``--preload`` worker forked
+    while the master's exporter thread scraped).  So every receiver gets new locks in
+    the child, at the fork, before any thread can take them; and new counts, as a
+    count caught half-way is not carried over, and a worker's metrics are its own (the
+    master's deliveries are not counted again in each worker).  The journal is not
+    touched here: the first delivery opens the child's own (``_after_fork``), as a
+    child that never delivers must not connect."""
+    for receiver in list(_RECEIVERS):
+        receiver._forked()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 __all__ = ["SyncHandler", "SyncStore", "SyncWebhookReceiver"]
