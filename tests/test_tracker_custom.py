@@ -95,3 +95,40 @@ async def test_repeated_news_for_an_order_not_tracked_is_kept_once_per_status() 
         result = await tracker.wait(99)
     assert grown < 100_000  # bytes; about 4 MB before
     assert [c.status for c in result.changes] == [Status.PAID, Status.CANCELED]
+
+
+def cleanup_fails(status: str | None) -> object:
+    """A transport with a task group whose child fails in its cleanup, as a cancelled
+    transport's child may: on trio its cancellation then ends in a group of both."""
+
+    async def transport(order: OrderContext, sink: ObservationSink) -> None:
+        async def child() -> None:
+            try:
+                await anyio.sleep_forever()
+            finally:
+                raise RuntimeError("cleanup failed")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(child)
+            await anyio.sleep(0.05)
+            if status is not None:
+                sink.observe(Observation(order.order_id, status, "mine", anyio.current_time()))
+            await anyio.sleep_forever()
+
+    return transport
+
+
+async def test_a_custom_transport_failing_as_it_is_cancelled_costs_its_order_only() -> None:
+    """Regression (trio): the group of the cancellation and the child's failure escaped
+    the transport's task and tore the tracker's task group down, every order with it."""
+    async with custom_tracker(cleanup_fails("canceled")) as tracker:
+        first = await tracker.wait(42)
+        second = await tracker.wait(43)  # the tracker still serves orders
+    assert first.status is second.status is Status.CANCELED
+
+
+async def test_a_custom_transport_failing_as_the_tracker_closes_does_not_break_the_exit() -> None:
+    async with custom_tracker(cleanup_fails(None)) as tracker:
+        tracker.track(42)
+        await anyio.sleep(0.2)
+    # the exit returned: the failure was logged, not raised through the task group

@@ -116,16 +116,50 @@ class RunsSources:
         )
         try:
             await transport(context, SourceSink(order))
-        except OrderFsmError as exc:
-            order.custom_error = order.custom_error or exc
-        except Exception as exc:  # a bug in user code (or an exception group) must not end tracking
-            logger.exception(
-                "custom transport %r failed",
-                transport,
-                extra={"event": "transport.failed", "order_id": order.order_id},
-            )
-            error = TransportError(f"custom transport failed: {exc!r}")
-            order.custom_error = order.custom_error or error
+        except Exception as exc:
+            self._custom_ended(order, transport, exc)
+        except BaseException as exc:
+            cancelled, failed = split_cancelled(exc)
+            if failed is None:
+                raise
+            self._custom_ended(order, transport, failed)
+            if cancelled is not None:
+                raise cancelled from None
         finally:
             order.custom_running -= 1
             self.wake(order)
+
+    def _custom_ended(
+        self, order: TrackedOrder, transport: CustomTransport, exc: Exception
+    ) -> None:
+        if isinstance(exc, OrderFsmError):
+            order.custom_error = order.custom_error or exc
+            return
+        # A bug in user code (or an exception group) must not end tracking.
+        logger.error(
+            "custom transport %r failed",
+            transport,
+            exc_info=exc,
+            extra={"event": "transport.failed", "order_id": order.order_id},
+        )
+        error = TransportError(f"custom transport failed: {exc!r}")
+        order.custom_error = order.custom_error or error
+
+
+def split_cancelled(exc: BaseException) -> tuple[BaseException | None, Exception | None]:
+    """``exc`` as the cancellation to pass on and the transport's own failure (``None``
+    where it is not one, a ``KeyboardInterrupt`` say).
+
+    A transport's task group cancelled while a child fails in its cleanup ends, on
+    trio, in a group of both: the cancellation is the tracker's (the order ended, or
+    the tracker closes) and goes on; the failure costs this order only.  Not
+    ``except Exception`` outside the scope: when the tracker closes, its own task
+    group's cancellation is in the group too, which no scope of ours takes out.
+    """
+    split = getattr(exc, "split", None)  # an exception group (3.11's, or anyio's backport)
+    if split is None:
+        return exc, None
+    cancelled, failed = split(anyio.get_cancelled_exc_class())
+    if not isinstance(failed, Exception):  # nothing but cancellation, or a BaseException
+        return exc, None
+    return cancelled, failed
