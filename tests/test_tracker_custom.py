@@ -7,7 +7,7 @@ import pytest
 
 from orderfsm import Observation, Status
 from orderfsm.errors import TokenRejected, TransportError
-from orderfsm.interface import ObservationSink
+from orderfsm.interface import Health, HealthReport, ObservationSink
 from orderfsm.supervisor.custom import OrderContext
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.supervisor.tracker import Tracker
@@ -46,6 +46,51 @@ async def test_when_every_custom_transport_gave_up_wait_fails_at_once() -> None:
     async with custom_tracker(refused) as tracker:
         with anyio.fail_after(2), pytest.raises(TokenRejected):
             await tracker.wait(42)
+
+
+async def test_a_custom_transports_end_is_logged_reported_and_named_in_the_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Regression: an ``OrderFsmError`` ended a transport without a log line or a
+    ``FAILED`` report, and the order's error did not say which transport it came
+    from (nor carry the transport's exception as its cause)."""
+    refusal = TokenRejected("the token was refused")
+
+    async def refused_here(order: OrderContext, sink: ObservationSink) -> None:
+        await anyio.sleep(0.01)
+        raise refusal
+
+    async def buggy_here(order: OrderContext, sink: ObservationSink) -> None:
+        await anyio.sleep(0.01)
+        raise KeyError("bug")
+
+    reports: list[HealthReport] = []
+    for transport, kind, event in (
+        (refused_here, TokenRejected, "transport.ended"),
+        (buggy_here, TransportError, "transport.failed"),
+    ):
+        reports.clear()
+        caplog.clear()
+        async with Tracker(
+            project_id=1,
+            transports=(),
+            extra=[transport],
+            fetch_details=False,
+            on_report=lambda order_id, report: reports.append(report),
+        ) as tracker:
+            with anyio.fail_after(2), pytest.raises(kind) as info:
+                await tracker.wait(42)
+        name = transport.__name__
+        assert name in str(info.value)
+        if kind is TokenRejected:
+            assert info.value.__cause__ is refusal
+        else:
+            assert type(info.value.__cause__) is KeyError
+        (report,) = reports
+        assert (report.source, report.health, report.error) == (name, Health.FAILED, info.value)
+        (record,) = [r for r in caplog.records if getattr(r, "event", "") == event]
+        assert record.levelname == ("WARNING" if kind is TokenRejected else "ERROR")
+        assert (record.order_id, record.source) == (42, name)  # type: ignore[attr-defined]
 
 
 async def test_a_buggy_custom_transport_does_not_crash_the_tracker() -> None:

@@ -5,7 +5,8 @@ about ``order.order_id`` however it likes and calls ``sink.observe(...)``
 (and, optionally, ``sink.report(...)``) as news arrives.  The tracker runs it
 in a task of its own from the start of tracking and cancels it once the
 order is final, so it never needs to know when to stop.  Raising an
-``OrderFsmError`` ends that transport quietly; the others carry on.
+``OrderFsmError`` ends that transport (logged as a warning, reported ``FAILED``
+under its name); the others carry on.
 """
 
 from __future__ import annotations
@@ -35,3 +36,9 @@ class OrderContext:
 
 
 CustomTransport = Callable[[OrderContext, ObservationSink], Awaitable[None]]
+
+
+def transport_name(transport: CustomTransport) -> str:
+    """How logs, health reports and errors name a custom transport: its function's name."""
+    name = getattr(transport, "__name__", None)
+    return name if isinstance(name, str) and name else repr(transport)

@@ -264,14 +264,9 @@ class TrackedOrder(EndsTracking):
         )
 
     def report(self, report: HealthReport) -> None:
-        if self.on_report is not None and not self.is_finished:
-            try:
-                self.on_report(self.order_id, report)
-            except Exception:  # an application callback must not break tracking
-                logger.exception(
-                    "on_report callback failed",
-                    extra={"event": "callback.failed", "order_id": self.order_id},
-                )
+        """A transport's health report: told to the application, a gap checked, and
+        the WebSocket's own health followed."""
+        self.tell(report)
         if report.gap:
             self.doubt()
         if report.source != WEBSOCKET or self.websocket is None:
@@ -286,6 +281,17 @@ class TrackedOrder(EndsTracking):
             if report.health is Health.FAILED:
                 self.websocket_error = report.error
             self.wake(self)
+
+    def tell(self, report: HealthReport) -> None:
+        """Pass a health report on to the application's ``on_report``."""
+        if self.on_report is not None and not self.is_finished:
+            try:
+                self.on_report(self.order_id, report)
+            except Exception:  # an application callback must not break tracking
+                logger.exception(
+                    "on_report callback failed",
+                    extra={"event": "callback.failed", "order_id": self.order_id},
+                )
 
     def doubt(self) -> None:
         """News may have been missed: the scheduler asks Get order once."""

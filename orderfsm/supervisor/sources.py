@@ -10,14 +10,15 @@ what follows.
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from orderfsm.errors import OrderFsmError, TransportError
-from orderfsm.interface import Health
-from orderfsm.supervisor.custom import CustomTransport, OrderContext
+from orderfsm.interface import Health, HealthReport
+from orderfsm.supervisor.custom import CustomTransport, OrderContext, transport_name
 from orderfsm.supervisor.order import SourceSink
 
 if TYPE_CHECKING:
@@ -132,18 +133,51 @@ class RunsSources:
     def _custom_ended(
         self, order: TrackedOrder, transport: CustomTransport, exc: Exception
     ) -> None:
+        """It gave up (an ``OrderFsmError``) or failed: the other transports go on, and
+        the application hears of it (a warning or an error, a ``FAILED`` report under
+        the transport's name, and the order's error if nothing else is left)."""
+        name = transport_name(transport)
+        fields = {"order_id": order.order_id, "source": name}
         if isinstance(exc, OrderFsmError):
-            order.custom_error = order.custom_error or exc
-            return
-        # A bug in user code (or an exception group) must not end tracking.
-        logger.error(
-            "custom transport %r failed",
-            transport,
-            exc_info=exc,
-            extra={"event": "transport.failed", "order_id": order.order_id},
-        )
-        error = TransportError(f"custom transport failed: {exc!r}")
+            logger.warning(
+                "order %s: custom transport %s gave up: %r",
+                order.order_id,
+                name,
+                exc,
+                extra={"event": "transport.ended", **fields},
+            )
+        else:  # a bug in user code (or an exception group) must not end tracking
+            logger.error(
+                "order %s: custom transport %s failed",
+                order.order_id,
+                name,
+                exc_info=exc,
+                extra={"event": "transport.failed", **fields},
+            )
+        error = ended_error(name, exc)
         order.custom_error = order.custom_error or error
+        order.tell(HealthReport(name, Health.FAILED, anyio.current_time(), str(error), error=error))
+
+
+def ended_error(name: str, exc: Exception) -> OrderFsmError:
+    """The order's error when custom transport ``name`` ended with ``exc``.
+
+    Of ``exc``'s own class when it is an ``OrderFsmError`` (what the application
+    catches: ``TokenRejected``, say), a ``TransportError`` otherwise; either way
+    the transport named, and ``exc`` its ``__cause__`` (with the traceback of
+    where the transport raised it).
+    """
+    error: OrderFsmError
+    if isinstance(exc, OrderFsmError):
+        try:
+            error = copy.copy(exc)  # its class and attributes
+        except Exception:  # a constructor that wants more than the message
+            error = TransportError()
+        error.args = (f"custom transport {name} gave up: {exc}",)
+    else:
+        error = TransportError(f"custom transport {name} failed: {exc!r}")
+    error.__cause__ = exc
+    return error
 
 
 def split_cancelled(exc: BaseException) -> tuple[BaseException | None, Exception | None]:
