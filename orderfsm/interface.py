@@ -49,7 +49,12 @@ def token_provider(token: TokenProvider | str) -> TokenProvider:
 WEBSOCKET = "websocket"
 POLLING = "polling"
 WEBHOOK = "webhook"
+JOURNAL = "journal"
 EVENTS = "events"
+BUILT_IN = frozenset({WEBSOCKET, POLLING, WEBHOOK, JOURNAL})
+"""The tracker's own transports (``Tracker(transports=...)``).  A custom transport
+names its news and its health otherwise: an application's ``on_report``, a
+result's ``source`` and the stats tell them apart by the name."""
 
 
 class Health(str, enum.Enum):

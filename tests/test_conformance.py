@@ -48,19 +48,45 @@ async def http() -> AsyncIterator[HttpClient]:
         yield client
 
 
+class Forwarding:
+    """A sink that passes everything on, to be bent by subclasses."""
+
+    def __init__(self, sink: ObservationSink) -> None:
+        self.sink = sink
+
+    def observe(self, observation: Observation, /) -> None:
+        self.sink.observe(observation)
+
+    def report(self, report: HealthReport, /) -> None:
+        self.sink.report(report)
+
+
+class Renamed(Forwarding):
+    def __init__(self, sink: ObservationSink, source: str) -> None:
+        super().__init__(sink)
+        self.source = source
+
+    def observe(self, observation: Observation, /) -> None:
+        self.sink.observe(attrs.evolve(observation, source=self.source))
+
+    def report(self, report: HealthReport, /) -> None:
+        self.sink.report(attrs.evolve(report, source=self.source))
+
+
 def events(emu: Emulator) -> CustomTransport:
     return event_api(base_url=emu.base_url, interval=0.05)
 
 
 def polling(interval: float = 0.05) -> CustomTransport:
-    """Get order polling as a custom transport: the built-in poller, wrapped."""
+    """Get order polling as a custom transport: the built-in poller, wrapped, under a
+    name of its own (``polling`` is the tracker's own poller's)."""
 
     async def transport(order: OrderContext, sink: ObservationSink) -> None:
         await poll_order(
             order.order_id,
             project_id=order.project_id,
             token=order.user.token,
-            sink=sink,
+            sink=Renamed(sink, "my-polling"),
             http=order.http,
             api=order.api_url,
             config=PollConfig(interval=interval),
@@ -83,20 +109,9 @@ async def test_a_polling_transport_conforms(emu: Emulator, http: HttpClient) -> 
 # --- broken transports are caught ----------------------------------------------------
 
 
-class Forwarding:
-    """A sink that passes everything on, to be bent by subclasses."""
-
-    def __init__(self, sink: ObservationSink) -> None:
-        self.sink = sink
-
-    def observe(self, observation: Observation, /) -> None:
-        self.sink.observe(observation)
-
-    def report(self, report: HealthReport, /) -> None:
-        self.sink.report(report)
-
-
-def bent(inner: CustomTransport, sink_type: type[Forwarding]) -> CustomTransport:
+def bent(
+    inner: CustomTransport, sink_type: Callable[[ObservationSink], Forwarding]
+) -> CustomTransport:
     async def transport(order: OrderContext, sink: ObservationSink) -> None:
         await inner(order, sink_type(sink))
 
@@ -204,6 +219,17 @@ async def test_ignoring_cancellation_is_caught(emu: Emulator) -> None:
                 await anyio.sleep(1.3)
 
     await expect_failure(stubborn, emu, "to stop after cancellation")
+
+
+@pytest.mark.parametrize("name", ["websocket", "polling", "webhook", "journal"])
+async def test_naming_itself_after_a_built_in_transport_is_caught(emu: Emulator, name: str) -> None:
+    """The tracker's own transports' names are theirs: under one, a custom transport's
+    health and news could not be told from theirs (``on_report``, results, stats)."""
+
+    def named(sink: ObservationSink) -> Forwarding:
+        return Renamed(sink, name)
+
+    await expect_failure(bent(events(emu), named), emu, f"source {name!r}", "name yours")
 
 
 async def test_a_crash_on_junk_is_caught(emu: Emulator) -> None:

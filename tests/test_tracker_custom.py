@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import anyio
 import pytest
+from support_tracker import emulator_tracker
 
 from orderfsm import Observation, Status
 from orderfsm.errors import TokenRejected, TransportError
@@ -11,8 +14,15 @@ from orderfsm.interface import Health, HealthReport, ObservationSink
 from orderfsm.supervisor.custom import OrderContext
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.supervisor.tracker import Tracker
+from transports.emulator import Emulator
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def emu() -> Iterator[Emulator]:
+    with Emulator(ping_interval=0, seed=31) as emulator:
+        yield emulator
 
 
 def custom_tracker(*extra: object) -> Tracker:
@@ -177,3 +187,35 @@ async def test_a_custom_transport_failing_as_the_tracker_closes_does_not_break_t
         tracker.track(42)
         await anyio.sleep(0.2)
     # the exit returned: the failure was logged, not raised through the task group
+
+
+async def test_a_custom_transports_health_never_stands_for_the_trackers_own(
+    emu: Emulator,
+) -> None:
+    """Regression: a custom transport reporting its own socket's failure under the
+    name ``websocket`` made the tracker let go of its real WebSocket and keep the
+    custom one's error: the order, settled on Xsolla, was never followed again."""
+
+    async def own_socket_failed(order: OrderContext, sink: ObservationSink) -> None:
+        now = anyio.current_time()
+        refused = TokenRejected("my socket's token was refused")
+        sink.report(HealthReport("websocket", Health.FAILED, now, "my socket", error=refused))
+        await anyio.sleep_forever()
+
+    user = await emu.create_user()
+    order_id = await emu.create_order(user.external_id)
+    heard: list[HealthReport] = []
+    async with emulator_tracker(
+        emu,
+        user,
+        transports=("websocket",),
+        extra=[own_socket_failed],
+        on_report=lambda _, report: heard.append(report),
+    ) as tracker:
+        tracker.track(order_id)
+        await anyio.sleep(0.3)
+        await emu.run_script(order_id, [(0.0, "paid"), (0.1, "done")])
+        with anyio.fail_after(10):
+            result = await tracker.wait(order_id)
+    assert result.status is Status.DONE and result.source == "websocket"
+    assert any(r.reason == "my socket" for r in heard)  # the application still hears it

@@ -19,7 +19,7 @@ from anyio.abc import TaskGroup
 from orderfsm.conformance.stalls import ProcessStalls, run_queue_wait
 from orderfsm.core import Observation
 from orderfsm.errors import OrderFsmError
-from orderfsm.interface import Health, HealthReport
+from orderfsm.interface import BUILT_IN, Health, HealthReport
 from orderfsm.supervisor.custom import CustomTransport, OrderContext
 
 if TYPE_CHECKING:
@@ -92,6 +92,8 @@ class Run:
                 f"the transport for order {self.order_id} reported order "
                 f"{observation.order_id} ({observation.status})"
             )
+        elif observation.source in BUILT_IN:
+            self._violate(_built_in_name("an observation", observation.source))
         elif observation.status.value not in self.allowed:
             self._violate(
                 f"order {self.order_id} was reported {observation.status} but never had "
@@ -110,6 +112,8 @@ class Run:
             self._violate(f"report() got {report!r}, not a HealthReport with a Health")
         elif not isinstance(report.source, str) or not report.source:
             self._violate(f"health report with source {report.source!r}: name the transport")
+        elif report.source in BUILT_IN:
+            self._violate(_built_in_name("a health report", report.source))
         elif report.health is Health.FAILED and report.error is None:
             self._violate("a FAILED health report must carry the error that ended it")
         else:
@@ -137,6 +141,13 @@ class Run:
 
     def _violate(self, message: str) -> None:
         self.session.violations.append(message)
+
+
+def _built_in_name(what: str, source: str) -> str:
+    return (
+        f"{what} with source {source!r}, the name of one of the tracker's own transports: "
+        f"name yours otherwise (on_report, results and stats tell them apart by it)"
+    )
 
 
 class Session:

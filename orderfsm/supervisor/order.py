@@ -264,8 +264,9 @@ class TrackedOrder(EndsTracking):
         )
 
     def report(self, report: HealthReport) -> None:
-        """A transport's health report: told to the application, a gap checked, and
-        the WebSocket's own health followed."""
+        """A built-in transport's health report: told to the application, a gap
+        checked, the WebSocket's own health followed (a custom transport's is only
+        told and checked: :class:`CustomSink`)."""
         self.tell(report)
         if report.gap:
             self.doubt()
@@ -382,3 +383,24 @@ class SourceSink:
 
     def report(self, report: HealthReport, /) -> None:
         self._order.report(report)
+
+
+class CustomSink(SourceSink):
+    """What a custom transport reports into.
+
+    Its news counts as any transport's.  Its health is the application's to hear
+    (``on_report``), and a ``gap`` has Get order asked once, but it never stands
+    for the tracker's own transports' health, whatever ``source`` it names: a
+    transport of the application's that calls itself ``websocket`` (its own
+    socket, failed) must not switch the tracker's WebSocket off.  Such a name is
+    not refused here, where it is only known once the transport runs and a
+    refusal would end a transport that works: the conformance suite flags it
+    (:data:`orderfsm.interface.BUILT_IN`).
+    """
+
+    __slots__ = ()
+
+    def report(self, report: HealthReport, /) -> None:
+        self._order.tell(report)
+        if report.gap:
+            self._order.doubt()

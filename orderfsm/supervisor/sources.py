@@ -19,7 +19,7 @@ import anyio
 from orderfsm.errors import OrderFsmError, TransportError
 from orderfsm.interface import Health, HealthReport
 from orderfsm.supervisor.custom import CustomTransport, OrderContext, transport_name
-from orderfsm.supervisor.order import SourceSink
+from orderfsm.supervisor.order import CustomSink, SourceSink
 
 if TYPE_CHECKING:
     from orderfsm.metrics.counters import TrackerCounters
@@ -116,7 +116,7 @@ class RunsSources:
             http=self.http,
         )
         try:
-            await transport(context, SourceSink(order))
+            await transport(context, CustomSink(order))
         except Exception as exc:
             self._custom_ended(order, transport, exc)
         except BaseException as exc:

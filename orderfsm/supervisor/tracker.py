@@ -24,6 +24,8 @@ from orderfsm.core import Observation, OrderBook, Status
 from orderfsm.core.settle import check_goal
 from orderfsm.errors import TrackerClosed, TransportError
 from orderfsm.interface import (
+    BUILT_IN,
+    JOURNAL,
     POLLING,
     WEBHOOK,
     WEBSOCKET,
@@ -53,8 +55,6 @@ logger = logging.getLogger("orderfsm")
 
 DEFAULT_WS_URL = "wss://ws-store.xsolla.com/connection/websocket"
 DEFAULT_API_URL = "https://store.xsolla.com/api"
-JOURNAL = "journal"
-KNOWN_TRANSPORTS = frozenset({WEBSOCKET, POLLING, WEBHOOK, JOURNAL})
 
 
 class Tracker(TrackerLifetime, TakesOverOrders, KeepsEarlyNews):
@@ -133,7 +133,7 @@ class Tracker(TrackerLifetime, TakesOverOrders, KeepsEarlyNews):
         journal_poll: float | None = None,
         instance: str | None = None,
     ) -> None:
-        unknown = set(transports) - KNOWN_TRANSPORTS
+        unknown = set(transports) - BUILT_IN
         if unknown:
             raise ValueError(f"unknown transports: {', '.join(sorted(unknown))}")
         if on_settled is not None and on_settled_transactional is not None:
