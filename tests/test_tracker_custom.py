@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import anyio
@@ -219,3 +220,28 @@ async def test_a_custom_transports_health_never_stands_for_the_trackers_own(
             result = await tracker.wait(order_id)
     assert result.status is Status.DONE and result.source == "websocket"
     assert any(r.reason == "my socket" for r in heard)  # the application still hears it
+
+
+async def test_an_at_from_another_clock_does_not_stretch_the_expired_grace() -> None:
+    """Regression: a custom transport stamping ``expired`` with ``time.time()`` (an
+    epoch, far ahead of the loop's clock) put the end of the grace decades away:
+    with no deadline the order never settled."""
+
+    async def wall_clock(order: OrderContext, sink: ObservationSink) -> None:
+        await anyio.sleep(0.05)
+        sink.observe(Observation(order.order_id, "expired", "mine", time.time()))
+        await anyio.sleep_forever()
+
+    async with Tracker(
+        project_id=1,
+        transports=("webhook",),
+        extra=[wall_clock],
+        fetch_details=False,
+        policy=DefaultPolicy(deadline=None, expired_grace=0.3),
+    ) as tracker:
+        started = anyio.current_time()
+        with anyio.fail_after(5):
+            result = await tracker.wait(42)
+    assert result.status is Status.EXPIRED
+    (change,) = result.changes
+    assert started <= change.at <= anyio.current_time()  # on the loop's clock
