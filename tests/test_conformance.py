@@ -232,6 +232,40 @@ async def test_naming_itself_after_a_built_in_transport_is_caught(emu: Emulator,
     await expect_failure(bent(events(emu), named), emu, f"source {name!r}", "name yours")
 
 
+@pytest.mark.parametrize("failing", [False, True], ids=["passing", "failing"])
+async def test_a_transport_slow_to_stop_is_named_while_the_check_waits_for_it(
+    emu: Emulator, caplog: pytest.LogCaptureFixture, failing: bool
+) -> None:
+    """Regression: the check waited for a transport that ignores its cancellation
+    without a word, whether it was passing or already failing (structured
+    concurrency cannot leave the task behind; the wait can say what it waits for)."""
+    inner = events(emu)
+    returned: list[float] = []
+
+    async def stubborn(order: OrderContext, sink: ObservationSink) -> None:
+        try:
+            if failing:
+                sink.observe(
+                    Observation(order.order_id + 1000, "paid", "mine", anyio.current_time())
+                )
+            await inner(order, sink)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(1.5)
+            returned.append(time.time())
+
+    limits = Limits(timeout=3.0, settle=0.1, cancel_within=0.3)
+    with pytest.raises(AssertionError) as info:
+        await check_stops_when_cancelled(stubborn, EmulatorWorld(emu), limits)
+    (record,) = [r for r in caplog.records if getattr(r, "event", "") == "conformance.stuck"]
+    assert record.created < returned[0]  # said while it waited
+    assert "has not stopped" in record.getMessage()
+    if failing:
+        assert "reported order" in str(info.value) and "reported order" in record.getMessage()
+    else:
+        assert "to stop after cancellation (limit 0.3 s)" in str(info.value)
+
+
 async def test_a_crash_on_junk_is_caught(emu: Emulator) -> None:
     class Fragile(Forwarding):
         def report(self, report: HealthReport, /) -> None:

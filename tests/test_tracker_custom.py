@@ -12,6 +12,7 @@ from support_tracker import emulator_tracker
 from orderfsm import Observation, Status
 from orderfsm.errors import TokenRejected, TransportError
 from orderfsm.interface import Health, HealthReport, ObservationSink
+from orderfsm.supervisor import stragglers
 from orderfsm.supervisor.custom import OrderContext
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.supervisor.tracker import Tracker
@@ -245,3 +246,34 @@ async def test_an_at_from_another_clock_does_not_stretch_the_expired_grace() -> 
     assert result.status is Status.EXPIRED
     (change,) = result.changes
     assert started <= change.at <= anyio.current_time()  # on the loop's clock
+
+
+async def test_a_custom_transport_slow_to_stop_is_named_while_the_tracker_waits_for_it(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a transport that ignores its cancellation held the tracker's exit
+    without a word (structured concurrency cannot leave it behind; the exit can
+    say what it waits for).  Named whether its order ended or the tracker closes."""
+    monkeypatch.setattr(stragglers, "STUCK_AFTER", 0.3)
+    returned: dict[int, float] = {}
+
+    async def stubborn(order: OrderContext, sink: ObservationSink) -> None:
+        try:
+            if order.order_id == 1:
+                sink.observe(Observation(1, "canceled", "stubborn", anyio.current_time()))
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(1.5)
+            returned[order.order_id] = anyio.current_time()
+
+    async with custom_tracker(stubborn) as tracker:
+        await tracker.wait(1)  # its transport cancelled: it takes 1.5 s to return
+        tracker.track(2)  # this one runs until the tracker closes
+        await anyio.sleep(0.1)
+    closed = anyio.current_time()
+    stuck = [r for r in caplog.records if getattr(r, "event", "") == "transport.stuck"]
+    assert sorted(r.order_id for r in stuck) == [1, 2]  # type: ignore[attr-defined]
+    assert {r.source for r in stuck} == {"stubborn"}  # type: ignore[attr-defined]
+    assert all(r.levelname == "WARNING" for r in stuck)
+    assert closed >= max(returned.values())  # the exit did wait for it

@@ -130,6 +130,8 @@ class TrackerLifetime:
             )
             tg.start_soon(self._scheduler.run, name="orderfsm scheduler")
             tg.start_soon(self._notice_sleep, name="orderfsm sleep detector")
+            if self.extra:
+                tg.start_soon(self._scheduler.stragglers.run, name="orderfsm stragglers")
             self._wake = self._scheduler.wake  # one bound method, shared by every order
             if fleet is not None:
                 tg.start_soon(fleet.run, name="orderfsm fleet")

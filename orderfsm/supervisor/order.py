@@ -27,6 +27,7 @@ from orderfsm.supervisor.policy import Situation
 from orderfsm.supervisor.records import Change, ConflictSeen, FinalResult, StatusChange, User
 
 if TYPE_CHECKING:
+    from orderfsm.supervisor.stragglers import RunningCustom
     from transports.polling import OrderDetails
 
 logger = logging.getLogger("orderfsm")
@@ -54,7 +55,7 @@ class TrackedOrder(EndsTracking):
         "conflicted",
         "counters",
         "custom_error",
-        "custom_running",
+        "customs",
         "details",
         "fleet",
         "followers",
@@ -108,7 +109,8 @@ class TrackedOrder(EndsTracking):
         self.websocket_since = now
         self.websocket_error: OrderFsmError | None = None
         self.polling_error: OrderFsmError | None = None
-        self.custom_running = 0
+        self.customs: list[RunningCustom] | None = None
+        """Its custom transports whose tasks run (one cancelled still runs until it returns)."""
         self.custom_error: OrderFsmError | None = None
         """The first error a custom transport ended with."""
         self.check_once = False
@@ -167,7 +169,7 @@ class TrackedOrder(EndsTracking):
         self.attachment: Any = None
         self.poller: tuple[anyio.CancelScope, float] | None = None
         self.helpers: set[anyio.CancelScope] | None = None
-        """Scopes of the order's running custom transports and Get order checks."""
+        """Scopes of the order's running Get order checks."""
         self.review_at: float | None = None
         self._done: anyio.Event | None = None
         self._news: anyio.Event | None = None

@@ -40,6 +40,7 @@ from orderfsm.supervisor.order import TrackedOrder
 from orderfsm.supervisor.order_result import closed_error
 from orderfsm.supervisor.policy import Policy
 from orderfsm.supervisor.sources import RunsSources
+from orderfsm.supervisor.stragglers import Stragglers
 from transports.backend import Wakeup, loop_clock
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class Scheduler(GetOrderChecks, FetchesDetails, RunsSources):
         self._kick = Wakeup()
         self._checks_at_once = anyio.Semaphore(CHECKS_AT_ONCE)
         self._admission = Admission(STARTING_AT_ONCE)
+        self.stragglers = Stragglers()
         self.taken_over: set[int] = set()
         """Orders the tracker took over from the journal (a resume, an adoption) and the
         application has not asked for since: their first Get orders go after others'."""
@@ -101,8 +103,7 @@ class Scheduler(GetOrderChecks, FetchesDetails, RunsSources):
 
     def start(self, order: TrackedOrder) -> None:
         for transport in self.extra:
-            order.custom_running += 1  # counted now, so no check runs before it starts
-            self._spawn_helper(self._run_custom, order, transport)
+            self._start_custom(order, transport)
         self._live += 1
         # One Get order at once, beside the WebSocket: a status from before the
         # socket's history, and a wrong order id, are known in seconds.
@@ -154,6 +155,7 @@ class Scheduler(GetOrderChecks, FetchesDetails, RunsSources):
         self._admission.clear()
         for order in orders:
             order.release()
+            self._stop_customs(order)  # ended already, most of them: named if slow to return
             order.fleet = None  # closing is not giving up: a journal keeps it to resume
             if order.is_finished:
                 continue
@@ -309,10 +311,11 @@ class Scheduler(GetOrderChecks, FetchesDetails, RunsSources):
             order.poller = None
         for scope in tuple(order.helpers or ()):
             scope.cancel()
+        self._stop_customs(order)
 
     def _no_source_error(self, order: TrackedOrder) -> OrderFsmError | None:
         """Fail now rather than at the deadline when nothing can deliver news."""
-        if self.webhooks or self.journal or order.custom_running or order.last_look is False:
+        if self.webhooks or self.journal or order.customs or order.last_look is False:
             return None
         if self._looking_before_giving_up(order):
             return None

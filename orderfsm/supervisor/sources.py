@@ -20,6 +20,7 @@ from orderfsm.errors import OrderFsmError, TransportError
 from orderfsm.interface import Health, HealthReport
 from orderfsm.supervisor.custom import CustomTransport, OrderContext, transport_name
 from orderfsm.supervisor.order import CustomSink, SourceSink
+from orderfsm.supervisor.stragglers import RunningCustom, Stragglers
 
 if TYPE_CHECKING:
     from orderfsm.metrics.counters import TrackerCounters
@@ -44,6 +45,7 @@ class RunsSources:
     http: HttpClient | None
     get_order_http: HttpClient | None
     _counters: TrackerCounters
+    stragglers: Stragglers
 
     if TYPE_CHECKING:
 
@@ -107,7 +109,21 @@ class RunsSources:
                     order.poller = None
                 self.wake(order)
 
-    async def _run_custom(self, order: TrackedOrder, transport: CustomTransport) -> None:
+    def _start_custom(self, order: TrackedOrder, transport: CustomTransport) -> None:
+        custom = RunningCustom(order.order_id, transport)
+        customs = order.customs
+        if customs is None:
+            customs = order.customs = []
+        customs.append(custom)  # listed now, so no check runs before it starts
+        self._spawn(self._run_custom, order, custom)
+
+    def _stop_customs(self, order: TrackedOrder) -> None:
+        for custom in order.customs or ():
+            if not custom.scope.cancel_called:
+                custom.scope.cancel()
+                self.stragglers.cancelled(custom)
+
+    async def _run_custom(self, order: TrackedOrder, custom: RunningCustom) -> None:
         context = OrderContext(
             order_id=order.order_id,
             project_id=self.project_id,
@@ -115,8 +131,10 @@ class RunsSources:
             api_url=self.api_url,
             http=self.http,
         )
+        transport = custom.transport
         try:
-            await transport(context, CustomSink(order))
+            with custom.scope:
+                await transport(context, CustomSink(order))
         except Exception as exc:
             self._custom_ended(order, transport, exc)
         except BaseException as exc:
@@ -127,7 +145,12 @@ class RunsSources:
             if cancelled is not None:
                 raise cancelled from None
         finally:
-            order.custom_running -= 1
+            customs = order.customs
+            if customs is not None:
+                customs.remove(custom)
+                if not customs:
+                    order.customs = None  # one empty list per order adds up over thousands
+            self.stragglers.returned(custom)
             self.wake(order)
 
     def _custom_ended(
