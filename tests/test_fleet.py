@@ -202,25 +202,23 @@ async def test_custom_transports_run_on_the_instance_holding_the_lease(
     assert running == {"a": 0, "b": 0}
 
 
-def release_lease(url: str, order_id: int) -> None:
+def set_lease(url: str, order_id: int, assignments: str) -> None:
     db = connect(url)
     try:
-        db.execute(f"UPDATE orderfsm_orders SET lease_until = 0 WHERE order_id = {order_id}")
+        db.execute(f"UPDATE orderfsm_orders SET {assignments} WHERE order_id = {order_id}")
     finally:
         db.close()
+
+
+def release_lease(url: str, order_id: int) -> None:
+    set_lease(url, order_id, "lease_until = 0")
 
 
 async def taken_over_elsewhere(url: str, t: Tracker, order_id: int) -> None:
     """Another instance takes the order's lease (as after ``t`` was too slow to renew it),
     and ``t`` has learnt it."""
-    db = connect(url)
-    try:
-        db.execute(
-            "UPDATE orderfsm_orders SET owner = 'elsewhere', fence = fence + 1,"
-            f" lease_until = {time.time() + 600} WHERE order_id = {order_id}"
-        )
-    finally:
-        db.close()
+    until = time.time() + 600
+    set_lease(url, order_id, f"owner = 'elsewhere', fence = fence + 1, lease_until = {until}")
     await eventually(lambda: not t._orders[order_id].owned)
 
 
