@@ -36,7 +36,7 @@ async def get_order_poller(order: OrderContext, sink: ObservationSink) -> None:
             except HttpError:
                 answer = None  # no answer this time: ask again next round
             if answer is not None and answer.status == 401:
-                raise TokenRejected("Get order refused the token")  # ends quietly
+                raise TokenRejected("Get order refused the token")  # ends this transport
             if answer is not None and answer.status == 200:
                 try:
                     status = json.loads(answer.body)["status"]
@@ -82,7 +82,7 @@ async def test_the_example_follows_an_order_in_the_tracker(emu: Emulator) -> Non
     assert [c.status for c in result.changes] == [Status.NEW, Status.PAID, Status.DONE]
 
 
-async def test_the_example_ends_quietly_on_a_revoked_token(emu: Emulator) -> None:
+async def test_the_example_gives_up_on_a_revoked_token(emu: Emulator) -> None:
     world = EmulatorWorld(emu)
     order = await world.new_order()
     await emu.revoke_token(await order.user.token())
