@@ -266,6 +266,27 @@ async def test_a_transport_slow_to_stop_is_named_while_the_check_waits_for_it(
         assert "to stop after cancellation (limit 0.3 s)" in str(info.value)
 
 
+async def test_an_http_client_left_open_is_caught(emu: Emulator) -> None:
+    """Regression: a transport that opened a client of its own and never closed it
+    passed (one socket lost per order tracked), with "Unclosed client session" on
+    the loop's log at best."""
+    inner = polling()
+    # On asyncio a kept-alive connection is the loop's until the loop closes, and it
+    # would be collected (and blamed) in a later test: none is kept.
+    close = {"Connection": "close"} if on_asyncio() else {}
+
+    async def leaky(order: OrderContext, sink: ObservationSink) -> None:
+        client = await open_http_client().__aenter__()  # the point of the test: never closed
+        url = f"{order.api_url}/v2/project/{order.project_id}/order/{order.order_id}"
+        await client.request("GET", url, headers=close)
+        await inner(order, sink)
+
+    limits = Limits(timeout=3.0, settle=0.1)
+    with pytest.raises(AssertionError, match=r"stops when cancelled: left open after") as info:
+        await check_stops_when_cancelled(leaky, EmulatorWorld(emu), limits)
+    assert "nclosed" in str(info.value)  # "Unclosed client session" (aiohttp), "unclosed <socket"
+
+
 async def test_a_crash_on_junk_is_caught(emu: Emulator) -> None:
     class Fragile(Forwarding):
         def report(self, report: HealthReport, /) -> None:

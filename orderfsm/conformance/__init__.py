@@ -14,7 +14,8 @@ orders and changes their statuses in whatever the transport reads.
 :class:`EmulatorWorld` is one for transports that read the emulator.
 
 The package: :mod:`.world` (what the checks drive), :mod:`.checks` (the
-promises), :mod:`.harness` (runs a transport and records what it does).
+promises), :mod:`.harness` (runs a transport and records what it does),
+:mod:`.resources` (what it left open).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
+from orderfsm.conformance.resources import LeftOpen
 from orderfsm.conformance.stalls import ProcessStalls, run_queue_wait
 from orderfsm.core import Observation
 from orderfsm.errors import OrderFsmError
@@ -178,7 +179,7 @@ class Session:
         limits: Limits,
         body: Callable[[Session], Awaitable[None]],
     ) -> None:
-        with ProcessStalls() as stalls:
+        with ProcessStalls() as stalls, LeftOpen() as left_open:
             session = cls(check, transport, limits, stalls)
             failure: BaseException | None = None
             async with anyio.create_task_group() as tg:
@@ -193,8 +194,13 @@ class Session:
                     failure = exc
                     await session._cancel(failure)
                 tg.cancel_scope.cancel()
-        if failure is None:
-            failure = await session._leftovers(baseline)
+            if failure is None:
+                failure = await session._leftovers(baseline)
+            if failure is None and (left := left_open.found()):
+                failure = session.fail(
+                    f"left open after the transport ended: {left[0]} "
+                    f"(close what it opens: async with, or try/finally)"
+                )
         if failure is None and session.max_lag > limits.max_block:
             failure = session.fail(
                 f"the event loop was blocked for {session.max_lag:.2f} s "
