@@ -230,9 +230,9 @@ def split_cancelled(exc: BaseException) -> tuple[BaseException | None, Exception
 
     A transport's task group cancelled while a child fails in its cleanup ends, on
     trio, in a group of both: the cancellation is the tracker's (the order ended, or
-    the tracker closes) and goes on; the failure costs this order only.  Not
-    ``except Exception`` outside the scope: when the tracker closes, its own task
-    group's cancellation is in the group too, which no scope of ours takes out.
+    the tracker closes) and goes on; the failure costs this order only.  The
+    transport's own scope takes its own cancellation out of the group, but not the
+    tracker's task group's, cancelled too when the tracker closes.
     """
     split = getattr(exc, "split", None)  # an exception group (3.11's, or anyio's backport)
     if split is None:
