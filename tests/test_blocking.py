@@ -38,12 +38,19 @@ def new_order(xsolla: Emulator) -> tuple[User, int]:
     return user, anyio.run(xsolla.create_order, user)
 
 
-def tracker_for(xsolla: Emulator, user: User, **options: object) -> Tracker:
+@pytest.fixture(params=["asyncio", "trio"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The loop of the tracker's own thread: each test runs on both."""
+    return str(request.param)
+
+
+def tracker_for(xsolla: Emulator, user: User, backend: str, **options: object) -> Tracker:
     return Tracker(
         project_id=xsolla.project_id,
         token=user.token,
         ws_url=xsolla.ws_url,
         api_url=xsolla.api_url,
+        backend=backend,
         **options,  # type: ignore[arg-type]
     )
 
@@ -54,7 +61,9 @@ def sockets_to(xsolla: Emulator) -> int:
     return sum(1 for c in psutil.Process().net_connections() if c.raddr and c.raddr.port == port)
 
 
-def test_wait_changes_callbacks_and_queue_and_nothing_left_behind(xsolla: Emulator) -> None:
+def test_wait_changes_callbacks_and_queue_and_nothing_left_behind(
+    xsolla: Emulator, backend: str
+) -> None:
     user, order_id = new_order(xsolla)
     threads_before = set(threading.enumerate())
     called_in: list[tuple[int, str]] = []
@@ -63,7 +72,7 @@ def test_wait_changes_callbacks_and_queue_and_nothing_left_behind(xsolla: Emulat
     def on_change(change: StatusChange) -> None:
         called_in.append((threading.get_ident(), str(change.status)))
 
-    with tracker_for(xsolla, user, on_change=on_change, queue=drained) as tracker:
+    with tracker_for(xsolla, user, backend, on_change=on_change, queue=drained) as tracker:
         tracker.track(order_id)
         anyio.run(xsolla.wait_connected, user)
         assert sockets_to(xsolla) >= 1  # its WebSocket, while it runs
@@ -79,10 +88,9 @@ def test_wait_changes_callbacks_and_queue_and_nothing_left_behind(xsolla: Emulat
     assert sockets_to(xsolla) == 0
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_wait_that_times_out_leaves_the_order_tracked(xsolla: Emulator, backend: str) -> None:
     user, order_id = new_order(xsolla)
-    with tracker_for(xsolla, user, backend=backend) as tracker:
+    with tracker_for(xsolla, user, backend) as tracker:
         with pytest.raises(WaitTimeout):
             tracker.wait(order_id, timeout=0.3)
         assert tracker.status(order_id) is Status.NEW
@@ -90,9 +98,11 @@ def test_a_wait_that_times_out_leaves_the_order_tracked(xsolla: Emulator, backen
         assert tracker.wait(order_id, timeout=30).status is Status.DONE
 
 
-def test_closing_ends_a_wait_in_another_thread_with_tracker_closed(xsolla: Emulator) -> None:
+def test_closing_ends_a_wait_in_another_thread_with_tracker_closed(
+    xsolla: Emulator, backend: str
+) -> None:
     user, order_id = new_order(xsolla)
-    tracker = tracker_for(xsolla, user)
+    tracker = tracker_for(xsolla, user, backend)
     outcome: list[BaseException] = []
     started = threading.Event()
 
@@ -113,7 +123,9 @@ def test_closing_ends_a_wait_in_another_thread_with_tracker_closed(xsolla: Emula
     assert len(outcome) == 1 and isinstance(outcome[0], TrackerClosed)
 
 
-def test_a_sync_token_function_and_a_closed_tracker_refusing_calls(xsolla: Emulator) -> None:
+def test_a_sync_token_function_and_a_closed_tracker_refusing_calls(
+    xsolla: Emulator, backend: str
+) -> None:
     user, order_id = new_order(xsolla)
     asked: list[str] = []
 
@@ -122,7 +134,11 @@ def test_a_sync_token_function_and_a_closed_tracker_refusing_calls(xsolla: Emula
         return user.token
 
     tracker = Tracker(
-        project_id=xsolla.project_id, token=token, ws_url=xsolla.ws_url, api_url=xsolla.api_url
+        project_id=xsolla.project_id,
+        token=token,
+        ws_url=xsolla.ws_url,
+        api_url=xsolla.api_url,
+        backend=backend,
     )
     with tracker:
         anyio.run(xsolla.run_script, order_id, STEPS)
@@ -132,10 +148,10 @@ def test_a_sync_token_function_and_a_closed_tracker_refusing_calls(xsolla: Emula
         tracker.track(order_id)
 
 
-def test_a_sync_receiver_feeds_it_from_a_wsgi_thread() -> None:
+def test_a_sync_receiver_feeds_it_from_a_wsgi_thread(backend: str) -> None:
     """A WSGI app's receiver (no loop) tells the tracker of its process: webhooks alone."""
     with Tracker(
-        project_id=1, transports=("webhook",), until="paid", fetch_details=False
+        project_id=1, transports=("webhook",), until="paid", fetch_details=False, backend=backend
     ) as tracker:
         receiver = SyncWebhookReceiver(SECRET, sink=tracker)
         body = order_paid(4242)
@@ -147,7 +163,7 @@ def test_a_sync_receiver_feeds_it_from_a_wsgi_thread() -> None:
 
 
 def test_a_callback_may_block_on_the_tracker_and_later_callbacks_wait_for_it(
-    xsolla: Emulator,
+    xsolla: Emulator, backend: str
 ) -> None:
     user, order_id = new_order(xsolla)
     seen: list[str] = []
@@ -157,7 +173,7 @@ def test_a_callback_may_block_on_the_tracker_and_later_callbacks_wait_for_it(
         if change.status is Status.PAID:  # e.g. a launcher that waits for the delivery here
             seen.append(f"waited: {tracker.wait(order_id, timeout=30).status}")
 
-    with tracker_for(xsolla, user, on_change=on_change) as tracker:
+    with tracker_for(xsolla, user, backend, on_change=on_change) as tracker:
         tracker.track(order_id)
         anyio.run(xsolla.wait_connected, user)
         anyio.run(xsolla.run_script, order_id, STEPS)
@@ -166,7 +182,9 @@ def test_a_callback_may_block_on_the_tracker_and_later_callbacks_wait_for_it(
     assert seen == ["new", "paid", "waited: done", "done"]
 
 
-def test_callbacks_never_run_two_at_once_when_several_threads_dispatch(xsolla: Emulator) -> None:
+def test_callbacks_never_run_two_at_once_when_several_threads_dispatch(
+    xsolla: Emulator, backend: str
+) -> None:
     """A GUI's timer calls ``dispatch`` while a worker thread blocks in ``wait``: each ran
     the callback of the change it took, at the same time as the other, so ``done``
     could be shown before ``paid`` and the app's state was touched from two threads."""
@@ -181,7 +199,7 @@ def test_callbacks_never_run_two_at_once_when_several_threads_dispatch(xsolla: E
         if alone:
             busy.release()
 
-    with tracker_for(xsolla, user, on_change=on_change) as tracker:
+    with tracker_for(xsolla, user, backend, on_change=on_change) as tracker:
         tracker.track(order_id)
         anyio.run(xsolla.wait_connected, user)
         waiter = threading.Thread(target=tracker.wait, args=(order_id,), kwargs={"timeout": 30})
@@ -195,14 +213,16 @@ def test_callbacks_never_run_two_at_once_when_several_threads_dispatch(xsolla: E
     assert ran == [("new", True), ("paid", True), ("done", True)]
 
 
-def test_close_from_two_threads_returns_in_each_with_every_thread_ended(xsolla: Emulator) -> None:
+def test_close_from_two_threads_returns_in_each_with_every_thread_ended(
+    xsolla: Emulator, backend: str
+) -> None:
     """A quit button's thread closes the tracker while the script leaves ``with``: the second
     ``close`` returned at once, while the first was still stopping the tracker's thread
     and sockets."""
     for _ in range(3):
         user, order_id = new_order(xsolla)
         threads_before = set(threading.enumerate())
-        tracker = tracker_for(xsolla, user)
+        tracker = tracker_for(xsolla, user, backend)
         tracker.track(order_id)
         anyio.run(xsolla.wait_connected, user)
         other = threading.Thread(target=tracker.close)
@@ -218,7 +238,7 @@ def test_close_from_two_threads_returns_in_each_with_every_thread_ended(xsolla: 
 
 
 def test_a_full_queue_costs_no_change_and_never_holds_the_tracker_up(
-    xsolla: Emulator, caplog: pytest.LogCaptureFixture
+    xsolla: Emulator, caplog: pytest.LogCaptureFixture, backend: str
 ) -> None:
     """A bounded queue the app drains slowly: the tracker's thread put into it with
     ``put_nowait``, so ``queue.Full`` took the change from the queue and from
@@ -235,7 +255,7 @@ def test_a_full_queue_costs_no_change_and_never_holds_the_tracker_up(
     def on_change(change: StatusChange) -> None:
         called.append((change.order_id, str(change.status)))
 
-    with tracker_for(xsolla, user, on_change=on_change, queue=drained) as tracker:
+    with tracker_for(xsolla, user, backend, on_change=on_change, queue=drained) as tracker:
         tracker.track(order_id)
         anyio.run(xsolla.wait_connected, user)
         anyio.run(xsolla.run_script, order_id, STEPS)
