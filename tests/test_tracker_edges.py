@@ -7,7 +7,7 @@ token callable that fails once or hangs."""
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 
 import anyio
@@ -54,6 +54,10 @@ async def settles_paid_unheard(emu: Emulator, tracker: Tracker, order_id: int) -
     assert result.status is Status.PAID and result.succeeded
 
 
+async def asked_more(asked: Callable[[], Awaitable[int]], before: int) -> bool:
+    return await asked() > before
+
+
 async def expired_seen(tracker: object, order_id: int) -> None:
     await eventually(lambda: tracker.status(order_id) is Status.EXPIRED)  # type: ignore[attr-defined]
 
@@ -65,13 +69,20 @@ async def test_a_payment_in_the_last_seconds_of_the_grace_is_not_lost(emu: Emula
     user = await emu.create_user()
     order_id = await emu.create_order(user)
     policy = DefaultPolicy(
-        poll_interval=0.05, deadline=30.0, expired_grace=1.5, expired_poll_interval=1.0
+        poll_interval=0.05, deadline=30.0, expired_grace=1.8, expired_poll_interval=1.0
     )
+
+    async def asked() -> int:
+        return len((await emu.order(order_id))["get_order_requests"])
+
     async with emulator_tracker(emu, user, policy=policy, transports=("polling",)) as tracker:
         tracker.track(order_id, until="paid")
         await emu.set_status(order_id, "expired")
         await expired_seen(tracker, order_id)
-        await anyio.sleep(1.2)  # past the slow poll at +1.0 s, before the grace ends at +1.5 s
+        before = await asked()
+        # Paid just after the slow poll at +1.0 s: the next would be at +2.0 s, past the
+        # grace's end at +1.8 s, where only the last look can hear it.
+        await eventually(lambda: asked_more(asked, before))
         await emu.set_status(order_id, "paid")
         result = await tracker.wait(order_id)
     assert result.status is Status.PAID and result.succeeded
@@ -255,7 +266,7 @@ async def test_one_failure_of_the_token_callable_does_not_end_polling(emu: Emula
     async with emulator_tracker(emu, user, token=token, policy=policy, **STALL_NOTICED) as tracker:
         tracker.track(order_id)
         await emu.wait_connected(user)
-        await anyio.sleep(0.3)  # the start's Get order is done
+        await eventually(lambda: tracker.stats().get_order)  # the start's Get order is done
         failures[0] = 1
         await emu.stall_connections(user, seconds=2.0)
         await emu.run_script(order_id, [(4.0, "pay"), (0.2, "deliver")])
