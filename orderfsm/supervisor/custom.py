@@ -6,8 +6,9 @@ about ``order.order_id`` however it likes and calls ``sink.observe(...)``
 in a task of its own from the start of tracking and cancels it once the
 order is final, so it never needs to know when to stop.  Raising an
 ``OrderFsmError`` ends that transport (logged as a warning, reported ``FAILED``
-under its name); the others carry on.  In a fleet it runs only on the instance
-holding the order's lease, as the built-in transports do.
+under its name); the others carry on.  In a fleet it runs on every instance
+tracking the order, not only where the order's lease is: a lease holder whose
+transport gave up would otherwise leave the order unfollowed.
 """
 
 from __future__ import annotations

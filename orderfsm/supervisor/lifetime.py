@@ -156,9 +156,7 @@ class TrackerLifetime:
         self.fleet = FleetLink(
             OrderLog(journal, poll=self.journal_poll, owner=name.name, fresh=name.fresh),
             self._orders,
-            # A custom transport follows Xsolla too (the Event API reader, an adapter
-            # polling it): run where the lease is, as the built-in ones.
-            follows_xsolla=bool(self.transports & {WEBSOCKET, POLLING} or self.extra),
+            follows_xsolla=bool(self.transports & {WEBSOCKET, POLLING}),
             on_settled=self.on_settled,
             on_settled_transactional=self.on_settled_transactional,
             lease=self.lease,

@@ -27,7 +27,6 @@ from orderfsm.supervisor.policy import Situation
 from orderfsm.supervisor.records import Change, ConflictSeen, FinalResult, StatusChange, User
 
 if TYPE_CHECKING:
-    from orderfsm.supervisor.custom import CustomTransport
     from orderfsm.supervisor.stragglers import RunningCustom
     from transports.polling import OrderDetails
 
@@ -57,7 +56,6 @@ class TrackedOrder(EndsTracking):
         "counters",
         "custom_error",
         "customs",
-        "customs_pending",
         "details",
         "fleet",
         "followers",
@@ -113,9 +111,6 @@ class TrackedOrder(EndsTracking):
         self.polling_error: OrderFsmError | None = None
         self.customs: list[RunningCustom] | None = None
         """Its custom transports whose tasks run (one cancelled still runs until it returns)."""
-        self.customs_pending: tuple[CustomTransport, ...] | None = None
-        """Custom transports to start once this instance holds the order's lease: all
-        of them at first, those stopped when the lease was lost later."""
         self.custom_error: OrderFsmError | None = None
         """The first error a custom transport ended with."""
         self.check_once = False

@@ -102,9 +102,8 @@ class Scheduler(GetOrderChecks, FetchesDetails, RunsSources):
     # --- what the tracker calls -------------------------------------------------------
 
     def start(self, order: TrackedOrder) -> None:
-        if self.extra:
-            order.customs_pending = self.extra
-            self._customs_follow_lease(order)
+        for transport in self.extra:
+            self._start_custom(order, transport)
         self._live += 1
         # One Get order at once, beside the WebSocket: a status from before the
         # socket's history, and a wrong order id, are known in seconds.
@@ -230,8 +229,6 @@ class Scheduler(GetOrderChecks, FetchesDetails, RunsSources):
         if order.settled is not None:
             self._settle(order)
             return
-        if self.extra:
-            self._customs_follow_lease(order)
         if plan.websocket and order.attachment is None and order.websocket is not None:
             attachment = self._pool.attach(
                 order.order_id,

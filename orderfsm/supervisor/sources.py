@@ -109,27 +109,6 @@ class RunsSources:
                     order.poller = None
                 self.wake(order)
 
-    def _customs_follow_lease(self, order: TrackedOrder) -> None:
-        """Custom transports run where the order's lease is, as the built-in ones do.
-
-        What an adapter polling Xsolla (the Event API reader is one) is written for:
-        one instance of a fleet follows an order through Xsolla, the others hear
-        its news through the journal.  Started once the lease is taken, stopped
-        when it is lost and started again when it comes back; one that ended on its
-        own stays ended.  (Outside a fleet the order is always this instance's.)
-        """
-        if order.owned:
-            pending = order.customs_pending
-            if pending is not None:
-                order.customs_pending = None
-                for transport in pending:
-                    self._start_custom(order, transport)
-        elif order.customs is not None:
-            stopping = tuple(c.transport for c in order.customs if not c.scope.cancel_called)
-            if stopping:
-                order.customs_pending = (order.customs_pending or ()) + stopping
-                self._stop_customs(order)
-
     def _start_custom(self, order: TrackedOrder, transport: CustomTransport) -> None:
         custom = RunningCustom(order.order_id, transport)
         customs = order.customs
