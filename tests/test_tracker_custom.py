@@ -16,6 +16,7 @@ from orderfsm.supervisor import stragglers
 from orderfsm.supervisor.custom import OrderContext
 from orderfsm.supervisor.policy import DefaultPolicy
 from orderfsm.supervisor.tracker import Tracker
+from orderfsm.testing import eventually
 from transports.emulator import Emulator
 
 pytestmark = pytest.mark.anyio
@@ -154,9 +155,10 @@ async def test_repeated_news_for_an_order_not_tracked_is_kept_once_per_status() 
     assert [c.status for c in result.changes] == [Status.PAID, Status.CANCELED]
 
 
-def cleanup_fails(status: str | None) -> object:
+def cleanup_fails(status: str | None, in_place: anyio.Event | None = None) -> object:
     """A transport with a task group whose child fails in its cleanup, as a cancelled
-    transport's child may: on trio its cancellation then ends in a group of both."""
+    transport's child may: on trio its cancellation then ends in a group of both.
+    ``in_place`` is set once the child runs."""
 
     async def transport(order: OrderContext, sink: ObservationSink) -> None:
         async def child() -> None:
@@ -168,6 +170,8 @@ def cleanup_fails(status: str | None) -> object:
         async with anyio.create_task_group() as tg:
             tg.start_soon(child)
             await anyio.sleep(0.05)
+            if in_place is not None:
+                in_place.set()
             if status is not None:
                 sink.observe(Observation(order.order_id, status, "mine", anyio.current_time()))
             await anyio.sleep_forever()
@@ -185,9 +189,10 @@ async def test_a_custom_transport_failing_as_it_is_cancelled_costs_its_order_onl
 
 
 async def test_a_custom_transport_failing_as_the_tracker_closes_does_not_break_the_exit() -> None:
-    async with custom_tracker(cleanup_fails(None)) as tracker:
+    in_place = anyio.Event()
+    async with custom_tracker(cleanup_fails(None, in_place)) as tracker:
         tracker.track(42)
-        await anyio.sleep(0.2)
+        await in_place.wait()
     # the exit returned: the failure was logged, not raised through the task group
 
 
@@ -215,7 +220,8 @@ async def test_a_custom_transports_health_never_stands_for_the_trackers_own(
         on_report=lambda _, report: heard.append(report),
     ) as tracker:
         tracker.track(order_id)
-        await anyio.sleep(0.3)
+        await emu.wait_connected(user)
+        await eventually(lambda: any(r.reason == "my socket" for r in heard))
         await emu.run_script(order_id, [(0.0, "paid"), (0.1, "done")])
         with anyio.fail_after(10):
             result = await tracker.wait(order_id)
