@@ -2,9 +2,12 @@
 
 Every backend (memory, SQLite, PostgreSQL) follows these: the memory backend
 calls them directly, and the SQL backends carry the same predicates in their
-statements (``tests/test_journal_sql.py`` checks, row by row, that they
-agree).  Nothing here reads a clock: ``now`` is seconds since the epoch, from
-the caller, because leases are shared by processes and hosts.
+statements.  Only the take is checked against them row by row
+(``tests/test_journal_store.py``, :func:`may_take` and :func:`take` on each
+database's single-statement claim, not PostgreSQL's batched one); the SQL's
+fencing, renewal and pruning are checked by behaviour, not row by row.  Nothing
+here reads a clock: ``now`` is seconds since the epoch, from the caller, because
+leases are shared by processes and hosts.
 """
 
 from __future__ import annotations
