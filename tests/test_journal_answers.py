@@ -10,17 +10,27 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
-from support_journal import DatabaseHold, on_databases, refuse_answers, url_for
+from support_journal import (
+    DatabaseHold,
+    accept_answers,
+    create_grants,
+    grants,
+    mark,
+    on_databases,
+    refuse_answers,
+    url_for,
+)
 from support_webhook import SECRET, order_paid, signed
 
 from orderfsm.errors import JournalUnavailable
 from orderfsm.journal import Answer, JournalSettings, NewDelivery, Reply
 from transports.journal import Taken, open_journal
 from transports.journal.sqlite import SqliteStore
-from transports.webhook import WebhookReceiver
+from transports.webhook import Notification, OrderPaid, WebhookReceiver
 
 BUSY = Answer(503)
 
@@ -128,6 +138,38 @@ async def test_an_answer_the_database_refuses_is_answered_5xx_at_once(
         fine = await receiver.handle(signed(order_paid(2)), order_paid(2))
     assert (refused.status, fine.status) == (500, 204)
     assert elapsed < 10.0  # a retried refusal would take the whole lease
+
+
+@pytest.mark.anyio
+@on_databases
+async def test_a_transactional_answer_the_database_refuses_is_500_and_the_retry_grants_once(
+    backend: str, tmp_path: Path
+) -> None:
+    """The transactional handler granted, then the database refuses the answer written in
+    the same transaction (a trigger): the grant is rolled back with it and the delivery
+    gets a 500, never the 4xx that Xsolla does not retry (and refunds).  Nothing of the
+    attempt committed, so Xsolla's retry runs the handler at once, and the order is
+    granted once; the answer is then repeated."""
+    url = url_for(backend, tmp_path)
+    create_grants(url)
+    insert = f"INSERT INTO grants (order_id) VALUES ({mark(url)})"
+    ran: list[int] = []
+
+    def grant(notification: Notification, connection: Any) -> None:
+        assert isinstance(notification, OrderPaid)
+        ran.append(notification.order_id)
+        connection.execute(insert, (notification.order_id,))
+
+    payload = order_paid(1)
+    async with open_journal(url, JournalSettings(wait=0.5, lease=30.0)) as journal:
+        receiver = WebhookReceiver(SECRET, transactional=grant, store=journal)
+        refuse_answers(url, "order_paid:1")
+        refused = await receiver.handle(signed(payload), payload)
+        ran_when_refused, granted_when_refused = list(ran), grants(url)
+        accept_answers(url)
+        retries = [await receiver.handle(signed(payload), payload) for _ in range(2)]
+    assert refused.status == 500 and (ran_when_refused, granted_when_refused) == ([1], [])
+    assert [r.status for r in retries] == [204, 204] and ran == [1, 1] and grants(url) == [1]
 
 
 @pytest.mark.anyio

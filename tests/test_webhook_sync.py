@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -18,12 +19,14 @@ from typing import Any
 
 import pytest
 from support_journal import (
+    accept_answers,
     connect,
     create_grants,
     grants,
     mark,
     on_databases,
     on_every_backend,
+    refuse_answers,
     url_for,
 )
 from support_webhook import SECRET, order_paid, signed
@@ -174,6 +177,34 @@ def test_the_journal_down_answers_500_never_4xx(tmp_path: Path) -> None:
     body = order_paid(9)
     assert receiver.handle(signed(body), body).status == 500
     receiver.close()
+
+
+@on_databases
+def test_an_answer_the_database_refuses_after_the_handler_ran_is_500_never_4xx(
+    backend: str, tmp_path: Path
+) -> None:
+    """The handler ran, then the database refuses its answer (a trigger): 500, never the
+    4xx that Xsolla does not retry (and refunds), as the async receiver answers.  The
+    journal still knows the handler may have run: Xsolla's retry within the claim's
+    lease is a 500 that does not run it again; once the lease ran out the retry runs it
+    (at least once, as the README says) and its answer is recorded and repeated."""
+    url = url_for(backend, tmp_path)
+    handler = Handler()
+    key, body = "order_paid:1", order_paid(1)
+    settings = JournalSettings(wait=0.3, lease=3.0)
+    with SyncWebhookReceiver(SECRET, handler, store=url, settings=settings) as receiver:
+        refuse_answers(url, key)
+        refused = receiver.handle(signed(body), body)
+        accept_answers(url)
+        within_lease = receiver.handle(signed(body), body)
+        handled_within_lease = list(handler.handled)
+        lease_until = receiver.journal.claims([key])[key].lease_until
+        time.sleep(max(0.0, lease_until + 0.1 - time.time()))
+        after_lease = [receiver.handle(signed(body), body) for _ in range(2)]
+        failed = receiver.stats().deliveries["journal_failed"]
+    assert (refused.status, within_lease.status, failed) == (500, 500, 1)
+    assert handled_within_lease == [1]
+    assert [a.status for a in after_lease] == [204, 204] and handler.handled == [1, 1]
 
 
 @on_databases
