@@ -4,10 +4,14 @@ Hypothesis drives several receivers (each its own journal: its own
 connections, as separate processes would have) through duplicate deliveries,
 handler failures, crashes inside the transaction, duplicates arriving while a
 transaction is open, lease expiries and restarts, with a clock of its own.
-After every step: no grant twice, no grant without its recorded answer, no
-4xx.  At the end, Xsolla's retries (the clock past every lease) deliver every
-order until 2xx: each is granted exactly once (transactional), or handled at
-least once with its answer recorded exactly once (plain).
+The handlers grant (a 2xx), refuse on purpose (a 4xx) or fail (a 5xx), each answer's
+body naming the attempt that gave it.  After every step: no grant twice, no grant
+without its recorded answer; once a handler's 2xx or 4xx is recorded for an order,
+every later delivery of it gets exactly that answer (status, body, type), before it
+only a 5xx; and no 4xx but the handler's own.  At the end, Xsolla's retries (the
+clock past every lease) deliver every order until its answer is final: each is
+granted exactly once unless refused (transactional), or handled at least once with
+its answer recorded exactly once (plain).
 """
 
 from __future__ import annotations
@@ -28,9 +32,22 @@ from orderfsm.journal import Answer, JournalSettings, NewDelivery, Outcome, Repl
 from transports.journal import Ran, SyncJournal, Taken, store_for
 from transports.journal.base import Work
 
-OK = Answer(204)
 FAILED = Answer(500, b"failed")
 BUSY = Answer(500, b"busy")
+STORE_FAILED = Answer(503, b"journal failed")
+"""What the receiver answers when the journal fails it (the store's trouble, not the
+journal's decision: the only answer exempt from repeating the recorded one)."""
+
+
+def granted(attempt: int) -> Answer:
+    return Answer(200, f'{{"granted_by": {attempt}}}'.encode(), "application/json")
+
+
+def refused(attempt: int) -> Answer:
+    body = f'{{"error": {{"code": "INVALID_USER", "attempt": {attempt}}}}}'.encode()
+    return Answer(400, body, "application/json")
+
+
 RECEIVERS = 3
 ORDERS = 4
 LEASE = 10.0
@@ -64,6 +81,9 @@ class Receivers(RuleBasedStateMachine):
         self.clock = Clock()
         self.journals: list[SyncJournal] = [self._journal() for _ in range(RECEIVERS)]
         self.answers: list[tuple[int, Answer]] = []
+        self.recorded: dict[int, tuple[int, Answer]] = {}
+        """Per order, the index in ``answers`` of the delivery whose handler's 2xx or 4xx
+        the journal recorded, and that answer."""
 
     def _journal(self) -> SyncJournal:
         journal = SyncJournal(store_for(self.url, SETTINGS), SETTINGS, clock=self.clock)
@@ -89,9 +109,32 @@ class Receivers(RuleBasedStateMachine):
     def time_passes(self, seconds: float) -> None:
         self.clock.now += seconds
 
+    def handler_answered(self, order_id: int, answer: Answer) -> None:
+        """This delivery's own handler gave ``answer`` and the journal recorded it (when
+        final): the first final answer of the order, as a handler never runs after one."""
+        if answer.status < 500:
+            assert order_id not in self.recorded, (order_id, self.recorded[order_id], answer)
+            self.recorded[order_id] = (len(self.answers), answer)
+        self.answers.append((order_id, answer))
+
     @invariant()
-    def never_4xx(self) -> None:
-        assert all(not 400 <= answer.status < 500 for _, answer in self.answers)
+    def no_4xx_but_the_handlers_own(self) -> None:
+        for order_id, answer in self.answers:
+            if 400 <= answer.status < 500:
+                assert self.recorded.get(order_id, (0, None))[1] == answer, (order_id, answer)
+
+    @invariant()
+    def duplicates_repeat_the_recorded_answer(self) -> None:
+        """Exactly the recorded answer once there is one (never a 5xx then, which would
+        run the handler again, nor another attempt's answer); only a 5xx before."""
+        for index, (order_id, answer) in enumerate(self.answers):
+            if answer == STORE_FAILED:
+                continue
+            since, first = self.recorded.get(order_id, (len(self.answers), None))
+            if index >= since:
+                assert answer == first, (order_id, answer, first)
+            else:
+                assert answer.status >= 500, (order_id, answer)
 
     def teardown(self) -> None:
         for journal in self.journals:
@@ -107,39 +150,46 @@ class TransactionalReceivers(Receivers):
 
     def work(self, order_id: int, how: str, receiver: int) -> Any:
         def grant(connection: Any, attempt: int) -> tuple[Answer, str | None]:
-            connection.execute(self.insert, (order_id,))
+            connection.execute(self.insert, (order_id,))  # rolled back unless a 2xx
             if how == "crash":
                 raise Crash
             if how == "fail":
                 return FAILED, "failed on purpose"
+            if how == "refuse":
+                return refused(attempt), "refused on purpose"
             if how == "duplicate inside":
                 # Xsolla's retry lands on another instance while this transaction is open:
                 # it must not run the handler beside it (it answers 5xx, or waits).
                 other = self.journals[(receiver + 1) % RECEIVERS]
-                self.answers.append((order_id, self.run(other, order_id, "ok", receiver + 1)))
-            return OK, None
+                self.deliver_to(other, order_id, "ok", receiver + 1)
+            return granted(attempt), None
 
         return Work(grant)
 
-    def run(self, journal: SyncJournal, order_id: int, how: str, receiver: int) -> Answer:
+    def run(self, journal: SyncJournal, order_id: int, how: str, receiver: int) -> Ran | Reply:
         try:
-            result = journal.run(self.delivery(order_id), self.work(order_id, how, receiver), BUSY)
+            return journal.run(self.delivery(order_id), self.work(order_id, how, receiver), BUSY)
         except JournalError:
-            return BUSY  # what the receiver answers when the journal fails it
-        return result.answer if isinstance(result, (Ran, Reply)) else BUSY
+            return Reply(STORE_FAILED)  # what the receiver answers when the journal fails it
+
+    def deliver_to(self, journal: SyncJournal, order_id: int, how: str, receiver: int) -> Answer:
+        result = self.run(journal, order_id, how, receiver)
+        if isinstance(result, Ran):
+            self.handler_answered(order_id, result.answer)
+        else:
+            self.answers.append((order_id, result.answer))
+        return result.answer
 
     @rule(
         receiver=st.integers(0, RECEIVERS - 1),
         order_id=st.integers(1, ORDERS),
-        how=st.sampled_from(["ok", "ok", "fail", "crash", "duplicate inside"]),
+        how=st.sampled_from(["ok", "ok", "refuse", "fail", "crash", "duplicate inside"]),
     )
     def deliver(self, receiver: int, order_id: int, how: str) -> None:
         try:
-            answer = self.run(self.journals[receiver], order_id, how, receiver)
+            self.deliver_to(self.journals[receiver], order_id, how, receiver)
         except Crash:
             self.restart(receiver)
-            return
-        self.answers.append((order_id, answer))
 
     @invariant()
     def each_grant_once_and_only_with_its_answer(self) -> None:
@@ -147,6 +197,8 @@ class TransactionalReceivers(Receivers):
         assert all(count == 1 for count in granted.values()), granted
         answered = {o for o, a in self.answers if a.ok}
         assert answered <= set(granted)
+        refusals = {o for o, (_, a) in self.recorded.items() if not a.ok}
+        assert not refusals & set(granted), granted  # a refusal's writes are rolled back
 
     def grants(self) -> Counter[int]:
         db = connect(self.url)
@@ -163,10 +215,13 @@ class TransactionalReceivers(Receivers):
                 # that never answers 2xx fails the test instead of hanging it.
                 tries = itertools.islice(itertools.cycle(range(RECEIVERS)), 10 * RECEIVERS)
                 assert any(
-                    self.run(self.journals[receiver], order_id, "ok", receiver).ok
+                    self.deliver_to(self.journals[receiver], order_id, "ok", receiver).status < 500
                     for receiver in tries
-                ), f"order {order_id} never answered 2xx"
-            assert self.grants() == Counter(range(1, ORDERS + 1))
+                ), f"order {order_id} never answered its final answer"
+            self.duplicates_repeat_the_recorded_answer()
+            self.no_4xx_but_the_handlers_own()
+            kept = {o for o, (_, answer) in self.recorded.items() if answer.ok}
+            assert self.grants() == Counter(kept) and len(self.recorded) == ORDERS
         finally:
             super().teardown()
 
@@ -178,67 +233,94 @@ class PlainReceivers(Receivers):
         super().__init__()
         self.in_flight: list[tuple[int, Taken, int]] = []
         self.completed: Counter[int] = Counter()
+        self.latest: dict[int, int] = {}
+        """Per order, the attempt of its latest claim: the only one whose answer records."""
 
     @rule(receiver=st.integers(0, RECEIVERS - 1), order_id=st.integers(1, ORDERS))
     def arrive(self, receiver: int, order_id: int) -> None:
         try:
             begun = self.journals[receiver].begin(self.delivery(order_id), BUSY)
         except JournalError:
-            self.answers.append((order_id, BUSY))
+            self.answers.append((order_id, STORE_FAILED))
             return
         if isinstance(begun, Taken):
+            assert order_id not in self.recorded  # no handler after a final answer
             # Never two attempts of one key both allowed to record: the older one is fenced.
             self.in_flight.append((receiver, begun, order_id))
+            self.latest[order_id] = begun.attempt
         else:
             self.answers.append((order_id, begun.answer))
 
     @precondition(lambda self: self.in_flight)
-    @rule(data=st.data(), fail=st.booleans())
-    def handler_ends(self, data: st.DataObject, fail: bool) -> None:
+    @rule(data=st.data(), how=st.sampled_from(["grant", "refuse", "fail"]))
+    def handler_ends(self, data: st.DataObject, how: str) -> None:
         receiver, taken, order_id = data.draw(st.sampled_from(self.in_flight))
         self.in_flight.remove((receiver, taken, order_id))
-        if not fail:
+        if how == "grant":
             self.completed[order_id] += 1
-        answer = FAILED if fail else OK
+        answer = {"grant": granted, "refuse": refused}.get(how, lambda _: FAILED)(taken.attempt)
         try:
             given = self.journals[receiver].settle(taken, answer, None, BUSY)
         except JournalError:
-            given = BUSY
-        self.answers.append((order_id, given))
+            self.answers.append((order_id, STORE_FAILED))
+            self.learn_recorded(order_id, taken)
+            return
+        if taken.attempt == self.latest[order_id]:  # not fenced: its answer is the one
+            assert given == answer
+            self.handler_answered(order_id, answer)
+        else:  # fenced: the newer attempt's recorded answer, or a 5xx
+            self.answers.append((order_id, given))
+
+    def learn_recorded(self, order_id: int, taken: Taken) -> None:
+        """The journal failed the answer's write: whether it recorded it anyway is the
+        journal's to say (its claim row), so the invariants go on from what it holds."""
+        assert taken.key is not None
+        claim = self.journals[0].claims([taken.key]).get(taken.key)
+        if claim is not None and claim.answer is not None and order_id not in self.recorded:
+            assert claim.attempt == taken.attempt == self.latest[order_id]
+            self.recorded[order_id] = (len(self.answers), claim.answer)
 
     def restart(self, receiver: int) -> None:
         super().restart(receiver)
         self.in_flight = [f for f in self.in_flight if f[0] != receiver]
-
-    @invariant()
-    def duplicates_repeat_the_recorded_answer(self) -> None:
-        for order_id, answer in self.answers:
-            assert answer in (OK, FAILED, BUSY), (order_id, answer)
 
     def teardown(self) -> None:
         try:
             self.in_flight.clear()
             self.clock.now += LEASE + 1
             for order_id in range(1, ORDERS + 1):
-                for receiver in itertools.cycle(range(RECEIVERS)):
+                # Xsolla's retries, round the receivers: a bounded number, so a journal
+                # that never gives the final answer fails the test instead of hanging it.
+                tries = itertools.islice(itertools.cycle(range(RECEIVERS)), 10 * RECEIVERS)
+                for receiver in tries:
                     try:  # the background pruner may hold the writer for a moment
                         begun = self.journals[receiver].begin(self.delivery(order_id), BUSY)
                     except JournalError:
                         continue
                     if isinstance(begun, Reply):
-                        if begun.answer == BUSY:
-                            continue
-                        assert begun.answer == OK
-                        break
+                        self.answers.append((order_id, begun.answer))
+                        if begun.answer.status < 500:
+                            break
+                        continue
+                    assert order_id not in self.recorded  # no handler after a final answer
                     self.completed[order_id] += 1
+                    answer = granted(begun.attempt)
                     try:
-                        self.journals[receiver].settle(begun, OK, None, BUSY)
+                        given = self.journals[receiver].settle(begun, answer, None, BUSY)
                     except JournalError:
                         self.clock.now += LEASE + 1  # its lease must run out first
+                        continue
+                    assert given == answer
+                    self.handler_answered(order_id, answer)
+                else:
+                    raise AssertionError(f"order {order_id} never got its final answer")
+            self.duplicates_repeat_the_recorded_answer()
+            self.no_4xx_but_the_handlers_own()
             records = self.journals[0].deliveries()
-            handled = Counter(d.order_id for d in records if d.outcome is Outcome.HANDLED)
-            assert handled == Counter(range(1, ORDERS + 1))  # each answer recorded once
-            assert all(self.completed[o] >= 1 for o in range(1, ORDERS + 1))
+            final = (Outcome.HANDLED, Outcome.REFUSED)
+            recorded = Counter(d.order_id for d in records if d.outcome in final)
+            assert recorded == Counter(range(1, ORDERS + 1))  # each answer recorded once
+            assert all(self.completed[o] >= 1 for o, (_, a) in self.recorded.items() if a.ok)
         finally:
             super().teardown()
 
