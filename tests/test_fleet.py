@@ -683,7 +683,7 @@ async def test_on_settled_runs_once_across_the_fleet(
 
     def handler(name: str) -> Any:
         async def on_settled(event: Settled) -> None:
-            if event.order_id not in failed_once:  # the first try fails: it is retried
+            if event.order_id not in failed_once:  # the first try fails: retried, by either
                 failed_once.add(event.order_id)
                 raise RuntimeError("the game's database hiccuped")
             calls.append((name, event))
@@ -712,6 +712,31 @@ async def test_on_settled_runs_once_across_the_fleet(
     assert events == expected
     refund = next(e for _, e in calls if e.status is Status.CANCELED)
     assert refund.later and not refund.succeeded
+
+
+@on_databases
+async def test_a_failed_on_settled_is_retried_by_the_instance_that_called_it(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """The handler fails once (the game's database hiccuped): the instance that called
+    it calls it again within moments, alone, not leaving it to the sweep a lease
+    period later (here longer than the test)."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    tries: list[Settled] = []
+
+    async def on_settled(event: Settled) -> None:
+        tries.append(event)
+        if len(tries) == 1:
+            raise RuntimeError("the game's database hiccuped")
+
+    async with instance(url, emu, user, lease=30.0, on_settled=on_settled) as a:
+        a.track(order_id)
+        await emu.run_script(order_id, [(0.05, "paid"), (0.05, "done")])
+        await a.wait(order_id)
+        await eventually(lambda: len(tries) >= 2, timeout=5)
+    assert [(e.order_id, e.status) for e in tries] == [(order_id, Status.DONE)] * 2
 
 
 @on_databases
