@@ -137,9 +137,12 @@ async def test_a_refund_waits_for_the_delivery_call_a_dead_instance_left_unanswe
     delivery's call once A's claim runs out, then the refund's."""
     url = url_for(backend, tmp_path)
     calls: list[Settled] = []
+    # B waits for a running claim 0.5 s (its journal's wait), less than A's claim lasts:
+    # B finds it busy, not run out, so B's first tries must come back "not yet".
     async with (
         open_journal(url, JournalSettings(lease=2.0), owner="instance-a") as dead_a,
-        journal_only(url, calls) as b,
+        open_journal(url, JournalSettings(wait=0.5)) as journal,
+        journal_only(journal, calls) as b,
     ):
         b.track(7)
         body = json.dumps({"order_id": 7}).encode()
