@@ -19,7 +19,8 @@ import anyio
 from orderfsm.errors import OrderFsmError, TransportError
 from orderfsm.interface import Health, HealthReport
 from orderfsm.supervisor.custom import CustomTransport, OrderContext, transport_name
-from orderfsm.supervisor.order import CustomSink, SourceSink
+from orderfsm.supervisor.custom_sink import CustomSink
+from orderfsm.supervisor.order import SourceSink
 from orderfsm.supervisor.stragglers import RunningCustom, Stragglers
 
 if TYPE_CHECKING:
