@@ -36,6 +36,8 @@ class Receiver:
     url: str = ""
     lines: list[str] = attrs.field(factory=list)
     changed: anyio.Event = attrs.field(factory=anyio.Event)
+    stderr: Path | None = None
+    """Where the process's stderr went, when kept (read when a test fails)."""
 
     async def drain(self, reader: BufferedByteReceiveStream) -> None:
         while True:
@@ -57,6 +59,12 @@ class Receiver:
                 if self.process.returncode is not None:
                     raise AssertionError(f"the receiver exited waiting for {prefix!r}")
                 await self.changed.wait()
+
+    def said(self, last: int = 4000) -> str:
+        """The end of what the process wrote to stderr, for a failing test's message."""
+        if self.stderr is None or not self.stderr.exists():
+            return "(stderr not kept)"
+        return self.stderr.read_text(errors="replace")[-last:]
 
     @property
     def alive(self) -> bool:

@@ -15,11 +15,11 @@ fleet; the issue's 1,000 is a longer run of the same test).
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -50,6 +50,7 @@ PATHS = [
     ("paid", "canceled"),
 ]
 SECRET = "PROJECT_SECRET_KEY"
+STARTED = itertools.count()
 CODE = os.pathsep.join([str(TESTS), str(TESTS.parent)])
 """The tracker processes' imports: the tests' helpers, and this checkout's code (not
 whatever checkout the environment installed)."""
@@ -85,11 +86,13 @@ async def start_tracker(
     command = [sys.executable, str(TESTS / "fleet_tracker.py"), journal, emu.base_url, str(setup)]
     command += ["--backend", backend, "--lease", str(lease), *(["--resume"] if resume else [])]
     command += [] if instance is None else ["--instance", instance]
-    process = await anyio.open_process(
-        command, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": CODE}
-    )
+    stderr = setup.with_name(f"tracker-{next(STARTED)}.stderr")
+    with stderr.open("wb") as sink:  # the child keeps its own descriptor
+        process = await anyio.open_process(
+            command, stderr=sink, env={**os.environ, "PYTHONPATH": CODE}
+        )
     assert process.stdout is not None
-    tracker = Receiver(process)
+    tracker = Receiver(process, stderr=stderr)
     tg.start_soon(tracker.drain, BufferedByteReceiveStream(process.stdout))
     await tracker.wait_for("READY", within=60)
     return tracker
@@ -190,21 +193,23 @@ async def test_an_order_only_a_killed_tracker_followed_is_taken_over_by_another(
             a = await start_tracker(tg, url, emu, setups[0], anyio_backend_name, resume=False)
             try:
                 await eventually(lambda: anyio.to_thread.run_sync(leased, url, order_id))
-                (a_name, _) = await anyio.to_thread.run_sync(lease_of, url, order_id)
                 b = await start_tracker(tg, url, emu, setups[1], anyio_backend_name, resume=False)
                 assert tracking(b) == []  # A's lease is live: not B's to take
                 await a.kill()
                 killed = time.monotonic()
 
-                async def taken_over() -> bool:
-                    owner, until = await anyio.to_thread.run_sync(lease_of, url, order_id)
-                    return owner not in (None, a_name) and until > time.time()
-
                 # Meanwhile, where only the Get order of a takeover sees it.
                 await emu.set_status(order_id, "done", publish=False)
-                await eventually(taken_over, timeout=10)
-                assert time.monotonic() - killed < 3.0  # a lease (1 s), a look (1/3 s), slack
-                await eventually(lambda: grants(url), timeout=30)
+                try:
+                    await eventually(lambda: anyio.to_thread.run_sync(grants, url), timeout=10)
+                except TimeoutError:
+                    lease = await anyio.to_thread.run_sync(lease_of, url, order_id)
+                    raise AssertionError(f"not taken over: lease {lease}, B: {b.said()}") from None
+                # B's: A died before the order was done.  Within a lease (1 s), an
+                # adopter's look (1/3 s), a Get order, and slack.  (Not B's lease
+                # seen in the journal: B drops it as the order settles, a window
+                # the test's reads missed on a loaded machine.)
+                assert time.monotonic() - killed < 4.0
                 await anyio.sleep(1.5)  # time for a second grant, which must not come
                 assert b.alive
             finally:
