@@ -17,7 +17,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Generator, Sequence
-from typing import cast
 
 from orderfsm.errors import JournalClosed, JournalError, JournalRefused, JournalUnavailable
 from orderfsm.journal import (
@@ -36,19 +35,17 @@ from orderfsm.journal import (
     after_fencing,
     judge,
     prune_cutoff,
-    prune_due,
 )
 from transports.journal.base import (
     Batches,
     Claimed,
     ClaimRequest,
     SettleRequest,
-    SqlStore,
     Store,
     Work,
 )
-from transports.journal.change_prune import ChangesPass
 from transports.journal.orders import Note
+from transports.journal.pruning import BackgroundPrune, prune_rounds
 from transports.journal.renewer import Renewer
 from transports.journal.steps import Ran, Taken, decided_by, drive
 
@@ -61,9 +58,6 @@ SYNC_ANSWER_PATIENCE = 20.0
 30 s worker timeout: a killed worker answers nothing, a 500 at least is counted)."""
 LAST_RECORD = 0.5
 """Seconds a duplicate that used up its wait still gives its own record."""
-PRUNE_ROUND = 5.0
-"""Seconds of one round of a prune, at most (plus its last chunk): what a closing
-journal waits for it."""
 
 
 def new_owner() -> str:
@@ -91,8 +85,7 @@ class SyncJournal:
         self._open_lock = threading.Lock()
         self._opened = False
         self._closed = False
-        self._last_pruned: float | None = None
-        self._pruner: threading.Thread | None = None
+        self._prunes = BackgroundPrune(self.prune, self.settings.prune_every)
         self.renewer = Renewer(self.renew, self.settings.lease / 3, ANSWER_RETRY)
         """Renews the running plain handlers' claims (see :mod:`~transports.journal.renewer`)."""
 
@@ -112,14 +105,12 @@ class SyncJournal:
             if not self._opened:
                 self.store.open(patience)
                 self._opened = True
-                self._last_pruned = None
+                self._prunes.last = None
 
     def close(self) -> None:
         self._closed = True
         self.renewer.stop(timeout=self.settings.wait * 4)
-        pruner = self._pruner
-        if pruner is not None:
-            pruner.join(timeout=self.settings.wait * 4)
+        self._prunes.join(timeout=self.settings.wait * 4)
         with self._open_lock:
             self.store.close()
 
@@ -362,58 +353,19 @@ class SyncJournal:
         return self.store.reopen(key, attempt, self._deadline())
 
     def prune(self) -> Pruned:
-        """Delete what is older than the retention now: claims, deliveries and, on SQLite
-        and PostgreSQL, the fleet tracker's changes (:mod:`~transports.journal.change_prune`).
-
-        In rounds of :data:`PRUNE_ROUND` (the claims and deliveries, then the changes)
-        until one finds nothing left: however long
-        that takes (an hour of a busy fleet's deliveries, millions of rows, takes
-        minutes), so the hourly prune keeps up with what comes in; between rounds it
-        stops if the journal is closing (the rest goes at the next start)."""
+        """Delete what is older than the retention now, in rounds until nothing is left
+        (:func:`~transports.journal.pruning.prune_rounds`)."""
         self.open()
         now = self.clock()
-        self._last_pruned = now
+        self._prunes.last = now
         cutoff = prune_cutoff(now, self.settings.retention)
-        changes = None
-        if self.store.kind in ("sqlite", "postgresql"):  # the stores with the orders' tables
-            changes = ChangesPass(cast(SqlStore, self.store), cutoff, now)
-        claims = deliveries = 0
-        while True:
-            more = self.store.prune(cutoff, time.monotonic() + PRUNE_ROUND)
-            claims, deliveries = claims + more[0], deliveries + more[1]
-            if changes is not None and not self._closed:
-                changes.run(time.monotonic() + PRUNE_ROUND)
-            done = more == (0, 0) and (changes is None or changes.done)
-            if done or self._closed:
-                return Pruned(claims, deliveries, 0 if changes is None else changes.pruned)
+        return prune_rounds(self.store, cutoff, now, self._closing)
+
+    def _closing(self) -> bool:
+        return self._closed
 
     def _maybe_prune(self) -> None:
-        """Start a background prune when one is due; never on the answer's path."""
-        now = self.clock()
-        if self._closed or not prune_due(self._last_pruned, now, self.settings.prune_every):
-            return
-        if self._pruner is not None and self._pruner.is_alive():
-            return
-        self._last_pruned = now
-
-        def prune() -> None:
-            try:
-                pruned = self.prune()
-                if any(pruned):
-                    logger.info(
-                        "pruned %d claims, %d deliveries and %d order changes",
-                        *pruned,
-                        extra={"event": "journal.pruned"},
-                    )
-            except Exception as exc:
-                if not (isinstance(exc, JournalClosed) and self._closed):  # closed mid-round
-                    logger.exception(
-                        "pruning the journal failed; it is tried again later",
-                        extra={"event": "journal.prune_failed"},
-                    )
-
-        self._pruner = threading.Thread(target=prune, name="orderfsm-journal-prune", daemon=True)
-        self._pruner.start()
+        self._prunes.start_if_due(self.clock(), self._closing)
 
     # --- synchronous drivers ---------------------------------------------------------------
 
