@@ -108,6 +108,7 @@ def test_watch_shows_each_order_live_in_a_terminal(emu: Emulator, backend: str) 
     first, second = row(screen, done), row(screen, refunded)
     assert "DONE" in first and "[x] new -> [x] paid -> [x] done" in first
     assert "succeeded: done" in first and "websocket" in first
+    assert "stopped" in first and "healthy" not in first  # the tracker stopped its transports
     assert "CANCELED" in second and "[x] new -> [x] paid -> [x] canceled" in second
     assert "ended: canceled" in second
     assert "latest events:" in screen and f"{refunded}  CANCELED via websocket" in screen

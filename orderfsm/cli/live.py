@@ -116,15 +116,26 @@ class LiveView:
 
     def final(self, result: FinalResult) -> None:
         order = self._orders[result.order_id]
+        self._stopped(order)
         order.ended = f"{'succeeded' if result.succeeded else 'ended'}: {result.status}"
         order.ended_style = "bold green" if result.succeeded else "bold red"
         self._event(result.at, result.order_id, Text(f"final: {result.status}; {summary(result)}"))
 
     def failed(self, order_id: int, error: OrderFsmError) -> None:
         order = self._orders[order_id]
+        self._stopped(order)
         order.ended = f"failed: {type(error).__name__}"
         order.ended_style = "bold red"
         self._redraw()
+
+    @staticmethod
+    def _stopped(order: _Order) -> None:
+        """The tracker stops an order's transports when it ends, and their own last
+        reports (a poller cancelled) come after the end, which the tracker no longer
+        tells: without this the row showed a poller ``healthy`` under ``done``."""
+        for name, health in order.transports.items():
+            if health is not Health.FAILED:
+                order.transports[name] = Health.STOPPED
 
     # --- drawing --------------------------------------------------------------------
 
