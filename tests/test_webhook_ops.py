@@ -340,6 +340,61 @@ async def test_readiness_says_no_once_postgresql_sessions_only_read() -> None:
     assert retried == 204
 
 
+async def test_readiness_says_no_once_a_privilege_is_taken_from_the_journal() -> None:
+    """A DBA takes INSERT on the claims table back from the receivers' role (a role
+    rotation half done): every delivery was answered 500 while ``/readyz`` said ready.
+    Now it says 503 and names what is missing, until the grant is back."""
+    server = postgres_server()  # skips without the binaries
+    import psycopg
+
+    number = next(DATABASES)
+    name, role = f"grants_{os.getpid()}_{number}", f"receiver_{os.getpid()}_{number}"
+    admin = psycopg.connect(server.base, autocommit=True)
+    admin.execute(f"CREATE DATABASE {name}")
+    admin.execute(f"CREATE ROLE {role} LOGIN")
+    owner_url = f"{server.base.rsplit('/', 1)[0]}/{name}"
+    try:
+        async with WebhookReceiver(SECRET, store=owner_url):  # the schema, made by its owner
+            pass
+        database = psycopg.connect(owner_url, autocommit=True)
+        try:
+            database.execute(
+                f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
+            )
+
+            def claims(grant: bool) -> None:
+                verb = (
+                    f"GRANT INSERT ON orderfsm_claims TO {role}"
+                    if grant
+                    else f"REVOKE INSERT ON orderfsm_claims FROM {role}"
+                )
+                database.execute(verb)
+
+            url = owner_url.replace("//postgres@", f"//{role}@", 1)
+            assert url != owner_url, owner_url
+            receiver = WebhookReceiver(SECRET, store=url)
+            ready = health_endpoints(receiver)["/readyz"]
+            async with receiver:
+                before = await error_of(ready)
+                claims(grant=False)
+                missing = await error_of(ready)
+                refused = (await receiver.handle(signed(PAID), PAID)).status
+                claims(grant=True)
+                after = await error_of(ready)
+                granted = (await receiver.handle(signed(PAID), PAID)).status
+        finally:
+            database.close()
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.close()
+    assert before is None
+    assert missing is not None and "INSERT on orderfsm_claims" in missing
+    assert refused == 500  # our trouble: Xsolla retries
+    assert after is None
+    assert granted == 204
+
+
 @contextmanager
 def unwritable(path: Path) -> Iterator[None]:
     """``path`` no longer written by this user: read-only, or for root (who writes any

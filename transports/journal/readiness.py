@@ -17,8 +17,7 @@ shows in the receiver's metrics (``journal_failures``, the outage's seconds).
 
 What is not seen: a PostgreSQL server whose data disk is full still reads and
 reports writable (only a write finds out; a full WAL disk stops the server, which
-readiness does see); a permission taken from the journal's tables; a lock that
-never ends.
+readiness does see); a lock that never ends.
 """
 
 from __future__ import annotations
@@ -51,14 +50,33 @@ SQLITE_TOUCH = "UPDATE orderfsm_schema SET version = version WHERE 0"
 (``attempt to write a readonly database``), while nothing is ever dirtied, so the
 rollback after it has nothing to undo and nothing reaches the disk."""
 
+POSTGRES_WRITES = {
+    "orderfsm_claims": ("INSERT", "UPDATE"),
+    "orderfsm_deliveries": ("INSERT", "UPDATE"),
+    "orderfsm_orders": ("INSERT", "UPDATE"),
+    "orderfsm_changes": ("INSERT",),
+}
+"""What a delivery writes (its claim, its record, and with ``record_orders`` the
+order's status and change), each privilege asked for alone: ``has_table_privilege``
+given several is true if *any* is held."""
+
 POSTGRES_READY = (
     "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on',"
-    " EXISTS (SELECT 1 FROM orderfsm_deliveries WHERE id = 0)"
+    " EXISTS (SELECT 1 FROM orderfsm_deliveries WHERE id = 0), concat_ws(', '"
+    + "".join(
+        f", CASE WHEN NOT has_table_privilege('{table}', '{privilege}')"
+        f" THEN '{privilege} on {table}' END"
+        for table, privileges in POSTGRES_WRITES.items()
+        for privilege in privileges
+    )
+    + ")"
 )
 """One round trip, no write, no lock: a standby, a session whose transactions are
 read-only (``default_transaction_read_only`` of the server, the database, the role
-or the URL's options, and every session of a standby), and one indexed read of the
-journal's table (the server answers, the schema is there)."""
+or the URL's options, and every session of a standby), one indexed read of the
+journal's table (the server answers, the schema is there), and the privileges a
+delivery's writes need (a role whose grants a DBA took back: every delivery 500),
+from the catalog's cache."""
 
 
 def sqlite_room(path: str, display: str) -> None:
@@ -108,10 +126,12 @@ def postgres_verdict(row: Sequence[Any] | None, display: str) -> None:
     """Raise :class:`JournalUnavailable` unless :data:`POSTGRES_READY`'s ``row`` says the
     session may write."""
     assert row is not None
-    in_recovery, read_only, _ = row
+    in_recovery, read_only, _, missing = row
     if in_recovery:
         raise JournalUnavailable(f"{display}: the server is a standby (in recovery): it only reads")
     if read_only:
         raise JournalUnavailable(
             f"{display}: transactions are read-only here (default_transaction_read_only is on)"
         )
+    if missing:
+        raise JournalUnavailable(f"{display}: this role may not write the journal ({missing})")
