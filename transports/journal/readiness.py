@@ -53,12 +53,11 @@ rollback after it has nothing to undo and nothing reaches the disk."""
 POSTGRES_WRITES = {
     "orderfsm_claims": ("INSERT", "UPDATE"),
     "orderfsm_deliveries": ("INSERT", "UPDATE"),
-    "orderfsm_orders": ("INSERT", "UPDATE"),
-    "orderfsm_changes": ("INSERT",),
 }
-"""What a delivery writes (its claim, its record, and with ``record_orders`` the
-order's status and change), each privilege asked for alone: ``has_table_privilege``
-given several is true if *any* is held."""
+"""What every delivery writes (its claim, its record), each privilege asked for alone:
+``has_table_privilege`` given several is true if *any* is held.  Not the orders'
+tables: a receiver with ``record_orders=False`` may run under a role without them,
+and would be kept out of the pool for good."""
 
 POSTGRES_READY = (
     "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on',"
