@@ -32,7 +32,7 @@ import anyio.from_thread
 import anyio.to_thread
 import attrs
 
-from orderfsm.callables import is_async
+from orderfsm.callables import is_async, require_plain
 from orderfsm.core import Observation, Status
 from orderfsm.errors import OrderFsmError, TrackerClosed
 from orderfsm.queue_feeder import AppQueue, QueueFeeder
@@ -87,6 +87,14 @@ class Tracker:
     ) -> None:
         if "on_report" in options and options["on_report"] is not None:
             raise ValueError("on_report runs on the tracker's thread: not offered here")
+        if on_change is not None:
+            require_plain(on_change, "on_change")
+        if queue is not None and not all(
+            callable(getattr(queue, name, None)) for name in ("put", "put_nowait")
+        ):
+            raise TypeError(f"queue must be a queue.Queue (put and put_nowait), got {queue!r}")
+        if type(queue).__module__.startswith("asyncio"):
+            raise TypeError("an asyncio.Queue is not thread-safe: give a queue.Queue")
         self.on_change = on_change
         self.queue = queue
         self._feeder = None if queue is None else QueueFeeder(queue)

@@ -19,6 +19,7 @@ from typing import Protocol
 import attrs
 
 from orderfsm.interface import Health
+from orderfsm.supervisor.arguments import seconds_field
 
 
 @attrs.frozen
@@ -63,22 +64,30 @@ class Policy(Protocol):
 
 @attrs.frozen
 class DefaultPolicy:
-    websocket_lifespan: float | None = 300.0
+    """Each duration checked when the policy is made (a ``ValueError`` or ``TypeError``
+    naming it): a poll interval of 0 was taken, and killed the tracker at the first
+    dropped socket."""
+
+    websocket_lifespan: float | None = attrs.field(
+        default=300.0, validator=seconds_field(zero=True, none=True)
+    )
     """How long the WebSocket may take to settle the order (``None``: forever)."""
-    deadline: float | None = 600.0
+    deadline: float | None = attrs.field(default=600.0, validator=seconds_field(none=True))
     """When tracking gives up with a timeout (``None``: never)."""
-    poll_interval: float = 3.0
+    poll_interval: float = attrs.field(default=3.0, validator=seconds_field())
     """Polling cadence while the WebSocket cannot be relied on."""
-    safety_poll_interval: float | None = None
+    safety_poll_interval: float | None = attrs.field(
+        default=None, validator=seconds_field(none=True)
+    )
     """A slow poll even while the WebSocket is healthy, to bound the delay when a
     socket dies silently; off by default (zero extra load)."""
-    connect_grace: float = 10.0
+    connect_grace: float = attrs.field(default=10.0, validator=seconds_field(zero=True))
     """How long a first connection may take before polling starts alongside it."""
-    expired_grace: float = 600.0
+    expired_grace: float = attrs.field(default=600.0, validator=seconds_field(zero=True))
     """How long an ``expired`` order is still followed before it counts as a failure:
     long enough for a payment already under way (a bank's 3-D Secure page, say) to
     complete; the deadline, if sooner, ends it too."""
-    expired_poll_interval: float = 15.0
+    expired_poll_interval: float = attrs.field(default=15.0, validator=seconds_field())
     """Polling cadence during the grace, when polling is needed at all: a payment
     after expiry is rare, so it is not worth Xsolla's 3 s cadence."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import logging
 import time
@@ -24,6 +25,7 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
+from orderfsm.callables import require_ran
 from orderfsm.core import LAPSED_STATUSES, Status, Verdict, verdict
 from orderfsm.errors import OrderFsmError
 from orderfsm.journal import Answer
@@ -63,8 +65,10 @@ class Settled:
     """It followed an earlier settlement (a refund after ``done``)."""
 
 
-SettledHandler = Callable[[Settled], Awaitable[None]]
-"""Called once per order and settled status across the fleet, until it returns."""
+SettledHandler = Callable[[Settled], Awaitable[None] | None]
+"""Called once per order and settled status across the fleet, until it returns: an
+``async def`` (or a plain ``def``, which runs on the event loop: keep it short, or
+use the transactional form, which runs in a worker thread)."""
 SettledInTransaction = Callable[[Settled, Any], None]
 """The exactly-once form: given the event and the journal's open connection (the
 grant written in the transaction that records the call), in a worker thread."""
@@ -213,7 +217,7 @@ class CallsOnSettled:
 
             def work(connection: Any, attempt: int) -> tuple[Any, str | None]:
                 try:
-                    transactional(event, connection)
+                    require_ran(transactional(event, connection), awaited=False)
                 except Exception as exc:
                     logger.exception(
                         "on_settled_transactional failed for %s",
@@ -235,7 +239,11 @@ class CallsOnSettled:
         # make the same call.
         with journal.sync.renewer.held(taken.key, taken.attempt):
             try:
-                await self.on_settled(event)
+                result = self.on_settled(event)
+                if inspect.isawaitable(result):  # an async def, or a lambda that makes one
+                    await result
+                else:  # a plain def ran: awaiting its None would fail after the grant
+                    require_ran(result, awaited=True)
             except Exception as exc:
                 logger.exception(
                     "on_settled failed for %s",

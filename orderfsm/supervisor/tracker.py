@@ -35,6 +35,7 @@ from orderfsm.interface import (
 from orderfsm.journal.orders import instance_name
 from orderfsm.metrics.counters import Listener, TrackerCounters
 from orderfsm.metrics.records import TrackerStats
+from orderfsm.supervisor import arguments
 from orderfsm.supervisor.custom import CustomTransport
 from orderfsm.supervisor.early import KeepsEarlyNews
 from orderfsm.supervisor.fleet import LEASE, FleetLink
@@ -141,10 +142,20 @@ class Tracker(TrackerLifetime, TakesOverOrders, KeepsEarlyNews):
         settled = on_settled is not None or on_settled_transactional is not None
         if journal is None and (JOURNAL in transports or settled):
             raise ValueError("the journal transport and on_settled need journal=URL")
-        if journal_poll is not None and not journal_poll > 0:
-            raise ValueError(
-                f"journal_poll must be a positive number of seconds, got {journal_poll!r}"
-            )
+        if journal_poll is not None:
+            arguments.seconds("journal_poll", journal_poll)
+        arguments.tracker_options(
+            token_given=token,
+            on_change=on_change,
+            on_report=on_report,
+            on_settled=on_settled,
+            on_settled_transactional=on_settled_transactional,
+            token_for=token_for,
+            lease=lease,
+            journal=journal,
+            instance=instance,
+            journal_poll=journal_poll,
+        )
         self.journal = journal
         self.on_settled = on_settled
         self.on_settled_transactional = on_settled_transactional
@@ -220,10 +231,14 @@ class Tracker(TrackerLifetime, TakesOverOrders, KeepsEarlyNews):
         user: User | None = None,
         until: Status | str | None = None,
     ) -> TrackedOrder:
+        order_id = arguments.order_id(order_id)
         scheduler = self._scheduler
         if scheduler is None:
             raise RuntimeError("use the Tracker inside 'async with'")
         goal = self.until if until is None else check_goal(until)
+        arguments.token(token)
+        if user is not None and not isinstance(user, User):
+            raise TypeError(f"user must be a User (or give token= and user_id=), got {user!r}")
         existing = self._orders.get(order_id)
         if existing is not None and given_up(existing):
             # Untracked before it settled (a wait() given up on, say), and wanted

@@ -63,8 +63,7 @@ class ReceiverBase:
         allowed_networks: Iterable[str | Network] | None = None,
         record_orders: bool = True,
     ) -> None:
-        if not secret:
-            raise ValueError("the webhook secret must not be empty")
+        check_settings(secret, sink, max_body_size)
         self._secret = secret
         self.record_orders = record_orders
         self.sink = sink
@@ -215,3 +214,23 @@ def _status_of(notification: Notification) -> tuple[int, Status] | None:
     if isinstance(notification, OrderCanceled):
         return notification.order_id, Status.CANCELED
     return None
+
+
+def check_settings(secret: object, sink: object, max_body_size: object) -> None:
+    """Refuse, when the receiver is made, what would answer every real delivery 4xx (a
+    refund, with automatic refunds on) or drop its news: a secret with whitespace
+    around it (a file read without ``strip()``: every signature "wrong"), a body
+    limit of 0 (every delivery 413), a sink that cannot be told."""
+    if not isinstance(secret, (str, bytes)):
+        raise TypeError(f"the webhook secret must be a str or bytes, got {type(secret).__name__}")
+    if not secret.strip():
+        raise ValueError("the webhook secret must not be empty")
+    if secret != secret.strip():
+        raise ValueError(
+            "the webhook secret has whitespace around it (read from a file without"
+            " .strip()?): every signature would be refused"
+        )
+    if type(max_body_size) is not int or max_body_size <= 0:
+        raise ValueError(f"max_body_size must be a positive int of bytes, got {max_body_size!r}")
+    if sink is not None and not callable(getattr(sink, "observe", None)):
+        raise TypeError(f"sink must have observe() (a Tracker, say), got {sink!r}")

@@ -1,0 +1,99 @@
+"""Checks of what an application hands the tracker, made where it is handed over.
+
+An argument of the wrong kind that is accepted fails far from its cause: an
+order id given as a string was followed and never matched (news comes under
+the integer) until the deadline, ten minutes on; a poll interval of 0 worked
+while the WebSocket was healthy and killed the tracker, every waiter with it,
+on the first dropped socket; a lease of 0 spun two loops and crashed.  So each
+is refused at once, by name, with a ``TypeError`` or ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from orderfsm.callables import require_plain, require_runs
+from orderfsm.core.ids import MAX_ORDER_ID
+
+
+def seconds(what: str, value: object, *, zero: bool = False, none: bool = False) -> None:
+    """Raise unless ``value`` is a finite number of seconds, above 0 (or 0 itself when
+    ``zero``), or ``None`` when ``none``."""
+    if value is None and none:
+        return
+    if type(value) not in (int, float):  # not bool, not a string of digits
+        raise TypeError(f"{what} must be a number of seconds, got {value!r}")
+    number = float(value)  # type: ignore[arg-type]
+    if not math.isfinite(number) or number < 0 or (number == 0 and not zero):
+        floor = "0 or more" if zero else "more than 0"
+        raise ValueError(f"{what} must be a finite number of seconds, {floor}, got {value!r}")
+
+
+def seconds_field(*, zero: bool = False, none: bool = False) -> Callable[[Any, Any, Any], None]:
+    """:func:`seconds` as an ``attrs`` validator (the field's name in the message)."""
+
+    def check(_: Any, attribute: Any, value: Any) -> None:
+        seconds(attribute.name, value, zero=zero, none=none)
+
+    return check
+
+
+def order_id(value: object) -> int:
+    """The order id, or a ``TypeError`` / ``ValueError`` saying why it is not one."""
+    if type(value) is not int:
+        hint = " (int(...) it first)" if isinstance(value, str) else ""
+        raise TypeError(f"an order id is an int, got {value!r}{hint}")
+    if not 0 < value <= MAX_ORDER_ID:
+        raise ValueError(f"an order id is from 1 to {MAX_ORDER_ID}, got {value}")
+    return value
+
+
+def token(value: object, what: str = "token") -> None:
+    """Raise unless ``value`` is ``None``, a non-empty string or a callable (a provider)."""
+    if value is None or callable(value):
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str or a callable that returns one, got {value!r}")
+    if not value.strip():
+        raise ValueError(f"{what} must not be empty")
+
+
+def tracker_options(
+    *,
+    token_given: object,
+    on_change: object,
+    on_report: object,
+    on_settled: object,
+    on_settled_transactional: object,
+    token_for: object,
+    lease: object,
+    journal: object,
+    instance: object,
+    journal_poll: object,
+) -> None:
+    """The :class:`~orderfsm.supervisor.tracker.Tracker`'s own arguments, checked together.
+
+    Callbacks of the wrong kind never ran, silently: an ``async def`` as
+    ``on_change`` (called, never awaited), or as ``on_settled_transactional``,
+    whose call was then recorded as made and never made; so those called are
+    refused when they are ``async def`` (``on_settled`` may be either: its result
+    is awaited when it can be)."""
+    token(token_given)
+    for what, function in (
+        ("on_change", on_change),
+        ("on_report", on_report),
+        ("on_settled_transactional", on_settled_transactional),
+        ("token_for", token_for),
+    ):
+        if function is not None:
+            require_plain(function, what)
+    if on_settled is not None:
+        require_runs(on_settled, "on_settled")
+    seconds("lease", lease)
+    if journal is None:
+        given = [n for n, v in (("token_for", token_for), ("instance", instance)) if v is not None]
+        given += ["journal_poll"] if journal_poll is not None else []
+        if given:
+            raise ValueError(f"{' and '.join(given)} need journal=URL (a fleet's journal)")
