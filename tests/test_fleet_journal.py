@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,7 +28,16 @@ from support_webhook import SECRET, order_paid, serve_receiver, signed
 from orderfsm import Status
 from orderfsm.core import GOALS, Verdict, verdict
 from orderfsm.errors import JournalUnavailable, WebhookError
-from orderfsm.journal.orders import OrderRow, adoptable, advance, leased, may_lease, settled_call
+from orderfsm.journal.orders import (
+    LET_GO,
+    OrderRow,
+    adoptable,
+    advance,
+    leased,
+    let_go,
+    may_lease,
+    settled_call,
+)
 from orderfsm.supervisor.tracker import Tracker
 from orderfsm.testing import eventually
 from transports.http import open_http_client
@@ -513,36 +523,103 @@ async def test_adoption_takes_a_bounded_page_oldest_lease_first(
     assert pages == [[3, 5, 7], [1, 2, 4], [6], []]
 
 
-@given(
-    owner=st.sampled_from([None, "a", "b"]),
-    status=st.sampled_from([None, *Status]),
-    tracking=st.booleans(),
-    lease_left=st.floats(-10, 10),
-    tracked_ago=st.one_of(st.none(), st.floats(0, 60)),
-    asker=st.sampled_from(["a", "b"]),
+NOW = 1000.0
+"""The clock of the row-by-row tests."""
+
+order_rows = st.builds(
+    lambda owner, status, tracking, lease_left, tracked_ago: OrderRow(
+        9,
+        status,
+        1,
+        D,
+        "p",
+        tracking,
+        owner,
+        LET_GO if lease_left is None else NOW + lease_left,  # None: a lease let go
+        3,
+        None if tracked_ago is None else NOW - tracked_ago,
+    ),
+    st.sampled_from([None, "a", "b"]),
+    st.sampled_from([None, *Status]),
+    st.booleans(),
+    st.one_of(st.none(), st.floats(-10, 10)),
+    st.one_of(st.none(), st.floats(0, 60)),
 )
+"""Order 9's row, as any instance may have left it."""
+
+
+@given(row=order_rows, asker=st.sampled_from(["a", "b"]))
 @settings(max_examples=200)
-def test_the_sql_adoption_is_the_pure_decision(
-    owner: str | None,
-    status: Status | None,
-    tracking: bool,
-    lease_left: float,
-    tracked_ago: float | None,
-    asker: str,
-) -> None:
+def test_the_sql_adoption_is_the_pure_decision(row: OrderRow, asker: str) -> None:
     """Row by row, the adopting UPDATE takes exactly the orders ``adoptable`` allows,
     and leaves each as ``leased`` says (owner, fence, lease)."""
     db = _orders_table()
-    now, lease = 1000.0, 30.0
-    tracked_at = None if tracked_ago is None else now - tracked_ago
-    row = OrderRow(9, status, 1, D, "p", tracking, owner, now + lease_left, 3, tracked_at)
+    lease = 30.0
     _insert(db, row)
-    taken = leases.adopt(db, "sqlite", asker, now, lease, 10)
-    if adoptable(row, now, lease):
-        assert taken == [leased(row, asker, now, lease)]
+    taken = leases.adopt(db, "sqlite", asker, NOW, lease, 10)
+    if adoptable(row, NOW, lease, asker):
+        assert taken == [leased(row, asker, NOW, lease)]
     else:
         assert taken == []
         assert reads.orders(db, "sqlite", [9]) == {9: row}
+
+
+@given(row=order_rows, asker=st.sampled_from(["a", "b"]))
+@settings(max_examples=200)
+def test_the_sql_let_go_is_the_pure_decision(row: OrderRow, asker: str) -> None:
+    """Row by row, the UPDATE of an instance handing orders over leaves each as
+    ``let_go`` says."""
+    db = _orders_table()
+    _insert(db, row)
+    leases.let_go(db, "sqlite", [9], asker, NOW)
+    assert reads.orders(db, "sqlite", [9]) == {9: let_go(row, asker, NOW)}
+
+
+def test_an_order_let_go_is_for_any_instance_to_take_but_not_its_owners_adopter() -> None:
+    """A lease let go is over at once: another instance takes it by its renewal or its
+    adopter, with a new fence; the owner's own adopter passes it by (it cannot follow
+    the order: taking it back each time kept it from one that can), though the owner
+    may lease it again (it can follow it again: a new socket).  An order another
+    instance's give-up unmarked is marked tracked, so adopters still find it."""
+    now, lease = 1000.0, 30.0
+    held = leased(OrderRow(9, N, 1, D, "p", True, None, 0.0, 3, now - 60), "a", now, lease)
+    gone = let_go(held, "a", now)
+    assert (gone.owner, gone.lease_until, gone.fence, gone.tracking) == ("a", LET_GO, 4, True)
+    assert adoptable(gone, now, lease, "b") and may_lease(gone, "b", now)
+    assert leased(gone, "b", now, lease).fence == 5
+    assert not adoptable(gone, now, lease, "a")
+    assert may_lease(gone, "a", now)
+    unmarked = attrs.evolve(held, owner=None, lease_until=0.0, tracking=False)
+    assert let_go(unmarked, "a", now + 1) == attrs.evolve(
+        unmarked, tracking=True, tracked_at=now + 1
+    )
+    assert not adoptable(let_go(unmarked, "a", now + 1), now + 1, lease, "b")  # a lease later
+    assert adoptable(let_go(unmarked, "a", now + 1), now + 1 + lease, lease, "b")
+    settled = attrs.evolve(unmarked, status=D)
+    assert let_go(settled, "a", now) == settled
+
+
+@on_databases
+async def test_an_order_let_go_is_adopted_by_another_and_by_its_owner_after_a_restart(
+    backend: str, tmp_path: Path
+) -> None:
+    """A lets go of order 1 (it cannot follow it any more): A's adopter passes it by, B's
+    takes it at once.  A lets go of order 2 and restarts: its new life takes it back
+    (a new socket may follow it)."""
+    url = url_for(backend, tmp_path)
+    async with open_journal(url, owner="a") as ja, open_journal(url, owner="b") as jb:
+        a, b = OrderLog(ja), OrderLog(jb)
+        await a.track_many([(1, D, "p1"), (2, D, "p2")])
+        held = await a.lease([1, 2], 30.0)
+        await a.let_go([1])
+        assert await a.adopt(30.0, 10) == []
+        (taken,) = await b.adopt(30.0, 10)
+        assert (taken.order_id, taken.owner, taken.fence) == (1, "b", held[1] + 1)
+        await a.let_go([2])
+        assert await a.adopt(30.0, 10) == []
+        await a.release()
+        (back,) = await a.adopt(30.0, 10)
+        assert (back.order_id, back.owner, back.fence) == (2, "a", held[2] + 1)
 
 
 @on_databases

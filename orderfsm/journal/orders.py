@@ -10,7 +10,10 @@ applies, so the journal's sequence of an order is legal, each change once.
 
 An order is *owned* by the instance that follows it through Xsolla (socket,
 polling) under a lease, with a fencing number; the others follow through
-the journal.  The lease is judged from the row alone, like a claim's.
+the journal.  The lease is judged from the row alone, like a claim's.  An
+owner that can no longer follow the order through Xsolla (its socket's time
+is over, and it does not poll) lets the lease go at once, and its own
+adopter passes the order by (:func:`let_go`, :func:`adoptable`).
 
 Pure: no I/O, no clock (``now`` is seconds since the epoch, passed in, since
 leases are shared by hosts).
@@ -88,6 +91,12 @@ def settles(row: OrderRow) -> bool:
     return row.status is not None and verdict(row.status, row.until).settled
 
 
+LET_GO = -1.0
+"""``lease_until`` of a lease its owner let go (:func:`let_go`): in the past, as any
+lease ended, so another instance takes the order at once; negative, unlike a lease
+that ran out or one a restart ended (0), so the owner's own adopter tells it apart."""
+
+
 def may_lease(row: OrderRow, owner: str, now: float) -> bool:
     """May ``owner`` follow the order through Xsolla?  From the row alone.
 
@@ -108,18 +117,36 @@ def leased(row: OrderRow, owner: str, now: float, lease: float) -> OrderRow:
     return attrs.evolve(row, owner=owner, lease_until=now + lease, fence=fence, tracking=True)
 
 
-def adoptable(row: OrderRow, now: float, lease: float) -> bool:
-    """May an instance that does not follow the order take it over by itself?
+def adoptable(row: OrderRow, now: float, lease: float, adopter: str) -> bool:
+    """May ``adopter``, an instance that does not follow the order, take it over by itself?
 
     Yes when it is tracked, not settled, and nobody's lease on it is live: its
     owner died (SIGKILL, a host scaled away) or its tracker has no Xsolla
     connection.  An order nobody ever leased waits one ``lease`` after it was
     tracked, for its tracker's own first lease; the adopter then takes the
     lease as :func:`leased` says, so until that lease runs out nobody else may.
+    Never one ``adopter`` let go itself (:func:`let_go`): it cannot follow that
+    order, and taking it back would keep it from an instance that can.
     """
     if not row.tracking or settles(row) or row.lease_until > now:
         return False
+    if row.owner == adopter and row.lease_until < 0:
+        return False
     return row.owner is not None or (row.tracked_at is not None and row.tracked_at <= now - lease)
+
+
+def let_go(row: OrderRow, owner: str, now: float) -> OrderRow:
+    """The row after ``owner``, which still waits on the order but can no longer follow it
+    through Xsolla, hands it over: the lease it holds ends now (:data:`LET_GO`), and
+    the order is marked tracked again if another instance's give-up unmarked it (as an
+    instance following only the journal marks its orders), so that one that can
+    follow it takes it (its renewal, or its adopter) rather than nobody.  The fence
+    stays: the next owner's lease raises it."""
+    if row.owner == owner:
+        row = attrs.evolve(row, lease_until=LET_GO)
+    if not row.tracking and row.tracked_at is not None and not settles(row):
+        row = attrs.evolve(row, tracking=True, tracked_at=now)
+    return row
 
 
 def settled_call(

@@ -2,7 +2,8 @@
 through Xsolla (its lease and fence), who still waits on it, and the adoption of
 orders whose owner is gone.  Each function is one unit of work inside a
 transaction the store opened, as in :mod:`transports.journal.orders`; the
-decisions are :mod:`orderfsm.journal.orders`'s (``may_lease``, ``adoptable``).
+decisions are :mod:`orderfsm.journal.orders`'s (``may_lease``, ``adoptable``,
+``let_go``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from orderfsm.journal.orders import OrderRow
+from orderfsm.journal.orders import LET_GO, OrderRow
 from transports.journal.order_rows import (
     ORDER_COLUMNS,
     SETTLING,
@@ -39,6 +40,30 @@ def untrack(db: Any, dialect: str, order_ids: Sequence[int], owner: str, now: fl
                 f" WHERE order_id IN ({placeholders})",
             ),
             (owner, now, False, owner, owner, *chunk),
+        )
+
+
+def let_go(db: Any, dialect: str, order_ids: Sequence[int], owner: str, now: float) -> None:
+    """``owner`` still waits on these orders but can no longer follow them through
+    Xsolla: :func:`~orderfsm.journal.orders.let_go` (its leases end now, the orders
+    are marked tracked).  A row already so changes nothing, so an instance says it
+    at every renewal, as :func:`want` is said, and writes only what changed."""
+    wanted = (
+        f"NOT tracking AND tracked_at IS NOT NULL"
+        f" AND (status IS NULL OR (status, until) NOT IN ({SETTLING}))"
+    )
+    for chunk in chunks(order_ids):
+        db.execute(
+            in_dialect(
+                dialect,
+                f"UPDATE orderfsm_orders SET"
+                f" lease_until = CASE WHEN owner = %s THEN %s ELSE lease_until END,"
+                f" tracked_at = CASE WHEN {wanted} THEN %s ELSE tracked_at END,"
+                f" tracking = CASE WHEN {wanted} THEN %s ELSE tracking END"
+                f" WHERE order_id IN ({marks(len(chunk), dialect)})"
+                f" AND ((owner = %s AND lease_until <> %s) OR ({wanted}))",
+            ),
+            (owner, LET_GO, now, True, *chunk, owner, LET_GO),
         )
 
 
@@ -91,7 +116,8 @@ def adopt(
     db: Any, dialect: str, owner: str, now: float, seconds: float, limit: int
 ) -> list[OrderRow]:
     """Take the lease of up to ``limit`` orders nobody follows any more
-    (:func:`~orderfsm.journal.orders.adoptable`), with a new fence; the rows taken.
+    (:func:`~orderfsm.journal.orders.adoptable`: not one ``owner`` let go itself),
+    with a new fence; the rows taken.
 
     One statement, through the ``tracking`` index (an index on ``lease_until``
     would make every lease renewal a non-HOT update on PostgreSQL: measured 40%
@@ -102,7 +128,9 @@ def adopt(
         f"tracking = %s AND lease_until <= %s"
         f" AND (status IS NULL OR (status, until) NOT IN ({SETTLING}))"
         f" AND (owner IS NOT NULL OR tracked_at <= %s)"
+        f" AND (owner IS NULL OR owner <> %s OR lease_until >= 0)"
     )
+    orphan_args = (True, now, now - seconds, owner)
     skip = " FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
     rows = db.execute(
         in_dialect(
@@ -112,7 +140,7 @@ def adopt(
             f" ORDER BY lease_until LIMIT %s{skip}) AND {orphan}"
             f" RETURNING {ORDER_COLUMNS}",
         ),
-        (owner, now + seconds, True, now, now - seconds, limit, True, now, now - seconds),
+        (owner, now + seconds, *orphan_args, limit, *orphan_args),
     ).fetchall()
     return [order_from_row(r) for r in rows]
 
@@ -121,13 +149,14 @@ def release(db: Any, dialect: str, owner: str) -> None:
     """End now every lease ``owner`` holds: it is starting, so the life that took them
     is over (an instance's name is never two live instances'), and its orders are
     adoptable at once (:func:`adopt`, which takes those first: their leases ended
-    earliest), by it or another, rather than a lease later.  Through the
-    ``tracking`` index: an order whose lease counts is tracked."""
+    earliest), by it or another, rather than a lease later; those its previous life
+    let go (:func:`let_go`) too: this life may follow them (a new socket).  Through
+    the ``tracking`` index: an order whose lease counts is tracked."""
     db.execute(
         in_dialect(
             dialect,
             "UPDATE orderfsm_orders SET lease_until = 0"
-            " WHERE tracking = %s AND owner = %s AND lease_until > 0",
+            " WHERE tracking = %s AND owner = %s AND lease_until <> 0",
         ),
         (True, owner),
     )

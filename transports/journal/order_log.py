@@ -116,6 +116,15 @@ class OrderLog:
         )  # fmt: skip
         await self.journal._call(self._store.write, work, self._deadline())
 
+    async def let_go(self, order_ids: Sequence[int]) -> None:
+        """Hand these orders over: this instance cannot follow them through Xsolla any
+        more (see :func:`leases.let_go`)."""
+        work = functools.partial(
+            leases.let_go, dialect=self.dialect, order_ids=order_ids, owner=self.owner,
+            now=time.time(),
+        )  # fmt: skip
+        await self.journal._call(self._store.write, work, self._deadline())
+
     async def want(self, order_ids: Sequence[int]) -> None:
         work = functools.partial(
             leases.want, dialect=self.dialect, order_ids=order_ids, now=time.time()
