@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 import pytest
-from support_journal import connect, on_databases, url_for
+from support_journal import connect, leased, on_databases, url_for
 from support_webhook import serve_receiver
 
 from orderfsm import Observation, Status
@@ -159,6 +159,75 @@ async def test_when_the_owner_stops_renewing_another_takes_the_order_over(
             result = await b.wait(order_id)
         assert b._orders[order_id].owned
     assert (result.status, result.source) == (Status.DONE, "polling")
+
+
+@on_databases
+@pytest.mark.parametrize("b_tracks", [True, False], ids=["b-tracks", "b-adopts"])
+async def test_an_order_its_owner_can_follow_no_more_goes_to_an_instance_that_polls(
+    backend: str, tmp_path: Path, emu: Emulator, b_tracks: bool
+) -> None:
+    """A follows the order on the WebSocket alone, and its socket's lifespan ends.  A keeps
+    the order, following the journal (its waiter still hears the fleet's news), but lets
+    its lease go at once: B, which polls, takes it (its renewal when it tracks the order
+    too, its adopter when not; never A's adopter) and hears ``done``, which only Get
+    order knows.  (A renewed the lease on an order nothing followed: B never took it, and
+    ``done`` waited for the deadline.)"""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    short = DefaultPolicy(poll_interval=0.05, deadline=30.0, websocket_lifespan=1.5)
+    results: list[Any] = []
+    async with (
+        instance(url, emu, user, transports=("polling",)) as b,
+        instance(url, emu, user, transports=("websocket",), policy=short) as a,
+        anyio.create_task_group() as tg,
+    ):
+
+        async def a_waits() -> None:
+            results.append(await a.wait(order_id))
+
+        await owning(a, order_id)
+        await emu.wait_connected(user)
+        tg.start_soon(a_waits)
+        if b_tracks:
+            b.track(order_id)
+        await eventually(lambda: order_id in b._orders and b._orders[order_id].owned)
+        assert not a._orders[order_id].owned
+        await emu.set_status(order_id, "done", publish=False)  # Get order alone knows
+        with anyio.fail_after(10):
+            results.append(await b.wait(order_id))
+            await eventually(lambda: len(results) == 2)
+        assert not a._orders[order_id].owned  # never taken back
+    assert [(r.status, r.source) for r in results] == [(Status.DONE, "polling")] * 2
+
+
+@on_databases
+async def test_an_owner_that_can_follow_an_order_no_more_looks_once_before_letting_it_go(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """Before letting go of an order it can follow no more, its owner asks Get order once
+    more, as a tracker outside a fleet does before giving up, and holds the lease while
+    it asks: in a fleet where no instance polls, a payment its socket missed is heard (it
+    waited for the deadline)."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    short = DefaultPolicy(deadline=30.0, websocket_lifespan=1.0)
+    websocket_only: dict[str, Any] = {"transports": ("websocket",), "until": "paid"}
+    try:
+        async with instance(url, emu, user, policy=short, **websocket_only) as a:
+            await owning(a, order_id)
+            await emu.wait_connected(user)
+            await emu.set_status(order_id, "paid", publish=False)
+            await emu.get_order_fault("slow", delay=1.0, order_id=order_id)
+            order = a._orders[order_id]
+            await eventually(lambda: order.last_look is False)
+            assert order.owned and leased(url, order_id)  # looking is following
+            with anyio.fail_after(10):
+                result = await a.wait(order_id)
+    finally:
+        await emu.clear_faults()
+    assert (result.status, result.source) == (Status.PAID, "polling")
 
 
 @on_databases

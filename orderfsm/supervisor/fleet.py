@@ -10,11 +10,14 @@ changes past its per-order cursors, and a slow backstop read covers anything
 else.
 
 The instance that follows an order through Xsolla holds a lease on it; the
-others follow the journal.  A lease that runs out (its owner was SIGKILLed)
-is taken over with a Get order at once: by an instance that follows the
-order too, at its next renewal, or else by one that can follow any order
-through Xsolla (it has tokens), which adopts such orders on a timer, and
-once at its start (with its own previous life's: :mod:`orderfsm.supervisor.takeover`).
+others follow the journal.  One that can follow an order no more (its socket's
+time is over, and it does not poll) lets the lease go at once and follows the
+journal (:mod:`orderfsm.supervisor.handover`).  A lease that runs out (its
+owner was SIGKILLed), or was let go, is taken over with a Get order at once:
+by an instance that follows the order too, at its next renewal, or else by
+one that can follow any order through Xsolla (it has tokens), which adopts
+such orders on a timer, and once at its start (with its own previous life's:
+:mod:`orderfsm.supervisor.takeover`).
 ``on_settled`` is called once
 per order and settled status across the fleet (claims in the journal;
 :mod:`orderfsm.supervisor.settled`).

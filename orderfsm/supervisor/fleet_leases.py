@@ -3,8 +3,9 @@
 Kept apart from the rest of the link (:mod:`orderfsm.supervisor.fleet`)
 because it decides ownership, on timers of its own: the leases of the orders
 this instance follows through Xsolla, taken, renewed and lost at a third of
-the lease; the marks that an instance following only the journal still waits
-on its orders; and the adoption of orders whose owner died.
+the lease, and let go of at once when it can follow one no more; the marks
+that an instance following only the journal still waits on its orders; and
+the adoption of orders whose owner died.
 """
 
 from __future__ import annotations
@@ -28,6 +29,16 @@ ADOPT_PAGE = 500
 """Orders one instance adopts in one statement, at most (more go at the next period)."""
 
 
+def unavailable(doing: str, exc: OrderFsmError) -> None:
+    """The journal did not answer one of the leases' passes: the next pass tries again."""
+    logger.warning(
+        "journal unavailable (%s): %s",
+        doing,
+        exc,
+        extra={"event": "journal.unavailable", "doing": doing},
+    )
+
+
 class HoldsLeases:
     """The fleet link's leases and adoption (mixed into ``FleetLink``).
 
@@ -45,7 +56,13 @@ class HoldsLeases:
     _lapsed_calls: set[int]
 
     async def _hold_leases(self) -> None:
-        """Take, renew and lose the leases of the orders followed through Xsolla."""
+        """Take, renew and lose the leases of the orders followed through Xsolla, and let
+        go of those this instance can follow no more (:mod:`orderfsm.supervisor.handover`).
+
+        A lease means "this instance follows the order through Xsolla": one renewed on
+        an order whose socket's time is over, on an instance that does not poll, kept
+        the instances that poll from taking it, and nobody asked Xsolla any more.
+        """
         if not self.follows_xsolla:
             await self._stay_wanted()
             return
@@ -54,20 +71,21 @@ class HoldsLeases:
                 await self._lease_now.wait()
             self._lease_now = anyio.Event()
             live = [o for o in self._orders.values() if not o.ended]
-            if not live and not self._lapsed_calls:
+            following = [o for o in live if o.follows]
+            if len(following) < len(live):
+                await self._let_go([o.order_id for o in live if not o.follows])
+            if not following and not self._lapsed_calls:
                 continue
             try:
                 held: dict[int, int] | None = await self.log.lease(
-                    [o.order_id for o in live] + list(self._lapsed_calls), self.lease
+                    [o.order_id for o in following] + list(self._lapsed_calls), self.lease
                 )
             except OrderFsmError as exc:
-                logger.warning(
-                    "journal unavailable (leases): %s",
-                    exc,
-                    extra={"event": "journal.unavailable", "doing": "leases"},
-                )
+                unavailable("leases", exc)
                 held = None
-            for order in live:
+            for order in following:
+                if not order.follows:
+                    continue  # given up meanwhile: let go at the next pass, at once
                 # Without the journal an instance follows its own orders itself: news
                 # twice (two pollers) costs less than news lost.
                 owned = True if held is None else order.order_id in held
@@ -76,6 +94,17 @@ class HoldsLeases:
                     if owned:
                         order.doubt()  # taken over: a status may have moved meanwhile
                     order.wake(order)
+
+    async def _let_go(self, order_ids: list[int]) -> None:
+        """Hand over the orders this instance still waits on but cannot follow through
+        Xsolla: their leases end now, so an instance that can takes them (its renewal,
+        or its adopter; never this one's adopter), and they stay marked tracked.  Said
+        at every pass (a row already so is not written): a pass the journal missed is
+        made good by the next."""
+        try:
+            await self.log.let_go(order_ids)
+        except OrderFsmError as exc:
+            unavailable("handing orders over", exc)
 
     async def _stay_wanted(self) -> None:
         """An instance that follows only the journal says, at the leases' pace, that its
@@ -90,11 +119,7 @@ class HoldsLeases:
             try:
                 await self.log.want(live)
             except OrderFsmError as exc:
-                logger.warning(
-                    "journal unavailable (marking orders tracked): %s",
-                    exc,
-                    extra={"event": "journal.unavailable", "doing": "marking orders tracked"},
-                )
+                unavailable("marking orders tracked", exc)
 
     async def _adopt_orphans(self) -> None:
         """Take over the orders whose owner is gone and that no instance following them
@@ -111,11 +136,7 @@ class HoldsLeases:
             try:
                 rows = await self.log.adopt(self.lease, ADOPT_PAGE)
             except OrderFsmError as exc:
-                logger.warning(
-                    "journal unavailable (adopting orders): %s",
-                    exc,
-                    extra={"event": "journal.unavailable", "doing": "adopting orders"},
-                )
+                unavailable("adopting orders", exc)
                 continue
             if rows:
                 logger.info(

@@ -117,6 +117,7 @@ class TrackerLifetime:
                 can_poll=POLLING in self.transports,
                 webhooks=WEBHOOK in self.transports,
                 journal=fleet is not None,
+                leases=fleet is not None and fleet.follows_xsolla,
                 extra=self.extra,
                 fetch_details=self.fetch_details,
                 details_timeout=self.details_timeout,

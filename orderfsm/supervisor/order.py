@@ -42,6 +42,8 @@ class FleetHook(Protocol):
 
     def ended(self, order: TrackedOrder) -> None: ...
 
+    def lease_soon(self) -> None: ...
+
 
 class TrackedOrder(EndsTracking):
     # With the end's own, in EndsTracking: one object, no __dict__, per order.
@@ -58,6 +60,7 @@ class TrackedOrder(EndsTracking):
         "details",
         "fleet",
         "followers",
+        "follows",
         "helpers",
         "kept",
         "lapsed",
@@ -163,6 +166,11 @@ class TrackedOrder(EndsTracking):
         """The journal link of a tracker in a fleet: told each change applied here."""
         self.owned = True
         """This instance follows the order through Xsolla (in a fleet: it holds the lease)."""
+        self.follows = True
+        """This instance can follow the order through Xsolla: it has a source for it (a
+        socket, polling, a last Get order under way), or would have if it held the
+        lease.  In a fleet only such orders are leased here (the scheduler judges it:
+        :mod:`orderfsm.supervisor.handover`)."""
         self.counters = counters
         # The scheduler's bookkeeping: what it set up for the order.
         self.attachment: Any = None

@@ -36,6 +36,7 @@ from orderfsm.supervisor.admission import STARTING_AT_ONCE, Admission
 from orderfsm.supervisor.checks import CHECKS_AT_ONCE, GetOrderChecks
 from orderfsm.supervisor.custom import CustomTransport
 from orderfsm.supervisor.details import FetchesDetails
+from orderfsm.supervisor.handover import HandsOver
 from orderfsm.supervisor.order import TrackedOrder
 from orderfsm.supervisor.order_result import closed_error
 from orderfsm.supervisor.policy import Policy
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("orderfsm")
 
 
-class Scheduler(GetOrderChecks, FetchesDetails, RunsSources):
+class Scheduler(GetOrderChecks, FetchesDetails, RunsSources, HandsOver):
     def __init__(
         self,
         tg: TaskGroup,
@@ -60,6 +61,7 @@ class Scheduler(GetOrderChecks, FetchesDetails, RunsSources):
         can_poll: bool,
         webhooks: bool,
         journal: bool,
+        leases: bool,
         extra: Sequence[CustomTransport],
         fetch_details: bool,
         details_timeout: float,
@@ -77,6 +79,8 @@ class Scheduler(GetOrderChecks, FetchesDetails, RunsSources):
         self.webhooks = webhooks
         self.journal = journal
         """Orders also learn from a journal (the others of a fleet, its receivers)."""
+        self.leases = leases
+        """In a fleet, this instance leases the orders it can follow through Xsolla."""
         self.extra = tuple(extra)
         self.fetch_details = fetch_details
         self.details_timeout = details_timeout
@@ -212,7 +216,8 @@ class Scheduler(GetOrderChecks, FetchesDetails, RunsSources):
     def _step(self, order: TrackedOrder, now: float) -> None:
         """Bring the order's transports in line with the policy's current plan."""
         if order.settled is None:
-            plan = self.policy.plan(order.situation(self.can_poll), now)
+            situation = order.situation(self.can_poll)
+            plan = self.policy.plan(situation, now)
             if plan.lapsed and not self._looking_last(order):
                 order.settle_lapsed()
             elif plan.timed_out:
@@ -272,16 +277,21 @@ class Scheduler(GetOrderChecks, FetchesDetails, RunsSources):
                 # Even beside a poller: the poller stops as soon as the socket
                 # is healthy again, perhaps before a good answer.
                 self._queue_check(order)
-        if order.attachment is None and order.poller is None:
+        review_at = plan.review_at
+        if self.leases:
+            judge_at = self._judge_following(order, plan, situation, now)
+            if judge_at is not None and (review_at is None or judge_at < review_at):
+                review_at = judge_at
+        elif order.attachment is None and order.poller is None:
             error = self._no_source_error(order)
             if error is not None:
                 self.stop(order, error)
                 return
-        if plan.review_at != order.review_at:
-            order.review_at = plan.review_at
-            if plan.review_at is not None:
+        if review_at != order.review_at:
+            order.review_at = review_at
+            if review_at is not None:
                 self._pushed += 1
-                heapq.heappush(self._due, (plan.review_at, self._pushed, order))
+                heapq.heappush(self._due, (review_at, self._pushed, order))
 
     def _settle(self, order: TrackedOrder) -> None:
         """End tracking a settled order: its result now, or once its details come."""

@@ -116,7 +116,10 @@ class TakesOverOrders:
             existing = self._orders.get(row.order_id)
             if existing is not None:
                 if not existing.ended:
-                    fleet.lease_soon()  # followed here already: the renewal makes it ours
+                    # Followed here already: the renewal makes it ours, or, when this
+                    # instance cannot follow it through Xsolla, lets it go at once (the
+                    # adoption passes by those it let go: no taking them back each time).
+                    fleet.lease_soon()
                     continue
                 self.forget(row.order_id)  # given up here, but the fleet still needs it
             token: TokenProvider | str | None = None
