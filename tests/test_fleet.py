@@ -1079,11 +1079,6 @@ async def test_without_listen_a_polling_instance_still_hears_the_webhook(emu: Em
     assert listeners == 0
 
 
-def test_a_journal_poll_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="journal_poll must be a positive"):
-        Tracker(project_id=1, journal="x.sqlite3", journal_poll=0.0)
-
-
 @on_databases
 async def test_the_owner_and_a_follower_agree_on_an_order_paid_as_its_grace_ends(
     backend: str, tmp_path: Path, emu: Emulator
