@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support_fork import waited
 from support_journal import (
     accept_answers,
     connect,
@@ -360,7 +361,7 @@ def test_a_forked_worker_neither_closes_nor_shares_the_parents_journal(
                 mine.close()
             finally:
                 os._exit(code)
-        status = _waited(pid, within=20.0)
+        status = waited(pid, within=20.0)
         again = order_paid(3)
         assert mine.handle(signed(again), again).status == 204  # the master's pool lives
     assert os.waitstatus_to_exitcode(status) == 5  # refused with a 5xx, nothing shared
@@ -407,7 +408,7 @@ def test_a_worker_forked_while_a_thread_reads_the_stats_answers_its_first_delive
                         code = 0 if answered and own else 3
                     finally:
                         os._exit(code)
-                exits.append(os.waitstatus_to_exitcode(_waited(pid, within=10.0)))
+                exits.append(os.waitstatus_to_exitcode(waited(pid, within=10.0)))
         finally:
             stopping.set()
             scraper.join()
@@ -425,21 +426,3 @@ def test_the_fork_hook_keeps_no_receiver_alive() -> None:
     del receiver
     gc.collect()
     assert gone() is None
-
-
-def _waited(pid: int, within: float) -> int:
-    """The child's wait status; a child still running after ``within`` s is killed, and
-    the test fails (before the fix, the worker's close hung on a lock its fork took)."""
-    import os
-    import signal
-    import time
-
-    end = time.monotonic() + within
-    while time.monotonic() < end:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError(f"the forked worker was still running after {within:g} s")

@@ -15,6 +15,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Generic, TypeVar
 
 from orderfsm.errors import JournalUnavailable
@@ -50,14 +51,20 @@ class GroupCommit:
     ``begin(deadline, durable)`` opens a write transaction (raising
     :class:`JournalUnavailable` past the deadline) whose commit waits for the
     disk when any of its work asked for it; ``execute(sql)`` runs a statement
-    without parameters (savepoints, commit, rollback).
+    without parameters (savepoints, commit, rollback).  ``held()`` is held from
+    before the connection's lock is asked for until the batch ends (the fork gate,
+    :mod:`~transports.journal.fork_gate`): its lock is never held outside it.
     """
 
     def __init__(
-        self, begin: Callable[[float, bool], None], execute: Callable[[str], object]
+        self,
+        begin: Callable[[float, bool], None],
+        execute: Callable[[str], object],
+        held: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     ) -> None:
         self._begin = begin
         self._execute = execute
+        self._held = held
         self._lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Job[Any]] = []
@@ -71,13 +78,8 @@ class GroupCommit:
         may_lead = True  # once even with no patience left: a wait of 0 tries once
         while not job.finished:
             patience = deadline - time.monotonic()
-            if (may_lead or patience > 0) and self._lock.acquire(timeout=max(patience, 0.0)):
+            if (may_lead or patience > 0) and self._led(job, patience):
                 may_lead = False
-                try:
-                    if not job.finished:
-                        self._lead(job)
-                finally:
-                    self._lock.release()
                 continue
             may_lead = False
             with self._queue_lock:
@@ -87,6 +89,18 @@ class GroupCommit:
                 woken = job.done
             woken.wait()  # a leader took it: it finishes it, or hands it back
         return job.outcome()
+
+    def _led(self, job: _Job[Any], patience: float) -> bool:
+        """Whether this thread got the connection within ``patience`` (and led a batch)."""
+        with self._held():
+            if not self._lock.acquire(timeout=max(patience, 0.0)):
+                return False
+            try:
+                if not job.finished:
+                    self._lead(job)
+            finally:
+                self._lock.release()
+        return True
 
     def _lead(self, own: _Job[Any]) -> None:
         with self._queue_lock:

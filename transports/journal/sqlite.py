@@ -19,7 +19,10 @@
 How each connection is opened and configured, and the writer's retried
 ``BEGIN IMMEDIATE``, are :mod:`transports.journal.sqlite_connections`'; the
 fleet tracker's wait for another process's commit is
-:mod:`transports.journal.sqlite_watcher`'s.
+:mod:`transports.journal.sqlite_watcher`'s.  Every use of a connection holds
+the fork gate (:mod:`transports.journal.fork_gate`): ``os.fork()`` waits for
+the uses under way, and a forked child closes its copies of the connections
+before it opens its own.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from orderfsm.journal import Answer, Claim, Delivery, DeliveryFilter, NewDeliver
 from transports.journal import readiness
 from transports.journal import sqlite_sql as sql
 from transports.journal.base import Claimed, ClaimRequest, SettleRequest, Work, Worked
+from transports.journal.fork_gate import GATE
 from transports.journal.groupcommit import GroupCommit
 from transports.journal.orders import Note, record
 from transports.journal.sql_shared import (
@@ -49,7 +53,13 @@ from transports.journal.sql_shared import (
     renew_in,
     run_in_transaction,
 )
-from transports.journal.sqlite_connections import begin_immediate, connect, open_writer, unavailable
+from transports.journal.sqlite_connections import (
+    INHERITED,
+    begin_immediate,
+    connect,
+    open_writer,
+    unavailable,
+)
 from transports.journal.sqlite_watcher import CommitWatcher
 
 T = TypeVar("T")
@@ -73,18 +83,59 @@ class SqliteStore:
         self._group: GroupCommit | None = None
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._closed = False
+        self._forked = False
         self._durable = True
         self.read_timeout = read_timeout
         self._watcher = CommitWatcher(self.path, self.display, read_timeout)
+        GATE.tell_at_fork(self)
 
     # --- connections ---------------------------------------------------------------------
 
     def open(self, patience: float | None = None) -> None:
         if self._writer is not None:
             return
-        writer = open_writer(self.path, self.display, patience)
+        if self._forked:
+            raise self._closed_error()
+        with GATE.held():
+            writer = open_writer(self.path, self.display, patience)
         self._writer = writer
-        self._group = GroupCommit(self._begin, writer.execute)
+        self._group = GroupCommit(self._begin, self._on_writer, GATE.held)
+
+    def _on_writer(self, statement: str) -> object:
+        """A batch's savepoints, commit and rollback; refused in a forked child, where a
+        transaction is the parent's, copied by a fork made inside it: the parent commits it."""
+        writer = self._writer
+        if writer is None:
+            raise self._closed_error()
+        return writer.execute(statement)
+
+    def _closed_error(self) -> JournalClosed:
+        if self._forked:
+            return JournalClosed(
+                f"{self.display} was opened by the process this one was forked from:"
+                " open a journal in this process"
+            )
+        return JournalClosed(f"{self.display} is closed")
+
+    def forked_away(self, inside: bool) -> None:
+        """In a child forked from this process, at the fork: its connections are the
+        parent's.  They go to :data:`~transports.journal.sqlite_connections.INHERITED`,
+        closed before this process opens one of its own, and this store is closed here
+        for good (each process opens its own journal).  A store that had opened
+        nothing stays as it was: the child may open it."""
+        taken = [self._writer, self._watcher.hand_over()]
+        while True:
+            try:
+                taken.append(self._readers.get_nowait())
+            except queue.Empty:
+                break
+        connections = [connection for connection in taken if connection is not None]
+        if not connections:
+            return
+        self._closed = self._forked = True
+        self._writer = self._group = None
+        self._watcher.close()
+        INHERITED.take(connections, inside)
 
     def _begin(self, deadline: float, durable: bool) -> None:
         """Open a batch's transaction.  Only batches that record an answer (or run the
@@ -105,26 +156,27 @@ class SqliteStore:
 
     @contextmanager
     def _reader(self) -> Iterator[sqlite3.Connection]:
-        if self._closed or self._writer is None:
-            raise JournalClosed(f"{self.display} is closed")
-        try:
-            connection = self._readers.get_nowait()
-        except queue.Empty:
+        with GATE.held():
+            if self._closed or self._writer is None:
+                raise self._closed_error()
             try:
-                connection = connect(self.path, self.display, self.read_timeout)
+                connection = self._readers.get_nowait()
+            except queue.Empty:
+                try:
+                    connection = connect(self.path, self.display, self.read_timeout)
+                except sqlite3.Error as exc:
+                    raise unavailable(self.display, exc) from None
+            try:
+                yield connection
             except sqlite3.Error as exc:
+                connection.close()
                 raise unavailable(self.display, exc) from None
-        try:
-            yield connection
-        except sqlite3.Error as exc:
-            connection.close()
-            raise unavailable(self.display, exc) from None
-        except BaseException:
-            connection.close()
-            raise
-        self._readers.put(connection)
-        if self._closed:
-            self._close_readers()  # close() ran during this read: it must not stay open
+            except BaseException:
+                connection.close()
+                raise
+            self._readers.put(connection)
+            if self._closed:
+                self._close_readers()  # close() ran during this read: it must not stay open
 
     def _close_readers(self) -> None:
         while True:
@@ -137,7 +189,7 @@ class SqliteStore:
         self, work: Callable[[sqlite3.Connection], T], deadline: float, durable: bool = True
     ) -> T:
         if self._closed or self._group is None or self._writer is None:
-            raise JournalClosed(f"{self.display} is closed")
+            raise self._closed_error()
         writer = self._writer
         try:
             return self._group.run(lambda: work(writer), deadline, durable)
@@ -173,11 +225,12 @@ class SqliteStore:
     def close(self) -> None:
         self._closed = True
         self._watcher.close()
-        if self._writer is not None and self._group is not None:
-            # Wait for a batch in flight, then close.
-            with self._group._lock:
-                self._writer.close()
-        self._close_readers()
+        with GATE.held():
+            if self._writer is not None and self._group is not None:
+                # Wait for a batch in flight, then close.
+                with self._group._lock:
+                    self._writer.close()
+            self._close_readers()
 
     # --- operations --------------------------------------------------------------------
 
@@ -334,15 +387,16 @@ class SqliteStore:
         readiness.sqlite_room(self.path, self.display)
         group, writer = self._group, self._writer
         if group is None or writer is None:
-            raise JournalClosed(f"{self.display} is closed")
-        if not group._lock.acquire(timeout=readiness.SQLITE_PROBE_PATIENCE):
-            return
-        try:
-            if self._closed:
-                raise JournalClosed(f"{self.display} is closed")
-            readiness.sqlite_writer_may_write(writer, self.display)
-        finally:
-            group._lock.release()
+            raise self._closed_error()
+        with GATE.held():
+            if not group._lock.acquire(timeout=readiness.SQLITE_PROBE_PATIENCE):
+                return
+            try:
+                if self._closed:
+                    raise self._closed_error()
+                readiness.sqlite_writer_may_write(writer, self.display)
+            finally:
+                group._lock.release()
 
     def claims(self, keys: Sequence[str], deadline: float) -> dict[str, Claim]:
         found: dict[str, Claim] = {}

@@ -9,10 +9,13 @@ errors mean what, are the same for all of them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
+import threading
 import time
+from collections.abc import Iterable
 
 from orderfsm.errors import (
     JournalCorrupt,
@@ -68,7 +71,46 @@ def unavailable(display: str, exc: sqlite3.Error) -> JournalUnavailable:
     return kind(f"{display}: {exc}")
 
 
+class _Inherited:
+    """A forked child's copies of its parent's connections (see
+    :mod:`~transports.journal.fork_gate`), closed before this process opens one of its own.
+
+    Not closed at the fork itself, so a child that never opens the journal makes no
+    SQLite call; nor left open: SQLite keeps one record per file of the locks its
+    process holds, and a connection opened beside the copies joins theirs, as if it
+    held the parent's locks, so it takes none of its own.  Another process closing
+    its last connection then checkpoints and deletes the WAL under it, and the
+    commits it made since are lost (measured).  Closing the copies is safe as none
+    was inside a transaction at the fork (the gate waited).  After a fork from
+    inside one, they are kept, never closed: closing a write transaction's copy
+    rolls it back, which may rewrite the WAL index the parent's transaction uses."""
+
+    def __init__(self) -> None:
+        self._closable: list[sqlite3.Connection] = []
+        self._kept: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def take(self, connections: Iterable[sqlite3.Connection], inside: bool) -> None:
+        """At the fork, in the child."""
+        self._lock = threading.Lock()  # a thread of the parent's may have held it
+        (self._kept if inside else self._closable).extend(connections)
+
+    def close(self) -> None:
+        if not self._closable:
+            return
+        with self._lock:
+            while self._closable:  # emptied only once every copy is closed
+                with contextlib.suppress(sqlite3.Error):
+                    self._closable[-1].close()
+                self._closable.pop()
+
+
+INHERITED = _Inherited()
+
+
 def connect(path: str, display: str, busy_timeout: float = BUSY_SLICE) -> sqlite3.Connection:
+    """A connection in WAL mode; called with the fork gate held, as every use of one."""
+    INHERITED.close()
     connection = sqlite3.connect(
         path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
     )

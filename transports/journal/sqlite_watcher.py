@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from orderfsm.errors import JournalClosed
+from transports.journal.fork_gate import GATE
 from transports.journal.sqlite_connections import connect, unavailable
 
 T = TypeVar("T")
@@ -49,32 +50,38 @@ class CommitWatcher:
                 return self._wait(seen, timeout, then)
             finally:
                 if self._closed and self._connection is not None:
-                    self._connection.close()
+                    with GATE.held():
+                        self._connection.close()
                     self._connection = None
 
     def _wait(
         self, seen: int | None, timeout: float, then: Callable[[sqlite3.Connection], T] | None
     ) -> tuple[int, T | None]:
+        """Each look holds the fork gate, not the whole wait: a fork waits for one look."""
         connection = self._connection
         if connection is None:
             if self._closed:
                 raise JournalClosed(f"{self.display} is closed")
             try:
-                connection = self._connection = connect(self.path, self.display, self.read_timeout)
+                with GATE.held():
+                    connection = connect(self.path, self.display, self.read_timeout)
             except sqlite3.Error as exc:
                 raise unavailable(self.display, exc) from None
+            self._connection = connection
         end = time.monotonic() + timeout
         try:
             while not self._closed:
-                version = int(connection.execute("PRAGMA data_version").fetchone()[0])
-                if seen is not None and version != seen and then is not None:
-                    return version, then(connection)
+                with GATE.held():
+                    version = int(connection.execute("PRAGMA data_version").fetchone()[0])
+                    if seen is not None and version != seen and then is not None:
+                        return version, then(connection)
                 if seen is None or version != seen or time.monotonic() >= end:
                     return version, None
                 time.sleep(WATCH_INTERVAL)
         except sqlite3.Error as exc:
             self._connection = None
-            connection.close()
+            with GATE.held():
+                connection.close()
             raise unavailable(self.display, exc) from None
         raise JournalClosed(f"{self.display} is closed")
 
@@ -85,6 +92,14 @@ class CommitWatcher:
             try:
                 connection, self._connection = self._connection, None
                 if connection is not None:
-                    connection.close()
+                    with GATE.held():
+                        connection.close()
             finally:
                 self._watching.release()
+
+    def hand_over(self) -> sqlite3.Connection | None:
+        """In a forked child: the parent's connection, taken away (the store decides its
+        fate), and the caller's lock anew (a waiting thread of the parent's held it)."""
+        self._watching = threading.Lock()
+        connection, self._connection = self._connection, None
+        return connection

@@ -196,7 +196,9 @@ class SyncWebhookReceiver(ReceiverBase):
         talking on one PostgreSQL socket read each other's replies (a grant twice).
         The parent's is kept, neither closed nor left to the garbage collector: a
         PostgreSQL connection finalized here would end the session it shares with
-        the parent (libpq says goodbye on the socket).  A journal the application
+        the parent (libpq says goodbye on the socket).  A SQLite store's copies were
+        taken from it at the fork and are closed before this process opens its own
+        (:mod:`~transports.journal.fork_gate`).  A journal the application
         gave (not a URL) cannot be made again here: refused, never shared."""
         if self._pid == os.getpid():
             return
