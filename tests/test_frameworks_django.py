@@ -139,3 +139,32 @@ def test_a_chunked_body_from_a_wsgi_server_is_read_whole(client: Client) -> None
     assert answer.status_code == 204 and 16 in handled
     with override_settings(ORDERFSM_WEBHOOK={"SECRET": SECRET, "MAX_BODY_SIZE": 100}):
         assert webhook(chunked(order_paid(17))).status_code == 413
+
+
+def test_a_worker_forked_while_a_thread_builds_the_receiver_builds_its_own(client: Client) -> None:
+    """The lock that guards building this process's receiver: a thread of the master holding
+    it at the fork (a first request building the receiver) left it held in the worker,
+    by a thread that does not exist there, and the worker's first delivery waited for it
+    forever.  The worker gets a free lock at the fork, and builds its own receiver."""
+    import threading
+
+    from support_fork import exit_code, fork
+
+    from orderfsm.contrib.django import conf
+
+    holding, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with conf._lock:
+            holding.set()
+            done.wait()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait()
+    try:
+        pid = fork(lambda: 0 if conf.receiver() is conf.receiver() else 1)
+    finally:
+        done.set()
+        holder.join()
+    assert exit_code(pid, within=10.0) == 0

@@ -163,6 +163,19 @@ def receiver() -> SyncWebhookReceiver:
         return _receiver[1]
 
 
+def _after_fork_in_child() -> None:
+    """A lock is copied into a child as it was at the fork: held by a thread of the
+    parent then (a first request building the receiver), it stays held in the child
+    by a thread that does not exist there, and the child's first delivery waits for
+    it forever.  So the child gets a new one, at the fork."""
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _reset(setting: str, **kwargs: Any) -> None:
     global _receiver
     if setting in ("ORDERFSM_WEBHOOK", "DATABASES"):
