@@ -40,9 +40,8 @@ def emu() -> Iterator[Emulator]:
 
 
 def tracker(emu: Emulator, **options: Any) -> Tracker:
-    return Tracker(
-        project_id=emu.project_id, ws_url=emu.ws_url, api_url=emu.api_url, policy=FAST, **options
-    )
+    urls = {"ws_url": emu.ws_url, "api_url": emu.api_url}
+    return Tracker(project_id=emu.project_id, policy=FAST, **{**urls, **options})
 
 
 @pytest.mark.anyio
@@ -81,6 +80,11 @@ async def test_an_order_id_that_is_not_one_is_refused_and_the_order_is_still_fol
         ({"token_for": lambda order_id, user: "jwt"}, ValueError, "need journal=URL"),
         ({"instance": "shop-1"}, ValueError, "need journal=URL"),
         ({"journal_poll": 0}, ValueError, "journal_poll"),
+        ({"ws_url": "not a url"}, ValueError, "ws_url must be a URL"),
+        ({"api_url": "ftp://xsolla.example"}, ValueError, "api_url must be a URL"),
+        ({"api_url": "store.xsolla.com/api"}, ValueError, "api_url must be a URL"),
+        ({"journal": 123}, TypeError, "journal must be a URL"),
+        ({"journal": ""}, ValueError, "journal must not be empty"),
     ],
 )
 def test_the_tracker_refuses_settings_that_would_fail_later(
@@ -88,6 +92,16 @@ def test_the_tracker_refuses_settings_that_would_fail_later(
 ) -> None:
     with pytest.raises(error, match=match):
         tracker(emu, **options)
+
+
+@pytest.mark.anyio
+async def test_a_tracker_open_already_is_not_entered_again(emu: Emulator) -> None:
+    """Entered twice, the first opening's sockets leaked and the outer exit failed on an
+    assertion; now the second entry raises, and the open tracker is left as it was."""
+    async with tracker(emu, token="jwt") as t:
+        with pytest.raises(RuntimeError, match="open already"):
+            await t.__aenter__()
+        assert t.stats() is not None  # still open, still answering
 
 
 async def _async_callback(*_: Any) -> None:

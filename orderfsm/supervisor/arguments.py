@@ -11,8 +11,10 @@ is refused at once, by name, with a ``TypeError`` or ``ValueError``.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from orderfsm.callables import require_plain, require_runs
 from orderfsm.core.ids import MAX_ORDER_ID
@@ -60,8 +62,31 @@ def token(value: object, what: str = "token") -> None:
         raise ValueError(f"{what} must not be empty")
 
 
+def url(what: str, value: object, *schemes: str) -> None:
+    """Raise unless ``value`` is a URL with one of ``schemes`` and a host: a malformed one
+    was retried (reported ``degraded``) until the deadline, ten minutes on."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str URL, got {value!r}")
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.netloc:
+        starts = " or ".join(f"{scheme}://" for scheme in schemes)
+        raise ValueError(f"{what} must be a URL starting with {starts}, got {value!r}")
+
+
+def journal_argument(value: object) -> None:
+    """Raise unless ``value`` is ``None``, a non-empty URL or path, or a journal object."""
+    if value is None or hasattr(value, "sync"):  # a Journal: its synchronous face
+        return
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"journal must be a URL, a path or a Journal, got {value!r}")
+    if not os.fspath(value):
+        raise ValueError("journal must not be empty (a path, sqlite:///..., postgresql://...)")
+
+
 def tracker_options(
     *,
+    ws_url: object,
+    api_url: object,
     token_given: object,
     on_change: object,
     on_report: object,
@@ -80,6 +105,9 @@ def tracker_options(
     whose call was then recorded as made and never made; so those called are
     refused when they are ``async def`` (``on_settled`` may be either: its result
     is awaited when it can be)."""
+    url("ws_url", ws_url, "ws", "wss")
+    url("api_url", api_url, "http", "https")
+    journal_argument(journal)
     token(token_given)
     for what, function in (
         ("on_change", on_change),

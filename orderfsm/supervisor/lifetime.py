@@ -89,6 +89,10 @@ class TrackerLifetime:
         def _adopt(self, rows: list[OrderRow]) -> None: ...
 
     async def __aenter__(self: _T) -> _T:
+        if self._stack is not None:
+            # Entered again while open: the first opening's sockets leaked, and its
+            # exit met the second's state.
+            raise RuntimeError("this Tracker is open already: enter it once at a time")
         async with contextlib.AsyncExitStack() as stack:
             if self._given_http is not None:
                 self.http = self._given_http

@@ -145,6 +145,8 @@ class Tracker(TrackerLifetime, TakesOverOrders, KeepsEarlyNews):
         if journal_poll is not None:
             arguments.seconds("journal_poll", journal_poll)
         arguments.tracker_options(
+            ws_url=ws_url,
+            api_url=api_url,
             token_given=token,
             on_change=on_change,
             on_report=on_report,
