@@ -651,11 +651,13 @@ async def test_two_trackers_sharing_one_open_journal_each_hear_every_change(
 
 
 @on_databases
+@pytest.mark.parametrize("fault", ["raises", "bytes"])
 async def test_a_token_for_that_raises_skips_that_order_not_the_start(
-    backend: str, tmp_path: Path, emu: Emulator
+    backend: str, tmp_path: Path, emu: Emulator, fault: str
 ) -> None:
     """A restarted instance resumes its unsettled orders: one the application's ``token_for``
-    fails on (a deleted player, say) must not keep the whole fleet from starting."""
+    fails on (a deleted player, say), or gives no token for (bytes from a Redis client,
+    which ``track`` refuses), must not keep the whole fleet from starting."""
     url = url_for(backend, tmp_path)
     user = await emu.create_user()
     broken, fine = await emu.create_order(user), await emu.create_order(user)
@@ -664,10 +666,10 @@ async def test_a_token_for_that_raises_skips_that_order_not_the_start(
         await owning(first, fine)
     await emu.set_status(fine, "done", publish=False)
 
-    def token_for(order_id: int, user_id: str | None) -> str:
-        if order_id == broken:
+    def token_for(order_id: int, user_id: str | None) -> str | bytes:
+        if order_id == broken and fault == "raises":
             raise KeyError(f"no player {user_id}")
-        return user.token
+        return user.token.encode() if order_id == broken else user.token
 
     async with instance(url, emu, None, token_for=token_for, instance="shop-1") as second:
         assert set(second._orders) == {fine}

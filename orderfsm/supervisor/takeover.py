@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from orderfsm.errors import OrderFsmError
 from orderfsm.interface import TokenProvider
+from orderfsm.supervisor import arguments
 from orderfsm.supervisor.slices import in_slices
 
 if TYPE_CHECKING:
@@ -126,6 +127,9 @@ class TakesOverOrders:
             if self.token_for is not None:
                 try:
                     token = self.token_for(row.order_id, row.user_id)
+                    # What it gives is checked here, not by track(): a TypeError there
+                    # (bytes from a Redis client) stopped the start, or the adopter.
+                    arguments.token(token, "what token_for returned")
                 except Exception:  # the app's callable: one bad row must not stop the rest
                     # Its traceback once: the fleet offers the order again every lease.
                     first = row.order_id not in self._no_token
@@ -142,7 +146,7 @@ class TakesOverOrders:
             taken_over.add(row.order_id)  # its first Get order after the app's own orders'
             try:
                 self.track(row.order_id, token=token, user_id=row.user_id, until=row.until)
-            except ValueError as exc:  # no token for it here: another instance may have one
+            except (TypeError, ValueError) as exc:  # no token for it here: another may have one
                 taken_over.discard(row.order_id)
                 fleet.forget(row.order_id)
                 logger.warning(
