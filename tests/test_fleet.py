@@ -231,6 +231,31 @@ async def test_an_owner_that_can_follow_an_order_no_more_looks_once_before_letti
 
 
 @on_databases
+async def test_an_order_let_go_still_gets_its_last_look_when_its_expired_grace_ends(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """The only instance, WebSocket-only, hears ``expired``; its socket's time ends in
+    the grace and it lets the order go (nobody polls).  The payment completes where only
+    Get order sees it: at the grace's end the instance that let go looks once more and
+    settles ``paid`` (it settled ``expired``, waiting for an owner's look nobody made)."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    short = DefaultPolicy(deadline=30.0, websocket_lifespan=1.0, expired_grace=3.0)
+    websocket_only: dict[str, Any] = {"transports": ("websocket",), "until": "paid"}
+    async with instance(url, emu, user, policy=short, **websocket_only) as a:
+        await owning(a, order_id)
+        await emu.wait_connected(user)
+        await emu.set_status(order_id, "expired")
+        order = a._orders[order_id]
+        await eventually(lambda: order.let_go)
+        await emu.set_status(order_id, "paid", publish=False)
+        with anyio.fail_after(15):
+            result = await a.wait(order_id)
+    assert (result.status, result.source) == (Status.PAID, "polling")
+
+
+@on_databases
 async def test_a_custom_transport_runs_on_every_instance_whatever_the_lease(
     backend: str, tmp_path: Path, emu: Emulator
 ) -> None:

@@ -89,7 +89,9 @@ class GetOrderChecks:
         if order.last_look:
             return False
         asks = self.can_poll or self.fetch_details
-        looks = asks and order.polling_error is None and order.owned
+        # One that let the order go looks too: no instance may poll it (one more Get
+        # order if one took it over).
+        looks = asks and order.polling_error is None and (order.owned or order.let_go)
         if not looks and not self.journal:
             return False
         if order.last_look is None:

@@ -73,6 +73,7 @@ class HandsOver:
             )
             if not follows:
                 order.owned = False  # nothing to own: the journal is all it follows now
+                order.let_go = True
                 order.last_look = None  # a later lapse, or a later hand-over, looks again
         else:
             would = self.policy.plan(attrs.evolve(situation, owned=True), now)

@@ -65,6 +65,7 @@ class TrackedOrder(EndsTracking):
         "kept",
         "lapsed",
         "last_look",
+        "let_go",
         "log",
         "on_change",
         "on_report",
@@ -166,6 +167,10 @@ class TrackedOrder(EndsTracking):
         """The journal link of a tracker in a fleet: told each change applied here."""
         self.owned = True
         """This instance follows the order through Xsolla (in a fleet: it holds the lease)."""
+        self.let_go = False
+        """This instance followed the order through Xsolla and let it go (it could no
+        more): it still makes the last look at the end of an expired grace, as nobody
+        else may (a fleet where none polls)."""
         self.follows = True
         """This instance can follow the order through Xsolla: it has a source for it (a
         socket, polling, a last Get order under way), or would have if it held the
