@@ -256,6 +256,41 @@ async def test_an_order_let_go_still_gets_its_last_look_when_its_expired_grace_e
 
 
 @on_databases
+async def test_two_instances_that_can_follow_an_order_no_more_do_not_pass_it_around(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """Two WebSocket-only instances track one order past their sockets' time: each lets
+    it go, and neither adopter takes it (it tracks it and cannot follow it).  Each
+    adopted what the other let go, every third of a lease, a new fence each time."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    short = DefaultPolicy(deadline=30.0, websocket_lifespan=0.5)
+    websocket_only: dict[str, Any] = {"transports": ("websocket",), "policy": short}
+    async with (
+        instance(url, emu, user, **websocket_only) as a,
+        instance(url, emu, user, **websocket_only) as c,
+    ):
+        await owning(a, order_id)
+        c.track(order_id)
+        await eventually(lambda: not (a._orders[order_id].follows or c._orders[order_id].follows))
+        await anyio.sleep(0.5)  # the let-go written, and any adoption under way done
+        before = fence_of(url, order_id)
+        await anyio.sleep(1.5)  # four adopters' periods each
+        after = fence_of(url, order_id)
+    assert after == before
+
+
+def fence_of(url: str, order_id: int) -> int:
+    db = connect(url)
+    try:
+        query = f"SELECT fence FROM orderfsm_orders WHERE order_id = {order_id}"
+        return int(db.execute(query).fetchone()[0])
+    finally:
+        db.close()
+
+
+@on_databases
 async def test_a_custom_transport_runs_on_every_instance_whatever_the_lease(
     backend: str, tmp_path: Path, emu: Emulator
 ) -> None:

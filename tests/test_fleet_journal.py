@@ -548,16 +548,23 @@ order_rows = st.builds(
 """Order 9's row, as any instance may have left it."""
 
 
-@given(row=order_rows, asker=st.sampled_from(["a", "b"]))
+@given(
+    row=order_rows,
+    asker=st.sampled_from(["a", "b"]),
+    passed=st.lists(st.sampled_from([1, 9, 19, 90, 99]), max_size=3),
+)
 @settings(max_examples=200)
-def test_the_sql_adoption_is_the_pure_decision(row: OrderRow, asker: str) -> None:
+def test_the_sql_adoption_is_the_pure_decision(
+    row: OrderRow, asker: str, passed: list[int]
+) -> None:
     """Row by row, the adopting UPDATE takes exactly the orders ``adoptable`` allows,
-    and leaves each as ``leased`` says (owner, fence, lease)."""
+    and leaves each as ``leased`` says (owner, fence, lease); ids that contain 9's
+    digits but are not 9 do not pass it by."""
     db = _orders_table()
     lease = 30.0
     _insert(db, row)
-    taken = leases.adopt(db, "sqlite", asker, NOW, lease, 10)
-    if adoptable(row, NOW, lease, asker):
+    taken = leases.adopt(db, "sqlite", asker, NOW, lease, 10, passed)
+    if adoptable(row, NOW, lease, asker, passed):
         assert taken == [leased(row, asker, NOW, lease)]
     else:
         assert taken == []
@@ -604,8 +611,9 @@ async def test_an_order_let_go_is_adopted_by_another_and_by_its_owner_after_a_re
     backend: str, tmp_path: Path
 ) -> None:
     """A lets go of order 1 (it cannot follow it any more): A's adopter passes it by, B's
-    takes it at once.  A lets go of order 2 and restarts: its new life takes it back
-    (a new socket may follow it)."""
+    takes it at once, unless B passes it by too (it tracks it and cannot follow it).
+    A lets go of order 2 and restarts: its new life takes it back (a new socket may
+    follow it)."""
     url = url_for(backend, tmp_path)
     async with open_journal(url, owner="a") as ja, open_journal(url, owner="b") as jb:
         a, b = OrderLog(ja), OrderLog(jb)
@@ -613,7 +621,8 @@ async def test_an_order_let_go_is_adopted_by_another_and_by_its_owner_after_a_re
         held = await a.lease([1, 2], 30.0)
         await a.let_go([1])
         assert await a.adopt(30.0, 10) == []
-        (taken,) = await b.adopt(30.0, 10)
+        assert await b.adopt(30.0, 10, [1, 11]) == []  # one B tracks and cannot follow
+        (taken,) = await b.adopt(30.0, 10, [11])
         assert (taken.order_id, taken.owner, taken.fence) == (1, "b", held[1] + 1)
         await a.let_go([2])
         assert await a.adopt(30.0, 10) == []

@@ -21,6 +21,8 @@ leases are shared by hosts).
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import attrs
 
 from orderfsm.core import GOALS, Advanced, Observation, Status, Verdict, apply, verdict
@@ -117,7 +119,9 @@ def leased(row: OrderRow, owner: str, now: float, lease: float) -> OrderRow:
     return attrs.evolve(row, owner=owner, lease_until=now + lease, fence=fence, tracking=True)
 
 
-def adoptable(row: OrderRow, now: float, lease: float, adopter: str) -> bool:
+def adoptable(
+    row: OrderRow, now: float, lease: float, adopter: str, passed: Collection[int] = ()
+) -> bool:
     """May ``adopter``, an instance that does not follow the order, take it over by itself?
 
     Yes when it is tracked, not settled, and nobody's lease on it is live: its
@@ -125,10 +129,11 @@ def adoptable(row: OrderRow, now: float, lease: float, adopter: str) -> bool:
     connection.  An order nobody ever leased waits one ``lease`` after it was
     tracked, for its tracker's own first lease; the adopter then takes the
     lease as :func:`leased` says, so until that lease runs out nobody else may.
-    Never one ``adopter`` let go itself (:func:`let_go`): it cannot follow that
-    order, and taking it back would keep it from an instance that can.
+    Never one ``adopter`` let go itself (:func:`let_go`), nor one it ``passed`` (it
+    tracks them and cannot follow them): taking it would keep it from an instance
+    that can, and two instances that cannot would pass it back and forth.
     """
-    if not row.tracking or settles(row) or row.lease_until > now:
+    if not row.tracking or settles(row) or row.lease_until > now or row.order_id in passed:
         return False
     if row.owner == adopter and row.lease_until < 0:
         return False

@@ -134,7 +134,10 @@ class HoldsLeases:
         while True:
             await anyio.sleep(self.lease / 3)
             try:
-                rows = await self.log.adopt(self.lease, ADOPT_PAGE)
+                # Not those tracked here that this instance cannot follow: two such
+                # instances would pass the order back and forth every period.
+                passed = [o.order_id for o in self._orders.values() if not (o.ended or o.follows)]
+                rows = await self.log.adopt(self.lease, ADOPT_PAGE, passed)
             except OrderFsmError as exc:
                 unavailable("adopting orders", exc)
                 continue

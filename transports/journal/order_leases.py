@@ -113,11 +113,18 @@ def lease(
 
 
 def adopt(
-    db: Any, dialect: str, owner: str, now: float, seconds: float, limit: int
+    db: Any,
+    dialect: str,
+    owner: str,
+    now: float,
+    seconds: float,
+    limit: int,
+    passed: Sequence[int] = (),
 ) -> list[OrderRow]:
     """Take the lease of up to ``limit`` orders nobody follows any more
-    (:func:`~orderfsm.journal.orders.adoptable`: not one ``owner`` let go itself),
-    with a new fence; the rows taken.
+    (:func:`~orderfsm.journal.orders.adoptable`: not one ``owner`` let go itself, nor
+    one it ``passed``), with a new fence; the rows taken.  ``passed`` goes as one
+    parameter (a JSON array on SQLite, an array on PostgreSQL), however long.
 
     One statement, through the ``tracking`` index (an index on ``lease_until``
     would make every lease renewal a non-HOT update on PostgreSQL: measured 40%
@@ -129,8 +136,17 @@ def adopt(
         f" AND (status IS NULL OR (status, until) NOT IN ({SETTLING}))"
         f" AND (owner IS NOT NULL OR tracked_at <= %s)"
         f" AND (owner IS NULL OR owner <> %s OR lease_until >= 0)"
+        + (
+            " AND NOT (order_id = ANY(%s))"
+            if dialect == "postgresql"
+            # Any SQLite has instr() (json_each needs its JSON functions): ",1,2,".
+            else " AND instr(%s, ',' || order_id || ',') = 0"
+        )
     )
-    orphan_args = (True, now, now - seconds, owner)
+    excluded: object = list(passed)
+    if dialect != "postgresql":
+        excluded = "," + "".join(f"{order_id}," for order_id in passed)
+    orphan_args = (True, now, now - seconds, owner, excluded)
     skip = " FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
     rows = db.execute(
         in_dialect(

@@ -138,11 +138,12 @@ class OrderLog:
         )  # fmt: skip
         return await self.journal._call(self._store.write, work, self._deadline())
 
-    async def adopt(self, seconds: float, limit: int) -> list[OrderRow]:
-        """Take over up to ``limit`` orders whose owner is gone (see :func:`leases.adopt`)."""
+    async def adopt(self, seconds: float, limit: int, passed: Sequence[int] = ()) -> list[OrderRow]:
+        """Take over up to ``limit`` orders whose owner is gone, but those ``passed``
+        (see :func:`leases.adopt`)."""
         work = functools.partial(
             leases.adopt, dialect=self.dialect, owner=self.owner, now=time.time(),
-            seconds=seconds, limit=limit,
+            seconds=seconds, limit=limit, passed=passed,
         )  # fmt: skip
         return await self.journal._call(self._store.write, work, self._deadline())
 
