@@ -191,3 +191,19 @@ def test_a_receiver_refuses_settings_that_would_answer_every_delivery_4xx(
 ) -> None:
     with pytest.raises((TypeError, ValueError), match=match):
         WebhookReceiver(secret, **options)
+
+
+def test_what_stands_for_a_number_is_taken() -> None:
+    """An ``IntEnum`` or numpy integer stands for an order id (``operator.index``), and any
+    real number for seconds (numpy's floats too): refused only what is not a number."""
+    from enum import IntEnum
+    from fractions import Fraction
+
+    from orderfsm.supervisor import arguments
+
+    class Known(IntEnum):
+        TEST_ORDER = 59614241
+
+    assert arguments.order_id(Known.TEST_ORDER) == 59614241
+    assert type(arguments.order_id(Known.TEST_ORDER)) is int
+    assert DefaultPolicy(poll_interval=Fraction(1, 2)).poll_interval == Fraction(1, 2)  # type: ignore[arg-type]

@@ -224,6 +224,14 @@ def test_usage_errors_name_the_value_in_argparse_style(command: str, named: str)
     assert "Traceback" not in result.stderr
 
 
+def test_a_blank_secret_is_a_usage_error_not_a_traceback() -> None:
+    """Spaces given as ``--secret`` are stripped as the variable's and the file's are,
+    and nothing left is a usage error (exit 2, one line), not the receiver's own check."""
+    result = run("webhook-server", "--secret", "   ", "--port", "0", timeout=NAMED_WITHIN)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "the webhook secret must not be empty" in result.stderr.splitlines()[-1]
+
+
 def test_trio_without_its_extra_names_the_extra() -> None:
     code = (
         "import sys; sys.modules['trio'] = None;"  # as if orderfsm[trio] was not installed

@@ -59,7 +59,8 @@ def add_secret_options(parser: argparse.ArgumentParser) -> None:
 
 
 def secret_of(args: argparse.Namespace) -> str:
-    secret: str | None = args.secret or options.secret_from(
+    # Stripped as the variable's and the file's are: a space pasted in is never meant.
+    secret: str | None = (args.secret or "").strip() or options.secret_from(
         "--secret-env", args.secret_env, "--secret-file", args.secret_file
     )
     if not secret:

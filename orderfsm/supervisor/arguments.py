@@ -11,13 +11,16 @@ is refused at once, by name, with a ``TypeError`` or ``ValueError``.
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Collection
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from orderfsm.callables import require_plain, require_runs
 from orderfsm.core.ids import MAX_ORDER_ID
+from orderfsm.interface import BUILT_IN, JOURNAL
 
 
 def seconds(what: str, value: object, *, zero: bool = False, none: bool = False) -> None:
@@ -25,9 +28,9 @@ def seconds(what: str, value: object, *, zero: bool = False, none: bool = False)
     ``zero``), or ``None`` when ``none``."""
     if value is None and none:
         return
-    if type(value) not in (int, float):  # not bool, not a string of digits
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):  # not "3", not True
         raise TypeError(f"{what} must be a number of seconds, got {value!r}")
-    number = float(value)  # type: ignore[arg-type]
+    number = float(value)
     if not math.isfinite(number) or number < 0 or (number == 0 and not zero):
         floor = "0 or more" if zero else "more than 0"
         raise ValueError(f"{what} must be a finite number of seconds, {floor}, got {value!r}")
@@ -44,12 +47,16 @@ def seconds_field(*, zero: bool = False, none: bool = False) -> Callable[[Any, A
 
 def order_id(value: object) -> int:
     """The order id, or a ``TypeError`` / ``ValueError`` saying why it is not one."""
-    if type(value) is not int:
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(cast(Any, value))  # an int, or what stands for one (numpy)
+    except TypeError:
         hint = " (int(...) it first)" if isinstance(value, str) else ""
-        raise TypeError(f"an order id is an int, got {value!r}{hint}")
-    if not 0 < value <= MAX_ORDER_ID:
+        raise TypeError(f"an order id is an int, got {value!r}{hint}") from None
+    if not 0 < number <= MAX_ORDER_ID:
         raise ValueError(f"an order id is from 1 to {MAX_ORDER_ID}, got {value}")
-    return value
+    return number
 
 
 def token(value: object, what: str = "token") -> None:
@@ -85,6 +92,7 @@ def journal_argument(value: object) -> None:
 
 def tracker_options(
     *,
+    transports: Collection[str],
     ws_url: object,
     api_url: object,
     token_given: object,
@@ -105,6 +113,14 @@ def tracker_options(
     whose call was then recorded as made and never made; so those called are
     refused when they are ``async def`` (``on_settled`` may be either: its result
     is awaited when it can be)."""
+    unknown = set(transports) - BUILT_IN
+    if unknown:
+        raise ValueError(f"unknown transports: {', '.join(sorted(unknown))}")
+    if on_settled is not None and on_settled_transactional is not None:
+        raise ValueError("give either on_settled or on_settled_transactional, not both")
+    settled = on_settled is not None or on_settled_transactional is not None
+    if journal is None and (JOURNAL in transports or settled):
+        raise ValueError("the journal transport and on_settled need journal=URL")
     url("ws_url", ws_url, "ws", "wss")
     url("api_url", api_url, "http", "https")
     journal_argument(journal)
@@ -120,6 +136,7 @@ def tracker_options(
     if on_settled is not None:
         require_runs(on_settled, "on_settled")
     seconds("lease", lease)
+    seconds("journal_poll", journal_poll, none=True)
     if journal is None:
         given = [n for n, v in (("token_for", token_for), ("instance", instance)) if v is not None]
         given += ["journal_poll"] if journal_poll is not None else []

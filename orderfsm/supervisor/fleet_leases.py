@@ -29,7 +29,7 @@ ADOPT_PAGE = 500
 """Orders one instance adopts in one statement, at most (more go at the next period)."""
 
 
-def unavailable(doing: str, exc: OrderFsmError) -> None:
+def journal_missed(doing: str, exc: OrderFsmError) -> None:
     """The journal did not answer one of the leases' passes: the next pass tries again."""
     logger.warning(
         "journal unavailable (%s): %s",
@@ -81,7 +81,7 @@ class HoldsLeases:
                     [o.order_id for o in following] + list(self._lapsed_calls), self.lease
                 )
             except OrderFsmError as exc:
-                unavailable("leases", exc)
+                journal_missed("leases", exc)
                 held = None
             for order in following:
                 if not order.follows:
@@ -104,7 +104,7 @@ class HoldsLeases:
         try:
             await self.log.let_go(order_ids)
         except OrderFsmError as exc:
-            unavailable("handing orders over", exc)
+            journal_missed("handing orders over", exc)
 
     async def _stay_wanted(self) -> None:
         """An instance that follows only the journal says, at the leases' pace, that its
@@ -119,7 +119,7 @@ class HoldsLeases:
             try:
                 await self.log.want(live)
             except OrderFsmError as exc:
-                unavailable("marking orders tracked", exc)
+                journal_missed("marking orders tracked", exc)
 
     async def _adopt_orphans(self) -> None:
         """Take over the orders whose owner is gone and that no instance following them
@@ -139,7 +139,7 @@ class HoldsLeases:
                 passed = [o.order_id for o in self._orders.values() if not (o.ended or o.follows)]
                 rows = await self.log.adopt(self.lease, ADOPT_PAGE, passed)
             except OrderFsmError as exc:
-                unavailable("adopting orders", exc)
+                journal_missed("adopting orders", exc)
                 continue
             if rows:
                 logger.info(

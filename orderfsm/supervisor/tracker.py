@@ -24,8 +24,6 @@ from orderfsm.core import Observation, OrderBook, Status
 from orderfsm.core.settle import check_goal
 from orderfsm.errors import TrackerClosed, TransportError
 from orderfsm.interface import (
-    BUILT_IN,
-    JOURNAL,
     POLLING,
     WEBHOOK,
     WEBSOCKET,
@@ -134,17 +132,8 @@ class Tracker(TrackerLifetime, TakesOverOrders, KeepsEarlyNews):
         journal_poll: float | None = None,
         instance: str | None = None,
     ) -> None:
-        unknown = set(transports) - BUILT_IN
-        if unknown:
-            raise ValueError(f"unknown transports: {', '.join(sorted(unknown))}")
-        if on_settled is not None and on_settled_transactional is not None:
-            raise ValueError("give either on_settled or on_settled_transactional, not both")
-        settled = on_settled is not None or on_settled_transactional is not None
-        if journal is None and (JOURNAL in transports or settled):
-            raise ValueError("the journal transport and on_settled need journal=URL")
-        if journal_poll is not None:
-            arguments.seconds("journal_poll", journal_poll)
         arguments.tracker_options(
+            transports=transports,
             ws_url=ws_url,
             api_url=api_url,
             token_given=token,

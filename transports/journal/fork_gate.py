@@ -26,8 +26,10 @@ store closes its copies before the child opens a connection of its own
 A fork from a thread that is itself inside (a transactional handler that
 forks) waits for nothing: it would wait for itself, or for threads that wait
 for it.  Its child gets a copy of that transaction, which it must neither
-commit nor close (the parent commits it): the child must exec or exit without
-returning into it, as ``multiprocessing`` does; the journal refuses the copy's
+commit nor close (the parent commits it): the child must exec or leave with
+``os._exit()`` without returning into it, as ``multiprocessing`` does
+(``sys.exit()`` would close the copies at shutdown, a rollback of the parent's
+transaction); the journal refuses the copy's
 commit there (``JournalClosed``), and the child's own journal on that file
 cannot write (each write answers 5xx).
 
