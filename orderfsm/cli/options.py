@@ -13,7 +13,8 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
+
+from orderfsm.supervisor.arguments import url_problem
 
 TRANSPORTS = ("websocket", "polling", "webhook", "journal")
 BACKENDS = ("asyncio", "trio")
@@ -69,12 +70,9 @@ def port(text: str) -> int:
 
 def url(*schemes: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
-        parts = urlsplit(text)
-        if parts.scheme not in schemes or not parts.netloc:
-            raise argparse.ArgumentTypeError(
-                f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}, "
-                f"got {text!r}"
-            )
+        problem = url_problem(text, *schemes)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
         return text.rstrip("/")
 
     parse.__name__ = "URL"

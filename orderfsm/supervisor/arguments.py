@@ -69,15 +69,24 @@ def token(value: object, what: str = "token") -> None:
         raise ValueError(f"{what} must not be empty")
 
 
+def url_problem(value: str, *schemes: str) -> str | None:
+    """What is wrong with ``value`` as a URL with one of ``schemes`` and a host, or
+    ``None``; one wording for the API and the CLI (``--api-url``)."""
+    parts = urlsplit(value)
+    if parts.scheme in schemes and parts.netloc:
+        return None
+    starts = " or ".join(f"{scheme}://" for scheme in schemes)
+    return f"must be a URL starting with {starts}, got {value!r}"
+
+
 def url(what: str, value: object, *schemes: str) -> None:
     """Raise unless ``value`` is a URL with one of ``schemes`` and a host: a malformed one
     was retried (reported ``degraded``) until the deadline, ten minutes on."""
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str URL, got {value!r}")
-    parts = urlsplit(value)
-    if parts.scheme not in schemes or not parts.netloc:
-        starts = " or ".join(f"{scheme}://" for scheme in schemes)
-        raise ValueError(f"{what} must be a URL starting with {starts}, got {value!r}")
+    problem = url_problem(value, *schemes)
+    if problem is not None:
+        raise ValueError(f"{what} {problem}")
 
 
 def journal_argument(value: object) -> None:
