@@ -12,9 +12,12 @@ Choices that matter for Centrifuge:
   second detector would only add traffic and a second, differently reported
   way to fail.  Protocol-level pings from the server are still answered by
   httpx-ws's reader;
-* message size: httpx-ws (wsproto) reassembles messages of any size;
-  ``max_message_size_bytes`` is really its read chunk size, so it stays at
-  :data:`READ_CHUNK`, which keeps each read's buffer small;
+* message size: up to httpx-ws 0.9, ``max_message_size_bytes`` is only its read
+  chunk size (messages of any size are reassembled), so it stays at
+  :data:`READ_CHUNK`, which keeps each read's buffer small; from 0.10 it is also
+  the largest message (a bigger one closes the socket, 1009), so it is
+  :data:`~transports.centrifuge.socket.MAX_MESSAGE_SIZE`, as on aiohttp (a fresh
+  install took 0.10 and a 600 KB frame closed the socket);
 * the client has no connection limit: each WebSocket holds a connection of
   the pool for its whole life, and httpx's default limit of 100 would stall
   user 101.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
 
 import anyio
@@ -42,6 +46,7 @@ from httpx_ws import (
 
 from transports.centrifuge.socket import (
     CLOSE_TIMEOUT,
+    MAX_MESSAGE_SIZE,
     SocketClosed,
     SocketOpenFailed,
     WebSocket,
@@ -49,6 +54,18 @@ from transports.centrifuge.socket import (
 )
 
 READ_CHUNK = 2**16
+
+
+def _message_limit() -> int:
+    """What to pass as ``max_message_size_bytes`` for the installed httpx-ws."""
+    try:
+        major, minor = (int(part) for part in version("httpx-ws").split(".")[:2])
+    except (PackageNotFoundError, ValueError):
+        return MAX_MESSAGE_SIZE  # unknown: never refuse a frame aiohttp would take
+    return READ_CHUNK if (major, minor) < (0, 10) else MAX_MESSAGE_SIZE
+
+
+MESSAGE_LIMIT = _message_limit()
 
 _LIBRARY_FAILURES = (
     HTTPXWSException,
@@ -131,7 +148,7 @@ class HttpxSocketFactory:
                 self._client,
                 subprotocols=None,
                 keepalive_ping_interval_seconds=None,
-                max_message_size_bytes=READ_CHUNK,
+                max_message_size_bytes=MESSAGE_LIMIT,
                 timeout=httpx.Timeout(open_timeout, pool=None),
             )
             async with opening as session:
