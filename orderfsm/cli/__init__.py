@@ -56,10 +56,12 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         default = action.default
+        # By identity: ``in`` compares with ==, and 0 == False hid every default of 0.
+        unset = default is None or default is False or default is argparse.SUPPRESS
         if (
             "%(default)" not in text
             and action.option_strings
-            and default not in (None, False, argparse.SUPPRESS)
+            and not unset
             and not isinstance(action, argparse._VersionAction)
         ):
             text += " (default: %(default)s)"

@@ -63,7 +63,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=options.url("http", "https"),
         default=None,
         metavar="URL",
-        help="where to send webhooks",
+        help="where to send webhooks (default: none: no webhook is sent)",
     )
     parser.add_argument(
         "--channel-mode",

@@ -68,14 +68,12 @@ def secret_of(args: argparse.Namespace) -> str:
     return secret
 
 
+STORE_HELP = "the journal: a file path or sqlite:///path (one host), postgresql://... (a fleet)"
+
+
 def add_store_options(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
-    parser.add_argument(
-        "--store",
-        metavar="URL",
-        required=required,
-        help="the journal: a file path or sqlite:///path (one host), postgresql://... "
-        "(a fleet); default: memory (one process, forgotten on exit)",
-    )
+    memory = "" if required else "; default: memory (one process, forgotten on exit)"
+    parser.add_argument("--store", metavar="URL", required=required, help=STORE_HELP + memory)
     parser.add_argument(
         "--lease",
         type=options.positive_seconds,

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 from orderfsm.cli import options
 from orderfsm.cli.failures import EXIT_ERROR, EXIT_OK
 from orderfsm.cli.webhook_cmd import (
+    STORE_HELP,
     StartupFailed,
     add_handler_options,
     add_secret_options,
     add_store_options,
     open_receiver,
-    settings_from,
 )
 
 if TYPE_CHECKING:
@@ -79,23 +79,45 @@ def add_filters(parser: argparse.ArgumentParser) -> None:
     )
 
 
+REPLAY_EXIT_CODES = (
+    "exit codes: 0 every selected delivery replayed or skipped (its line says why), "
+    "1 one failed again, did not verify with the secret or was not found (or another error), "
+    "2 usage error or a start-up problem (nothing started), 130 interrupted (Ctrl-C or SIGTERM)"
+)
+
+
+def add_read_options(parser: argparse.ArgumentParser) -> None:
+    """``list`` and ``show`` only read: a claim's lease and the retention mean nothing
+    to them, so they are not offered (``replay`` writes, and takes both)."""
+    parser.add_argument("--store", metavar="URL", required=True, help=STORE_HELP)
+    parser.add_argument(
+        "--wait",
+        type=options.seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="how long a read may wait for the database (a connection, a lock) before failing",
+    )
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    def verb(name: str, help: str) -> argparse.ArgumentParser:
+    def verb(name: str, help: str, epilog: str | None = None) -> argparse.ArgumentParser:
         return verbs.add_parser(
-            name, help=help, formatter_class=parser.formatter_class, epilog=parser.epilog
+            name, help=help, formatter_class=parser.formatter_class, epilog=epilog or parser.epilog
         )
 
     listing = verb("list", "the latest deliveries, newest first")
-    add_store_options(listing, required=True)
+    add_read_options(listing)
     add_filters(listing)
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     show = verb("show", "one delivery, whole")
-    add_store_options(show, required=True)
+    add_read_options(show)
     show.add_argument("id", type=int, help="the delivery's id (from list)")
     show.add_argument("--json", action="store_true", help="as one JSON object")
-    replay = verb("replay", "run the handler again on stored deliveries (new attempts)")
+    replay = verb(
+        "replay", "run the handler again on stored deliveries (new attempts)", REPLAY_EXIT_CODES
+    )
     add_store_options(replay, required=True)
     add_secret_options(replay)  # each stored body is verified again
     replay.add_argument("--id", type=int, action="append", help="this delivery (repeatable)")
@@ -200,13 +222,14 @@ def existing(store: str) -> None:
 
 async def run_verb(args: argparse.Namespace) -> int:
     from orderfsm.errors import JournalError
+    from orderfsm.journal import JournalSettings
     from transports.journal import open_journal
 
     existing(args.store)
     if args.verb == "replay":
         return await replay(args)
     try:
-        journal = open_journal(args.store, settings_from(args))
+        journal = open_journal(args.store, JournalSettings(wait=args.wait))
         await journal.open()
     except JournalError as exc:
         raise StartupFailed(str(exc)) from None
