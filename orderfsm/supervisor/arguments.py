@@ -127,9 +127,10 @@ def tracker_options(
         raise ValueError(f"unknown transports: {', '.join(sorted(unknown))}")
     if on_settled is not None and on_settled_transactional is not None:
         raise ValueError("give either on_settled or on_settled_transactional, not both")
-    settled = on_settled is not None or on_settled_transactional is not None
-    if journal is None and (JOURNAL in transports or settled):
-        raise ValueError("the journal transport and on_settled need journal=URL")
+    if journal is None:
+        wanting = ["the journal transport"] if JOURNAL in transports else []
+        calls = (("on_settled", on_settled), ("on_settled_transactional", on_settled_transactional))
+        need_journal(wanting + [name for name, call in calls if call is not None])
     url("ws_url", ws_url, "ws", "wss")
     url("api_url", api_url, "http", "https")
     journal_argument(journal)
@@ -149,5 +150,11 @@ def tracker_options(
     if journal is None:
         given = [n for n, v in (("token_for", token_for), ("instance", instance)) if v is not None]
         given += ["journal_poll"] if journal_poll is not None else []
-        if given:
-            raise ValueError(f"{' and '.join(given)} need journal=URL (a fleet's journal)")
+        need_journal(given, " (a fleet's journal)")
+
+
+def need_journal(given: list[str], why: str = "") -> None:
+    """``ValueError`` naming what was given that works only with a journal."""
+    if given:
+        verb = "needs" if len(given) == 1 else "need"
+        raise ValueError(f"{' and '.join(given)} {verb} journal=URL{why}")
