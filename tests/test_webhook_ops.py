@@ -465,6 +465,36 @@ async def test_readiness_asks_for_the_orders_privileges_only_of_a_receiver_recor
         assert (missing_without, status_without) == (None, 204), named
 
 
+async def test_a_receiver_not_recording_orders_needs_no_privilege_on_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``record_orders=False`` under a role with no privilege on the orders' tables (a
+    webhook-only backend): its deliveries are claimed in batches as any are.  Every
+    batch's statement locked the orders' rows, even none, so each failed ("permission
+    denied for table orderfsm_orders", a warning per batch) and its deliveries went
+    alone, a statement and a rollback more each."""
+    async with database_of_a_role(
+        "GRANT SELECT ON orderfsm_schema, orderfsm_claims, orderfsm_deliveries TO {role}",
+        "GRANT INSERT, UPDATE, DELETE ON orderfsm_claims, orderfsm_deliveries TO {role}",
+    ) as (url, _, _):
+        receiver = WebhookReceiver(SECRET, store=url, record_orders=False)
+        statuses: list[int] = []
+
+        async def deliver(order_id: int) -> None:
+            body = paid(order_id)
+            statuses.append((await receiver.handle(signed(body), body)).status)
+
+        with caplog.at_level(logging.WARNING, logger="orderfsm.journal"):
+            async with receiver, anyio.create_task_group() as deliveries:
+                for order_id in range(2000, 2010):
+                    deliveries.start_soon(deliver, order_id)
+            stats = receiver.stats()
+    assert statuses == [204] * 10
+    assert stats.deliveries["handled"] == 10
+    split = [r for r in caplog.records if getattr(r, "event", None) == "journal.batch_split"]
+    assert [r.getMessage() for r in split] == []
+
+
 @contextmanager
 def unwritable(path: Path) -> Iterator[None]:
     """``path`` no longer written by this user: read-only, or for root (who writes any
