@@ -373,19 +373,23 @@ async def database_of_a_role(*grants: str) -> AsyncIterator[tuple[str, str, Any]
         admin.close()
 
 
-async def test_readiness_says_no_once_a_privilege_is_taken_from_the_journal() -> None:
-    """A DBA takes INSERT on the claims table back from the receivers' role (a role
-    rotation half done): every delivery was answered 500 while ``/readyz`` said ready.
-    Now it says 503 and names what is missing, until the grant is back."""
+@pytest.mark.parametrize("privilege", ["INSERT", "SELECT"])
+async def test_readiness_says_no_once_a_privilege_is_taken_from_the_journal(
+    privilege: str,
+) -> None:
+    """A DBA takes INSERT (or SELECT, which the claim's upsert needs to read the row it
+    conflicts with) on the claims table back from the receivers' role (a role rotation
+    half done): every delivery was answered 500 while ``/readyz`` said ready.  Now it
+    says 503 and names what is missing, until the grant is back."""
     async with database_of_a_role(
         "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
     ) as (url, role, database):
 
         def claims(grant: bool) -> None:
             verb = (
-                f"GRANT INSERT ON orderfsm_claims TO {role}"
+                f"GRANT {privilege} ON orderfsm_claims TO {role}"
                 if grant
-                else f"REVOKE INSERT ON orderfsm_claims FROM {role}"
+                else f"REVOKE {privilege} ON orderfsm_claims FROM {role}"
             )
             database.execute(verb)
 
@@ -400,7 +404,7 @@ async def test_readiness_says_no_once_a_privilege_is_taken_from_the_journal() ->
             after = await error_of(ready)
             granted = (await receiver.handle(signed(PAID), PAID)).status
     assert before is None
-    assert missing is not None and "INSERT on orderfsm_claims" in missing
+    assert missing is not None and f"{privilege} on orderfsm_claims" in missing
     assert refused == 500  # our trouble: Xsolla retries
     assert after is None
     assert granted == 204

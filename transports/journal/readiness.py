@@ -51,10 +51,12 @@ SQLITE_TOUCH = "UPDATE orderfsm_schema SET version = version WHERE 0"
 rollback after it has nothing to undo and nothing reaches the disk."""
 
 POSTGRES_WRITES = {
-    "orderfsm_claims": ("INSERT", "UPDATE"),
+    "orderfsm_claims": ("SELECT", "INSERT", "UPDATE"),
     "orderfsm_deliveries": ("INSERT", "UPDATE"),
 }
-"""What every delivery writes (its claim, its record), each privilege asked for alone:
+"""What every delivery writes (its claim, its record), each privilege asked for alone
+(the claim's upsert reads the row it conflicts with, so it needs SELECT too; the
+probe's own read asks it of the deliveries):
 ``has_table_privilege`` given several is true if *any* is held.  Not the orders'
 tables (:data:`POSTGRES_ORDER_WRITES`, asked of a user that records orders only): a
 receiver with ``record_orders=False`` may run under a role without them, and would
