@@ -34,7 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -130,9 +130,10 @@ def servers(commands: list[list[str]]) -> Iterator[list[str]]:
             process.wait()
 
 
-def receivers(store: str, count: int) -> list[list[str]]:
+def receivers(store: str, count: int, options: Sequence[str] = ()) -> list[list[str]]:
     command = [sys.executable, "-m", "orderfsm", "webhook-server", "--secret-env", "SECRET",
-               "--port", "0", "--store", store, "--handler", "_journal_load:noop"]  # fmt: skip
+               "--port", "0", "--store", store, "--handler", "_journal_load:noop",
+               *options]  # fmt: skip
     return [command] * count
 
 
@@ -154,13 +155,19 @@ def handled_counts(store: str) -> list[int]:
 
 
 def measure(
-    name: str, store: str, count: int, sizes: dict[str, int], folder: Path, figures: dict[str, Any]
+    name: str,
+    store: str,
+    count: int,
+    sizes: dict[str, int],
+    folder: Path,
+    figures: dict[str, Any],
+    options: Sequence[str] = (),
 ) -> None:
     rng = random.Random(count)
     base = 1_000_000 * (len(figures) + 1)
     saturation = deliveries(base, sizes["saturate"], rng)
     paced = deliveries(base + 500_000, sizes["paced"], rng)
-    with servers(receivers(store, count)) as urls:
+    with servers(receivers(store, count, options)) as urls:
         run_part("loadgen", {"urls": urls, "payloads": paced[:50], "mode": "open", "rate": 200},
                  folder)  # warm-up (connections, prepared statements)  # fmt: skip
         hot = run_part(
@@ -208,13 +215,17 @@ def main(argv: list[str] | None = None) -> int:
                 measure("sqlite", str(folder / f"journal-{count}.sqlite3"), count, sizes,
                         folder, figures)  # fmt: skip
                 measure("pg", postgres.url(), count, sizes, folder, figures)
-            for name in ("sqlite", "pg"):
-                for count in (1, 3):
-                    figures[f"{name}_ratio_to_ceiling_{count}"] = round(
-                        figures[f"{name}_deliveries_per_s_{count}"]
-                        / figures["ceiling_deliveries_per_s"],
-                        3,
-                    )
+            # The journal alone (issue 14's yardstick): no order's status, change and
+            # NOTIFY written with each claim, as a webhook-only backend runs it.
+            measure("pg_unrecorded", postgres.url(), 3, sizes, folder, figures,
+                    ["--no-record-orders"])  # fmt: skip
+            measured = [(n, c) for n in ("sqlite", "pg") for c in (1, 3)] + [("pg_unrecorded", 3)]
+            for name, count in measured:
+                figures[f"{name}_ratio_to_ceiling_{count}"] = round(
+                    figures[f"{name}_deliveries_per_s_{count}"]
+                    / figures["ceiling_deliveries_per_s"],
+                    3,
+                )
             floors(figures, postgres, folder, sizes["floor"])
     finally:
         shutil.rmtree(folder, ignore_errors=True)

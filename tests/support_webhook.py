@@ -22,6 +22,7 @@ from transports.webhook import (
     authorization_header,
 )
 from transports.webhook import serve_receiver as serve_webhooks
+from transports.webhook.endpoints import Endpoints
 
 KINDS = ["aiohttp", "asgi"]
 
@@ -93,12 +94,14 @@ class Recorder:
 
 
 @asynccontextmanager
-async def serve_receiver(receiver: WebhookReceiver, kind: str) -> AsyncIterator[str]:
+async def serve_receiver(
+    receiver: WebhookReceiver, kind: str, endpoints: Endpoints | None = None
+) -> AsyncIterator[str]:
     """The receiver's URL (``.../webhook``), served by aiohttp.web or as ASGI by hypercorn."""
     if kind == "aiohttp" and not on_asyncio():
         pytest.skip("aiohttp.web serves on asyncio only; trio uses the ASGI app")
     server: Literal["aiohttp", "asgi"] = "aiohttp" if kind == "aiohttp" else "asgi"
-    async with serve_webhooks(receiver, server=server) as url:
+    async with serve_webhooks(receiver, server=server, endpoints=endpoints) as url:
         yield url
 
 

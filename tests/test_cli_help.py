@@ -32,7 +32,9 @@ def test_every_option_with_a_default_shows_it_zero_included() -> None:
         shown = "".join(parser.format_help().split())  # a long default is broken at a hyphen
         for action in parser._actions:
             default = action.default
-            if not action.option_strings or default is None or default is False:
+            if not action.option_strings or action.nargs == 0:  # a flag: given or not
+                continue
+            if default is None or default is False:
                 continue
             if default is argparse.SUPPRESS or isinstance(action, argparse._VersionAction):
                 continue

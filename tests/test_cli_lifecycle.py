@@ -230,3 +230,45 @@ def test_sigterm_stops_a_watch_as_ctrl_c_does_and_its_order_is_taken_back_at_onc
                 return await again.wait(order_id)
 
     assert anyio.run(take_back, backend=backend).status is Status.DONE
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_stopped_watch_still_ends_every_order_with_a_final_json_line(
+    emu: Emulator, backend: str
+) -> None:
+    """``--json`` promises per order a last line with ``final``: a program reading it
+    waits for one per order.  Stopped (SIGTERM from a deploy, or Ctrl-C), the watch
+    printed none for the orders not settled yet; now each gets ``"final": false`` with
+    the error ``Interrupted``, in the shape of every error line, after the settled
+    order's own, and the exit stays 130."""
+
+    async def prepare() -> tuple[int, int, str]:
+        user = await emu.create_user()
+        return await emu.create_order(user), await emu.create_order(user), user.token
+
+    settled, unsettled, token = anyio.run(prepare)
+    args = watch_args(emu, settled, "--order-id", str(unsettled), "--token-env", "T")
+    watch = start([*args, "--backend", backend], T=token)
+    try:
+        assert watch.stdout is not None
+        seen: list[dict[str, Any]] = []
+        anyio.run(emu.run_script, settled, [(0.05, "paid"), (0.05, "done")])
+        while not any(x.get("final") is True for x in seen):
+            line = watch.stdout.readline()
+            assert line, watch.communicate(timeout=30)
+            seen.append(json.loads(line))
+        watch.send_signal(signal.SIGTERM)
+        out, err = watch.communicate(timeout=30)
+    finally:
+        watch.kill()
+    lines = seen + [json.loads(x) for x in out.splitlines()]
+    finals = [x for x in lines if "final" in x]
+    assert watch.returncode == 130, (lines, err)
+    assert [(x["order_id"], x["final"]) for x in finals] == [(settled, True), (unsettled, False)]
+    assert finals[1] == {
+        "order_id": unsettled,
+        "final": False,
+        "error": "Interrupted",
+        "message": "stopped (Ctrl-C or SIGTERM) before the order settled",
+    }
+    assert "Traceback" not in err, err

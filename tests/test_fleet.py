@@ -853,6 +853,74 @@ async def test_on_settled_runs_once_across_the_fleet(
     assert refund.later and not refund.succeeded
 
 
+def _told_all(url: str, order_id: int) -> bool:
+    """The order's row marks every call of its changes recorded (``settled_told``)."""
+    db = connect(url)
+    try:
+        query = f"SELECT settled_told, version FROM orderfsm_orders WHERE order_id = {order_id}"
+        row = db.execute(query).fetchone()
+        return row is not None and row[0] == row[1]
+    finally:
+        db.close()
+
+
+def _changes_left(url: str, order_id: int) -> list[str]:
+    db = connect(url)
+    try:
+        query = f"SELECT status FROM orderfsm_changes WHERE order_id = {order_id} ORDER BY version"
+        return [str(row[0]) for row in db.execute(query).fetchall()]
+    finally:
+        db.close()
+
+
+@on_databases
+@pytest.mark.parametrize("pruned", [False, True])
+async def test_an_order_tracked_again_after_its_calls_were_made_gets_none_again(
+    backend: str, tmp_path: Path, emu: Emulator, pruned: bool
+) -> None:
+    """An order delivered, then refunded, both calls made; the app stops, and later a
+    new instance of it tracks the order again, before or after the retention pruned
+    the calls' claims (and every change but the refund).  It hears the order's status
+    from the journal, and makes neither call again: the order's row, never pruned,
+    records them for good.  (With the claims alone, the retention let the refund's
+    call, the one change left, be made a second time.)"""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    calls: list[Settled] = []
+
+    async def on_settled(event: Settled) -> None:
+        calls.append(event)
+
+    async with (
+        instance(url, emu, user, on_settled=on_settled) as first,
+        receiver_for(url, emu),  # the refund comes by webhook only
+    ):
+        first.track(order_id)
+        await emu.run_script(order_id, [(0.05, "paid"), (0.05, "done")])
+        await first.wait(order_id)
+        await emu.set_status(order_id, "canceled")
+        await eventually(lambda: len(calls) >= 2, timeout=20)
+        await eventually(lambda: _told_all(url, order_id), timeout=20)
+    if pruned:
+        async with open_journal(url) as journal:
+            weeks = journal.settings.retention + 3600
+            journal.sync.clock = lambda: time.time() + weeks  # a prune weeks later
+            await journal.prune()
+            keys = [settled_key(order_id, Status.DONE), settled_key(order_id, Status.CANCELED)]
+            assert not await journal.claims(keys)
+        assert _changes_left(url, order_id) == ["canceled"]  # the latest
+    async with instance(url, emu, user, on_settled=on_settled) as again:
+        again.track(order_id)
+        await eventually(lambda: again.status(order_id) is Status.CANCELED, timeout=15)
+        assert again.fleet is not None
+        swept = again.fleet.sweeps
+        await eventually(lambda: again.fleet is not None and again.fleet.sweeps >= swept + 2)
+    assert [(e.status, e.succeeded, e.later) for e in calls] == [
+        (Status.DONE, True, False), (Status.CANCELED, False, True)
+    ]  # fmt: skip
+
+
 @on_databases
 async def test_a_failed_on_settled_is_retried_by_the_instance_that_called_it(
     backend: str, tmp_path: Path, emu: Emulator

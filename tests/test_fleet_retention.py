@@ -31,7 +31,13 @@ from support_journal import connect, is_postgres, mark, on_databases, url_for
 
 from orderfsm import Status
 from orderfsm.journal import DAY, JournalSettings
-from orderfsm.journal.orders import ChangeRow, advance, change_prunable, settled_key
+from orderfsm.journal.orders import (
+    ChangeRow,
+    advance,
+    change_prunable,
+    settled_key,
+    told_for_good,
+)
 from orderfsm.supervisor.fleet import Settled
 from orderfsm.supervisor.tracker import Tracker
 from orderfsm.testing import eventually
@@ -103,6 +109,16 @@ def test_a_change_goes_once_old_unless_it_is_its_orders_latest_or_a_call_still_o
     assert change_prunable(paid, cutoff, latest=3, tracked=False, told=0)  # nobody's to tell
     # Owed for the goal done only: kept whatever goal the row has now, which can move.
     assert not change_prunable(done, cutoff, latest=4, tracked=True, told=2)
+
+
+def test_a_call_the_retention_pruned_the_claim_of_is_known_made_by_its_orders_mark() -> None:
+    """The row's mark (never pruned) answers for a change read from the journal: made up
+    to the mark, for the goal the mark was judged for; not past it, nor for another
+    goal (a mark judged for ``done`` passes the payment, which calls only for ``paid``)."""
+    assert told_for_good(version=2, told=3, row_goal=D, goal=D)
+    assert told_for_good(version=3, told=3, row_goal=P, goal=P)
+    assert not told_for_good(version=4, told=3, row_goal=D, goal=D)
+    assert not told_for_good(version=2, told=3, row_goal=D, goal=P)
 
 
 ADVANCES = [(p, s) for p in (None, *Status) for s in Status if advance(p, s) is not None]

@@ -14,9 +14,13 @@ import anyio
 import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
+from support_journal import on_databases, url_for
 
+from orderfsm.core import Status
 from transports.emulator import Emulator, WebhookAttempt
 from transports.http import open_http_client
+from transports.journal import open_journal
+from transports.journal.order_log import OrderLog
 from transports.webhook import authorization_header
 
 SECRET = "cli-secret"
@@ -24,11 +28,11 @@ SECRET = "cli-secret"
 
 @asynccontextmanager
 async def webhook_server(
-    store: Path,
+    store: str | Path, *options: str
 ) -> AsyncIterator[tuple[Process, BufferedByteReceiveStream, str]]:
     """The running command, its stdout and the URL it printed; killed if a test fails."""
     command = [sys.executable, "-m", "orderfsm", "webhook-server", "--secret", SECRET]
-    command += ["--port", "0", "--store", str(store)]
+    command += ["--port", "0", "--store", str(store), *options]
     process = await anyio.open_process(command, stderr=subprocess.DEVNULL)
     try:
         assert process.stdout is not None
@@ -110,6 +114,44 @@ async def test_the_server_prints_its_url_then_one_line_per_accepted_notification
             assert (await answered_attempts(emu, 3))[-1].status == 204
             assert await stop(process) == 0
             assert await read_rest(reader) == b""
+
+
+@pytest.mark.anyio
+@on_databases
+async def test_no_record_orders_keeps_the_orders_status_out_of_the_journal(
+    anyio_backend: str, backend: str, tmp_path: Path
+) -> None:
+    """``--no-record-orders`` (a webhook-only backend: no tracker reads the journal)
+    writes no order row and no change, and still handles and records the delivery;
+    without it the server records the status in the claim's transaction, as trackers
+    sharing the journal need."""
+    body = b'{"notification_type": "order_paid", "order": {"id": 41}, "items": []}'
+    found = {}
+    for options in [(), ("--no-record-orders",)]:
+        folder = tmp_path / str(len(options))
+        folder.mkdir()
+        store = url_for(backend, folder)
+        async with webhook_server(store, *options, "--backend", anyio_backend) as served:
+            process, reader, url = served
+            async with open_http_client() as http:
+                headers = {"Authorization": authorization_header(body, SECRET)}
+                status = (await http.request("POST", url, headers, body)).status
+            printed = json.loads(await read_line(reader))
+            assert await stop(process) == 0
+        async with open_journal(store) as journal:
+            log = OrderLog(journal)
+            rows = await log.orders([41])
+            changes = await log.changes({41: 0}, everything=True)
+            deliveries = await journal.deliveries()
+        found[options] = (
+            status,
+            printed["order_id"],
+            [(d.order_id, d.status) for d in deliveries],
+            [(row.status, row.version) for row in rows.values()],
+            [(c.status, c.source) for c in changes],
+        )
+    assert found[()] == (204, 41, [(41, 204)], [(Status.PAID, 1)], [(Status.PAID, "webhook")])
+    assert found[("--no-record-orders",)] == (204, 41, [(41, 204)], [], [])
 
 
 def test_the_command_needs_a_secret() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from transports.webhook import (
     WebhookReceiver,
     asgi_app,
     authorization_header,
+    health_endpoints,
     serve_aiohttp_app,
     serve_asgi_app,
 )
@@ -153,11 +155,40 @@ async def test_the_allow_list_applies_to_the_real_peer(kind: str) -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("kind", KINDS)
-async def test_only_post_on_the_webhook_path(kind: str) -> None:
-    receiver = WebhookReceiver(SECRET, Handled())
-    async with serve_receiver(receiver, kind) as url, open_http_client() as http:
-        assert (await http.request("GET", url)).status == 405
-        assert (await http.request("POST", url + "/other", body=b"{}")).status == 404
+async def test_a_post_to_a_wrong_path_is_503_so_xsolla_retries_and_nothing_runs(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A webhook URL mistyped in Publisher Account (a trailing slash, a capital, the
+    root) is our misconfiguration: a 404 for it is never retried, and with automatic
+    refunds on refunds every ``order_paid`` at once.  A 503 is retried while the URL is
+    mended, and the same delivery on the right path is then handled.  A signed one is
+    logged as an error naming the path; GET and HEAD stay 404 (browsers, scanners)."""
+    handled = Handled()
+    receiver = WebhookReceiver(SECRET, handled)
+    body = order_paid(507)
+    endpoints = health_endpoints(receiver)
+    wrong = ["/webhook/", "/Webhook", "/", "/healthz"]  # /healthz: GET only
+    async with serve_receiver(receiver, kind, endpoints) as url, open_http_client() as http:
+        base = url.removesuffix("/webhook")
+        with caplog.at_level(logging.INFO, logger="orderfsm.webhook"):
+            answers = [await post_signed(base + path, body) for path in wrong]
+            unsigned = await post(base + "/Webhook", body)
+        looked = [(await http.request(m, base + "/Webhook")).status for m in ("GET", "HEAD")]
+        not_post = (await http.request("GET", url)).status
+        assert handled.orders == []
+        right = await post_signed(url, body)
+    assert [a.status for a in [*answers, unsigned]] == [503] * 5
+    for answer in answers:
+        error = json.loads(answer.body)["error"]
+        assert error["code"] == "WRONG_PATH" and "POST /webhook" in error["message"]
+    assert looked == [404, 404] and not_post == 405
+    assert right.status == 204 and handled.orders == [507]
+    logged = [
+        (r.levelname, getattr(r, "path", None), getattr(r, "signed", None))
+        for r in caplog.records
+        if getattr(r, "event", None) == "webhook.wrong_path"
+    ]
+    assert logged == [("ERROR", path, True) for path in wrong] + [("INFO", "/Webhook", False)]
 
 
 @pytest.mark.anyio
@@ -189,4 +220,10 @@ async def test_the_aiohttp_receiver_mounts_in_an_existing_app(anyio_backend: str
         assert (await http.request("GET", base + "/")).body == b"hello"
         assert (await post_signed(base + "/hooks/xsolla", order_paid(505))).status == 204
         assert (await post_signed(base + "/sub/webhook", order_paid(506))).status == 204
+        # Below the sub-app's prefix a wrong path is the receiver's (503, naming the
+        # mounted path); the rest of the application answers as it always did.
+        mistyped = await post_signed(base + "/sub/webhook/", order_paid(508))
+        elsewhere = await post_signed(base + "/hooks/other", order_paid(509))
+    assert mistyped.status == 503 and b"POST /sub/webhook" in mistyped.body
+    assert elsewhere.status == 404
     assert handled.orders == [505, 506]

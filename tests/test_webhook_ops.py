@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -31,7 +32,7 @@ from support_webhook import answer_of
 
 from orderfsm.testing import eventually
 from transports.http import open_http_client
-from transports.journal import open_journal
+from transports.journal import open_journal, readiness
 from transports.journal.testing import TemporaryPostgres
 from transports.webhook import (
     DELIVERY_OUTCOMES,
@@ -340,10 +341,11 @@ async def test_readiness_says_no_once_postgresql_sessions_only_read() -> None:
     assert retried == 204
 
 
-async def test_readiness_says_no_once_a_privilege_is_taken_from_the_journal() -> None:
-    """A DBA takes INSERT on the claims table back from the receivers' role (a role
-    rotation half done): every delivery was answered 500 while ``/readyz`` said ready.
-    Now it says 503 and names what is missing, until the grant is back."""
+@asynccontextmanager
+async def database_of_a_role(*grants: str) -> AsyncIterator[tuple[str, str, Any]]:
+    """A database of the test's own, its schema made by its owner, and a role given
+    ``grants`` (``{role}`` in each names it): the role's URL, its name, and the owner's
+    connection (autocommit) to grant and revoke with."""
     server = postgres_server()  # skips without the binaries
     import psycopg
 
@@ -358,41 +360,143 @@ async def test_readiness_says_no_once_a_privilege_is_taken_from_the_journal() ->
             pass
         database = psycopg.connect(owner_url, autocommit=True)
         try:
-            database.execute(
-                f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
-            )
-
-            def claims(grant: bool) -> None:
-                verb = (
-                    f"GRANT INSERT ON orderfsm_claims TO {role}"
-                    if grant
-                    else f"REVOKE INSERT ON orderfsm_claims FROM {role}"
-                )
-                database.execute(verb)
-
+            for grant in grants:
+                database.execute(grant.format(role=role))
             url = owner_url.replace("//postgres@", f"//{role}@", 1)
             assert url != owner_url, owner_url
-            receiver = WebhookReceiver(SECRET, store=url)
-            ready = health_endpoints(receiver)["/readyz"]
-            async with receiver:
-                before = await error_of(ready)
-                claims(grant=False)
-                missing = await error_of(ready)
-                refused = (await receiver.handle(signed(PAID), PAID)).status
-                claims(grant=True)
-                after = await error_of(ready)
-                granted = (await receiver.handle(signed(PAID), PAID)).status
+            yield url, role, database
         finally:
             database.close()
     finally:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.execute(f"DROP ROLE IF EXISTS {role}")
         admin.close()
+
+
+@pytest.mark.parametrize("privilege", ["INSERT", "SELECT"])
+async def test_readiness_says_no_once_a_privilege_is_taken_from_the_journal(
+    privilege: str,
+) -> None:
+    """A DBA takes INSERT (or SELECT, which the claim's upsert needs to read the row it
+    conflicts with) on the claims table back from the receivers' role (a role rotation
+    half done): every delivery was answered 500 while ``/readyz`` said ready.  Now it
+    says 503 and names what is missing, until the grant is back."""
+    async with database_of_a_role(
+        "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
+    ) as (url, role, database):
+
+        def claims(grant: bool) -> None:
+            verb = (
+                f"GRANT {privilege} ON orderfsm_claims TO {role}"
+                if grant
+                else f"REVOKE {privilege} ON orderfsm_claims FROM {role}"
+            )
+            database.execute(verb)
+
+        receiver = WebhookReceiver(SECRET, store=url)
+        ready = health_endpoints(receiver)["/readyz"]
+        async with receiver:
+            before = await error_of(ready)
+            claims(grant=False)
+            missing = await error_of(ready)
+            refused = (await receiver.handle(signed(PAID), PAID)).status
+            claims(grant=True)
+            after = await error_of(ready)
+            granted = (await receiver.handle(signed(PAID), PAID)).status
     assert before is None
-    assert missing is not None and "INSERT on orderfsm_claims" in missing
+    assert missing is not None and f"{privilege} on orderfsm_claims" in missing
     assert refused == 500  # our trouble: Xsolla retries
     assert after is None
     assert granted == 204
+
+
+def paid(order_id: int) -> bytes:
+    return PAID.replace(b"77", str(order_id).encode())
+
+
+async def test_readiness_asks_for_the_orders_privileges_only_of_a_receiver_recording_them() -> None:
+    """A receiver that records orders' statuses (``record_orders``, the default) writes
+    them in each claim's transaction: under a role without one of the privileges that
+    needs, every delivery of a status was answered 500 while ``/readyz`` said ready.
+    Given what readiness asks for and no other write, a delivery of each receiver
+    passes; each of the orders' privileges taken away in turn, the recording receiver's
+    deliveries fail and its ``/readyz`` names the privilege, while one that does not
+    record stays ready and answers 204: readiness agrees with the deliveries both ways."""
+    orders = [
+        (f"{privilege} ON {table}", f"{privilege} on {table}")
+        for table, privileges in readiness.POSTGRES_ORDER_WRITES.items()
+        for privilege in privileges
+    ]
+    notify = f"EXECUTE ON FUNCTION {readiness.POSTGRES_NOTIFY}"
+    exactly = [
+        "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}",
+        *(
+            f"GRANT {privilege} ON {table} TO {{role}}"
+            for table, privileges in readiness.POSTGRES_WRITES.items()
+            for privilege in privileges
+        ),
+        *(f"GRANT {grant} TO {{role}}" for grant, _ in orders),
+    ]
+    order_ids = itertools.count(1000)
+    found: dict[str, tuple[str | None, int, str | None, int]] = {}
+    async with database_of_a_role(*exactly) as (url, role, database):
+        recording = WebhookReceiver(SECRET, store=url)
+        not_recording = WebhookReceiver(SECRET, store=url, record_orders=False)
+        ready, ready_without = (health_endpoints(r)["/readyz"] for r in (recording, not_recording))
+
+        async def both(label: str) -> None:
+            first, second = paid(next(order_ids)), paid(next(order_ids))
+            found[label] = (
+                await error_of(ready),
+                (await recording.handle(signed(first), first)).status,
+                await error_of(ready_without),
+                (await not_recording.handle(signed(second), second)).status,
+            )
+
+        async with recording, not_recording:
+            await both("granted")
+            for grant, named in [*orders, (notify, f"EXECUTE on {readiness.POSTGRES_NOTIFY}")]:
+                # pg_notify is PUBLIC's to run: taken from PUBLIC, as a DBA would
+                whom = "PUBLIC" if grant == notify else role
+                database.execute(f"REVOKE {grant} FROM {whom}")
+                await both(named)
+                database.execute(f"GRANT {grant} TO {whom}")
+    assert found.pop("granted") == (None, 204, None, 204)
+    assert len(found) == 5
+    for named, (missing, status, missing_without, status_without) in found.items():
+        assert missing is not None and named in missing, (named, missing)
+        assert status == 500, named  # our trouble: Xsolla retries
+        assert (missing_without, status_without) == (None, 204), named
+
+
+async def test_a_receiver_not_recording_orders_needs_no_privilege_on_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``record_orders=False`` under a role with no privilege on the orders' tables (a
+    webhook-only backend): its deliveries are claimed in batches as any are.  Every
+    batch's statement locked the orders' rows, even none, so each failed ("permission
+    denied for table orderfsm_orders", a warning per batch) and its deliveries went
+    alone, a statement and a rollback more each."""
+    async with database_of_a_role(
+        "GRANT SELECT ON orderfsm_schema, orderfsm_claims, orderfsm_deliveries TO {role}",
+        "GRANT INSERT, UPDATE, DELETE ON orderfsm_claims, orderfsm_deliveries TO {role}",
+    ) as (url, _, _):
+        receiver = WebhookReceiver(SECRET, store=url, record_orders=False)
+        statuses: list[int] = []
+
+        async def deliver(order_id: int) -> None:
+            body = paid(order_id)
+            statuses.append((await receiver.handle(signed(body), body)).status)
+
+        with caplog.at_level(logging.WARNING, logger="orderfsm.journal"):
+            async with receiver, anyio.create_task_group() as deliveries:
+                for order_id in range(2000, 2010):
+                    deliveries.start_soon(deliver, order_id)
+            stats = receiver.stats()
+    assert statuses == [204] * 10
+    assert stats.deliveries["handled"] == 10
+    split = [r for r in caplog.records if getattr(r, "event", None) == "journal.batch_split"]
+    assert [r.getMessage() for r in split] == []
 
 
 @contextmanager

@@ -61,6 +61,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if (
             "%(default)" not in text
             and action.option_strings
+            and action.nargs != 0  # a flag: its default is that it is not given
             and not unset
             and not isinstance(action, argparse._VersionAction)
         ):

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import anyio
 
-from orderfsm.cli.failures import CommandError
+from orderfsm.cli.failures import CommandError, leaves
 from orderfsm.core import Status
 from orderfsm.errors import (
     OrderFsmError,
@@ -30,6 +30,16 @@ EXIT_DONE, EXIT_ERROR, EXIT_CANCELED, EXIT_EXPIRED, EXIT_TIMEOUT = 0, 1, 3, 4, 5
 EXIT_CODES = {Status.DONE: EXIT_DONE, Status.CANCELED: EXIT_CANCELED, Status.EXPIRED: EXIT_EXPIRED}
 
 Outcome = FinalResult | OrderFsmError
+
+
+class Interrupted(OrderFsmError):
+    """The command was stopped before the order settled: every order followed gets a
+    last word, so a program reading ``--json`` knows none is still to come."""
+
+
+def cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` is a cancellation (possibly in exception groups) and nothing else."""
+    return all(isinstance(leaf, anyio.get_cancelled_exc_class()) for leaf in leaves(exc))
 
 
 class View(Protocol):
@@ -108,13 +118,21 @@ async def follow(
         await misconfigured.found.wait()
         scope.cancel()
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(stop_if_misconfigured, tg.cancel_scope)
-        tg.start_soon(view.animate)
-        async with anyio.create_task_group() as orders:
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_if_misconfigured, tg.cancel_scope)
+            tg.start_soon(view.animate)
+            async with anyio.create_task_group() as orders:
+                for order_id in order_ids:
+                    orders.start_soon(one, order_id)
+            tg.cancel_scope.cancel()
+    except BaseException as exc:
+        if cancelled(exc):  # the command was stopped: Ctrl-C or SIGTERM
+            stopped = Interrupted("stopped (Ctrl-C or SIGTERM) before the order settled")
             for order_id in order_ids:
-                orders.start_soon(one, order_id)
-        tg.cancel_scope.cancel()
+                if order_id not in outcomes:
+                    view.failed(order_id, stopped)
+        raise
     if misconfigured.error is not None:
         for order_id in order_ids:
             if order_id not in outcomes:

@@ -4,7 +4,8 @@ Plain lines are for a pipe or a log file (the live view is for a terminal);
 JSON lines for programs: a status change ``{"order_id", "status", "source",
 "at"}``, a transport's health ``{"order_id", "transport", "health",
 "reason", "at"}``, a note ``{"order_id", "note", "at"}``, and per order a
-last line with ``"final": true`` (or ``"final": false`` and the error).  An
+last line with ``"final": true`` (or ``"final": false`` and the error, also
+``Interrupted`` when the command is stopped before the order settled).  An
 order that ends in an error is told on stderr by the command, so the plain
 timeline does not repeat it.
 """

@@ -136,6 +136,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="handle deliveries only from Xsolla's published networks (others: 503, retried)",
     )
     parser.add_argument(
+        "--no-record-orders",
+        dest="record_orders",
+        action="store_false",
+        help="do not write each order's status in the journal with its delivery's claim "
+        "(cheaper per delivery, and no NOTIFY on PostgreSQL): journal-backed trackers and "
+        "'orderfsm watch --transports journal' then no longer learn statuses from this "
+        "server's webhooks",
+    )
+    parser.add_argument(
         "--backend", choices=options.BACKENDS, default="asyncio", help="event loop to run on"
     )
 
@@ -245,6 +254,7 @@ async def serve(args: argparse.Namespace) -> None:
         args,
         max_body_size=args.max_body or DEFAULT_MAX_BODY,
         allowed_networks=XSOLLA_NETWORKS if args.xsolla_only else None,
+        record_orders=args.record_orders,
     )
     try:
         serving = serve_receiver(

@@ -173,6 +173,22 @@ def settled_call(
     return answer is Verdict.SUCCEEDED, before.settled
 
 
+def told_for_good(version: int, told: int, row_goal: Status, goal: Status) -> bool:
+    """Was the ``on_settled`` call for the order's change ``version`` (as read from the
+    journal) recorded, by the order's row?  ``told``: the row's ``settled_told``;
+    ``row_goal``: the goal it was judged for.
+
+    The row is the record that outlives the retention: the call's claim goes after
+    it, and with it the only other trace of the call.  Yes when the mark is at or
+    past the change, for the same goal: every call up to it was made (or the change
+    called nothing; a hole left by the retention settles, for an instance that
+    tracks the order again, on a change that was told).  Never for another goal: a
+    mark judged for ``done`` says nothing of the calls a ``paid`` goal makes (their
+    claims decide, as for a change not read from the journal).
+    """
+    return version <= told and row_goal is goal
+
+
 def settled_key(order_id: int, status: Status) -> str:
     """The claim key of the durable settled handler's call for one order and status."""
     return f"settled:{order_id}:{status.value}"

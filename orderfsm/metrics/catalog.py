@@ -134,6 +134,14 @@ TRACKER: tuple[MetricSpec[TrackerStats], ...] = (
         unit="{sleep}",
     ),
     MetricSpec(
+        "early_news_dropped",
+        "counter",
+        "Orders not tracked whose news from observe() was dropped unreplayed, to keep"
+        " only those heard of most recently.",
+        lambda s: s.early_dropped,
+        unit="{order}",
+    ),
+    MetricSpec(
         "websocket_connections",
         "gauge",
         "Open WebSocket connections (one per user), by health.",

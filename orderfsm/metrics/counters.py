@@ -76,6 +76,7 @@ class TrackerCounters:
         "changes",
         "checks",
         "conflicts",
+        "early_dropped",
         "finished",
         "get_order",
         "host_sleeps",
@@ -99,6 +100,7 @@ class TrackerCounters:
         self.checks = 0
         self.get_order: Counter[str] = Counter()
         self.host_sleeps = 0
+        self.early_dropped = 0
         self.listener: Listener | None = None
 
     def order_tracked(self, order_id: int) -> None:
@@ -142,6 +144,7 @@ class TrackerCounters:
             host_sleeps=self.host_sleeps,
             websocket=websocket,
             settled_late=dict(self.settled_late),
+            early_dropped=self.early_dropped,
         )
 
 

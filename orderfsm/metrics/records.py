@@ -54,6 +54,10 @@ class TrackerStats:
     """Orders counted in ``unsettled`` (a timeout, say) that settled after all (an
     ``order_paid`` Xsolla retried past the deadline), by outcome; each is in
     ``settled`` too.  Every count here only grows, as the exporters' counters must."""
+    early_dropped: int = 0
+    """Orders not tracked whose news (from ``observe()``: a webhook receiver) was
+    dropped unreplayed, to keep only the ``EARLY_OBSERVATIONS_KEPT`` heard of most
+    recently: a receiver given a whole project's webhooks drops news all day."""
 
     @property
     def timed_out(self) -> int:

@@ -112,7 +112,8 @@ class FleetLink(CallsOnSettled, WritesJournal, FollowsJournal, HoldsLeases):
         self._news = anyio.Event()
         self._resumed: set[int] = set()
         """Orders about to be tracked again from the journal's own rows (nothing to write)."""
-        self._settled: list[Settled] = []
+        self._settled: list[tuple[Settled, int | None]] = []
+        """Events to call, each with its change's journal version when read from there."""
         self._told: dict[int, Verdict] = {}
         """The answer each order's last ``on_settled`` event gave."""
         self._settled_news = anyio.Event()
@@ -170,7 +171,7 @@ class FleetLink(CallsOnSettled, WritesJournal, FollowsJournal, HoldsLeases):
             # The settlement, then only what changes the answer: a refund after
             # delivery; a success after the expired grace (not each step of it).
             if change.settled or (answer.settled and answer is not self._told.get(order.order_id)):
-                self._settle(order, change)
+                self._settle(order, change, raw.version if type(raw) is ChangeRow else None)
 
     def ended(self, order: TrackedOrder) -> None:
         """The order settled here, or was given up (untracked, timed out): no one needs

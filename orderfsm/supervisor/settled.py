@@ -29,7 +29,7 @@ from orderfsm.callables import require_ran
 from orderfsm.core import LAPSED_STATUSES, Status, Verdict, verdict
 from orderfsm.errors import OrderFsmError
 from orderfsm.journal import Answer
-from orderfsm.journal.orders import settled_key
+from orderfsm.journal.orders import settled_key, told_for_good
 
 if TYPE_CHECKING:
     from orderfsm.supervisor.order import TrackedOrder
@@ -88,7 +88,7 @@ class CallsOnSettled:
     on_settled: SettledHandler | None
     on_settled_transactional: SettledInTransaction | None
     _orders: dict[int, TrackedOrder]
-    _settled: list[Settled]
+    _settled: list[tuple[Settled, int | None]]
     _settled_news: anyio.Event
     _told: dict[int, Verdict]
     _lapsed_calls: set[int]
@@ -105,7 +105,11 @@ class CallsOnSettled:
 
         def _queue(self, note: Any) -> None: ...
 
-    def _settle(self, order: TrackedOrder, change: StatusChange) -> None:
+    def _settle(
+        self, order: TrackedOrder, change: StatusChange, version: int | None = None
+    ) -> None:
+        """``version``: the journal's, when the change was read from the journal (an
+        order tracked again long after it settled reads its past there)."""
         status = change.status
         answer = self._told[order.order_id] = verdict(status, order.until)
         succeeded = answer is Verdict.SUCCEEDED
@@ -113,10 +117,10 @@ class CallsOnSettled:
         event = Settled(order.order_id, status, order.until, succeeded, later)
         # Called once the order's notes queued so far are written (its track, this
         # change): an instance that dies in the call leaves what the sweep needs.
-        self._queue(("written", functools.partial(self._owed_here, event)))
+        self._queue(("written", functools.partial(self._owed_here, event, version)))
 
-    def _owed_here(self, event: Settled) -> None:
-        self._settled.append(event)
+    def _owed_here(self, event: Settled, version: int | None) -> None:
+        self._settled.append((event, version))
         self._settled_news.set()
 
     async def _call_settled(self, tg: TaskGroup) -> None:
@@ -124,35 +128,45 @@ class CallsOnSettled:
         made while the delivery's before it is unanswered (its instance died mid-call,
         say: its claim is retried here until that claim's lease runs out)."""
         limiter = anyio.CapacityLimiter(SETTLED_AT_ONCE)
-        queues: dict[int, list[Settled]] = {}
+        queues: dict[int, list[tuple[Settled, int | None]]] = {}
         while True:
             await self._settled_news.wait()
             self._settled_news = anyio.Event()
             events, self._settled = self._settled, []
-            for event in events:
+            for event, version in events:
                 queue = queues.get(event.order_id)
                 if queue is None:
-                    queues[event.order_id] = [event]
+                    queues[event.order_id] = [(event, version)]
                     tg.start_soon(self._handle_order, queues, event.order_id, limiter)
-                elif all(e.status is not event.status for e in queue):
-                    queue.append(event)
+                elif all(e.status is not event.status for e, _ in queue):
+                    queue.append((event, version))
 
     async def _handle_order(
-        self, queues: dict[int, list[Settled]], order_id: int, limiter: anyio.CapacityLimiter
+        self,
+        queues: dict[int, list[tuple[Settled, int | None]]],
+        order_id: int,
+        limiter: anyio.CapacityLimiter,
     ) -> None:
         """The order's events in order; the one being called stays first in its queue,
         so the same event found again (the sweep) is not queued twice."""
         queue = queues[order_id]
         try:
             while queue:
-                await self._handle_settled(queue[0], limiter)
+                await self._handle_settled(*queue[0], limiter)
                 queue.pop(0)
         finally:
             del queues[order_id]
 
-    async def _handle_settled(self, event: Settled, limiter: anyio.CapacityLimiter) -> None:
+    async def _handle_settled(
+        self, event: Settled, version: int | None, limiter: anyio.CapacityLimiter
+    ) -> None:
         """Claim the event in the journal, run the handler, record it; retried until
-        it is recorded here or elsewhere (a failed handler, an outage, a busy owner)."""
+        it is recorded here or elsewhere (a failed handler, an outage, a busy owner).
+
+        An event from a change read from the journal (``version``) is first looked up
+        in the order's row: a call recorded there is not made again, though the
+        retention has pruned its claim (an order tracked again months after it
+        settled: its claim gone, the claim alone would let the handler run twice)."""
         from transports.journal import NewDelivery
 
         body = json.dumps(attrs.asdict(event), default=str).encode()
@@ -166,6 +180,10 @@ class CallsOnSettled:
         owing = event.status in LAPSED_STATUSES and event.order_id in self._lapsed_calls
         while True:
             try:
+                if version is not None:
+                    if await self._told_for_good(event, version):
+                        return
+                    version = None  # not yet: the claim decides, retries and all
                 if owing:
                     await self.settled_log.owe_lapses([event.order_id])
                     owing = False
@@ -183,6 +201,10 @@ class CallsOnSettled:
                 )
             await anyio.sleep(delay)
             delay = min(2 * delay, SETTLED_RETRY_MAX)
+
+    async def _told_for_good(self, event: Settled, version: int) -> bool:
+        mark = await self.settled_log.mark(event.order_id)
+        return mark is not None and told_for_good(version, *mark, event.until)
 
     async def _tell(self, order_id: int) -> None:
         """Mark the order's calls made so far in its row, which outlives the claims; if
@@ -288,7 +310,8 @@ class CallsOnSettled:
                 )
                 found, starting = [], False
             for order_id, status, until, succeeded, later in found:
-                self._settled.append(Settled(order_id, status, until, succeeded, later))
+                # Past the order's mark by the sweep's own judgement: no version to look up.
+                self._settled.append((Settled(order_id, status, until, succeeded, later), None))
             if found:
                 self._settled_news.set()
             self.sweeps += 1

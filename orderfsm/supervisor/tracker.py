@@ -35,7 +35,7 @@ from orderfsm.metrics.counters import Listener, TrackerCounters
 from orderfsm.metrics.records import TrackerStats
 from orderfsm.supervisor import arguments
 from orderfsm.supervisor.custom import CustomTransport
-from orderfsm.supervisor.early import KeepsEarlyNews
+from orderfsm.supervisor.early import DropLog, KeepsEarlyNews
 from orderfsm.supervisor.fleet import LEASE, FleetLink
 from orderfsm.supervisor.lifetime import TrackerLifetime
 from orderfsm.supervisor.order import ChangeHook, ReportHook, TrackedOrder, given_up
@@ -186,6 +186,7 @@ class Tracker(TrackerLifetime, TakesOverOrders, KeepsEarlyNews):
         self._orders: dict[int, TrackedOrder] = {}
         self._no_token: set[int] = set()
         self._early: OrderedDict[int, list[Observation]] = OrderedDict()
+        self._early_drops = DropLog()
         self._stack: contextlib.AsyncExitStack | None = None
         self._scheduler: Scheduler | None = None
         self._wake: Callable[[TrackedOrder], None] | None = None

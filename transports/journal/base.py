@@ -162,10 +162,11 @@ class Store(Protocol):
 
     def delivery(self, delivery_id: int, deadline: float) -> Delivery | None: ...
 
-    def ready(self, deadline: float) -> None:
+    def ready(self, deadline: float, record_orders: bool) -> None:
         """Raise :class:`~orderfsm.errors.JournalUnavailable` unless a delivery could be
         recorded now: the store answers and may write (without writing: see
-        :mod:`~transports.journal.readiness`)."""
+        :mod:`~transports.journal.readiness`), the orders' statuses too when the
+        journal's user records them in the claim's transaction (``record_orders``)."""
 
     def claims(self, keys: Sequence[str], deadline: float) -> dict[str, Claim]: ...
 

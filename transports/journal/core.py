@@ -338,11 +338,13 @@ class SyncJournal:
         self.open()
         return self.store.delivery(delivery_id, self._deadline())
 
-    def ready(self) -> None:
+    def ready(self, *, record_orders: bool = False) -> None:
         """Raise a :class:`~orderfsm.errors.JournalError` unless a delivery could be
-        recorded now (what ``/readyz`` asks): opened, answering, and able to write."""
+        recorded now (what ``/readyz`` asks): opened, answering, and able to write;
+        with ``record_orders``, able to write the order's status in the claim's
+        transaction as well (a receiver's ``record_orders``)."""
         self.open(self.settings.wait)
-        self.store.ready(self._deadline())
+        self.store.ready(self._deadline(), record_orders)
 
     def claims(self, keys: Sequence[str]) -> dict[str, Claim]:
         self.open()

@@ -11,6 +11,7 @@ do their answers (:mod:`~transports.journal.batching`).
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable, Generator, Sequence
 from types import TracebackType
@@ -198,9 +199,9 @@ class Journal:
     async def delivery(self, delivery_id: int) -> Delivery | None:
         return await self._call(self.sync.delivery, delivery_id)
 
-    async def ready(self) -> None:
+    async def ready(self, *, record_orders: bool = False) -> None:
         """See :meth:`SyncJournal.ready`."""
-        await self._call(self.sync.ready)
+        await self._call(functools.partial(self.sync.ready, record_orders=record_orders))
 
     async def claims(self, keys: Sequence[str]) -> dict[str, Claim]:
         return await self._call(self.sync.claims, keys)

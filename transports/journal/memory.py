@@ -208,7 +208,7 @@ class MemoryStore:
         with self._lock:
             return self._deliveries.get(delivery_id)
 
-    def ready(self, deadline: float) -> None:
+    def ready(self, deadline: float, record_orders: bool) -> None:
         pass
 
     def claims(self, keys: Sequence[str], deadline: float) -> dict[str, Claim]:

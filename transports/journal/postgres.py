@@ -319,10 +319,11 @@ class PostgresStore:
         row = self._one(sql, (delivery_id,), deadline)
         return None if row is None else delivery_from_row(row)
 
-    def ready(self, deadline: float) -> None:
+    def ready(self, deadline: float, record_orders: bool) -> None:
         """One statement: the journal's table read, and whether this session may write
-        (:data:`~transports.journal.readiness.POSTGRES_READY`)."""
-        readiness.postgres_verdict(self._one(readiness.POSTGRES_READY, (), deadline), self.display)
+        (:func:`~transports.journal.readiness.postgres_probe`)."""
+        probe = readiness.postgres_probe(record_orders)
+        readiness.postgres_verdict(self._one(probe, (), deadline), self.display)
 
     def claims(self, keys: Sequence[str], deadline: float) -> dict[str, Claim]:
         sql = f"SELECT {CLAIM_COLUMNS} FROM orderfsm_claims WHERE key = ANY(%s)"

@@ -42,7 +42,7 @@ _LOCK_ORDERS = LOCK_ROWS.format(
     after=" WHERE (SELECT count(*) FROM taken) >= 0",  # the claims' rows first
 )
 
-CLAIMS = f"""
+_CLAIMED = f"""
 WITH i AS (
     SELECT * FROM unnest(%(ord)b::integer[], %(key)b::text[], %(kind)b::text[],
         %(order_id)b::bigint[], %(body)b::bytea[], %(headers)b::text[], %(peer)b::text[],
@@ -72,18 +72,29 @@ WITH i AS (
     FROM i LEFT JOIN taken AS t ON t.key = i.key LEFT JOIN prior AS p ON p.key = i.key
     ORDER BY i.ord
     RETURNING id, key
-), locked AS ({_LOCK_ORDERS})
-SELECT l.id, t.attempt, {_PRIOR_COLUMNS}, o.*
-FROM (SELECT array_agg(order_id), array_agg(status), array_agg(version), array_agg(until)
-    FROM locked) AS o,
+)"""
+_EACH = """
     i JOIN logged AS l ON l.key = i.key
     LEFT JOIN taken AS t ON t.key = i.key LEFT JOIN prior AS p ON p.key = i.key
 ORDER BY i.ord"""
+
+CLAIMS = f"""{_CLAIMED}, locked AS ({_LOCK_ORDERS})
+SELECT l.id, t.attempt, {_PRIOR_COLUMNS}, o.*
+FROM (SELECT array_agg(order_id), array_agg(status), array_agg(version), array_agg(until)
+    FROM locked) AS o,{_EACH}"""
 """Each delivery's claim as :data:`~transports.journal.postgres_sql.CLAIM` makes it
 (keys distinct): its record's id, the attempt taken, the row as it was; then the
 ``orders`` locked after the claims, as :data:`~transports.journal.orders.LOCK_ALL`
 does (their rows in arrays, the same on every row), for
 :func:`~transports.journal.orders.record` to write."""
+
+CLAIMS_ONLY = f"""{_CLAIMED}
+SELECT l.id, t.attempt, {_PRIOR_COLUMNS}
+FROM{_EACH}"""
+""":data:`CLAIMS` for a batch with no order's status to write (a receiver with
+``record_orders=False``, or other notifications): it names no table of the orders',
+which the role of a receiver that does not record them may lack (every batch then
+failed, and went alone)."""
 
 SETTLES = """
 WITH i AS (
@@ -176,8 +187,8 @@ def claims(
 ) -> tuple[list[Claimed], list[tuple[Any, ...]] | None]:
     """Every claim (in the caller's transaction), what each gave, in order; and the
     rows of ``orders`` (ids, ascending), locked after the claims, as
-    :data:`~transports.journal.orders.LOCK_ALL` gives them (``None``: not locked,
-    no claim went in the set statement)."""
+    :data:`~transports.journal.orders.LOCK_ALL` gives them (``None``: not locked, no
+    order given or no claim went in the set statement)."""
     deliveries = [request.delivery for request in requests]
     together, alone = _split([d.key for d in deliveries])
     got: dict[int, Claimed] = {}
@@ -186,7 +197,7 @@ def claims(
         chosen = [deliveries[i] for i in together]
         cursor = _cursor(db)
         rows = cursor.execute(
-            CLAIMS,
+            CLAIMS if orders else CLAIMS_ONLY,
             {
                 "ord": together,
                 "key": [d.key for d in chosen],
@@ -210,8 +221,9 @@ def claims(
                 got[i] = Claimed(int(row[0]), int(row[1]), None)
             else:
                 got[i] = Claimed(int(row[0]), None, claim_from_row(row[2:12]))
-        ids, statuses, versions, untils = rows[0][12:16]
-        locked = list(zip(ids or (), statuses or (), versions or (), untils or (), strict=True))
+        if orders:
+            ids, statuses, versions, untils = rows[0][12:16]
+            locked = list(zip(ids or (), statuses or (), versions or (), untils or (), strict=True))
     for i in alone:
         got[i] = claim_on(db, deliveries[i], owner, now, lease, None)
     return [got[i] for i in range(len(requests))], locked

@@ -26,7 +26,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orderfsm.errors import JournalUnavailable
@@ -51,24 +51,50 @@ SQLITE_TOUCH = "UPDATE orderfsm_schema SET version = version WHERE 0"
 rollback after it has nothing to undo and nothing reaches the disk."""
 
 POSTGRES_WRITES = {
-    "orderfsm_claims": ("INSERT", "UPDATE"),
+    "orderfsm_claims": ("SELECT", "INSERT", "UPDATE"),
     "orderfsm_deliveries": ("INSERT", "UPDATE"),
 }
-"""What every delivery writes (its claim, its record), each privilege asked for alone:
+"""What every delivery writes (its claim, its record), each privilege asked for alone
+(the claim's upsert reads the row it conflicts with, so it needs SELECT too; the
+probe's own read asks it of the deliveries):
 ``has_table_privilege`` given several is true if *any* is held.  Not the orders'
-tables: a receiver with ``record_orders=False`` may run under a role without them,
-and would be kept out of the pool for good."""
+tables (:data:`POSTGRES_ORDER_WRITES`, asked of a user that records orders only): a
+receiver with ``record_orders=False`` may run under a role without them, and would
+be kept out of the pool for good."""
+
+POSTGRES_ORDER_WRITES = {
+    "orderfsm_orders": ("SELECT", "INSERT", "UPDATE"),
+    "orderfsm_changes": ("INSERT",),
+}
+"""What recording an order's status adds, in the claim's own transaction
+(:func:`~transports.journal.orders.record`): the order's row made or locked and read
+back (an upsert ``RETURNING`` the row), the change inserted, the row written (an upsert
+that reads its ``tracking``).  Asked only of a user that records orders
+(``record_orders``): without them every delivery of a status answers 500."""
+
+POSTGRES_NOTIFY = "pg_notify(text, text)"
+"""The function the same write announces the change with: PUBLIC may run it unless a
+DBA took that back, and then the write fails as a privilege missing on a table would."""
+
+
+def _missing(tables: Mapping[str, Sequence[str]], functions: Sequence[str] = ()) -> str:
+    """SQL: the privileges of ``tables`` and ``functions`` this role lacks, as one text
+    (empty when none is)."""
+    checks = [
+        (f"has_table_privilege('{table}', '{privilege}')", f"{privilege} on {table}")
+        for table, privileges in tables.items()
+        for privilege in privileges
+    ] + [(f"has_function_privilege('{f}', 'EXECUTE')", f"EXECUTE on {f}") for f in functions]
+    return (
+        "concat_ws(', '"
+        + "".join(f", CASE WHEN NOT {check} THEN '{named}' END" for check, named in checks)
+        + ")"
+    )
+
 
 POSTGRES_READY = (
     "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on',"
-    " EXISTS (SELECT 1 FROM orderfsm_deliveries WHERE id = 0), concat_ws(', '"
-    + "".join(
-        f", CASE WHEN NOT has_table_privilege('{table}', '{privilege}')"
-        f" THEN '{privilege} on {table}' END"
-        for table, privileges in POSTGRES_WRITES.items()
-        for privilege in privileges
-    )
-    + ")"
+    " EXISTS (SELECT 1 FROM orderfsm_deliveries WHERE id = 0), " + _missing(POSTGRES_WRITES)
 )
 """One round trip, no write, no lock: a standby, a session whose transactions are
 read-only (``default_transaction_read_only`` of the server, the database, the role
@@ -76,6 +102,18 @@ or the URL's options, and every session of a standby), one indexed read of the
 journal's table (the server answers, the schema is there), and the privileges a
 delivery's writes need (a role whose grants a DBA took back: every delivery 500),
 from the catalog's cache."""
+
+POSTGRES_READY_RECORDING = (
+    POSTGRES_READY + ", " + _missing(POSTGRES_ORDER_WRITES, (POSTGRES_NOTIFY,))
+)
+""":data:`POSTGRES_READY`, and the privileges recording orders' statuses needs
+(:data:`POSTGRES_ORDER_WRITES`, :data:`POSTGRES_NOTIFY`), for a user that records them."""
+
+
+def postgres_probe(record_orders: bool) -> str:
+    """The statement that asks whether a delivery could be written now, by a user that
+    records orders' statuses in the claim's transaction or not."""
+    return POSTGRES_READY_RECORDING if record_orders else POSTGRES_READY
 
 
 def sqlite_room(path: str, display: str) -> None:
@@ -122,10 +160,10 @@ def sqlite_writer_may_write(writer: sqlite3.Connection, display: str) -> None:
 
 
 def postgres_verdict(row: Sequence[Any] | None, display: str) -> None:
-    """Raise :class:`JournalUnavailable` unless :data:`POSTGRES_READY`'s ``row`` says the
-    session may write."""
+    """Raise :class:`JournalUnavailable` unless the ``row`` of :func:`postgres_probe`'s
+    statement says the session may write."""
     assert row is not None
-    in_recovery, read_only, _, missing = row
+    in_recovery, read_only, _, missing, *recording = row
     if in_recovery:
         raise JournalUnavailable(f"{display}: the server is a standby (in recovery): it only reads")
     if read_only:
@@ -134,3 +172,9 @@ def postgres_verdict(row: Sequence[Any] | None, display: str) -> None:
         )
     if missing:
         raise JournalUnavailable(f"{display}: this role may not write the journal ({missing})")
+    if recording and recording[0]:
+        raise JournalUnavailable(
+            f"{display}: this role may not record orders' statuses ({recording[0]}), which"
+            " this receiver does in each claim's transaction: grant them, or turn"
+            " record_orders off"
+        )

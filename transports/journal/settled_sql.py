@@ -6,11 +6,13 @@ recorded (a change that calls nothing counts as told).  The claims
 (``settled:ORDER:STATUS``) still make each call once across the fleet, but
 only for the few changes past that mark: claims are pruned after the
 journal's retention, the orders table never is, so a call made long ago is
-never judged owed again (review bug 8), and the sweep needs no time window
-(bug 9).  The mark moves only over calls recorded in order, so a delivery
-whose call was lost is still owed after its refund's call (bug 1).  The changes
-past the mark that may call are kept by the retention whatever their age
-(:mod:`~transports.journal.change_prune`): the sweep reads them.
+never judged owed again (review bug 8): not by the sweep, nor by an instance
+that tracks the order again and reads its past from the journal (:func:`mark`);
+and the sweep needs no time window (bug 9).  The mark moves only over calls
+recorded in order, so a delivery whose call was lost is still owed after its
+refund's call (bug 1).  The changes past the mark that may call are kept by
+the retention whatever their age (:mod:`~transports.journal.change_prune`):
+the sweep reads them.
 
 A claim answered above the mark and then pruned would be owed again; it cannot
 last that long: calls are made in order (so an answered claim sits above an
@@ -159,6 +161,15 @@ def tell(db: Any, dialect: str, order_ids: Sequence[int]) -> None:
         ),
         tuple(sorted(order_ids)),
     )
+
+
+def mark(db: Any, dialect: str, order_id: int) -> tuple[int, Status] | None:
+    """The order's ``settled_told`` and the goal it was judged for (``None``: no row)."""
+    row = db.execute(
+        in_dialect(dialect, "SELECT settled_told, until FROM orderfsm_orders WHERE order_id = %s"),
+        (order_id,),
+    ).fetchone()
+    return None if row is None else (int(row[0]), Status(row[1]))
 
 
 def owe_lapses(db: Any, dialect: str, order_ids: Sequence[int], owner: str, now: float) -> None:

@@ -378,9 +378,10 @@ class SqliteStore:
             row = db.execute(sql, (delivery_id,)).fetchone()
         return None if row is None else delivery_from_row(row)
 
-    def ready(self, deadline: float) -> None:
+    def ready(self, deadline: float, record_orders: bool) -> None:
         """One read, then room on the disk and the writer's right to write
-        (:mod:`~transports.journal.readiness`).  The writer is probed only once this
+        (:mod:`~transports.journal.readiness`), whatever it writes (``record_orders``:
+        a file's permissions are its tables').  The writer is probed only once this
         process's batches let it go within the probe's patience: a batch under way is
         busy, not broken."""
         self.delivery(0, deadline)

@@ -1,7 +1,8 @@
 """The receiver as a raw ASGI 3 application, for trio-capable servers such as hypercorn.
 
 No framework: one path, ``POST`` only, lifespan handled so the store is
-closed on shutdown.
+closed on shutdown.  A ``POST`` to any other path is answered 503, not the
+404 Xsolla would not retry (:mod:`~transports.webhook.wrong_path`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 from transports.webhook.answers import WebhookAnswer, error_answer
 from transports.webhook.endpoints import Endpoints
 from transports.webhook.receiver import WebhookReceiver
+from transports.webhook.wrong_path import wrong_path
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -62,31 +64,45 @@ class WebhookASGIApp:
             await reply(send, await endpoint())
             return
         if path != self.path:
-            await reply(send, NOT_FOUND)
+            if scope["method"] == "POST":
+                await self._wrong_path(scope, receive, send, path)
+            else:
+                await reply(send, NOT_FOUND)
             return
         if scope["method"] != "POST":
             await reply(send, METHOD_NOT_ALLOWED, (("Allow", "POST"),))
             return
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", ())]
-        client = scope.get("client")
-        peer = str(client[0]) if client else None
-        length = _content_length(headers)
-        refusal = self.receiver.precheck(length)
+        headers = _headers(scope)
+        refusal = self.receiver.precheck(_content_length(headers))
         if refusal is not None:
             await reply(send, refusal)
             return
-        body = bytearray()
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            if len(body) > self.receiver.max_body_size:
-                await reply(send, self.receiver.too_large())
-                return
-            more = bool(message.get("more_body", False))
-        answer = await self.receiver.handle(headers, bytes(body), peer)
+        body = await _read(receive, self.receiver.max_body_size)
+        if body is None:
+            return
+        if len(body) > self.receiver.max_body_size:
+            await reply(send, self.receiver.too_large())
+            return
+        answer = await self.receiver.handle(headers, body, _peer(scope))
+        await reply(send, answer)
+
+    async def _wrong_path(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        """A POST to another path than the webhook's: 503, not the 404 Xsolla would not
+        retry (:mod:`~transports.webhook.wrong_path`)."""
+        headers = _headers(scope)
+        length = _content_length(headers)
+        limit = self.receiver.max_body_size
+        body = None  # unread when too large: it cannot count as signed
+        if length is None or length <= limit:
+            body = await _read(receive, limit)
+            if body is None:
+                return  # the client left
+            if len(body) > limit:
+                body = None
+        root = str(scope.get("root_path") or "")
+        answer = wrong_path(
+            self.receiver, headers, body, root + path, root + self.path, _peer(scope)
+        )
         await reply(send, answer)
 
 
@@ -98,6 +114,29 @@ def _local_path(scope: Scope) -> str:
     if root and path.startswith(root) and path[len(root) :].startswith("/"):
         return path[len(root) :]
     return path
+
+
+def _headers(scope: Scope) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", ())]
+
+
+def _peer(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+async def _read(receive: Receive, limit: int) -> bytes | None:
+    """The body, read to its end or just past ``limit`` (the caller checks which);
+    None when the client left first."""
+    body = bytearray()
+    more = True
+    while more and len(body) <= limit:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body += message.get("body", b"")
+        more = bool(message.get("more_body", False))
+    return bytes(body)
 
 
 def _content_length(headers: list[tuple[str, str]]) -> int | None:

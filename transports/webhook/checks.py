@@ -44,6 +44,15 @@ def _header(headers: Headers, name: str) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
+def signed(secret: str | bytes, headers: Headers, body: bytes) -> bool:
+    """Whether ``body`` carries a valid signature with ``secret``, nothing logged."""
+    try:
+        verify(_header(headers, "authorization"), body, secret)
+    except InvalidSignature:
+        return False
+    return True
+
+
 def refusal(error: WebhookError) -> WebhookAnswer:
     return error_answer(status_for(error), error.code, str(error) or error.code)
 

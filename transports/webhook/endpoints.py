@@ -7,11 +7,13 @@ at info: a probe every few seconds must not flood the logs.
 
 * ``/healthz``: 200 ``{"status": "ok"}``, the process serves requests;
 * ``/readyz``: 200 ``{"status": "ready", "journal": URL}`` when the journal
-  answers within its wait and can write (a read-only database, a standby, a full
-  disk would answer every delivery 5xx: the load balancer should send them
-  elsewhere; a lock held by a long writer is busy, not broken, and stays ready:
-  :mod:`~transports.journal.readiness`), else 503 ``{"status": "unavailable",
-  "journal": URL, "error": ...}`` (``URL`` without its password);
+  answers within its wait and can write what this receiver's deliveries write (the
+  orders' statuses too, with ``record_orders``): a read-only database, a standby, a
+  full disk, a grant taken back would answer every delivery 5xx, and the load
+  balancer should send them elsewhere (a lock held by a long writer is busy, not
+  broken, and stays ready: :mod:`~transports.journal.readiness`); else 503
+  ``{"status": "unavailable", "journal": URL, "error": ...}`` (``URL`` without its
+  password);
 * ``/metrics``: Prometheus' text format (``orderfsm[prometheus]``, see
   ``orderfsm.metrics.prometheus``).
 """
@@ -52,7 +54,7 @@ def health_endpoints(receiver: WebhookReceiver) -> dict[str, Endpoint]:
     async def readyz() -> WebhookAnswer:
         try:
             with anyio.fail_after(journal.settings.wait + READY_MARGIN):
-                await journal.ready()
+                await journal.ready(record_orders=receiver.record_orders)
         except (JournalError, TimeoutError) as exc:
             error = str(exc) or f"no answer within {journal.settings.wait + READY_MARGIN} s"
             logger.debug(

@@ -148,8 +148,8 @@ class DjangoStore:
     def delivery(self, delivery_id: int, deadline: float) -> Delivery | None:
         return self.inner.delivery(delivery_id, deadline)
 
-    def ready(self, deadline: float) -> None:
-        self.inner.ready(deadline)
+    def ready(self, deadline: float, record_orders: bool) -> None:
+        self.inner.ready(deadline, record_orders)
 
     def claims(self, keys: Sequence[str], deadline: float) -> dict[str, Claim]:
         return self.inner.claims(keys, deadline)
