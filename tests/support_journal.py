@@ -108,6 +108,39 @@ class DatabaseHold:
         self.db.close()
 
 
+def old_backlog(db: Any, count: int, at: float, delete_takes: float = 0.0025) -> None:
+    """``count`` answered claims and their deliveries, received at ``at``, written into a
+    PostgreSQL journal's tables, each delivery's delete slowed to ``delete_takes``
+    seconds (a trigger): a backlog a prune takes chunks and rounds to get through."""
+    db.execute(
+        "INSERT INTO orderfsm_deliveries (kind, key, order_id, body, headers, received_at)"
+        " SELECT 'order_paid', 'order_paid:' || g, g, '', '[]', %s"
+        " FROM generate_series(1, %s) g",
+        (at, count),
+    )
+    db.execute(
+        "INSERT INTO orderfsm_claims (key, attempt, state, owner, lease_until, claimed_at,"
+        " answered_at, status, body) SELECT 'order_paid:' || g, 1, 'answered', 'gone', %s,"
+        " %s, %s, 204, '' FROM generate_series(1, %s) g",
+        (at, at, at, count),
+    )
+    db.execute(
+        "CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        f" PERFORM pg_sleep({delete_takes}); RETURN OLD; END $$"
+    )
+    db.execute(
+        "CREATE TRIGGER slow_delete BEFORE DELETE ON orderfsm_deliveries"
+        " FOR EACH ROW EXECUTE FUNCTION slow_delete()"
+    )
+
+
+def backlog_left(db: Any, at: float) -> int:
+    """How many rows of :func:`old_backlog`'s (received at ``at``) are left."""
+    left = "SELECT (SELECT count(*) FROM orderfsm_deliveries WHERE received_at <= %s)"
+    left += " + (SELECT count(*) FROM orderfsm_claims WHERE claimed_at <= %s)"
+    return int(db.execute(left, (at, at)).fetchone()[0])
+
+
 def on_update(db: Any, name: str, table: str, body: str) -> None:
     """A PostgreSQL trigger running ``body`` as a row of ``table`` is updated (dropped by
     the test): the database itself slow or refusing, no stand-in of ours."""

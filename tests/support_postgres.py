@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,6 +48,51 @@ def own_server() -> TemporaryPostgres:
         return TemporaryPostgres()
     except PostgresMissing:
         pytest.skip(MISSING)
+
+
+DATABASES = itertools.count(1)
+
+NO_ORDERS = (
+    "GRANT SELECT ON orderfsm_schema, orderfsm_claims, orderfsm_deliveries TO {role}",
+    "GRANT INSERT, UPDATE, DELETE ON orderfsm_claims, orderfsm_deliveries TO {role}",
+)
+"""For :func:`database_of_a_role`: a webhook-only backend's role, the journal's claims
+and deliveries and nothing of the orders' tables."""
+
+
+@contextlib.contextmanager
+def database_of_a_role(*grants: str) -> Iterator[tuple[str, str, Any]]:
+    """A database of the test's own, its schema made by its owner, and a role given
+    ``grants`` (``{role}`` in each names it): the role's URL, its name, and the owner's
+    connection (autocommit) to grant and revoke with."""
+    from transports.journal import open_journal
+
+    server = postgres_server()  # skips without the binaries
+    import psycopg
+
+    number = next(DATABASES)
+    name, role = f"grants_{os.getpid()}_{number}", f"receiver_{os.getpid()}_{number}"
+    admin = psycopg.connect(server.base, autocommit=True)
+    admin.execute(f"CREATE DATABASE {name}")
+    admin.execute(f"CREATE ROLE {role} LOGIN")
+    owner_url = f"{server.base.rsplit('/', 1)[0]}/{name}"
+    try:
+        schema = open_journal(owner_url).sync  # the schema, made by its owner
+        schema.open()
+        schema.close()
+        database = psycopg.connect(owner_url, autocommit=True)
+        try:
+            for grant in grants:
+                database.execute(grant.format(role=role))
+            url = owner_url.replace("//postgres@", f"//{role}@", 1)
+            assert url != owner_url, owner_url
+            yield url, role, database
+        finally:
+            database.close()
+    finally:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.close()
 
 
 @contextlib.contextmanager
@@ -85,4 +132,11 @@ def _children(parent: int) -> list[int]:
     return found
 
 
-__all__ = ["free_port", "frozen", "own_server", "postgres_server"]
+__all__ = [
+    "NO_ORDERS",
+    "database_of_a_role",
+    "free_port",
+    "frozen",
+    "own_server",
+    "postgres_server",
+]

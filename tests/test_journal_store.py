@@ -8,7 +8,9 @@ clock of the test's own, so a lease runs out without waiting for it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
+import logging
 import sqlite3
 import threading
 import time
@@ -21,9 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support_journal import (
     BACKENDS,
+    backlog_left,
     connect,
     is_postgres,
     mark,
+    old_backlog,
     on_databases,
     on_every_backend,
     url_for,
@@ -53,7 +57,7 @@ from orderfsm.journal import (
     take,
 )
 from transports.journal import SyncJournal, Taken, open_journal, store_for
-from transports.journal.orders import Note
+from transports.journal.orders import Note, record
 from transports.journal.postgres_tuning import ANALYZED_TABLES, STATISTICS_TARGET
 from transports.webhook import WebhookReceiver
 
@@ -428,42 +432,69 @@ async def test_postgres_prunes_more_than_a_statement_may_delete_while_deliveries
     old = time.time() - settings.retention - DAY
     db = connect(url)
     async with open_journal(url, settings) as journal:
-        db.execute(
-            "INSERT INTO orderfsm_deliveries (kind, key, order_id, body, headers, received_at)"
-            " SELECT 'order_paid', 'order_paid:' || g, g, '', '[]', %s"
-            " FROM generate_series(1, 800) g",
-            (old,),
-        )
-        db.execute(
-            "INSERT INTO orderfsm_claims (key, attempt, state, owner, lease_until, claimed_at,"
-            " answered_at, status, body) SELECT 'order_paid:' || g, 1, 'answered', 'gone', %s,"
-            " %s, %s, 204, '' FROM generate_series(1, 800) g",
-            (old, old, old),
-        )
-        db.execute(
-            "CREATE FUNCTION slow_delete() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
-            " PERFORM pg_sleep(0.0025); RETURN OLD; END $$"
-        )
-        db.execute(
-            "CREATE TRIGGER slow_delete BEFORE DELETE ON orderfsm_deliveries"
-            " FOR EACH ROW EXECUTE FUNCTION slow_delete()"
-        )
+        old_backlog(db, 800, old)
         receiver = WebhookReceiver(SECRET, store=journal)
         answers: list[tuple[int, float]] = []
-        left = "SELECT (SELECT count(*) FROM orderfsm_deliveries WHERE received_at < %s)"
-        left += " + (SELECT count(*) FROM orderfsm_claims WHERE claimed_at < %s)"
         with anyio.fail_after(30):
             for order_id in itertools.count(1000):  # the first answer starts the prune
                 started = anyio.current_time()
                 answer = await receiver.handle(signed(order_paid(order_id)), order_paid(order_id))
                 answers.append((answer.status, anyio.current_time() - started))
-                if db.execute(left, (old + 1, old + 1)).fetchone() == (0,):
+                if backlog_left(db, old) == 0:
                     break
                 await anyio.sleep(0.05)
     db.close()
     assert {status for status, _ in answers} == {204}
     assert max(took for _, took in answers) < settings.wait, answers
     assert len(answers) > 10  # answered all along the prune's 2 s and more
+
+
+def test_a_failing_changes_pass_holds_up_no_claim_or_delivery(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fleet tracker's changes are pruned in the same rounds as the claims and
+    deliveries.  A pass over them that fails (here the database refuses every delete of
+    a change: a trigger) failed the whole prune, logged as an exception, after its first
+    round: a backlog of claims and deliveries went one round an hour.  Now that pass is
+    given up for this prune with a warning, and the rounds go on until every old claim
+    and delivery is gone (800, a chunk of 100 deliveries taking 0.25 s, in rounds of
+    0.2 s); the change stays for a later prune."""
+    import transports.journal.postgres as postgres_store
+    from transports.journal import pruning
+
+    monkeypatch.setattr(postgres_store, "PRUNE_CHUNK", 100)
+    monkeypatch.setattr(pruning, "PRUNE_ROUND", 0.2)
+    url = postgres_server().url()
+    clock = Clock(time.time())
+    journal = sync_journal(url, clock, wait=1.0)
+    old = clock.now - journal.settings.retention - DAY
+    db = connect(url)
+    try:
+        notes = [Note(1, status, "webhook", old) for status in (Status.NEW, Status.PAID)]
+        work = functools.partial(record, dialect="postgresql", notes=notes, now=old)
+        journal.store.write(work, time.monotonic() + 5)  # type: ignore[attr-defined]
+        db.execute(
+            "CREATE FUNCTION refuse_delete() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+            " RAISE EXCEPTION 'changes are kept'; END $$"
+        )
+        db.execute(
+            "CREATE TRIGGER refuse_delete BEFORE DELETE ON orderfsm_changes"
+            " FOR EACH ROW EXECUTE FUNCTION refuse_delete()"
+        )
+        old_backlog(db, 800, old)
+        with caplog.at_level(logging.WARNING, logger="orderfsm.journal"):
+            pruned = journal.prune()
+        left = backlog_left(db, old)
+        changes = db.execute("SELECT count(*) FROM orderfsm_changes").fetchone()[0]
+    finally:
+        db.close()
+        journal.close()
+    assert pruned == (800, 800, 0) and left == 0
+    assert changes == 2  # order 1's first change, prunable, stays for a later prune
+    assert [(r.event, r.exc_info) for r in caplog.records] == [  # type: ignore[attr-defined]
+        ("journal.changes_prune_failed", None)
+    ]
+    assert "changes are kept" in caplog.records[0].getMessage()
 
 
 # --- outages: 5xx within the wait, no hang, recovery by itself --------------------------

@@ -20,16 +20,17 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 from prometheus_client.parser import text_string_to_metric_families
-from support_postgres import postgres_server
+from support_journal import backlog_left, old_backlog
+from support_postgres import NO_ORDERS, database_of_a_role, postgres_server
 from support_webhook import answer_of
 
+from orderfsm.journal import DAY, JournalSettings
 from orderfsm.testing import eventually
 from transports.http import open_http_client
 from transports.journal import open_journal, readiness
@@ -341,38 +342,6 @@ async def test_readiness_says_no_once_postgresql_sessions_only_read() -> None:
     assert retried == 204
 
 
-@asynccontextmanager
-async def database_of_a_role(*grants: str) -> AsyncIterator[tuple[str, str, Any]]:
-    """A database of the test's own, its schema made by its owner, and a role given
-    ``grants`` (``{role}`` in each names it): the role's URL, its name, and the owner's
-    connection (autocommit) to grant and revoke with."""
-    server = postgres_server()  # skips without the binaries
-    import psycopg
-
-    number = next(DATABASES)
-    name, role = f"grants_{os.getpid()}_{number}", f"receiver_{os.getpid()}_{number}"
-    admin = psycopg.connect(server.base, autocommit=True)
-    admin.execute(f"CREATE DATABASE {name}")
-    admin.execute(f"CREATE ROLE {role} LOGIN")
-    owner_url = f"{server.base.rsplit('/', 1)[0]}/{name}"
-    try:
-        async with WebhookReceiver(SECRET, store=owner_url):  # the schema, made by its owner
-            pass
-        database = psycopg.connect(owner_url, autocommit=True)
-        try:
-            for grant in grants:
-                database.execute(grant.format(role=role))
-            url = owner_url.replace("//postgres@", f"//{role}@", 1)
-            assert url != owner_url, owner_url
-            yield url, role, database
-        finally:
-            database.close()
-    finally:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.execute(f"DROP ROLE IF EXISTS {role}")
-        admin.close()
-
-
 @pytest.mark.parametrize("privilege", ["INSERT", "SELECT"])
 async def test_readiness_says_no_once_a_privilege_is_taken_from_the_journal(
     privilege: str,
@@ -381,7 +350,7 @@ async def test_readiness_says_no_once_a_privilege_is_taken_from_the_journal(
     conflicts with) on the claims table back from the receivers' role (a role rotation
     half done): every delivery was answered 500 while ``/readyz`` said ready.  Now it
     says 503 and names what is missing, until the grant is back."""
-    async with database_of_a_role(
+    with database_of_a_role(
         "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
     ) as (url, role, database):
 
@@ -439,7 +408,7 @@ async def test_readiness_asks_for_the_orders_privileges_only_of_a_receiver_recor
     ]
     order_ids = itertools.count(1000)
     found: dict[str, tuple[str | None, int, str | None, int]] = {}
-    async with database_of_a_role(*exactly) as (url, role, database):
+    with database_of_a_role(*exactly) as (url, role, database):
         recording = WebhookReceiver(SECRET, store=url)
         not_recording = WebhookReceiver(SECRET, store=url, record_orders=False)
         ready, ready_without = (health_endpoints(r)["/readyz"] for r in (recording, not_recording))
@@ -477,10 +446,7 @@ async def test_a_receiver_not_recording_orders_needs_no_privilege_on_them(
     batch's statement locked the orders' rows, even none, so each failed ("permission
     denied for table orderfsm_orders", a warning per batch) and its deliveries went
     alone, a statement and a rollback more each."""
-    async with database_of_a_role(
-        "GRANT SELECT ON orderfsm_schema, orderfsm_claims, orderfsm_deliveries TO {role}",
-        "GRANT INSERT, UPDATE, DELETE ON orderfsm_claims, orderfsm_deliveries TO {role}",
-    ) as (url, _, _):
+    with database_of_a_role(*NO_ORDERS) as (url, _, _):
         receiver = WebhookReceiver(SECRET, store=url, record_orders=False)
         statuses: list[int] = []
 
@@ -497,6 +463,50 @@ async def test_a_receiver_not_recording_orders_needs_no_privilege_on_them(
     assert stats.deliveries["handled"] == 10
     split = [r for r in caplog.records if getattr(r, "event", None) == "journal.batch_split"]
     assert [r.getMessage() for r in split] == []
+
+
+async def test_a_receiver_without_the_orders_privileges_prunes_its_whole_backlog(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A receiver with ``record_orders=False`` under a role without privileges on the
+    orders' tables prunes every old claim and delivery, however many rounds that takes,
+    and says once, as a warning naming them, that it prunes no order changes.  The
+    changes' pass failed there each round, which failed the whole prune (an exception in
+    the log, every hour) after its first round: the claims and deliveries went one round
+    an hour, and a backlog was never caught up.  Here a round is 0.2 s and a chunk of
+    100 deliveries takes 0.25 s (a trigger), so 800 take eight rounds."""
+    import transports.journal.postgres as postgres_store
+    from transports.journal import pruning
+
+    monkeypatch.setattr(postgres_store, "PRUNE_CHUNK", 100)
+    monkeypatch.setattr(pruning, "PRUNE_ROUND", 0.2)
+    settings = JournalSettings()
+    old = time.time() - settings.retention - DAY
+    ended = {"journal.pruned", "journal.prune_failed"}
+
+    def events(*names: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if getattr(r, "event", None) in names]
+
+    with database_of_a_role(*NO_ORDERS) as (url, _, database):
+        old_backlog(database, 800, old)
+        with caplog.at_level(logging.INFO, logger="orderfsm.journal"):
+            async with open_journal(url, settings) as journal:
+                receiver = WebhookReceiver(SECRET, store=journal, record_orders=False)
+                body = paid(5000)  # not one of the backlog's (orders 1 to 800)
+                answer = await receiver.handle(signed(body), body)  # starts the prune
+                await eventually(lambda: events(*ended), timeout=30, interval=0.05)
+                left = backlog_left(database, old)
+                again = await journal.prune()  # the next prune: nothing old, nothing said
+    assert answer.status == 204
+    assert [r.getMessage() for r in events(*ended)] == [
+        "pruned 800 claims, 800 deliveries and 0 order changes"
+    ]
+    assert left == 0 and again == (0, 0, 0)
+    told = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    missing = "SELECT on orderfsm_changes, DELETE on orderfsm_changes, SELECT on orderfsm_orders"
+    assert [(r.event, r.missing, r.exc_info) for r in told] == [  # type: ignore[attr-defined]
+        ("journal.changes_not_pruned", missing, None)
+    ]
 
 
 @contextmanager

@@ -14,18 +14,28 @@ one's does not stop the pass.  Each pass reads past the changes kept (each order
 latest, and the calls owed), about one per order: the price of keeping them
 without a mark that the next change of their order, or a call made, would have to
 clear.
+
+The pass never holds up the claims' and deliveries' prune it rides in: a pass that
+fails is logged and left for the next prune, and on PostgreSQL a role without the
+privileges it needs (:data:`PRIVILEGES`: a receiver that records no orders may run
+under one) is told once and makes none.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 from orderfsm.core import Status
+from orderfsm.errors import JournalClosed, JournalError
 from orderfsm.journal.orders import advance, calls_on_settled
 from transports.journal.base import SqlStore
 from transports.journal.order_rows import in_dialect
+from transports.journal.readiness import missing_privileges
 from transports.journal.sql_shared import PRUNE_CHUNK, in_chunks
+
+logger = logging.getLogger("orderfsm.journal")
 
 CALLING = ", ".join(
     f"('{status.value}', '{'' if previous is None else previous.value}')"
@@ -65,6 +75,18 @@ just before the track (its tracker applies the order's latest change and makes i
 own call)."""
 
 
+PRIVILEGES = {"orderfsm_changes": ("SELECT", "DELETE"), "orderfsm_orders": ("SELECT",)}
+"""What a pass needs of a PostgreSQL role: the log read (:data:`WINDOW`) and deleted
+from, each change's order read (:data:`DELETE`).  A webhook receiver that records no
+orders (``record_orders=False``) may run under a role without them; its journal's
+prunes are then of the claims and deliveries alone.  Without them, the pass failed
+each round until the round's end, and failed the whole prune with it: the claims and
+deliveries were pruned one round an hour, so a backlog was never caught up."""
+
+MISSING = "SELECT " + missing_privileges(PRIVILEGES)
+"""The privileges of :data:`PRIVILEGES` this role lacks, as one text (empty: none)."""
+
+
 def prune_chunk(
     db: Any, dialect: str, after: int, cutoff: float, now: float, size: int
 ) -> tuple[int, int, bool]:
@@ -83,9 +105,21 @@ def prune_chunk(
     return deleted, end, young is not None or count < size
 
 
+def _failed(exc: Exception) -> None:
+    """A pass given up for this prune, tried again at the next: the database's refusal
+    told as a warning, anything else as the bug it is."""
+    text = "pruning the order changes failed (claims and deliveries go on; tried again later)"
+    if isinstance(exc, JournalError):
+        logger.warning("%s: %s", text, exc, extra={"event": "journal.changes_prune_failed"})
+    else:
+        logger.exception(text, extra={"event": "journal.changes_prune_failed"})
+
+
 class ChangesPass:
     """One prune's pass over the change log of ``store``, resumed by each of the prune's
-    rounds where the one before stopped (a round stops at its deadline)."""
+    rounds where the one before stopped (a round stops at its deadline).  A pass that
+    fails is logged and over (:attr:`done`), so the prune's rounds of claims and
+    deliveries go on without it."""
 
     def __init__(self, store: SqlStore, cutoff: float, now: float) -> None:
         self.store = store
@@ -110,5 +144,47 @@ class ChangesPass:
             self.pruned += deleted
             return not self.done
 
-        if not self.done:
+        if self.done:
+            return
+        try:
             in_chunks(chunk, deadline)
+        except JournalClosed:
+            raise  # the journal closing ends the whole prune
+        except Exception as exc:
+            self.done = True
+            _failed(exc)
+
+
+class ChangeLog:
+    """The change log's retention across one journal's prunes: on PostgreSQL, whether
+    its role may prune it is asked at each prune (a catalog read, no lock), so a grant
+    given later counts, and a lack of it is told once, not each hour."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self.store = store
+        self.missing = ""
+        """The privileges found missing at the last prune, as one text."""
+
+    def pass_for(self, cutoff: float, now: float, deadline: float) -> ChangesPass | None:
+        """A pass for a prune at ``now``, or ``None`` when this role may not make one
+        or the database cannot say (logged)."""
+        if self.store.kind == "postgresql":
+            try:
+                missing = self.store.read(lambda db: db.execute(MISSING).fetchone()[0], deadline)
+            except JournalClosed:
+                raise
+            except Exception as exc:
+                _failed(exc)
+                return None
+            if missing and missing != self.missing:
+                logger.warning(
+                    "this journal's role may not prune the fleet tracker's order changes"
+                    " (missing %s): it prunes claims and deliveries, and leaves the changes"
+                    " to a journal whose role may",
+                    missing,
+                    extra={"event": "journal.changes_not_pruned", "missing": missing},
+                )
+            self.missing = missing
+            if missing:
+                return None
+        return ChangesPass(self.store, cutoff, now)

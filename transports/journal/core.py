@@ -45,7 +45,7 @@ from transports.journal.base import (
     Work,
 )
 from transports.journal.orders import Note
-from transports.journal.pruning import BackgroundPrune, prune_rounds
+from transports.journal.pruning import BackgroundPrune, change_log, prune_rounds
 from transports.journal.renewer import Renewer
 from transports.journal.steps import Ran, Taken, decided_by, drive
 
@@ -86,6 +86,7 @@ class SyncJournal:
         self._opened = False
         self._closed = False
         self._prunes = BackgroundPrune(self.prune, self.settings.prune_every)
+        self._changes = change_log(store)
         self.renewer = Renewer(self.renew, self.settings.lease / 3, ANSWER_RETRY)
         """Renews the running plain handlers' claims (see :mod:`~transports.journal.renewer`)."""
 
@@ -361,7 +362,7 @@ class SyncJournal:
         now = self.clock()
         self._prunes.last = now
         cutoff = prune_cutoff(now, self.settings.retention)
-        return prune_rounds(self.store, cutoff, now, self._closing)
+        return prune_rounds(self.store, self._changes, cutoff, now, self._closing)
 
     def _closing(self) -> bool:
         return self._closed

@@ -17,7 +17,7 @@ from typing import cast
 from orderfsm.errors import JournalClosed
 from orderfsm.journal import Pruned, prune_due
 from transports.journal.base import SqlStore, Store
-from transports.journal.change_prune import ChangesPass
+from transports.journal.change_prune import ChangeLog
 
 logger = logging.getLogger("orderfsm.journal")
 
@@ -26,18 +26,31 @@ PRUNE_ROUND = 5.0
 journal waits for it."""
 
 
-def prune_rounds(store: Store, cutoff: float, now: float, closing: Callable[[], bool]) -> Pruned:
-    """Delete what is older than ``cutoff``: claims, deliveries and, on SQLite and
-    PostgreSQL, the fleet tracker's changes (:mod:`~transports.journal.change_prune`).
+def change_log(store: Store) -> ChangeLog | None:
+    """The fleet tracker's change log of ``store``, where it has one (SQLite and
+    PostgreSQL: the stores with the orders' tables)."""
+    if store.kind in ("sqlite", "postgresql"):
+        return ChangeLog(cast(SqlStore, store))
+    return None
+
+
+def prune_rounds(
+    store: Store,
+    log: ChangeLog | None,
+    cutoff: float,
+    now: float,
+    closing: Callable[[], bool],
+) -> Pruned:
+    """Delete what is older than ``cutoff``: claims, deliveries and the fleet tracker's
+    changes (``log``, :mod:`~transports.journal.change_prune`).
 
     In rounds of :data:`PRUNE_ROUND` (the claims and deliveries, then the
     changes) until one finds nothing left: however long that takes (an hour of
     a busy fleet's deliveries, millions of rows, takes minutes), so the hourly
     prune keeps up with what comes in; between rounds it stops if the journal is
-    ``closing`` (the rest goes at the next start)."""
-    changes = None
-    if store.kind in ("sqlite", "postgresql"):  # the stores with the orders' tables
-        changes = ChangesPass(cast(SqlStore, store), cutoff, now)
+    ``closing`` (the rest goes at the next start).  The changes never hold up the
+    rest: a pass this role may not make is not begun, one that fails is over."""
+    changes = None if log is None else log.pass_for(cutoff, now, time.monotonic() + PRUNE_ROUND)
     claims = deliveries = 0
     while True:
         more = store.prune(cutoff, time.monotonic() + PRUNE_ROUND)

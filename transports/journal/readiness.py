@@ -77,7 +77,7 @@ POSTGRES_NOTIFY = "pg_notify(text, text)"
 DBA took that back, and then the write fails as a privilege missing on a table would."""
 
 
-def _missing(tables: Mapping[str, Sequence[str]], functions: Sequence[str] = ()) -> str:
+def missing_privileges(tables: Mapping[str, Sequence[str]], functions: Sequence[str] = ()) -> str:
     """SQL: the privileges of ``tables`` and ``functions`` this role lacks, as one text
     (empty when none is)."""
     checks = [
@@ -94,7 +94,8 @@ def _missing(tables: Mapping[str, Sequence[str]], functions: Sequence[str] = ())
 
 POSTGRES_READY = (
     "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on',"
-    " EXISTS (SELECT 1 FROM orderfsm_deliveries WHERE id = 0), " + _missing(POSTGRES_WRITES)
+    " EXISTS (SELECT 1 FROM orderfsm_deliveries WHERE id = 0), "
+    + missing_privileges(POSTGRES_WRITES)
 )
 """One round trip, no write, no lock: a standby, a session whose transactions are
 read-only (``default_transaction_read_only`` of the server, the database, the role
@@ -104,7 +105,7 @@ delivery's writes need (a role whose grants a DBA took back: every delivery 500)
 from the catalog's cache."""
 
 POSTGRES_READY_RECORDING = (
-    POSTGRES_READY + ", " + _missing(POSTGRES_ORDER_WRITES, (POSTGRES_NOTIFY,))
+    POSTGRES_READY + ", " + missing_privileges(POSTGRES_ORDER_WRITES, (POSTGRES_NOTIFY,))
 )
 """:data:`POSTGRES_READY`, and the privileges recording orders' statuses needs
 (:data:`POSTGRES_ORDER_WRITES`, :data:`POSTGRES_NOTIFY`), for a user that records them."""
