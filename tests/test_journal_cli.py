@@ -12,6 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 from support_journal import on_databases, url_for
+from support_postgres import NO_ORDERS, database_of_a_role
 from support_webhook import SECRET, order_paid, signed
 
 from transports.journal import open_journal
@@ -26,7 +27,7 @@ def orderfsm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
 
 
-async def fill(url: str) -> None:
+async def fill(url: str, record_orders: bool = True) -> None:
     """Order 1 handled, order 2 failed once then handled, order 3 failed."""
     failures = {2: 1, 3: 1}
 
@@ -37,7 +38,7 @@ async def fill(url: str) -> None:
             raise RuntimeError(f"the grant service is down for {order_id}")
 
     async with open_journal(url) as journal:
-        receiver = WebhookReceiver(SECRET, handler, store=journal)
+        receiver = WebhookReceiver(SECRET, handler, store=journal, record_orders=record_orders)
         for order_id in (1, 2, 2, 3, 1):
             await receiver.handle(signed(order_paid(order_id)), order_paid(order_id), "10.0.0.7")
 
@@ -223,6 +224,29 @@ def test_replay_exits_1_when_a_replay_did_not_work(tmp_path: Path) -> None:
     assert orderfsm(*replay[:4], "--id", "99", "--secret", SECRET, *printing).returncode == 1
     assert orderfsm(*replay, "--secret", SECRET, *printing).returncode == 0  # handled now
     assert orderfsm(*replay, "--secret", SECRET, *printing).returncode == 0  # skipped: handled
+
+
+def test_replay_under_a_role_without_the_orders_privileges_records_no_orders() -> None:
+    """A webhook-only backend's role has no privilege on the orders' tables, and its
+    server runs with ``--no-record-orders``; its replays recorded the order's status
+    anyway, so every replay of a status failed ("permission denied for table
+    orderfsm_orders"): the failed notification could not be handled again.  With the
+    server's option, a replay records the claim and the handler's answer alone."""
+    with database_of_a_role(*NO_ORDERS) as (url, _, database):
+        anyio.run(fill, url, False)
+        replay = ("webhooks", "replay", "--store", url, "--secret", SECRET, "--order", "3")
+        printing = ("--handler", "orderfsm.cli.webhook_cmd:print_notification")
+        recording = orderfsm(*replay, *printing)
+        replayed = orderfsm(*replay, *printing, "--no-record-orders")
+        orders = database.execute("SELECT count(*) FROM orderfsm_orders").fetchone()[0]
+    assert recording.returncode == 1, recording.stderr
+    assert "not run: the journal failed" in recording.stdout
+    assert "permission denied for table orderfsm_orders" in recording.stderr
+    assert replayed.returncode == 0, replayed.stderr
+    printed = [json.loads(x) for x in replayed.stdout.splitlines() if x.startswith("{")]
+    assert [p["order_id"] for p in printed] == [3]
+    assert "replayed (its last attempt (1) failed): answered 204" in replayed.stdout
+    assert orders == 0
 
 
 async def fail_many(url: str, count: int) -> None:

@@ -114,6 +114,20 @@ def add_handler_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_record_orders_option(parser: argparse.ArgumentParser) -> None:
+    """``--no-record-orders``, of every command that handles notifications (the server,
+    a replay): a role without privileges on the orders' tables needs it in both."""
+    parser.add_argument(
+        "--no-record-orders",
+        dest="record_orders",
+        action="store_false",
+        help="do not write each order's status in the journal with its delivery's claim "
+        "(cheaper per delivery, no NOTIFY on PostgreSQL, no privilege on the orders' tables "
+        "needed): journal-backed trackers and 'orderfsm watch --transports journal' then "
+        "learn no status from the notifications handled here",
+    )
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     add_secret_options(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -135,15 +149,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="handle deliveries only from Xsolla's published networks (others: 503, retried)",
     )
-    parser.add_argument(
-        "--no-record-orders",
-        dest="record_orders",
-        action="store_false",
-        help="do not write each order's status in the journal with its delivery's claim "
-        "(cheaper per delivery, and no NOTIFY on PostgreSQL): journal-backed trackers and "
-        "'orderfsm watch --transports journal' then no longer learn statuses from this "
-        "server's webhooks",
-    )
+    add_record_orders_option(parser)
     parser.add_argument(
         "--backend", choices=options.BACKENDS, default="asyncio", help="event loop to run on"
     )
@@ -218,6 +224,7 @@ async def open_receiver(args: argparse.Namespace, **options: Any) -> WebhookRece
             handler,
             transactional=transactional,
             store=journal,
+            record_orders=args.record_orders,
             **options,
         )
     except (ValueError, TypeError) as exc:
@@ -254,7 +261,6 @@ async def serve(args: argparse.Namespace) -> None:
         args,
         max_body_size=args.max_body or DEFAULT_MAX_BODY,
         allowed_networks=XSOLLA_NETWORKS if args.xsolla_only else None,
-        record_orders=args.record_orders,
     )
     try:
         serving = serve_receiver(

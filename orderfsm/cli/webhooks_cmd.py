@@ -25,6 +25,7 @@ from orderfsm.cli.webhook_cmd import (
     STORE_HELP,
     StartupFailed,
     add_handler_options,
+    add_record_orders_option,
     add_secret_options,
     add_store_options,
     open_receiver,
@@ -126,6 +127,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--force", action="store_true", help="run again even what was handled or refused"
     )
     add_handler_options(replay)  # one of the two is required: see NO_HANDLER
+    add_record_orders_option(replay)
 
 
 LIST_LIMIT = 50
