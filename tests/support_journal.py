@@ -46,6 +46,16 @@ def mark(url: str) -> str:
     return "%s" if is_postgres(url) else "?"
 
 
+def history(url: str, order_id: int) -> list[str]:
+    """The order's changes in the journal, in order (what the retention left of them)."""
+    db = connect(url)
+    try:
+        query = f"SELECT status FROM orderfsm_changes WHERE order_id = {order_id} ORDER BY version"
+        return [str(row[0]) for row in db.execute(query).fetchall()]
+    finally:
+        db.close()
+
+
 def leased(url: str, order_id: int) -> bool:
     """Someone holds the order's lease (in tests where one tracker follows it)."""
     db, m = connect(url), mark(url)

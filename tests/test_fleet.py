@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 import pytest
-from support_journal import connect, leased, on_databases, url_for
+from support_journal import connect, history, leased, on_databases, url_for
 from support_webhook import serve_receiver
 
 from orderfsm import Observation, Status
@@ -864,15 +864,6 @@ def _told_all(url: str, order_id: int) -> bool:
         db.close()
 
 
-def _changes_left(url: str, order_id: int) -> list[str]:
-    db = connect(url)
-    try:
-        query = f"SELECT status FROM orderfsm_changes WHERE order_id = {order_id} ORDER BY version"
-        return [str(row[0]) for row in db.execute(query).fetchall()]
-    finally:
-        db.close()
-
-
 @on_databases
 @pytest.mark.parametrize("pruned", [False, True])
 async def test_an_order_tracked_again_after_its_calls_were_made_gets_none_again(
@@ -909,7 +900,7 @@ async def test_an_order_tracked_again_after_its_calls_were_made_gets_none_again(
             await journal.prune()
             keys = [settled_key(order_id, Status.DONE), settled_key(order_id, Status.CANCELED)]
             assert not await journal.claims(keys)
-        assert _changes_left(url, order_id) == ["canceled"]  # the latest
+        assert history(url, order_id) == ["canceled"]  # the latest
     async with instance(url, emu, user, on_settled=on_settled) as again:
         again.track(order_id)
         await eventually(lambda: again.status(order_id) is Status.CANCELED, timeout=15)

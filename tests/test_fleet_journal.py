@@ -37,6 +37,8 @@ from orderfsm.journal.orders import (
     let_go,
     may_lease,
     settled_call,
+    settled_key,
+    settled_name,
 )
 from orderfsm.supervisor.tracker import Tracker
 from orderfsm.testing import eventually
@@ -122,6 +124,40 @@ async def test_the_sweep_finds_every_call_owed_not_only_the_current_status(
 
 
 @on_databases
+async def test_the_sql_names_each_call_as_the_pure_decision_does(
+    backend: str, tmp_path: Path
+) -> None:
+    """Every change that calls, for each goal, its order's earlier calls recorded and its
+    own under the name :func:`settled_name` gives it (a ``done`` straight from ``new``
+    for the goal ``paid`` is the payment's call): the mark passes it, so the sweep
+    does not find it owed for ever.  Unrecorded, the mark stays before it."""
+    url = url_for(backend, tmp_path)
+    cases = [
+        (goal, previous, status)
+        for goal in GOALS
+        for previous in (None, *Status)
+        for status in Status
+        if advance(previous, status) is not None and settled_call(previous, status, goal)
+    ]
+    async with open_journal(url) as journal:
+        log = OrderLog(journal)
+        for order_id, (goal, previous, status) in enumerate(cases * 2, start=1):
+            await log.track(order_id, goal, None)
+            heard = [status] if previous is None else [previous, status]
+            await log.record([note(order_id, s) for s in heard])
+            if order_id <= len(cases):  # the first round's calls recorded, the second's not
+                for name, _ in calls_heard(heard, goal):
+                    record_answered(url, settled_key(order_id, name))
+        ids = list(range(1, 2 * len(cases) + 1))
+        rows = await log.orders(ids)
+        for order_id in ids:
+            await SettledLog(log).tell(order_id)
+        marks = {i: await SettledLog(log).mark(i) for i in ids}
+    recorded = [marks[i] == (rows[i].version, rows[i].until) for i in ids]
+    assert recorded == [True] * len(cases) + [False] * len(cases)
+
+
+@on_databases
 async def test_a_track_after_the_news_takes_its_own_goal_not_the_placeholder(
     backend: str, tmp_path: Path
 ) -> None:
@@ -184,6 +220,48 @@ def test_each_change_alone_names_the_calls_an_instance_seeing_all_of_them_makes(
             judged.append((status, *call))
         current = status
     assert judged == seen
+
+
+def calls_heard(statuses: list[Status], until: Status) -> list[tuple[Status, bool]]:
+    """The calls an instance makes hearing ``statuses`` in this order, as
+    ``FleetLink.advanced`` judges them: (name, succeeded)."""
+    current: Status | None = None
+    told: Verdict | None = None
+    calls = []
+    for status in statuses:
+        if advance(current, status) is None:
+            continue  # stale or repeated: the core drops it
+        answer = verdict(status, until)
+        if answer.settled and answer is not told:
+            calls.append((settled_name(status, until), answer is Verdict.SUCCEEDED))
+            told = answer
+        current = status
+    return calls
+
+
+def test_paid_and_done_name_one_settlement_for_the_goal_paid() -> None:
+    assert [settled_name(s, P) for s in (P, D, C, E)] == [P, P, C, E]
+    assert [settled_name(s, D) for s in (P, D, C, E)] == [P, D, C, E]
+
+
+@given(
+    statuses=st.lists(st.sampled_from(list(Status)), max_size=8),
+    until=st.sampled_from(GOALS),
+    data=st.data(),
+)
+def test_an_order_settles_under_one_name_whatever_order_its_news_is_heard_in(
+    statuses: list[Status], until: Status, data: st.DataObject
+) -> None:
+    """Instances hear one order's news in their own orders (the journal holds one of
+    them; a sweep judges that one change by change), and each makes the calls it
+    judges.  Their successes share one name, their failures one: a call is claimed
+    once per name, so the app hears of one settlement once, of one refund once."""
+    heard = [statuses, *(data.draw(st.permutations(statuses)) for _ in range(2))]
+    names: dict[bool, set[Status]] = {True: set(), False: set()}
+    for order in heard:
+        for name, succeeded in calls_heard(order, until):
+            names[succeeded].add(name)
+    assert len(names[True]) <= 1 and len(names[False]) <= 1
 
 
 def test_the_strictest_goal_is_derived_and_a_third_goal_fails_loudly() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,14 @@ import anyio
 import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
-from support_journal import connect, mark, on_databases, url_for
+from support_journal import connect, history, mark, on_databases, url_for
+from support_webhook import SECRET, order_paid, signed
 
-from orderfsm import Status
+from orderfsm import Observation, Status
+from orderfsm.interface import ObservationSink
 from orderfsm.journal import SCHEMA_VERSION, Answer, ClaimState, JournalSettings, NewDelivery
 from orderfsm.journal.orders import settled_key
+from orderfsm.supervisor.custom import OrderContext
 from orderfsm.supervisor.fleet import FleetLink, Settled
 from orderfsm.supervisor.tracker import Tracker
 from orderfsm.testing import eventually
@@ -34,6 +38,7 @@ from transports.journal.order_log import OrderLog
 from transports.journal.orders import Note
 from transports.journal.settled_log import SettledLog
 from transports.journal.sql_schema import migrations
+from transports.webhook import SyncWebhookReceiver
 
 pytestmark = pytest.mark.anyio
 
@@ -46,11 +51,27 @@ def journal_only(journal: str | Journal, calls: list[Settled], **kw: Any) -> Tra
     async def on_settled(event: Settled) -> None:
         calls.append(event)
 
-    options: dict[str, Any] = {"until": "paid", "on_settled": on_settled, "lease": 0.5}
+    options: dict[str, Any] = {
+        "until": "paid", "on_settled": on_settled, "lease": 0.5, "transports": ("journal",)
+    }  # fmt: skip
     options.update(kw)
-    return Tracker(
-        project_id=1, journal=journal, transports=("journal",), fetch_details=False, **options
-    )
+    return Tracker(project_id=1, journal=journal, fetch_details=False, **options)
+
+
+def xsolla_says(
+    status: Status, heard: anyio.Event, before: Callable[[], None] = lambda: None
+) -> dict[str, Any]:
+    """Options of an instance that hears ``status`` from Xsolla once ``heard`` is set, right
+    after ``before()`` (in the same step of the loop: nothing of the instance runs in
+    between)."""
+
+    async def xsolla(order: OrderContext, sink: ObservationSink) -> None:
+        await heard.wait()
+        before()
+        sink.observe(Observation(order.order_id, status, "events", anyio.current_time()))
+        await anyio.sleep_forever()
+
+    return {"transports": ("webhook",), "extra": [xsolla]}
 
 
 def fleet(t: Tracker) -> FleetLink:
@@ -110,14 +131,15 @@ def told(url: str, order_id: int) -> tuple[int, int]:
         db.close()
 
 
-def tracked(url: str, order_id: int) -> bool:
+def tracked(url: str, order_id: int, until: Status = P) -> bool:
     """The order's row is written by the instance that tracks it (with its goal): news
     recorded before would create it with the default goal, ``done``."""
     db = connect(url)
     try:
         return bool(
             db.execute(
-                f"SELECT 1 FROM orderfsm_orders WHERE order_id = {order_id} AND until = 'paid'"
+                f"SELECT 1 FROM orderfsm_orders WHERE order_id = {order_id}"
+                f" AND until = '{until.value}'"
             ).fetchall()
         )
     finally:
@@ -213,6 +235,82 @@ async def test_a_handler_slower_than_the_claim_lease_is_called_once(
         await sweeps_after(a)
         await sweeps_after(b)
     assert len(started) == 1
+
+
+@on_databases
+async def test_paid_and_done_settle_a_paid_goal_once_whichever_is_heard_first(
+    backend: str, tmp_path: Path
+) -> None:
+    """Goal ``paid``: a webhook receiver records the payment in the journal, and A hears
+    ``done`` from Xsolla before it reads that payment (applied after it, then dropped
+    as stale).  The journal holds ``paid`` then ``done``; A called the app for ``done``.
+    Paid and done settle the order alike for this goal: one settlement, one call,
+    not one by A and another for the payment (by B, following the journal, or by a
+    sweep), nor by an instance tracking the order again; a refund later is one more.
+    (With a call named by the status heard, the payment's was made a second time.)"""
+    url = url_for(backend, tmp_path)
+    order_id = 12
+    calls: list[Settled] = []
+    heard = anyio.Event()
+
+    def webhook() -> None:
+        # Blocking, on the loop: the payment is committed and nothing of A's runs
+        # (its reads of the journal included) until A has applied ``done``.
+        body = order_paid(order_id)
+        assert receiver.handle(signed(body), body).status == 204
+
+    with SyncWebhookReceiver(SECRET, store=url) as receiver:
+        async with (
+            journal_only(url, calls, **xsolla_says(D, heard, webhook)) as a,
+            journal_only(url, calls) as b,
+        ):
+            a.track(order_id)
+            b.track(order_id)
+            await eventually(lambda: tracked(url, order_id), timeout=30)
+            heard.set()
+            await eventually(lambda: a.status(order_id) is D and b.status(order_id) in (P, D))
+            await eventually(lambda: calls, timeout=30)
+            await sweeps_after(a)
+            await sweeps_after(b)
+            assert history(url, order_id) == ["paid", "done"]
+        async with journal_only(url, calls) as again:  # tracked again: a restart
+            again.track(order_id)
+            await eventually(lambda: again.status(order_id) is D, timeout=30)
+            await sweeps_after(again)
+            await record(url, (order_id, C))  # a refund, later
+            await eventually(lambda: len(calls) >= 2, timeout=30)
+            await sweeps_after(again)
+    assert [(e.status in (P, D), e.succeeded, e.later) for e in calls] == [
+        (True, True, False), (False, False, True)
+    ]  # fmt: skip
+    assert told(url, order_id) == (3, 3)  # nothing left owed
+
+
+@on_databases
+async def test_done_heard_first_for_the_goal_paid_leaves_the_goal_done_its_own_call(
+    backend: str, tmp_path: Path
+) -> None:
+    """A fleet mixing goals: A grants on payment and hears ``done`` straight away; B
+    grants on delivery, following the journal.  Each goal's settlement is a call of its
+    own: A's for ``paid`` and B's for ``done``.  (Named by the status heard, A's call
+    took the name of B's, and whichever came second was never made: a grant lost.)"""
+    url = url_for(backend, tmp_path)
+    calls: list[Settled] = []
+    heard = anyio.Event()
+    async with (
+        journal_only(url, calls, **xsolla_says(D, heard)) as a,
+        journal_only(url, calls, until="done") as b,
+    ):
+        a.track(12)
+        b.track(12)
+        await eventually(lambda: tracked(url, 12, D), timeout=30)
+        heard.set()
+        await eventually(lambda: len(calls) >= 2, timeout=30)  # no fix: one
+        await sweeps_after(a)
+        await sweeps_after(b)
+    assert sorted((e.until.value, e.status, e.succeeded, e.later) for e in calls) == [
+        ("done", D, True, False), ("paid", D, True, False)
+    ]  # fmt: skip
 
 
 @on_databases

@@ -189,8 +189,24 @@ def told_for_good(version: int, told: int, row_goal: Status, goal: Status) -> bo
     return version <= told and row_goal is goal
 
 
+def settled_name(status: Status, until: Status) -> Status:
+    """The status that names the ``on_settled`` call a change to ``status`` makes for the
+    goal ``until``: the goal itself for a success, else ``status`` (a refund, an expiry).
+
+    A call is one per order and *event*, not per status heard: for ``until="paid"``,
+    ``paid`` and ``done`` are the same settlement, and which comes first depends on
+    who hears what (a webhook records ``paid`` while the owner hears ``done`` from
+    Xsolla and applies it first, the payment then stale to it).  Named by the status,
+    the one call was two: the owner's for ``done`` and, for the payment before it in
+    the journal, another instance's, a sweep's or a restart's.  Named by the goal,
+    each goal's settlement is also a call of its own in a fleet mixing goals, as
+    ``done`` heard first no longer takes the name of the other goal's call."""
+    return until if verdict(status, until) is Verdict.SUCCEEDED else status
+
+
 def settled_key(order_id: int, status: Status) -> str:
-    """The claim key of the durable settled handler's call for one order and status."""
+    """The claim key of the durable settled handler's call for one order and status (the
+    call's name: :func:`settled_name`)."""
     return f"settled:{order_id}:{status.value}"
 
 

@@ -19,8 +19,8 @@ one that can follow any order through Xsolla (it has tokens), which adopts
 such orders on a timer, and once at its start (with its own previous life's:
 :mod:`orderfsm.supervisor.takeover`).
 ``on_settled`` is called once
-per order and settled status across the fleet (claims in the journal;
-:mod:`orderfsm.supervisor.settled`).
+per order and event (its settlement, a later refund) across the fleet
+(claims in the journal; :mod:`orderfsm.supervisor.settled`).
 
 This module is the link's face to the tracker and its tasks' start; the tasks
 themselves are the writer (:mod:`orderfsm.supervisor.fleet_writer`), the

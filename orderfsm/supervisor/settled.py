@@ -1,4 +1,4 @@
-"""``on_settled``: called once per order and settled status across a fleet.
+"""``on_settled``: called once per order and event (its settlement, a refund) across a fleet.
 
 Each settlement a tracker applies (and each later change that alters the answer,
 a refund) becomes a :class:`Settled` event; the instance that claims it in the
@@ -29,7 +29,7 @@ from orderfsm.callables import require_ran
 from orderfsm.core import LAPSED_STATUSES, Status, Verdict, verdict
 from orderfsm.errors import OrderFsmError
 from orderfsm.journal import Answer
-from orderfsm.journal.orders import settled_key, told_for_good
+from orderfsm.journal.orders import settled_key, settled_name, told_for_good
 
 if TYPE_CHECKING:
     from orderfsm.supervisor.order import TrackedOrder
@@ -52,8 +52,10 @@ SWEEP_PAGE = 1000
 class Settled:
     """What ``on_settled`` is told: an order settled (or a later change of it, a refund).
 
-    Fleet-wide, once per order and status: whichever instance learns of it
-    first runs the handler, and a failed or interrupted one runs again.
+    Fleet-wide, once per order and event: whichever instance learns of it
+    first runs the handler, and a failed or interrupted one runs again.  For the goal
+    ``paid`` the settlement is one event whether ``paid`` or ``done`` was heard first
+    (``status`` says which).
     """
 
     order_id: int
@@ -66,12 +68,18 @@ class Settled:
 
 
 SettledHandler = Callable[[Settled], Awaitable[None] | None]
-"""Called once per order and settled status across the fleet, until it returns: an
+"""Called once per order and event across the fleet, until it returns: an
 ``async def`` (or a plain ``def``, which runs on the event loop: keep it short, or
 use the transactional form, which runs in a worker thread)."""
 SettledInTransaction = Callable[[Settled, Any], None]
 """The exactly-once form: given the event and the journal's open connection (the
 grant written in the transaction that records the call), in a worker thread."""
+
+
+def _name(event: Settled) -> Status:
+    """The call's name: one per order and event (a settlement, heard as ``paid`` or as
+    ``done`` for the goal ``paid``), the same on every instance and in the sweep."""
+    return settled_name(event.status, event.until)
 
 
 class CallsOnSettled:
@@ -138,7 +146,7 @@ class CallsOnSettled:
                 if queue is None:
                     queues[event.order_id] = [(event, version)]
                     tg.start_soon(self._handle_order, queues, event.order_id, limiter)
-                elif all(e.status is not event.status for e, _ in queue):
+                elif all(_name(e) is not _name(event) for e, _ in queue):
                     queue.append((event, version))
 
     async def _handle_order(
@@ -171,7 +179,7 @@ class CallsOnSettled:
 
         body = json.dumps(attrs.asdict(event), default=str).encode()
         delivery = NewDelivery(
-            "settled", settled_key(event.order_id, event.status), event.order_id,
+            "settled", settled_key(event.order_id, _name(event)), event.order_id,
             body, (), None, time.time(),
         )  # fmt: skip
         delay = SETTLED_RETRY_MIN

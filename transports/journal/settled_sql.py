@@ -3,7 +3,8 @@
 Each order's row says how far its calls were made: ``settled_told``, the
 version up to which every change that calls ``on_settled`` has its call
 recorded (a change that calls nothing counts as told).  The claims
-(``settled:ORDER:STATUS``) still make each call once across the fleet, but
+(``settled:ORDER:NAME``, a success named by its goal:
+:func:`~orderfsm.journal.orders.settled_name`) still make each call once across the fleet, but
 only for the few changes past that mark: claims are pruned after the
 journal's retention, the orders table never is, so a call made long ago is
 never judged owed again (review bug 8): not by the sweep, nor by an instance
@@ -33,7 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orderfsm.core import GOALS, LAPSED_STATUSES, Status, verdict
-from orderfsm.journal.orders import advance, settled_call, settled_key
+from orderfsm.journal.orders import advance, settled_call, settled_key, settled_name
 from transports.journal.order_rows import SETTLING, in_dialect, marks
 
 _CALLING = ", ".join(
@@ -137,6 +138,18 @@ def _key(dialect: str, order_id: str, status: str) -> str:
     return f"'settled:' || {text} || ':' || {status}"
 
 
+def _named(status: str, goal: str) -> str:
+    """The name of the call a change to ``status`` makes for ``goal`` (SQL expressions),
+    as :func:`~orderfsm.journal.orders.settled_name` gives it: the goal for a success."""
+    renamed = [
+        f"WHEN {status} = '{s.value}' AND {goal} = '{g.value}' THEN '{settled_name(s, g).value}'"
+        for g in GOALS
+        for s in Status
+        if settled_name(s, g) is not s
+    ]
+    return f"CASE {' '.join(renamed)} ELSE {status} END" if renamed else status
+
+
 def tell(db: Any, dialect: str, order_ids: Sequence[int]) -> None:
     """Move each order's mark up to just before its first calling change whose claim is
     not answered (to its version when there is none), and set its lapse flag to whether
@@ -151,7 +164,8 @@ def tell(db: Any, dialect: str, order_ids: Sequence[int]) -> None:
             dialect,
             f"UPDATE {o} SET settled_told = coalesce((SELECT min(c.version) - 1"
             f" FROM orderfsm_changes c"
-            f" LEFT JOIN orderfsm_claims k ON k.key = {_key(dialect, 'c.order_id', 'c.status')}"
+            f" LEFT JOIN orderfsm_claims k"
+            f" ON k.key = {_key(dialect, 'c.order_id', _named('c.status', f'{o}.until'))}"
             f" WHERE c.order_id = {o}.order_id AND c.version > {o}.settled_told"
             f" AND (c.status, coalesce(c.previous, ''), {o}.until) IN ({_CALLING})"
             f" AND (k.state IS NULL OR k.state <> 'answered')), {o}.version),"
