@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
 async def _demo(as_json: bool, step: float) -> int:
     import anyio
 
+    from orderfsm.cli.failures import CommandError
     from orderfsm.cli.follow import Misconfiguration, follow
     from orderfsm.cli.views import open_view
     from orderfsm.interface import WEBSOCKET, Health, HealthReport
@@ -77,8 +78,12 @@ async def _demo(as_json: bool, step: float) -> int:
             ) as tracker:
 
                 async def story() -> None:
-                    with anyio.fail_after(15):
-                        await websocket_healthy.wait()
+                    try:
+                        with anyio.fail_after(15):
+                            await websocket_healthy.wait()
+                    except TimeoutError:
+                        stalled = "the tracker's WebSocket to the emulator not healthy in 15 s"
+                        raise CommandError(stalled) from None
                     await anyio.sleep(step)
                     await emu.set_status(order_id, "paid")
                     await anyio.sleep(step)
@@ -87,8 +92,5 @@ async def _demo(as_json: bool, step: float) -> int:
                     await anyio.sleep(step * 2)
                     await emu.set_status(order_id, "done")
 
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(story)
-                    code = await follow(tracker, [order_id], view, misconfigured)
-                    tg.cancel_scope.cancel()
-    return code
+                return await follow(tracker, [order_id], view, misconfigured, alongside=story)
+    raise AssertionError("unreachable")  # pragma: no cover

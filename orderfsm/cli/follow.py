@@ -8,12 +8,13 @@ command names it instead of waiting for a timeout.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Protocol
 
 import anyio
 
-from orderfsm.cli.failures import CommandError, leaves
+from orderfsm.cli.failures import CommandError, describe, leaves
+from orderfsm.cli.interrupts import stopped_by_signal
 from orderfsm.core import Status
 from orderfsm.errors import (
     OrderFsmError,
@@ -33,8 +34,14 @@ Outcome = FinalResult | OrderFsmError
 
 
 class Interrupted(OrderFsmError):
-    """The command was stopped before the order settled: every order followed gets a
-    last word, so a program reading ``--json`` knows none is still to come."""
+    """The command was stopped (Ctrl-C or SIGTERM) before the order settled: every
+    order followed gets a last word, so a program reading ``--json`` knows none is
+    still to come."""
+
+
+class CommandFailed(OrderFsmError):
+    """The command ended on an error of its own before the order settled (the same
+    last word as :class:`Interrupted`, naming the error instead of a signal)."""
 
 
 def cancelled(exc: BaseException) -> bool:
@@ -91,10 +98,27 @@ def hint(error: OrderFsmError, project_id: int) -> str:
     return ""
 
 
+def ending(exc: BaseException) -> OrderFsmError:
+    """The last word for the orders not settled when ``exc`` ended :func:`follow`."""
+    if stopped_by_signal():
+        return Interrupted("stopped (Ctrl-C or SIGTERM) before the order settled")
+    if cancelled(exc):  # a failure outside, which the command reports on stderr
+        return CommandFailed("the command ended on an error before the order settled")
+    return CommandFailed(f"the command ended before the order settled: {describe(exc)[0]}")
+
+
 async def follow(
-    tracker: Tracker, order_ids: Sequence[int], view: View, misconfigured: Misconfiguration
+    tracker: Tracker,
+    order_ids: Sequence[int],
+    view: View,
+    misconfigured: Misconfiguration,
+    alongside: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> int:
     """Show every order's changes as they come, then how each ended; return the exit code.
+
+    ``alongside`` runs beside the orders until they end (the demo's story): run
+    here, its failure is an error this function sees and names on each order
+    not yet settled, not an anonymous cancellation.
 
     Raises :class:`CommandError` (one line per order that ended in an error) when
     an order ended in an error, with the exit code of the first order that did
@@ -122,16 +146,17 @@ async def follow(
         async with anyio.create_task_group() as tg:
             tg.start_soon(stop_if_misconfigured, tg.cancel_scope)
             tg.start_soon(view.animate)
+            if alongside is not None:
+                tg.start_soon(alongside)
             async with anyio.create_task_group() as orders:
                 for order_id in order_ids:
                     orders.start_soon(one, order_id)
             tg.cancel_scope.cancel()
     except BaseException as exc:
-        if cancelled(exc):  # the command was stopped: Ctrl-C or SIGTERM
-            stopped = Interrupted("stopped (Ctrl-C or SIGTERM) before the order settled")
-            for order_id in order_ids:
-                if order_id not in outcomes:
-                    view.failed(order_id, stopped)
+        stopped = ending(exc)
+        for order_id in order_ids:
+            if order_id not in outcomes:
+                view.failed(order_id, stopped)
         raise
     if misconfigured.error is not None:
         for order_id in order_ids:

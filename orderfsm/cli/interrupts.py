@@ -8,19 +8,36 @@ which then ends with "internal error in Trio" instead of a quiet exit 130
 once: its tracker never closes, and what it has not yet written to a fleet's
 journal never reaches the others.  Received on the loop, either cancels the
 command's work like any cancellation: the tracker closes, the view restores
-the terminal.
+the terminal.  Whether a signal did is recorded (:func:`stopped_by_signal`):
+a cancellation can also come from a failing sibling task, and ``watch
+--json`` must not tell a program "Ctrl-C or SIGTERM" for that.
 """
 
 from __future__ import annotations
 
 import signal
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 
 import anyio
 
 from orderfsm.cli.failures import EXIT_INTERRUPTED
 
 STOPS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Stop:
+    asked = False
+
+
+_STOP: ContextVar[_Stop] = ContextVar("orderfsm_cli_stop")
+
+
+def stopped_by_signal() -> bool:
+    """Whether SIGINT or SIGTERM is what cancels the work of :func:`unless_interrupted`
+    that calls this (any other cancellation is some failure's)."""
+    stop = _STOP.get(None)
+    return stop is not None and stop.asked
 
 
 async def stop_asked() -> None:
@@ -40,6 +57,8 @@ async def unless_interrupted(work: Callable[[], Awaitable[int]]) -> int:
     CLI to name."""
     codes: list[int] = []
     errors: list[Exception] = []
+    stop = _Stop()
+    _STOP.set(stop)  # before the task starts: its context is a copy holding this object
     async with anyio.create_task_group() as tasks:
 
         async def run() -> None:
@@ -52,6 +71,7 @@ async def unless_interrupted(work: Callable[[], Awaitable[int]]) -> int:
 
         tasks.start_soon(run)
         await stop_asked()  # cancelled if the work ends first
+        stop.asked = True
         tasks.cancel_scope.cancel()
     if errors:
         raise errors[0]

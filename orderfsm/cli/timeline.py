@@ -5,9 +5,10 @@ JSON lines for programs: a status change ``{"order_id", "status", "source",
 "at"}``, a transport's health ``{"order_id", "transport", "health",
 "reason", "at"}``, a note ``{"order_id", "note", "at"}``, and per order a
 last line with ``"final": true`` (or ``"final": false`` and the error, also
-``Interrupted`` when the command is stopped before the order settled).  An
-order that ends in an error is told on stderr by the command, so the plain
-timeline does not repeat it.
+``Interrupted`` when a signal stops the command before the order settled,
+``CommandFailed`` when an error of its own ends it).  An order that ends in
+an error is told on stderr by the command, so the plain timeline does not
+repeat it.
 """
 
 from __future__ import annotations
