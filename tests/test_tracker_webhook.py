@@ -97,6 +97,22 @@ async def test_news_past_the_kept_orders_is_dropped_counted_and_logged_once_a_mi
     assert [(r.levelname, getattr(r, "count", None)) for r in logged] == [("INFO", 1)]
 
 
+async def test_the_drops_after_the_last_line_are_logged_as_the_tracker_closes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An operator adds up the ``tracker.early_dropped`` lines: the drops within a
+    minute of the last one are told when the tracker closes, not when a later drop
+    comes (which, the tracker closed, never does)."""
+    first = 5_000_000
+    with caplog.at_level(logging.INFO, logger="orderfsm"):
+        async with webhooks_only() as t:
+            for order_id in range(first, first + EARLY_OBSERVATIONS_KEPT + 3):
+                t.observe(paid(order_id))
+            dropped = t.stats().early_dropped
+    logged = [r for r in caplog.records if getattr(r, "event", None) == "tracker.early_dropped"]
+    assert dropped == 3 and [getattr(r, "count", None) for r in logged] == [1, 2]
+
+
 async def test_a_webhook_dropped_by_the_tracker_is_still_read_from_a_shared_journal(
     tmp_path: Path,
 ) -> None:

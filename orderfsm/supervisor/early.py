@@ -9,7 +9,8 @@ Bounded by orders, the ones heard of least recently dropped first.  A
 receiver given every webhook of a project while the tracker follows a few of
 its orders drops news all day, harmlessly: so a drop is counted
 (``stats().early_dropped``) and logged at info at most once a minute, with
-the count since the last line, not once per order.
+the count since the last line, not once per order; what the last minute
+dropped is logged when the tracker closes, so the lines add up to the total.
 """
 
 from __future__ import annotations
@@ -45,7 +46,14 @@ class DropLog:
     def dropped(self) -> None:
         self.unlogged += 1
         now = time.monotonic()
-        if now - self.logged_at < DROPS_LOGGED_EVERY:
+        if now - self.logged_at >= DROPS_LOGGED_EVERY:
+            self.logged_at = now
+            self.flush()
+
+    def flush(self) -> None:
+        """Log the drops not logged yet, if any: called as the tracker closes too, or
+        the ones after the last line would never be told."""
+        if not self.unlogged:
             return
         logger.info(
             "dropped the news kept for %d orders not tracked: only the %d such orders "
@@ -55,7 +63,6 @@ class DropLog:
             EARLY_OBSERVATIONS_KEPT,
             extra={"event": "tracker.early_dropped", "count": self.unlogged},
         )
-        self.logged_at = now
         self.unlogged = 0
 
 

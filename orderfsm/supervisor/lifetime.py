@@ -24,6 +24,7 @@ from orderfsm.interface import POLLING, WEBHOOK, WEBSOCKET, TokenProvider
 from orderfsm.metrics.counters import TrackerCounters
 from orderfsm.metrics.http import CountedHttp
 from orderfsm.supervisor.custom import CustomTransport
+from orderfsm.supervisor.early import DropLog
 from orderfsm.supervisor.fleet import FleetLink
 from orderfsm.supervisor.order import TrackedOrder
 from orderfsm.supervisor.policy import Policy
@@ -75,6 +76,7 @@ class TrackerLifetime:
     _websocket_options: dict[str, Any]
     _sleep_clock: Callable[[], float]
     _counters: TrackerCounters
+    _early_drops: DropLog
     _orders: dict[int, TrackedOrder]
     _stack: contextlib.AsyncExitStack | None
     _scheduler: Scheduler | None
@@ -186,7 +188,10 @@ class TrackerLifetime:
         stack, self._stack, self._scheduler, self._tg = self._stack, None, None, None
         # The body's exception (a TrackingTimeout from wait(), say) propagates
         # as it is: told about it, the task group would wrap it in a group.
-        await stack.__aexit__(None, None, None)
+        try:
+            await stack.__aexit__(None, None, None)
+        finally:
+            self._early_drops.flush()
         return None
 
     async def _notice_sleep(self) -> None:
