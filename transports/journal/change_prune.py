@@ -32,7 +32,7 @@ from orderfsm.errors import JournalClosed, JournalError
 from orderfsm.journal.orders import advance, calls_on_settled
 from transports.journal.base import SqlStore
 from transports.journal.order_rows import in_dialect
-from transports.journal.readiness import missing_privileges
+from transports.journal.postgres_privileges import missing_privileges
 from transports.journal.sql_shared import PRUNE_CHUNK, in_chunks
 
 logger = logging.getLogger("orderfsm.journal")

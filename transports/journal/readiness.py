@@ -26,10 +26,11 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from orderfsm.errors import JournalUnavailable
+from transports.journal.postgres_privileges import missing_privileges
 from transports.journal.sqlite_connections import begin_immediate, is_busy, unavailable
 
 FREE_SPACE_FLOOR = 4 * 1024 * 1024
@@ -75,21 +76,6 @@ that reads its ``tracking``).  Asked only of a user that records orders
 POSTGRES_NOTIFY = "pg_notify(text, text)"
 """The function the same write announces the change with: PUBLIC may run it unless a
 DBA took that back, and then the write fails as a privilege missing on a table would."""
-
-
-def missing_privileges(tables: Mapping[str, Sequence[str]], functions: Sequence[str] = ()) -> str:
-    """SQL: the privileges of ``tables`` and ``functions`` this role lacks, as one text
-    (empty when none is)."""
-    checks = [
-        (f"has_table_privilege('{table}', '{privilege}')", f"{privilege} on {table}")
-        for table, privileges in tables.items()
-        for privilege in privileges
-    ] + [(f"has_function_privilege('{f}', 'EXECUTE')", f"EXECUTE on {f}") for f in functions]
-    return (
-        "concat_ws(', '"
-        + "".join(f", CASE WHEN NOT {check} THEN '{named}' END" for check, named in checks)
-        + ")"
-    )
 
 
 POSTGRES_READY = (
