@@ -30,11 +30,13 @@ from orderfsm.core import GOALS, Verdict, verdict
 from orderfsm.errors import JournalUnavailable, WebhookError
 from orderfsm.journal.orders import (
     LET_GO,
+    ChangeRow,
     OrderRow,
     adoptable,
     advance,
     leased,
     let_go,
+    mark_for_goal,
     may_lease,
     settled_call,
     settled_key,
@@ -155,6 +157,66 @@ async def test_the_sql_names_each_call_as_the_pure_decision_does(
         marks = {i: await SettledLog(log).mark(i) for i in ids}
     recorded = [marks[i] == (rows[i].version, rows[i].until) for i in ids]
     assert recorded == [True] * len(cases) + [False] * len(cases)
+
+
+def histories(length: int) -> list[list[Status]]:
+    """Every sequence of up to ``length`` statuses the journal may hold for one order."""
+    found, ends = [], [[]]
+    for _ in range(length):
+        ends = [[*h, s] for h in ends for s in Status if advance(h[-1] if h else None, s)]
+        found += ends
+    return found
+
+
+@on_databases
+async def test_a_goal_raised_moves_the_mark_as_the_pure_decision_does(
+    backend: str, tmp_path: Path
+) -> None:
+    """Any history an order may have, any of its calls answered, its mark judged for
+    ``paid``; a track raises its goal to ``done``: the SQL's mark is the one
+    :func:`mark_for_goal` gives (back before the ``done`` goal's first call owed with
+    none made after it), and where it was for a track keeping the goal."""
+    url = url_for(backend, tmp_path)
+    names = [P, D, C]
+    cases = [
+        (heard, {n for n, keep in zip(names, answered, strict=True) if keep})
+        for heard in histories(4)
+        for answered in itertools.product([False, True], repeat=len(names))
+    ]
+    ids = range(1, len(cases) + 1)
+    async with open_journal(url) as journal:
+        log = OrderLog(journal)
+        await log.track_many([(i, P, None) for i in ids])
+        await log.record([note(i, s) for i, (heard, _) in enumerate(cases, 1) for s in heard])
+        db = connect(url)
+        try:
+            for i, (_, answered) in enumerate(cases, 1):
+                for name in answered:
+                    db.execute(
+                        "INSERT INTO orderfsm_claims (key, attempt, state, owner, lease_until,"
+                        f" claimed_at) VALUES ('{settled_key(i, name)}', 1, 'answered', 'x', 0, 0)"
+                    )
+        finally:
+            db.close()
+        settled = SettledLog(log)
+        for i in ids:
+            await settled.tell(i)
+        before = {i: await settled.mark(i) for i in ids}
+        await log.track_many([(i, P, None) for i in ids])
+        kept = {i: await settled.mark(i) for i in ids}
+        await log.track_many([(i, D, None) for i in ids])
+        raised = {i: await settled.mark(i) for i in ids}
+    assert kept == before
+    expected = {}
+    for i, (heard, answered) in enumerate(cases, 1):
+        told, goal = before[i] or (0, P)
+        assert goal is P
+        changes = [
+            ChangeRow(i, v, s, heard[v - 2] if v > 1 else None, "test", 0.0)
+            for v, s in enumerate(heard, start=1)
+        ]
+        expected[i] = (mark_for_goal(told, changes, D, answered), D)
+    assert raised == expected
 
 
 @on_databases

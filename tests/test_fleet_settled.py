@@ -314,6 +314,42 @@ async def test_done_heard_first_for_the_goal_paid_leaves_the_goal_done_its_own_c
 
 
 @on_databases
+@pytest.mark.parametrize("refunded", ["after", "before"])
+async def test_an_order_settled_for_paid_then_tracked_until_done_gets_the_done_call(
+    backend: str, tmp_path: Path, refunded: str
+) -> None:
+    """A fleet mixing goals: A grants on payment and hears paid, then done, from the
+    journal; A's call made, its order's mark passes the delivery (no call for ``paid``).
+    Then B tracks the order until ``done``: the delivery's call is owed to B's goal, and
+    made once, by B (a live call heard from the journal) or a sweep; A's calls are not
+    made again, nor is the refund's, one call for both goals.  Refunded before B tracks,
+    B's grant would come after the order's refund, never revoked: none is made.
+    (With the mark judged for ``paid`` read for ``done``, B's grant was never made.)"""
+    url = url_for(backend, tmp_path)
+    calls: list[Settled] = []
+    async with journal_only(url, calls) as a:
+        a.track(12)
+        await eventually(lambda: tracked(url, 12), timeout=30)
+        await record(url, (12, P), (12, D), *([(12, C)] if refunded == "before" else []))
+        await eventually(lambda: len(calls) >= (2 if refunded == "before" else 1), timeout=30)
+        await sweeps_after(a)
+        async with journal_only(url, calls, until="done") as b:
+            b.track(12)
+            await eventually(lambda: b.status(12) is (C if refunded == "before" else D))
+            if refunded == "after":
+                await eventually(lambda: len(calls) >= 2, timeout=30)  # no fix: never
+                await record(url, (12, C))
+                await eventually(lambda: len(calls) >= 3, timeout=30)
+            await sweeps_after(a)
+            await sweeps_after(b)
+    # The refund's call: from whichever instance claims it first, for its goal.
+    made = [(e.succeeded and e.until.value, e.status.value, e.later) for e in calls]
+    paid, done, refund = ("paid", "paid", False), ("done", "done", False), (False, "canceled", True)
+    assert made == ([paid, done, refund] if refunded == "after" else [paid, refund])
+    assert told(url, 12) == (3, 3)
+
+
+@on_databases
 async def test_a_call_is_not_made_again_once_retention_pruned_its_claim(
     backend: str, tmp_path: Path
 ) -> None:

@@ -21,7 +21,7 @@ leases are shared by hosts).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import attrs
 
@@ -187,6 +187,32 @@ def told_for_good(version: int, told: int, row_goal: Status, goal: Status) -> bo
     claims decide, as for a change not read from the journal).
     """
     return version <= told and row_goal is goal
+
+
+def mark_for_goal(
+    told: int, changes: Sequence[ChangeRow], goal: Status, answered: Collection[Status]
+) -> int:
+    """The order's ``settled_told`` once its row's goal becomes ``goal`` (a track asking
+    a stricter one); ``changes``: the order's, in the journal; ``answered``: the names
+    (:func:`settled_name`) of its calls whose claims are answered.
+
+    The mark was judged for the old goal, and says nothing of the new goal's calls: a
+    mark moved past a delivery by a ``paid`` instance (whose goal calls nothing there)
+    hid the ``done`` goal's call of it for ever (a grant never made).  It goes back to
+    just before the new goal's first call not made, but never to one before a call
+    made already (in a fleet mixing goals a refund's call, ``canceled``, is one for
+    both goals): a grant told after its order's refund would never be revoked.  Only
+    ever back: what it passes again is judged by its claims, answered within the
+    retention, so nothing already made is made again."""
+    owed: list[int] = []
+    for change in changes:
+        if settled_call(change.previous, change.status, goal) is None:
+            continue
+        if settled_name(change.status, goal) in answered:
+            owed = []
+        else:
+            owed.append(change.version)
+    return min(told, owed[0] - 1) if owed else told
 
 
 def settled_name(status: Status, until: Status) -> Status:

@@ -32,6 +32,7 @@ from transports.journal.order_rows import (
     order_from_row,
     settled_statuses,
 )
+from transports.journal.settled_sql import mark_for_goal
 
 CHANNEL = "orderfsm_orders"
 """The PostgreSQL notification channel's prefix; the database schema's name follows,
@@ -93,6 +94,11 @@ def track(
     the first track's is taken, or an instance granting on ``paid`` would have
     its order judged by the placeholder ``done`` and its ``on_settled`` call
     never made (a review found it).
+    A goal raised pulls the row's ``settled_told`` back to where the new goal's
+    calls are owed (:func:`~transports.journal.settled_sql.mark_for_goal`): the
+    mark judged for ``paid`` had passed the delivery, which calls nothing there,
+    and hid the ``done`` goal's call of it for ever (a review found it).  The goal
+    changes only to the one given, so that is the goal the mark is judged for.
     """
     db.execute(
         in_dialect(
@@ -109,9 +115,11 @@ def track(
             dialect,
             f"UPDATE orderfsm_orders SET until = {_GOAL}, user_id = coalesce(%s, user_id),"
             f" tracking = (status IS NULL OR (status, {_GOAL}) NOT IN ({SETTLING})),"
+            f" settled_told = CASE WHEN until = {_GOAL} THEN settled_told"
+            f" ELSE {mark_for_goal(dialect, until)} END,"
             f" tracked_at = %s, updated_at = %s WHERE order_id = %s",
         ),
-        (until.value, until.value, user_id, until.value, until.value, now, now, order_id),
+        (until.value,) * 2 + (user_id,) + (until.value,) * 4 + (now, now, order_id),
     )
     row = db.execute(
         in_dialect(dialect, f"SELECT {ORDER_COLUMNS} FROM orderfsm_orders WHERE order_id = %s"),

@@ -11,7 +11,9 @@ never judged owed again (review bug 8): not by the sweep, nor by an instance
 that tracks the order again and reads its past from the journal (:func:`mark`);
 and the sweep needs no time window (bug 9).  The mark moves only over calls
 recorded in order, so a delivery whose call was lost is still owed after its
-refund's call (bug 1).  The changes past the mark that may call are kept by
+refund's call (bug 1).  The mark is judged for the row's goal; a track that
+raises the goal pulls it back to where the new goal's calls are owed
+(:func:`mark_for_goal`).  The changes past the mark that may call are kept by
 the retention whatever their age (:mod:`~transports.journal.change_prune`):
 the sweep reads them.
 
@@ -174,6 +176,30 @@ def tell(db: Any, dialect: str, order_ids: Sequence[int]) -> None:
             f" AND (settled_told < version OR {LAPSE_OWING})",
         ),
         tuple(sorted(order_ids)),
+    )
+
+
+def mark_for_goal(dialect: str, goal: Status, o: str = "orderfsm_orders") -> str:
+    """SQL of the row ``o``'s ``settled_told`` once its goal becomes ``goal``, for a track
+    that raises it (:func:`~orderfsm.journal.orders.mark_for_goal`, the decision): back
+    to just before the new goal's first calling change with no call made at or after
+    it, else where it is."""
+    g = f"'{goal.value}'"
+
+    def calling(c: str) -> str:
+        return f"({c}.status, coalesce({c}.previous, ''), {g}) IN ({_CALLING})"
+
+    made_since = (
+        f"EXISTS (SELECT 1 FROM orderfsm_changes m JOIN orderfsm_claims k"
+        f" ON k.key = {_key(dialect, 'm.order_id', _named('m.status', g))}"
+        f" WHERE m.order_id = c.order_id AND m.version >= c.version AND {calling('m')}"
+        f" AND k.state = 'answered')"
+    )
+    least = "least" if dialect == "postgresql" else "min"
+    return (
+        f"{least}({o}.settled_told, coalesce((SELECT min(c.version) - 1"
+        f" FROM orderfsm_changes c WHERE c.order_id = {o}.order_id AND {calling('c')}"
+        f" AND NOT {made_since}), {o}.settled_told))"
     )
 
 
