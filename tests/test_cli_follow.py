@@ -13,12 +13,12 @@ from typing import Any
 
 import anyio
 import pytest
+from support_tracker import emulator_tracker
 
 from orderfsm.cli.failures import CommandError, describe
 from orderfsm.cli.follow import Misconfiguration, follow
 from orderfsm.cli.interrupts import unless_interrupted
 from orderfsm.cli.timeline import Timeline
-from orderfsm.supervisor.tracker import Tracker
 from transports.emulator import Emulator
 
 pytestmark = pytest.mark.anyio
@@ -34,13 +34,7 @@ async def follow_one(
     async with Emulator(seed=7) as emu:
         user = await emu.create_user()
         order_id = await emu.create_order(user)
-        async with Tracker(
-            project_id=emu.project_id,
-            token=user.token,
-            user_id=user.external_id,
-            ws_url=emu.ws_url,
-            api_url=emu.api_url,
-        ) as tracker:
+        async with emulator_tracker(emu, user) as tracker:
             view = Timeline(as_json=True, orders=[order_id], out=out)
 
             async def work() -> int:
