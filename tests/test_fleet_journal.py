@@ -173,24 +173,27 @@ async def test_a_goal_raised_moves_the_mark_as_the_pure_decision_does(
     backend: str, tmp_path: Path
 ) -> None:
     """Any history an order may have, any of its calls answered, its mark judged for
-    ``paid``; a track raises its goal to ``done``: the SQL's mark is the one
-    :func:`mark_for_goal` gives (back before the ``done`` goal's first call owed with
-    none made after it), and where it was for a track keeping the goal."""
+    ``paid``, its claims then pruned by the retention or not; a track raises its goal
+    to ``done``: the SQL's mark is the one :func:`mark_for_goal` gives (back before
+    the ``done`` goal's first call owed with none made after it, a refund the old mark
+    passed counting as made without its claim), and where it was for a track keeping
+    the goal."""
     url = url_for(backend, tmp_path)
     names = [P, D, C]
     cases = [
-        (heard, {n for n, keep in zip(names, answered, strict=True) if keep})
+        (heard, {n for n, keep in zip(names, answered, strict=True) if keep}, pruned)
         for heard in histories(4)
         for answered in itertools.product([False, True], repeat=len(names))
+        for pruned in (False, True)
     ]
     ids = range(1, len(cases) + 1)
     async with open_journal(url) as journal:
         log = OrderLog(journal)
         await log.track_many([(i, P, None) for i in ids])
-        await log.record([note(i, s) for i, (heard, _) in enumerate(cases, 1) for s in heard])
+        await log.record([note(i, s) for i, (heard, _, _) in enumerate(cases, 1) for s in heard])
         db = connect(url)
         try:
-            for i, (_, answered) in enumerate(cases, 1):
+            for i, (_, answered, _) in enumerate(cases, 1):
                 for name in answered:
                     db.execute(
                         "INSERT INTO orderfsm_claims (key, attempt, state, owner, lease_until,"
@@ -202,20 +205,28 @@ async def test_a_goal_raised_moves_the_mark_as_the_pure_decision_does(
         for i in ids:
             await settled.tell(i)
         before = {i: await settled.mark(i) for i in ids}
+        db = connect(url)
+        try:
+            for i, (_, _, pruned) in enumerate(cases, 1):
+                if pruned:  # as the retention does, after the calls were told
+                    db.execute(f"DELETE FROM orderfsm_claims WHERE key LIKE 'settled:{i}:%'")
+        finally:
+            db.close()
         await log.track_many([(i, P, None) for i in ids])
         kept = {i: await settled.mark(i) for i in ids}
         await log.track_many([(i, D, None) for i in ids])
         raised = {i: await settled.mark(i) for i in ids}
     assert kept == before
     expected = {}
-    for i, (heard, answered) in enumerate(cases, 1):
+    for i, (heard, answered, pruned) in enumerate(cases, 1):
         told, goal = before[i] or (0, P)
         assert goal is P
         changes = [
             ChangeRow(i, v, s, heard[v - 2] if v > 1 else None, "test", 0.0)
             for v, s in enumerate(heard, start=1)
         ]
-        expected[i] = (mark_for_goal(told, changes, D, answered), D)
+        made = set() if pruned else answered
+        expected[i] = (mark_for_goal(told, changes, D, made, P), D)
     assert raised == expected
 
 

@@ -350,6 +350,42 @@ async def test_an_order_settled_for_paid_then_tracked_until_done_gets_the_done_c
 
 
 @on_databases
+async def test_a_goal_raised_past_the_retention_repeats_no_refund(
+    backend: str, tmp_path: Path
+) -> None:
+    """A (``until="paid"``) made an order's payment and refund calls; the retention then
+    pruned their claims.  B tracks the order until ``done``: the track raises the
+    row's goal and pulls its mark back to the ``done`` goal's first call owed, but a
+    refund the old mark passed was made, claim or not (one call for both goals): B
+    makes no call.  (Judged by the claims alone, the refund was called again, and the
+    delivery granted on an order refunded long ago; a review found it.)"""
+    url = url_for(backend, tmp_path)
+    calls: list[Settled] = []
+    async with journal_only(url, calls) as a:
+        a.track(12)
+        await eventually(lambda: tracked(url, 12), timeout=30)
+        await record(url, (12, P), (12, D), (12, C))
+        await eventually(lambda: len(calls) >= 2, timeout=30)
+        await sweeps_after(a)
+    db = connect(url)
+    try:
+        db.execute("DELETE FROM orderfsm_claims")  # as the retention does
+    finally:
+        db.close()
+    made = len(calls)
+    async with journal_only(url, calls, until="done") as b:
+        b.track(12)
+        await eventually(lambda: b.status(12) is C, timeout=30)
+        await sweeps_after(b)
+    assert [(e.status.value, e.later) for e in calls[:made]] == [
+        ("paid", False),
+        ("canceled", True),
+    ]
+    assert calls[made:] == []
+    assert told(url, 12) == (3, 3)
+
+
+@on_databases
 async def test_a_call_is_not_made_again_once_retention_pruned_its_claim(
     backend: str, tmp_path: Path
 ) -> None:

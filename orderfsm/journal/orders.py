@@ -190,25 +190,38 @@ def told_for_good(version: int, told: int, row_goal: Status, goal: Status) -> bo
 
 
 def mark_for_goal(
-    told: int, changes: Sequence[ChangeRow], goal: Status, answered: Collection[Status]
+    told: int,
+    changes: Sequence[ChangeRow],
+    goal: Status,
+    made: Collection[Status],
+    was: Status,
 ) -> int:
     """The order's ``settled_told`` once its row's goal becomes ``goal`` (a track asking
-    a stricter one); ``changes``: the order's, in the journal; ``answered``: the names
-    (:func:`settled_name`) of its calls whose claims are answered.
+    a stricter one than ``was``, the goal the mark was judged for); ``changes``: the
+    order's, in the journal; ``made``: the names (:func:`settled_name`) of its calls
+    whose claims are answered or being made (not released).
 
     The mark was judged for the old goal, and says nothing of the new goal's calls: a
     mark moved past a delivery by a ``paid`` instance (whose goal calls nothing there)
     hid the ``done`` goal's call of it for ever (a grant never made).  It goes back to
     just before the new goal's first call not made, but never to one before a call
     made already (in a fleet mixing goals a refund's call, ``canceled``, is one for
-    both goals): a grant told after its order's refund would never be revoked.  Only
-    ever back: what it passes again is judged by its claims, answered within the
-    retention, so nothing already made is made again."""
+    both goals): a grant told after its order's refund would never be revoked.  A call
+    is made when its claim says so, or when the old mark passed it and the old goal
+    made the same call (the same name): the retention prunes claims, never the mark,
+    and a refund called months ago would otherwise be owed again (a review found it).
+    Only ever back: what it passes again is judged by its claims."""
     owed: list[int] = []
     for change in changes:
         if settled_call(change.previous, change.status, goal) is None:
             continue
-        if settled_name(change.status, goal) in answered:
+        name = settled_name(change.status, goal)
+        told_before = (
+            change.version <= told
+            and settled_call(change.previous, change.status, was) is not None
+            and settled_name(change.status, was) is name
+        )
+        if name in made or told_before:
             owed = []
         else:
             owed.append(change.version)

@@ -183,17 +183,23 @@ def mark_for_goal(dialect: str, goal: Status, o: str = "orderfsm_orders") -> str
     """SQL of the row ``o``'s ``settled_told`` once its goal becomes ``goal``, for a track
     that raises it (:func:`~orderfsm.journal.orders.mark_for_goal`, the decision): back
     to just before the new goal's first calling change with no call made at or after
-    it, else where it is."""
+    it, else where it is.  ``o``'s columns are the row's before the update (its old
+    goal and mark), as both databases read them in an ``UPDATE``'s ``SET``."""
     g = f"'{goal.value}'"
 
     def calling(c: str) -> str:
         return f"({c}.status, coalesce({c}.previous, ''), {g}) IN ({_CALLING})"
 
+    # Made: its claim answered or being made, or the old mark past it with the old
+    # goal's call of the same name (the retention prunes claims, never the mark).
+    was = f"{o}.until"
     made_since = (
-        f"EXISTS (SELECT 1 FROM orderfsm_changes m JOIN orderfsm_claims k"
+        f"EXISTS (SELECT 1 FROM orderfsm_changes m LEFT JOIN orderfsm_claims k"
         f" ON k.key = {_key(dialect, 'm.order_id', _named('m.status', g))}"
         f" WHERE m.order_id = c.order_id AND m.version >= c.version AND {calling('m')}"
-        f" AND k.state = 'answered')"
+        f" AND (k.state <> 'released' OR (m.version <= {o}.settled_told"
+        f" AND (m.status, coalesce(m.previous, ''), {was}) IN ({_CALLING})"
+        f" AND {_named('m.status', was)} = {_named('m.status', g)})))"
     )
     least = "least" if dialect == "postgresql" else "min"
     return (
