@@ -172,18 +172,20 @@ def histories(length: int) -> list[list[Status]]:
 async def test_a_goal_raised_moves_the_mark_as_the_pure_decision_does(
     backend: str, tmp_path: Path
 ) -> None:
-    """Any history an order may have, any of its calls answered, its mark judged for
-    ``paid``, its claims then pruned by the retention or not; a track raises its goal
+    """Any history an order may have, each of its calls' claims absent, answered, being
+    made or released, its mark judged for ``paid``, its claims then pruned by the
+    retention or not; a track raises its goal
     to ``done``: the SQL's mark is the one :func:`mark_for_goal` gives (back before
     the ``done`` goal's first call owed with none made after it, a refund the old mark
     passed counting as made without its claim), and where it was for a track keeping
     the goal."""
     url = url_for(backend, tmp_path)
     names = [P, D, C]
+    states = (None, "answered", "running", "released")  # of each call's claim
     cases = [
-        (heard, {n for n, keep in zip(names, answered, strict=True) if keep}, pruned)
+        (heard, {n: st for n, st in zip(names, claims, strict=True) if st}, pruned)
         for heard in histories(4)
-        for answered in itertools.product([False, True], repeat=len(names))
+        for claims in itertools.product(states, repeat=len(names))
         for pruned in (False, True)
     ]
     ids = range(1, len(cases) + 1)
@@ -193,11 +195,11 @@ async def test_a_goal_raised_moves_the_mark_as_the_pure_decision_does(
         await log.record([note(i, s) for i, (heard, _, _) in enumerate(cases, 1) for s in heard])
         db = connect(url)
         try:
-            for i, (_, answered, _) in enumerate(cases, 1):
-                for name in answered:
+            for i, (_, claims, _) in enumerate(cases, 1):
+                for name, state in claims.items():
                     db.execute(
                         "INSERT INTO orderfsm_claims (key, attempt, state, owner, lease_until,"
-                        f" claimed_at) VALUES ('{settled_key(i, name)}', 1, 'answered', 'x', 0, 0)"
+                        f" claimed_at) VALUES ('{settled_key(i, name)}', 1, '{state}', 'x', 0, 0)"
                     )
         finally:
             db.close()
@@ -218,14 +220,14 @@ async def test_a_goal_raised_moves_the_mark_as_the_pure_decision_does(
         raised = {i: await settled.mark(i) for i in ids}
     assert kept == before
     expected = {}
-    for i, (heard, answered, pruned) in enumerate(cases, 1):
+    for i, (heard, claims, pruned) in enumerate(cases, 1):
         told, goal = before[i] or (0, P)
         assert goal is P
         changes = [
             ChangeRow(i, v, s, heard[v - 2] if v > 1 else None, "test", 0.0)
             for v, s in enumerate(heard, start=1)
         ]
-        made = set() if pruned else answered
+        made = set() if pruned else {n for n, st in claims.items() if st != "released"}
         expected[i] = (mark_for_goal(told, changes, D, made, P), D)
     assert raised == expected
 

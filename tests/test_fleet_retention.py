@@ -35,6 +35,7 @@ from orderfsm.journal.orders import (
     ChangeRow,
     advance,
     change_prunable,
+    mark_for_goal,
     settled_key,
     told_for_good,
 )
@@ -119,6 +120,21 @@ def test_a_call_the_retention_pruned_the_claim_of_is_known_made_by_its_orders_ma
     assert told_for_good(version=3, told=3, row_goal=P, goal=P)
     assert not told_for_good(version=4, told=3, row_goal=D, goal=D)
     assert not told_for_good(version=2, told=3, row_goal=D, goal=P)
+
+
+def test_a_goal_raised_owes_no_grant_before_a_refund_owed_or_made() -> None:
+    """Paid, done, refunded; the ``paid`` goal's calls: the payment's made, so its mark
+    passed the delivery.  Raised to ``done``: the delivery's call is owed only when no
+    refund comes after it, made or still being retried (its claim released between
+    tries): a grant made then might come after the refund, never revoked.  The refund
+    stays owed until made.  Made months ago, its claim pruned, the old mark says so."""
+    C = Status.CANCELED
+    history = [ChangeRow(1, 1, P, None, "t", 0.0), ChangeRow(1, 2, D, P, "t", 0.0)]
+    refunded = [*history, ChangeRow(1, 3, C, D, "t", 0.0)]
+    assert mark_for_goal(2, history, D, {P}, P) == 1  # the delivery's call owed
+    assert mark_for_goal(2, refunded, D, {P}, P) == 2  # the refund owed, no grant
+    assert mark_for_goal(2, refunded, D, {P, C}, P) == 2  # the refund made, no grant
+    assert mark_for_goal(3, refunded, D, set(), P) == 3  # made long ago, claims pruned
 
 
 ADVANCES = [(p, s) for p in (None, *Status) for s in Status if advance(p, s) is not None]

@@ -210,19 +210,24 @@ def mark_for_goal(
     is made when its claim says so, or when the old mark passed it and the old goal
     made the same call (the same name): the retention prunes claims, never the mark,
     and a refund called months ago would otherwise be owed again (a review found it).
-    Only ever back: what it passes again is judged by its claims."""
+    A refund not made yet is owed, and no grant before it is: the old goal's instance
+    is still making it (its claim released between tries), and a grant made meanwhile
+    might come after it.  Only ever back: what it passes again is judged by its
+    claims."""
     owed: list[int] = []
     for change in changes:
         if settled_call(change.previous, change.status, goal) is None:
             continue
         name = settled_name(change.status, goal)
-        told_before = (
-            change.version <= told
-            and settled_call(change.previous, change.status, was) is not None
+        shared = (  # the old goal's call too: a refund, one call for both goals
+            settled_call(change.previous, change.status, was) is not None
             and settled_name(change.status, was) is name
         )
+        told_before = shared and change.version <= told
         if name in made or told_before:
             owed = []
+        elif shared:
+            owed = [change.version]  # a refund owed: no grant is owed before it
         else:
             owed.append(change.version)
     return min(told, owed[0] - 1) if owed else told

@@ -190,16 +190,21 @@ def mark_for_goal(dialect: str, goal: Status, o: str = "orderfsm_orders") -> str
     def calling(c: str) -> str:
         return f"({c}.status, coalesce({c}.previous, ''), {g}) IN ({_CALLING})"
 
-    # Made: its claim answered or being made, or the old mark past it with the old
-    # goal's call of the same name (the retention prunes claims, never the mark).
+    # A change at or after c that clears c's debt: its call made (its claim answered
+    # or being made, or the old mark past it with the old goal's call of the same
+    # name: the retention prunes claims, never the mark), or a later such shared call
+    # (a refund) not made yet: no grant is owed before a refund owed.
     was = f"{o}.until"
+    shared = (
+        f"(m.status, coalesce(m.previous, ''), {was}) IN ({_CALLING})"
+        f" AND {_named('m.status', was)} = {_named('m.status', g)}"
+    )
     made_since = (
         f"EXISTS (SELECT 1 FROM orderfsm_changes m LEFT JOIN orderfsm_claims k"
         f" ON k.key = {_key(dialect, 'm.order_id', _named('m.status', g))}"
         f" WHERE m.order_id = c.order_id AND m.version >= c.version AND {calling('m')}"
-        f" AND (k.state <> 'released' OR (m.version <= {o}.settled_told"
-        f" AND (m.status, coalesce(m.previous, ''), {was}) IN ({_CALLING})"
-        f" AND {_named('m.status', was)} = {_named('m.status', g)})))"
+        f" AND (k.state <> 'released' OR ({shared}"
+        f" AND (m.version <= {o}.settled_told OR m.version > c.version))))"
     )
     least = "least" if dialect == "postgresql" else "min"
     return (
