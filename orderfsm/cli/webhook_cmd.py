@@ -71,9 +71,18 @@ def secret_of(args: argparse.Namespace) -> str:
 STORE_HELP = "the journal: a file path or sqlite:///path (one host), postgresql://... (a fleet)"
 
 
-def add_store_options(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+def add_store_argument(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
     memory = "" if required else "; default: memory (one process, forgotten on exit)"
     parser.add_argument("--store", metavar="URL", required=required, help=STORE_HELP + memory)
+
+
+def add_wait_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--wait`` (the journal's ``wait``), its help saying what it bounds for the verb."""
+    parser.add_argument("--wait", type=options.seconds, default=2.0, metavar="SECONDS", help=help)
+
+
+def add_store_options(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    add_store_argument(parser, required=required)
     parser.add_argument(
         "--lease",
         type=options.positive_seconds,
@@ -82,13 +91,7 @@ def add_store_options(parser: argparse.ArgumentParser, *, required: bool = False
         help="how long a claim's owner may work before another instance takes over "
         "(and how long webhook-server, stopped, waits for the deliveries in flight)",
     )
-    parser.add_argument(
-        "--wait",
-        type=options.seconds,
-        default=2.0,
-        metavar="SECONDS",
-        help="how long a duplicate waits for the first delivery's answer before 5xx",
-    )
+    add_wait_option(parser, "how long a duplicate waits for the first delivery's answer before 5xx")
     parser.add_argument(
         "--retention-days",
         type=options.positive_seconds,

@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 from orderfsm.cli import options
 from orderfsm.cli.failures import EXIT_ERROR, EXIT_OK
 from orderfsm.cli.webhook_cmd import (
-    STORE_HELP,
     StartupFailed,
     add_handler_options,
     add_record_orders_option,
     add_secret_options,
+    add_store_argument,
     add_store_options,
+    add_wait_option,
     open_receiver,
 )
 
@@ -90,13 +91,9 @@ REPLAY_EXIT_CODES = (
 def add_read_options(parser: argparse.ArgumentParser) -> None:
     """``list`` and ``show`` only read: a claim's lease and the retention mean nothing
     to them, so they are not offered (``replay`` writes, and takes both)."""
-    parser.add_argument("--store", metavar="URL", required=True, help=STORE_HELP)
-    parser.add_argument(
-        "--wait",
-        type=options.seconds,
-        default=2.0,
-        metavar="SECONDS",
-        help="how long a read may wait for the database (a connection, a lock) before failing",
+    add_store_argument(parser, required=True)
+    add_wait_option(
+        parser, "how long a read may wait for the database (a connection, a lock) before failing"
     )
 
 
