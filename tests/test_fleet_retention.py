@@ -33,6 +33,7 @@ from orderfsm import Status
 from orderfsm.journal import DAY, JournalSettings
 from orderfsm.journal.orders import (
     ChangeRow,
+    RowMark,
     advance,
     change_prunable,
     mark_for_goal,
@@ -48,7 +49,7 @@ from transports.journal.order_log import OrderLog
 from transports.journal.orders import Note
 from transports.journal.settled_log import SettledLog
 
-P, D, N, E = Status.PAID, Status.DONE, Status.NEW, Status.EXPIRED
+P, D, N, E, C = Status.PAID, Status.DONE, Status.NEW, Status.EXPIRED, Status.CANCELED
 RETENTION = JournalSettings().retention
 TESTS = Path(__file__).resolve().parent
 CODE = os.pathsep.join([str(TESTS), str(TESTS.parent)])
@@ -116,10 +117,38 @@ def test_a_call_the_retention_pruned_the_claim_of_is_known_made_by_its_orders_ma
     """The row's mark (never pruned) answers for a change read from the journal: made up
     to the mark, for the goal the mark was judged for; not past it, nor for another
     goal (a mark judged for ``done`` passes the payment, which calls only for ``paid``)."""
-    assert told_for_good(version=2, told=3, row_goal=D, goal=D)
-    assert told_for_good(version=3, told=3, row_goal=P, goal=P)
-    assert not told_for_good(version=4, told=3, row_goal=D, goal=D)
-    assert not told_for_good(version=2, told=3, row_goal=D, goal=P)
+    row = RowMark(told=3, goal=D, status=D)
+    assert told_for_good(row, D, D, version=2)
+    assert told_for_good(attrs.evolve(row, goal=P), P, P, version=3)
+    assert not told_for_good(row, C, D, version=4)
+    assert not told_for_good(row, P, P, version=2)
+
+
+def test_news_heard_from_xsolla_is_known_called_when_the_row_holds_it_told() -> None:
+    """News heard from Xsolla has no journal version: its call was made when the row holds
+    the news (its status, or one past it) and no change past the mark makes the same
+    call; never for a lapse (no change: the mark passes it called or not), nor news the
+    row does not hold (its write refused), nor for another goal."""
+    delivered = RowMark(told=3, goal=D, status=D)
+    assert told_for_good(delivered, D, D, None)
+    assert not told_for_good(attrs.evolve(delivered, above=((D, P),)), D, D, None)  # owed
+    assert not told_for_good(delivered, D, P, None)  # another goal's call
+    assert not told_for_good(delivered, C, D, None)  # a refund the row does not hold
+    assert not told_for_good(attrs.evolve(delivered, status=P, told=2), D, D, None)  # same
+    # For the goal paid, paid and done are one settlement: done written past the mark
+    # calls nothing (the payment's call was made at or below it).
+    paid = RowMark(told=1, goal=P, status=D, above=((D, P),))
+    assert told_for_good(paid, D, P, None)
+    assert not told_for_good(attrs.evolve(paid, status=P, above=()), D, P, None)  # refused
+    assert not told_for_good(attrs.evolve(paid, goal=D), D, D, None)  # owed for done
+    # Done heard just before a refund already written: made, or never to be made after
+    # the refund; the refund itself still owed past the mark is another call.
+    refunded = RowMark(told=2, goal=D, status=C, above=((C, D),))
+    assert told_for_good(refunded, D, D, None)
+    assert not told_for_good(attrs.evolve(refunded, above=((D, P), (C, D)), told=1), D, D, None)
+    lapsed = RowMark(told=2, goal=D, status=E)
+    assert not told_for_good(lapsed, E, D, None)
+    assert not told_for_good(attrs.evolve(lapsed, status=None, told=0), D, D, None)
 
 
 def test_a_goal_raised_owes_no_grant_before_a_refund_owed_or_made() -> None:
@@ -128,7 +157,6 @@ def test_a_goal_raised_owes_no_grant_before_a_refund_owed_or_made() -> None:
     refund comes after it, made or still being retried (its claim released between
     tries): a grant made then might come after the refund, never revoked.  The refund
     stays owed until made.  Made months ago, its claim pruned, the old mark says so."""
-    C = Status.CANCELED
     history = [ChangeRow(1, 1, P, None, "t", 0.0), ChangeRow(1, 2, D, P, "t", 0.0)]
     refunded = [*history, ChangeRow(1, 3, C, D, "t", 0.0)]
     assert mark_for_goal(2, history, D, {P}, P) == 1  # the delivery's call owed

@@ -386,6 +386,50 @@ async def test_a_goal_raised_past_the_retention_repeats_no_refund(
 
 
 @on_databases
+@pytest.mark.parametrize("goal", [P, D])
+@pytest.mark.parametrize("past", ["paid", "delivered", "refunded"])
+async def test_an_order_tracked_again_past_the_retention_and_heard_from_xsolla_first(
+    backend: str, tmp_path: Path, goal: Status, past: str
+) -> None:
+    """A made an order's calls (paid, delivered, or delivered and refunded); the retention
+    then pruned their claims.  Months later B tracks the order again and hears ``done``
+    from Xsolla (a Get order, the socket) before it reads the order's past in the
+    journal.  No call is made again: the order's row says each was.  The one call owed
+    is made, once: the delivery's for the goal ``done`` of an order A saw only paid.
+    And none after a refund the journal holds: its grant would never be revoked.
+    (Judged by the claims alone, as news not read from the journal was, the grant was
+    made a second time; a review found the goal ``paid`` delivered only now, and
+    ``done`` heard just before its refund, still made again.)"""
+    url = url_for(backend, tmp_path)
+    calls: list[Settled] = []
+    history = {"paid": [P], "delivered": [P, D], "refunded": [P, D, C]}[past]
+    async with journal_only(url, calls, until=goal.value) as a:
+        a.track(12)
+        await eventually(lambda: tracked(url, 12, goal), timeout=30)
+        await record(url, *[(12, s) for s in history])
+        await eventually(lambda: len(calls) >= (1 if goal is P or past != "paid" else 0))
+        await eventually(lambda: len(calls) >= (2 if past == "refunded" else 0))
+        await sweeps_after(a)
+    if calls:
+        assert told(url, 12)[0] == told(url, 12)[1]  # every call recorded in the row
+    made = len(calls)
+    db = connect(url)
+    try:
+        db.execute("DELETE FROM orderfsm_claims")  # as the retention does
+    finally:
+        db.close()
+    heard = anyio.Event()
+    heard.set()  # at once: before B's first read of the journal
+    async with journal_only(url, calls, until=goal.value, **xsolla_says(D, heard)) as b:
+        b.track(12)
+        result = await b.wait(12)
+        await sweeps_after(b)
+    assert (result.status, result.source) == (D, "events")  # Xsolla's news first, as staged
+    owed = [(D, True, False)] if (goal, past) == (D, "paid") else []
+    assert [(e.status, e.succeeded, e.later) for e in calls[made:]] == owed
+
+
+@on_databases
 async def test_a_call_is_not_made_again_once_retention_pruned_its_claim(
     backend: str, tmp_path: Path
 ) -> None:

@@ -25,7 +25,16 @@ from collections.abc import Collection, Sequence
 
 import attrs
 
-from orderfsm.core import GOALS, Advanced, Observation, Status, Verdict, apply, verdict
+from orderfsm.core import (
+    GOALS,
+    LAPSED_STATUSES,
+    Advanced,
+    Observation,
+    Status,
+    Verdict,
+    apply,
+    verdict,
+)
 
 SLOT_PREFIX = "sqlite-slot-"
 """The names of the SQLite file's slots (:mod:`transports.journal.instance`): never a
@@ -173,20 +182,57 @@ def settled_call(
     return answer is Verdict.SUCCEEDED, before.settled
 
 
-def told_for_good(version: int, told: int, row_goal: Status, goal: Status) -> bool:
-    """Was the ``on_settled`` call for the order's change ``version`` (as read from the
-    journal) recorded, by the order's row?  ``told``: the row's ``settled_told``;
-    ``row_goal``: the goal it was judged for.
+@attrs.frozen
+class RowMark:
+    """What an order's row says of its ``on_settled`` calls: the record that outlives the
+    retention (the calls' claims go after it, and with them their only other trace)."""
 
-    The row is the record that outlives the retention: the call's claim goes after
-    it, and with it the only other trace of the call.  Yes when the mark is at or
-    past the change, for the same goal: every call up to it was made (or the change
-    called nothing; a hole left by the retention settles, for an instance that
-    tracks the order again, on a change that was told).  Never for another goal: a
-    mark judged for ``done`` says nothing of the calls a ``paid`` goal makes (their
-    claims decide, as for a change not read from the journal).
+    told: int
+    """``settled_told``: every call of the order's changes up to this version is recorded."""
+    goal: Status
+    """The goal ``told`` was judged for (the strictest asked)."""
+    status: Status | None
+    """The order's status now: whether the row holds news heard elsewhere."""
+    above: tuple[tuple[Status, Status | None], ...] = ()
+    """The order's changes past ``told`` (status, the one before), oldest first: the
+    calls that may be owed (the retention never prunes them)."""
+
+
+def told_for_good(mark: RowMark, status: Status, goal: Status, version: int | None) -> bool:
+    """Was the ``on_settled`` call that ``status`` makes for ``goal`` recorded, by the
+    order's row?  ``version``: the change's, read from the journal; ``None`` for news
+    heard from Xsolla (a Get order, the socket).  (Judged by its claim alone, pruned
+    by the retention, the grant of an order tracked again months later and heard
+    from Xsolla first was made a second time.)
+
+    Read from the journal: yes when the mark is at or past the change, for the
+    same goal: every call up to it was made (or the change called nothing; a hole
+    left by the retention settles, for an instance that tracks the order again, on
+    a change that was told).  Never for another goal: a mark judged for ``done``
+    says nothing of the calls a ``paid`` goal makes (their claims decide).
+
+    Heard from Xsolla (judged once the news is written): yes when the row holds the
+    news (its status is it, or past it) and no change past the mark makes the same
+    call (:func:`settled_name`).  The call was then made at or below the mark, or
+    its change is not in the journal at all, the row having moved past it: ``done``
+    heard just before a refund already written, whose grant would come after the
+    refund, never revoked.  Not when the row does not hold the news (its write was
+    refused, or failed): the claim decides.  Never for a lapse: it is not a change,
+    the mark passes it whether called or not (its claim decides).
     """
-    return version <= told and row_goal is goal
+    if mark.goal is not goal:
+        return False
+    if version is not None:
+        return version <= mark.told
+    if status in LAPSED_STATUSES or mark.status is None:
+        return False
+    if advance(mark.status, status) is not None:  # the row does not hold the news
+        return False
+    name = settled_name(status, goal)
+    return not any(
+        settled_call(previous, later, goal) is not None and settled_name(later, goal) is name
+        for later, previous in mark.above
+    )
 
 
 def mark_for_goal(

@@ -171,10 +171,11 @@ class CallsOnSettled:
         """Claim the event in the journal, run the handler, record it; retried until
         it is recorded here or elsewhere (a failed handler, an outage, a busy owner).
 
-        An event from a change read from the journal (``version``) is first looked up
-        in the order's row: a call recorded there is not made again, though the
-        retention has pruned its claim (an order tracked again months after it
-        settled: its claim gone, the claim alone would let the handler run twice)."""
+        An event is first looked up in the order's row (its change's ``version`` when
+        read from the journal, else the row's status stands for it): a call recorded
+        there is not made again, though the retention has pruned its claim (an order
+        tracked again months after it settled: its claim gone, the claim alone would
+        let the handler run twice)."""
         from transports.journal import NewDelivery
 
         body = json.dumps(attrs.asdict(event), default=str).encode()
@@ -186,12 +187,13 @@ class CallsOnSettled:
         # A lapse this instance judged: its debt (claim and flag) is written before
         # its call, not only by the write queue, or dying in the call would lose it.
         owing = event.status in LAPSED_STATUSES and event.order_id in self._lapsed_calls
+        judged = False
         while True:
             try:
-                if version is not None:
+                if not judged:  # once: after that the claim decides, retries and all
                     if await self._told_for_good(event, version):
                         return
-                    version = None  # not yet: the claim decides, retries and all
+                    judged = True
                 if owing:
                     await self.settled_log.owe_lapses([event.order_id])
                     owing = False
@@ -210,9 +212,9 @@ class CallsOnSettled:
             await anyio.sleep(delay)
             delay = min(2 * delay, SETTLED_RETRY_MAX)
 
-    async def _told_for_good(self, event: Settled, version: int) -> bool:
+    async def _told_for_good(self, event: Settled, version: int | None) -> bool:
         mark = await self.settled_log.mark(event.order_id)
-        return mark is not None and told_for_good(version, *mark, event.until)
+        return mark is not None and told_for_good(mark, event.status, event.until, version)
 
     async def _tell(self, order_id: int) -> None:
         """Mark the order's calls made so far in its row, which outlives the claims; if

@@ -8,7 +8,7 @@ import functools
 import time
 from typing import cast
 
-from orderfsm.core import Status
+from orderfsm.journal.orders import RowMark
 from transports.journal import settled_sql as sql
 from transports.journal.base import SqlStore
 from transports.journal.order_log import OrderLog
@@ -30,8 +30,8 @@ class SettledLog:
         work = functools.partial(sql.owed, dialect=self.dialect, after=after, limit=limit)
         return await self.journal._call(self._store.write, work, self._deadline())
 
-    async def mark(self, order_id: int) -> tuple[int, Status] | None:
-        """The order's row's mark and goal (see :func:`~transports.journal.settled_sql.mark`)."""
+    async def mark(self, order_id: int) -> RowMark | None:
+        """What the order's row says of its calls (:func:`~transports.journal.settled_sql.mark`)."""
         work = functools.partial(sql.mark, dialect=self.dialect, order_id=order_id)
         return await self.journal._call(self._store.read, work, self._deadline())
 

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orderfsm.core import GOALS, LAPSED_STATUSES, Status, verdict
-from orderfsm.journal.orders import advance, settled_call, settled_key, settled_name
+from orderfsm.journal.orders import RowMark, advance, settled_call, settled_key, settled_name
 from transports.journal.order_rows import SETTLING, in_dialect, marks
 
 _CALLING = ", ".join(
@@ -214,13 +214,29 @@ def mark_for_goal(dialect: str, goal: Status, o: str = "orderfsm_orders") -> str
     )
 
 
-def mark(db: Any, dialect: str, order_id: int) -> tuple[int, Status] | None:
-    """The order's ``settled_told`` and the goal it was judged for (``None``: no row)."""
-    row = db.execute(
-        in_dialect(dialect, "SELECT settled_told, until FROM orderfsm_orders WHERE order_id = %s"),
+def mark(db: Any, dialect: str, order_id: int) -> RowMark | None:
+    """What the order's row says of its calls (``None``: no row), with the changes past
+    its mark, read in one statement."""
+    rows = db.execute(
+        in_dialect(
+            dialect,
+            "SELECT o.settled_told, o.until, o.status, c.status, c.previous"
+            " FROM orderfsm_orders o LEFT JOIN orderfsm_changes c"
+            " ON c.order_id = o.order_id AND c.version > o.settled_told"
+            " WHERE o.order_id = %s ORDER BY c.version",
+        ),
         (order_id,),
-    ).fetchone()
-    return None if row is None else (int(row[0]), Status(row[1]))
+    ).fetchall()
+    if not rows:
+        return None
+    told, goal, status = rows[0][:3]
+    above = tuple(
+        (Status(s), None if before is None else Status(before))
+        for *_, s, before in rows
+        if s is not None
+    )
+    now = None if status is None else Status(status)
+    return RowMark(int(told), Status(goal), now, above)
 
 
 def owe_lapses(db: Any, dialect: str, order_ids: Sequence[int], owner: str, now: float) -> None:
