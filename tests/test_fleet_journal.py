@@ -165,6 +165,46 @@ async def test_the_sql_names_each_call_as_the_pure_decision_does(
     assert recorded == [True] * len(cases) + [False] * len(cases)
 
 
+@on_databases
+@pytest.mark.parametrize(
+    ("goal", "before", "news"),
+    [(D, [P, D], C), (P, [N, E], P), (D, [P], D)],
+    ids=["refund", "paid-after-lapse", "delivery"],
+)
+async def test_the_mark_never_passes_a_change_recorded_while_it_moves(
+    backend: str, tmp_path: Path, goal: Status, before: list[Status], news: Status
+) -> None:
+    """The order's calls so far are recorded, and its mark moves (``tell``) while another
+    transaction records its next change, holding the row's lock: the new change's call
+    is owed, and the mark stays before it.  (On PostgreSQL the waiting update read the
+    row as the change left it, its version, with subqueries from before the change:
+    the mark passed a refund, a payment after a lapse or a delivery, unmade, and
+    neither the sweep nor an instance reading the change made its call; a review found
+    it.)"""
+    url = url_for(backend, tmp_path)
+    async with open_journal(url) as journal:
+        log = OrderLog(journal)
+        await log.track(12, goal, None)
+        await log.record([note(12, s) for s in before])
+        for name, _ in calls_heard(before, goal):
+            record_answered(url, settled_key(12, name))
+        told_before = (await log.orders([12]))[12].version
+        writer = connect(url)
+        try:
+            writer.execute("BEGIN" if backend == "postgresql" else "BEGIN IMMEDIATE")
+            dialect = "postgresql" if backend == "postgresql" else "sqlite"
+            sql.record(writer, dialect, [note(12, news)], time.time())
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(SettledLog(log).tell, 12)  # waits for the writer's lock
+                await anyio.sleep(0.5)
+                writer.execute("COMMIT")
+        finally:
+            writer.close()
+        mark = await SettledLog(log).mark(12)
+    assert mark is not None
+    assert (mark.told, mark.status) == (told_before, news)  # the news's call still owed
+
+
 def histories(length: int) -> list[list[Status]]:
     """Every sequence of up to ``length`` statuses the journal may hold for one order."""
     found, ends = [], [[]]

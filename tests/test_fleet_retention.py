@@ -117,7 +117,7 @@ def test_a_call_the_retention_pruned_the_claim_of_is_known_made_by_its_orders_ma
     """The row's mark (never pruned) answers for a change read from the journal: made up
     to the mark, for the goal the mark was judged for; not past it, nor for another
     goal (a mark judged for ``done`` passes the payment, which calls only for ``paid``)."""
-    row = RowMark(told=3, goal=D, status=D)
+    row = RowMark(told=3, goal=D, status=D, version=3)
     assert told_for_good(row, D, D, version=2)
     assert told_for_good(attrs.evolve(row, goal=P), P, P, version=3)
     assert not told_for_good(row, C, D, version=4)
@@ -125,30 +125,38 @@ def test_a_call_the_retention_pruned_the_claim_of_is_known_made_by_its_orders_ma
 
 
 def test_news_heard_from_xsolla_is_known_called_when_the_row_holds_it_told() -> None:
-    """News heard from Xsolla has no journal version: its call was made when the row holds
-    the news (its status, or one past it) and no change past the mark makes the same
-    call; never for a lapse (no change: the mark passes it called or not), nor news the
-    row does not hold (its write refused), nor for another goal."""
-    delivered = RowMark(told=3, goal=D, status=D)
+    """News heard from Xsolla has no journal version.  Its call was made when the row
+    holds the news (its status, or one past it), no change past the mark makes the
+    same call, and the answer at the mark is the call's; or when the news never
+    reached the journal, past a refund already called (a grant after it would never
+    be revoked).  Not while that refund is owed (the grant, then the refund), nor for
+    news the row does not hold (its write refused), a lapse (no change: the mark
+    passes it called or not), another goal, or a row whose past the retention pruned
+    (nobody tracked it: the mark says nothing)."""
+    delivered = RowMark(told=2, goal=D, status=D, version=2)
     assert told_for_good(delivered, D, D, None)
-    assert not told_for_good(attrs.evolve(delivered, above=((D, P),)), D, D, None)  # owed
     assert not told_for_good(delivered, D, P, None)  # another goal's call
     assert not told_for_good(delivered, C, D, None)  # a refund the row does not hold
-    assert not told_for_good(attrs.evolve(delivered, status=P, told=2), D, D, None)  # same
+    assert not told_for_good(attrs.evolve(delivered, status=P, version=1, told=1), D, D, None)
+    owed = RowMark(told=1, goal=D, status=D, version=2, above=((2, D, P),))
+    assert not told_for_good(owed, D, D, None)
     # For the goal paid, paid and done are one settlement: done written past the mark
     # calls nothing (the payment's call was made at or below it).
-    paid = RowMark(told=1, goal=P, status=D, above=((D, P),))
+    paid = RowMark(told=1, goal=P, status=D, version=2, above=((2, D, P),))
     assert told_for_good(paid, D, P, None)
-    assert not told_for_good(attrs.evolve(paid, status=P, above=()), D, P, None)  # refused
-    assert not told_for_good(attrs.evolve(paid, goal=D), D, D, None)  # owed for done
-    # Done heard just before a refund already written: made, or never to be made after
-    # the refund; the refund itself still owed past the mark is another call.
-    refunded = RowMark(told=2, goal=D, status=C, above=((C, D),))
-    assert told_for_good(refunded, D, D, None)
-    assert not told_for_good(attrs.evolve(refunded, above=((D, P), (C, D)), told=1), D, D, None)
-    lapsed = RowMark(told=2, goal=D, status=E)
+    assert told_for_good(paid, P, P, None)
+    # Done heard just before a refund: made below the mark, or never in the journal.
+    after = RowMark(told=2, goal=D, status=C, version=3, above=((3, C, D),))
+    assert told_for_good(after, D, D, None)  # made at 2, the refund still owed
+    never = RowMark(told=2, goal=D, status=C, version=2)  # paid, refunded, both told
+    assert told_for_good(never, D, D, None)  # a grant now would follow the refund
+    owed_refund = RowMark(told=1, goal=D, status=C, version=2, above=((2, C, P),))
+    assert not told_for_good(owed_refund, D, D, None)  # the grant, then the refund
+    untracked = RowMark(told=0, goal=P, status=C, version=2, above=((2, C, P),))
+    assert not told_for_good(untracked, P, P, None)  # the payment's change pruned
+    lapsed = RowMark(told=2, goal=D, status=E, version=2)
     assert not told_for_good(lapsed, E, D, None)
-    assert not told_for_good(attrs.evolve(lapsed, status=None, told=0), D, D, None)
+    assert not told_for_good(attrs.evolve(lapsed, status=None, version=0, told=0), D, D, None)
 
 
 def test_a_goal_raised_owes_no_grant_before_a_refund_owed_or_made() -> None:

@@ -385,34 +385,46 @@ async def test_a_goal_raised_past_the_retention_repeats_no_refund(
     assert told(url, 12) == (3, 3)
 
 
+PASTS = {  # the journal's history, the calls A made of it (goal paid, goal done)
+    "paid": ([P], 1, 0),
+    "delivered": ([P, D], 1, 1),
+    "refunded": ([P, D, C], 2, 2),
+    "paid-refunded": ([P, C], 2, 1),
+    "untracked-refunded": ([P, C], 0, 0),  # webhooks only: A never tracked it
+}
+
+
 @on_databases
 @pytest.mark.parametrize("goal", [P, D])
-@pytest.mark.parametrize("past", ["paid", "delivered", "refunded"])
+@pytest.mark.parametrize("past", list(PASTS))
 async def test_an_order_tracked_again_past_the_retention_and_heard_from_xsolla_first(
     backend: str, tmp_path: Path, goal: Status, past: str
 ) -> None:
-    """A made an order's calls (paid, delivered, or delivered and refunded); the retention
-    then pruned their claims.  Months later B tracks the order again and hears ``done``
-    from Xsolla (a Get order, the socket) before it reads the order's past in the
-    journal.  No call is made again: the order's row says each was.  The one call owed
-    is made, once: the delivery's for the goal ``done`` of an order A saw only paid.
-    And none after a refund the journal holds: its grant would never be revoked.
-    (Judged by the claims alone, as news not read from the journal was, the grant was
-    made a second time; a review found the goal ``paid`` delivered only now, and
-    ``done`` heard just before its refund, still made again.)"""
+    """A made an order's calls; the retention then pruned their claims.  Months later B
+    tracks the order again and hears ``done`` from Xsolla (a Get order, the socket)
+    before it reads the order's past in the journal.  No call is made again: the
+    order's row says each was.  The calls owed are made, once: the delivery's for the
+    goal ``done`` of an order A saw only paid; for an order paid and refunded that
+    nobody tracked, the grant and then its refund, ``later``.  None after a refund
+    already called: that grant would never be revoked.  (Judged by the claims alone,
+    as news not read from the journal was, the grant was made a second time; reviews
+    found more: the goal ``paid`` delivered only now, ``done`` heard just before its
+    refund; and a refund's ``later`` with no grant made.)"""
     url = url_for(backend, tmp_path)
     calls: list[Settled] = []
-    history = {"paid": [P], "delivered": [P, D], "refunded": [P, D, C]}[past]
-    async with journal_only(url, calls, until=goal.value) as a:
-        a.track(12)
-        await eventually(lambda: tracked(url, 12, goal), timeout=30)
-        await record(url, *[(12, s) for s in history])
-        await eventually(lambda: len(calls) >= (1 if goal is P or past != "paid" else 0))
-        await eventually(lambda: len(calls) >= (2 if past == "refunded" else 0))
-        await sweeps_after(a)
-    if calls:
+    history, made_paid, made_done = PASTS[past]
+    made = made_paid if goal is P else made_done
+    if made:
+        async with journal_only(url, calls, until=goal.value) as a:
+            a.track(12)
+            await eventually(lambda: tracked(url, 12, goal), timeout=30)
+            await record(url, *[(12, s) for s in history])
+            await eventually(lambda: len(calls) >= made, timeout=30)
+            await sweeps_after(a)
         assert told(url, 12)[0] == told(url, 12)[1]  # every call recorded in the row
-    made = len(calls)
+    else:
+        await record(url, *[(12, s) for s in history])
+    assert len(calls) == made
     db = connect(url)
     try:
         db.execute("DELETE FROM orderfsm_claims")  # as the retention does
@@ -425,7 +437,9 @@ async def test_an_order_tracked_again_past_the_retention_and_heard_from_xsolla_f
         result = await b.wait(12)
         await sweeps_after(b)
     assert (result.status, result.source) == (D, "events")  # Xsolla's news first, as staged
-    owed = [(D, True, False)] if (goal, past) == (D, "paid") else []
+    owed = {"paid": [(D, True, False)] if goal is D else []}.get(past, [])
+    if past == "untracked-refunded":
+        owed = [(D, True, False), (C, False, True)]
     assert [(e.status, e.succeeded, e.later) for e in calls[made:]] == owed
 
 

@@ -192,10 +192,23 @@ class RowMark:
     goal: Status
     """The goal ``told`` was judged for (the strictest asked)."""
     status: Status | None
-    """The order's status now: whether the row holds news heard elsewhere."""
-    above: tuple[tuple[Status, Status | None], ...] = ()
-    """The order's changes past ``told`` (status, the one before), oldest first: the
-    calls that may be owed (the retention never prunes them)."""
+    """The order's status now, and its version."""
+    version: int
+    above: tuple[tuple[int, Status, Status | None], ...] = ()
+    """The order's changes past ``told`` (version, status, the one before), oldest
+    first: the calls that may be owed (the retention never prunes them from an order
+    someone tracks)."""
+
+    def knows_told(self) -> bool:
+        """Whether the journal still says the order's status at ``told`` (not when the
+        retention pruned changes of an order nobody tracked)."""
+        if self.above:
+            return self.above[0][0] == self.told + 1
+        return self.version == self.told
+
+    def at_told(self) -> Status | None:
+        """The order's status at ``told`` (see :meth:`knows_told`)."""
+        return self.above[0][2] if self.above else self.status
 
 
 def told_for_good(mark: RowMark, status: Status, goal: Status, version: int | None) -> bool:
@@ -211,14 +224,15 @@ def told_for_good(mark: RowMark, status: Status, goal: Status, version: int | No
     a change that was told).  Never for another goal: a mark judged for ``done``
     says nothing of the calls a ``paid`` goal makes (their claims decide).
 
-    Heard from Xsolla (judged once the news is written): yes when the row holds the
-    news (its status is it, or past it) and no change past the mark makes the same
-    call (:func:`settled_name`).  The call was then made at or below the mark, or
-    its change is not in the journal at all, the row having moved past it: ``done``
-    heard just before a refund already written, whose grant would come after the
-    refund, never revoked.  Not when the row does not hold the news (its write was
-    refused, or failed): the claim decides.  Never for a lapse: it is not a change,
-    the mark passes it whether called or not (its claim decides).
+    Heard from Xsolla (judged once the news is written), when the row holds the news
+    (its status is it, or past it) and no change past the mark makes the same call:
+    yes when the order's answer at the mark is the call's (the call was made at or
+    below it); and yes when the news never reached the journal, the row having moved
+    past it, and every call there is made: ``done`` heard just before a refund
+    already called, whose grant would come after it, never revoked.  While that
+    refund is owed, the claim decides: the grant, then the refund (``later``), as
+    for news the row does not hold (its write refused, or failed).  Never for a
+    lapse: it is not a change, the mark passes it whether called or not.
     """
     if mark.goal is not goal:
         return False
@@ -229,10 +243,16 @@ def told_for_good(mark: RowMark, status: Status, goal: Status, version: int | No
     if advance(mark.status, status) is not None:  # the row does not hold the news
         return False
     name = settled_name(status, goal)
-    return not any(
-        settled_call(previous, later, goal) is not None and settled_name(later, goal) is name
-        for later, previous in mark.above
-    )
+    calling = [
+        later
+        for _, later, previous in mark.above
+        if settled_call(previous, later, goal) is not None
+    ]
+    if any(settled_name(later, goal) is name for later in calling):
+        return False  # owed: the claim decides
+    if not mark.knows_told():
+        return False
+    return verdict(mark.at_told(), goal) is verdict(status, goal) or not calling
 
 
 def mark_for_goal(

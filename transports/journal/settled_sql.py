@@ -157,7 +157,13 @@ def tell(db: Any, dialect: str, order_ids: Sequence[int]) -> None:
     not answered (to its version when there is none), and set its lapse flag to whether
     its lapse's call is still owed.  Idempotent; never moves back over a call recorded
     (a mark is only ever the first gap, and a gap closes only when its claim is
-    answered).  The lapse is not a change: the mark passes it, its claim is the debt."""
+    answered).  The lapse is not a change: the mark passes it, its claim is the debt.
+
+    With no call owed the mark goes to the newest change the statement's snapshot
+    holds, not to the row's ``version``: on PostgreSQL an update that waited for the
+    row's lock (a change being recorded) reads the row as that change left it, but its
+    subqueries still see the snapshot taken before it, without the change, whose call
+    was then passed unmade (a review found it: a refund, a grant lost)."""
     if not order_ids:
         return
     o = "orderfsm_orders"
@@ -170,7 +176,9 @@ def tell(db: Any, dialect: str, order_ids: Sequence[int]) -> None:
             f" ON k.key = {_key(dialect, 'c.order_id', _named('c.status', f'{o}.until'))}"
             f" WHERE c.order_id = {o}.order_id AND c.version > {o}.settled_told"
             f" AND (c.status, coalesce(c.previous, ''), {o}.until) IN ({_CALLING})"
-            f" AND (k.state IS NULL OR k.state <> 'answered')), {o}.version),"
+            f" AND (k.state IS NULL OR k.state <> 'answered')),"
+            f" (SELECT max(c.version) FROM orderfsm_changes c WHERE c.order_id = {o}.order_id),"
+            f" {o}.settled_told),"
             f" lapse_owed = CASE WHEN {_LAPSE_OWED.format(o=o)} THEN 1 ELSE 0 END"
             f" WHERE order_id IN ({marks(len(order_ids), dialect)})"
             f" AND (settled_told < version OR {LAPSE_OWING})",
@@ -220,8 +228,8 @@ def mark(db: Any, dialect: str, order_id: int) -> RowMark | None:
     rows = db.execute(
         in_dialect(
             dialect,
-            "SELECT o.settled_told, o.until, o.status, c.status, c.previous"
-            " FROM orderfsm_orders o LEFT JOIN orderfsm_changes c"
+            "SELECT o.settled_told, o.until, o.status, o.version, c.version, c.status,"
+            " c.previous FROM orderfsm_orders o LEFT JOIN orderfsm_changes c"
             " ON c.order_id = o.order_id AND c.version > o.settled_told"
             " WHERE o.order_id = %s ORDER BY c.version",
         ),
@@ -229,14 +237,14 @@ def mark(db: Any, dialect: str, order_id: int) -> RowMark | None:
     ).fetchall()
     if not rows:
         return None
-    told, goal, status = rows[0][:3]
+    told, goal, status, version = rows[0][:4]
     above = tuple(
-        (Status(s), None if before is None else Status(before))
-        for *_, s, before in rows
-        if s is not None
+        (int(v), Status(s), None if before is None else Status(before))
+        for *_, v, s, before in rows
+        if v is not None
     )
     now = None if status is None else Status(status)
-    return RowMark(int(told), Status(goal), now, above)
+    return RowMark(int(told), Status(goal), now, int(version), above)
 
 
 def owe_lapses(db: Any, dialect: str, order_ids: Sequence[int], owner: str, now: float) -> None:
