@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ from orderfsm.journal.orders import (
 from orderfsm.supervisor.tracker import Tracker
 from orderfsm.testing import eventually
 from transports.http import open_http_client
-from transports.journal import JournalSettings, open_journal
+from transports.journal import JournalSettings, open_journal, settled_sql
 from transports.journal import order_leases as leases
 from transports.journal import order_reads as reads
 from transports.journal import orders as sql
@@ -203,6 +204,71 @@ async def test_the_mark_never_passes_a_change_recorded_while_it_moves(
         mark = await SettledLog(log).mark(12)
     assert mark is not None
     assert (mark.told, mark.status) == (told_before, news)  # the news's call still owed
+
+
+class _PausedBefore:
+    """A connection that waits for ``go`` before running the statement starting with
+    ``prefix``: an interleaving inside a unit of work, on the real statements."""
+
+    def __init__(self, db: Any, prefix: str) -> None:
+        self.db, self.prefix = db, prefix
+        self.reached, self.go = threading.Event(), threading.Event()
+
+    def execute(self, query: str, *args: Any) -> Any:
+        if query.startswith(self.prefix):
+            self.reached.set()
+            self.go.wait(10)
+        return self.db.execute(query, *args)
+
+
+@on_databases
+async def test_a_goal_raised_while_a_change_is_recorded_and_told_still_owes_its_call(
+    backend: str, tmp_path: Path
+) -> None:
+    """Goal ``paid``, its call made.  An instance's track raises the goal to ``done``; its
+    update starts just before a delivery is recorded and the mark moved past it (for
+    ``paid`` it calls nothing), and waits for the row.  The delivery's ``done`` call
+    is owed: the mark before it.  (On PostgreSQL the waiting update read the mark as
+    moved, past the delivery, and judged it from changes read before the delivery:
+    the mark stayed, and the grant was never owed, to the sweep or to anyone; a review
+    found it.)  SQLite's writers take turns: there the track comes after."""
+    url = url_for(backend, tmp_path)
+    postgres = backend == "postgresql"
+    dialect = "postgresql" if postgres else "sqlite"
+    begin = "BEGIN" if postgres else "BEGIN IMMEDIATE"
+    async with open_journal(url) as journal:
+        log = OrderLog(journal)
+        await log.track(12, P, None)
+        await log.record([note(12, P)])
+        record_answered(url, settled_key(12, P))
+        await SettledLog(log).tell(12)
+        raiser = _PausedBefore(connect(url), "UPDATE orderfsm_orders SET until")
+
+        def raise_goal() -> None:
+            raiser.execute(begin)
+            sql.track(raiser, dialect, 12, D, None, time.time())
+            raiser.execute("COMMIT")
+
+        writer = connect(url)
+        try:
+            async with anyio.create_task_group() as tg:
+                if postgres:
+                    tg.start_soon(anyio.to_thread.run_sync, raise_goal)
+                    await anyio.to_thread.run_sync(raiser.reached.wait, 10)
+                writer.execute(begin)
+                sql.record(writer, dialect, [note(12, D)], time.time())
+                settled_sql.tell(writer, dialect, [12])
+                raiser.go.set()  # its update starts, and waits for the writer's lock
+                await anyio.sleep(0.5)
+                writer.execute("COMMIT")
+            if not postgres:
+                raise_goal()
+        finally:
+            writer.close()
+            raiser.db.close()
+        mark = await SettledLog(log).mark(12)
+    assert mark is not None
+    assert (mark.told, mark.goal, mark.status) == (1, D, D)  # the delivery's call owed
 
 
 def histories(length: int) -> list[list[Status]]:

@@ -126,13 +126,11 @@ def test_a_call_the_retention_pruned_the_claim_of_is_known_made_by_its_orders_ma
 
 def test_news_heard_from_xsolla_is_known_called_when_the_row_holds_it_told() -> None:
     """News heard from Xsolla has no journal version.  Its call was made when the row
-    holds the news (its status, or one past it), no change past the mark makes the
-    same call, and the answer at the mark is the call's; or when the news never
-    reached the journal, past a refund already called (a grant after it would never
-    be revoked).  Not while that refund is owed (the grant, then the refund), nor for
-    news the row does not hold (its write refused), a lapse (no change: the mark
-    passes it called or not), another goal, or a row whose past the retention pruned
-    (nobody tracked it: the mark says nothing)."""
+    holds the news (its status, or one past it) and no change past the mark makes the
+    same call; or the news never reached the journal, past a refund made or owed (a
+    grant after it would never be revoked).  Not for news the row does not hold (its
+    write refused), a lapse (no change: the mark passes it called or not), another
+    goal, or a row whose past the retention pruned (nobody tracked it)."""
     delivered = RowMark(told=2, goal=D, status=D, version=2)
     assert told_for_good(delivered, D, D, None)
     assert not told_for_good(delivered, D, P, None)  # another goal's call
@@ -151,7 +149,7 @@ def test_news_heard_from_xsolla_is_known_called_when_the_row_holds_it_told() -> 
     never = RowMark(told=2, goal=D, status=C, version=2)  # paid, refunded, both told
     assert told_for_good(never, D, D, None)  # a grant now would follow the refund
     owed_refund = RowMark(told=1, goal=D, status=C, version=2, above=((2, C, P),))
-    assert not told_for_good(owed_refund, D, D, None)  # the grant, then the refund
+    assert told_for_good(owed_refund, D, D, None)  # so would it the refund owed
     untracked = RowMark(told=0, goal=P, status=C, version=2, above=((2, C, P),))
     assert not told_for_good(untracked, P, P, None)  # the payment's change pruned
     lapsed = RowMark(told=2, goal=D, status=E, version=2)

@@ -200,15 +200,11 @@ class RowMark:
     someone tracks)."""
 
     def knows_told(self) -> bool:
-        """Whether the journal still says the order's status at ``told`` (not when the
-        retention pruned changes of an order nobody tracked)."""
+        """Whether the journal still holds every change past ``told`` (not when the
+        retention pruned those of an order nobody tracked)."""
         if self.above:
             return self.above[0][0] == self.told + 1
         return self.version == self.told
-
-    def at_told(self) -> Status | None:
-        """The order's status at ``told`` (see :meth:`knows_told`)."""
-        return self.above[0][2] if self.above else self.status
 
 
 def told_for_good(mark: RowMark, status: Status, goal: Status, version: int | None) -> bool:
@@ -224,15 +220,16 @@ def told_for_good(mark: RowMark, status: Status, goal: Status, version: int | No
     a change that was told).  Never for another goal: a mark judged for ``done``
     says nothing of the calls a ``paid`` goal makes (their claims decide).
 
-    Heard from Xsolla (judged once the news is written), when the row holds the news
-    (its status is it, or past it) and no change past the mark makes the same call:
-    yes when the order's answer at the mark is the call's (the call was made at or
-    below it); and yes when the news never reached the journal, the row having moved
-    past it, and every call there is made: ``done`` heard just before a refund
-    already called, whose grant would come after it, never revoked.  While that
-    refund is owed, the claim decides: the grant, then the refund (``later``), as
-    for news the row does not hold (its write refused, or failed).  Never for a
-    lapse: it is not a change, the mark passes it whether called or not.
+    Heard from Xsolla (judged once the news is written): yes when the row holds the
+    news (its status is it, or past it) and no change past the mark makes the same
+    call.  The call was then made at or below the mark, or the news never reached
+    the journal, the row having moved past it: ``done`` heard just before a refund
+    already written, whose grant would come after the refund, never revoked, made or
+    owed (another instance's sweep may be making it: a review found the grant after
+    it).  Not when the row does not hold the news (its write refused): the claim
+    decides; nor when the journal no longer says where the mark stands (the retention
+    pruned the past of an order nobody tracked); nor for a lapse: it is not a change,
+    the mark passes it whether called or not.
     """
     if mark.goal is not goal:
         return False
@@ -243,16 +240,10 @@ def told_for_good(mark: RowMark, status: Status, goal: Status, version: int | No
     if advance(mark.status, status) is not None:  # the row does not hold the news
         return False
     name = settled_name(status, goal)
-    calling = [
-        later
-        for _, later, previous in mark.above
-        if settled_call(previous, later, goal) is not None
-    ]
-    if any(settled_name(later, goal) is name for later in calling):
-        return False  # owed: the claim decides
-    if not mark.knows_told():
-        return False
-    return verdict(mark.at_told(), goal) is verdict(status, goal) or not calling
+    for _, later, previous in mark.above:
+        if settled_call(previous, later, goal) is not None and settled_name(later, goal) is name:
+            return False  # owed: the claim decides
+    return mark.knows_told()
 
 
 def mark_for_goal(

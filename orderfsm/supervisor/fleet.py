@@ -171,7 +171,7 @@ class FleetLink(CallsOnSettled, WritesJournal, FollowsJournal, HoldsLeases):
             # The settlement, then only what changes the answer: a refund after
             # delivery; a success after the expired grace (not each step of it).
             if change.settled or (answer.settled and answer is not self._told.get(order.order_id)):
-                self._settle(order, change, raw.version if type(raw) is ChangeRow else None)
+                self._settle(order, change, raw if type(raw) is ChangeRow else None)
 
     def ended(self, order: TrackedOrder) -> None:
         """The order settled here, or was given up (untracked, timed out): no one needs

@@ -29,7 +29,13 @@ from orderfsm.callables import require_ran
 from orderfsm.core import LAPSED_STATUSES, Status, Verdict, verdict
 from orderfsm.errors import OrderFsmError
 from orderfsm.journal import Answer
-from orderfsm.journal.orders import settled_key, settled_name, told_for_good
+from orderfsm.journal.orders import (
+    ChangeRow,
+    settled_call,
+    settled_key,
+    settled_name,
+    told_for_good,
+)
 
 if TYPE_CHECKING:
     from orderfsm.supervisor.order import TrackedOrder
@@ -114,15 +120,26 @@ class CallsOnSettled:
         def _queue(self, note: Any) -> None: ...
 
     def _settle(
-        self, order: TrackedOrder, change: StatusChange, version: int | None = None
+        self, order: TrackedOrder, change: StatusChange, row: ChangeRow | None = None
     ) -> None:
-        """``version``: the journal's, when the change was read from the journal (an
-        order tracked again long after it settled reads its past there)."""
+        """``row``: the change as the journal holds it, when read from there (an order
+        tracked again long after it settled reads its past there).
+
+        Such a change is ``later`` as the journal says (a settlement before it there,
+        or a lapse judged here), as the sweep and every other instance judge it, not
+        as this instance heard the order: ``done`` heard from Xsolla just before a
+        refund the journal holds after ``paid`` makes no call (a grant after the
+        refund), and the refund then follows no grant (a review found ``later=True``)."""
         status = change.status
+        told = self._told.get(order.order_id)
         answer = self._told[order.order_id] = verdict(status, order.until)
         succeeded = answer is Verdict.SUCCEEDED
         later = change is not order.settled
+        call = None if row is None else settled_call(row.previous, row.status, order.until)
+        if call is not None:
+            later = call[1] or told is Verdict.LAPSED
         event = Settled(order.order_id, status, order.until, succeeded, later)
+        version = None if row is None else row.version
         # Called once the order's notes queued so far are written (its track, this
         # change): an instance that dies in the call leaves what the sweep needs.
         self._queue(("written", functools.partial(self._owed_here, event, version)))

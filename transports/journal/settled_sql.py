@@ -215,10 +215,14 @@ def mark_for_goal(dialect: str, goal: Status, o: str = "orderfsm_orders") -> str
         f" AND (m.version <= {o}.settled_told OR m.version > c.version))))"
     )
     least = "least" if dialect == "postgresql" else "min"
+    # Never past the newest change the statement's snapshot holds: on PostgreSQL an
+    # update that waited for the row's lock reads the mark as moved since, past a
+    # change its subqueries do not see (so judge no call of); a review found it.
+    newest = f"SELECT max(n.version) FROM orderfsm_changes n WHERE n.order_id = {o}.order_id"
     return (
         f"{least}({o}.settled_told, coalesce((SELECT min(c.version) - 1"
         f" FROM orderfsm_changes c WHERE c.order_id = {o}.order_id AND {calling('c')}"
-        f" AND NOT {made_since}), {o}.settled_told))"
+        f" AND NOT {made_since}), {o}.settled_told), coalesce(({newest}), {o}.settled_told))"
     )
 
 
