@@ -36,6 +36,7 @@ from orderfsm.journal.orders import (
     RowMark,
     advance,
     change_prunable,
+    later_in_journal,
     mark_for_goal,
     settled_key,
     told_for_good,
@@ -155,6 +156,17 @@ def test_news_heard_from_xsolla_is_known_called_when_the_row_holds_it_told() -> 
     lapsed = RowMark(told=2, goal=D, status=E, version=2)
     assert not told_for_good(lapsed, E, D, None)
     assert not told_for_good(attrs.evolve(lapsed, status=None, version=0, told=0), D, D, None)
+
+
+def test_a_change_past_the_mark_is_later_when_the_journal_holds_a_settlement_before_it() -> None:
+    """The ``later`` of news heard from Xsolla, as the journal says it: the change past
+    the mark that makes the same call has a settlement before it."""
+    refund = RowMark(told=2, goal=D, status=C, version=3, above=((3, C, D),))
+    assert later_in_journal(refund, C, D)
+    assert not later_in_journal(attrs.evolve(refund, above=((3, C, P),)), C, D)  # undelivered
+    assert later_in_journal(attrs.evolve(refund, above=((3, C, P),), goal=P), C, P)
+    assert not later_in_journal(refund, D, D)  # no change past the mark makes that call
+    assert not later_in_journal(RowMark(told=0, goal=D, status=D, version=2), D, D)
 
 
 def test_a_goal_raised_owes_no_grant_before_a_refund_owed_or_made() -> None:

@@ -34,6 +34,7 @@ from orderfsm.supervisor.fleet import FleetLink, Settled
 from orderfsm.supervisor.tracker import Tracker
 from orderfsm.testing import eventually
 from transports.journal import Journal, open_journal
+from transports.journal import orders as orders_sql
 from transports.journal.order_log import OrderLog
 from transports.journal.orders import Note
 from transports.journal.settled_log import SettledLog
@@ -405,8 +406,8 @@ async def test_an_order_tracked_again_past_the_retention_and_heard_from_xsolla_f
     before it reads the order's past in the journal.  No call is made again: the
     order's row says each was.  The calls owed are made, once: the delivery's for the
     goal ``done`` of an order A saw only paid; for an order paid and refunded that
-    nobody tracked, its refund (``later`` for the goal ``paid``, after the payment's
-    call; not for ``done``: no grant follows a refund, made or owed, never revoked).
+    nobody tracked, its refund, and for the goal ``paid`` the payment's call before it;
+    for ``done`` no grant, which would follow a refund made or owed, never revoked.
     (Judged by the claims alone, as news not read from the journal was, the grant was
     made a second time; reviews found more: the goal ``paid`` delivered only now,
     ``done`` heard just before its refund; and a refund's ``later`` with no grant.)"""
@@ -439,9 +440,76 @@ async def test_an_order_tracked_again_past_the_retention_and_heard_from_xsolla_f
     assert (result.status, result.source) == (D, "events")  # Xsolla's news first, as staged
     owed = {"paid": [(D, True, False)] if goal is D else []}.get(past, [])
     if past == "untracked-refunded":  # for paid, the payment's call (heard as either)
-        owed = [(goal, True, False), (C, False, True)] if goal is P else [(C, False, False)]
+        owed = [(goal, True, False)] if goal is P else []
+        owed.append((C, False, True))  # after B's own done: later (revoke what was granted)
     named = [(settled_name(e.status, goal), e.succeeded, e.later) for e in calls[made:]]
     assert named == owed
+
+
+@on_databases
+async def test_a_refund_heard_first_from_xsolla_after_a_grant_elsewhere_is_later(
+    backend: str, tmp_path: Path
+) -> None:
+    """B granted the delivery; A then tracks the order and its first news, from Xsolla,
+    is the refund, before it reads the order's past in the journal: the refund's call
+    is ``later``, as the journal says (a settlement before it).  (A called it
+    ``later=False``, as if nothing had been granted: a grant never revoked by a
+    handler that revokes on ``later``; a review found it.)"""
+    url = url_for(backend, tmp_path)
+    calls: list[Settled] = []
+    async with journal_only(url, calls, until="done") as b:
+        b.track(31)
+        await eventually(lambda: tracked(url, 31, D), timeout=30)
+        await record(url, (31, P), (31, D))
+        await eventually(lambda: calls, timeout=30)
+        await sweeps_after(b)
+    heard = anyio.Event()
+    heard.set()
+    async with journal_only(url, calls, until="done", **xsolla_says(C, heard)) as a:
+        a.track(31)
+        result = await a.wait(31)
+        await eventually(lambda: len(calls) >= 2, timeout=30)
+        await sweeps_after(a)
+    assert (result.status, result.source) == (C, "events")
+    assert [(e.status, e.succeeded, e.later) for e in calls] == [(D, True, False), (C, False, True)]
+
+
+@on_databases
+async def test_a_grant_then_a_refund_the_journal_holds_before_it_is_later(
+    backend: str, tmp_path: Path
+) -> None:
+    """A fleet mixing goals: the row's goal is ``done`` (its tracker gone), A grants on
+    payment.  The refund is recorded (a poll that missed the payment) just before A
+    hears ``paid``: A's grant goes to its claim (the row's goal is not A's), and its
+    refund after it, read from the journal as ``new -> canceled``, is ``later``: A
+    granted.  (Judged by the journal alone it was ``later=False``, a grant never
+    revoked; a review found it.)"""
+    url = url_for(backend, tmp_path)
+    dialect = "postgresql" if backend == "postgresql" else "sqlite"
+    async with open_journal(url) as journal:
+        log = OrderLog(journal)
+        await log.track_many([(22, D, None)])
+        await log.record([Note(22, N, "polling", time.time())])
+
+    def refund_now() -> None:
+        db = connect(url)
+        try:
+            db.execute("BEGIN" if dialect == "postgresql" else "BEGIN IMMEDIATE")
+            orders_sql.record(db, dialect, [Note(22, C, "polling", time.time())], time.time())
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    calls: list[Settled] = []
+    heard = anyio.Event()
+    async with journal_only(url, calls, **xsolla_says(P, heard, refund_now)) as a:
+        a.track(22)
+        await sweeps_after(a)
+        heard.set()
+        await a.wait(22)
+        await eventually(lambda: len(calls) >= 2, timeout=30)
+        await sweeps_after(a)
+    assert [(e.status, e.succeeded, e.later) for e in calls] == [(P, True, False), (C, False, True)]
 
 
 @on_databases

@@ -246,6 +246,18 @@ def told_for_good(mark: RowMark, status: Status, goal: Status, version: int | No
     return mark.knows_told()
 
 
+def later_in_journal(mark: RowMark, status: Status, goal: Status) -> bool:
+    """Whether the journal holds a settlement before the change, past the mark, that
+    makes the call ``status`` makes for ``goal``: its ``later`` as the sweep judges
+    it (less a lapse before it, which only the lapse's claim records)."""
+    name = settled_name(status, goal)
+    for _, later, previous in mark.above:
+        call = settled_call(previous, later, goal)
+        if call is not None and settled_name(later, goal) is name:
+            return call[1]
+    return False
+
+
 def mark_for_goal(
     told: int,
     changes: Sequence[ChangeRow],

@@ -31,6 +31,7 @@ from orderfsm.errors import OrderFsmError
 from orderfsm.journal import Answer
 from orderfsm.journal.orders import (
     ChangeRow,
+    later_in_journal,
     settled_call,
     settled_key,
     settled_name,
@@ -40,6 +41,7 @@ from orderfsm.journal.orders import (
 if TYPE_CHECKING:
     from orderfsm.supervisor.order import TrackedOrder
     from orderfsm.supervisor.records import StatusChange
+    from transports.journal import NewDelivery
     from transports.journal.order_log import OrderLog
     from transports.journal.settled_log import SettledLog
     from transports.journal.steps import Taken
@@ -80,6 +82,17 @@ use the transactional form, which runs in a worker thread)."""
 SettledInTransaction = Callable[[Settled, Any], None]
 """The exactly-once form: given the event and the journal's open connection (the
 grant written in the transaction that records the call), in a worker thread."""
+
+
+def _delivery(event: Settled) -> NewDelivery:
+    """The call's claim, as a delivery of the journal: its key names the event."""
+    from transports.journal import NewDelivery
+
+    body = json.dumps(attrs.asdict(event), default=str).encode()
+    return NewDelivery(
+        "settled", settled_key(event.order_id, _name(event)), event.order_id,
+        body, (), None, time.time(),
+    )  # fmt: skip
 
 
 def _name(event: Settled) -> Status:
@@ -125,19 +138,17 @@ class CallsOnSettled:
         """``row``: the change as the journal holds it, when read from there (an order
         tracked again long after it settled reads its past there).
 
-        Such a change is ``later`` as the journal says (a settlement before it there,
-        or a lapse judged here), as the sweep and every other instance judge it, not
-        as this instance heard the order: ``done`` heard from Xsolla just before a
-        refund the journal holds after ``paid`` makes no call (a grant after the
-        refund), and the refund then follows no grant (a review found ``later=True``)."""
+        ``later`` when this instance settled the order before, or the journal holds a
+        settlement before the change (another instance's grant): an instance that
+        heard the order's past only in part must not call a refund after a grant
+        ``later=False``, a grant never revoked (reviews found both ways it did).
+        Erring the other way (``later`` with no grant made, as after news the journal
+        never held) is the handler's to shrug off: revoke what was granted."""
         status = change.status
-        told = self._told.get(order.order_id)
         answer = self._told[order.order_id] = verdict(status, order.until)
         succeeded = answer is Verdict.SUCCEEDED
-        later = change is not order.settled
         call = None if row is None else settled_call(row.previous, row.status, order.until)
-        if call is not None:
-            later = call[1] or told is Verdict.LAPSED
+        later = change is not order.settled or (call is not None and call[1])
         event = Settled(order.order_id, status, order.until, succeeded, later)
         version = None if row is None else row.version
         # Called once the order's notes queued so far are written (its track, this
@@ -193,13 +204,6 @@ class CallsOnSettled:
         there is not made again, though the retention has pruned its claim (an order
         tracked again months after it settled: its claim gone, the claim alone would
         let the handler run twice)."""
-        from transports.journal import NewDelivery
-
-        body = json.dumps(attrs.asdict(event), default=str).encode()
-        delivery = NewDelivery(
-            "settled", settled_key(event.order_id, _name(event)), event.order_id,
-            body, (), None, time.time(),
-        )  # fmt: skip
         delay = SETTLED_RETRY_MIN
         # A lapse this instance judged: its debt (claim and flag) is written before
         # its call, not only by the write queue, or dying in the call would lose it.
@@ -208,14 +212,15 @@ class CallsOnSettled:
         while True:
             try:
                 if not judged:  # once: after that the claim decides, retries and all
-                    if await self._told_for_good(event, version):
+                    judgement = await self._judge(event, version)
+                    if judgement is None:
                         return
-                    judged = True
+                    event, judged = judgement, True
                 if owing:
                     await self.settled_log.owe_lapses([event.order_id])
                     owing = False
                 async with limiter:
-                    if await self._settle_once(event, delivery):
+                    if await self._settle_once(event, _delivery(event)):
                         self._recorded(event)
                         await self._tell(event.order_id)
                         return
@@ -229,9 +234,26 @@ class CallsOnSettled:
             await anyio.sleep(delay)
             delay = min(2 * delay, SETTLED_RETRY_MAX)
 
-    async def _told_for_good(self, event: Settled, version: int | None) -> bool:
+    async def _judge(self, event: Settled, version: int | None) -> Settled | None:
+        """The event to call, or ``None`` when the order's row says it was made.
+
+        ``later`` too when this instance settled the order otherwise before (a sweep's
+        event knows only the journal), or, for news not read from the journal, when
+        the journal holds a settlement before its change (a refund heard first from
+        Xsolla after another instance's grant): reviews found refunds after a grant
+        called ``later=False``, a grant never revoked by a handler that revokes on it."""
         mark = await self.settled_log.mark(event.order_id)
-        return mark is not None and told_for_good(mark, event.status, event.until, version)
+        if mark is not None and told_for_good(mark, event.status, event.until, version):
+            return None
+        if event.later:
+            return event
+        order = self._orders.get(event.order_id)
+        first = None if order is None or order.settled is None else order.settled.status
+        name = settled_name(event.status, event.until)
+        later = first is not None and settled_name(first, event.until) is not name
+        if not later and mark is not None and version is None:
+            later = later_in_journal(mark, event.status, event.until)
+        return attrs.evolve(event, later=True) if later else event
 
     async def _tell(self, order_id: int) -> None:
         """Mark the order's calls made so far in its row, which outlives the claims; if
