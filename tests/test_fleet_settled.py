@@ -513,6 +513,29 @@ async def test_a_grant_then_a_refund_the_journal_holds_before_it_is_later(
 
 
 @on_databases
+async def test_in_a_fleet_mixing_goals_the_done_goals_first_call_is_not_later(
+    backend: str, tmp_path: Path
+) -> None:
+    """The row's goal is ``done`` (its tracker gone); A grants on payment, then the order
+    is delivered and A's sweep makes the ``done`` goal's call: that goal's first
+    settlement, not ``later`` (A's own payment call is another goal's; a review found
+    it called ``later``)."""
+    url = url_for(backend, tmp_path)
+    async with open_journal(url) as journal:
+        await OrderLog(journal).track_many([(41, D, None)])
+    calls: list[Settled] = []
+    async with journal_only(url, calls) as a:
+        a.track(41)
+        await sweeps_after(a)
+        await record(url, (41, P))
+        await eventually(lambda: calls, timeout=30)
+        await record(url, (41, D))
+        await eventually(lambda: len(calls) >= 2, timeout=30)
+        await sweeps_after(a)
+    assert [(e.status, e.until, e.later) for e in calls] == [(P, P, False), (D, D, False)]
+
+
+@on_databases
 async def test_a_call_is_not_made_again_once_retention_pruned_its_claim(
     backend: str, tmp_path: Path
 ) -> None:

@@ -250,9 +250,19 @@ class CallsOnSettled:
         order = self._orders.get(event.order_id)
         first = None if order is None or order.settled is None else order.settled.status
         name = settled_name(event.status, event.until)
-        later = first is not None and settled_name(first, event.until) is not name
+        later = (
+            first is not None
+            and settled_name(first, event.until) is not name
+            # Another goal's settlement here is no earlier success of this goal (the
+            # sweep's events carry the row's, the strictest): only a refund follows it.
+            and ((order is not None and order.until is event.until) or not event.succeeded)
+        )
         if not later and mark is not None and version is None:
             later = later_in_journal(mark, event.status, event.until)
+        refund = not event.succeeded and event.status not in LAPSED_STATUSES
+        if not later and refund and mark is not None and mark.status is not None:
+            # Its own news refused, the row holds another's grant: revoke it.
+            later = verdict(mark.status, event.until) is Verdict.SUCCEEDED
         return attrs.evolve(event, later=True) if later else event
 
     async def _tell(self, order_id: int) -> None:
