@@ -206,6 +206,44 @@ async def test_the_mark_never_passes_a_change_recorded_while_it_moves(
     assert (mark.told, mark.status) == (told_before, news)  # the news's call still owed
 
 
+@on_databases
+async def test_the_sweep_reads_a_change_recorded_while_it_tells_without_failing(
+    backend: str, tmp_path: Path
+) -> None:
+    """Goal ``paid``: the payment's call made, its mark not moved yet; the sweep takes the
+    order, and its ``tell`` waits for the row while the delivery is recorded (for
+    ``paid`` it calls nothing).  The sweep owes nothing and goes on.  (On PostgreSQL
+    the mark stopped before the delivery, which the sweep's next read saw: an
+    assertion that the mark stops only before a calling change ended the tracker; a
+    review found it.)"""
+    url = url_for(backend, tmp_path)
+    async with open_journal(url) as journal:
+        log = OrderLog(journal)
+        await log.track(12, P, None)
+        await log.record([note(12, P)])
+        record_answered(url, settled_key(12, P))
+        writer = connect(url)
+        try:
+            writer.execute("BEGIN" if backend == "postgresql" else "BEGIN IMMEDIATE")
+            dialect = "postgresql" if backend == "postgresql" else "sqlite"
+            sql.record(writer, dialect, [note(12, D)], time.time())
+            found: list[Any] = []
+
+            async def sweep() -> None:
+                found.append(await SettledLog(log).owed(0))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sweep)  # its tell waits for the writer's lock
+                await anyio.sleep(0.5)
+                writer.execute("COMMIT")
+        finally:
+            writer.close()
+        await SettledLog(log).tell(12)
+        mark = await SettledLog(log).mark(12)
+    assert found == [([], None)]
+    assert mark is not None and (mark.told, mark.status) == (2, D)  # passed by the next tell
+
+
 class _PausedBefore:
     """A connection that waits for ``go`` before running the statement starting with
     ``prefix``: an interleaving inside a unit of work, on the real statements."""

@@ -192,8 +192,9 @@ class RowMark:
     goal: Status
     """The goal ``told`` was judged for (the strictest asked)."""
     status: Status | None
-    """The order's status now, and its version."""
+    """The order's status now."""
     version: int
+    """The order's version now (its newest change's)."""
     above: tuple[tuple[int, Status, Status | None], ...] = ()
     """The order's changes past ``told`` (version, status, the one before), oldest
     first: the calls that may be owed (the retention never prunes them from an order
@@ -240,8 +241,8 @@ def told_for_good(mark: RowMark, status: Status, goal: Status, version: int | No
     if advance(mark.status, status) is not None:  # the row does not hold the news
         return False
     name = settled_name(status, goal)
-    for _, later, previous in mark.above:
-        if settled_call(previous, later, goal) is not None and settled_name(later, goal) is name:
+    for _, after, before in mark.above:
+        if settled_call(before, after, goal) is not None and settled_name(after, goal) is name:
             return False  # owed: the claim decides
     return mark.knows_told()
 
@@ -251,9 +252,9 @@ def later_in_journal(mark: RowMark, status: Status, goal: Status) -> bool:
     makes the call ``status`` makes for ``goal``: its ``later`` as the sweep judges
     it (less a lapse before it, which only the lapse's claim records)."""
     name = settled_name(status, goal)
-    for _, later, previous in mark.above:
-        call = settled_call(previous, later, goal)
-        if call is not None and settled_name(later, goal) is name:
+    for _, after, before in mark.above:
+        call = settled_call(before, after, goal)
+        if call is not None and settled_name(after, goal) is name:
             return call[1]
     return False
 

@@ -208,19 +208,22 @@ class CallsOnSettled:
         # A lapse this instance judged: its debt (claim and flag) is written before
         # its call, not only by the write queue, or dying in the call would lose it.
         owing = event.status in LAPSED_STATUSES and event.order_id in self._lapsed_calls
-        judged = False
+        delivery = None
         while True:
             try:
-                if not judged:  # once: after that the claim decides, retries and all
-                    judgement = await self._judge(event, version)
-                    if judgement is None:
-                        return
-                    event, judged = judgement, True
-                if owing:
-                    await self.settled_log.owe_lapses([event.order_id])
-                    owing = False
+                # Within the limiter, the judgement's read too: a sweep's page holds up
+                # to 1,000 events, whose reads at once would starve the journal's
+                # threads (the leases' renewals among them; a review found it).
                 async with limiter:
-                    if await self._settle_once(event, _delivery(event)):
+                    if delivery is None:  # once: after that the claim decides, and retries
+                        judgement = await self._judge(event, version)
+                        if judgement is None:
+                            return
+                        event, delivery = judgement, _delivery(judgement)
+                    if owing:
+                        await self.settled_log.owe_lapses([event.order_id])
+                        owing = False
+                    if await self._settle_once(event, delivery):
                         self._recorded(event)
                         await self._tell(event.order_id)
                         return
@@ -238,10 +241,12 @@ class CallsOnSettled:
         """The event to call, or ``None`` when the order's row says it was made.
 
         ``later`` too when this instance settled the order otherwise before (a sweep's
-        event knows only the journal), or, for news not read from the journal, when
-        the journal holds a settlement before its change (a refund heard first from
-        Xsolla after another instance's grant): reviews found refunds after a grant
-        called ``later=False``, a grant never revoked by a handler that revokes on it."""
+        event knows only the journal); for news not read from the journal, when the
+        journal holds a settlement before its change (a refund heard first from Xsolla
+        after another instance's grant); and for a refund, when the row holds a
+        success (its own news refused, another instance's grant written): reviews found
+        refunds after a grant called ``later=False``, a grant never revoked by a
+        handler that revokes on it."""
         mark = await self.settled_log.mark(event.order_id)
         if mark is not None and told_for_good(mark, event.status, event.until, version):
             return None
@@ -259,9 +264,8 @@ class CallsOnSettled:
         )
         if not later and mark is not None and version is None:
             later = later_in_journal(mark, event.status, event.until)
-        refund = not event.succeeded and event.status not in LAPSED_STATUSES
+        refund = event.status is Status.CANCELED
         if not later and refund and mark is not None and mark.status is not None:
-            # Its own news refused, the row holds another's grant: revoke it.
             later = verdict(mark.status, event.until) is Verdict.SUCCEEDED
         return attrs.evolve(event, later=True) if later else event
 
