@@ -33,6 +33,18 @@ def is_postgres(url: str) -> bool:
     return url.startswith("postgres")
 
 
+def dialect_of(url: str) -> str:
+    """The journal's SQL dialect for ``url``."""
+    return "postgresql" if is_postgres(url) else "sqlite"
+
+
+def begin_writing(db: Any, url: str) -> str:
+    """Open a write transaction on a plain connection (SQLite's write lock taken at once,
+    as the journal's writers take it); the dialect, for the journal's SQL."""
+    db.execute("BEGIN" if is_postgres(url) else "BEGIN IMMEDIATE")
+    return dialect_of(url)
+
+
 def connect(url: str) -> Any:
     """A plain DB-API connection to the journal's database (autocommit)."""
     if is_postgres(url):

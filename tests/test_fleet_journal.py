@@ -22,7 +22,7 @@ import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support_journal import connect, on_databases, url_for
+from support_journal import begin_writing, connect, dialect_of, is_postgres, on_databases, url_for
 from support_postgres import postgres_server
 from support_webhook import SECRET, order_paid, serve_receiver, signed
 
@@ -192,8 +192,7 @@ async def test_the_mark_never_passes_a_change_recorded_while_it_moves(
         told_before = (await log.orders([12]))[12].version
         writer = connect(url)
         try:
-            writer.execute("BEGIN" if backend == "postgresql" else "BEGIN IMMEDIATE")
-            dialect = "postgresql" if backend == "postgresql" else "sqlite"
+            dialect = begin_writing(writer, url)
             sql.record(writer, dialect, [note(12, news)], time.time())
             async with anyio.create_task_group() as tg:
                 tg.start_soon(SettledLog(log).tell, 12)  # waits for the writer's lock
@@ -224,8 +223,7 @@ async def test_the_sweep_reads_a_change_recorded_while_it_tells_without_failing(
         record_answered(url, settled_key(12, P))
         writer = connect(url)
         try:
-            writer.execute("BEGIN" if backend == "postgresql" else "BEGIN IMMEDIATE")
-            dialect = "postgresql" if backend == "postgresql" else "sqlite"
+            dialect = begin_writing(writer, url)
             sql.record(writer, dialect, [note(12, D)], time.time())
             found: list[Any] = []
 
@@ -271,9 +269,8 @@ async def test_a_goal_raised_while_a_change_is_recorded_and_told_still_owes_its_
     the mark stayed, and the grant was never owed, to the sweep or to anyone; a review
     found it.)  SQLite's writers take turns: there the track comes after."""
     url = url_for(backend, tmp_path)
-    postgres = backend == "postgresql"
-    dialect = "postgresql" if postgres else "sqlite"
-    begin = "BEGIN" if postgres else "BEGIN IMMEDIATE"
+    postgres = is_postgres(url)
+    dialect = dialect_of(url)
     async with open_journal(url) as journal:
         log = OrderLog(journal)
         await log.track(12, P, None)
@@ -283,7 +280,7 @@ async def test_a_goal_raised_while_a_change_is_recorded_and_told_still_owes_its_
         raiser = _PausedBefore(connect(url), "UPDATE orderfsm_orders SET until")
 
         def raise_goal() -> None:
-            raiser.execute(begin)
+            begin_writing(raiser, url)
             sql.track(raiser, dialect, 12, D, None, time.time())
             raiser.execute("COMMIT")
 
@@ -293,7 +290,7 @@ async def test_a_goal_raised_while_a_change_is_recorded_and_told_still_owes_its_
                 if postgres:
                     tg.start_soon(anyio.to_thread.run_sync, raise_goal)
                     await anyio.to_thread.run_sync(raiser.reached.wait, 10)
-                writer.execute(begin)
+                begin_writing(writer, url)
                 sql.record(writer, dialect, [note(12, D)], time.time())
                 settled_sql.tell(writer, dialect, [12])
                 raiser.go.set()  # its update starts, and waits for the writer's lock

@@ -22,7 +22,15 @@ import anyio
 import pytest
 from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
-from support_journal import connect, history, mark, on_databases, url_for
+from support_journal import (
+    begin_writing,
+    connect,
+    dialect_of,
+    history,
+    mark,
+    on_databases,
+    url_for,
+)
 from support_webhook import SECRET, order_paid, signed
 
 from orderfsm import Observation, Status
@@ -485,7 +493,6 @@ async def test_a_grant_then_a_refund_the_journal_holds_before_it_is_later(
     granted.  (Judged by the journal alone it was ``later=False``, a grant never
     revoked; a review found it.)"""
     url = url_for(backend, tmp_path)
-    dialect = "postgresql" if backend == "postgresql" else "sqlite"
     async with open_journal(url) as journal:
         log = OrderLog(journal)
         await log.track_many([(22, D, None)])
@@ -494,7 +501,7 @@ async def test_a_grant_then_a_refund_the_journal_holds_before_it_is_later(
     def refund_now() -> None:
         db = connect(url)
         try:
-            db.execute("BEGIN" if dialect == "postgresql" else "BEGIN IMMEDIATE")
+            dialect = begin_writing(db, url)
             orders_sql.record(db, dialect, [Note(22, C, "polling", time.time())], time.time())
             db.execute("COMMIT")
         finally:
@@ -656,7 +663,7 @@ async def test_with_goal_done_a_lapse_is_told_before_the_delivery_and_makes_it_l
 
 def _version_2_journal(url: str, rows: list[tuple[int, float]]) -> None:
     """A journal as schema version 2 left it: settled orders, tracked, no mark yet."""
-    dialect = "postgresql" if url.startswith("postgres") else "sqlite"
+    dialect = dialect_of(url)
     m = mark(url)
     db = connect(url)
     try:
@@ -754,7 +761,7 @@ async def test_a_version_3_journal_flags_only_the_expired_calls_left_unanswered(
     instance died in its expired call (its claim running), is owed; order 1 (no claim)
     and order 3 (its call made) stay out of the lapsed index."""
     url = url_for(backend, tmp_path)
-    dialect = "postgresql" if url.startswith("postgres") else "sqlite"
+    dialect = dialect_of(url)
     m = mark(url)
     db = connect(url)
     try:

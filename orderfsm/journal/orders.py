@@ -200,6 +200,17 @@ class RowMark:
     first: the calls that may be owed (the retention never prunes them from an order
     someone tracks)."""
 
+    def call_past(self, status: Status, goal: Status) -> tuple[bool, bool] | None:
+        """The call (succeeded, later) that the change past the mark making the call
+        ``status`` makes for ``goal`` makes, or ``None``: no such change (the call was
+        made at or below the mark, or its change never reached the journal)."""
+        name = settled_name(status, goal)
+        for _, after, before in self.above:
+            call = settled_call(before, after, goal)
+            if call is not None and settled_name(after, goal) is name:
+                return call
+        return None
+
     def knows_told(self) -> bool:
         """Whether the journal still holds every change past ``told`` (not when the
         retention pruned those of an order nobody tracked)."""
@@ -240,23 +251,15 @@ def told_for_good(mark: RowMark, status: Status, goal: Status, version: int | No
         return False
     if advance(mark.status, status) is not None:  # the row does not hold the news
         return False
-    name = settled_name(status, goal)
-    for _, after, before in mark.above:
-        if settled_call(before, after, goal) is not None and settled_name(after, goal) is name:
-            return False  # owed: the claim decides
-    return mark.knows_told()
+    return mark.call_past(status, goal) is None and mark.knows_told()  # owed: the claim
 
 
 def later_in_journal(mark: RowMark, status: Status, goal: Status) -> bool:
     """Whether the journal holds a settlement before the change, past the mark, that
     makes the call ``status`` makes for ``goal``: its ``later`` as the sweep judges
     it (less a lapse before it, which only the lapse's claim records)."""
-    name = settled_name(status, goal)
-    for _, after, before in mark.above:
-        call = settled_call(before, after, goal)
-        if call is not None and settled_name(after, goal) is name:
-            return call[1]
-    return False
+    call = mark.call_past(status, goal)
+    return call is not None and call[1]
 
 
 def mark_for_goal(

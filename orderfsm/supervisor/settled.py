@@ -252,16 +252,14 @@ class CallsOnSettled:
             return None
         if event.later:
             return event
+        later = False
         order = self._orders.get(event.order_id)
-        first = None if order is None or order.settled is None else order.settled.status
-        name = settled_name(event.status, event.until)
-        later = (
-            first is not None
-            and settled_name(first, event.until) is not name
+        if order is not None and order.settled is not None:
+            first = settled_name(order.settled.status, event.until)
             # Another goal's settlement here is no earlier success of this goal (the
             # sweep's events carry the row's, the strictest): only a refund follows it.
-            and ((order is not None and order.until is event.until) or not event.succeeded)
-        )
+            same_goal = order.until is event.until or not event.succeeded
+            later = same_goal and first is not settled_name(event.status, event.until)
         if not later and mark is not None and version is None:
             later = later_in_journal(mark, event.status, event.until)
         refund = event.status is Status.CANCELED
