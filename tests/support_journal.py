@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,39 @@ def connect(url: str) -> Any:
     return sqlite3.connect(url, isolation_level=None, timeout=10)
 
 
+class PausedBefore:
+    """A connection that waits for ``go`` before running the statement starting with
+    ``prefix``: an interleaving inside a unit of work, on the real statements."""
+
+    def __init__(self, db: Any, prefix: str) -> None:
+        self.db, self.prefix = db, prefix
+        self.reached, self.go = threading.Event(), threading.Event()
+
+    def execute(self, query: str, *args: Any) -> Any:
+        if query.startswith(self.prefix):
+            self.reached.set()
+            self.go.wait(10)
+        return self.db.execute(query, *args)
+
+
+def track_orders(url: str, order_ids: list[int], store: Any) -> None:
+    """Track these orders (goal ``paid``), as an instance of the fleet does: a receiver
+    then writes their news as changes in its claims' transactions.  ``store``: the
+    journal's, whose channel (PostgreSQL's) keys the orders' news locks."""
+    from orderfsm.core import Status
+    from transports.journal import orders
+
+    channel = str(getattr(store, "channel", orders.CHANNEL))
+    db = connect(url)
+    try:
+        dialect = begin_writing(db, url)
+        entries = [(order_id, Status.PAID, None) for order_id in order_ids]
+        orders.track_many(db, dialect, entries, time.time(), channel)
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
 def mark(url: str) -> str:
     return "%s" if is_postgres(url) else "?"
 
@@ -64,6 +98,19 @@ def history(url: str, order_id: int) -> list[str]:
     try:
         query = f"SELECT status FROM orderfsm_changes WHERE order_id = {order_id} ORDER BY version"
         return [str(row[0]) for row in db.execute(query).fetchall()]
+    finally:
+        db.close()
+
+
+def deliveries_of(url: str, order_id: int) -> list[tuple[str, int | None, float]]:
+    """The order's webhook deliveries (kind, the status answered, received at), in order."""
+    db = connect(url)
+    try:
+        query = (
+            "SELECT kind, status, received_at FROM orderfsm_deliveries"
+            f" WHERE order_id = {order_id} ORDER BY id"
+        )
+        return [(str(k), s, float(at)) for k, s, at in db.execute(query).fetchall()]
     finally:
         db.close()
 

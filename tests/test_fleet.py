@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 import pytest
-from support_journal import connect, history, leased, on_databases, url_for
+from support_journal import connect, deliveries_of, history, leased, on_databases, url_for
 from support_webhook import serve_receiver
 
 from orderfsm import Observation, Status
@@ -116,6 +116,31 @@ async def test_a_webhook_on_one_instance_finishes_a_wait_on_another(
         await emu.set_status(order_id, "paid")  # order_paid to the receiver
         with anyio.fail_after(10):
             result = await b.wait(order_id)
+    assert (result.status, result.source, result.succeeded) == (Status.PAID, "webhook", True)
+
+
+@on_databases
+async def test_a_webhook_before_any_instance_tracks_the_order_finishes_a_later_wait(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """The receiver answers the payment while nobody tracks the order (it writes no
+    change then); B, journal only, tracks it afterwards: its first track reads the
+    delivery, and B's wait finishes from the webhook alone."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    async with receiver_for(url, emu):
+        await emu.set_status(order_id, "paid")  # order_paid to the receiver
+        await eventually(
+            lambda: ("order_paid", 204) in [d[:2] for d in deliveries_of(url, order_id)]
+        )
+        assert history(url, order_id) == []  # nobody tracks it: no change written
+        async with instance(
+            url, emu, transports=("journal",), until="paid", fetch_details=False
+        ) as b:
+            b.track(order_id)
+            with anyio.fail_after(10):
+                result = await b.wait(order_id)
     assert (result.status, result.source, result.succeeded) == (Status.PAID, "webhook", True)
 
 
@@ -941,12 +966,12 @@ async def test_a_failed_on_settled_is_retried_by_the_instance_that_called_it(
 async def test_news_before_any_track_settles_a_paid_goal_at_once_and_calls_on_settled_once(
     backend: str, tmp_path: Path, emu: Emulator
 ) -> None:
-    """A webhook records ``paid`` before any instance tracks the order (its row made
-    by the news, its goal a placeholder).  Then B, granting on ``paid`` on the journal
-    alone, and A, with the default goal, track it: B's result comes at once from the
-    journal, its goal its own, not the placeholder ``done`` that no webhook would
-    ever reach, and ``on_settled`` is called for it once across the fleet, not again
-    for A's track nor by a sweep (by either instance: whichever claims it first)."""
+    """A webhook tells ``paid`` before any instance tracks the order (it waits in its
+    delivery).  Then B, granting on ``paid`` on the journal alone, and A, with the
+    default goal, track it: B's result comes at once from the journal (its first
+    track writes the delivery's news), judged by its own goal, and ``on_settled`` is
+    called for it once across the fleet, not again for A's track nor by a sweep (by
+    either instance: whichever claims it first)."""
     url = url_for(backend, tmp_path)
     user = await emu.create_user()
     order_id = await emu.create_order(user)
@@ -958,15 +983,11 @@ async def test_news_before_any_track_settles_a_paid_goal_at_once_and_calls_on_se
 
         return on_settled
 
-    async with open_journal(url) as journal, receiver_for(url, emu):
+    async with receiver_for(url, emu):
         await emu.set_status(order_id, "paid")  # order_paid to the receiver
-        log = OrderLog(journal)
-
-        async def recorded() -> bool:
-            row = (await log.orders([order_id])).get(order_id)
-            return row is not None and row.status is Status.PAID
-
-        await eventually(recorded)
+        await eventually(
+            lambda: ("order_paid", 204) in [d[:2] for d in deliveries_of(url, order_id)]
+        )
     paid_only = {"transports": ("journal",), "until": "paid", "fetch_details": False}
     async with (
         instance(url, emu, on_settled=handler("b"), **paid_only) as b,

@@ -12,7 +12,6 @@ import itertools
 import logging
 import os
 import socket
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,15 @@ import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support_journal import begin_writing, connect, dialect_of, is_postgres, on_databases, url_for
+from support_journal import (
+    PausedBefore,
+    begin_writing,
+    connect,
+    dialect_of,
+    is_postgres,
+    on_databases,
+    url_for,
+)
 from support_postgres import postgres_server
 from support_webhook import SECRET, order_paid, serve_receiver, signed
 
@@ -242,21 +249,6 @@ async def test_the_sweep_reads_a_change_recorded_while_it_tells_without_failing(
     assert mark is not None and (mark.told, mark.status) == (2, D)  # passed by the next tell
 
 
-class _PausedBefore:
-    """A connection that waits for ``go`` before running the statement starting with
-    ``prefix``: an interleaving inside a unit of work, on the real statements."""
-
-    def __init__(self, db: Any, prefix: str) -> None:
-        self.db, self.prefix = db, prefix
-        self.reached, self.go = threading.Event(), threading.Event()
-
-    def execute(self, query: str, *args: Any) -> Any:
-        if query.startswith(self.prefix):
-            self.reached.set()
-            self.go.wait(10)
-        return self.db.execute(query, *args)
-
-
 @on_databases
 async def test_a_goal_raised_while_a_change_is_recorded_and_told_still_owes_its_call(
     backend: str, tmp_path: Path
@@ -277,7 +269,7 @@ async def test_a_goal_raised_while_a_change_is_recorded_and_told_still_owes_its_
         await log.record([note(12, P)])
         record_answered(url, settled_key(12, P))
         await SettledLog(log).tell(12)
-        raiser = _PausedBefore(connect(url), "UPDATE orderfsm_orders SET until")
+        raiser = PausedBefore(connect(url), "UPDATE orderfsm_orders SET until")
 
         def raise_goal() -> None:
             begin_writing(raiser, url)
@@ -1099,7 +1091,9 @@ async def test_a_transactional_handler_that_refuses_or_fails_keeps_the_order_sta
     """The delivery's status is a fact whatever the app makes of it.  A plain handler's
     claim commits it before the handler runs; a transactional handler's used to be
     written inside the handler's savepoint and rolled back with it: a refused refund
-    (a 400, which Xsolla never retries) never reached the trackers or ``on_settled``."""
+    (a 400, which Xsolla never retries) never reached the trackers or ``on_settled``.
+    Order 73 is tracked before its webhooks (the claims write its changes), 74 after
+    them (its first track reads them from the deliveries, kept whatever the answer)."""
     url = url_for(backend, tmp_path)
 
     def handler(notification: Any, connection: Any) -> None:
@@ -1108,15 +1102,19 @@ async def test_a_transactional_handler_that_refuses_or_fails_keeps_the_order_sta
         raise RuntimeError("the app's own table is missing")  # order_paid: a 5xx
 
     async with open_journal(url) as journal:
+        log = OrderLog(journal)
+        await log.track(73, P, None)
         receiver = WebhookReceiver(SECRET, store=journal, transactional=handler)
         answers = []
-        for body in (order_paid(73), order_paid(73, kind="order_canceled")):
-            answers.append((await receiver.handle(signed(body), body)).status)
-        changes = await OrderLog(journal).changes({73: 0}, everything=True)
-    assert answers == [500, 400]
-    assert [(c.version, c.status, c.source) for c in changes] == [
-        (1, P, "webhook"), (2, C, "webhook")
-    ]  # fmt: skip
+        for order_id in (73, 74):
+            for body in (order_paid(order_id), order_paid(order_id, kind="order_canceled")):
+                answers.append((await receiver.handle(signed(body), body)).status)
+        await log.track(74, P, None)
+        changes = await log.changes({73: 0, 74: 0}, everything=True)
+    assert answers == [500, 400] * 2
+    assert [(c.order_id, c.version, c.status, c.source) for c in changes] == [
+        (o, v, s, "webhook") for o in (73, 74) for v, s in ((1, P), (2, C))
+    ]
 
 
 @on_databases

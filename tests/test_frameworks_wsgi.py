@@ -30,9 +30,10 @@ from support_frameworks import (
     serving,
     wait_for_workers,
 )
-from support_journal import connect, create_grants, url_for
+from support_journal import connect, create_grants, track_orders, url_for
 from support_webhook import order_paid, signed
 
+from transports.journal import open_journal
 from transports.webhook.receiver import DEFAULT_MAX_BODY
 
 ORDERS = list(range(1001, 1013))
@@ -86,6 +87,12 @@ def test_django_under_gunicorn_grants_each_order_once_with_the_orm(
     url = url_for(backend, tmp_path)
     env = {"GAME_DB": url, "DJANGO_SETTINGS_MODULE": "djangogame.settings"}
     migrate_django(env)
+    journal = open_journal(url).sync
+    journal.open()
+    try:
+        track_orders(url, list(ORDERS), journal.store)  # the fleet's trackers follow them
+    finally:
+        journal.close()
     run_app("djangogame.wsgi:application", env, tmp_path)
     db = connect(url)
     try:

@@ -30,6 +30,7 @@ from support_journal import (
     old_backlog,
     on_databases,
     on_every_backend,
+    track_orders,
     url_for,
 )
 from support_postgres import postgres_server
@@ -579,17 +580,19 @@ def test_the_store_errors_are_journal_errors() -> None:
 def test_an_orders_status_commits_with_the_claim_or_not_at_all(
     backend: str, tmp_path: Path
 ) -> None:
-    """A webhook's order status is written in its claim's transaction: a failure of
-    that write (here a database trigger refusing order 2) keeps neither."""
+    """A webhook's order status is written in its claim's transaction (the orders tracked
+    by the fleet): a failure of that write (here a database trigger refusing order
+    2's change) keeps neither."""
     url = url_for(backend, tmp_path)
     clock = Clock()
     journal = sync_journal(url, clock)
     db = connect(url)
     try:
         journal.open()
+        track_orders(url, [1, 2], journal.store)
         if backend == "sqlite":
             db.execute(
-                "CREATE TRIGGER refuse BEFORE INSERT ON orderfsm_orders WHEN NEW.order_id = 2"
+                "CREATE TRIGGER refuse BEFORE INSERT ON orderfsm_changes WHEN NEW.order_id = 2"
                 " BEGIN SELECT RAISE(ABORT, 'order 2 refused'); END"
             )
         else:
@@ -599,15 +602,15 @@ def test_an_orders_status_commits_with_the_claim_or_not_at_all(
                 " RETURN NEW; END $$"
             )
             db.execute(
-                "CREATE TRIGGER refuse BEFORE INSERT ON orderfsm_orders"
+                "CREATE TRIGGER refuse BEFORE INSERT ON orderfsm_changes"
                 " FOR EACH ROW EXECUTE FUNCTION refuse()"
             )
         taken = journal.begin(delivery(1, clock), BUSY, [Note(1, Status.PAID, "webhook", 1.0)])
         assert isinstance(taken, Taken)
         with pytest.raises(JournalError):
             journal.begin(delivery(2, clock), BUSY, [Note(2, Status.PAID, "webhook", 1.0)])
-        rows = db.execute("SELECT order_id, status FROM orderfsm_orders").fetchall()
-        assert [tuple(row) for row in rows] == [(1, "paid")]
+        rows = db.execute("SELECT order_id, status FROM orderfsm_orders ORDER BY 1").fetchall()
+        assert [tuple(row) for row in rows] == [(1, "paid"), (2, None)]
         assert sorted(journal.claims(["order_paid:1", "order_paid:2"])) == ["order_paid:1"]
     finally:
         journal.close()

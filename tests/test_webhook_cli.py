@@ -121,16 +121,18 @@ async def test_the_server_prints_its_url_then_one_line_per_accepted_notification
 async def test_no_record_orders_keeps_the_orders_status_out_of_the_journal(
     anyio_backend: str, backend: str, tmp_path: Path
 ) -> None:
-    """``--no-record-orders`` (a webhook-only backend: no tracker reads the journal)
-    writes no order row and no change, and still handles and records the delivery;
-    without it the server records the status in the claim's transaction, as trackers
-    sharing the journal need."""
+    """Order 41 tracked by the fleet: ``--no-record-orders`` (a receiver whose role has
+    no privilege on the orders' tables) writes no change of it, and still handles and
+    records the delivery; without it the server writes the status in the claim's
+    transaction, as trackers sharing the journal need."""
     body = b'{"notification_type": "order_paid", "order": {"id": 41}, "items": []}'
     found = {}
     for options in [(), ("--no-record-orders",)]:
         folder = tmp_path / str(len(options))
         folder.mkdir()
         store = url_for(backend, folder)
+        async with open_journal(store) as journal:
+            await OrderLog(journal).track(41, Status.PAID, None)
         async with webhook_server(store, *options, "--backend", anyio_backend) as served:
             process, reader, url = served
             async with open_http_client() as http:
@@ -151,7 +153,7 @@ async def test_no_record_orders_keeps_the_orders_status_out_of_the_journal(
             [(c.status, c.source) for c in changes],
         )
     assert found[()] == (204, 41, [(41, 204)], [(Status.PAID, 1)], [(Status.PAID, "webhook")])
-    assert found[("--no-record-orders",)] == (204, 41, [(41, 204)], [], [])
+    assert found[("--no-record-orders",)] == (204, 41, [(41, 204)], [(None, 0)], [])
 
 
 def test_the_command_needs_a_secret() -> None:

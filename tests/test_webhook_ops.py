@@ -30,10 +30,12 @@ from support_journal import backlog_left, old_backlog
 from support_postgres import NO_ORDERS, database_of_a_role, postgres_server
 from support_webhook import answer_of
 
+from orderfsm.core import Status
 from orderfsm.journal import DAY, JournalSettings
 from orderfsm.testing import eventually
 from transports.http import open_http_client
 from transports.journal import open_journal, readiness
+from transports.journal import orders as orders_sql
 from transports.journal.testing import TemporaryPostgres
 from transports.webhook import (
     DELIVERY_OUTCOMES,
@@ -390,7 +392,8 @@ async def test_readiness_asks_for_the_orders_privileges_only_of_a_receiver_recor
     Given what readiness asks for and no other write, a delivery of each receiver
     passes; each of the orders' privileges taken away in turn, the recording receiver's
     deliveries fail and its ``/readyz`` names the privilege, while one that does not
-    record stays ready and answers 204: readiness agrees with the deliveries both ways."""
+    record stays ready and answers 204: readiness agrees with the deliveries both ways.
+    (The orders are tracked by the fleet: an untracked one's news waits in its delivery.)"""
     orders = [
         (f"{privilege} ON {table}", f"{privilege} on {table}")
         for table, privileges in readiness.POSTGRES_ORDER_WRITES.items()
@@ -409,6 +412,12 @@ async def test_readiness_asks_for_the_orders_privileges_only_of_a_receiver_recor
     order_ids = itertools.count(1000)
     found: dict[str, tuple[str | None, int, str | None, int]] = {}
     with database_of_a_role(*exactly) as (url, role, database):
+        database.execute("BEGIN")
+        tracked = [(order_id, Status.PAID, None) for order_id in range(1000, 1012)]
+        orders_sql.track_many(
+            database, "postgresql", tracked, time.time(), orders_sql.channel_for("public")
+        )
+        database.execute("COMMIT")
         recording = WebhookReceiver(SECRET, store=url)
         not_recording = WebhookReceiver(SECRET, store=url, record_orders=False)
         ready, ready_without = (health_endpoints(r)["/readyz"] for r in (recording, not_recording))

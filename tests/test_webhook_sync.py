@@ -28,6 +28,7 @@ from support_journal import (
     on_databases,
     on_every_backend,
     refuse_answers,
+    track_orders,
     url_for,
 )
 from support_webhook import SECRET, order_paid, signed
@@ -213,14 +214,20 @@ def test_an_answer_the_database_refuses_after_the_handler_ran_is_500_never_4xx(
 def test_the_order_status_is_recorded_once_in_the_claims_transaction(
     backend: str, form: str, tmp_path: Path
 ) -> None:
-    """As the async receiver does: a fleet's trackers sharing the journal learn of it."""
+    """As the async receiver does: a fleet's trackers sharing the journal learn of it.
+    Order 7 is tracked before (its change written with the claim), 8 after (its first
+    track writes it from the delivery): once each, whatever the copies."""
     url = url_for(backend, tmp_path)
 
     def nothing(notification: Notification, connection: Any = None) -> None: ...
 
     kind = {"handler": nothing} if form == "plain" else {"transactional": nothing}
     with receivers(url, **kind) as made:
+        store = made[0].journal.store
+        track_orders(url, [7], store)
         assert deliver_all(made, [order_paid(n) for n in (7, 8)], copies=3) == [204] * 6
+        assert changes_in(url) == [(7, "paid")]
+        track_orders(url, [8], store)
     assert changes_in(url) == [(7, "paid"), (8, "paid")]
 
 

@@ -124,10 +124,11 @@ def add_record_orders_option(parser: argparse.ArgumentParser) -> None:
         "--no-record-orders",
         dest="record_orders",
         action="store_false",
-        help="do not write each order's status in the journal with its delivery's claim "
-        "(cheaper per delivery, no NOTIFY on PostgreSQL, no privilege on the orders' tables "
-        "needed): journal-backed trackers and 'orderfsm watch --transports journal' then "
-        "learn no status from the notifications handled here",
+        help="do not write the status of an order the fleet tracks in the journal with its "
+        "delivery's claim (no privilege on the orders' tables needed; an order nobody "
+        "tracks costs nothing either way, its first track reads its deliveries): "
+        "journal-backed trackers already following an order then learn no status from the "
+        "notifications handled here",
     )
 
 

@@ -92,15 +92,16 @@ class OrderLog:
     async def track(self, order_id: int, until: Status, user_id: str | None) -> OrderRow:
         work = functools.partial(
             sql.track, dialect=self.dialect, order_id=order_id, until=until, user_id=user_id,
-            now=time.time(),
+            now=time.time(), channel=self.channel,
         )  # fmt: skip
         return await self.journal._call(self._store.write, work, self._deadline())
 
     async def track_many(self, entries: Sequence[tuple[int, Status, str | None]]) -> list[OrderRow]:
         """:meth:`track` for many orders in one transaction (one commit, one thread hop)."""
         work = functools.partial(
-            sql.track_many, dialect=self.dialect, entries=entries, now=time.time()
-        )
+            sql.track_many, dialect=self.dialect, entries=entries, now=time.time(),
+            channel=self.channel,
+        )  # fmt: skip
         return await self.journal._call(self._store.write, work, self._deadline())
 
     async def record(self, notes: Sequence[Note]) -> list[ChangeRow]:

@@ -17,19 +17,28 @@ The writes; the leases are :mod:`~transports.journal.order_leases`'s, the reads
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
 
 from orderfsm.core import GOALS, Status, verdict
-from orderfsm.journal.orders import ChangeRow, OrderRow, advance
+from orderfsm.interface import WEBHOOK
+from orderfsm.journal.orders import (
+    WEBHOOK_STATUSES,
+    ChangeRow,
+    OrderRow,
+    advance,
+    news_in_deliveries,
+)
+from transports.journal.order_reads import orders
 from transports.journal.order_rows import (
     CHANGE_COLUMNS,
-    ORDER_COLUMNS,
     SETTLING,
+    chunks,
     in_dialect,
-    order_from_row,
+    marks,
     settled_statuses,
 )
 from transports.journal.settled_sql import mark_for_goal
@@ -80,9 +89,56 @@ the stricter of the two."""
 
 
 def track(
-    db: Any, dialect: str, order_id: int, until: Status, user_id: str | None, now: float
+    db: Any,
+    dialect: str,
+    order_id: int,
+    until: Status,
+    user_id: str | None,
+    now: float,
+    channel: str = CHANNEL,
 ) -> OrderRow:
-    """Say an instance follows the order; the row as it is now.
+    """Say an instance follows the order; the row as it is now (see :func:`track_many`)."""
+    return track_many(db, dialect, [(order_id, until, user_id)], now, channel)[0]
+
+
+def track_many(
+    db: Any,
+    dialect: str,
+    entries: Sequence[tuple[int, Status, str | None]],
+    now: float,
+    channel: str = CHANNEL,
+) -> list[OrderRow]:
+    """:func:`_track` for each (order id, goal, user id), in the one transaction; the
+    rows as they are now.
+
+    An order no instance tracked before may have news only in the webhook
+    deliveries (receivers write an order's changes only once it is tracked:
+    :func:`record`'s ``tracked_only``): those are written now, before the rows
+    are read.  On PostgreSQL the orders' news locks are taken first, each
+    exclusively (a receiver takes them shared before it asks whether an order is
+    tracked): either the receiver saw this track and wrote its news, or it
+    committed its delivery before this transaction reads the deliveries.
+
+    Rows are locked in order id order, as :func:`record` locks them: two
+    transactions over the same orders then never wait for each other in a circle
+    (a deadlock PostgreSQL would break by failing one of them)."""
+    ids = sorted({order_id for order_id, _, _ in entries})
+    if dialect == "postgresql":
+        db.execute(lock_news(channel, ids, exclusive=True))
+    tracked = _tracked(db, dialect, ids)
+    untracked = [i for i in ids if i not in tracked]
+    for order_id, until, user_id in sorted(entries, key=lambda entry: entry[0]):
+        _track(db, dialect, order_id, until, user_id, now)
+    if untracked:
+        _write_news_of_deliveries(db, dialect, untracked, now, channel)
+    by_id = orders(db, dialect, ids)
+    return [by_id[order_id] for order_id, _, _ in entries]
+
+
+def _track(
+    db: Any, dialect: str, order_id: int, until: Status, user_id: str | None, now: float
+) -> None:
+    """One order's track.
 
     An order first met here gets a row; one already settled for its goal is
     not marked tracked again (there is nothing to resume).  The row keeps the
@@ -90,10 +146,10 @@ def track(
     that grants on payment must not end the following of an order another
     waits to see delivered, since no webhook says ``done`` (a review found the
     last tracker's goal winning, and the order followed by nobody).
-    A row news made first (a webhook before the track) has no goal asked yet:
-    the first track's is taken, or an instance granting on ``paid`` would have
-    its order judged by the placeholder ``done`` and its ``on_settled`` call
-    never made (a review found it).
+    A row news made first (a receiver of an earlier version, before the track)
+    has no goal asked yet: the first track's is taken, or an instance granting
+    on ``paid`` would have its order judged by the placeholder ``done`` and its
+    ``on_settled`` call never made (a review found it).
     A goal raised pulls the row's ``settled_told`` back to where the new goal's
     calls are owed (:func:`~transports.journal.settled_sql.mark_for_goal`): the
     mark judged for ``paid`` had passed the delivery, which calls nothing there,
@@ -121,29 +177,49 @@ def track(
         ),
         (until.value,) * 2 + (user_id,) + (until.value,) * 4 + (now, now, order_id),
     )
-    row = db.execute(
-        in_dialect(dialect, f"SELECT {ORDER_COLUMNS} FROM orderfsm_orders WHERE order_id = %s"),
-        (order_id,),
-    ).fetchone()
-    return order_from_row(row)
 
 
-def track_many(
-    db: Any,
-    dialect: str,
-    entries: Sequence[tuple[int, Status, str | None]],
-    now: float,
-) -> list[OrderRow]:
-    """:func:`track` for each (order id, goal, user id), in the one transaction.
+def _tracked(db: Any, dialect: str, ids: Sequence[int]) -> set[int]:
+    """Which of these orders an instance tracked (ever: ``tracked_at`` is never cleared)."""
+    found: set[int] = set()
+    for chunk in chunks(ids):
+        rows = db.execute(
+            in_dialect(
+                dialect,
+                "SELECT order_id FROM orderfsm_orders WHERE tracked_at IS NOT NULL"
+                f" AND order_id IN ({marks(len(chunk), dialect)})",
+            ),
+            list(chunk),
+        ).fetchall()
+        found.update(int(row[0]) for row in rows)
+    return found
 
-    Rows are locked in order id order, as :func:`record` locks them: two
-    transactions over the same orders then never wait for each other in a circle
-    (a deadlock PostgreSQL would break by failing one of them)."""
-    by_id = {
-        order_id: track(db, dialect, order_id, until, user_id, now)
-        for order_id, until, user_id in sorted(entries, key=lambda entry: entry[0])
-    }
-    return [by_id[order_id] for order_id, _, _ in entries]
+
+def _write_news_of_deliveries(
+    db: Any, dialect: str, ids: Sequence[int], now: float, channel: str
+) -> None:
+    """The news of orders tracked for the first time that only their webhook deliveries
+    hold (:func:`~orderfsm.journal.orders.news_in_deliveries`), written as a receiver
+    that found them tracked would have: a waiter on any instance hears them.  Only
+    what the retention kept (14 days by default): a status told before that and never
+    tracked is Xsolla's to tell again (a Get order)."""
+    kinds = list(WEBHOOK_STATUSES)
+    notes: list[Note] = []
+    for chunk in chunks(ids):
+        rows = db.execute(
+            in_dialect(
+                dialect,
+                "SELECT order_id, kind, received_at FROM orderfsm_deliveries"
+                f" WHERE order_id IN ({marks(len(chunk), dialect)})"
+                f" AND kind IN ({marks(len(kinds), dialect)}) ORDER BY id",
+            ),
+            [*chunk, *kinds],
+        ).fetchall()
+        for order_id, kind, received_at in rows:
+            for status in news_in_deliveries([kind]):
+                notes.append(Note(int(order_id), status, WEBHOOK, float(received_at)))
+    if notes:
+        record(db, dialect, notes, now, channel)
 
 
 def channel_for(schema: str) -> str:
@@ -159,6 +235,7 @@ def record(
     now: float,
     channel: str = CHANNEL,
     locked: Sequence[Sequence[Any]] | None = None,
+    tracked_only: bool = False,
 ) -> list[ChangeRow]:
     """Write what advances an order; returns the changes written (stale and repeated
     news write nothing).  One NOTIFY for the whole transaction, when anything changed.
@@ -170,6 +247,15 @@ def record(
     prepare them once; SQLite, in process, takes a statement per row.
     ``locked``: PostgreSQL, every order's row as :data:`LOCK_ALL` returns it, locked
     already by the caller's own statement (a batch of claims locks them in its own).
+
+    ``tracked_only`` (a webhook receiver's news): only the orders an instance tracks
+    get a change; the others' news stays in their deliveries, where their first
+    track reads it (:func:`track_many`).  A webhook-only fleet then writes no row,
+    change or NOTIFY per delivery, and its claims keep their cheap commit (with them,
+    three PostgreSQL receivers spent about a seventh more CPU per delivery).  On
+    PostgreSQL the orders' news locks are taken shared first (``locked``: the caller
+    took them before its statement began), so the question "tracked?" is asked with
+    a snapshot no track can slip past.
     """
     written: list[ChangeRow] = []
     # Locked in order id order, whatever order the notes come in (see track_many).
@@ -177,11 +263,18 @@ def record(
     if locked is not None:
         rows = _pending(locked)
     elif dialect == "postgresql":
-        rows = _lock_all(db, ids, now)
+        if tracked_only:
+            db.execute(lock_news(channel, ids, exclusive=False))
+        lock = LOCK_TRACKED if tracked_only else LOCK_ALL
+        rows = _pending(db.execute(lock, (Status.DONE.value, now, list(ids))).fetchall())
     else:
+        if tracked_only:
+            ids = sorted(_tracked(db, dialect, ids))
         rows = {i: _lock(db, dialect, i, now) for i in ids}
     for note in notes:
-        row = rows[note.order_id]
+        row = rows.get(note.order_id)
+        if row is None:  # tracked_only, and nobody tracks it: its first track reads it
+            continue
         change = advance(row.status, note.status)
         if change is None:
             continue
@@ -241,14 +334,41 @@ LOCK_ROWS = (
     "INSERT INTO orderfsm_orders (order_id, status, version, until, tracking,"
     " lease_until, fence, updated_at)"
     " SELECT i, NULL, 0, {until}, FALSE, 0, 0, {now} FROM unnest({ids}::bigint[]) AS ids(i)"
-    "{after} ORDER BY i"
+    "{where} ORDER BY i"
     " ON CONFLICT (order_id) DO UPDATE SET order_id = excluded.order_id"
     " RETURNING order_id, status, version, until"
 )
-"""The text of :data:`LOCK_ALL`, its parameters' marks to fill in, and ``after``: a
-condition that makes it wait for rows another part of the statement locks first."""
-LOCK_ALL = LOCK_ROWS.format(until="%s", now="%s", ids="%b", after="")
+"""The text of :data:`LOCK_ALL`, its parameters' marks to fill in, and ``where``: which
+orders (:data:`TRACKED`), and a condition that makes it wait for rows another part of
+the statement locks first."""
+TRACKED = (
+    "EXISTS (SELECT 1 FROM orderfsm_orders AS t WHERE t.order_id = i AND t.tracked_at IS NOT NULL)"
+)
+""":data:`LOCK_ROWS`'s condition for ``tracked_only``: an order some instance tracked."""
+LOCK_ALL = LOCK_ROWS.format(until="%s", now="%s", ids="%b", where="")
 """PostgreSQL: :func:`_lock` for many orders, in ``ORDER BY`` order (the insert's order)."""
+LOCK_TRACKED = LOCK_ROWS.format(until="%s", now="%s", ids="%b", where=f" WHERE {TRACKED}")
+""":data:`LOCK_ALL` for the tracked ones only (``tracked_only``)."""
+
+
+def lock_news(channel: str, order_ids: Iterable[int], *, exclusive: bool) -> str:
+    """PostgreSQL: a statement (no parameters) that takes these orders' news locks for the
+    transaction, in one order everywhere (no two transactions wait in a circle):
+    shared by receivers before they ask whether an order is tracked, exclusive by a
+    track before it reads the deliveries (:func:`track_many`).  Advisory locks, keyed
+    by the schema's channel and the order: no table row is written for them."""
+    keys = sorted({news_key(channel, order_id) for order_id in order_ids})
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    listed = ",".join(str(key) for key in keys)
+    return f"SELECT {function}(k) FROM unnest('{{{listed}}}'::bigint[]) AS k"
+
+
+def news_key(channel: str, order_id: int) -> int:
+    """An order's news lock (:func:`lock_news`): a signed 64-bit key of its own, apart
+    from the instance names' (:func:`~transports.journal.postgres_name.name_key`)."""
+    digest = hashlib.blake2b(f"orderfsm-order\0{channel}\0{order_id}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
 
 WRITE_ALL = (
     "WITH w0 AS (INSERT INTO orderfsm_changes (" + CHANGE_COLUMNS + ")"
@@ -271,10 +391,6 @@ asked: the NOTIFY is delivered, and the rows are read, at commit, before the log
 reaches the disk; an order's change lost to a database crash after that would give
 its version number to the next change, which every tracker that saw the first skips
 for good (a review found it)."""
-
-
-def _lock_all(db: Any, ids: Sequence[int], now: float) -> dict[int, _Pending]:
-    return _pending(db.execute(LOCK_ALL, (Status.DONE.value, now, list(ids))).fetchall())
 
 
 def _pending(rows: Sequence[Sequence[Any]]) -> dict[int, _Pending]:

@@ -170,7 +170,7 @@ class PostgresStore:
                 # The fast claim's setting holds for the whole transaction.
                 with transaction(db, "BEGIN"):
                     claimed = sql.send_claim(db, delivery, owner, now, lease, logged, fast=True)
-                    record(db, self.kind, notes, now, self.channel)
+                    record(db, self.kind, notes, now, self.channel, tracked_only=True)
                     return claimed()
         except psycopg.errors.LockNotAvailable:
             # Another transaction holds the key (a transactional handler at work).
@@ -193,10 +193,11 @@ class PostgresStore:
         def write(db: psycopg.Connection[Any]) -> list[Claimed]:
             claimed, locked = batch.claims(db, requests, owner, now, lease, orders)
             if notes:
-                record(batch.KeptStatements(db), self.kind, notes, now, self.channel, locked)
+                record(batch.KeptStatements(db), self.kind, notes, now, self.channel, locked, True)
             return claimed
 
-        return self._together(len(requests), batch.CLAIM_BEGIN, write, deadline)
+        begin = batch.claim_begin(self.channel, orders)
+        return self._together(len(requests), begin, write, deadline)
 
     def settle_many(
         self, requests: Sequence[SettleRequest], now: float, deadline: float

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from orderfsm.core import Status
 from orderfsm.journal import decisions
 from transports.journal.base import Claimed, ClaimRequest, SettleRequest
-from transports.journal.orders import LOCK_ROWS
+from transports.journal.orders import LOCK_ROWS, TRACKED, lock_news
 from transports.journal.postgres_sql import claim_on, settle
 from transports.journal.sql_shared import CLAIM_COLUMNS, claim_from_row, encode_headers, error_text
 
@@ -39,7 +39,10 @@ _LOCK_ORDERS = LOCK_ROWS.format(
     until="%(done)s",
     now="%(now)s",
     ids="%(orders)b",
-    after=" WHERE (SELECT count(*) FROM taken) >= 0",  # the claims' rows first
+    # The claims' rows first; then the orders some instance tracks, asked after the
+    # orders' news locks were taken (claim_begin): the others' news stays in the
+    # deliveries, for their first track.
+    where=f" WHERE (SELECT count(*) FROM taken) >= 0 AND {TRACKED}",
 )
 
 _CLAIMED = f"""
@@ -138,6 +141,15 @@ trip where a transaction took three."""
 CLAIM_BEGIN = "BEGIN; SET LOCAL synchronous_commit = off"
 """A claims' batch commits without waiting for the disk (see
 :data:`~transports.journal.postgres_sql.CLAIM_FAST`); the answers' is durable."""
+
+
+def claim_begin(channel: str, orders: Sequence[int]) -> str:
+    """:data:`CLAIM_BEGIN`, and the news locks of the orders the batch tells of, taken
+    shared (:func:`~transports.journal.orders.lock_news`) in the same round trip,
+    before the claims' statement asks which of them are tracked."""
+    if not orders:
+        return CLAIM_BEGIN
+    return f"{CLAIM_BEGIN}; {lock_news(channel, orders, exclusive=False)}"
 
 
 def _cursor(db: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:

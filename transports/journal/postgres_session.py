@@ -41,13 +41,13 @@ def command(db: psycopg.Connection[Any], text: str) -> None:
 @contextmanager
 def transaction(db: psycopg.Connection[Any], begin: str) -> Iterator[None]:
     """A transaction on an autocommit connection, opened by ``begin`` ("BEGIN" and
-    ``SET LOCAL`` statements, sent together) and committed at the end, or rolled
+    ``SET LOCAL`` statements, and locks to take, sent together) and committed at the end, or rolled
     back; both through :func:`command`.  Not psycopg's pipeline mode: on loopback its
     bookkeeping cost more CPU than the round trips it saves (measured: a transaction
     of two statements 150 us of client CPU pipelined, 75 us one statement after
     another)."""
-    command(db, begin)
     try:
+        command(db, begin)  # may fail inside the transaction: a lock waited for too long
         yield
     except BaseException:
         if not db.closed and db.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:

@@ -247,7 +247,7 @@ class SqliteStore:
         def work(db: sqlite3.Connection) -> Claimed:
             claimed = sql.claim(db, delivery, owner, now, lease, logged)
             if notes:
-                record(db, self.kind, notes, now)
+                record(db, self.kind, notes, now, tracked_only=True)
             return claimed
 
         return self._write(work, deadline, durable=False)
@@ -309,7 +309,7 @@ class SqliteStore:
             claimed = [sql.claim(db, r.delivery, owner, now, lease, None) for r in requests]
             notes = [note for request in requests for note in request.notes]
             if notes:
-                record(db, self.kind, notes, now)
+                record(db, self.kind, notes, now, tracked_only=True)
             return claimed
 
         return self._together(work, deadline, durable=False)

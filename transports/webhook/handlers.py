@@ -106,7 +106,8 @@ def transactional_work(
     def facts(connection: Any) -> None:
         # The channel is the schema's, known once the store is open: the work is built
         # before that on a receiver's first delivery.
-        record(connection, store.kind, notes, time.time(), str(getattr(store, "channel", CHANNEL)))
+        channel = str(getattr(store, "channel", CHANNEL))
+        record(connection, store.kind, notes, time.time(), channel, tracked_only=True)
 
     def handle(connection: Any, attempt: int) -> tuple[WebhookAnswer, str | None]:
         started = time.perf_counter()

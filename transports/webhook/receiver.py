@@ -59,9 +59,10 @@ class WebhookReceiver(ReceiverBase):
     ``sink`` (optional) receives an :class:`Observation` for every verified
     ``order_paid`` (status ``paid``) and ``order_canceled`` (``canceled``),
     so trackers in the same process learn from webhooks too.  With a SQLite or
-    PostgreSQL journal the order's status is also recorded in the journal's
-    orders, in the claim's own transaction (``record_orders``), so trackers
-    of a fleet sharing the journal learn it on any host.
+    PostgreSQL journal the status of an order the fleet tracks is also written
+    in the journal's orders, in the claim's own transaction (``record_orders``),
+    so trackers of a fleet sharing the journal learn it on any host; an order
+    nobody tracks yet costs no write: its first track reads its deliveries.
     """
 
     def __init__(

@@ -16,6 +16,7 @@ from typing import Any
 from orderfsm.core import Observation, Status
 from orderfsm.interface import WEBHOOK, ObservationSink
 from orderfsm.journal import Reply
+from orderfsm.journal.orders import WEBHOOK_STATUSES
 from transports.journal.base import Store as JournalStore
 from transports.journal.orders import Note
 from transports.journal.steps import Ran
@@ -209,10 +210,8 @@ class ReceiverBase:
 
 def _status_of(notification: Notification) -> tuple[int, Status] | None:
     """The order and status a notification tells: ``paid``, or ``canceled`` (a refund)."""
-    if isinstance(notification, OrderPaid):
-        return notification.order_id, Status.PAID
-    if isinstance(notification, OrderCanceled):
-        return notification.order_id, Status.CANCELED
+    if isinstance(notification, (OrderPaid, OrderCanceled)):
+        return notification.order_id, WEBHOOK_STATUSES[notification.notification_type]
     return None
 
 

@@ -59,9 +59,9 @@ class SyncWebhookReceiver(ReceiverBase):
     ``sink`` receives the same observations as the async receiver's, stamped
     with ``time.monotonic()`` (asyncio's clock): hand it a thread-safe sink,
     such as :class:`orderfsm.blocking.Tracker`, which stamps them again on its
-    own loop.  With a SQLite or PostgreSQL journal the order's status is also
-    recorded in the journal's orders in the claim's transaction
-    (``record_orders``), as the async receiver does, for a fleet's trackers.
+    own loop.  With a SQLite or PostgreSQL journal the status of an order the
+    fleet tracks is also written in the journal's orders in the claim's
+    transaction (``record_orders``), as the async receiver does.
     """
 
     def __init__(

@@ -1,0 +1,196 @@
+"""A receiver writes an order's news as a change only once an instance tracks the order;
+the first track reads what came before from the webhook deliveries.
+
+A webhook-only fleet (no tracker on the journal) then pays for no order row, change
+or NOTIFY per delivery.  Nothing is lost on the way: a delivery told before the
+track is in the deliveries the track reads, and on PostgreSQL the orders' news
+locks order a track and a receiver's claim (each interleaving is forced here).
+Both databases, both event loops.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from support_journal import (
+    PausedBefore,
+    begin_writing,
+    connect,
+    deliveries_of,
+    dialect_of,
+    is_postgres,
+    on_databases,
+    url_for,
+)
+from support_webhook import SECRET, order_paid, signed
+
+from orderfsm import Status
+from orderfsm.journal.orders import WEBHOOK_STATUSES, news_in_deliveries
+from transports.journal import open_journal
+from transports.journal import orders as sql
+from transports.journal.order_log import OrderLog
+from transports.journal.order_rows import in_dialect
+from transports.journal.orders import Note
+from transports.webhook import WebhookReceiver
+
+pytestmark = pytest.mark.anyio
+
+P, C = Status.PAID, Status.CANCELED
+
+
+def rows_of(url: str, order_id: int) -> tuple[Any, list[tuple[Any, ...]]]:
+    """The order's row (status, version; ``None``: no row) and its changes."""
+    db = connect(url)
+    try:
+        row = db.execute(
+            f"SELECT status, version FROM orderfsm_orders WHERE order_id = {order_id}"
+        ).fetchone()
+        changes = db.execute(
+            "SELECT version, status, source, at FROM orderfsm_changes"
+            f" WHERE order_id = {order_id} ORDER BY version"
+        ).fetchall()
+    finally:
+        db.close()
+    return (None if row is None else tuple(row)), [tuple(c) for c in changes]
+
+
+def test_the_statuses_a_first_track_reads_are_the_ones_the_receiver_tells() -> None:
+    """The two webhooks that tell a status, in the order they came; other kinds (a
+    payment's, an ``on_settled`` call's claim) tell none."""
+    kinds = ["payment", "order_paid", "settled", "order_canceled", "order_paid"]
+    assert news_in_deliveries(kinds) == [P, C, P]
+    assert set(WEBHOOK_STATUSES) == {"order_paid", "order_canceled"}
+
+
+@on_databases
+async def test_news_of_an_order_nobody_tracks_waits_in_its_deliveries_for_its_first_track(
+    backend: str, tmp_path: Path
+) -> None:
+    """Order 80, nobody tracks it: paid and refunded, no row and no change written.
+    Order 81, tracked: its payment is a change at once, from the claim's transaction.
+    Then 80's first track writes both, as the receiver would have, at their
+    deliveries' times; a second track writes nothing more."""
+    url = url_for(backend, tmp_path)
+    async with open_journal(url) as journal:
+        log = OrderLog(journal)
+        await log.track(81, P, None)
+        receiver = WebhookReceiver(SECRET, store=journal)
+        for body in (order_paid(80), order_paid(80, kind="order_canceled"), order_paid(81)):
+            assert (await receiver.handle(signed(body), body)).status == 204
+        assert rows_of(url, 80) == (None, [])
+        row81, changes81 = rows_of(url, 81)
+        assert row81 == ("paid", 1)
+        assert [c[:3] for c in changes81] == [(1, "paid", "webhook")]
+
+        first = await log.track(80, P, None)
+        again = await log.track(80, P, None)
+    assert (first.status, first.version) == (C, 2)
+    assert (again.status, again.version) == (C, 2)
+    row, changes = rows_of(url, 80)
+    assert row == ("canceled", 2)
+    assert changes == [
+        (1, "paid", "webhook", deliveries_of(url, 80)[0][2]),
+        (2, "canceled", "webhook", deliveries_of(url, 80)[1][2]),
+    ]
+
+
+@on_databases
+async def test_a_track_and_a_claim_of_the_same_order_at_once_lose_no_news(
+    backend: str, tmp_path: Path
+) -> None:
+    """The claim's transaction has asked whether order 90 is tracked (no) and holds its
+    delivery, uncommitted, when a first track of 90 begins: the track waits for it and
+    reads the delivery.  Without the news locks the track read no delivery and the
+    claim wrote no change: a waiter on 90 never heard of its payment.  SQLite's
+    writers take turns: there the track comes after the claim."""
+    url = url_for(backend, tmp_path)
+    dialect = dialect_of(url)
+    async with open_journal(url) as journal:
+        log = OrderLog(journal)
+        channel = log.channel
+        claimer = connect(url)
+        tracked = threading.Event()
+        try:
+            begin_writing(claimer, url)
+            claimer.execute(
+                in_dialect(
+                    dialect,
+                    "INSERT INTO orderfsm_deliveries (kind, key, order_id, body, headers,"
+                    " received_at) VALUES ('order_paid', 'order_paid:90', 90, %s, '[]', %s)",
+                ),
+                (order_paid(90), time.time()),
+            )
+            note = Note(90, P, "webhook", time.time())
+            assert (
+                sql.record(claimer, dialect, [note], time.time(), channel, tracked_only=True) == []
+            )
+
+            async def first_track() -> None:
+                await log.track(90, P, None)
+                tracked.set()
+
+            async with anyio.create_task_group() as tg:
+                if is_postgres(url):
+                    tg.start_soon(first_track)
+                    await anyio.sleep(0.5)
+                    assert not tracked.is_set()  # waiting for the claim's news lock
+                claimer.execute("COMMIT")
+                if not is_postgres(url):
+                    tg.start_soon(first_track)
+        finally:
+            claimer.close()
+    row, changes = rows_of(url, 90)
+    assert row == ("paid", 1)
+    assert [c[:3] for c in changes] == [(1, "paid", "webhook")]
+
+
+@on_databases
+async def test_a_claim_that_comes_while_a_first_track_is_written_writes_its_change(
+    backend: str, tmp_path: Path
+) -> None:
+    """A first track of order 91 has taken its news lock and read 91's deliveries (none
+    yet) when a delivery of 91 comes: the receiver's claim waits for the track, then
+    finds 91 tracked and writes the change in its own transaction, and the delivery is
+    answered 2xx.  Without the lock the claim found 91 untracked and the track read no
+    delivery: the payment was lost to every waiter.  SQLite: the claim comes after."""
+    url = url_for(backend, tmp_path)
+    dialect = dialect_of(url)
+    async with open_journal(url) as journal:
+        log = OrderLog(journal)
+        tracker = PausedBefore(connect(url), "SELECT order_id, status, version")
+
+        def first_track() -> None:
+            begin_writing(tracker, url)
+            sql.track(tracker, dialect, 91, P, None, time.time(), log.channel)
+            tracker.execute("COMMIT")
+
+        receiver = WebhookReceiver(SECRET, store=journal)
+        body = order_paid(91)
+        try:
+            async with anyio.create_task_group() as tg:
+                if is_postgres(url):
+                    tg.start_soon(anyio.to_thread.run_sync, first_track)
+                    assert await anyio.to_thread.run_sync(tracker.reached.wait, 10)
+
+                    async def release() -> None:
+                        await anyio.sleep(0.5)
+                        tracker.go.set()
+
+                    tg.start_soon(release)
+                    answer = await receiver.handle(signed(body), body)
+                    assert tracker.go.is_set()  # the claim waited for the track
+                else:
+                    tracker.go.set()
+                    first_track()
+                    answer = await receiver.handle(signed(body), body)
+        finally:
+            tracker.db.close()
+    assert answer.status == 204
+    row, changes = rows_of(url, 91)
+    assert row == ("paid", 1)
+    assert [c[:3] for c in changes] == [(1, "paid", "webhook")]
