@@ -65,7 +65,7 @@ EXPECTED_KEYS = {
         "pg_deliveries_per_s_3",
         "pg_p99_ms_3",
         "pg_ratio_to_ceiling_3",
-        "pg_unrecorded_ratio_to_ceiling_3",
+        "pg_tracked_ratio_to_ceiling_3",
         "sqlite_deliveries_per_s_3",
         "sqlite_p99_ms_3",
         "sqlite_ratio_to_ceiling_3",

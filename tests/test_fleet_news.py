@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import anyio
+import psycopg
 import pytest
 from support_journal import (
     PausedBefore,
@@ -30,13 +32,18 @@ from support_journal import (
 from support_webhook import SECRET, order_paid, signed
 
 from orderfsm import Status
+from orderfsm.journal import NewDelivery
 from orderfsm.journal.orders import WEBHOOK_STATUSES, news_in_deliveries
 from transports.journal import open_journal
 from transports.journal import orders as sql
+from transports.journal.base import Work
 from transports.journal.order_log import OrderLog
 from transports.journal.order_rows import in_dialect
 from transports.journal.orders import Note
+from transports.journal.postgres_sql import DIALECT
+from transports.journal.sql_shared import run_in_transaction
 from transports.webhook import WebhookReceiver
+from transports.webhook.answers import ACCEPTED
 
 pytestmark = pytest.mark.anyio
 
@@ -192,5 +199,115 @@ async def test_a_claim_that_comes_while_a_first_track_is_written_writes_its_chan
             tracker.db.close()
     assert answer.status == 204
     row, changes = rows_of(url, 91)
+    assert row == ("paid", 1)
+    assert [c[:3] for c in changes] == [(1, "paid", "webhook")]
+
+
+@pytest.mark.parametrize("level", ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"])
+def test_a_first_track_reads_a_claim_it_waited_for_whatever_the_isolation(
+    level: str, tmp_path: Path
+) -> None:
+    """PostgreSQL: a first track of order 96 in a transaction begun at ``level`` (a
+    role's or a URL's default) waits for a claim's news lock.  The track reads the
+    deliveries after the wait: under REPEATABLE READ its snapshot was taken before it
+    (at the lock's statement), and the claim's payment was lost (a review found it)."""
+    url = url_for("postgresql", tmp_path)
+    with closing(open_journal(url).sync) as journal:
+        journal.open()
+        channel = journal.store.channel
+        claimer = connect(url)
+        done = threading.Event()
+
+        def first_track() -> None:
+            tracker = connect(url)
+            try:
+                tracker.execute(f"BEGIN ISOLATION LEVEL {level}")
+                sql.track(tracker, "postgresql", 96, P, None, time.time(), channel)
+                tracker.execute("COMMIT")
+            finally:
+                tracker.close()
+            done.set()
+
+        try:
+            claimer.execute("BEGIN")
+            claimer.execute(
+                "INSERT INTO orderfsm_deliveries (kind, key, order_id, body, headers,"
+                " received_at) VALUES ('order_paid', 'order_paid:96', 96, %s, '[]', %s)",
+                (order_paid(96), time.time()),
+            )
+            note = Note(96, P, "webhook", time.time())
+            assert (
+                sql.record(claimer, "postgresql", [note], time.time(), channel, tracked_only=True)
+                == []
+            )
+            thread = threading.Thread(target=first_track)
+            thread.start()
+            time.sleep(0.5)
+            assert not done.is_set()  # waiting for the claim's news lock
+            claimer.execute("COMMIT")
+            thread.join(10)
+        finally:
+            claimer.close()
+    assert done.is_set()
+    row, changes = rows_of(url, 96)
+    assert row == ("paid", 1)
+    assert [c[:3] for c in changes] == [(1, "paid", "webhook")]
+
+
+@pytest.mark.parametrize("level", ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"])
+def test_a_transactional_claim_in_an_apps_transaction_loses_no_news_to_a_track(
+    level: str, tmp_path: Path
+) -> None:
+    """PostgreSQL: a transactional handler's claim runs in the app's transaction, begun at
+    ``level`` (Django's ``isolation_level`` option, say); a first track of order 95
+    commits between the claim's statement and the order's news.  READ COMMITTED: the
+    news sees the track, and is written.  Otherwise its snapshot is older than the
+    track: the news is written as for any order, which the track's row makes a
+    serialization failure (a 5xx, Xsolla retries; the retry writes it).  Before, it
+    found the order untracked and wrote nothing: the payment lost (a review found it)."""
+    url = url_for("postgresql", tmp_path)
+    note = Note(95, P, "webhook", time.time())
+    delivery = NewDelivery("order_paid", "order_paid:95", 95, order_paid(95), (), None, time.time())
+    with closing(open_journal(url).sync) as journal:
+        journal.open()
+        channel = journal.store.channel
+
+        def news(connection: Any) -> None:
+            sql.record(connection, "postgresql", [note], time.time(), channel, tracked_only=True)
+
+        work = Work(lambda connection, attempt: (ACCEPTED, None), news)
+        raw = psycopg.connect(url, autocommit=True)
+        app = PausedBefore(raw, "SELECT current_setting('transaction_isolation')")
+        failed: list[BaseException] = []
+
+        def claim(connection: Any) -> None:
+            raw.execute(f"BEGIN ISOLATION LEVEL {level}")
+            try:
+                run_in_transaction(connection, DIALECT, delivery, work, "r", time.time(), 30, None)
+                raw.execute("COMMIT")
+            except psycopg.Error as exc:
+                raw.execute("ROLLBACK")
+                failed.append(exc)
+
+        try:
+            thread = threading.Thread(target=claim, args=(app,))
+            thread.start()
+            assert app.reached.wait(10)  # claimed, the news not yet written
+            tracker = connect(url)
+            try:
+                tracker.execute("BEGIN")
+                sql.track(tracker, "postgresql", 95, P, None, time.time(), channel)
+                tracker.execute("COMMIT")
+            finally:
+                tracker.close()
+            app.go.set()
+            thread.join(10)
+            if failed:  # Xsolla's retry
+                assert level != "READ COMMITTED"
+                assert isinstance(failed[0], psycopg.errors.SerializationFailure)
+                claim(raw)
+        finally:
+            raw.close()
+    row, changes = rows_of(url, 95)
     assert row == ("paid", 1)
     assert [c[:3] for c in changes] == [(1, "paid", "webhook")]

@@ -124,9 +124,16 @@ def track_many(
     (a deadlock PostgreSQL would break by failing one of them)."""
     ids = sorted({order_id for order_id, _, _ in entries})
     if dialect == "postgresql":
-        db.execute(lock_news(channel, ids, exclusive=True))
-    tracked = _tracked(db, dialect, ids)
+        # Each statement its own snapshot: the deliveries are read after the lock's wait
+        # (under REPEATABLE READ the snapshot of the first statement, before it, would
+        # miss the claim the wait was for; a review found it).
+        db.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    tracked = _tracked(db, dialect, ids)  # for good: ``tracked_at`` is never cleared
     untracked = [i for i in ids if i not in tracked]
+    if untracked and dialect == "postgresql":
+        db.execute(lock_news(channel, untracked, exclusive=True))
+        tracked = _tracked(db, dialect, untracked)  # by another track meanwhile
+        untracked = [i for i in untracked if i not in tracked]
     for order_id, until, user_id in sorted(entries, key=lambda entry: entry[0]):
         _track(db, dialect, order_id, until, user_id, now)
     if untracked:
@@ -201,8 +208,8 @@ def _write_news_of_deliveries(
     """The news of orders tracked for the first time that only their webhook deliveries
     hold (:func:`~orderfsm.journal.orders.news_in_deliveries`), written as a receiver
     that found them tracked would have: a waiter on any instance hears them.  Only
-    what the retention kept (14 days by default): a status told before that and never
-    tracked is Xsolla's to tell again (a Get order)."""
+    what the retention kept (14 days by default): a status told before that is heard
+    again only by an instance that follows Xsolla (its first Get order)."""
     kinds = list(WEBHOOK_STATUSES)
     notes: list[Note] = []
     for chunk in chunks(ids):
@@ -215,9 +222,11 @@ def _write_news_of_deliveries(
             ),
             [*chunk, *kinds],
         ).fetchall()
-        for order_id, kind, received_at in rows:
-            for status in news_in_deliveries([kind]):
-                notes.append(Note(int(order_id), status, WEBHOOK, float(received_at)))
+        told = news_in_deliveries([kind for _, kind, _ in rows])
+        notes.extend(
+            Note(int(order_id), status, WEBHOOK, float(at))
+            for (order_id, _, at), status in zip(rows, told, strict=True)
+        )
     if notes:
         record(db, dialect, notes, now, channel)
 
@@ -245,8 +254,9 @@ def record(
     one more writes the changes, the rows and the NOTIFY, both of a fixed text
     (arrays, not one statement or one text per order), so psycopg and the server
     prepare them once; SQLite, in process, takes a statement per row.
-    ``locked``: PostgreSQL, every order's row as :data:`LOCK_ALL` returns it, locked
-    already by the caller's own statement (a batch of claims locks them in its own).
+    ``locked``: PostgreSQL, the rows of the orders to write as :data:`LOCK_ALL` (or,
+    ``tracked_only``, :data:`LOCK_TRACKED`) returns them, locked already by the caller's
+    own statement (a batch of claims locks them in its own).
 
     ``tracked_only`` (a webhook receiver's news): only the orders an instance tracks
     get a change; the others' news stays in their deliveries, where their first
@@ -264,7 +274,11 @@ def record(
         rows = _pending(locked)
     elif dialect == "postgresql":
         if tracked_only:
-            db.execute(lock_news(channel, ids, exclusive=False))
+            # Outside READ COMMITTED (an app's transaction, a role's default) the next
+            # statement's snapshot may predate the lock: every order's news is written
+            # then, and a track meanwhile makes it a serialization failure (a 5xx).
+            isolation = db.execute(lock_news(channel, ids, exclusive=False)).fetchone()[0]
+            tracked_only = isolation == "read committed"
         lock = LOCK_TRACKED if tracked_only else LOCK_ALL
         rows = _pending(db.execute(lock, (Status.DONE.value, now, list(ids))).fetchall())
     else:
@@ -356,11 +370,23 @@ def lock_news(channel: str, order_ids: Iterable[int], *, exclusive: bool) -> str
     transaction, in one order everywhere (no two transactions wait in a circle):
     shared by receivers before they ask whether an order is tracked, exclusive by a
     track before it reads the deliveries (:func:`track_many`).  Advisory locks, keyed
-    by the schema's channel and the order: no table row is written for them."""
+    by the schema's channel and the order: no table row is written for them.  Its row
+    is the transaction's isolation level (the locks work under READ COMMITTED only)."""
     keys = sorted({news_key(channel, order_id) for order_id in order_ids})
     function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
     listed = ",".join(str(key) for key in keys)
-    return f"SELECT {function}(k) FROM unnest('{{{listed}}}'::bigint[]) AS k"
+    return (
+        "SELECT current_setting('transaction_isolation') FROM"
+        f" (SELECT count({function}(k)) FROM unnest('{{{listed}}}'::bigint[]) AS k) AS locked"
+    )
+
+
+def news_begin(channel: str, order_ids: Iterable[int]) -> str:
+    """PostgreSQL: the ``BEGIN`` of a receiver's claim that tells of these orders, and
+    their news locks (shared), in one round trip and before any row lock (a batch of
+    claims takes them in the same order).  READ COMMITTED whatever the session's
+    default: each later statement then reads what committed before the locks."""
+    return f"BEGIN ISOLATION LEVEL READ COMMITTED; {lock_news(channel, order_ids, exclusive=False)}"
 
 
 def news_key(channel: str, order_id: int) -> int:

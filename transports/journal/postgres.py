@@ -43,7 +43,7 @@ from orderfsm.journal import (
 )
 from transports.journal import readiness
 from transports.journal.base import Claimed, ClaimRequest, SettleRequest, Work, Worked
-from transports.journal.orders import CHANNEL, Note, channel_for, record
+from transports.journal.orders import CHANNEL, Note, channel_for, news_begin, record
 from transports.journal.postgres_listener import PostgresListener
 from transports.journal.sql_shared import (
     CLAIM_COLUMNS,
@@ -168,7 +168,8 @@ class PostgresStore:
                 if not notes:
                     return sql.claim_on(db, delivery, owner, now, lease, logged, fast=True)
                 # The fast claim's setting holds for the whole transaction.
-                with transaction(db, "BEGIN"):
+                begin = news_begin(self.channel, [note.order_id for note in notes])
+                with transaction(db, begin):
                     claimed = sql.send_claim(db, delivery, owner, now, lease, logged, fast=True)
                     record(db, self.kind, notes, now, self.channel, tracked_only=True)
                     return claimed()
@@ -193,7 +194,8 @@ class PostgresStore:
         def write(db: psycopg.Connection[Any]) -> list[Claimed]:
             claimed, locked = batch.claims(db, requests, owner, now, lease, orders)
             if notes:
-                record(batch.KeptStatements(db), self.kind, notes, now, self.channel, locked, True)
+                kept = batch.KeptStatements(db)
+                record(kept, self.kind, notes, now, self.channel, locked, tracked_only=True)
             return claimed
 
         begin = batch.claim_begin(self.channel, orders)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from orderfsm.core import Status
 from orderfsm.journal import decisions
 from transports.journal.base import Claimed, ClaimRequest, SettleRequest
-from transports.journal.orders import LOCK_ROWS, TRACKED, lock_news
+from transports.journal.orders import LOCK_ROWS, TRACKED, news_begin
 from transports.journal.postgres_sql import claim_on, settle
 from transports.journal.sql_shared import CLAIM_COLUMNS, claim_from_row, encode_headers, error_text
 
@@ -87,8 +87,9 @@ FROM (SELECT array_agg(order_id), array_agg(status), array_agg(version), array_a
     FROM locked) AS o,{_EACH}"""
 """Each delivery's claim as :data:`~transports.journal.postgres_sql.CLAIM` makes it
 (keys distinct): its record's id, the attempt taken, the row as it was; then the
-``orders`` locked after the claims, as :data:`~transports.journal.orders.LOCK_ALL`
-does (their rows in arrays, the same on every row), for
+tracked ones of the ``orders`` locked after the claims, as
+:data:`~transports.journal.orders.LOCK_TRACKED` does (their rows in arrays, the same
+on every row), for
 :func:`~transports.journal.orders.record` to write."""
 
 CLAIMS_ONLY = f"""{_CLAIMED}
@@ -138,18 +139,16 @@ module's docstring).  Set once per connection rather than by ``SET LOCAL`` in
 every batch: an answers' batch is then one statement in autocommit, one round
 trip where a transaction took three."""
 
-CLAIM_BEGIN = "BEGIN; SET LOCAL synchronous_commit = off"
+CLAIM_BEGIN = "SET LOCAL synchronous_commit = off"
 """A claims' batch commits without waiting for the disk (see
 :data:`~transports.journal.postgres_sql.CLAIM_FAST`); the answers' is durable."""
 
 
 def claim_begin(channel: str, orders: Sequence[int]) -> str:
-    """:data:`CLAIM_BEGIN`, and the news locks of the orders the batch tells of, taken
-    shared (:func:`~transports.journal.orders.lock_news`) in the same round trip,
-    before the claims' statement asks which of them are tracked."""
-    if not orders:
-        return CLAIM_BEGIN
-    return f"{CLAIM_BEGIN}; {lock_news(channel, orders, exclusive=False)}"
+    """The ``BEGIN`` of a claims' batch and the news locks of the orders it tells of
+    (:func:`~transports.journal.orders.news_begin`), then :data:`CLAIM_BEGIN`: one
+    round trip, before the claims' statement asks which of them are tracked."""
+    return f"{news_begin(channel, orders)}; {CLAIM_BEGIN}" if orders else f"BEGIN; {CLAIM_BEGIN}"
 
 
 def _cursor(db: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
@@ -198,9 +197,9 @@ def claims(
     orders: Sequence[int],
 ) -> tuple[list[Claimed], list[tuple[Any, ...]] | None]:
     """Every claim (in the caller's transaction), what each gave, in order; and the
-    rows of ``orders`` (ids, ascending), locked after the claims, as
-    :data:`~transports.journal.orders.LOCK_ALL` gives them (``None``: not locked, no
-    order given or no claim went in the set statement)."""
+    rows of the tracked ones of ``orders`` (ids, ascending), locked after the claims,
+    as :data:`~transports.journal.orders.LOCK_TRACKED` gives them (``None``: not
+    locked, no order given or no claim went in the set statement)."""
     deliveries = [request.delivery for request in requests]
     together, alone = _split([d.key for d in deliveries])
     got: dict[int, Claimed] = {}

@@ -56,8 +56,8 @@ _SETTLED_ANY = ", ".join(
 OWING = f"settled_told < version AND tracked_at IS NOT NULL AND status IN ({_SETTLED_ANY})"
 """Rows that may owe a call: the partial index's condition, which a query must repeat
 word for word for SQLite and PostgreSQL to use the index.  Orders still waiting are
-not in it (a status that settles nothing calls nothing), nor orders only a webhook
-receiver ever wrote (nobody tracked them: nobody is owed a call)."""
+not in it (a status that settles nothing calls nothing), nor orders nobody tracked
+(whose rows only a receiver before 2026-12-07 wrote: nobody is owed a call)."""
 
 (_LAPSED,) = LAPSED_STATUSES
 """The one status that settles through a grace (``expired``): its call is not a change
