@@ -15,6 +15,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import anyio
 import psycopg
@@ -262,8 +263,8 @@ def test_a_transactional_claim_in_an_apps_transaction_loses_no_news_to_a_track(
     ``level`` (Django's ``isolation_level`` option, say); a first track of order 95
     commits between the claim's statement and the order's news.  READ COMMITTED: the
     news sees the track, and is written.  Otherwise its snapshot is older than the
-    track: the news is written as for any order, which the track's row makes a
-    serialization failure (a 5xx, Xsolla retries; the retry writes it).  Before, it
+    track: the order's row is locked as every order's then is, which the track's row
+    makes a serialization failure (a 5xx, Xsolla retries; the retry writes it).  Before, it
     found the order untracked and wrote nothing: the payment lost (a review found it)."""
     url = url_for("postgresql", tmp_path)
     note = Note(95, P, "webhook", time.time())
@@ -311,3 +312,32 @@ def test_a_transactional_claim_in_an_apps_transaction_loses_no_news_to_a_track(
     row, changes = rows_of(url, 95)
     assert row == ("paid", 1)
     assert [c[:3] for c in changes] == [(1, "paid", "webhook")]
+
+
+async def test_news_of_a_repeatable_read_claim_waits_with_the_rest_for_the_first_track(
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL: untracked order 7's payment reaches a plain receiver (it waits in its
+    delivery), its refund a transactional one whose sessions default to REPEATABLE READ
+    (a role's setting).  That claim locks the order's row without writing its news, as
+    the first track then reads both, in order: paid, then canceled.  (Writing the refund
+    at once had made the payment stale to the first track: its call lost; a review
+    found it.)"""
+    url = url_for("postgresql", tmp_path)
+    base, options = url.split("?options=")
+    repeatable = f"{base}?options=" + quote(
+        unquote(options) + r" -c default_transaction_isolation=repeatable\ read"
+    )
+    paid, canceled = order_paid(7), order_paid(7, kind="order_canceled")
+    async with open_journal(url) as journal, open_journal(repeatable) as other:
+        plain = WebhookReceiver(SECRET, store=journal)
+        transactional = WebhookReceiver(SECRET, store=other, transactional=lambda n, c: None)
+        assert (await plain.handle(signed(paid), paid)).status == 204
+        assert (await transactional.handle(signed(canceled), canceled)).status == 204
+        assert rows_of(url, 7) == ((None, 0), [])  # the row locked, no news written
+        row = await OrderLog(journal).track(7, P, None)
+    assert (row.status, row.version) == (C, 2)
+    assert [c[:3] for c in rows_of(url, 7)[1]] == [
+        (1, "paid", "webhook"),
+        (2, "canceled", "webhook"),
+    ]

@@ -273,14 +273,20 @@ def record(
     if locked is not None:
         rows = _pending(locked)
     elif dialect == "postgresql":
-        if tracked_only:
-            # Outside READ COMMITTED (an app's transaction, a role's default) the next
-            # statement's snapshot may predate the lock: every order's news is written
-            # then, and a track meanwhile makes it a serialization failure (a 5xx).
-            isolation = db.execute(lock_news(channel, ids, exclusive=False)).fetchone()[0]
-            tracked_only = isolation == "read committed"
-        lock = LOCK_TRACKED if tracked_only else LOCK_ALL
-        rows = _pending(db.execute(lock, (Status.DONE.value, now, list(ids))).fetchall())
+        lock_params = (Status.DONE.value, now, list(ids))
+        if not tracked_only:
+            rows = _pending(db.execute(LOCK_ALL, lock_params).fetchall())
+        elif db.execute(lock_news(channel, ids, exclusive=False)).fetchone()[0] in FRESH:
+            rows = _pending(db.execute(LOCK_TRACKED, lock_params).fetchall())
+        else:
+            # The transaction's snapshot may predate the locks (an app's REPEATABLE READ
+            # transaction around a transactional handler): every order's row is locked,
+            # so a track since is a serialization failure (a 5xx, retried), and only the
+            # tracked ones written.  Writing the others too had put a refund before the
+            # payment still waiting in its delivery, and lost it (a review found it).
+            every = _pending(db.execute(LOCK_ALL, lock_params).fetchall())
+            tracked = _tracked(db, dialect, ids)
+            rows = {i: row for i, row in every.items() if i in tracked}
     else:
         if tracked_only:
             ids = sorted(_tracked(db, dialect, ids))
@@ -379,6 +385,11 @@ def lock_news(channel: str, order_ids: Iterable[int], *, exclusive: bool) -> str
         "SELECT current_setting('transaction_isolation') FROM"
         f" (SELECT count({function}(k)) FROM unnest('{{{listed}}}'::bigint[]) AS k) AS locked"
     )
+
+
+FRESH = ("read committed", "read uncommitted")
+"""``transaction_isolation`` values under which each statement has a snapshot of its
+own (PostgreSQL runs READ UNCOMMITTED as READ COMMITTED)."""
 
 
 def news_begin(channel: str, order_ids: Iterable[int]) -> str:

@@ -174,7 +174,8 @@ class PostgresStore:
                     record(db, self.kind, notes, now, self.channel, tracked_only=True)
                     return claimed()
         except psycopg.errors.LockNotAvailable:
-            # Another transaction holds the key (a transactional handler at work).
+            # Another transaction holds the key (a transactional handler at work), or
+            # the order's news lock (its first track): busy, a 5xx, Xsolla retries.
             ident = self._log_apart(delivery, logged, deadline)
             return Claimed(ident, None, None, busy=True)
 
