@@ -82,7 +82,7 @@ def track_orders(url: str, order_ids: list[int], store: Any) -> None:
     try:
         dialect = begin_writing(db, url)
         entries = [(order_id, Status.PAID, None) for order_id in order_ids]
-        orders.track_many(db, dialect, entries, time.time(), channel)
+        orders.track_many(db, dialect, entries, time.time(), channel=channel)
         db.execute("COMMIT")
     finally:
         db.close()

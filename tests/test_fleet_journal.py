@@ -273,7 +273,7 @@ async def test_a_goal_raised_while_a_change_is_recorded_and_told_still_owes_its_
 
         def raise_goal() -> None:
             begin_writing(raiser, url)
-            sql.track(raiser, dialect, 12, D, None, time.time())
+            sql.track(raiser, dialect, 12, D, None, time.time(), channel=log.channel)
             raiser.execute("COMMIT")
 
         writer = connect(url)
@@ -560,6 +560,7 @@ async def test_rows_are_locked_in_order_id_order_whatever_order_the_news_comes_i
         log = OrderLog(journal)
         for order_id in (1, 2):
             await log.track(order_id, D, None)
+        channel = log.channel
     holder, writer, prober = connect(url), connect(url), connect(url)
     try:
         holder.autocommit = writer.autocommit = prober.autocommit = False
@@ -569,7 +570,9 @@ async def test_rows_are_locked_in_order_id_order_whatever_order_the_news_comes_i
             if write == "record":
                 sql.record(writer, "postgresql", [note(2, P), note(1, P)], time.time())
             else:
-                sql.track_many(writer, "postgresql", [(2, D, None), (1, D, None)], time.time())
+                sql.track_many(
+                    writer, "postgresql", [(2, D, None), (1, D, None)], time.time(), channel=channel
+                )
             writer.commit()
 
         async with anyio.create_task_group() as tg:
@@ -968,7 +971,7 @@ def test_an_order_is_adopted_once_per_lease_and_never_from_a_live_owner(
     order marked tracked."""
     db = _orders_table()
     now, lease = 1000.0, 10.0
-    sql.track(db, "sqlite", 9, D, "p", now)
+    sql.track(db, "sqlite", 9, D, "p", now, channel=sql.CHANNEL)
     adopted: list[float] = []
     for pause, who, action in steps:
         now += pause
@@ -982,7 +985,7 @@ def test_an_order_is_adopted_once_per_lease_and_never_from_a_live_owner(
         elif action == "untrack":
             leases.untrack(db, "sqlite", [9], who, now)
         else:
-            sql.track(db, "sqlite", 9, D, "p", now)
+            sql.track(db, "sqlite", 9, D, "p", now, channel=sql.CHANNEL)
         after = reads.orders(db, "sqlite", [9])[9]
         live = before.lease_until > now and before.owner is not None
         if live and after.owner != before.owner:

@@ -415,7 +415,7 @@ async def test_readiness_asks_for_the_orders_privileges_only_of_a_receiver_recor
         database.execute("BEGIN")
         tracked = [(order_id, Status.PAID, None) for order_id in range(1000, 1012)]
         orders_sql.track_many(
-            database, "postgresql", tracked, time.time(), orders_sql.channel_for("public")
+            database, "postgresql", tracked, time.time(), channel=orders_sql.channel_for("public")
         )
         database.execute("COMMIT")
         recording = WebhookReceiver(SECRET, store=url)

@@ -98,18 +98,10 @@ def advance(current: Status | None, status: Status) -> Advanced | None:
 
 
 WEBHOOK_STATUSES = {"order_paid": Status.PAID, "order_canceled": Status.CANCELED}
-"""The status each webhook's ``notification_type`` tells of its order; the journal keeps
-the type as a delivery's ``kind``, so a first track reads an order's news there
-(:func:`news_in_deliveries`)."""
-
-
-def news_in_deliveries(kinds: Sequence[str]) -> list[Status]:
-    """The statuses an order's stored deliveries told (``kinds``, oldest first), for a
-    first track: receivers write an order's news as a change only once someone tracks
-    it (a webhook-only fleet must not pay for trackers it does not run), so what came
-    before is in the deliveries alone.  Stale and repeated ones are dropped by the
-    write, as any news."""
-    return [WEBHOOK_STATUSES[kind] for kind in kinds if kind in WEBHOOK_STATUSES]
+"""The status each webhook's ``notification_type`` tells of its order.  The journal keeps
+the type as a delivery's ``kind``: receivers write an order's news as a change only
+once someone tracks it (a webhook-only fleet must not pay for trackers it does not
+run), so a first track reads what came before in the deliveries, through this table."""
 
 
 def settles(row: OrderRow) -> bool:

@@ -79,8 +79,8 @@ def want(db: Any, dialect: str, order_ids: Sequence[int], now: float) -> None:
                 f"UPDATE orderfsm_orders SET tracking = %s, tracked_at = %s"
                 f" WHERE order_id IN ({marks(len(chunk), dialect)}) AND NOT tracking"
                 # Only a row some track marked (untrack keeps tracked_at): one the news
-                # made (a receiver before 2026-12-07), its track still queued, must keep
-                # no goal for that track to set.
+                # made (a claim in REPEATABLE READ, a receiver before 2026-12-07), its
+                # track still queued, must keep no goal for that track to set.
                 f" AND tracked_at IS NOT NULL"
                 f" AND (status IS NULL OR (status, until) NOT IN ({SETTLING}))",
             ),

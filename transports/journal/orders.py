@@ -30,7 +30,6 @@ from orderfsm.journal.orders import (
     ChangeRow,
     OrderRow,
     advance,
-    news_in_deliveries,
 )
 from transports.journal.order_reads import orders
 from transports.journal.order_rows import (
@@ -95,10 +94,11 @@ def track(
     until: Status,
     user_id: str | None,
     now: float,
-    channel: str = CHANNEL,
+    *,
+    channel: str,
 ) -> OrderRow:
     """Say an instance follows the order; the row as it is now (see :func:`track_many`)."""
-    return track_many(db, dialect, [(order_id, until, user_id)], now, channel)[0]
+    return track_many(db, dialect, [(order_id, until, user_id)], now, channel=channel)[0]
 
 
 def track_many(
@@ -106,10 +106,13 @@ def track_many(
     dialect: str,
     entries: Sequence[tuple[int, Status, str | None]],
     now: float,
-    channel: str = CHANNEL,
+    *,
+    channel: str,
 ) -> list[OrderRow]:
-    """:func:`_track` for each (order id, goal, user id), in the one transaction; the
-    rows as they are now.
+    """:func:`_track` for each (order id, goal, user id), in a transaction of its own
+    (it begins it: on PostgreSQL its first statement sets READ COMMITTED); the rows as
+    they are now.  ``channel``: the store's, which keys the orders' news locks as the
+    receivers' do (another key and the race below is open again).
 
     An order no instance tracked before may have news only in the webhook
     deliveries (receivers write an order's changes only once it is tracked:
@@ -153,10 +156,11 @@ def _track(
     that grants on payment must not end the following of an order another
     waits to see delivered, since no webhook says ``done`` (a review found the
     last tracker's goal winning, and the order followed by nobody).
-    A row news made first (a receiver of an earlier version, before the track)
-    has no goal asked yet: the first track's is taken, or an instance granting
-    on ``paid`` would have its order judged by the placeholder ``done`` and its
-    ``on_settled`` call never made (a review found it).
+    A row news made first (a receiver before 2026-12-07, or one whose claim ran
+    in a REPEATABLE READ transaction: see :func:`record`) has no goal asked yet:
+    the first track's is taken, or an instance granting on ``paid`` would have
+    its order judged by the placeholder ``done`` and its ``on_settled`` call never
+    made (a review found it).
     A goal raised pulls the row's ``settled_told`` back to where the new goal's
     calls are owed (:func:`~transports.journal.settled_sql.mark_for_goal`): the
     mark judged for ``paid`` had passed the delivery, which calls nothing there,
@@ -206,7 +210,7 @@ def _write_news_of_deliveries(
     db: Any, dialect: str, ids: Sequence[int], now: float, channel: str
 ) -> None:
     """The news of orders tracked for the first time that only their webhook deliveries
-    hold (:func:`~orderfsm.journal.orders.news_in_deliveries`), written as a receiver
+    hold (:data:`~orderfsm.journal.orders.WEBHOOK_STATUSES`), written as a receiver
     that found them tracked would have: a waiter on any instance hears them.  Only
     what the retention kept (14 days by default): a status told before that is heard
     again only by an instance that follows Xsolla (its first Get order)."""
@@ -222,10 +226,9 @@ def _write_news_of_deliveries(
             ),
             [*chunk, *kinds],
         ).fetchall()
-        told = news_in_deliveries([kind for _, kind, _ in rows])
         notes.extend(
-            Note(int(order_id), status, WEBHOOK, float(at))
-            for (order_id, _, at), status in zip(rows, told, strict=True)
+            Note(int(order_id), WEBHOOK_STATUSES[kind], WEBHOOK, float(at))
+            for order_id, kind, at in rows
         )
     if notes:
         record(db, dialect, notes, now, channel)
@@ -245,6 +248,7 @@ def record(
     channel: str = CHANNEL,
     locked: Sequence[Sequence[Any]] | None = None,
     tracked_only: bool = False,
+    news_locked: bool = False,
 ) -> list[ChangeRow]:
     """Write what advances an order; returns the changes written (stale and repeated
     news write nothing).  One NOTIFY for the whole transaction, when anything changed.
@@ -261,11 +265,12 @@ def record(
     ``tracked_only`` (a webhook receiver's news): only the orders an instance tracks
     get a change; the others' news stays in their deliveries, where their first
     track reads it (:func:`track_many`).  A webhook-only fleet then writes no row,
-    change or NOTIFY per delivery, and its claims keep their cheap commit (with them,
-    three PostgreSQL receivers spent about a seventh more CPU per delivery).  On
-    PostgreSQL the orders' news locks are taken shared first (``locked``: the caller
-    took them before its statement began), so the question "tracked?" is asked with
-    a snapshot no track can slip past.
+    change or NOTIFY per delivery, and its claims keep their cheap commit (measured:
+    about a seventh less CPU per delivery over every process).  On PostgreSQL it
+    also decides the locking: the orders' news locks are taken shared first
+    (``news_locked`` or ``locked``: the caller took them in its ``BEGIN``), so
+    "tracked?" is asked with a snapshot no track can slip past; which needs READ
+    COMMITTED, so in another isolation level every order's row is locked instead.
     """
     written: list[ChangeRow] = []
     # Locked in order id order, whatever order the notes come in (see track_many).
@@ -276,7 +281,7 @@ def record(
         lock_params = (Status.DONE.value, now, list(ids))
         if not tracked_only:
             rows = _pending(db.execute(LOCK_ALL, lock_params).fetchall())
-        elif db.execute(lock_news(channel, ids, exclusive=False)).fetchone()[0] in FRESH:
+        elif news_locked or _lock_news_shared(db, channel, ids):
             rows = _pending(db.execute(LOCK_TRACKED, lock_params).fetchall())
         else:
             # The transaction's snapshot may predate the locks (an app's REPEATABLE READ
@@ -387,9 +392,16 @@ def lock_news(channel: str, order_ids: Iterable[int], *, exclusive: bool) -> str
     )
 
 
-FRESH = ("read committed", "read uncommitted")
+STATEMENT_SNAPSHOTS = ("read committed", "read uncommitted")
 """``transaction_isolation`` values under which each statement has a snapshot of its
 own (PostgreSQL runs READ UNCOMMITTED as READ COMMITTED)."""
+
+
+def _lock_news_shared(db: Any, channel: str, ids: Sequence[int]) -> bool:
+    """Take the orders' news locks, shared; whether later statements see what committed
+    before them (:data:`STATEMENT_SNAPSHOTS`)."""
+    isolation = db.execute(lock_news(channel, ids, exclusive=False)).fetchone()[0]
+    return isolation in STATEMENT_SNAPSHOTS
 
 
 def news_begin(channel: str, order_ids: Iterable[int]) -> str:

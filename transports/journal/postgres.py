@@ -171,7 +171,9 @@ class PostgresStore:
                 begin = news_begin(self.channel, [note.order_id for note in notes])
                 with transaction(db, begin):
                     claimed = sql.send_claim(db, delivery, owner, now, lease, logged, fast=True)
-                    record(db, self.kind, notes, now, self.channel, tracked_only=True)
+                    record(
+                        db, self.kind, notes, now, self.channel, tracked_only=True, news_locked=True
+                    )
                     return claimed()
         except psycopg.errors.LockNotAvailable:
             # Another transaction holds the key (a transactional handler at work), or

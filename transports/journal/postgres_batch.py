@@ -139,16 +139,18 @@ module's docstring).  Set once per connection rather than by ``SET LOCAL`` in
 every batch: an answers' batch is then one statement in autocommit, one round
 trip where a transaction took three."""
 
-CLAIM_BEGIN = "SET LOCAL synchronous_commit = off"
+CLAIM_SETTINGS = "SET LOCAL synchronous_commit = off"
 """A claims' batch commits without waiting for the disk (see
 :data:`~transports.journal.postgres_sql.CLAIM_FAST`); the answers' is durable."""
 
 
 def claim_begin(channel: str, orders: Sequence[int]) -> str:
     """The ``BEGIN`` of a claims' batch and the news locks of the orders it tells of
-    (:func:`~transports.journal.orders.news_begin`), then :data:`CLAIM_BEGIN`: one
+    (:func:`~transports.journal.orders.news_begin`), then :data:`CLAIM_SETTINGS`: one
     round trip, before the claims' statement asks which of them are tracked."""
-    return f"{news_begin(channel, orders)}; {CLAIM_BEGIN}" if orders else f"BEGIN; {CLAIM_BEGIN}"
+    return (
+        f"{news_begin(channel, orders)}; {CLAIM_SETTINGS}" if orders else f"BEGIN; {CLAIM_SETTINGS}"
+    )
 
 
 def _cursor(db: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:

@@ -20,13 +20,14 @@ _DONE = (psycopg.pq.ExecStatus.COMMAND_OK, psycopg.pq.ExecStatus.TUPLES_OK)
 
 
 def command(db: psycopg.Connection[Any], text: str) -> None:
-    """Run ``text`` (commands without parameters or rows, such as ``BEGIN`` or
-    ``COMMIT``) through libpq's ``PQexec`` (the GIL released while it waits), raising
-    psycopg's error for a failure.  ``db.execute`` costs ten times the client CPU for
-    the same round trip (a new cursor, its transformer, the query's conversion,
-    psycopg's generator-driven wait): measured on loopback, ``COMMIT`` 36 us of CPU
-    against 5, and in a receiver at full load a claims' batch's ``BEGIN`` and
-    ``COMMIT`` took 136 and 120 us of its thread's CPU."""
+    """Run ``text`` (statements without parameters whose rows are not needed, such as
+    ``BEGIN`` with the locks it takes, or ``COMMIT``) through libpq's ``PQexec`` (the
+    GIL released while it waits), raising psycopg's error for a failure.
+    ``db.execute`` costs ten times the client CPU for the same round trip (a new
+    cursor, its transformer, the query's conversion, psycopg's generator-driven
+    wait): measured on loopback, ``COMMIT`` 36 us of CPU against 5, and in a
+    receiver at full load a claims' batch's ``BEGIN`` and ``COMMIT`` took 136 and
+    120 us of its thread's CPU."""
     result = db.pgconn.exec_(text.encode())
     if result.status not in _DONE:
         if db.pgconn.status == psycopg.pq.ConnStatus.BAD:

@@ -57,7 +57,8 @@ OWING = f"settled_told < version AND tracked_at IS NOT NULL AND status IN ({_SET
 """Rows that may owe a call: the partial index's condition, which a query must repeat
 word for word for SQLite and PostgreSQL to use the index.  Orders still waiting are
 not in it (a status that settles nothing calls nothing), nor orders nobody tracked
-(whose rows only a receiver before 2026-12-07 wrote: nobody is owed a call)."""
+(whose rows only receivers wrote, before 2026-12-07 or in REPEATABLE READ: nobody
+is owed a call)."""
 
 (_LAPSED,) = LAPSED_STATUSES
 """The one status that settles through a grace (``expired``): its call is not a change
