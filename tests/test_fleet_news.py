@@ -50,6 +50,16 @@ pytestmark = pytest.mark.anyio
 P, C = Status.PAID, Status.CANCELED
 
 
+ISOLATION_LEVELS = ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"]
+
+
+def assert_paid_once_by_webhook(url: str, order_id: int) -> None:
+    """The order's row says ``paid``, its one change, written from the webhook."""
+    row, changes = rows_of(url, order_id)
+    assert row == ("paid", 1)
+    assert [c[:3] for c in changes] == [(1, "paid", "webhook")]
+
+
 def rows_of(url: str, order_id: int) -> tuple[Any, list[tuple[Any, ...]]]:
     """The order's row (status, version; ``None``: no row) and its changes."""
     db = connect(url)
@@ -143,9 +153,7 @@ async def test_a_track_and_a_claim_of_the_same_order_at_once_lose_no_news(
                     tg.start_soon(first_track)
         finally:
             claimer.close()
-    row, changes = rows_of(url, 90)
-    assert row == ("paid", 1)
-    assert [c[:3] for c in changes] == [(1, "paid", "webhook")]
+    assert_paid_once_by_webhook(url, 90)
 
 
 @on_databases
@@ -193,12 +201,10 @@ async def test_a_claim_that_comes_while_a_first_track_is_written_writes_its_chan
         finally:
             tracker.db.close()
     assert answer.status == 204
-    row, changes = rows_of(url, 91)
-    assert row == ("paid", 1)
-    assert [c[:3] for c in changes] == [(1, "paid", "webhook")]
+    assert_paid_once_by_webhook(url, 91)
 
 
-@pytest.mark.parametrize("level", ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"])
+@pytest.mark.parametrize("level", ISOLATION_LEVELS)
 def test_a_first_track_reads_a_claim_it_waited_for_whatever_the_isolation(
     level: str, tmp_path: Path
 ) -> None:
@@ -244,12 +250,10 @@ def test_a_first_track_reads_a_claim_it_waited_for_whatever_the_isolation(
         finally:
             claimer.close()
     assert done.is_set()
-    row, changes = rows_of(url, 96)
-    assert row == ("paid", 1)
-    assert [c[:3] for c in changes] == [(1, "paid", "webhook")]
+    assert_paid_once_by_webhook(url, 96)
 
 
-@pytest.mark.parametrize("level", ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"])
+@pytest.mark.parametrize("level", ISOLATION_LEVELS)
 def test_a_transactional_claim_in_an_apps_transaction_loses_no_news_to_a_track(
     level: str, tmp_path: Path
 ) -> None:
@@ -303,9 +307,7 @@ def test_a_transactional_claim_in_an_apps_transaction_loses_no_news_to_a_track(
                 claim(raw)
         finally:
             raw.close()
-    row, changes = rows_of(url, 95)
-    assert row == ("paid", 1)
-    assert [c[:3] for c in changes] == [(1, "paid", "webhook")]
+    assert_paid_once_by_webhook(url, 95)
 
 
 async def test_news_of_a_repeatable_read_claim_waits_with_the_rest_for_the_first_track(

@@ -34,6 +34,22 @@ def orders(db: Any, dialect: str, order_ids: Sequence[int]) -> dict[int, OrderRo
     return found
 
 
+def tracked_ids(db: Any, dialect: str, ids: Sequence[int]) -> set[int]:
+    """Which of these orders an instance tracked (ever: ``tracked_at`` is never cleared)."""
+    found: set[int] = set()
+    for chunk in chunks(ids):
+        rows = db.execute(
+            in_dialect(
+                dialect,
+                "SELECT order_id FROM orderfsm_orders WHERE tracked_at IS NOT NULL"
+                f" AND order_id IN ({marks(len(chunk), dialect)})",
+            ),
+            list(chunk),
+        ).fetchall()
+        found.update(int(row[0]) for row in rows)
+    return found
+
+
 def changes_after(db: Any, dialect: str, cursors: Mapping[int, int]) -> list[ChangeRow]:
     """Every change past each order's cursor (its last version applied), in order."""
     found: list[ChangeRow] = []

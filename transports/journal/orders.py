@@ -17,8 +17,7 @@ The writes; the leases are :mod:`~transports.journal.order_leases`'s, the reads
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -31,7 +30,8 @@ from orderfsm.journal.orders import (
     OrderRow,
     advance,
 )
-from transports.journal.order_reads import orders
+from transports.journal.order_news import lock_news, lock_news_shared
+from transports.journal.order_reads import orders, tracked_ids
 from transports.journal.order_rows import (
     CHANGE_COLUMNS,
     SETTLING,
@@ -131,11 +131,11 @@ def track_many(
         # (under REPEATABLE READ the snapshot of the first statement, before it, would
         # miss the claim the wait was for; a review found it).
         db.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-    tracked = _tracked(db, dialect, ids)  # for good: ``tracked_at`` is never cleared
+    tracked = tracked_ids(db, dialect, ids)  # for good: ``tracked_at`` is never cleared
     untracked = [i for i in ids if i not in tracked]
     if untracked and dialect == "postgresql":
         db.execute(lock_news(channel, untracked, exclusive=True))
-        tracked = _tracked(db, dialect, untracked)  # by another track meanwhile
+        tracked = tracked_ids(db, dialect, untracked)  # by another track meanwhile
         untracked = [i for i in untracked if i not in tracked]
     for order_id, until, user_id in sorted(entries, key=lambda entry: entry[0]):
         _track(db, dialect, order_id, until, user_id, now)
@@ -188,22 +188,6 @@ def _track(
         ),
         (until.value,) * 2 + (user_id,) + (until.value,) * 4 + (now, now, order_id),
     )
-
-
-def _tracked(db: Any, dialect: str, ids: Sequence[int]) -> set[int]:
-    """Which of these orders an instance tracked (ever: ``tracked_at`` is never cleared)."""
-    found: set[int] = set()
-    for chunk in chunks(ids):
-        rows = db.execute(
-            in_dialect(
-                dialect,
-                "SELECT order_id FROM orderfsm_orders WHERE tracked_at IS NOT NULL"
-                f" AND order_id IN ({marks(len(chunk), dialect)})",
-            ),
-            list(chunk),
-        ).fetchall()
-        found.update(int(row[0]) for row in rows)
-    return found
 
 
 def _write_news_of_deliveries(
@@ -281,7 +265,7 @@ def record(
         lock_params = (Status.DONE.value, now, list(ids))
         if not tracked_only:
             rows = _pending(db.execute(LOCK_ALL, lock_params).fetchall())
-        elif news_locked or _lock_news_shared(db, channel, ids):
+        elif news_locked or lock_news_shared(db, channel, ids):
             rows = _pending(db.execute(LOCK_TRACKED, lock_params).fetchall())
         else:
             # The transaction's snapshot may predate the locks (an app's REPEATABLE READ
@@ -290,11 +274,11 @@ def record(
             # tracked ones written.  Writing the others too had put a refund before the
             # payment still waiting in its delivery, and lost it (a review found it).
             every = _pending(db.execute(LOCK_ALL, lock_params).fetchall())
-            tracked = _tracked(db, dialect, ids)
+            tracked = tracked_ids(db, dialect, ids)
             rows = {i: row for i, row in every.items() if i in tracked}
     else:
         if tracked_only:
-            ids = sorted(_tracked(db, dialect, ids))
+            ids = sorted(tracked_ids(db, dialect, ids))
         rows = {i: _lock(db, dialect, i, now) for i in ids}
     for note in notes:
         row = rows.get(note.order_id)
@@ -374,49 +358,6 @@ LOCK_ALL = LOCK_ROWS.format(until="%s", now="%s", ids="%b", where="")
 """PostgreSQL: :func:`_lock` for many orders, in ``ORDER BY`` order (the insert's order)."""
 LOCK_TRACKED = LOCK_ROWS.format(until="%s", now="%s", ids="%b", where=f" WHERE {TRACKED}")
 """:data:`LOCK_ALL` for the tracked ones only (``tracked_only``)."""
-
-
-def lock_news(channel: str, order_ids: Iterable[int], *, exclusive: bool) -> str:
-    """PostgreSQL: a statement (no parameters) that takes these orders' news locks for the
-    transaction, in one order everywhere (no two transactions wait in a circle):
-    shared by receivers before they ask whether an order is tracked, exclusive by a
-    track before it reads the deliveries (:func:`track_many`).  Advisory locks, keyed
-    by the schema's channel and the order: no table row is written for them.  Its row
-    is the transaction's isolation level (the locks work under READ COMMITTED only)."""
-    keys = sorted({news_key(channel, order_id) for order_id in order_ids})
-    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-    listed = ",".join(str(key) for key in keys)
-    return (
-        "SELECT current_setting('transaction_isolation') FROM"
-        f" (SELECT count({function}(k)) FROM unnest('{{{listed}}}'::bigint[]) AS k) AS locked"
-    )
-
-
-STATEMENT_SNAPSHOTS = ("read committed", "read uncommitted")
-"""``transaction_isolation`` values under which each statement has a snapshot of its
-own (PostgreSQL runs READ UNCOMMITTED as READ COMMITTED)."""
-
-
-def _lock_news_shared(db: Any, channel: str, ids: Sequence[int]) -> bool:
-    """Take the orders' news locks, shared; whether later statements see what committed
-    before them (:data:`STATEMENT_SNAPSHOTS`)."""
-    isolation = db.execute(lock_news(channel, ids, exclusive=False)).fetchone()[0]
-    return isolation in STATEMENT_SNAPSHOTS
-
-
-def news_begin(channel: str, order_ids: Iterable[int]) -> str:
-    """PostgreSQL: the ``BEGIN`` of a receiver's claim that tells of these orders, and
-    their news locks (shared), in one round trip and before any row lock (a batch of
-    claims takes them in the same order).  READ COMMITTED whatever the session's
-    default: each later statement then reads what committed before the locks."""
-    return f"BEGIN ISOLATION LEVEL READ COMMITTED; {lock_news(channel, order_ids, exclusive=False)}"
-
-
-def news_key(channel: str, order_id: int) -> int:
-    """An order's news lock (:func:`lock_news`): a signed 64-bit key of its own, apart
-    from the instance names' (:func:`~transports.journal.postgres_name.name_key`)."""
-    digest = hashlib.blake2b(f"orderfsm-order\0{channel}\0{order_id}".encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "big", signed=True)
 
 
 WRITE_ALL = (

@@ -43,7 +43,8 @@ from orderfsm.journal import (
 )
 from transports.journal import readiness
 from transports.journal.base import Claimed, ClaimRequest, SettleRequest, Work, Worked
-from transports.journal.orders import CHANNEL, Note, channel_for, news_begin, record
+from transports.journal.order_news import news_begin
+from transports.journal.orders import CHANNEL, Note, channel_for, record
 from transports.journal.postgres_listener import PostgresListener
 from transports.journal.sql_shared import (
     CLAIM_COLUMNS,

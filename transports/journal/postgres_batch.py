@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 from orderfsm.core import Status
 from orderfsm.journal import decisions
 from transports.journal.base import Claimed, ClaimRequest, SettleRequest
-from transports.journal.orders import LOCK_ROWS, TRACKED, news_begin
+from transports.journal.order_news import news_begin
+from transports.journal.orders import LOCK_ROWS, TRACKED
 from transports.journal.postgres_sql import claim_on, settle
 from transports.journal.sql_shared import CLAIM_COLUMNS, claim_from_row, encode_headers, error_text
 
