@@ -97,16 +97,25 @@ class Verdict:
         return not (self.lost or self.duplicated or self.wrong)
 
 
-def judge(truth: Truth, seen: Seen) -> Verdict:
+def expired_at(seen: Seen) -> float | None:
+    """When the tracker first saw the order expire (``None``: never)."""
+    for change in seen.watched:
+        if isinstance(change, StatusChange) and change.status is Status.EXPIRED:
+            return change.at
+    return None
+
+
+def judge(truth: Truth, seen: Seen, fleet_expired_at: float | None = None) -> Verdict:
+    """``fleet_expired_at``: when another instance of a fleet saw the order expire.
+    The grace is the fleet's: its owner judges it over, the others follow that
+    verdict, so it runs from the first instance that saw ``expired``."""
     lost: list[str] = []
     duplicated: list[str] = []
     wrong: list[str] = []
     if truth.path[-1] != truth.final:
         wrong.append(f"harness: emulator says {truth.final}, the plan ended {truth.path[-1]}")
-    expired = [
-        c for c in seen.watched if isinstance(c, StatusChange) and c.status.value == "expired"
-    ]
-    allowed = truth.settlements(expired[0].at if expired else None)
+    seen_at = [at for at in (expired_at(seen), fleet_expired_at) if at is not None]
+    allowed = truth.settlements(min(seen_at) if seen_at else None)
 
     changes = _check_changes("watch", seen.watched, truth, duplicated, wrong)
     statuses = [c.status.value for c in changes]
@@ -225,8 +234,12 @@ def fleet_verdict(truth: Truth, mine: Verdict, seen: Seen, peer: Seen) -> Verdic
 
     It is judged against the truth by the same rules, and must settle as this
     instance did: the journal carries every change one instance applies to all.
+    An expired order's grace runs from when either saw it expire: the peer hears
+    ``expired`` through the journal, later, and follows the owner's last look
+    rather than a grace of its own (soak seed 3 under load: a payment asked
+    between the two graces' ends, after the owner's look; both settled expired).
     """
-    theirs = judge(truth, peer)
+    theirs = judge(truth, peer, expired_at(seen))
     reasons = [f"peer: {r}" for r in theirs.reasons]
     here, there = seen.result, peer.result
     differ = False

@@ -466,6 +466,24 @@ def test_the_fleet_judge_wants_the_peer_to_see_what_this_instance_saw() -> None:
     assert verdict.wrong and "this instance" in verdict.reasons[-1]  # ...not beside done
 
 
+def test_the_fleet_judge_runs_an_expired_grace_from_the_first_instance_that_saw_it() -> None:
+    """Soak seed 3 under load: the owner saw ``expired`` at 1.0 and its last look at
+    the grace's end found it still expired; the payment was asked at 3.5, before the
+    end of a grace counted from 2.5, when the peer heard ``expired`` through the
+    journal.  Both settled expired, as the fleet should; the peer is not wrong."""
+    truth = Truth(("new", "expired", "paid", "done"), "done", asked_at={"paid": 3.5},
+                  expired_grace=2.0)  # fmt: skip
+    here = seen(change("new", None), change("expired", "new"))
+    heard_late = seen(change("new", None), attrs.evolve(change("expired", "new"), at=2.5))
+    assert judge(truth, here).ok
+    assert judge(truth, heard_late).wrong  # alone, its own grace would allow only done
+    assert fleet_verdict(truth, judge(truth, here), here, heard_late).ok
+    paid = seen(change("new", None), change("expired", "new"), change("paid", "expired"),
+                change("done", "paid"))  # fmt: skip
+    # Still one answer for the fleet: done here, expired there is wrong.
+    assert fleet_verdict(truth, judge(truth, paid), paid, heard_late).wrong
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("fleet", ["sqlite", "postgresql"])
 async def test_a_second_instance_on_the_journal_sees_what_the_first_saw(fleet: str) -> None:
