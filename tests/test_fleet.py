@@ -281,6 +281,74 @@ async def test_an_order_let_go_still_gets_its_last_look_when_its_expired_grace_e
 
 
 @on_databases
+async def test_an_instance_following_the_journal_settles_an_expired_order_as_its_owners_look_says(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """The owner's last look at the end of the expired grace is slow (Get order takes 2 s)
+    and finds the payment.  The instance that follows only the journal must say ``paid``
+    too: it waits for the owner's verdict, not for a time of its own (it waited its own
+    ``details_timeout`` and one second more, settled ``expired``, and the two instances
+    told their applications different things; soak under load)."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    # No polling in the grace: only the last look can hear the payment.
+    grace = DefaultPolicy(
+        poll_interval=0.05, deadline=30.0, expired_grace=1.0, expired_poll_interval=60.0
+    )
+    results: list[Any] = []
+    try:
+        async with (
+            instance(url, emu, user, transports=("polling",), policy=grace, details_timeout=5.0,
+                     until="paid") as a,
+            instance(url, emu, transports=("journal",), policy=grace, details_timeout=0.2,
+                     fetch_details=False, until="paid") as b,
+            anyio.create_task_group() as tg,
+        ):  # fmt: skip
+            await owning(a, order_id)
+            b.track(order_id)
+            await emu.set_status(order_id, "expired", publish=False)
+            await eventually(lambda: b._orders[order_id].book.status(order_id) is Status.EXPIRED)
+            await emu.set_status(order_id, "paid", publish=False)
+            await emu.get_order_fault("slow", delay=2.0, order_id=order_id)
+
+            async def waits(t: Tracker) -> None:
+                with anyio.fail_after(15):
+                    results.append(await t.wait(order_id))
+
+            tg.start_soon(waits, a)
+            tg.start_soon(waits, b)
+    finally:
+        await emu.clear_faults()
+    # The journal carries the owner's source: polling, on both.
+    assert [(r.status, r.source) for r in results] == [(Status.PAID, "polling")] * 2
+
+
+@on_databases
+async def test_an_instance_following_the_journal_settles_an_expired_order_whose_owner_is_gone(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """The owner stops in the grace and nobody takes the order over (the other instance
+    follows only the journal): nobody will look, so once the owner's lease runs out
+    the other settles ``expired`` rather than waiting for a verdict for ever."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    grace = DefaultPolicy(poll_interval=0.05, deadline=30.0, expired_grace=1.0)
+    journal_only: dict[str, Any] = {"transports": ("journal",), "fetch_details": False}
+    async with instance(url, emu, policy=grace, **journal_only) as b:
+        async with instance(url, emu, user, transports=("polling",), policy=grace) as a:
+            await owning(a, order_id)
+            b.track(order_id)
+            await emu.set_status(order_id, "expired", publish=False)
+            await eventually(lambda: b._orders[order_id].book.status(order_id) is Status.EXPIRED)
+        assert leased(url, order_id)  # a closing tracker leaves its orders to be resumed
+        with anyio.fail_after(10):
+            result = await b.wait(order_id)
+    assert (result.status, result.succeeded) == (Status.EXPIRED, False)
+
+
+@on_databases
 async def test_two_instances_that_can_follow_an_order_no_more_do_not_pass_it_around(
     backend: str, tmp_path: Path, emu: Emulator
 ) -> None:

@@ -804,6 +804,30 @@ async def test_only_orders_whose_owner_is_gone_are_adopted(backend: str, tmp_pat
 
 
 @on_databases
+async def test_an_expired_orders_verdict_is_in_once_its_owner_judged_or_nobody_can(
+    backend: str, tmp_path: Path
+) -> None:
+    """What an instance that does not look waits for at an expired order's grace's end
+    (:func:`reads.lapse_verdicts`): the owner's lapse claim (it settled the order
+    expired), a change past ``expired`` (its look found the payment), or no live
+    lease but the asker's own.  With each, the row's version to apply first."""
+    url = url_for(backend, tmp_path)
+    async with open_journal(url, owner="a") as ja, open_journal(url, owner="b") as jb:
+        a, b = OrderLog(ja), OrderLog(jb)
+        await a.track_many([(i, D, None) for i in (1, 2, 3)])
+        await a.record([note(i, E) for i in (1, 2, 3)])
+        await a.lease([1, 3], 5.0)
+        await a.lease([2], 0.5)
+        assert await b.lapse_verdicts([1, 2, 3]) == {}  # a looks, in time
+        assert await a.lapse_verdicts([1]) == {1: 1}  # its own lease: nobody else looks
+        await SettledLog(a).owe_lapses([1])  # a judged 1's grace over
+        await a.record([note(3, P)])  # a's look found 3 paid
+        assert await b.lapse_verdicts([1, 2, 3]) == {1: 1, 3: 2}
+        await anyio.sleep(0.6)  # a died holding 2
+        assert await b.lapse_verdicts([2, 4]) == {2: 1, 4: 0}  # 4: no row, nobody to ask
+
+
+@on_databases
 async def test_adoption_takes_a_bounded_page_oldest_lease_first(
     backend: str, tmp_path: Path
 ) -> None:

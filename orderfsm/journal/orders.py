@@ -170,6 +170,21 @@ def let_go(row: OrderRow, owner: str, now: float) -> OrderRow:
     return row
 
 
+def lapse_judged(row: OrderRow | None, claimed: bool, me: str, now: float) -> bool:
+    """Whether the fleet's verdict on an expired order's grace is in, for an instance
+    (``me``) that does not look itself: the owner's last Get order decides, and every
+    instance must tell its application what that look said.
+
+    In when an instance judged the grace over (``claimed``: the claim of its
+    expired call, written as it settled the order ``expired``), when the row moved
+    on (a look found the payment: the change is in the journal), or when nobody is
+    left to look: no live lease but ``me``'s own (the owner died, let the order go,
+    or no instance follows Xsolla)."""
+    if row is None or claimed or row.status not in LAPSED_STATUSES:
+        return True
+    return row.owner is None or row.owner == me or row.lease_until <= now
+
+
 def settled_call(
     previous: Status | None, status: Status, until: Status
 ) -> tuple[bool, bool] | None:

@@ -42,9 +42,6 @@ after a 429, a 5xx or no answer, which keeps its place), an expired order's last
 look.  Ten thousand orders whose Get order failed at once would otherwise retry as
 ten thousand requests at once: a herd for Xsolla's API, and over a million objects
 of half-done requests for our garbage collector to walk."""
-LOOK_ARRIVES = 1.0
-"""Seconds, beyond the owner's ``details_timeout``, a follower gives the owner's last
-look of an expired order to reach it through the journal."""
 
 
 class GetOrderChecks:
@@ -81,23 +78,28 @@ class GetOrderChecks:
         during the grace the order is polled slowly (if at all), so a payment in its
         last seconds would be heard by nobody.  It settles as expired only once Get
         order says so still (or could not say within ``details_timeout``).  In a
-        fleet, an instance that only follows the journal waits as long for the
-        owner's look to arrive there, so that both tell the application the same.
-        A tracker that does not poll but fetches details (on the WebSocket, or fed by
-        webhooks and the application's own sources) looks too: its details' Get
-        order would come next anyway, too late to change the answer."""
+        fleet, an instance that does not look waits for the verdict of the one that
+        does (:mod:`orderfsm.supervisor.fleet_lapses`), so that both tell their
+        applications the same.  A tracker that does not poll but fetches details (on
+        the WebSocket, or fed by webhooks and the application's own sources) looks
+        too: its details' Get order would come next anyway, too late to change the
+        answer."""
         if order.last_look:
             return False
-        asks = self.can_poll or self.fetch_details
-        # One that let the order go looks too: no instance may poll it (one more Get
-        # order if one took it over).
-        looks = asks and order.polling_error is None and (order.owned or order.let_go)
+        looks = self._looks(order)
         if not looks and not self.journal:
             return False
         if order.last_look is None:
             order.last_look = False
             self._spawn_helper(self._look_last, order, looks)
         return True
+
+    def _looks(self, order: TrackedOrder) -> bool:
+        """Whether this instance asks Get order for the order's last look.  One that let
+        the order go looks too: no instance may poll it (one more Get order if one
+        took it over)."""
+        asks = self.can_poll or self.fetch_details
+        return asks and order.polling_error is None and (order.owned or order.let_go)
 
     def _looking_before_giving_up(self, order: TrackedOrder) -> bool:
         """Whether an order nothing follows any more (a socket-only tracker's socket
@@ -115,11 +117,15 @@ class GetOrderChecks:
 
     async def _look_last(self, order: TrackedOrder, looks: bool) -> None:
         try:
+            if not looks and order.fleet is not None:
+                # Another instance looks: its verdict comes through the journal.  This
+                # one may have taken the order over meanwhile (its owner died): then
+                # it looks itself.
+                await order.fleet.lapse_judged(order.order_id)
+                looks = self._looks(order)
             if looks:
                 with anyio.move_on_after(self.details_timeout):
                     await self._check_once(order)
-            else:  # another instance looks: its answer comes through the journal
-                await anyio.sleep(self.details_timeout + LOOK_ARRIVES)
         finally:
             order.last_look = True
             self.wake(order)

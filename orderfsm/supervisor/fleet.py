@@ -24,8 +24,9 @@ per order and event (its settlement, a later refund) across the fleet
 
 This module is the link's face to the tracker and its tasks' start; the tasks
 themselves are the writer (:mod:`orderfsm.supervisor.fleet_writer`), the
-follower (:mod:`orderfsm.supervisor.fleet_follower`) and the leases and
-adoption (:mod:`orderfsm.supervisor.fleet_leases`).
+follower (:mod:`orderfsm.supervisor.fleet_follower`), the leases and
+adoption (:mod:`orderfsm.supervisor.fleet_leases`) and the reader of expired
+orders' verdicts (:mod:`orderfsm.supervisor.fleet_lapses`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import anyio.lowlevel
 from orderfsm.core import Verdict, verdict
 from orderfsm.journal.orders import ChangeRow, OrderRow
 from orderfsm.supervisor.fleet_follower import FollowsJournal
+from orderfsm.supervisor.fleet_lapses import AwaitsLapseVerdicts
 from orderfsm.supervisor.fleet_leases import HoldsLeases
 from orderfsm.supervisor.fleet_writer import WritesJournal
 from orderfsm.supervisor.records import StatusChange
@@ -74,7 +76,7 @@ thousands of orders followed, a read of them all that often cost about 2 ms of t
 p99 from webhook to waiter at 500 webhooks/s (``bench_fleet``)."""
 
 
-class FleetLink(CallsOnSettled, WritesJournal, FollowsJournal, HoldsLeases):
+class FleetLink(CallsOnSettled, WritesJournal, FollowsJournal, HoldsLeases, AwaitsLapseVerdicts):
     """Links one tracker's orders with the journal; run :meth:`run` in a task."""
 
     def __init__(
@@ -122,6 +124,8 @@ class FleetLink(CallsOnSettled, WritesJournal, FollowsJournal, HoldsLeases):
         tracked in the journal, their leases held, until it is (the sweep cannot judge
         a grace; an instance resuming the order can)."""
         self._lease_now = anyio.Event()
+        self._verdict_asks = {}
+        self._verdict_asked = anyio.Event()
         self._writing = False
         """Something is queued or being written."""
         self._urgent = False
@@ -210,6 +214,7 @@ class FleetLink(CallsOnSettled, WritesJournal, FollowsJournal, HoldsLeases):
             tg.start_soon(self._write, name="orderfsm fleet writer")
             tg.start_soon(self._follow, name="orderfsm fleet follower")
             tg.start_soon(self._hold_leases, name="orderfsm fleet leases")
+            tg.start_soon(self._read_verdicts, name="orderfsm fleet verdicts")
             if self.keep_name is not None:
                 tg.start_soon(self.keep_name, name="orderfsm fleet name")
             if self.adopts:

@@ -44,6 +44,8 @@ class FleetHook(Protocol):
 
     def lease_soon(self) -> None: ...
 
+    async def lapse_judged(self, order_id: int) -> None: ...
+
 
 class TrackedOrder(EndsTracking):
     # With the end's own, in EndsTracking: one object, no __dict__, per order.

@@ -162,6 +162,15 @@ class OrderLog:
         work = functools.partial(reads.orders, dialect=self.dialect, order_ids=order_ids)
         return await self.journal._call(self._store.read, work, self._deadline())
 
+    async def lapse_verdicts(self, order_ids: Sequence[int]) -> dict[int, int]:
+        """Of these expired orders, those whose grace the fleet has judged, with their
+        rows' versions then (see :func:`reads.lapse_verdicts`)."""
+        work = functools.partial(
+            reads.lapse_verdicts, dialect=self.dialect, order_ids=order_ids, owner=self.owner,
+            now=time.time(),
+        )  # fmt: skip
+        return await self.journal._call(self._store.read, work, self._deadline())
+
     async def changes(self, cursors: Mapping[int, int], everything: bool) -> list[ChangeRow]:
         """Changes of the orders in ``cursors`` past their cursors.
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from orderfsm.journal.orders import ChangeRow, OrderRow
+from orderfsm.core import LAPSED_STATUSES
+from orderfsm.journal.orders import ChangeRow, OrderRow, lapse_judged, settled_key
 from transports.journal.order_rows import (
     CHANGE_COLUMNS,
     ORDER_COLUMNS,
@@ -48,6 +49,33 @@ def tracked_ids(db: Any, dialect: str, ids: Sequence[int]) -> set[int]:
         ).fetchall()
         found.update(int(row[0]) for row in rows)
     return found
+
+
+def lapse_verdicts(
+    db: Any, dialect: str, order_ids: Sequence[int], owner: str, now: float
+) -> dict[int, int]:
+    """Of these expired orders, those whose grace the fleet has judged
+    (:func:`~orderfsm.journal.orders.lapse_judged`), each with the version its row had
+    then: an instance applies every change up to it before it settles as told."""
+    (lapsed,) = LAPSED_STATUSES
+    rows = orders(db, dialect, order_ids)
+    claimed: set[int] = set()
+    for chunk in chunks(order_ids):
+        keys = {settled_key(i, lapsed): i for i in chunk}
+        found = db.execute(
+            in_dialect(
+                dialect,
+                f"SELECT key FROM orderfsm_claims WHERE key IN ({marks(len(keys), dialect)})",
+            ),
+            tuple(keys),
+        ).fetchall()
+        claimed.update(keys[str(r[0])] for r in found)
+    judged: dict[int, int] = {}
+    for order_id in order_ids:
+        row = rows.get(order_id)
+        if lapse_judged(row, order_id in claimed, owner, now):
+            judged[order_id] = 0 if row is None else row.version
+    return judged
 
 
 def changes_after(db: Any, dialect: str, cursors: Mapping[int, int]) -> list[ChangeRow]:
