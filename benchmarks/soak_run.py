@@ -265,7 +265,9 @@ async def run_schedule(h: Harness, schedule: Schedule) -> Outcome:
         trail: tuple[str, ...] = ()
         if not verdict.ok:
             changes = [f"{c.at - start:.3f} {_brief(c)}" for c in order.watched]
-            trail = (*order.reports, *changes)
+            after = [f"{c.at - start:.3f} followed: {_brief(c)}" for c in order.followed]
+            theirs = [f"{c.at - start:.3f} peer: {_brief(c)}" for c in order.peer_watched]
+            trail = (*order.reports, *changes, *after, *theirs)
         outcomes.append(OrderOutcome(order.order_id, order.index, truth, verdict, trail))
     return Outcome(
         seed=schedule.seed,

@@ -77,6 +77,36 @@ async def owning(t: Tracker, order_id: int) -> None:
     await eventually(lambda: t._orders[order_id].owned)
 
 
+async def results_of(order_id: int, *trackers: Tracker, within: float = 20.0) -> list[Any]:
+    """Each tracker's ``wait()`` for the order, side by side (in the order they return)."""
+    results: list[Any] = []
+
+    async def waits(t: Tracker) -> None:
+        with anyio.fail_after(within):
+            results.append(await t.wait(order_id))
+
+    async with anyio.create_task_group() as tg:
+        for t in trackers:
+            tg.start_soon(waits, t)
+    return results
+
+
+@asynccontextmanager
+async def paid_behind_a_slow_look(
+    emu: Emulator, order_id: int, follower: Tracker
+) -> AsyncIterator[None]:
+    """Once ``follower`` knows the order expired, it is paid where only Get order sees it,
+    and Get order takes 2 s to answer (until the block ends): the owner's last look is
+    slow."""
+    await eventually(lambda: follower._orders[order_id].book.status(order_id) is Status.EXPIRED)
+    await emu.set_status(order_id, "paid", publish=False)
+    try:
+        await emu.get_order_fault("slow", delay=2.0, order_id=order_id)
+        yield
+    finally:
+        await emu.clear_faults()
+
+
 async def done_on_the_socket_reaches(t: Tracker, emu: Emulator, order_id: int) -> bool:
     """``done`` published on the socket, which only the order's owner keeps: does ``t``,
     still owning it, settle the order with it?"""
@@ -296,30 +326,17 @@ async def test_an_instance_following_the_journal_settles_an_expired_order_as_its
     grace = DefaultPolicy(
         poll_interval=0.05, deadline=30.0, expired_grace=1.0, expired_poll_interval=60.0
     )
-    results: list[Any] = []
-    try:
-        async with (
-            instance(url, emu, user, transports=("polling",), policy=grace, details_timeout=5.0,
-                     until="paid") as a,
-            instance(url, emu, transports=("journal",), policy=grace, details_timeout=0.2,
-                     fetch_details=False, until="paid") as b,
-            anyio.create_task_group() as tg,
-        ):  # fmt: skip
-            await owning(a, order_id)
-            b.track(order_id)
-            await emu.set_status(order_id, "expired", publish=False)
-            await eventually(lambda: b._orders[order_id].book.status(order_id) is Status.EXPIRED)
-            await emu.set_status(order_id, "paid", publish=False)
-            await emu.get_order_fault("slow", delay=2.0, order_id=order_id)
-
-            async def waits(t: Tracker) -> None:
-                with anyio.fail_after(15):
-                    results.append(await t.wait(order_id))
-
-            tg.start_soon(waits, a)
-            tg.start_soon(waits, b)
-    finally:
-        await emu.clear_faults()
+    async with (
+        instance(url, emu, user, transports=("polling",), policy=grace, details_timeout=5.0,
+                 until="paid", lease=5.0) as a,
+        instance(url, emu, transports=("journal",), policy=grace, details_timeout=0.2,
+                 fetch_details=False, until="paid", lease=5.0) as b,
+    ):  # fmt: skip
+        await owning(a, order_id)
+        b.track(order_id)
+        await emu.set_status(order_id, "expired", publish=False)
+        async with paid_behind_a_slow_look(emu, order_id, b):
+            results = await results_of(order_id, a, b)
     # The journal carries the owner's source: polling, on both.
     assert [(r.status, r.source) for r in results] == [(Status.PAID, "polling")] * 2
 
@@ -329,14 +346,15 @@ async def test_an_instance_following_the_journal_settles_an_expired_order_whose_
     backend: str, tmp_path: Path, emu: Emulator
 ) -> None:
     """The owner stops in the grace and nobody takes the order over (the other instance
-    follows only the journal): nobody will look, so once the owner's lease runs out
-    the other settles ``expired`` rather than waiting for a verdict for ever."""
+    follows only the journal): nobody will look, so once its wait for a verdict is
+    over (its ``details_timeout``, a second and a lease: time for another to take the
+    order over and look) the other settles ``expired``, not waiting for ever."""
     url = url_for(backend, tmp_path)
     user = await emu.create_user()
     order_id = await emu.create_order(user)
     grace = DefaultPolicy(poll_interval=0.05, deadline=30.0, expired_grace=1.0)
     journal_only: dict[str, Any] = {"transports": ("journal",), "fetch_details": False}
-    async with instance(url, emu, policy=grace, **journal_only) as b:
+    async with instance(url, emu, policy=grace, details_timeout=0.2, **journal_only) as b:
         async with instance(url, emu, user, transports=("polling",), policy=grace) as a:
             await owning(a, order_id)
             b.track(order_id)
@@ -346,6 +364,68 @@ async def test_an_instance_following_the_journal_settles_an_expired_order_whose_
         with anyio.fail_after(10):
             result = await b.wait(order_id)
     assert (result.status, result.succeeded) == (Status.EXPIRED, False)
+
+
+@on_databases
+async def test_an_owner_that_let_an_expired_order_go_still_decides_for_the_others(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """The owner, WebSocket-only, lets the expired order go when its socket's time ends in
+    the grace; it still looks once at the grace's end, slowly (Get order takes 2 s), and
+    finds the payment.  The instance following only the journal waits for that look:
+    a lease let go is no sign that nobody looks (it settled ``expired`` at once; review)."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    short = DefaultPolicy(deadline=30.0, websocket_lifespan=1.0, expired_grace=3.0)
+    async with (
+        instance(url, emu, user, policy=short, transports=("websocket",), until="paid",
+                 details_timeout=5.0) as a,
+        instance(url, emu, transports=("journal",), policy=short, fetch_details=False,
+                 until="paid", details_timeout=2.5) as b,
+    ):  # fmt: skip
+        await owning(a, order_id)
+        b.track(order_id)
+        await emu.wait_connected(user)
+        await emu.set_status(order_id, "expired")
+        await eventually(lambda: a._orders[order_id].let_go)
+        async with paid_behind_a_slow_look(emu, order_id, b):
+            results = await results_of(order_id, a, b)
+    assert [(r.status, r.source) for r in results] == [(Status.PAID, "polling")] * 2
+
+
+@on_databases
+async def test_an_expired_order_whose_owner_died_is_decided_by_the_instance_taking_it_over(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """The owner stops in the grace; C, which polls the order too, takes it over once the
+    lease runs out, and its look finds the payment.  B, following only the journal,
+    waits for C's verdict rather than settling ``expired`` when the lease ran out, and
+    C looks rather than settling as B would (both said ``expired``; review)."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    grace = DefaultPolicy(
+        poll_interval=0.05, deadline=40.0, expired_grace=1.0, expired_poll_interval=60.0
+    )
+    polling: dict[str, Any] = {"transports": ("polling",), "policy": grace, "until": "paid"}
+    async with (
+        instance(url, emu, transports=("journal",), policy=grace, fetch_details=False,
+                 until="paid", lease=2.0, details_timeout=3.0) as b,
+        instance(url, emu, user, lease=2.0, **polling) as c,
+    ):  # fmt: skip
+        async with instance(url, emu, user, lease=2.0, **polling) as a:
+            await owning(a, order_id)
+            b.track(order_id)
+            c.track(order_id)
+            await eventually(lambda: order_id in c._orders)
+            await emu.set_status(order_id, "expired", publish=False)
+            await eventually(lambda: b._orders[order_id].book.status(order_id) is Status.EXPIRED)
+            await eventually(lambda: c._orders[order_id].book.status(order_id) is Status.EXPIRED)
+            assert not c._orders[order_id].owned
+        await emu.set_status(order_id, "paid", publish=False)
+        results = await results_of(order_id, b, c)
+    assert [r.status for r in results] == [Status.PAID] * 2
 
 
 @on_databases

@@ -39,6 +39,7 @@ from orderfsm.errors import JournalUnavailable, WebhookError
 from orderfsm.journal.orders import (
     LET_GO,
     ChangeRow,
+    Lapse,
     OrderRow,
     RowMark,
     adoptable,
@@ -804,27 +805,31 @@ async def test_only_orders_whose_owner_is_gone_are_adopted(backend: str, tmp_pat
 
 
 @on_databases
-async def test_an_expired_orders_verdict_is_in_once_its_owner_judged_or_nobody_can(
+async def test_an_expired_orders_verdict_stands_as_its_owners_look_and_lease_say(
     backend: str, tmp_path: Path
 ) -> None:
-    """What an instance that does not look waits for at an expired order's grace's end
-    (:func:`reads.lapse_verdicts`): the owner's lapse claim (it settled the order
-    expired), a change past ``expired`` (its look found the payment), or no live
-    lease but the asker's own.  With each, the row's version to apply first."""
+    """What an instance that does not look reads at an expired order's grace's end
+    (:func:`reads.lapse_verdicts`): judged once the lapse's claim is there (an instance
+    settled it expired) or a change past ``expired`` (a look found the payment); its
+    own while it holds a live lease itself (it took the order over); looking while
+    another's lease is live; unowned once nobody's is (it ran out, was let go, or
+    never was), its own let go included.  With the row's version."""
     url = url_for(backend, tmp_path)
     async with open_journal(url, owner="a") as ja, open_journal(url, owner="b") as jb:
         a, b = OrderLog(ja), OrderLog(jb)
-        await a.track_many([(i, D, None) for i in (1, 2, 3)])
-        await a.record([note(i, E) for i in (1, 2, 3)])
-        await a.lease([1, 3], 5.0)
-        await a.lease([2], 0.5)
-        assert await b.lapse_verdicts([1, 2, 3]) == {}  # a looks, in time
-        assert await a.lapse_verdicts([1]) == {1: 1}  # its own lease: nobody else looks
+        await a.track_many([(i, D, None) for i in (1, 2, 3, 4, 5)])
+        await a.record([note(i, E) for i in (1, 2, 3, 4, 5)])
+        await a.lease([2], 0.3)
+        await a.lease([1, 3, 4], 30.0)
+        await a.let_go([4])
+        J, M, L, U = Lapse.JUDGED, Lapse.MINE, Lapse.LOOKING, Lapse.UNOWNED
+        assert await b.lapse_verdicts([1, 3, 4, 5]) == {1: (L, 1), 3: (L, 1), 4: (U, 1), 5: (U, 1)}
+        assert await a.lapse_verdicts([1, 4]) == {1: (M, 1), 4: (U, 1)}
         await SettledLog(a).owe_lapses([1])  # a judged 1's grace over
         await a.record([note(3, P)])  # a's look found 3 paid
-        assert await b.lapse_verdicts([1, 2, 3]) == {1: 1, 3: 2}
-        await anyio.sleep(0.6)  # a died holding 2
-        assert await b.lapse_verdicts([2, 4]) == {2: 1, 4: 0}  # 4: no row, nobody to ask
+        assert await b.lapse_verdicts([1, 3]) == {1: (J, 1), 3: (J, 2)}
+        await anyio.sleep(0.4)  # a died holding 2
+        assert await b.lapse_verdicts([2, 6]) == {2: (U, 1), 6: (J, 0)}  # 6: no row at all
 
 
 @on_databases

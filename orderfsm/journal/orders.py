@@ -21,6 +21,7 @@ leases are shared by hosts).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Collection, Sequence
 
 import attrs
@@ -170,19 +171,34 @@ def let_go(row: OrderRow, owner: str, now: float) -> OrderRow:
     return row
 
 
-def lapse_judged(row: OrderRow | None, claimed: bool, me: str, now: float) -> bool:
-    """Whether the fleet's verdict on an expired order's grace is in, for an instance
-    (``me``) that does not look itself: the owner's last Get order decides, and every
-    instance must tell its application what that look said.
+class Lapse(enum.Enum):
+    """Where the fleet's verdict on an expired order's grace stands, for an instance that
+    does not look itself (:func:`lapse_verdict`)."""
 
-    In when an instance judged the grace over (``claimed``: the claim of its
-    expired call, written as it settled the order ``expired``), when the row moved
-    on (a look found the payment: the change is in the journal), or when nobody is
-    left to look: no live lease but ``me``'s own (the owner died, let the order go,
-    or no instance follows Xsolla)."""
+    JUDGED = "judged"
+    """In: an instance settled the order ``expired`` (its expired call's claim), or the
+    row moved on (a look found the payment: the change is in the journal)."""
+    MINE = "mine"
+    """The asker holds a live lease itself (it took the order over): the verdict is its
+    own look's."""
+    LOOKING = "looking"
+    """Another instance holds a live lease: it follows the order through Xsolla, and
+    looks at its grace's end."""
+    UNOWNED = "unowned"
+    """Nobody holds a live lease: its owner let the order go (and still looks once),
+    died (another may take the order over, and look), or never was."""
+
+
+def lapse_verdict(row: OrderRow | None, claimed: bool, me: str, now: float) -> Lapse:
+    """Where the fleet's verdict on an expired order's grace stands, for ``me``: the owner's
+    last Get order decides, and every instance must tell its application what that
+    look said.  A verdict in is never looked at again (a look after it, by an
+    instance that took the order over since, could say otherwise)."""
     if row is None or claimed or row.status not in LAPSED_STATUSES:
-        return True
-    return row.owner is None or row.owner == me or row.lease_until <= now
+        return Lapse.JUDGED
+    if row.owner is None or row.lease_until <= now:
+        return Lapse.UNOWNED
+    return Lapse.MINE if row.owner == me else Lapse.LOOKING
 
 
 def settled_call(

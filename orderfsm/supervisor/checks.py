@@ -43,6 +43,11 @@ look.  Ten thousand orders whose Get order failed at once would otherwise retry 
 ten thousand requests at once: a herd for Xsolla's API, and over a million objects
 of half-done requests for our garbage collector to walk."""
 
+LOOK_WRITTEN = 1.0
+"""Seconds, beyond a ``details_timeout``, for a look's answer to reach the journal: with
+a lease, how long an instance waits at most for another's verdict on an expired order
+(:mod:`orderfsm.supervisor.fleet_lapses`)."""
+
 
 class GetOrderChecks:
     """The scheduler's one-shot Get order requests (mixed into ``Scheduler``).
@@ -95,11 +100,14 @@ class GetOrderChecks:
         return True
 
     def _looks(self, order: TrackedOrder) -> bool:
-        """Whether this instance asks Get order for the order's last look.  One that let
-        the order go looks too: no instance may poll it (one more Get order if one
-        took it over)."""
-        asks = self.can_poll or self.fetch_details
-        return asks and order.polling_error is None and (order.owned or order.let_go)
+        """Whether this instance asks Get order for the order's last look: the owner.  One
+        that let the order go looks too: no instance may poll it (one more Get order if
+        one took it over)."""
+        return self._can_look(order) and (order.owned or order.let_go)
+
+    def _can_look(self, order: TrackedOrder) -> bool:
+        """Whether this instance could ask Get order for the order's last look, owning it."""
+        return (self.can_poll or self.fetch_details) and order.polling_error is None
 
     def _looking_before_giving_up(self, order: TrackedOrder) -> bool:
         """Whether an order nothing follows any more (a socket-only tracker's socket
@@ -119,10 +127,11 @@ class GetOrderChecks:
         try:
             if not looks and order.fleet is not None:
                 # Another instance looks: its verdict comes through the journal.  This
-                # one may have taken the order over meanwhile (its owner died): then
-                # it looks itself.
-                await order.fleet.lapse_judged(order.order_id)
-                looks = self._looks(order)
+                # one may take the order over meanwhile (its owner went): then it
+                # looks itself, but never after a verdict is in.
+                look = self.details_timeout + LOOK_WRITTEN
+                mine = await order.fleet.lapse_judged(order.order_id, look)
+                looks = mine and self._looks(order)
             if looks:
                 with anyio.move_on_after(self.details_timeout):
                     await self._check_once(order)

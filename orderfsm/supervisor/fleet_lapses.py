@@ -3,15 +3,17 @@
 An expired order settles ``expired`` once its grace is over and one last Get
 order says it still is (:mod:`orderfsm.supervisor.checks`).  In a fleet only
 the order's owner asks; every other instance must tell its application what
-that look said, so it waits for the owner's verdict in the journal
-(:func:`~orderfsm.journal.orders.lapse_judged`) rather than for a time of its
-own.  A fixed wait (the owner's ``details_timeout`` and a second) was too short
-under load, where the owner's look and its write took longer: the owner heard
-the payment, the others settled ``expired``.
+that look said, so it waits for the verdict in the journal
+(:func:`~orderfsm.journal.orders.lapse_verdict`), for a bounded time: an
+owner that let the order go still looks once, and one that died may be
+replaced by an instance that takes the order over and looks.  A fixed wait
+(the owner's ``details_timeout`` and a second) was too short under load, where
+the owner's look and its write took longer: the owner heard the payment, the
+others settled ``expired``.
 
 Kept apart from the rest of the link (:mod:`orderfsm.supervisor.fleet`) because
 it is a reader with a pace of its own: the orders waiting at once are asked
-about in one read, again every :data:`VERDICT_PACE` seconds until each is in.
+about in one read, at most one read every :data:`VERDICT_PACE` seconds.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import anyio
 import attrs
 
 from orderfsm.errors import OrderFsmError
+from orderfsm.journal.orders import Lapse
 from orderfsm.supervisor.fleet_leases import journal_missed
 
 if TYPE_CHECKING:
@@ -35,38 +38,51 @@ read at an instance's own grace's end usually finds nothing yet."""
 
 @attrs.define
 class _Ask:
-    """One read's answer for one order: its row's version when the verdict is in."""
+    """One read's answer for one order."""
 
     answered: anyio.Event = attrs.Factory(anyio.Event)
-    version: int | None = None
+    stands: Lapse = Lapse.LOOKING
+    version: int = 0
 
 
 class AwaitsLapseVerdicts:
     """The fleet link's reads of expired orders' verdicts (mixed into ``FleetLink``).
 
     A mixin rather than an object of its own: the verdict counts only once the
-    link's follower has applied what the journal held with it (its cursors);
-    what it uses of the link is declared here.
+    link's follower has applied what the journal held with it (its cursors),
+    and it waits on the link's lease; what it uses of the link is declared here.
     """
 
     log: OrderLog
+    lease: float
     cursors: dict[int, int]
     _verdict_asks: dict[int, _Ask]
     _verdict_asked: anyio.Event
 
-    async def lapse_judged(self, order_id: int) -> None:
+    async def lapse_judged(self, order_id: int, look: float) -> bool:
         """Until the fleet's verdict on the expired order's grace is in the journal, and
         every change the journal held with it is applied here (a payment the owner's
-        look found reaches the order first)."""
+        look found reaches the order first); whether the verdict is this instance's own
+        to make (it took the order over: it looks, if it can).
+
+        Bounded: ``look`` (how long a look takes at most: a ``details_timeout``, and
+        its write) and a lease more after the wait began, the time for an instance to
+        take over an order whose owner went (a third of a lease) and look.  Then it
+        ends with no verdict: an owner whose grace ends much later (another policy), or
+        that never looks, must not keep this instance's deadline from it."""
+        give_up_at = anyio.current_time() + look + self.lease
         while True:
             ask = self._verdict_asks.get(order_id)
             if ask is None:
                 ask = self._verdict_asks[order_id] = _Ask()
                 self._verdict_asked.set()
             await ask.answered.wait()
-            if ask.version is not None and self.cursors.get(order_id, 0) >= ask.version:
-                return
-            await anyio.sleep(VERDICT_PACE)
+            if ask.stands is Lapse.MINE:
+                return True
+            if ask.stands is Lapse.JUDGED and self.cursors.get(order_id, 0) >= ask.version:
+                return False
+            if anyio.current_time() >= give_up_at:
+                return False
 
     async def _read_verdicts(self) -> None:
         while True:
@@ -74,10 +90,11 @@ class AwaitsLapseVerdicts:
             self._verdict_asked = anyio.Event()
             asks, self._verdict_asks = self._verdict_asks, {}
             try:
-                judged = await self.log.lapse_verdicts(list(asks))
-            except OrderFsmError as exc:  # asked again after the pace: nobody settles
+                verdicts = await self.log.lapse_verdicts(list(asks))
+            except OrderFsmError as exc:  # asked again at the next read: nobody settles
                 journal_missed("reading expired orders' verdicts", exc)
-                judged = {}
+                verdicts = {}
             for order_id, ask in asks.items():
-                ask.version = judged.get(order_id)
+                ask.stands, ask.version = verdicts.get(order_id, (Lapse.LOOKING, 0))
                 ask.answered.set()
+            await anyio.sleep(VERDICT_PACE)

@@ -48,6 +48,8 @@ class HandsOver:
 
         def _looking_before_giving_up(self, order: TrackedOrder) -> bool: ...
 
+        def _can_look(self, order: TrackedOrder) -> bool: ...
+
     def _judge_following(
         self, order: TrackedOrder, plan: Plan, situation: Situation, now: float
     ) -> float | None:
@@ -77,7 +79,11 @@ class HandsOver:
                 order.last_look = None  # a later lapse, or a later hand-over, looks again
         else:
             would = self.policy.plan(attrs.evolve(situation, owned=True), now)
-            follows = follows_xsolla(would)
+            # An expired order's last look waiting for its owner's verdict: should the
+            # owner go, this instance takes the order over and looks itself.  (Not one
+            # that let the order go: it looks anyway, with no lease to take back.)
+            waits = order.last_look is False and not order.let_go
+            follows = follows_xsolla(would) or (waits and self._can_look(order))
             review = would.review_at
         if follows is not order.follows:
             order.follows = follows

@@ -21,7 +21,7 @@ import attrs
 
 from orderfsm.core import Status
 from orderfsm.errors import JournalError
-from orderfsm.journal.orders import ChangeRow, OrderRow
+from orderfsm.journal.orders import ChangeRow, Lapse, OrderRow
 from transports.journal import order_leases as leases
 from transports.journal import order_reads as reads
 from transports.journal import orders as sql
@@ -162,9 +162,9 @@ class OrderLog:
         work = functools.partial(reads.orders, dialect=self.dialect, order_ids=order_ids)
         return await self.journal._call(self._store.read, work, self._deadline())
 
-    async def lapse_verdicts(self, order_ids: Sequence[int]) -> dict[int, int]:
-        """Of these expired orders, those whose grace the fleet has judged, with their
-        rows' versions then (see :func:`reads.lapse_verdicts`)."""
+    async def lapse_verdicts(self, order_ids: Sequence[int]) -> dict[int, tuple[Lapse, int]]:
+        """Where the fleet's verdict on these expired orders' grace stands, with their
+        rows' versions (see :func:`reads.lapse_verdicts`)."""
         work = functools.partial(
             reads.lapse_verdicts, dialect=self.dialect, order_ids=order_ids, owner=self.owner,
             now=time.time(),

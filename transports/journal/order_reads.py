@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from orderfsm.core import LAPSED_STATUSES
-from orderfsm.journal.orders import ChangeRow, OrderRow, lapse_judged, settled_key
+from orderfsm.journal.orders import ChangeRow, Lapse, OrderRow, lapse_verdict, settled_key
 from transports.journal.order_rows import (
     CHANGE_COLUMNS,
     ORDER_COLUMNS,
@@ -53,10 +53,10 @@ def tracked_ids(db: Any, dialect: str, ids: Sequence[int]) -> set[int]:
 
 def lapse_verdicts(
     db: Any, dialect: str, order_ids: Sequence[int], owner: str, now: float
-) -> dict[int, int]:
-    """Of these expired orders, those whose grace the fleet has judged
-    (:func:`~orderfsm.journal.orders.lapse_judged`), each with the version its row had
-    then: an instance applies every change up to it before it settles as told."""
+) -> dict[int, tuple[Lapse, int]]:
+    """Where the fleet's verdict on each of these expired orders' grace stands
+    (:func:`~orderfsm.journal.orders.lapse_verdict`), with the version its row has: an
+    instance applies every change up to it before it settles as told."""
     (lapsed,) = LAPSED_STATUSES
     rows = orders(db, dialect, order_ids)
     claimed: set[int] = set()
@@ -70,12 +70,12 @@ def lapse_verdicts(
             tuple(keys),
         ).fetchall()
         claimed.update(keys[str(r[0])] for r in found)
-    judged: dict[int, int] = {}
+    verdicts: dict[int, tuple[Lapse, int]] = {}
     for order_id in order_ids:
         row = rows.get(order_id)
-        if lapse_judged(row, order_id in claimed, owner, now):
-            judged[order_id] = 0 if row is None else row.version
-    return judged
+        stands = lapse_verdict(row, order_id in claimed, owner, now)
+        verdicts[order_id] = (stands, 0 if row is None else row.version)
+    return verdicts
 
 
 def changes_after(db: Any, dialect: str, cursors: Mapping[int, int]) -> list[ChangeRow]:
