@@ -322,9 +322,10 @@ async def test_an_instance_following_the_journal_settles_an_expired_order_as_its
     url = url_for(backend, tmp_path)
     user = await emu.create_user()
     order_id = await emu.create_order(user)
-    # No polling in the grace: only the last look can hear the payment.
+    # No polling in the grace: only the last look can hear the payment.  Its 3 s leave
+    # time to set it up before the owner's grace ends, on a loaded host too.
     grace = DefaultPolicy(
-        poll_interval=0.05, deadline=30.0, expired_grace=1.0, expired_poll_interval=60.0
+        poll_interval=0.05, deadline=30.0, expired_grace=3.0, expired_poll_interval=60.0
     )
     async with (
         instance(url, emu, user, transports=("polling",), policy=grace, details_timeout=5.0,
@@ -339,6 +340,36 @@ async def test_an_instance_following_the_journal_settles_an_expired_order_as_its
             results = await results_of(order_id, a, b)
     # The journal carries the owner's source: polling, on both.
     assert [(r.status, r.source) for r in results] == [(Status.PAID, "polling")] * 2
+
+
+@on_databases
+async def test_a_journal_only_instance_with_a_token_follows_the_owners_verdict_not_its_own_look(
+    backend: str, tmp_path: Path, emu: Emulator
+) -> None:
+    """B follows only the journal but has a token and fetches details, so it could ask Get
+    order.  It heard ``expired`` a second after the owner, whose look at its grace's end
+    still found it expired: the owner settled ``expired``, and the payment came after.
+    B settles as the owner did; it looked for itself at its own grace's end, heard the
+    payment, and the two told their applications different things (soak seed 3's shape;
+    review)."""
+    url = url_for(backend, tmp_path)
+    user = await emu.create_user()
+    order_id = await emu.create_order(user)
+    grace = DefaultPolicy(poll_interval=0.05, deadline=30.0, expired_grace=2.0)
+    async with (
+        instance(url, emu, user, transports=("polling",), policy=grace, until="paid") as a,
+        instance(url, emu, user, transports=("journal",), policy=grace, until="paid") as b,
+    ):
+        await owning(a, order_id)
+        await emu.set_status(order_id, "expired", publish=False)
+        await eventually(lambda: a._orders[order_id].book.status(order_id) is Status.EXPIRED)
+        await anyio.sleep(1.0)
+        b.track(order_id)
+        with anyio.fail_after(10):
+            first = await a.wait(order_id)
+        await emu.set_status(order_id, "paid", publish=False)
+        (second,) = await results_of(order_id, b)
+    assert (first.status, second.status) == (Status.EXPIRED, Status.EXPIRED)
 
 
 @on_databases
@@ -406,7 +437,7 @@ async def test_an_expired_order_whose_owner_died_is_decided_by_the_instance_taki
     user = await emu.create_user()
     order_id = await emu.create_order(user)
     grace = DefaultPolicy(
-        poll_interval=0.05, deadline=40.0, expired_grace=1.0, expired_poll_interval=60.0
+        poll_interval=0.05, deadline=40.0, expired_grace=3.0, expired_poll_interval=60.0
     )
     polling: dict[str, Any] = {"transports": ("polling",), "policy": grace, "until": "paid"}
     async with (

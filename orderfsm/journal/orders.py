@@ -173,11 +173,12 @@ def let_go(row: OrderRow, owner: str, now: float) -> OrderRow:
 
 class Lapse(enum.Enum):
     """Where the fleet's verdict on an expired order's grace stands, for an instance that
-    does not look itself (:func:`lapse_verdict`)."""
+    is not the order's owner (:func:`lapse_verdict`)."""
 
     JUDGED = "judged"
-    """In: an instance settled the order ``expired`` (its expired call's claim), or the
-    row moved on (a look found the payment: the change is in the journal)."""
+    """In: an instance settled the order ``expired`` (its expired call's claim), the row
+    moved on (a look found the payment: the change is in the journal), or there is no
+    row (nothing to wait for)."""
     MINE = "mine"
     """The asker holds a live lease itself (it took the order over): the verdict is its
     own look's."""

@@ -44,8 +44,8 @@ ten thousand requests at once: a herd for Xsolla's API, and over a million objec
 of half-done requests for our garbage collector to walk."""
 
 LOOK_WRITTEN = 1.0
-"""Seconds, beyond a ``details_timeout``, for a look's answer to reach the journal: with
-a lease, how long an instance waits at most for another's verdict on an expired order
+"""Seconds, beyond a ``details_timeout``, for a look's answer to reach the journal: part
+of how long an instance waits at most for another's verdict on an expired order
 (:mod:`orderfsm.supervisor.fleet_lapses`)."""
 
 
@@ -62,6 +62,7 @@ class GetOrderChecks:
     can_poll: bool
     fetch_details: bool
     journal: bool
+    leases: bool
     details_timeout: float
     not_found_grace: float
     get_order_http: HttpClient | None
@@ -101,9 +102,11 @@ class GetOrderChecks:
 
     def _looks(self, order: TrackedOrder) -> bool:
         """Whether this instance asks Get order for the order's last look: the owner.  One
-        that let the order go looks too: no instance may poll it (one more Get order if
-        one took it over)."""
-        return self._can_look(order) and (order.owned or order.let_go)
+        that let the order go looks too, unless another took it over: no instance may
+        poll it.  In a fleet, only a lease makes the owner (an instance following only
+        the journal calls every order its own: it has no other to follow)."""
+        owner = order.owned and (self.leases or not self.journal)
+        return self._can_look(order) and (owner or order.let_go)
 
     def _can_look(self, order: TrackedOrder) -> bool:
         """Whether this instance could ask Get order for the order's last look, owning it."""
@@ -125,13 +128,14 @@ class GetOrderChecks:
 
     async def _look_last(self, order: TrackedOrder, looks: bool) -> None:
         try:
-            if not looks and order.fleet is not None:
-                # Another instance looks: its verdict comes through the journal.  This
-                # one may take the order over meanwhile (its owner went): then it
+            fleet = order.fleet
+            if fleet is not None and not (self.leases and order.owned):
+                # Not the owner: the owner's verdict comes through the journal.  This
+                # instance may take the order over meanwhile (its owner went): then it
                 # looks itself, but never after a verdict is in.
-                look = self.details_timeout + LOOK_WRITTEN
-                mine = await order.fleet.lapse_judged(order.order_id, look)
-                looks = mine and self._looks(order)
+                look_takes = self.details_timeout + LOOK_WRITTEN
+                asked = await fleet.await_lapse_verdict(order.order_id, look_takes, looks)
+                looks = asked and self._can_look(order)
             if looks:
                 with anyio.move_on_after(self.details_timeout):
                     await self._check_once(order)

@@ -125,6 +125,8 @@ class FleetLink(CallsOnSettled, WritesJournal, FollowsJournal, HoldsLeases, Awai
         a grace; an instance resuming the order can)."""
         self._lease_now = anyio.Event()
         self._verdict_asks = {}
+        """Expired orders whose grace's verdict is awaited here, each with its next read's
+        answer (:mod:`orderfsm.supervisor.fleet_lapses`)."""
         self._verdict_asked = anyio.Event()
         self._writing = False
         """Something is queued or being written."""

@@ -44,7 +44,9 @@ class FleetHook(Protocol):
 
     def lease_soon(self) -> None: ...
 
-    async def lapse_judged(self, order_id: int, look: float) -> bool: ...
+    async def await_lapse_verdict(
+        self, order_id: int, look_takes: float, may_look: bool
+    ) -> bool: ...
 
 
 class TrackedOrder(EndsTracking):

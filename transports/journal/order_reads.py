@@ -1,6 +1,7 @@
-"""The fleet tracker's reads of the journal, both backends: orders' rows, and changes
-past per-order cursors (or, on SQLite only, past a global mark).  Each function
-runs inside a read the store opened."""
+"""The fleet tracker's reads of the journal, both backends: orders' rows, changes
+past per-order cursors (or, on SQLite only, past a global mark), and where expired
+orders' verdicts stand (their rows and their expired calls' claims).  Each
+function runs inside a read the store opened."""
 
 from __future__ import annotations
 
