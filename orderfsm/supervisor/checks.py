@@ -105,8 +105,11 @@ class GetOrderChecks:
         that let the order go looks too, unless another took it over: no instance may
         poll it.  In a fleet, only a lease makes the owner (an instance following only
         the journal calls every order its own: it has no other to follow)."""
-        owner = order.owned and (self.leases or not self.journal)
-        return self._can_look(order) and (owner or order.let_go)
+        return self._can_look(order) and (self._owns(order) or order.let_go)
+
+    def _owns(self, order: TrackedOrder) -> bool:
+        """Whether this instance is the order's owner: a lease makes it in a fleet."""
+        return order.owned and (self.leases or not self.journal)
 
     def _can_look(self, order: TrackedOrder) -> bool:
         """Whether this instance could ask Get order for the order's last look, owning it."""
@@ -129,7 +132,7 @@ class GetOrderChecks:
     async def _look_last(self, order: TrackedOrder, looks: bool) -> None:
         try:
             fleet = order.fleet
-            if fleet is not None and not (self.leases and order.owned):
+            if fleet is not None and not self._owns(order):
                 # Not the owner: the owner's verdict comes through the journal.  This
                 # instance may take the order over meanwhile (its owner went): then it
                 # looks itself, but never after a verdict is in.
